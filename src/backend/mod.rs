@@ -1,0 +1,5 @@
+//! The backend side of sync: the protocol types, the HTTP client the sync
+//! worker uses, and the reference backend server (`syncd backend`).
+
+pub mod protocol;
+pub mod server;

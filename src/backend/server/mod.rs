@@ -1,0 +1,303 @@
+//! The reference backend server (`syncd backend`): an HTTP/1.1 implementation
+//! of the backend protocol, version 1 (`shared/backend-protocol.md`).
+//!
+//! # Design
+//!
+//! - **Layers.** [`http`] routes requests, checks auth, injects faults and
+//!   maps outcomes to replies; [`ops`] validates operations and holds the
+//!   apply rules as a pure function ([`ops::plan`]); [`store::BackendStore`]
+//!   is the storage interface (blocking, database-agnostic), implemented on
+//!   redb by [`redb_store::RedbStore`]. Store calls run on tokio's blocking
+//!   pool (`spawn_blocking`). A future PostgreSQL store implements the same
+//!   trait and is passed to [`serve_with_store`].
+//! - **HTTP.** hyper 1, `http1` connections with keep-alive, one task per
+//!   connection. Endpoints match on the path *suffix*, so any base-URL prefix
+//!   works (`/v1/ops`, `/sync/v1/ops`; one trailing `/` is ignored). Unknown
+//!   path: 404; wrong method: 405 with `Allow`. Every reply is JSON;
+//!   errors are `{"error": reason}`.
+//! - **Auth.** With a token configured, every endpoint but `v1/health` needs
+//!   `Authorization: Bearer <token>` (scheme case-insensitive, constant-time
+//!   compare), else 401 `{"error":"unauthorized"}`. The token is never
+//!   logged; `ServerOptions`' `Debug` redacts it.
+//! - **Bodies.** At most `max_body_bytes` (declared `Content-Length` checked
+//!   first, then the stream is limited): else 413. `Content-Type` is not
+//!   enforced. Malformed JSON or a wrong shape (missing `op_id`, unknown
+//!   `kind`, wrong field type): 400 naming the problem. Unknown fields are
+//!   ignored; `client_id` and `local_id` are optional. Semantic rejections:
+//!   422 (create with an `id` or a `base_version`; update/delete without `id`
+//!   or `base_version`; create/update `data` missing or not an object; empty
+//!   or over-256-byte `op_id`/`id`/`collection`). A delete's `data` is ignored.
+//!
+//! # Apply rules
+//!
+//! - Create: new server id (a ULID string), version 1, `updated_at =
+//!   client_ts`.
+//! - Update/delete of an id unknown *in the op's collection* (ids are global,
+//!   a record belongs to one collection): 404 with a reason.
+//! - `base_version` != current version: 409 `{"error":"conflict","record":R}`.
+//! - Update of a tombstone, even at its current version: 409 with the
+//!   tombstone (a deleted record is never resurrected by an update; a client
+//!   re-creates it with `create`).
+//! - Delete: `deleted = true`, version + 1, `data = {}` (a tombstone keeps no
+//!   content), `updated_at = client_ts`. Delete of a tombstone at its current
+//!   version: 200 with the tombstone unchanged (no new version, no change-log
+//!   entry; the op_id is remembered).
+//! - Idempotency: every applied `op_id` is remembered forever with the record
+//!   its first application produced; a repeat answers 200 with that record,
+//!   whatever the op now contains, and applies nothing. 4xx/409 results are not
+//!   remembered.
+//! - Batch: ops apply in order in one redb write transaction, stopping after
+//!   the first non-200 result; the applied prefix is committed before the
+//!   reply. A malformed or invalid op inside a batch is reported at its
+//!   position (`{"status":400|422,"error":..}`) after the ops before it
+//!   applied; an empty `ops` array is 422; a malformed envelope is 400.
+//!
+//! # Change log (`v1/changes`)
+//!
+//! Each applied change (create, update, delete; not replays nor no-op
+//! deletes) appends `{collection, record}` at the next sequence number
+//! (1, 2, ...). Every change is listed, so a record changed several times
+//! appears several times, in commit order. The cursor is the decimal sequence
+//! of the last change returned. Without `since` (or with `since=`), from the
+//! beginning. With no new change, the cursor is the input cursor, or the head
+//! when no cursor was given or the given one is past the head (a reset
+//! server). `limit` defaults to 100 and is clamped to 1..=1000; a
+//! non-numeric `since` or `limit` is 400. `more` tells whether further changes
+//! exist after this page.
+//!
+//! # Faults ([`Faults`])
+//!
+//! `v1/health` and requests to unknown paths or with wrong methods are never
+//! faulted; `no_batch` answers 404 to `v1/ops/batch`. Otherwise, per request,
+//! in this order, before auth: with probability `fail_503`, 503 with
+//! `Retry-After: retry_after_s`; with probability `hang`, sleep `hang_ms`, then
+//! handle normally. For `v1/ops` and `v1/ops/batch`, with probability
+//! `drop_after_apply`, the request is handled and committed (if its body got to
+//! the store) and then the connection is closed without any response bytes.
+
+pub mod http;
+pub mod ops;
+pub mod redb_store;
+pub mod store;
+
+use std::fmt;
+use std::future::Future;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use self::http::AppState;
+use self::redb_store::RedbStore;
+use self::store::BackendStore;
+
+/// Default `max_body_bytes`: 8 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// How long shutdown waits for in-flight requests before closing connections.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Boxed error returned by [`run`] and [`serve`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Injected faults, for testing clients against a misbehaving server.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Fraction (0.0 to 1.0) of requests answered 503 with `Retry-After`.
+    pub fail_503: f64,
+    /// Value of that `Retry-After` header (seconds).
+    pub retry_after_s: u64,
+    /// Fraction of requests that hang (sleep `hang_ms`) before being handled.
+    pub hang: f64,
+    pub hang_ms: u64,
+    /// Fraction of op requests (`v1/ops`, `v1/ops/batch`) that are applied and
+    /// then the connection is dropped with no reply.
+    pub drop_after_apply: f64,
+    /// Answer 404 to `v1/ops/batch` (a server without batch support).
+    pub no_batch: bool,
+}
+
+/// Server configuration.
+#[derive(Clone)]
+pub struct ServerOptions {
+    pub listen: SocketAddr,
+    /// Directory of the database; created if missing.
+    pub data_dir: PathBuf,
+    /// Bearer token required by all endpoints but `v1/health`.
+    pub token: Option<String>,
+    pub faults: Faults,
+    /// Largest accepted request body; default [`DEFAULT_MAX_BODY_BYTES`].
+    pub max_body_bytes: usize,
+}
+
+impl ServerOptions {
+    /// Options with no token, no faults and the default body limit.
+    pub fn new(listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
+        ServerOptions {
+            listen,
+            data_dir: data_dir.into(),
+            token: None,
+            faults: Faults::default(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+/// Redacts the token.
+impl fmt::Debug for ServerOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerOptions")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("faults", &self.faults)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish()
+    }
+}
+
+async fn open_store(opts: &ServerOptions) -> Result<Arc<dyn BackendStore>, BoxError> {
+    let dir = opts.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || RedbStore::open(&dir)).await??;
+    tracing::info!(path = %store.path().display(), "backend store open");
+    Ok(Arc::new(store))
+}
+
+/// Binds, prints exactly one line `listening on <actual addr>` to stdout
+/// (flushed) once bound and the store is open (`listen` may use port 0),
+/// serves until SIGINT/SIGTERM, then returns.
+pub async fn run(opts: ServerOptions) -> Result<(), BoxError> {
+    let store = open_store(&opts).await?;
+    let listener = TcpListener::bind(opts.listen).await?;
+    let addr = listener.local_addr()?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {addr}")?;
+        out.flush()?;
+    }
+    serve_with_store(opts, store, listener, shutdown_signal()).await
+}
+
+/// Resolves on SIGINT or (on Unix) SIGTERM. If a handler cannot be
+/// installed, that signal is simply not awaited.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received, shutting down"),
+        _ = term => tracing::info!("SIGTERM received, shutting down"),
+    }
+}
+
+/// Serves on `listener` until `shutdown` resolves, with the redb store in
+/// `opts.data_dir`. For in-process use.
+pub async fn serve(
+    opts: ServerOptions,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), BoxError> {
+    let store = open_store(&opts).await?;
+    serve_with_store(opts, store, listener, shutdown).await
+}
+
+/// Like [`serve`] with any [`BackendStore`] (`opts.data_dir` is unused).
+///
+/// On shutdown: stops accepting, lets in-flight requests finish (keep-alive
+/// connections close after their current request), and after
+/// `SHUTDOWN_GRACE` (10 s) aborts the remaining connections.
+pub async fn serve_with_store(
+    opts: ServerOptions,
+    store: Arc<dyn BackendStore>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), BoxError> {
+    let state = Arc::new(AppState {
+        store,
+        token: opts.token,
+        faults: opts.faults,
+        max_body_bytes: opts.max_body_bytes,
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut conns = JoinSet::new();
+    let mut builder = http1::Builder::new();
+    builder.keep_alive(true).timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let state = Arc::clone(&state);
+                    let builder = Arc::clone(&builder);
+                    let mut stop = stop_rx.clone();
+                    conns.spawn(async move {
+                        let svc = service_fn(move |req| http::handle(Arc::clone(&state), req));
+                        let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                        tokio::pin!(conn);
+                        let res = tokio::select! {
+                            res = conn.as_mut() => res,
+                            _ = stop.changed() => {
+                                conn.as_mut().graceful_shutdown();
+                                conn.await
+                            }
+                        };
+                        if let Err(e) = res {
+                            tracing::debug!(%peer, error = %e, "connection ended with error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // E.g. EMFILE: back off a little instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            remaining = conns.len(),
+            "shutdown grace period over, closing connections"
+        );
+        conns.shutdown().await;
+    }
+    tracing::info!("backend stopped");
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! The storage interface of the reference backend.
+//!
+//! [`BackendStore`] knows nothing about HTTP nor about any database: the redb
+//! implementation is [`RedbStore`](super::redb_store::RedbStore); a PostgreSQL
+//! one can implement the same trait. Implementations must apply
+//! [`plan`](super::ops::plan) to each operation so that every store follows the
+//! same rules.
+//!
+//! Calls are blocking; the HTTP layer runs them on tokio's blocking pool.
+
+use std::fmt;
+
+use crate::backend::protocol::{Change, ServerRecord};
+
+use super::ops::ValidOp;
+
+/// The result of one operation passed to [`BackendStore::apply`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// 200: the record the operation produced. `replayed` is true when the
+    /// `op_id` had been applied before and nothing was applied now.
+    Applied {
+        record: ServerRecord,
+        replayed: bool,
+    },
+    /// 409: the current record (possibly a tombstone).
+    Conflict(ServerRecord),
+    /// 404: the target id is unknown in the operation's collection.
+    NotFound(String),
+}
+
+impl Outcome {
+    pub fn is_applied(&self) -> bool {
+        matches!(self, Outcome::Applied { .. })
+    }
+}
+
+/// A slice of the change log.
+#[derive(Debug, Clone)]
+pub struct ChangeSlice {
+    /// `(sequence, change)` in commit order, all with sequence > `since`.
+    pub entries: Vec<(u64, Change)>,
+    /// Whether the log has entries after the last one returned.
+    pub more: bool,
+    /// The sequence of the newest entry in the log (0 when empty).
+    pub head: u64,
+}
+
+/// A storage failure (I/O, corruption, ...). Transient from the client's
+/// point of view: the HTTP layer answers 500.
+#[derive(Debug)]
+pub struct StoreError(pub String);
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "backend store: {}", self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Durable storage of records, the change log and the applied-op index.
+pub trait BackendStore: Send + Sync + 'static {
+    /// Applies `ops` in order, stopping after the first outcome that is not
+    /// [`Outcome::Applied`]; returns the outcomes of that prefix (at least one
+    /// when `ops` is non-empty). Before returning, all applied ops are
+    /// durably committed together (all or nothing): an `Err` means none was.
+    ///
+    /// An op whose `op_id` was applied before yields the remembered record
+    /// (`replayed: true`) and changes nothing.
+    fn apply(&self, ops: &[ValidOp]) -> Result<Vec<Outcome>, StoreError>;
+
+    /// At most `limit` change-log entries with sequence > `since`.
+    fn changes(&self, since: u64, limit: usize) -> Result<ChangeSlice, StoreError>;
+
+    /// Cheap readiness probe used by `v1/health`.
+    fn check(&self) -> Result<(), StoreError>;
+}

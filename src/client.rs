@@ -1,0 +1,287 @@
+//! The Rust client library: what an app (and the `syncd` CLI) uses to talk
+//! to the daemon. It speaks bincode; see docs/ipc-protocol.md for the wire.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), syncd::client::ClientError> {
+//! let mut c = syncd::client::Client::connect("/run/user/1000/syncd/syncd.sock".as_ref(), "my-app").await?;
+//! let w = c.put("todos", None, serde_json::json!({"title": "buy milk"})).await?;
+//! let rec = c.get("todos", &w.0).await?;
+//! # Ok(()) }
+//! ```
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+
+use interprocess::local_socket::tokio::{prelude::*, Stream};
+use interprocess::local_socket::GenericFilePath;
+use serde_json::Value;
+
+use crate::ipc::codec::{decode, encode, Encoding};
+use crate::ipc::frame::{read_frame, write_frame};
+use crate::ipc::wire::*;
+
+#[derive(Debug)]
+pub enum ClientError {
+    /// The daemon is not reachable at `path`.
+    Unreachable { path: PathBuf, source: std::io::Error },
+    /// The connection broke or the daemon sent something unexpected.
+    Protocol(String),
+    /// The daemon answered with an error.
+    Api(ApiError),
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Unreachable { path, source } => write!(
+                f,
+                "cannot reach syncd at {}: {source}\nstart it with `syncd run` (or `systemctl --user start syncd`), or point to it with --socket/SYNCD_SOCKET",
+                path.display()
+            ),
+            ClientError::Protocol(m) => write!(f, "protocol error: {m}"),
+            ClientError::Api(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl From<ApiError> for ClientError {
+    fn from(e: ApiError) -> Self {
+        ClientError::Api(e)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// One connection to the daemon. Requests are answered in order; watch
+/// events that arrive while waiting for a reply are kept for
+/// [`Client::next_event`].
+pub struct Client {
+    conn: Stream,
+    enc: Encoding,
+    next_id: u64,
+    max_frame: u32,
+    client_id: String,
+    events: VecDeque<Event>,
+}
+
+impl Client {
+    /// Connects with bincode.
+    pub async fn connect(path: &Path, app: &str) -> Result<Client> {
+        Self::connect_with(path, app, Encoding::Bincode).await
+    }
+
+    pub async fn connect_with(path: &Path, app: &str, enc: Encoding) -> Result<Client> {
+        let unreachable = |source| ClientError::Unreachable {
+            path: path.to_owned(),
+            source,
+        };
+        let name = path.to_fs_name::<GenericFilePath>().map_err(unreachable)?;
+        let conn = Stream::connect(name).await.map_err(unreachable)?;
+        let hello = serde_json::to_vec(&Hello {
+            app: app.to_owned(),
+            protocol: PROTOCOL_VERSION,
+            encoding: enc,
+        })
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let mut w = &conn;
+        write_frame(&mut w, &hello)
+            .await
+            .map_err(|e| ClientError::Protocol(format!("sending hello: {e}")))?;
+        let mut r = &conn;
+        let reply = read_frame(&mut r, 1 << 20)
+            .await
+            .map_err(|e| ClientError::Protocol(format!("reading hello: {e}")))?
+            .ok_or_else(|| ClientError::Protocol("daemon closed the connection during hello".into()))?;
+        let reply: HelloReply = serde_json::from_slice(&reply)
+            .map_err(|e| ClientError::Protocol(format!("bad hello reply: {e}")))?;
+        if !reply.ok {
+            return Err(match reply.error {
+                Some(e) => ClientError::Api(e),
+                None => ClientError::Protocol("hello refused".into()),
+            });
+        }
+        Ok(Client {
+            conn,
+            enc,
+            next_id: 1,
+            max_frame: reply.max_frame_bytes.max(1 << 20),
+            client_id: reply.client_id,
+            events: VecDeque::new(),
+        })
+    }
+
+    /// The daemon's install id (`X-Syncd-Client`).
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    async fn read_server_frame(&mut self) -> Result<ServerFrame> {
+        // Replies can be larger than requests (a big list): allow 4x.
+        let mut r = &self.conn;
+        let bytes = read_frame(&mut r, self.max_frame.saturating_mul(4))
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+            .ok_or_else(|| ClientError::Protocol("daemon closed the connection".into()))?;
+        decode(self.enc, &bytes).map_err(ClientError::Protocol)
+    }
+
+    /// Sends one request and waits for its reply.
+    pub async fn request(&mut self, request: Request) -> Result<Response> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let bytes =
+            encode(self.enc, &ClientFrame { id, request }).map_err(ClientError::Protocol)?;
+        let mut w = &self.conn;
+        write_frame(&mut w, &bytes)
+            .await
+            .map_err(|e| ClientError::Protocol(format!("sending request: {e}")))?;
+        loop {
+            match self.read_server_frame().await? {
+                ServerFrame::Reply { id: rid, body } if rid == id => return Ok(body),
+                ServerFrame::Error { id: rid, error } if rid == id || rid == 0 => {
+                    return Err(ClientError::Api(error))
+                }
+                ServerFrame::Event(e) => self.events.push_back(e),
+                other => {
+                    return Err(ClientError::Protocol(format!(
+                        "unexpected frame while waiting for reply {id}: {other:?}"
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Creates or replaces a record; returns (local id, op_id).
+    pub async fn put(
+        &mut self,
+        collection: &str,
+        id: Option<&str>,
+        data: Value,
+    ) -> Result<(String, String)> {
+        written(
+            self.request(Request::Put {
+                collection: collection.into(),
+                id: id.map(str::to_owned),
+                data: Doc(data),
+            })
+            .await?,
+        )
+    }
+
+    /// Merges top-level fields (null removes a key); returns (id, op_id).
+    pub async fn patch(&mut self, collection: &str, id: &str, data: Value) -> Result<(String, String)> {
+        written(
+            self.request(Request::Patch {
+                collection: collection.into(),
+                id: id.into(),
+                data: Doc(data),
+            })
+            .await?,
+        )
+    }
+
+    pub async fn delete(&mut self, collection: &str, id: &str) -> Result<(String, String)> {
+        written(
+            self.request(Request::Delete {
+                collection: collection.into(),
+                id: id.into(),
+            })
+            .await?,
+        )
+    }
+
+    pub async fn get(&mut self, collection: &str, id: &str) -> Result<RecordView> {
+        match self
+            .request(Request::Get {
+                collection: collection.into(),
+                id: id.into(),
+            })
+            .await?
+        {
+            Response::Record(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// One page of records; returns the page and the next start key.
+    pub async fn list(
+        &mut self,
+        collection: &str,
+        start: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<(Vec<RecordView>, Option<String>)> {
+        match self
+            .request(Request::List {
+                collection: collection.into(),
+                start: start.map(str::to_owned),
+                limit,
+            })
+            .await?
+        {
+            Response::Records { records, next } => Ok((records, next)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn status(&mut self) -> Result<StatusView> {
+        match self.request(Request::Status {}).await? {
+            Response::Status(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn queue(&mut self, limit: Option<u32>) -> Result<Vec<OpView>> {
+        match self.request(Request::Queue { limit }).await? {
+            Response::Ops(o) => Ok(o),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Subscribes to change events of `collections` (empty: all).
+    pub async fn watch(&mut self, collections: &[String]) -> Result<()> {
+        match self
+            .request(Request::Watch {
+                collections: collections.to_vec(),
+            })
+            .await?
+        {
+            Response::Watching {} => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The next watch event (after [`Client::watch`]).
+    pub async fn next_event(&mut self) -> Result<Event> {
+        if let Some(e) = self.events.pop_front() {
+            return Ok(e);
+        }
+        loop {
+            match self.read_server_frame().await? {
+                ServerFrame::Event(e) => return Ok(e),
+                ServerFrame::Error { error, .. } => return Err(ClientError::Api(error)),
+                ServerFrame::Reply { .. } => continue,
+            }
+        }
+    }
+
+    /// Blocks until the op is on the server; fails if it was dead-lettered.
+    pub async fn wait_synced(&mut self, op_id: &str) -> Result<Response> {
+        self.request(Request::WaitSynced {
+            op_id: op_id.into(),
+        })
+        .await
+    }
+}
+
+fn written(r: Response) -> Result<(String, String)> {
+    match r {
+        Response::Written { id, op_id } => Ok((id, op_id)),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn unexpected(r: Response) -> ClientError {
+    ClientError::Protocol(format!("unexpected reply: {r:?}"))
+}

@@ -1,0 +1,406 @@
+//! `daemon.toml`: loading, validation and the defaults the daemon runs on
+//! when no file is given.
+//!
+//! Every key is known: an unknown key or a bad value stops startup with the
+//! file, the key and the reason. Hot reload (see [`crate::daemon`]) goes
+//! through the same [`Config::load`], so a bad edit is reported the same way
+//! and the old config stays in force.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A config error that names the file, the key and the reason.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Conflict strategies (../shared/backend-protocol.md, "Conflict strategies").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    ServerWins,
+    LastWriteWins,
+    Merge,
+    Manual,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::ServerWins => "server-wins",
+            Strategy::LastWriteWins => "last-write-wins",
+            Strategy::Merge => "merge",
+            Strategy::Manual => "manual",
+        }
+    }
+}
+
+/// How `merge` settles a top-level key changed on both sides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FieldRule {
+    /// The later of the local op's client_ts and the server's updated_at.
+    LastWriteWins,
+    Local,
+    Server,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonSection {
+    /// Path of the local socket.
+    pub socket: PathBuf,
+    /// Directory of the store and the lock file.
+    pub data_dir: PathBuf,
+    /// trace, debug, info, warn or error (or an EnvFilter directive).
+    pub log_level: String,
+    /// Octal permission bits of the socket file, e.g. "0600" or "0660".
+    pub socket_mode: String,
+    /// Largest frame accepted on the socket, bytes.
+    pub max_frame_bytes: u32,
+    /// Largest document accepted in a write, bytes of JSON.
+    pub max_document_bytes: u32,
+    /// redb page cache, MiB.
+    pub cache_mib: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendSection {
+    /// Base URL of the backend (http or https); empty: no backend, stay
+    /// offline and keep queueing.
+    pub url: String,
+    /// File holding the bearer token (re-read on reload).
+    pub token_file: Option<PathBuf>,
+    /// Per-request timeout.
+    pub timeout_ms: u64,
+    /// Extra CA bundle (PEM) trusted for https, besides the system roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncSection {
+    pub conflict: Strategy,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    pub batch_size: u32,
+    pub pull_interval_s: u64,
+    /// Per-field rules for `merge` that apply to every collection.
+    pub merge_fields: BTreeMap<String, FieldRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectionSection {
+    pub conflict: Option<Strategy>,
+    #[serde(default)]
+    pub merge_fields: BTreeMap<String, FieldRule>,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub daemon: DaemonSection,
+    pub backend: BackendSection,
+    pub sync: SyncSection,
+    pub collections: BTreeMap<String, CollectionSection>,
+}
+
+impl Default for DaemonSection {
+    fn default() -> Self {
+        DaemonSection {
+            socket: default_socket(),
+            data_dir: default_data_dir(),
+            log_level: "info".into(),
+            socket_mode: "0600".into(),
+            max_frame_bytes: 16 * 1024 * 1024,
+            max_document_bytes: 1024 * 1024,
+            cache_mib: 16,
+        }
+    }
+}
+
+impl Default for BackendSection {
+    fn default() -> Self {
+        BackendSection {
+            url: String::new(),
+            token_file: None,
+            timeout_ms: 10_000,
+            ca_file: None,
+        }
+    }
+}
+
+impl Default for SyncSection {
+    fn default() -> Self {
+        SyncSection {
+            conflict: Strategy::LastWriteWins,
+            backoff_initial_ms: 500,
+            backoff_max_ms: 60_000,
+            batch_size: 100,
+            pull_interval_s: 60,
+            merge_fields: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            daemon: DaemonSection::default(),
+            backend: BackendSection::default(),
+            sync: SyncSection::default(),
+            collections: BTreeMap::new(),
+        }
+    }
+}
+
+fn uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
+/// `$XDG_RUNTIME_DIR/syncd/syncd.sock`, else `/tmp/syncd-UID/syncd.sock`.
+pub fn default_socket() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d).join("syncd").join("syncd.sock"),
+        _ => PathBuf::from(format!("/tmp/syncd-{}", uid())).join("syncd.sock"),
+    }
+}
+
+/// `$XDG_DATA_HOME/syncd`, else `~/.local/share/syncd`, else
+/// `/tmp/syncd-UID/data`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("syncd");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(h).join(".local/share/syncd");
+    }
+    PathBuf::from(format!("/tmp/syncd-{}", uid())).join("data")
+}
+
+impl Config {
+    /// Reads and validates `path`. Relative paths inside the file are taken
+    /// relative to the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+        let mut cfg = Config::parse(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        if let Some(dir) = abs.parent() {
+            cfg.resolve_relative(dir);
+        }
+        Ok(cfg)
+    }
+
+    /// Parses and validates TOML text; errors name the key and the reason.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let cfg: Config = toml::from_str(text).map_err(|e| describe_toml_error(text, &e))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn resolve_relative(&mut self, dir: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() && !p.as_os_str().is_empty() {
+                *p = dir.join(&*p);
+            }
+        };
+        fix(&mut self.daemon.socket);
+        fix(&mut self.daemon.data_dir);
+        if let Some(p) = self.backend.token_file.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.backend.ca_file.as_mut() {
+            fix(p);
+        }
+    }
+
+    /// Checks values serde cannot: ranges, formats, names.
+    pub fn validate(&self) -> Result<(), String> {
+        let bad = |key: &str, why: String| Err(format!("key `{key}`: {why}"));
+        if self.daemon.socket.as_os_str().is_empty() {
+            return bad("daemon.socket", "must not be empty".into());
+        }
+        if self.daemon.data_dir.as_os_str().is_empty() {
+            return bad("daemon.data_dir", "must not be empty".into());
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.daemon.log_level) {
+            return bad(
+                "daemon.log_level",
+                format!("{:?} is not a log level or filter: {e}", self.daemon.log_level),
+            );
+        }
+        if let Err(e) = self.socket_mode() {
+            return bad("daemon.socket_mode", e);
+        }
+        if self.daemon.max_frame_bytes < 1024 {
+            return bad("daemon.max_frame_bytes", "must be at least 1024".into());
+        }
+        if self.daemon.max_document_bytes == 0
+            || self.daemon.max_document_bytes > self.daemon.max_frame_bytes
+        {
+            return bad(
+                "daemon.max_document_bytes",
+                "must be between 1 and daemon.max_frame_bytes".into(),
+            );
+        }
+        if self.daemon.cache_mib == 0 || self.daemon.cache_mib > 4096 {
+            return bad("daemon.cache_mib", "must be between 1 and 4096".into());
+        }
+        let url = self.backend.url.trim();
+        if !url.is_empty() {
+            match url.parse::<hyper::Uri>() {
+                Ok(u) if matches!(u.scheme_str(), Some("http") | Some("https")) && u.host().is_some() => {}
+                Ok(_) => {
+                    return bad(
+                        "backend.url",
+                        format!("{url:?} must be an absolute http:// or https:// URL"),
+                    )
+                }
+                Err(e) => return bad("backend.url", format!("{url:?} is not a URL: {e}")),
+            }
+        }
+        if self.backend.timeout_ms == 0 {
+            return bad("backend.timeout_ms", "must be greater than 0".into());
+        }
+        if self.sync.backoff_initial_ms == 0 {
+            return bad("sync.backoff_initial_ms", "must be greater than 0".into());
+        }
+        if self.sync.backoff_max_ms < self.sync.backoff_initial_ms {
+            return bad(
+                "sync.backoff_max_ms",
+                format!(
+                    "{} is less than sync.backoff_initial_ms ({})",
+                    self.sync.backoff_max_ms, self.sync.backoff_initial_ms
+                ),
+            );
+        }
+        if self.sync.batch_size == 0 || self.sync.batch_size > 1000 {
+            return bad("sync.batch_size", "must be between 1 and 1000".into());
+        }
+        if self.sync.pull_interval_s == 0 {
+            return bad("sync.pull_interval_s", "must be greater than 0".into());
+        }
+        for name in self.collections.keys() {
+            if let Err(e) = crate::ids::validate_collection(name) {
+                return bad(&format!("collections.{name}"), e);
+            }
+        }
+        Ok(())
+    }
+
+    /// `daemon.socket_mode` as permission bits.
+    pub fn socket_mode(&self) -> Result<u32, String> {
+        let s = self.daemon.socket_mode.trim();
+        let digits = s.strip_prefix("0o").unwrap_or(s);
+        let mode = u32::from_str_radix(digits, 8)
+            .map_err(|_| format!("{s:?} is not an octal mode like \"0600\""))?;
+        if mode & !0o777 != 0 {
+            return Err(format!("{s:?} has bits outside 0777"));
+        }
+        if mode & 0o600 != 0o600 {
+            return Err(format!("{s:?} must give the owner read and write (0600)"));
+        }
+        Ok(mode)
+    }
+
+    /// The strategy and merge rules in force for `collection`.
+    pub fn strategy_for(&self, collection: &str) -> (Strategy, BTreeMap<String, FieldRule>) {
+        let mut fields = self.sync.merge_fields.clone();
+        match self.collections.get(collection) {
+            Some(c) => {
+                fields.extend(c.merge_fields.clone());
+                (c.conflict.unwrap_or(self.sync.conflict), fields)
+            }
+            None => (self.sync.conflict, fields),
+        }
+    }
+
+    /// The backend URL, if one is configured.
+    pub fn backend_url(&self) -> Option<&str> {
+        let u = self.backend.url.trim();
+        (!u.is_empty()).then_some(u)
+    }
+}
+
+/// Turns a toml/serde error into "key `a.b`: reason (line N)": the key is
+/// recovered from the error's position and the nearest `[table]` above it.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().replace('\n', " ");
+    let Some(span) = e.span() else {
+        return msg;
+    };
+    let start = span.start.min(text.len());
+    let line_no = text[..start].matches('\n').count() + 1;
+    let line_start = text[..start].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line_end = text[start..].find('\n').map(|i| start + i).unwrap_or(text.len());
+    let line = text[line_start..line_end].trim();
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').to_owned());
+    match (table, key) {
+        (Some(t), Some(k)) => format!("key `{t}.{k}`: {msg} (line {line_no})"),
+        (None, Some(k)) => format!("key `{k}`: {msg} (line {line_no})"),
+        (Some(t), None) => format!("table `{t}`: {msg} (line {line_no})"),
+        (None, None) => format!("{msg} (line {line_no})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        Config::default().validate().unwrap();
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::parse("[sync]\nbatchsize = 3\n").unwrap_err();
+        assert!(e.contains("batchsize"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let e = Config::parse("[sync]\nbackoff_initial_ms = 0\n").unwrap_err();
+        assert!(e.contains("sync.backoff_initial_ms"), "{e}");
+        let e = Config::parse("[daemon]\nsocket_mode = \"abc\"\n").unwrap_err();
+        assert!(e.contains("daemon.socket_mode"), "{e}");
+        let e = Config::parse("[sync]\nconflict = \"coin-flip\"\n").unwrap_err();
+        assert!(e.contains("coin-flip"), "{e}");
+        let e = Config::parse("[backend]\nurl = \"ftp://x\"\n").unwrap_err();
+        assert!(e.contains("backend.url"), "{e}");
+    }
+
+    #[test]
+    fn collection_override() {
+        let c = Config::parse(
+            "[sync]\nconflict = \"server-wins\"\n[collections.notes]\nconflict = \"merge\"\nmerge_fields = { title = \"local\" }\n",
+        )
+        .unwrap();
+        assert_eq!(c.strategy_for("notes").0, Strategy::Merge);
+        assert_eq!(c.strategy_for("notes").1["title"], FieldRule::Local);
+        assert_eq!(c.strategy_for("other").0, Strategy::ServerWins);
+    }
+}

@@ -1,0 +1,290 @@
+//! Wiring: config, store, writer, socket server, sync worker, signals and
+//! an orderly shutdown. No logic of its own beyond starting and stopping.
+//!
+//! Shutdown (SIGTERM/SIGINT): stop accepting, let each connection finish
+//! the request it is on, let the writer commit what it holds, remove the
+//! socket file, exit 0; all within ~5 s.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, watch, Notify};
+use tracing_subscriber::{reload, EnvFilter};
+
+use crate::config::Config;
+use crate::ipc::server::{self, Ctx};
+use crate::store::{tables::META_PAUSED, writer, Store};
+use crate::sync::SyncControl;
+
+/// Capacity of the watch-event channel: a subscriber this far behind gets
+/// `resync_needed` instead of holding writers back.
+const EVENT_BUFFER: usize = 4096;
+
+/// How long shutdown waits for connections to finish their request.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub type LogHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+
+/// Sets up logging to stderr; the handle changes the level on reload.
+pub fn init_logging(level: &str) -> LogHandle {
+    use tracing_subscriber::prelude::*;
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (layer, handle) = reload::Layer::new(filter);
+    let _ = tracing_subscriber::registry()
+        .with(layer)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .try_init();
+    handle
+}
+
+/// Why the daemon could not start.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Takes the data_dir lock: one daemon per store.
+fn lock_data_dir(dir: &Path) -> Result<File, StartError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StartError(format!("cannot create data_dir {}: {e}", dir.display())))?;
+    let path = dir.join("syncd.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StartError(format!("cannot open lock file {}: {e}", path.display())))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StartError(format!(
+            "another syncd is already running on data_dir {} (lock file {} is held)",
+            dir.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(StartError(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Tells systemd (Type=notify) that we are ready, if it is listening.
+fn sd_notify(msg: &str) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::net::{SocketAddr, UnixDatagram};
+        let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+            return;
+        };
+        let path = path.to_string_lossy().into_owned();
+        let addr = match path.strip_prefix('@') {
+            Some(abs) => SocketAddr::from_abstract_name(abs.as_bytes()),
+            None => SocketAddr::from_pathname(&path),
+        };
+        let sent = addr.and_then(|a| UnixDatagram::unbound()?.send_to_addr(msg.as_bytes(), &a));
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "sd_notify failed");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = msg;
+}
+
+/// Signals the daemon reacts to.
+#[derive(Debug, Clone, Copy)]
+enum Sig {
+    Stop,
+    Reload,
+}
+
+/// Forwards SIGTERM/SIGINT/SIGHUP from a signal-hook thread into the
+/// runtime.
+fn signals() -> Result<mpsc::UnboundedReceiver<Sig>, StartError> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut sigs = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|e| StartError(format!("cannot install signal handlers: {e}")))?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("syncd-signals".into())
+        .spawn(move || {
+            for s in sigs.forever() {
+                let sig = if s == SIGHUP { Sig::Reload } else { Sig::Stop };
+                if tx.send(sig).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| StartError(format!("cannot start signal thread: {e}")))?;
+    Ok(rx)
+}
+
+/// Watches the config file (its directory, so editors that replace the
+/// file are seen too) and sends a unit on every change.
+fn watch_config(path: &Path) -> Option<(notify::RecommendedWatcher, mpsc::UnboundedReceiver<()>)> {
+    use notify::{RecursiveMode, Watcher};
+    let (tx, rx) = mpsc::unbounded_channel();
+    let file = path.file_name()?.to_owned();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            let touches = ev.paths.iter().any(|p| p.file_name() == Some(file.as_os_str()));
+            if touches && !matches!(ev.kind, notify::EventKind::Access(_)) {
+                let _ = tx.send(());
+            }
+        }
+    })
+    .map_err(|e| tracing::warn!(error = %e, "config file watch unavailable; SIGHUP still reloads"))
+    .ok()?;
+    if let Err(e) = w.watch(&dir, RecursiveMode::NonRecursive) {
+        tracing::warn!(error = %e, dir = %dir.display(), "cannot watch config directory; SIGHUP still reloads");
+        return None;
+    }
+    Some((w, rx))
+}
+
+/// Loads the config again; a valid one replaces the current, an invalid one
+/// is logged and ignored.
+fn reload_config(path: &Path, cfg_tx: &watch::Sender<Arc<Config>>, log: &LogHandle) {
+    let new = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("config reload rejected, keeping the current config: {e}");
+            return;
+        }
+    };
+    let old = cfg_tx.borrow().clone();
+    if *old == new {
+        return;
+    }
+    for (key, changed) in [
+        ("daemon.socket", old.daemon.socket != new.daemon.socket),
+        ("daemon.data_dir", old.daemon.data_dir != new.daemon.data_dir),
+        ("daemon.socket_mode", old.daemon.socket_mode != new.daemon.socket_mode),
+        ("daemon.cache_mib", old.daemon.cache_mib != new.daemon.cache_mib),
+    ] {
+        if changed {
+            tracing::warn!(key, "changed in the config file; takes effect at the next restart");
+        }
+    }
+    if old.daemon.log_level != new.daemon.log_level {
+        if let Ok(f) = EnvFilter::try_new(&new.daemon.log_level) {
+            let _ = log.reload(f);
+        }
+    }
+    tracing::info!(file = %path.display(), "config reloaded");
+    cfg_tx.send_replace(Arc::new(new));
+}
+
+/// Runs the daemon until SIGTERM/SIGINT. `config_path` is `None` for the
+/// embedded defaults.
+pub async fn run(config: Config, config_path: Option<PathBuf>, log: LogHandle) -> Result<(), StartError> {
+    let mode = config.socket_mode().map_err(StartError)?;
+    let data_dir = config.daemon.data_dir.clone();
+    let socket = config.daemon.socket.clone();
+    let _lock = lock_data_dir(&data_dir)?;
+
+    let store = Store::open(&data_dir, config.daemon.cache_mib as usize * 1024 * 1024)
+        .map_err(|e| StartError(format!("cannot open store in {}: {e}", data_dir.display())))?;
+    let paused = store.meta(META_PAUSED).ok().flatten().as_deref() == Some(b"1");
+    let (events, _) = broadcast::channel(EVENT_BUFFER);
+    let queue_changed = Arc::new(Notify::new());
+    let (writer, writer_thread) = writer::spawn(store.clone(), events.clone(), queue_changed.clone())
+        .map_err(|e| StartError(format!("cannot start writer: {e}")))?;
+    let sync = SyncControl::new(paused);
+
+    let (cfg_tx, cfg_rx) = watch::channel(Arc::new(config));
+    let mut sigs = signals()?;
+    let mut cfg_watch = config_path.as_deref().and_then(watch_config);
+
+    let listener = server::bind(&socket, mode)
+        .await
+        .map_err(|e| StartError(format!("cannot listen on {}: {e}", socket.display())))?;
+
+    let ctx = Arc::new(Ctx {
+        store: store.clone(),
+        writer: writer.clone(),
+        events: events.clone(),
+        config: cfg_rx.clone(),
+        sync: sync.clone(),
+    });
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let worker = crate::sync::worker::spawn(crate::sync::worker::WorkerDeps {
+        store: store.clone(),
+        writer: writer.clone(),
+        config: cfg_rx.clone(),
+        control: sync.clone(),
+        queue_changed,
+        shutdown: shutdown_rx.clone(),
+    });
+    drop(writer);
+
+    let server_ctx = ctx.clone();
+    let server_sd = shutdown_rx.clone();
+    let server = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        server::serve(listener, server_ctx, server_sd, &mut conns).await;
+        // Stop accepting at once (dropping the listener removes the socket
+        // file), then give open requests time to finish.
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while conns.join_next().await.is_some() {}
+        })
+        .await;
+        conns.abort_all();
+    });
+
+    tracing::info!(socket = %socket.display(), data_dir = %data_dir.display(), client_id = %store.client_id(), "syncd ready");
+    sd_notify("READY=1");
+
+    loop {
+        let changed = async {
+            match cfg_watch.as_mut() {
+                Some((_, rx)) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            s = sigs.recv() => match s {
+                Some(Sig::Reload) => match config_path.as_deref() {
+                    Some(p) => reload_config(p, &cfg_tx, &log),
+                    None => tracing::info!("SIGHUP: running on embedded defaults, nothing to reload"),
+                },
+                Some(Sig::Stop) | None => break,
+            },
+            Some(()) = changed => {
+                // Editors write in several steps: let them finish.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if let Some((_, rx)) = cfg_watch.as_mut() { while rx.try_recv().is_ok() {} }
+                if let Some(p) = config_path.as_deref() { reload_config(p, &cfg_tx, &log); }
+            }
+        }
+    }
+
+    tracing::info!("shutting down");
+    sd_notify("STOPPING=1");
+    let _ = shutdown_tx.send(true);
+    let _ = server.await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), worker).await;
+    drop(ctx);
+    // The writer thread ends when the last handle is gone; it finishes the
+    // batch it is committing first.
+    let joined = tokio::task::spawn_blocking(move || writer_thread.join());
+    let _ = tokio::time::timeout(Duration::from_secs(1), joined).await;
+    if socket.exists() {
+        let _ = std::fs::remove_file(&socket);
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

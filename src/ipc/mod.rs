@@ -1,0 +1,7 @@
+//! The local API: wire types, codec, framing and the socket server.
+//! The client side lives in [`crate::client`].
+
+pub mod codec;
+pub mod frame;
+pub mod server;
+pub mod wire;

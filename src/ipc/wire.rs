@@ -1,0 +1,387 @@
+//! The local API's message types (docs/ipc-protocol.md is their prose twin).
+//!
+//! Every message is a frame: a 4-byte big-endian length, then that many bytes
+//! of body. The first frame each way is a JSON hello ([`Hello`],
+//! [`HelloReply`]); after it both sides use the encoding the client chose.
+//! Enums are externally tagged (`{"put": {...}}`) because that is the one
+//! serde shape both JSON and bincode can carry.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+
+use crate::ipc::codec::Encoding;
+
+/// Version of this local protocol, carried in the hello.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A JSON document in a frame. In JSON frames it is the value itself; in
+/// bincode frames (not self-describing) it travels as its JSON text.
+/// Decoding never checks that it is an object: the request handler does, so
+/// that the error can say "not an object" instead of a decode failure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Doc(pub Value);
+
+impl Serialize for Doc {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            self.0.serialize(s)
+        } else {
+            s.serialize_str(&self.0.to_string())
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Doc {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            Ok(Doc(Value::deserialize(d)?))
+        } else {
+            let text = String::deserialize(d)?;
+            serde_json::from_str(&text)
+                .map(Doc)
+                .map_err(|e| serde::de::Error::custom(format!("invalid JSON in document: {e}")))
+        }
+    }
+}
+
+/// First frame from the client; always JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    /// Free-form name of the app, for logs.
+    pub app: String,
+    pub protocol: u32,
+    pub encoding: Encoding,
+}
+
+/// First frame from the daemon; always JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HelloReply {
+    pub ok: bool,
+    #[serde(default)]
+    pub server: String,
+    #[serde(default)]
+    pub protocol: u32,
+    #[serde(default)]
+    pub client_id: String,
+    #[serde(default)]
+    pub max_frame_bytes: u32,
+    #[serde(default)]
+    pub error: Option<ApiError>,
+}
+
+/// A request frame: `id` is echoed in the reply so clients can pipeline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientFrame {
+    pub id: u64,
+    pub request: Request,
+}
+
+/// Which side a manual conflict resolution takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    Local,
+    Server,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Request {
+    /// Create or replace a record; `id` is minted by the daemon when absent.
+    Put {
+        collection: String,
+        #[serde(default)]
+        id: Option<String>,
+        data: Doc,
+    },
+    /// Top-level field merge into an existing record; a `null` value removes
+    /// the key.
+    Patch {
+        collection: String,
+        id: String,
+        data: Doc,
+    },
+    Get {
+        collection: String,
+        id: String,
+    },
+    Delete {
+        collection: String,
+        id: String,
+    },
+    /// Records in id order, from `start` (inclusive).
+    List {
+        collection: String,
+        #[serde(default)]
+        start: Option<String>,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+    Status {},
+    /// Pending operations in queue order.
+    Queue {
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+    /// Subscribe this connection to change events; empty = every collection.
+    Watch {
+        #[serde(default)]
+        collections: Vec<String>,
+    },
+    /// Wake the sync worker now (push, then pull).
+    Sync {},
+    Pause {},
+    Resume {},
+    Conflicts {},
+    Resolve {
+        collection: String,
+        id: String,
+        #[serde(default)]
+        take: Option<Side>,
+        #[serde(default)]
+        data: Option<Doc>,
+    },
+    DeadLetters {},
+    Retry {
+        op_id: String,
+    },
+    Discard {
+        op_id: String,
+    },
+    /// Completes when the op is on the server (or fails permanently).
+    WaitSynced {
+        op_id: String,
+    },
+}
+
+/// Machine-readable error kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadFrame,
+    InvalidJson,
+    NotAnObject,
+    BadCollection,
+    BadId,
+    BadRequest,
+    TooLarge,
+    NotFound,
+    UnsupportedProtocol,
+    PermissionDenied,
+    DeadLettered,
+    ShuttingDown,
+    Internal,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let code = serde_json::to_value(self.code)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        write!(f, "{code}: {}", self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// A frame from the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerFrame {
+    Reply { id: u64, body: Response },
+    /// `id` 0: the request frame could not be decoded, so it has no id.
+    Error { id: u64, error: ApiError },
+    Event(Event),
+}
+
+/// A record as apps see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordView {
+    pub collection: String,
+    pub id: String,
+    pub data: Doc,
+    pub server_id: Option<String>,
+    pub version: Option<u64>,
+    pub updated_at: Option<i64>,
+    pub pending: bool,
+}
+
+/// A queued (or dead-lettered) operation as apps see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpView {
+    pub seq: u64,
+    pub op_id: String,
+    pub collection: String,
+    pub id: String,
+    pub kind: String,
+    pub data: Option<Doc>,
+    pub client_ts: i64,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
+/// A parked manual conflict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConflictView {
+    pub collection: String,
+    pub id: String,
+    pub local: Option<Doc>,
+    pub server: Option<Doc>,
+    pub server_version: u64,
+    pub server_deleted: bool,
+    pub detected_at: i64,
+}
+
+/// What `status` reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusView {
+    /// online, offline, backoff, paused or auth_error.
+    pub state: String,
+    pub queue_depth: u64,
+    pub oldest_pending_age_ms: Option<i64>,
+    pub dead_letters: u64,
+    pub conflicts: u64,
+    pub conflicts_resolved: u64,
+    pub last_sync_at: Option<i64>,
+    pub next_retry_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub backend: Option<String>,
+    pub client_id: String,
+    pub store_bytes: u64,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    /// A write was durably committed with its queue entry.
+    Written { id: String, op_id: String },
+    Record(RecordView),
+    Records {
+        records: Vec<RecordView>,
+        /// Start key for the next page, if there is more.
+        next: Option<String>,
+    },
+    Status(StatusView),
+    Ops(Vec<OpView>),
+    Conflicts(Vec<ConflictView>),
+    Watching {},
+    Ok {},
+    Synced {
+        op_id: String,
+        server_id: Option<String>,
+        version: Option<u64>,
+    },
+}
+
+/// Where a change came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    Local,
+    Remote,
+    Conflict,
+}
+
+/// One event of the watch feed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    /// A record was written or deleted (`data` is `None` for a delete).
+    Changed {
+        collection: String,
+        id: String,
+        op_id: Option<String>,
+        origin: Origin,
+        data: Option<Doc>,
+    },
+    /// The server confirmed an operation.
+    Synced {
+        op_id: String,
+        collection: String,
+        id: String,
+        server_id: String,
+        version: u64,
+    },
+    /// The server rejected an operation for good.
+    DeadLettered {
+        op_id: String,
+        collection: String,
+        id: String,
+        error: String,
+    },
+    /// A conflict was resolved (or parked, for `manual`).
+    Conflict {
+        collection: String,
+        id: String,
+        strategy: String,
+        outcome: String,
+    },
+    /// This subscriber fell behind and missed events: re-read what it needs.
+    ResyncNeeded { missed: u64 },
+}
+
+impl Event {
+    pub fn collection(&self) -> Option<&str> {
+        match self {
+            Event::Changed { collection, .. }
+            | Event::Synced { collection, .. }
+            | Event::DeadLettered { collection, .. }
+            | Event::Conflict { collection, .. } => Some(collection),
+            Event::ResyncNeeded { .. } => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipc::codec::{decode, encode};
+
+    #[test]
+    fn doc_travels_in_both_encodings() {
+        let f = ClientFrame {
+            id: 3,
+            request: Request::Put {
+                collection: "todos".into(),
+                id: None,
+                data: Doc(serde_json::json!({"a": [1, 2, {"b": null}]})),
+            },
+        };
+        for enc in [Encoding::Json, Encoding::Bincode] {
+            let bytes = encode(enc, &f).unwrap();
+            let back: ClientFrame = decode(enc, &bytes).unwrap();
+            match back.request {
+                Request::Put { data, .. } => assert_eq!(data.0["a"][2]["b"], Value::Null),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn json_shape_is_documented_one() {
+        let f: ClientFrame =
+            serde_json::from_str(r#"{"id":1,"request":{"put":{"collection":"t","data":{"x":1}}}}"#)
+                .unwrap();
+        assert!(matches!(f.request, Request::Put { id: None, .. }));
+        let s: ClientFrame =
+            serde_json::from_str(r#"{"id":2,"request":{"status":{}}}"#).unwrap();
+        assert!(matches!(s.request, Request::Status {}));
+    }
+}

@@ -1,0 +1,447 @@
+//! The embedded store: records, the mutation queue and metadata in one redb
+//! file.
+//!
+//! Invariants (the rest of the daemon relies on these):
+//! - Every change to `records` made for an app write is committed in the same
+//!   write transaction as the queue entry that carries it to the server. There
+//!   is never a record change without its op, nor an op without its record.
+//! - Only the writer thread ([`writer`]) opens write transactions. Everything
+//!   else reads through redb read transactions, which never wait for it.
+//! - Queue keys are a monotonic `u64` sequence. Appends take `tail + 1`;
+//!   re-sends after a conflict go to the head with `head - 1`. Numbering
+//!   starts at 2^62 so the head can always move down.
+//! - `pending` on a record counts its ops that are in the queue or parked in
+//!   a manual conflict; a record shows `pending: true` while it is non-zero.
+//! - An op's `op_id` is minted once when it is queued and never changes.
+
+pub mod tables;
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::protocol::{OpKind, ServerRecord};
+use crate::ipc::codec::from_store;
+use crate::ipc::wire::{ConflictView, Doc, OpView, RecordView};
+use tables::*;
+
+/// Schema version written at creation; bumped on incompatible changes.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// Errors from the storage layer. They are not the app's fault: the daemon
+/// reports them as `internal` and keeps serving.
+#[derive(Debug)]
+pub struct StoreError(pub String);
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "store: {}", self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+macro_rules! store_err_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self { StoreError(e.to_string()) }
+        }
+    )*};
+}
+store_err_from!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError,
+    std::io::Error
+);
+
+impl From<String> for StoreError {
+    fn from(e: String) -> Self {
+        StoreError(e)
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A record as stored. Documents are kept as JSON text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredRecord {
+    /// The current local document (`{}` once deleted).
+    pub data: String,
+    /// Deleted locally (the delete may still be queued).
+    pub deleted: bool,
+    pub server_id: Option<String>,
+    /// The last server version this record was known at.
+    pub version: Option<u64>,
+    pub updated_at: Option<i64>,
+    /// The server document at `version`: the base of a three-way merge.
+    pub base: Option<String>,
+    /// Ops for this record still queued or parked in a conflict.
+    pub pending: u32,
+    /// client_ts of the last local write.
+    pub local_ts: i64,
+}
+
+impl StoredRecord {
+    pub fn view(&self, collection: &str, id: &str) -> RecordView {
+        RecordView {
+            collection: collection.to_owned(),
+            id: id.to_owned(),
+            data: Doc(parse_doc_text(&self.data)),
+            server_id: self.server_id.clone(),
+            version: self.version,
+            updated_at: self.updated_at,
+            pending: self.pending > 0,
+        }
+    }
+}
+
+/// An operation waiting in the queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueuedOp {
+    pub op_id: String,
+    pub collection: String,
+    pub local_id: String,
+    pub kind: OpKind,
+    /// The full document (JSON text) for create/update; `None` for delete.
+    pub data: Option<String>,
+    pub client_ts: i64,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub enqueued_at: i64,
+}
+
+impl QueuedOp {
+    pub fn view(&self, seq: u64) -> OpView {
+        OpView {
+            seq,
+            op_id: self.op_id.clone(),
+            collection: self.collection.clone(),
+            id: self.local_id.clone(),
+            kind: self.kind.as_str().to_owned(),
+            data: self.data.as_deref().map(|d| Doc(parse_doc_text(d))),
+            client_ts: self.client_ts,
+            attempts: self.attempts,
+            last_error: self.last_error.clone(),
+        }
+    }
+}
+
+/// An op the server rejected for good.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub op: QueuedOp,
+    pub error: String,
+    pub dead_at: i64,
+}
+
+/// A conflict parked by the `manual` strategy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParkedConflict {
+    /// The server's record as the 409 reported it.
+    pub server: ServerRecordStored,
+    /// Ops taken out of the queue for this record, in order.
+    pub ops: Vec<QueuedOp>,
+    pub detected_at: i64,
+}
+
+/// [`ServerRecord`] with its document as JSON text (bincode-friendly).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerRecordStored {
+    pub id: String,
+    pub version: u64,
+    pub updated_at: i64,
+    pub deleted: bool,
+    pub data: String,
+}
+
+impl From<&ServerRecord> for ServerRecordStored {
+    fn from(r: &ServerRecord) -> Self {
+        ServerRecordStored {
+            id: r.id.clone(),
+            version: r.version,
+            updated_at: r.updated_at,
+            deleted: r.deleted,
+            data: serde_json::Value::Object(r.data.clone()).to_string(),
+        }
+    }
+}
+
+impl ServerRecordStored {
+    pub fn to_record(&self) -> ServerRecord {
+        ServerRecord {
+            id: self.id.clone(),
+            version: self.version,
+            updated_at: self.updated_at,
+            deleted: self.deleted,
+            data: match parse_doc_text(&self.data) {
+                serde_json::Value::Object(m) => m,
+                _ => Default::default(),
+            },
+        }
+    }
+}
+
+/// Parses stored JSON text; the store only ever writes valid JSON, so a
+/// failure means corruption and reads as `null` rather than a panic.
+pub fn parse_doc_text(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or(serde_json::Value::Null)
+}
+
+/// Where an op is now, for `wait synced`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OpState {
+    Queued,
+    /// Parked in a manual conflict.
+    Parked,
+    DeadLettered(String),
+    /// Not in the queue, the conflicts or the dead letters: confirmed, or
+    /// superseded by a conflict resolution.
+    Done,
+}
+
+/// Read access to the store, cheap to clone. Writes go through
+/// [`writer::WriterHandle`].
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    path: PathBuf,
+    client_id: Arc<str>,
+}
+
+impl Store {
+    /// Opens (creating if needed) `data_dir/syncd.redb` with a bounded cache.
+    pub fn open(data_dir: &Path, cache_bytes: usize) -> Result<Store> {
+        std::fs::create_dir_all(data_dir)?;
+        let path = data_dir.join("syncd.redb");
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(&path)?;
+        let txn = db.begin_write()?;
+        let client_id;
+        {
+            for_each_table(&txn)?;
+            let mut meta = txn.open_table(META)?;
+            let existing = meta.get(META_CLIENT_ID)?.map(|v| v.value().to_vec());
+            client_id = match existing {
+                Some(v) => String::from_utf8(v).map_err(|e| StoreError(e.to_string()))?,
+                None => {
+                    let id = ulid::Ulid::generate().to_string();
+                    meta.insert(META_CLIENT_ID, id.as_bytes())?;
+                    id
+                }
+            };
+            let schema = meta.get(META_SCHEMA)?.map(|v| v.value().to_vec());
+            match schema {
+                None => {
+                    meta.insert(META_SCHEMA, SCHEMA_VERSION.to_be_bytes().as_slice())?;
+                }
+                Some(v) => {
+                    let found = u64::from_be_bytes(v.try_into().unwrap_or([0xff; 8]));
+                    if found != SCHEMA_VERSION {
+                        return Err(StoreError(format!(
+                            "{}: schema version {found}, this syncd understands {SCHEMA_VERSION}",
+                            path.display()
+                        )));
+                    }
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(Store {
+            db: Arc::new(db),
+            path,
+            client_id: client_id.into(),
+        })
+    }
+
+    pub(crate) fn db(&self) -> &Database {
+        &self.db
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Size of the store file on disk.
+    pub fn store_bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// The raw stored record, deleted ones included.
+    pub fn record(&self, collection: &str, id: &str) -> Result<Option<StoredRecord>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(RECORDS)?;
+        match t.get((collection, id))? {
+            Some(v) => Ok(Some(from_store(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A live (not deleted) record as apps see it.
+    pub fn get(&self, collection: &str, id: &str) -> Result<Option<RecordView>> {
+        Ok(self
+            .record(collection, id)?
+            .filter(|r| !r.deleted)
+            .map(|r| r.view(collection, id)))
+    }
+
+    /// Live records of `collection` in id order from `start`, at most
+    /// `limit`; also returns the id to start the next page from.
+    pub fn list(
+        &self,
+        collection: &str,
+        start: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<RecordView>, Option<String>)> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(RECORDS)?;
+        let mut out = Vec::new();
+        let from = (collection, start.unwrap_or(""));
+        for item in t.range(from..)? {
+            let (k, v) = item?;
+            let (c, id) = k.value();
+            if c != collection {
+                break;
+            }
+            if out.len() == limit {
+                return Ok((out, Some(id.to_owned())));
+            }
+            let r: StoredRecord = from_store(v.value())?;
+            if !r.deleted {
+                out.push(r.view(c, id));
+            }
+        }
+        Ok((out, None))
+    }
+
+    /// The first `limit` queued ops, in order, with their sequence numbers.
+    pub fn queue_head(&self, limit: usize) -> Result<Vec<(u64, QueuedOp)>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(QUEUE)?;
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for item in t.iter()? {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            out.push((k.value(), from_store(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Number of queued ops (O(1): redb keeps table lengths).
+    pub fn queue_depth(&self) -> Result<u64> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(QUEUE)?.len()?)
+    }
+
+    /// `enqueued_at` of the oldest queued op.
+    pub fn oldest_pending(&self) -> Result<Option<i64>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(QUEUE)?;
+        let first = t.first()?;
+        let r = match first {
+            Some((_, v)) => Some(from_store::<QueuedOp>(v.value())?.enqueued_at),
+            None => None,
+        };
+        Ok(r)
+    }
+
+    pub fn dead_letters(&self) -> Result<Vec<(u64, DeadLetter)>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(DEAD)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            out.push((k.value(), from_store(v.value())?));
+        }
+        Ok(out)
+    }
+
+    pub fn dead_letter_count(&self) -> Result<u64> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(DEAD)?.len()?)
+    }
+
+    pub fn conflicts(&self) -> Result<Vec<ConflictView>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(CONFLICTS)?;
+        let rt = txn.open_table(RECORDS)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            let (c, id) = k.value();
+            let p: ParkedConflict = from_store(v.value())?;
+            let local = match rt.get((c, id))? {
+                Some(r) => {
+                    let r: StoredRecord = from_store(r.value())?;
+                    (!r.deleted).then(|| Doc(parse_doc_text(&r.data)))
+                }
+                None => None,
+            };
+            out.push(ConflictView {
+                collection: c.to_owned(),
+                id: id.to_owned(),
+                local,
+                server: (!p.server.deleted).then(|| Doc(parse_doc_text(&p.server.data))),
+                server_version: p.server.version,
+                server_deleted: p.server.deleted,
+                detected_at: p.detected_at,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn conflict_count(&self) -> Result<u64> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(CONFLICTS)?.len()?)
+    }
+
+    /// Where `op_id` is now.
+    pub fn op_state(&self, op_id: &str) -> Result<OpState> {
+        let txn = self.db.begin_read()?;
+        let ops = txn.open_table(OP_INDEX)?;
+        if let Some(loc) = ops.get(op_id)? {
+            return Ok(if loc.value() == PARKED_SEQ {
+                OpState::Parked
+            } else {
+                OpState::Queued
+            });
+        }
+        let dead = txn.open_table(DEAD)?;
+        for item in dead.iter()? {
+            let (_, v) = item?;
+            let d: DeadLetter = from_store(v.value())?;
+            if d.op.op_id == op_id {
+                return Ok(OpState::DeadLettered(d.error));
+            }
+        }
+        Ok(OpState::Done)
+    }
+
+    /// A metadata value.
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(META)?;
+        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Local id of the record that has server id `server_id`.
+    pub fn local_id_for(&self, collection: &str, server_id: &str) -> Result<Option<String>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(SERVER_IDS)?;
+        Ok(t.get((collection, server_id))?.map(|v| v.value().to_owned()))
+    }
+}

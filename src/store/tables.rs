@@ -1,0 +1,59 @@
+//! Table definitions and metadata keys: the on-disk schema in one place.
+
+use redb::{TableDefinition, WriteTransaction};
+
+/// (collection, local id) -> bincode [`super::StoredRecord`].
+pub const RECORDS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("records");
+/// queue sequence -> bincode [`super::QueuedOp`].
+pub const QUEUE: TableDefinition<u64, &[u8]> = TableDefinition::new("queue");
+/// op_id -> queue sequence ([`PARKED_SEQ`] while parked in a conflict).
+pub const OP_INDEX: TableDefinition<&str, u64> = TableDefinition::new("op_index");
+/// (collection, server id) -> local id: maps pulled records to local ones.
+pub const SERVER_IDS: TableDefinition<(&str, &str), &str> = TableDefinition::new("server_ids");
+/// dead-letter sequence -> bincode [`super::DeadLetter`].
+pub const DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
+/// (collection, local id) -> bincode [`super::ParkedConflict`].
+pub const CONFLICTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("conflicts");
+/// Small named values.
+pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+pub const META_CLIENT_ID: &str = "client_id";
+pub const META_SCHEMA: &str = "schema_version";
+/// Next queue sequence to append (u64 BE).
+pub const META_QUEUE_TAIL: &str = "queue_tail";
+/// Next dead-letter sequence (u64 BE).
+pub const META_DEAD_TAIL: &str = "dead_tail";
+/// The pull cursor (opaque server string).
+pub const META_CURSOR: &str = "pull_cursor";
+/// "1" while sync is paused by the user.
+pub const META_PAUSED: &str = "paused";
+/// Count of conflicts resolved, for status (u64 BE).
+pub const META_RESOLVED: &str = "conflicts_resolved";
+/// Last successful sync, ms (i64 BE).
+pub const META_LAST_SYNC: &str = "last_sync_at";
+
+/// Where the queue numbering starts: far from both ends of `u64`, so the
+/// head can move down for re-sends and the tail up for appends.
+pub const QUEUE_ORIGIN: u64 = 1 << 62;
+/// Marker in [`OP_INDEX`] for an op parked in a manual conflict.
+pub const PARKED_SEQ: u64 = u64::MAX;
+
+/// Creates every table so that read transactions can always open them.
+pub fn for_each_table(txn: &WriteTransaction) -> Result<(), redb::TableError> {
+    txn.open_table(RECORDS)?;
+    txn.open_table(QUEUE)?;
+    txn.open_table(OP_INDEX)?;
+    txn.open_table(SERVER_IDS)?;
+    txn.open_table(DEAD)?;
+    txn.open_table(CONFLICTS)?;
+    txn.open_table(META)?;
+    Ok(())
+}
+
+pub fn u64_be(v: Option<&[u8]>) -> Option<u64> {
+    v.and_then(|b| b.try_into().ok()).map(u64::from_be_bytes)
+}
+
+pub fn i64_be(v: Option<&[u8]>) -> Option<i64> {
+    v.and_then(|b| b.try_into().ok()).map(i64::from_be_bytes)
+}

@@ -1,0 +1,90 @@
+//! The sync engine: a worker that drains the queue to the backend, with its
+//! decisions kept in pure modules ([`backoff`], [`conflict`], [`machine`])
+//! so they can be tested and simulated without sockets or clocks.
+
+pub mod worker;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+/// What `syncd status` calls the worker's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Online,
+    Offline,
+    Backoff,
+    Paused,
+    AuthError,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Online => "online",
+            State::Offline => "offline",
+            State::Backoff => "backoff",
+            State::Paused => "paused",
+            State::AuthError => "auth_error",
+        }
+    }
+}
+
+/// The worker's externally visible condition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncStatus {
+    pub state: State,
+    pub last_error: Option<String>,
+    pub next_retry_at: Option<i64>,
+}
+
+/// Shared between the worker and the request handlers: they read status
+/// and poke the worker; only the worker changes the state.
+pub struct SyncControl {
+    status: Mutex<SyncStatus>,
+    paused: AtomicBool,
+    /// Wakes the worker: new work, `syncd sync`, pause/resume, config change.
+    pub wake: Notify,
+}
+
+impl SyncControl {
+    pub fn new(paused: bool) -> Arc<Self> {
+        Arc::new(SyncControl {
+            status: Mutex::new(SyncStatus {
+                state: if paused { State::Paused } else { State::Offline },
+                last_error: None,
+                next_retry_at: None,
+            }),
+            paused: AtomicBool::new(paused),
+            wake: Notify::new(),
+        })
+    }
+
+    pub fn status(&self) -> SyncStatus {
+        match self.status.lock() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    pub fn set_status(&self, s: SyncStatus) {
+        match self.status.lock() {
+            Ok(mut g) => *g = s,
+            Err(p) => *p.into_inner() = s,
+        }
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    pub fn set_paused(&self, p: bool) {
+        self.paused.store(p, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
