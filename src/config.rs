@@ -108,7 +108,7 @@ pub struct CollectionSection {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub daemon: DaemonSection,
@@ -151,17 +151,6 @@ impl Default for SyncSection {
             batch_size: 100,
             pull_interval_s: 60,
             merge_fields: BTreeMap::new(),
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            daemon: DaemonSection::default(),
-            backend: BackendSection::default(),
-            sync: SyncSection::default(),
-            collections: BTreeMap::new(),
         }
     }
 }

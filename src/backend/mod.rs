@@ -1,5 +1,6 @@
 //! The backend side of sync: the protocol types, the HTTP client the sync
 //! worker uses, and the reference backend server (`syncd backend`).
 
+pub mod client;
 pub mod protocol;
 pub mod server;

@@ -608,6 +608,7 @@ impl Writer {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     /// Sets the local record to the server's, or removes it for a
     /// tombstone. Keeps `pending` as it is.
     fn take_server(

@@ -2,6 +2,10 @@
 //! decisions kept in pure modules ([`backoff`], [`conflict`], [`machine`])
 //! so they can be tested and simulated without sockets or clocks.
 
+pub mod backoff;
+pub mod conflict;
+pub mod machine;
+pub mod netwatch;
 pub mod worker;
 
 use std::sync::atomic::{AtomicBool, Ordering};

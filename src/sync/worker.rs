@@ -1,13 +1,27 @@
-//! The sync worker task (placeholder until the sync engine lands).
+//! The sync worker: the I/O around [`Machine`]. It runs whether or not any
+//! app is connected, asks the machine what to do, does it against the
+//! backend and the store, and reports back. Every store change goes through
+//! the writer, so an op leaves the queue in the same transaction that
+//! records its result.
 
+use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::{watch, Notify};
+use serde_json::Value;
+use tokio::sync::{mpsc, watch, Notify};
 
+use crate::backend::client::{BackendClient, BatchOutcome, Failure, OpResult};
+use crate::backend::protocol::{OpKind, WireOp};
 use crate::config::Config;
-use crate::store::writer::WriterHandle;
-use crate::store::Store;
-use crate::sync::SyncControl;
+use crate::ipc::wire::ApiError;
+use crate::store::tables::META_CURSOR;
+use crate::store::writer::{WriteCmd, WriterHandle};
+use crate::store::{parse_doc_text, QueuedOp, Store, StoredRecord};
+use crate::sync::conflict::{self, LocalChange};
+use crate::sync::machine::{Action, Machine, View};
+use crate::sync::{State, SyncControl};
 
 pub struct WorkerDeps {
     pub store: Store,
@@ -20,8 +34,432 @@ pub struct WorkerDeps {
 
 pub fn spawn(deps: WorkerDeps) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut sd = deps.shutdown;
-        let _ = sd.changed().await;
-        drop(deps.writer);
+        let net = Arc::new(Notify::new());
+        crate::sync::netwatch::spawn(net.clone());
+        let cfg = deps.config.borrow().clone();
+        let mut w = Worker {
+            machine: Machine::new(
+                cfg.sync.backoff_initial_ms,
+                cfg.sync.backoff_max_ms,
+                cfg.sync.pull_interval_s * 1000,
+                fastrand::u64(..),
+            ),
+            deps,
+            cfg: cfg.clone(),
+            client: None,
+            batch_supported: None,
+            token_watch: None,
+            net,
+            logged_error: None,
+        };
+        w.rebuild_client();
+        w.run().await;
     })
+}
+
+struct Worker {
+    deps: WorkerDeps,
+    machine: Machine,
+    cfg: Arc<Config>,
+    client: Option<BackendClient>,
+    /// Whether this backend has `v1/ops/batch`; learned on first use.
+    batch_supported: Option<bool>,
+    token_watch: Option<(notify::RecommendedWatcher, mpsc::UnboundedReceiver<()>)>,
+    net: Arc<Notify>,
+    /// The last failure reason logged, so an outage logs once.
+    logged_error: Option<String>,
+}
+
+/// A store or writer failure inside a round: not the backend's fault.
+fn local(e: impl std::fmt::Display) -> Failure {
+    Failure::Transient {
+        reason: format!("local store: {e}"),
+        retry_after_ms: None,
+    }
+}
+
+impl Worker {
+    fn rebuild_client(&mut self) {
+        self.batch_supported = None;
+        self.token_watch = None;
+        self.client = None;
+        let Some(url) = self.cfg.backend_url() else {
+            return;
+        };
+        let token = match &self.cfg.backend.token_file {
+            Some(p) => {
+                self.token_watch = watch_file(p);
+                match crate::backend::client::read_token(p) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!("{e}; sending requests without a token");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        match BackendClient::new(
+            url,
+            token,
+            self.deps.store.client_id(),
+            Duration::from_millis(self.cfg.backend.timeout_ms),
+            self.cfg.backend.ca_file.as_deref(),
+        ) {
+            Ok(c) => self.client = Some(c),
+            Err(e) => tracing::error!("backend client: {e}"),
+        }
+        self.machine.backend_changed();
+    }
+
+    fn reconfigure(&mut self) {
+        let new = self.deps.config.borrow_and_update().clone();
+        if Arc::ptr_eq(&new, &self.cfg) {
+            return;
+        }
+        let old = std::mem::replace(&mut self.cfg, new);
+        self.machine.configure(
+            self.cfg.sync.backoff_initial_ms,
+            self.cfg.sync.backoff_max_ms,
+            self.cfg.sync.pull_interval_s * 1000,
+        );
+        if old.backend != self.cfg.backend {
+            tracing::info!(backend = self.cfg.backend_url().unwrap_or("(none)"), "backend settings changed");
+            self.rebuild_client();
+        }
+    }
+
+    fn publish(&mut self, before: State) {
+        let st = self.machine.status();
+        if st.state != before {
+            match (&st.state, &st.last_error) {
+                (State::Online | State::Paused, _) | (_, None) => {
+                    tracing::info!(from = before.as_str(), to = st.state.as_str(), "sync state changed")
+                }
+                (_, Some(e)) => {
+                    tracing::warn!(from = before.as_str(), to = st.state.as_str(), error = %e, "sync state changed")
+                }
+            }
+        }
+        match &st.last_error {
+            Some(e) if self.logged_error.as_deref() != Some(e) => {
+                if st.state == before {
+                    tracing::warn!(state = st.state.as_str(), error = %e, "sync attempt failed; retrying with backoff (logged once per distinct error)");
+                }
+                self.logged_error = Some(e.clone());
+            }
+            Some(_) => {}
+            None => self.logged_error = None,
+        }
+        self.deps.control.set_status(st);
+    }
+
+    async fn run(&mut self) {
+        let mut shutdown = self.deps.shutdown.clone();
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            self.reconfigure();
+            let queue_nonempty = self.deps.store.queue_depth().map(|d| d > 0).unwrap_or(false);
+            let view = View {
+                has_backend: self.client.is_some(),
+                paused: self.deps.control.is_paused(),
+                queue_nonempty,
+            };
+            let before = self.machine.state();
+            let action = self.machine.next(crate::now_ms(), view);
+            self.publish(before);
+            let before = self.machine.state();
+            match action {
+                Action::Push | Action::Pull | Action::Probe => {
+                    let round = async {
+                        match action {
+                            Action::Push => self.push().await,
+                            Action::Pull => self.pull().await,
+                            _ => self.probe().await,
+                        }
+                    };
+                    let r = tokio::select! {
+                        r = round => r,
+                        _ = shutdown.changed() => break,
+                    };
+                    let now = crate::now_ms();
+                    match action {
+                        Action::Push => self.machine.on_push(now, r),
+                        Action::Pull => self.machine.on_pull(now, r),
+                        _ => self.machine.on_probe(now, r),
+                    }
+                    self.publish(before);
+                }
+                Action::Sleep(deadline) => {
+                    let sleep = async {
+                        match deadline {
+                            Some(t) => {
+                                let ms = (t - crate::now_ms()).max(0) as u64;
+                                tokio::time::sleep(Duration::from_millis(ms)).await
+                            }
+                            None => std::future::pending().await,
+                        }
+                    };
+                    let token = async {
+                        match self.token_watch.as_mut() {
+                            Some((_, rx)) => {
+                                rx.recv().await;
+                                while rx.try_recv().is_ok() {}
+                            }
+                            None => std::future::pending().await,
+                        }
+                    };
+                    let mut cfg_rx = self.deps.config.clone();
+                    enum Wake {
+                        Timer,
+                        Work,
+                        Sync,
+                        Net,
+                        Token,
+                        Config,
+                        Stop,
+                    }
+                    let why = tokio::select! {
+                        _ = sleep => Wake::Timer,
+                        _ = self.deps.queue_changed.notified() => Wake::Work,
+                        _ = self.deps.control.wake.notified() => Wake::Sync,
+                        _ = self.net.notified() => Wake::Net,
+                        _ = token => Wake::Token,
+                        _ = cfg_rx.changed() => Wake::Config,
+                        _ = shutdown.changed() => Wake::Stop,
+                    };
+                    let now = crate::now_ms();
+                    match why {
+                        Wake::Stop => break,
+                        Wake::Sync => self.machine.on_wake(now),
+                        Wake::Net => self.machine.on_network_change(now),
+                        Wake::Token => {
+                            tracing::info!("token file changed; reloading credentials");
+                            self.rebuild_client_keep_state();
+                            self.machine.on_token_change(now);
+                        }
+                        Wake::Timer | Wake::Work | Wake::Config => {}
+                    }
+                }
+            }
+        }
+        tracing::debug!("sync worker stopped");
+    }
+
+    /// Re-reads the token without forgetting the backoff state.
+    fn rebuild_client_keep_state(&mut self) {
+        let saved = self.machine.clone();
+        let batch = self.batch_supported;
+        self.rebuild_client();
+        self.machine = saved;
+        self.batch_supported = batch;
+    }
+
+    fn client(&self) -> Result<&BackendClient, Failure> {
+        self.client.as_ref().ok_or(Failure::Unreachable {
+            reason: "no backend configured".into(),
+        })
+    }
+
+    async fn probe(&mut self) -> Result<(), Failure> {
+        self.client()?.health().await
+    }
+
+    async fn submit(&self, cmd: WriteCmd) -> Result<(), Failure> {
+        self.deps
+            .writer
+            .submit(cmd)
+            .await
+            .map(|_| ())
+            .map_err(|e: ApiError| local(e))
+    }
+
+    /// One push round: the head of the queue, batched when possible.
+    /// `Ok` when the server gave a verdict for at least the head op.
+    async fn push(&mut self) -> Result<(), Failure> {
+        let batch_size = self.cfg.sync.batch_size as usize;
+        let head = self.deps.store.queue_head(batch_size).map_err(local)?;
+        let mut batch: Vec<(u64, QueuedOp, Option<StoredRecord>, WireOp)> = Vec::new();
+        let mut seen = HashSet::new();
+        for (seq, op) in head {
+            // One op per record per batch: a later op needs the id and
+            // version the earlier one produces.
+            if !seen.insert((op.collection.clone(), op.local_id.clone())) {
+                break;
+            }
+            let rec = self.deps.store.record(&op.collection, &op.local_id).map_err(local)?;
+            match self.wire_op(&op, rec.as_ref()) {
+                Ok(w) => batch.push((seq, op, rec, w)),
+                Err(reason) if batch.is_empty() => {
+                    tracing::warn!(op_id = %op.op_id, "{reason}");
+                    return self.submit(WriteCmd::DeadLetter { seq, error: reason }).await;
+                }
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let client = self.client()?.clone();
+        if batch.len() > 1 && self.batch_supported != Some(false) {
+            let ops: Vec<WireOp> = batch.iter().map(|b| b.3.clone()).collect();
+            let outcome = client.apply_batch(&ops).await;
+            match outcome {
+                Ok(BatchOutcome::Results(results)) => {
+                    self.batch_supported = Some(true);
+                    for ((seq, op, rec, _), res) in batch.into_iter().zip(results) {
+                        self.verdict(seq, &op, rec.as_ref(), res).await?;
+                    }
+                    return Ok(());
+                }
+                Ok(BatchOutcome::Unsupported) => {
+                    tracing::info!(backend = client.base(), "backend has no v1/ops/batch; sending ops one at a time");
+                    self.batch_supported = Some(false);
+                }
+                Err(f) => return self.attempt_failed(batch[0].0, f).await,
+            }
+        }
+        let (seq, op, rec, w) = batch.swap_remove(0);
+        match client.apply(&w).await {
+            Ok(res) => self.verdict(seq, &op, rec.as_ref(), res).await,
+            Err(f) => self.attempt_failed(seq, f).await,
+        }
+    }
+
+    /// Records a failed attempt on the head op and passes the failure on.
+    async fn attempt_failed(&self, seq: u64, f: Failure) -> Result<(), Failure> {
+        self.submit(WriteCmd::Attempt { seq, error: f.reason().to_owned() }).await?;
+        Err(f)
+    }
+
+    /// The protocol op for a queued op: the server id and base version come
+    /// from the record as it is now, after earlier ops were confirmed.
+    fn wire_op(&self, op: &QueuedOp, rec: Option<&StoredRecord>) -> Result<WireOp, String> {
+        let data = match &op.data {
+            Some(text) => match parse_doc_text(text) {
+                Value::Object(m) => Some(m),
+                _ => return Err(format!("op {} has a corrupt document", op.op_id)),
+            },
+            None => None,
+        };
+        let (id, base_version) = match op.kind {
+            OpKind::Create => (None, None),
+            OpKind::Update | OpKind::Delete => match rec.and_then(|r| r.server_id.clone().zip(r.version)) {
+                Some((id, v)) => (Some(id), Some(v)),
+                None => {
+                    return Err(format!(
+                        "{} of {}/{} has no server id to apply to: the record's create never reached the server",
+                        op.kind.as_str(),
+                        op.collection,
+                        op.local_id
+                    ))
+                }
+            },
+        };
+        Ok(WireOp {
+            op_id: op.op_id.clone(),
+            client_id: self.deps.store.client_id().to_owned(),
+            collection: op.collection.clone(),
+            kind: op.kind,
+            id,
+            local_id: op.local_id.clone(),
+            base_version,
+            data,
+            client_ts: op.client_ts,
+        })
+    }
+
+    /// Acts on the server's verdict for one op.
+    async fn verdict(
+        &self,
+        seq: u64,
+        op: &QueuedOp,
+        rec: Option<&StoredRecord>,
+        res: OpResult,
+    ) -> Result<(), Failure> {
+        match res {
+            OpResult::Applied(record) => {
+                tracing::debug!(op_id = %op.op_id, server_id = %record.id, version = record.version, "op confirmed");
+                self.submit(WriteCmd::Ack { seq, record }).await
+            }
+            OpResult::Conflict(server) => {
+                let (strategy, rules) = self.cfg.strategy_for(&op.collection);
+                let data = op.data.as_deref().map(parse_doc_text);
+                let base = rec.and_then(|r| r.base.as_deref()).map(parse_doc_text);
+                let local = LocalChange {
+                    kind: op.kind,
+                    data: data.as_ref().and_then(Value::as_object),
+                    client_ts: op.client_ts,
+                    base: base.as_ref().and_then(Value::as_object),
+                };
+                let resolution = conflict::resolve(strategy, &rules, &local, &server);
+                tracing::info!(op_id = %op.op_id, collection = %op.collection, id = %op.local_id,
+                    strategy = strategy.as_str(), ?resolution, "conflict");
+                self.submit(WriteCmd::Conflict {
+                    seq,
+                    server,
+                    strategy: strategy.as_str().to_owned(),
+                    resolution,
+                })
+                .await
+            }
+            OpResult::Rejected { status, reason } => {
+                tracing::warn!(op_id = %op.op_id, collection = %op.collection, id = %op.local_id, status, %reason, "op rejected by the server; dead-lettered");
+                self.submit(WriteCmd::DeadLetter { seq, error: reason }).await
+            }
+        }
+    }
+
+    /// Pulls every page of changes from the stored cursor.
+    async fn pull(&mut self) -> Result<(), Failure> {
+        let client = self.client()?.clone();
+        let limit = self.cfg.sync.batch_size.max(1);
+        loop {
+            let cursor = self
+                .deps
+                .store
+                .meta(META_CURSOR)
+                .map_err(local)?
+                .map(|b| String::from_utf8_lossy(&b).into_owned());
+            let page = client.changes(cursor.as_deref(), limit).await?;
+            let more = page.more && !page.changes.is_empty();
+            let n = page.changes.len();
+            self.submit(WriteCmd::ApplyChanges {
+                changes: page.changes,
+                cursor: page.cursor,
+            })
+            .await?;
+            if n > 0 {
+                tracing::debug!(changes = n, "pulled");
+            }
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Watches one file (through its directory); a unit per change.
+fn watch_file(path: &std::path::Path) -> Option<(notify::RecommendedWatcher, mpsc::UnboundedReceiver<()>)> {
+    use notify::{RecursiveMode, Watcher};
+    let (tx, rx) = mpsc::unbounded_channel();
+    let name = path.file_name()?.to_owned();
+    let dir: PathBuf = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            if !matches!(ev.kind, notify::EventKind::Access(_))
+                && ev.paths.iter().any(|p| p.file_name() == Some(name.as_os_str()))
+            {
+                let _ = tx.send(());
+            }
+        }
+    })
+    .ok()?;
+    w.watch(&dir, RecursiveMode::NonRecursive).ok()?;
+    Some((w, rx))
 }
