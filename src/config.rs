@@ -160,17 +160,33 @@ fn uid() -> u32 {
     unsafe { libc::getuid() }
 }
 
+/// `$RUNTIME_DIRECTORY/syncd.sock` (systemd's RuntimeDirectory=), else
 /// `$XDG_RUNTIME_DIR/syncd/syncd.sock`, else `/tmp/syncd-UID/syncd.sock`.
 pub fn default_socket() -> PathBuf {
+    if let Some(d) = first_dir_var("RUNTIME_DIRECTORY") {
+        return d.join("syncd.sock");
+    }
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(d) if !d.is_empty() => PathBuf::from(d).join("syncd").join("syncd.sock"),
         _ => PathBuf::from(format!("/tmp/syncd-{}", uid())).join("syncd.sock"),
     }
 }
 
+/// systemd sets `RUNTIME_DIRECTORY`/`STATE_DIRECTORY` (colon-separated
+/// when several); the first entry is ours.
+fn first_dir_var(name: &str) -> Option<PathBuf> {
+    let v = std::env::var(name).ok()?;
+    let first = v.split(':').next()?.trim();
+    (!first.is_empty()).then(|| PathBuf::from(first))
+}
+
+/// `$STATE_DIRECTORY` (systemd's StateDirectory=), else
 /// `$XDG_DATA_HOME/syncd`, else `~/.local/share/syncd`, else
 /// `/tmp/syncd-UID/data`.
 pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = first_dir_var("STATE_DIRECTORY") {
+        return d;
+    }
     if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
         return PathBuf::from(d).join("syncd");
     }
@@ -380,6 +396,13 @@ mod tests {
         assert!(e.contains("coin-flip"), "{e}");
         let e = Config::parse("[backend]\nurl = \"ftp://x\"\n").unwrap_err();
         assert!(e.contains("backend.url"), "{e}");
+    }
+
+    #[test]
+    fn example_file_is_valid() {
+        let text = include_str!("../daemon.toml.example");
+        let c = Config::parse(text).unwrap();
+        assert_eq!(c.strategy_for("notes").0, Strategy::Merge);
     }
 
     #[test]

@@ -76,22 +76,25 @@ pub async fn bind(path: &Path, mode: u32) -> std::io::Result<Listener> {
     opts.create_tokio()
 }
 
-/// Whether the peer may talk to us: same uid, root, or (when the socket
-/// mode grants group access) the same primary group.
+/// Whether the peer may talk to us: same uid, or root. When `socket_mode`
+/// grants group access, the kernel's permission check on the socket file
+/// already admitted the peer (group members, supplementary groups
+/// included), so any uid that got this far is accepted.
 #[cfg(target_os = "linux")]
 fn peer_allowed(conn: &Stream, group_access: bool) -> Result<(), String> {
+    if group_access {
+        return Ok(());
+    }
     let creds = conn
         .peer_creds()
         .map_err(|e| format!("cannot read peer credentials: {e}"))?;
-    // SAFETY: getuid/getgid have no preconditions and cannot fail.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
     match creds.euid() {
         Some(u) if u == uid || u == 0 => Ok(()),
-        Some(u) if group_access && creds.egid() == Some(gid) => {
-            let _ = u;
-            Ok(())
-        }
-        Some(u) => Err(format!("uid {u} may not use this daemon (it runs as uid {uid})")),
+        Some(u) => Err(format!(
+            "uid {u} may not use this daemon (it runs as uid {uid}; set daemon.socket_mode to share it with a group)"
+        )),
         None => Err("peer uid unknown".into()),
     }
 }
@@ -506,15 +509,7 @@ async fn wait_synced(ctx: &Ctx, op_id: String) -> Result<Response, ApiError> {
             }
         }
         if record.is_none() {
-            if let Some((_, op)) = ctx
-                .store
-                .queue_head(usize::MAX)
-                .map_err(internal)?
-                .into_iter()
-                .find(|(_, o)| o.op_id == op_id)
-            {
-                record = Some((op.collection, op.local_id));
-            }
+            record = ctx.store.op_target(&op_id).map_err(internal)?;
         }
         match rx.recv().await {
             Ok(ev) => match &*ev {

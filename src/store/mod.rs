@@ -431,6 +431,37 @@ impl Store {
         Ok(OpState::Done)
     }
 
+    /// The (collection, local id) an op in the queue or in a parked
+    /// conflict writes to.
+    pub fn op_target(&self, op_id: &str) -> Result<Option<(String, String)>> {
+        let txn = self.db.begin_read()?;
+        let ops = txn.open_table(OP_INDEX)?;
+        let Some(seq) = ops.get(op_id)?.map(|v| v.value()) else {
+            return Ok(None);
+        };
+        if seq != PARKED_SEQ {
+            let q = txn.open_table(QUEUE)?;
+            let found = q.get(seq)?.map(|v| from_store::<QueuedOp>(v.value()));
+            return Ok(match found {
+                Some(op) => {
+                    let op = op?;
+                    Some((op.collection, op.local_id))
+                }
+                None => None,
+            });
+        }
+        let t = txn.open_table(CONFLICTS)?;
+        for item in t.iter()? {
+            let (k, v) = item?;
+            let p: ParkedConflict = from_store(v.value())?;
+            if p.ops.iter().any(|o| o.op_id == op_id) {
+                let (c, id) = k.value();
+                return Ok(Some((c.to_owned(), id.to_owned())));
+            }
+        }
+        Ok(None)
+    }
+
     /// A metadata value.
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let txn = self.db.begin_read()?;

@@ -197,3 +197,150 @@ pub fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// A reference backend (`syncd backend`) on 127.0.0.1 with a free port.
+pub struct Backend {
+    pub dir: tempfile::TempDir,
+    pub addr: String,
+    pub child: Option<Child>,
+    pub args: Vec<String>,
+}
+
+impl Backend {
+    /// Starts `syncd backend --listen 127.0.0.1:0 --data DIR` plus `extra`
+    /// flags (e.g. `["--token", "t", "--fail-503", "0.5"]`).
+    pub fn start(extra: &[&str]) -> Backend {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut b = Backend {
+            dir,
+            addr: String::new(),
+            child: None,
+            args: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        b.spawn_on("127.0.0.1:0");
+        b
+    }
+
+    /// (Re)starts on `listen` with the same data dir and flags.
+    pub fn spawn_on(&mut self, listen: &str) {
+        use std::io::BufRead;
+        let mut child = Command::new(bin())
+            .arg("backend")
+            .arg("--listen")
+            .arg(listen)
+            .arg("--data")
+            .arg(self.dir.path().join("data"))
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn backend");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read backend stdout");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected backend output {line:?}"))
+            .to_owned();
+        self.addr = addr;
+        self.child = Some(child);
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Restarts on the same address (for "backend comes back" tests).
+    pub fn restart(&mut self) {
+        self.stop();
+        let addr = self.addr.clone();
+        // The port may linger briefly; retry for a while.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.spawn_on(&addr)));
+            if r.is_ok() || Instant::now() > deadline {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// GET a path on the backend; returns (status, body).
+    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        http(&self.addr, "GET", path, None)
+    }
+
+    /// Every change in the log, following the cursor.
+    pub fn all_changes(&self) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        let mut since = String::new();
+        loop {
+            let path = if since.is_empty() {
+                "/v1/changes?limit=1000".to_string()
+            } else {
+                format!("/v1/changes?limit=1000&since={since}")
+            };
+            let (st, body) = self.get(&path);
+            assert_eq!(st, 200, "changes: {body}");
+            let changes = body["changes"].as_array().cloned().unwrap_or_default();
+            out.extend(changes);
+            since = body["cursor"].as_str().unwrap_or_default().to_owned();
+            if !body["more"].as_bool().unwrap_or(false) {
+                return out;
+            }
+        }
+    }
+
+    /// The latest state of every server record: (collection, id) -> record.
+    pub fn records(&self) -> std::collections::BTreeMap<(String, String), serde_json::Value> {
+        let mut m = std::collections::BTreeMap::new();
+        for ch in self.all_changes() {
+            let c = ch["collection"].as_str().unwrap_or_default().to_owned();
+            let id = ch["record"]["id"].as_str().unwrap_or_default().to_owned();
+            m.insert((c, id), ch["record"].clone());
+        }
+        m
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A minimal HTTP/1.1 request with `Connection: close`; returns status and
+/// the JSON body (Null if empty or not JSON).
+pub fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect backend");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("write");
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    let json = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
