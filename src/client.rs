@@ -23,7 +23,10 @@ use crate::ipc::wire::*;
 #[derive(Debug)]
 pub enum ClientError {
     /// The daemon is not reachable at `path`.
-    Unreachable { path: PathBuf, source: std::io::Error },
+    Unreachable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The connection broke or the daemon sent something unexpected.
     Protocol(String),
     /// The daemon answered with an error.
@@ -93,7 +96,9 @@ impl Client {
         let reply = read_frame(&mut r, 1 << 20)
             .await
             .map_err(|e| ClientError::Protocol(format!("reading hello: {e}")))?
-            .ok_or_else(|| ClientError::Protocol("daemon closed the connection during hello".into()))?;
+            .ok_or_else(|| {
+                ClientError::Protocol("daemon closed the connection during hello".into())
+            })?;
         let reply: HelloReply = serde_json::from_slice(&reply)
             .map_err(|e| ClientError::Protocol(format!("bad hello reply: {e}")))?;
         if !reply.ok {
@@ -171,7 +176,12 @@ impl Client {
     }
 
     /// Merges top-level fields (null removes a key); returns (id, op_id).
-    pub async fn patch(&mut self, collection: &str, id: &str, data: Value) -> Result<(String, String)> {
+    pub async fn patch(
+        &mut self,
+        collection: &str,
+        id: &str,
+        data: Value,
+    ) -> Result<(String, String)> {
         written(
             self.request(Request::Patch {
                 collection: collection.into(),

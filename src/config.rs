@@ -202,7 +202,8 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
-        let mut cfg = Config::parse(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        let mut cfg =
+            Config::parse(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
         let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
         if let Some(dir) = abs.parent() {
             cfg.resolve_relative(dir);
@@ -245,7 +246,10 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.daemon.log_level) {
             return bad(
                 "daemon.log_level",
-                format!("{:?} is not a log level or filter: {e}", self.daemon.log_level),
+                format!(
+                    "{:?} is not a log level or filter: {e}",
+                    self.daemon.log_level
+                ),
             );
         }
         if let Err(e) = self.socket_mode() {
@@ -268,7 +272,9 @@ impl Config {
         let url = self.backend.url.trim();
         if !url.is_empty() {
             match url.parse::<hyper::Uri>() {
-                Ok(u) if matches!(u.scheme_str(), Some("http") | Some("https")) && u.host().is_some() => {}
+                Ok(u)
+                    if matches!(u.scheme_str(), Some("http") | Some("https"))
+                        && u.host().is_some() => {}
                 Ok(_) => {
                     return bad(
                         "backend.url",
@@ -351,7 +357,10 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
     let start = span.start.min(text.len());
     let line_no = text[..start].matches('\n').count() + 1;
     let line_start = text[..start].rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let line_end = text[start..].find('\n').map(|i| start + i).unwrap_or(text.len());
+    let line_end = text[start..]
+        .find('\n')
+        .map(|i| start + i)
+        .unwrap_or(text.len());
     let line = text[line_start..line_end].trim();
     let table = text[..line_start]
         .lines()

@@ -69,10 +69,9 @@ fn lock_data_dir(dir: &Path) -> Result<File, StartError> {
             dir.display(),
             path.display()
         ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(StartError(format!(
-            "cannot lock {}: {e}",
-            path.display()
-        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(StartError(format!("cannot lock {}: {e}", path.display())))
+        }
     }
 }
 
@@ -139,7 +138,10 @@ fn watch_config(path: &Path) -> Option<(notify::RecommendedWatcher, mpsc::Unboun
     };
     let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if let Ok(ev) = ev {
-            let touches = ev.paths.iter().any(|p| p.file_name() == Some(file.as_os_str()));
+            let touches = ev
+                .paths
+                .iter()
+                .any(|p| p.file_name() == Some(file.as_os_str()));
             if touches && !matches!(ev.kind, notify::EventKind::Access(_)) {
                 let _ = tx.send(());
             }
@@ -170,12 +172,24 @@ fn reload_config(path: &Path, cfg_tx: &watch::Sender<Arc<Config>>, log: &LogHand
     }
     for (key, changed) in [
         ("daemon.socket", old.daemon.socket != new.daemon.socket),
-        ("daemon.data_dir", old.daemon.data_dir != new.daemon.data_dir),
-        ("daemon.socket_mode", old.daemon.socket_mode != new.daemon.socket_mode),
-        ("daemon.cache_mib", old.daemon.cache_mib != new.daemon.cache_mib),
+        (
+            "daemon.data_dir",
+            old.daemon.data_dir != new.daemon.data_dir,
+        ),
+        (
+            "daemon.socket_mode",
+            old.daemon.socket_mode != new.daemon.socket_mode,
+        ),
+        (
+            "daemon.cache_mib",
+            old.daemon.cache_mib != new.daemon.cache_mib,
+        ),
     ] {
         if changed {
-            tracing::warn!(key, "changed in the config file; takes effect at the next restart");
+            tracing::warn!(
+                key,
+                "changed in the config file; takes effect at the next restart"
+            );
         }
     }
     if old.daemon.log_level != new.daemon.log_level {
@@ -189,7 +203,11 @@ fn reload_config(path: &Path, cfg_tx: &watch::Sender<Arc<Config>>, log: &LogHand
 
 /// Runs the daemon until SIGTERM/SIGINT. `config_path` is `None` for the
 /// embedded defaults.
-pub async fn run(config: Config, config_path: Option<PathBuf>, log: LogHandle) -> Result<(), StartError> {
+pub async fn run(
+    config: Config,
+    config_path: Option<PathBuf>,
+    log: LogHandle,
+) -> Result<(), StartError> {
     let mode = config.socket_mode().map_err(StartError)?;
     let data_dir = config.daemon.data_dir.clone();
     let socket = config.daemon.socket.clone();
@@ -200,8 +218,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log: LogHandle) -
     let paused = store.meta(META_PAUSED).ok().flatten().as_deref() == Some(b"1");
     let (events, _) = broadcast::channel(EVENT_BUFFER);
     let queue_changed = Arc::new(Notify::new());
-    let (writer, writer_thread) = writer::spawn(store.clone(), events.clone(), queue_changed.clone())
-        .map_err(|e| StartError(format!("cannot start writer: {e}")))?;
+    let (writer, writer_thread) =
+        writer::spawn(store.clone(), events.clone(), queue_changed.clone())
+            .map_err(|e| StartError(format!("cannot start writer: {e}")))?;
     let sync = SyncControl::new(paused);
 
     let (cfg_tx, cfg_rx) = watch::channel(Arc::new(config));

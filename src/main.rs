@@ -14,7 +14,11 @@ use syncd::config::Config;
 use syncd::ipc::wire::{Event, OpView, RecordView, Request, Response, Side, StatusView};
 
 #[derive(Parser)]
-#[command(name = "syncd", version, about = "Offline-first sync daemon and its command line")]
+#[command(
+    name = "syncd",
+    version,
+    about = "Offline-first sync daemon and its command line"
+)]
 struct Cli {
     /// Socket of the daemon (else $SYNCD_SOCKET, else the one in --config,
     /// else the default path).
@@ -187,7 +191,10 @@ impl From<ClientError> for Fail {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("syncd: cannot start the async runtime: {e}");
@@ -286,20 +293,34 @@ async fn dispatch(cli: Cli) -> Result<(), Fail> {
                 .await
                 .map_err(|e| Fail::Api(format!("backend: {e}")))
         }
-        Cmd::Put { collection, id, json, wait } => {
+        Cmd::Put {
+            collection,
+            id,
+            json,
+            wait,
+        } => {
             let data = parse_json(json)?;
             let mut c = connect(&cli).await?;
             let (id, op_id) = c.put(collection, id.as_deref(), data).await?;
             println!("{id}");
             maybe_wait(&mut c, wait, &op_id).await
         }
-        Cmd::Patch { collection, id, json, wait } => {
+        Cmd::Patch {
+            collection,
+            id,
+            json,
+            wait,
+        } => {
             let data = parse_json(json)?;
             let mut c = connect(&cli).await?;
             let (_, op_id) = c.patch(collection, id, data).await?;
             maybe_wait(&mut c, wait, &op_id).await
         }
-        Cmd::Delete { collection, id, wait } => {
+        Cmd::Delete {
+            collection,
+            id,
+            wait,
+        } => {
             let mut c = connect(&cli).await?;
             let (_, op_id) = c.delete(collection, id).await?;
             maybe_wait(&mut c, wait, &op_id).await
@@ -309,7 +330,11 @@ async fn dispatch(cli: Cli) -> Result<(), Fail> {
             let r = c.get(collection, id).await?;
             print_json(&record_json(&r))
         }
-        Cmd::List { collection, limit, start } => {
+        Cmd::List {
+            collection,
+            limit,
+            start,
+        } => {
             let mut c = connect(&cli).await?;
             let mut remaining = limit.map(|l| l as usize).unwrap_or(usize::MAX);
             let mut start = start.clone();
@@ -368,8 +393,24 @@ async fn dispatch(cli: Cli) -> Result<(), Fail> {
         }
         Cmd::Pause => simple(&cli, Request::Pause {}).await,
         Cmd::Resume => simple(&cli, Request::Resume {}).await,
-        Cmd::Retry { op_id } => simple(&cli, Request::Retry { op_id: op_id.clone() }).await,
-        Cmd::Discard { op_id } => simple(&cli, Request::Discard { op_id: op_id.clone() }).await,
+        Cmd::Retry { op_id } => {
+            simple(
+                &cli,
+                Request::Retry {
+                    op_id: op_id.clone(),
+                },
+            )
+            .await
+        }
+        Cmd::Discard { op_id } => {
+            simple(
+                &cli,
+                Request::Discard {
+                    op_id: op_id.clone(),
+                },
+            )
+            .await
+        }
         Cmd::Conflicts { json } => {
             let mut c = connect(&cli).await?;
             match c.request(Request::Conflicts {}).await? {
@@ -387,8 +428,12 @@ async fn dispatch(cli: Cli) -> Result<(), Fail> {
                                 x.id,
                                 x.server_version,
                                 if x.server_deleted { " (deleted)" } else { "" },
-                                x.local.map(|d| d.0.to_string()).unwrap_or("(deleted)".into()),
-                                x.server.map(|d| d.0.to_string()).unwrap_or("(deleted)".into()),
+                                x.local
+                                    .map(|d| d.0.to_string())
+                                    .unwrap_or("(deleted)".into()),
+                                x.server
+                                    .map(|d| d.0.to_string())
+                                    .unwrap_or("(deleted)".into()),
                             );
                         }
                         Ok(())
@@ -397,13 +442,20 @@ async fn dispatch(cli: Cli) -> Result<(), Fail> {
                 other => Err(Fail::Api(format!("unexpected reply {other:?}"))),
             }
         }
-        Cmd::Resolve { collection, id, take, data } => {
+        Cmd::Resolve {
+            collection,
+            id,
+            take,
+            data,
+        } => {
             let data = match data {
                 Some(d) => Some(syncd::ipc::wire::Doc(parse_json(d)?)),
                 None => None,
             };
             if take.is_none() && data.is_none() {
-                return Err(Fail::Usage("resolve needs --take local|server or --data JSON".into()));
+                return Err(Fail::Usage(
+                    "resolve needs --take local|server or --data JSON".into(),
+                ));
             }
             let take = take.map(|t| match t {
                 TakeArg::Local => Side::Local,
@@ -411,7 +463,12 @@ async fn dispatch(cli: Cli) -> Result<(), Fail> {
             });
             simple(
                 &cli,
-                Request::Resolve { collection: collection.clone(), id: id.clone(), take, data },
+                Request::Resolve {
+                    collection: collection.clone(),
+                    id: id.clone(),
+                    take,
+                    data,
+                },
             )
             .await
         }
@@ -429,7 +486,9 @@ async fn maybe_wait(c: &mut Client, wait: &WaitArg, op_id: &str) -> Result<(), F
         return Ok(());
     }
     match c.wait_synced(op_id).await? {
-        Response::Synced { server_id, version, .. } => {
+        Response::Synced {
+            server_id, version, ..
+        } => {
             eprintln!(
                 "synced: server id {}, version {}",
                 server_id.as_deref().unwrap_or("-"),
@@ -470,7 +529,12 @@ async fn wait_drained(c: &mut Client) -> Result<(), Fail> {
             return Ok(());
         }
         match s.state.as_str() {
-            "paused" => return Err(Fail::Api(format!("sync is paused with {} ops queued (syncd resume)", s.queue_depth))),
+            "paused" => {
+                return Err(Fail::Api(format!(
+                    "sync is paused with {} ops queued (syncd resume)",
+                    s.queue_depth
+                )))
+            }
             "auth_error" => {
                 return Err(Fail::Api(format!(
                     "the backend refused our credentials: {}",
@@ -516,7 +580,10 @@ fn print_ops(ops: &[OpView], json: bool) -> Result<(), Fail> {
             o.collection,
             o.id,
             o.attempts,
-            o.last_error.as_deref().map(|e| format!(" error={e}")).unwrap_or_default()
+            o.last_error
+                .as_deref()
+                .map(|e| format!(" error={e}"))
+                .unwrap_or_default()
         );
     }
     Ok(())
@@ -534,7 +601,10 @@ fn ago(ms: i64) -> String {
 fn print_status(s: &StatusView) {
     let now = syncd::now_ms();
     println!("state:          {}", s.state);
-    println!("backend:        {}", s.backend.as_deref().unwrap_or("(none configured)"));
+    println!(
+        "backend:        {}",
+        s.backend.as_deref().unwrap_or("(none configured)")
+    );
     println!("queue:          {} ops", s.queue_depth);
     if let Some(a) = s.oldest_pending_age_ms {
         println!("oldest pending: {} ago", ago(a));
@@ -544,12 +614,17 @@ fn print_status(s: &StatusView) {
     }
     println!(
         "last sync:      {}",
-        s.last_sync_at.map(|t| format!("{} ago", ago(now - t))).unwrap_or("never".into())
+        s.last_sync_at
+            .map(|t| format!("{} ago", ago(now - t)))
+            .unwrap_or("never".into())
     );
     if let Some(e) = &s.last_error {
         println!("last error:     {e}");
     }
-    println!("conflicts:      {} parked, {} resolved", s.conflicts, s.conflicts_resolved);
+    println!(
+        "conflicts:      {} parked, {} resolved",
+        s.conflicts, s.conflicts_resolved
+    );
     println!("dead letters:   {}", s.dead_letters);
     println!("client id:      {}", s.client_id);
     println!("store:          {} bytes", s.store_bytes);

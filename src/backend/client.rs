@@ -49,7 +49,10 @@ pub enum OpResult {
     Applied(ServerRecord),
     Conflict(ServerRecord),
     /// Permanently rejected: status and the server's reason.
-    Rejected { status: u16, reason: String },
+    Rejected {
+        status: u16,
+        reason: String,
+    },
 }
 
 /// The answer to a batch.
@@ -95,7 +98,8 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig,
         let _ = roots.add(c);
     }
     if let Some(p) = ca_file {
-        let pem = std::fs::read(p).map_err(|e| format!("cannot read ca_file {}: {e}", p.display()))?;
+        let pem =
+            std::fs::read(p).map_err(|e| format!("cannot read ca_file {}: {e}", p.display()))?;
         let mut n = 0;
         for c in rustls_pemfile::certs(&mut pem.as_slice()) {
             let c = c.map_err(|e| format!("ca_file {}: {e}", p.display()))?;
@@ -105,7 +109,10 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig,
             n += 1;
         }
         if n == 0 {
-            return Err(format!("ca_file {}: no PEM certificates in it", p.display()));
+            return Err(format!(
+                "ca_file {}: no PEM certificates in it",
+                p.display()
+            ));
         }
     }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
@@ -181,7 +188,11 @@ impl BackendClient {
                 retry_after_ms: None,
             })?;
         let fut = async {
-            let resp = self.http.request(req).await.map_err(|e| classify_error(&e))?;
+            let resp = self
+                .http
+                .request(req)
+                .await
+                .map_err(|e| classify_error(&e))?;
             let status = resp.status();
             let headers = resp.headers().clone();
             let body = Limited::new(resp.into_body(), MAX_REPLY_BYTES)
@@ -209,8 +220,12 @@ impl BackendClient {
         if status.is_success() {
             Ok(())
         } else {
-            Err(http_failure(status, &headers, &body)
-                .unwrap_or_else(|| Failure::Transient { reason: format!("health: HTTP {status}"), retry_after_ms: None }))
+            Err(
+                http_failure(status, &headers, &body).unwrap_or_else(|| Failure::Transient {
+                    reason: format!("health: HTTP {status}"),
+                    retry_after_ms: None,
+                }),
+            )
         }
     }
 
@@ -267,11 +282,18 @@ impl BackendClient {
             let res = match (r.status, r.record) {
                 (200, Some(rec)) => OpResult::Applied(rec),
                 (409, Some(rec)) => OpResult::Conflict(rec),
-                (401 | 403, _) => return Err(Failure::Auth { reason: format!("batch op refused: HTTP {}", r.status) }),
+                (401 | 403, _) => {
+                    return Err(Failure::Auth {
+                        reason: format!("batch op refused: HTTP {}", r.status),
+                    })
+                }
                 (s @ (408 | 429 | 500..=599), _) => {
                     // A per-op transient status: keep what came before, retry the rest.
                     if out.is_empty() {
-                        return Err(Failure::Transient { reason: format!("batch op: HTTP {s} {}", r.error.unwrap_or_default()), retry_after_ms: None });
+                        return Err(Failure::Transient {
+                            reason: format!("batch op: HTTP {s} {}", r.error.unwrap_or_default()),
+                            retry_after_ms: None,
+                        });
                     }
                     break;
                 }
@@ -377,7 +399,9 @@ fn http_failure(status: StatusCode, headers: &hyper::HeaderMap, body: &[u8]) -> 
                 headers
                     .get(header::RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| crate::sync::backoff::parse_retry_after(v, std::time::SystemTime::now()))
+                    .and_then(|v| {
+                        crate::sync::backoff::parse_retry_after(v, std::time::SystemTime::now())
+                    })
             } else {
                 None
             },

@@ -6,7 +6,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub enum FrameError {
     /// The announced length exceeds the limit; the stream cannot be trusted
     /// past this point.
-    TooLarge { len: u32, max: u32 },
+    TooLarge {
+        len: u32,
+        max: u32,
+    },
     /// The peer closed the stream in the middle of a frame.
     Truncated,
     Io(std::io::Error),
@@ -84,8 +87,14 @@ mod tests {
             Err(FrameError::TooLarge { len: 5, max: 3 })
         ));
         let mut r = &v[..6];
-        assert!(matches!(read_frame(&mut r, 100).await, Err(FrameError::Truncated)));
+        assert!(matches!(
+            read_frame(&mut r, 100).await,
+            Err(FrameError::Truncated)
+        ));
         let mut r = &v[..2];
-        assert!(matches!(read_frame(&mut r, 100).await, Err(FrameError::Truncated)));
+        assert!(matches!(
+            read_frame(&mut r, 100).await,
+            Err(FrameError::Truncated)
+        ));
     }
 }

@@ -49,15 +49,13 @@ pub async fn bind(path: &Path, mode: u32) -> std::io::Result<Listener> {
     if path.exists() {
         let name = path.to_fs_name::<GenericFilePath>()?;
         match Stream::connect(name).await {
-            Ok(_) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::AddrInUse,
-                    format!(
-                        "{} is in use by a running daemon (stop it first, or choose another socket)",
-                        path.display()
-                    ),
-                ))
-            }
+            Ok(_) => return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!(
+                    "{} is in use by a running daemon (stop it first, or choose another socket)",
+                    path.display()
+                ),
+            )),
             Err(_) => {
                 tracing::info!(socket = %path.display(), "replacing stale socket file");
                 std::fs::remove_file(path)?;
@@ -351,7 +349,10 @@ fn check_doc(doc: Doc, max: u32) -> Result<Document, ApiError> {
     }
     match doc.0 {
         Value::Object(m) => Ok(m),
-        _ => Err(bad_request(ErrorCode::NotAnObject, "document must be a JSON object")),
+        _ => Err(bad_request(
+            ErrorCode::NotAnObject,
+            "document must be a JSON object",
+        )),
     }
 }
 
@@ -379,26 +380,48 @@ pub async fn handle(ctx: &Ctx, req: Request) -> Result<Response, ApiError> {
     let max_doc = ctx.config.borrow().daemon.max_document_bytes;
     let now = crate::now_ms();
     match req {
-        Request::Put { collection, id, data } => {
+        Request::Put {
+            collection,
+            id,
+            data,
+        } => {
             check_names(&collection, id.as_deref())?;
             let data = check_doc(data, max_doc)?;
             ctx.writer
-                .submit(WriteCmd::Put { collection, id, data, client_ts: now })
+                .submit(WriteCmd::Put {
+                    collection,
+                    id,
+                    data,
+                    client_ts: now,
+                })
                 .await
                 .map(written)
         }
-        Request::Patch { collection, id, data } => {
+        Request::Patch {
+            collection,
+            id,
+            data,
+        } => {
             check_names(&collection, Some(&id))?;
             let data = check_doc(data, max_doc)?;
             ctx.writer
-                .submit(WriteCmd::Patch { collection, id, data, client_ts: now })
+                .submit(WriteCmd::Patch {
+                    collection,
+                    id,
+                    data,
+                    client_ts: now,
+                })
                 .await
                 .map(written)
         }
         Request::Delete { collection, id } => {
             check_names(&collection, Some(&id))?;
             ctx.writer
-                .submit(WriteCmd::Delete { collection, id, client_ts: now })
+                .submit(WriteCmd::Delete {
+                    collection,
+                    id,
+                    client_ts: now,
+                })
                 .await
                 .map(written)
         }
@@ -412,7 +435,11 @@ pub async fn handle(ctx: &Ctx, req: Request) -> Result<Response, ApiError> {
                 )),
             }
         }
-        Request::List { collection, start, limit } => {
+        Request::List {
+            collection,
+            start,
+            limit,
+        } => {
             check_names(&collection, None)?;
             let limit = limit.unwrap_or(100).clamp(1, MAX_LIST) as usize;
             let (records, next) = ctx
@@ -425,39 +452,65 @@ pub async fn handle(ctx: &Ctx, req: Request) -> Result<Response, ApiError> {
         Request::Queue { limit } => {
             let limit = limit.unwrap_or(1000) as usize;
             let ops = ctx.store.queue_head(limit).map_err(internal)?;
-            Ok(Response::Ops(ops.into_iter().map(|(s, o)| o.view(s)).collect()))
+            Ok(Response::Ops(
+                ops.into_iter().map(|(s, o)| o.view(s)).collect(),
+            ))
         }
-        Request::Watch { .. } => Err(bad_request(ErrorCode::BadRequest, "watch is handled by the session")),
+        Request::Watch { .. } => Err(bad_request(
+            ErrorCode::BadRequest,
+            "watch is handled by the session",
+        )),
         Request::Sync {} => {
             ctx.sync.wake();
             Ok(Response::Ok {})
         }
         Request::Pause {} => {
             ctx.writer
-                .submit(WriteCmd::SetMeta { key: crate::store::tables::META_PAUSED, value: b"1".to_vec() })
+                .submit(WriteCmd::SetMeta {
+                    key: crate::store::tables::META_PAUSED,
+                    value: b"1".to_vec(),
+                })
                 .await?;
             ctx.sync.set_paused(true);
             Ok(Response::Ok {})
         }
         Request::Resume {} => {
             ctx.writer
-                .submit(WriteCmd::SetMeta { key: crate::store::tables::META_PAUSED, value: b"0".to_vec() })
+                .submit(WriteCmd::SetMeta {
+                    key: crate::store::tables::META_PAUSED,
+                    value: b"0".to_vec(),
+                })
                 .await?;
             ctx.sync.set_paused(false);
             Ok(Response::Ok {})
         }
-        Request::Conflicts {} => Ok(Response::Conflicts(ctx.store.conflicts().map_err(internal)?)),
-        Request::Resolve { collection, id, take, data } => {
+        Request::Conflicts {} => Ok(Response::Conflicts(
+            ctx.store.conflicts().map_err(internal)?,
+        )),
+        Request::Resolve {
+            collection,
+            id,
+            take,
+            data,
+        } => {
             check_names(&collection, Some(&id))?;
             let data = match data {
                 Some(d) => Some(check_doc(d, max_doc)?),
                 None => None,
             };
             if take.is_none() && data.is_none() {
-                return Err(bad_request(ErrorCode::BadRequest, "resolve needs take (local or server) or data"));
+                return Err(bad_request(
+                    ErrorCode::BadRequest,
+                    "resolve needs take (local or server) or data",
+                ));
             }
             ctx.writer
-                .submit(WriteCmd::ResolveParked { collection, id, take, data })
+                .submit(WriteCmd::ResolveParked {
+                    collection,
+                    id,
+                    take,
+                    data,
+                })
                 .await
                 .map(written)
         }
@@ -473,8 +526,16 @@ pub async fn handle(ctx: &Ctx, req: Request) -> Result<Response, ApiError> {
                     .collect(),
             ))
         }
-        Request::Retry { op_id } => ctx.writer.submit(WriteCmd::RetryDead { op_id }).await.map(written),
-        Request::Discard { op_id } => ctx.writer.submit(WriteCmd::DiscardDead { op_id }).await.map(written),
+        Request::Retry { op_id } => ctx
+            .writer
+            .submit(WriteCmd::RetryDead { op_id })
+            .await
+            .map(written),
+        Request::Discard { op_id } => ctx
+            .writer
+            .submit(WriteCmd::DiscardDead { op_id })
+            .await
+            .map(written),
         Request::WaitSynced { op_id } => wait_synced(ctx, op_id).await,
     }
 }
@@ -489,13 +550,20 @@ async fn wait_synced(ctx: &Ctx, op_id: String) -> Result<Response, ApiError> {
     loop {
         match ctx.store.op_state(&op_id).map_err(internal)? {
             OpState::DeadLettered(e) => {
-                return Err(ApiError::new(ErrorCode::DeadLettered, format!("op {op_id} was rejected by the server: {e}")))
+                return Err(ApiError::new(
+                    ErrorCode::DeadLettered,
+                    format!("op {op_id} was rejected by the server: {e}"),
+                ))
             }
             OpState::Queued | OpState::Parked => {}
             OpState::Done => {
                 let Some((c, id)) = record.clone() else {
                     // Already gone before we looked: confirmed earlier.
-                    return Ok(Response::Synced { op_id, server_id: None, version: None });
+                    return Ok(Response::Synced {
+                        op_id,
+                        server_id: None,
+                        version: None,
+                    });
                 };
                 let rec = ctx.store.record(&c, &id).map_err(internal)?;
                 let still_pending = rec.as_ref().is_some_and(|r| r.pending > 0);
@@ -513,22 +581,44 @@ async fn wait_synced(ctx: &Ctx, op_id: String) -> Result<Response, ApiError> {
         }
         match rx.recv().await {
             Ok(ev) => match &*ev {
-                Event::Synced { op_id: o, server_id, version, .. } if *o == op_id && !resolved_by_conflict => {
-                    return Ok(Response::Synced { op_id, server_id: Some(server_id.clone()), version: Some(*version) });
+                Event::Synced {
+                    op_id: o,
+                    server_id,
+                    version,
+                    ..
+                } if *o == op_id && !resolved_by_conflict => {
+                    return Ok(Response::Synced {
+                        op_id,
+                        server_id: Some(server_id.clone()),
+                        version: Some(*version),
+                    });
                 }
-                Event::DeadLettered { collection, id, error, .. }
-                    if resolved_by_conflict && record.as_ref() == Some(&(collection.clone(), id.clone())) =>
+                Event::DeadLettered {
+                    collection,
+                    id,
+                    error,
+                    ..
+                } if resolved_by_conflict
+                    && record.as_ref() == Some(&(collection.clone(), id.clone())) =>
                 {
-                    return Err(ApiError::new(ErrorCode::DeadLettered, format!("op {op_id}'s re-sent change was rejected: {error}")));
+                    return Err(ApiError::new(
+                        ErrorCode::DeadLettered,
+                        format!("op {op_id}'s re-sent change was rejected: {error}"),
+                    ));
                 }
-                Event::Conflict { collection, id, .. } if record.as_ref() == Some(&(collection.clone(), id.clone())) => {
+                Event::Conflict { collection, id, .. }
+                    if record.as_ref() == Some(&(collection.clone(), id.clone())) =>
+                {
                     resolved_by_conflict = true;
                 }
                 _ => {}
             },
             Err(broadcast::error::RecvError::Lagged(_)) => {}
             Err(broadcast::error::RecvError::Closed) => {
-                return Err(ApiError::new(ErrorCode::ShuttingDown, "the daemon is shutting down"))
+                return Err(ApiError::new(
+                    ErrorCode::ShuttingDown,
+                    "the daemon is shutting down",
+                ))
             }
         }
     }
@@ -543,10 +633,15 @@ pub fn status(ctx: &Ctx) -> Result<StatusView, ApiError> {
     Ok(StatusView {
         state: s.state.as_str().to_owned(),
         queue_depth: ctx.store.queue_depth().map_err(internal)?,
-        oldest_pending_age_ms: ctx.store.oldest_pending().map_err(internal)?.map(|t| (now - t).max(0)),
+        oldest_pending_age_ms: ctx
+            .store
+            .oldest_pending()
+            .map_err(internal)?
+            .map(|t| (now - t).max(0)),
         dead_letters: ctx.store.dead_letter_count().map_err(internal)?,
         conflicts: ctx.store.conflict_count().map_err(internal)?,
-        conflicts_resolved: u64_be(ctx.store.meta(META_RESOLVED).map_err(internal)?.as_deref()).unwrap_or(0),
+        conflicts_resolved: u64_be(ctx.store.meta(META_RESOLVED).map_err(internal)?.as_deref())
+            .unwrap_or(0),
         last_sync_at: i64_be(ctx.store.meta(META_LAST_SYNC).map_err(internal)?.as_deref()),
         next_retry_at: s.next_retry_at,
         last_error: s.last_error,

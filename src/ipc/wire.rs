@@ -204,9 +204,15 @@ impl std::error::Error for ApiError {}
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ServerFrame {
-    Reply { id: u64, body: Response },
+    Reply {
+        id: u64,
+        body: Response,
+    },
     /// `id` 0: the request frame could not be decoded, so it has no id.
-    Error { id: u64, error: ApiError },
+    Error {
+        id: u64,
+        error: ApiError,
+    },
     Event(Event),
 }
 
@@ -271,7 +277,10 @@ pub struct StatusView {
 #[serde(rename_all = "snake_case")]
 pub enum Response {
     /// A write was durably committed with its queue entry.
-    Written { id: String, op_id: String },
+    Written {
+        id: String,
+        op_id: String,
+    },
     Record(RecordView),
     Records {
         records: Vec<RecordView>,
@@ -380,8 +389,7 @@ mod tests {
             serde_json::from_str(r#"{"id":1,"request":{"put":{"collection":"t","data":{"x":1}}}}"#)
                 .unwrap();
         assert!(matches!(f.request, Request::Put { id: None, .. }));
-        let s: ClientFrame =
-            serde_json::from_str(r#"{"id":2,"request":{"status":{}}}"#).unwrap();
+        let s: ClientFrame = serde_json::from_str(r#"{"id":2,"request":{"status":{}}}"#).unwrap();
         assert!(matches!(s.request, Request::Status {}));
     }
 }

@@ -16,6 +16,8 @@
 
 pub mod tables;
 pub mod writer;
+#[cfg(test)]
+mod writer_tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -473,6 +475,7 @@ impl Store {
     pub fn local_id_for(&self, collection: &str, server_id: &str) -> Result<Option<String>> {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(SERVER_IDS)?;
-        Ok(t.get((collection, server_id))?.map(|v| v.value().to_owned()))
+        Ok(t.get((collection, server_id))?
+            .map(|v| v.value().to_owned()))
     }
 }

@@ -42,7 +42,10 @@ pub enum Resolution {
     TakeServer,
     /// Re-send the local change on top of the server record as a new op at
     /// the head of the queue. `data` is `None` for a delete.
-    Resend { kind: OpKind, data: Option<Document> },
+    Resend {
+        kind: OpKind,
+        data: Option<Document>,
+    },
     /// Park for a person or an app to decide (`manual`).
     Park,
 }
@@ -68,12 +71,21 @@ pub enum WriteCmd {
         client_ts: i64,
     },
     /// The server applied the op at `seq`.
-    Ack { seq: u64, record: ServerRecord },
+    Ack {
+        seq: u64,
+        record: ServerRecord,
+    },
     /// A transient failure of the op at `seq`.
-    Attempt { seq: u64, error: String },
+    Attempt {
+        seq: u64,
+        error: String,
+    },
     /// The server rejected the op at `seq` for good; it and the later ops of
     /// the same record go to the dead letters.
-    DeadLetter { seq: u64, error: String },
+    DeadLetter {
+        seq: u64,
+        error: String,
+    },
     /// A 409 for the op at `seq`, resolved by `strategy`.
     Conflict {
         seq: u64,
@@ -82,7 +94,10 @@ pub enum WriteCmd {
         resolution: Resolution,
     },
     /// A page of remote changes and the cursor after it.
-    ApplyChanges { changes: Vec<Change>, cursor: String },
+    ApplyChanges {
+        changes: Vec<Change>,
+        cursor: String,
+    },
     /// A manual resolution of a parked conflict.
     ResolveParked {
         collection: String,
@@ -90,9 +105,16 @@ pub enum WriteCmd {
         take: Option<Side>,
         data: Option<Document>,
     },
-    RetryDead { op_id: String },
-    DiscardDead { op_id: String },
-    SetMeta { key: &'static str, value: Vec<u8> },
+    RetryDead {
+        op_id: String,
+    },
+    DiscardDead {
+        op_id: String,
+    },
+    SetMeta {
+        key: &'static str,
+        value: Vec<u8>,
+    },
 }
 
 /// A job's answer.
@@ -246,10 +268,14 @@ impl Writer {
                 }
                 results.push(r);
             }
-            t.meta
-                .insert(META_QUEUE_TAIL, self.counters.queue_tail.to_be_bytes().as_slice())?;
-            t.meta
-                .insert(META_DEAD_TAIL, self.counters.dead_tail.to_be_bytes().as_slice())?;
+            t.meta.insert(
+                META_QUEUE_TAIL,
+                self.counters.queue_tail.to_be_bytes().as_slice(),
+            )?;
+            t.meta.insert(
+                META_DEAD_TAIL,
+                self.counters.dead_tail.to_be_bytes().as_slice(),
+            )?;
         }
         txn.commit()?;
         Ok(results)
@@ -307,7 +333,8 @@ impl Writer {
                         OpKind::Create,
                     ),
                 };
-                let op_id = self.local_write(t, collection, &id, &rec, kind, Some(text), *client_ts)?;
+                let op_id =
+                    self.local_write(t, collection, &id, &rec, kind, Some(text), *client_ts)?;
                 ev.push(Event::Changed {
                     collection: collection.clone(),
                     id: id.clone(),
@@ -342,8 +369,15 @@ impl Writer {
                 rec.data = text.clone();
                 rec.pending += 1;
                 rec.local_ts = *client_ts;
-                let op_id =
-                    self.local_write(t, collection, id, &rec, OpKind::Update, Some(text), *client_ts)?;
+                let op_id = self.local_write(
+                    t,
+                    collection,
+                    id,
+                    &rec,
+                    OpKind::Update,
+                    Some(text),
+                    *client_ts,
+                )?;
                 ev.push(Event::Changed {
                     collection: collection.clone(),
                     id: id.clone(),
@@ -593,7 +627,10 @@ impl Writer {
         rec.version = Some(r.version);
         rec.updated_at = Some(r.updated_at);
         rec.base = Some(server_text.clone());
-        if rec.pending == 0 && !rec.deleted && parse_doc_text(&rec.data) != Value::Object(r.data.clone()) {
+        if rec.pending == 0
+            && !rec.deleted
+            && parse_doc_text(&rec.data) != Value::Object(r.data.clone())
+        {
             // The server normalised the document: it is the truth now.
             rec.data = server_text;
             ev.push(Event::Changed {
@@ -707,7 +744,8 @@ impl Writer {
                     rec.updated_at = None;
                     rec.base = None;
                 } else {
-                    t.server_ids.insert((c.as_str(), server.id.as_str()), lid.as_str())?;
+                    t.server_ids
+                        .insert((c.as_str(), server.id.as_str()), lid.as_str())?;
                     rec.server_id = Some(server.id.clone());
                     rec.version = Some(server.version);
                     rec.updated_at = Some(server.updated_at);
@@ -889,10 +927,16 @@ impl Writer {
         let c = ch.collection.as_str();
         let r = &ch.record;
         if crate::ids::validate_collection(c).is_err() {
-            tracing::warn!(collection = c, "pulled change for an invalid collection name ignored");
+            tracing::warn!(
+                collection = c,
+                "pulled change for an invalid collection name ignored"
+            );
             return Ok(());
         }
-        let lid = t.server_ids.get((c, r.id.as_str()))?.map(|v| v.value().to_owned());
+        let lid = t
+            .server_ids
+            .get((c, r.id.as_str()))?
+            .map(|v| v.value().to_owned());
         let lid = match lid {
             Some(l) => l,
             None => {
@@ -924,8 +968,15 @@ impl Writer {
 }
 
 fn bump_resolved(t: &mut Tables<'_>) -> Result<(), StoreError> {
-    let n = u64_be(t.meta.get(META_RESOLVED)?.map(|v| v.value().to_vec()).as_deref()).unwrap_or(0);
-    t.meta.insert(META_RESOLVED, (n + 1).to_be_bytes().as_slice())?;
+    let n = u64_be(
+        t.meta
+            .get(META_RESOLVED)?
+            .map(|v| v.value().to_vec())
+            .as_deref(),
+    )
+    .unwrap_or(0);
+    t.meta
+        .insert(META_RESOLVED, (n + 1).to_be_bytes().as_slice())?;
     Ok(())
 }
 

@@ -64,11 +64,7 @@ pub fn parse_retry_after(v: &str, now: SystemTime) -> Option<u64> {
         return Some(secs.saturating_mul(1000));
     }
     let at = httpdate::parse_http_date(v).ok()?;
-    Some(
-        at.duration_since(now)
-            .unwrap_or(Duration::ZERO)
-            .as_millis() as u64,
-    )
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO).as_millis() as u64)
 }
 
 #[cfg(test)]

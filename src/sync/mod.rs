@@ -56,7 +56,11 @@ impl SyncControl {
     pub fn new(paused: bool) -> Arc<Self> {
         Arc::new(SyncControl {
             status: Mutex::new(SyncStatus {
-                state: if paused { State::Paused } else { State::Offline },
+                state: if paused {
+                    State::Paused
+                } else {
+                    State::Offline
+                },
                 last_error: None,
                 next_retry_at: None,
             }),

@@ -24,7 +24,9 @@ pub fn spawn(changed: Arc<Notify>) -> bool {
 #[cfg(target_os = "linux")]
 mod linux {
     use super::*;
-    use netlink_sys::{protocols::NETLINK_ROUTE, AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket};
+    use netlink_sys::{
+        protocols::NETLINK_ROUTE, AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket,
+    };
 
     const RTMGRP_LINK: u32 = 0x1;
     const RTMGRP_IPV4_IFADDR: u32 = 0x10;
@@ -40,7 +42,11 @@ mod linux {
                 return false;
             }
         };
-        let groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE;
+        let groups = RTMGRP_LINK
+            | RTMGRP_IPV4_IFADDR
+            | RTMGRP_IPV4_ROUTE
+            | RTMGRP_IPV6_IFADDR
+            | RTMGRP_IPV6_ROUTE;
         if let Err(e) = sock.socket_mut().bind(&SocketAddr::new(0, groups)) {
             tracing::info!(error = %e, "cannot subscribe to netlink route events; relying on probes");
             return false;

@@ -124,7 +124,10 @@ impl Worker {
             self.cfg.sync.pull_interval_s * 1000,
         );
         if old.backend != self.cfg.backend {
-            tracing::info!(backend = self.cfg.backend_url().unwrap_or("(none)"), "backend settings changed");
+            tracing::info!(
+                backend = self.cfg.backend_url().unwrap_or("(none)"),
+                "backend settings changed"
+            );
             self.rebuild_client();
         }
     }
@@ -134,7 +137,11 @@ impl Worker {
         if st.state != before {
             match (&st.state, &st.last_error) {
                 (State::Online | State::Paused, _) | (_, None) => {
-                    tracing::info!(from = before.as_str(), to = st.state.as_str(), "sync state changed")
+                    tracing::info!(
+                        from = before.as_str(),
+                        to = st.state.as_str(),
+                        "sync state changed"
+                    )
                 }
                 (_, Some(e)) => {
                     tracing::warn!(from = before.as_str(), to = st.state.as_str(), error = %e, "sync state changed")
@@ -161,7 +168,12 @@ impl Worker {
                 break;
             }
             self.reconfigure();
-            let queue_nonempty = self.deps.store.queue_depth().map(|d| d > 0).unwrap_or(false);
+            let queue_nonempty = self
+                .deps
+                .store
+                .queue_depth()
+                .map(|d| d > 0)
+                .unwrap_or(false);
             let view = View {
                 has_backend: self.client.is_some(),
                 paused: self.deps.control.is_paused(),
@@ -289,12 +301,18 @@ impl Worker {
             if !seen.insert((op.collection.clone(), op.local_id.clone())) {
                 break;
             }
-            let rec = self.deps.store.record(&op.collection, &op.local_id).map_err(local)?;
+            let rec = self
+                .deps
+                .store
+                .record(&op.collection, &op.local_id)
+                .map_err(local)?;
             match self.wire_op(&op, rec.as_ref()) {
                 Ok(w) => batch.push((seq, op, rec, w)),
                 Err(reason) if batch.is_empty() => {
                     tracing::warn!(op_id = %op.op_id, "{reason}");
-                    return self.submit(WriteCmd::DeadLetter { seq, error: reason }).await;
+                    return self
+                        .submit(WriteCmd::DeadLetter { seq, error: reason })
+                        .await;
                 }
                 Err(_) => break,
             }
@@ -315,7 +333,10 @@ impl Worker {
                     return Ok(());
                 }
                 Ok(BatchOutcome::Unsupported) => {
-                    tracing::info!(backend = client.base(), "backend has no v1/ops/batch; sending ops one at a time");
+                    tracing::info!(
+                        backend = client.base(),
+                        "backend has no v1/ops/batch; sending ops one at a time"
+                    );
                     self.batch_supported = Some(false);
                 }
                 Err(f) => return self.attempt_failed(batch[0].0, f).await,
@@ -330,7 +351,11 @@ impl Worker {
 
     /// Records a failed attempt on the head op and passes the failure on.
     async fn attempt_failed(&self, seq: u64, f: Failure) -> Result<(), Failure> {
-        self.submit(WriteCmd::Attempt { seq, error: f.reason().to_owned() }).await?;
+        self.submit(WriteCmd::Attempt {
+            seq,
+            error: f.reason().to_owned(),
+        })
+        .await?;
         Err(f)
     }
 
@@ -407,7 +432,8 @@ impl Worker {
             }
             OpResult::Rejected { status, reason } => {
                 tracing::warn!(op_id = %op.op_id, collection = %op.collection, id = %op.local_id, status, %reason, "op rejected by the server; dead-lettered");
-                self.submit(WriteCmd::DeadLetter { seq, error: reason }).await
+                self.submit(WriteCmd::DeadLetter { seq, error: reason })
+                    .await
             }
         }
     }
@@ -442,7 +468,9 @@ impl Worker {
 }
 
 /// Watches one file (through its directory); a unit per change.
-fn watch_file(path: &std::path::Path) -> Option<(notify::RecommendedWatcher, mpsc::UnboundedReceiver<()>)> {
+fn watch_file(
+    path: &std::path::Path,
+) -> Option<(notify::RecommendedWatcher, mpsc::UnboundedReceiver<()>)> {
     use notify::{RecursiveMode, Watcher};
     let (tx, rx) = mpsc::unbounded_channel();
     let name = path.file_name()?.to_owned();
@@ -453,7 +481,10 @@ fn watch_file(path: &std::path::Path) -> Option<(notify::RecommendedWatcher, mps
     let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if let Ok(ev) = ev {
             if !matches!(ev.kind, notify::EventKind::Access(_))
-                && ev.paths.iter().any(|p| p.file_name() == Some(name.as_os_str()))
+                && ev
+                    .paths
+                    .iter()
+                    .any(|p| p.file_name() == Some(name.as_os_str()))
             {
                 let _ = tx.send(());
             }

@@ -1,0 +1,341 @@
+//! Store + writer logic without sockets: a temp redb, the real writer
+//! thread, jobs submitted as the server and the worker would.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, Notify};
+
+use super::writer::{spawn, Resolution, WriteCmd, WriteOutcome, WriterHandle};
+use super::{OpState, Store};
+use crate::backend::protocol::{Change, Document, OpKind, ServerRecord};
+use crate::ipc::wire::{Event, Side};
+
+fn doc(v: Value) -> Document {
+    match v {
+        Value::Object(m) => m,
+        _ => panic!("not an object"),
+    }
+}
+
+struct Fx {
+    _dir: tempfile::TempDir,
+    store: Store,
+    w: WriterHandle,
+    events: broadcast::Receiver<Arc<Event>>,
+}
+
+fn fx() -> Fx {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 4 << 20).unwrap();
+    let (tx, rx) = broadcast::channel(1024);
+    let (w, _join) = spawn(store.clone(), tx, Arc::new(Notify::new())).unwrap();
+    Fx {
+        _dir: dir,
+        store,
+        w,
+        events: rx,
+    }
+}
+
+async fn put(f: &Fx, id: &str, v: Value) -> String {
+    match f
+        .w
+        .submit(WriteCmd::Put {
+            collection: "c".into(),
+            id: Some(id.into()),
+            data: doc(v),
+            client_ts: 100,
+        })
+        .await
+        .unwrap()
+    {
+        WriteOutcome::Written { op_id, .. } => op_id,
+        o => panic!("{o:?}"),
+    }
+}
+
+fn srec(id: &str, version: u64, ts: i64, v: Value) -> ServerRecord {
+    ServerRecord {
+        id: id.into(),
+        version,
+        updated_at: ts,
+        deleted: false,
+        data: doc(v),
+    }
+}
+
+async fn ack_head(f: &Fx, r: ServerRecord) {
+    let (seq, _) = f.store.queue_head(1).unwrap().remove(0);
+    f.w.submit(WriteCmd::Ack { seq, record: r }).await.unwrap();
+}
+
+#[tokio::test]
+async fn write_and_queue_in_one_place() {
+    let f = fx();
+    put(&f, "a", json!({"x": 1})).await;
+    f.w.submit(WriteCmd::Patch {
+        collection: "c".into(),
+        id: "a".into(),
+        data: doc(json!({"y": 2, "x": null})),
+        client_ts: 101,
+    })
+    .await
+    .unwrap();
+    f.w.submit(WriteCmd::Delete {
+        collection: "c".into(),
+        id: "a".into(),
+        client_ts: 102,
+    })
+    .await
+    .unwrap();
+    let q = f.store.queue_head(10).unwrap();
+    let kinds: Vec<_> = q.iter().map(|(_, o)| o.kind).collect();
+    assert_eq!(kinds, vec![OpKind::Create, OpKind::Update, OpKind::Delete]);
+    assert_eq!(q[1].1.data.as_deref(), Some(r#"{"y":2}"#));
+    assert!(q.windows(2).all(|w| w[0].0 < w[1].0));
+    assert!(f.store.get("c", "a").unwrap().is_none(), "deleted locally");
+    assert_eq!(f.store.record("c", "a").unwrap().unwrap().pending, 3);
+    // Patch/delete of a missing record: error, nothing written.
+    let e =
+        f.w.submit(WriteCmd::Delete {
+            collection: "c".into(),
+            id: "zz".into(),
+            client_ts: 1,
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("zz"));
+    assert_eq!(f.store.queue_depth().unwrap(), 3);
+}
+
+#[tokio::test]
+async fn acks_carry_server_id_to_later_ops_and_delete_removes() {
+    let f = fx();
+    put(&f, "a", json!({"x": 1})).await;
+    put(&f, "a", json!({"x": 2})).await;
+    ack_head(&f, srec("S1", 1, 100, json!({"x": 1}))).await;
+    let r = f.store.record("c", "a").unwrap().unwrap();
+    assert_eq!(
+        (r.server_id.as_deref(), r.version, r.pending),
+        (Some("S1"), Some(1), 1)
+    );
+    // Local data stays the newer local write while an op is pending.
+    assert_eq!(r.data, r#"{"x":2}"#);
+    assert_eq!(
+        f.store.local_id_for("c", "S1").unwrap().as_deref(),
+        Some("a")
+    );
+    ack_head(&f, srec("S1", 2, 100, json!({"x": 2}))).await;
+    let v = f.store.get("c", "a").unwrap().unwrap();
+    assert!(!v.pending);
+    assert_eq!(v.version, Some(2));
+    f.w.submit(WriteCmd::Delete {
+        collection: "c".into(),
+        id: "a".into(),
+        client_ts: 1,
+    })
+    .await
+    .unwrap();
+    let mut tomb = srec("S1", 3, 1, json!({}));
+    tomb.deleted = true;
+    ack_head(&f, tomb).await;
+    assert!(f.store.record("c", "a").unwrap().is_none());
+    assert_eq!(f.store.queue_depth().unwrap(), 0);
+}
+
+#[tokio::test]
+async fn dead_letter_takes_dependents_and_retry_requeues() {
+    let f = fx();
+    put(&f, "a", json!({"x": 1})).await;
+    put(&f, "b", json!({"x": 1})).await;
+    put(&f, "a", json!({"x": 2})).await;
+    let (seq, op) = f.store.queue_head(1).unwrap().remove(0);
+    f.w.submit(WriteCmd::DeadLetter {
+        seq,
+        error: "HTTP 422: no".into(),
+    })
+    .await
+    .unwrap();
+    let q = f.store.queue_head(10).unwrap();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].1.local_id, "b");
+    let dead = f.store.dead_letters().unwrap();
+    assert_eq!(dead.len(), 2);
+    assert!(dead[1].1.error.contains("depends on"));
+    assert_eq!(
+        f.store.op_state(&op.op_id).unwrap(),
+        OpState::DeadLettered("HTTP 422: no".into())
+    );
+    f.w.submit(WriteCmd::RetryDead {
+        op_id: op.op_id.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(f.store.op_state(&op.op_id).unwrap(), OpState::Queued);
+    let other = dead[1].1.op.op_id.clone();
+    f.w.submit(WriteCmd::DiscardDead {
+        op_id: other.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(f.store.op_state(&other).unwrap(), OpState::Done);
+    assert_eq!(f.store.dead_letter_count().unwrap(), 0);
+}
+
+#[tokio::test]
+async fn resend_goes_to_head_with_new_op_id() {
+    let f = fx();
+    put(&f, "a", json!({"x": 1})).await;
+    ack_head(&f, srec("S1", 1, 100, json!({"x": 1}))).await;
+    let old = put(&f, "a", json!({"x": 2})).await;
+    put(&f, "b", json!({"y": 1})).await;
+    let (seq, _) = f.store.queue_head(1).unwrap().remove(0);
+    f.w.submit(WriteCmd::Conflict {
+        seq,
+        server: srec("S1", 5, 50, json!({"x": 9})),
+        strategy: "last-write-wins".into(),
+        resolution: Resolution::Resend {
+            kind: OpKind::Update,
+            data: Some(doc(json!({"x": 2}))),
+        },
+    })
+    .await
+    .unwrap();
+    let q = f.store.queue_head(10).unwrap();
+    assert_eq!(q[0].1.local_id, "a");
+    assert_ne!(q[0].1.op_id, old);
+    assert_eq!(q[1].1.local_id, "b");
+    let r = f.store.record("c", "a").unwrap().unwrap();
+    assert_eq!(r.version, Some(5), "re-sent on top of the server version");
+    assert_eq!(r.base.as_deref(), Some(r#"{"x":9}"#));
+}
+
+#[tokio::test]
+async fn take_server_and_park_and_resolve() {
+    let mut f = fx();
+    put(&f, "a", json!({"x": 1})).await;
+    ack_head(&f, srec("S1", 1, 100, json!({"x": 1}))).await;
+    put(&f, "a", json!({"x": 2})).await;
+    let (seq, op) = f.store.queue_head(1).unwrap().remove(0);
+    f.w.submit(WriteCmd::Conflict {
+        seq,
+        server: srec("S1", 2, 200, json!({"x": 3})),
+        strategy: "manual".into(),
+        resolution: Resolution::Park,
+    })
+    .await
+    .unwrap();
+    assert_eq!(f.store.op_state(&op.op_id).unwrap(), OpState::Parked);
+    let cs = f.store.conflicts().unwrap();
+    assert_eq!(cs.len(), 1);
+    assert_eq!(cs[0].local.as_ref().unwrap().0, json!({"x": 2}));
+    assert!(f.store.get("c", "a").unwrap().unwrap().pending);
+    f.w.submit(WriteCmd::ResolveParked {
+        collection: "c".into(),
+        id: "a".into(),
+        take: Some(Side::Server),
+        data: None,
+    })
+    .await
+    .unwrap();
+    let v = f.store.get("c", "a").unwrap().unwrap();
+    assert_eq!(v.data.0, json!({"x": 3}));
+    assert!(!v.pending);
+    assert_eq!(f.store.conflict_count().unwrap(), 0);
+    let mut saw_conflict = false;
+    while let Ok(e) = f.events.try_recv() {
+        saw_conflict |= matches!(&*e, Event::Conflict { .. });
+    }
+    assert!(saw_conflict);
+}
+
+#[tokio::test]
+async fn pull_applies_remote_but_not_over_pending() {
+    let f = fx();
+    put(&f, "mine", json!({"x": 1})).await;
+    ack_head(&f, srec("S1", 1, 100, json!({"x": 1}))).await;
+    put(&f, "mine", json!({"x": 2})).await; // pending
+    let changes = vec![
+        Change {
+            collection: "c".into(),
+            record: srec("S1", 2, 300, json!({"x": 7})),
+        },
+        Change {
+            collection: "c".into(),
+            record: srec("S2", 1, 300, json!({"n": 1})),
+        },
+    ];
+    f.w.submit(WriteCmd::ApplyChanges {
+        changes,
+        cursor: "2".into(),
+    })
+    .await
+    .unwrap();
+    let mine = f.store.record("c", "mine").unwrap().unwrap();
+    assert_eq!(mine.data, r#"{"x":2}"#, "pending local change kept");
+    assert_eq!(
+        mine.version,
+        Some(1),
+        "its op keeps the base it was made on"
+    );
+    let remote = f.store.get("c", "S2").unwrap().unwrap();
+    assert_eq!(remote.server_id.as_deref(), Some("S2"));
+    assert!(!remote.pending);
+    assert_eq!(
+        f.store.meta(super::tables::META_CURSOR).unwrap().as_deref(),
+        Some(&b"2"[..])
+    );
+    // A remote tombstone removes a clean local record.
+    let mut t = srec("S2", 2, 400, json!({}));
+    t.deleted = true;
+    f.w.submit(WriteCmd::ApplyChanges {
+        changes: vec![Change {
+            collection: "c".into(),
+            record: t,
+        }],
+        cursor: "3".into(),
+    })
+    .await
+    .unwrap();
+    assert!(f.store.record("c", "S2").unwrap().is_none());
+}
+
+#[tokio::test]
+async fn restart_keeps_sequence_and_client_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cid, last) = {
+        let store = Store::open(dir.path(), 4 << 20).unwrap();
+        let (tx, _) = broadcast::channel(16);
+        let (w, join) = spawn(store.clone(), tx, Arc::new(Notify::new())).unwrap();
+        for i in 0..3 {
+            w.submit(WriteCmd::Put {
+                collection: "c".into(),
+                id: Some(format!("r{i}")),
+                data: Document::new(),
+                client_ts: 1,
+            })
+            .await
+            .unwrap();
+        }
+        let last = store.queue_head(10).unwrap().last().unwrap().0;
+        drop(w);
+        join.join().unwrap();
+        (store.client_id().to_owned(), last)
+    };
+    let store = Store::open(dir.path(), 4 << 20).unwrap();
+    assert_eq!(store.client_id(), cid);
+    let (tx, _) = broadcast::channel(16);
+    let (w, _) = spawn(store.clone(), tx, Arc::new(Notify::new())).unwrap();
+    w.submit(WriteCmd::Put {
+        collection: "c".into(),
+        id: None,
+        data: Document::new(),
+        client_ts: 1,
+    })
+    .await
+    .unwrap();
+    let q = store.queue_head(10).unwrap();
+    assert_eq!(q.len(), 4);
+    assert!(q[3].0 > last);
+}
