@@ -49,13 +49,15 @@ pub async fn bind(path: &Path, mode: u32) -> std::io::Result<Listener> {
     if path.exists() {
         let name = path.to_fs_name::<GenericFilePath>()?;
         match Stream::connect(name).await {
-            Ok(_) => return Err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                format!(
+            Ok(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    format!(
                     "{} is in use by a running daemon (stop it first, or choose another socket)",
                     path.display()
                 ),
-            )),
+                ))
+            }
             Err(_) => {
                 tracing::info!(socket = %path.display(), "replacing stale socket file");
                 std::fs::remove_file(path)?;

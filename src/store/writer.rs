@@ -27,28 +27,19 @@ use super::{
     parse_doc_text, DeadLetter, ParkedConflict, QueuedOp, ServerRecordStored, Store, StoreError,
     StoredRecord,
 };
+use std::collections::BTreeMap;
+
 use crate::backend::protocol::{Change, Document, OpKind, ServerRecord};
+use crate::config::{FieldRule, Strategy};
 use crate::ids::{validate_id, IdGen};
 use crate::ipc::codec::{from_store, to_store};
 use crate::ipc::wire::{ApiError, Doc, ErrorCode, Event, Origin, Side};
+use crate::sync::conflict::{self, LocalChange};
 
 /// Most jobs folded into one transaction.
 const MAX_BATCH: usize = 4096;
 
-/// What a conflict resolution does, decided by [`crate::sync::conflict`].
-#[derive(Debug, Clone, PartialEq)]
-pub enum Resolution {
-    /// Take the server's record locally; the op is dropped.
-    TakeServer,
-    /// Re-send the local change on top of the server record as a new op at
-    /// the head of the queue. `data` is `None` for a delete.
-    Resend {
-        kind: OpKind,
-        data: Option<Document>,
-    },
-    /// Park for a person or an app to decide (`manual`).
-    Park,
-}
+pub use crate::sync::conflict::Resolution;
 
 /// A write job.
 #[derive(Debug)]
@@ -86,12 +77,16 @@ pub enum WriteCmd {
         seq: u64,
         error: String,
     },
-    /// A 409 for the op at `seq`, resolved by `strategy`.
+    /// A 409 for the op at `seq`. The writer decides it with `strategy`
+    /// inside the transaction, against the record's latest local state, and
+    /// folds the record's later queued ops into the decision: they were made
+    /// on the same stale base, so sending them after the resolution would
+    /// overwrite the server's change unseen.
     Conflict {
         seq: u64,
         server: ServerRecord,
-        strategy: String,
-        resolution: Resolution,
+        strategy: Strategy,
+        rules: BTreeMap<String, FieldRule>,
     },
     /// A page of remote changes and the cursor after it.
     ApplyChanges {
@@ -473,12 +468,49 @@ impl Writer {
                 seq,
                 server,
                 strategy,
-                resolution,
+                rules,
             } => {
                 let Some(op) = t.take_op(*seq)? else {
                     return Ok(Ok(WriteOutcome::Done));
                 };
-                self.apply_conflict(t, op, server, strategy, resolution, ev)?;
+                let (c, lid) = (op.collection.clone(), op.local_id.clone());
+                let mut ops = vec![op];
+                for (s, _) in t.ops_of_record_after(*seq, &c, &lid)? {
+                    if let Some(o) = t.take_op(s)? {
+                        ops.push(o);
+                    }
+                }
+                let rec = t.record(&c, &lid)?;
+                let data = rec
+                    .as_ref()
+                    .filter(|r| !r.deleted)
+                    .map(|r| parse_doc_text(&r.data));
+                let base = rec
+                    .as_ref()
+                    .and_then(|r| r.base.as_deref())
+                    .map(parse_doc_text);
+                let local = LocalChange {
+                    kind: if data.is_some() {
+                        OpKind::Update
+                    } else {
+                        OpKind::Delete
+                    },
+                    data: data.as_ref().and_then(Value::as_object),
+                    client_ts: ops.iter().map(|o| o.client_ts).max().unwrap_or(0),
+                    base: base.as_ref().and_then(Value::as_object),
+                };
+                let resolution = conflict::resolve(*strategy, rules, &local, server);
+                tracing::info!(collection = %c, id = %lid, strategy = strategy.as_str(), ops = ops.len(), ?resolution, "conflict");
+                self.apply_resolution(
+                    t,
+                    &c,
+                    &lid,
+                    ops,
+                    server,
+                    strategy.as_str(),
+                    &resolution,
+                    ev,
+                )?;
                 bump_resolved(t)?;
                 Ok(Ok(WriteOutcome::Done))
             }
@@ -704,25 +736,42 @@ impl Writer {
         Ok(())
     }
 
-    fn apply_conflict(
+    /// Carries out a conflict decision for `ops` (already out of the
+    /// queue) of one record.
+    #[allow(clippy::too_many_arguments)]
+    fn apply_resolution(
         &mut self,
         t: &mut Tables<'_>,
-        op: QueuedOp,
+        c: &str,
+        lid: &str,
+        ops: Vec<QueuedOp>,
         server: &ServerRecord,
         strategy: &str,
         resolution: &Resolution,
         ev: &mut Vec<Event>,
     ) -> Result<(), StoreError> {
-        let (c, lid) = (op.collection.clone(), op.local_id.clone());
-        let rec = t.record(&c, &lid)?;
+        let n = ops.len() as u32;
+        for op in &ops {
+            t.ops.remove(op.op_id.as_str())?;
+        }
+        let client_ts = ops
+            .iter()
+            .map(|o| o.client_ts)
+            .max()
+            .unwrap_or_else(crate::now_ms);
+        let enqueued_at = ops
+            .first()
+            .map(|o| o.enqueued_at)
+            .unwrap_or_else(crate::now_ms);
+        let rec = t.record(c, lid)?;
         let outcome;
         match resolution {
             Resolution::TakeServer => {
                 let rec = rec.map(|mut r| {
-                    r.pending = r.pending.saturating_sub(1);
+                    r.pending = r.pending.saturating_sub(n);
                     r
                 });
-                self.take_server(t, &c, &lid, rec, server, Origin::Conflict, ev)?;
+                self.take_server(t, c, lid, rec, server, Origin::Conflict, ev)?;
                 outcome = "took server".to_owned();
             }
             Resolution::Resend { kind, data } => {
@@ -733,66 +782,59 @@ impl Writer {
                     version: None,
                     updated_at: None,
                     base: None,
-                    pending: 1,
-                    local_ts: op.client_ts,
+                    pending: n,
+                    local_ts: client_ts,
                 });
+                rec.pending = rec.pending.saturating_sub(n) + 1;
                 // The record now stands on the server's version.
                 if server.deleted {
-                    t.server_ids.remove((c.as_str(), server.id.as_str()))?;
+                    t.server_ids.remove((c, server.id.as_str()))?;
                     rec.server_id = None;
                     rec.version = None;
                     rec.updated_at = None;
                     rec.base = None;
                 } else {
-                    t.server_ids
-                        .insert((c.as_str(), server.id.as_str()), lid.as_str())?;
+                    t.server_ids.insert((c, server.id.as_str()), lid)?;
                     rec.server_id = Some(server.id.clone());
                     rec.version = Some(server.version);
                     rec.updated_at = Some(server.updated_at);
                     rec.base = Some(Value::Object(server.data.clone()).to_string());
                 }
                 let text = data.as_ref().map(|d| Value::Object(d.clone()).to_string());
-                // Only the head op carries the resolved document; the
-                // record's latest local state wins if more ops follow.
-                let later = !t.ops_of_record_after(0, &c, &lid)?.is_empty();
-                if !later {
-                    match &text {
-                        Some(tx) => {
-                            rec.data = tx.clone();
-                            rec.deleted = false;
-                        }
-                        None => {
-                            rec.data = "{}".into();
-                            rec.deleted = true;
-                        }
+                match &text {
+                    Some(tx) => {
+                        rec.data = tx.clone();
+                        rec.deleted = false;
+                    }
+                    None => {
+                        rec.data = "{}".into();
+                        rec.deleted = true;
                     }
                 }
-                t.put_record(&c, &lid, &rec)?;
+                t.put_record(c, lid, &rec)?;
                 let new_op = QueuedOp {
                     op_id: self.ids.next(),
-                    collection: c.clone(),
-                    local_id: lid.clone(),
+                    collection: c.to_owned(),
+                    local_id: lid.to_owned(),
                     kind: *kind,
                     data: text,
-                    client_ts: op.client_ts,
+                    client_ts,
                     attempts: 0,
                     last_error: None,
-                    enqueued_at: op.enqueued_at,
+                    enqueued_at,
                 };
                 self.prepend_op(t, &new_op)?;
-                if !later {
-                    ev.push(Event::Changed {
-                        collection: c.clone(),
-                        id: lid.clone(),
-                        op_id: Some(new_op.op_id.clone()),
-                        origin: Origin::Conflict,
-                        data: data.clone().map(|d| Doc(Value::Object(d))),
-                    });
-                }
+                ev.push(Event::Changed {
+                    collection: c.to_owned(),
+                    id: lid.to_owned(),
+                    op_id: Some(new_op.op_id.clone()),
+                    origin: Origin::Conflict,
+                    data: data.clone().map(|d| Doc(Value::Object(d))),
+                });
                 outcome = format!("re-sent as {} (op {})", kind.as_str(), new_op.op_id);
             }
             Resolution::Park => {
-                let mut parked = match t.conflicts.get((c.as_str(), lid.as_str()))? {
+                let mut parked = match t.conflicts.get((c, lid))? {
                     Some(v) => from_store::<ParkedConflict>(v.value())?,
                     None => ParkedConflict {
                         server: ServerRecordStored::from(server),
@@ -801,16 +843,18 @@ impl Writer {
                     },
                 };
                 parked.server = ServerRecordStored::from(server);
-                t.ops.insert(op.op_id.as_str(), PARKED_SEQ)?;
-                parked.ops.push(op);
+                for op in ops {
+                    t.ops.insert(op.op_id.as_str(), PARKED_SEQ)?;
+                    parked.ops.push(op);
+                }
                 t.conflicts
-                    .insert((c.as_str(), lid.as_str()), to_store(&parked)?.as_slice())?;
+                    .insert((c, lid), to_store(&parked)?.as_slice())?;
                 outcome = "parked for manual resolution".to_owned();
             }
         }
         ev.push(Event::Conflict {
-            collection: c,
-            id: lid,
+            collection: c.to_owned(),
+            id: lid.to_owned(),
             strategy: strategy.to_owned(),
             outcome,
         });
@@ -841,19 +885,7 @@ impl Writer {
         let parked: ParkedConflict = from_store(&parked)?;
         let server = parked.server.to_record();
         t.conflicts.remove((c, lid))?;
-        for op in &parked.ops {
-            t.ops.remove(op.op_id.as_str())?;
-        }
-        let n = parked.ops.len() as u32;
-        let rec = t.record(c, lid)?.map(|mut r| {
-            r.pending = r.pending.saturating_sub(n);
-            r
-        });
-        let last_ts = parked
-            .ops
-            .last()
-            .map(|o| o.client_ts)
-            .unwrap_or_else(crate::now_ms);
+        let rec = t.record(c, lid)?;
         // What to re-send, if anything.
         let resend: Option<(OpKind, Option<Document>)> = match (take, data) {
             (_, Some(d)) => Some((OpKind::Update, Some(d.clone()))),
@@ -866,54 +898,19 @@ impl Writer {
             },
             _ => None,
         };
-        let resend = match resend {
-            // The server deleted it: an update must recreate it.
-            Some((OpKind::Update, d)) if server.deleted => Some((OpKind::Create, d)),
+        let resolution = match resend {
+            // The server deleted it: an update must re-create it.
+            Some((OpKind::Update, d)) if server.deleted => Resolution::Resend {
+                kind: OpKind::Create,
+                data: d,
+            },
             // Both sides deleted: nothing left to send.
-            Some((OpKind::Delete, _)) if server.deleted => None,
-            other => other,
+            Some((OpKind::Delete, _)) if server.deleted => Resolution::TakeServer,
+            Some((kind, data)) => Resolution::Resend { kind, data },
+            None => Resolution::TakeServer,
         };
+        self.apply_resolution(t, c, lid, parked.ops, &server, "manual", &resolution, ev)?;
         bump_resolved(t)?;
-        match resend {
-            None => {
-                self.take_server(t, c, lid, rec, &server, Origin::Conflict, ev)?;
-                ev.push(Event::Conflict {
-                    collection: c.to_owned(),
-                    id: lid.to_owned(),
-                    strategy: "manual".into(),
-                    outcome: "resolved: took server".into(),
-                });
-            }
-            Some((kind, doc)) => {
-                // Same path as an automatic re-send: the record stands on the
-                // server version and a new op goes to the head of the queue.
-                let mut rec = rec.unwrap_or(StoredRecord {
-                    data: "{}".into(),
-                    deleted: false,
-                    server_id: None,
-                    version: None,
-                    updated_at: None,
-                    base: None,
-                    pending: 0,
-                    local_ts: last_ts,
-                });
-                rec.pending += 1;
-                t.put_record(c, lid, &rec)?;
-                let op = QueuedOp {
-                    op_id: String::new(),
-                    collection: c.to_owned(),
-                    local_id: lid.to_owned(),
-                    kind,
-                    data: None,
-                    client_ts: last_ts,
-                    attempts: 0,
-                    last_error: None,
-                    enqueued_at: crate::now_ms(),
-                };
-                let resolution = Resolution::Resend { kind, data: doc };
-                self.apply_conflict(t, op, &server, "manual", &resolution, ev)?;
-            }
-        }
         Ok(Ok(WriteOutcome::Done))
     }
 

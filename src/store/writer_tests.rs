@@ -6,9 +6,10 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, Notify};
 
-use super::writer::{spawn, Resolution, WriteCmd, WriteOutcome, WriterHandle};
+use super::writer::{spawn, WriteCmd, WriteOutcome, WriterHandle};
 use super::{OpState, Store};
 use crate::backend::protocol::{Change, Document, OpKind, ServerRecord};
+use crate::config::Strategy;
 use crate::ipc::wire::{Event, Side};
 
 fn doc(v: Value) -> Document {
@@ -194,11 +195,8 @@ async fn resend_goes_to_head_with_new_op_id() {
     f.w.submit(WriteCmd::Conflict {
         seq,
         server: srec("S1", 5, 50, json!({"x": 9})),
-        strategy: "last-write-wins".into(),
-        resolution: Resolution::Resend {
-            kind: OpKind::Update,
-            data: Some(doc(json!({"x": 2}))),
-        },
+        strategy: Strategy::LastWriteWins,
+        rules: Default::default(),
     })
     .await
     .unwrap();
@@ -221,8 +219,8 @@ async fn take_server_and_park_and_resolve() {
     f.w.submit(WriteCmd::Conflict {
         seq,
         server: srec("S1", 2, 200, json!({"x": 3})),
-        strategy: "manual".into(),
-        resolution: Resolution::Park,
+        strategy: Strategy::Manual,
+        rules: Default::default(),
     })
     .await
     .unwrap();
@@ -338,4 +336,61 @@ async fn restart_keeps_sequence_and_client_id() {
     let q = store.queue_head(10).unwrap();
     assert_eq!(q.len(), 4);
     assert!(q[3].0 > last);
+}
+
+#[tokio::test]
+async fn conflict_folds_later_ops_of_the_record() {
+    let f = fx();
+    put(&f, "a", json!({"x": 1})).await;
+    ack_head(&f, srec("S1", 1, 100, json!({"x": 1}))).await;
+    put(&f, "a", json!({"x": 2})).await;
+    put(&f, "a", json!({"x": 3})).await;
+    let (seq, _) = f.store.queue_head(1).unwrap().remove(0);
+    // server-wins: every op of the record made on the stale base goes.
+    f.w.submit(WriteCmd::Conflict {
+        seq,
+        server: srec("S1", 4, 900, json!({"x": 9})),
+        strategy: Strategy::ServerWins,
+        rules: Default::default(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(f.store.queue_depth().unwrap(), 0);
+    let v = f.store.get("c", "a").unwrap().unwrap();
+    assert_eq!(
+        (v.data.0.clone(), v.version, v.pending),
+        (json!({"x": 9}), Some(4), false)
+    );
+    // last-write-wins with a newer local change: one re-send of the latest state.
+    f.w.submit(WriteCmd::Put {
+        collection: "c".into(),
+        id: Some("a".into()),
+        data: doc(json!({"x": 10})),
+        client_ts: 1000,
+    })
+    .await
+    .unwrap();
+    f.w.submit(WriteCmd::Put {
+        collection: "c".into(),
+        id: Some("a".into()),
+        data: doc(json!({"x": 11})),
+        client_ts: 1001,
+    })
+    .await
+    .unwrap();
+    let (seq, _) = f.store.queue_head(1).unwrap().remove(0);
+    f.w.submit(WriteCmd::Conflict {
+        seq,
+        server: srec("S1", 6, 950, json!({"x": 8})),
+        strategy: Strategy::LastWriteWins,
+        rules: Default::default(),
+    })
+    .await
+    .unwrap();
+    let q = f.store.queue_head(10).unwrap();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].1.data.as_deref(), Some(r#"{"x":11}"#));
+    assert_eq!(q[0].1.client_ts, 1001);
+    let r = f.store.record("c", "a").unwrap().unwrap();
+    assert_eq!((r.version, r.pending), (Some(6), 1));
 }

@@ -29,7 +29,21 @@ use serde_json::Value;
 
 use crate::backend::protocol::{Document, OpKind, ServerRecord};
 use crate::config::{FieldRule, Strategy};
-use crate::store::writer::Resolution;
+
+/// What a conflict resolution does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resolution {
+    /// Take the server's record locally; the op is dropped.
+    TakeServer,
+    /// Re-send the local change on top of the server record as a new op at
+    /// the head of the queue. `data` is `None` for a delete.
+    Resend {
+        kind: OpKind,
+        data: Option<Document>,
+    },
+    /// Park for a person or an app to decide (`manual`).
+    Park,
+}
 
 /// The local side of a conflict.
 #[derive(Debug, Clone)]

@@ -19,7 +19,6 @@ use crate::ipc::wire::ApiError;
 use crate::store::tables::META_CURSOR;
 use crate::store::writer::{WriteCmd, WriterHandle};
 use crate::store::{parse_doc_text, QueuedOp, Store, StoredRecord};
-use crate::sync::conflict::{self, LocalChange};
 use crate::sync::machine::{Action, Machine, View};
 use crate::sync::{State, SyncControl};
 
@@ -293,7 +292,7 @@ impl Worker {
     async fn push(&mut self) -> Result<(), Failure> {
         let batch_size = self.cfg.sync.batch_size as usize;
         let head = self.deps.store.queue_head(batch_size).map_err(local)?;
-        let mut batch: Vec<(u64, QueuedOp, Option<StoredRecord>, WireOp)> = Vec::new();
+        let mut batch: Vec<(u64, QueuedOp, WireOp)> = Vec::new();
         let mut seen = HashSet::new();
         for (seq, op) in head {
             // One op per record per batch: a later op needs the id and
@@ -307,7 +306,7 @@ impl Worker {
                 .record(&op.collection, &op.local_id)
                 .map_err(local)?;
             match self.wire_op(&op, rec.as_ref()) {
-                Ok(w) => batch.push((seq, op, rec, w)),
+                Ok(w) => batch.push((seq, op, w)),
                 Err(reason) if batch.is_empty() => {
                     tracing::warn!(op_id = %op.op_id, "{reason}");
                     return self
@@ -322,13 +321,13 @@ impl Worker {
         }
         let client = self.client()?.clone();
         if batch.len() > 1 && self.batch_supported != Some(false) {
-            let ops: Vec<WireOp> = batch.iter().map(|b| b.3.clone()).collect();
+            let ops: Vec<WireOp> = batch.iter().map(|b| b.2.clone()).collect();
             let outcome = client.apply_batch(&ops).await;
             match outcome {
                 Ok(BatchOutcome::Results(results)) => {
                     self.batch_supported = Some(true);
-                    for ((seq, op, rec, _), res) in batch.into_iter().zip(results) {
-                        self.verdict(seq, &op, rec.as_ref(), res).await?;
+                    for ((seq, op, _), res) in batch.into_iter().zip(results) {
+                        self.verdict(seq, &op, res).await?;
                     }
                     return Ok(());
                 }
@@ -342,9 +341,9 @@ impl Worker {
                 Err(f) => return self.attempt_failed(batch[0].0, f).await,
             }
         }
-        let (seq, op, rec, w) = batch.swap_remove(0);
+        let (seq, op, w) = batch.swap_remove(0);
         match client.apply(&w).await {
-            Ok(res) => self.verdict(seq, &op, rec.as_ref(), res).await,
+            Ok(res) => self.verdict(seq, &op, res).await,
             Err(f) => self.attempt_failed(seq, f).await,
         }
     }
@@ -397,13 +396,7 @@ impl Worker {
     }
 
     /// Acts on the server's verdict for one op.
-    async fn verdict(
-        &self,
-        seq: u64,
-        op: &QueuedOp,
-        rec: Option<&StoredRecord>,
-        res: OpResult,
-    ) -> Result<(), Failure> {
+    async fn verdict(&self, seq: u64, op: &QueuedOp, res: OpResult) -> Result<(), Failure> {
         match res {
             OpResult::Applied(record) => {
                 tracing::debug!(op_id = %op.op_id, server_id = %record.id, version = record.version, "op confirmed");
@@ -411,22 +404,11 @@ impl Worker {
             }
             OpResult::Conflict(server) => {
                 let (strategy, rules) = self.cfg.strategy_for(&op.collection);
-                let data = op.data.as_deref().map(parse_doc_text);
-                let base = rec.and_then(|r| r.base.as_deref()).map(parse_doc_text);
-                let local = LocalChange {
-                    kind: op.kind,
-                    data: data.as_ref().and_then(Value::as_object),
-                    client_ts: op.client_ts,
-                    base: base.as_ref().and_then(Value::as_object),
-                };
-                let resolution = conflict::resolve(strategy, &rules, &local, &server);
-                tracing::info!(op_id = %op.op_id, collection = %op.collection, id = %op.local_id,
-                    strategy = strategy.as_str(), ?resolution, "conflict");
                 self.submit(WriteCmd::Conflict {
                     seq,
                     server,
-                    strategy: strategy.as_str().to_owned(),
-                    resolution,
+                    strategy,
+                    rules,
                 })
                 .await
             }
