@@ -171,6 +171,12 @@ struct BackendArgs {
     /// Largest request body, bytes.
     #[arg(long, default_value_t = 8 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Serve https: PEM certificate chain (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// A failure that maps to an exit code.
@@ -275,6 +281,13 @@ async fn dispatch(cli: Cli) -> Result<(), Fail> {
         }
         Cmd::Backend(a) => {
             let _log = syncd::daemon::init_logging("info");
+            let tls = match (&a.tls_cert, &a.tls_key) {
+                (Some(c), Some(k)) => Some(
+                    syncd::backend::server::load_tls(c, k)
+                        .map_err(|e| Fail::Usage(format!("backend TLS: {e}")))?,
+                ),
+                _ => None,
+            };
             let opts = syncd::backend::server::ServerOptions {
                 listen: a.listen,
                 data_dir: a.data.clone(),
@@ -288,6 +301,7 @@ async fn dispatch(cli: Cli) -> Result<(), Fail> {
                     no_batch: a.no_batch,
                 },
                 max_body_bytes: a.max_body_bytes,
+                tls,
             };
             syncd::backend::server::run(opts)
                 .await

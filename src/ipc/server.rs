@@ -73,7 +73,15 @@ pub async fn bind(path: &Path, mode: u32) -> std::io::Result<Listener> {
     };
     #[cfg(not(unix))]
     let _ = mode;
-    opts.create_tokio()
+    let listener = opts.create_tokio()?;
+    // bind() applies the process umask to the mode set above; set the bits
+    // the config asked for explicitly.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(listener)
 }
 
 /// Whether the peer may talk to us: same uid, or root. When `socket_mode`
@@ -181,7 +189,11 @@ async fn connection(conn: Stream, ctx: Arc<Ctx>, mut shutdown: watch::Receiver<b
             Ok(Some(b)) => b,
             Ok(None) => return,
             Err(e) => {
-                send_hello_err(&conn, ErrorCode::BadFrame, format!("hello: {e}")).await;
+                let code = match e {
+                    FrameError::TooLarge { .. } => ErrorCode::TooLarge,
+                    _ => ErrorCode::BadFrame,
+                };
+                send_hello_err(&conn, code, format!("hello: {e}")).await;
                 return;
             }
         }
@@ -260,7 +272,13 @@ async fn connection(conn: Stream, ctx: Arc<Ctx>, mut shutdown: watch::Receiver<b
                 let Some(inc) = inc else { break };
                 let bytes = match inc {
                     Incoming::Frame(b) => b,
-                    Incoming::Bad(FrameError::Truncated) | Incoming::Bad(FrameError::Io(_)) => break,
+                    Incoming::Bad(FrameError::Io(_)) => break,
+                    Incoming::Bad(e @ FrameError::Truncated) => {
+                        // The peer may have only half-closed: tell it why.
+                        let f = ServerFrame::Error { id: 0, error: ApiError::new(ErrorCode::BadFrame, format!("{e}; closing the connection")) };
+                        let _ = send(&conn, enc, &f).await;
+                        break;
+                    }
                     Incoming::Bad(e @ FrameError::TooLarge { .. }) => {
                         // The rest of the stream is unframed garbage now:
                         // say why, then close.

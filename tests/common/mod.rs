@@ -29,7 +29,14 @@ impl Daemon {
         let data_dir = dir.path().join("data");
         let config = dir.path().join("daemon.toml");
         let log = dir.path().join("daemon.log");
-        let mut d = Daemon { dir, config, socket, data_dir, child: None, log };
+        let mut d = Daemon {
+            dir,
+            config,
+            socket,
+            data_dir,
+            child: None,
+            log,
+        };
         d.write_config(extra);
         d.spawn();
         d
@@ -111,7 +118,8 @@ impl Daemon {
 
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let out = self.ok(args);
-        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("bad JSON from {args:?}: {e}: {out}"))
+        serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("bad JSON from {args:?}: {e}: {out}"))
     }
 
     pub fn json_lines(&self, args: &[&str]) -> Vec<serde_json::Value> {
@@ -158,7 +166,10 @@ impl Drop for Daemon {
 }
 
 pub fn unsafe_kill(pid: u32, sig: i32) {
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
 }
 
 /// Lets tests pass extra `[daemon]` keys: lines before the first table

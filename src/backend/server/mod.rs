@@ -136,6 +136,34 @@ pub struct ServerOptions {
     pub faults: Faults,
     /// Largest accepted request body; default [`DEFAULT_MAX_BODY_BYTES`].
     pub max_body_bytes: usize,
+    /// Serve https with this certificate chain and key, else plain http.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// Loads a PEM certificate chain and private key into a TLS server config.
+pub fn load_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<rustls::ServerConfig>, BoxError> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p)
+            .map_err(|e| -> BoxError { format!("cannot read {}: {e}", p.display()).into() })
+    };
+    let certs = rustls_pemfile::certs(&mut read(cert)?.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| -> BoxError { format!("{}: {e}", cert.display()).into() })?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificates", cert.display()).into());
+    }
+    let key_der = rustls_pemfile::private_key(&mut read(key)?.as_slice())
+        .map_err(|e| -> BoxError { format!("{}: {e}", key.display()).into() })?
+        .ok_or_else(|| -> BoxError { format!("{}: no PEM private key", key.display()).into() })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)?;
+    Ok(Arc::new(cfg))
 }
 
 impl ServerOptions {
@@ -147,6 +175,7 @@ impl ServerOptions {
             token: None,
             faults: Faults::default(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            tls: None,
         }
     }
 }
@@ -160,6 +189,7 @@ impl fmt::Debug for ServerOptions {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("faults", &self.faults)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -244,6 +274,7 @@ pub async fn serve_with_store(
         faults: opts.faults,
         max_body_bytes: opts.max_body_bytes,
     });
+    let tls = opts.tls.map(tokio_rustls::TlsAcceptor::from);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
     let mut builder = http1::Builder::new();
@@ -258,20 +289,15 @@ pub async fn serve_with_store(
                 Ok((stream, peer)) => {
                     let state = Arc::clone(&state);
                     let builder = Arc::clone(&builder);
-                    let mut stop = stop_rx.clone();
+                    let stop = stop_rx.clone();
+                    let tls = tls.clone();
                     conns.spawn(async move {
-                        let svc = service_fn(move |req| http::handle(Arc::clone(&state), req));
-                        let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                        tokio::pin!(conn);
-                        let res = tokio::select! {
-                            res = conn.as_mut() => res,
-                            _ = stop.changed() => {
-                                conn.as_mut().graceful_shutdown();
-                                conn.await
-                            }
-                        };
-                        if let Err(e) = res {
-                            tracing::debug!(%peer, error = %e, "connection ended with error");
+                        match tls {
+                            Some(acceptor) => match acceptor.accept(stream).await {
+                                Ok(s) => serve_conn(s, peer, state, builder, stop).await,
+                                Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                            },
+                            None => serve_conn(stream, peer, state, builder, stop).await,
                         }
                     });
                 }
@@ -300,4 +326,29 @@ pub async fn serve_with_store(
     }
     tracing::info!("backend stopped");
     Ok(())
+}
+
+/// Serves one connection (plain or TLS) until it ends or shutdown.
+async fn serve_conn<I>(
+    io: I,
+    peer: SocketAddr,
+    state: Arc<AppState>,
+    builder: Arc<http1::Builder>,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| http::handle(Arc::clone(&state), req));
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let res = tokio::select! {
+        res = conn.as_mut() => res,
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = res {
+        tracing::debug!(%peer, error = %e, "connection ended with error");
+    }
 }
