@@ -511,7 +511,10 @@ impl Writer {
                     &resolution,
                     ev,
                 )?;
-                bump_resolved(t)?;
+                // A parked conflict counts as resolved when it is resolved.
+                if resolution != Resolution::Park {
+                    bump_resolved(t)?;
+                }
                 Ok(Ok(WriteOutcome::Done))
             }
             WriteCmd::ApplyChanges { changes, cursor } => {

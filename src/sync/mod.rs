@@ -8,6 +8,9 @@ pub mod machine;
 pub mod netwatch;
 pub mod worker;
 
+#[cfg(test)]
+mod sim_tests;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
