@@ -317,7 +317,7 @@ async fn dispatch(cli: Cli) -> Result<(), Fail> {
             let mut c = connect(&cli).await?;
             let (id, op_id) = c.put(collection, id.as_deref(), data).await?;
             println!("{id}");
-            maybe_wait(&mut c, wait, &op_id).await
+            maybe_wait(&mut c, wait, &op_id, (collection, &id)).await
         }
         Cmd::Patch {
             collection,
@@ -328,7 +328,7 @@ async fn dispatch(cli: Cli) -> Result<(), Fail> {
             let data = parse_json(json)?;
             let mut c = connect(&cli).await?;
             let (_, op_id) = c.patch(collection, id, data).await?;
-            maybe_wait(&mut c, wait, &op_id).await
+            maybe_wait(&mut c, wait, &op_id, (collection, id)).await
         }
         Cmd::Delete {
             collection,
@@ -337,7 +337,7 @@ async fn dispatch(cli: Cli) -> Result<(), Fail> {
         } => {
             let mut c = connect(&cli).await?;
             let (_, op_id) = c.delete(collection, id).await?;
-            maybe_wait(&mut c, wait, &op_id).await
+            maybe_wait(&mut c, wait, &op_id, (collection, id)).await
         }
         Cmd::Get { collection, id } => {
             let mut c = connect(&cli).await?;
