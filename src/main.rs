@@ -495,14 +495,29 @@ async fn simple(cli: &Cli, req: Request) -> Result<(), Fail> {
     Ok(())
 }
 
-async fn maybe_wait(c: &mut Client, wait: &WaitArg, op_id: &str) -> Result<(), Fail> {
+async fn maybe_wait(
+    c: &mut Client,
+    wait: &WaitArg,
+    op_id: &str,
+    record: (&str, &str),
+) -> Result<(), Fail> {
     if wait.wait.is_none() {
         return Ok(());
     }
     match c.wait_synced(op_id).await? {
         Response::Synced {
-            server_id, version, ..
+            mut server_id,
+            mut version,
+            ..
         } => {
+            if server_id.is_none() {
+                // Confirmed before we asked: the record says where it is
+                // (gone, for a synced delete).
+                if let Ok(r) = c.get(record.0, record.1).await {
+                    server_id = r.server_id;
+                    version = r.version;
+                }
+            }
             eprintln!(
                 "synced: server id {}, version {}",
                 server_id.as_deref().unwrap_or("-"),
