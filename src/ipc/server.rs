@@ -290,10 +290,13 @@ async fn connection(conn: Stream, ctx: Arc<Ctx>, mut shutdown: watch::Receiver<b
                 let frame: ClientFrame = match decode(enc, &bytes) {
                     Ok(f) => f,
                     Err(e) => {
-                        let code = if enc == Encoding::Json || e.contains("invalid JSON in document") {
-                            ErrorCode::InvalidJson
-                        } else {
-                            ErrorCode::BadFrame
+                        let code = match enc {
+                            // Well-formed JSON of the wrong shape is a bad
+                            // request, not bad JSON.
+                            Encoding::Json if serde_json::from_slice::<Value>(&bytes).is_ok() => ErrorCode::BadRequest,
+                            Encoding::Json => ErrorCode::InvalidJson,
+                            Encoding::Bincode if e.contains("invalid JSON in document") => ErrorCode::InvalidJson,
+                            Encoding::Bincode => ErrorCode::BadFrame,
                         };
                         let f = ServerFrame::Error { id: 0, error: ApiError::new(code, format!("undecodable request: {e}")) };
                         if send(&conn, enc, &f).await.is_err() { break; }
@@ -395,6 +398,29 @@ fn written(o: WriteOutcome) -> Response {
     }
 }
 
+/// How many bytes of documents one reply may carry: half the frame limit,
+/// leaving room for the rest of the encoding.
+fn reply_budget(ctx: &Ctx) -> usize {
+    ctx.config.borrow().daemon.max_frame_bytes as usize / 2
+}
+
+/// Ops up to the reply budget (always at least one).
+fn within_budget(budget: usize, ops: impl Iterator<Item = OpView>) -> Vec<OpView> {
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    for o in ops {
+        let size = o.data.as_ref().map(|d| d.0.to_string().len()).unwrap_or(0)
+            + o.last_error.as_ref().map(String::len).unwrap_or(0)
+            + crate::store::RECORD_OVERHEAD;
+        if !out.is_empty() && bytes + size > budget {
+            break;
+        }
+        bytes += size;
+        out.push(o);
+    }
+    out
+}
+
 /// Answers one request (everything but `watch`).
 pub async fn handle(ctx: &Ctx, req: Request) -> Result<Response, ApiError> {
     let max_doc = ctx.config.borrow().daemon.max_document_bytes;
@@ -430,6 +456,7 @@ pub async fn handle(ctx: &Ctx, req: Request) -> Result<Response, ApiError> {
                     id,
                     data,
                     client_ts: now,
+                    max_bytes: max_doc,
                 })
                 .await
                 .map(written)
@@ -464,7 +491,7 @@ pub async fn handle(ctx: &Ctx, req: Request) -> Result<Response, ApiError> {
             let limit = limit.unwrap_or(100).clamp(1, MAX_LIST) as usize;
             let (records, next) = ctx
                 .store
-                .list(&collection, start.as_deref(), limit)
+                .list(&collection, start.as_deref(), limit, reply_budget(ctx))
                 .map_err(internal)?;
             Ok(Response::Records { records, next })
         }
@@ -472,9 +499,10 @@ pub async fn handle(ctx: &Ctx, req: Request) -> Result<Response, ApiError> {
         Request::Queue { limit } => {
             let limit = limit.unwrap_or(1000) as usize;
             let ops = ctx.store.queue_head(limit).map_err(internal)?;
-            Ok(Response::Ops(
-                ops.into_iter().map(|(s, o)| o.view(s)).collect(),
-            ))
+            Ok(Response::Ops(within_budget(
+                reply_budget(ctx),
+                ops.into_iter().map(|(s, o)| o.view(s)),
+            )))
         }
         Request::Watch { .. } => Err(bad_request(
             ErrorCode::BadRequest,
@@ -536,15 +564,14 @@ pub async fn handle(ctx: &Ctx, req: Request) -> Result<Response, ApiError> {
         }
         Request::DeadLetters {} => {
             let d = ctx.store.dead_letters().map_err(internal)?;
-            Ok(Response::Ops(
-                d.into_iter()
-                    .map(|(seq, dl)| {
-                        let mut v = dl.op.view(seq);
-                        v.last_error = Some(dl.error);
-                        v
-                    })
-                    .collect(),
-            ))
+            Ok(Response::Ops(within_budget(
+                reply_budget(ctx),
+                d.into_iter().map(|(seq, dl)| {
+                    let mut v = dl.op.view(seq);
+                    v.last_error = Some(dl.error);
+                    v
+                }),
+            )))
         }
         Request::Retry { op_id } => ctx
             .writer
@@ -626,9 +653,20 @@ async fn wait_synced(ctx: &Ctx, op_id: String) -> Result<Response, ApiError> {
                         format!("op {op_id}'s re-sent change was rejected: {error}"),
                     ));
                 }
-                Event::Conflict { collection, id, .. }
-                    if record.as_ref() == Some(&(collection.clone(), id.clone())) =>
-                {
+                Event::Conflict {
+                    collection,
+                    id,
+                    strategy,
+                    outcome,
+                } if record.as_ref() == Some(&(collection.clone(), id.clone())) => {
+                    if outcome.starts_with("took server") {
+                        return Err(ApiError::new(
+                            ErrorCode::Conflict,
+                            format!(
+                                "op {op_id} lost a conflict ({strategy}): the server's version was kept and the local change discarded"
+                            ),
+                        ));
+                    }
                     resolved_by_conflict = true;
                 }
                 _ => {}

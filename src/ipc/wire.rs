@@ -171,6 +171,8 @@ pub enum ErrorCode {
     DeadLettered,
     ShuttingDown,
     Internal,
+    /// `wait_synced`: a conflict resolution discarded the local change.
+    Conflict,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,7 +9,7 @@
 //!   else reads through redb read transactions, which never wait for it.
 //! - Queue keys are a monotonic `u64` sequence. Appends take `tail + 1`;
 //!   re-sends after a conflict go to the head with `head - 1`. Numbering
-//!   starts at 2^62 so the head can always move down.
+//!   starts at 2^52 so the head can always move down.
 //! - `pending` on a record counts its ops that are in the queue or parked in
 //!   a manual conflict; a record shows `pending: true` while it is non-zero.
 //! - An op's `op_id` is minted once when it is queued and never changes.
@@ -29,6 +29,10 @@ use crate::backend::protocol::{OpKind, ServerRecord};
 use crate::ipc::codec::from_store;
 use crate::ipc::wire::{ConflictView, Doc, OpView, RecordView};
 use tables::*;
+
+/// Rough encoded size of a record view beyond its document and id, for
+/// keeping list replies within the frame limit.
+pub const RECORD_OVERHEAD: usize = 256;
 
 /// Schema version written at creation; bumped on incompatible changes.
 pub const SCHEMA_VERSION: u64 = 1;
@@ -300,13 +304,16 @@ impl Store {
     }
 
     /// Live records of `collection` in id order from `start`, at most
-    /// `limit`; also returns the id to start the next page from.
+    /// `limit` and about `max_bytes` of documents (at least one record);
+    /// also returns the id to start the next page from.
     pub fn list(
         &self,
         collection: &str,
         start: Option<&str>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<(Vec<RecordView>, Option<String>)> {
+        let mut bytes = 0usize;
         let txn = self.db.begin_read()?;
         let t = txn.open_table(RECORDS)?;
         let mut out = Vec::new();
@@ -322,6 +329,11 @@ impl Store {
             }
             let r: StoredRecord = from_store(v.value())?;
             if !r.deleted {
+                let size = r.data.len() + id.len() + RECORD_OVERHEAD;
+                if !out.is_empty() && bytes + size > max_bytes {
+                    return Ok((out, Some(id.to_owned())));
+                }
+                bytes += size;
                 out.push(r.view(c, id));
             }
         }

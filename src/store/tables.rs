@@ -32,9 +32,10 @@ pub const META_RESOLVED: &str = "conflicts_resolved";
 /// Last successful sync, ms (i64 BE).
 pub const META_LAST_SYNC: &str = "last_sync_at";
 
-/// Where the queue numbering starts: far from both ends of `u64`, so the
-/// head can move down for re-sends and the tail up for appends.
-pub const QUEUE_ORIGIN: u64 = 1 << 62;
+/// Where the queue numbering starts: far from zero so the head can move
+/// down for re-sends, and below 2^53 so sequence numbers stay exact in
+/// JSON readers that use doubles (JavaScript).
+pub const QUEUE_ORIGIN: u64 = 1 << 52;
 /// Marker in [`OP_INDEX`] for an op parked in a manual conflict.
 pub const PARKED_SEQ: u64 = u64::MAX;
 

@@ -55,6 +55,8 @@ pub enum WriteCmd {
         id: String,
         data: Document,
         client_ts: i64,
+        /// Limit on the merged document's JSON size.
+        max_bytes: u32,
     },
     Delete {
         collection: String,
@@ -344,6 +346,7 @@ impl Writer {
                 id,
                 data,
                 client_ts,
+                max_bytes,
             } => {
                 let Some(mut rec) = t.record(collection, id)?.filter(|r| !r.deleted) else {
                     return Ok(Err(not_found(collection, id)));
@@ -361,6 +364,15 @@ impl Writer {
                 }
                 let merged = Value::Object(doc);
                 let text = merged.to_string();
+                if text.len() > *max_bytes as usize {
+                    return Ok(Err(ApiError::new(
+                        ErrorCode::TooLarge,
+                        format!(
+                            "document too large after the patch: {} bytes of JSON, the limit is {max_bytes} (daemon.max_document_bytes)",
+                            text.len()
+                        ),
+                    )));
+                }
                 rec.data = text.clone();
                 rec.pending += 1;
                 rec.local_ts = *client_ts;
@@ -774,8 +786,14 @@ impl Writer {
                     r.pending = r.pending.saturating_sub(n);
                     r
                 });
+                let deleted_both =
+                    server.deleted && ops.last().is_some_and(|o| o.kind == OpKind::Delete);
                 self.take_server(t, c, lid, rec, server, Origin::Conflict, ev)?;
-                outcome = "took server".to_owned();
+                outcome = if deleted_both {
+                    "already deleted on the server".to_owned()
+                } else {
+                    "took server".to_owned()
+                };
             }
             Resolution::Resend { kind, data } => {
                 let mut rec = rec.unwrap_or(StoredRecord {

@@ -80,9 +80,22 @@ async fn write_and_queue_in_one_place() {
         id: "a".into(),
         data: doc(json!({"y": 2, "x": null})),
         client_ts: 101,
+        max_bytes: 1 << 20,
     })
     .await
     .unwrap();
+    // The limit applies to the merged document, not just the patch.
+    let e =
+        f.w.submit(WriteCmd::Patch {
+            collection: "c".into(),
+            id: "a".into(),
+            data: doc(json!({"big": "x".repeat(100)})),
+            client_ts: 101,
+            max_bytes: 50,
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("after the patch"), "{e}");
     f.w.submit(WriteCmd::Delete {
         collection: "c".into(),
         id: "a".into(),

@@ -90,8 +90,20 @@ impl SyncControl {
         self.paused.load(Ordering::SeqCst)
     }
 
+    /// Pauses or resumes; the state shows at once, before the worker has
+    /// woken up to act on it.
     pub fn set_paused(&self, p: bool) {
         self.paused.store(p, Ordering::SeqCst);
+        let mut s = self.status();
+        s.state = if p {
+            State::Paused
+        } else if s.state == State::Paused {
+            State::Offline
+        } else {
+            s.state
+        };
+        s.next_retry_at = None;
+        self.set_status(s);
         self.wake.notify_one();
     }
 

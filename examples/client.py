@@ -1,0 +1,287 @@
+#!/usr/bin/env python3
+"""A small syncd client in plain Python 3 (standard library only).
+
+It speaks the JSON encoding of the local protocol described in
+docs/ipc-protocol.md: 4-byte big-endian length-prefixed frames over the
+daemon's Unix socket, a JSON hello, then one JSON request at a time.
+
+As a library::
+
+    from client import Client, SyncdError
+    with Client("/run/user/1000/syncd/syncd.sock") as c:
+        rid, op_id = c.put("todos", {"title": "buy milk"})
+        print(c.get("todos", rid)["data"])
+
+As a command::
+
+    python3 examples/client.py --socket PATH put todos '{"a":1}'
+    python3 examples/client.py get todos 01J...      # socket from SYNCD_SOCKET or the default
+"""
+
+import argparse
+import collections
+import json
+import os
+import select
+import socket
+import struct
+import sys
+
+PROTOCOL_VERSION = 1
+
+
+class SyncdError(Exception):
+    """The daemon answered with an error frame (see docs: "Error codes")."""
+
+    def __init__(self, code, message):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class ProtocolError(Exception):
+    """The connection broke or the daemon sent something unexpected."""
+
+
+def default_socket_path():
+    """$SYNCD_SOCKET, else $XDG_RUNTIME_DIR/syncd/syncd.sock, else /tmp/syncd-UID/syncd.sock."""
+    if os.environ.get("SYNCD_SOCKET"):
+        return os.environ["SYNCD_SOCKET"]
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return os.path.join(os.environ["XDG_RUNTIME_DIR"], "syncd", "syncd.sock")
+    return f"/tmp/syncd-{os.getuid()}/syncd.sock"
+
+
+class Client:
+    """One connection to the daemon. Not thread-safe: use one per thread.
+
+    Requests are sent one at a time; watch events that arrive while waiting
+    for a reply are queued for next_event().
+    """
+
+    def __init__(self, path=None, app="python-example"):
+        self.sock = None
+        self.hello = None
+        self.max_frame_bytes = 16 * 1024 * 1024
+        self._next_id = 1
+        self._events = collections.deque()
+        if path is not None:
+            self.connect(path, app)
+
+    def connect(self, path, app="python-example"):
+        """Connects to the socket at `path` and does the hello exchange."""
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(path)
+        hello = {"app": app, "protocol": PROTOCOL_VERSION, "encoding": "json"}
+        self.send_frame(json.dumps(hello).encode())
+        reply = json.loads(self.recv_frame())
+        if not reply.get("ok"):
+            err = reply.get("error") or {"code": "internal", "message": "hello refused"}
+            self.close()
+            raise SyncdError(err["code"], err["message"])
+        self.hello = reply
+        self.max_frame_bytes = reply["max_frame_bytes"]
+        return self
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- framing ---------------------------------------------------------
+
+    def send_frame(self, body):
+        """Sends one frame: a 4-byte big-endian length, then `body` (bytes)."""
+        if len(body) > self.max_frame_bytes:
+            raise ValueError(f"frame of {len(body)} bytes exceeds max_frame_bytes {self.max_frame_bytes}")
+        self.sock.sendall(struct.pack(">I", len(body)) + body)
+
+    def _recv_exact(self, n):
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                break
+            buf += chunk
+        return bytes(buf)
+
+    def recv_frame(self):
+        """Reads one frame body; raises ProtocolError if the daemon closed."""
+        head = self._recv_exact(4)
+        if len(head) < 4:
+            raise ProtocolError("daemon closed the connection")
+        (n,) = struct.unpack(">I", head)
+        body = self._recv_exact(n)
+        if len(body) < n:
+            raise ProtocolError("daemon closed the connection in the middle of a frame")
+        return body
+
+    def recv_message(self):
+        """Reads and decodes one server frame: {"reply"|"error"|"event": ...}."""
+        return json.loads(self.recv_frame())
+
+    # -- requests --------------------------------------------------------
+
+    def request(self, request):
+        """Sends `request` (e.g. {"status": {}}) and returns the reply body.
+
+        Raises SyncdError for an error frame with this id (or id 0: the
+        daemon could not decode the request)."""
+        rid = self._next_id
+        self._next_id += 1
+        self.send_frame(json.dumps({"id": rid, "request": request}).encode())
+        while True:
+            msg = self.recv_message()
+            if "event" in msg:
+                self._events.append(msg["event"])
+            elif "reply" in msg and msg["reply"]["id"] == rid:
+                return msg["reply"]["body"]
+            elif "error" in msg and msg["error"]["id"] in (rid, 0):
+                err = msg["error"]["error"]
+                raise SyncdError(err["code"], err["message"])
+            else:
+                raise ProtocolError(f"unexpected frame while waiting for reply {rid}: {msg}")
+
+    @staticmethod
+    def _written(body):
+        w = body["written"]
+        return w["id"], w["op_id"]
+
+    def put(self, collection, data, id=None):
+        """Creates or replaces a record; returns (id, op_id). The daemon mints an id when None."""
+        req = {"collection": collection, "data": data}
+        if id is not None:
+            req["id"] = id
+        return self._written(self.request({"put": req}))
+
+    def patch(self, collection, id, data):
+        """Merges top-level fields of `data` (None removes a key); returns (id, op_id)."""
+        return self._written(self.request({"patch": {"collection": collection, "id": id, "data": data}}))
+
+    def delete(self, collection, id):
+        """Deletes a record; returns (id, op_id)."""
+        return self._written(self.request({"delete": {"collection": collection, "id": id}}))
+
+    def get(self, collection, id):
+        """Returns the record view: {collection, id, data, server_id, version, updated_at, pending}."""
+        return self.request({"get": {"collection": collection, "id": id}})["record"]
+
+    def list(self, collection, start=None, limit=None):
+        """One page in id order from `start` (inclusive); returns (records, next_start or None)."""
+        req = {"collection": collection}
+        if start is not None:
+            req["start"] = start
+        if limit is not None:
+            req["limit"] = limit
+        page = self.request({"list": req})["records"]
+        return page["records"], page["next"]
+
+    def status(self):
+        return self.request({"status": {}})["status"]
+
+    def queue(self, limit=None):
+        """Pending operations in queue order."""
+        return self.request({"queue": {} if limit is None else {"limit": limit}})["ops"]
+
+    def watch(self, collections=()):
+        """Subscribes this connection to change events (no collections: all)."""
+        self.request({"watch": {"collections": list(collections)}})
+
+    def next_event(self, timeout=None):
+        """Returns the next watch event as (kind, fields), e.g. ("changed", {...}).
+
+        With a timeout (seconds), raises TimeoutError if none arrives in time."""
+        while not self._events:
+            if timeout is not None:
+                ready, _, _ = select.select([self.sock], [], [], timeout)
+                if not ready:
+                    raise TimeoutError("no event within %ss" % timeout)
+            msg = self.recv_message()
+            if "event" in msg:
+                self._events.append(msg["event"])
+            elif "error" in msg:
+                err = msg["error"]["error"]
+                raise SyncdError(err["code"], err["message"])
+        ((kind, fields),) = self._events.popleft().items()
+        return kind, fields
+
+    def wait_synced(self, op_id):
+        """Blocks until the op is on the server; SyncdError("dead_lettered") if rejected."""
+        return self.request({"wait_synced": {"op_id": op_id}})["synced"]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Talk to syncd over its socket (JSON encoding).")
+    p.add_argument("--socket", help="socket path (else $SYNCD_SOCKET, else the default)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    commands = {
+        "put": ["collection", "json", "--id"],
+        "patch": ["collection", "id", "json"],
+        "get": ["collection", "id"],
+        "delete": ["collection", "id"],
+        "list": ["collection", "--start", "--limit"],
+        "status": [],
+        "queue": ["--limit"],
+        "watch": ["collections"],
+        "wait-synced": ["op_id"],
+    }
+    for name, args in commands.items():
+        s = sub.add_parser(name)
+        for arg in args:
+            kw = {"type": int} if arg == "--limit" else {"nargs": "*"} if arg == "collections" else {}
+            s.add_argument(arg, **kw)
+    a = p.parse_args(argv)
+    data = None
+    if "json" in vars(a):
+        try:
+            data = json.loads(a.json)
+        except ValueError as e:
+            p.error(f"invalid JSON argument: {e}")
+
+    def out(v):
+        print(json.dumps(v), flush=True)
+
+    path = a.socket or default_socket_path()
+    try:
+        c = Client(path, app="client.py")
+    except OSError as e:
+        print(f"client.py: cannot reach syncd at {path}: {e}", file=sys.stderr)
+        return 3
+
+    def watch():
+        c.watch(a.collections)
+        while True:
+            kind, fields = c.next_event()
+            yield {kind: fields}
+
+    run = {
+        "put": lambda: [c.put(a.collection, data, id=a.id)],
+        "patch": lambda: [c.patch(a.collection, a.id, data)],
+        "delete": lambda: [c.delete(a.collection, a.id)],
+        "get": lambda: [c.get(a.collection, a.id)],
+        "list": lambda: c.list(a.collection, a.start, a.limit)[0],
+        "status": lambda: [c.status()],
+        "queue": lambda: c.queue(a.limit),
+        "watch": watch,
+        "wait-synced": lambda: [c.wait_synced(a.op_id)],
+    }
+    try:
+        with c:
+            for v in run[a.cmd]():
+                out({"id": v[0], "op_id": v[1]} if isinstance(v, tuple) else v)
+    except (SyncdError, ProtocolError) as e:
+        print(f"client.py: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

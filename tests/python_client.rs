@@ -1,0 +1,42 @@
+//! Runs the Python example client (examples/client.py) against a real
+//! daemon: tests/python_client_test.py drives it over the JSON encoding.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn python_example_client_against_daemon() {
+    let d = common::Daemon::start("");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let client = root.join("examples/client.py");
+    let script = root.join("tests/python_client_test.py");
+    assert!(client.exists(), "{} is missing", client.display());
+    let out = Command::new("python3")
+        .arg(&script)
+        .env("SYNCD_SOCKET", &d.socket)
+        .env("SYNCD_CLIENT", &client)
+        .env("SYNCD_BIN", common::bin())
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "python client tests failed ({}):\n{stdout}\n{stderr}\ndaemon log:\n{}",
+        out.status,
+        d.log_text()
+    );
+    // unittest reports on stderr; make sure the tests really ran.
+    assert!(
+        stderr.contains("OK"),
+        "unexpected unittest output:\n{stderr}"
+    );
+    assert!(!stderr.contains("skipped"), "a test was skipped:\n{stderr}");
+
+    // The daemon survived everything (oversized frame included).
+    let status = d.status();
+    assert!(status["queue_depth"].as_u64().unwrap_or(0) > 0, "{status}");
+}

@@ -1,0 +1,197 @@
+"""Exercises examples/client.py against a running daemon.
+
+Run by tests/python_client.rs, which starts the daemon and sets:
+  SYNCD_SOCKET  the daemon's socket
+  SYNCD_CLIENT  path of examples/client.py
+  SYNCD_BIN     the syncd binary (its CLI makes writes from another connection)
+"""
+
+import importlib.util
+import json
+import os
+import struct
+import subprocess
+import sys
+import unittest
+
+SOCKET = os.environ["SYNCD_SOCKET"]
+spec = importlib.util.spec_from_file_location("syncd_client", os.environ["SYNCD_CLIENT"])
+client = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(client)
+Client, SyncdError, ProtocolError = client.Client, client.SyncdError, client.ProtocolError
+
+
+def connect():
+    return Client(SOCKET, app="python-test")
+
+
+class RoundTrip(unittest.TestCase):
+    def test_hello(self):
+        with connect() as c:
+            self.assertTrue(c.hello["ok"])
+            self.assertEqual(c.hello["protocol"], 1)
+            self.assertEqual(c.hello["max_frame_bytes"], 16 * 1024 * 1024)
+            self.assertTrue(c.hello["client_id"])
+            self.assertTrue(c.hello["server"].startswith("syncd "))
+
+    def test_put_get_patch_list_delete(self):
+        with connect() as c:
+            rid, op_id = c.put("rt", {"title": "buy milk", "tags": ["a"], "n": 1})
+            self.assertTrue(rid and op_id and rid != op_id)
+            rec = c.get("rt", rid)
+            self.assertEqual(rec["data"], {"title": "buy milk", "tags": ["a"], "n": 1})
+            self.assertEqual(rec["id"], rid)
+            self.assertEqual(rec["collection"], "rt")
+            self.assertTrue(rec["pending"])
+            for k in ("server_id", "version", "updated_at"):
+                self.assertIn(k, rec)
+
+            self.assertEqual(c.put("rt", {"v": 1}, id="b")[0], "b")
+            self.assertEqual(c.put("rt", {"v": 2}, id="c")[0], "c")
+            # patch: top-level merge; null removes a key
+            self.assertEqual(c.patch("rt", rid, {"n": 2, "tags": None, "new": {"x": 1}})[0], rid)
+            self.assertEqual(c.get("rt", rid)["data"], {"title": "buy milk", "n": 2, "new": {"x": 1}})
+
+            # list: id order, start inclusive, next = start of the next page
+            recs, nxt = c.list("rt", limit=2)
+            self.assertEqual([r["id"] for r in recs], sorted([rid, "b"]))
+            self.assertEqual(nxt, "c")
+            recs, nxt = c.list("rt", start="c")
+            self.assertEqual([r["id"] for r in recs], ["c"])
+            self.assertIsNone(nxt)
+
+            queued = [op["op_id"] for op in c.queue()]
+            self.assertIn(op_id, queued)
+            self.assertGreaterEqual(c.status()["queue_depth"], 4)
+
+            _, del_op = c.delete("rt", "b")
+            self.assertIn(del_op, [op["op_id"] for op in c.queue()])
+            with self.assertRaises(SyncdError) as e:
+                c.get("rt", "b")
+            self.assertEqual(e.exception.code, "not_found")
+            self.assertEqual([r["id"] for r in c.list("rt")[0]], sorted([rid, "c"]))
+            with self.assertRaises(SyncdError) as e:
+                c.delete("rt", "b")
+            self.assertEqual(e.exception.code, "not_found")
+            with self.assertRaises(SyncdError) as e:
+                c.patch("rt", "missing", {"a": 1})
+            self.assertEqual(e.exception.code, "not_found")
+
+    def test_cli(self):
+        cmd = [sys.executable, os.environ["SYNCD_CLIENT"], "--socket", SOCKET]
+        out = subprocess.run(cmd + ["put", "cli", '{"a":1}', "--id", "x"], capture_output=True, text=True, check=True)
+        self.assertEqual(json.loads(out.stdout)["id"], "x")
+        out = subprocess.run(cmd + ["get", "cli", "x"], capture_output=True, text=True, check=True)
+        self.assertEqual(json.loads(out.stdout)["data"], {"a": 1})
+        bad = subprocess.run(cmd + ["put", "cli", "[1]"], capture_output=True, text=True)
+        self.assertEqual(bad.returncode, 1)
+        self.assertIn("not_an_object", bad.stderr)
+
+
+class Errors(unittest.TestCase):
+    def assertCode(self, code, fn, *args):
+        with self.assertRaises(SyncdError) as e:
+            fn(*args)
+        self.assertEqual(e.exception.code, code, e.exception.message)
+
+    def test_request_errors(self):
+        with connect() as c:
+            self.assertCode("not_an_object", c.put, "todos", [1, 2])
+            self.assertCode("not_an_object", c.put, "todos", "text")
+            self.assertCode("bad_collection", c.put, "-bad", {})
+            self.assertCode("bad_collection", c.put, "a/b", {})
+            self.assertCode("bad_collection", c.watch, ["ok", "no way"])
+            self.assertCode("bad_id", c.put, "todos", {}, "a b")
+            self.assertCode("bad_id", c.get, "todos", "x" * 129)
+            self.assertCode("too_large", c.put, "todos", {"x": "a" * (1024 * 1024)})
+            self.assertCode("bad_request", c.request, {"resolve": {"collection": "todos", "id": "x"}})
+            # the connection is still fine after all of these
+            self.assertEqual(c.status()["version"], c.hello["server"].split(" ")[1])
+
+    def test_invalid_json_frame(self):
+        with connect() as c:
+            c.send_frame(b'{"id": 7, "request": {"put": ')
+            msg = c.recv_message()
+            self.assertEqual(msg["error"]["id"], 0)
+            self.assertEqual(msg["error"]["error"]["code"], "invalid_json")
+            self.assertCode("bad_request", c.request, {"frobnicate": {}})
+            self.assertIn("version", c.status())
+
+    def test_garbage_then_valid_request_same_connection(self):
+        with connect() as c:
+            # Both frames sent before reading anything: the error for the
+            # garbage comes first (id 0), then the reply to request 42.
+            c.send_frame(b"\xff\x00garbage\x01")
+            c.send_frame(json.dumps({"id": 42, "request": {"status": {}}}).encode())
+            first, second = c.recv_message(), c.recv_message()
+            self.assertEqual(first["error"]["id"], 0)
+            self.assertEqual(first["error"]["error"]["code"], "invalid_json")
+            self.assertEqual(second["reply"]["id"], 42)
+            self.assertIn("status", second["reply"]["body"])
+
+    def test_pipelined_replies_in_order(self):
+        with connect() as c:
+            reqs = [{"status": {}}, {"get": {"collection": "todos", "id": "nope"}}, {"list": {"collection": "todos"}}]
+            for i, r in enumerate(reqs, start=100):
+                c.send_frame(json.dumps({"id": i, "request": r}).encode())
+            got = [c.recv_message() for _ in reqs]
+            self.assertEqual(got[0]["reply"]["id"], 100)
+            self.assertEqual(got[1]["error"]["id"], 101)
+            self.assertEqual(got[1]["error"]["error"]["code"], "not_found")
+            self.assertEqual(got[2]["reply"]["id"], 102)
+
+    def test_oversized_frame(self):
+        with connect() as other, connect() as c:
+            # Only the header: the daemon rejects on the announced length.
+            c.sock.sendall(struct.pack(">I", c.max_frame_bytes + 1))
+            msg = c.recv_message()
+            self.assertEqual(msg["error"]["id"], 0)
+            self.assertEqual(msg["error"]["error"]["code"], "too_large")
+            with self.assertRaises(ProtocolError):
+                c.recv_frame()  # then the daemon closes this connection
+            self.assertIn("queue_depth", other.status())
+        with connect() as fresh:
+            self.assertIn("queue_depth", fresh.status())
+
+    def test_bad_hello(self):
+        for hello, code in [
+            ({"app": "t", "protocol": 99, "encoding": "json"}, "unsupported_protocol"),
+            ({"app": "t", "protocol": 1, "encoding": "xml"}, "bad_frame"),
+        ]:
+            c = Client()
+            c.sock = client.socket.socket(client.socket.AF_UNIX)
+            c.sock.connect(SOCKET)
+            c.send_frame(json.dumps(hello).encode())
+            reply = c.recv_message()
+            self.assertFalse(reply["ok"])
+            self.assertEqual(reply["error"]["code"], code)
+            c.close()
+
+
+class Watch(unittest.TestCase):
+    def test_watch_sees_cli_write(self):
+        with connect() as w:
+            w.watch(["watched"])
+
+            def run(*args):
+                cmd = [os.environ["SYNCD_BIN"], "--socket", SOCKET, *args]
+                return subprocess.run(cmd, check=True, capture_output=True, text=True)
+
+            run("put", "unwatched", '{"skip":true}', "--id", "u")
+            rid = run("put", "watched", '{"title":"from cli"}').stdout.strip()
+            run("patch", "watched", rid, '{"done":true}')
+            run("delete", "watched", rid)
+            kinds = []
+            for want in ({"title": "from cli"}, {"title": "from cli", "done": True}, None):
+                kind, ev = w.next_event(timeout=10)
+                kinds.append(kind)
+                self.assertEqual((ev["collection"], ev["id"], ev["origin"]), ("watched", rid, "local"))
+                self.assertEqual(ev["data"], want)
+                self.assertTrue(ev["op_id"])
+            self.assertEqual(kinds, ["changed"] * 3)
+            # requests still work on a watching connection
+            self.assertEqual(w.status()["client_id"], w.hello["client_id"])
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
