@@ -156,6 +156,7 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel::<Job>(MAX_BATCH * 4);
     let counters = Counters::load(&store)?;
     let mut w = Writer {
+        emit: true,
         store,
         events,
         queue_changed,
@@ -186,6 +187,8 @@ impl Counters {
 }
 
 struct Writer {
+    /// Whether anyone subscribes to events during this batch.
+    emit: bool,
     store: Store,
     events: broadcast::Sender<Arc<Event>>,
     queue_changed: Arc<Notify>,
@@ -252,6 +255,7 @@ impl Writer {
         jobs: &mut [Job],
         events: &mut Vec<Event>,
     ) -> Result<Vec<JobResult>, StoreError> {
+        self.emit = self.events.receiver_count() > 0;
         let mut txn = self.store.db().begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         let mut results = Vec::with_capacity(jobs.len());
@@ -298,7 +302,7 @@ impl Writer {
                     None => self.ids.next(),
                 };
                 let existing = t.record(collection, &id)?;
-                let text = Value::Object(data.clone()).to_string();
+                let text = serde_json::to_string(data).map_err(|e| StoreError(e.to_string()))?;
                 let (rec, kind) = match existing {
                     Some(mut r) if !r.deleted => {
                         r.data = text.clone();
@@ -332,13 +336,17 @@ impl Writer {
                 };
                 let op_id =
                     self.local_write(t, collection, &id, &rec, kind, Some(text), *client_ts)?;
-                ev.push(Event::Changed {
-                    collection: collection.clone(),
-                    id: id.clone(),
-                    op_id: Some(op_id.clone()),
-                    origin: Origin::Local,
-                    data: Some(Doc(Value::Object(data.clone()))),
-                });
+                // Nobody listening (the common case under load): skip the
+                // event and its copy of the document.
+                if self.emit {
+                    ev.push(Event::Changed {
+                        collection: collection.clone(),
+                        id: id.clone(),
+                        op_id: Some(op_id.clone()),
+                        origin: Origin::Local,
+                        data: Some(Doc(Value::Object(data.clone()))),
+                    });
+                }
                 Ok(Ok(WriteOutcome::Written { id, op_id }))
             }
             WriteCmd::Patch {
