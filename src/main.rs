@@ -41,6 +41,10 @@ struct WaitArg {
     /// Block until the write is on the server (exit 0) or failed for good.
     #[arg(long, value_enum)]
     wait: Option<WaitFor>,
+    /// With --wait: give up after this many seconds (exit 1; the write stays
+    /// durable and queued). Default: wait as long as it takes.
+    #[arg(long, requires = "wait")]
+    timeout: Option<f64>,
 }
 
 #[derive(Subcommand)]
@@ -504,7 +508,20 @@ async fn maybe_wait(
     if wait.wait.is_none() {
         return Ok(());
     }
-    match c.wait_synced(op_id).await? {
+    let waited = match wait.timeout {
+        Some(secs) if secs.is_finite() && secs >= 0.0 => {
+            tokio::time::timeout(std::time::Duration::from_secs_f64(secs), c.wait_synced(op_id))
+                .await
+                .map_err(|_| {
+                    Fail::Api(format!(
+                        "op {op_id} not on the server after {secs} s; it is durable and stays queued (see syncd status)"
+                    ))
+                })?
+        }
+        Some(secs) => return Err(Fail::Usage(format!("--timeout {secs}: must be a number of seconds >= 0"))),
+        None => c.wait_synced(op_id).await,
+    };
+    match waited? {
         Response::Synced {
             mut server_id,
             mut version,

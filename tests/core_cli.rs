@@ -705,3 +705,37 @@ fn cli_watch_prints_json_lines() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn wait_synced_with_timeout_gives_up_but_keeps_the_write() {
+    // A backend nobody listens on: the write can never sync.
+    let d = Daemon::start("[backend]\nurl = \"http://127.0.0.1:9/\"\n");
+    let o = d.cli(&[
+        "put",
+        "todos",
+        "--id",
+        "w1",
+        r#"{"a":1}"#,
+        "--wait",
+        "synced",
+        "--timeout",
+        "0.5",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("not on the server") && err.contains("queued"),
+        "{err}"
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "w1");
+    let rec = d.json(&["get", "todos", "w1"]);
+    assert_eq!(rec["pending"], true);
+    assert_eq!(d.status()["queue_depth"], 1);
+    // --timeout without --wait is a usage error.
+    assert_eq!(
+        d.cli(&["put", "todos", "{}", "--timeout", "1"])
+            .status
+            .code(),
+        Some(2)
+    );
+}
