@@ -438,6 +438,30 @@ fn unprocessable(batch: bool) {
         .cli(&["retry", e_create["op_id"].as_str().unwrap()])
         .status
         .success());
+
+    // E is local-only now: a later edit re-creates it on the server.
+    d.ok(&["patch", "todos", &e, r#"{"title":"e now"}"#]);
+    eventually(15, "edited local-only record created on the server", || {
+        depth(&d) == 0 && d.json(&["get", "todos", &e])["server_id"].is_string()
+    });
+    let r = d.json(&["get", "todos", &e]);
+    let recs = mini.lock().unwrap().records();
+    let sid = r["server_id"].as_str().unwrap();
+    assert_eq!(recs[sid].1["data"], json!({"note": "e", "title": "e now"}));
+    assert_eq!(recs[sid].1["version"], json!(1));
+
+    // A delete of a record the server never had finishes locally.
+    accept_all.store(false, Ordering::SeqCst);
+    let h = d.ok(&["put", "todos", r#"{"note":"h"}"#]).trim().to_owned();
+    eventually(15, "h dead-lettered", || dead_letters(&d).len() == 1);
+    let h_create = dead_letters(&d).remove(0);
+    d.ok(&["discard", h_create["op_id"].as_str().unwrap()]);
+    let before = mini.lock().unwrap().records().len();
+    d.ok(&["delete", "todos", &h]);
+    eventually(15, "local delete finished", || depth(&d) == 0);
+    assert_eq!(d.cli(&["get", "todos", &h]).status.code(), Some(1));
+    assert!(dead_letters(&d).is_empty());
+    assert_eq!(mini.lock().unwrap().records().len(), before);
 }
 
 #[test]

@@ -68,6 +68,11 @@ pub enum WriteCmd {
         seq: u64,
         record: ServerRecord,
     },
+    /// The op at `seq` needs no server: a delete of a record the server
+    /// never had. It leaves the queue and the local delete is final.
+    DropLocal {
+        seq: u64,
+    },
     /// A transient failure of the op at `seq`.
     Attempt {
         seq: u64,
@@ -438,6 +443,21 @@ impl Writer {
                 self.apply_ack(t, &op, record, ev)?;
                 t.meta
                     .insert(META_LAST_SYNC, crate::now_ms().to_be_bytes().as_slice())?;
+                Ok(Ok(WriteOutcome::Done))
+            }
+            WriteCmd::DropLocal { seq } => {
+                let Some(op) = t.take_op(*seq)? else {
+                    return Ok(Ok(WriteOutcome::Done));
+                };
+                if let Some(mut rec) = t.record(&op.collection, &op.local_id)? {
+                    rec.pending = rec.pending.saturating_sub(1);
+                    if rec.pending == 0 && rec.deleted {
+                        t.records
+                            .remove((op.collection.as_str(), op.local_id.as_str()))?;
+                    } else {
+                        t.put_record(&op.collection, &op.local_id, &rec)?;
+                    }
+                }
                 Ok(Ok(WriteOutcome::Done))
             }
             WriteCmd::Attempt { seq, error } => {

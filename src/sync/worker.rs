@@ -306,7 +306,12 @@ impl Worker {
                 .record(&op.collection, &op.local_id)
                 .map_err(local)?;
             match self.wire_op(&op, rec.as_ref()) {
-                Ok(w) => batch.push((seq, op, w)),
+                Ok(Some(w)) => batch.push((seq, op, w)),
+                Ok(None) if batch.is_empty() => {
+                    tracing::debug!(op_id = %op.op_id, "delete of a record the server never had: done locally");
+                    return self.submit(WriteCmd::DropLocal { seq }).await;
+                }
+                Ok(None) => break,
                 Err(reason) if batch.is_empty() => {
                     tracing::warn!(op_id = %op.op_id, "{reason}");
                     return self
@@ -360,7 +365,13 @@ impl Worker {
 
     /// The protocol op for a queued op: the server id and base version come
     /// from the record as it is now, after earlier ops were confirmed.
-    fn wire_op(&self, op: &QueuedOp, rec: Option<&StoredRecord>) -> Result<WireOp, String> {
+    ///
+    /// This is always the record's earliest queued op, so a record without a
+    /// server id has no create ahead of it (its create was dead-lettered and
+    /// discarded, or the server deleted it): an update then re-creates the
+    /// record, and a delete has nothing to delete on the server (`None`:
+    /// finish it locally).
+    fn wire_op(&self, op: &QueuedOp, rec: Option<&StoredRecord>) -> Result<Option<WireOp>, String> {
         let data = match &op.data {
             Some(text) => match parse_doc_text(text) {
                 Value::Object(m) => Some(m),
@@ -368,31 +379,27 @@ impl Worker {
             },
             None => None,
         };
-        let (id, base_version) = match op.kind {
-            OpKind::Create => (None, None),
-            OpKind::Update | OpKind::Delete => match rec.and_then(|r| r.server_id.clone().zip(r.version)) {
-                Some((id, v)) => (Some(id), Some(v)),
-                None => {
-                    return Err(format!(
-                        "{} of {}/{} has no server id to apply to: the record's create never reached the server",
-                        op.kind.as_str(),
-                        op.collection,
-                        op.local_id
-                    ))
-                }
-            },
+        let server = rec.and_then(|r| r.server_id.clone().zip(r.version));
+        let (kind, id, base_version) = match (op.kind, server) {
+            (OpKind::Create, _) => (OpKind::Create, None, None),
+            (kind, Some((id, v))) => (kind, Some(id), Some(v)),
+            (OpKind::Update, None) => (OpKind::Create, None, None),
+            (OpKind::Delete, None) => return Ok(None),
         };
-        Ok(WireOp {
+        if kind != OpKind::Delete && data.is_none() {
+            return Err(format!("{} op {} has no document", kind.as_str(), op.op_id));
+        }
+        Ok(Some(WireOp {
             op_id: op.op_id.clone(),
             client_id: self.deps.store.client_id().to_owned(),
             collection: op.collection.clone(),
-            kind: op.kind,
+            kind,
             id,
             local_id: op.local_id.clone(),
             base_version,
             data,
             client_ts: op.client_ts,
-        })
+        }))
     }
 
     /// Acts on the server's verdict for one op.
