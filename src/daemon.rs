@@ -247,6 +247,7 @@ pub async fn run(
         control: sync.clone(),
         queue_changed,
         shutdown: shutdown_rx.clone(),
+        connector: None,
     });
     drop(writer);
 

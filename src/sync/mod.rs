@@ -6,10 +6,13 @@ pub mod backoff;
 pub mod conflict;
 pub mod machine;
 pub mod netwatch;
+pub mod transport;
 pub mod worker;
 
 #[cfg(test)]
 mod sim_tests;
+#[cfg(test)]
+mod worker_sim_tests;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

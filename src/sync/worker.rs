@@ -20,6 +20,7 @@ use crate::store::tables::META_CURSOR;
 use crate::store::writer::{WriteCmd, WriterHandle};
 use crate::store::{parse_doc_text, QueuedOp, Store, StoredRecord};
 use crate::sync::machine::{Action, Machine, View};
+use crate::sync::transport::Transport;
 use crate::sync::{State, SyncControl};
 
 pub struct WorkerDeps {
@@ -29,7 +30,13 @@ pub struct WorkerDeps {
     pub control: Arc<SyncControl>,
     pub queue_changed: Arc<Notify>,
     pub shutdown: watch::Receiver<bool>,
+    /// Makes the transport for a config; `None` for the HTTP client (the
+    /// daemon). Simulations plug in their own.
+    pub connector: Option<Connector>,
 }
+
+/// Builds a [`Transport`] for the current config (`None`: no backend).
+pub type Connector = Arc<dyn Fn(&Config) -> Option<Arc<dyn Transport>> + Send + Sync>;
 
 pub fn spawn(deps: WorkerDeps) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -46,6 +53,7 @@ pub fn spawn(deps: WorkerDeps) -> tokio::task::JoinHandle<()> {
             deps,
             cfg: cfg.clone(),
             client: None,
+            epoch: tokio::time::Instant::now(),
             batch_supported: None,
             token_watch: None,
             net,
@@ -60,7 +68,10 @@ struct Worker {
     deps: WorkerDeps,
     machine: Machine,
     cfg: Arc<Config>,
-    client: Option<BackendClient>,
+    client: Option<Arc<dyn Transport>>,
+    /// The machine's clock: monotonic ms since the worker started (tokio's
+    /// clock, so a test with paused time runs it fast).
+    epoch: tokio::time::Instant,
     /// Whether this backend has `v1/ops/batch`; learned on first use.
     batch_supported: Option<bool>,
     token_watch: Option<(notify::RecommendedWatcher, mpsc::UnboundedReceiver<()>)>,
@@ -82,6 +93,11 @@ impl Worker {
         self.batch_supported = None;
         self.token_watch = None;
         self.client = None;
+        if let Some(connect) = &self.deps.connector {
+            self.client = connect(&self.cfg);
+            self.machine.backend_changed();
+            return;
+        }
         let Some(url) = self.cfg.backend_url() else {
             return;
         };
@@ -105,7 +121,7 @@ impl Worker {
             Duration::from_millis(self.cfg.backend.timeout_ms),
             self.cfg.backend.ca_file.as_deref(),
         ) {
-            Ok(c) => self.client = Some(c),
+            Ok(c) => self.client = Some(Arc::new(c)),
             Err(e) => tracing::error!("backend client: {e}"),
         }
         self.machine.backend_changed();
@@ -157,6 +173,11 @@ impl Worker {
             Some(_) => {}
             None => self.logged_error = None,
         }
+        // The machine's times are monotonic; status shows wall-clock ms.
+        let mut st = st;
+        st.next_retry_at = st
+            .next_retry_at
+            .map(|t| crate::now_ms() + (t - self.now()).max(0));
         self.deps.control.set_status(st);
     }
 
@@ -179,7 +200,7 @@ impl Worker {
                 queue_nonempty,
             };
             let before = self.machine.state();
-            let action = self.machine.next(crate::now_ms(), view);
+            let action = self.machine.next(self.now(), view);
             self.publish(before);
             let before = self.machine.state();
             match action {
@@ -195,7 +216,7 @@ impl Worker {
                         r = round => r,
                         _ = shutdown.changed() => break,
                     };
-                    let now = crate::now_ms();
+                    let now = self.now();
                     match action {
                         Action::Push => self.machine.on_push(now, r),
                         Action::Pull => self.machine.on_pull(now, r),
@@ -204,12 +225,11 @@ impl Worker {
                     self.publish(before);
                 }
                 Action::Sleep(deadline) => {
+                    let until =
+                        deadline.map(|t| self.epoch + Duration::from_millis(t.max(0) as u64));
                     let sleep = async {
-                        match deadline {
-                            Some(t) => {
-                                let ms = (t - crate::now_ms()).max(0) as u64;
-                                tokio::time::sleep(Duration::from_millis(ms)).await
-                            }
+                        match until {
+                            Some(t) => tokio::time::sleep_until(t).await,
                             None => std::future::pending().await,
                         }
                     };
@@ -241,7 +261,7 @@ impl Worker {
                         _ = cfg_rx.changed() => Wake::Config,
                         _ = shutdown.changed() => Wake::Stop,
                     };
-                    let now = crate::now_ms();
+                    let now = self.now();
                     match why {
                         Wake::Stop => break,
                         Wake::Sync => self.machine.on_wake(now),
@@ -268,7 +288,11 @@ impl Worker {
         self.batch_supported = batch;
     }
 
-    fn client(&self) -> Result<&BackendClient, Failure> {
+    fn now(&self) -> i64 {
+        self.epoch.elapsed().as_millis() as i64
+    }
+
+    fn client(&self) -> Result<&Arc<dyn Transport>, Failure> {
         self.client.as_ref().ok_or(Failure::Unreachable {
             reason: "no backend configured".into(),
         })
@@ -338,7 +362,7 @@ impl Worker {
                 }
                 Ok(BatchOutcome::Unsupported) => {
                     tracing::info!(
-                        backend = client.base(),
+                        backend = client.name(),
                         "backend has no v1/ops/batch; sending ops one at a time"
                     );
                     self.batch_supported = Some(false);

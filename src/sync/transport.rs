@@ -1,0 +1,56 @@
+//! The worker's seam to the backend. The worker talks to a [`Transport`];
+//! in the daemon that is the HTTP [`BackendClient`], in a simulation it can
+//! be anything that answers like a server (see `worker_sim_tests`).
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::backend::client::{BackendClient, BatchOutcome, Failure, OpResult};
+use crate::backend::protocol::{ChangesPage, WireOp};
+
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The backend protocol's four calls, already classified per the
+/// protocol's reply table.
+pub trait Transport: Send + Sync {
+    /// For logs: the backend's URL or name.
+    fn name(&self) -> &str;
+    /// `GET v1/health`.
+    fn health(&self) -> BoxFut<'_, Result<(), Failure>>;
+    /// `POST v1/ops`.
+    fn apply<'a>(&'a self, op: &'a WireOp) -> BoxFut<'a, Result<OpResult, Failure>>;
+    /// `POST v1/ops/batch`.
+    fn apply_batch<'a>(&'a self, ops: &'a [WireOp]) -> BoxFut<'a, Result<BatchOutcome, Failure>>;
+    /// `GET v1/changes`.
+    fn changes<'a>(
+        &'a self,
+        since: Option<&'a str>,
+        limit: u32,
+    ) -> BoxFut<'a, Result<ChangesPage, Failure>>;
+}
+
+impl Transport for BackendClient {
+    fn name(&self) -> &str {
+        self.base()
+    }
+
+    fn health(&self) -> BoxFut<'_, Result<(), Failure>> {
+        Box::pin(BackendClient::health(self))
+    }
+
+    fn apply<'a>(&'a self, op: &'a WireOp) -> BoxFut<'a, Result<OpResult, Failure>> {
+        Box::pin(BackendClient::apply(self, op))
+    }
+
+    fn apply_batch<'a>(&'a self, ops: &'a [WireOp]) -> BoxFut<'a, Result<BatchOutcome, Failure>> {
+        Box::pin(BackendClient::apply_batch(self, ops))
+    }
+
+    fn changes<'a>(
+        &'a self,
+        since: Option<&'a str>,
+        limit: u32,
+    ) -> BoxFut<'a, Result<ChangesPage, Failure>> {
+        Box::pin(BackendClient::changes(self, since, limit))
+    }
+}
