@@ -255,8 +255,13 @@ impl Config {
         if let Err(e) = self.socket_mode() {
             return bad("daemon.socket_mode", e);
         }
-        if self.daemon.max_frame_bytes < 1024 {
-            return bad("daemon.max_frame_bytes", "must be at least 1024".into());
+        if self.daemon.max_frame_bytes < 1024
+            || self.daemon.max_frame_bytes as usize > crate::ipc::codec::MAX_DECODE_BYTES
+        {
+            return bad(
+                "daemon.max_frame_bytes",
+                "must be between 1024 and 67108864 (64 MiB)".into(),
+            );
         }
         if self.daemon.max_document_bytes == 0
             || self.daemon.max_document_bytes > self.daemon.max_frame_bytes
@@ -284,11 +289,20 @@ impl Config {
                 Err(e) => return bad("backend.url", format!("{url:?} is not a URL: {e}")),
             }
         }
-        if self.backend.timeout_ms == 0 {
-            return bad("backend.timeout_ms", "must be greater than 0".into());
+        if self.backend.timeout_ms == 0 || self.backend.timeout_ms > 3_600_000 {
+            return bad(
+                "backend.timeout_ms",
+                "must be between 1 and 3600000 (one hour)".into(),
+            );
         }
         if self.sync.backoff_initial_ms == 0 {
             return bad("sync.backoff_initial_ms", "must be greater than 0".into());
+        }
+        if self.sync.backoff_max_ms > 86_400_000 {
+            return bad(
+                "sync.backoff_max_ms",
+                "must be at most 86400000 (one day)".into(),
+            );
         }
         if self.sync.backoff_max_ms < self.sync.backoff_initial_ms {
             return bad(
@@ -302,8 +316,11 @@ impl Config {
         if self.sync.batch_size == 0 || self.sync.batch_size > 1000 {
             return bad("sync.batch_size", "must be between 1 and 1000".into());
         }
-        if self.sync.pull_interval_s == 0 {
-            return bad("sync.pull_interval_s", "must be greater than 0".into());
+        if self.sync.pull_interval_s == 0 || self.sync.pull_interval_s > 604_800 {
+            return bad(
+                "sync.pull_interval_s",
+                "must be between 1 and 604800 (one week)".into(),
+            );
         }
         for name in self.collections.keys() {
             if let Err(e) = crate::ids::validate_collection(name) {

@@ -28,8 +28,18 @@ impl Encoding {
     }
 }
 
-fn bincode_config() -> bincode::config::Configuration {
-    bincode::config::standard()
+/// Largest value bincode may decode. bincode sizes a container from the
+/// length it reads *before* reading the elements, so without a limit a
+/// tiny frame claiming a petabyte string aborts the process on allocation.
+/// Frames are capped below this (`daemon.max_frame_bytes` <= 64 MiB).
+pub const MAX_DECODE_BYTES: usize = 64 * 1024 * 1024;
+
+fn bincode_config() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<MAX_DECODE_BYTES>,
+> {
+    bincode::config::standard().with_limit::<MAX_DECODE_BYTES>()
 }
 
 /// Serializes `value` in `enc`.
@@ -81,6 +91,16 @@ mod tests {
             let back: (u64, String, Option<i64>) = decode(enc, &b).unwrap();
             assert_eq!(v, back);
         }
+    }
+
+    #[test]
+    fn huge_claimed_length_is_refused_not_allocated() {
+        // A Put (variant 0) whose collection claims 2^50 bytes: varint
+        // marker 0xFD then a u64.
+        let mut frame = vec![0x01, 0x00, 0xFD];
+        frame.extend_from_slice(&(1u64 << 50).to_le_bytes());
+        let e = decode::<crate::ipc::wire::ClientFrame>(Encoding::Bincode, &frame).unwrap_err();
+        assert!(e.contains("invalid bincode"), "{e}");
     }
 
     #[test]
