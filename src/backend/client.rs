@@ -62,6 +62,9 @@ pub enum BatchOutcome {
     Results(Vec<OpResult>),
     /// The server has no batch endpoint (404/405): use `v1/ops`.
     Unsupported,
+    /// This batch was refused as a whole (another 4xx): send its ops one
+    /// at a time this round.
+    Refused(String),
 }
 
 #[derive(Clone)]
@@ -258,10 +261,13 @@ impl BackendClient {
             return Err(f);
         }
         if !status.is_success() {
-            // A batch-level 4xx: the envelope was refused. Treat like the
-            // endpoint is unusable and fall back to single ops, which get
-            // their own verdicts.
-            return Ok(BatchOutcome::Unsupported);
+            // A batch-level 4xx (413 for a large batch, say): this batch
+            // was refused as a whole. Send these ops one at a time, where
+            // each gets its own verdict; later rounds try batches again.
+            return Ok(BatchOutcome::Refused(format!(
+                "HTTP {status}: {}",
+                reason_of(&body)
+            )));
         }
         let reply: BatchReply = serde_json::from_slice(&body).map_err(|e| Failure::Transient {
             reason: format!("malformed batch reply: {e}"),
@@ -282,27 +288,27 @@ impl BackendClient {
             let res = match (r.status, r.record) {
                 (200, Some(rec)) => OpResult::Applied(rec),
                 (409, Some(rec)) => OpResult::Conflict(rec),
-                (401 | 403, _) => {
+                // A per-op failure that is not a verdict: keep the results
+                // before it (those ops were applied and must be acked now),
+                // and let the next round meet the failure at the head.
+                (s @ (401 | 403), _) if out.is_empty() => {
                     return Err(Failure::Auth {
-                        reason: format!("batch op refused: HTTP {}", r.status),
+                        reason: format!("batch op refused: HTTP {s}"),
                     })
                 }
-                (s @ (408 | 429 | 500..=599), _) => {
-                    // A per-op transient status: keep what came before, retry the rest.
-                    if out.is_empty() {
-                        return Err(Failure::Transient {
-                            reason: format!("batch op: HTTP {s} {}", r.error.unwrap_or_default()),
-                            retry_after_ms: None,
-                        });
-                    }
-                    break;
+                (s @ (408 | 429 | 500..=599), _) if out.is_empty() => {
+                    return Err(Failure::Transient {
+                        reason: format!("batch op: HTTP {s} {}", r.error.unwrap_or_default()),
+                        retry_after_ms: None,
+                    });
                 }
-                (200 | 409, None) => {
+                (200 | 409, None) if out.is_empty() => {
                     return Err(Failure::Transient {
                         reason: format!("batch result {} without a record", r.status),
                         retry_after_ms: None,
                     })
                 }
+                (401 | 403 | 408 | 429 | 500..=599, _) | (200 | 409, None) => break,
                 (s, _) => OpResult::Rejected {
                     status: s,
                     reason: r.error.unwrap_or_else(|| format!("HTTP {s}")),

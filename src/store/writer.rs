@@ -934,6 +934,14 @@ impl Writer {
         let parked: ParkedConflict = from_store(&parked)?;
         let server = parked.server.to_record();
         t.conflicts.remove((c, lid))?;
+        // Writes the app made after the park were made on the same stale
+        // base: they are settled by this resolution too.
+        let mut ops = parked.ops;
+        for (s, _) in t.ops_of_record_after(0, c, lid)? {
+            if let Some(o) = t.take_op(s)? {
+                ops.push(o);
+            }
+        }
         let rec = t.record(c, lid)?;
         // What to re-send, if anything.
         let resend: Option<(OpKind, Option<Document>)> = match (take, data) {
@@ -958,7 +966,7 @@ impl Writer {
             Some((kind, data)) => Resolution::Resend { kind, data },
             None => Resolution::TakeServer,
         };
-        self.apply_resolution(t, c, lid, parked.ops, &server, "manual", &resolution, ev)?;
+        self.apply_resolution(t, c, lid, ops, &server, "manual", &resolution, ev)?;
         bump_resolved(t)?;
         Ok(Ok(WriteOutcome::Done))
     }
@@ -1003,6 +1011,20 @@ impl Writer {
             if existing.pending > 0 {
                 // Local changes win locally until their ops meet the server:
                 // they keep their base version and hit the 409 path there.
+                // A parked conflict keeps the newest server record, so that
+                // "take server" takes what the server has now.
+                let parked = t
+                    .conflicts
+                    .get((c, lid.as_str()))?
+                    .map(|v| v.value().to_vec());
+                if let Some(bytes) = parked {
+                    let mut p: ParkedConflict = from_store(&bytes)?;
+                    if r.version > p.server.version {
+                        p.server = ServerRecordStored::from(r);
+                        t.conflicts
+                            .insert((c, lid.as_str()), to_store(&p)?.as_slice())?;
+                    }
+                }
                 return Ok(());
             }
             if existing.version.is_some_and(|v| v >= r.version) {

@@ -407,3 +407,48 @@ async fn conflict_folds_later_ops_of_the_record() {
     let r = f.store.record("c", "a").unwrap().unwrap();
     assert_eq!((r.version, r.pending), (Some(6), 1));
 }
+
+#[tokio::test]
+async fn resolve_settles_writes_made_after_the_park_and_takes_the_newest_server() {
+    let f = fx();
+    put(&f, "a", json!({"x": 1})).await;
+    ack_head(&f, srec("S1", 1, 100, json!({"x": 1}))).await;
+    put(&f, "a", json!({"x": 2})).await;
+    let (seq, _) = f.store.queue_head(1).unwrap().remove(0);
+    f.w.submit(WriteCmd::Conflict {
+        seq,
+        server: srec("S1", 2, 200, json!({"x": 3})),
+        strategy: Strategy::Manual,
+        rules: Default::default(),
+    })
+    .await
+    .unwrap();
+    // The app writes again while the conflict is parked, and a pull brings
+    // a newer server version.
+    put(&f, "a", json!({"x": 4})).await;
+    f.w.submit(WriteCmd::ApplyChanges {
+        changes: vec![Change {
+            collection: "c".into(),
+            record: srec("S1", 3, 300, json!({"x": 5})),
+        }],
+        cursor: "9".into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(f.store.conflicts().unwrap()[0].server_version, 3);
+    f.w.submit(WriteCmd::ResolveParked {
+        collection: "c".into(),
+        id: "a".into(),
+        take: Some(Side::Server),
+        data: None,
+    })
+    .await
+    .unwrap();
+    // Nothing left to overwrite the server's version.
+    assert_eq!(f.store.queue_depth().unwrap(), 0);
+    let v = f.store.get("c", "a").unwrap().unwrap();
+    assert_eq!(
+        (v.data.0.clone(), v.version, v.pending),
+        (json!({"x": 5}), Some(3), false)
+    );
+}

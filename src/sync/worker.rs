@@ -360,6 +360,9 @@ impl Worker {
                     }
                     return Ok(());
                 }
+                Ok(BatchOutcome::Refused(reason)) => {
+                    tracing::info!(%reason, "batch refused; sending its ops one at a time");
+                }
                 Ok(BatchOutcome::Unsupported) => {
                     tracing::info!(
                         backend = client.name(),
