@@ -731,6 +731,26 @@ fn wait_synced_with_timeout_gives_up_but_keeps_the_write() {
     let rec = d.json(&["get", "todos", "w1"]);
     assert_eq!(rec["pending"], true);
     assert_eq!(d.status()["queue_depth"], 1);
+    // Clients that gave up leave nothing behind in the daemon.
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
+    for _ in 0..10 {
+        let o = d.cli(&[
+            "put",
+            "todos",
+            "{}",
+            "--wait",
+            "synced",
+            "--timeout",
+            "0.05",
+        ]);
+        assert_eq!(o.status.code(), Some(1));
+    }
+    common::eventually(5, "abandoned waits released", || fds() <= before);
     // --timeout without --wait is a usage error.
     assert_eq!(
         d.cli(&["put", "todos", "{}", "--timeout", "1"])

@@ -245,22 +245,26 @@ async fn connection(conn: Stream, ctx: Arc<Ctx>, mut shutdown: watch::Receiver<b
     // Reader task: frames only, never cancelled mid-frame.
     let (tx, mut rx) = mpsc::channel::<Incoming>(8);
     let rconn = conn.clone();
+    // Set when the peer's side of the stream ends, so a long wait_synced
+    // does not outlive its client.
+    let (closed_tx, closed_rx) = watch::channel(false);
     let reader = tokio::spawn(async move {
         let mut r = BufReader::new(&*rconn);
         loop {
             match read_frame(&mut r, max).await {
                 Ok(Some(b)) => {
                     if tx.send(Incoming::Frame(b)).await.is_err() {
-                        return;
+                        break;
                     }
                 }
-                Ok(None) => return,
+                Ok(None) => break,
                 Err(e) => {
                     let _ = tx.send(Incoming::Bad(e)).await;
-                    return;
+                    break;
                 }
             }
         }
+        let _ = closed_tx.send(true);
     });
 
     let mut watch: Option<(broadcast::Receiver<Arc<Event>>, Vec<String>)> = None;
@@ -313,6 +317,13 @@ async fn connection(conn: Stream, ctx: Arc<Ctx>, mut shutdown: watch::Receiver<b
                                 watch = Some((ctx.events.subscribe(), collections));
                                 Ok(Response::Watching {})
                             }
+                        }
+                    }
+                    req @ Request::WaitSynced { .. } => {
+                        let mut closed = closed_rx.clone();
+                        tokio::select! {
+                            r = handle(&ctx, req) => r,
+                            _ = closed.wait_for(|c| *c) => break,
                         }
                     }
                     req => handle(&ctx, req).await,
