@@ -168,6 +168,10 @@ fn reload_config(path: &Path, cfg_tx: &watch::Sender<Arc<Config>>, log: &LogHand
     };
     let old = cfg_tx.borrow().clone();
     if *old == new {
+        // Same settings; still tell the worker, which re-reads the token
+        // file on every reload.
+        tracing::info!(file = %path.display(), "config reloaded (unchanged)");
+        cfg_tx.send_replace(Arc::new(new));
         return;
     }
     for (key, changed) in [

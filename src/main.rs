@@ -508,17 +508,23 @@ async fn maybe_wait(
     if wait.wait.is_none() {
         return Ok(());
     }
-    let waited = match wait.timeout {
-        Some(secs) if secs.is_finite() && secs >= 0.0 => {
-            tokio::time::timeout(std::time::Duration::from_secs_f64(secs), c.wait_synced(op_id))
-                .await
-                .map_err(|_| {
-                    Fail::Api(format!(
-                        "op {op_id} not on the server after {secs} s; it is durable and stays queued (see syncd status)"
-                    ))
-                })?
-        }
-        Some(secs) => return Err(Fail::Usage(format!("--timeout {secs}: must be a number of seconds >= 0"))),
+    let limit = match wait.timeout {
+        Some(secs) => Some(std::time::Duration::try_from_secs_f64(secs).map_err(|_| {
+            Fail::Usage(format!(
+                "--timeout {secs}: must be a number of seconds >= 0"
+            ))
+        })?),
+        None => None,
+    };
+    let waited = match limit {
+        Some(limit) => tokio::time::timeout(limit, c.wait_synced(op_id))
+            .await
+            .map_err(|_| {
+                Fail::Api(format!(
+                    "op {op_id} not on the server after {} s; it is durable and stays queued (see syncd status)",
+                    limit.as_secs_f64()
+                ))
+            })?,
         None => c.wait_synced(op_id).await,
     };
     match waited? {

@@ -669,3 +669,13 @@ fn connections_survive_an_abusive_neighbour() {
     by.s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     status_ok(&mut by.s, n + 1);
 }
+
+#[test]
+fn a_regular_file_at_the_socket_path_is_not_deleted() {
+    let d = unstarted("");
+    std::fs::write(&d.socket, b"precious").unwrap();
+    let (st, err) = run_to_exit(&d.config);
+    assert!(!st.success());
+    assert!(err.contains("not a stale socket"), "{err}");
+    assert_eq!(std::fs::read(&d.socket).unwrap(), b"precious");
+}

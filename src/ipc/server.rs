@@ -38,6 +38,17 @@ pub struct Ctx {
 /// Most records one `list` returns.
 pub const MAX_LIST: u32 = 10_000;
 
+#[cfg(unix)]
+fn is_socket(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+}
+
+#[cfg(not(unix))]
+fn is_socket(_path: &Path) -> bool {
+    true
+}
+
 /// Binds the socket at `path` with `mode`. A socket file nobody answers on
 /// (left by a crash) is replaced; one a live daemon answers on is not.
 pub async fn bind(path: &Path, mode: u32) -> std::io::Result<Listener> {
@@ -58,9 +69,26 @@ pub async fn bind(path: &Path, mode: u32) -> std::io::Result<Listener> {
                 ),
                 ))
             }
-            Err(_) => {
+            // Only a socket nobody listens on is stale. Anything else at
+            // the path (a busy daemon, a regular file) is not ours to delete.
+            Err(e)
+                if is_socket(path)
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+                    ) =>
+            {
                 tracing::info!(socket = %path.display(), "replacing stale socket file");
                 std::fs::remove_file(path)?;
+            }
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{} exists and is not a stale socket ({e}); not replacing it",
+                        path.display()
+                    ),
+                ))
             }
         }
     }
@@ -508,7 +536,7 @@ pub async fn handle(ctx: &Ctx, req: Request) -> Result<Response, ApiError> {
         }
         Request::Status {} => status(ctx).map(Response::Status),
         Request::Queue { limit } => {
-            let limit = limit.unwrap_or(1000) as usize;
+            let limit = limit.unwrap_or(1000).clamp(1, MAX_LIST) as usize;
             let ops = ctx.store.queue_head(limit).map_err(internal)?;
             Ok(Response::Ops(within_budget(
                 reply_budget(ctx),

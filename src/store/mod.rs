@@ -30,6 +30,10 @@ use crate::ipc::codec::from_store;
 use crate::ipc::wire::{ConflictView, Doc, OpView, RecordView};
 use tables::*;
 
+/// Most dead letters or conflicts one listing returns (memory stays
+/// bounded however many there are).
+pub const MAX_LISTED: usize = 10_000;
+
 /// Rough encoded size of a record view beyond its document and id, for
 /// keeping list replies within the frame limit.
 pub const RECORD_OVERHEAD: usize = 256;
@@ -377,7 +381,7 @@ impl Store {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(DEAD)?;
         let mut out = Vec::new();
-        for item in t.iter()? {
+        for item in t.iter()?.take(MAX_LISTED) {
             let (k, v) = item?;
             out.push((k.value(), from_store(v.value())?));
         }
@@ -394,7 +398,7 @@ impl Store {
         let t = txn.open_table(CONFLICTS)?;
         let rt = txn.open_table(RECORDS)?;
         let mut out = Vec::new();
-        for item in t.iter()? {
+        for item in t.iter()?.take(MAX_LISTED) {
             let (k, v) = item?;
             let (c, id) = k.value();
             let p: ParkedConflict = from_store(v.value())?;

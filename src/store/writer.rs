@@ -541,6 +541,12 @@ impl Writer {
                 };
                 let resolution = conflict::resolve(*strategy, rules, &local, server);
                 tracing::info!(collection = %c, id = %lid, strategy = strategy.as_str(), ops = ops.len(), ?resolution, "conflict");
+                // merge takes the server's record for an update only when
+                // the merge equals it: every local change is already there.
+                let merged_in = *strategy == Strategy::Merge
+                    && local.kind == OpKind::Update
+                    && !server.deleted
+                    && resolution == Resolution::TakeServer;
                 self.apply_resolution(
                     t,
                     &c,
@@ -549,6 +555,7 @@ impl Writer {
                     server,
                     strategy.as_str(),
                     &resolution,
+                    merged_in,
                     ev,
                 )?;
                 // A parked conflict counts as resolved when it is resolved.
@@ -791,6 +798,7 @@ impl Writer {
         server: &ServerRecord,
         strategy: &str,
         resolution: &Resolution,
+        merged_in: bool,
         ev: &mut Vec<Event>,
     ) -> Result<(), StoreError> {
         let n = ops.len() as u32;
@@ -819,6 +827,8 @@ impl Writer {
                 self.take_server(t, c, lid, rec, server, Origin::Conflict, ev)?;
                 outcome = if deleted_both {
                     "already deleted on the server".to_owned()
+                } else if merged_in {
+                    "merged: the server already has every change".to_owned()
                 } else {
                     "took server".to_owned()
                 };
@@ -966,7 +976,7 @@ impl Writer {
             Some((kind, data)) => Resolution::Resend { kind, data },
             None => Resolution::TakeServer,
         };
-        self.apply_resolution(t, c, lid, ops, &server, "manual", &resolution, ev)?;
+        self.apply_resolution(t, c, lid, ops, &server, "manual", &resolution, false, ev)?;
         bump_resolved(t)?;
         Ok(Ok(WriteOutcome::Done))
     }

@@ -207,16 +207,12 @@ impl Machine {
         }
     }
 
+    /// A health probe proves reachability, nothing more: it ends an
+    /// offline spell, but not a backoff for server errors nor an auth error.
     pub fn on_probe(&mut self, now: i64, r: Result<(), Failure>) {
         match r {
-            Ok(()) => {
-                // Reachable; keep an auth error until a real request passes.
-                let auth = self.state == State::AuthError;
-                self.succeed();
-                if auth {
-                    self.state = State::AuthError;
-                }
-            }
+            Ok(()) if self.state == State::Offline => self.succeed(),
+            Ok(()) => self.probe_needed = false,
             Err(f) => self.fail(now, &f),
         }
     }
@@ -228,8 +224,10 @@ impl Machine {
     }
 
     /// The OS reports a network change: probe now.
+    /// Only an unreachable backend is helped by this: a failing or
+    /// refusing one keeps its backoff (network chatter must not defeat it).
     pub fn on_network_change(&mut self, now: i64) {
-        if self.state != State::Online {
+        if self.state == State::Offline {
             self.probe_needed = true;
             self.cut_wait(now);
         }

@@ -58,6 +58,7 @@ pub fn spawn(deps: WorkerDeps) -> tokio::task::JoinHandle<()> {
             token_watch: None,
             net,
             logged_error: None,
+            client_error: None,
         };
         w.rebuild_client();
         w.run().await;
@@ -78,6 +79,8 @@ struct Worker {
     net: Arc<Notify>,
     /// The last failure reason logged, so an outage logs once.
     logged_error: Option<String>,
+    /// Why there is no client although a backend is configured.
+    client_error: Option<String>,
 }
 
 /// A store or writer failure inside a round: not the backend's fault.
@@ -93,6 +96,7 @@ impl Worker {
         self.batch_supported = None;
         self.token_watch = None;
         self.client = None;
+        self.client_error = None;
         if let Some(connect) = &self.deps.connector {
             self.client = connect(&self.cfg);
             self.machine.backend_changed();
@@ -122,7 +126,10 @@ impl Worker {
             self.cfg.backend.ca_file.as_deref(),
         ) {
             Ok(c) => self.client = Some(Arc::new(c)),
-            Err(e) => tracing::error!("backend client: {e}"),
+            Err(e) => {
+                tracing::error!("backend client: {e}");
+                self.client_error = Some(format!("backend client: {e}"));
+            }
         }
         self.machine.backend_changed();
     }
@@ -144,6 +151,9 @@ impl Worker {
                 "backend settings changed"
             );
             self.rebuild_client();
+        } else if self.cfg.backend.token_file.is_some() {
+            // A reload re-reads the token even when the file watch missed it.
+            self.rebuild_client_keep_state();
         }
     }
 
@@ -175,6 +185,9 @@ impl Worker {
         }
         // The machine's times are monotonic; status shows wall-clock ms.
         let mut st = st;
+        if self.client.is_none() {
+            st.last_error = self.client_error.clone();
+        }
         st.next_retry_at = st
             .next_retry_at
             .map(|t| crate::now_ms() + (t - self.now()).max(0));
@@ -408,7 +421,10 @@ impl Worker {
         };
         let server = rec.and_then(|r| r.server_id.clone().zip(r.version));
         let (kind, id, base_version) = match (op.kind, server) {
-            (OpKind::Create, _) => (OpKind::Create, None, None),
+            (OpKind::Create, None) => (OpKind::Create, None, None),
+            // A create (a retried dead letter, say) for a record the server
+            // already has must not make a second server record.
+            (OpKind::Create, Some((id, v))) => (OpKind::Update, Some(id), Some(v)),
             (kind, Some((id, v))) => (kind, Some(id), Some(v)),
             (OpKind::Update, None) => (OpKind::Create, None, None),
             (OpKind::Delete, None) => return Ok(None),
