@@ -473,7 +473,11 @@ impl Writer {
                     return Ok(Ok(WriteOutcome::Done));
                 };
                 let mut dead = vec![(op.clone(), error.clone())];
-                let dependents = t.ops_of_record_after(*seq, &op.collection, &op.local_id)?;
+                let others = t
+                    .pending_of(&op.collection, &op.local_id)?
+                    .saturating_sub(1);
+                let dependents =
+                    t.ops_of_record_after(*seq, &op.collection, &op.local_id, others)?;
                 for (s, _) in &dependents {
                     if let Some(d) = t.take_op(*s)? {
                         dead.push((
@@ -515,7 +519,8 @@ impl Writer {
                 };
                 let (c, lid) = (op.collection.clone(), op.local_id.clone());
                 let mut ops = vec![op];
-                for (s, _) in t.ops_of_record_after(*seq, &c, &lid)? {
+                let others = t.pending_of(&c, &lid)?.saturating_sub(1);
+                for (s, _) in t.ops_of_record_after(*seq, &c, &lid, others)? {
                     if let Some(o) = t.take_op(s)? {
                         ops.push(o);
                     }
@@ -947,7 +952,8 @@ impl Writer {
         // Writes the app made after the park were made on the same stale
         // base: they are settled by this resolution too.
         let mut ops = parked.ops;
-        for (s, _) in t.ops_of_record_after(0, c, lid)? {
+        let queued = t.pending_of(c, lid)?.saturating_sub(ops.len() as u32);
+        for (s, _) in t.ops_of_record_after(0, c, lid, queued)? {
             if let Some(o) = t.take_op(s)? {
                 ops.push(o);
             }
@@ -1118,16 +1124,31 @@ impl<'txn> Tables<'txn> {
         Ok(Some(op))
     }
 
-    /// Queued ops of one record with a sequence above `seq`. A scan of the
-    /// queue: only on the rare dead-letter and conflict paths.
+    /// The record's count of pending ops (0 if it is gone).
+    fn pending_of(&self, c: &str, lid: &str) -> Result<u32, StoreError> {
+        Ok(self.record(c, lid)?.map(|r| r.pending).unwrap_or(0))
+    }
+
+    /// Queued ops of one record with a sequence above `seq`, at most
+    /// `expected` of them (the record's pending count says how many there
+    /// can be). Usually that is none and nothing is read; otherwise it is a
+    /// scan of the queue that stops at the last one, on the dead-letter and
+    /// conflict paths only.
     fn ops_of_record_after(
         &self,
         seq: u64,
         c: &str,
         lid: &str,
+        expected: u32,
     ) -> Result<Vec<(u64, QueuedOp)>, StoreError> {
         let mut out = Vec::new();
+        if expected == 0 {
+            return Ok(out);
+        }
         for item in self.queue.range(seq.saturating_add(1)..)? {
+            if out.len() >= expected as usize {
+                break;
+            }
             let (k, v) = item?;
             let op: QueuedOp = from_store(v.value())?;
             if op.collection == c && op.local_id == lid {
