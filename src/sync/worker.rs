@@ -23,6 +23,7 @@ use crate::sync::machine::{Action, Machine, View};
 use crate::sync::transport::Transport;
 use crate::sync::{State, SyncControl};
 
+#[derive(Clone)]
 pub struct WorkerDeps {
     pub store: Store,
     pub writer: WriterHandle,
@@ -38,31 +39,57 @@ pub struct WorkerDeps {
 /// Builds a [`Transport`] for the current config (`None`: no backend).
 pub type Connector = Arc<dyn Fn(&Config) -> Option<Arc<dyn Transport>> + Send + Sync>;
 
+/// Starts the worker under a supervisor: should it ever panic, the panic
+/// is logged, shown in status, and a fresh worker starts from the durable
+/// queue a second later (nothing in memory is needed to resume).
 pub fn spawn(deps: WorkerDeps) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let net = Arc::new(Notify::new());
         crate::sync::netwatch::spawn(net.clone());
-        let cfg = deps.config.borrow().clone();
-        let mut w = Worker {
-            machine: Machine::new(
-                cfg.sync.backoff_initial_ms,
-                cfg.sync.backoff_max_ms,
-                cfg.sync.pull_interval_s * 1000,
-                fastrand::u64(..),
-            ),
-            deps,
-            cfg: cfg.clone(),
-            client: None,
-            epoch: tokio::time::Instant::now(),
-            batch_supported: None,
-            token_watch: None,
-            net,
-            logged_error: None,
-            client_error: None,
-        };
-        w.rebuild_client();
-        w.run().await;
+        loop {
+            let run = tokio::spawn(run_worker(deps.clone(), net.clone()));
+            match run.await {
+                Ok(()) => return,
+                Err(e) if e.is_panic() => {
+                    tracing::error!(error = %e, "sync worker panicked; restarting it");
+                    let mut st = deps.control.status();
+                    st.last_error = Some(format!(
+                        "sync worker restarted after an internal error: {e}"
+                    ));
+                    deps.control.set_status(st);
+                    let mut sd = deps.shutdown.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = sd.wait_for(|s| *s) => return,
+                    }
+                }
+                Err(_) => return,
+            }
+        }
     })
+}
+
+async fn run_worker(deps: WorkerDeps, net: Arc<Notify>) {
+    let cfg = deps.config.borrow().clone();
+    let mut w = Worker {
+        machine: Machine::new(
+            cfg.sync.backoff_initial_ms,
+            cfg.sync.backoff_max_ms,
+            cfg.sync.pull_interval_s * 1000,
+            fastrand::u64(..),
+        ),
+        deps,
+        cfg: cfg.clone(),
+        client: None,
+        epoch: tokio::time::Instant::now(),
+        batch_supported: None,
+        token_watch: None,
+        net,
+        logged_error: None,
+        client_error: None,
+    };
+    w.rebuild_client();
+    w.run().await;
 }
 
 struct Worker {
