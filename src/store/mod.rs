@@ -100,6 +100,40 @@ pub struct StoredRecord {
 }
 
 impl StoredRecord {
+    /// A record that exists only on this device so far.
+    pub fn local(data: String, pending: u32, local_ts: i64) -> Self {
+        StoredRecord {
+            data,
+            deleted: false,
+            server_id: None,
+            version: None,
+            updated_at: None,
+            base: None,
+            pending,
+            local_ts,
+        }
+    }
+
+    /// Records that the server has `r` as this record's current version
+    /// (also the new merge base); returns the server document as text.
+    pub fn stand_on(&mut self, r: &ServerRecord) -> String {
+        let text = serde_json::Value::Object(r.data.clone()).to_string();
+        self.server_id = Some(r.id.clone());
+        self.version = Some(r.version);
+        self.updated_at = Some(r.updated_at);
+        self.base = Some(text.clone());
+        text
+    }
+
+    /// Drops the link to a server record (it was deleted there): the next
+    /// op of this record creates a new one.
+    pub fn forget_server(&mut self) {
+        self.server_id = None;
+        self.version = None;
+        self.updated_at = None;
+        self.base = None;
+    }
+
     pub fn view(&self, collection: &str, id: &str) -> RecordView {
         RecordView {
             collection: collection.to_owned(),

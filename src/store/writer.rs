@@ -326,16 +326,7 @@ impl Writer {
                         (r, OpKind::Create)
                     }
                     None => (
-                        StoredRecord {
-                            data: text.clone(),
-                            deleted: false,
-                            server_id: None,
-                            version: None,
-                            updated_at: None,
-                            base: None,
-                            pending: 1,
-                            local_ts: *client_ts,
-                        },
+                        StoredRecord::local(text.clone(), 1, *client_ts),
                         OpKind::Create,
                     ),
                 };
@@ -696,10 +687,7 @@ impl Writer {
                 return Ok(());
             }
             // Later ops of this record start a new server record.
-            rec.server_id = None;
-            rec.version = None;
-            rec.updated_at = None;
-            rec.base = None;
+            rec.forget_server();
             t.put_record(c, lid, &rec)?;
             return Ok(());
         }
@@ -709,11 +697,7 @@ impl Writer {
             }
         }
         t.server_ids.insert((c, r.id.as_str()), lid)?;
-        let server_text = Value::Object(r.data.clone()).to_string();
-        rec.server_id = Some(r.id.clone());
-        rec.version = Some(r.version);
-        rec.updated_at = Some(r.updated_at);
-        rec.base = Some(server_text.clone());
+        let server_text = rec.stand_on(r);
         if rec.pending == 0
             && !rec.deleted
             && parse_doc_text(&rec.data) != Value::Object(r.data.clone())
@@ -753,10 +737,7 @@ impl Writer {
             } else if let Some(mut rec) = rec {
                 rec.deleted = true;
                 rec.data = "{}".into();
-                rec.server_id = None;
-                rec.version = None;
-                rec.updated_at = None;
-                rec.base = None;
+                rec.forget_server();
                 t.put_record(c, lid, &rec)?;
             }
             ev.push(Event::Changed {
@@ -768,17 +749,12 @@ impl Writer {
             });
             return Ok(());
         }
-        let text = Value::Object(r.data.clone()).to_string();
-        let new = StoredRecord {
-            data: text.clone(),
-            deleted: false,
-            server_id: Some(r.id.clone()),
-            version: Some(r.version),
-            updated_at: Some(r.updated_at),
-            base: Some(text),
+        let mut new = StoredRecord::local(
+            String::new(),
             pending,
-            local_ts: rec.as_ref().map(|r| r.local_ts).unwrap_or(r.updated_at),
-        };
+            rec.as_ref().map(|r| r.local_ts).unwrap_or(r.updated_at),
+        );
+        new.data = new.stand_on(r);
         t.server_ids.insert((c, r.id.as_str()), lid)?;
         t.put_record(c, lid, &new)?;
         ev.push(Event::Changed {
@@ -839,30 +815,15 @@ impl Writer {
                 };
             }
             Resolution::Resend { kind, data } => {
-                let mut rec = rec.unwrap_or(StoredRecord {
-                    data: "{}".into(),
-                    deleted: false,
-                    server_id: None,
-                    version: None,
-                    updated_at: None,
-                    base: None,
-                    pending: n,
-                    local_ts: client_ts,
-                });
+                let mut rec = rec.unwrap_or(StoredRecord::local("{}".into(), n, client_ts));
                 rec.pending = rec.pending.saturating_sub(n) + 1;
                 // The record now stands on the server's version.
                 if server.deleted {
                     t.server_ids.remove((c, server.id.as_str()))?;
-                    rec.server_id = None;
-                    rec.version = None;
-                    rec.updated_at = None;
-                    rec.base = None;
+                    rec.forget_server();
                 } else {
                     t.server_ids.insert((c, server.id.as_str()), lid)?;
-                    rec.server_id = Some(server.id.clone());
-                    rec.version = Some(server.version);
-                    rec.updated_at = Some(server.updated_at);
-                    rec.base = Some(Value::Object(server.data.clone()).to_string());
+                    rec.stand_on(server);
                 }
                 let text = data.as_ref().map(|d| Value::Object(d.clone()).to_string());
                 match &text {
