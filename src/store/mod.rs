@@ -160,6 +160,10 @@ pub struct QueuedOp {
     pub attempts: u32,
     pub last_error: Option<String>,
     pub enqueued_at: i64,
+    /// The server id and version this op must be sent on, when that is not
+    /// the record's current one: set when the op is dead-lettered, so that
+    /// a retry meets any server change made meanwhile as a 409.
+    pub base: Option<(String, u64)>,
 }
 
 impl QueuedOp {

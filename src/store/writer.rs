@@ -477,11 +477,16 @@ impl Writer {
                         ));
                     }
                 }
+                let mut base = None;
                 if let Some(mut rec) = t.record(&op.collection, &op.local_id)? {
                     rec.pending = rec.pending.saturating_sub(dead.len() as u32);
+                    base = rec.server_id.clone().zip(rec.version);
                     t.put_record(&op.collection, &op.local_id, &rec)?;
                 }
-                for (d, err) in dead {
+                for (mut d, err) in dead {
+                    if d.kind != OpKind::Create {
+                        d.base = base.clone();
+                    }
                     ev.push(Event::DeadLettered {
                         op_id: d.op_id.clone(),
                         collection: d.collection.clone(),
@@ -634,6 +639,7 @@ impl Writer {
             attempts: 0,
             last_error: None,
             enqueued_at: crate::now_ms(),
+            base: None,
         };
         self.append_op(t, &op)?;
         Ok(op.op_id)
@@ -847,6 +853,7 @@ impl Writer {
                     attempts: 0,
                     last_error: None,
                     enqueued_at,
+                    base: None,
                 };
                 self.prepend_op(t, &new_op)?;
                 ev.push(Event::Changed {

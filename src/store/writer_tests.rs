@@ -452,3 +452,34 @@ async fn resolve_settles_writes_made_after_the_park_and_takes_the_newest_server(
         (json!({"x": 5}), Some(3), false)
     );
 }
+
+#[tokio::test]
+async fn a_dead_lettered_update_keeps_the_base_it_was_made_on() {
+    let f = fx();
+    put(&f, "a", json!({"x": 1})).await;
+    ack_head(&f, srec("S1", 1, 100, json!({"x": 1}))).await;
+    let op_id = put(&f, "a", json!({"x": 2})).await;
+    let (seq, _) = f.store.queue_head(1).unwrap().remove(0);
+    f.w.submit(WriteCmd::DeadLetter {
+        seq,
+        error: "HTTP 422: no".into(),
+    })
+    .await
+    .unwrap();
+    // Another device's change arrives meanwhile.
+    f.w.submit(WriteCmd::ApplyChanges {
+        changes: vec![Change {
+            collection: "c".into(),
+            record: srec("S1", 2, 300, json!({"x": 7})),
+        }],
+        cursor: "1".into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(f.store.record("c", "a").unwrap().unwrap().version, Some(2));
+    f.w.submit(WriteCmd::RetryDead { op_id }).await.unwrap();
+    let (_, op) = f.store.queue_head(1).unwrap().remove(0);
+    // Sent on version 1, it meets version 2 as a conflict instead of
+    // silently overwriting it.
+    assert_eq!(op.base, Some(("S1".to_string(), 1)));
+}

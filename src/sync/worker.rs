@@ -446,7 +446,12 @@ impl Worker {
             },
             None => None,
         };
-        let server = rec.and_then(|r| r.server_id.clone().zip(r.version));
+        // A retried dead letter carries the base it was made on; anything
+        // else goes on the record's current server version.
+        let server = match (&op.base, op.kind) {
+            (Some(b), OpKind::Update | OpKind::Delete) => Some(b.clone()),
+            _ => rec.and_then(|r| r.server_id.clone().zip(r.version)),
+        };
         let (kind, id, base_version) = match (op.kind, server) {
             (OpKind::Create, None) => (OpKind::Create, None, None),
             // A create (a retried dead letter, say) for a record the server
