@@ -396,6 +396,47 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
     }
 }
 
+/// A watch on one file: a unit arrives on `changes` whenever it is written,
+/// replaced or removed. Dropping it stops the watch.
+pub struct FileWatch {
+    _watcher: notify::RecommendedWatcher,
+    pub changes: tokio::sync::mpsc::UnboundedReceiver<()>,
+}
+
+/// Watches `path` through its directory, so that editors that replace the
+/// file (write a temp file, rename it over) are seen too.
+pub fn watch_file(path: &Path) -> Result<FileWatch, String> {
+    use notify::{RecursiveMode, Watcher};
+    let (tx, changes) = tokio::sync::mpsc::unbounded_channel();
+    let name = path
+        .file_name()
+        .ok_or_else(|| format!("{} names no file", path.display()))?
+        .to_owned();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            let touches = ev
+                .paths
+                .iter()
+                .any(|p| p.file_name() == Some(name.as_os_str()));
+            if touches && !matches!(ev.kind, notify::EventKind::Access(_)) {
+                let _ = tx.send(());
+            }
+        }
+    })
+    .map_err(|e| format!("file watch unavailable: {e}"))?;
+    watcher
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+    Ok(FileWatch {
+        _watcher: watcher,
+        changes,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

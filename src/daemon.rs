@@ -126,36 +126,6 @@ fn signals() -> Result<mpsc::UnboundedReceiver<Sig>, StartError> {
     Ok(rx)
 }
 
-/// Watches the config file (its directory, so editors that replace the
-/// file are seen too) and sends a unit on every change.
-fn watch_config(path: &Path) -> Option<(notify::RecommendedWatcher, mpsc::UnboundedReceiver<()>)> {
-    use notify::{RecursiveMode, Watcher};
-    let (tx, rx) = mpsc::unbounded_channel();
-    let file = path.file_name()?.to_owned();
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if let Ok(ev) = ev {
-            let touches = ev
-                .paths
-                .iter()
-                .any(|p| p.file_name() == Some(file.as_os_str()));
-            if touches && !matches!(ev.kind, notify::EventKind::Access(_)) {
-                let _ = tx.send(());
-            }
-        }
-    })
-    .map_err(|e| tracing::warn!(error = %e, "config file watch unavailable; SIGHUP still reloads"))
-    .ok()?;
-    if let Err(e) = w.watch(&dir, RecursiveMode::NonRecursive) {
-        tracing::warn!(error = %e, dir = %dir.display(), "cannot watch config directory; SIGHUP still reloads");
-        return None;
-    }
-    Some((w, rx))
-}
-
 /// Loads the config again; a valid one replaces the current, an invalid one
 /// is logged and ignored.
 fn reload_config(path: &Path, cfg_tx: &watch::Sender<Arc<Config>>, log: &LogHandle) {
@@ -229,7 +199,11 @@ pub async fn run(
 
     let (cfg_tx, cfg_rx) = watch::channel(Arc::new(config));
     let mut sigs = signals()?;
-    let mut cfg_watch = config_path.as_deref().and_then(watch_config);
+    let mut cfg_watch = config_path.as_deref().and_then(|p| {
+        crate::config::watch_file(p)
+            .map_err(|e| tracing::warn!("config file not watched ({e}); SIGHUP still reloads"))
+            .ok()
+    });
 
     let listener = server::bind(&socket, mode)
         .await
@@ -275,7 +249,7 @@ pub async fn run(
     loop {
         let changed = async {
             match cfg_watch.as_mut() {
-                Some((_, rx)) => rx.recv().await,
+                Some(w) => w.changes.recv().await,
                 None => std::future::pending().await,
             }
         };
@@ -290,7 +264,7 @@ pub async fn run(
             Some(()) = changed => {
                 // Editors write in several steps: let them finish.
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                if let Some((_, rx)) = cfg_watch.as_mut() { while rx.try_recv().is_ok() {} }
+                if let Some(w) = cfg_watch.as_mut() { while w.changes.try_recv().is_ok() {} }
                 if let Some(p) = config_path.as_deref() { reload_config(p, &cfg_tx, &log); }
             }
         }

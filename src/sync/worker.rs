@@ -5,12 +5,11 @@
 //! records its result.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
 
 use crate::backend::client::{BackendClient, BatchOutcome, Failure, OpResult};
 use crate::backend::protocol::{OpKind, WireOp};
@@ -102,7 +101,7 @@ struct Worker {
     epoch: tokio::time::Instant,
     /// Whether this backend has `v1/ops/batch`; learned on first use.
     batch_supported: Option<bool>,
-    token_watch: Option<(notify::RecommendedWatcher, mpsc::UnboundedReceiver<()>)>,
+    token_watch: Option<crate::config::FileWatch>,
     net: Arc<Notify>,
     /// The last failure reason logged, so an outage logs once.
     logged_error: Option<String>,
@@ -134,7 +133,9 @@ impl Worker {
         };
         let token = match &self.cfg.backend.token_file {
             Some(p) => {
-                self.token_watch = watch_file(p);
+                self.token_watch = crate::config::watch_file(p)
+                    .map_err(|e| tracing::warn!("token file not watched ({e}); reload re-reads it"))
+                    .ok();
                 match crate::backend::client::read_token(p) {
                     Ok(t) => t,
                     Err(e) => {
@@ -275,9 +276,9 @@ impl Worker {
                     };
                     let token = async {
                         match self.token_watch.as_mut() {
-                            Some((_, rx)) => {
-                                rx.recv().await;
-                                while rx.try_recv().is_ok() {}
+                            Some(w) => {
+                                w.changes.recv().await;
+                                while w.changes.try_recv().is_ok() {}
                             }
                             None => std::future::pending().await,
                         }
@@ -529,32 +530,4 @@ impl Worker {
             }
         }
     }
-}
-
-/// Watches one file (through its directory); a unit per change.
-fn watch_file(
-    path: &std::path::Path,
-) -> Option<(notify::RecommendedWatcher, mpsc::UnboundedReceiver<()>)> {
-    use notify::{RecursiveMode, Watcher};
-    let (tx, rx) = mpsc::unbounded_channel();
-    let name = path.file_name()?.to_owned();
-    let dir: PathBuf = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if let Ok(ev) = ev {
-            if !matches!(ev.kind, notify::EventKind::Access(_))
-                && ev
-                    .paths
-                    .iter()
-                    .any(|p| p.file_name() == Some(name.as_os_str()))
-            {
-                let _ = tx.send(());
-            }
-        }
-    })
-    .ok()?;
-    w.watch(&dir, RecursiveMode::NonRecursive).ok()?;
-    Some((w, rx))
 }
