@@ -129,15 +129,15 @@ impl Client {
             .await
             .map_err(|e| ClientError::Protocol(e.to_string()))?
             .ok_or_else(|| ClientError::Protocol("daemon closed the connection".into()))?;
-        decode(self.enc, &bytes).map_err(ClientError::Protocol)
+        decode(self.enc, &bytes).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     /// Sends one request and waits for its reply.
     pub async fn request(&mut self, request: Request) -> Result<Response> {
         let id = self.next_id;
         self.next_id += 1;
-        let bytes =
-            encode(self.enc, &ClientFrame { id, request }).map_err(ClientError::Protocol)?;
+        let bytes = encode(self.enc, &ClientFrame { id, request })
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let mut w = &self.conn;
         write_frame(&mut w, &bytes)
             .await

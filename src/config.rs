@@ -2,7 +2,7 @@
 //! when no file is given.
 //!
 //! Every key is known: an unknown key or a bad value stops startup with the
-//! file, the key and the reason. Hot reload (see [`crate::daemon`]) goes
+//! file, the key and the reason. Hot reload (run by the daemon) goes
 //! through the same [`Config::load`], so a bad edit is reported the same way
 //! and the old config stays in force.
 
@@ -23,36 +23,7 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Conflict strategies (../shared/backend-protocol.md, "Conflict strategies").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Strategy {
-    ServerWins,
-    LastWriteWins,
-    Merge,
-    Manual,
-}
-
-impl Strategy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Strategy::ServerWins => "server-wins",
-            Strategy::LastWriteWins => "last-write-wins",
-            Strategy::Merge => "merge",
-            Strategy::Manual => "manual",
-        }
-    }
-}
-
-/// How `merge` settles a top-level key changed on both sides.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FieldRule {
-    /// The later of the local op's client_ts and the server's updated_at.
-    LastWriteWins,
-    Local,
-    Server,
-}
+pub use crate::domain::conflict::{FieldRule, Strategy};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -256,7 +227,7 @@ impl Config {
             return bad("daemon.socket_mode", e);
         }
         if self.daemon.max_frame_bytes < 1024
-            || self.daemon.max_frame_bytes as usize > crate::ipc::codec::MAX_DECODE_BYTES
+            || self.daemon.max_frame_bytes as usize > crate::domain::limits::MAX_DECODE_BYTES
         {
             return bad(
                 "daemon.max_frame_bytes",
@@ -323,7 +294,7 @@ impl Config {
             );
         }
         for name in self.collections.keys() {
-            if let Err(e) = crate::ids::validate_collection(name) {
+            if let Err(e) = crate::domain::ids::validate_collection(name) {
                 return bad(&format!("collections.{name}"), e);
             }
         }

@@ -1,10 +1,16 @@
 //! syncd: an offline-first sync daemon.
 //!
+//! **Layering rule: a module imports only modules on its own floor or a
+//! lower one — `domain` < `config` < `store` < `backend` < `sync` < `ipc`
+//! (with `client`) < `daemon` < the CLI in `main.rs` — never one above it.**
+//!
 //! Apps on the machine talk to the daemon over a local socket ([`ipc`]). A
 //! write lands in the embedded store ([`store`]) and, in the same redb
 //! transaction, on the durable mutation queue. The sync worker ([`sync`])
 //! drains that queue to a backend speaking the protocol in
-//! `../shared/backend-protocol.md` ([`backend`]) whenever the network allows.
+//! `docs/backend-protocol.md` ([`backend`]) whenever the network allows.
+//! The values all of them share, and the pure policy over them (conflict
+//! strategies, id rules), are the ground floor: [`domain`].
 //!
 //! The library holds everything; `src/main.rs` is only the command line.
 
@@ -12,15 +18,10 @@ pub mod backend;
 pub mod client;
 pub mod config;
 pub mod daemon;
-pub mod ids;
+pub mod domain;
 pub mod ipc;
 pub mod store;
 pub mod sync;
 
-/// Milliseconds since the Unix epoch by the system clock.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use domain::clock::now_ms;
+pub use domain::ids;

@@ -14,6 +14,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 
 use super::protocol::*;
+use super::retry_after::parse_retry_after;
 
 /// Largest reply body we read.
 const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
@@ -405,9 +406,7 @@ fn http_failure(status: StatusCode, headers: &hyper::HeaderMap, body: &[u8]) -> 
                 headers
                     .get(header::RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| {
-                        crate::sync::backoff::parse_retry_after(v, std::time::SystemTime::now())
-                    })
+                    .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()))
             } else {
                 None
             },

@@ -3,4 +3,5 @@
 
 pub mod client;
 pub mod protocol;
+pub mod retry_after;
 pub mod server;

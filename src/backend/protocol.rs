@@ -1,49 +1,11 @@
-//! Wire types of the backend protocol, version 1 (`../shared/backend-protocol.md`).
+//! Wire types of the backend protocol, version 1 (`docs/backend-protocol.md`).
 //!
 //! Both sides use these: the sync worker's HTTP client and the reference
 //! backend server. They are plain serde types over JSON; nothing here does I/O.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
-/// A JSON document: always an object at the top level.
-pub type Document = Map<String, Value>;
-
-/// The kind of a queued mutation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OpKind {
-    Create,
-    Update,
-    Delete,
-}
-
-impl OpKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OpKind::Create => "create",
-            OpKind::Update => "update",
-            OpKind::Delete => "delete",
-        }
-    }
-}
-
-/// A server record (`R` in the protocol).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ServerRecord {
-    pub id: String,
-    pub version: u64,
-    pub updated_at: i64,
-    #[serde(default)]
-    pub deleted: bool,
-    /// `null` is accepted for tombstones from lenient servers and read as `{}`.
-    #[serde(default, deserialize_with = "de_doc_or_null")]
-    pub data: Document,
-}
-
-fn de_doc_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Document, D::Error> {
-    Ok(Option::<Document>::deserialize(d)?.unwrap_or_default())
-}
+pub use crate::domain::{Change, Document, OpKind, ServerRecord};
 
 /// One operation as sent to `POST v1/ops` / inside `v1/ops/batch`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,13 +58,6 @@ pub struct BatchResult {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BatchReply {
     pub results: Vec<BatchResult>,
-}
-
-/// One entry of `GET v1/changes`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Change {
-    pub collection: String,
-    pub record: ServerRecord,
 }
 
 /// `GET v1/changes` reply.

@@ -2,6 +2,7 @@
 //! The client side lives in [`crate::client`].
 
 pub mod codec;
+pub mod error;
 pub mod frame;
 pub mod server;
 pub mod wire;

@@ -16,10 +16,10 @@ use serde_json::Value;
 use tokio::io::BufReader;
 use tokio::sync::{broadcast, mpsc, watch};
 
-use crate::backend::protocol::Document;
 use crate::config::Config;
-use crate::ids::{validate_collection, validate_id};
-use crate::ipc::codec::{decode, encode, Encoding};
+use crate::domain::ids::{validate_collection, validate_id};
+use crate::domain::Document;
+use crate::ipc::codec::{decode, encode, CodecError, Encoding};
 use crate::ipc::frame::{read_frame, write_frame, FrameError};
 use crate::ipc::wire::*;
 use crate::store::writer::{WriteCmd, WriteOutcome, WriterHandle};
@@ -322,13 +322,12 @@ async fn connection(conn: Stream, ctx: Arc<Ctx>, mut shutdown: watch::Receiver<b
                 let frame: ClientFrame = match decode(enc, &bytes) {
                     Ok(f) => f,
                     Err(e) => {
-                        let code = match enc {
+                        let code = match e {
                             // Well-formed JSON of the wrong shape is a bad
                             // request, not bad JSON.
-                            Encoding::Json if serde_json::from_slice::<Value>(&bytes).is_ok() => ErrorCode::BadRequest,
-                            Encoding::Json => ErrorCode::InvalidJson,
-                            Encoding::Bincode if e.contains("invalid JSON in document") => ErrorCode::InvalidJson,
-                            Encoding::Bincode => ErrorCode::BadFrame,
+                            CodecError::WrongShape(_) => ErrorCode::BadRequest,
+                            CodecError::InvalidJson(_) | CodecError::InvalidDocument(_) => ErrorCode::InvalidJson,
+                            _ => ErrorCode::BadFrame,
                         };
                         let f = ServerFrame::Error { id: 0, error: ApiError::new(code, format!("undecodable request: {e}")) };
                         if send(&conn, enc, &f).await.is_err() { break; }
@@ -463,7 +462,7 @@ fn within_budget(budget: usize, ops: impl Iterator<Item = OpView>) -> Vec<OpView
 /// Answers one request (everything but `watch`).
 pub async fn handle(ctx: &Ctx, req: Request) -> Result<Response, ApiError> {
     let max_doc = ctx.config.borrow().daemon.max_document_bytes;
-    let now = crate::now_ms();
+    let now = crate::domain::clock::now_ms();
     match req {
         Request::Put {
             collection,
@@ -481,6 +480,7 @@ pub async fn handle(ctx: &Ctx, req: Request) -> Result<Response, ApiError> {
                 })
                 .await
                 .map(written)
+                .map_err(ApiError::from)
         }
         Request::Patch {
             collection,
@@ -499,6 +499,7 @@ pub async fn handle(ctx: &Ctx, req: Request) -> Result<Response, ApiError> {
                 })
                 .await
                 .map(written)
+                .map_err(ApiError::from)
         }
         Request::Delete { collection, id } => {
             check_names(&collection, Some(&id))?;
@@ -510,6 +511,7 @@ pub async fn handle(ctx: &Ctx, req: Request) -> Result<Response, ApiError> {
                 })
                 .await
                 .map(written)
+                .map_err(ApiError::from)
         }
         Request::Get { collection, id } => {
             check_names(&collection, Some(&id))?;
@@ -600,6 +602,7 @@ pub async fn handle(ctx: &Ctx, req: Request) -> Result<Response, ApiError> {
                 })
                 .await
                 .map(written)
+                .map_err(ApiError::from)
         }
         Request::DeadLetters {} => {
             let d = ctx.store.dead_letters().map_err(internal)?;
@@ -616,12 +619,14 @@ pub async fn handle(ctx: &Ctx, req: Request) -> Result<Response, ApiError> {
             .writer
             .submit(WriteCmd::RetryDead { op_id })
             .await
-            .map(written),
+            .map(written)
+            .map_err(ApiError::from),
         Request::Discard { op_id } => ctx
             .writer
             .submit(WriteCmd::DiscardDead { op_id })
             .await
-            .map(written),
+            .map(written)
+            .map_err(ApiError::from),
         Request::WaitSynced { op_id } => wait_synced(ctx, op_id).await,
     }
 }
@@ -696,9 +701,10 @@ async fn wait_synced(ctx: &Ctx, op_id: String) -> Result<Response, ApiError> {
                     collection,
                     id,
                     strategy,
-                    outcome,
+                    result,
+                    ..
                 } if record.as_ref() == Some(&(collection.clone(), id.clone())) => {
-                    if outcome.starts_with("took server") {
+                    if result.local_lost() {
                         return Err(ApiError::new(
                             ErrorCode::Conflict,
                             format!(
@@ -726,7 +732,7 @@ pub fn status(ctx: &Ctx) -> Result<StatusView, ApiError> {
     use crate::store::tables::{i64_be, u64_be, META_LAST_SYNC, META_RESOLVED};
     let s = ctx.sync.status();
     let cfg = ctx.config.borrow().clone();
-    let now = crate::now_ms();
+    let now = crate::domain::clock::now_ms();
     Ok(StatusView {
         state: s.state.as_str().to_owned(),
         queue_depth: ctx.store.queue_depth().map_err(internal)?,

@@ -6,43 +6,15 @@
 //! Enums are externally tagged (`{"put": {...}}`) because that is the one
 //! serde shape both JSON and bincode can carry.
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
 
+pub use crate::domain::{
+    ConflictOutcome, ConflictView, Doc, Event, OpView, Origin, RecordView, Side,
+};
 use crate::ipc::codec::Encoding;
 
 /// Version of this local protocol, carried in the hello.
 pub const PROTOCOL_VERSION: u32 = 1;
-
-/// A JSON document in a frame. In JSON frames it is the value itself; in
-/// bincode frames (not self-describing) it travels as its JSON text.
-/// Decoding never checks that it is an object: the request handler does, so
-/// that the error can say "not an object" instead of a decode failure.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Doc(pub Value);
-
-impl Serialize for Doc {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() {
-            self.0.serialize(s)
-        } else {
-            s.serialize_str(&self.0.to_string())
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Doc {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        if d.is_human_readable() {
-            Ok(Doc(Value::deserialize(d)?))
-        } else {
-            let text = String::deserialize(d)?;
-            serde_json::from_str(&text)
-                .map(Doc)
-                .map_err(|e| serde::de::Error::custom(format!("invalid JSON in document: {e}")))
-        }
-    }
-}
 
 /// First frame from the client; always JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,14 +46,6 @@ pub struct HelloReply {
 pub struct ClientFrame {
     pub id: u64,
     pub request: Request,
-}
-
-/// Which side a manual conflict resolution takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Side {
-    Local,
-    Server,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -218,44 +182,6 @@ pub enum ServerFrame {
     Event(Event),
 }
 
-/// A record as apps see it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RecordView {
-    pub collection: String,
-    pub id: String,
-    pub data: Doc,
-    pub server_id: Option<String>,
-    pub version: Option<u64>,
-    pub updated_at: Option<i64>,
-    pub pending: bool,
-}
-
-/// A queued (or dead-lettered) operation as apps see it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OpView {
-    pub seq: u64,
-    pub op_id: String,
-    pub collection: String,
-    pub id: String,
-    pub kind: String,
-    pub data: Option<Doc>,
-    pub client_ts: i64,
-    pub attempts: u32,
-    pub last_error: Option<String>,
-}
-
-/// A parked manual conflict.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ConflictView {
-    pub collection: String,
-    pub id: String,
-    pub local: Option<Doc>,
-    pub server: Option<Doc>,
-    pub server_version: u64,
-    pub server_deleted: bool,
-    pub detected_at: i64,
-}
-
 /// What `status` reports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusView {
@@ -301,69 +227,11 @@ pub enum Response {
     },
 }
 
-/// Where a change came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Origin {
-    Local,
-    Remote,
-    Conflict,
-}
-
-/// One event of the watch feed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Event {
-    /// A record was written or deleted (`data` is `None` for a delete).
-    Changed {
-        collection: String,
-        id: String,
-        op_id: Option<String>,
-        origin: Origin,
-        data: Option<Doc>,
-    },
-    /// The server confirmed an operation.
-    Synced {
-        op_id: String,
-        collection: String,
-        id: String,
-        server_id: String,
-        version: u64,
-    },
-    /// The server rejected an operation for good.
-    DeadLettered {
-        op_id: String,
-        collection: String,
-        id: String,
-        error: String,
-    },
-    /// A conflict was resolved (or parked, for `manual`).
-    Conflict {
-        collection: String,
-        id: String,
-        strategy: String,
-        outcome: String,
-    },
-    /// This subscriber fell behind and missed events: re-read what it needs.
-    ResyncNeeded { missed: u64 },
-}
-
-impl Event {
-    pub fn collection(&self) -> Option<&str> {
-        match self {
-            Event::Changed { collection, .. }
-            | Event::Synced { collection, .. }
-            | Event::DeadLettered { collection, .. }
-            | Event::Conflict { collection, .. } => Some(collection),
-            Event::ResyncNeeded { .. } => None,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ipc::codec::{decode, encode};
+    use serde_json::Value;
 
     #[test]
     fn doc_travels_in_both_encodings() {

@@ -14,6 +14,7 @@
 //!   a manual conflict; a record shows `pending: true` while it is non-zero.
 //! - An op's `op_id` is minted once when it is queued and never changes.
 
+pub mod encoding;
 pub mod tables;
 pub mod writer;
 #[cfg(test)]
@@ -23,11 +24,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
-use serde::{Deserialize, Serialize};
 
-use crate::backend::protocol::{OpKind, ServerRecord};
-use crate::ipc::codec::from_store;
-use crate::ipc::wire::{ConflictView, Doc, OpView, RecordView};
+pub use crate::domain::{
+    parse_doc_text, DeadLetter, OpState, ParkedConflict, QueuedOp, ServerRecordStored, StoreError,
+    StoredRecord,
+};
+use crate::domain::{ConflictView, Doc, RecordView};
+use encoding::from_store;
 use tables::*;
 
 /// Most dead letters or conflicts one listing returns (memory stays
@@ -41,219 +44,31 @@ pub const RECORD_OVERHEAD: usize = 256;
 /// Schema version written at creation; bumped on incompatible changes.
 pub const SCHEMA_VERSION: u64 = 1;
 
-/// Errors from the storage layer. They are not the app's fault: the daemon
-/// reports them as `internal` and keeps serving.
-#[derive(Debug)]
-pub struct StoreError(pub String);
-
-impl std::fmt::Display for StoreError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "store: {}", self.0)
-    }
-}
-
-impl std::error::Error for StoreError {}
-
-macro_rules! store_err_from {
+macro_rules! engine_err_from {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
-            fn from(e: $t) -> Self { StoreError(e.to_string()) }
+            fn from(e: $t) -> Self { engine_error(e.into()) }
         }
     )*};
 }
-store_err_from!(
-    redb::Error,
+engine_err_from!(
     redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
     redb::CommitError,
-    redb::SetDurabilityError,
-    std::io::Error
+    redb::SetDurabilityError
 );
 
-impl From<String> for StoreError {
-    fn from(e: String) -> Self {
-        StoreError(e)
+/// Keeps plain I/O errors (a full disk) visible as [`StoreError::Io`].
+fn engine_error(e: redb::Error) -> StoreError {
+    match e {
+        redb::Error::Io(io) => StoreError::Io(io),
+        other => StoreError::Engine(Box::new(other)),
     }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
-
-/// A record as stored. Documents are kept as JSON text.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StoredRecord {
-    /// The current local document (`{}` once deleted).
-    pub data: String,
-    /// Deleted locally (the delete may still be queued).
-    pub deleted: bool,
-    pub server_id: Option<String>,
-    /// The last server version this record was known at.
-    pub version: Option<u64>,
-    pub updated_at: Option<i64>,
-    /// The server document at `version`: the base of a three-way merge.
-    pub base: Option<String>,
-    /// Ops for this record still queued or parked in a conflict.
-    pub pending: u32,
-    /// client_ts of the last local write.
-    pub local_ts: i64,
-}
-
-impl StoredRecord {
-    /// A record that exists only on this device so far.
-    pub fn local(data: String, pending: u32, local_ts: i64) -> Self {
-        StoredRecord {
-            data,
-            deleted: false,
-            server_id: None,
-            version: None,
-            updated_at: None,
-            base: None,
-            pending,
-            local_ts,
-        }
-    }
-
-    /// Records that the server has `r` as this record's current version
-    /// (also the new merge base); returns the server document as text.
-    pub fn stand_on(&mut self, r: &ServerRecord) -> String {
-        let text = serde_json::Value::Object(r.data.clone()).to_string();
-        self.server_id = Some(r.id.clone());
-        self.version = Some(r.version);
-        self.updated_at = Some(r.updated_at);
-        self.base = Some(text.clone());
-        text
-    }
-
-    /// Drops the link to a server record (it was deleted there): the next
-    /// op of this record creates a new one.
-    pub fn forget_server(&mut self) {
-        self.server_id = None;
-        self.version = None;
-        self.updated_at = None;
-        self.base = None;
-    }
-
-    pub fn view(&self, collection: &str, id: &str) -> RecordView {
-        RecordView {
-            collection: collection.to_owned(),
-            id: id.to_owned(),
-            data: Doc(parse_doc_text(&self.data)),
-            server_id: self.server_id.clone(),
-            version: self.version,
-            updated_at: self.updated_at,
-            pending: self.pending > 0,
-        }
-    }
-}
-
-/// An operation waiting in the queue.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct QueuedOp {
-    pub op_id: String,
-    pub collection: String,
-    pub local_id: String,
-    pub kind: OpKind,
-    /// The full document (JSON text) for create/update; `None` for delete.
-    pub data: Option<String>,
-    pub client_ts: i64,
-    pub attempts: u32,
-    pub last_error: Option<String>,
-    pub enqueued_at: i64,
-    /// The server id and version this op must be sent on, when that is not
-    /// the record's current one: set when the op is dead-lettered, so that
-    /// a retry meets any server change made meanwhile as a 409.
-    pub base: Option<(String, u64)>,
-}
-
-impl QueuedOp {
-    pub fn view(&self, seq: u64) -> OpView {
-        OpView {
-            seq,
-            op_id: self.op_id.clone(),
-            collection: self.collection.clone(),
-            id: self.local_id.clone(),
-            kind: self.kind.as_str().to_owned(),
-            data: self.data.as_deref().map(|d| Doc(parse_doc_text(d))),
-            client_ts: self.client_ts,
-            attempts: self.attempts,
-            last_error: self.last_error.clone(),
-        }
-    }
-}
-
-/// An op the server rejected for good.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeadLetter {
-    pub op: QueuedOp,
-    pub error: String,
-    pub dead_at: i64,
-}
-
-/// A conflict parked by the `manual` strategy.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ParkedConflict {
-    /// The server's record as the 409 reported it.
-    pub server: ServerRecordStored,
-    /// Ops taken out of the queue for this record, in order.
-    pub ops: Vec<QueuedOp>,
-    pub detected_at: i64,
-}
-
-/// [`ServerRecord`] with its document as JSON text (bincode-friendly).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ServerRecordStored {
-    pub id: String,
-    pub version: u64,
-    pub updated_at: i64,
-    pub deleted: bool,
-    pub data: String,
-}
-
-impl From<&ServerRecord> for ServerRecordStored {
-    fn from(r: &ServerRecord) -> Self {
-        ServerRecordStored {
-            id: r.id.clone(),
-            version: r.version,
-            updated_at: r.updated_at,
-            deleted: r.deleted,
-            data: serde_json::Value::Object(r.data.clone()).to_string(),
-        }
-    }
-}
-
-impl ServerRecordStored {
-    pub fn to_record(&self) -> ServerRecord {
-        ServerRecord {
-            id: self.id.clone(),
-            version: self.version,
-            updated_at: self.updated_at,
-            deleted: self.deleted,
-            data: match parse_doc_text(&self.data) {
-                serde_json::Value::Object(m) => m,
-                _ => Default::default(),
-            },
-        }
-    }
-}
-
-/// Parses stored JSON text; the store only ever writes valid JSON, so a
-/// failure means corruption and reads as `null` rather than a panic.
-pub fn parse_doc_text(s: &str) -> serde_json::Value {
-    serde_json::from_str(s).unwrap_or(serde_json::Value::Null)
-}
-
-/// Where an op is now, for `wait synced`.
-#[derive(Debug, Clone, PartialEq)]
-pub enum OpState {
-    Queued,
-    /// Parked in a manual conflict.
-    Parked,
-    DeadLettered(String),
-    /// Not in the queue, the conflicts or the dead letters: confirmed, or
-    /// superseded by a conflict resolution.
-    Done,
-}
 
 /// Read access to the store, cheap to clone. Writes go through
 /// [`writer::WriterHandle`].
@@ -279,7 +94,10 @@ impl Store {
             let mut meta = txn.open_table(META)?;
             let existing = meta.get(META_CLIENT_ID)?.map(|v| v.value().to_vec());
             client_id = match existing {
-                Some(v) => String::from_utf8(v).map_err(|e| StoreError(e.to_string()))?,
+                Some(v) => String::from_utf8(v).map_err(|e| StoreError::Corrupt {
+                    what: "client id",
+                    detail: e.to_string(),
+                })?,
                 None => {
                     let id = ulid::Ulid::generate().to_string();
                     meta.insert(META_CLIENT_ID, id.as_bytes())?;
@@ -294,10 +112,11 @@ impl Store {
                 Some(v) => {
                     let found = u64::from_be_bytes(v.try_into().unwrap_or([0xff; 8]));
                     if found != SCHEMA_VERSION {
-                        return Err(StoreError(format!(
-                            "{}: schema version {found}, this syncd understands {SCHEMA_VERSION}",
-                            path.display()
-                        )));
+                        return Err(StoreError::SchemaMismatch {
+                            path,
+                            found,
+                            expected: SCHEMA_VERSION,
+                        });
                     }
                 }
             }

@@ -22,6 +22,7 @@ use redb::{Durability, ReadableTable, Table, WriteTransaction};
 use serde_json::{Map, Value};
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
+use super::encoding::{from_store, to_store};
 use super::tables::*;
 use super::{
     parse_doc_text, DeadLetter, ParkedConflict, QueuedOp, ServerRecordStored, Store, StoreError,
@@ -29,17 +30,16 @@ use super::{
 };
 use std::collections::BTreeMap;
 
-use crate::backend::protocol::{Change, Document, OpKind, ServerRecord};
-use crate::config::{FieldRule, Strategy};
-use crate::ids::{validate_id, IdGen};
-use crate::ipc::codec::{from_store, to_store};
-use crate::ipc::wire::{ApiError, Doc, ErrorCode, Event, Origin, Side};
-use crate::sync::conflict::{self, LocalChange};
+use crate::domain::conflict::{self, FieldRule, LocalChange, Strategy};
+use crate::domain::ids::{validate_id, IdGen};
+use crate::domain::{
+    Change, ConflictOutcome, Doc, Document, Event, OpKind, Origin, ServerRecord, Side, WriteError,
+};
 
 /// Most jobs folded into one transaction.
 const MAX_BATCH: usize = 4096;
 
-pub use crate::sync::conflict::Resolution;
+pub use crate::domain::conflict::Resolution;
 
 /// A write job.
 #[derive(Debug)]
@@ -128,7 +128,7 @@ pub enum WriteOutcome {
 
 struct Job {
     cmd: WriteCmd,
-    reply: oneshot::Sender<Result<WriteOutcome, ApiError>>,
+    reply: oneshot::Sender<Result<WriteOutcome, WriteError>>,
 }
 
 /// Sends jobs to the writer thread. Cheap to clone.
@@ -139,14 +139,13 @@ pub struct WriterHandle {
 
 impl WriterHandle {
     /// Runs `cmd` in the next group commit and waits until it is durable.
-    pub async fn submit(&self, cmd: WriteCmd) -> Result<WriteOutcome, ApiError> {
+    pub async fn submit(&self, cmd: WriteCmd) -> Result<WriteOutcome, WriteError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Job { cmd, reply })
             .await
-            .map_err(|_| ApiError::new(ErrorCode::ShuttingDown, "the daemon is shutting down"))?;
-        rx.await
-            .map_err(|_| ApiError::new(ErrorCode::ShuttingDown, "the daemon is shutting down"))?
+            .map_err(|_| WriteError::ShuttingDown)?;
+        rx.await.map_err(|_| WriteError::ShuttingDown)?
     }
 }
 
@@ -203,7 +202,7 @@ struct Writer {
 
 /// Result of one job inside a batch: its answer, or its own error (nothing
 /// of it written).
-type JobResult = Result<WriteOutcome, ApiError>;
+type JobResult = Result<WriteOutcome, WriteError>;
 
 impl Writer {
     fn run(&mut self, mut rx: mpsc::Receiver<Job>) {
@@ -243,11 +242,9 @@ impl Writer {
                 Err(e) => {
                     tracing::error!(error = %e, jobs = jobs.len(), "write transaction failed; nothing in it was acknowledged");
                     self.counters = before;
+                    let e = Arc::new(e);
                     for job in jobs.drain(..) {
-                        let _ = job.reply.send(Err(ApiError::new(
-                            ErrorCode::Internal,
-                            format!("write not committed: {e}"),
-                        )));
+                        let _ = job.reply.send(Err(WriteError::Storage(e.clone())));
                     }
                 }
             }
@@ -307,7 +304,7 @@ impl Writer {
                     None => self.ids.next(),
                 };
                 let existing = t.record(collection, &id)?;
-                let text = serde_json::to_string(data).map_err(|e| StoreError(e.to_string()))?;
+                let text = Value::Object(data.clone()).to_string();
                 let (rec, kind) = match existing {
                     Some(mut r) if !r.deleted => {
                         r.data = text.clone();
@@ -369,13 +366,10 @@ impl Writer {
                 let merged = Value::Object(doc);
                 let text = merged.to_string();
                 if text.len() > *max_bytes as usize {
-                    return Ok(Err(ApiError::new(
-                        ErrorCode::TooLarge,
-                        format!(
-                            "document too large after the patch: {} bytes of JSON, the limit is {max_bytes} (daemon.max_document_bytes)",
-                            text.len()
-                        ),
-                    )));
+                    return Ok(Err(WriteError::TooLarge {
+                        bytes: text.len(),
+                        limit: *max_bytes,
+                    }));
                 }
                 rec.data = text.clone();
                 rec.pending += 1;
@@ -432,8 +426,10 @@ impl Writer {
                     return Ok(Ok(WriteOutcome::Done));
                 };
                 self.apply_ack(t, &op, record, ev)?;
-                t.meta
-                    .insert(META_LAST_SYNC, crate::now_ms().to_be_bytes().as_slice())?;
+                t.meta.insert(
+                    META_LAST_SYNC,
+                    crate::domain::clock::now_ms().to_be_bytes().as_slice(),
+                )?;
                 Ok(Ok(WriteOutcome::Done))
             }
             WriteCmd::DropLocal { seq } => {
@@ -498,7 +494,7 @@ impl Writer {
                     let entry = DeadLetter {
                         op: d,
                         error: err,
-                        dead_at: crate::now_ms(),
+                        dead_at: crate::domain::clock::now_ms(),
                     };
                     t.dead.insert(seq, to_store(&entry)?.as_slice())?;
                 }
@@ -570,8 +566,10 @@ impl Writer {
                     self.apply_remote(t, ch, ev)?;
                 }
                 t.meta.insert(META_CURSOR, cursor.as_bytes())?;
-                t.meta
-                    .insert(META_LAST_SYNC, crate::now_ms().to_be_bytes().as_slice())?;
+                t.meta.insert(
+                    META_LAST_SYNC,
+                    crate::domain::clock::now_ms().to_be_bytes().as_slice(),
+                )?;
                 Ok(Ok(WriteOutcome::Done))
             }
             WriteCmd::ResolveParked {
@@ -582,10 +580,9 @@ impl Writer {
             } => self.resolve_parked(t, collection, id, *take, data.as_ref(), ev),
             WriteCmd::RetryDead { op_id } => {
                 let Some((dseq, dl)) = t.find_dead(op_id)? else {
-                    return Ok(Err(ApiError::new(
-                        ErrorCode::NotFound,
-                        format!("no dead letter with op_id {op_id}"),
-                    )));
+                    return Ok(Err(WriteError::NoDeadLetter {
+                        op_id: op_id.clone(),
+                    }));
                 };
                 t.dead.remove(dseq)?;
                 let mut op = dl.op;
@@ -600,10 +597,9 @@ impl Writer {
             }
             WriteCmd::DiscardDead { op_id } => {
                 let Some((dseq, _)) = t.find_dead(op_id)? else {
-                    return Ok(Err(ApiError::new(
-                        ErrorCode::NotFound,
-                        format!("no dead letter with op_id {op_id}"),
-                    )));
+                    return Ok(Err(WriteError::NoDeadLetter {
+                        op_id: op_id.clone(),
+                    }));
                 };
                 t.dead.remove(dseq)?;
                 Ok(Ok(WriteOutcome::Done))
@@ -638,7 +634,7 @@ impl Writer {
             client_ts,
             attempts: 0,
             last_error: None,
-            enqueued_at: crate::now_ms(),
+            enqueued_at: crate::domain::clock::now_ms(),
             base: None,
         };
         self.append_op(t, &op)?;
@@ -796,11 +792,11 @@ impl Writer {
             .iter()
             .map(|o| o.client_ts)
             .max()
-            .unwrap_or_else(crate::now_ms);
+            .unwrap_or_else(crate::domain::clock::now_ms);
         let enqueued_at = ops
             .first()
             .map(|o| o.enqueued_at)
-            .unwrap_or_else(crate::now_ms);
+            .unwrap_or_else(crate::domain::clock::now_ms);
         let rec = t.record(c, lid)?;
         let outcome;
         match resolution {
@@ -813,11 +809,17 @@ impl Writer {
                     server.deleted && ops.last().is_some_and(|o| o.kind == OpKind::Delete);
                 self.take_server(t, c, lid, rec, server, Origin::Conflict, ev)?;
                 outcome = if deleted_both {
-                    "already deleted on the server".to_owned()
+                    (
+                        ConflictOutcome::AlreadyDeleted,
+                        "already deleted on the server".to_owned(),
+                    )
                 } else if merged_in {
-                    "merged: the server already has every change".to_owned()
+                    (
+                        ConflictOutcome::Merged,
+                        "merged: the server already has every change".to_owned(),
+                    )
                 } else {
-                    "took server".to_owned()
+                    (ConflictOutcome::TookServer, "took server".to_owned())
                 };
             }
             Resolution::Resend { kind, data } => {
@@ -863,7 +865,10 @@ impl Writer {
                     origin: Origin::Conflict,
                     data: data.clone().map(|d| Doc(Value::Object(d))),
                 });
-                outcome = format!("re-sent as {} (op {})", kind.as_str(), new_op.op_id);
+                outcome = (
+                    ConflictOutcome::Resent,
+                    format!("re-sent as {} (op {})", kind.as_str(), new_op.op_id),
+                );
             }
             Resolution::Park => {
                 let mut parked = match t.conflicts.get((c, lid))? {
@@ -871,7 +876,7 @@ impl Writer {
                     None => ParkedConflict {
                         server: ServerRecordStored::from(server),
                         ops: Vec::new(),
-                        detected_at: crate::now_ms(),
+                        detected_at: crate::domain::clock::now_ms(),
                     },
                 };
                 parked.server = ServerRecordStored::from(server);
@@ -881,14 +886,18 @@ impl Writer {
                 }
                 t.conflicts
                     .insert((c, lid), to_store(&parked)?.as_slice())?;
-                outcome = "parked for manual resolution".to_owned();
+                outcome = (
+                    ConflictOutcome::Parked,
+                    "parked for manual resolution".to_owned(),
+                );
             }
         }
         ev.push(Event::Conflict {
             collection: c.to_owned(),
             id: lid.to_owned(),
             strategy: strategy.to_owned(),
-            outcome,
+            result: outcome.0,
+            outcome: outcome.1,
         });
         Ok(())
     }
@@ -903,16 +912,13 @@ impl Writer {
         ev: &mut Vec<Event>,
     ) -> Result<JobResult, StoreError> {
         if take.is_none() && data.is_none() {
-            return Ok(Err(ApiError::new(
-                ErrorCode::BadRequest,
-                "resolve needs take (local or server) or data",
-            )));
+            return Ok(Err(WriteError::ResolveNeedsChoice));
         }
         let Some(parked) = t.conflicts.get((c, lid))?.map(|v| v.value().to_vec()) else {
-            return Ok(Err(ApiError::new(
-                ErrorCode::NotFound,
-                format!("no parked conflict for {c}/{lid}"),
-            )));
+            return Ok(Err(WriteError::NoParkedConflict {
+                collection: c.to_owned(),
+                id: lid.to_owned(),
+            }));
         };
         let parked: ParkedConflict = from_store(&parked)?;
         let server = parked.server.to_record();
@@ -964,7 +970,7 @@ impl Writer {
     ) -> Result<(), StoreError> {
         let c = ch.collection.as_str();
         let r = &ch.record;
-        if crate::ids::validate_collection(c).is_err() {
+        if crate::domain::ids::validate_collection(c).is_err() {
             tracing::warn!(
                 collection = c,
                 "pulled change for an invalid collection name ignored"
@@ -1032,11 +1038,11 @@ fn bump_resolved(t: &mut Tables<'_>) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn not_found(collection: &str, id: &str) -> ApiError {
-    ApiError::new(
-        ErrorCode::NotFound,
-        format!("no record {id:?} in collection {collection:?}"),
-    )
+fn not_found(collection: &str, id: &str) -> WriteError {
+    WriteError::NotFound {
+        collection: collection.to_owned(),
+        id: id.to_owned(),
+    }
 }
 
 /// Every table, opened once per transaction.

@@ -8,9 +8,8 @@ use tokio::sync::{broadcast, Notify};
 
 use super::writer::{spawn, WriteCmd, WriteOutcome, WriterHandle};
 use super::{OpState, Store};
-use crate::backend::protocol::{Change, Document, OpKind, ServerRecord};
-use crate::config::Strategy;
-use crate::ipc::wire::{Event, Side};
+use crate::domain::conflict::Strategy;
+use crate::domain::{Change, Document, Event, OpKind, ServerRecord, Side, WriteError};
 
 fn doc(v: Value) -> Document {
     match v {
@@ -95,7 +94,7 @@ async fn write_and_queue_in_one_place() {
         })
         .await
         .unwrap_err();
-    assert!(e.message.contains("after the patch"), "{e}");
+    assert!(matches!(e, WriteError::TooLarge { limit: 50, .. }), "{e}");
     f.w.submit(WriteCmd::Delete {
         collection: "c".into(),
         id: "a".into(),
@@ -119,7 +118,10 @@ async fn write_and_queue_in_one_place() {
         })
         .await
         .unwrap_err();
-    assert!(e.message.contains("zz"));
+    assert!(
+        matches!(&e, WriteError::NotFound { id, .. } if id == "zz"),
+        "{e}"
+    );
     assert_eq!(f.store.queue_depth().unwrap(), 3);
 }
 

@@ -1,9 +1,9 @@
 //! The sync engine: a worker that drains the queue to the backend, with its
-//! decisions kept in pure modules ([`backoff`], [`conflict`], [`machine`])
+//! decisions kept in pure modules ([`backoff`], [`machine`]; the conflict strategies are
+//! [`crate::domain::conflict`])
 //! so they can be tested and simulated without sockets or clocks.
 
 pub mod backoff;
-pub mod conflict;
 pub mod machine;
 pub mod netwatch;
 pub mod transport;

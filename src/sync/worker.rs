@@ -14,7 +14,7 @@ use tokio::sync::{watch, Notify};
 use crate::backend::client::{BackendClient, BatchOutcome, Failure, OpResult};
 use crate::backend::protocol::{OpKind, WireOp};
 use crate::config::Config;
-use crate::ipc::wire::ApiError;
+use crate::domain::WriteError;
 use crate::store::tables::META_CURSOR;
 use crate::store::writer::{WriteCmd, WriterHandle};
 use crate::store::{parse_doc_text, QueuedOp, Store, StoredRecord};
@@ -218,7 +218,7 @@ impl Worker {
         }
         st.next_retry_at = st
             .next_retry_at
-            .map(|t| crate::now_ms() + (t - self.now()).max(0));
+            .map(|t| crate::domain::clock::now_ms() + (t - self.now()).max(0));
         self.deps.control.set_status(st);
     }
 
@@ -349,7 +349,7 @@ impl Worker {
             .submit(cmd)
             .await
             .map(|_| ())
-            .map_err(|e: ApiError| local(e))
+            .map_err(|e: WriteError| local(e))
     }
 
     /// One push round: the head of the queue, batched when possible.

@@ -25,10 +25,43 @@
 
 use std::collections::BTreeMap;
 
+use serde::Deserialize;
 use serde_json::Value;
 
-use crate::backend::protocol::{Document, OpKind, ServerRecord};
-use crate::config::{FieldRule, Strategy};
+use super::document::Document;
+use super::op::OpKind;
+use super::record::ServerRecord;
+
+/// Conflict strategies (docs/backend-protocol.md, "Conflict strategies").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    ServerWins,
+    LastWriteWins,
+    Merge,
+    Manual,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::ServerWins => "server-wins",
+            Strategy::LastWriteWins => "last-write-wins",
+            Strategy::Merge => "merge",
+            Strategy::Manual => "manual",
+        }
+    }
+}
+
+/// How `merge` settles a top-level key changed on both sides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FieldRule {
+    /// The later of the local op's client_ts and the server's updated_at.
+    LastWriteWins,
+    Local,
+    Server,
+}
 
 /// What a conflict resolution does.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,62 @@
+//! Documents: the JSON objects apps store, and the one wrapper that lets a
+//! document travel in both of the socket's encodings.
+//!
+//! Every layer handles documents, so they live on the ground floor. The
+//! store keeps them as JSON text ([`parse_doc_text`] reads it back).
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+/// A JSON document: always an object at the top level.
+pub type Document = Map<String, Value>;
+
+/// A JSON document in a frame. In JSON frames it is the value itself; in
+/// bincode frames (not self-describing) it travels as its JSON text.
+/// Decoding never checks that it is an object: the request handler does, so
+/// that the error can say "not an object" instead of a decode failure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Doc(pub Value);
+
+impl Serialize for Doc {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            self.0.serialize(s)
+        } else {
+            s.serialize_str(&self.0.to_string())
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Doc {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            Ok(Doc(Value::deserialize(d)?))
+        } else {
+            let text = String::deserialize(d)?;
+            serde_json::from_str(&text).map(Doc).map_err(|e| {
+                let detail = e.to_string();
+                BAD_DOCUMENT.with(|b| *b.borrow_mut() = Some(detail.clone()));
+                serde::de::Error::custom(format!("invalid JSON in document: {detail}"))
+            })
+        }
+    }
+}
+
+/// Parses stored JSON text; the store only ever writes valid JSON, so a
+/// failure means corruption and reads as `null` rather than a panic.
+pub fn parse_doc_text(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or(serde_json::Value::Null)
+}
+
+std::thread_local! {
+    /// Set when a document's binary form is not JSON text, so that a
+    /// binary decoder on this thread can report that (serde's error type
+    /// cannot carry it) instead of guessing from a message.
+    static BAD_DOCUMENT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Takes (and clears) the last "document is not JSON" failure seen by a
+/// binary decode on this thread.
+pub fn take_bad_document() -> Option<String> {
+    BAD_DOCUMENT.with(|b| b.borrow_mut().take())
+}

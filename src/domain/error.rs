@@ -1,0 +1,151 @@
+//! The store's errors, as values a caller can branch on.
+//!
+//! Two kinds, kept apart because callers treat them differently (redb's
+//! error.rs is the model):
+//! - [`StoreError`]: the storage itself failed (I/O, a full disk, a damaged
+//!   file). Nothing in the failed transaction was committed; it is never the
+//!   app's fault.
+//! - [`WriteError`]: one write job was refused for a reason of its own (the
+//!   record does not exist, the document is too large, ...). Nothing of that
+//!   job was written; the other jobs of its group commit still were.
+//!
+//! The socket protocol maps each variant to an error code in one place
+//! (`ipc::error`); nothing anywhere decides by the text of a message.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The storage layer failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// An I/O error from the file system (a full disk among them).
+    Io(std::io::Error),
+    /// The storage engine failed for a reason other than plain I/O.
+    Engine(Box<dyn std::error::Error + Send + Sync>),
+    /// A stored value could not be read back: the file is damaged.
+    Corrupt { what: &'static str, detail: String },
+    /// A value could not be encoded for storage.
+    Encode { what: &'static str, detail: String },
+    /// The file was written by a syncd with another schema.
+    SchemaMismatch {
+        path: PathBuf,
+        found: u64,
+        expected: u64,
+    },
+}
+
+impl StoreError {
+    /// Whether the failure is a full disk (or quota): the write may succeed
+    /// once space is freed.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Io(e) => is_storage_full(e),
+            _ => false,
+        }
+    }
+}
+
+fn is_storage_full(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull
+        || e.kind() == std::io::ErrorKind::QuotaExceeded
+        || e.raw_os_error() == Some(28) // ENOSPC
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Io(e) if is_storage_full(e) => {
+                write!(
+                    f,
+                    "store: disk full ({e}); free space and the write can be retried"
+                )
+            }
+            StoreError::Io(e) => write!(f, "store: I/O error: {e}"),
+            StoreError::Engine(e) => write!(f, "store: {e}"),
+            StoreError::Corrupt { what, detail } => {
+                write!(f, "store: damaged {what}: {detail}")
+            }
+            StoreError::Encode { what, detail } => {
+                write!(f, "store: cannot encode {what}: {detail}")
+            }
+            StoreError::SchemaMismatch {
+                path,
+                found,
+                expected,
+            } => write!(
+                f,
+                "{}: schema version {found}, this syncd understands {expected}",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StoreError::Io(e) => Some(e),
+            StoreError::Engine(e) => Some(e.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        StoreError::Io(e)
+    }
+}
+
+/// Why one write job was not applied.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// The record does not exist (or is deleted).
+    NotFound { collection: String, id: String },
+    /// The document after a patch exceeds the size limit.
+    TooLarge { bytes: usize, limit: u32 },
+    /// `resolve` for a record that has no parked conflict.
+    NoParkedConflict { collection: String, id: String },
+    /// `resolve` without a side to take or a document.
+    ResolveNeedsChoice,
+    /// `retry` / `discard` of an op that is not a dead letter.
+    NoDeadLetter { op_id: String },
+    /// The writer is gone: the daemon is stopping.
+    ShuttingDown,
+    /// The transaction that carried the job failed; nothing was committed.
+    Storage(Arc<StoreError>),
+}
+
+impl fmt::Display for WriteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WriteError::NotFound { collection, id } => {
+                write!(f, "no record {id:?} in collection {collection:?}")
+            }
+            WriteError::TooLarge { bytes, limit } => write!(
+                f,
+                "document too large after the patch: {bytes} bytes of JSON, the limit is {limit} (daemon.max_document_bytes)"
+            ),
+            WriteError::NoParkedConflict { collection, id } => {
+                write!(f, "no parked conflict for {collection}/{id}")
+            }
+            WriteError::ResolveNeedsChoice => {
+                write!(f, "resolve needs take (local or server) or data")
+            }
+            WriteError::NoDeadLetter { op_id } => write!(f, "no dead letter with op_id {op_id}"),
+            WriteError::ShuttingDown => write!(f, "the daemon is shutting down"),
+            WriteError::Storage(e) => write!(f, "write not committed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for WriteError {}
+
+impl From<StoreError> for WriteError {
+    fn from(e: StoreError) -> Self {
+        WriteError::Storage(Arc::new(e))
+    }
+}

@@ -1,0 +1,24 @@
+//! The ground floor: the values every other layer talks about, and the pure
+//! policy over them.
+//!
+//! Records, queued ops, documents, events, the store's error enums, id
+//! rules and the conflict strategies live here because the store, the sync
+//! engine and the socket server all need them, and none of those may import
+//! another to get them. Nothing in this module does I/O or imports any other
+//! module of the crate: it is the floor the rest stands on.
+
+pub mod clock;
+pub mod conflict;
+pub mod document;
+pub mod error;
+pub mod event;
+pub mod ids;
+pub mod limits;
+pub mod op;
+pub mod record;
+
+pub use document::{parse_doc_text, Doc, Document};
+pub use error::{StoreError, WriteError};
+pub use event::{ConflictOutcome, Event, Origin, Side};
+pub use op::{ConflictView, DeadLetter, OpKind, OpState, OpView, ParkedConflict, QueuedOp};
+pub use record::{Change, RecordView, ServerRecord, ServerRecordStored, StoredRecord};

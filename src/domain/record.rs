@@ -1,0 +1,149 @@
+//! Records: as the server has them ([`ServerRecord`]), as this device
+//! stores them ([`StoredRecord`]) and as apps see them ([`RecordView`]).
+//!
+//! One file so that the three shapes of a record, and the conversions
+//! between them, are read side by side.
+
+use serde::{Deserialize, Serialize};
+
+use super::document::{parse_doc_text, Doc, Document};
+
+/// A server record (`R` in the protocol).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerRecord {
+    pub id: String,
+    pub version: u64,
+    pub updated_at: i64,
+    #[serde(default)]
+    pub deleted: bool,
+    /// `null` is accepted for tombstones from lenient servers and read as `{}`.
+    #[serde(default, deserialize_with = "de_doc_or_null")]
+    pub data: Document,
+}
+
+fn de_doc_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Document, D::Error> {
+    Ok(Option::<Document>::deserialize(d)?.unwrap_or_default())
+}
+
+/// One entry of `GET v1/changes`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Change {
+    pub collection: String,
+    pub record: ServerRecord,
+}
+
+/// A record as stored. Documents are kept as JSON text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredRecord {
+    /// The current local document (`{}` once deleted).
+    pub data: String,
+    /// Deleted locally (the delete may still be queued).
+    pub deleted: bool,
+    pub server_id: Option<String>,
+    /// The last server version this record was known at.
+    pub version: Option<u64>,
+    pub updated_at: Option<i64>,
+    /// The server document at `version`: the base of a three-way merge.
+    pub base: Option<String>,
+    /// Ops for this record still queued or parked in a conflict.
+    pub pending: u32,
+    /// client_ts of the last local write.
+    pub local_ts: i64,
+}
+
+impl StoredRecord {
+    /// A record that exists only on this device so far.
+    pub fn local(data: String, pending: u32, local_ts: i64) -> Self {
+        StoredRecord {
+            data,
+            deleted: false,
+            server_id: None,
+            version: None,
+            updated_at: None,
+            base: None,
+            pending,
+            local_ts,
+        }
+    }
+
+    /// Records that the server has `r` as this record's current version
+    /// (also the new merge base); returns the server document as text.
+    pub fn stand_on(&mut self, r: &ServerRecord) -> String {
+        let text = serde_json::Value::Object(r.data.clone()).to_string();
+        self.server_id = Some(r.id.clone());
+        self.version = Some(r.version);
+        self.updated_at = Some(r.updated_at);
+        self.base = Some(text.clone());
+        text
+    }
+
+    /// Drops the link to a server record (it was deleted there): the next
+    /// op of this record creates a new one.
+    pub fn forget_server(&mut self) {
+        self.server_id = None;
+        self.version = None;
+        self.updated_at = None;
+        self.base = None;
+    }
+
+    pub fn view(&self, collection: &str, id: &str) -> RecordView {
+        RecordView {
+            collection: collection.to_owned(),
+            id: id.to_owned(),
+            data: Doc(parse_doc_text(&self.data)),
+            server_id: self.server_id.clone(),
+            version: self.version,
+            updated_at: self.updated_at,
+            pending: self.pending > 0,
+        }
+    }
+}
+
+/// [`ServerRecord`] with its document as JSON text (bincode-friendly).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerRecordStored {
+    pub id: String,
+    pub version: u64,
+    pub updated_at: i64,
+    pub deleted: bool,
+    pub data: String,
+}
+
+impl From<&ServerRecord> for ServerRecordStored {
+    fn from(r: &ServerRecord) -> Self {
+        ServerRecordStored {
+            id: r.id.clone(),
+            version: r.version,
+            updated_at: r.updated_at,
+            deleted: r.deleted,
+            data: serde_json::Value::Object(r.data.clone()).to_string(),
+        }
+    }
+}
+
+impl ServerRecordStored {
+    pub fn to_record(&self) -> ServerRecord {
+        ServerRecord {
+            id: self.id.clone(),
+            version: self.version,
+            updated_at: self.updated_at,
+            deleted: self.deleted,
+            data: match parse_doc_text(&self.data) {
+                serde_json::Value::Object(m) => m,
+                _ => Default::default(),
+            },
+        }
+    }
+}
+
+/// A record as apps see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordView {
+    pub collection: String,
+    pub id: String,
+    pub data: Doc,
+    pub server_id: Option<String>,
+    pub version: Option<u64>,
+    pub updated_at: Option<i64>,
+    pub pending: bool,
+}
