@@ -23,7 +23,7 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Conflict strategies (../shared/backend-protocol.md, "Conflict strategies").
+/// Conflict strategies (docs/backend-protocol.md, "Conflict strategies").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {

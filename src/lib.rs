@@ -4,7 +4,7 @@
 //! write lands in the embedded store ([`store`]) and, in the same redb
 //! transaction, on the durable mutation queue. The sync worker ([`sync`])
 //! drains that queue to a backend speaking the protocol in
-//! `../shared/backend-protocol.md` ([`backend`]) whenever the network allows.
+//! `docs/backend-protocol.md` ([`backend`]) whenever the network allows.
 //!
 //! The library holds everything; `src/main.rs` is only the command line.
 

@@ -1,4 +1,4 @@
-//! Wire types of the backend protocol, version 1 (`../shared/backend-protocol.md`).
+//! Wire types of the backend protocol, version 1 (`docs/backend-protocol.md`).
 //!
 //! Both sides use these: the sync worker's HTTP client and the reference
 //! backend server. They are plain serde types over JSON; nothing here does I/O.
