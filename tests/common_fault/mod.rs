@@ -2,7 +2,7 @@
 //! on 127.0.0.1:0 whose every reply comes from a closure, bounded in time
 //! and request count, that logs each request's arrival and reply times; and
 //! [`MiniBackend`], a minimal in-memory implementation of the backend
-//! protocol (../shared/backend-protocol.md) for those closures to build on.
+//! protocol (docs/backend-protocol.md) for those closures to build on.
 #![allow(dead_code)]
 
 use std::collections::HashMap;

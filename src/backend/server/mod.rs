@@ -1,5 +1,5 @@
 //! The reference backend server (`syncd backend`): an HTTP/1.1 implementation
-//! of the backend protocol, version 1 (`shared/backend-protocol.md`).
+//! of the backend protocol, version 1 (`docs/backend-protocol.md`).
 //!
 //! # Design
 //!
