@@ -230,6 +230,10 @@ async fn health_routing_and_methods() {
     let r = get(s.addr, "/v1/health").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(
+        r.json(),
+        json!({"ok": true, "features": ["batch", "wait", "client_ids"]})
+    );
     assert_eq!(get(s.addr, "/sync/api/v1/health").await.status, 200);
     let r = get(s.addr, "/v1/nope").await;
     assert_eq!(r.status, 404);
@@ -310,7 +314,7 @@ async fn bad_json_is_400_and_semantic_errors_422() {
         .expect("reason")
         .contains("missing field"));
     let mut bad = create_op("c", "x");
-    bad["id"] = json!("r-1");
+    bad["base_version"] = json!(1);
     assert_eq!(post(s.addr, "/v1/ops", &bad).await.status, 422);
     let mut bad = create_op("c", "x");
     bad["data"] = json!("text");
@@ -406,7 +410,7 @@ async fn batch_stops_at_first_failure() {
 
     // An invalid op is reported at its position after the valid ones applied.
     let mut bad = create_op("b6", "x");
-    bad["id"] = json!("nope");
+    bad["id"] = json!("");
     let r = post(
         s.addr,
         "/v1/ops/batch",
@@ -456,6 +460,9 @@ async fn no_batch_answers_404() {
         post(s.addr, "/v1/ops", &create_op("x", "y")).await.status,
         200
     );
+    // A server without batch does not announce it.
+    let health = get(s.addr, "/v1/health").await.json();
+    assert_eq!(health["features"], json!(["wait", "client_ids"]));
     s.stop().await;
 }
 
@@ -571,5 +578,252 @@ async fn changes_paging_with_cursor() {
     assert_eq!(page["more"], false);
     // A bad cursor is a 400.
     assert_eq!(get(s.addr, "/v1/changes?since=garbage").await.status, 400);
+    s.stop().await;
+}
+
+// ---- revision 2: waiting pulls (`wait`) ----
+
+fn cursor_of(page: &Value) -> String {
+    page["cursor"].as_str().expect("cursor").to_owned()
+}
+
+#[tokio::test]
+async fn wait_without_changes_is_held_then_answers_empty() {
+    let s = Server::plain().await;
+    post(s.addr, "/v1/ops", &create_op("w0", "x")).await;
+    let cursor = cursor_of(&get(s.addr, "/v1/changes").await.json());
+    let t0 = std::time::Instant::now();
+    let r = get(s.addr, &format!("/v1/changes?since={cursor}&wait=1")).await;
+    let held = t0.elapsed();
+    assert_eq!(r.status, 200);
+    let page = r.json();
+    assert_eq!(page["changes"], json!([]));
+    assert_eq!(page["cursor"], cursor.as_str());
+    assert_eq!(page["more"], false);
+    assert!(
+        held >= Duration::from_millis(950) && held < Duration::from_secs(3),
+        "held {held:?}"
+    );
+    // From an empty log, without `since`: held too, cursor "0".
+    let s2 = Server::plain().await;
+    let t0 = std::time::Instant::now();
+    let page = get(s2.addr, "/v1/changes?wait=1").await.json();
+    assert!(t0.elapsed() >= Duration::from_millis(950));
+    assert_eq!(
+        (page["changes"].clone(), cursor_of(&page)),
+        (json!([]), "0".into())
+    );
+    s.stop().await;
+    s2.stop().await;
+}
+
+#[tokio::test]
+async fn held_wait_is_woken_by_a_commit() {
+    let s = Server::plain().await;
+    let cursor = cursor_of(&get(s.addr, "/v1/changes").await.json());
+    let addr = s.addr;
+    let path = format!("/v1/changes?since={cursor}&wait=30");
+    let waiter = tokio::spawn(async move {
+        let r = get(addr, &path).await;
+        (r, std::time::Instant::now())
+    });
+    // Let the request reach the server and start waiting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "the pull must be held");
+    let t_write = std::time::Instant::now();
+    let w = post(s.addr, "/v1/ops", &create_op("wake", "now")).await;
+    assert_eq!(w.status, 200);
+    let (r, t_woken) = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("woken in time")
+        .expect("waiter task");
+    let latency = t_woken.saturating_duration_since(t_write);
+    eprintln!("wait wake-up latency (write sent -> pull answered): {latency:?}");
+    assert!(latency < Duration::from_secs(1), "latency {latency:?}");
+    assert_eq!(r.status, 200);
+    let page = r.json();
+    let changes = page["changes"].as_array().expect("changes");
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0]["record"]["data"]["title"], "now");
+    assert_ne!(cursor_of(&page), cursor);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn wait_with_changes_available_answers_at_once() {
+    let s = Server::plain().await;
+    post(s.addr, "/v1/ops", &create_op("a1", "x")).await;
+    let t0 = std::time::Instant::now();
+    let page = get(s.addr, "/v1/changes?since=0&wait=30").await.json();
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    assert_eq!(page["changes"].as_array().expect("changes").len(), 1);
+    // A cursor past the head (a reset server) is answered at once too.
+    let t0 = std::time::Instant::now();
+    let page = get(s.addr, "/v1/changes?since=99&wait=30").await.json();
+    assert!(t0.elapsed() < Duration::from_secs(1));
+    assert_eq!(cursor_of(&page), "1");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_wait_is_400() {
+    let s = Server::plain().await;
+    for bad in ["soon", "-1", "1.5"] {
+        let r = get(s.addr, &format!("/v1/changes?wait={bad}")).await;
+        assert_eq!(r.status, 400, "wait={bad}");
+        assert!(r.json()["error"].as_str().expect("reason").contains("wait"));
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_is_not_blocked_by_a_held_wait() {
+    let s = Server::plain().await;
+    let addr = s.addr;
+    let waiter = tokio::spawn(async move { get(addr, "/v1/changes?wait=60").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t0 = std::time::Instant::now();
+    s.stop().await;
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    let r = waiter.await.expect("waiter");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["changes"], json!([]));
+}
+
+// ---- revision 2: client-chosen ids (`client_ids`) ----
+
+fn create_as(op_id: &str, collection: &str, id: Value, title: &str) -> Value {
+    let mut op = create_op(op_id, title);
+    op["collection"] = json!(collection);
+    op["id"] = id;
+    op
+}
+
+#[tokio::test]
+async fn client_chosen_ids() {
+    let s = Server::plain().await;
+    let first = post(
+        s.addr,
+        "/v1/ops",
+        &create_as("c1", "settings", json!("theme"), "dark"),
+    )
+    .await;
+    assert_eq!(first.status, 200);
+    let rec = first.json()["record"].clone();
+    assert_eq!(
+        (rec["id"].clone(), rec["version"].clone()),
+        (json!("theme"), json!(1))
+    );
+
+    // The same (collection, id) again: 409 with the existing record.
+    let r = post(
+        s.addr,
+        "/v1/ops",
+        &create_as("c2", "settings", json!("theme"), "light"),
+    )
+    .await;
+    assert_eq!(r.status, 409);
+    assert_eq!(r.json(), json!({"error": "conflict", "record": rec}));
+
+    // The same id in another collection is another record.
+    let other = post(
+        s.addr,
+        "/v1/ops",
+        &create_as("c3", "prefs", json!("theme"), "blue"),
+    )
+    .await;
+    assert_eq!(other.status, 200);
+    assert_eq!(other.json()["record"]["data"]["title"], "blue");
+    assert_eq!(other.json()["record"]["version"], 1);
+
+    // Over a tombstone: 409 with the tombstone.
+    let mut del = delete_op("c4", "theme", 1);
+    del["collection"] = json!("settings");
+    let tomb = post(s.addr, "/v1/ops", &del).await.json()["record"].clone();
+    assert_eq!(tomb["deleted"], true);
+    let r = post(
+        s.addr,
+        "/v1/ops",
+        &create_as("c5", "settings", json!("theme"), "again"),
+    )
+    .await;
+    assert_eq!(r.status, 409);
+    assert_eq!(r.json()["record"], tomb);
+    // "prefs/theme" was untouched by the delete.
+    let mut upd = update_op("c6", "theme", 1, "green");
+    upd["collection"] = json!("prefs");
+    assert_eq!(
+        post(s.addr, "/v1/ops", &upd).await.json()["record"]["version"],
+        2
+    );
+
+    // A replayed op_id answers its original body, even after the delete.
+    let again = post(
+        s.addr,
+        "/v1/ops",
+        &create_as("c1", "settings", json!("theme"), "dark"),
+    )
+    .await;
+    assert_eq!(
+        (again.status, again.body.clone()),
+        (200, first.body.clone())
+    );
+
+    // A create with id null still gets a server id.
+    let r = post(
+        s.addr,
+        "/v1/ops",
+        &create_as("c7", "settings", Value::Null, "x"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let id = record_id(&r);
+    assert!(!id.is_empty() && id != "theme");
+
+    // In a batch, a taken id stops the batch with a 409 result.
+    let r = post(
+        s.addr,
+        "/v1/ops/batch",
+        &json!({"ops": [
+            create_as("b1", "settings", json!("font"), "mono"),
+            create_as("b2", "settings", json!("font"), "serif"),
+        ]}),
+    )
+    .await;
+    let results = r.json()["results"].clone();
+    assert_eq!(results[0]["status"], 200);
+    assert_eq!(results[1]["status"], 409);
+    assert_eq!(results[1]["record"]["data"]["title"], "mono");
+    // Applied: c1, c3, c4, c6, c7, b1 (no conflicts, no replays).
+    let page = get(s.addr, "/v1/changes").await.json();
+    assert_eq!(page["changes"].as_array().expect("changes").len(), 6);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn unstorable_client_ids_are_422() {
+    let s = Server::plain().await;
+    for bad in [
+        json!(""),
+        json!("x".repeat(257)),
+        json!("tab\there"),
+        json!("nul\u{0}"),
+    ] {
+        let r = post(
+            s.addr,
+            "/v1/ops",
+            &create_as("bad", "todos", bad.clone(), "x"),
+        )
+        .await;
+        assert_eq!(r.status, 422, "id {bad}");
+        assert!(r.json()["error"].as_str().expect("reason").contains("id"));
+    }
+    let ok = post(
+        s.addr,
+        "/v1/ops",
+        &create_as("ok", "todos", json!("x".repeat(256)), "x"),
+    )
+    .await;
+    assert_eq!(ok.status, 200);
     s.stop().await;
 }

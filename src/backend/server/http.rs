@@ -1,4 +1,8 @@
 //! Routing, auth, fault injection and the endpoint handlers.
+//!
+//! Why: the HTTP concerns (paths, status codes, headers, query strings,
+//! waiting pulls) stay here so that [`ops`](super::ops) and the stores know
+//! nothing about HTTP.
 
 use std::fmt;
 use std::sync::Arc;
@@ -11,17 +15,24 @@ use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_T
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
+use tokio::sync::watch;
+
 use crate::backend::protocol::{
-    BatchReply, BatchResult, Change, ChangesPage, ErrorBody, OpOk, ServerRecord,
+    BatchReply, BatchResult, Change, ChangesPage, ErrorBody, Features, HealthBody, OpOk,
+    ServerRecord,
 };
 
+use super::feed::{wait_past, WaitEnd};
 use super::ops::{parse_batch, parse_op, Rejection, ValidOp};
-use super::store::{BackendStore, Outcome, StoreError};
+use super::store::{BackendStore, ChangeSlice, Outcome, StoreError};
 use super::Faults;
 
 /// Default and maximum `limit` of `v1/changes`.
 pub const DEFAULT_CHANGES_LIMIT: usize = 100;
 pub const MAX_CHANGES_LIMIT: usize = 1000;
+/// Bounds of `wait` (seconds) on `v1/changes`; other values are clamped.
+pub const MIN_WAIT_S: u64 = 1;
+pub const MAX_WAIT_S: u64 = 60;
 
 /// Shared state of all connections.
 pub(crate) struct AppState {
@@ -29,6 +40,26 @@ pub(crate) struct AppState {
     pub token: Option<String>,
     pub faults: Faults,
     pub max_body_bytes: usize,
+    /// Becomes `true` when the server stops: held waiting pulls answer then.
+    pub stopping: watch::Receiver<bool>,
+}
+
+impl AppState {
+    /// The optional features this server announces in `v1/health`.
+    fn features(&self) -> Features {
+        Features {
+            batch: !self.faults.no_batch,
+            wait: true,
+            client_ids: true,
+        }
+    }
+
+    /// Resolves once the server is stopping (at once if it already is, or
+    /// if the signal's sender is gone).
+    async fn stopped(&self) {
+        let mut rx = self.stopping.clone();
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
 }
 
 /// Returned from the service to make hyper drop the connection without
@@ -259,7 +290,13 @@ where
 
 async fn health(state: &AppState) -> Reply {
     match run_store(state, |s| s.check()).await {
-        Ok(()) => json_reply(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        Ok(()) => json_reply(
+            StatusCode::OK,
+            &HealthBody {
+                ok: true,
+                features: state.features().names(),
+            },
+        ),
         Err(e) => {
             tracing::error!(error = %e, "health check failed");
             error_reply(StatusCode::SERVICE_UNAVAILABLE, "storage unavailable")
@@ -364,6 +401,8 @@ struct ChangesQuery {
     /// Whether `since` was given (non-empty).
     since_given: bool,
     limit: usize,
+    /// `wait` in seconds, clamped to `MIN_WAIT_S..=MAX_WAIT_S`; `None`: answer at once.
+    wait_s: Option<u64>,
 }
 
 fn parse_changes_query(query: &str) -> Result<ChangesQuery, String> {
@@ -371,6 +410,7 @@ fn parse_changes_query(query: &str) -> Result<ChangesQuery, String> {
         since: 0,
         since_given: false,
         limit: DEFAULT_CHANGES_LIMIT,
+        wait_s: None,
     };
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -387,24 +427,65 @@ fn parse_changes_query(query: &str) -> Result<ChangesQuery, String> {
                     .map_err(|_| format!("invalid limit {value:?}: expected a positive integer"))?;
                 q.limit = n.clamp(1, MAX_CHANGES_LIMIT);
             }
+            "wait" if !value.is_empty() => {
+                let s: u64 = value.parse().map_err(|_| {
+                    format!(
+                        "invalid wait {value:?}: expected seconds, {MIN_WAIT_S} to {MAX_WAIT_S}"
+                    )
+                })?;
+                q.wait_s = Some(s.clamp(MIN_WAIT_S, MAX_WAIT_S));
+            }
             _ => {}
         }
     }
     Ok(q)
 }
 
+/// `GET v1/changes`: one page of the log; with `wait`, held (without any
+/// store resource) until a commit moves the head past `since`, the wait
+/// ends, or the server stops.
 async fn changes(state: &AppState, query: &str) -> Reply {
     let q = match parse_changes_query(query) {
         Ok(q) => q,
         Err(reason) => return error_reply(StatusCode::BAD_REQUEST, reason),
     };
-    let (since, limit) = (q.since, q.limit);
-    let slice = match run_store(state, move |s| s.changes(since, limit)).await {
+    let deadline = q
+        .wait_s
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    // Subscribe before the first read, so a commit in between is not missed.
+    let mut head = deadline.map(|_| state.store.subscribe());
+    let mut slice = match read_changes(state, q.since, q.limit).await {
         Ok(s) => s,
         Err(e) => return store_error_reply(&e),
     };
-    // Cursor: the last sequence returned; with nothing new, the input cursor,
-    // or the head when the input is past it (the log was reset).
+    // Wait only when nothing is after `since`; a cursor past the head (a
+    // reset server) is answered at once so the client can move back.
+    if let (Some(deadline), Some(head)) = (deadline, head.as_mut()) {
+        if slice.entries.is_empty() && q.since == slice.head {
+            let end = wait_past(head, q.since, deadline, state.stopped()).await;
+            if end == WaitEnd::Moved {
+                slice = match read_changes(state, q.since, q.limit).await {
+                    Ok(s) => s,
+                    Err(e) => return store_error_reply(&e),
+                };
+            }
+        }
+    }
+    changes_reply(&q, slice)
+}
+
+async fn read_changes(
+    state: &AppState,
+    since: u64,
+    limit: usize,
+) -> Result<ChangeSlice, StoreError> {
+    run_store(state, move |s| s.changes(since, limit)).await
+}
+
+/// The page for `slice`. Cursor: the last sequence returned; with nothing
+/// new, the input cursor, or the head when the input is past it (the log
+/// was reset).
+fn changes_reply(q: &ChangesQuery, slice: ChangeSlice) -> Reply {
     let cursor = match slice.entries.last() {
         Some((seq, _)) => *seq,
         None if q.since_given && q.since <= slice.head => q.since,
@@ -447,6 +528,20 @@ mod tests {
         assert_eq!((q.since, q.since_given, q.limit), (0, false, 1));
         assert!(parse_changes_query("since=abc").is_err());
         assert!(parse_changes_query("limit=-1").is_err());
+        assert_eq!(parse_changes_query("since=3").map(|q| q.wait_s), Ok(None));
+        assert_eq!(parse_changes_query("wait=").map(|q| q.wait_s), Ok(None));
+        assert_eq!(parse_changes_query("wait=0").map(|q| q.wait_s), Ok(Some(1)));
+        assert_eq!(
+            parse_changes_query("wait=25").map(|q| q.wait_s),
+            Ok(Some(25))
+        );
+        assert_eq!(
+            parse_changes_query("wait=3600").map(|q| q.wait_s),
+            Ok(Some(60))
+        );
+        assert!(parse_changes_query("wait=-1").is_err());
+        assert!(parse_changes_query("wait=1.5").is_err());
+        assert!(parse_changes_query("wait=soon").is_err());
     }
 
     #[test]

@@ -1,5 +1,10 @@
 //! The reference backend server (`syncd backend`): an HTTP/1.1 implementation
-//! of the backend protocol, version 1 (`docs/backend-protocol.md`).
+//! of the backend protocol, version 1, revision 2, with the optional features
+//! `batch` (unless `--no-batch`), `wait` and `client_ids`.
+//!
+//! It exists so that the daemon can be demonstrated and tested end to end
+//! against a server that follows the contract exactly (and, with
+//! [`Faults`], against one that misbehaves).
 //!
 //! # Design
 //!
@@ -7,9 +12,11 @@
 //!   maps outcomes to replies; [`ops`] validates operations and holds the
 //!   apply rules as a pure function ([`ops::plan`]); [`store::BackendStore`]
 //!   is the storage interface (blocking, database-agnostic), implemented on
-//!   redb by [`redb_store::RedbStore`]. Store calls run on tokio's blocking
-//!   pool (`spawn_blocking`). A future PostgreSQL store implements the same
-//!   trait and is passed to [`serve_with_store`].
+//!   redb by [`redb_store::RedbStore`]; [`feed`] carries "the log moved"
+//!   wake-ups from a store's commits to waiting pulls. Store calls run on
+//!   tokio's blocking pool (`spawn_blocking`). A future PostgreSQL store
+//!   implements the same trait (driving its [`feed::Feed`] from
+//!   LISTEN/NOTIFY) and is passed to [`serve_with_store`].
 //! - **HTTP.** hyper 1, `http1` connections with keep-alive, one task per
 //!   connection. Endpoints match on the path *suffix*, so any base-URL prefix
 //!   works (`/v1/ops`, `/sync/v1/ops`; one trailing `/` is ignored). Unknown
@@ -24,16 +31,26 @@
 //!   enforced. Malformed JSON or a wrong shape (missing `op_id`, unknown
 //!   `kind`, wrong field type): 400 naming the problem. Unknown fields are
 //!   ignored; `client_id` and `local_id` are optional. Semantic rejections:
-//!   422 (create with an `id` or a `base_version`; update/delete without `id`
-//!   or `base_version`; create/update `data` missing or not an object; empty
-//!   or over-256-byte `op_id`/`id`/`collection`). A delete's `data` is ignored.
+//!   422 (create with a `base_version`; update/delete without `id` or
+//!   `base_version`; create/update `data` missing or not an object; empty or
+//!   over-256-byte `op_id`/`collection`; an `id` breaking the id rule). A
+//!   delete's `data` is ignored.
+//! - **Health.** `v1/health` answers `{"ok": true, "features": [...]}` (503
+//!   when the store cannot be read).
 //!
 //! # Apply rules
 //!
-//! - Create: new server id (a ULID string), version 1, `updated_at =
-//!   client_ts`.
-//! - Update/delete of an id unknown *in the op's collection* (ids are global,
-//!   a record belongs to one collection): 404 with a reason.
+//! - Records are identified by `(collection, id)`: the same id in two
+//!   collections names two records.
+//! - Id rule ([`ops::check_id`]): 1 to 256 bytes of UTF-8 without control
+//!   characters, compared byte for byte; else 422.
+//! - Create with `id: null`: new server id (a ULID string), version 1,
+//!   `updated_at = client_ts`. Create with an `id` (feature `client_ids`):
+//!   the record is created under exactly that id; if the collection already
+//!   holds it, a tombstone included, 409 `{"error":"conflict","record":R}`
+//!   with that record and nothing applied.
+//! - Update/delete of an id unknown in the op's collection: 404 with a
+//!   reason.
 //! - `base_version` != current version: 409 `{"error":"conflict","record":R}`.
 //! - Update of a tombstone, even at its current version: 409 with the
 //!   tombstone (a deleted record is never resurrected by an update; a client
@@ -65,6 +82,14 @@
 //! non-numeric `since` or `limit` is 400. `more` tells whether further changes
 //! exist after this page.
 //!
+//! `wait=S` (feature `wait`; whole seconds, clamped to 1..=60, a non-numeric
+//! or negative value is 400): when nothing follows `since` (and `since` is
+//! not past the head), the request is held until a commit appends to the log
+//! ([`feed`]), `S` seconds pass, or the server stops, then answered as
+//! above, possibly empty with the same cursor. A held request holds no
+//! store transaction and no blocking-pool thread. Without `wait`, the reply
+//! is immediate.
+//!
 //! # Faults ([`Faults`])
 //!
 //! `v1/health` and requests to unknown paths or with wrong methods are never
@@ -75,6 +100,7 @@
 //! `drop_after_apply`, the request is handled and committed (if its body got to
 //! the store) and then the connection is closed without any response bytes.
 
+pub mod feed;
 pub mod http;
 pub mod ops;
 pub mod redb_store;
@@ -259,23 +285,25 @@ pub async fn serve(
 
 /// Like [`serve`] with any [`BackendStore`] (`opts.data_dir` is unused).
 ///
-/// On shutdown: stops accepting, lets in-flight requests finish (keep-alive
-/// connections close after their current request), and after
-/// `SHUTDOWN_GRACE` (10 s) aborts the remaining connections.
+/// On shutdown: stops accepting, answers held waiting pulls at once, lets
+/// in-flight requests finish (keep-alive connections close after their
+/// current request), and after `SHUTDOWN_GRACE` (10 s) aborts the remaining
+/// connections.
 pub async fn serve_with_store(
     opts: ServerOptions,
     store: Arc<dyn BackendStore>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), BoxError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
     let state = Arc::new(AppState {
         store,
         token: opts.token,
         faults: opts.faults,
         max_body_bytes: opts.max_body_bytes,
+        stopping: stop_rx.clone(),
     });
     let tls = opts.tls.map(tokio_rustls::TlsAcceptor::from);
-    let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
     let mut builder = http1::Builder::new();
     builder.keep_alive(true).timer(TokioTimer::new());

@@ -13,6 +13,40 @@ use crate::backend::protocol::{Document, OpKind, ServerRecord};
 /// Longest accepted `op_id`, `id` and `collection`, in bytes.
 pub const MAX_KEY_BYTES: usize = 256;
 
+/// Why a record id cannot be stored (a 422).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadId {
+    Empty,
+    TooLong,
+    /// Contains a control character (U+0000..U+001F, U+007F..U+009F).
+    ControlChar,
+}
+
+impl std::fmt::Display for BadId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BadId::Empty => f.write_str("id must not be empty"),
+            BadId::TooLong => write!(f, "id is longer than {MAX_KEY_BYTES} bytes"),
+            BadId::ControlChar => f.write_str("id must not contain control characters"),
+        }
+    }
+}
+
+/// The rule for record ids the server stores: 1 to [`MAX_KEY_BYTES`] bytes
+/// of UTF-8 with no control character. Any other string is accepted as is
+/// (case-sensitive, no normalisation): `settings/theme`, a ULID, a UUID.
+pub fn check_id(id: &str) -> Result<(), BadId> {
+    if id.is_empty() {
+        Err(BadId::Empty)
+    } else if id.len() > MAX_KEY_BYTES {
+        Err(BadId::TooLong)
+    } else if id.chars().any(char::is_control) {
+        Err(BadId::ControlChar)
+    } else {
+        Ok(())
+    }
+}
+
 /// A request or an operation refused before it reached the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
@@ -41,7 +75,9 @@ impl Rejection {
 /// What an operation does, with the fields its kind needs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
+    /// `id`: the client-chosen id, or `None` for a server-assigned one.
     Create {
+        id: Option<String>,
         data: Document,
     },
     Update {
@@ -56,10 +92,11 @@ pub enum Action {
 }
 
 impl Action {
-    /// The server id the operation targets (`None` for create).
+    /// The record id the operation targets within its collection (`None`
+    /// for a create whose id the server assigns).
     pub fn target_id(&self) -> Option<&str> {
         match self {
-            Action::Create { .. } => None,
+            Action::Create { id, .. } => id.as_deref(),
             Action::Update { id, .. } | Action::Delete { id, .. } => Some(id),
         }
     }
@@ -174,9 +211,15 @@ fn document(kind: &str, data: Option<Value>) -> Result<Document, Rejection> {
     }
 }
 
+/// Validates a record id with [`check_id`]; a bad one is a 422.
+fn valid_id(id: String) -> Result<String, Rejection> {
+    check_id(&id).map_err(|e| Rejection::unprocessable(e.to_string()))?;
+    Ok(id)
+}
+
 fn target(kind: &str, id: Option<String>, base: Option<u64>) -> Result<(String, u64), Rejection> {
     let id = id.ok_or_else(|| Rejection::unprocessable(format!("{kind} needs an id")))?;
-    check_key("id", &id)?;
+    let id = valid_id(id)?;
     let base =
         base.ok_or_else(|| Rejection::unprocessable(format!("{kind} needs base_version")))?;
     Ok((id, base))
@@ -187,17 +230,13 @@ fn validate(op: LooseOp) -> Result<ValidOp, Rejection> {
     check_key("collection", &op.collection)?;
     let action = match op.kind {
         OpKind::Create => {
-            if op.id.is_some() {
-                return Err(Rejection::unprocessable(
-                    "create must not carry an id: the server assigns it",
-                ));
-            }
             if op.base_version.is_some() {
                 return Err(Rejection::unprocessable(
                     "create must not carry a base_version",
                 ));
             }
             Action::Create {
+                id: op.id.map(valid_id).transpose()?,
                 data: document("create", op.data)?,
             }
         }
@@ -233,14 +272,17 @@ pub enum Plan {
     /// Applied without a change: reply 200 with this (current) record. Only a
     /// delete of a tombstone at its current version.
     Unchanged(ServerRecord),
-    /// `base_version` is stale, or the target is deleted: 409 with the current record.
+    /// `base_version` is stale, the target is deleted, or a create's id is
+    /// taken (a tombstone included): 409 with the current record.
     Conflict(ServerRecord),
     /// The target id does not exist in the op's collection: 404 with this reason.
     NotFound(String),
 }
 
 /// Decides what `op` does given `current`, the stored record with the op's
-/// target id (`None` if absent or for create). `new_id` makes a fresh server id.
+/// `(collection, target id)` (`None` if absent, or for a create whose id the
+/// server assigns). `new_id` makes a fresh server id, one not in use in the
+/// collection; it is called only for such a create.
 pub fn plan(op: &ValidOp, current: Option<&StoredRecord>, new_id: impl FnOnce() -> String) -> Plan {
     let current = current.filter(|c| c.collection == op.collection);
     let not_found = |id: &str| {
@@ -250,13 +292,17 @@ pub fn plan(op: &ValidOp, current: Option<&StoredRecord>, new_id: impl FnOnce() 
         ))
     };
     match &op.action {
-        Action::Create { data } => Plan::Write(ServerRecord {
-            id: new_id(),
-            version: 1,
-            updated_at: op.client_ts,
-            deleted: false,
-            data: data.clone(),
-        }),
+        // A create meets any record with its id, a tombstone included.
+        Action::Create { id, data } => match current {
+            Some(c) => Plan::Conflict(c.record.clone()),
+            None => Plan::Write(ServerRecord {
+                id: id.clone().unwrap_or_else(new_id),
+                version: 1,
+                updated_at: op.client_ts,
+                deleted: false,
+                data: data.clone(),
+            }),
+        },
         Action::Update {
             id,
             base_version,
@@ -313,7 +359,41 @@ mod tests {
         let o = op(create_json()).expect("valid");
         assert_eq!(o.op_id, "o1");
         assert_eq!(o.client_ts, 5);
-        assert!(matches!(o.action, Action::Create { ref data } if data["title"] == "milk"));
+        assert!(
+            matches!(o.action, Action::Create { id: None, ref data } if data["title"] == "milk")
+        );
+    }
+
+    #[test]
+    fn create_with_client_chosen_id() {
+        let mut v = create_json();
+        v["id"] = json!("settings/theme");
+        let o = op(v).expect("valid");
+        assert_eq!(o.action.target_id(), Some("settings/theme"));
+        for bad in [
+            json!(""),
+            json!("x".repeat(257)),
+            json!("a\nb"),
+            json!("\u{7f}"),
+        ] {
+            let mut v = create_json();
+            v["id"] = bad.clone();
+            let r = op(v).unwrap_err();
+            assert_eq!(r.status, 422, "{bad}");
+            assert!(r.reason.contains("id"), "{}", r.reason);
+        }
+        let mut v = create_json();
+        v["id"] = json!("x".repeat(256));
+        assert!(op(v).is_ok());
+    }
+
+    #[test]
+    fn id_rule() {
+        assert_eq!(check_id(""), Err(BadId::Empty));
+        assert_eq!(check_id(&"é".repeat(129)), Err(BadId::TooLong));
+        assert_eq!(check_id("a\u{0}"), Err(BadId::ControlChar));
+        assert_eq!(check_id("a\u{85}"), Err(BadId::ControlChar));
+        assert_eq!(check_id("settings/theme ünï"), Ok(()));
     }
 
     #[test]
@@ -338,7 +418,7 @@ mod tests {
     #[test]
     fn semantic_rejections_are_422() {
         let mut v = create_json();
-        v["id"] = json!("r-1");
+        v["base_version"] = json!(1);
         assert_eq!(op(v).unwrap_err().status, 422);
         let mut v = create_json();
         v["data"] = json!([1, 2]);
@@ -368,7 +448,7 @@ mod tests {
         assert_eq!(parse_batch(b"{}").unwrap_err().status, 400);
         assert_eq!(parse_batch(br#"{"ops":[]}"#).unwrap_err().status, 422);
         let mut bad = create_json();
-        bad["id"] = json!("x");
+        bad["id"] = json!("");
         let parsed = parse_batch(&body(json!({"ops": [create_json(), bad, {"x": 1}]})))
             .expect("envelope ok");
         assert!(parsed[0].is_ok());
@@ -437,5 +517,33 @@ mod tests {
             plan(&del, Some(&stored(3, true)), id),
             Plan::Conflict(_)
         ));
+    }
+
+    fn create(id: Option<&str>) -> ValidOp {
+        let mut o = update(0);
+        o.action = Action::Create {
+            id: id.map(str::to_owned),
+            data: Document::new(),
+        };
+        o
+    }
+
+    #[test]
+    fn plan_create() {
+        let fresh = || "fresh".to_string();
+        assert!(matches!(plan(&create(None), None, fresh),
+            Plan::Write(r) if r.id == "fresh" && r.version == 1));
+        let never = || -> String { panic!("no server id for a client-chosen id") };
+        assert!(matches!(plan(&create(Some("r-1")), None, never),
+            Plan::Write(r) if r.id == "r-1" && r.version == 1 && r.updated_at == 9));
+        // The id is taken: 409 with the record, a tombstone included.
+        assert!(
+            matches!(plan(&create(Some("r-1")), Some(&stored(2, false)), never),
+            Plan::Conflict(r) if r.version == 2 && !r.deleted)
+        );
+        assert!(
+            matches!(plan(&create(Some("r-1")), Some(&stored(3, true)), never),
+            Plan::Conflict(r) if r.deleted)
+        );
     }
 }

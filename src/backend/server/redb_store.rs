@@ -1,27 +1,53 @@
 //! [`BackendStore`] on a redb database file (`<data_dir>/backend.redb`).
 //!
-//! Tables (values are JSON):
-//! - `records`: server id -> [`StoredRecord`] (collection + current record);
-//! - `applied_ops`: op_id -> `AppliedOp` (the reply record, kept forever);
-//! - `changes`: sequence (u64, from 1, gap-free) -> [`Change`].
+//! Why: the reference backend needs a durable, dependency-free store for
+//! demos and tests; redb is already the daemon's database.
 //!
-//! `apply` runs one write transaction per call (one per request or batch) and
-//! commits with redb's default, durable, commit.
+//! Tables (values are JSON):
+//! - `meta`: `"schema"` -> [`SCHEMA_VERSION`];
+//! - `records`: `(collection, id)` -> [`StoredRecord`] (the current record);
+//! - `applied_ops`: op_id -> `AppliedOp` (the reply record, kept forever);
+//! - `changes`: sequence (u64, from 1, gap-free) -> [`Change`] (carries its
+//!   collection, so the log needs no key change).
+//!
+//! `apply` runs one write transaction per call (one per request or batch),
+//! commits with redb's default, durable, commit, and then publishes the new
+//! log head to the store's [`Feed`] (waiting pulls).
+//!
+//! # Schema
+//!
+//! Schema 2 keys records by `(collection, id)` (client-chosen ids are unique
+//! per collection). Schema 1 files (records keyed by id alone, no `meta`
+//! table) are refused with a message rather than migrated: the reference
+//! backend's data is for demos and tests; start it on a fresh data directory.
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, Table, TableDefinition, TableHandle,
+    WriteTransaction,
+};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::backend::protocol::{Change, ServerRecord};
 
-use super::ops::{plan, Plan, StoredRecord, ValidOp};
+use super::feed::Feed;
+use super::ops::{plan, Action, Plan, StoredRecord, ValidOp};
 use super::store::{BackendStore, ChangeSlice, Outcome, StoreError};
 
-const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const RECORDS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("records");
 const APPLIED_OPS: TableDefinition<&str, &[u8]> = TableDefinition::new("applied_ops");
 const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
+
+type RecordsTable<'t> = Table<'t, (&'static str, &'static str), &'static [u8]>;
+
+/// Key of the schema version in `meta`.
+const SCHEMA_KEY: &str = "schema";
+/// The on-disk format this code reads and writes.
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "backend.redb";
@@ -37,10 +63,37 @@ struct AppliedOp {
     applied_at: i64,
 }
 
+/// A database file this code must not read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FormatError {
+    /// Tables but no `meta`: written before schema versions (schema 1).
+    Unversioned,
+    /// A schema version this code does not know.
+    Unknown(u64),
+}
+
+impl FormatError {
+    fn into_store_error(self, path: &Path) -> StoreError {
+        let what = match self {
+            FormatError::Unversioned => "was written by an older syncd backend (schema 1, \
+                 record ids global)"
+                .to_owned(),
+            FormatError::Unknown(v) => format!("has unknown schema version {v}"),
+        };
+        StoreError(format!(
+            "{} {what}; this syncd backend uses schema {SCHEMA_VERSION} (ids per \
+             collection) and does not convert data: start it with an empty --data \
+             directory, or move the file away",
+            path.display()
+        ))
+    }
+}
+
 /// The redb-backed store.
 pub struct RedbStore {
     db: Database,
     path: PathBuf,
+    feed: Feed,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -76,9 +129,163 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Checks the file's schema (writing it into a new file) and creates the
+/// tables. `Ok(Err(_))`: a file of another format.
+fn prepare(txn: &WriteTransaction) -> Result<Result<(), FormatError>, StoreError> {
+    let names: Vec<String> = txn
+        .list_tables()
+        .ctx("list tables")?
+        .map(|h| h.name().to_owned())
+        .collect();
+    if !names.is_empty() && !names.iter().any(|n| n == META.name()) {
+        return Ok(Err(FormatError::Unversioned));
+    }
+    {
+        let mut meta = txn.open_table(META).ctx("open meta")?;
+        let found = meta.get(SCHEMA_KEY).ctx("read meta")?.map(|g| g.value());
+        match found {
+            Some(SCHEMA_VERSION) => {}
+            Some(v) => return Ok(Err(FormatError::Unknown(v))),
+            None => {
+                meta.insert(SCHEMA_KEY, SCHEMA_VERSION).ctx("write meta")?;
+            }
+        }
+    }
+    txn.open_table(RECORDS).ctx("open records")?;
+    txn.open_table(APPLIED_OPS).ctx("open applied_ops")?;
+    txn.open_table(CHANGES).ctx("open changes")?;
+    Ok(Ok(()))
+}
+
+/// A fresh server id (a ULID) not in use in `collection`. A clash needs a
+/// client to have chosen that ULID; a few draws settle it.
+fn fresh_id(records: &RecordsTable<'_>, collection: &str) -> Result<String, StoreError> {
+    for _ in 0..8 {
+        let id = ulid::Ulid::generate().to_string();
+        if records
+            .get((collection, id.as_str()))
+            .ctx("read records")?
+            .is_none()
+        {
+            return Ok(id);
+        }
+    }
+    Err(StoreError("no free record id after 8 draws".into()))
+}
+
+/// The tables and counters of one `apply` transaction.
+struct Batch<'t> {
+    records: RecordsTable<'t>,
+    applied: Table<'t, &'static str, &'static [u8]>,
+    changes: Table<'t, u64, &'static [u8]>,
+    /// Sequence of the next change-log entry.
+    next_seq: u64,
+    applied_at: i64,
+    /// Whether anything was written (commit rather than abort).
+    wrote: bool,
+    /// Whether the change log grew (publish the new head).
+    appended: bool,
+}
+
+impl<'t> Batch<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Batch<'t>, StoreError> {
+        let changes = txn.open_table(CHANGES).ctx("open changes")?;
+        let next_seq = match changes.last().ctx("read changes")? {
+            Some((k, _)) => k.value().saturating_add(1),
+            None => 1,
+        };
+        Ok(Batch {
+            records: txn.open_table(RECORDS).ctx("open records")?,
+            applied: txn.open_table(APPLIED_OPS).ctx("open applied_ops")?,
+            changes,
+            next_seq,
+            applied_at: now_ms(),
+            wrote: false,
+            appended: false,
+        })
+    }
+
+    /// Applies one op: a replay, or [`plan`] over the current record.
+    fn apply_one(&mut self, op: &ValidOp) -> Result<Outcome, StoreError> {
+        let remembered = self
+            .applied
+            .get(op.op_id.as_str())
+            .ctx("read applied_ops")?
+            .map(|g| decode::<AppliedOp>(g.value()))
+            .transpose()?;
+        if let Some(prev) = remembered {
+            return Ok(Outcome::Applied {
+                record: prev.record,
+                replayed: true,
+            });
+        }
+        let current = match op.action.target_id() {
+            Some(id) => self
+                .records
+                .get((op.collection.as_str(), id))
+                .ctx("read records")?
+                .map(|g| decode::<StoredRecord>(g.value()))
+                .transpose()?,
+            None => None,
+        };
+        let fresh = match op.action {
+            Action::Create { id: None, .. } => Some(fresh_id(&self.records, &op.collection)?),
+            _ => None,
+        };
+        let new_id = || fresh.unwrap_or_else(|| ulid::Ulid::generate().to_string());
+        let record = match plan(op, current.as_ref(), new_id) {
+            Plan::Write(record) => self.write(&op.collection, record)?,
+            Plan::Unchanged(record) => record,
+            Plan::Conflict(record) => return Ok(Outcome::Conflict(record)),
+            Plan::NotFound(reason) => return Ok(Outcome::NotFound(reason)),
+        };
+        let memo = AppliedOp {
+            record,
+            applied_at: self.applied_at,
+        };
+        self.applied
+            .insert(op.op_id.as_str(), encode(&memo)?.as_slice())
+            .ctx("write applied_ops")?;
+        self.wrote = true;
+        Ok(Outcome::Applied {
+            record: memo.record,
+            replayed: false,
+        })
+    }
+
+    /// Stores `record` as the current one and appends it to the change log.
+    fn write(
+        &mut self,
+        collection: &str,
+        record: ServerRecord,
+    ) -> Result<ServerRecord, StoreError> {
+        let stored = StoredRecord {
+            collection: collection.to_owned(),
+            record,
+        };
+        self.records
+            .insert(
+                (collection, stored.record.id.as_str()),
+                encode(&stored)?.as_slice(),
+            )
+            .ctx("write records")?;
+        let change = Change {
+            collection: stored.collection,
+            record: stored.record,
+        };
+        self.changes
+            .insert(self.next_seq, encode(&change)?.as_slice())
+            .ctx("write changes")?;
+        self.next_seq = self.next_seq.saturating_add(1);
+        self.wrote = true;
+        self.appended = true;
+        Ok(change.record)
+    }
+}
+
 impl RedbStore {
     /// Opens (creating if missing) the database in `data_dir`, creating the
-    /// directory too. Blocking.
+    /// directory too. Refuses a file of another schema. Blocking.
     pub fn open(data_dir: &Path) -> Result<RedbStore, StoreError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| StoreError(format!("create {}: {e}", data_dir.display())))?;
@@ -88,13 +295,19 @@ impl RedbStore {
             .create(&path)
             .map_err(|e| StoreError(format!("open {}: {e}", path.display())))?;
         let txn = db.begin_write().ctx("begin write")?;
-        {
-            txn.open_table(RECORDS).ctx("open records")?;
-            txn.open_table(APPLIED_OPS).ctx("open applied_ops")?;
-            txn.open_table(CHANGES).ctx("open changes")?;
+        if let Err(e) = prepare(&txn)? {
+            txn.abort().ctx("abort")?;
+            return Err(e.into_store_error(&path));
         }
         txn.commit().ctx("commit")?;
-        Ok(RedbStore { db, path })
+        let store = RedbStore {
+            db,
+            path,
+            feed: Feed::new(0),
+        };
+        // `limit` 0: only the head is wanted.
+        store.feed.publish(store.changes(0, 0)?.head);
+        Ok(store)
     }
 
     /// Path of the database file.
@@ -110,80 +323,26 @@ impl BackendStore for RedbStore {
             return Ok(outcomes);
         }
         let txn = self.db.begin_write().ctx("begin write")?;
-        let mut wrote = false;
-        {
-            let mut records = txn.open_table(RECORDS).ctx("open records")?;
-            let mut applied = txn.open_table(APPLIED_OPS).ctx("open applied_ops")?;
-            let mut changes = txn.open_table(CHANGES).ctx("open changes")?;
-            let mut next_seq = match changes.last().ctx("read changes")? {
-                Some((k, _)) => k.value().saturating_add(1),
-                None => 1,
-            };
-            let applied_at = now_ms();
-            for op in ops {
-                let remembered = applied
-                    .get(op.op_id.as_str())
-                    .ctx("read applied_ops")?
-                    .map(|g| decode::<AppliedOp>(g.value()))
-                    .transpose()?;
-                if let Some(prev) = remembered {
-                    outcomes.push(Outcome::Applied {
-                        record: prev.record,
-                        replayed: true,
-                    });
-                    continue;
-                }
-                let current = match op.action.target_id() {
-                    Some(id) => records
-                        .get(id)
-                        .ctx("read records")?
-                        .map(|g| decode::<StoredRecord>(g.value()))
-                        .transpose()?,
-                    None => None,
-                };
-                let record = match plan(op, current.as_ref(), || ulid::Ulid::generate().to_string())
-                {
-                    Plan::Write(record) => {
-                        let stored = StoredRecord {
-                            collection: op.collection.clone(),
-                            record,
-                        };
-                        records
-                            .insert(stored.record.id.as_str(), encode(&stored)?.as_slice())
-                            .ctx("write records")?;
-                        let change = Change {
-                            collection: stored.collection,
-                            record: stored.record,
-                        };
-                        changes
-                            .insert(next_seq, encode(&change)?.as_slice())
-                            .ctx("write changes")?;
-                        next_seq = next_seq.saturating_add(1);
-                        change.record
-                    }
-                    Plan::Unchanged(record) => record,
-                    Plan::Conflict(record) => {
-                        outcomes.push(Outcome::Conflict(record));
-                        break;
-                    }
-                    Plan::NotFound(reason) => {
-                        outcomes.push(Outcome::NotFound(reason));
-                        break;
-                    }
-                };
-                let memo = AppliedOp { record, applied_at };
-                applied
-                    .insert(op.op_id.as_str(), encode(&memo)?.as_slice())
-                    .ctx("write applied_ops")?;
-                wrote = true;
-                outcomes.push(Outcome::Applied {
-                    record: memo.record,
-                    replayed: false,
-                });
+        let mut batch = Batch::open(&txn)?;
+        for op in ops {
+            let outcome = batch.apply_one(op)?;
+            let stop = !outcome.is_applied();
+            outcomes.push(outcome);
+            if stop {
+                break;
             }
         }
+        let (wrote, appended, head) = (
+            batch.wrote,
+            batch.appended,
+            batch.next_seq.saturating_sub(1),
+        );
+        drop(batch);
         if wrote {
             txn.commit().ctx("commit")?;
+            if appended {
+                self.feed.publish(head);
+            }
         } else {
             txn.abort().ctx("abort")?;
         }
@@ -222,6 +381,10 @@ impl BackendStore for RedbStore {
         txn.open_table(CHANGES).ctx("open changes")?;
         Ok(())
     }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.feed.subscribe()
+    }
 }
 
 #[cfg(test)]
@@ -254,6 +417,7 @@ mod tests {
             op_id,
             "todos",
             Action::Create {
+                id: None,
                 data: doc(json!({ "title": title })),
             },
         )
@@ -431,5 +595,118 @@ mod tests {
             one(&s, create("o0", "t0")),
             Outcome::Applied { replayed: true, .. }
         ));
+    }
+
+    fn create_as(op_id: &str, collection: &str, id: &str, title: &str) -> ValidOp {
+        op(
+            op_id,
+            collection,
+            Action::Create {
+                id: Some(id.into()),
+                data: doc(json!({ "title": title })),
+            },
+        )
+    }
+
+    #[test]
+    fn client_chosen_ids_are_per_collection() {
+        let (_d, s) = open();
+        let r = applied(one(&s, create_as("o1", "todos", "theme", "a")));
+        assert_eq!((r.id.as_str(), r.version), ("theme", 1));
+        // Same (collection, id): 409 with the record, nothing applied.
+        match one(&s, create_as("o2", "todos", "theme", "b")) {
+            Outcome::Conflict(cur) => assert_eq!(cur, r),
+            other => panic!("{other:?}"),
+        }
+        // Same id, other collection: another record.
+        let n = applied(one(&s, create_as("o3", "notes", "theme", "n")));
+        assert_eq!(
+            (n.id.as_str(), n.data["title"].as_str()),
+            ("theme", Some("n"))
+        );
+        // Updating one leaves the other alone.
+        applied(one(&s, update("o4", "theme", 1, "a2")));
+        let t = applied(one(&s, delete("o5", "theme", 2)));
+        // A create over the tombstone: 409 with the tombstone.
+        match one(&s, create_as("o6", "todos", "theme", "c")) {
+            Outcome::Conflict(cur) => assert_eq!(cur, t),
+            other => panic!("{other:?}"),
+        }
+        let page = s.changes(0, 100).expect("changes");
+        let ids: Vec<_> = page
+            .entries
+            .iter()
+            .map(|(_, c)| (c.collection.as_str(), c.record.version))
+            .collect();
+        assert_eq!(
+            ids,
+            [("todos", 1), ("notes", 1), ("todos", 2), ("todos", 3)]
+        );
+        // Replay of the first create: its original record.
+        assert_eq!(applied(one(&s, create_as("o1", "todos", "theme", "a"))), r);
+    }
+
+    #[test]
+    fn commits_publish_the_head() {
+        let (_d, s) = open();
+        let rx = s.subscribe();
+        assert_eq!(*rx.borrow(), 0);
+        applied(one(&s, create("o1", "a")));
+        assert!(rx.has_changed().unwrap_or(false));
+        assert_eq!(*rx.borrow(), 1);
+        // A replay or a conflict appends nothing: no wake-up.
+        let mut rx = s.subscribe();
+        rx.borrow_and_update();
+        applied(one(&s, create("o1", "a")));
+        assert!(matches!(
+            one(&s, update("o2", "nope", 1, "x")),
+            Outcome::NotFound(_)
+        ));
+        assert!(!rx.has_changed().unwrap_or(true));
+    }
+
+    #[test]
+    fn reopen_starts_the_feed_at_the_head() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = RedbStore::open(dir.path()).expect("open");
+            applied(one(&s, create("o1", "a")));
+            applied(one(&s, create("o2", "b")));
+        }
+        let s = RedbStore::open(dir.path()).expect("reopen");
+        assert_eq!(*s.subscribe().borrow(), 2);
+    }
+
+    #[test]
+    fn refuses_a_schema_1_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            // The schema 1 layout: records keyed by id alone, no meta table.
+            const OLD: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
+            let db = Database::create(dir.path().join(DB_FILE)).expect("create");
+            let txn = db.begin_write().expect("write");
+            txn.open_table(OLD).expect("records");
+            txn.open_table(CHANGES).expect("changes");
+            txn.commit().expect("commit");
+        }
+        let err = RedbStore::open(dir.path()).expect_err("refused");
+        assert!(err.0.contains("schema 1"), "{err}");
+        assert!(err.0.contains("--data"), "{err}");
+    }
+
+    #[test]
+    fn refuses_an_unknown_schema() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let db = Database::create(dir.path().join(DB_FILE)).expect("create");
+            let txn = db.begin_write().expect("write");
+            txn.open_table(META)
+                .expect("meta")
+                .insert(SCHEMA_KEY, 9)
+                .expect("insert");
+            txn.commit().expect("commit");
+        }
+        let err = RedbStore::open(dir.path()).expect_err("refused");
+        assert!(err.0.contains("unknown schema version 9"), "{err}");
     }
 }

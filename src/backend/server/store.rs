@@ -7,8 +7,16 @@
 //! same rules.
 //!
 //! Calls are blocking; the HTTP layer runs them on tokio's blocking pool.
+//! The one exception is [`BackendStore::subscribe`], which is cheap and
+//! returns a receiver the HTTP layer awaits without holding anything of the
+//! store (see [`feed`](super::feed)).
+//!
+//! Records are identified by `(collection, id)`: the same id in two
+//! collections names two records.
 
 use std::fmt;
+
+use tokio::sync::watch;
 
 use crate::backend::protocol::{Change, ServerRecord};
 
@@ -23,9 +31,11 @@ pub enum Outcome {
         record: ServerRecord,
         replayed: bool,
     },
-    /// 409: the current record (possibly a tombstone).
+    /// 409: the current record (possibly a tombstone); for a create with a
+    /// client-chosen id, the record that already holds the id.
     Conflict(ServerRecord),
-    /// 404: the target id is unknown in the operation's collection.
+    /// 404: the target id of an update or delete is unknown in the
+    /// operation's collection.
     NotFound(String),
 }
 
@@ -75,4 +85,14 @@ pub trait BackendStore: Send + Sync + 'static {
 
     /// Cheap readiness probe used by `v1/health`.
     fn check(&self) -> Result<(), StoreError>;
+
+    /// Subscribes to "head moved" notifications: the receiver's value is the
+    /// change log's committed head (the newest sequence) and changes after
+    /// every durable commit that appended to the log.
+    ///
+    /// A wake-up only: the reader re-reads the log with
+    /// [`changes`](Self::changes); values may be coalesced or skipped, and a
+    /// notification may be spurious. Must not block (called on the async
+    /// runtime). Implementations usually own a [`Feed`](super::feed::Feed).
+    fn subscribe(&self) -> watch::Receiver<u64>;
 }

@@ -1,0 +1,146 @@
+//! Wake-ups for waiting pulls (`GET v1/changes?wait=S`, feature `wait`).
+//!
+//! Why a module of its own: the *source* of "the change log moved" differs
+//! per store (the redb store publishes right after its own durable commit; a
+//! PostgreSQL store would publish from a LISTEN/NOTIFY listener, since other
+//! processes commit too), while the *waiting* is the same for all. A store
+//! owns a [`Feed`], calls [`Feed::publish`] with its new head after each
+//! commit that appended to the log, and hands out receivers through
+//! [`BackendStore::subscribe`](super::store::BackendStore::subscribe); the
+//! HTTP layer waits on them with [`wait_past`].
+//!
+//! The value carried is a wake-up only, never data: a waiter re-reads the log
+//! through the store after waking. Values may be skipped (a `watch` channel
+//! keeps the newest), which is fine for that reason.
+//!
+//! Waiting is purely async: no blocking-pool thread and no store
+//! transaction or lock is held while a request waits.
+
+use std::future::Future;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// The publishing side: the newest committed change-log sequence (the head).
+#[derive(Debug)]
+pub struct Feed {
+    tx: watch::Sender<u64>,
+}
+
+impl Feed {
+    /// A feed whose head is `head` (the log's newest sequence, 0 if empty).
+    pub fn new(head: u64) -> Feed {
+        Feed {
+            tx: watch::Sender::new(head),
+        }
+    }
+
+    /// Announces that the log's committed head is now `head`, waking every
+    /// waiter. Call only after the commit is durable. The head never moves
+    /// back: a stale value (two commits publishing out of order) is ignored.
+    pub fn publish(&self, head: u64) {
+        self.tx.send_if_modified(|current| {
+            let moved = head > *current;
+            if moved {
+                *current = head;
+            }
+            moved
+        });
+    }
+
+    /// A receiver for [`wait_past`]; its current value counts as seen.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.tx.subscribe()
+    }
+}
+
+/// Why [`wait_past`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitEnd {
+    /// The head moved past the cursor: re-read the log.
+    Moved,
+    /// The deadline passed first.
+    TimedOut,
+    /// The server is stopping (or the feed is gone): answer now.
+    Stopped,
+}
+
+/// Waits until `head` carries a value greater than `since`, `deadline`
+/// passes, or `stop` resolves, whichever comes first.
+///
+/// Subscribe *before* reading the log, then call this with the cursor read:
+/// a commit between the read and the wait is then seen at once, not missed.
+pub async fn wait_past(
+    head: &mut watch::Receiver<u64>,
+    since: u64,
+    deadline: Instant,
+    stop: impl Future<Output = ()>,
+) -> WaitEnd {
+    tokio::select! {
+        moved = head.wait_for(|h| *h > since) => match moved {
+            Ok(_) => WaitEnd::Moved,
+            Err(_) => WaitEnd::Stopped,
+        },
+        () = tokio::time::sleep_until(deadline) => WaitEnd::TimedOut,
+        () = stop => WaitEnd::Stopped,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn soon(ms: u64) -> Instant {
+        Instant::now() + Duration::from_millis(ms)
+    }
+
+    #[tokio::test]
+    async fn times_out_without_commit() {
+        let feed = Feed::new(3);
+        let mut rx = feed.subscribe();
+        let t0 = Instant::now();
+        let end = wait_past(&mut rx, 3, soon(50), std::future::pending()).await;
+        assert_eq!(end, WaitEnd::TimedOut);
+        assert!(t0.elapsed() >= Duration::from_millis(50));
+    }
+
+    #[tokio::test]
+    async fn woken_by_publish() {
+        let feed = std::sync::Arc::new(Feed::new(3));
+        let mut rx = feed.subscribe();
+        let publisher = std::sync::Arc::clone(&feed);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            publisher.publish(4);
+        });
+        let t0 = Instant::now();
+        let end = wait_past(&mut rx, 3, soon(60_000), std::future::pending()).await;
+        assert_eq!(end, WaitEnd::Moved);
+        assert!(t0.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn already_past_returns_at_once_and_head_never_moves_back() {
+        let feed = Feed::new(5);
+        let mut rx = feed.subscribe();
+        // A commit between the read (since = 4) and the wait is not missed.
+        assert_eq!(
+            wait_past(&mut rx, 4, soon(1000), std::future::pending()).await,
+            WaitEnd::Moved
+        );
+        feed.publish(2);
+        assert_eq!(*feed.subscribe().borrow(), 5);
+    }
+
+    #[tokio::test]
+    async fn stop_and_dropped_feed_end_the_wait() {
+        let feed = Feed::new(0);
+        let mut rx = feed.subscribe();
+        let end = wait_past(&mut rx, 0, soon(60_000), async {}).await;
+        assert_eq!(end, WaitEnd::Stopped);
+        drop(feed);
+        let end = wait_past(&mut rx, 0, soon(60_000), std::future::pending()).await;
+        assert_eq!(end, WaitEnd::Stopped);
+    }
+}
