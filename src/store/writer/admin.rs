@@ -1,0 +1,114 @@
+//! Admin commands: pause/resume (a metadata flag), retry and discard of
+//! dead letters, and the manual resolution of a parked conflict.
+
+use serde_json::{Map, Value};
+
+use redb::ReadableTable;
+
+use crate::domain::conflict::Resolution;
+use crate::domain::{Document, OpKind, Side, StoreError, WriteError};
+use crate::store::encoding::from_store;
+use crate::store::parse_doc_text;
+use crate::store::ParkedConflict;
+
+use super::conflict::apply_resolution;
+use super::txn::{append_op, bump_resolved, JobResult, Txn};
+use super::WriteOutcome;
+
+/// Sets a metadata value (the paused flag).
+pub(super) fn set_meta(
+    x: &mut Txn<'_>,
+    key: &'static str,
+    value: &[u8],
+) -> Result<JobResult, StoreError> {
+    x.meta.insert(key, value)?;
+    Ok(Ok(WriteOutcome::Done))
+}
+
+/// Moves a dead letter back to the tail of the queue.
+pub(super) fn retry(x: &mut Txn<'_>, op_id: &str) -> Result<JobResult, StoreError> {
+    let Some((dseq, dl)) = x.find_dead(op_id)? else {
+        return Ok(Err(WriteError::NoDeadLetter {
+            op_id: op_id.to_owned(),
+        }));
+    };
+    x.dead.remove(dseq)?;
+    let mut op = dl.op;
+    op.attempts = 0;
+    op.last_error = Some(format!("retried after: {}", dl.error));
+    if let Some(mut rec) = x.record(&op.collection, &op.local_id)? {
+        rec.pending += 1;
+        x.put_record(&op.collection, &op.local_id, &rec)?;
+    }
+    append_op(x, &op)?;
+    Ok(Ok(WriteOutcome::Done))
+}
+
+/// Drops a dead letter for good.
+pub(super) fn discard(x: &mut Txn<'_>, op_id: &str) -> Result<JobResult, StoreError> {
+    let Some((dseq, _)) = x.find_dead(op_id)? else {
+        return Ok(Err(WriteError::NoDeadLetter {
+            op_id: op_id.to_owned(),
+        }));
+    };
+    x.dead.remove(dseq)?;
+    Ok(Ok(WriteOutcome::Done))
+}
+
+/// Settles a parked conflict by taking a side or a supplied document.
+pub(super) fn resolve_parked(
+    x: &mut Txn<'_>,
+    c: &str,
+    lid: &str,
+    take: Option<Side>,
+    data: Option<&Document>,
+) -> Result<JobResult, StoreError> {
+    if take.is_none() && data.is_none() {
+        return Ok(Err(WriteError::ResolveNeedsChoice));
+    }
+    let Some(parked) = x.conflicts.get((c, lid))?.map(|v| v.value().to_vec()) else {
+        return Ok(Err(WriteError::NoParkedConflict {
+            collection: c.to_owned(),
+            id: lid.to_owned(),
+        }));
+    };
+    let parked: ParkedConflict = from_store(&parked)?;
+    let server = parked.server.to_record();
+    x.conflicts.remove((c, lid))?;
+    // Writes the app made after the park were made on the same stale
+    // base: they are settled by this resolution too.
+    let mut ops = parked.ops;
+    let queued = x.pending_of(c, lid)?.saturating_sub(ops.len() as u32);
+    for (s, _) in x.ops_of_record_after(0, c, lid, queued)? {
+        if let Some(o) = x.take_op(s)? {
+            ops.push(o);
+        }
+    }
+    let rec = x.record(c, lid)?;
+    // What to re-send, if anything.
+    let resend: Option<(OpKind, Option<Document>)> = match (take, data) {
+        (_, Some(d)) => Some((OpKind::Update, Some(d.clone()))),
+        (Some(Side::Local), None) => match &rec {
+            Some(r) if !r.deleted => match parse_doc_text(&r.data) {
+                Value::Object(m) => Some((OpKind::Update, Some(m))),
+                _ => Some((OpKind::Update, Some(Map::new()))),
+            },
+            _ => Some((OpKind::Delete, None)),
+        },
+        _ => None,
+    };
+    let resolution = match resend {
+        // The server deleted it: an update must re-create it.
+        Some((OpKind::Update, d)) if server.deleted => Resolution::Resend {
+            kind: OpKind::Create,
+            data: d,
+        },
+        // Both sides deleted: nothing left to send.
+        Some((OpKind::Delete, _)) if server.deleted => Resolution::TakeServer,
+        Some((kind, data)) => Resolution::Resend { kind, data },
+        None => Resolution::TakeServer,
+    };
+    apply_resolution(x, c, lid, ops, &server, "manual", &resolution, false)?;
+    bump_resolved(x)?;
+    Ok(Ok(WriteOutcome::Done))
+}

@@ -1,0 +1,345 @@
+//! The single writer: every write transaction of the daemon runs here.
+//!
+//! Group commit: the writer thread takes one job, then everything else that
+//! queued up while it waited or while the previous commit was flushing, runs
+//! them all in ONE redb write transaction, commits it durably, and only then
+//! answers each job. Under load a single fsync covers many writes, so
+//! throughput grows with the number of concurrent clients while every
+//! acknowledgement still means "on disk".
+//!
+//! Each job validates (reads) before it writes, so a job that fails for a
+//! reason of its own (patch of a missing record, say) leaves nothing behind
+//! and the rest of the batch still commits. A storage error aborts the whole
+//! transaction and every job in it gets the error: nothing is acknowledged
+//! that was not committed.
+//!
+//! The thread is a plain OS thread: commits block on fsync and must not
+//! stall the async runtime.
+//!
+//! This file is only the loop. The jobs live by concern: app writes in
+//! [`app`], sync verdicts in [`verdict`] and [`conflict`], admin commands
+//! in [`admin`]; each is a function of (transaction, job) -> outcome over
+//! [`txn::Txn`].
+
+use std::sync::Arc;
+
+use std::collections::BTreeMap;
+
+use redb::Durability;
+use tokio::sync::{broadcast, mpsc, oneshot, Notify};
+
+use super::tables::*;
+use super::{Store, StoreError};
+use crate::domain::conflict::{FieldRule, Strategy};
+use crate::domain::ids::IdGen;
+use crate::domain::{Change, Document, Event, ServerRecord, Side, WriteError};
+use txn::{JobResult, Txn};
+
+mod admin;
+mod app;
+mod conflict;
+mod txn;
+mod verdict;
+
+/// Most jobs folded into one transaction.
+const MAX_BATCH: usize = 4096;
+
+pub use crate::domain::conflict::Resolution;
+
+/// A write job.
+#[derive(Debug)]
+pub enum WriteCmd {
+    Put {
+        collection: String,
+        id: Option<String>,
+        data: Document,
+        client_ts: i64,
+    },
+    Patch {
+        collection: String,
+        id: String,
+        data: Document,
+        client_ts: i64,
+        /// Limit on the merged document's JSON size.
+        max_bytes: u32,
+    },
+    Delete {
+        collection: String,
+        id: String,
+        client_ts: i64,
+    },
+    /// The server applied the op at `seq`.
+    Ack {
+        seq: u64,
+        record: ServerRecord,
+    },
+    /// The op at `seq` needs no server: a delete of a record the server
+    /// never had. It leaves the queue and the local delete is final.
+    DropLocal {
+        seq: u64,
+    },
+    /// A transient failure of the op at `seq`.
+    Attempt {
+        seq: u64,
+        error: String,
+    },
+    /// The server rejected the op at `seq` for good; it and the later ops of
+    /// the same record go to the dead letters.
+    DeadLetter {
+        seq: u64,
+        error: String,
+    },
+    /// A 409 for the op at `seq`. The writer decides it with `strategy`
+    /// inside the transaction, against the record's latest local state, and
+    /// folds the record's later queued ops into the decision: they were made
+    /// on the same stale base, so sending them after the resolution would
+    /// overwrite the server's change unseen.
+    Conflict {
+        seq: u64,
+        server: ServerRecord,
+        strategy: Strategy,
+        rules: BTreeMap<String, FieldRule>,
+    },
+    /// A page of remote changes and the cursor after it.
+    ApplyChanges {
+        changes: Vec<Change>,
+        cursor: String,
+    },
+    /// A manual resolution of a parked conflict.
+    ResolveParked {
+        collection: String,
+        id: String,
+        take: Option<Side>,
+        data: Option<Document>,
+    },
+    RetryDead {
+        op_id: String,
+    },
+    DiscardDead {
+        op_id: String,
+    },
+    SetMeta {
+        key: &'static str,
+        value: Vec<u8>,
+    },
+    /// Several sync verdicts (one pushed batch's results), applied in order
+    /// in one transaction: the drain pays one durable commit per batch, not
+    /// one per op.
+    Verdicts(Vec<WriteCmd>),
+}
+
+/// A job's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteOutcome {
+    Written { id: String, op_id: String },
+    Done,
+}
+
+struct Job {
+    cmd: WriteCmd,
+    reply: oneshot::Sender<Result<WriteOutcome, WriteError>>,
+}
+
+/// Sends jobs to the writer thread. Cheap to clone.
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: mpsc::Sender<Job>,
+}
+
+impl WriterHandle {
+    /// Runs `cmd` in the next group commit and waits until it is durable.
+    pub async fn submit(&self, cmd: WriteCmd) -> Result<WriteOutcome, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job { cmd, reply })
+            .await
+            .map_err(|_| WriteError::ShuttingDown)?;
+        rx.await.map_err(|_| WriteError::ShuttingDown)?
+    }
+}
+
+/// Starts the writer thread. It exits (after finishing its current batch)
+/// once every [`WriterHandle`] is dropped; join the returned handle to know
+/// that the last commit is done.
+pub fn spawn(
+    store: Store,
+    events: broadcast::Sender<Arc<Event>>,
+    queue_changed: Arc<Notify>,
+) -> Result<(WriterHandle, std::thread::JoinHandle<()>), StoreError> {
+    let (tx, rx) = mpsc::channel::<Job>(MAX_BATCH * 4);
+    let counters = Counters::load(&store)?;
+    let mut w = Writer {
+        store,
+        events,
+        queue_changed,
+        ids: IdGen::new(),
+        counters,
+    };
+    let join = std::thread::Builder::new()
+        .name("syncd-writer".into())
+        .spawn(move || w.run(rx))?;
+    Ok((WriterHandle { tx }, join))
+}
+
+/// Sequence counters, kept in memory by the only writer and persisted in
+/// every transaction that moves them.
+#[derive(Clone, Copy)]
+pub(crate) struct Counters {
+    pub queue_tail: u64,
+    pub dead_tail: u64,
+}
+
+impl Counters {
+    fn load(store: &Store) -> Result<Self, StoreError> {
+        Ok(Counters {
+            queue_tail: u64_be(store.meta(META_QUEUE_TAIL)?.as_deref()).unwrap_or(QUEUE_ORIGIN),
+            dead_tail: u64_be(store.meta(META_DEAD_TAIL)?.as_deref()).unwrap_or(1),
+        })
+    }
+}
+
+struct Writer {
+    store: Store,
+    events: broadcast::Sender<Arc<Event>>,
+    queue_changed: Arc<Notify>,
+    ids: IdGen,
+    counters: Counters,
+}
+
+impl Writer {
+    fn run(&mut self, mut rx: mpsc::Receiver<Job>) {
+        let mut jobs: Vec<Job> = Vec::with_capacity(64);
+        while let Some(first) = rx.blocking_recv() {
+            jobs.push(first);
+            while jobs.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            let before = self.counters;
+            match self.run_batch(&jobs) {
+                Ok((results, events)) => {
+                    let enqueued = self.counters.queue_tail != before.queue_tail
+                        || jobs.iter().any(|j| j.cmd.may_enqueue());
+                    for (job, r) in jobs.drain(..).zip(results) {
+                        let _ = job.reply.send(r);
+                    }
+                    for e in events {
+                        // No subscribers is fine.
+                        let _ = self.events.send(Arc::new(e));
+                    }
+                    if enqueued {
+                        self.queue_changed.notify_one();
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, jobs = jobs.len(), "write transaction failed; nothing in it was acknowledged");
+                    self.counters = before;
+                    let e = Arc::new(e);
+                    for job in jobs.drain(..) {
+                        let _ = job.reply.send(Err(WriteError::Storage(e.clone())));
+                    }
+                }
+            }
+        }
+        tracing::debug!("writer thread exiting: all handles dropped");
+    }
+
+    /// Runs `jobs` in one durable transaction; returns each job's result and
+    /// the events of the jobs that succeeded.
+    fn run_batch(&mut self, jobs: &[Job]) -> Result<(Vec<JobResult>, Vec<Event>), StoreError> {
+        let emit = self.events.receiver_count() > 0;
+        let mut txn = self.store.db().begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        let mut results = Vec::with_capacity(jobs.len());
+        let mut events = Vec::new();
+        {
+            let mut x = Txn::open(&txn, &self.ids, &mut self.counters, emit)?;
+            for job in jobs {
+                let r = apply(&mut x, &job.cmd)?;
+                let job_events = std::mem::take(&mut x.ev);
+                if r.is_ok() {
+                    events.extend(job_events);
+                }
+                results.push(r);
+            }
+            let tails = (x.counters.queue_tail, x.counters.dead_tail);
+            x.meta
+                .insert(META_QUEUE_TAIL, tails.0.to_be_bytes().as_slice())?;
+            x.meta
+                .insert(META_DEAD_TAIL, tails.1.to_be_bytes().as_slice())?;
+        }
+        txn.commit()?;
+        Ok((results, events))
+    }
+}
+
+impl WriteCmd {
+    /// Whether the job can put an op in the queue other than by appending
+    /// (which moves the tail counter): the worker must look again.
+    fn may_enqueue(&self) -> bool {
+        match self {
+            WriteCmd::Conflict { .. }
+            | WriteCmd::ResolveParked { .. }
+            | WriteCmd::RetryDead { .. } => true,
+            WriteCmd::Verdicts(v) => v.iter().any(WriteCmd::may_enqueue),
+            _ => false,
+        }
+    }
+}
+
+/// Applies one job. `Ok(Err(_))`: the job's own error, nothing written.
+/// `Err(_)`: storage failure, the transaction must be abandoned.
+fn apply(x: &mut Txn<'_>, cmd: &WriteCmd) -> Result<JobResult, StoreError> {
+    match cmd {
+        WriteCmd::Put {
+            collection,
+            id,
+            data,
+            client_ts,
+        } => app::put(x, collection, id.as_deref(), data, *client_ts),
+        WriteCmd::Patch {
+            collection,
+            id,
+            data,
+            client_ts,
+            max_bytes,
+        } => app::patch(x, collection, id, data, *client_ts, *max_bytes),
+        WriteCmd::Delete {
+            collection,
+            id,
+            client_ts,
+        } => app::delete(x, collection, id, *client_ts),
+        WriteCmd::Ack { seq, record } => verdict::ack(x, *seq, record),
+        WriteCmd::DropLocal { seq } => verdict::drop_local(x, *seq),
+        WriteCmd::Attempt { seq, error } => verdict::attempt(x, *seq, error),
+        WriteCmd::DeadLetter { seq, error } => verdict::dead_letter(x, *seq, error),
+        WriteCmd::Conflict {
+            seq,
+            server,
+            strategy,
+            rules,
+        } => conflict::conflict(x, *seq, server, *strategy, rules),
+        WriteCmd::ApplyChanges { changes, cursor } => verdict::apply_changes(x, changes, cursor),
+        WriteCmd::ResolveParked {
+            collection,
+            id,
+            take,
+            data,
+        } => admin::resolve_parked(x, collection, id, *take, data.as_ref()),
+        WriteCmd::RetryDead { op_id } => admin::retry(x, op_id),
+        WriteCmd::DiscardDead { op_id } => admin::discard(x, op_id),
+        WriteCmd::SetMeta { key, value } => admin::set_meta(x, key, value),
+        WriteCmd::Verdicts(cmds) => {
+            for c in cmds {
+                if let Err(e) = apply(x, c)? {
+                    // Verdicts never fail on their own; should one, the
+                    // ones before it still stand.
+                    return Ok(Err(e));
+                }
+            }
+            Ok(Ok(WriteOutcome::Done))
+        }
+    }
+}

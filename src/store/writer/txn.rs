@@ -1,0 +1,225 @@
+//! One write transaction as the jobs see it: every table opened once, the
+//! sequence counters, the id generator and the events the job emits. The
+//! small helpers every kind of job shares (queue appends, taking the
+//! server's record) live here too.
+
+use redb::{ReadableTable, Table, WriteTransaction};
+use serde_json::Value;
+
+use crate::domain::ids::IdGen;
+use crate::domain::{
+    DeadLetter, Doc, Event, Origin, QueuedOp, ServerRecord, StoreError, StoredRecord, WriteError,
+};
+use crate::store::encoding::{from_store, to_store};
+use crate::store::tables::*;
+
+use super::{Counters, WriteOutcome};
+
+/// Result of one job inside a batch: its answer, or its own error (nothing
+/// of it written).
+pub(super) type JobResult = Result<WriteOutcome, WriteError>;
+
+/// Counts one more resolved conflict, for status.
+pub(super) fn bump_resolved(x: &mut Txn<'_>) -> Result<(), StoreError> {
+    let n = u64_be(
+        x.meta
+            .get(META_RESOLVED)?
+            .map(|v| v.value().to_vec())
+            .as_deref(),
+    )
+    .unwrap_or(0);
+    x.meta
+        .insert(META_RESOLVED, (n + 1).to_be_bytes().as_slice())?;
+    Ok(())
+}
+
+pub(super) fn not_found(collection: &str, id: &str) -> WriteError {
+    WriteError::NotFound {
+        collection: collection.to_owned(),
+        id: id.to_owned(),
+    }
+}
+
+/// Every table, opened once per transaction, and what the jobs share.
+pub(super) struct Txn<'txn> {
+    pub records: Table<'txn, (&'static str, &'static str), &'static [u8]>,
+    pub queue: Table<'txn, u64, &'static [u8]>,
+    pub ops: Table<'txn, &'static str, u64>,
+    pub server_ids: Table<'txn, (&'static str, &'static str), &'static str>,
+    pub dead: Table<'txn, u64, &'static [u8]>,
+    pub conflicts: Table<'txn, (&'static str, &'static str), &'static [u8]>,
+    pub meta: Table<'txn, &'static str, &'static [u8]>,
+    pub ids: &'txn IdGen,
+    pub counters: &'txn mut Counters,
+    /// Whether anyone subscribes to events during this batch.
+    pub emit: bool,
+    /// Events of the job being applied.
+    pub ev: Vec<Event>,
+}
+
+impl<'txn> Txn<'txn> {
+    pub fn open(
+        txn: &'txn WriteTransaction,
+        ids: &'txn IdGen,
+        counters: &'txn mut Counters,
+        emit: bool,
+    ) -> Result<Self, StoreError> {
+        Ok(Txn {
+            ids,
+            counters,
+            emit,
+            ev: Vec::new(),
+            records: txn.open_table(RECORDS)?,
+            queue: txn.open_table(QUEUE)?,
+            ops: txn.open_table(OP_INDEX)?,
+            server_ids: txn.open_table(SERVER_IDS)?,
+            dead: txn.open_table(DEAD)?,
+            conflicts: txn.open_table(CONFLICTS)?,
+            meta: txn.open_table(META)?,
+        })
+    }
+
+    pub fn record(&self, c: &str, id: &str) -> Result<Option<StoredRecord>, StoreError> {
+        match self.records.get((c, id))? {
+            Some(v) => Ok(Some(from_store(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn put_record(&mut self, c: &str, id: &str, r: &StoredRecord) -> Result<(), StoreError> {
+        self.records.insert((c, id), to_store(r)?.as_slice())?;
+        Ok(())
+    }
+
+    pub fn op(&self, seq: u64) -> Result<Option<QueuedOp>, StoreError> {
+        match self.queue.get(seq)? {
+            Some(v) => Ok(Some(from_store(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Removes the op at `seq` from the queue and the op index.
+    pub fn take_op(&mut self, seq: u64) -> Result<Option<QueuedOp>, StoreError> {
+        let Some(bytes) = self.queue.remove(seq)?.map(|v| v.value().to_vec()) else {
+            return Ok(None);
+        };
+        let op: QueuedOp = from_store(&bytes)?;
+        self.ops.remove(op.op_id.as_str())?;
+        Ok(Some(op))
+    }
+
+    /// The record's count of pending ops (0 if it is gone).
+    pub fn pending_of(&self, c: &str, lid: &str) -> Result<u32, StoreError> {
+        Ok(self.record(c, lid)?.map(|r| r.pending).unwrap_or(0))
+    }
+
+    /// Queued ops of one record with a sequence above `seq`, at most
+    /// `expected` of them (the record's pending count says how many there
+    /// can be). Usually that is none and nothing is read; otherwise it is a
+    /// scan of the queue that stops at the last one, on the dead-letter and
+    /// conflict paths only.
+    pub fn ops_of_record_after(
+        &self,
+        seq: u64,
+        c: &str,
+        lid: &str,
+        expected: u32,
+    ) -> Result<Vec<(u64, QueuedOp)>, StoreError> {
+        let mut out = Vec::new();
+        if expected == 0 {
+            return Ok(out);
+        }
+        for item in self.queue.range(seq.saturating_add(1)..)? {
+            if out.len() >= expected as usize {
+                break;
+            }
+            let (k, v) = item?;
+            let op: QueuedOp = from_store(v.value())?;
+            if op.collection == c && op.local_id == lid {
+                out.push((k.value(), op));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn find_dead(&self, op_id: &str) -> Result<Option<(u64, DeadLetter)>, StoreError> {
+        for item in self.dead.iter()? {
+            let (k, v) = item?;
+            let d: DeadLetter = from_store(v.value())?;
+            if d.op.op_id == op_id {
+                return Ok(Some((k.value(), d)));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Appends `op` at the tail of the queue.
+pub(super) fn append_op(x: &mut Txn<'_>, op: &QueuedOp) -> Result<u64, StoreError> {
+    let seq = x.counters.queue_tail;
+    x.counters.queue_tail += 1;
+    x.queue.insert(seq, to_store(op)?.as_slice())?;
+    x.ops.insert(op.op_id.as_str(), seq)?;
+    Ok(seq)
+}
+
+/// Puts `op` at the head of the queue (a re-send after a conflict).
+pub(super) fn prepend_op(x: &mut Txn<'_>, op: &QueuedOp) -> Result<u64, StoreError> {
+    let seq = match x.queue.first()? {
+        Some((k, _)) => k.value() - 1,
+        None => {
+            let s = x.counters.queue_tail;
+            x.counters.queue_tail += 1;
+            s
+        }
+    };
+    x.queue.insert(seq, to_store(op)?.as_slice())?;
+    x.ops.insert(op.op_id.as_str(), seq)?;
+    Ok(seq)
+}
+
+pub(super) fn take_server(
+    x: &mut Txn<'_>,
+    c: &str,
+    lid: &str,
+    rec: Option<StoredRecord>,
+    r: &ServerRecord,
+    origin: Origin,
+) -> Result<(), StoreError> {
+    let pending = rec.as_ref().map(|r| r.pending).unwrap_or(0);
+    if r.deleted {
+        x.server_ids.remove((c, r.id.as_str()))?;
+        if pending == 0 {
+            x.records.remove((c, lid))?;
+        } else if let Some(mut rec) = rec {
+            rec.deleted = true;
+            rec.data = "{}".into();
+            rec.forget_server();
+            x.put_record(c, lid, &rec)?;
+        }
+        x.ev.push(Event::Changed {
+            collection: c.to_owned(),
+            id: lid.to_owned(),
+            op_id: None,
+            origin,
+            data: None,
+        });
+        return Ok(());
+    }
+    let mut new = StoredRecord::local(
+        String::new(),
+        pending,
+        rec.as_ref().map(|r| r.local_ts).unwrap_or(r.updated_at),
+    );
+    new.data = new.stand_on(r);
+    x.server_ids.insert((c, r.id.as_str()), lid)?;
+    x.put_record(c, lid, &new)?;
+    x.ev.push(Event::Changed {
+        collection: c.to_owned(),
+        id: lid.to_owned(),
+        op_id: None,
+        origin,
+        data: Some(Doc(Value::Object(r.data.clone()))),
+    });
+    Ok(())
+}

@@ -1,0 +1,233 @@
+//! Sync verdicts: what the server said about queued ops (applied, not
+//! needed, failed for now, rejected for good) and pages of remote changes.
+//! The sync worker reports each; the op leaves the queue in the same
+//! transaction that records its result.
+
+use serde_json::Value;
+
+use redb::ReadableTable;
+
+use crate::domain::ids::{validate_collection, validate_id};
+use crate::domain::{
+    Change, DeadLetter, Doc, Event, OpKind, Origin, QueuedOp, ServerRecord, StoreError,
+};
+use crate::store::encoding::{from_store, to_store};
+use crate::store::tables::*;
+use crate::store::{parse_doc_text, ParkedConflict, ServerRecordStored};
+
+use super::txn::{take_server, JobResult, Txn};
+use super::WriteOutcome;
+
+/// The server applied the op at `seq`.
+pub(super) fn ack(
+    x: &mut Txn<'_>,
+    seq: u64,
+    record: &ServerRecord,
+) -> Result<JobResult, StoreError> {
+    let Some(op) = x.take_op(seq)? else {
+        return Ok(Ok(WriteOutcome::Done));
+    };
+    apply_ack(x, &op, record)?;
+    x.meta.insert(
+        META_LAST_SYNC,
+        crate::domain::clock::now_ms().to_be_bytes().as_slice(),
+    )?;
+    Ok(Ok(WriteOutcome::Done))
+}
+
+/// The op at `seq` needs no server: a delete of a record the server never had.
+pub(super) fn drop_local(x: &mut Txn<'_>, seq: u64) -> Result<JobResult, StoreError> {
+    let Some(op) = x.take_op(seq)? else {
+        return Ok(Ok(WriteOutcome::Done));
+    };
+    if let Some(mut rec) = x.record(&op.collection, &op.local_id)? {
+        rec.pending = rec.pending.saturating_sub(1);
+        if rec.pending == 0 && rec.deleted {
+            x.records
+                .remove((op.collection.as_str(), op.local_id.as_str()))?;
+        } else {
+            x.put_record(&op.collection, &op.local_id, &rec)?;
+        }
+    }
+    Ok(Ok(WriteOutcome::Done))
+}
+
+/// A transient failure of the op at `seq`: counted, the op stays.
+pub(super) fn attempt(x: &mut Txn<'_>, seq: u64, error: &str) -> Result<JobResult, StoreError> {
+    if let Some(mut op) = x.op(seq)? {
+        op.attempts = op.attempts.saturating_add(1);
+        op.last_error = Some(error.to_owned());
+        x.queue.insert(seq, to_store(&op)?.as_slice())?;
+    }
+    Ok(Ok(WriteOutcome::Done))
+}
+
+/// The server rejected the op at `seq` for good: it and the later ops of
+/// the same record go to the dead letters.
+pub(super) fn dead_letter(x: &mut Txn<'_>, seq: u64, error: &str) -> Result<JobResult, StoreError> {
+    let Some(op) = x.take_op(seq)? else {
+        return Ok(Ok(WriteOutcome::Done));
+    };
+    let mut dead = vec![(op.clone(), error.to_owned())];
+    let others = x
+        .pending_of(&op.collection, &op.local_id)?
+        .saturating_sub(1);
+    let dependents = x.ops_of_record_after(seq, &op.collection, &op.local_id, others)?;
+    for (s, _) in &dependents {
+        if let Some(d) = x.take_op(*s)? {
+            dead.push((
+                d,
+                format!("depends on dead-lettered op {}: {error}", op.op_id),
+            ));
+        }
+    }
+    let mut base = None;
+    if let Some(mut rec) = x.record(&op.collection, &op.local_id)? {
+        rec.pending = rec.pending.saturating_sub(dead.len() as u32);
+        base = rec.server_id.clone().zip(rec.version);
+        x.put_record(&op.collection, &op.local_id, &rec)?;
+    }
+    for (mut d, err) in dead {
+        if d.kind != OpKind::Create {
+            d.base = base.clone();
+        }
+        x.ev.push(Event::DeadLettered {
+            op_id: d.op_id.to_owned(),
+            collection: d.collection.to_owned(),
+            id: d.local_id.clone(),
+            error: err.clone(),
+        });
+        let seq = x.counters.dead_tail;
+        x.counters.dead_tail += 1;
+        let entry = DeadLetter {
+            op: d,
+            error: err,
+            dead_at: crate::domain::clock::now_ms(),
+        };
+        x.dead.insert(seq, to_store(&entry)?.as_slice())?;
+    }
+    Ok(Ok(WriteOutcome::Done))
+}
+
+/// A page of remote changes and the cursor after it.
+pub(super) fn apply_changes(
+    x: &mut Txn<'_>,
+    changes: &[Change],
+    cursor: &str,
+) -> Result<JobResult, StoreError> {
+    for ch in changes {
+        apply_remote(x, ch)?;
+    }
+    x.meta.insert(META_CURSOR, cursor.as_bytes())?;
+    x.meta.insert(
+        META_LAST_SYNC,
+        crate::domain::clock::now_ms().to_be_bytes().as_slice(),
+    )?;
+    Ok(Ok(WriteOutcome::Done))
+}
+
+fn apply_ack(x: &mut Txn<'_>, op: &QueuedOp, r: &ServerRecord) -> Result<(), StoreError> {
+    let (c, lid) = (op.collection.as_str(), op.local_id.as_str());
+    x.ev.push(Event::Synced {
+        op_id: op.op_id.clone(),
+        collection: c.to_owned(),
+        id: lid.to_owned(),
+        server_id: r.id.clone(),
+        version: r.version,
+    });
+    let Some(mut rec) = x.record(c, lid)? else {
+        return Ok(());
+    };
+    rec.pending = rec.pending.saturating_sub(1);
+    if op.kind == OpKind::Delete || r.deleted {
+        x.server_ids.remove((c, r.id.as_str()))?;
+        if rec.pending == 0 && rec.deleted {
+            x.records.remove((c, lid))?;
+            return Ok(());
+        }
+        // Later ops of this record start a new server record.
+        rec.forget_server();
+        x.put_record(c, lid, &rec)?;
+        return Ok(());
+    }
+    if let Some(old) = rec.server_id.as_deref() {
+        if old != r.id {
+            x.server_ids.remove((c, old))?;
+        }
+    }
+    x.server_ids.insert((c, r.id.as_str()), lid)?;
+    let server_text = rec.stand_on(r);
+    if rec.pending == 0
+        && !rec.deleted
+        && parse_doc_text(&rec.data) != Value::Object(r.data.clone())
+    {
+        // The server normalised the document: it is the truth now.
+        rec.data = server_text;
+        x.ev.push(Event::Changed {
+            collection: c.to_owned(),
+            id: lid.to_owned(),
+            op_id: None,
+            origin: Origin::Remote,
+            data: Some(Doc(Value::Object(r.data.clone()))),
+        });
+    }
+    x.put_record(c, lid, &rec)?;
+    Ok(())
+}
+
+fn apply_remote(x: &mut Txn<'_>, ch: &Change) -> Result<(), StoreError> {
+    let c = ch.collection.as_str();
+    let r = &ch.record;
+    if validate_collection(c).is_err() {
+        tracing::warn!(
+            collection = c,
+            "pulled change for an invalid collection name ignored"
+        );
+        return Ok(());
+    }
+    let lid = x
+        .server_ids
+        .get((c, r.id.as_str()))?
+        .map(|v| v.value().to_owned());
+    let lid = match lid {
+        Some(l) => l,
+        None => {
+            if r.deleted {
+                return Ok(()); // never had it, nothing to delete
+            }
+            // A record another device made: the server id doubles as the
+            // local id when it is a valid, unused one.
+            if validate_id(&r.id).is_ok() && x.record(c, &r.id)?.is_none() {
+                r.id.clone()
+            } else {
+                x.ids.next()
+            }
+        }
+    };
+    let rec = x.record(c, &lid)?;
+    if let Some(existing) = &rec {
+        if existing.pending > 0 {
+            // Local changes win locally until their ops meet the server:
+            // they keep their base version and hit the 409 path there.
+            // A parked conflict keeps the newest server record, so that
+            // "take server" takes what the server has now.
+            let parked = x
+                .conflicts
+                .get((c, lid.as_str()))?
+                .map(|v| v.value().to_vec());
+            if let Some(bytes) = parked {
+                let mut p: ParkedConflict = from_store(&bytes)?;
+                if r.version > p.server.version {
+                    p.server = ServerRecordStored::from(r);
+                    x.conflicts
+                        .insert((c, lid.as_str()), to_store(&p)?.as_slice())?;
+                }
+            }
+            return Ok(());
+        }
+        if existing.version.is_some_and(|v| v >= r.version) {
+            return Ok(()); // our own write coming back, or older
+        }
+    }
+    take_server(x, c, &lid, rec, r, Origin::Remote)
+}
