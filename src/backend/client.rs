@@ -319,6 +319,7 @@ pub struct RawReply<'a> {
 }
 
 impl<'a> RawReply<'a> {
+    /// A reply as hyper gives it.
     pub fn new(status: StatusCode, headers: &'a hyper::HeaderMap, body: &'a [u8]) -> Self {
         RawReply {
             status: status.as_u16(),
@@ -477,6 +478,8 @@ pub fn classify_op(kind: OpKind, r: &RawReply<'_>) -> Result<OpResult, Failure> 
     }
 }
 
+const BATCH: &str = "POST v1/ops/batch";
+
 /// Classifies a `POST v1/ops/batch` reply to `n_ops` ops. `404`/`405`
 /// (any body) means no batch support; `400`/`413`/`422` refuse the batch
 /// as a whole (its ops then go one at a time and get their own verdicts);
@@ -498,8 +501,6 @@ pub fn classify_batch(n_ops: usize, r: &RawReply<'_>) -> Result<BatchOutcome, Fa
         _ => Err(unlisted(BATCH, r, Oddity::Status)),
     }
 }
-
-const BATCH: &str = "POST v1/ops/batch";
 
 /// The verdicts in a batch's `200` reply, up to the first that is not
 /// `Applied`. An entry that is not a valid result makes the whole reply
