@@ -596,7 +596,7 @@ async fn wait_drained(c: &mut Client) -> Result<(), Fail> {
             "offline" if s.backend.is_none() => {
                 return Err(Fail::Api("no backend configured ([backend] url)".into()))
             }
-            "offline" | "backoff" => {
+            "offline" | "backoff" | "backend_error" => {
                 since_nonempty_fail += 1;
                 // Keep waiting through short outages; give up after ~60 s.
                 if since_nonempty_fail > 600 {

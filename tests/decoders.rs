@@ -2,7 +2,11 @@
 //! mutations of valid ones (a cheap, deterministic stand-in until the
 //! coverage-guided fuzz targets exist). Errors must carry a message.
 
-use syncd::backend::protocol::{BatchReply, ChangesPage, OpOk, WireOp};
+use syncd::backend::client::{
+    classify_batch, classify_changes, classify_health, classify_op, BatchOutcome, OpResult,
+    RawReply,
+};
+use syncd::backend::protocol::{BatchReply, ChangesPage, OpKind, OpOk, WireOp};
 use syncd::config::Config;
 use syncd::ipc::codec::{decode, encode, Encoding};
 use syncd::ipc::frame::read_frame;
@@ -109,7 +113,37 @@ fn backend_replies_never_panic() {
         let _ = serde_json::from_slice::<BatchReply>(&input);
         let _ = serde_json::from_slice::<ChangesPage>(&input);
         let _ = serde_json::from_slice::<WireOp>(&input);
+        classify_all(&input, STATUSES[round % STATUSES.len()]);
     }
+}
+
+/// Statuses the classification is fed with the mutated bodies.
+const STATUSES: [u16; 12] = [200, 201, 302, 400, 404, 405, 409, 413, 418, 422, 503, 0];
+
+/// Runs the daemon's own reply classification over `body` with `status`:
+/// it must not panic, and only a JSON `{"error": "..."}` object with a
+/// listed status may ever dead-letter an op.
+fn classify_all(body: &[u8], status: u16) {
+    let headers = hyper::HeaderMap::new();
+    let reply = RawReply {
+        status,
+        headers: &headers,
+        body,
+    };
+    for kind in [OpKind::Create, OpKind::Update, OpKind::Delete] {
+        if let Ok(OpResult::Rejected { .. }) = classify_op(kind, &reply) {
+            assert!(matches!(status, 400 | 404 | 413 | 422), "{status}");
+            assert!(kind != OpKind::Create || status != 404);
+            let v: serde_json::Value = serde_json::from_slice(body).expect("JSON rejection");
+            assert!(v["error"].is_string(), "{v}");
+        }
+    }
+    if let Ok(BatchOutcome::Results(results)) = classify_batch(3, &reply) {
+        assert_eq!(status, 200);
+        assert!(!results.is_empty() && results.len() <= 3, "{results:?}");
+    }
+    let _ = classify_health(&reply);
+    let _ = classify_changes(&reply);
 }
 
 #[test]

@@ -2,7 +2,9 @@
 //! https (rustls with the system roots plus an optional CA file), a
 //! per-request timeout, the bearer token and `X-Syncd-Client` on every
 //! request. It classifies replies into the protocol's table so the sync
-//! worker never looks at status codes itself.
+//! worker never looks at status codes itself; the `classify_*` functions
+//! are pure, so tests call them directly. Redirects are never followed
+//! (hyper's client has no redirect support): a `3xx` is an unlisted reply.
 
 use std::time::Duration;
 
@@ -32,14 +34,22 @@ pub enum Failure {
     Unreachable { reason: String },
     /// 401/403.
     Auth { reason: String },
+    /// A reply the protocol's table does not list: a redirect, an HTML
+    /// page, `405`, another `4xx`, a `2xx` other than `200`, a body that is
+    /// not the JSON described. The request never reached a backend of this
+    /// protocol, or its reply cannot be trusted: it is never a verdict on
+    /// an op. `reason` names the status and says to check the URL.
+    Unlisted { status: u16, reason: String },
 }
 
 impl Failure {
+    /// What went wrong, for status and logs.
     pub fn reason(&self) -> &str {
         match self {
             Failure::Transient { reason, .. }
             | Failure::Unreachable { reason }
-            | Failure::Auth { reason } => reason,
+            | Failure::Auth { reason }
+            | Failure::Unlisted { reason, .. } => reason,
         }
     }
 }
@@ -63,7 +73,7 @@ pub enum BatchOutcome {
     Results(Vec<OpResult>),
     /// The server has no batch endpoint (404/405): use `v1/ops`.
     Unsupported,
-    /// This batch was refused as a whole (another 4xx): send its ops one
+    /// This batch was refused as a whole (400, 413, 422): send its ops one
     /// at a time this round.
     Refused(String),
 }
@@ -221,16 +231,7 @@ impl BackendClient {
     /// `GET v1/health`.
     pub async fn health(&self) -> Result<(), Failure> {
         let (status, headers, body) = self.call(Method::GET, "v1/health", None).await?;
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(
-                http_failure(status, &headers, &body).unwrap_or_else(|| Failure::Transient {
-                    reason: format!("health: HTTP {status}"),
-                    retry_after_ms: None,
-                }),
-            )
-        }
+        classify_health(&RawReply::new(status, &headers, &body))
     }
 
     /// `POST v1/ops`.
@@ -240,10 +241,7 @@ impl BackendClient {
             retry_after_ms: None,
         })?;
         let (status, headers, body) = self.call(Method::POST, "v1/ops", Some(body)).await?;
-        if let Some(f) = http_failure(status, &headers, &body) {
-            return Err(f);
-        }
-        op_result(status.as_u16(), &body)
+        classify_op(op.kind, &RawReply::new(status, &headers, &body))
     }
 
     /// `POST v1/ops/batch`.
@@ -255,73 +253,7 @@ impl BackendClient {
             }
         })?;
         let (status, headers, body) = self.call(Method::POST, "v1/ops/batch", Some(body)).await?;
-        if status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED {
-            return Ok(BatchOutcome::Unsupported);
-        }
-        if let Some(f) = http_failure(status, &headers, &body) {
-            return Err(f);
-        }
-        if !status.is_success() {
-            // A batch-level 4xx (413 for a large batch, say): this batch
-            // was refused as a whole. Send these ops one at a time, where
-            // each gets its own verdict; later rounds try batches again.
-            return Ok(BatchOutcome::Refused(format!(
-                "HTTP {status}: {}",
-                reason_of(&body)
-            )));
-        }
-        let reply: BatchReply = serde_json::from_slice(&body).map_err(|e| Failure::Transient {
-            reason: format!("malformed batch reply: {e}"),
-            retry_after_ms: None,
-        })?;
-        if reply.results.is_empty() || reply.results.len() > ops.len() {
-            return Err(Failure::Transient {
-                reason: format!(
-                    "batch reply has {} results for {} ops",
-                    reply.results.len(),
-                    ops.len()
-                ),
-                retry_after_ms: None,
-            });
-        }
-        let mut out = Vec::with_capacity(reply.results.len());
-        for r in reply.results {
-            let res = match (r.status, r.record) {
-                (200, Some(rec)) => OpResult::Applied(rec),
-                (409, Some(rec)) => OpResult::Conflict(rec),
-                // A per-op failure that is not a verdict: keep the results
-                // before it (those ops were applied and must be acked now),
-                // and let the next round meet the failure at the head.
-                (s @ (401 | 403), _) if out.is_empty() => {
-                    return Err(Failure::Auth {
-                        reason: format!("batch op refused: HTTP {s}"),
-                    })
-                }
-                (s @ (408 | 429 | 500..=599), _) if out.is_empty() => {
-                    return Err(Failure::Transient {
-                        reason: format!("batch op: HTTP {s} {}", r.error.unwrap_or_default()),
-                        retry_after_ms: None,
-                    });
-                }
-                (200 | 409, None) if out.is_empty() => {
-                    return Err(Failure::Transient {
-                        reason: format!("batch result {} without a record", r.status),
-                        retry_after_ms: None,
-                    })
-                }
-                (401 | 403 | 408 | 429 | 500..=599, _) | (200 | 409, None) => break,
-                (s, _) => OpResult::Rejected {
-                    status: s,
-                    reason: r.error.unwrap_or_else(|| format!("HTTP {s}")),
-                },
-            };
-            let stop = !matches!(res, OpResult::Applied(_));
-            out.push(res);
-            if stop {
-                break;
-            }
-        }
-        Ok(BatchOutcome::Results(out))
+        classify_batch(ops.len(), &RawReply::new(status, &headers, &body))
     }
 
     /// `GET v1/changes`.
@@ -332,19 +264,7 @@ impl BackendClient {
             path.push_str(&percent_encode(c));
         }
         let (status, headers, body) = self.call(Method::GET, &path, None).await?;
-        if let Some(f) = http_failure(status, &headers, &body) {
-            return Err(f);
-        }
-        if !status.is_success() {
-            return Err(Failure::Transient {
-                reason: format!("changes: HTTP {status}: {}", reason_of(&body)),
-                retry_after_ms: None,
-            });
-        }
-        serde_json::from_slice(&body).map_err(|e| Failure::Transient {
-            reason: format!("malformed changes reply: {e}"),
-            retry_after_ms: None,
-        })
+        classify_changes(&RawReply::new(status, &headers, &body))
     }
 }
 
@@ -385,56 +305,556 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// The server's reason from an error body, or a short excerpt of it.
 fn reason_of(body: &[u8]) -> String {
-    if let Ok(e) = serde_json::from_slice::<ErrorBody>(body) {
-        return e.error;
+    match error_field(body) {
+        Some(e) => e,
+        None => String::from_utf8_lossy(body).chars().take(200).collect(),
     }
-    let s = String::from_utf8_lossy(body);
-    s.chars().take(200).collect()
 }
 
-/// Transient and auth failures by status; `None` for statuses that carry
-/// an op verdict (2xx, 409, permanent 4xx).
-fn http_failure(status: StatusCode, headers: &hyper::HeaderMap, body: &[u8]) -> Option<Failure> {
-    let s = status.as_u16();
-    match s {
+/// The parts of an HTTP reply that classification reads.
+#[derive(Debug, Clone, Copy)]
+pub struct RawReply<'a> {
+    pub status: u16,
+    pub headers: &'a hyper::HeaderMap,
+    pub body: &'a [u8],
+}
+
+impl<'a> RawReply<'a> {
+    /// A reply as hyper gives it.
+    pub fn new(status: StatusCode, headers: &'a hyper::HeaderMap, body: &'a [u8]) -> Self {
+        RawReply {
+            status: status.as_u16(),
+            headers,
+            body,
+        }
+    }
+}
+
+/// What made a reply one the protocol's table does not list.
+#[derive(Debug, Clone, Copy)]
+enum Oddity {
+    /// A 3xx; redirects are not followed.
+    Redirect,
+    /// A listed status whose body is not the JSON described for it.
+    NotProtocolJson,
+    /// A 404 for a create: the endpoint itself was not found.
+    CreateNotFound,
+    /// A status the protocol does not list for this endpoint.
+    Status,
+}
+
+/// Longest excerpt of a redirect target or a foreign body in a reason.
+const EXCERPT_CHARS: usize = 80;
+
+/// One line of at most [`EXCERPT_CHARS`] characters of `bytes`.
+fn excerpt(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let line = words.join(" ");
+    let mut out: String = line.chars().take(EXCERPT_CHARS).collect();
+    if line.chars().count() > EXCERPT_CHARS {
+        out.push('…');
+    }
+    out
+}
+
+/// The `Failure::Unlisted` for reply `r` to `endpoint`: names the status,
+/// what was wrong with it, and what to check.
+fn unlisted(endpoint: &str, r: &RawReply<'_>, oddity: Oddity) -> Failure {
+    let detail = match oddity {
+        Oddity::Redirect => match r.headers.get(header::LOCATION) {
+            Some(loc) => format!(", a redirect to {} (not followed)", excerpt(loc.as_bytes())),
+            None => ", a redirect (not followed)".to_owned(),
+        },
+        Oddity::NotProtocolJson => format!(
+            " with a body that is not protocol JSON ({:?})",
+            excerpt(r.body)
+        ),
+        Oddity::CreateNotFound => " for a create: the endpoint itself was not found".to_owned(),
+        Oddity::Status => " (a status the protocol does not list here)".to_owned(),
+    };
+    Failure::Unlisted {
+        status: r.status,
+        reason: format!(
+            "{endpoint} answered HTTP {}{detail}: not a syncd backend protocol reply; check [backend] url",
+            r.status
+        ),
+    }
+}
+
+/// Whether `body` is a JSON object (its first non-blank byte is `{`), the
+/// only shape the protocol uses for replies. serde reads a struct from a
+/// JSON array too; this keeps `["reason"]` from passing as `{"error": ...}`.
+fn is_json_object(body: &[u8]) -> bool {
+    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+}
+
+/// `body` as the reply type `T`, if it is a JSON object of that shape.
+fn parse_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Option<T> {
+    if !is_json_object(body) {
+        return None;
+    }
+    serde_json::from_slice(body).ok()
+}
+
+/// The `error` string of a `{"error": "..."}` body; other fields ignored.
+fn error_field(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Reason {
+        error: String,
+    }
+    parse_object::<Reason>(body).map(|r| r.error)
+}
+
+/// The `Retry-After` of a 429 or 503, in ms.
+fn retry_after_ms(r: &RawReply<'_>) -> Option<u64> {
+    if r.status != 429 && r.status != 503 {
+        return None;
+    }
+    let value = r.headers.get(header::RETRY_AFTER)?.to_str().ok()?;
+    parse_retry_after(value, std::time::SystemTime::now())
+}
+
+/// Replies that mean the same on every endpoint: 401/403 (auth), 408, 429
+/// and 5xx (transient), and any 1xx/3xx or out-of-range status (unlisted).
+/// `None` for the statuses each endpoint reads itself (2xx, other 4xx).
+fn common_failure(endpoint: &str, r: &RawReply<'_>) -> Option<Failure> {
+    match r.status {
         401 | 403 => Some(Failure::Auth {
-            reason: format!("HTTP {s}: {}", reason_of(body)),
+            reason: format!("HTTP {}: {}", r.status, reason_of(r.body)),
         }),
         408 | 429 | 500..=599 => Some(Failure::Transient {
-            reason: format!("HTTP {s}: {}", reason_of(body)),
-            retry_after_ms: if s == 429 || s == 503 {
-                headers
-                    .get(header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()))
-            } else {
-                None
-            },
+            reason: format!("HTTP {}: {}", r.status, reason_of(r.body)),
+            retry_after_ms: retry_after_ms(r),
         }),
-        _ => None,
+        300..=399 => Some(unlisted(endpoint, r, Oddity::Redirect)),
+        200..=299 | 400..=499 => None,
+        _ => Some(unlisted(endpoint, r, Oddity::Status)),
     }
 }
 
-/// The verdict for one op. A malformed 200 or 409 is transient: the op may
-/// have been applied, and a retry with the same op_id is safe.
-fn op_result(status: u16, body: &[u8]) -> Result<OpResult, Failure> {
-    let malformed = |what: String| Failure::Transient {
-        reason: what,
-        retry_after_ms: None,
-    };
-    match status {
-        200..=299 => serde_json::from_slice::<OpOk>(body)
+/// Classifies a `GET v1/health` reply. Any `200` means reachable: a body
+/// that is not JSON is a revision-1 server. A redirect or another status
+/// means the URL does not reach a backend of this protocol.
+pub fn classify_health(r: &RawReply<'_>) -> Result<(), Failure> {
+    const ENDPOINT: &str = "GET v1/health";
+    if let Some(f) = common_failure(ENDPOINT, r) {
+        return Err(f);
+    }
+    match r.status {
+        200 => Ok(()),
+        _ => Err(unlisted(ENDPOINT, r, Oddity::Status)),
+    }
+}
+
+/// Classifies a `POST v1/ops` reply to an op of `kind`, per the protocol's
+/// table. Only a JSON `{"error": ...}` body with 400, 413, 422, or 404 for
+/// an update or delete, is a permanent rejection; every reply the table
+/// does not list is [`Failure::Unlisted`], which keeps the op.
+pub fn classify_op(kind: OpKind, r: &RawReply<'_>) -> Result<OpResult, Failure> {
+    const ENDPOINT: &str = "POST v1/ops";
+    if let Some(f) = common_failure(ENDPOINT, r) {
+        return Err(f);
+    }
+    let not_json = || unlisted(ENDPOINT, r, Oddity::NotProtocolJson);
+    match r.status {
+        200 => parse_object::<OpOk>(r.body)
             .map(|ok| OpResult::Applied(ok.record))
-            .map_err(|e| malformed(format!("malformed {status} reply: {e}"))),
-        409 => match serde_json::from_slice::<ErrorBody>(body) {
-            Ok(ErrorBody {
-                record: Some(r), ..
-            }) => Ok(OpResult::Conflict(r)),
-            _ => Err(malformed("409 without the current record".into())),
+            .ok_or_else(not_json),
+        409 => match parse_object::<ErrorBody>(r.body) {
+            Some(ErrorBody {
+                record: Some(rec), ..
+            }) => Ok(OpResult::Conflict(rec)),
+            _ => Err(not_json()),
         },
-        _ => Ok(OpResult::Rejected {
-            status,
-            reason: format!("HTTP {status}: {}", reason_of(body)),
+        404 if kind == OpKind::Create => Err(unlisted(ENDPOINT, r, Oddity::CreateNotFound)),
+        400 | 404 | 413 | 422 => match error_field(r.body) {
+            Some(error) => Ok(OpResult::Rejected {
+                status: r.status,
+                reason: format!("HTTP {}: {error}", r.status),
+            }),
+            None => Err(not_json()),
+        },
+        _ => Err(unlisted(ENDPOINT, r, Oddity::Status)),
+    }
+}
+
+const BATCH: &str = "POST v1/ops/batch";
+
+/// Classifies a `POST v1/ops/batch` reply to `n_ops` ops. `404`/`405`
+/// (any body) means no batch support; `400`/`413`/`422` refuse the batch
+/// as a whole (its ops then go one at a time and get their own verdicts);
+/// a `200` must be `{"results": [...]}` with 1..=`n_ops` valid entries.
+pub fn classify_batch(n_ops: usize, r: &RawReply<'_>) -> Result<BatchOutcome, Failure> {
+    if r.status == 404 || r.status == 405 {
+        return Ok(BatchOutcome::Unsupported);
+    }
+    if let Some(f) = common_failure(BATCH, r) {
+        return Err(f);
+    }
+    match r.status {
+        200 => batch_results(n_ops, r),
+        400 | 413 | 422 => Ok(BatchOutcome::Refused(format!(
+            "HTTP {}: {}",
+            r.status,
+            reason_of(r.body)
+        ))),
+        _ => Err(unlisted(BATCH, r, Oddity::Status)),
+    }
+}
+
+/// The verdicts in a batch's `200` reply, up to the first that is not
+/// `Applied`. An entry that is not a valid result makes the whole reply
+/// untrustworthy: nothing in it is acted on (the applied ops are re-sent
+/// with the same op_ids, which is safe).
+fn batch_results(n_ops: usize, r: &RawReply<'_>) -> Result<BatchOutcome, Failure> {
+    let reply: BatchReply =
+        parse_object(r.body).ok_or_else(|| unlisted(BATCH, r, Oddity::NotProtocolJson))?;
+    if reply.results.is_empty() || reply.results.len() > n_ops {
+        return Err(unlisted(BATCH, r, Oddity::NotProtocolJson));
+    }
+    let mut out = Vec::with_capacity(reply.results.len());
+    for entry in reply.results {
+        match batch_entry(entry) {
+            Ok(res) => {
+                let stop = !matches!(res, OpResult::Applied(_));
+                out.push(res);
+                if stop {
+                    break;
+                }
+            }
+            Err(EntryError::Invalid) => return Err(unlisted(BATCH, r, Oddity::NotProtocolJson)),
+            // A per-op failure that is not a verdict: keep the results
+            // before it (those ops were applied and must be acked now),
+            // and let the next round meet the failure at the head.
+            Err(EntryError::Failed(f)) if out.is_empty() => return Err(f),
+            Err(EntryError::Failed(_)) => break,
+        }
+    }
+    Ok(BatchOutcome::Results(out))
+}
+
+/// Why a batch entry is not a verdict.
+enum EntryError {
+    /// Not a result the protocol describes.
+    Invalid,
+    /// An auth or transient failure for this op.
+    Failed(Failure),
+}
+
+/// One batch entry: `200`/`409` with a record, or a `4xx` with an error
+/// (a permanent rejection of that op); auth and transient statuses are
+/// failures; anything else is invalid.
+fn batch_entry(e: BatchResult) -> Result<OpResult, EntryError> {
+    match (e.status, e.record, e.error) {
+        (200, Some(rec), _) => Ok(OpResult::Applied(rec)),
+        (409, Some(rec), _) => Ok(OpResult::Conflict(rec)),
+        (s @ (401 | 403), _, _) => Err(EntryError::Failed(Failure::Auth {
+            reason: format!("batch op refused: HTTP {s}"),
+        })),
+        (s @ (408 | 429 | 500..=599), _, error) => Err(EntryError::Failed(Failure::Transient {
+            reason: format!("batch op: HTTP {s} {}", error.unwrap_or_default()),
+            retry_after_ms: None,
+        })),
+        (s @ 400..=499, _, Some(error)) if s != 409 => Ok(OpResult::Rejected {
+            status: s,
+            reason: error,
         }),
+        _ => Err(EntryError::Invalid),
+    }
+}
+
+/// Classifies a `GET v1/changes` reply: a `200` with the page described,
+/// or a failure.
+pub fn classify_changes(r: &RawReply<'_>) -> Result<ChangesPage, Failure> {
+    const ENDPOINT: &str = "GET v1/changes";
+    if let Some(f) = common_failure(ENDPOINT, r) {
+        return Err(f);
+    }
+    match r.status {
+        200 => parse_object(r.body).ok_or_else(|| unlisted(ENDPOINT, r, Oddity::NotProtocolJson)),
+        _ => Err(unlisted(ENDPOINT, r, Oddity::Status)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RECORD: &str = r#"{"id":"r1","version":2,"updated_at":5,"deleted":false,"data":{"a":1}}"#;
+    const HTML: &str = "<!doctype html>\n<html><body><h1>Welcome to Hotel WiFi</h1></body></html>";
+
+    fn headers(pairs: &[(&'static str, &str)]) -> hyper::HeaderMap {
+        let mut h = hyper::HeaderMap::new();
+        for (k, v) in pairs {
+            if let Ok(v) = header::HeaderValue::from_str(v) {
+                h.insert(*k, v);
+            }
+        }
+        h
+    }
+
+    fn op(kind: OpKind, status: u16, body: &str) -> Result<OpResult, Failure> {
+        let h = headers(&[]);
+        classify_op(
+            kind,
+            &RawReply {
+                status,
+                headers: &h,
+                body: body.as_bytes(),
+            },
+        )
+    }
+
+    fn batch(n: usize, status: u16, body: &str) -> Result<BatchOutcome, Failure> {
+        let h = headers(&[]);
+        classify_batch(
+            n,
+            &RawReply {
+                status,
+                headers: &h,
+                body: body.as_bytes(),
+            },
+        )
+    }
+
+    fn health(status: u16, body: &str) -> Result<(), Failure> {
+        let h = headers(&[]);
+        classify_health(&RawReply {
+            status,
+            headers: &h,
+            body: body.as_bytes(),
+        })
+    }
+
+    /// Asserts an unlisted failure with this status whose reason names the
+    /// status and the setting to check.
+    fn assert_unlisted<T: std::fmt::Debug>(r: Result<T, Failure>, status: u16) {
+        match r {
+            Err(Failure::Unlisted { status: s, reason }) => {
+                assert_eq!(s, status, "{reason}");
+                assert!(reason.contains(&format!("HTTP {status}")), "{reason}");
+                assert!(reason.contains("[backend] url"), "{reason}");
+            }
+            other => panic!("expected unlisted {status}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn listed_op_replies() {
+        assert!(matches!(
+            op(OpKind::Create, 200, &format!(r#"{{"record":{RECORD}}}"#)),
+            Ok(OpResult::Applied(_))
+        ));
+        assert!(matches!(
+            op(
+                OpKind::Update,
+                409,
+                &format!(r#"{{"error":"conflict","record":{RECORD}}}"#)
+            ),
+            Ok(OpResult::Conflict(_))
+        ));
+        for s in [400, 413, 422] {
+            assert_eq!(
+                op(OpKind::Create, s, r#"{"error":"bad title","extra":1}"#),
+                Ok(OpResult::Rejected {
+                    status: s,
+                    reason: format!("HTTP {s}: bad title")
+                })
+            );
+        }
+        for k in [OpKind::Update, OpKind::Delete] {
+            assert!(matches!(
+                op(k, 404, r#"{"error":"no record r1"}"#),
+                Ok(OpResult::Rejected { status: 404, .. })
+            ));
+        }
+        assert!(matches!(
+            op(OpKind::Create, 401, HTML),
+            Err(Failure::Auth { .. })
+        ));
+        assert!(matches!(
+            op(OpKind::Create, 502, HTML),
+            Err(Failure::Transient { .. })
+        ));
+    }
+
+    #[test]
+    fn unlisted_op_replies_are_never_rejections() {
+        let record = format!(r#"{{"record":{RECORD}}}"#);
+        let cases: Vec<(OpKind, u16, &str)> = vec![
+            (OpKind::Create, 302, ""),
+            (OpKind::Update, 301, HTML),
+            (OpKind::Create, 404, HTML),
+            (OpKind::Create, 404, r#"{"error":"not found"}"#),
+            (OpKind::Update, 404, HTML),
+            (OpKind::Delete, 404, ""),
+            (OpKind::Create, 405, r#"{"error":"method not allowed"}"#),
+            (OpKind::Create, 418, r#"{"error":"I'm a teapot"}"#),
+            (OpKind::Create, 410, r#"{"error":"gone"}"#),
+            (OpKind::Create, 200, HTML),
+            (OpKind::Create, 200, r#"{"ok":true}"#),
+            (OpKind::Create, 200, ""),
+            (OpKind::Create, 201, &record),
+            (OpKind::Create, 204, ""),
+            (OpKind::Update, 409, r#"{"error":"conflict"}"#),
+            (OpKind::Create, 422, HTML),
+            (OpKind::Create, 400, r#"["bad"]"#),
+            (OpKind::Create, 413, "request entity too large"),
+            (OpKind::Create, 100, ""),
+            (OpKind::Create, 600, ""),
+        ];
+        for (kind, status, body) in cases {
+            assert_unlisted(op(kind, status, body), status);
+        }
+    }
+
+    #[test]
+    fn reasons_name_the_redirect_target_or_the_body() {
+        let h = headers(&[("location", "https://portal.example/login?x=1")]);
+        let r = RawReply {
+            status: 302,
+            headers: &h,
+            body: b"",
+        };
+        let reason = classify_op(OpKind::Create, &r).map(|_| ()).unwrap_err();
+        assert!(
+            reason
+                .reason()
+                .contains("redirect to https://portal.example/login?x=1 (not followed)"),
+            "{reason:?}"
+        );
+        let f = op(OpKind::Create, 200, &HTML.repeat(50)).unwrap_err();
+        assert!(f.reason().contains("not protocol JSON"), "{f:?}");
+        assert!(f.reason().contains("Welcome to Hotel"), "{f:?}");
+        assert!(f.reason().len() < 400, "{f:?}");
+    }
+
+    #[test]
+    fn retry_after_on_503_only() {
+        let h = headers(&[("retry-after", "7")]);
+        let reply = |status| RawReply {
+            status,
+            headers: &h,
+            body: b"",
+        };
+        let ra = |f: Result<OpResult, Failure>| match f {
+            Err(Failure::Transient { retry_after_ms, .. }) => retry_after_ms,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(ra(classify_op(OpKind::Create, &reply(503))), Some(7000));
+        assert_eq!(ra(classify_op(OpKind::Create, &reply(500))), None);
+    }
+
+    #[test]
+    fn batch_replies() {
+        let applied = format!(r#"{{"status":200,"record":{RECORD}}}"#);
+        for s in [404, 405] {
+            assert_eq!(batch(3, s, HTML), Ok(BatchOutcome::Unsupported));
+        }
+        assert!(matches!(batch(3, 413, HTML), Ok(BatchOutcome::Refused(_))));
+        match batch(
+            3,
+            200,
+            &format!(r#"{{"results":[{applied},{{"status":422,"error":"no"}}]}}"#),
+        ) {
+            Ok(BatchOutcome::Results(v)) => {
+                assert!(matches!(v[0], OpResult::Applied(_)));
+                assert_eq!(
+                    v[1],
+                    OpResult::Rejected {
+                        status: 422,
+                        reason: "no".into()
+                    }
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // A failure after applied entries: keep the prefix.
+        match batch(
+            3,
+            200,
+            &format!(r#"{{"results":[{applied},{{"status":503}}]}}"#),
+        ) {
+            Ok(BatchOutcome::Results(v)) => assert_eq!(v.len(), 1),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            batch(3, 200, r#"{"results":[{"status":503}]}"#),
+            Err(Failure::Transient { .. })
+        ));
+    }
+
+    #[test]
+    fn unlisted_batch_replies_are_never_rejections() {
+        let applied = format!(r#"{{"status":200,"record":{RECORD}}}"#);
+        let too_many = format!(r#"{{"results":[{applied},{applied},{applied}]}}"#);
+        let bad_entry = format!(r#"{{"results":[{applied},{{"status":302,"error":"moved"}}]}}"#);
+        let cases: Vec<(u16, &str)> = vec![
+            (302, ""),
+            (418, r#"{"error":"teapot"}"#),
+            (201, r#"{"results":[]}"#),
+            (200, HTML),
+            (200, r#"{"results":[]}"#),
+            (200, r#"{"results":"all good"}"#),
+            (200, &too_many),
+            (200, &bad_entry),
+            (200, r#"{"results":[{"status":422}]}"#),
+            (200, r#"{"results":[{"status":200}]}"#),
+            (200, r#"{"results":[{"status":409,"error":"conflict"}]}"#),
+        ];
+        for (status, body) in cases {
+            assert_unlisted(batch(2, status, body), status);
+        }
+    }
+
+    #[test]
+    fn health_and_changes_replies() {
+        assert_eq!(health(200, r#"{"ok":true,"features":["batch"]}"#), Ok(()));
+        // A body that is not JSON is a revision-1 server.
+        assert_eq!(health(200, HTML), Ok(()));
+        assert_unlisted(health(302, ""), 302);
+        assert_unlisted(health(404, HTML), 404);
+        assert_unlisted(health(204, ""), 204);
+        assert!(matches!(health(503, ""), Err(Failure::Transient { .. })));
+        assert!(matches!(health(401, ""), Err(Failure::Auth { .. })));
+
+        let h = headers(&[]);
+        let changes = |status, body: &'static str| {
+            classify_changes(&RawReply {
+                status,
+                headers: &h,
+                body: body.as_bytes(),
+            })
+        };
+        assert!(changes(200, r#"{"changes":[],"cursor":"3","more":false}"#).is_ok());
+        assert_unlisted(changes(200, HTML), 200);
+        assert_unlisted(changes(404, HTML), 404);
+        assert_unlisted(changes(307, ""), 307);
+    }
+
+    /// Whatever the status and body, a rejection only ever comes from a
+    /// listed status with a JSON `{"error": ...}` object.
+    #[test]
+    fn rejection_needs_a_listed_status_and_a_json_error() {
+        let bodies = [
+            "",
+            HTML,
+            r#"{"error":"x"}"#,
+            r#"["x"]"#,
+            r#"{"error":1}"#,
+            "null",
+        ];
+        for status in 100..=600u16 {
+            for body in bodies {
+                for kind in [OpKind::Create, OpKind::Update] {
+                    if let Ok(OpResult::Rejected { .. }) = op(kind, status, body) {
+                        assert!(matches!(status, 400 | 404 | 413 | 422), "{status}");
+                        assert!(kind != OpKind::Create || status != 404);
+                        assert_eq!(body, r#"{"error":"x"}"#, "{status}");
+                    }
+                }
+            }
+        }
     }
 }

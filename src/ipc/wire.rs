@@ -185,7 +185,7 @@ pub enum ServerFrame {
 /// What `status` reports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusView {
-    /// online, offline, backoff, paused or auth_error.
+    /// online, offline, backoff, paused, auth_error or backend_error.
     pub state: String,
     pub queue_depth: u64,
     pub oldest_pending_age_ms: Option<i64>,

@@ -168,6 +168,12 @@ impl Machine {
                 self.not_before = Some(now + d as i64);
                 self.probe_needed = true;
             }
+            Failure::Unlisted { .. } => {
+                // Not a verdict on anything: the same backoff as a
+                // transient failure, under its own state.
+                self.state = State::BackendError;
+                self.not_before = Some(now + self.backoff.fail(self.rng.f64()) as i64);
+            }
             Failure::Transient { retry_after_ms, .. } => {
                 self.state = State::Backoff;
                 let mut d = self.backoff.fail(self.rng.f64());
@@ -208,11 +214,18 @@ impl Machine {
     }
 
     /// A health probe proves reachability, nothing more: it ends an
-    /// offline spell, but not a backoff for server errors nor an auth error.
+    /// offline spell, but not a backoff for server errors, an auth error
+    /// nor a backend error (after which a pull is due, so that a real
+    /// request decides promptly even with an empty queue).
     pub fn on_probe(&mut self, now: i64, r: Result<(), Failure>) {
         match r {
             Ok(()) if self.state == State::Offline => self.succeed(),
-            Ok(()) => self.probe_needed = false,
+            Ok(()) => {
+                self.probe_needed = false;
+                if self.state == State::BackendError {
+                    self.pull_requested = true;
+                }
+            }
             Err(f) => self.fail(now, &f),
         }
     }
@@ -370,6 +383,59 @@ mod tests {
         assert_eq!(m.next(2, V), Action::Push);
         assert_eq!(m.state(), State::AuthError);
         m.on_push(3, Ok(()));
+        assert_eq!(m.state(), State::Online);
+    }
+
+    fn unlisted() -> Failure {
+        Failure::Unlisted {
+            status: 302,
+            reason: "POST v1/ops answered HTTP 302: check [backend] url".into(),
+        }
+    }
+
+    #[test]
+    fn backend_error_backs_off_and_clears_on_success() {
+        let mut m = Machine::new(100, 2000, 60_000, 5);
+        m.on_probe(0, Ok(()));
+        let mut now = 0;
+        for _ in 0..10 {
+            m.on_push(now, Err(unlisted()));
+            assert_eq!(m.state(), State::BackendError);
+            assert_eq!(m.state().as_str(), "backend_error");
+            let st = m.status();
+            assert!(st.last_error.as_deref().unwrap_or_default().contains("302"));
+            let Action::Sleep(Some(t)) = m.next(now, V) else {
+                panic!("no backoff after an unlisted reply")
+            };
+            assert!(t > now && t - now <= 2000, "wait {}", t - now);
+            // Network chatter does not cut it short.
+            m.on_network_change(now);
+            assert_eq!(m.next(now, V), Action::Sleep(Some(t)));
+            now = t;
+        }
+        m.on_push(now, Ok(()));
+        assert_eq!(m.state(), State::Online);
+        assert_eq!(m.status().last_error, None);
+    }
+
+    #[test]
+    fn probe_after_backend_error_asks_for_a_real_request() {
+        let mut m = Machine::new(100, 1000, 60_000, 2);
+        let idle = View {
+            queue_nonempty: false,
+            ..V
+        };
+        m.on_probe(0, Err(unlisted()));
+        assert_eq!(m.state(), State::BackendError);
+        let Action::Sleep(Some(t)) = m.next(0, idle) else {
+            panic!()
+        };
+        assert_eq!(m.next(t, idle), Action::Probe);
+        m.on_probe(t, Ok(()));
+        // Reachable is not proof: a pull decides.
+        assert_eq!(m.state(), State::BackendError);
+        assert_eq!(m.next(t, idle), Action::Pull);
+        m.on_pull(t, Ok(()));
         assert_eq!(m.state(), State::Online);
     }
 }

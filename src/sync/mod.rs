@@ -27,9 +27,14 @@ pub enum State {
     Backoff,
     Paused,
     AuthError,
+    /// The backend's replies are not the protocol's (a redirect, an HTML
+    /// page, an unlisted status): the URL is probably wrong. Every op is
+    /// kept; retried with backoff.
+    BackendError,
 }
 
 impl State {
+    /// The name `syncd status` shows.
     pub fn as_str(self) -> &'static str {
         match self {
             State::Online => "online",
@@ -37,6 +42,7 @@ impl State {
             State::Backoff => "backoff",
             State::Paused => "paused",
             State::AuthError => "auth_error",
+            State::BackendError => "backend_error",
         }
     }
 }

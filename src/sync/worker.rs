@@ -417,11 +417,19 @@ impl Worker {
         let (seq, op, w) = batch.swap_remove(0);
         match client.apply(&w).await {
             Ok(res) => self.verdict(seq, &op, res).await,
-            Err(f) => self.attempt_failed(seq, f).await,
+            Err(f) => {
+                if matches!(f, Failure::Unlisted { .. }) && self.batch_supported == Some(false) {
+                    // The 404/405 that ruled out batches may have come from
+                    // the same wrong URL: ask again once replies are sane.
+                    self.batch_supported = None;
+                }
+                self.attempt_failed(seq, f).await
+            }
         }
     }
 
     /// Records a failed attempt on the head op and passes the failure on.
+    /// An attempt only counts and explains; it never dead-letters an op.
     async fn attempt_failed(&self, seq: u64, f: Failure) -> Result<(), Failure> {
         self.submit(WriteCmd::Attempt {
             seq,
