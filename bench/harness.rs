@@ -37,7 +37,6 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,6 +48,11 @@ use syncd::client::Client;
 use syncd::ipc::codec::{encode, Encoding};
 use syncd::ipc::frame::{read_frame, write_frame};
 use syncd::ipc::wire::{ClientFrame, Request, Response, ServerFrame};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{Daemon, Launch};
 
 const COLLECTION: &str = "bench";
 const READ_ID: &str = "read-target";
@@ -95,7 +99,7 @@ struct Opts {
 
 impl Opts {
     fn defaults(smoke: bool) -> Opts {
-        let bin = PathBuf::from(env!("CARGO_BIN_EXE_syncd"));
+        let bin = common::bin();
         if smoke {
             return Opts {
                 scenarios: all_scenarios(),
@@ -459,116 +463,30 @@ fn f2(x: f64) -> String {
 
 // ---------------------------------------------------------------- daemon --
 
-/// A real daemon on a temp dir. The config lives in a directory of its own
-/// so that nothing else the harness writes wakes the daemon's config
-/// watcher. Killed on drop.
-struct Daemon {
-    dir: tempfile::TempDir,
-    bin: PathBuf,
-    config: PathBuf,
-    socket: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
+/// The daemon comes from the tests' shared harness; the bench sets it up
+/// with its own binary (`--bin`, else the one cargo built for this profile),
+/// a `warn` log and a config directory of its own, so that nothing else the
+/// harness writes into the temp dir wakes the daemon's config watcher.
+fn launch(bin: &Path) -> Launch {
+    Launch {
+        bin: bin.to_owned(),
+        log_level: "warn",
+        prefix: "syncd-bench.",
+        config_subdir: true,
+    }
 }
 
-impl Daemon {
-    fn start(bin: &Path) -> Daemon {
-        let dir = tempfile::Builder::new()
-            .prefix("syncd-bench.")
-            .tempdir()
-            .expect("temp dir");
-        let cfg_dir = dir.path().join("cfg");
-        std::fs::create_dir_all(&cfg_dir).expect("config dir");
-        let socket = dir.path().join("syncd.sock");
-        let data_dir = dir.path().join("data");
-        let config = cfg_dir.join("daemon.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[daemon]\nsocket = {:?}\ndata_dir = {:?}\nlog_level = \"warn\"\n",
-                socket.display().to_string(),
-                data_dir.display().to_string()
-            ),
-        )
-        .expect("write config");
-        let log = dir.path().join("daemon.log");
-        let mut d = Daemon {
-            dir,
-            bin: bin.to_owned(),
-            config,
-            socket,
-            log,
-            child: None,
-        };
-        d.spawn();
-        d
-    }
+fn start_daemon(bin: &Path) -> Daemon {
+    Daemon::start_with(&launch(bin), "")
+}
 
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("daemon log");
-        let child = Command::new(&self.bin)
-            .arg("run")
-            .arg("--config")
-            .arg(&self.config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("syncd exited early ({st}); log:\n{}", self.log_text());
-            }
-            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!("syncd did not come up; log:\n{}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
+/// Connections through the client library, which the tests do not need.
+trait Clients {
+    async fn client(&self) -> Client;
+    async fn clients(&self, n: usize) -> Vec<Client>;
+}
 
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, then wait (SIGKILL after 10 s).
-    fn stop(&mut self) {
-        let Some(mut c) = self.child.take() else {
-            return;
-        };
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = c.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        eprintln!("harness: syncd did not stop within 10 s of SIGTERM; killing it");
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-
-    fn restart(&mut self) {
-        self.stop();
-        self.spawn();
-    }
-
+impl Clients for Daemon {
     async fn client(&self) -> Client {
         Client::connect(&self.socket, "bench")
             .await
@@ -583,19 +501,6 @@ impl Daemon {
             v.push(self.client().await);
         }
         v
-    }
-
-    fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 
@@ -795,9 +700,9 @@ fn writes(rt: &tokio::runtime::Runtime, o: &Opts, report: &mut Report) {
         "harness: writes: clients {:?}, {} reps x {} s",
         o.clients, o.reps, o.secs
     );
-    let d = Daemon::start(&o.bin);
+    let d = start_daemon(&o.bin);
     let pid = d.pid();
-    let base_dir = d.dir().join("baseline");
+    let base_dir = d.dir.path().join("baseline");
     std::fs::create_dir_all(&base_dir).expect("baseline dir");
     let mut file = std::fs::OpenOptions::new()
         .create(true)
@@ -982,7 +887,7 @@ fn reads(rt: &tokio::runtime::Runtime, o: &Opts, report: &mut Report) {
         "harness: reads: clients {:?}, {} reps x {} s",
         o.read_clients, o.reps, o.secs
     );
-    let d = Daemon::start(&o.bin);
+    let d = start_daemon(&o.bin);
     let pid = d.pid();
     // The record to read, and the exact sizes of the get's request and
     // reply frames (bincode, as the client library sends them).
@@ -1008,7 +913,7 @@ fn reads(rt: &tokio::runtime::Runtime, o: &Opts, report: &mut Report) {
             encode(Encoding::Bincode, &reply).expect("encode").len(),
         )
     });
-    let echo_path = d.dir().join("echo.sock");
+    let echo_path = d.dir.path().join("echo.sock");
     echo_server(&echo_path, reply_len);
     let request = vec![b'q'; req_len];
 
@@ -1132,7 +1037,7 @@ fn rss_kib(pid: u32, samples: usize) -> f64 {
 fn memory(rt: &tokio::runtime::Runtime, o: &Opts, report: &mut Report) {
     eprintln!("harness: memory: {} ops from {} writers", o.ops, o.writers);
     let samples = if o.smoke { 1 } else { 5 };
-    let mut d = Daemon::start(&o.bin);
+    let mut d = start_daemon(&o.bin);
     let settle = Duration::from_millis(if o.smoke { 50 } else { 500 });
     std::thread::sleep(settle);
     let idle_rss = rss_kib(d.pid(), samples);
@@ -1167,7 +1072,7 @@ fn memory(rt: &tokio::runtime::Runtime, o: &Opts, report: &mut Report) {
     std::thread::sleep(Duration::from_secs(1).min(settle * 2));
     let filled_rss = rss_kib(d.pid(), samples);
     let filled_hwm = proc_status_kib(d.pid(), "VmHWM");
-    let store_bytes = std::fs::metadata(d.dir().join("data/syncd.redb"))
+    let store_bytes = std::fs::metadata(d.dir.path().join("data/syncd.redb"))
         .map(|m| m.len())
         .unwrap_or(0);
 
@@ -1242,7 +1147,7 @@ fn idle(rt: &tokio::runtime::Runtime, o: &Opts, report: &mut Report) {
         "harness: idle: {} windows x {} s",
         o.idle_windows, o.idle_secs
     );
-    let d = Daemon::start(&o.bin);
+    let d = start_daemon(&o.bin);
     let pid = d.pid();
     // One short conversation like any app's, then silence.
     let depth = rt.block_on(async { d.client().await.status().await.expect("status").queue_depth });

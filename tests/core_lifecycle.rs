@@ -23,6 +23,8 @@ fn unstarted(extra: &str) -> Daemon {
         log: dir.path().join("daemon.log"),
         child: None,
         dir,
+        bin: bin(),
+        log_level: "debug",
     };
     d.write_config(extra);
     d
@@ -325,6 +327,8 @@ fn sighup_reloads() {
         log: dir.path().join("daemon.log"),
         child: None,
         dir,
+        bin: bin(),
+        log_level: "debug",
     };
     d.write_config("");
     d.spawn();

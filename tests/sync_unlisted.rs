@@ -3,7 +3,7 @@
 //! the queue: the daemon keeps every op, shows `backend_error`, backs off,
 //! and syncs everything exactly once when the backend heals. Real daemon,
 //! real sockets: a scripted server misbehaves, then hands over to
-//! `MiniBackend`.
+//! `RefBackend`.
 
 mod common;
 mod common_fault;
@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{eventually, Daemon};
-use common_fault::{MiniBackend, Reply, Req, Scripted};
+use common_fault::{RefBackend, Reply, Req, Scripted};
 use serde_json::{json, Value};
 
 /// Records created, each then patched once: 20 ops in all.
@@ -42,17 +42,17 @@ fn on_ops(req: &Req) -> bool {
     matches!(req.route(), "ops" | "batch")
 }
 
-/// A server that answers with `fault` until healed, then as `MiniBackend`.
+/// A server that answers with `fault` until healed, then as `RefBackend`.
 struct FaultServer {
     srv: Scripted,
-    mini: Arc<Mutex<MiniBackend>>,
+    mini: Arc<Mutex<RefBackend>>,
     healed: Arc<AtomicBool>,
     faulty: Arc<AtomicUsize>,
 }
 
 impl FaultServer {
     fn start(fault: Fault) -> FaultServer {
-        let mini = Arc::new(Mutex::new(MiniBackend::new(true)));
+        let mini = Arc::new(Mutex::new(RefBackend::new(true)));
         let healed = Arc::new(AtomicBool::new(false));
         let faulty = Arc::new(AtomicUsize::new(0));
         let srv = {
@@ -147,7 +147,7 @@ fn assert_backend_error(d: &Daemon, status: u16, ops: u64) {
 
 /// The backend holds every record exactly once: each `n` created once, at
 /// versions 1 and 2, ending as `{"n": n, "v": 2}`.
-fn assert_synced_exactly_once(mini: &MiniBackend) {
+fn assert_synced_exactly_once(mini: &RefBackend) {
     let mut versions: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for ch in mini.changes() {
         let rec = &ch["record"];

@@ -1,4 +1,5 @@
-//! Shared harness for integration tests: real `syncd` processes on temp
+//! Shared harness for integration tests and the benchmark harness
+//! (`bench/harness.rs` includes this file): real `syncd` processes on temp
 //! dirs and sockets, driven through the CLI.
 #![allow(dead_code)]
 
@@ -6,8 +7,37 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The `syncd` binary cargo built for this profile.
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_syncd"))
+}
+
+/// How a [`Daemon`] is set up. `Launch::default()` is what tests use; the
+/// benchmark harness picks its own binary, a quieter log and a config
+/// directory of its own.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    /// The `syncd` binary, for the daemon and for [`Daemon::cli`].
+    pub bin: PathBuf,
+    /// `[daemon] log_level`.
+    pub log_level: &'static str,
+    /// Prefix of the temp dir's name.
+    pub prefix: &'static str,
+    /// Put `daemon.toml` in `<dir>/cfg/` instead of `<dir>/`, so that the
+    /// files written in `<dir>` (the daemon's log, say) never wake the
+    /// daemon's config watcher.
+    pub config_subdir: bool,
+}
+
+impl Default for Launch {
+    fn default() -> Launch {
+        Launch {
+            bin: bin(),
+            log_level: "debug",
+            prefix: ".tmp",
+            config_subdir: false,
+        }
+    }
 }
 
 /// A daemon under test. Killed (SIGKILL) on drop if still running.
@@ -18,16 +48,34 @@ pub struct Daemon {
     pub data_dir: PathBuf,
     pub child: Option<Child>,
     pub log: PathBuf,
+    /// The binary `spawn` and `cli` run.
+    pub bin: PathBuf,
+    /// `[daemon] log_level` written by `write_config`.
+    pub log_level: &'static str,
 }
 
 impl Daemon {
     /// Writes `daemon.toml` (socket and data_dir filled in, `extra` appended)
     /// and starts the daemon; waits until the socket answers.
     pub fn start(extra: &str) -> Daemon {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Daemon::start_with(&Launch::default(), extra)
+    }
+
+    /// [`Daemon::start`] set up by `launch`.
+    pub fn start_with(launch: &Launch, extra: &str) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix(launch.prefix)
+            .tempdir()
+            .expect("tempdir");
         let socket = dir.path().join("syncd.sock");
         let data_dir = dir.path().join("data");
-        let config = dir.path().join("daemon.toml");
+        let config = if launch.config_subdir {
+            let cfg_dir = dir.path().join("cfg");
+            std::fs::create_dir_all(&cfg_dir).expect("config dir");
+            cfg_dir.join("daemon.toml")
+        } else {
+            dir.path().join("daemon.toml")
+        };
         let log = dir.path().join("daemon.log");
         let mut d = Daemon {
             dir,
@@ -36,6 +84,8 @@ impl Daemon {
             data_dir,
             child: None,
             log,
+            bin: launch.bin.clone(),
+            log_level: launch.log_level,
         };
         d.write_config(extra);
         d.spawn();
@@ -45,9 +95,10 @@ impl Daemon {
     pub fn write_config(&self, extra: &str) {
         let (daemon_extra, rest) = split_daemon_section(extra);
         let text = format!(
-            "[daemon]\nsocket = {:?}\ndata_dir = {:?}\nlog_level = \"debug\"\n{daemon_extra}\n{rest}\n",
+            "[daemon]\nsocket = {:?}\ndata_dir = {:?}\nlog_level = {:?}\n{daemon_extra}\n{rest}\n",
             self.socket.display().to_string(),
             self.data_dir.display().to_string(),
+            self.log_level,
         );
         std::fs::write(&self.config, text).expect("write config");
     }
@@ -59,7 +110,7 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let child = Command::new(bin())
+        let child = Command::new(&self.bin)
             .arg("run")
             .arg("--config")
             .arg(&self.config)
@@ -67,13 +118,13 @@ impl Daemon {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("spawn syncd");
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
         self.child = Some(child);
         self.wait_ready();
     }
 
     pub fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(st)) = c.try_wait() {
@@ -94,7 +145,7 @@ impl Daemon {
 
     /// Runs a CLI command against this daemon.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(bin())
+        Command::new(&self.bin)
             .arg("--socket")
             .arg(&self.socket)
             .args(args)
@@ -156,6 +207,30 @@ impl Daemon {
 
     pub fn signal(&self, sig: i32) {
         unsafe_kill(self.pid(), sig);
+    }
+
+    /// SIGTERM, then wait; SIGKILL if it has not exited within 10 s.
+    pub fn stop(&mut self) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        unsafe_kill(c.id(), 15);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        eprintln!("syncd did not stop within 10 s of SIGTERM; killing it");
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    /// [`Daemon::stop`], then [`Daemon::spawn`] on the same dirs.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
     }
 }
 

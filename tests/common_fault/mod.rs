@@ -1,11 +1,11 @@
 //! Scripted HTTP servers for fault tests: a tiny blocking HTTP/1.1 server
 //! on 127.0.0.1:0 whose every reply comes from a closure, bounded in time
 //! and request count, that logs each request's arrival and reply times; and
-//! [`MiniBackend`], a minimal in-memory implementation of the backend
-//! protocol (docs/backend-protocol.md) for those closures to build on.
+//! [`RefBackend`], the reference backend's own store and rules (the
+//! protocol is in docs/backend-protocol.md) for those closures to build on.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -13,7 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
+use syncd::backend::protocol::Features;
+use syncd::backend::server::handler::{self, JsonReply};
+use syncd::backend::server::ops::{plan, Plan, Rejection, ValidOp};
+use syncd::backend::server::redb_store::RedbStore;
+use syncd::backend::server::store::{BackendStore, ChangeSlice, Outcome, StoreError};
 
 /// One request as the scripted server read it.
 #[derive(Debug, Clone)]
@@ -84,6 +89,16 @@ impl Reply {
     pub fn with_header(mut self, k: &str, v: &str) -> Reply {
         self.headers.push((k.to_owned(), v.to_owned()));
         self
+    }
+}
+
+impl From<JsonReply> for Reply {
+    fn from(r: JsonReply) -> Reply {
+        Reply {
+            status: r.status,
+            headers: Vec::new(),
+            body: String::from_utf8(r.body).expect("JSON is UTF-8"),
+        }
     }
 }
 
@@ -283,129 +298,151 @@ fn read_request(r: &mut BufReader<TcpStream>) -> Option<Req> {
     })
 }
 
-/// Decides whether an op is refused for good: `Some((status, reason))`.
-pub type Validator = Box<dyn Fn(&Value) -> Option<(u16, String)> + Send>;
+/// Refuses an op that passed the protocol's own checks: the scripted
+/// server answers it like an invalid op (see [`handler::Check`]).
+pub type Validator = Box<dyn Fn(&ValidOp) -> Result<(), Rejection> + Send>;
 
-/// A minimal protocol-following backend kept in memory: ids `s-N`,
-/// versions, tombstones, remembered op_ids, a change log whose cursor is
-/// its length, optional batch support.
-pub struct MiniBackend {
+/// The reference backend behind a scripted server: its redb store (in a
+/// temp dir) and its rules, answered through the same [`handler`] functions
+/// as `syncd backend`, so every reply is the reference backend's byte for
+/// byte. Scripted on top, for what the reference backend cannot do on
+/// demand: no batch endpoint, content-based refusals (`validate`) and
+/// losing a record ([`RefBackend::forget`]).
+pub struct RefBackend {
+    /// Whether `v1/ops/batch` exists (else 404, like `--no-batch`).
     pub batch: bool,
     pub validate: Option<Validator>,
-    records: HashMap<String, (String, Value)>,
-    applied: HashMap<String, Value>,
-    changes: Vec<Value>,
-    next_id: u64,
+    store: Forgetful,
+    _dir: tempfile::TempDir,
 }
 
-impl MiniBackend {
-    pub fn new(batch: bool) -> MiniBackend {
-        MiniBackend {
+impl RefBackend {
+    pub fn new(batch: bool) -> RefBackend {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RedbStore::open(dir.path()).expect("open backend store");
+        RefBackend {
             batch,
             validate: None,
-            records: HashMap::new(),
-            applied: HashMap::new(),
-            changes: Vec::new(),
-            next_id: 1,
+            store: Forgetful {
+                inner: store,
+                lost: Mutex::new(HashSet::new()),
+            },
+            _dir: dir,
         }
     }
 
-    /// The current records: server id -> (collection, record).
+    /// The current records, from the change log: server id -> (collection,
+    /// record as JSON). Tombstones included; lost records not.
     pub fn records(&self) -> HashMap<String, (String, Value)> {
-        self.records.clone()
+        let lost = self.store.lost();
+        let mut out = HashMap::new();
+        let mut since = 0;
+        loop {
+            let slice = self.store.changes(since, 1000).expect("backend changes");
+            for (seq, ch) in slice.entries {
+                since = seq;
+                if !lost.contains(&ch.record.id) {
+                    let rec = serde_json::to_value(&ch.record).expect("record as JSON");
+                    out.insert(ch.record.id.clone(), (ch.collection, rec));
+                }
+            }
+            if !slice.more {
+                return out;
+            }
+        }
     }
 
-    /// Loses a record (a server restored from an old backup, say).
-    pub fn forget(&mut self, id: &str) {
-        self.records.remove(id);
-    }
-
-    /// Every applied change, in order.
+    /// Every entry of the change log, in order, as JSON
+    /// (`{"collection", "record"}`).
     pub fn changes(&self) -> Vec<Value> {
-        self.changes.clone()
-    }
-
-    pub fn handle(&mut self, req: &Req) -> Reply {
-        match (req.method.as_str(), req.route()) {
-            ("GET", "health") => Reply::json(200, json!({"ok": true})),
-            ("GET", "changes") => {
-                let since = req
-                    .query()
-                    .split('&')
-                    .find_map(|kv| kv.strip_prefix("since="))
-                    .and_then(|v| v.parse::<usize>().ok())
-                    .unwrap_or(0)
-                    .min(self.changes.len());
-                Reply::json(
-                    200,
-                    json!({"changes": self.changes[since..], "cursor": self.changes.len().to_string(), "more": false}),
-                )
+        let mut out = Vec::new();
+        let mut since = 0;
+        loop {
+            let slice = self.store.changes(since, 1000).expect("backend changes");
+            for (seq, ch) in slice.entries {
+                since = seq;
+                out.push(serde_json::to_value(&ch).expect("change as JSON"));
             }
-            ("POST", "ops") => {
-                let (status, body) = self.apply(&req.json());
-                Reply::json(status, body)
+            if !slice.more {
+                return out;
             }
-            ("POST", "batch") if self.batch => {
-                let ops = req.json()["ops"].as_array().cloned().unwrap_or_default();
-                if ops.is_empty() {
-                    return Reply::json(422, json!({"error": "empty batch"}));
-                }
-                let mut results = Vec::new();
-                for op in &ops {
-                    let (status, mut body) = self.apply(op);
-                    body["status"] = json!(status);
-                    results.push(body);
-                    if status != 200 {
-                        break;
-                    }
-                }
-                Reply::json(200, json!({ "results": results }))
-            }
-            _ => Reply::json(404, json!({"error": "not found"})),
         }
     }
 
-    /// Applies one op: (status, body) as `POST v1/ops` would answer.
-    pub fn apply(&mut self, op: &Value) -> (u16, Value) {
-        let Some(op_id) = op["op_id"].as_str() else {
-            return (400, json!({"error": "op_id missing"}));
-        };
-        if let Some(r) = self.applied.get(op_id) {
-            return (200, json!({ "record": r }));
-        }
-        if let Some((status, reason)) = self.validate.as_ref().and_then(|v| v(op)) {
-            return (status, json!({ "error": reason }));
-        }
-        let collection = op["collection"].as_str().unwrap_or_default().to_owned();
-        let ts = op["client_ts"].as_i64().unwrap_or(0);
-        let rec = match op["kind"].as_str() {
-            Some("create") => {
-                let id = format!("s-{}", self.next_id);
-                self.next_id += 1;
-                json!({"id": id, "version": 1, "updated_at": ts, "deleted": false, "data": op["data"]})
-            }
-            Some(kind @ ("update" | "delete")) => {
-                let id = op["id"].as_str().unwrap_or_default();
-                let Some((_, cur)) = self.records.get(id) else {
-                    return (404, json!({"error": format!("no record {id}")}));
+    /// Loses a record (a server restored from an old backup, say): from now
+    /// on every op on `id` meets the rules as if it did not exist (404).
+    pub fn forget(&mut self, id: &str) {
+        self.store
+            .lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_owned());
+    }
+
+    pub fn handle(&self, req: &Req) -> Reply {
+        let store: &dyn BackendStore = &self.store;
+        let check = |op: &ValidOp| self.validate.as_ref().map_or(Ok(()), |v| v(op));
+        let r = match (req.method.as_str(), req.route()) {
+            ("GET", "health") => {
+                // The scripted server never holds a pull, and mints ids.
+                let features = Features {
+                    batch: self.batch,
+                    wait: false,
+                    client_ids: false,
                 };
-                if op["base_version"] != cur["version"] || (cur["deleted"] == json!(true)) {
-                    return (409, json!({"error": "conflict", "record": cur}));
-                }
-                let v = cur["version"].as_u64().unwrap_or(0) + 1;
-                if kind == "update" {
-                    json!({"id": id, "version": v, "updated_at": ts, "deleted": false, "data": op["data"]})
-                } else {
-                    json!({"id": id, "version": v, "updated_at": ts, "deleted": true, "data": {}})
-                }
+                handler::health(store, &features)
             }
-            _ => return (400, json!({"error": "bad kind"})),
+            ("GET", "changes") => handler::changes(store, req.query()),
+            ("POST", "ops") => handler::op(store, &req.body, &check).reply,
+            ("POST", "batch") if self.batch => handler::batch(store, &req.body, &check).reply,
+            _ => JsonReply::error(404, "not found"),
         };
-        let id = rec["id"].as_str().unwrap_or_default().to_owned();
-        self.records.insert(id, (collection.clone(), rec.clone()));
-        self.applied.insert(op_id.to_owned(), rec.clone());
-        self.changes
-            .push(json!({"collection": collection, "record": rec}));
-        (200, json!({ "record": rec }))
+        r.into()
+    }
+}
+
+/// The redb store with records that can be lost: an op on a lost record
+/// gets what [`plan`] decides with no current record (404), and the ops
+/// after it in a batch are not applied, as the store itself would do.
+struct Forgetful {
+    inner: RedbStore,
+    lost: Mutex<HashSet<String>>,
+}
+
+impl Forgetful {
+    fn lost(&self) -> HashSet<String> {
+        self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl BackendStore for Forgetful {
+    fn apply(&self, ops: &[ValidOp]) -> Result<Vec<Outcome>, StoreError> {
+        let lost = self.lost();
+        let on_lost = ops
+            .iter()
+            .position(|op| op.action.target_id().is_some_and(|id| lost.contains(id)));
+        let Some(k) = on_lost else {
+            return self.inner.apply(ops);
+        };
+        let mut out = self.inner.apply(&ops[..k])?;
+        if out.len() == k && out.iter().all(Outcome::is_applied) {
+            match plan(&ops[k], None, String::new) {
+                Plan::NotFound(reason) => out.push(Outcome::NotFound(reason)),
+                other => unreachable!("an op on a lost record planned as {other:?}"),
+            }
+        }
+        Ok(out)
+    }
+
+    fn changes(&self, since: u64, limit: usize) -> Result<ChangeSlice, StoreError> {
+        self.inner.changes(since, limit)
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        self.inner.check()
+    }
+
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.subscribe()
     }
 }

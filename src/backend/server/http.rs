@@ -17,14 +17,11 @@ use serde::Serialize;
 
 use tokio::sync::watch;
 
-use crate::backend::protocol::{
-    BatchReply, BatchResult, Change, ChangesPage, ErrorBody, Features, HealthBody, OpOk,
-    ServerRecord,
-};
+use crate::backend::protocol::{ErrorBody, Features};
 
 use super::feed::{wait_past, WaitEnd};
-use super::ops::{parse_batch, parse_op, Rejection, ValidOp};
-use super::store::{BackendStore, ChangeSlice, Outcome, StoreError};
+use super::handler::{self, no_check, parse_changes_query, JsonReply, OpsReply};
+use super::store::{BackendStore, ChangeSlice, StoreError};
 use super::Faults;
 
 /// Default and maximum `limit` of `v1/changes`.
@@ -112,15 +109,14 @@ fn route(path: &str) -> Option<Route> {
 }
 
 fn json_reply<T: Serialize>(status: StatusCode, body: &T) -> Reply {
-    let (status, bytes) = match serde_json::to_vec(body) {
-        Ok(b) => (status, b),
-        Err(_) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            br#"{"error":"internal error"}"#.to_vec(),
-        ),
-    };
-    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
-    *resp.status_mut() = status;
+    to_reply(JsonReply::json(status.as_u16(), body))
+}
+
+/// A [`handler`] reply as a hyper response.
+fn to_reply(r: JsonReply) -> Reply {
+    let mut resp = Response::new(Full::new(Bytes::from(r.body)));
+    *resp.status_mut() =
+        StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
@@ -134,14 +130,6 @@ fn error_reply(status: StatusCode, reason: impl Into<String>) -> Reply {
             record: None,
         },
     )
-}
-
-fn status_of(code: u16) -> StatusCode {
-    StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST)
-}
-
-fn rejection_reply(r: Rejection) -> Reply {
-    error_reply(status_of(r.status), r.reason)
 }
 
 fn store_error_reply(e: &StoreError) -> Reply {
@@ -238,9 +226,9 @@ async fn dispatch(state: &AppState, req: Request<Incoming>) -> Result<Reply, Dro
             };
             let drop_after = draw(faults.drop_after_apply);
             let (resp, reached_store) = if route == Route::Ops {
-                single_op(state, &body).await
+                ops(state, body, handler::op).await
             } else {
-                batch(state, &body).await
+                ops(state, body, handler::batch).await
             };
             if drop_after && reached_store {
                 Err(DropConnection)
@@ -289,14 +277,9 @@ where
 }
 
 async fn health(state: &AppState) -> Reply {
-    match run_store(state, |s| s.check()).await {
-        Ok(()) => json_reply(
-            StatusCode::OK,
-            &HealthBody {
-                ok: true,
-                features: state.features().names(),
-            },
-        ),
+    let features = state.features();
+    match run_store(state, move |s| Ok(handler::health(s, &features))).await {
+        Ok(r) => to_reply(r),
         Err(e) => {
             tracing::error!(error = %e, "health check failed");
             error_reply(StatusCode::SERVICE_UNAVAILABLE, "storage unavailable")
@@ -304,141 +287,18 @@ async fn health(state: &AppState) -> Reply {
     }
 }
 
-/// Returns the reply and whether the store was reached (ops may have applied).
-async fn single_op(state: &AppState, body: &[u8]) -> (Reply, bool) {
-    let op = match parse_op(body) {
-        Ok(op) => op,
-        Err(r) => return (rejection_reply(r), false),
-    };
-    let outcome = run_store(state, move |s| s.apply(std::slice::from_ref(&op))).await;
-    let reply = match outcome.map(|mut v| v.pop()) {
-        Ok(Some(Outcome::Applied { record, .. })) => json_reply(StatusCode::OK, &OpOk { record }),
-        Ok(Some(Outcome::Conflict(record))) => conflict_reply(record),
-        Ok(Some(Outcome::NotFound(reason))) => error_reply(StatusCode::NOT_FOUND, reason),
-        Ok(None) => store_error_reply(&StoreError("apply returned no outcome".into())),
-        Err(e) => store_error_reply(&e),
-    };
-    (reply, true)
-}
-
-fn conflict_reply(record: ServerRecord) -> Reply {
-    json_reply(
-        StatusCode::CONFLICT,
-        &ErrorBody {
-            error: "conflict".into(),
-            record: Some(record),
-        },
-    )
-}
-
-async fn batch(state: &AppState, body: &[u8]) -> (Reply, bool) {
-    let parsed = match parse_batch(body) {
-        Ok(p) => p,
-        Err(r) => return (rejection_reply(r), false),
-    };
-    // The valid prefix goes to the store; the first invalid op (if any) is
-    // reported after it, provided the whole prefix applied.
-    let mut valid: Vec<ValidOp> = Vec::with_capacity(parsed.len());
-    let mut first_invalid = None;
-    for item in parsed {
-        match item {
-            Ok(op) => valid.push(op),
-            Err(r) => {
-                first_invalid = Some(r);
-                break;
-            }
-        }
+/// `v1/ops` or `v1/ops/batch` through `f` ([`handler::op`] or
+/// [`handler::batch`]); returns the reply and whether the store was reached
+/// (ops may have applied).
+async fn ops(
+    state: &AppState,
+    body: Bytes,
+    f: fn(&dyn BackendStore, &[u8], handler::Check<'_>) -> OpsReply,
+) -> (Reply, bool) {
+    match run_store(state, move |s| Ok(f(s, &body, &no_check))).await {
+        Ok(r) => (to_reply(r.reply), r.reached_store),
+        Err(e) => (store_error_reply(&e), true),
     }
-    let n_valid = valid.len();
-    let outcomes = if valid.is_empty() {
-        Vec::new()
-    } else {
-        match run_store(state, move |s| s.apply(&valid)).await {
-            Ok(o) => o,
-            Err(e) => return (store_error_reply(&e), true),
-        }
-    };
-    let all_applied = outcomes.len() == n_valid && outcomes.iter().all(Outcome::is_applied);
-    let mut results: Vec<BatchResult> = outcomes
-        .into_iter()
-        .map(|o| match o {
-            Outcome::Applied { record, .. } => BatchResult {
-                status: 200,
-                record: Some(record),
-                error: None,
-            },
-            Outcome::Conflict(record) => BatchResult {
-                status: 409,
-                record: Some(record),
-                error: Some("conflict".into()),
-            },
-            Outcome::NotFound(reason) => BatchResult {
-                status: 404,
-                record: None,
-                error: Some(reason),
-            },
-        })
-        .collect();
-    if all_applied {
-        if let Some(r) = first_invalid {
-            results.push(BatchResult {
-                status: r.status,
-                record: None,
-                error: Some(r.reason),
-            });
-        }
-    }
-    (
-        json_reply(StatusCode::OK, &BatchReply { results }),
-        n_valid > 0,
-    )
-}
-
-/// Parsed query of `v1/changes`.
-#[derive(Debug, PartialEq, Eq)]
-struct ChangesQuery {
-    since: u64,
-    /// Whether `since` was given (non-empty).
-    since_given: bool,
-    limit: usize,
-    /// `wait` in seconds, clamped to `MIN_WAIT_S..=MAX_WAIT_S`; `None`: answer at once.
-    wait_s: Option<u64>,
-}
-
-fn parse_changes_query(query: &str) -> Result<ChangesQuery, String> {
-    let mut q = ChangesQuery {
-        since: 0,
-        since_given: false,
-        limit: DEFAULT_CHANGES_LIMIT,
-        wait_s: None,
-    };
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
-            "since" if !value.is_empty() => {
-                q.since = value
-                    .parse()
-                    .map_err(|_| format!("invalid since cursor {value:?}"))?;
-                q.since_given = true;
-            }
-            "limit" if !value.is_empty() => {
-                let n: usize = value
-                    .parse()
-                    .map_err(|_| format!("invalid limit {value:?}: expected a positive integer"))?;
-                q.limit = n.clamp(1, MAX_CHANGES_LIMIT);
-            }
-            "wait" if !value.is_empty() => {
-                let s: u64 = value.parse().map_err(|_| {
-                    format!(
-                        "invalid wait {value:?}: expected seconds, {MIN_WAIT_S} to {MAX_WAIT_S}"
-                    )
-                })?;
-                q.wait_s = Some(s.clamp(MIN_WAIT_S, MAX_WAIT_S));
-            }
-            _ => {}
-        }
-    }
-    Ok(q)
 }
 
 /// `GET v1/changes`: one page of the log; with `wait`, held (without any
@@ -471,7 +331,7 @@ async fn changes(state: &AppState, query: &str) -> Reply {
             }
         }
     }
-    changes_reply(&q, slice)
+    to_reply(handler::changes_page(&q, slice))
 }
 
 async fn read_changes(
@@ -480,26 +340,6 @@ async fn read_changes(
     limit: usize,
 ) -> Result<ChangeSlice, StoreError> {
     run_store(state, move |s| s.changes(since, limit)).await
-}
-
-/// The page for `slice`. Cursor: the last sequence returned; with nothing
-/// new, the input cursor, or the head when the input is past it (the log
-/// was reset).
-fn changes_reply(q: &ChangesQuery, slice: ChangeSlice) -> Reply {
-    let cursor = match slice.entries.last() {
-        Some((seq, _)) => *seq,
-        None if q.since_given && q.since <= slice.head => q.since,
-        None => slice.head,
-    };
-    let changes: Vec<Change> = slice.entries.into_iter().map(|(_, c)| c).collect();
-    json_reply(
-        StatusCode::OK,
-        &ChangesPage {
-            changes,
-            cursor: cursor.to_string(),
-            more: slice.more,
-        },
-    )
 }
 
 #[cfg(test)]
@@ -516,32 +356,6 @@ mod tests {
         assert_eq!(route("/xv1/ops"), None);
         assert_eq!(route("/v1/opsx"), None);
         assert_eq!(route("/"), None);
-    }
-
-    #[test]
-    fn changes_query() {
-        let q = parse_changes_query("").expect("empty");
-        assert_eq!((q.since, q.since_given, q.limit), (0, false, 100));
-        let q = parse_changes_query("since=12&limit=5000&x=y").expect("ok");
-        assert_eq!((q.since, q.since_given, q.limit), (12, true, 1000));
-        let q = parse_changes_query("since=&limit=0").expect("ok");
-        assert_eq!((q.since, q.since_given, q.limit), (0, false, 1));
-        assert!(parse_changes_query("since=abc").is_err());
-        assert!(parse_changes_query("limit=-1").is_err());
-        assert_eq!(parse_changes_query("since=3").map(|q| q.wait_s), Ok(None));
-        assert_eq!(parse_changes_query("wait=").map(|q| q.wait_s), Ok(None));
-        assert_eq!(parse_changes_query("wait=0").map(|q| q.wait_s), Ok(Some(1)));
-        assert_eq!(
-            parse_changes_query("wait=25").map(|q| q.wait_s),
-            Ok(Some(25))
-        );
-        assert_eq!(
-            parse_changes_query("wait=3600").map(|q| q.wait_s),
-            Ok(Some(60))
-        );
-        assert!(parse_changes_query("wait=-1").is_err());
-        assert!(parse_changes_query("wait=1.5").is_err());
-        assert!(parse_changes_query("wait=soon").is_err());
     }
 
     #[test]

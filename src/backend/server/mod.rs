@@ -8,8 +8,10 @@
 //!
 //! # Design
 //!
-//! - **Layers.** [`http`] routes requests, checks auth, injects faults and
-//!   maps outcomes to replies; [`ops`] validates operations and holds the
+//! - **Layers.** [`http`] routes requests, checks auth and injects faults;
+//!   [`handler`] turns a request body and the store's outcomes into the JSON
+//!   reply (pure and blocking, so tests can serve the same replies without
+//!   hyper); [`ops`] validates operations and holds the
 //!   apply rules as a pure function ([`ops::plan`]); [`store::BackendStore`]
 //!   is the storage interface (blocking, database-agnostic), implemented on
 //!   redb by [`redb_store::RedbStore`]; [`feed`] carries "the log moved"
@@ -101,6 +103,7 @@
 //! the store) and then the connection is closed without any response bytes.
 
 pub mod feed;
+pub mod handler;
 pub mod http;
 pub mod ops;
 pub mod redb_store;
