@@ -396,10 +396,13 @@ impl Worker {
             match outcome {
                 Ok(BatchOutcome::Results(results)) => {
                     self.batch_supported = Some(true);
-                    for ((seq, op, _), res) in batch.into_iter().zip(results) {
-                        self.verdict(seq, &op, res).await?;
-                    }
-                    return Ok(());
+                    // One writer job, one durable commit for the whole batch.
+                    let cmds = batch
+                        .into_iter()
+                        .zip(results)
+                        .map(|((seq, op, _), res)| self.verdict_cmd(seq, &op, res))
+                        .collect();
+                    return self.submit(WriteCmd::Verdicts(cmds)).await;
                 }
                 Ok(BatchOutcome::Refused(reason)) => {
                     tracing::info!(%reason, "batch refused; sending its ops one at a time");
@@ -416,7 +419,7 @@ impl Worker {
         }
         let (seq, op, w) = batch.swap_remove(0);
         match client.apply(&w).await {
-            Ok(res) => self.verdict(seq, &op, res).await,
+            Ok(res) => self.submit(self.verdict_cmd(seq, &op, res)).await,
             Err(f) => {
                 if matches!(f, Failure::Unlisted { .. }) && self.batch_supported == Some(false) {
                     // The 404/405 that ruled out batches may have come from
@@ -486,27 +489,25 @@ impl Worker {
         }))
     }
 
-    /// Acts on the server's verdict for one op.
-    async fn verdict(&self, seq: u64, op: &QueuedOp, res: OpResult) -> Result<(), Failure> {
+    /// The writer job that records the server's verdict for one op.
+    fn verdict_cmd(&self, seq: u64, op: &QueuedOp, res: OpResult) -> WriteCmd {
         match res {
             OpResult::Applied(record) => {
                 tracing::debug!(op_id = %op.op_id, server_id = %record.id, version = record.version, "op confirmed");
-                self.submit(WriteCmd::Ack { seq, record }).await
+                WriteCmd::Ack { seq, record }
             }
             OpResult::Conflict(server) => {
                 let (strategy, rules) = self.cfg.strategy_for(&op.collection);
-                self.submit(WriteCmd::Conflict {
+                WriteCmd::Conflict {
                     seq,
                     server,
                     strategy,
                     rules,
-                })
-                .await
+                }
             }
             OpResult::Rejected { status, reason } => {
-                tracing::warn!(op_id = %op.op_id, collection = %op.collection, id = %op.local_id, status, %reason, "op rejected by the server; dead-lettered");
-                self.submit(WriteCmd::DeadLetter { seq, error: reason })
-                    .await
+                tracing::warn!(op_id = %op.op_id, collection = %op.collection, id = %op.local_id, status, "op rejected by the server; dead-lettered");
+                WriteCmd::DeadLetter { seq, error: reason }
             }
         }
     }
