@@ -1,0 +1,70 @@
+//! `--socket` and `--config` for the commands that talk to a running
+//! daemon, and how they pick the socket.
+//!
+//! Exists so that those two options belong only to the commands that use
+//! them (not to `backend`), and so that every such command finds the
+//! daemon the same way: `--socket`, else `$SYNCD_SOCKET`, else the socket
+//! named in `--config`, else the default path.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use syncd::client::Client;
+use syncd::config::Config;
+
+use super::error::CliError;
+
+/// Where the daemon listens. Accepted before the command
+/// (`syncd --socket S status`) and after it (`syncd status --socket S`).
+#[derive(Args, Clone, Debug, Default)]
+pub struct DaemonOpts {
+    /// Socket of the daemon (else $SYNCD_SOCKET, else the one in --config,
+    /// else the default path).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// daemon.toml whose socket to use when neither --socket nor
+    /// $SYNCD_SOCKET is given.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl DaemonOpts {
+    /// These options, with the ones given before the command filling gaps.
+    pub fn or(&self, outer: &DaemonOpts) -> DaemonOpts {
+        DaemonOpts {
+            socket: self.socket.clone().or_else(|| outer.socket.clone()),
+            config: self.config.clone().or_else(|| outer.config.clone()),
+        }
+    }
+
+    /// Whether neither option was given.
+    pub fn is_empty(&self) -> bool {
+        self.socket.is_none() && self.config.is_none()
+    }
+
+    /// --socket, else $SYNCD_SOCKET, else the config's, else the default.
+    pub fn socket_path(&self) -> Result<PathBuf, CliError> {
+        if let Some(s) = &self.socket {
+            return Ok(s.clone());
+        }
+        if let Some(s) = std::env::var_os("SYNCD_SOCKET").filter(|s| !s.is_empty()) {
+            return Ok(PathBuf::from(s));
+        }
+        Ok(load_config(self.config.as_deref())?.daemon.socket)
+    }
+
+    /// A connection to the daemon, or `Unreachable` naming the socket.
+    pub async fn connect(&self) -> Result<Client, CliError> {
+        let path = self.socket_path()?;
+        Ok(Client::connect(&path, "syncd-cli").await?)
+    }
+}
+
+/// The configuration at `path`, or the defaults; a bad file is a usage
+/// error (exit 2), not an unreachable daemon.
+pub fn load_config(path: Option<&std::path::Path>) -> Result<Config, CliError> {
+    match path {
+        Some(p) => Config::load(p).map_err(|e| CliError::Usage(format!("config error: {e}"))),
+        None => Ok(Config::default()),
+    }
+}
