@@ -11,7 +11,7 @@
 
 use bytes::{Buf, BytesMut};
 use interprocess::local_socket::tokio::Stream;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use crate::ipc::codec::{encode, Encoding};
 use crate::ipc::frame::FrameError;
@@ -22,25 +22,23 @@ const HEADER: usize = 4;
 /// How much to ask the socket for when no frame length is known yet.
 const READ_CHUNK: usize = 8 * 1024;
 
-pub struct Connection {
-    stream: Stream,
+/// Generic over the stream so tests can use an in-memory pipe; the
+/// daemon's connections are local sockets.
+pub struct Connection<S = Stream> {
+    stream: S,
     /// Bytes received and not yet cut into frames.
     buffer: BytesMut,
     /// The largest frame body accepted (`daemon.max_frame_bytes`).
     max_frame: u32,
 }
 
-impl Connection {
-    pub fn new(stream: Stream, max_frame: u32) -> Connection {
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    pub fn new(stream: S, max_frame: u32) -> Connection<S> {
         Connection {
             stream,
             buffer: BytesMut::with_capacity(READ_CHUNK),
             max_frame,
         }
-    }
-
-    pub fn stream(&self) -> &Stream {
-        &self.stream
     }
 
     /// The next frame's body; `Ok(None)` on a clean end of stream between
@@ -128,5 +126,80 @@ impl Connection {
     pub async fn send(&mut self, enc: Encoding, frame: &ServerFrame) -> std::io::Result<()> {
         let bytes = encode(enc, frame).map_err(std::io::Error::other)?;
         self.write_frame(&bytes).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    fn framed(bodies: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for b in bodies {
+            out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+            out.extend_from_slice(b);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn frames_sent_in_one_write_are_all_kept() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut conn = Connection::new(server, 1024);
+        client
+            .write_all(&framed(&[b"hello", b"first", b"", b"third"]))
+            .await
+            .unwrap();
+        drop(client);
+        for want in [&b"hello"[..], b"first", b"", b"third"] {
+            assert_eq!(conn.read_frame().await.unwrap().unwrap(), want);
+        }
+        assert!(conn.read_frame().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_frame_split_across_writes_is_reassembled() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut conn = Connection::new(server, 100_000);
+        let body = vec![7u8; 50_000];
+        let bytes = framed(&[&body]);
+        let reader = tokio::spawn(async move { conn.read_frame().await.unwrap().unwrap() });
+        for part in bytes.chunks(3_001) {
+            client.write_all(part).await.unwrap();
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(reader.await.unwrap(), body);
+    }
+
+    #[tokio::test]
+    async fn too_large_and_truncated() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut conn = Connection::new(server, 4);
+        client.write_all(&framed(&[b"12345"])).await.unwrap();
+        assert!(matches!(
+            conn.read_frame().await,
+            Err(FrameError::TooLarge { len: 5, max: 4 })
+        ));
+
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut conn = Connection::new(server, 100);
+        client.write_all(&framed(&[b"whole"])[..7]).await.unwrap();
+        drop(client);
+        assert!(matches!(
+            conn.read_frame().await,
+            Err(FrameError::Truncated)
+        ));
+    }
+
+    #[tokio::test]
+    async fn peer_closed_keeps_what_it_read() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut conn = Connection::new(server, 100);
+        client.write_all(&framed(&[b"later"])).await.unwrap();
+        drop(client);
+        conn.peer_closed().await;
+        assert_eq!(conn.read_frame().await.unwrap().unwrap(), b"later");
+        assert!(conn.read_frame().await.unwrap().is_none());
     }
 }
