@@ -148,3 +148,63 @@ fn thousand_pipelined_requests_json() {
 fn thousand_pipelined_requests_bincode() {
     thousand_pipelined(Encoding::Bincode);
 }
+
+/// A client that writes without reading is pushed back: the daemon stops
+/// reading that connection (its writes end up blocking) instead of
+/// buffering without bound, other connections go on, and once the client
+/// reads, every request it managed to send is answered in order.
+#[test]
+fn a_client_that_does_not_read_is_pushed_back() {
+    let d = Daemon::start("");
+    let mut s = connect(&d);
+    s.write_all(&hello(Encoding::Json)).expect("write hello");
+    read_hello_ok(&mut s);
+    s.set_write_timeout(Some(Duration::from_millis(500)))
+        .expect("write timeout");
+    // Same-size frames (7-digit ids) so bytes written count requests.
+    let first = 1_000_000u64;
+    let frame_len = request(Encoding::Json, first, Request::Status {}).len();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut sent = 0usize;
+    let mut next = first;
+    let blocked = loop {
+        assert!(next < first + 1_000_000, "the daemon never pushed back");
+        if pending.is_empty() {
+            pending = request(Encoding::Json, next, Request::Status {});
+            next += 1;
+        }
+        match s.write(&pending) {
+            Ok(n) => {
+                sent += n;
+                pending.drain(..n);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break true
+            }
+            Err(e) => panic!("write: {e}"),
+        }
+    };
+    assert!(blocked);
+    // The daemon is fine and other connections are answered.
+    assert!(d.status()["queue_depth"].is_number());
+
+    // Finish the partial frame from another thread while this one reads.
+    let mut w = s.try_clone().expect("clone stream");
+    let writer = std::thread::spawn(move || {
+        w.set_write_timeout(None).expect("no write timeout");
+        w.write_all(&pending).expect("rest of the last frame");
+    });
+    let requests = sent.div_ceil(frame_len) as u64;
+    for id in first..first + requests {
+        assert!(matches!(
+            read_reply(&mut s, Encoding::Json, id),
+            Response::Status(_)
+        ));
+    }
+    writer.join().expect("writer thread");
+}
