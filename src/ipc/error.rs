@@ -1,8 +1,11 @@
-//! How the store's errors reach an app: each variant of the domain's error
-//! enums maps to one [`ErrorCode`] here, and nowhere else.
+//! How errors reach an app: each variant of the domain's error enums, of
+//! the codec's and of the framing's maps to one [`ErrorCode`] here, and
+//! nowhere else; nothing decides by the text of a message.
 
 use crate::domain::{StoreError, WriteError};
 
+use super::codec::CodecError;
+use super::frame::FrameError;
 use super::wire::{ApiError, ErrorCode};
 
 impl From<WriteError> for ApiError {
@@ -28,6 +31,31 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         ApiError::new(ErrorCode::Internal, e.to_string())
     }
+}
+
+/// The answer (with id 0) to a request frame that could not be decoded;
+/// the connection goes on with the next frame.
+pub fn undecodable_request(e: &CodecError) -> ApiError {
+    let code = match e {
+        // Well-formed JSON of the wrong shape is a bad request, not bad JSON.
+        CodecError::WrongShape(_) => ErrorCode::BadRequest,
+        CodecError::InvalidJson(_) | CodecError::InvalidDocument(_) => ErrorCode::InvalidJson,
+        _ => ErrorCode::BadFrame,
+    };
+    ApiError::new(code, format!("undecodable request: {e}"))
+}
+
+/// The last word (with id 0) on a stream whose framing broke, or `None`
+/// when the stream itself failed and nothing can be said on it.
+pub fn broken_stream(e: &FrameError) -> Option<ApiError> {
+    let code = match e {
+        FrameError::Io(_) => return None,
+        // The peer may have only half-closed: tell it why.
+        FrameError::Truncated => ErrorCode::BadFrame,
+        // The rest of the stream is unframed garbage now.
+        FrameError::TooLarge { .. } => ErrorCode::TooLarge,
+    };
+    Some(ApiError::new(code, format!("{e}; closing the connection")))
 }
 
 #[cfg(test)]

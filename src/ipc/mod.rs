@@ -1,8 +1,19 @@
 //! The local API: wire types, codec, framing and the socket server.
-//! The client side lives in [`crate::client`].
+//!
+//! It exists to turn bytes on the local socket into store reads and writer
+//! jobs and back, and nothing else. From the outside in: [`server`] binds
+//! and accepts, [`session`] runs one connection (after [`hello`]) over a
+//! [`connection::Connection`] that does the framing, [`cmd`] answers each
+//! request kind, [`error`] maps every failure to an error code, and
+//! [`wire`]/[`codec`]/[`frame`] define what travels. The client side lives
+//! in [`crate::client`].
 
+pub mod cmd;
 pub mod codec;
+pub mod connection;
 pub mod error;
 pub mod frame;
+pub mod hello;
 pub mod server;
+pub mod session;
 pub mod wire;

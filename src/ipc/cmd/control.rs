@@ -1,0 +1,27 @@
+//! `sync`, `pause` and `resume`: the app's hands on the sync worker. One
+//! file for the three because they touch the same thing; pause/resume
+//! are stored first (so they survive a restart), then told to the worker.
+
+use crate::ipc::server::Ctx;
+use crate::ipc::wire::{ApiError, Response};
+use crate::store::tables::META_PAUSED;
+use crate::store::writer::WriteCmd;
+
+/// Wakes the worker now (push, then pull).
+pub fn sync(ctx: &Ctx) -> Response {
+    ctx.sync.wake();
+    Response::Ok {}
+}
+
+/// Stores the paused flag, then applies it to the worker.
+pub async fn set_paused(ctx: &Ctx, paused: bool) -> Result<Response, ApiError> {
+    let value = if paused { b"1" } else { b"0" };
+    ctx.writer
+        .submit(WriteCmd::SetMeta {
+            key: META_PAUSED,
+            value: value.to_vec(),
+        })
+        .await?;
+    ctx.sync.set_paused(paused);
+    Ok(Response::Ok {})
+}

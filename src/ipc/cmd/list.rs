@@ -1,0 +1,26 @@
+//! `list`: one page of a collection in id order. Its own file because of
+//! paging: a page stops at `limit` records or at the reply budget, and
+//! then names the `next` key.
+
+use crate::ipc::server::Ctx;
+use crate::ipc::wire::{ApiError, Response};
+
+use super::check::{check_names, reply_budget};
+use super::MAX_LIST;
+
+/// Records per page when the app names no limit.
+const DEFAULT_LIMIT: u32 = 100;
+
+pub fn apply(
+    ctx: &Ctx,
+    collection: String,
+    start: Option<String>,
+    limit: Option<u32>,
+) -> Result<Response, ApiError> {
+    check_names(&collection, None)?;
+    let limit = limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIST) as usize;
+    let (records, next) =
+        ctx.store
+            .list(&collection, start.as_deref(), limit, reply_budget(ctx))?;
+    Ok(Response::Records { records, next })
+}

@@ -1,0 +1,20 @@
+//! `queue`: the pending operations in the order they will be sent, cut to
+//! the reply budget. Read-only; for people and tools watching the sync.
+
+use crate::ipc::server::Ctx;
+use crate::ipc::wire::{ApiError, Response};
+
+use super::check::{reply_budget, within_budget};
+use super::MAX_LIST;
+
+/// Ops listed when the app names no limit.
+const DEFAULT_LIMIT: u32 = 1000;
+
+pub fn apply(ctx: &Ctx, limit: Option<u32>) -> Result<Response, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIST) as usize;
+    let ops = ctx.store.queue_head(limit)?;
+    Ok(Response::Ops(within_budget(
+        reply_budget(ctx),
+        ops.into_iter().map(|(seq, op)| op.view(seq)),
+    )))
+}

@@ -1,0 +1,205 @@
+//! One client connection's bytes: framing over a single read buffer.
+//!
+//! A [`Connection`] owns the stream and ONE buffer for the connection's
+//! whole life, from the hello to the last request (tokio's mini-redis
+//! `Connection` is the model). Whatever the kernel handed over together
+//! with a frame stays in that buffer for the next read, so a request
+//! written in the same write as the hello is not lost. Reading is
+//! cancel-safe (bytes move from the socket into the buffer, frames are cut
+//! from the buffer only when whole), which lets the session wait for a
+//! request and a watch event at once without a reader task.
+
+use bytes::{Buf, BytesMut};
+use interprocess::local_socket::tokio::Stream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+
+use crate::ipc::codec::{encode, Encoding};
+use crate::ipc::frame::FrameError;
+use crate::ipc::wire::ServerFrame;
+
+/// Bytes of the length prefix.
+const HEADER: usize = 4;
+/// How much to ask the socket for when no frame length is known yet.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Generic over the stream so tests can use an in-memory pipe; the
+/// daemon's connections are local sockets.
+pub struct Connection<S = Stream> {
+    stream: S,
+    /// Bytes received and not yet cut into frames.
+    buffer: BytesMut,
+    /// The largest frame body accepted (`daemon.max_frame_bytes`).
+    max_frame: u32,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    pub fn new(stream: S, max_frame: u32) -> Connection<S> {
+        Connection {
+            stream,
+            buffer: BytesMut::with_capacity(READ_CHUNK),
+            max_frame,
+        }
+    }
+
+    /// The next frame's body; `Ok(None)` on a clean end of stream between
+    /// frames. Cancel-safe: a frame half received stays buffered.
+    pub async fn read_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+        loop {
+            if let Some(body) = self.parse_frame()? {
+                return Ok(Some(body));
+            }
+            self.reserve_for_frame();
+            let n = self
+                .stream
+                .read_buf(&mut self.buffer)
+                .await
+                .map_err(FrameError::Io)?;
+            if n == 0 {
+                return if self.buffer.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(FrameError::Truncated)
+                };
+            }
+        }
+    }
+
+    /// Cuts one whole frame off the front of the buffer, if there is one.
+    fn parse_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+        let Some(len) = self.announced_len() else {
+            return Ok(None);
+        };
+        if len > self.max_frame {
+            return Err(FrameError::TooLarge {
+                len,
+                max: self.max_frame,
+            });
+        }
+        let len = len as usize;
+        if self.buffer.len() < HEADER + len {
+            return Ok(None);
+        }
+        self.buffer.advance(HEADER);
+        Ok(Some(self.buffer.split_to(len).to_vec()))
+    }
+
+    fn announced_len(&self) -> Option<u32> {
+        let head: [u8; HEADER] = self.buffer.get(..HEADER)?.try_into().ok()?;
+        Some(u32::from_be_bytes(head))
+    }
+
+    /// Room for the rest of the frame being received (its length is
+    /// checked against the limit first), or for a chunk when unknown.
+    fn reserve_for_frame(&mut self) {
+        let want = match self.announced_len() {
+            Some(len) if len <= self.max_frame => HEADER + len as usize,
+            _ => HEADER + READ_CHUNK,
+        };
+        let missing = want.saturating_sub(self.buffer.len()).max(READ_CHUNK);
+        self.buffer.reserve(missing);
+    }
+
+    /// Resolves when the peer's side of the stream ends (or fails); never
+    /// resolves while it is open. Meanwhile later requests are buffered, up
+    /// to one largest frame, then reading stops (the socket pushes back).
+    /// Cancel-safe. Used while a request waits for something else.
+    pub async fn peer_closed(&mut self) {
+        let cap = HEADER + self.max_frame as usize;
+        loop {
+            if self.buffer.len() >= cap {
+                return std::future::pending().await;
+            }
+            self.buffer.reserve(READ_CHUNK);
+            match self.stream.read_buf(&mut self.buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Writes one frame body (length and body in one write) and flushes.
+    pub async fn write_frame(&mut self, body: &[u8]) -> std::io::Result<()> {
+        crate::ipc::frame::write_frame(&mut self.stream, body).await
+    }
+
+    /// Encodes `frame` in `enc` and writes it.
+    pub async fn send(&mut self, enc: Encoding, frame: &ServerFrame) -> std::io::Result<()> {
+        let bytes = encode(enc, frame).map_err(std::io::Error::other)?;
+        self.write_frame(&bytes).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    fn framed(bodies: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for b in bodies {
+            out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+            out.extend_from_slice(b);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn frames_sent_in_one_write_are_all_kept() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut conn = Connection::new(server, 1024);
+        client
+            .write_all(&framed(&[b"hello", b"first", b"", b"third"]))
+            .await
+            .unwrap();
+        drop(client);
+        for want in [&b"hello"[..], b"first", b"", b"third"] {
+            assert_eq!(conn.read_frame().await.unwrap().unwrap(), want);
+        }
+        assert!(conn.read_frame().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_frame_split_across_writes_is_reassembled() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut conn = Connection::new(server, 100_000);
+        let body = vec![7u8; 50_000];
+        let bytes = framed(&[&body]);
+        let reader = tokio::spawn(async move { conn.read_frame().await.unwrap().unwrap() });
+        for part in bytes.chunks(3_001) {
+            client.write_all(part).await.unwrap();
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(reader.await.unwrap(), body);
+    }
+
+    #[tokio::test]
+    async fn too_large_and_truncated() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut conn = Connection::new(server, 4);
+        client.write_all(&framed(&[b"12345"])).await.unwrap();
+        assert!(matches!(
+            conn.read_frame().await,
+            Err(FrameError::TooLarge { len: 5, max: 4 })
+        ));
+
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut conn = Connection::new(server, 100);
+        client.write_all(&framed(&[b"whole"])[..7]).await.unwrap();
+        drop(client);
+        assert!(matches!(
+            conn.read_frame().await,
+            Err(FrameError::Truncated)
+        ));
+    }
+
+    #[tokio::test]
+    async fn peer_closed_keeps_what_it_read() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut conn = Connection::new(server, 100);
+        client.write_all(&framed(&[b"later"])).await.unwrap();
+        drop(client);
+        conn.peer_closed().await;
+        assert_eq!(conn.read_frame().await.unwrap().unwrap(), b"later");
+        assert!(conn.read_frame().await.unwrap().is_none());
+    }
+}

@@ -1,0 +1,158 @@
+//! One client's session, from the peer check to the last reply.
+//!
+//! Exists so the server only accepts, and the commands only answer: this
+//! is the loop in between. It waits for whichever comes first, the next
+//! request or (once the app subscribed) the next watch event, and answers
+//! requests one at a time in the order they arrived. It reads the next
+//! request only after the previous reply is written, so a client that does
+//! not read its replies is pushed back by the socket instead of filling
+//! the daemon's memory.
+
+use std::sync::Arc;
+
+use interprocess::local_socket::tokio::Stream;
+use tokio::sync::watch;
+
+use crate::ipc::cmd::{self, watch::Subscription};
+use crate::ipc::codec::{decode, Encoding};
+use crate::ipc::connection::Connection;
+use crate::ipc::error::{broken_stream, undecodable_request};
+use crate::ipc::frame::FrameError;
+use crate::ipc::hello;
+use crate::ipc::server::{peer_allowed, Ctx};
+use crate::ipc::wire::{ApiError, ClientFrame, ErrorCode, Event, Request, Response, ServerFrame};
+
+/// Serves one accepted connection until either side ends it or the
+/// daemon shuts down.
+pub async fn run(stream: Stream, ctx: Arc<Ctx>, shutdown: watch::Receiver<bool>) {
+    let cfg = ctx.config.borrow().clone();
+    let max = cfg.daemon.max_frame_bytes;
+    let group_access = cfg.socket_mode().map(|m| m & 0o060 != 0).unwrap_or(false);
+    let refused = peer_allowed(&stream, group_access).err();
+    let mut conn = Connection::new(stream, max);
+    if let Some(why) = refused {
+        tracing::warn!(reason = %why, "refused connection");
+        hello::refuse(&mut conn, ErrorCode::PermissionDenied, why).await;
+        return;
+    }
+    let Some((app, enc)) = hello::exchange(&mut conn, ctx.store.client_id(), max).await else {
+        return;
+    };
+    tracing::debug!(app = %app, encoding = enc.as_str(), "client connected");
+    let session = Session {
+        conn,
+        ctx: &ctx,
+        enc,
+        watch: None,
+    };
+    session.run(shutdown).await;
+}
+
+struct Session<'a> {
+    conn: Connection,
+    ctx: &'a Ctx,
+    /// The encoding the client chose in its hello.
+    enc: Encoding,
+    /// The app's event subscription, once it sent `watch`.
+    watch: Option<Subscription>,
+}
+
+/// What woke the session up.
+enum Next {
+    Frame(Result<Option<Vec<u8>>, FrameError>),
+    Event(Option<Event>),
+}
+
+impl Session<'_> {
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            // Both reads are cancel-safe: losing the race loses nothing.
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.changed() => return,
+                r = self.conn.read_frame() => Next::Frame(r),
+                ev = next_event(&mut self.watch) => Next::Event(ev),
+            };
+            let go_on = match next {
+                Next::Frame(r) => self.on_frame(r).await,
+                Next::Event(ev) => self.on_event(ev).await,
+            };
+            if !go_on {
+                return;
+            }
+        }
+    }
+
+    /// Answers one incoming frame; `false` when the connection is over.
+    async fn on_frame(&mut self, r: Result<Option<Vec<u8>>, FrameError>) -> bool {
+        let bytes = match r {
+            Ok(Some(b)) => b,
+            Ok(None) => return false,
+            Err(e) => {
+                if let Some(error) = broken_stream(&e) {
+                    let _ = self.reply(0, Err(error)).await;
+                }
+                return false;
+            }
+        };
+        let frame: ClientFrame = match decode(self.enc, &bytes) {
+            Ok(f) => f,
+            Err(e) => return self.reply(0, Err(undecodable_request(&e))).await,
+        };
+        match self.answer(frame.request).await {
+            Some(r) => self.reply(frame.id, r).await,
+            None => false,
+        }
+    }
+
+    /// Runs one request; `None` when the client left while it waited.
+    async fn answer(&mut self, req: Request) -> Option<Result<Response, ApiError>> {
+        match req {
+            Request::Watch { collections } => {
+                Some(cmd::watch::subscribe(self.ctx, collections).map(|sub| {
+                    self.watch = Some(sub);
+                    Response::Watching {}
+                }))
+            }
+            // It may wait forever: end it when the client goes away.
+            req @ Request::WaitSynced { .. } => tokio::select! {
+                r = cmd::apply(self.ctx, req) => Some(r),
+                _ = self.conn.peer_closed() => None,
+            },
+            req => Some(cmd::apply(self.ctx, req).await),
+        }
+    }
+
+    /// Writes a request's answer; `false` when the stream is gone.
+    async fn reply(&mut self, id: u64, r: Result<Response, ApiError>) -> bool {
+        let frame = match r {
+            Ok(body) => ServerFrame::Reply { id, body },
+            Err(error) => ServerFrame::Error { id, error },
+        };
+        self.conn.send(self.enc, &frame).await.is_ok()
+    }
+
+    /// Forwards one watch event; `false` when the stream is gone.
+    async fn on_event(&mut self, ev: Option<Event>) -> bool {
+        match ev {
+            Some(ev) => self
+                .conn
+                .send(self.enc, &ServerFrame::Event(ev))
+                .await
+                .is_ok(),
+            None => {
+                // The event source closed: the daemon is stopping.
+                self.watch = None;
+                true
+            }
+        }
+    }
+}
+
+/// The subscription's next event; never resolves without one.
+async fn next_event(watch: &mut Option<Subscription>) -> Option<Event> {
+    match watch {
+        Some(sub) => sub.next().await,
+        None => std::future::pending().await,
+    }
+}
