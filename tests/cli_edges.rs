@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{bin, eventually, Daemon};
-use common_fault::{MiniBackend, Scripted};
-use serde_json::{json, Value};
+use common_fault::{RefBackend, Scripted};
+use serde_json::json;
+use syncd::backend::server::ops::{Rejection, ValidOp};
 use syncd::client::Client;
 
 /// `syncd --socket S ARGS` with stdout (and stderr) piped.
@@ -115,9 +116,9 @@ fn closed_stdout_ends_quietly_with_exit_0() {
 #[test]
 fn dead_letters_lines_start_with_the_op_id() {
     // A backend that rejects every create for good (422).
-    let mut m = MiniBackend::new(true);
-    m.validate = Some(Box::new(|_op: &Value| {
-        Some((422, "rejected by test".to_owned()))
+    let mut m = RefBackend::new(true);
+    m.validate = Some(Box::new(|_op: &ValidOp| {
+        Err(Rejection::unprocessable("rejected by test"))
     }));
     let mini = Arc::new(Mutex::new(m));
     let srv = Scripted::start(Duration::from_secs(60), 5000, move |req| {
