@@ -15,9 +15,15 @@ use crate::backend::protocol::{
     BatchReply, BatchResult, Change, ChangesPage, ErrorBody, Features, HealthBody, OpOk,
 };
 
-use super::http::{DEFAULT_CHANGES_LIMIT, MAX_CHANGES_LIMIT, MAX_WAIT_S, MIN_WAIT_S};
 use super::ops::{parse_batch, parse_op, Rejection, ValidOp};
 use super::store::{BackendStore, ChangeSlice, Outcome, StoreError};
+
+/// Default and maximum `limit` of `v1/changes`.
+pub const DEFAULT_CHANGES_LIMIT: usize = 100;
+pub const MAX_CHANGES_LIMIT: usize = 1000;
+/// Bounds of `wait` (seconds) on `v1/changes`; other values are clamped.
+pub const MIN_WAIT_S: u64 = 1;
+pub const MAX_WAIT_S: u64 = 60;
 
 /// A JSON reply: HTTP status code and body.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -24,12 +24,6 @@ use super::handler::{self, no_check, parse_changes_query, JsonReply, OpsReply};
 use super::store::{BackendStore, ChangeSlice, StoreError};
 use super::Faults;
 
-/// Default and maximum `limit` of `v1/changes`.
-pub const DEFAULT_CHANGES_LIMIT: usize = 100;
-pub const MAX_CHANGES_LIMIT: usize = 1000;
-/// Bounds of `wait` (seconds) on `v1/changes`; other values are clamped.
-pub const MIN_WAIT_S: u64 = 1;
-pub const MAX_WAIT_S: u64 = 60;
 
 /// Shared state of all connections.
 pub(crate) struct AppState {
