@@ -78,6 +78,36 @@ pub enum Resolution {
     Park,
 }
 
+impl Resolution {
+    /// A name for logs: never the document.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Resolution::TakeServer => "take-server",
+            Resolution::Resend { .. } => "re-send",
+            Resolution::Park => "park",
+        }
+    }
+}
+
+/// Carries one local edit over to a new base: the keys `next` changed
+/// relative to `prev` (set, changed or removed) are applied to `onto`;
+/// every other key keeps `onto`'s value. Used to keep a later queued edit
+/// after its record's conflict was merged.
+pub fn rebase(prev: &Document, next: &Document, onto: &Document) -> Document {
+    let mut out = onto.clone();
+    for (k, v) in next {
+        if prev.get(k) != Some(v) {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    for k in prev.keys() {
+        if !next.contains_key(k) {
+            out.remove(k);
+        }
+    }
+    out
+}
+
 /// The local side of a conflict.
 #[derive(Debug, Clone)]
 pub struct LocalChange<'a> {
@@ -340,6 +370,27 @@ mod tests {
         assert_eq!(
             resolve(Strategy::ServerWins, &none, &upd, &tomb),
             Resolution::TakeServer
+        );
+    }
+}
+
+#[cfg(test)]
+mod rebase_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn d(v: Value) -> Document {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn rebase_carries_only_the_edit() {
+        let prev = d(json!({"a": 1, "b": 1, "gone": 1}));
+        let next = d(json!({"a": 1, "b": 2, "new": 3}));
+        let onto = d(json!({"a": 9, "b": 1, "gone": 1, "srv": 5}));
+        assert_eq!(
+            rebase(&prev, &next, &onto),
+            d(json!({"a": 9, "b": 2, "new": 3, "srv": 5}))
         );
     }
 }

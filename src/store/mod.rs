@@ -15,6 +15,7 @@
 //! - An op's `op_id` is minted once when it is queued and never changes.
 
 pub mod encoding;
+mod migrate;
 pub mod tables;
 pub mod writer;
 #[cfg(test)]
@@ -42,7 +43,7 @@ pub const MAX_LISTED: usize = 10_000;
 pub const RECORD_OVERHEAD: usize = 256;
 
 /// Schema version written at creation; bumped on incompatible changes.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 macro_rules! engine_err_from {
     ($($t:ty),*) => {$(
@@ -111,7 +112,10 @@ impl Store {
                 }
                 Some(v) => {
                     let found = u64::from_be_bytes(v.try_into().unwrap_or([0xff; 8]));
-                    if found != SCHEMA_VERSION {
+                    if found == 1 {
+                        migrate::v1_to_v2(&txn)?;
+                        meta.insert(META_SCHEMA, SCHEMA_VERSION.to_be_bytes().as_slice())?;
+                    } else if found != SCHEMA_VERSION {
                         return Err(StoreError::SchemaMismatch {
                             path,
                             found,
@@ -295,15 +299,17 @@ impl Store {
                 OpState::Queued
             });
         }
+        let by_op = txn.open_table(DEAD_BY_OP)?;
+        let Some(seq) = by_op.get(op_id)?.map(|v| v.value()) else {
+            return Ok(OpState::Done);
+        };
         let dead = txn.open_table(DEAD)?;
-        for item in dead.iter()? {
-            let (_, v) = item?;
-            let d: DeadLetter = from_store(v.value())?;
-            if d.op.op_id == op_id {
-                return Ok(OpState::DeadLettered(d.error));
-            }
+        match dead.get(seq)? {
+            Some(v) => Ok(OpState::DeadLettered(
+                from_store::<DeadLetter>(v.value())?.error,
+            )),
+            None => Ok(OpState::Done),
         }
-        Ok(OpState::Done)
     }
 
     /// The (collection, local id) an op in the queue or in a parked

@@ -14,6 +14,13 @@ pub const SERVER_IDS: TableDefinition<(&str, &str), &str> = TableDefinition::new
 pub const DEAD: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
 /// (collection, local id) -> bincode [`super::ParkedConflict`].
 pub const CONFLICTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("conflicts");
+/// (collection, local id, queue sequence) -> (): each record's queued ops,
+/// so that finding a record's later ops is a range lookup, not a queue scan.
+pub const RECORD_QUEUE: TableDefinition<(&str, &str, u64), ()> =
+    TableDefinition::new("record_queue");
+/// op_id -> dead-letter sequence: `retry`, `discard` and `wait_synced` find
+/// a dead letter without scanning them all.
+pub const DEAD_BY_OP: TableDefinition<&str, u64> = TableDefinition::new("dead_by_op");
 /// Small named values.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -48,6 +55,8 @@ pub fn for_each_table(txn: &WriteTransaction) -> Result<(), redb::TableError> {
     txn.open_table(DEAD)?;
     txn.open_table(CONFLICTS)?;
     txn.open_table(META)?;
+    txn.open_table(RECORD_QUEUE)?;
+    txn.open_table(DEAD_BY_OP)?;
     Ok(())
 }
 

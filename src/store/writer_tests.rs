@@ -485,3 +485,84 @@ async fn a_dead_lettered_update_keeps_the_base_it_was_made_on() {
     // silently overwriting it.
     assert_eq!(op.base, Some(("S1".to_string(), 1)));
 }
+
+/// Queue X1, Y1, X2 and a 409 for X1: the resolution must not move X2's
+/// state ahead of Y1 (a later op may depend on an earlier one in another
+/// record). Under merge the re-send carries X1's merged state at the head,
+/// and X2 stays behind Y1, rebased onto the merge.
+#[tokio::test]
+async fn conflict_resend_never_moves_a_later_op_ahead_of_another_record() {
+    for strategy in [Strategy::Merge, Strategy::LastWriteWins] {
+        let f = fx();
+        put(&f, "x", json!({"a": 1, "b": 1})).await;
+        ack_head(&f, srec("SX", 1, 50, json!({"a": 1, "b": 1}))).await;
+        put(&f, "x", json!({"a": 2, "b": 1})).await; // X1: a changed
+        put(&f, "y", json!({"n": 1})).await; // Y1
+        f.w.submit(WriteCmd::Patch {
+            collection: "c".into(),
+            id: "x".into(),
+            data: doc(json!({"c": 3})),
+            client_ts: 101,
+            max_bytes: 1 << 20,
+        })
+        .await
+        .unwrap(); // X2: c added
+        let (seq, x1) = f.store.queue_head(1).unwrap().remove(0);
+        // The server changed b meanwhile.
+        f.w.submit(WriteCmd::Conflict {
+            seq,
+            server: srec("SX", 2, 60, json!({"a": 1, "b": 7})),
+            strategy,
+            rules: Default::default(),
+        })
+        .await
+        .unwrap();
+        let q = f.store.queue_head(10).unwrap();
+        let order: Vec<&str> = q.iter().map(|(_, o)| o.local_id.as_str()).collect();
+        assert_eq!(order, ["x", "y", "x"], "{strategy:?}: {q:?}");
+        assert_ne!(q[0].1.op_id, x1.op_id, "the re-send is a new op");
+        let sent: Value = serde_json::from_str(q[0].1.data.as_deref().unwrap()).unwrap();
+        let tail: Value = serde_json::from_str(q[2].1.data.as_deref().unwrap()).unwrap();
+        let rec = f.store.record("c", "x").unwrap().unwrap();
+        assert_eq!(rec.pending, 2);
+        let local: Value = serde_json::from_str(&rec.data).unwrap();
+        match strategy {
+            Strategy::Merge => {
+                assert_eq!(sent, json!({"a": 2, "b": 7}), "X1 merged, not X2");
+                assert_eq!(tail, json!({"a": 2, "b": 7, "c": 3}), "X2 rebased");
+                assert_eq!(local, tail);
+            }
+            _ => {
+                assert_eq!(sent, json!({"a": 2, "b": 1}), "X1's state, not X2's");
+                assert_eq!(tail, json!({"a": 2, "b": 1, "c": 3}), "X2 as written");
+                assert_eq!(local, tail);
+            }
+        }
+    }
+}
+
+/// Server-wins takes the server's record: nothing is sent, so the whole
+/// record's queue goes, tail included, and the other record's op stays.
+#[tokio::test]
+async fn conflict_take_server_drops_the_tail_too() {
+    let f = fx();
+    put(&f, "x", json!({"a": 1})).await;
+    ack_head(&f, srec("SX", 1, 50, json!({"a": 1}))).await;
+    put(&f, "x", json!({"a": 2})).await;
+    put(&f, "y", json!({"n": 1})).await;
+    put(&f, "x", json!({"a": 3})).await;
+    let (seq, _) = f.store.queue_head(1).unwrap().remove(0);
+    f.w.submit(WriteCmd::Conflict {
+        seq,
+        server: srec("SX", 2, 60, json!({"a": 9})),
+        strategy: Strategy::ServerWins,
+        rules: Default::default(),
+    })
+    .await
+    .unwrap();
+    let q = f.store.queue_head(10).unwrap();
+    let order: Vec<&str> = q.iter().map(|(_, o)| o.local_id.as_str()).collect();
+    assert_eq!(order, ["y"]);
+    let rec = f.store.record("c", "x").unwrap().unwrap();
+    assert_eq!((rec.pending, rec.data.as_str()), (0, r#"{"a":9}"#));
+}

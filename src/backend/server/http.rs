@@ -24,7 +24,6 @@ use super::handler::{self, no_check, parse_changes_query, JsonReply, OpsReply};
 use super::store::{BackendStore, ChangeSlice, StoreError};
 use super::Faults;
 
-
 /// Shared state of all connections.
 pub(crate) struct AppState {
     pub store: Arc<dyn BackendStore>,

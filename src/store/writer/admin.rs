@@ -27,12 +27,11 @@ pub(super) fn set_meta(
 
 /// Moves a dead letter back to the tail of the queue.
 pub(super) fn retry(x: &mut Txn<'_>, op_id: &str) -> Result<JobResult, StoreError> {
-    let Some((dseq, dl)) = x.find_dead(op_id)? else {
+    let Some(dl) = x.take_dead(op_id)? else {
         return Ok(Err(WriteError::NoDeadLetter {
             op_id: op_id.to_owned(),
         }));
     };
-    x.dead.remove(dseq)?;
     let mut op = dl.op;
     op.attempts = 0;
     op.last_error = Some(format!("retried after: {}", dl.error));
@@ -46,12 +45,11 @@ pub(super) fn retry(x: &mut Txn<'_>, op_id: &str) -> Result<JobResult, StoreErro
 
 /// Drops a dead letter for good.
 pub(super) fn discard(x: &mut Txn<'_>, op_id: &str) -> Result<JobResult, StoreError> {
-    let Some((dseq, _)) = x.find_dead(op_id)? else {
+    if x.take_dead(op_id)?.is_none() {
         return Ok(Err(WriteError::NoDeadLetter {
             op_id: op_id.to_owned(),
         }));
-    };
-    x.dead.remove(dseq)?;
+    }
     Ok(Ok(WriteOutcome::Done))
 }
 

@@ -10,7 +10,8 @@ use redb::ReadableTable;
 
 use crate::domain::conflict::{self, FieldRule, LocalChange, Resolution, Strategy};
 use crate::domain::{
-    ConflictOutcome, Doc, Event, OpKind, Origin, QueuedOp, ServerRecord, StoreError, StoredRecord,
+    ConflictOutcome, Doc, Document, Event, OpKind, Origin, QueuedOp, ServerRecord, StoreError,
+    StoredRecord,
 };
 use crate::store::encoding::{from_store, to_store};
 use crate::store::tables::*;
@@ -19,8 +20,15 @@ use crate::store::{parse_doc_text, ParkedConflict, ServerRecordStored};
 use super::txn::{bump_resolved, prepend_op, take_server, JobResult, Txn};
 use super::WriteOutcome;
 
-/// Decides the 409 for the op at `seq` and folds the record's later
-/// queued ops into the decision (they were made on the same stale base).
+/// Decides the 409 for the op at `seq`. The record's later queued ops were
+/// made on the same stale base, so they take part in the decision, without
+/// ever moving ahead of another record's op (the queue's global order):
+/// - the *run*, its ops queued right after it with no other record's op in
+///   between, is folded into the decision;
+/// - the *tail*, its ops behind another record's op, stays where it is. A
+///   re-send then goes to the head for the run only, and under `merge` the
+///   tail's documents are rebased onto the merged one; a decision that takes
+///   the server's record or parks takes the tail along, as nothing is sent.
 pub(super) fn conflict(
     x: &mut Txn<'_>,
     seq: u64,
@@ -31,41 +39,64 @@ pub(super) fn conflict(
     let Some(op) = x.take_op(seq)? else {
         return Ok(Ok(WriteOutcome::Done));
     };
-    let (c, lid) = (op.collection.to_owned(), op.local_id.clone());
-    let mut ops = vec![op];
+    let (c, lid) = (op.collection.clone(), op.local_id.clone());
     let others = x.pending_of(&c, &lid)?.saturating_sub(1);
-    for (s, _) in x.ops_of_record_after(seq, &c, &lid, others)? {
-        if let Some(o) = x.take_op(s)? {
-            ops.push(o);
-        }
-    }
+    let later = x.ops_of_record_after(seq, &c, &lid, others)?;
+    let foreign = x.first_foreign_after(seq, &c, &lid)?;
+    let (run, tail): (Vec<_>, Vec<_>) = later
+        .into_iter()
+        .partition(|(s, _)| foreign.is_none_or(|f| *s < f));
     let rec = x.record(&c, &lid)?;
-    let data = rec
-        .as_ref()
-        .filter(|r| !r.deleted)
-        .map(|r| parse_doc_text(&r.data));
+    // The local state the decision is about: the record's latest, or, with
+    // a tail, the state after the run.
+    let (kind, data) = match run
+        .last()
+        .map(|(_, o)| o)
+        .or(Some(&op))
+        .filter(|_| !tail.is_empty())
+    {
+        Some(last) => (last.kind, last.data.as_deref().map(parse_doc_text)),
+        None => match rec.as_ref().filter(|r| !r.deleted) {
+            Some(r) => (OpKind::Update, Some(parse_doc_text(&r.data))),
+            None => (OpKind::Delete, None),
+        },
+    };
+    let kind = if kind == OpKind::Delete {
+        OpKind::Delete
+    } else {
+        OpKind::Update
+    };
     let base = rec
         .as_ref()
         .and_then(|r| r.base.as_deref())
         .map(parse_doc_text);
+    let mut ops = vec![op];
     let local = LocalChange {
-        kind: if data.is_some() {
-            OpKind::Update
-        } else {
-            OpKind::Delete
-        },
+        kind,
         data: data.as_ref().and_then(Value::as_object),
-        client_ts: ops.iter().map(|o| o.client_ts).max().unwrap_or(0),
+        client_ts: std::iter::once(&ops[0])
+            .chain(run.iter().map(|(_, o)| o))
+            .map(|o| o.client_ts)
+            .max()
+            .unwrap_or(0),
         base: base.as_ref().and_then(Value::as_object),
     };
     let resolution = conflict::resolve(strategy, rules, &local, server);
-    tracing::info!(collection = %c, id = %lid, strategy = strategy.as_str(), ops = ops.len(), ?resolution, "conflict");
+    tracing::info!(collection = %c, id = %lid, strategy = strategy.as_str(), ops = 1 + run.len(), tail = tail.len(), outcome = resolution.name(), "conflict");
     // merge takes the server's record for an update only when
     // the merge equals it: every local change is already there.
     let merged_in = strategy == Strategy::Merge
         && local.kind == OpKind::Update
         && !server.deleted
         && resolution == Resolution::TakeServer;
+    let resend = matches!(resolution, Resolution::Resend { .. });
+    let keep_tail = resend && !tail.is_empty();
+    for (s, _) in run.iter().chain(tail.iter().filter(|_| !keep_tail)) {
+        if let Some(o) = x.take_op(*s)? {
+            ops.push(o);
+        }
+    }
+    let run_state = data.as_ref().and_then(Value::as_object).cloned();
     apply_resolution(
         x,
         &c,
@@ -76,11 +107,55 @@ pub(super) fn conflict(
         &resolution,
         merged_in,
     )?;
+    if keep_tail {
+        if let Resolution::Resend { data: sent, .. } = &resolution {
+            let rebase = strategy == Strategy::Merge;
+            rebase_tail(x, &c, &lid, &tail, run_state, sent.clone(), rebase)?;
+        }
+    }
     // A parked conflict counts as resolved when it is resolved.
     if resolution != Resolution::Park {
         bump_resolved(x)?;
     }
     Ok(Ok(WriteOutcome::Done))
+}
+
+/// The tail of a re-sent conflict stays queued behind other records' ops.
+/// Under `merge` each tail op's document is rebased: the keys it changed
+/// relative to the op before it are applied on top of the merged document,
+/// so the server's changes that the merge kept are not overwritten. The
+/// record's document becomes the last tail op's.
+fn rebase_tail(
+    x: &mut Txn<'_>,
+    c: &str,
+    lid: &str,
+    tail: &[(u64, QueuedOp)],
+    run_state: Option<Document>,
+    sent: Option<Document>,
+    rebase: bool,
+) -> Result<(), StoreError> {
+    let (mut prev, mut onto) = (run_state.unwrap_or_default(), sent.unwrap_or_default());
+    let mut last: Option<Option<String>> = None;
+    for (s, _) in tail {
+        let Some(mut op) = x.op(*s)? else { continue };
+        if let (true, Some(text)) = (rebase, op.data.as_deref()) {
+            let next = match parse_doc_text(text) {
+                Value::Object(m) => m,
+                _ => Document::new(),
+            };
+            let rebased = conflict::rebase(&prev, &next, &onto);
+            op.data = Some(Value::Object(rebased.clone()).to_string());
+            x.queue.insert(*s, to_store(&op)?.as_slice())?;
+            (prev, onto) = (next, rebased);
+        }
+        last = Some(op.data.clone());
+    }
+    let (Some(final_state), Some(mut rec)) = (last, x.record(c, lid)?) else {
+        return Ok(());
+    };
+    rec.deleted = final_state.is_none();
+    rec.data = final_state.unwrap_or_else(|| "{}".into());
+    x.put_record(c, lid, &rec)
 }
 
 /// Carries out a conflict decision for `ops` (already out of the queue)

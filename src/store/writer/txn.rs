@@ -49,6 +49,8 @@ pub(super) struct Txn<'txn> {
     pub dead: Table<'txn, u64, &'static [u8]>,
     pub conflicts: Table<'txn, (&'static str, &'static str), &'static [u8]>,
     pub meta: Table<'txn, &'static str, &'static [u8]>,
+    pub record_queue: Table<'txn, (&'static str, &'static str, u64), ()>,
+    pub dead_by_op: Table<'txn, &'static str, u64>,
     pub ids: &'txn IdGen,
     pub counters: &'txn mut Counters,
     /// Whether anyone subscribes to events during this batch.
@@ -76,6 +78,8 @@ impl<'txn> Txn<'txn> {
             dead: txn.open_table(DEAD)?,
             conflicts: txn.open_table(CONFLICTS)?,
             meta: txn.open_table(META)?,
+            record_queue: txn.open_table(RECORD_QUEUE)?,
+            dead_by_op: txn.open_table(DEAD_BY_OP)?,
         })
     }
 
@@ -105,6 +109,8 @@ impl<'txn> Txn<'txn> {
         };
         let op: QueuedOp = from_store(&bytes)?;
         self.ops.remove(op.op_id.as_str())?;
+        self.record_queue
+            .remove((op.collection.as_str(), op.local_id.as_str(), seq))?;
         Ok(Some(op))
     }
 
@@ -113,11 +119,9 @@ impl<'txn> Txn<'txn> {
         Ok(self.record(c, lid)?.map(|r| r.pending).unwrap_or(0))
     }
 
-    /// Queued ops of one record with a sequence above `seq`, at most
-    /// `expected` of them (the record's pending count says how many there
-    /// can be). Usually that is none and nothing is read; otherwise it is a
-    /// scan of the queue that stops at the last one, on the dead-letter and
-    /// conflict paths only.
+    /// Queued ops of one record with a sequence above `seq`, in order: a
+    /// range of the record's index, never a scan of the queue. `expected`
+    /// (the record's pending count) bounds it.
     pub fn ops_of_record_after(
         &self,
         seq: u64,
@@ -129,28 +133,63 @@ impl<'txn> Txn<'txn> {
         if expected == 0 {
             return Ok(out);
         }
-        for item in self.queue.range(seq.saturating_add(1)..)? {
-            if out.len() >= expected as usize {
-                break;
-            }
-            let (k, v) = item?;
-            let op: QueuedOp = from_store(v.value())?;
-            if op.collection == c && op.local_id == lid {
-                out.push((k.value(), op));
+        let seqs: Vec<u64> = self
+            .record_queue
+            .range((c, lid, seq.saturating_add(1))..=(c, lid, u64::MAX))?
+            .take(expected as usize)
+            .map(|item| item.map(|(k, _)| k.value().2))
+            .collect::<Result<_, _>>()?;
+        for s in seqs {
+            if let Some(op) = self.op(s)? {
+                out.push((s, op));
             }
         }
         Ok(out)
     }
 
-    pub fn find_dead(&self, op_id: &str) -> Result<Option<(u64, DeadLetter)>, StoreError> {
-        for item in self.dead.iter()? {
+    /// The first queued op after `seq` that belongs to another record: the
+    /// end of the record's run (a scan that stops there).
+    pub fn first_foreign_after(
+        &self,
+        seq: u64,
+        c: &str,
+        lid: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        for item in self.queue.range(seq.saturating_add(1)..)? {
             let (k, v) = item?;
-            let d: DeadLetter = from_store(v.value())?;
-            if d.op.op_id == op_id {
-                return Ok(Some((k.value(), d)));
+            let op: QueuedOp = from_store(v.value())?;
+            if op.collection != c || op.local_id != lid {
+                return Ok(Some(k.value()));
             }
         }
         Ok(None)
+    }
+
+    /// Puts `op` in the queue at `seq`, with its op index and record index.
+    pub fn insert_op(&mut self, seq: u64, op: &QueuedOp) -> Result<(), StoreError> {
+        self.queue.insert(seq, to_store(op)?.as_slice())?;
+        self.ops.insert(op.op_id.as_str(), seq)?;
+        self.record_queue
+            .insert((op.collection.as_str(), op.local_id.as_str(), seq), ())?;
+        Ok(())
+    }
+
+    /// Adds a dead letter (and its op_id index entry).
+    pub fn insert_dead(&mut self, seq: u64, d: &DeadLetter) -> Result<(), StoreError> {
+        self.dead.insert(seq, to_store(d)?.as_slice())?;
+        self.dead_by_op.insert(d.op.op_id.as_str(), seq)?;
+        Ok(())
+    }
+
+    /// Removes the dead letter with `op_id`, if there is one.
+    pub fn take_dead(&mut self, op_id: &str) -> Result<Option<DeadLetter>, StoreError> {
+        let Some(seq) = self.dead_by_op.remove(op_id)?.map(|v| v.value()) else {
+            return Ok(None);
+        };
+        let Some(bytes) = self.dead.remove(seq)?.map(|v| v.value().to_vec()) else {
+            return Ok(None);
+        };
+        Ok(Some(from_store(&bytes)?))
     }
 }
 
@@ -158,8 +197,7 @@ impl<'txn> Txn<'txn> {
 pub(super) fn append_op(x: &mut Txn<'_>, op: &QueuedOp) -> Result<u64, StoreError> {
     let seq = x.counters.queue_tail;
     x.counters.queue_tail += 1;
-    x.queue.insert(seq, to_store(op)?.as_slice())?;
-    x.ops.insert(op.op_id.as_str(), seq)?;
+    x.insert_op(seq, op)?;
     Ok(seq)
 }
 
@@ -173,8 +211,7 @@ pub(super) fn prepend_op(x: &mut Txn<'_>, op: &QueuedOp) -> Result<u64, StoreErr
             s
         }
     };
-    x.queue.insert(seq, to_store(op)?.as_slice())?;
-    x.ops.insert(op.op_id.as_str(), seq)?;
+    x.insert_op(seq, op)?;
     Ok(seq)
 }
 

@@ -104,7 +104,7 @@ pub(super) fn dead_letter(x: &mut Txn<'_>, seq: u64, error: &str) -> Result<JobR
             error: err,
             dead_at: crate::domain::clock::now_ms(),
         };
-        x.dead.insert(seq, to_store(&entry)?.as_slice())?;
+        x.insert_dead(seq, &entry)?;
     }
     Ok(Ok(WriteOutcome::Done))
 }
