@@ -381,11 +381,13 @@ fn unprocessable(batch: bool) {
         .trim()
         .to_owned();
     let b = d.ok(&["put", "todos", r#"{"note":"b"}"#]).trim().to_owned();
-    d.ok(&["patch", "todos", &b, r#"{"x":1}"#]);
+    // C between B's create and B's patch, so the patch is an op of its own
+    // (a write folds only into its record's op at the tail of the queue).
     let c = d
         .ok(&["put", "todos", r#"{"title":"c"}"#])
         .trim()
         .to_owned();
+    d.ok(&["patch", "todos", &b, r#"{"x":1}"#]);
     let e = d.ok(&["put", "todos", r#"{"note":"e"}"#]).trim().to_owned();
     d.ok(&["resume"]);
 

@@ -38,7 +38,24 @@ fn fx() -> Fx {
     }
 }
 
+/// Marks every op queued so far as sent (as the worker does before it
+/// sends them), so that later writes queue ops of their own instead of
+/// folding into these.
+async fn claim(f: &Fx) {
+    if let Some((upto, _)) = f.store.queue_head(usize::MAX).unwrap().last() {
+        f.w.submit(WriteCmd::Claim { upto: *upto }).await.unwrap();
+    }
+}
+
+/// A put whose op then counts as sent (see [`claim`]): the tests below
+/// that predate coalescing see one op per write.
 async fn put(f: &Fx, id: &str, v: Value) -> String {
+    let op_id = put_unclaimed(f, id, v).await;
+    claim(f).await;
+    op_id
+}
+
+async fn put_unclaimed(f: &Fx, id: &str, v: Value) -> String {
     match f
         .w
         .submit(WriteCmd::Put {
@@ -83,6 +100,7 @@ async fn write_and_queue_in_one_place() {
     })
     .await
     .unwrap();
+    claim(&f).await;
     // The limit applies to the merged document, not just the patch.
     let e =
         f.w.submit(WriteCmd::Patch {
@@ -565,4 +583,133 @@ async fn conflict_take_server_drops_the_tail_too() {
     assert_eq!(order, ["y"]);
     let rec = f.store.record("c", "x").unwrap().unwrap();
     assert_eq!((rec.pending, rec.data.as_str()), (0, r#"{"a":9}"#));
+}
+
+async fn patch(f: &Fx, id: &str, v: Value) -> String {
+    match f
+        .w
+        .submit(WriteCmd::Patch {
+            collection: "c".into(),
+            id: id.into(),
+            data: doc(v),
+            client_ts: 200,
+            max_bytes: 1 << 20,
+        })
+        .await
+        .unwrap()
+    {
+        WriteOutcome::Written { op_id, .. } => op_id,
+        o => panic!("{o:?}"),
+    }
+}
+
+async fn delete(f: &Fx, id: &str) -> String {
+    match f
+        .w
+        .submit(WriteCmd::Delete {
+            collection: "c".into(),
+            id: id.into(),
+            client_ts: 300,
+        })
+        .await
+        .unwrap()
+    {
+        WriteOutcome::Written { op_id, .. } => op_id,
+        o => panic!("{o:?}"),
+    }
+}
+
+fn queue(f: &Fx) -> Vec<(OpKind, String, Option<String>)> {
+    f.store
+        .queue_head(100)
+        .unwrap()
+        .into_iter()
+        .map(|(_, o)| (o.kind, o.local_id, o.data))
+        .collect()
+}
+
+#[tokio::test]
+async fn coalescing_folds_unsent_edits_at_the_tail() {
+    // create + update -> one create with the final document.
+    let f = fx();
+    let a = put_unclaimed(&f, "a", json!({"x": 1})).await;
+    assert_eq!(patch(&f, "a", json!({"y": 2})).await, a, "same op");
+    assert_eq!(
+        queue(&f),
+        vec![(OpKind::Create, "a".into(), Some(r#"{"x":1,"y":2}"#.into()))]
+    );
+    assert_eq!(f.store.record("c", "a").unwrap().unwrap().pending, 1);
+    // update + update -> one update.
+    claim(&f).await;
+    let u = patch(&f, "a", json!({"z": 3})).await;
+    assert_eq!(patch(&f, "a", json!({"z": 4})).await, u);
+    assert_eq!(queue(&f).len(), 2);
+    assert_eq!(queue(&f)[1].2.as_deref(), Some(r#"{"x":1,"y":2,"z":4}"#));
+    // update + delete -> one delete.
+    assert_eq!(delete(&f, "a").await, u);
+    assert_eq!(queue(&f)[1], (OpKind::Delete, "a".into(), None));
+    assert_eq!(f.store.record("c", "a").unwrap().unwrap().pending, 2);
+    // create + delete -> nothing is sent and the record is gone.
+    let b = put_unclaimed(&f, "b", json!({"n": 1})).await;
+    assert_eq!(delete(&f, "b").await, b);
+    assert_eq!(queue(&f).len(), 2, "b never reaches the queue");
+    assert!(f.store.record("c", "b").unwrap().is_none());
+    assert_eq!(f.store.op_state(&b).unwrap(), OpState::Done);
+}
+
+#[tokio::test]
+async fn coalescing_never_folds_across_order_or_into_sent_ops() {
+    // An op in flight (claimed by the worker) is never changed.
+    let f = fx();
+    put_unclaimed(&f, "a", json!({"x": 1})).await;
+    claim(&f).await;
+    patch(&f, "a", json!({"x": 2})).await;
+    assert_eq!(queue(&f).len(), 2);
+    // Another record's op in between: no fold (the queue's order holds).
+    put_unclaimed(&f, "b", json!({"n": 1})).await;
+    patch(&f, "a", json!({"x": 3})).await;
+    let q = queue(&f);
+    let ids: Vec<&str> = q.iter().map(|(_, id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["a", "a", "b", "a"]);
+    // A re-send after a conflict never takes later writes in.
+    let g = fx();
+    put(&g, "r", json!({"v": 1})).await;
+    ack_head(&g, srec("SR", 1, 50, json!({"v": 1}))).await;
+    put(&g, "r", json!({"v": 2})).await;
+    let (seq, _) = g.store.queue_head(1).unwrap().remove(0);
+    g.w.submit(WriteCmd::Conflict {
+        seq,
+        server: srec("SR", 2, 60, json!({"v": 9})),
+        strategy: Strategy::LastWriteWins,
+        rules: Default::default(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(queue(&g).len(), 1, "the re-send");
+    patch(&g, "r", json!({"w": 1})).await;
+    assert_eq!(
+        queue(&g).len(),
+        2,
+        "a write after a re-send queues its own op"
+    );
+}
+
+#[tokio::test]
+async fn wait_on_a_folded_op_sees_the_folded_result() {
+    let f = fx();
+    let a = put_unclaimed(&f, "a", json!({"x": 1})).await;
+    let again = patch(&f, "a", json!({"x": 2})).await;
+    assert_eq!(a, again, "both writes answer with the op that carries them");
+    assert_eq!(f.store.op_state(&a).unwrap(), OpState::Queued);
+    let (seq, op) = f.store.queue_head(1).unwrap().remove(0);
+    assert_eq!(op.data.as_deref(), Some(r#"{"x":2}"#));
+    f.w.submit(WriteCmd::Ack {
+        seq,
+        record: srec("S1", 1, 100, json!({"x": 2})),
+    })
+    .await
+    .unwrap();
+    assert_eq!(f.store.op_state(&a).unwrap(), OpState::Done);
+    let r = f.store.get("c", "a").unwrap().unwrap();
+    assert_eq!((r.server_id.as_deref(), r.pending), (Some("S1"), false));
 }

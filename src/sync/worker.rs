@@ -356,7 +356,7 @@ impl Worker {
     /// `Ok` when the server gave a verdict for at least the head op.
     async fn push(&mut self) -> Result<(), Failure> {
         let batch_size = self.cfg.sync.batch_size as usize;
-        let head = self.deps.store.queue_head(batch_size).map_err(local)?;
+        let head = self.claimed_head(batch_size).await?;
         let mut batch: Vec<(u64, QueuedOp, WireOp)> = Vec::new();
         let mut seen = HashSet::new();
         for (seq, op) in head {
@@ -429,6 +429,20 @@ impl Worker {
                 self.attempt_failed(seq, f).await
             }
         }
+    }
+
+    /// The first `n` queued ops, claimed: the writer folds no later write
+    /// into them any more, so what is read after the claim is exactly what
+    /// the server gets (and what a retry with the same op_id re-sends).
+    async fn claimed_head(&self, n: usize) -> Result<Vec<(u64, QueuedOp)>, Failure> {
+        let peek = self.deps.store.queue_head(n).map_err(local)?;
+        let Some(upto) = peek.last().map(|(s, _)| *s) else {
+            return Ok(peek);
+        };
+        self.submit(WriteCmd::Claim { upto }).await?;
+        let mut head = self.deps.store.queue_head(n).map_err(local)?;
+        head.retain(|(s, _)| *s <= upto);
+        Ok(head)
     }
 
     /// Records a failed attempt on the head op and passes the failure on.

@@ -11,6 +11,7 @@ use crate::store::parse_doc_text;
 
 use super::txn::{append_op, not_found, JobResult, Txn};
 use super::WriteOutcome;
+use crate::store::encoding::to_store;
 
 /// Creates or replaces a record (a put after a delete starts a new server record).
 pub(super) fn put(
@@ -147,8 +148,9 @@ pub(super) fn delete(
     }))
 }
 
-/// Writes `rec` and appends its op: the one place where an app write
-/// becomes a record change plus a queue entry.
+/// Writes `rec` and queues its op: the one place where an app write
+/// becomes a record change plus a queue entry. The write folds into the
+/// record's latest op instead when [`fold_target`] allows it.
 pub(super) fn local_write(
     x: &mut Txn<'_>,
     collection: &str,
@@ -158,6 +160,11 @@ pub(super) fn local_write(
     data: Option<String>,
     client_ts: i64,
 ) -> Result<String, StoreError> {
+    if let Some((seq, tail)) = fold_target(x, collection, id)? {
+        if let Some(op_id) = fold(x, rec, seq, tail, kind, &data, client_ts)? {
+            return Ok(op_id);
+        }
+    }
     x.put_record(collection, id, rec)?;
     let op = QueuedOp {
         op_id: x.ids.next(),
@@ -173,4 +180,72 @@ pub(super) fn local_write(
     };
     append_op(x, &op)?;
     Ok(op.op_id)
+}
+
+/// The op a write to `(collection, id)` may fold into: the last op of the
+/// whole queue (so no other record's op comes after it and the queue's
+/// order is kept), of this record, never possibly sent (at or above the
+/// fold floor: not claimed by the worker, not from before a restart, not a
+/// conflict re-send) and not a retried dead letter.
+fn fold_target(
+    x: &Txn<'_>,
+    collection: &str,
+    id: &str,
+) -> Result<Option<(u64, QueuedOp)>, StoreError> {
+    let Some((seq, op)) = x.last_op()? else {
+        return Ok(None);
+    };
+    let ok = seq >= x.counters.fold_floor
+        && op.collection == collection
+        && op.local_id == id
+        && op.last_error.is_none()
+        && op.base.is_none();
+    Ok(ok.then_some((seq, op)))
+}
+
+/// Folds a write of `kind` into the queued `tail` op (same op_id, so a
+/// `wait_synced` on it is answered with the folded op's result):
+/// create+update = create, update+update = update, update+delete = delete,
+/// create+delete = nothing to send. `rec` counts the write as a new pending
+/// op; folding takes that back. `None`: this pair does not fold.
+fn fold(
+    x: &mut Txn<'_>,
+    rec: &StoredRecord,
+    seq: u64,
+    mut tail: QueuedOp,
+    kind: OpKind,
+    data: &Option<String>,
+    client_ts: i64,
+) -> Result<Option<String>, StoreError> {
+    let folded = match (tail.kind, kind) {
+        (OpKind::Create | OpKind::Update, OpKind::Update) => tail.kind,
+        (OpKind::Update, OpKind::Delete) => OpKind::Delete,
+        (OpKind::Create, OpKind::Delete) => return drop_unsent_create(x, rec, seq).map(Some),
+        _ => return Ok(None),
+    };
+    let mut rec = rec.clone();
+    rec.pending = rec.pending.saturating_sub(1);
+    x.put_record(&tail.collection, &tail.local_id, &rec)?;
+    tail.kind = folded;
+    tail.data = data.clone();
+    tail.client_ts = client_ts;
+    x.queue.insert(seq, to_store(&tail)?.as_slice())?;
+    Ok(Some(tail.op_id))
+}
+
+/// A delete of a record whose create was never sent: neither op goes to
+/// the server. The record disappears unless other ops of it remain.
+fn drop_unsent_create(x: &mut Txn<'_>, rec: &StoredRecord, seq: u64) -> Result<String, StoreError> {
+    let Some(tail) = x.take_op(seq)? else {
+        return Ok(String::new());
+    };
+    let mut rec = rec.clone();
+    rec.pending = rec.pending.saturating_sub(2);
+    if rec.pending == 0 {
+        x.records
+            .remove((tail.collection.as_str(), tail.local_id.as_str()))?;
+    } else {
+        x.put_record(&tail.collection, &tail.local_id, &rec)?;
+    }
+    Ok(tail.op_id)
 }

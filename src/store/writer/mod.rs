@@ -122,6 +122,12 @@ pub enum WriteCmd {
         key: &'static str,
         value: Vec<u8>,
     },
+    /// The worker is about to send the queued ops up to `upto`: from now on
+    /// no write folds into them (their content is what the server gets).
+    /// Touches no table.
+    Claim {
+        upto: u64,
+    },
     /// Several sync verdicts (one pushed batch's results), applied in order
     /// in one transaction: the drain pays one durable commit per batch, not
     /// one per op.
@@ -187,13 +193,20 @@ pub fn spawn(
 pub(crate) struct Counters {
     pub queue_tail: u64,
     pub dead_tail: u64,
+    /// Ops below this sequence may have been sent (the worker claimed
+    /// them, or they were queued before this process started): a write
+    /// never folds into them. In memory only: at start every queued op
+    /// counts as possibly sent.
+    pub fold_floor: u64,
 }
 
 impl Counters {
     fn load(store: &Store) -> Result<Self, StoreError> {
+        let queue_tail = u64_be(store.meta(META_QUEUE_TAIL)?.as_deref()).unwrap_or(QUEUE_ORIGIN);
         Ok(Counters {
-            queue_tail: u64_be(store.meta(META_QUEUE_TAIL)?.as_deref()).unwrap_or(QUEUE_ORIGIN),
+            queue_tail,
             dead_tail: u64_be(store.meta(META_DEAD_TAIL)?.as_deref()).unwrap_or(1),
+            fold_floor: queue_tail,
         })
     }
 }
@@ -249,6 +262,18 @@ impl Writer {
     /// Runs `jobs` in one durable transaction; returns each job's result and
     /// the events of the jobs that succeeded.
     fn run_batch(&mut self, jobs: &[Job]) -> Result<(Vec<JobResult>, Vec<Event>), StoreError> {
+        if jobs.iter().all(|j| matches!(j.cmd, WriteCmd::Claim { .. })) {
+            // Claims change only memory: no transaction, no fsync.
+            for j in jobs {
+                if let WriteCmd::Claim { upto } = j.cmd {
+                    self.counters.fold_floor = self.counters.fold_floor.max(upto.saturating_add(1));
+                }
+            }
+            return Ok((
+                jobs.iter().map(|_| Ok(WriteOutcome::Done)).collect(),
+                Vec::new(),
+            ));
+        }
         let emit = self.events.receiver_count() > 0;
         let mut txn = self.store.db().begin_write()?;
         txn.set_durability(Durability::Immediate)?;
@@ -331,6 +356,10 @@ fn apply(x: &mut Txn<'_>, cmd: &WriteCmd) -> Result<JobResult, StoreError> {
         WriteCmd::RetryDead { op_id } => admin::retry(x, op_id),
         WriteCmd::DiscardDead { op_id } => admin::discard(x, op_id),
         WriteCmd::SetMeta { key, value } => admin::set_meta(x, key, value),
+        WriteCmd::Claim { upto } => {
+            x.counters.fold_floor = x.counters.fold_floor.max(upto.saturating_add(1));
+            Ok(Ok(WriteOutcome::Done))
+        }
         WriteCmd::Verdicts(cmds) => {
             for c in cmds {
                 if let Err(e) = apply(x, c)? {

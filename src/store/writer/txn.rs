@@ -147,6 +147,14 @@ impl<'txn> Txn<'txn> {
         Ok(out)
     }
 
+    /// The last op of the queue.
+    pub fn last_op(&self) -> Result<Option<(u64, QueuedOp)>, StoreError> {
+        match self.queue.last()? {
+            Some((k, v)) => Ok(Some((k.value(), from_store(v.value())?))),
+            None => Ok(None),
+        }
+    }
+
     /// The first queued op after `seq` that belongs to another record: the
     /// end of the record's run (a scan that stops there).
     pub fn first_foreign_after(
@@ -211,6 +219,9 @@ pub(super) fn prepend_op(x: &mut Txn<'_>, op: &QueuedOp) -> Result<u64, StoreErr
             s
         }
     };
+    // A re-send never takes in later writes: they may depend on seeing
+    // its result first.
+    x.counters.fold_floor = x.counters.fold_floor.max(seq.saturating_add(1));
     x.insert_op(seq, op)?;
     Ok(seq)
 }
