@@ -27,7 +27,10 @@ fn json_logs_are_one_object_a_line() {
     for line in log.lines().filter(|l| !l.trim().is_empty()) {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{line}");
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
         ready |= v["message"] == "syncd ready";
     }
     assert!(ready, "{log}");

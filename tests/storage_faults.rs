@@ -138,3 +138,92 @@ fn unwritable_data_dir_is_named() {
         "{t}"
     );
 }
+
+/// Writes until the small tmpfs under data_dir is full; returns the ids
+/// acknowledged and the failing write's output.
+fn fill(d: &Daemon) -> (Vec<String>, Output) {
+    let pad = "y".repeat(4000);
+    let mut acked = Vec::new();
+    for i in 0..5000 {
+        let id = format!("f{i}");
+        let o = d.cli(&[
+            "put",
+            "todos",
+            "--id",
+            &id,
+            &format!("{{\"pad\":\"{pad}\"}}"),
+        ]);
+        if !o.status.success() {
+            return (acked, o);
+        }
+        acked.push(id);
+    }
+    panic!("the 2 MiB tmpfs never filled up");
+}
+
+/// A daemon on a 2 MiB tmpfs data_dir that also holds a 512 KiB filler
+/// file; the guard unmounts it.
+struct SmallDisk {
+    d: Daemon,
+    filler: std::path::PathBuf,
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        self.d.kill9();
+        umount(&self.d.data_dir);
+    }
+}
+
+fn small_disk() -> Option<SmallDisk> {
+    if !is_root() {
+        println!("note: skipping disk-full test: needs root to mount a tmpfs");
+        return None;
+    }
+    let mut d = Daemon::start("");
+    d.stop();
+    let _ = std::fs::remove_dir_all(&d.data_dir);
+    std::fs::create_dir(&d.data_dir).unwrap();
+    assert!(mount_tmpfs(&d.data_dir, "size=2m,mode=0700"), "mount tmpfs");
+    let filler = d.data_dir.join("filler");
+    std::fs::write(&filler, vec![0u8; 512 * 1024]).unwrap();
+    d.spawn();
+    Some(SmallDisk { d, filler })
+}
+
+/// The failing write says the disk is full; reads go on; nothing
+/// acknowledged is lost; once space is back, a restart (what systemd's
+/// Restart= gives) recovers the file and writes go on.
+#[test]
+fn disk_full_fails_the_write_clearly_and_loses_nothing() {
+    let Some(mut s) = small_disk() else { return };
+    let (acked, failed) = fill(&s.d);
+    let t = text(&failed);
+    assert!(t.contains("disk full"), "unclear error: {t}");
+    assert!(!acked.is_empty());
+    for id in &acked {
+        s.d.ok(&["get", "todos", id]);
+    }
+    std::fs::remove_file(&s.filler).unwrap();
+    s.d.restart();
+    s.d.ok(&["put", "todos", "--id", "after", "{\"ok\":true}"]);
+    for id in &acked {
+        s.d.ok(&["get", "todos", id]);
+    }
+    assert_eq!(s.d.status()["queue_depth"], acked.len() + 1);
+}
+
+/// redb 4.6 latches the failed commit's I/O error: every later write
+/// transaction fails with PreviousIo until the Database is reopened. The
+/// writer (src/store/writer/) has to reopen it; until it does, this fails.
+#[test]
+#[ignore = "needs the writer to reopen the redb Database after a failed commit (PreviousIo latch)"]
+fn disk_full_writes_resume_without_restart() {
+    let Some(s) = small_disk() else { return };
+    let (acked, _) = fill(&s.d);
+    std::fs::remove_file(&s.filler).unwrap();
+    s.d.ok(&["put", "todos", "--id", "after", "{\"ok\":true}"]);
+    for id in &acked {
+        s.d.ok(&["get", "todos", id]);
+    }
+}
