@@ -153,6 +153,8 @@ fn start_raw(prefix: &str, cfg: &Path, socket: &Path, log: &Path) -> std::proces
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("daemon neither started nor exited");
 }
 
@@ -312,9 +314,9 @@ fn backend_credentials_never_show() {
         "http://***@127.0.0.1:9/sync/?token=***&access_token=***&key=***&x=1"
     );
     // Reload with another secret URL: the worker logs the change.
-    d.write_config(&format!(
-        "[backend]\nurl = \"http://u2:pw2sekrit@127.0.0.1:9/?token=t0k\"\ntimeout_ms = 200\n"
-    ));
+    d.write_config(
+        "[backend]\nurl = \"http://u2:pw2sekrit@127.0.0.1:9/?token=t0k\"\ntimeout_ms = 200\n",
+    );
     d.signal(1);
     std::thread::sleep(Duration::from_millis(800));
     let human = d.ok(&["status"]);

@@ -178,7 +178,7 @@ impl BackendClient {
     }
 
     /// The base URL with credentials masked, for logs and status.
-    pub fn base(&self) -> &str {
+    pub fn shown_base(&self) -> &str {
         &self.shown_base
     }
 
