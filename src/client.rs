@@ -31,6 +31,13 @@ pub enum ClientError {
     Protocol(String),
     /// The daemon answered with an error.
     Api(ApiError),
+    /// The process listening at `path` is not the daemon we trust: it runs
+    /// as `uid`, not as ours, root or the one we were told to expect.
+    UntrustedDaemon {
+        path: PathBuf,
+        uid: Option<u32>,
+        expected: Vec<u32>,
+    },
 }
 
 impl std::fmt::Display for ClientError {
@@ -43,6 +50,18 @@ impl std::fmt::Display for ClientError {
             ),
             ClientError::Protocol(m) => write!(f, "protocol error: {m}"),
             ClientError::Api(e) => write!(f, "{e}"),
+            ClientError::UntrustedDaemon {
+                path,
+                uid,
+                expected,
+            } => {
+                let who = uid.map_or("an unknown uid".to_owned(), |u| format!("uid {u}"));
+                write!(
+                    f,
+                    "refusing to talk to {}: the process listening there runs as {who}, not as one of the uids we trust ({expected:?}); nothing was sent. If the daemon runs as another user on purpose, name it with --daemon-user/SYNCD_DAEMON_USER",
+                    path.display()
+                )
+            }
         }
     }
 }
@@ -75,13 +94,27 @@ impl Client {
         Self::connect_with(path, app, Encoding::Bincode).await
     }
 
+    /// Connects with `enc`, trusting a daemon that runs as our uid or root.
     pub async fn connect_with(path: &Path, app: &str, enc: Encoding) -> Result<Client> {
+        Self::connect_trusting(path, app, enc, None).await
+    }
+
+    /// Connects with `enc`. Before anything is sent, the peer's uid
+    /// (`SO_PEERCRED`) must be ours, root's, or `daemon_uid` (a daemon run
+    /// as a service account, e.g. `syncd`); else [`ClientError::UntrustedDaemon`].
+    pub async fn connect_trusting(
+        path: &Path,
+        app: &str,
+        enc: Encoding,
+        daemon_uid: Option<u32>,
+    ) -> Result<Client> {
         let unreachable = |source| ClientError::Unreachable {
             path: path.to_owned(),
             source,
         };
         let name = path.to_fs_name::<GenericFilePath>().map_err(unreachable)?;
         let conn = Stream::connect(name).await.map_err(unreachable)?;
+        check_daemon(&conn, path, daemon_uid)?;
         let hello = serde_json::to_vec(&Hello {
             app: app.to_owned(),
             protocol: PROTOCOL_VERSION,
@@ -89,16 +122,20 @@ impl Client {
         })
         .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let mut w = &conn;
-        write_frame(&mut w, &hello)
-            .await
-            .map_err(|e| ClientError::Protocol(format!("sending hello: {e}")))?;
+        // A daemon that refuses us answers at once and closes: our hello
+        // may then fail to send, but its answer is still there to read.
+        let sent = write_frame(&mut w, &hello).await;
         let mut r = &conn;
-        let reply = read_frame(&mut r, 1 << 20)
-            .await
-            .map_err(|e| ClientError::Protocol(format!("reading hello: {e}")))?
-            .ok_or_else(|| {
-                ClientError::Protocol("daemon closed the connection during hello".into())
-            })?;
+        let reply = match (read_frame(&mut r, 1 << 20).await, sent) {
+            (Ok(Some(reply)), _) => reply,
+            (_, Err(e)) => return Err(ClientError::Protocol(format!("sending hello: {e}"))),
+            (Ok(None), Ok(())) => {
+                return Err(ClientError::Protocol(
+                    "daemon closed the connection during hello".into(),
+                ))
+            }
+            (Err(e), Ok(())) => return Err(ClientError::Protocol(format!("reading hello: {e}"))),
+        };
         let reply: HelloReply = serde_json::from_slice(&reply)
             .map_err(|e| ClientError::Protocol(format!("bad hello reply: {e}")))?;
         if !reply.ok {
@@ -283,6 +320,34 @@ impl Client {
         })
         .await
     }
+}
+
+/// The uids a daemon may run as for us: ours, root, and `extra`.
+fn trusted_uids(extra: Option<u32>) -> Vec<u32> {
+    let mut v = vec![crate::ipc::peer::own_uid(), 0];
+    v.extend(extra);
+    v.dedup();
+    v
+}
+
+/// Checks the uid of the process at the other end of `conn`.
+#[cfg(target_os = "linux")]
+fn check_daemon(conn: &Stream, path: &Path, extra: Option<u32>) -> Result<()> {
+    let expected = trusted_uids(extra);
+    let uid = conn.peer_creds().ok().and_then(|c| c.euid());
+    match uid {
+        Some(u) if expected.contains(&u) => Ok(()),
+        uid => Err(ClientError::UntrustedDaemon {
+            path: path.to_owned(),
+            uid,
+            expected,
+        }),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn check_daemon(_conn: &Stream, _path: &Path, _extra: Option<u32>) -> Result<()> {
+    Ok(())
 }
 
 fn written(r: Response) -> Result<(String, String)> {

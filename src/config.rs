@@ -34,6 +34,9 @@ pub struct DaemonSection {
     pub data_dir: PathBuf,
     /// trace, debug, info, warn or error (or an EnvFilter directive).
     pub log_level: String,
+    /// `text` (human-readable; coloured only when stderr is a terminal) or
+    /// `json` (one JSON object a line).
+    pub log_format: LogFormat,
     /// Octal permission bits of the socket file, e.g. "0600" or "0660".
     pub socket_mode: String,
     /// Largest frame accepted on the socket, bytes.
@@ -42,6 +45,17 @@ pub struct DaemonSection {
     pub max_document_bytes: u32,
     /// redb page cache, MiB.
     pub cache_mib: u32,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Plain text; ANSI colours only when stderr is a terminal.
+    #[default]
+    Text,
+    /// One JSON object a line, for log collectors.
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -94,6 +108,7 @@ impl Default for DaemonSection {
             socket: default_socket(),
             data_dir: default_data_dir(),
             log_level: "info".into(),
+            log_format: LogFormat::Text,
             socket_mode: "0600".into(),
             max_frame_bytes: 16 * 1024 * 1024,
             max_document_bytes: 1024 * 1024,
@@ -254,10 +269,18 @@ impl Config {
                 Ok(_) => {
                     return bad(
                         "backend.url",
-                        format!("{url:?} must be an absolute http:// or https:// URL"),
+                        format!(
+                            "{:?} must be an absolute http:// or https:// URL",
+                            redact_url(url)
+                        ),
                     )
                 }
-                Err(e) => return bad("backend.url", format!("{url:?} is not a URL: {e}")),
+                Err(e) => {
+                    return bad(
+                        "backend.url",
+                        format!("{:?} is not a URL: {e}", redact_url(url)),
+                    )
+                }
             }
         }
         if self.backend.timeout_ms == 0 || self.backend.timeout_ms > 3_600_000 {
@@ -313,6 +336,11 @@ impl Config {
         if mode & 0o600 != 0o600 {
             return Err(format!("{s:?} must give the owner read and write (0600)"));
         }
+        if mode & 0o007 != 0 {
+            return Err(format!(
+                "{s:?} gives other users access; use \"0600\" (the daemon's user only) or \"0660\" (also its group)"
+            ));
+        }
         Ok(mode)
     }
 
@@ -333,6 +361,69 @@ impl Config {
         let u = self.backend.url.trim();
         (!u.is_empty()).then_some(u)
     }
+}
+
+/// Query parameters whose values are taken for credentials: any whose
+/// lower-cased name contains one of these.
+const SECRET_PARAMS: [&str; 7] = [
+    "token",
+    "key",
+    "secret",
+    "pass",
+    "auth",
+    "sig",
+    "credential",
+];
+
+/// `url` fit to show (status, logs, errors): a `user:pass@` part becomes
+/// `***@` and the values of credential-like query parameters (`token`,
+/// `access_token`, `key`, `api_key`, `password`, `signature`, ...) become
+/// `***`. Everything else is kept, so the URL still says where it points.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) => (format!("{s}://"), r),
+        None => (String::new(), url),
+    };
+    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(auth_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => authority.to_owned(),
+    };
+    let (before_frag, frag) = match tail.split_once('#') {
+        Some((b, f)) => (b, Some(f)),
+        None => (tail, None),
+    };
+    let mut out = scheme + &authority;
+    match before_frag.split_once('?') {
+        Some((path, query)) => {
+            out.push_str(path);
+            out.push('?');
+            out.push_str(&redact_query(query));
+        }
+        None => out.push_str(before_frag),
+    }
+    if let Some(f) = frag {
+        out.push('#');
+        out.push_str(if f.contains('=') { "***" } else { f });
+    }
+    out
+}
+
+fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if is_secret_param(k) => format!("{k}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn is_secret_param(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    SECRET_PARAMS.iter().any(|s| n.contains(s))
 }
 
 /// Turns a toml/serde error into "key `a.b`: reason (line N)": the key is
@@ -434,6 +525,46 @@ mod tests {
         assert!(e.contains("coin-flip"), "{e}");
         let e = Config::parse("[backend]\nurl = \"ftp://x\"\n").unwrap_err();
         assert!(e.contains("backend.url"), "{e}");
+    }
+
+    #[test]
+    fn world_socket_mode_is_refused() {
+        for m in ["0666", "0606", "0601", "0662"] {
+            let e = Config::parse(&format!("[daemon]\nsocket_mode = \"{m}\"\n")).unwrap_err();
+            assert!(e.contains("daemon.socket_mode"), "{m}: {e}");
+        }
+        Config::parse("[daemon]\nsocket_mode = \"0660\"\n").unwrap();
+    }
+
+    #[test]
+    fn log_format_values() {
+        let c = Config::parse("[daemon]\nlog_format = \"json\"\n").unwrap();
+        assert_eq!(c.daemon.log_format, LogFormat::Json);
+        let e = Config::parse("[daemon]\nlog_format = \"xml\"\n").unwrap_err();
+        assert!(e.contains("daemon.log_format"), "{e}");
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        let cases = [
+            ("https://u:pw@h.example/p/", "https://***@h.example/p/"),
+            (
+                "http://h:8080/s?token=abc&x=1",
+                "http://h:8080/s?token=***&x=1",
+            ),
+            ("http://h/?access_token=abc", "http://h/?access_token=***"),
+            ("http://h/?key=k&API_KEY=z", "http://h/?key=***&API_KEY=***"),
+            ("https://h.example/sync/", "https://h.example/sync/"),
+            (
+                "http://a:b@h?password=p#frag",
+                "http://***@h?password=***#frag",
+            ),
+        ];
+        for (url, want) in cases {
+            assert_eq!(redact_url(url), want, "{url}");
+        }
+        let e = Config::parse("[backend]\nurl = \"ftp://u:sekrit@h/?token=t0k\"\n").unwrap_err();
+        assert!(!e.contains("sekrit") && !e.contains("t0k"), "{e}");
     }
 
     #[test]

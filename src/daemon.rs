@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tracing_subscriber::{reload, EnvFilter};
 
-use crate::config::Config;
+use crate::config::{Config, LogFormat};
 use crate::ipc::server::{self, Ctx};
 use crate::store::{tables::META_PAUSED, writer, Store};
 use crate::sync::SyncControl;
@@ -27,15 +27,24 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub type LogHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
 
-/// Sets up logging to stderr; the handle changes the level on reload.
-pub fn init_logging(level: &str) -> LogHandle {
+/// Sets up logging to stderr in `format`; the handle changes the level on
+/// reload. Text gets ANSI colours only when stderr is a terminal (never in
+/// a file or the journal); JSON never does.
+pub fn init_logging(level: &str, format: LogFormat) -> LogHandle {
+    use std::io::IsTerminal;
     use tracing_subscriber::prelude::*;
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
     let (layer, handle) = reload::Layer::new(filter);
-    let _ = tracing_subscriber::registry()
-        .with(layer)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-        .try_init();
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(layer);
+    let _ = match format {
+        LogFormat::Text => registry
+            .with(fmt.with_ansi(std::io::stderr().is_terminal()))
+            .try_init(),
+        LogFormat::Json => registry
+            .with(fmt.json().with_ansi(false).flatten_event(true))
+            .try_init(),
+    };
     handle
 }
 
@@ -51,17 +60,41 @@ impl std::fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
-/// Takes the data_dir lock: one daemon per store.
+/// Creates `dir` (and missing parents) 0700 whatever the umask: the store
+/// is nobody else's business. An existing directory is left as it is.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        b.mode(0o700).create(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    }
+    #[cfg(not(unix))]
+    b.create(dir)
+}
+
+/// Takes the data_dir lock: one daemon per store. Also proves the
+/// directory is writable, so that problem is named before the store opens.
 fn lock_data_dir(dir: &Path) -> Result<File, StartError> {
-    std::fs::create_dir_all(dir)
+    create_private_dir(dir)
         .map_err(|e| StartError(format!("cannot create data_dir {}: {e}", dir.display())))?;
     let path = dir.join("syncd.lock");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| StartError(format!("cannot open lock file {}: {e}", path.display())))?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let f = opts.open(&path).map_err(|e| {
+        StartError(format!(
+            "data_dir {} is not writable (cannot open lock file {}: {e}); fix its owner or permissions, or set daemon.data_dir",
+            dir.display(),
+            path.display()
+        ))
+    })?;
     match f.try_lock() {
         Ok(()) => Ok(f),
         Err(std::fs::TryLockError::WouldBlock) => Err(StartError(format!(
@@ -145,6 +178,10 @@ fn reload_config(path: &Path, cfg_tx: &watch::Sender<Arc<Config>>, log: &LogHand
         return;
     }
     for (key, changed) in [
+        (
+            "daemon.log_format",
+            old.daemon.log_format != new.daemon.log_format,
+        ),
         ("daemon.socket", old.daemon.socket != new.daemon.socket),
         (
             "daemon.data_dir",
@@ -209,7 +246,10 @@ pub async fn run(
         .await
         .map_err(|e| StartError(format!("cannot listen on {}: {e}", socket.display())))?;
 
+    let peers = server::peer_policy(&socket, mode)
+        .map_err(|e| StartError(format!("cannot inspect {}: {e}", socket.display())))?;
     let ctx = Arc::new(Ctx {
+        peers,
         store: store.clone(),
         writer: writer.clone(),
         events: events.clone(),

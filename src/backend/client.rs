@@ -82,6 +82,9 @@ pub enum BatchOutcome {
 pub struct BackendClient {
     http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     base: String,
+    /// `base` with credentials masked ([`crate::config::redact_url`]): the
+    /// only form of it that is ever shown.
+    shown_base: String,
     token: Option<String>,
     client_id: String,
     timeout: Duration,
@@ -91,7 +94,7 @@ impl std::fmt::Debug for BackendClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the token.
         f.debug_struct("BackendClient")
-            .field("base", &self.base)
+            .field("base", &self.shown_base)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .finish()
     }
@@ -166,6 +169,7 @@ impl BackendClient {
         }
         Ok(BackendClient {
             http: client,
+            shown_base: crate::config::redact_url(&base),
             base,
             token,
             client_id: client_id.to_owned(),
@@ -173,8 +177,9 @@ impl BackendClient {
         })
     }
 
-    pub fn base(&self) -> &str {
-        &self.base
+    /// The base URL with credentials masked, for logs and status.
+    pub fn shown_base(&self) -> &str {
+        &self.shown_base
     }
 
     async fn call(
@@ -198,7 +203,10 @@ impl BackendClient {
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| Failure::Transient {
-                reason: format!("building request to {url}: {e}"),
+                reason: format!(
+                    "building request to {}: {e}",
+                    crate::config::redact_url(&url)
+                ),
                 retry_after_ms: None,
             })?;
         let fut = async {

@@ -55,7 +55,7 @@ pub struct BackendArgs {
 
 /// Serves until interrupted.
 pub async fn run(a: &BackendArgs) -> Result<(), CliError> {
-    let _log = syncd::daemon::init_logging("info");
+    let _log = syncd::daemon::init_logging("info", syncd::config::LogFormat::Text);
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(c), Some(k)) => {
             Some(server::load_tls(c, k).map_err(|e| CliError::Usage(format!("backend TLS: {e}")))?)

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use clap::Args;
 use syncd::client::Client;
 use syncd::config::Config;
+use syncd::ipc::codec::Encoding;
 
 use super::error::CliError;
 
@@ -26,6 +27,11 @@ pub struct DaemonOpts {
     /// $SYNCD_SOCKET is given.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// User (name or uid) the daemon runs as, when it is neither you nor
+    /// root (e.g. `syncd` for the system service); the CLI refuses any
+    /// other peer before sending anything.
+    #[arg(long, value_name = "USER", env = "SYNCD_DAEMON_USER")]
+    pub daemon_user: Option<String>,
 }
 
 impl DaemonOpts {
@@ -34,6 +40,10 @@ impl DaemonOpts {
         DaemonOpts {
             socket: self.socket.clone().or_else(|| outer.socket.clone()),
             config: self.config.clone().or_else(|| outer.config.clone()),
+            daemon_user: self
+                .daemon_user
+                .clone()
+                .or_else(|| outer.daemon_user.clone()),
         }
     }
 
@@ -56,8 +66,39 @@ impl DaemonOpts {
     /// A connection to the daemon, or `Unreachable` naming the socket.
     pub async fn connect(&self) -> Result<Client, CliError> {
         let path = self.socket_path()?;
-        Ok(Client::connect(&path, "syncd-cli").await?)
+        let uid = match self.daemon_user.as_deref().filter(|u| !u.is_empty()) {
+            Some(u) => Some(user_uid(u)?),
+            None => None,
+        };
+        Ok(Client::connect_trusting(&path, "syncd-cli", Encoding::Bincode, uid).await?)
     }
+}
+
+/// The uid of `user`, a number or a name in the user database.
+fn user_uid(user: &str) -> Result<u32, CliError> {
+    if let Ok(n) = user.parse::<u32>() {
+        return Ok(n);
+    }
+    let unknown = || CliError::Usage(format!("--daemon-user: no user named {user:?}"));
+    let name = std::ffi::CString::new(user).map_err(|_| unknown())?;
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; buf outlives it and its
+    // length is passed; the result is read only when `out` is non-null.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            name.as_ptr(),
+            &mut pw,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut out,
+        )
+    };
+    if rc != 0 || out.is_null() {
+        return Err(unknown());
+    }
+    Ok(pw.pw_uid)
 }
 
 /// The configuration at `path`, or the defaults; a bad file is a usage

@@ -29,7 +29,7 @@ pub async fn run(a: &RunArgs, outer: &DaemonOpts) -> Result<(), CliError> {
     if let Some(s) = a.socket.as_ref().or(outer.socket.as_ref()) {
         cfg.daemon.socket = s.clone();
     }
-    let log = syncd::daemon::init_logging(&cfg.daemon.log_level);
+    let log = syncd::daemon::init_logging(&cfg.daemon.log_level, cfg.daemon.log_format);
     syncd::daemon::run(cfg, config_path, log)
         .await
         .map_err(|e| CliError::Failed(e.to_string()))

@@ -28,6 +28,9 @@ pub enum StoreError {
     Corrupt { what: &'static str, detail: String },
     /// A value could not be encoded for storage.
     Encode { what: &'static str, detail: String },
+    /// The store file fails its integrity check (truncated, overwritten):
+    /// it was not opened, nothing in it was changed.
+    Damaged { path: PathBuf, detail: String },
     /// The file was written by a syncd with another schema.
     SchemaMismatch {
         path: PathBuf,
@@ -67,6 +70,13 @@ impl fmt::Display for StoreError {
             StoreError::Corrupt { what, detail } => {
                 write!(f, "store: damaged {what}: {detail}")
             }
+            StoreError::Damaged { path, detail } => write!(
+                f,
+                "{} is damaged ({detail}); syncd will not start on it and has changed nothing in it. Restore it from a backup, or move it aside (mv {} {}.damaged) to start with an empty store",
+                path.display(),
+                path.display(),
+                path.display()
+            ),
             StoreError::Encode { what, detail } => {
                 write!(f, "store: cannot encode {what}: {detail}")
             }

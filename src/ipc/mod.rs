@@ -14,6 +14,8 @@ pub mod connection;
 pub mod error;
 pub mod frame;
 pub mod hello;
+pub mod peer;
 pub mod server;
 pub mod session;
+pub mod socket_dir;
 pub mod wire;

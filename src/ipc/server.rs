@@ -1,8 +1,10 @@
 //! The socket server: binds the socket, checks who is calling and hands
 //! each accepted connection to its own session task.
 //!
-//! It exists to own the listening socket's life (a stale socket file is
-//! replaced, a live one is not; the file mode is the first access check)
+//! It exists to own the listening socket's life (its directory is checked
+//! by [`crate::ipc::socket_dir`]; a stale socket file is replaced, a live
+//! one is not; the file mode is the first access check, the peer's
+//! credentials ([`crate::ipc::peer`]) the second)
 //! and the [`Ctx`] every request is answered from. What happens on a
 //! connection is [`crate::ipc::session`]'s business; each request kind
 //! lives in [`crate::ipc::cmd`].
@@ -15,8 +17,9 @@ use interprocess::local_socket::{GenericFilePath, ListenerOptions};
 use tokio::sync::{broadcast, watch};
 
 use crate::config::Config;
-use crate::ipc::session;
+use crate::ipc::peer::{own_uid, PeerPolicy};
 use crate::ipc::wire::Event;
+use crate::ipc::{session, socket_dir};
 use crate::store::writer::WriterHandle;
 use crate::store::Store;
 use crate::sync::SyncControl;
@@ -31,6 +34,8 @@ pub struct Ctx {
     pub events: broadcast::Sender<Arc<Event>>,
     pub config: watch::Receiver<Arc<Config>>,
     pub sync: Arc<SyncControl>,
+    /// Who may connect ([`crate::ipc::peer`]), fixed at bind time.
+    pub peers: PeerPolicy,
 }
 
 #[cfg(unix)]
@@ -49,7 +54,8 @@ fn is_socket(_path: &Path) -> bool {
 pub async fn bind(path: &Path, mode: u32) -> std::io::Result<Listener> {
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir)?;
+            socket_dir::ensure(dir, own_uid())
+                .map_err(|p| std::io::Error::new(std::io::ErrorKind::PermissionDenied, p))?;
         }
     }
     if path.exists() {
@@ -107,33 +113,24 @@ pub async fn bind(path: &Path, mode: u32) -> std::io::Result<Listener> {
     Ok(listener)
 }
 
-/// Whether the peer may talk to us: same uid, or root. When `socket_mode`
-/// grants group access, the kernel's permission check on the socket file
-/// already admitted the peer (group members, supplementary groups
-/// included), so any uid that got this far is accepted.
-#[cfg(target_os = "linux")]
-pub(crate) fn peer_allowed(conn: &Stream, group_access: bool) -> Result<(), String> {
-    if group_access {
-        return Ok(());
-    }
-    let creds = conn
-        .peer_creds()
-        .map_err(|e| format!("cannot read peer credentials: {e}"))?;
-    // SAFETY: getuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::getuid() };
-    match creds.euid() {
-        Some(u) if u == uid || u == 0 => Ok(()),
-        Some(u) => Err(format!(
-            "uid {u} may not use this daemon (it runs as uid {uid}; set daemon.socket_mode to share it with a group)"
-        )),
-        None => Err("peer uid unknown".into()),
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-pub(crate) fn peer_allowed(_conn: &Stream, _group_access: bool) -> Result<(), String> {
-    // Elsewhere the socket's file mode is the access control.
-    Ok(())
+/// The peer rule for the socket bound at `path` with `mode`: group access
+/// (to the socket file's group) only when `mode` has group bits.
+pub fn peer_policy(path: &Path, mode: u32) -> std::io::Result<PeerPolicy> {
+    #[cfg(unix)]
+    let group = {
+        use std::os::unix::fs::MetadataExt;
+        let gid = std::fs::metadata(path)?.gid();
+        (mode & 0o060 != 0).then_some(gid)
+    };
+    #[cfg(not(unix))]
+    let group = {
+        let _ = (path, mode);
+        None
+    };
+    Ok(PeerPolicy {
+        daemon_uid: own_uid(),
+        group,
+    })
 }
 
 /// Accepts until `shutdown` turns true; connection tasks go to `tasks`.

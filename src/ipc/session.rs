@@ -19,7 +19,8 @@ use crate::ipc::connection::Connection;
 use crate::ipc::error::{broken_stream, undecodable_request};
 use crate::ipc::frame::FrameError;
 use crate::ipc::hello;
-use crate::ipc::server::{peer_allowed, Ctx};
+use crate::ipc::peer;
+use crate::ipc::server::Ctx;
 use crate::ipc::wire::{ApiError, ClientFrame, ErrorCode, Event, Request, Response, ServerFrame};
 
 /// Serves one accepted connection until either side ends it or the
@@ -27,12 +28,11 @@ use crate::ipc::wire::{ApiError, ClientFrame, ErrorCode, Event, Request, Respons
 pub async fn run(stream: Stream, ctx: Arc<Ctx>, shutdown: watch::Receiver<bool>) {
     let cfg = ctx.config.borrow().clone();
     let max = cfg.daemon.max_frame_bytes;
-    let group_access = cfg.socket_mode().map(|m| m & 0o060 != 0).unwrap_or(false);
-    let refused = peer_allowed(&stream, group_access).err();
+    let refused = peer::check(&stream, &ctx.peers).err();
     let mut conn = Connection::new(stream, max);
     if let Some(why) = refused {
         tracing::warn!(reason = %why, "refused connection");
-        hello::refuse(&mut conn, ErrorCode::PermissionDenied, why).await;
+        hello::refuse(&mut conn, ErrorCode::PermissionDenied, why.to_string()).await;
         return;
     }
     let Some((app, enc)) = hello::exchange(&mut conn, ctx.store.client_id(), max).await else {

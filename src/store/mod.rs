@@ -71,6 +71,20 @@ fn engine_error(e: redb::Error) -> StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Creates `path` empty with mode 0600 if it does not exist (redb would
+/// create it with the umask's leftovers of 0666).
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    match opts.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Read access to the store, cheap to clone. Writes go through
 /// [`writer::WriterHandle`].
 #[derive(Clone)]
@@ -82,12 +96,34 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating if needed) `data_dir/syncd.redb` with a bounded cache.
+    ///
+    /// A new file is created 0600 whatever the umask. Every page of an
+    /// existing file is checked against its checksum first: a truncated or
+    /// overwritten file is refused ([`StoreError::Damaged`]), never opened
+    /// and never "repaired" by dropping what cannot be read.
     pub fn open(data_dir: &Path, cache_bytes: usize) -> Result<Store> {
         std::fs::create_dir_all(data_dir)?;
         let path = data_dir.join("syncd.redb");
-        let db = Database::builder()
-            .set_cache_size(cache_bytes)
-            .create(&path)?;
+        create_private_file(&path)?;
+        let damaged = |detail: String| StoreError::Damaged {
+            path: path.clone(),
+            detail,
+        };
+        let opened = std::panic::catch_unwind(|| {
+            Database::builder()
+                .set_cache_size(cache_bytes)
+                .set_check_integrity_on_open(true)
+                .set_repair_callback(|_| {})
+                .create(&path)
+        });
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(d)))) => {
+                return Err(damaged(d))
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(damaged("the storage engine failed reading it".into())),
+        };
         let txn = db.begin_write()?;
         let client_id;
         {

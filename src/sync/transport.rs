@@ -31,7 +31,7 @@ pub trait Transport: Send + Sync {
 
 impl Transport for BackendClient {
     fn name(&self) -> &str {
-        self.base()
+        self.shown_base()
     }
 
     fn health(&self) -> BoxFut<'_, Result<(), Failure>> {

@@ -175,7 +175,12 @@ impl Worker {
         );
         if old.backend != self.cfg.backend {
             tracing::info!(
-                backend = self.cfg.backend_url().unwrap_or("(none)"),
+                backend = self
+                    .cfg
+                    .backend_url()
+                    .map(crate::config::redact_url)
+                    .as_deref()
+                    .unwrap_or("(none)"),
                 "backend settings changed"
             );
             self.rebuild_client();

@@ -21,7 +21,7 @@ pub fn status(ctx: &Ctx) -> Result<StatusView, ApiError> {
         last_sync_at: i64_be(ctx.store.meta(META_LAST_SYNC)?.as_deref()),
         next_retry_at: s.next_retry_at,
         last_error: s.last_error,
-        backend: cfg.backend_url().map(str::to_owned),
+        backend: cfg.backend_url().map(crate::config::redact_url),
         client_id: ctx.store.client_id().to_owned(),
         store_bytes: ctx.store.store_bytes(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
