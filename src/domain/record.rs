@@ -95,6 +95,7 @@ impl StoredRecord {
             version: self.version,
             updated_at: self.updated_at,
             pending: self.pending > 0,
+            local_only: self.server_id.is_none() && self.pending == 0 && !self.deleted,
         }
     }
 }
@@ -146,4 +147,9 @@ pub struct RecordView {
     pub version: Option<u64>,
     pub updated_at: Option<i64>,
     pub pending: bool,
+    /// Exists only on this device, and nothing queued will send it (its
+    /// create was dead-lettered and discarded): `syncd put` it again (or
+    /// `patch` it) to sync it.
+    #[serde(default)]
+    pub local_only: bool,
 }

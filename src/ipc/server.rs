@@ -31,6 +31,8 @@ pub struct Ctx {
     pub events: broadcast::Sender<Arc<Event>>,
     pub config: watch::Receiver<Arc<Config>>,
     pub sync: Arc<SyncControl>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub runtime: Arc<crate::metrics::RuntimeInfo>,
 }
 
 #[cfg(unix)]
@@ -150,7 +152,7 @@ pub async fn serve(
                 Ok(conn) => {
                     let ctx = ctx.clone();
                     let sd = shutdown.clone();
-                    tasks.spawn(session::run(conn, ctx, sd));
+                    tasks.spawn(ctx.metrics.connection().run(session::run(conn, ctx, sd)));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
