@@ -109,6 +109,10 @@ fn retry(s: &StatusView, now: i64) -> String {
 
 fn state_hint(s: &StatusView, i: &HintInputs<'_>) -> Option<String> {
     let n = s.queue_depth;
+    let safe = match n {
+        0 => "nothing queued".to_owned(),
+        n => format!("{n} write(s) are safe on disk"),
+    };
     let err = s.last_error.as_deref().unwrap_or("no reply");
     let file = i.config_path.unwrap_or("daemon.toml");
     let url = s.backend.as_deref().map(redact_url).unwrap_or_default();
@@ -117,11 +121,11 @@ fn state_hint(s: &StatusView, i: &HintInputs<'_>) -> Option<String> {
             "no backend configured: {n} write(s) kept on this device only; set [backend] url in {file} to sync"
         ),
         "offline" => format!(
-            "backend unreachable ({err}); {n} write(s) are safe on disk; {}",
+            "backend unreachable ({err}); {safe}; {}",
             retry(s, i.now)
         ),
         "backoff" => format!(
-            "backend failing ({err}); {n} write(s) are safe on disk; {}",
+            "backend failing ({err}); {safe}; {}",
             retry(s, i.now)
         ),
         "backend_error" => format!(
