@@ -120,7 +120,7 @@ fn permission_denied_does_not_suggest_starting_the_daemon() {
         c
     } else {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0)).unwrap();
+        std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o000)).unwrap();
         Command::new(bin())
     };
     let o = match cmd.arg("--socket").arg(&d.socket).arg("status").output() {
