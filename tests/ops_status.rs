@@ -299,3 +299,34 @@ fn parked_conflict_hint_and_exit_14() {
     let (code, out) = check(&c);
     assert_eq!(code, 14, "{out}");
 }
+
+/// Past the bounded scan, per-collection counts are lower bounds and say so.
+#[test]
+fn pending_by_collection_is_bounded_and_says_at_least() {
+    let d = Daemon::start("");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = syncd::client::Client::connect(&d.socket, "ops-test")
+            .await
+            .unwrap();
+        for i in 0..1_100 {
+            let coll = if i % 2 == 0 { "even" } else { "odd" };
+            c.put(coll, None, json!({ "i": i })).await.unwrap();
+        }
+    });
+    let st = d.status();
+    assert_eq!(st["queue_depth"], json!(1_100));
+    assert_eq!(st["pending_by_collection_complete"], json!(false), "{st}");
+    let counted: u64 = st["pending_by_collection"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, 1_000, "{st}");
+    let human = d.ok(&["status"]);
+    assert!(
+        human.contains("1100 ops (even at least 500, odd at least 500)"),
+        "{human}"
+    );
+}
