@@ -16,16 +16,20 @@ As a command::
 
     python3 examples/client.py --socket PATH put todos '{"a":1}'
     python3 examples/client.py get todos 01J...      # socket from SYNCD_SOCKET or the default
+    python3 examples/client.py --config /etc/syncd/daemon.toml status   # the socket that file names
+    python3 examples/client.py sync --wait --timeout 30
 """
 
 import argparse
 import collections
 import json
 import os
+import re
 import select
 import socket
 import struct
 import sys
+import time
 
 PROTOCOL_VERSION = 1
 
@@ -43,13 +47,44 @@ class ProtocolError(Exception):
     """The connection broke or the daemon sent something unexpected."""
 
 
-def default_socket_path():
+def default_socket_path(ignore_env=False):
     """$SYNCD_SOCKET, else $XDG_RUNTIME_DIR/syncd/syncd.sock, else /tmp/syncd-UID/syncd.sock."""
-    if os.environ.get("SYNCD_SOCKET"):
+    if os.environ.get("SYNCD_SOCKET") and not ignore_env:
         return os.environ["SYNCD_SOCKET"]
     if os.environ.get("XDG_RUNTIME_DIR"):
         return os.path.join(os.environ["XDG_RUNTIME_DIR"], "syncd", "syncd.sock")
     return f"/tmp/syncd-{os.getuid()}/syncd.sock"
+
+
+def socket_from_config(path):
+    """The socket a daemon.toml names (`[daemon] socket`), relative paths
+    taken from the file's directory; the default path when it names none.
+
+    Lenient on purpose, like the syncd CLI: a file the running daemon
+    rejected (an invalid edit) still names the socket it listens on."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    named = None
+    try:
+        import tomllib  # Python 3.11+
+
+        named = tomllib.loads(text).get("daemon", {}).get("socket")
+    except Exception:  # no tomllib, or not valid TOML: find the line
+        section = None
+        for line in text.splitlines():
+            line = line.strip()
+            if line.startswith("["):
+                section = line
+                continue
+            m = re.match(r'socket\s*=\s*"([^"]*)"', line)
+            if section == "[daemon]" and m:
+                named = m.group(1)
+                break
+    if not named:
+        return default_socket_path(ignore_env=True)
+    if not os.path.isabs(named):
+        named = os.path.join(os.path.dirname(os.path.abspath(path)), named)
+    return named
 
 
 class Client:
@@ -169,7 +204,7 @@ class Client:
         return self._written(self.request({"delete": {"collection": collection, "id": id}}))
 
     def get(self, collection, id):
-        """Returns the record view: {collection, id, data, server_id, version, updated_at, pending}."""
+        """Returns the record view: {collection, id, data, server_id, version, updated_at, pending, local_only}."""
         return self.request({"get": {"collection": collection, "id": id}})["record"]
 
     def list(self, collection, start=None, limit=None):
@@ -215,10 +250,73 @@ class Client:
         """Blocks until the op is on the server; SyncdError("dead_lettered") if rejected."""
         return self.request({"wait_synced": {"op_id": op_id}})["synced"]
 
+    # -- sync control ----------------------------------------------------
+
+    def sync(self):
+        """Wakes the sync worker now (push, then pull)."""
+        self.request({"sync": {}})
+
+    def sync_wait(self, timeout=None, poll=0.1):
+        """sync(), then waits until the queue is empty; returns the final status.
+
+        Raises TimeoutError after `timeout` seconds (the writes stay queued),
+        RuntimeError (with the hint) when syncing cannot go on (paused, auth
+        error, no backend)."""
+        self.sync()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            s = self.status()
+            if s["queue_depth"] == 0:
+                return s
+            if s["state"] in ("paused", "auth_error") or (s["state"] == "offline" and s["backend"] is None):
+                raise RuntimeError(s.get("hint") or s["state"])
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"{s['queue_depth']} op(s) still queued after {timeout}s")
+            time.sleep(poll)
+
+    def pause(self):
+        """Stops syncing (survives a daemon restart)."""
+        self.request({"pause": {}})
+
+    def resume(self):
+        self.request({"resume": {}})
+
+    # -- conflicts and dead letters --------------------------------------
+
+    def conflicts(self):
+        """Conflicts parked by the manual strategy."""
+        return self.request({"conflicts": {}})["conflicts"]
+
+    def resolve(self, collection, id, take=None, data=None):
+        """Resolves a parked conflict: take="local"|"server", or data={...}."""
+        req = {"collection": collection, "id": id}
+        if take is not None:
+            req["take"] = take
+        if data is not None:
+            req["data"] = data
+        return self.request({"resolve": req})
+
+    def dead_letters(self):
+        """Operations the server rejected for good (each has op_id, last_error ...)."""
+        return self.request({"dead_letters": {}})["ops"]
+
+    def retry(self, op_id):
+        """Puts a dead-lettered op back on the queue."""
+        return self.request({"retry": {"op_id": op_id}})
+
+    def discard(self, op_id):
+        """Drops a dead-lettered op (the record stays, `local_only` if never synced)."""
+        return self.request({"discard": {"op_id": op_id}})
+
+    def metrics(self):
+        """Every metric as OpenMetrics text (what `syncd metrics` prints)."""
+        return self.request({"metrics": {}})["metrics"]["text"]
+
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Talk to syncd over its socket (JSON encoding).")
-    p.add_argument("--socket", help="socket path (else $SYNCD_SOCKET, else the default)")
+    p.add_argument("--socket", help="socket path (else $SYNCD_SOCKET, else --config's, else the default)")
+    p.add_argument("--config", help="daemon.toml whose [daemon] socket to use")
     sub = p.add_subparsers(dest="cmd", required=True)
     commands = {
         "put": ["collection", "json", "--id"],
@@ -230,24 +328,46 @@ def main(argv=None):
         "queue": ["--limit"],
         "watch": ["collections"],
         "wait-synced": ["op_id"],
+        "sync": ["--wait", "--timeout"],
+        "pause": [],
+        "resume": [],
+        "conflicts": [],
+        "resolve": ["collection", "id", "--take", "--data"],
+        "dead-letters": [],
+        "retry": ["op_id"],
+        "discard": ["op_id"],
+        "metrics": [],
+    }
+    kinds = {
+        "--limit": {"type": int},
+        "--timeout": {"type": float},
+        "--wait": {"action": "store_true"},
+        "--take": {"choices": ["local", "server"]},
+        "collections": {"nargs": "*"},
     }
     for name, args in commands.items():
         s = sub.add_parser(name)
         for arg in args:
-            kw = {"type": int} if arg == "--limit" else {"nargs": "*"} if arg == "collections" else {}
-            s.add_argument(arg, **kw)
+            s.add_argument(arg, **kinds.get(arg, {}))
     a = p.parse_args(argv)
     data = None
-    if "json" in vars(a):
-        try:
-            data = json.loads(a.json)
-        except ValueError as e:
-            p.error(f"invalid JSON argument: {e}")
+    for key in ("json", "data"):
+        if vars(a).get(key) is not None:
+            try:
+                data = json.loads(vars(a)[key])
+            except ValueError as e:
+                p.error(f"invalid JSON argument: {e}")
 
     def out(v):
         print(json.dumps(v), flush=True)
 
-    path = a.socket or default_socket_path()
+    path = a.socket or os.environ.get("SYNCD_SOCKET") or None
+    if path is None and a.config:
+        try:
+            path = socket_from_config(a.config)
+        except OSError as e:
+            p.error(f"cannot read --config {a.config}: {e}")
+    path = path or default_socket_path()
     try:
         c = Client(path, app="client.py")
     except OSError as e:
@@ -270,12 +390,26 @@ def main(argv=None):
         "queue": lambda: c.queue(a.limit),
         "watch": watch,
         "wait-synced": lambda: [c.wait_synced(a.op_id)],
+        "sync": lambda: [c.sync_wait(a.timeout) if a.wait else c.sync() or {}],
+        "pause": lambda: [c.pause() or {}],
+        "resume": lambda: [c.resume() or {}],
+        "conflicts": lambda: c.conflicts(),
+        "resolve": lambda: [c.resolve(a.collection, a.id, take=a.take, data=data)],
+        "dead-letters": lambda: c.dead_letters(),
+        "retry": lambda: [c.retry(a.op_id)],
+        "discard": lambda: [c.discard(a.op_id)],
     }
     try:
         with c:
+            if a.cmd == "metrics":
+                sys.stdout.write(c.metrics())
+                return 0
             for v in run[a.cmd]():
                 out({"id": v[0], "op_id": v[1]} if isinstance(v, tuple) else v)
-    except (SyncdError, ProtocolError) as e:
+    except TimeoutError as e:
+        print(f"client.py: {e}", file=sys.stderr)
+        return 4
+    except (SyncdError, ProtocolError, RuntimeError) as e:
         print(f"client.py: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -43,6 +43,15 @@ pub enum ClientError {
 impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            ClientError::Unreachable { path, source }
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                write!(
+                    f,
+                    "cannot reach syncd at {}: {source}\nthe daemon's socket does not let this user in: run as the daemon's user, or join the group daemon.socket_mode grants (see systemd/README.md)",
+                    path.display()
+                )
+            }
             ClientError::Unreachable { path, source } => write!(
                 f,
                 "cannot reach syncd at {}: {source}\nstart it with `syncd run` (or `systemctl --user start syncd`), or point to it with --socket/SYNCD_SOCKET",
@@ -274,7 +283,7 @@ impl Client {
 
     pub async fn status(&mut self) -> Result<StatusView> {
         match self.request(Request::Status {}).await? {
-            Response::Status(s) => Ok(s),
+            Response::Status(s) => Ok(*s),
             other => Err(unexpected(other)),
         }
     }

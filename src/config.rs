@@ -100,6 +100,8 @@ pub struct Config {
     pub backend: BackendSection,
     pub sync: SyncSection,
     pub collections: BTreeMap<String, CollectionSection>,
+    /// `[metrics]`: the optional HTTP `/metrics` and `/health` listener.
+    pub metrics: crate::metrics::MetricsSection,
 }
 
 impl Default for DaemonSection {
@@ -307,6 +309,7 @@ impl Config {
                 ),
             );
         }
+        self.metrics.listen_addr()?;
         if self.sync.batch_size == 0 || self.sync.batch_size > 1000 {
             return bad("sync.batch_size", "must be between 1 and 1000".into());
         }

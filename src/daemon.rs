@@ -15,6 +15,7 @@ use tracing_subscriber::{reload, EnvFilter};
 
 use crate::config::{Config, LogFormat};
 use crate::ipc::server::{self, Ctx};
+use crate::metrics::{Metrics, RuntimeInfo};
 use crate::store::{tables::META_PAUSED, writer, Store};
 use crate::sync::SyncControl;
 
@@ -161,14 +162,21 @@ fn signals() -> Result<mpsc::UnboundedReceiver<Sig>, StartError> {
 
 /// Loads the config again; a valid one replaces the current, an invalid one
 /// is logged and ignored.
-fn reload_config(path: &Path, cfg_tx: &watch::Sender<Arc<Config>>, log: &LogHandle) {
+fn reload_config(
+    path: &Path,
+    cfg_tx: &watch::Sender<Arc<Config>>,
+    log: &LogHandle,
+    runtime: &RuntimeInfo,
+) {
     let new = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
+            runtime.set_reload_error(Some(e.to_string())); // status: the file is not in force
             tracing::error!("config reload rejected, keeping the current config: {e}");
             return;
         }
     };
+    runtime.set_reload_error(None); // status: the file is in force again
     let old = cfg_tx.borrow().clone();
     if *old == new {
         // Same settings; still tell the worker, which re-reads the token
@@ -234,6 +242,14 @@ pub async fn run(
             .map_err(|e| StartError(format!("cannot start writer: {e}")))?;
     let sync = SyncControl::new(paused);
 
+    // Operability: counters, and the runtime facts `status` reports.
+    let metrics = Arc::new(Metrics::new());
+    let runtime = Arc::new(RuntimeInfo::new(
+        config_path.clone(),
+        socket.clone(),
+        data_dir.clone(),
+    ));
+    let metrics_listen = config.metrics.listen_addr().map_err(StartError)?;
     let (cfg_tx, cfg_rx) = watch::channel(Arc::new(config));
     let mut sigs = signals()?;
     let mut cfg_watch = config_path.as_deref().and_then(|p| {
@@ -255,6 +271,8 @@ pub async fn run(
         events: events.clone(),
         config: cfg_rx.clone(),
         sync: sync.clone(),
+        metrics: metrics.clone(),
+        runtime: runtime.clone(),
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -266,6 +284,7 @@ pub async fn run(
         queue_changed,
         shutdown: shutdown_rx.clone(),
         connector: None,
+        metrics: metrics.clone(),
     });
     drop(writer);
 
@@ -283,6 +302,11 @@ pub async fn run(
         conns.abort_all();
     });
 
+    let metrics_http = match metrics_listen {
+        Some(addr) => Some(spawn_metrics_http(addr, ctx.clone(), shutdown_rx.clone()).await?),
+        None => None,
+    };
+
     tracing::info!(socket = %socket.display(), data_dir = %data_dir.display(), client_id = %store.client_id(), "syncd ready");
     sd_notify("READY=1");
 
@@ -296,7 +320,7 @@ pub async fn run(
         tokio::select! {
             s = sigs.recv() => match s {
                 Some(Sig::Reload) => match config_path.as_deref() {
-                    Some(p) => reload_config(p, &cfg_tx, &log),
+                    Some(p) => reload_config(p, &cfg_tx, &log, &runtime),
                     None => tracing::info!("SIGHUP: running on embedded defaults, nothing to reload"),
                 },
                 Some(Sig::Stop) | None => break,
@@ -305,7 +329,7 @@ pub async fn run(
                 // Editors write in several steps: let them finish.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 if let Some(w) = cfg_watch.as_mut() { while w.changes.try_recv().is_ok() {} }
-                if let Some(p) = config_path.as_deref() { reload_config(p, &cfg_tx, &log); }
+                if let Some(p) = config_path.as_deref() { reload_config(p, &cfg_tx, &log, &runtime); }
             }
         }
     }
@@ -314,6 +338,9 @@ pub async fn run(
     sd_notify("STOPPING=1");
     let _ = shutdown_tx.send(true);
     let _ = server.await;
+    if let Some(h) = metrics_http {
+        let _ = h.await;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(1), worker).await;
     drop(ctx);
     // The writer thread ends when the last handle is gone; it finishes the
@@ -325,4 +352,19 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds `[metrics] listen` and serves `/metrics` and `/health` on it.
+async fn spawn_metrics_http(
+    addr: std::net::SocketAddr,
+    ctx: Arc<Ctx>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, StartError> {
+    let l = crate::ipc::metrics_http::bind(addr)
+        .await
+        .map_err(|e| StartError(format!("cannot listen on metrics.listen {addr}: {e}")))?;
+    tracing::info!(listen = %addr, "serving /metrics and /health");
+    Ok(tokio::spawn(crate::ipc::metrics_http::serve(
+        l, ctx, shutdown,
+    )))
 }

@@ -1,7 +1,7 @@
 //! syncd: an offline-first sync daemon.
 //!
 //! **Layering rule: a module imports only modules on its own floor or a
-//! lower one — `domain` < `config` < `store` < `backend` < `sync` < `ipc`
+//! lower one — `domain` < `config` (with `metrics`) < `store` < `backend` < `sync` < `ipc`
 //! (with `client`) < `daemon` < the CLI in `main.rs` — never one above it.**
 //!
 //! Apps on the machine talk to the daemon over a local socket ([`ipc`]). A
@@ -20,6 +20,7 @@ pub mod config;
 pub mod daemon;
 pub mod domain;
 pub mod ipc;
+pub mod metrics;
 pub mod store;
 pub mod sync;
 

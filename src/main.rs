@@ -2,7 +2,9 @@
 //! `src/cli/`), and maps its outcome to an exit code:
 //! 0 ok (also when our stdout is closed early, `syncd list todos | head`);
 //! 1 the daemon answered with an error; 2 usage; 3 the daemon is not
-//! reachable. clap's own usage errors exit 2 as well.
+//! reachable; 4 a `--wait` ran out of its `--timeout`; 10-15 the trouble
+//! `status --check` found (see `cli::error`). clap's own usage errors exit 2
+//! as well.
 
 mod cli;
 

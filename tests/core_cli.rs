@@ -370,11 +370,27 @@ fn socket_discovery_order() {
         &xdg.path().join("syncd").join("syncd.sock"),
         "default path",
     );
-    // --config naming a broken file is a usage error, not "unreachable".
+    // --config is read only for its socket, leniently: a file the daemon
+    // would reject (as after an invalid edit it is ignoring) still leads
+    // to the socket it names.
     let broken = other.path().join("broken.toml");
-    std::fs::write(&broken, "[daemon]\nno_such_key = 1\n").unwrap();
-    let o = raw_cli(&["--config", &s(&broken), "status"], None, None);
-    assert_eq!(o.status.code(), Some(2), "broken config: {}", stderr(&o));
+    std::fs::write(
+        &broken,
+        format!(
+            "[daemon]\nsocket = {:?}\nno_such_key = 1\n",
+            s(&bad_cfg_sock)
+        ),
+    )
+    .unwrap();
+    unreachable(
+        raw_cli(&["--config", &s(&broken), "status"], None, None),
+        &bad_cfg_sock,
+        "config rejected by the daemon",
+    );
+    // A --config file that cannot be read is a usage error, not "unreachable".
+    let missing = other.path().join("missing.toml");
+    let o = raw_cli(&["--config", &s(&missing), "status"], None, None);
+    assert_eq!(o.status.code(), Some(2), "missing config: {}", stderr(&o));
 }
 
 #[test]
@@ -724,7 +740,8 @@ fn wait_synced_with_timeout_gives_up_but_keeps_the_write() {
         "--timeout",
         "0.5",
     ]);
-    assert_eq!(o.status.code(), Some(1));
+    // 4: a --wait that ran out of time, not a daemon error (1).
+    assert_eq!(o.status.code(), Some(4));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains("not on the server") && err.contains("queued"),
@@ -751,7 +768,7 @@ fn wait_synced_with_timeout_gives_up_but_keeps_the_write() {
             "--timeout",
             "0.05",
         ]);
-        assert_eq!(o.status.code(), Some(1));
+        assert_eq!(o.status.code(), Some(4));
     }
     common::eventually(5, "abandoned waits released", || fds() <= before);
     // --timeout without --wait is a usage error.

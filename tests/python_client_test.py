@@ -193,5 +193,73 @@ class Watch(unittest.TestCase):
             self.assertEqual(w.status()["client_id"], w.hello["client_id"])
 
 
+
+class Control(unittest.TestCase):
+    """sync, pause/resume, conflicts, resolve, dead letters, metrics; the
+    daemon here has no backend, so nothing can sync."""
+
+    def test_sync_pause_resume(self):
+        with connect() as c:
+            c.put("ctl", {"a": 1})
+            c.sync()
+            with self.assertRaises(RuntimeError) as e:
+                c.sync_wait(timeout=5)
+            self.assertIn("no backend configured", str(e.exception))
+            c.pause()
+            c.resume()
+            self.assertGreaterEqual(c.status()["queue_depth"], 1)
+
+    def test_conflicts_resolve_dead_letters(self):
+        with connect() as c:
+            self.assertEqual(c.conflicts(), [])
+            with self.assertRaises(SyncdError):
+                c.resolve("ctl", "nothing-parked", take="local")
+            self.assertEqual(c.dead_letters(), [])
+            for call in (c.retry, c.discard):
+                with self.assertRaises(SyncdError) as e:
+                    call("01ZZZZZZZZZZZZZZZZZZZZZZZZ")
+                self.assertEqual(e.exception.code, "not_found")
+
+    def test_metrics_and_status_fields(self):
+        with connect() as c:
+            c.put("ctl", {"m": 1})
+            text = c.metrics()
+            self.assertIn("syncd_writes_total ", text)
+            self.assertTrue(text.endswith("# EOF\n"), text[-40:])
+            s = c.status()
+            for key in ("hint", "hints", "socket", "pid", "uptime_s", "pending_by_collection"):
+                self.assertIn(key, s)
+            self.assertEqual(s["socket"], SOCKET)
+            self.assertIn("local_only", c.get("ctl", c.put("ctl", {})[0]))
+
+    def test_cli_control_commands_and_config_socket(self):
+        import tempfile
+
+        env = {k: v for k, v in os.environ.items() if k != "SYNCD_SOCKET"}
+        base = [sys.executable, os.environ["SYNCD_CLIENT"]]
+        with tempfile.TemporaryDirectory() as d:
+            cfg = os.path.join(d, "daemon.toml")
+            # Invalid for the daemon (unknown key; then not even TOML), yet it
+            # names the socket: --config must still find the daemon.
+            for text in (f'[daemon]\nsocket = "{SOCKET}"\nbogus = 1\n', f'[daemon]\nsocket = "{SOCKET}"\n[sync\n'):
+                with open(cfg, "w") as f:
+                    f.write(text)
+                out = subprocess.run(base + ["--config", cfg, "status"], capture_output=True, text=True, env=env)
+                self.assertEqual(out.returncode, 0, out.stderr)
+                self.assertIn("state", json.loads(out.stdout))
+        run = lambda *a: subprocess.run(base + ["--socket", SOCKET] + list(a), capture_output=True, text=True)
+        for args in (["sync"], ["pause"], ["resume"]):
+            out = run(*args)
+            self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(run("conflicts").stdout, "")  # one JSON line per conflict: none
+        self.assertEqual(run("dead-letters").stdout, "")
+        self.assertEqual(run("retry", "01ZZZZZZZZZZZZZZZZZZZZZZZZ").returncode, 1)
+        self.assertIn("syncd_queue_depth", run("metrics").stdout)
+        self.assertEqual(run("put", "ctl", "{}").returncode, 0)
+        out = run("sync", "--wait", "--timeout", "2")
+        self.assertEqual(out.returncode, 1, out.stderr)
+        self.assertIn("no backend configured", out.stderr)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -856,8 +856,13 @@ fn backoff_status_and_token_never_shown() {
         path_str(&token)
     ));
     d.ok(&["put", "todos", r#"{"title":"x"}"#]);
-    eventually(10, "backoff", || state(&d) == "backoff");
-    let st = d.status();
+    // next_retry_at is null while an attempt is under way (never a time
+    // already past): look between attempts.
+    let mut st = Value::Null;
+    eventually(10, "backoff between attempts", || {
+        st = d.status();
+        st["state"] == json!("backoff") && st["next_retry_at"].is_i64()
+    });
     assert_eq!(st["state"], json!("backoff"), "{st}");
     let next = st["next_retry_at"]
         .as_i64()

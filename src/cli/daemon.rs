@@ -6,7 +6,7 @@
 //! daemon the same way: `--socket`, else `$SYNCD_SOCKET`, else the socket
 //! named in `--config`, else the default path.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use syncd::client::Client;
@@ -60,7 +60,10 @@ impl DaemonOpts {
         if let Some(s) = std::env::var_os("SYNCD_SOCKET").filter(|s| !s.is_empty()) {
             return Ok(PathBuf::from(s));
         }
-        Ok(load_config(self.config.as_deref())?.daemon.socket)
+        match &self.config {
+            Some(p) => socket_from_config(p),
+            None => Ok(Config::default().daemon.socket),
+        }
     }
 
     /// A connection to the daemon, or `Unreachable` naming the socket.
@@ -101,11 +104,84 @@ fn user_uid(user: &str) -> Result<u32, CliError> {
     Ok(pw.pw_uid)
 }
 
+/// The socket a config file names, read leniently: a file the daemon
+/// rejected (an invalid edit it is ignoring) still names the socket the
+/// running daemon listens on, and talking to that daemon must not need a
+/// valid file. Relative paths are taken from the file's directory, as the
+/// daemon does; a file that names none means the default socket.
+pub fn socket_from_config(path: &Path) -> Result<PathBuf, CliError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        CliError::Usage(format!(
+            "config error: {}: cannot read: {e}",
+            path.display()
+        ))
+    })?;
+    let named = match text.parse::<toml::Table>() {
+        Ok(t) => t
+            .get("daemon")
+            .and_then(|d| d.get("socket"))
+            .and_then(|s| s.as_str())
+            .map(str::to_owned),
+        Err(_) => socket_line(&text),
+    };
+    let Some(named) = named.filter(|s| !s.is_empty()) else {
+        return Ok(Config::default().daemon.socket);
+    };
+    let named = PathBuf::from(named);
+    if named.is_relative() {
+        let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        if let Some(dir) = abs.parent() {
+            return Ok(dir.join(named));
+        }
+    }
+    Ok(named)
+}
+
+/// `socket = "..."` under `[daemon]`, for a file TOML cannot parse.
+fn socket_line(text: &str) -> Option<String> {
+    let mut in_daemon = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_daemon = line == "[daemon]";
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        if in_daemon && key.trim() == "socket" {
+            let v = value.trim();
+            let quoted = v.strip_prefix('"').and_then(|v| v.split_once('"'));
+            return quoted.map(|(s, _)| s.to_owned());
+        }
+    }
+    None
+}
+
 /// The configuration at `path`, or the defaults; a bad file is a usage
 /// error (exit 2), not an unreachable daemon.
 pub fn load_config(path: Option<&std::path::Path>) -> Result<Config, CliError> {
     match path {
         Some(p) => Config::load(p).map_err(|e| CliError::Usage(format!("config error: {e}"))),
         None => Ok(Config::default()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_is_found_in_an_invalid_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.toml");
+        std::fs::write(&p, "[daemon]\nsocket = \"s.sock\"\nbogus = 1\n").unwrap();
+        assert_eq!(socket_from_config(&p).unwrap(), dir.path().join("s.sock"));
+        std::fs::write(&p, "[daemon]\nsocket = \"/x/s.sock\"\n[sync\nbroken").unwrap();
+        assert_eq!(socket_from_config(&p).unwrap(), PathBuf::from("/x/s.sock"));
+        std::fs::write(&p, "[backend]\nurl = 3\n").unwrap();
+        assert_eq!(
+            socket_from_config(&p).unwrap(),
+            Config::default().daemon.socket
+        );
     }
 }

@@ -6,9 +6,11 @@
 use std::fmt;
 
 use syncd::client::ClientError;
+use syncd::ipc::health::Trouble;
 
 /// A failed command. `exit_code` is the contract in README.md "Usage":
-/// 0 ok; 1 the daemon answered with an error; 2 usage; 3 not reachable.
+/// 0 ok; 1 the daemon answered with an error; 2 usage; 3 not reachable;
+/// 4 a `--wait` ran out of `--timeout`; 10-15 `status --check` trouble.
 #[derive(Debug)]
 pub enum CliError {
     /// Bad arguments, an unreadable document or configuration: exit 2.
@@ -20,6 +22,10 @@ pub enum CliError {
     /// The command ran and failed (a wait gave up, sync cannot go on, the
     /// daemon or backend server stopped with an error): exit 1.
     Failed(String),
+    /// A `--wait` gave up at its `--timeout`; the writes stay queued: exit 4.
+    TimedOut(String),
+    /// `status --check` found trouble: the exit code of its kind (10-15).
+    Unhealthy(Trouble, String),
     /// Whoever reads our stdout went away (`syncd list todos | head`). Like
     /// most Unix filters we stop and exit 0 without a word.
     BrokenPipe,
@@ -35,6 +41,8 @@ impl CliError {
             CliError::Client(_) | CliError::Failed(_) | CliError::Output(_) => 1,
             CliError::Usage(_) => 2,
             CliError::Unreachable(_) => 3,
+            CliError::TimedOut(_) => 4,
+            CliError::Unhealthy(t, _) => t.exit_code(),
         }
     }
 
@@ -52,7 +60,10 @@ impl CliError {
 impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CliError::Usage(m) | CliError::Failed(m) => f.write_str(m),
+            CliError::Usage(m)
+            | CliError::Failed(m)
+            | CliError::TimedOut(m)
+            | CliError::Unhealthy(_, m) => f.write_str(m),
             CliError::Unreachable(e) | CliError::Client(e) => write!(f, "{e}"),
             CliError::BrokenPipe => f.write_str("stdout closed"),
             CliError::Output(e) => write!(f, "cannot write to stdout: {e}"),

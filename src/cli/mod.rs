@@ -11,6 +11,7 @@ mod conflicts;
 mod daemon;
 mod dead_letters;
 mod doc_arg;
+mod metrics;
 mod output;
 mod pause;
 mod queue;
@@ -32,7 +33,8 @@ use error::CliError;
     version,
     about = "Offline-first sync daemon and its command line",
     after_help = "Exit codes: 0 ok (also when stdout is closed early, as by `| head`); \
-                  1 the daemon answered with an error; 2 usage; 3 the daemon is not reachable."
+                  1 the daemon answered with an error; 2 usage; 3 the daemon is not reachable; \
+                  4 a --wait timed out; 10-15 `status --check` trouble (see `syncd status --help`)."
 )]
 pub struct Cli {
     /// Also accepted here, before the command, for the commands that talk
@@ -79,6 +81,8 @@ enum Cmd {
     Retry(dead_letters::OpIdArgs),
     /// Drop a dead-lettered op.
     Discard(dead_letters::OpIdArgs),
+    /// Every metric in the Prometheus (OpenMetrics) text format.
+    Metrics(DaemonOpts),
     /// Run the reference backend server.
     Backend(backend::BackendArgs),
 }
@@ -107,6 +111,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Cmd::Watch(a) => watch::run(a, outer).await,
         Cmd::Status(a) => status::run(a, outer).await,
         Cmd::Sync(a) => sync::run(a, outer).await,
+        Cmd::Metrics(d) => metrics::run(d, outer).await,
         Cmd::Pause(d) => pause::run(true, d, outer).await,
         Cmd::Resume(d) => pause::run(false, d, outer).await,
         Cmd::Conflicts(a) => conflicts::list(a, outer).await,

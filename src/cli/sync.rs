@@ -24,6 +24,10 @@ pub struct SyncArgs {
     /// Block until the queue is drained (exit 1 if syncing cannot go on).
     #[arg(long)]
     wait: bool,
+    /// With --wait: give up after this many seconds (exit 4; everything
+    /// stays durable and queued). Default: until drained or stuck.
+    #[arg(long, requires = "wait", value_name = "SECONDS")]
+    timeout: Option<f64>,
     #[command(flatten)]
     daemon: DaemonOpts,
 }
@@ -31,10 +35,25 @@ pub struct SyncArgs {
 pub async fn run(a: &SyncArgs, outer: &DaemonOpts) -> Result<(), CliError> {
     let mut c = a.daemon.or(outer).connect().await?;
     c.request(Request::Sync {}).await?;
-    if a.wait {
-        wait_drained(&mut c).await
-    } else {
-        Ok(())
+    if !a.wait {
+        return Ok(());
+    }
+    let Some(secs) = a.timeout else {
+        return wait_drained(&mut c).await;
+    };
+    let limit = Duration::try_from_secs_f64(secs).map_err(|_| {
+        CliError::Usage(format!(
+            "--timeout {secs}: must be a number of seconds >= 0"
+        ))
+    })?;
+    match tokio::time::timeout(limit, wait_drained(&mut c)).await {
+        Ok(r) => r,
+        Err(_) => {
+            let left = c.status().await.map(|s| s.queue_depth).unwrap_or_default();
+            Err(CliError::TimedOut(format!(
+                "queue not drained after {secs} s: {left} op(s) still queued; they are durable (see syncd status)"
+            )))
+        }
     }
 }
 

@@ -27,7 +27,7 @@ pub struct WaitArg {
     /// Block until the write is on the server (exit 0) or failed for good.
     #[arg(long, value_enum)]
     wait: Option<WaitFor>,
-    /// With --wait: give up after this many seconds (exit 1; the write stays
+    /// With --wait: give up after this many seconds (exit 4; the write stays
     /// durable and queued). Default: wait as long as it takes.
     #[arg(long, requires = "wait", value_name = "SECONDS")]
     timeout: Option<f64>,
@@ -121,7 +121,7 @@ async fn maybe_wait(
         Some(limit) => tokio::time::timeout(limit, c.wait_synced(op_id))
             .await
             .map_err(|_| {
-                CliError::Failed(format!(
+                CliError::TimedOut(format!(
                     "op {op_id} not on the server after {} s; it is durable and stays queued (see syncd status)",
                     limit.as_secs_f64()
                 ))

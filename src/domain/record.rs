@@ -95,6 +95,7 @@ impl StoredRecord {
             version: self.version,
             updated_at: self.updated_at,
             pending: self.pending > 0,
+            local_only: self.server_id.is_none() && self.pending == 0 && !self.deleted,
         }
     }
 }
@@ -146,4 +147,10 @@ pub struct RecordView {
     pub version: Option<u64>,
     pub updated_at: Option<i64>,
     pub pending: bool,
+    /// Exists only on this device and nothing queued will send it: no
+    /// server id and no pending op (its create was dead-lettered, or
+    /// dead-lettered and discarded). `syncd retry` the dead letter, or
+    /// `patch`/`put` the record again, to sync it.
+    #[serde(default)]
+    pub local_only: bool,
 }

@@ -36,6 +36,8 @@ pub struct Ctx {
     pub sync: Arc<SyncControl>,
     /// Who may connect ([`crate::ipc::peer`]), fixed at bind time.
     pub peers: PeerPolicy,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub runtime: Arc<crate::metrics::RuntimeInfo>,
 }
 
 #[cfg(unix)]
@@ -147,7 +149,7 @@ pub async fn serve(
                 Ok(conn) => {
                     let ctx = ctx.clone();
                     let sd = shutdown.clone();
-                    tasks.spawn(session::run(conn, ctx, sd));
+                    tasks.spawn(ctx.metrics.connection().run(session::run(conn, ctx, sd)));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");

@@ -116,6 +116,8 @@ pub enum Request {
     WaitSynced {
         op_id: String,
     },
+    /// Every metric in the Prometheus (OpenMetrics) text format.
+    Metrics {},
 }
 
 /// Machine-readable error kinds.
@@ -195,6 +197,37 @@ pub struct StatusView {
     pub last_sync_at: Option<i64>,
     pub next_retry_at: Option<i64>,
     pub last_error: Option<String>,
+    /// The most pressing of `hints` (what is happening, what to do), or
+    /// `None` when all is well.
+    #[serde(default)]
+    pub hint: Option<String>,
+    /// One line per thing that needs a person's attention, most pressing
+    /// first.
+    #[serde(default)]
+    pub hints: Vec<String>,
+    /// The config file the daemon runs on; `None`: embedded defaults.
+    #[serde(default)]
+    pub config_path: Option<String>,
+    /// Why the config file's latest edit was rejected (the daemon runs on
+    /// the previous config); `None` when the file is the config in force.
+    #[serde(default)]
+    pub config_reload_error: Option<String>,
+    #[serde(default)]
+    pub socket: String,
+    #[serde(default)]
+    pub data_dir: String,
+    #[serde(default)]
+    pub pid: u32,
+    #[serde(default)]
+    pub uptime_s: u64,
+    /// Queued ops per collection, counted over at most the first
+    /// `PENDING_SCAN_LIMIT` (1,000) ops of the queue; when
+    /// `pending_by_collection_complete` is false the counts are lower
+    /// bounds ("at least").
+    #[serde(default)]
+    pub pending_by_collection: std::collections::BTreeMap<String, u64>,
+    #[serde(default)]
+    pub pending_by_collection_complete: bool,
     pub backend: Option<String>,
     pub client_id: String,
     pub store_bytes: u64,
@@ -215,7 +248,7 @@ pub enum Response {
         /// Start key for the next page, if there is more.
         next: Option<String>,
     },
-    Status(StatusView),
+    Status(Box<StatusView>),
     Ops(Vec<OpView>),
     Conflicts(Vec<ConflictView>),
     Watching {},
@@ -224,6 +257,10 @@ pub enum Response {
         op_id: String,
         server_id: Option<String>,
         version: Option<u64>,
+    },
+    /// The reply to `metrics`: OpenMetrics text.
+    Metrics {
+        text: String,
     },
 }
 

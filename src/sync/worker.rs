@@ -15,6 +15,7 @@ use crate::backend::client::{BackendClient, BatchOutcome, Failure, OpResult};
 use crate::backend::protocol::{OpKind, WireOp};
 use crate::config::Config;
 use crate::domain::WriteError;
+use crate::metrics::PushResult;
 use crate::store::tables::META_CURSOR;
 use crate::store::writer::{WriteCmd, WriterHandle};
 use crate::store::{parse_doc_text, QueuedOp, Store, StoredRecord};
@@ -33,6 +34,7 @@ pub struct WorkerDeps {
     /// Makes the transport for a config; `None` for the HTTP client (the
     /// daemon). Simulations plug in their own.
     pub connector: Option<Connector>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Builds a [`Transport`] for the current config (`None`: no backend).
@@ -223,6 +225,7 @@ impl Worker {
         }
         st.next_retry_at = st
             .next_retry_at
+            .filter(|t| *t > self.now()) // passed: the attempt is under way now
             .map(|t| crate::domain::clock::now_ms() + (t - self.now()).max(0));
         self.deps.control.set_status(st);
     }
@@ -397,7 +400,7 @@ impl Worker {
         let client = self.client()?.clone();
         if batch.len() > 1 && self.batch_supported != Some(false) {
             let ops: Vec<WireOp> = batch.iter().map(|b| b.2.clone()).collect();
-            let outcome = client.apply_batch(&ops).await;
+            let outcome = self.deps.metrics.time_push(client.apply_batch(&ops)).await;
             match outcome {
                 Ok(BatchOutcome::Results(results)) => {
                     self.batch_supported = Some(true);
@@ -423,7 +426,7 @@ impl Worker {
             }
         }
         let (seq, op, w) = batch.swap_remove(0);
-        match client.apply(&w).await {
+        match self.deps.metrics.time_push(client.apply(&w)).await {
             Ok(res) => self.submit(self.verdict_cmd(seq, &op, res)).await,
             Err(f) => {
                 if matches!(f, Failure::Unlisted { .. }) && self.batch_supported == Some(false) {
@@ -453,6 +456,7 @@ impl Worker {
     /// Records a failed attempt on the head op and passes the failure on.
     /// An attempt only counts and explains; it never dead-letters an op.
     async fn attempt_failed(&self, seq: u64, f: Failure) -> Result<(), Failure> {
+        self.deps.metrics.pushed(PushResult::Failed, 1);
         self.submit(WriteCmd::Attempt {
             seq,
             error: f.reason().to_owned(),
@@ -512,10 +516,12 @@ impl Worker {
     fn verdict_cmd(&self, seq: u64, op: &QueuedOp, res: OpResult) -> WriteCmd {
         match res {
             OpResult::Applied(record) => {
+                self.deps.metrics.pushed(PushResult::Applied, 1);
                 tracing::debug!(op_id = %op.op_id, server_id = %record.id, version = record.version, "op confirmed");
                 WriteCmd::Ack { seq, record }
             }
             OpResult::Conflict(server) => {
+                self.deps.metrics.pushed(PushResult::Conflict, 1);
                 let (strategy, rules) = self.cfg.strategy_for(&op.collection);
                 WriteCmd::Conflict {
                     seq,
@@ -525,6 +531,7 @@ impl Worker {
                 }
             }
             OpResult::Rejected { status, reason } => {
+                self.deps.metrics.pushed(PushResult::Rejected, 1);
                 tracing::warn!(op_id = %op.op_id, collection = %op.collection, id = %op.local_id, status, "op rejected by the server; dead-lettered");
                 WriteCmd::DeadLetter { seq, error: reason }
             }
@@ -545,6 +552,7 @@ impl Worker {
             let page = client.changes(cursor.as_deref(), limit).await?;
             let more = page.more && !page.changes.is_empty();
             let n = page.changes.len();
+            self.deps.metrics.pulled(n);
             self.submit(WriteCmd::ApplyChanges {
                 changes: page.changes,
                 cursor: page.cursor,

@@ -208,6 +208,7 @@ async fn run(seed: u64) {
         queue_changed,
         shutdown: stop_rx,
         connector: Some(Arc::new(move |_: &Config| Some(transport.clone()))),
+        metrics: Default::default(),
     });
 
     // The app: creates, replaces, patches and deletes, while sync runs.

@@ -14,5 +14,10 @@ pub async fn apply(ctx: &Ctx, collection: String, id: String) -> Result<Response
         id,
         client_ts: crate::domain::clock::now_ms(),
     };
-    Ok(written(ctx.writer.submit(cmd).await?))
+    Ok(written(
+        ctx.writer
+            .submit(cmd)
+            .await
+            .inspect(|_| ctx.metrics.wrote())?,
+    ))
 }

@@ -12,6 +12,7 @@ pub mod dead_letters;
 pub mod delete;
 pub mod get;
 pub mod list;
+pub mod metrics;
 pub mod patch;
 pub mod put;
 pub mod queue;
@@ -46,7 +47,7 @@ pub async fn apply(ctx: &Ctx, req: Request) -> Result<Response, ApiError> {
             start,
             limit,
         } => list::apply(ctx, collection, start, limit),
-        Request::Status {} => status::status(ctx).map(Response::Status),
+        Request::Status {} => status::status(ctx).map(|s| Response::Status(Box::new(s))),
         Request::Queue { limit } => queue::apply(ctx, limit),
         Request::Watch { .. } => Err(ApiError::new(
             ErrorCode::BadRequest,
@@ -66,5 +67,6 @@ pub async fn apply(ctx: &Ctx, req: Request) -> Result<Response, ApiError> {
         Request::Retry { op_id } => dead_letters::retry(ctx, op_id).await,
         Request::Discard { op_id } => dead_letters::discard(ctx, op_id).await,
         Request::WaitSynced { op_id } => wait_synced::apply(ctx, op_id).await,
+        Request::Metrics {} => metrics::apply(ctx),
     }
 }

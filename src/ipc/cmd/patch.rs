@@ -24,5 +24,10 @@ pub async fn apply(
         client_ts: crate::domain::clock::now_ms(),
         max_bytes,
     };
-    Ok(written(ctx.writer.submit(cmd).await?))
+    Ok(written(
+        ctx.writer
+            .submit(cmd)
+            .await
+            .inspect(|_| ctx.metrics.wrote())?,
+    ))
 }

@@ -21,5 +21,10 @@ pub async fn apply(
         data,
         client_ts: crate::domain::clock::now_ms(),
     };
-    Ok(written(ctx.writer.submit(cmd).await?))
+    Ok(written(
+        ctx.writer
+            .submit(cmd)
+            .await
+            .inspect(|_| ctx.metrics.wrote())?,
+    ))
 }

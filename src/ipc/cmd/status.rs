@@ -1,19 +1,32 @@
 //! `status`: one view of the daemon's health, put together from the store
-//! (queue, dead letters, conflicts, last sync) and the sync worker (state,
-//! next retry, last error). Public so other front ends can show the same.
+//! (queue, dead letters, conflicts, last sync), the sync worker (state,
+//! next retry, last error) and the daemon's runtime facts (config file,
+//! reload error, pid, uptime), with hints from [`crate::ipc::health`].
+//! Public so other front ends can show the same.
 
+use std::collections::BTreeMap;
+
+use crate::ipc::health::{hints, HintInputs};
 use crate::ipc::server::Ctx;
 use crate::ipc::wire::{ApiError, StatusView};
 use crate::store::tables::{i64_be, u64_be, META_LAST_SYNC, META_RESOLVED};
 
-/// Builds the status view from the store and the worker.
+/// Most queued ops `pending_by_collection` looks at: a bounded scan from
+/// the head of the queue, so status stays fast with a million ops queued
+/// (beyond it the counts are lower bounds, and say so).
+pub const PENDING_SCAN_LIMIT: usize = 1_000;
+
+/// Builds the status view from the store, the worker and the runtime.
 pub fn status(ctx: &Ctx) -> Result<StatusView, ApiError> {
     let s = ctx.sync.status();
     let cfg = ctx.config.borrow().clone();
     let now = crate::domain::clock::now_ms();
-    Ok(StatusView {
+    let rt = &ctx.runtime;
+    let queue_depth = ctx.store.queue_depth()?;
+    let (pending, complete) = pending_by_collection(ctx, queue_depth)?;
+    let mut v = StatusView {
         state: s.state.as_str().to_owned(),
-        queue_depth: ctx.store.queue_depth()?,
+        queue_depth,
         oldest_pending_age_ms: ctx.store.oldest_pending()?.map(|t| (now - t).max(0)),
         dead_letters: ctx.store.dead_letter_count()?,
         conflicts: ctx.store.conflict_count()?,
@@ -21,9 +34,44 @@ pub fn status(ctx: &Ctx) -> Result<StatusView, ApiError> {
         last_sync_at: i64_be(ctx.store.meta(META_LAST_SYNC)?.as_deref()),
         next_retry_at: s.next_retry_at,
         last_error: s.last_error,
+        hint: None,
+        hints: Vec::new(),
+        config_path: rt.config_path.as_ref().map(|p| p.display().to_string()),
+        config_reload_error: rt.reload_error(),
+        socket: rt.socket.display().to_string(),
+        data_dir: rt.data_dir.display().to_string(),
+        pid: rt.pid,
+        uptime_s: rt.uptime_s(),
+        pending_by_collection: pending,
+        pending_by_collection_complete: complete,
         backend: cfg.backend_url().map(crate::config::redact_url),
         client_id: ctx.store.client_id().to_owned(),
         store_bytes: ctx.store.store_bytes(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
-    })
+    };
+    v.hints = hints(
+        &v,
+        &HintInputs {
+            token_file: cfg.backend.token_file.as_deref(),
+            config_path: v.config_path.as_deref(),
+            now,
+        },
+    );
+    v.hint = v.hints.first().cloned();
+    Ok(v)
+}
+
+/// Queued ops per collection over the first [`PENDING_SCAN_LIMIT`] ops;
+/// `true` when that was the whole queue.
+fn pending_by_collection(ctx: &Ctx, depth: u64) -> Result<(BTreeMap<String, u64>, bool), ApiError> {
+    let mut counts = BTreeMap::new();
+    if depth == 0 {
+        return Ok((counts, true));
+    }
+    let head = ctx.store.queue_head(PENDING_SCAN_LIMIT)?;
+    let complete = head.len() as u64 >= depth;
+    for (_, op) in head {
+        *counts.entry(op.collection).or_insert(0) += 1;
+    }
+    Ok((counts, complete))
 }

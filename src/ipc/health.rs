@@ -1,0 +1,185 @@
+//! Whether the daemon is healthy, and what to tell a person when it is not.
+//!
+//! One place for the judgement that `syncd status` (its hints),
+//! `syncd status --check` (its exit code) and the HTTP `/health` endpoint
+//! all make, so the three can never disagree.
+//!
+//! Healthy means: online, or offline because no backend is configured
+//! (local-only by configuration: every write is kept, nothing is wrong).
+//! Everything else is a [`Trouble`], most pressing first.
+
+use crate::ipc::wire::StatusView;
+
+/// A kind of trouble, each with its own `status --check` exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trouble {
+    /// The backend is unreachable (a backend is configured).
+    Offline,
+    /// The backend fails (5xx, timeouts) or is not the protocol.
+    Backoff,
+    BackendError,
+    /// The backend refuses our credentials.
+    AuthError,
+    /// Ops the server rejected for good are waiting for a person.
+    DeadLetters,
+    /// Conflicts are parked for manual resolution.
+    Conflicts,
+    /// Sync was paused by `syncd pause`.
+    Paused,
+}
+
+impl Trouble {
+    /// The exit code of `syncd status --check` (README "Usage").
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Trouble::Offline => 10,
+            Trouble::Backoff | Trouble::BackendError => 11,
+            Trouble::AuthError => 12,
+            Trouble::DeadLetters => 13,
+            Trouble::Conflicts => 14,
+            Trouble::Paused => 15,
+        }
+    }
+}
+
+/// The most pressing trouble: the sync state first (it stops everything),
+/// then dead letters, then parked conflicts.
+pub fn trouble(s: &StatusView) -> Option<Trouble> {
+    let state = match s.state.as_str() {
+        "auth_error" => Some(Trouble::AuthError),
+        "backend_error" => Some(Trouble::BackendError),
+        "backoff" => Some(Trouble::Backoff),
+        "offline" if s.backend.is_some() => Some(Trouble::Offline),
+        "paused" => Some(Trouble::Paused),
+        _ => None,
+    };
+    state.or(if s.dead_letters > 0 {
+        Some(Trouble::DeadLetters)
+    } else if s.conflicts > 0 {
+        Some(Trouble::Conflicts)
+    } else {
+        None
+    })
+}
+
+/// What `hints` needs besides the status itself.
+pub struct HintInputs<'a> {
+    /// `[backend] token_file`, to name in an auth error.
+    pub token_file: Option<&'a std::path::Path>,
+    /// The config file, to name where `[backend]` lives.
+    pub config_path: Option<&'a str>,
+    /// Wall-clock ms now.
+    pub now: i64,
+}
+
+/// One line per thing that needs attention, most pressing first: what is
+/// happening and what to do about it.
+pub fn hints(s: &StatusView, i: &HintInputs<'_>) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(h) = state_hint(s, i) {
+        out.push(h);
+    }
+    if s.dead_letters > 0 {
+        out.push(format!(
+            "{} op(s) rejected by the server for good: run `syncd dead-letters`, then `syncd retry` or `syncd discard` each",
+            s.dead_letters
+        ));
+    }
+    if s.conflicts > 0 {
+        out.push(format!(
+            "{} conflict(s) parked for manual resolution: run `syncd conflicts`, then `syncd resolve`",
+            s.conflicts
+        ));
+    }
+    if let Some(e) = &s.config_reload_error {
+        out.push(format!(
+            "the config file's latest edit was rejected; running on the previous config: {e}"
+        ));
+    }
+    out
+}
+
+/// "retrying in 12s", or "retrying now" while an attempt is under way.
+fn retry(s: &StatusView, now: i64) -> String {
+    match s.next_retry_at {
+        Some(t) if t > now => format!("retrying in {}s", (t - now + 999) / 1000),
+        _ => "retrying now".into(),
+    }
+}
+
+fn state_hint(s: &StatusView, i: &HintInputs<'_>) -> Option<String> {
+    let n = s.queue_depth;
+    let safe = match n {
+        0 => "nothing queued".to_owned(),
+        n => format!("{n} write(s) are safe on disk"),
+    };
+    let err = s.last_error.as_deref().unwrap_or("no reply");
+    let file = i.config_path.unwrap_or("daemon.toml");
+    let url = s.backend.as_deref().map(redact_url).unwrap_or_default();
+    Some(match s.state.as_str() {
+        "offline" if s.backend.is_none() => format!(
+            "no backend configured: {n} write(s) kept on this device only; set [backend] url in {file} to sync"
+        ),
+        "offline" => format!(
+            "backend unreachable ({err}); {safe}; {}",
+            retry(s, i.now)
+        ),
+        "backoff" => format!(
+            "backend failing ({err}); {safe}; {}",
+            retry(s, i.now)
+        ),
+        "backend_error" => format!(
+            "the backend URL does not answer the syncd protocol ({err}): check [backend] url ({url}) in {file}"
+        ),
+        "auth_error" => match i.token_file {
+            Some(t) => format!(
+                "the backend refused our credentials ({err}): fix the token in {} (re-read as soon as it changes)",
+                t.display()
+            ),
+            None => format!(
+                "the backend refused our credentials ({err}): set [backend] token_file in {file}"
+            ),
+        },
+        "paused" => format!("sync is paused with {n} write(s) queued: run `syncd resume`"),
+        _ => return None,
+    })
+}
+
+/// `url` with any user name, password and query removed, for display.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) => (format!("{s}://"), r),
+        None => (String::new(), url),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let host = match authority.rsplit_once('@') {
+        Some((_, h)) => format!("***@{h}"),
+        None => authority.to_owned(),
+    };
+    let path = match path.split_once('?') {
+        Some((p, _)) => format!("{p}?***"),
+        None => path.to_owned(),
+    };
+    format!("{scheme}{host}{path}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_credentials_and_query() {
+        assert_eq!(
+            redact_url("https://bob:s3cret@api.example.com/sync/?token=x"),
+            "https://***@api.example.com/sync/?***"
+        );
+        assert_eq!(
+            redact_url("http://127.0.0.1:8080/"),
+            "http://127.0.0.1:8080/"
+        );
+        assert_eq!(redact_url("http://h:1"), "http://h:1");
+    }
+}
