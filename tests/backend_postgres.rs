@@ -520,3 +520,24 @@ fn devices_on_two_nodes_converge_through_conflicts_and_a_killed_node() {
         pg.scalar("postgres", "SELECT count(*) FROM syncd_changes")
     );
 }
+
+#[test]
+fn a_database_of_another_schema_version_is_refused() {
+    let pg = Pg::start();
+    let url = pg.url("postgres");
+    let rt = runtime();
+    drop(
+        rt.block_on(PgStore::connect(&url))
+            .expect("first start migrates"),
+    );
+    // Starting again on the same database is fine (the schema is idempotent).
+    drop(rt.block_on(PgStore::connect(&url)).expect("second start"));
+    let v = pg.scalar(
+        "postgres",
+        "UPDATE syncd_meta SET value = 9 WHERE key = 'schema' RETURNING value",
+    );
+    assert_eq!(v, 9);
+    let err = rt.block_on(PgStore::connect(&url)).expect_err("refused");
+    assert!(err.0.contains("schema version 9"), "{err}");
+    assert!(err.0.contains(&url), "names the database: {err}");
+}
