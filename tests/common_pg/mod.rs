@@ -184,7 +184,7 @@ impl Pg {
         );
     }
 
-    /// `SELECT`s one bigint with psql (for checks from the database side).
+    /// Runs `sql` with psql and returns the bigint it prints first (for checks from the database side).
     pub fn scalar(&self, db: &str, sql: &str) -> i64 {
         let exe = self.bin.join("psql");
         let out = Command::new(exe)
@@ -199,7 +199,9 @@ impl Pg {
             .args(["-d", db, "-tAc", sql])
             .output()
             .expect("psql");
-        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        // The first line: an UPDATE ... RETURNING also prints its tag.
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let text = stdout.lines().next().unwrap_or_default().trim().to_owned();
         text.parse().unwrap_or_else(|_| {
             panic!(
                 "psql {sql}: {text:?} {}",
