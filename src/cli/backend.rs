@@ -18,9 +18,19 @@ pub struct BackendArgs {
     /// Address to listen on (port 0 picks one; the chosen address is printed).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Directory of the backend's store.
-    #[arg(long, value_name = "DIR")]
-    data: PathBuf,
+    /// Directory of the backend's store (redb).
+    #[arg(long, value_name = "DIR", required_unless_present = "postgres")]
+    data: Option<PathBuf>,
+    /// Store in this PostgreSQL database instead of --data (a postgres:// URL
+    /// or a key=value string); several backends may share one database.
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with = "data",
+        env = "SYNCD_BACKEND_POSTGRES",
+        hide_env_values = true
+    )]
+    postgres: Option<String>,
     /// Require this bearer token.
     #[arg(long, env = "SYNCD_BACKEND_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -64,7 +74,8 @@ pub async fn run(a: &BackendArgs) -> Result<(), CliError> {
     };
     let opts = ServerOptions {
         listen: a.listen,
-        data_dir: a.data.clone(),
+        data_dir: a.data.clone().unwrap_or_default(),
+        postgres: a.postgres.clone(),
         token: a.token.clone(),
         faults: Faults {
             fail_503: a.fail_503,

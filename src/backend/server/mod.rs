@@ -16,9 +16,9 @@
 //!   is the storage interface (blocking, database-agnostic), implemented on
 //!   redb by [`redb_store::RedbStore`]; [`feed`] carries "the log moved"
 //!   wake-ups from a store's commits to waiting pulls. Store calls run on
-//!   tokio's blocking pool (`spawn_blocking`). A future PostgreSQL store
-//!   implements the same trait (driving its [`feed::Feed`] from
-//!   LISTEN/NOTIFY) and is passed to [`serve_with_store`].
+//!   tokio's blocking pool (`spawn_blocking`). [`pg_store::PgStore`]
+//!   implements the same trait on PostgreSQL (`--postgres`), for several
+//!   nodes on one database, driving its [`feed::Feed`] from LISTEN/NOTIFY.
 //! - **HTTP.** hyper 1, `http1` connections with keep-alive, one task per
 //!   connection. Endpoints match on the path *suffix*, so any base-URL prefix
 //!   works (`/v1/ops`, `/sync/v1/ops`; one trailing `/` is ignored). Unknown
@@ -106,6 +106,10 @@ pub mod feed;
 pub mod handler;
 pub mod http;
 pub mod ops;
+pub mod pg_apply;
+pub mod pg_listen;
+pub mod pg_store;
+pub mod pg_url;
 pub mod redb_store;
 pub mod store;
 
@@ -125,6 +129,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use self::http::AppState;
+use self::pg_store::PgStore;
 use self::redb_store::RedbStore;
 use self::store::BackendStore;
 
@@ -158,8 +163,11 @@ pub struct Faults {
 #[derive(Clone)]
 pub struct ServerOptions {
     pub listen: SocketAddr,
-    /// Directory of the database; created if missing.
+    /// Directory of the database; created if missing. Unused with `postgres`.
     pub data_dir: PathBuf,
+    /// Store data in this PostgreSQL database (a `postgres://` URL or a
+    /// `key=value` string) instead of redb in `data_dir`.
+    pub postgres: Option<String>,
     /// Bearer token required by all endpoints but `v1/health`.
     pub token: Option<String>,
     pub faults: Faults,
@@ -201,6 +209,7 @@ impl ServerOptions {
         ServerOptions {
             listen,
             data_dir: data_dir.into(),
+            postgres: None,
             token: None,
             faults: Faults::default(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
@@ -215,6 +224,7 @@ impl fmt::Debug for ServerOptions {
         f.debug_struct("ServerOptions")
             .field("listen", &self.listen)
             .field("data_dir", &self.data_dir)
+            .field("postgres", &self.postgres.as_deref().map(pg_url::redact))
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("faults", &self.faults)
             .field("max_body_bytes", &self.max_body_bytes)
@@ -224,6 +234,11 @@ impl fmt::Debug for ServerOptions {
 }
 
 async fn open_store(opts: &ServerOptions) -> Result<Arc<dyn BackendStore>, BoxError> {
+    if let Some(url) = &opts.postgres {
+        let store = PgStore::connect(url).await?;
+        tracing::info!(database = %store.url(), "backend store open (PostgreSQL)");
+        return Ok(Arc::new(store));
+    }
     let dir = opts.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || RedbStore::open(&dir)).await??;
     tracing::info!(path = %store.path().display(), "backend store open");

@@ -1,0 +1,40 @@
+-- Schema of the reference backend's PostgreSQL store (`syncd backend --postgres`).
+-- Applied at every start by every node, under an advisory lock, so it must stay
+-- idempotent: CREATE ... IF NOT EXISTS and INSERT ... ON CONFLICT DO NOTHING only.
+-- Values are JSON text exactly as the redb store keeps them.
+
+CREATE TABLE IF NOT EXISTS syncd_meta (
+    key   text PRIMARY KEY,
+    value bigint NOT NULL
+);
+
+-- The current record of each (collection, id); `record` is a ServerRecord.
+CREATE TABLE IF NOT EXISTS syncd_records (
+    collection text NOT NULL,
+    id         text NOT NULL,
+    record     text NOT NULL,
+    PRIMARY KEY (collection, id)
+);
+
+-- Every applied op_id with the record its first application produced.
+CREATE TABLE IF NOT EXISTS syncd_applied_ops (
+    op_id      text PRIMARY KEY,
+    record     text NOT NULL,
+    applied_at bigint NOT NULL
+);
+
+-- The change log: seq 1, 2, ... without gaps, in commit order; `change` is a Change.
+CREATE TABLE IF NOT EXISTS syncd_changes (
+    seq    bigint PRIMARY KEY,
+    change text NOT NULL
+);
+
+-- The feed head: one row. Every apply transaction locks it first (FOR UPDATE)
+-- and sets it to its last seq before committing, so writers are serialised at
+-- this row and sequence order is commit order (the gap-free rule).
+CREATE TABLE IF NOT EXISTS syncd_feed_head (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    seq bigint NOT NULL
+);
+
+INSERT INTO syncd_feed_head (one, seq) VALUES (true, 0) ON CONFLICT DO NOTHING;

@@ -1,0 +1,293 @@
+//! [`BackendStore`] on PostgreSQL (`syncd backend --postgres URL`), so that
+//! several stateless backend nodes can serve the same devices from one
+//! database (see `docs/scaling.md`).
+//!
+//! - **Writes**: [`pg_apply`](super::pg_apply) — one transaction per call,
+//!   serialised at the feed-head row, which keeps the change log gap-free.
+//! - **Reads**: `changes` reads the head and a page of the log in one
+//!   statement (one snapshot), so the page and the head always agree.
+//! - **Wake-ups**: [`pg_listen`](super::pg_listen) turns other nodes'
+//!   commits (`NOTIFY`) into [`Feed`] publishes; this node's own commits are
+//!   published directly after they commit.
+//! - **Schema**: `pg_schema.sql`, applied at every start under an advisory
+//!   lock (nodes may start together), plus a `schema` row in `syncd_meta`.
+//!
+//! # Blocking bridge
+//!
+//! [`BackendStore`] is blocking and the HTTP layer calls it on tokio's
+//! blocking pool; the driver (tokio-postgres, pooled by deadpool-postgres)
+//! is async. Each method runs its future with the runtime [`Handle`] captured
+//! at [`PgStore::connect`] (`Handle::block_on`), which is allowed on
+//! blocking-pool threads and plain threads (not on an async worker). This
+//! keeps the trait, the handler and the redb store untouched, at the cost of
+//! one parked blocking thread per in-flight store call — the same cost the
+//! redb store has.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio::runtime::Handle;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_postgres::NoTls;
+
+use crate::backend::protocol::Change;
+
+use super::feed::Feed;
+use super::ops::ValidOp;
+use super::pg_url::redact;
+use super::store::{BackendStore, ChangeSlice, Outcome, StoreError};
+use super::{pg_apply, pg_listen};
+
+/// The schema this code reads and writes (`syncd_meta.schema`).
+pub const SCHEMA_VERSION: i64 = 1;
+/// The idempotent schema script.
+const SCHEMA_SQL: &str = include_str!("pg_schema.sql");
+/// Advisory lock key taken while migrating ("syncd" in ASCII).
+const MIGRATION_LOCK: i64 = 0x0073_796e_6364;
+/// Connections per node.
+pub const POOL_SIZE: usize = 16;
+/// Connect, and wait-for-a-connection, timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Whole-transaction retries after a serialization failure or deadlock.
+const RETRIES: usize = 5;
+
+const READ_CHANGES: &str = "SELECT h.seq, c.seq, c.change FROM syncd_feed_head h \
+     LEFT JOIN LATERAL (SELECT seq, change FROM syncd_changes WHERE seq > $1 \
+     ORDER BY seq LIMIT $2) c ON true WHERE h.one ORDER BY c.seq";
+
+/// The PostgreSQL-backed store of one node.
+pub struct PgStore {
+    pool: Pool,
+    rt: Handle,
+    feed: Arc<Feed>,
+    /// The connection string without its password.
+    url: String,
+    listener: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("url", &self.url).finish()
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+impl PgStore {
+    /// Connects to `url` (a `postgres://` URL or a `key=value` string),
+    /// applies the schema and starts the change listener on the current
+    /// runtime. Errors name the database without its password.
+    pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
+        let shown = redact(url);
+        let err = |what: &str, e: &dyn std::fmt::Display| {
+            StoreError(format!("PostgreSQL {shown}: {what}: {e}"))
+        };
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| err("invalid connection string", &e))?;
+        config.connect_timeout(CONNECT_TIMEOUT);
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| err("cannot build the connection pool", &e))?;
+        let head = migrate(&pool).await.map_err(|e| err("cannot open", &e))?;
+        let feed = Arc::new(Feed::new(head));
+        let listener = pg_listen::spawn(config, Arc::clone(&feed), shown.clone());
+        Ok(PgStore {
+            pool,
+            rt: Handle::current(),
+            feed,
+            url: shown,
+            listener,
+        })
+    }
+
+    /// The connection string, password hidden.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn error(&self, what: &str, e: &dyn std::fmt::Display) -> StoreError {
+        StoreError(format!("PostgreSQL {}: {what}: {e}", self.url))
+    }
+
+    /// Runs `f` to completion from a blocking context (see the module doc).
+    fn block<T>(&self, f: impl Future<Output = T>) -> T {
+        self.rt.block_on(f)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| self.error("no connection", &e))
+    }
+}
+
+/// Why opening the database failed.
+#[derive(Debug)]
+enum OpenError {
+    Pool(deadpool_postgres::PoolError),
+    Pg(tokio_postgres::Error),
+    /// The database holds another schema version.
+    Schema(i64),
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::Pool(e) => write!(f, "{e}"),
+            OpenError::Pg(e) => write!(f, "{e}"),
+            OpenError::Schema(v) => write!(
+                f,
+                "schema version {v} is not the {SCHEMA_VERSION} this syncd backend uses"
+            ),
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for OpenError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        OpenError::Pg(e)
+    }
+}
+
+/// Applies the schema (idempotent, under an advisory lock) and returns the head.
+async fn migrate(pool: &Pool) -> Result<u64, OpenError> {
+    let mut client = pool.get().await.map_err(OpenError::Pool)?;
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute(SCHEMA_SQL).await?;
+    let found = tx
+        .query_opt("SELECT value FROM syncd_meta WHERE key = 'schema'", &[])
+        .await?
+        .map(|r| r.try_get::<_, i64>(0))
+        .transpose()?;
+    match found {
+        Some(SCHEMA_VERSION) => {}
+        Some(v) => return Err(OpenError::Schema(v)),
+        None => {
+            tx.execute(
+                "INSERT INTO syncd_meta (key, value) VALUES ('schema', $1)",
+                &[&SCHEMA_VERSION],
+            )
+            .await?;
+        }
+    }
+    let head: i64 = tx
+        .query_one("SELECT seq FROM syncd_feed_head WHERE one", &[])
+        .await?
+        .try_get(0)?;
+    tx.commit().await?;
+    Ok(u64::try_from(head).unwrap_or(0))
+}
+
+impl PgStore {
+    async fn apply_async(&self, ops: &[ValidOp]) -> Result<Vec<Outcome>, StoreError> {
+        let mut attempt = 0;
+        loop {
+            let mut client = self.client().await?;
+            match pg_apply::apply(&mut client, ops).await {
+                Ok(applied) => {
+                    if let Some(head) = applied.head {
+                        self.feed.publish(head);
+                    }
+                    return Ok(applied.outcomes);
+                }
+                Err(e) if e.is_retryable() && attempt < RETRIES => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, attempt, "apply transaction retried");
+                }
+                Err(e) => return Err(self.error("apply", &e)),
+            }
+        }
+    }
+
+    async fn changes_async(&self, since: u64, limit: usize) -> Result<ChangeSlice, StoreError> {
+        let client = self.client().await?;
+        let since_i = i64::try_from(since).unwrap_or(i64::MAX);
+        let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+        let stmt = client
+            .prepare_cached(READ_CHANGES)
+            .await
+            .map_err(|e| self.error("read changes", &e))?;
+        let rows = client
+            .query(&stmt, &[&since_i, &fetch])
+            .await
+            .map_err(|e| self.error("read changes", &e))?;
+        let mut head = 0;
+        let mut entries = Vec::with_capacity(rows.len());
+        for row in rows {
+            let (h, seq, change) = change_row(&row).map_err(|e| self.error("read changes", &e))?;
+            head = u64::try_from(h).unwrap_or(0);
+            if let (Some(seq), Some(change)) = (seq, change) {
+                let change: Change =
+                    serde_json::from_str(&change).map_err(|e| self.error("corrupt change", &e))?;
+                entries.push((u64::try_from(seq).unwrap_or(0), change));
+            }
+        }
+        let more = entries.len() > limit;
+        entries.truncate(limit);
+        Ok(ChangeSlice {
+            entries,
+            more,
+            head,
+        })
+    }
+
+    async fn check_async(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map_err(|e| self.error("health check", &e))?;
+        Ok(())
+    }
+}
+
+/// `(head, seq, change)` of a [`READ_CHANGES`] row (no change: `None`s).
+type ChangeRow = (i64, Option<i64>, Option<String>);
+
+fn change_row(row: &tokio_postgres::Row) -> Result<ChangeRow, tokio_postgres::Error> {
+    Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+}
+
+impl BackendStore for PgStore {
+    fn apply(&self, ops: &[ValidOp]) -> Result<Vec<Outcome>, StoreError> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.block(self.apply_async(ops))
+    }
+
+    fn changes(&self, since: u64, limit: usize) -> Result<ChangeSlice, StoreError> {
+        self.block(self.changes_async(since, limit))
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        self.block(self.check_async())
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.feed.subscribe()
+    }
+}
