@@ -213,11 +213,10 @@ fn disk_full_fails_the_write_clearly_and_loses_nothing() {
     assert_eq!(s.d.status()["queue_depth"], acked.len() + 1);
 }
 
-/// redb 4.6 latches the failed commit's I/O error: every later write
-/// transaction fails with PreviousIo until the Database is reopened. The
-/// writer (src/store/writer/) has to reopen it; until it does, this fails.
+/// redb latches a failed commit's I/O error: every later write transaction
+/// fails until the database is re-opened. The writer re-opens it once the
+/// disk has room again, so writes resume without a restart.
 #[test]
-#[ignore = "needs the writer to reopen the redb Database after a failed commit (PreviousIo latch)"]
 fn disk_full_writes_resume_without_restart() {
     let Some(s) = small_disk() else { return };
     let (acked, _) = fill(&s.d);

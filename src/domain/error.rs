@@ -31,6 +31,11 @@ pub enum StoreError {
     /// The store file fails its integrity check (truncated, overwritten):
     /// it was not opened, nothing in it was changed.
     Damaged { path: PathBuf, detail: String },
+    /// The database is being re-opened after a failed commit; try again.
+    Reopening,
+    /// An earlier commit failed with an I/O error (a full disk): the
+    /// database takes no write until it is re-opened.
+    NeedsReopen,
     /// The file was written by a syncd with another schema.
     SchemaMismatch {
         path: PathBuf,
@@ -45,6 +50,7 @@ impl StoreError {
     pub fn is_disk_full(&self) -> bool {
         match self {
             StoreError::Io(e) => is_storage_full(e),
+            StoreError::NeedsReopen => true,
             _ => false,
         }
     }
@@ -70,6 +76,11 @@ impl fmt::Display for StoreError {
             StoreError::Corrupt { what, detail } => {
                 write!(f, "store: damaged {what}: {detail}")
             }
+            StoreError::Reopening => write!(f, "store: re-opening after a failed write; try again"),
+            StoreError::NeedsReopen => write!(
+                f,
+                "store: an earlier write failed (disk full?); writes resume once space is free"
+            ),
             StoreError::Damaged { path, detail } => write!(
                 f,
                 "{} is damaged ({detail}); syncd will not start on it and has changed nothing in it. Restore it from a backup, or move it aside (mv {} {}.damaged) to start with an empty store",

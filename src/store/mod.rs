@@ -22,7 +22,7 @@ pub mod writer;
 mod writer_tests;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
@@ -65,6 +65,7 @@ engine_err_from!(
 fn engine_error(e: redb::Error) -> StoreError {
     match e {
         redb::Error::Io(io) => StoreError::Io(io),
+        redb::Error::PreviousIo => StoreError::NeedsReopen,
         other => StoreError::Engine(Box::new(other)),
     }
 }
@@ -89,9 +90,11 @@ fn create_private_file(path: &Path) -> std::io::Result<()> {
 /// [`writer::WriterHandle`].
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    /// `None` only while [`Store::reopen`] swaps the database.
+    db: Arc<RwLock<Option<Arc<Database>>>>,
     path: PathBuf,
     client_id: Arc<str>,
+    cache_bytes: usize,
 }
 
 impl Store {
@@ -163,14 +166,60 @@ impl Store {
         }
         txn.commit()?;
         Ok(Store {
-            db: Arc::new(db),
+            db: Arc::new(RwLock::new(Some(Arc::new(db)))),
             path,
             client_id: client_id.into(),
+            cache_bytes,
         })
     }
 
-    pub(crate) fn db(&self) -> &Database {
-        &self.db
+    /// The database, for one transaction: hold the returned `Arc` for as
+    /// long as the transaction lives, so that [`Store::reopen`] can tell
+    /// when no transaction is open.
+    pub(crate) fn db(&self) -> Result<Arc<Database>> {
+        let slot = self.db.read().unwrap_or_else(|p| p.into_inner());
+        slot.clone().ok_or(StoreError::Reopening)
+    }
+
+    /// A read transaction and the database it belongs to (drop the
+    /// transaction first, as `let (_db, txn)` does).
+    fn read(&self) -> Result<(Arc<Database>, redb::ReadTransaction)> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        Ok((db, txn))
+    }
+
+    /// Free bytes on the file system that holds the store (`None`: unknown).
+    pub(crate) fn free_bytes(&self) -> Option<u64> {
+        let dir = self.path.parent()?;
+        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out
+        // pointer for the duration of the call.
+        let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+        (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+    }
+
+    /// Closes and re-opens the database file. redb refuses every write
+    /// after a commit failed with an I/O error (a full disk) until the
+    /// database is re-opened; the writer calls this once space is back.
+    /// Waits (up to a few seconds) for open read transactions to end.
+    pub(crate) fn reopen(&self) -> Result<()> {
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while slot.as_ref().is_some_and(|db| Arc::strong_count(db) > 1) {
+            if std::time::Instant::now() > deadline {
+                return Err(StoreError::Reopening);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        *slot = None; // closes the file
+        let db = Database::builder()
+            .set_cache_size(self.cache_bytes)
+            .create(&self.path)?;
+        *slot = Some(Arc::new(db));
+        tracing::info!(path = %self.path.display(), "store re-opened after a failed commit");
+        Ok(())
     }
 
     pub fn client_id(&self) -> &str {
@@ -188,7 +237,7 @@ impl Store {
 
     /// The raw stored record, deleted ones included.
     pub fn record(&self, collection: &str, id: &str) -> Result<Option<StoredRecord>> {
-        let txn = self.db.begin_read()?;
+        let (_db, txn) = self.read()?;
         let t = txn.open_table(RECORDS)?;
         match t.get((collection, id))? {
             Some(v) => Ok(Some(from_store(v.value())?)),
@@ -215,7 +264,7 @@ impl Store {
         max_bytes: usize,
     ) -> Result<(Vec<RecordView>, Option<String>)> {
         let mut bytes = 0usize;
-        let txn = self.db.begin_read()?;
+        let (_db, txn) = self.read()?;
         let t = txn.open_table(RECORDS)?;
         let mut out = Vec::new();
         let from = (collection, start.unwrap_or(""));
@@ -243,7 +292,7 @@ impl Store {
 
     /// The first `limit` queued ops, in order, with their sequence numbers.
     pub fn queue_head(&self, limit: usize) -> Result<Vec<(u64, QueuedOp)>> {
-        let txn = self.db.begin_read()?;
+        let (_db, txn) = self.read()?;
         let t = txn.open_table(QUEUE)?;
         let mut out = Vec::with_capacity(limit.min(1024));
         for item in t.iter()? {
@@ -258,13 +307,13 @@ impl Store {
 
     /// Number of queued ops (O(1): redb keeps table lengths).
     pub fn queue_depth(&self) -> Result<u64> {
-        let txn = self.db.begin_read()?;
+        let (_db, txn) = self.read()?;
         Ok(txn.open_table(QUEUE)?.len()?)
     }
 
     /// `enqueued_at` of the oldest queued op.
     pub fn oldest_pending(&self) -> Result<Option<i64>> {
-        let txn = self.db.begin_read()?;
+        let (_db, txn) = self.read()?;
         let t = txn.open_table(QUEUE)?;
         let first = t.first()?;
         let r = match first {
@@ -275,7 +324,7 @@ impl Store {
     }
 
     pub fn dead_letters(&self) -> Result<Vec<(u64, DeadLetter)>> {
-        let txn = self.db.begin_read()?;
+        let (_db, txn) = self.read()?;
         let t = txn.open_table(DEAD)?;
         let mut out = Vec::new();
         for item in t.iter()?.take(MAX_LISTED) {
@@ -286,12 +335,12 @@ impl Store {
     }
 
     pub fn dead_letter_count(&self) -> Result<u64> {
-        let txn = self.db.begin_read()?;
+        let (_db, txn) = self.read()?;
         Ok(txn.open_table(DEAD)?.len()?)
     }
 
     pub fn conflicts(&self) -> Result<Vec<ConflictView>> {
-        let txn = self.db.begin_read()?;
+        let (_db, txn) = self.read()?;
         let t = txn.open_table(CONFLICTS)?;
         let rt = txn.open_table(RECORDS)?;
         let mut out = Vec::new();
@@ -320,13 +369,13 @@ impl Store {
     }
 
     pub fn conflict_count(&self) -> Result<u64> {
-        let txn = self.db.begin_read()?;
+        let (_db, txn) = self.read()?;
         Ok(txn.open_table(CONFLICTS)?.len()?)
     }
 
     /// Where `op_id` is now.
     pub fn op_state(&self, op_id: &str) -> Result<OpState> {
-        let txn = self.db.begin_read()?;
+        let (_db, txn) = self.read()?;
         let ops = txn.open_table(OP_INDEX)?;
         if let Some(loc) = ops.get(op_id)? {
             return Ok(if loc.value() == PARKED_SEQ {
@@ -351,7 +400,7 @@ impl Store {
     /// The (collection, local id) an op in the queue or in a parked
     /// conflict writes to.
     pub fn op_target(&self, op_id: &str) -> Result<Option<(String, String)>> {
-        let txn = self.db.begin_read()?;
+        let (_db, txn) = self.read()?;
         let ops = txn.open_table(OP_INDEX)?;
         let Some(seq) = ops.get(op_id)?.map(|v| v.value()) else {
             return Ok(None);
@@ -381,14 +430,14 @@ impl Store {
 
     /// A metadata value.
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let txn = self.db.begin_read()?;
+        let (_db, txn) = self.read()?;
         let t = txn.open_table(META)?;
         Ok(t.get(key)?.map(|v| v.value().to_vec()))
     }
 
     /// Local id of the record that has server id `server_id`.
     pub fn local_id_for(&self, collection: &str, server_id: &str) -> Result<Option<String>> {
-        let txn = self.db.begin_read()?;
+        let (_db, txn) = self.read()?;
         let t = txn.open_table(SERVER_IDS)?;
         Ok(t.get((collection, server_id))?
             .map(|v| v.value().to_owned()))

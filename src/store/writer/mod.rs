@@ -175,6 +175,7 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel::<Job>(MAX_BATCH * 4);
     let counters = Counters::load(&store)?;
     let mut w = Writer {
+        poisoned: false,
         store,
         events,
         queue_changed,
@@ -212,6 +213,9 @@ impl Counters {
 }
 
 struct Writer {
+    /// A commit failed with an I/O error: re-open the database (once there
+    /// is space again) before the next transaction.
+    poisoned: bool,
     store: Store,
     events: broadcast::Sender<Arc<Event>>,
     queue_changed: Arc<Notify>,
@@ -247,6 +251,7 @@ impl Writer {
                     }
                 }
                 Err(e) => {
+                    self.poisoned |= matches!(e, StoreError::Io(_) | StoreError::NeedsReopen);
                     tracing::error!(error = %e, jobs = jobs.len(), "write transaction failed; nothing in it was acknowledged");
                     self.counters = before;
                     let e = Arc::new(e);
@@ -274,8 +279,10 @@ impl Writer {
                 Vec::new(),
             ));
         }
+        self.recover()?;
         let emit = self.events.receiver_count() > 0;
-        let mut txn = self.store.db().begin_write()?;
+        let db = self.store.db()?;
+        let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         let mut results = Vec::with_capacity(jobs.len());
         let mut events = Vec::new();
@@ -297,6 +304,28 @@ impl Writer {
         }
         txn.commit()?;
         Ok((results, events))
+    }
+}
+
+/// Below this much free space a poisoned writer does not try to re-open
+/// the database: the next commit would fail again.
+const MIN_FREE_BYTES: u64 = 256 * 1024;
+
+impl Writer {
+    /// After a commit failed with an I/O error, redb refuses every write
+    /// until the database is re-opened. Re-open once the disk has room
+    /// again; until then every write fails at once with a disk-full error
+    /// (reads keep working on the open database).
+    fn recover(&mut self) -> Result<(), StoreError> {
+        if !self.poisoned {
+            return Ok(());
+        }
+        if self.store.free_bytes().is_some_and(|b| b < MIN_FREE_BYTES) {
+            return Err(StoreError::NeedsReopen);
+        }
+        self.store.reopen()?;
+        self.poisoned = false;
+        Ok(())
     }
 }
 
