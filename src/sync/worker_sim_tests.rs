@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch, Notify};
 
 use crate::backend::client::{BatchOutcome, Failure, OpResult};
-use crate::backend::protocol::{Change, ChangesPage, WireOp};
+use crate::backend::protocol::{Change, ChangesPage, Features, WireOp};
 use crate::backend::server::ops::parse_op;
 use crate::backend::server::redb_store::RedbStore;
 use crate::backend::server::store::{BackendStore, Outcome};
@@ -103,14 +103,14 @@ impl Transport for Sim {
         "sim"
     }
 
-    fn health(&self) -> BoxFut<'_, Result<(), Failure>> {
+    fn health(&self) -> BoxFut<'_, Result<Features, Failure>> {
         Box::pin(async move {
             if self.roll(self.down) {
                 Err(Failure::Unreachable {
                     reason: "sim: network down".into(),
                 })
             } else {
-                Ok(())
+                Ok(Features::default())
             }
         })
     }
@@ -138,6 +138,7 @@ impl Transport for Sim {
         &'a self,
         since: Option<&'a str>,
         limit: u32,
+        _wait_s: Option<u32>,
     ) -> BoxFut<'a, Result<ChangesPage, Failure>> {
         Box::pin(async move {
             self.reach()?;

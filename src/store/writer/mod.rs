@@ -99,11 +99,16 @@ pub enum WriteCmd {
         server: ServerRecord,
         strategy: Strategy,
         rules: BTreeMap<String, FieldRule>,
+        /// The backend has client-chosen ids: a record re-created over a
+        /// tombstone stays on the tombstone's id (sent as an update of it).
+        client_ids: bool,
     },
-    /// A page of remote changes and the cursor after it.
+    /// A page of remote changes and the cursor after it. `client_ids`: the
+    /// backend has client-chosen ids, so a pulled id is the local id.
     ApplyChanges {
         changes: Vec<Change>,
         cursor: String,
+        client_ids: bool,
     },
     /// A manual resolution of a parked conflict.
     ResolveParked {
@@ -320,8 +325,13 @@ fn apply(x: &mut Txn<'_>, cmd: &WriteCmd) -> Result<JobResult, StoreError> {
             server,
             strategy,
             rules,
-        } => conflict::conflict(x, *seq, server, *strategy, rules),
-        WriteCmd::ApplyChanges { changes, cursor } => verdict::apply_changes(x, changes, cursor),
+            client_ids,
+        } => conflict::conflict(x, *seq, server, *strategy, rules, *client_ids),
+        WriteCmd::ApplyChanges {
+            changes,
+            cursor,
+            client_ids,
+        } => verdict::apply_changes(x, changes, cursor, *client_ids),
         WriteCmd::ResolveParked {
             collection,
             id,
