@@ -21,6 +21,7 @@ pub mod writer;
 mod writer_tests;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
@@ -77,6 +78,10 @@ pub struct Store {
     db: Arc<Database>,
     path: PathBuf,
     client_id: Arc<str>,
+    /// The backend keeps client-chosen ids (its `client_ids` feature, as
+    /// the sync worker last read it): the writer then treats a server id as
+    /// the local id and re-creates over a tombstone as an update of it.
+    backend_client_ids: Arc<AtomicBool>,
 }
 
 impl Store {
@@ -126,7 +131,18 @@ impl Store {
             db: Arc::new(db),
             path,
             client_id: client_id.into(),
+            backend_client_ids: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Whether the backend keeps client-chosen ids (see the field).
+    pub fn backend_client_ids(&self) -> bool {
+        self.backend_client_ids.load(Ordering::SeqCst)
+    }
+
+    /// Set by the sync worker at every probe.
+    pub fn set_backend_client_ids(&self, on: bool) {
+        self.backend_client_ids.store(on, Ordering::SeqCst);
     }
 
     pub(crate) fn db(&self) -> &Database {

@@ -212,7 +212,6 @@ async fn resend_goes_to_head_with_new_op_id() {
         server: srec("S1", 5, 50, json!({"x": 9})),
         strategy: Strategy::LastWriteWins,
         rules: Default::default(),
-        client_ids: false,
     })
     .await
     .unwrap();
@@ -237,7 +236,6 @@ async fn take_server_and_park_and_resolve() {
         server: srec("S1", 2, 200, json!({"x": 3})),
         strategy: Strategy::Manual,
         rules: Default::default(),
-        client_ids: false,
     })
     .await
     .unwrap();
@@ -284,7 +282,6 @@ async fn pull_applies_remote_but_not_over_pending() {
     f.w.submit(WriteCmd::ApplyChanges {
         changes,
         cursor: "2".into(),
-        client_ids: false,
     })
     .await
     .unwrap();
@@ -311,7 +308,6 @@ async fn pull_applies_remote_but_not_over_pending() {
             record: t,
         }],
         cursor: "3".into(),
-        client_ids: false,
     })
     .await
     .unwrap();
@@ -371,7 +367,6 @@ async fn conflict_folds_later_ops_of_the_record() {
         server: srec("S1", 4, 900, json!({"x": 9})),
         strategy: Strategy::ServerWins,
         rules: Default::default(),
-        client_ids: false,
     })
     .await
     .unwrap();
@@ -404,7 +399,6 @@ async fn conflict_folds_later_ops_of_the_record() {
         server: srec("S1", 6, 950, json!({"x": 8})),
         strategy: Strategy::LastWriteWins,
         rules: Default::default(),
-        client_ids: false,
     })
     .await
     .unwrap();
@@ -428,7 +422,6 @@ async fn resolve_settles_writes_made_after_the_park_and_takes_the_newest_server(
         server: srec("S1", 2, 200, json!({"x": 3})),
         strategy: Strategy::Manual,
         rules: Default::default(),
-        client_ids: false,
     })
     .await
     .unwrap();
@@ -441,7 +434,6 @@ async fn resolve_settles_writes_made_after_the_park_and_takes_the_newest_server(
             record: srec("S1", 3, 300, json!({"x": 5})),
         }],
         cursor: "9".into(),
-        client_ids: false,
     })
     .await
     .unwrap();
@@ -483,7 +475,6 @@ async fn a_dead_lettered_update_keeps_the_base_it_was_made_on() {
             record: srec("S1", 2, 300, json!({"x": 7})),
         }],
         cursor: "1".into(),
-        client_ids: false,
     })
     .await
     .unwrap();

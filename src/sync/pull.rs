@@ -110,7 +110,6 @@ impl PullJob {
                 .submit(WriteCmd::ApplyChanges {
                     changes: page.changes,
                     cursor: page.cursor,
-                    client_ids: self.client_ids,
                 })
                 .await
                 .map_err(local)?;

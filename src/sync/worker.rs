@@ -133,6 +133,7 @@ pub(super) fn local(e: impl std::fmt::Display) -> Failure {
 impl Worker {
     fn rebuild_client(&mut self) {
         self.stop_pull();
+        self.deps.store.set_backend_client_ids(false);
         self.batch_supported = None;
         self.token_watch = None;
         self.client = None;
@@ -420,6 +421,7 @@ impl Worker {
         if f != self.machine.features() {
             tracing::info!(features = ?f.names(), "backend features");
         }
+        self.deps.store.set_backend_client_ids(f.client_ids);
         Ok(f)
     }
 
@@ -613,7 +615,6 @@ impl Worker {
                     server,
                     strategy,
                     rules,
-                    client_ids: self.machine.features().client_ids,
                 }
             }
             OpResult::Rejected { status, reason } => {

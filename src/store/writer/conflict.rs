@@ -27,7 +27,6 @@ pub(super) fn conflict(
     server: &ServerRecord,
     strategy: Strategy,
     rules: &BTreeMap<String, FieldRule>,
-    client_ids: bool,
 ) -> Result<JobResult, StoreError> {
     let Some(op) = x.take_op(seq)? else {
         return Ok(Ok(WriteOutcome::Done));
@@ -77,37 +76,11 @@ pub(super) fn conflict(
         &resolution,
         merged_in,
     )?;
-    if client_ids
-        && server.deleted
-        && matches!(resolution, Resolution::Resend { data: Some(_), .. })
-    {
-        stand_on_tombstone(x, &c, &lid, server)?;
-    }
     // A parked conflict counts as resolved when it is resolved.
     if resolution != Resolution::Park {
         bump_resolved(x)?;
     }
     Ok(Ok(WriteOutcome::Done))
-}
-
-/// With client-chosen ids a record's id is taken for good once the server
-/// holds it, a tombstone included: re-creating it is an update of the
-/// tombstone (`base_version` = its version), never a create that would meet
-/// the same tombstone again. The re-sent op then goes out as that update.
-fn stand_on_tombstone(
-    x: &mut Txn<'_>,
-    c: &str,
-    lid: &str,
-    server: &ServerRecord,
-) -> Result<(), StoreError> {
-    if let Some(mut rec) = x.record(c, lid)? {
-        let data = std::mem::take(&mut rec.data);
-        rec.stand_on(server);
-        rec.data = data;
-        x.server_ids.insert((c, server.id.as_str()), lid)?;
-        x.put_record(c, lid, &rec)?;
-    }
-    Ok(())
 }
 
 /// Carries out a conflict decision for `ops` (already out of the queue)
@@ -164,8 +137,12 @@ pub(super) fn apply_resolution(
         Resolution::Resend { kind, data } => {
             let mut rec = rec.unwrap_or(StoredRecord::local("{}".into(), n, client_ts));
             rec.pending = rec.pending.saturating_sub(n) + 1;
-            // The record now stands on the server's version.
-            if server.deleted {
+            // The record now stands on the server's version. With
+            // client-chosen ids a record's id is taken for good once the
+            // server holds it, a tombstone included: re-creating it is an
+            // update of the tombstone (`base_version` = its version), never
+            // a create that would meet the same tombstone again.
+            if server.deleted && !x.client_ids {
                 x.server_ids.remove((c, server.id.as_str()))?;
                 rec.forget_server();
             } else {

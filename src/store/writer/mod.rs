@@ -99,16 +99,11 @@ pub enum WriteCmd {
         server: ServerRecord,
         strategy: Strategy,
         rules: BTreeMap<String, FieldRule>,
-        /// The backend has client-chosen ids: a record re-created over a
-        /// tombstone stays on the tombstone's id (sent as an update of it).
-        client_ids: bool,
     },
-    /// A page of remote changes and the cursor after it. `client_ids`: the
-    /// backend has client-chosen ids, so a pulled id is the local id.
+    /// A page of remote changes and the cursor after it.
     ApplyChanges {
         changes: Vec<Change>,
         cursor: String,
-        client_ids: bool,
     },
     /// A manual resolution of a parked conflict.
     ResolveParked {
@@ -261,6 +256,7 @@ impl Writer {
         let mut events = Vec::new();
         {
             let mut x = Txn::open(&txn, &self.ids, &mut self.counters, emit)?;
+            x.client_ids = self.store.backend_client_ids();
             for job in jobs {
                 let r = apply(&mut x, &job.cmd)?;
                 let job_events = std::mem::take(&mut x.ev);
@@ -325,13 +321,8 @@ fn apply(x: &mut Txn<'_>, cmd: &WriteCmd) -> Result<JobResult, StoreError> {
             server,
             strategy,
             rules,
-            client_ids,
-        } => conflict::conflict(x, *seq, server, *strategy, rules, *client_ids),
-        WriteCmd::ApplyChanges {
-            changes,
-            cursor,
-            client_ids,
-        } => verdict::apply_changes(x, changes, cursor, *client_ids),
+        } => conflict::conflict(x, *seq, server, *strategy, rules),
+        WriteCmd::ApplyChanges { changes, cursor } => verdict::apply_changes(x, changes, cursor),
         WriteCmd::ResolveParked {
             collection,
             id,

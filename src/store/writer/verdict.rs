@@ -109,8 +109,8 @@ pub(super) fn dead_letter(x: &mut Txn<'_>, seq: u64, error: &str) -> Result<JobR
     Ok(Ok(WriteOutcome::Done))
 }
 
-/// A page of remote changes and the cursor after it. `client_ids`: the
-/// backend keeps client-chosen ids, so a record's server id is its local id.
+/// A page of remote changes and the cursor after it. With a backend that
+/// keeps client-chosen ids, a record's server id is its local id.
 ///
 /// A page may arrive while ops are in flight (pulls run beside pushes): a
 /// record with queued ops keeps its local state (its ops meet the server's
@@ -120,8 +120,8 @@ pub(super) fn apply_changes(
     x: &mut Txn<'_>,
     changes: &[Change],
     cursor: &str,
-    client_ids: bool,
 ) -> Result<JobResult, StoreError> {
+    let client_ids = x.client_ids;
     for ch in changes {
         apply_remote(x, ch, client_ids)?;
     }
