@@ -30,6 +30,8 @@ struct Sim {
     store: RedbStore,
     rng: Mutex<fastrand::Rng>,
     batch: bool,
+    /// What `health` announces (the sim answers every pull at once).
+    features: Features,
     /// Probabilities (0-255 out of 256) per request.
     down: u8,
     fail_before: u8,
@@ -110,7 +112,7 @@ impl Transport for Sim {
                     reason: "sim: network down".into(),
                 })
             } else {
-                Ok(Features::default())
+                Ok(self.features)
             }
         })
     }
@@ -189,6 +191,12 @@ async fn run(seed: u64) {
         store: RedbStore::open(&dir.path().join("server")).unwrap(),
         rng: Mutex::new(fastrand::Rng::with_seed(seed ^ 0x5eed)),
         batch: seed.is_multiple_of(2),
+        // Some seeds with client ids (and a `wait` the sim ignores).
+        features: Features {
+            batch: seed.is_multiple_of(2),
+            wait: seed % 3 == 1,
+            client_ids: seed % 3 == 1,
+        },
         down: 30,
         fail_before: 40,
         lose_reply: 40,
@@ -324,6 +332,9 @@ async fn run(seed: u64) {
                     .server_id
                     .clone()
                     .unwrap_or_else(|| panic!("seed {seed}: {id} never synced"));
+                if sim.features.client_ids {
+                    assert_eq!(&sid, id, "seed {seed}: client ids keep the local id");
+                }
                 let srv = server[&sid].clone();
                 assert_eq!(
                     Value::Object(srv.data.clone()),
