@@ -446,11 +446,9 @@ fn same_id_manual() {
 
 /// A on a server with client ids creates `todos/milk` and deletes it; B,
 /// offline all along, created `todos/milk` later: its create meets the
-/// tombstone. Returns the server, B, and the number of op requests B sent.
-fn recreate_over_tombstone(
-    strategy: &str,
-    refuse_revival: bool,
-) -> (Arc<Mutex<RefBackend>>, Daemon, Daemon, Arc<AtomicUsize>) {
+/// tombstone. Returns the devices (A, B) on the server, and the number of op
+/// requests B sent to settle it.
+fn recreate_over_tombstone(strategy: &str, refuse_revival: bool) -> Tombstoned {
     let mini = Arc::new(Mutex::new(RefBackend::new(false)));
     let ops = Arc::new(AtomicUsize::new(0));
     let srv = {
@@ -480,8 +478,6 @@ fn recreate_over_tombstone(
             m.handle(req)
         })
     };
-    // Leak the server for the test's duration with the devices.
-    let srv = Box::leak(Box::new(srv));
     let sync = format!("pull_interval_s = 1\nconflict = {strategy:?}");
     let a = device(&srv.url(), &sync);
     let b = device(&srv.url(), &sync);
@@ -496,18 +492,32 @@ fn recreate_over_tombstone(
     b.ok(&["resume"]);
     b.ok(&["sync", "--wait"]);
     std::thread::sleep(Duration::from_millis(500));
-    let sent = Arc::new(AtomicUsize::new(ops.load(Ordering::SeqCst) - before));
-    (mini, a, b, sent)
+    let sent = ops.load(Ordering::SeqCst) - before;
+    Tombstoned {
+        _srv: srv,
+        mini,
+        a,
+        b,
+        sent,
+    }
+}
+
+struct Tombstoned {
+    _srv: Scripted,
+    mini: Arc<Mutex<RefBackend>>,
+    a: Daemon,
+    b: Daemon,
+    sent: usize,
 }
 
 #[test]
 fn recreate_over_a_tombstone_is_an_update_of_it_and_never_loops() {
     for strategy in ["last-write-wins", "merge"] {
-        let (mini, a, b, sent) = recreate_over_tombstone(strategy, false);
-        let n = sent.load(Ordering::SeqCst);
+        let t = recreate_over_tombstone(strategy, false);
+        let n = t.sent;
         assert!(n <= 3, "{strategy}: {n} op requests for one re-create");
-        converge(&a, &b, &mini, &json!({"title": "B again"}));
-        let srv = server_milk(&mini);
+        converge(&t.a, &t.b, &t.mini, &json!({"title": "B again"}));
+        let srv = server_milk(&t.mini);
         assert_eq!(
             (srv["version"].clone(), srv["deleted"].clone()),
             (json!(3), json!(false)),
@@ -518,21 +528,23 @@ fn recreate_over_a_tombstone_is_an_update_of_it_and_never_loops() {
 
 #[test]
 fn recreate_over_a_tombstone_server_wins_takes_the_delete() {
-    let (mini, _a, b, sent) = recreate_over_tombstone("server-wins", false);
-    assert!(sent.load(Ordering::SeqCst) <= 2);
+    let t = recreate_over_tombstone("server-wins", false);
+    assert!(t.sent <= 2, "{} op requests", t.sent);
     eventually(10, "B took the tombstone", || {
-        get(&b, "todos", "milk").is_none()
+        get(&t.b, "todos", "milk").is_none()
     });
-    assert_eq!(server_milk(&mini)["deleted"], json!(true));
+    assert_eq!(server_milk(&t.mini)["deleted"], json!(true));
 }
 
 #[test]
 fn a_server_that_refuses_revival_dead_letters_instead_of_looping() {
-    let (mini, _a, b, sent) = recreate_over_tombstone("last-write-wins", true);
-    let n = sent.load(Ordering::SeqCst);
-    assert!(n <= 3, "{n} op requests: a loop");
-    let dead = b.json_lines(&["dead-letters", "--json"]);
+    let t = recreate_over_tombstone("last-write-wins", true);
+    assert!(t.sent <= 3, "{} op requests: a loop", t.sent);
+    let dead = t.b.json_lines(&["dead-letters", "--json"]);
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert!(dead[0].to_string().contains("tombstone"), "{dead:?}");
-    assert_eq!(server_milk(&mini)["deleted"], json!(true));
+    assert_eq!(server_milk(&t.mini)["deleted"], json!(true));
+    // Nothing more is sent for it later either.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(t.b.status()["queue_depth"], json!(0));
 }

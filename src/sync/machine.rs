@@ -321,6 +321,16 @@ impl Machine {
         }
     }
 
+    /// The worker stopped the running pull itself (new credentials): start
+    /// another as soon as requests are allowed.
+    pub fn pull_stopped(&mut self) {
+        if self.pull_in_flight {
+            self.pull_in_flight = false;
+            self.restart_pull = false;
+            self.pull_requested = true;
+        }
+    }
+
     /// The running pull ended.
     pub fn on_pull(&mut self, now: i64, r: Result<PullDone, Failure>) {
         self.pull_in_flight = false;
@@ -523,6 +533,16 @@ mod tests {
         m.on_probe(t, Ok(Features::default()));
         assert_eq!(m.next(t, V), Action::Pull(None), "revision 1: no wait");
         assert!(m.remote_changes().starts_with("polling"));
+    }
+
+    #[test]
+    fn a_pull_stopped_by_the_worker_is_started_again() {
+        let mut m = Machine::new(100, 1000, 60_000, 1);
+        m.on_probe(0, Ok(LIVE));
+        assert_eq!(m.next(0, IDLE), Action::Pull(Some(25)));
+        assert_eq!(m.next(1, IDLE), Action::Sleep(None));
+        m.pull_stopped();
+        assert_eq!(m.next(2, IDLE), Action::Pull(Some(25)));
     }
 
     #[test]

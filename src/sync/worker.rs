@@ -402,6 +402,11 @@ impl Worker {
         self.rebuild_client();
         self.machine = saved;
         self.batch_supported = batch;
+        // The old client's pull was stopped; the same backend's features hold.
+        self.machine.pull_stopped();
+        self.deps
+            .store
+            .set_backend_client_ids(self.machine.features().client_ids);
     }
 
     fn now(&self) -> i64 {
