@@ -548,3 +548,37 @@ fn a_server_that_refuses_revival_dead_letters_instead_of_looping() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(t.b.status()["queue_depth"], json!(0));
 }
+
+#[test]
+fn a_failing_pull_backs_off_and_recovers() {
+    // Announces `wait` but answers every pull 503 until allowed.
+    let mini = Arc::new(Mutex::new(RefBackend::new(true)));
+    let allow = Arc::new(AtomicBool::new(false));
+    let srv = {
+        let (mini, allow) = (mini.clone(), allow.clone());
+        Scripted::start(Duration::from_secs(120), 100_000, move |req| {
+            match req.route() {
+                "health" => Reply::json(200, json!({"ok": true, "features": ["wait"]})),
+                "changes" if !allow.load(Ordering::SeqCst) => {
+                    Reply::json(503, json!({"error": "feed down"}))
+                }
+                _ => mini.lock().unwrap_or_else(|p| p.into_inner()).handle(req),
+            }
+        })
+    };
+    let d = device(&srv.url(), "");
+    eventually(10, "backoff after failed pulls", || {
+        d.status()["state"] == json!("backoff")
+    });
+    let before = count(&srv, "changes");
+    std::thread::sleep(Duration::from_secs(2));
+    let pulls = count(&srv, "changes") - before;
+    // backoff_initial_ms = 50, max 500: at most a few a second, not a spin.
+    assert!(pulls <= 25, "{pulls} failed pulls in 2 s");
+    assert!(d.status()["last_error"].to_string().contains("503"));
+    allow.store(true, Ordering::SeqCst);
+    eventually(10, "online again, pulling", || {
+        let st = d.status();
+        st["state"] == json!("online") && st["last_pull_at"].as_i64().is_some()
+    });
+}

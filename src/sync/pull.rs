@@ -77,10 +77,17 @@ impl PullTask {
         }
     }
 
-    /// Stops it: a page already handed to the writer still lands whole
-    /// (page and cursor are one transaction), and a page applied twice
-    /// changes nothing the second time.
+    /// Stops it (as dropping it does): a page already handed to the writer
+    /// still lands whole (page and cursor are one transaction), and a page
+    /// applied twice changes nothing the second time.
     pub fn abort(self) {
+        drop(self);
+    }
+}
+
+impl Drop for PullTask {
+    /// A pull never outlives its worker (a restarted worker starts its own).
+    fn drop(&mut self) {
         self.handle.abort();
     }
 }
