@@ -80,6 +80,11 @@ pub struct SyncSection {
     pub backoff_max_ms: u64,
     pub batch_size: u32,
     pub pull_interval_s: u64,
+    /// Keep one waiting pull open when the backend announces `wait`, so
+    /// remote changes arrive at once; `false`: poll every `pull_interval_s`.
+    pub live: bool,
+    /// How long the backend may hold a waiting pull, seconds (1 to 60).
+    pub wait_s: u32,
     /// Per-field rules for `merge` that apply to every collection.
     pub merge_fields: BTreeMap<String, FieldRule>,
 }
@@ -138,6 +143,8 @@ impl Default for SyncSection {
             backoff_max_ms: 60_000,
             batch_size: 100,
             pull_interval_s: 60,
+            live: true,
+            wait_s: 25,
             merge_fields: BTreeMap::new(),
         }
     }
@@ -318,6 +325,9 @@ impl Config {
                 "sync.pull_interval_s",
                 "must be between 1 and 604800 (one week)".into(),
             );
+        }
+        if !(1..=60).contains(&self.sync.wait_s) {
+            return bad("sync.wait_s", "must be between 1 and 60".into());
         }
         for name in self.collections.keys() {
             if let Err(e) = crate::domain::ids::validate_collection(name) {

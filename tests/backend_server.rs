@@ -358,9 +358,19 @@ async fn create_update_conflict_delete() {
     );
     assert_eq!(t["data"], json!({}));
 
-    let r = post(s.addr, "/v1/ops", &update_op("o5", &id, 3, "zombie")).await;
+    // An update on a stale base meets the tombstone; one made on the
+    // tombstone's own version re-creates the record under its id.
+    let r = post(s.addr, "/v1/ops", &update_op("o5", &id, 2, "zombie")).await;
     assert_eq!(r.status, 409);
     assert_eq!(r.json()["record"]["deleted"], true);
+    let r = post(s.addr, "/v1/ops", &update_op("o6", &id, 3, "again")).await;
+    assert_eq!(r.status, 200);
+    let back = r.json()["record"].clone();
+    assert_eq!(
+        (back["version"].clone(), back["deleted"].clone()),
+        (json!(4), json!(false))
+    );
+    assert_eq!(back["data"]["title"], "again");
     s.stop().await;
 }
 

@@ -188,6 +188,17 @@ impl BackendClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, hyper::HeaderMap, Bytes), Failure> {
+        self.call_within(method, path, body, self.timeout).await
+    }
+
+    /// [`Self::call`] with its own timeout (a held pull needs longer).
+    async fn call_within(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, hyper::HeaderMap, Bytes), Failure> {
         let url = format!("{}{}", self.base, path);
         let mut req = Request::builder()
             .method(method)
@@ -227,17 +238,17 @@ impl BackendClient {
                 .to_bytes();
             Ok((status, headers, body))
         };
-        match tokio::time::timeout(self.timeout, fut).await {
+        match tokio::time::timeout(timeout, fut).await {
             Ok(r) => r,
             Err(_) => Err(Failure::Transient {
-                reason: format!("timed out after {} ms", self.timeout.as_millis()),
+                reason: format!("timed out after {} ms", timeout.as_millis()),
                 retry_after_ms: None,
             }),
         }
     }
 
-    /// `GET v1/health`.
-    pub async fn health(&self) -> Result<(), Failure> {
+    /// `GET v1/health`: reachable, with the features the server announces.
+    pub async fn health(&self) -> Result<Features, Failure> {
         let (status, headers, body) = self.call(Method::GET, "v1/health", None).await?;
         classify_health(&RawReply::new(status, &headers, &body))
     }
@@ -264,14 +275,25 @@ impl BackendClient {
         classify_batch(ops.len(), &RawReply::new(status, &headers, &body))
     }
 
-    /// `GET v1/changes`.
-    pub async fn changes(&self, since: Option<&str>, limit: u32) -> Result<ChangesPage, Failure> {
+    /// `GET v1/changes`; with `wait_s`, a pull the server may hold that
+    /// long, so the request's timeout is the wait plus the usual timeout.
+    pub async fn changes(
+        &self,
+        since: Option<&str>,
+        limit: u32,
+        wait_s: Option<u32>,
+    ) -> Result<ChangesPage, Failure> {
         let mut path = format!("v1/changes?limit={limit}");
         if let Some(c) = since {
             path.push_str("&since=");
             path.push_str(&percent_encode(c));
         }
-        let (status, headers, body) = self.call(Method::GET, &path, None).await?;
+        let mut timeout = self.timeout;
+        if let Some(w) = wait_s {
+            path.push_str(&format!("&wait={w}"));
+            timeout += Duration::from_secs(u64::from(w));
+        }
+        let (status, headers, body) = self.call_within(Method::GET, &path, None, timeout).await?;
         classify_changes(&RawReply::new(status, &headers, &body))
     }
 }
@@ -441,16 +463,17 @@ fn common_failure(endpoint: &str, r: &RawReply<'_>) -> Option<Failure> {
     }
 }
 
-/// Classifies a `GET v1/health` reply. Any `200` means reachable: a body
-/// that is not JSON is a revision-1 server. A redirect or another status
+/// Classifies a `GET v1/health` reply. Any `200` means reachable, with the
+/// features its body announces (a body that is not JSON, or has no
+/// `features`, is a revision-1 server: none). A redirect or another status
 /// means the URL does not reach a backend of this protocol.
-pub fn classify_health(r: &RawReply<'_>) -> Result<(), Failure> {
+pub fn classify_health(r: &RawReply<'_>) -> Result<Features, Failure> {
     const ENDPOINT: &str = "GET v1/health";
     if let Some(f) = common_failure(ENDPOINT, r) {
         return Err(f);
     }
     match r.status {
-        200 => Ok(()),
+        200 => Ok(parse_features(r.body)),
         _ => Err(unlisted(ENDPOINT, r, Oddity::Status)),
     }
 }
@@ -626,7 +649,7 @@ mod tests {
         )
     }
 
-    fn health(status: u16, body: &str) -> Result<(), Failure> {
+    fn health(status: u16, body: &str) -> Result<Features, Failure> {
         let h = headers(&[]);
         classify_health(&RawReply {
             status,
@@ -818,9 +841,15 @@ mod tests {
 
     #[test]
     fn health_and_changes_replies() {
-        assert_eq!(health(200, r#"{"ok":true,"features":["batch"]}"#), Ok(()));
+        assert_eq!(
+            health(200, r#"{"ok":true,"features":["batch"]}"#),
+            Ok(Features {
+                batch: true,
+                ..Features::default()
+            })
+        );
         // A body that is not JSON is a revision-1 server.
-        assert_eq!(health(200, HTML), Ok(()));
+        assert_eq!(health(200, HTML), Ok(Features::default()));
         assert_unlisted(health(302, ""), 302);
         assert_unlisted(health(404, HTML), 404);
         assert_unlisted(health(204, ""), 204);

@@ -232,6 +232,13 @@ pub struct StatusView {
     pub client_id: String,
     pub store_bytes: u64,
     pub version: String,
+    /// How remote changes arrive: `live` (a waiting pull is kept open) or
+    /// `polling every Ns`; `None` without a backend.
+    #[serde(default)]
+    pub remote_changes: Option<String>,
+    /// When the last pull succeeded, ms since the epoch.
+    #[serde(default)]
+    pub last_pull_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

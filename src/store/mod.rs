@@ -22,6 +22,7 @@ pub mod writer;
 mod writer_tests;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
@@ -95,6 +96,10 @@ pub struct Store {
     path: PathBuf,
     client_id: Arc<str>,
     cache_bytes: usize,
+    /// The backend keeps client-chosen ids (its `client_ids` feature, as
+    /// the sync worker last read it): the writer then treats a server id as
+    /// the local id and re-creates over a tombstone as an update of it.
+    backend_client_ids: Arc<AtomicBool>,
 }
 
 impl Store {
@@ -170,6 +175,7 @@ impl Store {
             path,
             client_id: client_id.into(),
             cache_bytes,
+            backend_client_ids: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -220,6 +226,16 @@ impl Store {
         *slot = Some(Arc::new(db));
         tracing::info!(path = %self.path.display(), "store re-opened after a failed commit");
         Ok(())
+    }
+
+    /// Whether the backend keeps client-chosen ids (see the field).
+    pub fn backend_client_ids(&self) -> bool {
+        self.backend_client_ids.load(Ordering::SeqCst)
+    }
+
+    /// Set by the sync worker at every probe.
+    pub fn set_backend_client_ids(&self, on: bool) {
+        self.backend_client_ids.store(on, Ordering::SeqCst);
     }
 
     pub fn client_id(&self) -> &str {

@@ -9,7 +9,7 @@ use tokio::sync::{broadcast, Notify};
 use super::writer::{spawn, WriteCmd, WriteOutcome, WriterHandle};
 use super::{OpState, Store};
 use crate::domain::conflict::Strategy;
-use crate::domain::{Change, Document, Event, OpKind, ServerRecord, Side, WriteError};
+use crate::domain::{Change, Document, Event, OpKind, Origin, ServerRecord, Side, WriteError};
 
 fn doc(v: Value) -> Document {
     match v {
@@ -712,4 +712,87 @@ async fn wait_on_a_folded_op_sees_the_folded_result() {
     assert_eq!(f.store.op_state(&a).unwrap(), OpState::Done);
     let r = f.store.get("c", "a").unwrap().unwrap();
     assert_eq!((r.server_id.as_deref(), r.pending), (Some("S1"), false));
+}
+
+/// A device's own change coming back through the feed, before or after its
+/// ack, changes nothing and emits no `changed` event. (Without client ids
+/// the pull-first order cannot happen: the worker's round lock lands a
+/// pulled page only after the push round's verdicts.)
+#[tokio::test]
+async fn own_change_racing_its_ack_emits_nothing() {
+    for (client_ids, pull_first) in [(true, true), (true, false), (false, false)] {
+        let mut f = fx();
+        f.store.set_backend_client_ids(client_ids);
+        put(&f, "milk", json!({"t": 1})).await;
+        let sid = if client_ids { "milk" } else { "S9" };
+        let r = srec(sid, 1, 100, json!({"t": 1}));
+        let pull = WriteCmd::ApplyChanges {
+            changes: vec![Change {
+                collection: "c".into(),
+                record: r.clone(),
+            }],
+            cursor: "1".into(),
+        };
+        while f.events.try_recv().is_ok() {}
+        if pull_first {
+            f.w.submit(pull).await.unwrap();
+            ack_head(&f, r.clone()).await;
+        } else {
+            ack_head(&f, r.clone()).await;
+            f.w.submit(pull).await.unwrap();
+        }
+        while let Ok(e) = f.events.try_recv() {
+            // The put's own (local) event may come late; nothing else may.
+            assert!(
+                !matches!(&*e, Event::Changed { origin, .. } if *origin != Origin::Local),
+                "client_ids {client_ids}, pull first {pull_first}: {e:?}"
+            );
+        }
+        let rec = f.store.get("c", "milk").unwrap().unwrap();
+        assert_eq!(rec.server_id.as_deref(), Some(sid));
+        assert_eq!((rec.version, rec.pending), (Some(1), false));
+        if !client_ids {
+            assert!(f.store.get("c", sid).unwrap().is_none(), "no duplicate");
+        }
+    }
+}
+
+/// With client ids, a pulled record lands on the local record of the same
+/// id, even one that has a pending create of its own (it keeps its local
+/// state until its op meets the server); a tombstone of a record this
+/// device never had is ignored without an event.
+#[tokio::test]
+async fn client_ids_pulled_id_is_the_local_id() {
+    let mut f = fx();
+    f.store.set_backend_client_ids(true);
+    put(&f, "milk", json!({"mine": true})).await;
+    let mut gone = srec("never", 3, 100, json!({}));
+    gone.deleted = true;
+    while f.events.try_recv().is_ok() {}
+    f.w.submit(WriteCmd::ApplyChanges {
+        changes: vec![
+            Change {
+                collection: "c".into(),
+                record: srec("milk", 1, 50, json!({"theirs": true})),
+            },
+            Change {
+                collection: "c".into(),
+                record: gone,
+            },
+        ],
+        cursor: "2".into(),
+    })
+    .await
+    .unwrap();
+    while let Ok(e) = f.events.try_recv() {
+        assert!(
+            !matches!(&*e, Event::Changed { origin, .. } if *origin != Origin::Local),
+            "{e:?}"
+        );
+    }
+    let rec = f.store.record("c", "milk").unwrap().unwrap();
+    assert_eq!(rec.data, r#"{"mine":true}"#);
+    assert_eq!(rec.pending, 1);
+    assert_eq!(f.store.queue_depth().unwrap(), 1);
+    assert!(f.store.record("c", "never").unwrap().is_none());
 }

@@ -5,8 +5,17 @@
 //! events (`on_wake`, `on_network_change`, `on_token_change`). Time is a
 //! number passed in and randomness comes from a seeded generator, so a
 //! simulation can drive thousands of steps deterministically.
+//!
+//! Pulls run beside pushes: [`Action::Pull`] starts one (the worker runs it
+//! as its own task) and the machine hands out the next only after
+//! `on_pull`. With a server that announces `wait` (and `sync.live` on),
+//! the next pull starts as soon as one ends, so one waiting pull is always
+//! open; otherwise pulls come every `pull_interval`. A "waiting" pull that
+//! comes back at once with nothing also falls back to the interval, so a
+//! server that ignores `wait` is never hammered.
 
 use crate::backend::client::Failure;
+use crate::backend::protocol::Features;
 use crate::sync::backoff::Backoff;
 use crate::sync::{State, SyncStatus};
 
@@ -16,13 +25,32 @@ use crate::sync::{State, SyncStatus};
 /// down).
 pub const OFFLINE_PROBE_MAX_MS: u64 = 2_000;
 
+/// A waiting pull that ends sooner than this with no change was not held:
+/// the server ignores `wait`.
+pub const HELD_PULL_MIN_MS: i64 = 1_000;
+
+/// How a pull (every page of it) went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PullDone {
+    /// Changes received.
+    pub changes: usize,
+    /// How long the pull took, ms.
+    pub elapsed_ms: i64,
+    /// Whether it asked the server to hold it (`wait`).
+    pub waited: bool,
+}
+
 /// What the worker should do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     /// Send the head of the queue.
     Push,
-    /// Fetch remote changes.
-    Pull,
+    /// Start a pull of remote changes beside the pushes, asking the server
+    /// to hold it up to this many seconds (`None`: answer at once). Any
+    /// pull still running is stale (from before a reconnect): stop it.
+    Pull(Option<u32>),
+    /// Stop the running pull (paused, or no backend).
+    StopPull,
     /// `GET v1/health`.
     Probe,
     /// Nothing to do until this time (ms), or until an event if `None`.
@@ -50,9 +78,26 @@ pub struct Machine {
     pull_requested: bool,
     pull_due_at: i64,
     pull_interval_ms: i64,
+    /// A pull runs (started, not yet reported).
+    pull_in_flight: bool,
+    /// The running pull is from before a reconnect: start a fresh one.
+    restart_pull: bool,
+    /// A push round succeeded: without live pulls, pull once the queue
+    /// has drained.
+    pull_after_drain: bool,
+    /// `sync.live` and `sync.wait_s`.
+    live_wanted: bool,
+    wait_s: u32,
+    /// What the backend announced at the last successful probe.
+    features: Features,
+    /// When the last pull succeeded (machine ms).
+    last_pull_at: Option<i64>,
     last_error: Option<String>,
     rng: fastrand::Rng,
 }
+
+/// Default `sync.wait_s`: below every usual proxy and client timeout.
+pub const DEFAULT_WAIT_S: u32 = 25;
 
 impl Machine {
     pub fn new(
@@ -70,8 +115,45 @@ impl Machine {
             pull_requested: true,
             pull_due_at: 0,
             pull_interval_ms: pull_interval_ms as i64,
+            pull_in_flight: false,
+            restart_pull: false,
+            pull_after_drain: false,
+            live_wanted: true,
+            wait_s: DEFAULT_WAIT_S,
+            features: Features::default(),
+            last_pull_at: None,
             last_error: None,
             rng: fastrand::Rng::with_seed(seed),
+        }
+    }
+
+    /// `sync.live` and `sync.wait_s` (1 to 60).
+    pub fn set_live(&mut self, live: bool, wait_s: u32) {
+        self.live_wanted = live;
+        self.wait_s = wait_s.clamp(1, 60);
+    }
+
+    /// The features the backend announced at the last probe.
+    pub fn features(&self) -> Features {
+        self.features
+    }
+
+    /// Whether pulls are held by the server (live) rather than polled.
+    pub fn live(&self) -> bool {
+        self.live_wanted && self.features.wait
+    }
+
+    /// When the last pull succeeded (machine ms).
+    pub fn last_pull_at(&self) -> Option<i64> {
+        self.last_pull_at
+    }
+
+    /// How remote changes arrive, for status.
+    pub fn remote_changes(&self) -> String {
+        if self.live() {
+            "live".to_owned()
+        } else {
+            format!("polling every {}s", self.pull_interval_ms / 1000)
         }
     }
 
@@ -96,6 +178,8 @@ impl Machine {
         self.retry_after_until = None;
         self.probe_needed = true;
         self.pull_requested = true;
+        self.restart_pull = self.pull_in_flight;
+        self.features = Features::default();
         self.last_error = None;
         if self.state != State::Paused {
             self.state = State::Offline;
@@ -114,10 +198,18 @@ impl Machine {
                 State::Online | State::Paused => None,
                 _ => self.not_before,
             },
+            remote_changes: Some(self.remote_changes()),
+            last_pull_at: self.last_pull_at,
         }
     }
 
     pub fn next(&mut self, now: i64, view: View) -> Action {
+        if (!view.has_backend || view.paused) && self.pull_in_flight {
+            self.pull_in_flight = false;
+            self.restart_pull = false;
+            self.pull_requested = true;
+            return Action::StopPull;
+        }
         if !view.has_backend {
             self.state = State::Offline;
             self.last_error = None;
@@ -141,16 +233,42 @@ impl Machine {
         if self.probe_needed {
             return Action::Probe;
         }
+        if self.pull_due(now, view) {
+            self.pull_in_flight = true;
+            self.restart_pull = false;
+            self.pull_requested = false;
+            self.pull_after_drain = false;
+            return Action::Pull(self.live().then_some(self.wait_s));
+        }
         if view.queue_nonempty {
             return Action::Push;
         }
-        if self.pull_requested || now >= self.pull_due_at {
-            return Action::Pull;
+        if self.pull_in_flight {
+            // The pull's end wakes the worker.
+            return Action::Sleep(None);
         }
         Action::Sleep(Some(self.pull_due_at))
     }
 
+    /// Whether to start a pull now: a stale one runs, or none runs and one
+    /// was asked for or is due.
+    fn pull_due(&self, now: i64, view: View) -> bool {
+        if self.restart_pull {
+            return true;
+        }
+        !self.pull_in_flight
+            && (self.pull_requested
+                || now >= self.pull_due_at
+                || (self.pull_after_drain && !view.queue_nonempty))
+    }
+
     fn succeed(&mut self) {
+        if self.state != State::Online {
+            // Back online (offline, backend error, auth fixed): pull at
+            // once, afresh if a pull from before still hangs.
+            self.pull_requested = true;
+            self.restart_pull = self.pull_in_flight;
+        }
         self.state = State::Online;
         self.backoff.reset();
         self.not_before = None;
@@ -195,21 +313,44 @@ impl Machine {
         match r {
             Ok(()) => {
                 self.succeed();
-                // Pull once the queue has drained.
-                self.pull_requested = true;
+                // A live pull sees the change by itself; a polling one
+                // comes once the queue has drained.
+                self.pull_after_drain = !self.live();
             }
             Err(f) => self.fail(now, &f),
         }
     }
 
-    pub fn on_pull(&mut self, now: i64, r: Result<(), Failure>) {
+    /// The worker stopped the running pull itself (new credentials): start
+    /// another as soon as requests are allowed.
+    pub fn pull_stopped(&mut self) {
+        if self.pull_in_flight {
+            self.pull_in_flight = false;
+            self.restart_pull = false;
+            self.pull_requested = true;
+        }
+    }
+
+    /// The running pull ended.
+    pub fn on_pull(&mut self, now: i64, r: Result<PullDone, Failure>) {
+        self.pull_in_flight = false;
         match r {
-            Ok(()) => {
+            Ok(done) => {
                 self.succeed();
                 self.pull_requested = false;
-                self.pull_due_at = now + self.pull_interval_ms;
+                self.restart_pull = false;
+                self.last_pull_at = Some(now);
+                let held = done.changes > 0 || done.elapsed_ms >= HELD_PULL_MIN_MS;
+                self.pull_due_at = if done.waited && held && self.live() {
+                    now
+                } else {
+                    now + self.pull_interval_ms
+                };
             }
-            Err(f) => self.fail(now, &f),
+            Err(f) => {
+                self.pull_requested = true;
+                self.fail(now, &f);
+            }
         }
     }
 
@@ -217,10 +358,13 @@ impl Machine {
     /// offline spell, but not a backoff for server errors, an auth error
     /// nor a backend error (after which a pull is due, so that a real
     /// request decides promptly even with an empty queue).
-    pub fn on_probe(&mut self, now: i64, r: Result<(), Failure>) {
+    pub fn on_probe(&mut self, now: i64, r: Result<Features, Failure>) {
+        if let Ok(f) = &r {
+            self.features = *f;
+        }
         match r {
-            Ok(()) if self.state == State::Offline => self.succeed(),
-            Ok(()) => {
+            Ok(_) if self.state == State::Offline => self.succeed(),
+            Ok(_) => {
                 self.probe_needed = false;
                 if self.state == State::BackendError {
                     self.pull_requested = true;
@@ -276,22 +420,161 @@ mod tests {
         }
     }
 
+    const IDLE: View = View {
+        queue_nonempty: false,
+        ..V
+    };
+
+    const LIVE: Features = Features {
+        batch: true,
+        wait: true,
+        client_ids: true,
+    };
+
+    fn done(changes: usize, elapsed_ms: i64, waited: bool) -> Result<PullDone, Failure> {
+        Ok(PullDone {
+            changes,
+            elapsed_ms,
+            waited,
+        })
+    }
+
+    /// A successful probe of a revision-1 server and the pull that follows
+    /// every reconnect.
+    fn online(m: &mut Machine, now: i64) {
+        m.on_probe(now, Ok(Features::default()));
+        assert_eq!(
+            m.next(now, V),
+            Action::Pull(None),
+            "a reconnect pulls at once"
+        );
+        m.on_pull(now, done(0, 5, false));
+    }
+
     #[test]
     fn probe_push_pull_sleep() {
         let mut m = Machine::new(100, 1000, 60_000, 1);
         assert_eq!(m.next(0, V), Action::Probe);
-        m.on_probe(0, Ok(()));
+        online(&mut m, 0);
         assert_eq!(m.state(), State::Online);
         assert_eq!(m.next(0, V), Action::Push);
         m.on_push(0, Ok(()));
-        let idle = View {
-            queue_nonempty: false,
-            ..V
+        // Polling: a pull once the queue has drained, and every interval.
+        assert_eq!(m.next(0, V), Action::Push);
+        assert_eq!(m.next(1, IDLE), Action::Pull(None));
+        m.on_pull(1, done(0, 5, false));
+        assert_eq!(m.next(2, IDLE), Action::Sleep(Some(60_001)));
+        assert_eq!(
+            m.next(60_001, V),
+            Action::Pull(None),
+            "due even with a queue"
+        );
+    }
+
+    #[test]
+    fn live_keeps_one_waiting_pull_beside_pushes() {
+        let mut m = Machine::new(100, 1000, 60_000, 1);
+        m.set_live(true, 25);
+        assert_eq!(m.next(0, V), Action::Probe);
+        m.on_probe(0, Ok(LIVE));
+        assert_eq!(m.remote_changes(), "live");
+        assert_eq!(m.next(0, V), Action::Pull(Some(25)));
+        // Pushes go on while the pull is held; no second pull.
+        for now in 1..5 {
+            assert_eq!(m.next(now, V), Action::Push);
+            m.on_push(now, Ok(()));
+        }
+        assert_eq!(m.next(5, IDLE), Action::Sleep(None));
+        // Held to the end with nothing, or back with changes: re-open at once.
+        m.on_pull(25_000, done(0, 25_000, true));
+        assert_eq!(m.next(25_000, IDLE), Action::Pull(Some(25)));
+        m.on_pull(25_010, done(3, 10, true));
+        assert_eq!(m.next(25_010, V), Action::Pull(Some(25)));
+        assert_eq!(m.status().last_pull_at, Some(25_010));
+    }
+
+    #[test]
+    fn a_server_that_ignores_wait_is_polled() {
+        let mut m = Machine::new(100, 1000, 60_000, 1);
+        m.on_probe(0, Ok(LIVE));
+        assert_eq!(m.next(0, IDLE), Action::Pull(Some(DEFAULT_WAIT_S)));
+        // Back at once with nothing: not held, so no spinning.
+        m.on_pull(3, done(0, 3, true));
+        assert_eq!(m.next(3, IDLE), Action::Sleep(Some(60_003)));
+        // sync.live = false: polling whatever the server offers.
+        m.set_live(false, 25);
+        assert_eq!(m.remote_changes(), "polling every 60s");
+        assert_eq!(m.next(60_003, IDLE), Action::Pull(None));
+    }
+
+    #[test]
+    fn reconnect_restarts_a_stale_pull_and_pause_stops_it() {
+        let mut m = Machine::new(100, 1000, 60_000, 1);
+        m.on_probe(0, Ok(LIVE));
+        assert_eq!(m.next(0, IDLE), Action::Pull(Some(25)));
+        m.on_push(
+            1,
+            Err(Failure::Unreachable {
+                reason: "down".into(),
+            }),
+        );
+        assert_eq!(m.state(), State::Offline);
+        let Action::Sleep(Some(t)) = m.next(1, V) else {
+            panic!()
         };
-        assert_eq!(m.next(1, idle), Action::Pull);
-        m.on_pull(1, Ok(()));
-        assert_eq!(m.next(2, idle), Action::Sleep(Some(60_001)));
-        assert_eq!(m.next(60_001, idle), Action::Pull);
+        assert_eq!(m.next(t, V), Action::Probe);
+        m.on_probe(t, Ok(LIVE));
+        // The pull from before the outage may hang on a dead connection.
+        assert_eq!(m.next(t, V), Action::Pull(Some(25)));
+        assert_eq!(m.next(t, V), Action::Push);
+        assert_eq!(m.next(t, View { paused: true, ..V }), Action::StopPull);
+        assert_eq!(m.next(t, View { paused: true, ..V }), Action::Sleep(None));
+        assert_eq!(m.next(t, V), Action::Probe);
+        m.on_probe(t, Ok(Features::default()));
+        assert_eq!(m.next(t, V), Action::Pull(None), "revision 1: no wait");
+        assert!(m.remote_changes().starts_with("polling"));
+    }
+
+    #[test]
+    fn a_pull_stopped_by_the_worker_is_started_again() {
+        let mut m = Machine::new(100, 1000, 60_000, 1);
+        m.on_probe(0, Ok(LIVE));
+        assert_eq!(m.next(0, IDLE), Action::Pull(Some(25)));
+        assert_eq!(m.next(1, IDLE), Action::Sleep(None));
+        m.pull_stopped();
+        assert_eq!(m.next(2, IDLE), Action::Pull(Some(25)));
+    }
+
+    #[test]
+    fn a_failed_pull_backs_off_then_pulls_again() {
+        let mut m = Machine::new(100, 1000, 60_000, 1);
+        m.on_probe(0, Ok(LIVE));
+        assert_eq!(m.next(0, IDLE), Action::Pull(Some(25)));
+        m.on_pull(10, Err(transient(None)));
+        assert_eq!(m.state(), State::Backoff);
+        let Action::Sleep(Some(t)) = m.next(10, IDLE) else {
+            panic!("no backoff after a failed pull")
+        };
+        assert!(t > 10);
+        assert_eq!(m.next(t, IDLE), Action::Pull(Some(25)));
+        m.on_pull(t + 5, done(1, 5, true));
+        assert_eq!(m.state(), State::Online);
+    }
+
+    #[test]
+    fn auth_fixed_pulls_at_once() {
+        let mut m = Machine::new(100, 5000, 60_000, 1);
+        online(&mut m, 0);
+        m.on_push(
+            0,
+            Err(Failure::Auth {
+                reason: "401".into(),
+            }),
+        );
+        m.on_token_change(1);
+        assert_eq!(m.next(1, V), Action::Push);
+        m.on_push(2, Ok(()));
+        assert_eq!(m.next(2, V), Action::Pull(None));
     }
 
     #[test]
@@ -316,7 +599,7 @@ mod tests {
     #[test]
     fn retry_after_is_honoured_even_on_wake() {
         let mut m = Machine::new(100, 1000, 60_000, 1);
-        m.on_probe(0, Ok(()));
+        online(&mut m, 0);
         m.on_push(0, Err(transient(Some(2000))));
         assert_eq!(m.state(), State::Backoff);
         match m.next(10, V) {
@@ -325,13 +608,15 @@ mod tests {
         }
         m.on_wake(10);
         assert_eq!(m.next(10, V), Action::Sleep(Some(2000)));
+        // `syncd sync` asked for a pull too; it starts beside the push.
+        assert_eq!(m.next(2000, V), Action::Pull(None));
         assert_eq!(m.next(2000, V), Action::Push);
     }
 
     #[test]
     fn backoff_grows_then_resets() {
         let mut m = Machine::new(100, 100_000, 60_000, 7);
-        m.on_probe(0, Ok(()));
+        online(&mut m, 0);
         let mut now = 0;
         let mut waits = Vec::new();
         for _ in 0..8 {
@@ -345,6 +630,8 @@ mod tests {
         }
         assert!(m.status().next_retry_at.is_some());
         m.on_push(now, Ok(()));
+        // Back online: a pull at once, beside the pushes.
+        assert_eq!(m.next(now, V), Action::Pull(None));
         assert_eq!(m.next(now, V), Action::Push);
         assert!(waits.iter().all(|w| *w <= 100_000));
     }
@@ -370,7 +657,7 @@ mod tests {
     #[test]
     fn auth_error_waits_for_token_or_max() {
         let mut m = Machine::new(100, 5000, 60_000, 1);
-        m.on_probe(0, Ok(()));
+        online(&mut m, 0);
         m.on_push(
             0,
             Err(Failure::Auth {
@@ -396,7 +683,7 @@ mod tests {
     #[test]
     fn backend_error_backs_off_and_clears_on_success() {
         let mut m = Machine::new(100, 2000, 60_000, 5);
-        m.on_probe(0, Ok(()));
+        online(&mut m, 0);
         let mut now = 0;
         for _ in 0..10 {
             m.on_push(now, Err(unlisted()));
@@ -431,11 +718,11 @@ mod tests {
             panic!()
         };
         assert_eq!(m.next(t, idle), Action::Probe);
-        m.on_probe(t, Ok(()));
+        m.on_probe(t, Ok(Features::default()));
         // Reachable is not proof: a pull decides.
         assert_eq!(m.state(), State::BackendError);
-        assert_eq!(m.next(t, idle), Action::Pull);
-        m.on_pull(t, Ok(()));
+        assert_eq!(m.next(t, idle), Action::Pull(None));
+        m.on_pull(t, done(0, 5, false));
         assert_eq!(m.state(), State::Online);
     }
 }

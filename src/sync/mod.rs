@@ -6,6 +6,7 @@
 pub mod backoff;
 pub mod machine;
 pub mod netwatch;
+pub mod pull;
 pub mod transport;
 pub mod worker;
 
@@ -53,6 +54,11 @@ pub struct SyncStatus {
     pub state: State,
     pub last_error: Option<String>,
     pub next_retry_at: Option<i64>,
+    /// How remote changes arrive: `live` or `polling every Ns`; `None`
+    /// without a backend.
+    pub remote_changes: Option<String>,
+    /// When the last pull succeeded (ms since the epoch).
+    pub last_pull_at: Option<i64>,
 }
 
 /// Shared between the worker and the request handlers: they read status
@@ -75,6 +81,8 @@ impl SyncControl {
                 },
                 last_error: None,
                 next_retry_at: None,
+                remote_changes: None,
+                last_pull_at: None,
             }),
             paused: AtomicBool::new(paused),
             wake: Notify::new(),

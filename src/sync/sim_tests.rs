@@ -4,9 +4,10 @@
 //! never a busy loop, `Retry-After` always honoured, no request while paused
 //! or without a backend, and the queue drains once the network is back.
 
-use super::machine::{Action, Machine, View, OFFLINE_PROBE_MAX_MS};
+use super::machine::{Action, Machine, PullDone, View, OFFLINE_PROBE_MAX_MS};
 use super::State;
 use crate::backend::client::Failure;
+use crate::backend::protocol::Features;
 
 /// The simulated world.
 struct World {
@@ -97,7 +98,8 @@ fn run(seed: u64) {
                 assert_eq!(w.queue, 0);
                 break;
             }
-            a @ (Action::Push | Action::Probe | Action::Pull) => {
+            Action::StopPull => panic!("seed {seed}: no pull to stop"),
+            a @ (Action::Push | Action::Probe | Action::Pull(_)) => {
                 assert!(
                     w.now >= w.forbidden_until,
                     "seed {seed}: request at {} inside Retry-After until {}",
@@ -120,13 +122,18 @@ fn run(seed: u64) {
                             w.queue -= 1;
                         }
                     }
-                    Action::Pull => {
-                        m.on_pull(w.now, r);
+                    Action::Pull(wait) => {
+                        let done = PullDone {
+                            changes: 0,
+                            elapsed_ms: 5,
+                            waited: wait.is_some(),
+                        };
+                        m.on_pull(w.now, r.map(|()| done));
                         if ok && w.queue == 0 && w.now > chaos_end {
                             break;
                         }
                     }
-                    _ => m.on_probe(w.now, r),
+                    _ => m.on_probe(w.now, r.map(|()| Features::default())),
                 }
                 w.now += 5; // a request takes time
             }

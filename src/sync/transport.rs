@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::backend::client::{BackendClient, BatchOutcome, Failure, OpResult};
-use crate::backend::protocol::{ChangesPage, WireOp};
+use crate::backend::protocol::{ChangesPage, Features, WireOp};
 
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -15,17 +15,18 @@ pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait Transport: Send + Sync {
     /// For logs: the backend's URL or name.
     fn name(&self) -> &str;
-    /// `GET v1/health`.
-    fn health(&self) -> BoxFut<'_, Result<(), Failure>>;
+    /// `GET v1/health`: reachable, with the features the server announces.
+    fn health(&self) -> BoxFut<'_, Result<Features, Failure>>;
     /// `POST v1/ops`.
     fn apply<'a>(&'a self, op: &'a WireOp) -> BoxFut<'a, Result<OpResult, Failure>>;
     /// `POST v1/ops/batch`.
     fn apply_batch<'a>(&'a self, ops: &'a [WireOp]) -> BoxFut<'a, Result<BatchOutcome, Failure>>;
-    /// `GET v1/changes`.
+    /// `GET v1/changes`; `wait_s`: a live pull the server may hold.
     fn changes<'a>(
         &'a self,
         since: Option<&'a str>,
         limit: u32,
+        wait_s: Option<u32>,
     ) -> BoxFut<'a, Result<ChangesPage, Failure>>;
 }
 
@@ -34,7 +35,7 @@ impl Transport for BackendClient {
         self.shown_base()
     }
 
-    fn health(&self) -> BoxFut<'_, Result<(), Failure>> {
+    fn health(&self) -> BoxFut<'_, Result<Features, Failure>> {
         Box::pin(BackendClient::health(self))
     }
 
@@ -50,7 +51,8 @@ impl Transport for BackendClient {
         &'a self,
         since: Option<&'a str>,
         limit: u32,
+        wait_s: Option<u32>,
     ) -> BoxFut<'a, Result<ChangesPage, Failure>> {
-        Box::pin(BackendClient::changes(self, since, limit))
+        Box::pin(BackendClient::changes(self, since, limit, wait_s))
     }
 }

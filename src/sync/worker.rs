@@ -3,6 +3,11 @@
 //! backend and the store, and reports back. Every store change goes through
 //! the writer, so an op leaves the queue in the same transaction that
 //! records its result.
+//!
+//! Pulls run as their own task ([`crate::sync::pull`]) beside the push
+//! rounds, so a pull the server holds (live sync) never delays a push and
+//! a push never delays a pull. The features the server announces at each
+//! probe decide whether pulls wait and whether creates carry their ids.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -12,14 +17,14 @@ use serde_json::Value;
 use tokio::sync::{watch, Notify};
 
 use crate::backend::client::{BackendClient, BatchOutcome, Failure, OpResult};
-use crate::backend::protocol::{OpKind, WireOp};
+use crate::backend::protocol::{Features, OpKind, WireOp};
 use crate::config::Config;
 use crate::domain::WriteError;
 use crate::metrics::PushResult;
-use crate::store::tables::META_CURSOR;
 use crate::store::writer::{WriteCmd, WriterHandle};
 use crate::store::{parse_doc_text, QueuedOp, Store, StoredRecord};
-use crate::sync::machine::{Action, Machine, View};
+use crate::sync::machine::{Action, Machine, PullDone, View};
+use crate::sync::pull::{PullJob, PullTask, RoundLock};
 use crate::sync::transport::Transport;
 use crate::sync::{State, SyncControl};
 
@@ -88,7 +93,10 @@ async fn run_worker(deps: WorkerDeps, net: Arc<Notify>) {
         net,
         logged_error: None,
         client_error: None,
+        pull: None,
+        round_lock: RoundLock::default(),
     };
+    w.machine.set_live(cfg.sync.live, cfg.sync.wait_s);
     w.rebuild_client();
     w.run().await;
 }
@@ -109,10 +117,15 @@ struct Worker {
     logged_error: Option<String>,
     /// Why there is no client although a backend is configured.
     client_error: Option<String>,
+    /// The running pull, if any.
+    pull: Option<PullTask>,
+    /// Keeps a pulled page from landing while a push round without
+    /// client ids waits for its verdict (see [`RoundLock`]).
+    round_lock: RoundLock,
 }
 
 /// A store or writer failure inside a round: not the backend's fault.
-fn local(e: impl std::fmt::Display) -> Failure {
+pub(super) fn local(e: impl std::fmt::Display) -> Failure {
     Failure::Transient {
         reason: format!("local store: {e}"),
         retry_after_ms: None,
@@ -121,6 +134,8 @@ fn local(e: impl std::fmt::Display) -> Failure {
 
 impl Worker {
     fn rebuild_client(&mut self) {
+        self.stop_pull();
+        self.deps.store.set_backend_client_ids(false);
         self.batch_supported = None;
         self.token_watch = None;
         self.client = None;
@@ -175,6 +190,8 @@ impl Worker {
             self.cfg.sync.backoff_max_ms,
             self.cfg.sync.pull_interval_s * 1000,
         );
+        self.machine
+            .set_live(self.cfg.sync.live, self.cfg.sync.wait_s);
         if old.backend != self.cfg.backend {
             tracing::info!(
                 backend = self
@@ -222,11 +239,12 @@ impl Worker {
         let mut st = st;
         if self.client.is_none() {
             st.last_error = self.client_error.clone();
+            st.remote_changes = None;
         }
-        st.next_retry_at = st
-            .next_retry_at
-            .filter(|t| *t > self.now()) // passed: the attempt is under way now
-            .map(|t| crate::domain::clock::now_ms() + (t - self.now()).max(0));
+        let wall = |t: i64| crate::domain::clock::now_ms() + (t - self.now());
+        // A retry time already passed means the attempt is under way now.
+        st.next_retry_at = st.next_retry_at.filter(|t| *t > self.now()).map(wall);
+        st.last_pull_at = st.last_pull_at.map(wall);
         self.deps.control.set_status(st);
     }
 
@@ -237,6 +255,7 @@ impl Worker {
                 break;
             }
             self.reconfigure();
+            self.collect_pull().await;
             let queue_nonempty = self
                 .deps
                 .store
@@ -253,12 +272,13 @@ impl Worker {
             self.publish(before);
             let before = self.machine.state();
             match action {
-                Action::Push | Action::Pull | Action::Probe => {
+                Action::Pull(wait_s) => self.start_pull(wait_s),
+                Action::StopPull => self.stop_pull(),
+                Action::Push | Action::Probe => {
                     let round = async {
                         match action {
-                            Action::Push => self.push().await,
-                            Action::Pull => self.pull().await,
-                            _ => self.probe().await,
+                            Action::Push => self.push().await.map(|()| None),
+                            _ => self.probe().await.map(Some),
                         }
                     };
                     let r = tokio::select! {
@@ -267,65 +287,128 @@ impl Worker {
                     };
                     let now = self.now();
                     match action {
-                        Action::Push => self.machine.on_push(now, r),
-                        Action::Pull => self.machine.on_pull(now, r),
-                        _ => self.machine.on_probe(now, r),
+                        Action::Push => self.machine.on_push(now, r.map(|_| ())),
+                        _ => self.machine.on_probe(now, r.map(Option::unwrap_or_default)),
                     }
-                    self.publish(before);
                 }
                 Action::Sleep(deadline) => {
-                    let until =
-                        deadline.map(|t| self.epoch + Duration::from_millis(t.max(0) as u64));
-                    let sleep = async {
-                        match until {
-                            Some(t) => tokio::time::sleep_until(t).await,
-                            None => std::future::pending().await,
-                        }
-                    };
-                    let token = async {
-                        match self.token_watch.as_mut() {
-                            Some(w) => {
-                                w.changes.recv().await;
-                                while w.changes.try_recv().is_ok() {}
-                            }
-                            None => std::future::pending().await,
-                        }
-                    };
-                    let mut cfg_rx = self.deps.config.clone();
-                    enum Wake {
-                        Timer,
-                        Work,
-                        Sync,
-                        Net,
-                        Token,
-                        Config,
-                        Stop,
-                    }
-                    let why = tokio::select! {
-                        _ = sleep => Wake::Timer,
-                        _ = self.deps.queue_changed.notified() => Wake::Work,
-                        _ = self.deps.control.wake.notified() => Wake::Sync,
-                        _ = self.net.notified() => Wake::Net,
-                        _ = token => Wake::Token,
-                        _ = cfg_rx.changed() => Wake::Config,
-                        _ = shutdown.changed() => Wake::Stop,
-                    };
-                    let now = self.now();
-                    match why {
-                        Wake::Stop => break,
-                        Wake::Sync => self.machine.on_wake(now),
-                        Wake::Net => self.machine.on_network_change(now),
-                        Wake::Token => {
-                            tracing::info!("token file changed; reloading credentials");
-                            self.rebuild_client_keep_state();
-                            self.machine.on_token_change(now);
-                        }
-                        Wake::Timer | Wake::Work | Wake::Config => {}
+                    if self.sleep(deadline, &mut shutdown).await {
+                        break;
                     }
                 }
             }
+            self.publish(before);
         }
+        self.stop_pull();
         tracing::debug!("sync worker stopped");
+    }
+
+    /// Sleeps until `deadline` (machine ms) or an event; `true`: shut down.
+    async fn sleep(&mut self, deadline: Option<i64>, shutdown: &mut watch::Receiver<bool>) -> bool {
+        let until = deadline.map(|t| self.epoch + Duration::from_millis(t.max(0) as u64));
+        let sleep = async {
+            match until {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let token = async {
+            match self.token_watch.as_mut() {
+                Some(w) => {
+                    w.changes.recv().await;
+                    while w.changes.try_recv().is_ok() {}
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let pulled = async {
+            match self.pull.as_mut() {
+                Some(p) => p.done().await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut cfg_rx = self.deps.config.clone();
+        enum Wake {
+            Timer,
+            Work,
+            Sync,
+            Net,
+            Token,
+            Config,
+            Pulled(Result<PullDone, Failure>),
+            Stop,
+        }
+        let why = tokio::select! {
+            _ = sleep => Wake::Timer,
+            _ = self.deps.queue_changed.notified() => Wake::Work,
+            _ = self.deps.control.wake.notified() => Wake::Sync,
+            _ = self.net.notified() => Wake::Net,
+            _ = token => Wake::Token,
+            _ = cfg_rx.changed() => Wake::Config,
+            r = pulled => Wake::Pulled(r),
+            _ = shutdown.changed() => Wake::Stop,
+        };
+        let now = self.now();
+        match why {
+            Wake::Stop => return true,
+            Wake::Sync => self.machine.on_wake(now),
+            Wake::Net => self.machine.on_network_change(now),
+            Wake::Token => {
+                tracing::info!("token file changed; reloading credentials");
+                self.rebuild_client_keep_state();
+                self.machine.on_token_change(now);
+            }
+            Wake::Pulled(r) => {
+                self.pull = None;
+                self.pulled(now, r);
+            }
+            Wake::Timer | Wake::Work | Wake::Config => {}
+        }
+        false
+    }
+
+    /// Reports a pull that ended while a push or probe ran.
+    async fn collect_pull(&mut self) {
+        if !self.pull.as_ref().is_some_and(PullTask::is_finished) {
+            return;
+        }
+        if let Some(mut p) = self.pull.take() {
+            let r = p.done().await;
+            self.pulled(self.now(), r);
+        }
+    }
+
+    /// Counts a finished pull's changes and tells the machine.
+    fn pulled(&mut self, now: i64, r: Result<PullDone, Failure>) {
+        if let Ok(done) = &r {
+            self.deps.metrics.pulled(done.changes);
+        }
+        self.machine.on_pull(now, r);
+    }
+
+    /// Starts a pull beside the pushes (stopping a stale one).
+    fn start_pull(&mut self, wait_s: Option<u32>) {
+        self.stop_pull();
+        let client = match self.client() {
+            Ok(c) => c.clone(),
+            Err(f) => return self.machine.on_pull(self.now(), Err(f)),
+        };
+        let job = PullJob {
+            client,
+            store: self.deps.store.clone(),
+            writer: self.deps.writer.clone(),
+            limit: self.cfg.sync.batch_size.max(1),
+            wait_s,
+            client_ids: self.machine.features().client_ids,
+            lock: self.round_lock.clone(),
+        };
+        self.pull = Some(PullTask::spawn(job));
+    }
+
+    fn stop_pull(&mut self) {
+        if let Some(p) = self.pull.take() {
+            p.abort();
+        }
     }
 
     /// Re-reads the token without forgetting the backoff state.
@@ -335,6 +418,11 @@ impl Worker {
         self.rebuild_client();
         self.machine = saved;
         self.batch_supported = batch;
+        // The old client's pull was stopped; the same backend's features hold.
+        self.machine.pull_stopped();
+        self.deps
+            .store
+            .set_backend_client_ids(self.machine.features().client_ids);
     }
 
     fn now(&self) -> i64 {
@@ -347,8 +435,15 @@ impl Worker {
         })
     }
 
-    async fn probe(&mut self) -> Result<(), Failure> {
-        self.client()?.health().await
+    /// `GET v1/health`: reachability and the features, read afresh at
+    /// every (re)connect.
+    async fn probe(&mut self) -> Result<Features, Failure> {
+        let f = self.client()?.health().await?;
+        if f != self.machine.features() {
+            tracing::info!(features = ?f.names(), "backend features");
+        }
+        self.deps.store.set_backend_client_ids(f.client_ids);
+        Ok(f)
     }
 
     async fn submit(&self, cmd: WriteCmd) -> Result<(), Failure> {
@@ -363,6 +458,8 @@ impl Worker {
     /// One push round: the head of the queue, batched when possible.
     /// `Ok` when the server gave a verdict for at least the head op.
     async fn push(&mut self) -> Result<(), Failure> {
+        // Held until the verdicts are recorded: see [`RoundLock`].
+        let _round = self.round_lock.hold().await;
         let batch_size = self.cfg.sync.batch_size as usize;
         let head = self.claimed_head(batch_size).await?;
         let mut batch: Vec<(u64, QueuedOp, WireOp)> = Vec::new();
@@ -408,7 +505,7 @@ impl Worker {
                     let cmds = batch
                         .into_iter()
                         .zip(results)
-                        .map(|((seq, op, _), res)| self.verdict_cmd(seq, &op, res))
+                        .map(|((seq, op, w), res)| self.verdict_cmd(seq, &op, &w, res))
                         .collect();
                     return self.submit(WriteCmd::Verdicts(cmds)).await;
                 }
@@ -427,7 +524,7 @@ impl Worker {
         }
         let (seq, op, w) = batch.swap_remove(0);
         match self.deps.metrics.time_push(client.apply(&w)).await {
-            Ok(res) => self.submit(self.verdict_cmd(seq, &op, res)).await,
+            Ok(res) => self.submit(self.verdict_cmd(seq, &op, &w, res)).await,
             Err(f) => {
                 if matches!(f, Failure::Unlisted { .. }) && self.batch_supported == Some(false) {
                     // The 404/405 that ruled out batches may have come from
@@ -472,7 +569,9 @@ impl Worker {
     /// server id has no create ahead of it (its create was dead-lettered and
     /// discarded, or the server deleted it): an update then re-creates the
     /// record, and a delete has nothing to delete on the server (`None`:
-    /// finish it locally).
+    /// finish it locally). With a server that announces `client_ids`, a
+    /// create carries the local id as the record's id; otherwise the server
+    /// assigns it and the ack maps it back.
     fn wire_op(&self, op: &QueuedOp, rec: Option<&StoredRecord>) -> Result<Option<WireOp>, String> {
         let data = match &op.data {
             Some(text) => match parse_doc_text(text) {
@@ -487,13 +586,18 @@ impl Worker {
             (Some(b), OpKind::Update | OpKind::Delete) => Some(b.clone()),
             _ => rec.and_then(|r| r.server_id.clone().zip(r.version)),
         };
+        let new_id = self
+            .machine
+            .features()
+            .client_ids
+            .then(|| op.local_id.clone());
         let (kind, id, base_version) = match (op.kind, server) {
-            (OpKind::Create, None) => (OpKind::Create, None, None),
+            (OpKind::Create, None) => (OpKind::Create, new_id, None),
             // A create (a retried dead letter, say) for a record the server
             // already has must not make a second server record.
             (OpKind::Create, Some((id, v))) => (OpKind::Update, Some(id), Some(v)),
             (kind, Some((id, v))) => (kind, Some(id), Some(v)),
-            (OpKind::Update, None) => (OpKind::Create, None, None),
+            (OpKind::Update, None) => (OpKind::Create, new_id, None),
             (OpKind::Delete, None) => return Ok(None),
         };
         if kind != OpKind::Delete && data.is_none() {
@@ -512,13 +616,34 @@ impl Worker {
         }))
     }
 
-    /// The writer job that records the server's verdict for one op.
-    fn verdict_cmd(&self, seq: u64, op: &QueuedOp, res: OpResult) -> WriteCmd {
+    /// The writer job that records the server's verdict for `sent`, the
+    /// protocol form of the queued `op`.
+    ///
+    /// A 409 with the very tombstone an update was sent on means the server
+    /// does not let a deleted id be re-created (the reference backend does;
+    /// the protocol leaves it open): resolving again would send the same
+    /// update for ever, so the op is dead-lettered with that reason.
+    fn verdict_cmd(&self, seq: u64, op: &QueuedOp, sent: &WireOp, res: OpResult) -> WriteCmd {
         match res {
             OpResult::Applied(record) => {
                 self.deps.metrics.pushed(PushResult::Applied, 1);
                 tracing::debug!(op_id = %op.op_id, server_id = %record.id, version = record.version, "op confirmed");
                 WriteCmd::Ack { seq, record }
+            }
+            OpResult::Conflict(server)
+                if server.deleted
+                    && sent.kind == OpKind::Update
+                    && sent.id.as_deref() == Some(server.id.as_str())
+                    && sent.base_version == Some(server.version) =>
+            {
+                tracing::warn!(op_id = %op.op_id, collection = %op.collection, id = %op.local_id, "the server refuses to re-create a deleted id; dead-lettered");
+                WriteCmd::DeadLetter {
+                    seq,
+                    error: format!(
+                        "the server keeps a tombstone for id {:?} (version {}) and refuses to re-create it",
+                        server.id, server.version
+                    ),
+                }
             }
             OpResult::Conflict(server) => {
                 self.deps.metrics.pushed(PushResult::Conflict, 1);
@@ -534,35 +659,6 @@ impl Worker {
                 self.deps.metrics.pushed(PushResult::Rejected, 1);
                 tracing::warn!(op_id = %op.op_id, collection = %op.collection, id = %op.local_id, status, "op rejected by the server; dead-lettered");
                 WriteCmd::DeadLetter { seq, error: reason }
-            }
-        }
-    }
-
-    /// Pulls every page of changes from the stored cursor.
-    async fn pull(&mut self) -> Result<(), Failure> {
-        let client = self.client()?.clone();
-        let limit = self.cfg.sync.batch_size.max(1);
-        loop {
-            let cursor = self
-                .deps
-                .store
-                .meta(META_CURSOR)
-                .map_err(local)?
-                .map(|b| String::from_utf8_lossy(&b).into_owned());
-            let page = client.changes(cursor.as_deref(), limit).await?;
-            let more = page.more && !page.changes.is_empty();
-            let n = page.changes.len();
-            self.deps.metrics.pulled(n);
-            self.submit(WriteCmd::ApplyChanges {
-                changes: page.changes,
-                cursor: page.cursor,
-            })
-            .await?;
-            if n > 0 {
-                tracing::debug!(changes = n, "pulled");
-            }
-            if !more {
-                return Ok(());
             }
         }
     }

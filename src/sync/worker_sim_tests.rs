@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch, Notify};
 
 use crate::backend::client::{BatchOutcome, Failure, OpResult};
-use crate::backend::protocol::{Change, ChangesPage, WireOp};
+use crate::backend::protocol::{Change, ChangesPage, Features, WireOp};
 use crate::backend::server::ops::parse_op;
 use crate::backend::server::redb_store::RedbStore;
 use crate::backend::server::store::{BackendStore, Outcome};
@@ -30,6 +30,8 @@ struct Sim {
     store: RedbStore,
     rng: Mutex<fastrand::Rng>,
     batch: bool,
+    /// What `health` announces (the sim answers every pull at once).
+    features: Features,
     /// Probabilities (0-255 out of 256) per request.
     down: u8,
     fail_before: u8,
@@ -103,14 +105,14 @@ impl Transport for Sim {
         "sim"
     }
 
-    fn health(&self) -> BoxFut<'_, Result<(), Failure>> {
+    fn health(&self) -> BoxFut<'_, Result<Features, Failure>> {
         Box::pin(async move {
             if self.roll(self.down) {
                 Err(Failure::Unreachable {
                     reason: "sim: network down".into(),
                 })
             } else {
-                Ok(())
+                Ok(self.features)
             }
         })
     }
@@ -138,6 +140,7 @@ impl Transport for Sim {
         &'a self,
         since: Option<&'a str>,
         limit: u32,
+        _wait_s: Option<u32>,
     ) -> BoxFut<'a, Result<ChangesPage, Failure>> {
         Box::pin(async move {
             self.reach()?;
@@ -188,6 +191,12 @@ async fn run(seed: u64) {
         store: RedbStore::open(&dir.path().join("server")).unwrap(),
         rng: Mutex::new(fastrand::Rng::with_seed(seed ^ 0x5eed)),
         batch: seed.is_multiple_of(2),
+        // Some seeds with client ids (and a `wait` the sim ignores).
+        features: Features {
+            batch: seed.is_multiple_of(2),
+            wait: seed % 3 == 1,
+            client_ids: seed % 3 == 1,
+        },
         down: 30,
         fail_before: 40,
         lose_reply: 40,
@@ -330,6 +339,9 @@ async fn run(seed: u64) {
             .server_id
             .clone()
             .unwrap_or_else(|| panic!("seed {seed}: {id} never synced"));
+        if sim.features.client_ids {
+            assert_eq!(&sid, id, "seed {seed}: client ids keep the local id");
+        }
         let srv = server[&sid].clone();
         assert_eq!(
             Value::Object(srv.data.clone()),

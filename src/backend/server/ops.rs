@@ -272,8 +272,8 @@ pub enum Plan {
     /// Applied without a change: reply 200 with this (current) record. Only a
     /// delete of a tombstone at its current version.
     Unchanged(ServerRecord),
-    /// `base_version` is stale, the target is deleted, or a create's id is
-    /// taken (a tombstone included): 409 with the current record.
+    /// `base_version` is stale, or a create's id is taken (a tombstone
+    /// included): 409 with the current record.
     Conflict(ServerRecord),
     /// The target id does not exist in the op's collection: 404 with this reason.
     NotFound(String),
@@ -309,9 +309,10 @@ pub fn plan(op: &ValidOp, current: Option<&StoredRecord>, new_id: impl FnOnce() 
             data,
         } => match current {
             None => not_found(id),
-            Some(c) if c.record.version != *base_version || c.record.deleted => {
-                Plan::Conflict(c.record.clone())
-            }
+            // An update made on a tombstone's own version re-creates the
+            // record under its id: the writer saw the delete and chose to
+            // bring the record back (with client ids, the one way to do so).
+            Some(c) if c.record.version != *base_version => Plan::Conflict(c.record.clone()),
             Some(c) => Plan::Write(ServerRecord {
                 id: id.clone(),
                 version: c.record.version.saturating_add(1),
@@ -492,9 +493,12 @@ mod tests {
         assert!(
             matches!(plan(&update(1), Some(&stored(2, false)), id), Plan::Conflict(r) if r.version == 2)
         );
+        // On a tombstone: stale base, 409; its own version revives it.
         assert!(
-            matches!(plan(&update(2), Some(&stored(2, true)), id), Plan::Conflict(r) if r.deleted)
+            matches!(plan(&update(1), Some(&stored(2, true)), id), Plan::Conflict(r) if r.deleted)
         );
+        assert!(matches!(plan(&update(2), Some(&stored(2, true)), id),
+            Plan::Write(r) if r.version == 3 && !r.deleted && r.updated_at == 9));
         assert!(matches!(plan(&update(2), None, id), Plan::NotFound(_)));
         let mut other = stored(2, false);
         other.collection = "notes".into();

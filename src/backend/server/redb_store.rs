@@ -487,8 +487,8 @@ mod tests {
         assert_eq!(t.version, 3);
         assert!(t.data.is_empty());
 
-        // Update of a tombstone at its version: conflict carrying the tombstone.
-        match one(&s, update("o5", &r.id, 3, "d")) {
+        // Update of a tombstone at a stale version: conflict carrying it.
+        match one(&s, update("o5", &r.id, 2, "d")) {
             Outcome::Conflict(cur) => assert_eq!(cur, t),
             other => panic!("{other:?}"),
         }
@@ -496,6 +496,10 @@ mod tests {
         let again = applied(one(&s, delete("o6", &r.id, 3)));
         assert_eq!(again, t);
         assert_eq!(s.changes(0, 100).expect("changes").head, 3);
+        // Update of a tombstone at its version re-creates the record.
+        let back = applied(one(&s, update("o7b", &r.id, 3, "d")));
+        assert_eq!((back.version, back.deleted), (4, false));
+        assert_eq!(s.changes(0, 100).expect("changes").head, 4);
 
         assert!(matches!(
             one(&s, update("o7", "nope", 1, "x")),

@@ -48,6 +48,8 @@ pub fn status(ctx: &Ctx) -> Result<StatusView, ApiError> {
         client_id: ctx.store.client_id().to_owned(),
         store_bytes: ctx.store.store_bytes(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        remote_changes: s.remote_changes,
+        last_pull_at: s.last_pull_at,
     };
     v.hints = hints(
         &v,

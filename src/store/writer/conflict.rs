@@ -212,8 +212,12 @@ pub(super) fn apply_resolution(
         Resolution::Resend { kind, data } => {
             let mut rec = rec.unwrap_or(StoredRecord::local("{}".into(), n, client_ts));
             rec.pending = rec.pending.saturating_sub(n) + 1;
-            // The record now stands on the server's version.
-            if server.deleted {
+            // The record now stands on the server's version. With
+            // client-chosen ids a record's id is taken for good once the
+            // server holds it, a tombstone included: re-creating it is an
+            // update of the tombstone (`base_version` = its version), never
+            // a create that would meet the same tombstone again.
+            if server.deleted && !x.client_ids {
                 x.server_ids.remove((c, server.id.as_str()))?;
                 rec.forget_server();
             } else {

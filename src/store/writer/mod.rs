@@ -288,6 +288,7 @@ impl Writer {
         let mut events = Vec::new();
         {
             let mut x = Txn::open(&txn, &self.ids, &mut self.counters, emit)?;
+            x.client_ids = self.store.backend_client_ids();
             for job in jobs {
                 let r = apply(&mut x, &job.cmd)?;
                 let job_events = std::mem::take(&mut x.ev);

@@ -42,6 +42,8 @@ pub(super) fn not_found(collection: &str, id: &str) -> WriteError {
 
 /// Every table, opened once per transaction, and what the jobs share.
 pub(super) struct Txn<'txn> {
+    /// The backend keeps client-chosen ids (see `Store::backend_client_ids`).
+    pub client_ids: bool,
     pub records: Table<'txn, (&'static str, &'static str), &'static [u8]>,
     pub queue: Table<'txn, u64, &'static [u8]>,
     pub ops: Table<'txn, &'static str, u64>,
@@ -70,6 +72,7 @@ impl<'txn> Txn<'txn> {
             ids,
             counters,
             emit,
+            client_ids: false,
             ev: Vec::new(),
             records: txn.open_table(RECORDS)?,
             queue: txn.open_table(QUEUE)?,

@@ -109,14 +109,21 @@ pub(super) fn dead_letter(x: &mut Txn<'_>, seq: u64, error: &str) -> Result<JobR
     Ok(Ok(WriteOutcome::Done))
 }
 
-/// A page of remote changes and the cursor after it.
+/// A page of remote changes and the cursor after it. With a backend that
+/// keeps client-chosen ids, a record's server id is its local id.
+///
+/// A page may arrive while ops are in flight (pulls run beside pushes): a
+/// record with queued ops keeps its local state (its ops meet the server's
+/// version as a 409), and a change this device made itself, coming back
+/// before or after its ack, changes nothing and emits no event.
 pub(super) fn apply_changes(
     x: &mut Txn<'_>,
     changes: &[Change],
     cursor: &str,
 ) -> Result<JobResult, StoreError> {
+    let client_ids = x.client_ids;
     for ch in changes {
-        apply_remote(x, ch)?;
+        apply_remote(x, ch, client_ids)?;
     }
     x.meta.insert(META_CURSOR, cursor.as_bytes())?;
     x.meta.insert(
@@ -175,7 +182,7 @@ fn apply_ack(x: &mut Txn<'_>, op: &QueuedOp, r: &ServerRecord) -> Result<(), Sto
     Ok(())
 }
 
-fn apply_remote(x: &mut Txn<'_>, ch: &Change) -> Result<(), StoreError> {
+fn apply_remote(x: &mut Txn<'_>, ch: &Change, client_ids: bool) -> Result<(), StoreError> {
     let c = ch.collection.as_str();
     let r = &ch.record;
     if validate_collection(c).is_err() {
@@ -185,26 +192,13 @@ fn apply_remote(x: &mut Txn<'_>, ch: &Change) -> Result<(), StoreError> {
         );
         return Ok(());
     }
-    let lid = x
-        .server_ids
-        .get((c, r.id.as_str()))?
-        .map(|v| v.value().to_owned());
-    let lid = match lid {
-        Some(l) => l,
-        None => {
-            if r.deleted {
-                return Ok(()); // never had it, nothing to delete
-            }
-            // A record another device made: the server id doubles as the
-            // local id when it is a valid, unused one.
-            if validate_id(&r.id).is_ok() && x.record(c, &r.id)?.is_none() {
-                r.id.clone()
-            } else {
-                x.ids.next()
-            }
-        }
+    let Some(lid) = local_id_for(x, c, r, client_ids)? else {
+        return Ok(());
     };
     let rec = x.record(c, &lid)?;
+    if rec.is_none() && r.deleted {
+        return Ok(()); // never had it, nothing to delete
+    }
     if let Some(existing) = &rec {
         if existing.pending > 0 {
             // Local changes win locally until their ops meet the server:
@@ -230,4 +224,36 @@ fn apply_remote(x: &mut Txn<'_>, ch: &Change) -> Result<(), StoreError> {
         }
     }
     take_server(x, c, &lid, rec, r, Origin::Remote)
+}
+
+/// The local id a pulled record lands on; `None`: nothing to do (a
+/// tombstone of a record this device never had).
+fn local_id_for(
+    x: &mut Txn<'_>,
+    c: &str,
+    r: &ServerRecord,
+    client_ids: bool,
+) -> Result<Option<String>, StoreError> {
+    if let Some(l) = x.server_ids.get((c, r.id.as_str()))? {
+        return Ok(Some(l.value().to_owned()));
+    }
+    let usable = validate_id(&r.id).is_ok();
+    let local = if usable { x.record(c, &r.id)? } else { None };
+    if client_ids && usable {
+        // One id on every device: the local record of that id is this
+        // record, unless it is linked to another server record.
+        if local.as_ref().is_none_or(|l| l.server_id.is_none()) {
+            return Ok(Some(r.id.clone()));
+        }
+    }
+    if r.deleted {
+        return Ok(None); // never had it, nothing to delete
+    }
+    // A record another device made: the server id doubles as the local id
+    // when it is a valid, unused one.
+    Ok(Some(if usable && local.is_none() {
+        r.id.clone()
+    } else {
+        x.ids.next()
+    }))
 }
