@@ -33,176 +33,28 @@
 //! second smoke run with tiny parameters: it checks that the harness still
 //! works and measures nothing.
 
-use std::path::PathBuf;
-use std::time::Duration;
-
+mod backend;
 #[path = "../tests/common/mod.rs"]
 mod common;
 mod daemon;
+mod drain;
+mod fill;
 mod idle;
 mod loops;
 mod memory;
+mod opts;
 mod procfs;
 mod reads;
 mod report;
+mod restart;
 mod stats;
 mod writes;
 
+use opts::{Opts, USAGE};
 use report::Report;
 
 pub(crate) const COLLECTION: &str = "bench";
 pub(crate) const READ_ID: &str = "read-target";
-
-const USAGE: &str = "\
-syncd benchmark harness
-
-usage: cargo bench --bench harness -- [SCENARIO...] [OPTIONS]
-
-scenarios (default: all): writes reads memory idle
-
-options:
-  --reps N            repetitions of each measured run (default 5)
-  --secs S            seconds per measured run of writes/reads (default 1.5)
-  --warmup S          seconds of unmeasured warm-up per client count (default 0.5)
-  --clients LIST      write client counts (default 1,4,16,64)
-  --read-clients LIST read client counts (default 1,16)
-  --ops M             ops to queue in `memory` (default 200000)
-  --million           same as --ops 1000000
-  --writers N         concurrent writers filling the queue (default 128)
-  --idle-secs S       length of one idle sampling window (default 5)
-  --idle-windows N    idle sampling windows (default 3)
-  --record-bytes N    size of the fsync baseline's record (default 128)
-  --bin PATH          the syncd binary (default: the one cargo built)
-
-Temp dirs go to $TMPDIR (default /tmp): set it to measure another disk.";
-
-#[derive(Clone, Debug)]
-pub(crate) struct Opts {
-    pub(crate) scenarios: Vec<String>,
-    pub(crate) reps: usize,
-    pub(crate) secs: f64,
-    pub(crate) warmup: f64,
-    pub(crate) clients: Vec<usize>,
-    pub(crate) read_clients: Vec<usize>,
-    pub(crate) ops: u64,
-    pub(crate) writers: usize,
-    pub(crate) idle_secs: f64,
-    pub(crate) idle_windows: usize,
-    pub(crate) record_bytes: usize,
-    pub(crate) bin: PathBuf,
-    pub(crate) smoke: bool,
-}
-
-impl Opts {
-    pub(crate) fn defaults(smoke: bool) -> Opts {
-        let bin = common::bin();
-        if smoke {
-            return Opts {
-                scenarios: all_scenarios(),
-                reps: 1,
-                secs: 0.1,
-                warmup: 0.0,
-                clients: vec![1, 4],
-                read_clients: vec![1, 4],
-                ops: 2000,
-                writers: 8,
-                idle_secs: 0.3,
-                idle_windows: 1,
-                record_bytes: 128,
-                bin,
-                smoke,
-            };
-        }
-        Opts {
-            scenarios: all_scenarios(),
-            reps: 5,
-            secs: 1.5,
-            warmup: 0.5,
-            clients: vec![1, 4, 16, 64],
-            read_clients: vec![1, 16],
-            ops: 200_000,
-            writers: 128,
-            idle_secs: 5.0,
-            idle_windows: 3,
-            record_bytes: 128,
-            bin,
-            smoke,
-        }
-    }
-
-    pub(crate) fn parse(args: &[String]) -> Result<Opts, String> {
-        let mut o = Opts::defaults(false);
-        let mut scenarios = Vec::new();
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            let mut val = |name: &str| -> Result<String, String> {
-                it.next()
-                    .cloned()
-                    .ok_or_else(|| format!("{name} needs a value"))
-            };
-            match a.as_str() {
-                "--bench" => {}
-                "-h" | "--help" => return Err(String::new()),
-                "--reps" => o.reps = num(&val(a)?, a)?,
-                "--secs" => o.secs = num(&val(a)?, a)?,
-                "--warmup" => o.warmup = num(&val(a)?, a)?,
-                "--clients" => o.clients = list(&val(a)?, a)?,
-                "--read-clients" => o.read_clients = list(&val(a)?, a)?,
-                "--ops" => o.ops = num(&val(a)?, a)?,
-                "--million" => o.ops = 1_000_000,
-                "--writers" => o.writers = num(&val(a)?, a)?,
-                "--idle-secs" => o.idle_secs = num(&val(a)?, a)?,
-                "--idle-windows" => o.idle_windows = num(&val(a)?, a)?,
-                "--record-bytes" => o.record_bytes = num(&val(a)?, a)?,
-                "--bin" => o.bin = PathBuf::from(val(a)?),
-                s if all_scenarios().iter().any(|x| x == s) => scenarios.push(s.to_owned()),
-                other => return Err(format!("unknown argument {other:?}")),
-            }
-        }
-        if o.reps == 0
-            || o.secs <= 0.0
-            || o.idle_secs <= 0.0
-            || o.idle_windows == 0
-            || o.writers == 0
-            || o.ops == 0
-        {
-            return Err(
-                "--reps, --secs, --idle-secs, --idle-windows, --writers and --ops must be positive"
-                    .into(),
-            );
-        }
-        if o.clients.contains(&0) || o.read_clients.contains(&0) {
-            return Err("client counts must be positive".into());
-        }
-        if !scenarios.is_empty() {
-            o.scenarios = scenarios;
-        }
-        Ok(o)
-    }
-
-    pub(crate) fn dur(&self) -> Duration {
-        Duration::from_secs_f64(self.secs)
-    }
-
-    pub(crate) fn warmup(&self) -> Duration {
-        Duration::from_secs_f64(self.warmup)
-    }
-}
-
-fn all_scenarios() -> Vec<String> {
-    ["writes", "reads", "memory", "idle"]
-        .map(String::from)
-        .to_vec()
-}
-
-fn num<T: std::str::FromStr>(s: &str, name: &str) -> Result<T, String> {
-    s.parse()
-        .map_err(|_| format!("{name}: not a number: {s:?}"))
-}
-
-fn list(s: &str, name: &str) -> Result<Vec<usize>, String> {
-    s.split(',').map(|x| num(x.trim(), name)).collect()
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -210,7 +62,7 @@ fn main() {
     // (and may pass libtest flags, which a smoke run ignores).
     let smoke = !args.iter().any(|a| a == "--bench");
     let opts = if smoke {
-        Opts::defaults(true)
+        Opts::defaults(opts::Mode::Smoke)
     } else {
         match Opts::parse(&args) {
             Ok(o) => o,
@@ -239,6 +91,8 @@ fn main() {
             "reads" => reads::reads(&rt, &opts, &mut report),
             "memory" => memory::memory(&rt, &opts, &mut report),
             "idle" => idle::idle(&rt, &opts, &mut report),
+            "drain" => drain::drain(&rt, &opts, &mut report),
+            "restart" => restart::restart(&rt, &opts, &mut report),
             _ => unreachable!(),
         }
     }

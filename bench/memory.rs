@@ -1,16 +1,16 @@
 //! `memory`: VmRSS of an idle daemon, after queuing M ops, and after a
 //! restart on that store.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 
 use crate::daemon::{start_daemon, Clients};
-use crate::loops::doc;
+use crate::fill::fill;
 use crate::procfs::proc_status_kib;
 use crate::report::Report;
 use crate::stats::{f2, median};
-use crate::{Opts, COLLECTION};
+use crate::Opts;
 
 /// Median of a few VmRSS samples, KiB.
 pub(crate) fn rss_kib(pid: u32, samples: usize) -> f64 {
@@ -33,32 +33,7 @@ pub(crate) fn memory(rt: &tokio::runtime::Runtime, o: &Opts, report: &mut Report
     let idle_rss = rss_kib(d.pid(), samples);
     let idle_hwm = proc_status_kib(d.pid(), "VmHWM");
 
-    // Fill: writers split the ops between them.
-    let t0 = Instant::now();
-    let depth = rt.block_on(async {
-        let clients = d.clients(o.writers).await;
-        let mut tasks = Vec::new();
-        for (w, mut c) in clients.into_iter().enumerate() {
-            let n = o.ops / o.writers as u64 + u64::from((w as u64) < o.ops % o.writers as u64);
-            tasks.push(tokio::spawn(async move {
-                for i in 0..n {
-                    c.put(COLLECTION, None, doc(w, i)).await.expect("put");
-                }
-            }));
-        }
-        let progress = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(10)).await;
-                eprintln!("  filling ... {:.0} s", t0.elapsed().as_secs_f64());
-            }
-        });
-        for t in tasks {
-            t.await.expect("writer");
-        }
-        progress.abort();
-        d.client().await.status().await.expect("status").queue_depth
-    });
-    let fill_secs = t0.elapsed().as_secs_f64();
+    let (depth, fill_secs) = fill(rt, &d, o.ops, o.writers);
     std::thread::sleep(Duration::from_secs(1).min(settle * 2));
     let filled_rss = rss_kib(d.pid(), samples);
     let filled_hwm = proc_status_kib(d.pid(), "VmHWM");
