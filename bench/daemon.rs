@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use syncd::client::Client;
+use syncd::ipc::codec::Encoding;
 
 use crate::common::{Daemon, Launch};
 
@@ -28,6 +29,7 @@ pub(crate) fn start_daemon(bin: &Path) -> Daemon {
 pub(crate) trait Clients {
     async fn client(&self) -> Client;
     async fn clients(&self, n: usize) -> Vec<Client>;
+    async fn clients_with(&self, n: usize, enc: Encoding) -> Vec<Client>;
 }
 
 impl Clients for Daemon {
@@ -40,9 +42,16 @@ impl Clients for Daemon {
     }
 
     async fn clients(&self, n: usize) -> Vec<Client> {
+        self.clients_with(n, Encoding::Bincode).await
+    }
+
+    async fn clients_with(&self, n: usize, enc: Encoding) -> Vec<Client> {
         let mut v = Vec::with_capacity(n);
         for _ in 0..n {
-            v.push(self.client().await);
+            let c = Client::connect_with(&self.socket, "bench", enc)
+                .await
+                .unwrap_or_else(|e| panic!("connect: {e}; log:\n{}", self.log_text()));
+            v.push(c);
         }
         v
     }

@@ -43,10 +43,13 @@ mod idle;
 mod loops;
 mod memory;
 mod opts;
+mod outbox_report;
 mod procfs;
 mod reads;
+mod redb_outbox;
 mod report;
 mod restart;
+mod sqlite_outbox;
 mod stats;
 mod writes;
 

@@ -107,3 +107,48 @@ pub(crate) fn fsync_run(file: &mut File, record: &[u8], dur: Duration) -> Run {
     let ops = lat.len() as u64;
     Run::new(ops, t0.elapsed(), lat)
 }
+
+/// Thread-per-client version of [`run_loop`] for the in-process baselines:
+/// one OS thread per state, each calling `op` in a loop for `dur`.
+pub(crate) fn run_threads<S: Send>(
+    states: Vec<S>,
+    dur: Duration,
+    op: impl Fn(&mut S, usize, u64) + Sync,
+) -> (Vec<S>, Run) {
+    let stop = AtomicBool::new(false);
+    let barrier = std::sync::Barrier::new(states.len() + 1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = states
+            .into_iter()
+            .enumerate()
+            .map(|(n, mut st)| {
+                let (stop, barrier, op) = (&stop, &barrier, &op);
+                s.spawn(move || {
+                    let mut lat = Vec::with_capacity(4096);
+                    barrier.wait();
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let t = Instant::now();
+                        op(&mut st, n, i);
+                        lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                        i += 1;
+                    }
+                    (st, lat)
+                })
+            })
+            .collect();
+        barrier.wait();
+        let t0 = Instant::now();
+        std::thread::sleep(dur);
+        stop.store(true, Ordering::Relaxed);
+        let mut states = Vec::new();
+        let mut all = Vec::new();
+        for h in handles {
+            let (st, lat) = h.join().expect("baseline thread");
+            states.push(st);
+            all.extend(lat);
+        }
+        let ops = all.len() as u64;
+        (states, Run::new(ops, t0.elapsed(), all))
+    })
+}

@@ -120,7 +120,7 @@ impl Opts {
                 json_clients: vec![4],
                 outbox_clients: vec![4],
                 read_clients: vec![1, 4],
-                ops: 2000,
+                ops: 500,
                 writers: 8,
                 idle_secs: 0.3,
                 idle_windows: 1,

@@ -1,21 +1,100 @@
-//! `writes`: durable puts from 1..64 connections against one thread doing
-//! write + fdatasync per record.
+//! `writes`: durable puts from 1..64 connections (bincode, and JSON at a
+//! few client counts) against three baselines measured in the same
+//! repetitions: one thread doing write + fdatasync per record, an app-side
+//! SQLite outbox, and an in-process redb outbox with group commit.
 
 use std::time::Instant;
 
 use serde_json::{json, Value};
+use syncd::ipc::codec::Encoding;
 
+use crate::common::Daemon;
 use crate::daemon::{start_daemon, Clients};
 use crate::loops::{fsync_run, run_loop, Conn, Op};
+use crate::outbox_report::{print_outboxes, OutboxRuns};
 use crate::procfs::cpu_secs;
+use crate::redb_outbox::RedbOutbox;
 use crate::report::Report;
+use crate::sqlite_outbox::SqliteOutbox;
 use crate::stats::{f0, f2, median, ratio, summarize, Run};
 use crate::Opts;
 
+/// One client count over one encoding, measured every repetition.
+pub(crate) struct Series {
+    pub(crate) clients: usize,
+    pub(crate) enc: Encoding,
+    pool: Vec<Conn>,
+    pub(crate) runs: Vec<Run>,
+    cpu: Vec<f64>,
+}
+
+impl Series {
+    fn label(&self) -> String {
+        match self.enc {
+            Encoding::Bincode => self.clients.to_string(),
+            Encoding::Json => format!("{} (json)", self.clients),
+        }
+    }
+
+    /// Median daemon CPU (fraction of a core) and CPU µs per write.
+    fn cpu(&self) -> (f64, f64) {
+        let per_write: Vec<f64> = self
+            .cpu
+            .iter()
+            .zip(&self.runs)
+            .map(|(c, r)| c / r.per_s * 1e6)
+            .collect();
+        (median(&self.cpu), median(&per_write))
+    }
+}
+
+/// Connections for every series, warmed up once.
+fn series(rt: &tokio::runtime::Runtime, d: &Daemon, o: &Opts) -> Vec<Series> {
+    let bincode = o.clients.iter().map(|&n| (n, Encoding::Bincode));
+    let json = o.json_clients.iter().map(|&n| (n, Encoding::Json));
+    bincode
+        .chain(json)
+        .map(|(clients, enc)| {
+            let conns: Vec<Conn> = rt
+                .block_on(d.clients_with(clients, enc))
+                .into_iter()
+                .map(Conn::Syncd)
+                .collect();
+            let (pool, _) = rt.block_on(run_loop(conns, Op::Put, o.warmup()));
+            Series {
+                clients,
+                enc,
+                pool,
+                runs: Vec::new(),
+                cpu: Vec::new(),
+            }
+        })
+        .collect()
+}
+
+fn measure(rt: &tokio::runtime::Runtime, pid: u32, o: &Opts, rep: usize, s: &mut Series) {
+    let conns = std::mem::take(&mut s.pool);
+    let c0 = cpu_secs(pid);
+    let t0 = Instant::now();
+    let (conns, r) = rt.block_on(run_loop(conns, Op::Put, o.dur()));
+    s.cpu
+        .push((cpu_secs(pid) - c0) / t0.elapsed().as_secs_f64());
+    s.pool = conns;
+    eprintln!(
+        "  rep {}: {} clients {:.0} writes/s p50 {:.0} us p99 {:.0} us",
+        rep + 1,
+        s.label(),
+        r.per_s,
+        r.p50_us,
+        r.p99_us
+    );
+    s.runs.push(r);
+}
+
 pub(crate) fn writes(rt: &tokio::runtime::Runtime, o: &Opts, report: &mut Report) {
     eprintln!(
-        "harness: writes: clients {:?}, {} reps x {} s",
-        o.clients, o.reps, o.secs
+        "harness: writes: clients {:?}, json {:?}, outbox baselines {:?}, {} reps x {} s",
+        o.clients, o.json_clients, o.outbox_clients, o.reps, o.secs
     );
     let d = start_daemon(&o.bin);
     let pid = d.pid();
@@ -27,50 +106,34 @@ pub(crate) fn writes(rt: &tokio::runtime::Runtime, o: &Opts, report: &mut Report
         .open(base_dir.join("fsync.log"))
         .expect("baseline file");
     let record = vec![b'x'; o.record_bytes];
+    let sqlite = SqliteOutbox::create(&base_dir);
+    let redb = RedbOutbox::create(&base_dir);
 
-    // Connections for every client count, warmed up once.
-    let mut pools: Vec<Vec<Conn>> = Vec::new();
-    for &n in &o.clients {
-        let conns: Vec<Conn> = rt
-            .block_on(d.clients(n))
-            .into_iter()
-            .map(Conn::Syncd)
-            .collect();
-        let (conns, _) = rt.block_on(run_loop(conns, Op::Put, o.warmup()));
-        pools.push(conns);
-    }
+    let mut all = series(rt, &d, o);
     let _ = fsync_run(&mut file, &record, o.warmup());
-
     let mut base_runs = Vec::new();
-    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); o.clients.len()];
-    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); o.clients.len()];
+    let mut outboxes = OutboxRuns::new(&o.outbox_clients);
     for rep in 0..o.reps {
         let b = fsync_run(&mut file, &record, o.dur());
         eprintln!("  rep {}: fsync baseline {:.0}/s", rep + 1, b.per_s);
         base_runs.push(b);
-        for (k, &n) in o.clients.iter().enumerate() {
-            let conns = std::mem::take(&mut pools[k]);
-            let c0 = cpu_secs(pid);
-            let t0 = Instant::now();
-            let (conns, r) = rt.block_on(run_loop(conns, Op::Put, o.dur()));
-            cpu[k].push((cpu_secs(pid) - c0) / t0.elapsed().as_secs_f64());
-            pools[k] = conns;
-            eprintln!(
-                "  rep {}: {n} clients {:.0} writes/s p50 {:.0} us p99 {:.0} us",
-                rep + 1,
-                r.per_s,
-                r.p50_us,
-                r.p99_us
-            );
-            runs[k].push(r);
+        outboxes.measure(&sqlite, &redb, o.dur(), rep);
+        for s in &mut all {
+            measure(rt, pid, o, rep, s);
         }
     }
-    drop(pools);
+    for s in &mut all {
+        s.pool.clear();
+    }
+    print_writes(o, report, &base_runs, &all);
+    print_outboxes(report, &outboxes, &all);
+}
 
-    let base = summarize(&base_runs);
+fn print_writes(o: &Opts, report: &mut Report, base_runs: &[Run], all: &[Series]) {
+    let base = summarize(base_runs);
     let base_per_s: Vec<f64> = base_runs.iter().map(|r| r.per_s).collect();
     report.section(
-        "writes: durable put, one request in flight per connection",
+        "writes: durable put, one request in flight per connection (bincode unless marked json)",
         &[
             "clients",
             "writes/s",
@@ -103,42 +166,36 @@ pub(crate) fn writes(rt: &tokio::runtime::Runtime, o: &Opts, report: &mut Report
         "ops": base.ops,
         "reps": o.reps,
     }));
-    for (k, &n) in o.clients.iter().enumerate() {
-        let s = summarize(&runs[k]);
-        let per_s: Vec<f64> = runs[k].iter().map(|r| r.per_s).collect();
+    for s in all {
+        let sum = summarize(&s.runs);
+        let per_s: Vec<f64> = s.runs.iter().map(|r| r.per_s).collect();
         let x = ratio(&per_s, &base_per_s);
-        let cpu_pct = median(&cpu[k]) * 100.0;
-        let cpu_per_write = median(
-            &cpu[k]
-                .iter()
-                .zip(&per_s)
-                .map(|(c, w)| c / w * 1e6)
-                .collect::<Vec<_>>(),
-        );
+        let (cpu, cpu_per_write) = s.cpu();
         report.row(vec![
-            n.to_string(),
-            f0(s.per_s),
-            format!("{}..{}", f0(s.min_per_s), f0(s.max_per_s)),
-            f0(s.p50_us),
-            f0(s.p99_us),
+            s.label(),
+            f0(sum.per_s),
+            format!("{}..{}", f0(sum.min_per_s), f0(sum.max_per_s)),
+            f0(sum.p50_us),
+            f0(sum.p99_us),
             f2(x),
-            f0(cpu_pct),
+            f0(cpu * 100.0),
             f0(cpu_per_write),
         ]);
         report.json(json!({
             "scenario": "writes",
-            "clients": n,
-            "writes_per_s": s.per_s,
-            "min_per_s": s.min_per_s,
-            "max_per_s": s.max_per_s,
-            "p50_us": s.p50_us,
-            "p99_us": s.p99_us,
+            "clients": s.clients,
+            "encoding": s.enc.as_str(),
+            "writes_per_s": sum.per_s,
+            "min_per_s": sum.min_per_s,
+            "max_per_s": sum.max_per_s,
+            "p50_us": sum.p50_us,
+            "p99_us": sum.p99_us,
             "ratio_vs_fsync_baseline": x,
-            "daemon_cpu_pct": cpu_pct,
+            "daemon_cpu_pct": cpu * 100.0,
             "daemon_cpu_us_per_write": cpu_per_write,
-            "ops": s.ops,
+            "ops": sum.ops,
             "reps": o.reps,
-            "target_writes_per_s": if n == 64 { json!(50_000) } else { Value::Null },
+            "target_writes_per_s": if s.clients == 64 { json!(50_000) } else { Value::Null },
         }));
     }
 }
