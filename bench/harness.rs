@@ -5,15 +5,19 @@
 //!
 //! ```text
 //! cargo bench --bench harness                      # every scenario, defaults
-//! cargo bench --bench harness -- writes reads      # some scenarios
+//! cargo bench --bench harness -- --quick           # every scenario, < 2 min
+//! cargo bench --bench harness -- writes drain      # some scenarios
 //! cargo bench --bench harness -- memory --million  # 1,000,000 queued ops
 //! cargo bench --bench harness -- --help
 //! ```
 //!
 //! Scenarios (docs/performance.md has the targets and the latest numbers):
-//! - `writes`: N concurrent connections (1, 4, 16, 64) doing `put` in a loop
-//!   for a fixed time; durable writes/s and p50/p99 latency. Baseline: one
-//!   thread appending a small record to a file with write + fdatasync.
+//! - `writes`: N concurrent connections (1, 4, 16, 64; bincode, and JSON
+//!   at 1 and 64) doing `put` in a loop for a fixed time; durable writes/s
+//!   and p50/p99 latency. Baselines: one thread appending a small record
+//!   with write + fdatasync; an app-side SQLite outbox (`sqlite_outbox.rs`)
+//!   and an in-process redb outbox with group commit (`redb_outbox.rs`) at
+//!   the same client counts.
 //! - `reads`: `get` of one existing record from 1 and 16 connections.
 //!   Baseline: a raw echo server in this process (one thread, one event
 //!   loop) behind the same 4-byte length framing, with the same request and
@@ -23,6 +27,11 @@
 //!   that store.
 //! - `idle`: context switches of all daemon threads over a quiet window
 //!   with an empty queue and no backend (target: 0 per second).
+//! - `drain`: N ops queued while the backend is down, then the reference
+//!   backend starts; time to an empty queue, batched vs one op per request,
+//!   with the daemon's and backend's CPU.
+//! - `restart`: process start to the first answered `status` on a store
+//!   with a long queue, vs on an empty store.
 //!
 //! Every repeated figure is the median over the repetitions; baselines are
 //! interleaved with the measured runs (A B A B ...) and ratios are taken rep
