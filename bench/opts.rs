@@ -218,9 +218,11 @@ impl Opts {
 }
 
 pub(crate) fn all_scenarios() -> Vec<String> {
-    ["writes", "reads", "memory", "idle", "drain", "restart", "live"]
-        .map(String::from)
-        .to_vec()
+    [
+        "writes", "reads", "memory", "idle", "drain", "restart", "live",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 fn num<T: std::str::FromStr>(s: &str, name: &str) -> Result<T, String> {

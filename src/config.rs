@@ -141,7 +141,7 @@ impl Default for SyncSection {
             conflict: Strategy::LastWriteWins,
             backoff_initial_ms: 500,
             backoff_max_ms: 60_000,
-            batch_size: 100,
+            batch_size: 500,
             pull_interval_s: 60,
             live: true,
             wait_s: 25,

@@ -261,6 +261,20 @@ impl Store {
         }
     }
 
+    /// Several stored records in one read transaction, in the order asked.
+    pub fn records(&self, keys: &[(String, String)]) -> Result<Vec<Option<StoredRecord>>> {
+        let (_db, txn) = self.read()?;
+        let t = txn.open_table(RECORDS)?;
+        let mut out = Vec::with_capacity(keys.len());
+        for (c, id) in keys {
+            out.push(match t.get((c.as_str(), id.as_str()))? {
+                Some(v) => Some(from_store(v.value())?),
+                None => None,
+            });
+        }
+        Ok(out)
+    }
+
     /// A live (not deleted) record as apps see it.
     pub fn get(&self, collection: &str, id: &str) -> Result<Option<RecordView>> {
         Ok(self

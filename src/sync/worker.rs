@@ -460,21 +460,25 @@ impl Worker {
     async fn push(&mut self) -> Result<(), Failure> {
         // Held until the verdicts are recorded: see [`RoundLock`].
         let _round = self.round_lock.hold().await;
-        let batch_size = self.cfg.sync.batch_size as usize;
+        // Without a batch endpoint only the head op can be sent: read no more.
+        let batch_size = match self.batch_supported {
+            Some(false) => 1,
+            _ => self.cfg.sync.batch_size as usize,
+        };
         let head = self.claimed_head(batch_size).await?;
+        let keys: Vec<(String, String)> = head
+            .iter()
+            .map(|(_, op)| (op.collection.clone(), op.local_id.clone()))
+            .collect();
+        let recs = self.deps.store.records(&keys).map_err(local)?;
         let mut batch: Vec<(u64, QueuedOp, WireOp)> = Vec::new();
         let mut seen = HashSet::new();
-        for (seq, op) in head {
+        for ((seq, op), rec) in head.into_iter().zip(recs) {
             // One op per record per batch: a later op needs the id and
             // version the earlier one produces.
             if !seen.insert((op.collection.clone(), op.local_id.clone())) {
                 break;
             }
-            let rec = self
-                .deps
-                .store
-                .record(&op.collection, &op.local_id)
-                .map_err(local)?;
             match self.wire_op(&op, rec.as_ref()) {
                 Ok(Some(w)) => batch.push((seq, op, w)),
                 Ok(None) if batch.is_empty() => {
