@@ -43,6 +43,7 @@
 //! works and measures nothing.
 
 mod backend;
+mod coalesce;
 #[path = "../tests/common/mod.rs"]
 mod common;
 mod daemon;
@@ -107,6 +108,7 @@ fn main() {
             "drain" => drain::drain(&rt, &opts, &mut report),
             "restart" => restart::restart(&rt, &opts, &mut report),
             "live" => live::live(&rt, &opts, &mut report),
+            "coalesce" => coalesce::coalesce(&rt, &opts, &mut report),
             _ => unreachable!(),
         }
     }

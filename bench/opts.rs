@@ -11,7 +11,7 @@ syncd benchmark harness
 
 usage: cargo bench --bench harness -- [SCENARIO...] [OPTIONS]
 
-scenarios (default: all): writes reads memory idle drain restart live
+scenarios (default: all): writes reads memory idle drain restart live coalesce
 
 options:
   --quick             smaller sizes and fewer reps everywhere (whole run < 2 min);

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 use tokio::task::JoinHandle;
 
 use crate::backend::client::Failure;
@@ -30,12 +30,24 @@ use crate::sync::worker::local;
 /// after the ack, as an old version that changes nothing. With client ids
 /// the page is harmless either way (the record has the same id and queued
 /// ops, so it keeps its local state), and pulls do not wait for it.
+///
+/// Push rounds share it (a read lock): they may overlap, one sending while
+/// the previous one's verdicts are recorded. A pull takes it alone.
 #[derive(Clone, Default)]
-pub struct RoundLock(Arc<Mutex<()>>);
+pub struct RoundLock(Arc<RwLock<()>>);
+
+/// Held by a push round until its verdicts are recorded.
+pub type RoundGuard = OwnedRwLockReadGuard<()>;
 
 impl RoundLock {
-    pub async fn hold(&self) -> OwnedMutexGuard<()> {
-        self.0.clone().lock_owned().await
+    /// For a pull: waits until no push round is in flight.
+    pub async fn hold(&self) -> OwnedRwLockWriteGuard<()> {
+        self.0.clone().write_owned().await
+    }
+
+    /// For a push round.
+    pub async fn push(&self) -> RoundGuard {
+        self.0.clone().read_owned().await
     }
 }
 

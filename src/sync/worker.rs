@@ -24,7 +24,7 @@ use crate::metrics::PushResult;
 use crate::store::writer::{WriteCmd, WriterHandle};
 use crate::store::{parse_doc_text, QueuedOp, Store, StoredRecord};
 use crate::sync::machine::{Action, Machine, PullDone, View};
-use crate::sync::pull::{PullJob, PullTask, RoundLock};
+use crate::sync::pull::{PullJob, PullTask, RoundGuard, RoundLock};
 use crate::sync::transport::Transport;
 use crate::sync::{State, SyncControl};
 
@@ -95,6 +95,7 @@ async fn run_worker(deps: WorkerDeps, net: Arc<Notify>) {
         client_error: None,
         pull: None,
         round_lock: RoundLock::default(),
+        recording: None,
     };
     w.machine.set_live(cfg.sync.live, cfg.sync.wait_s);
     w.rebuild_client();
@@ -122,6 +123,36 @@ struct Worker {
     /// Keeps a pulled page from landing while a push round without
     /// client ids waits for its verdict (see [`RoundLock`]).
     round_lock: RoundLock,
+    /// The previous round's verdicts, still being recorded.
+    recording: Option<Recording>,
+}
+
+/// A batch whose verdicts a writer job is recording while the next round
+/// goes out.
+struct Recording {
+    done: tokio::task::JoinHandle<Result<(), WriteError>>,
+    /// The highest queue sequence in the batch.
+    upto: u64,
+    /// The records the batch wrote to.
+    records: HashSet<(String, String)>,
+}
+
+/// Waits until a background recording is durable (a failure leaves its
+/// ops queued: they are sent again under the same op ids).
+async fn finish(rec: Option<Recording>) -> Result<(), Failure> {
+    let Some(rec) = rec else { return Ok(()) };
+    match rec.done.await {
+        Ok(r) => r.map_err(local),
+        Err(e) => Err(local(format!("recording task: {e}"))),
+    }
+}
+
+/// What [`Worker::build_batch`] found.
+enum Built {
+    /// Ops to send (possibly none).
+    Batch(Vec<(u64, QueuedOp, WireOp)>),
+    /// The head op was settled locally (dropped or dead-lettered).
+    Settled(Result<(), Failure>),
 }
 
 /// A store or writer failure inside a round: not the backend's fault.
@@ -457,61 +488,36 @@ impl Worker {
 
     /// One push round: the head of the queue, batched when possible.
     /// `Ok` when the server gave a verdict for at least the head op.
+    ///
+    /// Rounds overlap: when every op of a batch was applied, its verdicts
+    /// are recorded by a writer job that runs while the next batch is
+    /// built and sent ([`Recording`]). The next batch never holds an op of
+    /// a record whose verdict is still being recorded (it needs that op's
+    /// server id and version), so it ends before the first such op.
     async fn push(&mut self) -> Result<(), Failure> {
         // Held until the verdicts are recorded: see [`RoundLock`].
-        let _round = self.round_lock.hold().await;
-        // Without a batch endpoint only the head op can be sent: read no more.
-        let batch_size = match self.batch_supported {
-            Some(false) => 1,
-            _ => self.cfg.sync.batch_size as usize,
+        let round = self.round_lock.push().await;
+        let mut prev = self.recording.take();
+        let batch = match self.build_batch(prev.as_ref()).await? {
+            Built::Batch(b) => b,
+            Built::Settled(r) => {
+                finish(prev).await?;
+                return r;
+            }
         };
-        let head = self.claimed_head(batch_size).await?;
-        let keys: Vec<(String, String)> = head
-            .iter()
-            .map(|(_, op)| (op.collection.clone(), op.local_id.clone()))
-            .collect();
-        let recs = self.deps.store.records(&keys).map_err(local)?;
-        let mut batch: Vec<(u64, QueuedOp, WireOp)> = Vec::new();
-        let mut seen = HashSet::new();
-        for ((seq, op), rec) in head.into_iter().zip(recs) {
-            // One op per record per batch: a later op needs the id and
-            // version the earlier one produces.
-            if !seen.insert((op.collection.clone(), op.local_id.clone())) {
-                break;
-            }
-            match self.wire_op(&op, rec.as_ref()) {
-                Ok(Some(w)) => batch.push((seq, op, w)),
-                Ok(None) if batch.is_empty() => {
-                    tracing::debug!(op_id = %op.op_id, "delete of a record the server never had: done locally");
-                    return self.submit(WriteCmd::DropLocal { seq }).await;
-                }
-                Ok(None) => break,
-                Err(reason) if batch.is_empty() => {
-                    tracing::warn!(op_id = %op.op_id, "{reason}");
-                    return self
-                        .submit(WriteCmd::DeadLetter { seq, error: reason })
-                        .await;
-                }
-                Err(_) => break,
-            }
-        }
         if batch.is_empty() {
-            return Ok(());
+            // Only ops still being recorded, or nothing: settle, look again.
+            return finish(prev).await;
         }
         let client = self.client()?.clone();
         if batch.len() > 1 && self.batch_supported != Some(false) {
             let ops: Vec<WireOp> = batch.iter().map(|b| b.2.clone()).collect();
             let outcome = self.deps.metrics.time_push(client.apply_batch(&ops)).await;
+            finish(prev.take()).await?;
             match outcome {
                 Ok(BatchOutcome::Results(results)) => {
                     self.batch_supported = Some(true);
-                    // One writer job, one durable commit for the whole batch.
-                    let cmds = batch
-                        .into_iter()
-                        .zip(results)
-                        .map(|((seq, op, w), res)| self.verdict_cmd(seq, &op, &w, res))
-                        .collect();
-                    return self.submit(WriteCmd::Verdicts(cmds)).await;
+                    return self.record_results(batch, results, round).await;
                 }
                 Ok(BatchOutcome::Refused(reason)) => {
                     tracing::info!(%reason, "batch refused; sending its ops one at a time");
@@ -526,6 +532,8 @@ impl Worker {
                 Err(f) => return self.attempt_failed(batch[0].0, f).await,
             }
         }
+        finish(prev).await?;
+        let mut batch = batch;
         let (seq, op, w) = batch.swap_remove(0);
         match self.deps.metrics.time_push(client.apply(&w)).await {
             Ok(res) => self.submit(self.verdict_cmd(seq, &op, &w, res)).await,
@@ -538,6 +546,91 @@ impl Worker {
                 self.attempt_failed(seq, f).await
             }
         }
+    }
+
+    /// The next batch from the head of the queue: one op per record, after
+    /// the ops of `prev` and before any op of a record in `prev`.
+    async fn build_batch(&self, prev: Option<&Recording>) -> Result<Built, Failure> {
+        // Without a batch endpoint only the head op can be sent: read no more.
+        let batch_size = match self.batch_supported {
+            Some(false) => 1,
+            _ => self.cfg.sync.batch_size as usize,
+        };
+        let skip = prev.map_or(0, |p| p.records.len());
+        let mut head = self.claimed_head(batch_size + skip).await?;
+        if let Some(p) = prev {
+            head.retain(|(s, _)| *s > p.upto);
+        }
+        let keys: Vec<(String, String)> = head
+            .iter()
+            .map(|(_, op)| (op.collection.clone(), op.local_id.clone()))
+            .collect();
+        let recs = self.deps.store.records(&keys).map_err(local)?;
+        let mut batch: Vec<(u64, QueuedOp, WireOp)> = Vec::new();
+        let mut seen = HashSet::new();
+        for (((seq, op), rec), key) in head.into_iter().zip(recs).zip(keys) {
+            // One op per record per batch: a later op needs the id and
+            // version the earlier one produces.
+            if prev.is_some_and(|p| p.records.contains(&key)) || !seen.insert(key) {
+                break;
+            }
+            if batch.len() == batch_size {
+                break;
+            }
+            match self.wire_op(&op, rec.as_ref()) {
+                Ok(Some(w)) => batch.push((seq, op, w)),
+                Ok(None) if batch.is_empty() => {
+                    tracing::debug!(op_id = %op.op_id, "delete of a record the server never had: done locally");
+                    return Ok(Built::Settled(self.submit(WriteCmd::DropLocal { seq }).await));
+                }
+                Ok(None) => break,
+                Err(reason) if batch.is_empty() => {
+                    tracing::warn!(op_id = %op.op_id, "{reason}");
+                    let r = self.submit(WriteCmd::DeadLetter { seq, error: reason }).await;
+                    return Ok(Built::Settled(r));
+                }
+                Err(_) => break,
+            }
+        }
+        Ok(Built::Batch(batch))
+    }
+
+    /// Records a batch's results: in the background when every op was
+    /// applied (the next round overlaps with the commit), else at once.
+    async fn record_results(
+        &mut self,
+        batch: Vec<(u64, QueuedOp, WireOp)>,
+        results: Vec<OpResult>,
+        round: RoundGuard,
+    ) -> Result<(), Failure> {
+        let all_applied =
+            results.len() == batch.len() && results.iter().all(|r| matches!(r, OpResult::Applied(_)));
+        let upto = batch.last().map_or(0, |b| b.0);
+        let records: HashSet<(String, String)> = batch
+            .iter()
+            .map(|(_, op, _)| (op.collection.clone(), op.local_id.clone()))
+            .collect();
+        // One writer job, one durable commit for the whole batch.
+        let cmds = batch
+            .into_iter()
+            .zip(results)
+            .map(|((seq, op, w), res)| self.verdict_cmd(seq, &op, &w, res))
+            .collect();
+        if !all_applied {
+            return self.submit(WriteCmd::Verdicts(cmds)).await;
+        }
+        let writer = self.deps.writer.clone();
+        let done = tokio::spawn(async move {
+            let r = writer.submit(WriteCmd::Verdicts(cmds)).await.map(|_| ());
+            drop(round);
+            r
+        });
+        self.recording = Some(Recording {
+            done,
+            upto,
+            records,
+        });
+        Ok(())
     }
 
     /// The first `n` queued ops, claimed: the writer folds no later write
