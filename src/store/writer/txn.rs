@@ -53,8 +53,6 @@ pub(super) struct Txn<'txn> {
     pub dead_by_op: Table<'txn, &'static str, u64>,
     pub ids: &'txn IdGen,
     pub counters: &'txn mut Counters,
-    /// Whether anyone subscribes to events during this batch.
-    pub emit: bool,
     /// Events of the job being applied.
     pub ev: Vec<Event>,
 }
@@ -64,12 +62,10 @@ impl<'txn> Txn<'txn> {
         txn: &'txn WriteTransaction,
         ids: &'txn IdGen,
         counters: &'txn mut Counters,
-        emit: bool,
     ) -> Result<Self, StoreError> {
         Ok(Txn {
             ids,
             counters,
-            emit,
             ev: Vec::new(),
             records: txn.open_table(RECORDS)?,
             queue: txn.open_table(QUEUE)?,
