@@ -16,6 +16,7 @@
 
 pub mod encoding;
 mod migrate;
+pub mod settled;
 pub mod tables;
 pub mod writer;
 #[cfg(test)]
@@ -346,6 +347,15 @@ impl Store {
             )),
             None => Ok(OpState::Done),
         }
+    }
+
+    /// How a conflict resolution settled `op_id`, if one did recently
+    /// (see [`settled`]).
+    pub fn settled(&self, op_id: &str) -> Result<Option<settled::Settled>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(SETTLED)?;
+        let found = t.get(op_id)?.map(|v| settled::decode(v.value()));
+        found.transpose()
     }
 
     /// The (collection, local id) an op in the queue or in a parked

@@ -5,6 +5,7 @@
 //! (a subscription outlives its request; a wait ends when the client
 //! leaves), which calls into them directly.
 
+pub mod blocking;
 pub mod check;
 pub mod conflicts;
 pub mod control;
