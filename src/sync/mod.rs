@@ -60,6 +60,10 @@ pub struct SyncStatus {
 pub struct SyncControl {
     status: Mutex<SyncStatus>,
     paused: AtomicBool,
+    /// Held by a pause or resume from its durable write until the
+    /// in-memory flag is set, so racing ones cannot leave the two
+    /// disagreeing.
+    pub pause_order: tokio::sync::Mutex<()>,
     /// Wakes the worker: new work, `syncd sync`, pause/resume, config change.
     pub wake: Notify,
 }
@@ -77,6 +81,7 @@ impl SyncControl {
                 next_retry_at: None,
             }),
             paused: AtomicBool::new(paused),
+            pause_order: tokio::sync::Mutex::new(()),
             wake: Notify::new(),
         })
     }
