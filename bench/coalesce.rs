@@ -32,9 +32,13 @@ fn write(rt: &tokio::runtime::Runtime, d: &Daemon, records: usize, grouped: bool
                 .expect("put");
         }
         let order: Vec<(usize, usize)> = if grouped {
-            (0..records).flat_map(|r| (1..=PATCHES).map(move |p| (r, p))).collect()
+            (0..records)
+                .flat_map(|r| (1..=PATCHES).map(move |p| (r, p)))
+                .collect()
         } else {
-            (1..=PATCHES).flat_map(|p| (0..records).map(move |r| (r, p))).collect()
+            (1..=PATCHES)
+                .flat_map(|p| (0..records).map(move |r| (r, p)))
+                .collect()
         };
         for (r, p) in order {
             c.patch("edits", &format!("r{r}"), json!({"v": p}))
@@ -75,7 +79,13 @@ pub(crate) fn coalesce(rt: &tokio::runtime::Runtime, o: &Opts, report: &mut Repo
         ("grouped (folds)", grouped, faster),
         ("interleaved (cannot fold)", interleaved, 1.0),
     ] {
-        report.row(vec![name.into(), writes.to_string(), depth.to_string(), f2(secs), f0(x)]);
+        report.row(vec![
+            name.into(),
+            writes.to_string(),
+            depth.to_string(),
+            f2(secs),
+            f0(x),
+        ]);
     }
     report.json(json!({
         "scenario": "coalesce",

@@ -101,7 +101,12 @@ pub(crate) fn daemon_config(port: u16, batch_size: Option<u32>) -> String {
 
 /// Polls `status` until the queue is empty; returns (seconds to the first
 /// op off the queue, seconds to empty, dead letters), timed from `t0`.
-pub(crate) fn wait_empty(rt: &tokio::runtime::Runtime, d: &Daemon, ops: u64, t0: Instant) -> (f64, f64, u64) {
+pub(crate) fn wait_empty(
+    rt: &tokio::runtime::Runtime,
+    d: &Daemon,
+    ops: u64,
+    t0: Instant,
+) -> (f64, f64, u64) {
     let limit = Duration::from_secs(60.max(ops / 100));
     rt.block_on(async {
         let mut c = d.client().await;

@@ -45,6 +45,9 @@ pub struct DaemonSection {
     pub max_document_bytes: u32,
     /// redb page cache, MiB.
     pub cache_mib: u32,
+    /// Most client connections served at once; beyond it a connection is
+    /// refused with `too_many_connections`.
+    pub max_connections: u32,
 }
 
 /// How log lines are written to stderr.
@@ -120,6 +123,7 @@ impl Default for DaemonSection {
             max_frame_bytes: 16 * 1024 * 1024,
             max_document_bytes: 1024 * 1024,
             cache_mib: 16,
+            max_connections: 256,
         }
     }
 }
@@ -250,20 +254,28 @@ impl Config {
         if let Err(e) = self.socket_mode() {
             return bad("daemon.socket_mode", e);
         }
-        if self.daemon.max_frame_bytes < 1024
+        if self.daemon.max_frame_bytes < 2 * crate::domain::limits::FRAME_OVERHEAD
             || self.daemon.max_frame_bytes as usize > crate::domain::limits::MAX_DECODE_BYTES
         {
             return bad(
                 "daemon.max_frame_bytes",
-                "must be between 1024 and 67108864 (64 MiB)".into(),
+                "must be between 8192 and 67108864 (64 MiB)".into(),
             );
         }
-        if self.daemon.max_document_bytes == 0
-            || self.daemon.max_document_bytes > self.daemon.max_frame_bytes
-        {
+        let room = self.daemon.max_frame_bytes - crate::domain::limits::FRAME_OVERHEAD;
+        if self.daemon.max_document_bytes == 0 || self.daemon.max_document_bytes > room {
             return bad(
                 "daemon.max_document_bytes",
-                "must be between 1 and daemon.max_frame_bytes".into(),
+                format!(
+                    "must be between 1 and daemon.max_frame_bytes - {} ({room}): a frame carries a document and the request or reply around it",
+                    crate::domain::limits::FRAME_OVERHEAD
+                ),
+            );
+        }
+        if self.daemon.max_connections == 0 || self.daemon.max_connections > 65_536 {
+            return bad(
+                "daemon.max_connections",
+                "must be between 1 and 65536".into(),
             );
         }
         if self.daemon.cache_mib == 0 || self.daemon.cache_mib > 4096 {

@@ -96,16 +96,11 @@ fn sigterm_exits_0_quickly_and_removes_socket() {
         .to_owned();
     // An idle connection and a watcher must not hold shutdown up.
     let idle = raw_hello(&d.socket);
-    let mut watcher = Command::new(bin())
-        .arg("--socket")
-        .arg(&d.socket)
-        .args(["watch"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // Subscribed once the `watching` reply is in.
+    let mut watcher = raw_hello(&d.socket);
+    write_frame(&mut watcher, br#"{"id":1,"request":{"watch":{}}}"#);
+    let r = read_json(&mut watcher);
+    assert_eq!(r["reply"]["body"], json!({"watching": {}}), "{r}");
 
     let (st, took) = d.terminate();
     assert_eq!(
@@ -117,8 +112,7 @@ fn sigterm_exits_0_quickly_and_removes_socket() {
     assert!(took < Duration::from_secs(5), "SIGTERM took {took:?}");
     assert!(!d.socket.exists(), "socket file left behind after SIGTERM");
     drop(idle);
-    let _ = watcher.kill();
-    let _ = watcher.wait();
+    drop(watcher);
 
     // The data survives an orderly stop.
     d.spawn();

@@ -10,13 +10,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{bin, eventually, Backend, Daemon};
+use common::{eventually, Backend, Daemon};
 use serde_json::{json, Value};
+use syncd::client::Client;
 
 /// Starts one device syncing to `backend`. `sync_keys` go into `[sync]`,
 /// `tables` after it (e.g. `[collections.NAME]`).
@@ -210,57 +209,44 @@ fn create_on_a_pull_on_b(
     recs
 }
 
-/// A `syncd watch` subscriber collecting the events it prints.
+/// A watching connection (the Rust client on a thread of its own)
+/// collecting the events it receives as JSON.
 struct Watcher {
-    child: Child,
     events: Arc<Mutex<Vec<Value>>>,
 }
 
 impl Watcher {
+    /// Returns once the daemon answered `watching`: every event of a
+    /// commit that completes from then on is collected.
     fn start(d: &Daemon) -> Watcher {
-        let mut child = Command::new(bin())
-            .arg("--socket")
-            .arg(&d.socket)
-            .arg("watch")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn syncd watch");
-        let out = child.stdout.take().expect("stdout");
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = events.clone();
+        let socket = d.socket.clone();
+        let (ready_tx, ready) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let mut c = Client::connect(&socket, "watcher").await.expect("connect");
+                c.watch(&[]).await.expect("watch");
+                let _ = ready_tx.send(());
+                // Ends when the daemon goes away.
+                while let Ok(ev) = c.next_event().await {
+                    let v = serde_json::to_value(&ev).expect("event as JSON");
                     sink.lock().expect("lock").push(v);
                 }
-            }
+            });
         });
-        Watcher { child, events }
+        ready
+            .recv_timeout(Duration::from_secs(10))
+            .expect("watch subscription answered");
+        Watcher { events }
     }
 
     fn events(&self) -> Vec<Value> {
         self.events.lock().expect("lock").clone()
-    }
-
-    /// Writes marker records until one shows up in the feed: the
-    /// subscription is then live.
-    fn wait_live(&self, d: &Daemon) {
-        wait_for(10, "watch subscription is live", || {
-            d.ok(&["put", "watchprobe", "{}"]);
-            std::thread::sleep(Duration::from_millis(50));
-            if self
-                .events()
-                .iter()
-                .any(|e| e["changed"]["collection"] == json!("watchprobe"))
-            {
-                Ok(())
-            } else {
-                Err("no event yet".into())
-            }
-        });
     }
 
     /// The `conflict` events for `coll`/`id`.
@@ -272,13 +258,6 @@ impl Watcher {
             })
             .map(|e| e["conflict"].clone())
             .collect()
-    }
-}
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -365,7 +344,6 @@ fn automatic_strategy(
     let coll = "todos";
     let (backend, a, b) = two_devices(sync_keys, tables);
     let watch = Watcher::start(&b);
-    watch.wait_live(&b);
     let e = concurrent_edits(&a, &b, coll, &["a-first-1", "b-first-2", "a-first-twice-3"]);
     let before = resolved(&b);
 
@@ -467,7 +445,6 @@ fn manual_parks_then_resolves() {
         "[collections.todos]\nconflict = \"manual\"",
     );
     let watch = Watcher::start(&b);
-    watch.wait_live(&b);
     let e = concurrent_edits(
         &a,
         &b,

@@ -122,10 +122,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         crate::ipc::frame::write_frame(&mut self.stream, body).await
     }
 
-    /// Encodes `frame` in `enc` and writes it.
-    pub async fn send(&mut self, enc: Encoding, frame: &ServerFrame) -> std::io::Result<()> {
-        let bytes = encode(enc, frame).map_err(std::io::Error::other)?;
-        self.write_frame(&bytes).await
+    /// Encodes `frame` in `enc` and writes it. A frame over the limit
+    /// (`daemon.max_frame_bytes` holds both ways) is not written:
+    /// [`FrameError::TooLarge`], and the stream is still in step.
+    pub async fn send(&mut self, enc: Encoding, frame: &ServerFrame) -> Result<(), FrameError> {
+        let bytes = encode(enc, frame).map_err(|e| FrameError::Io(std::io::Error::other(e)))?;
+        if bytes.len() > self.max_frame as usize {
+            return Err(FrameError::TooLarge {
+                len: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
+                max: self.max_frame,
+            });
+        }
+        self.write_frame(&bytes).await.map_err(FrameError::Io)
     }
 }
 
@@ -190,6 +198,31 @@ mod tests {
             conn.read_frame().await,
             Err(FrameError::Truncated)
         ));
+    }
+
+    #[tokio::test]
+    async fn a_frame_over_the_limit_is_not_sent() {
+        use crate::ipc::wire::{ApiError, ErrorCode};
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut conn = Connection::new(server, 64);
+        let big = ServerFrame::Error {
+            id: 1,
+            error: ApiError::new(ErrorCode::Internal, "x".repeat(100)),
+        };
+        assert!(matches!(
+            conn.send(Encoding::Json, &big).await,
+            Err(FrameError::TooLarge { max: 64, .. })
+        ));
+        let small = ServerFrame::Error {
+            id: 2,
+            error: ApiError::new(ErrorCode::Internal, "x"),
+        };
+        conn.send(Encoding::Json, &small).await.unwrap();
+        drop(conn);
+        let mut r = Connection::new(&mut client, 64);
+        let first = r.read_frame().await.unwrap().unwrap();
+        assert!(String::from_utf8_lossy(&first).contains(r#""id":2"#));
+        assert!(r.read_frame().await.unwrap().is_none());
     }
 
     #[tokio::test]

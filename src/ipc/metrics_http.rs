@@ -71,7 +71,7 @@ async fn answer(
         ));
     }
     Ok(match req.uri().path() {
-        "/metrics" => match crate::ipc::cmd::metrics::text(&ctx) {
+        "/metrics" => match crate::ipc::cmd::metrics::text(&ctx).await {
             Ok(t) => reply(StatusCode::OK, OPENMETRICS, t),
             Err(e) => reply(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -79,7 +79,7 @@ async fn answer(
                 format!("{e}\n"),
             ),
         },
-        "/health" => health(&ctx),
+        "/health" => health(&ctx).await,
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
@@ -89,8 +89,8 @@ async fn answer(
 }
 
 /// 200 "ok" when healthy, else 503 with the hint.
-fn health(ctx: &Ctx) -> Response<Full<Bytes>> {
-    let s = match crate::ipc::cmd::status::status(ctx) {
+async fn health(ctx: &Ctx) -> Response<Full<Bytes>> {
+    let s = match crate::ipc::cmd::status::status(ctx).await {
         Ok(s) => s,
         Err(e) => {
             return reply(

@@ -14,11 +14,11 @@ use std::sync::Arc;
 
 use interprocess::local_socket::tokio::{prelude::*, Listener, Stream};
 use interprocess::local_socket::{GenericFilePath, ListenerOptions};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, watch, Semaphore};
 
 use crate::config::Config;
 use crate::ipc::peer::{own_uid, PeerPolicy};
-use crate::ipc::wire::Event;
+use crate::ipc::wire::{ErrorCode, Event};
 use crate::ipc::{session, socket_dir};
 use crate::store::writer::WriterHandle;
 use crate::store::Store;
@@ -135,21 +135,44 @@ pub fn peer_policy(path: &Path, mode: u32) -> std::io::Result<PeerPolicy> {
     })
 }
 
-/// Accepts until `shutdown` turns true; connection tasks go to `tasks`.
+/// Tells a connection over `daemon.max_connections` why it is closed
+/// (in a hello reply, the first frame the client expects), then closes it.
+async fn refuse_busy(stream: Stream, max: u32) {
+    tracing::warn!(max, "refused a connection: daemon.max_connections reached");
+    let mut conn = crate::ipc::connection::Connection::new(stream, 0);
+    let why = format!(
+        "the daemon serves {max} connections already (daemon.max_connections); try again later"
+    );
+    let refusal = crate::ipc::hello::refuse(&mut conn, ErrorCode::TooManyConnections, why);
+    // A client that never reads must not keep the task alive.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), refusal).await;
+}
+
+/// Accepts until `shutdown` turns true (at most `daemon.max_connections`
+/// served at once, fixed at start); connection tasks go to `tasks`.
 pub async fn serve(
     listener: Listener,
     ctx: Arc<Ctx>,
     mut shutdown: watch::Receiver<bool>,
     tasks: &mut tokio::task::JoinSet<()>,
 ) {
+    let max = ctx.config.borrow().daemon.max_connections;
+    let slots = Arc::new(Semaphore::new(max as usize));
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
             r = listener.accept() => match r {
                 Ok(conn) => {
                     let ctx = ctx.clone();
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        tasks.spawn(refuse_busy(conn, max));
+                        continue;
+                    };
                     let sd = shutdown.clone();
-                    tasks.spawn(ctx.metrics.connection().run(session::run(conn, ctx, sd)));
+                    tasks.spawn(async move {
+                        ctx.metrics.connection().run(session::run(conn, ctx.clone(), sd)).await;
+                        drop(slot);
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");

@@ -129,17 +129,34 @@ impl Session<'_> {
             Ok(body) => ServerFrame::Reply { id, body },
             Err(error) => ServerFrame::Error { id, error },
         };
-        self.conn.send(self.enc, &frame).await.is_ok()
+        match self.conn.send(self.enc, &frame).await {
+            Ok(()) => true,
+            // A record pulled from a server with a larger limit, say:
+            // say so instead of sending a frame the client may refuse.
+            Err(FrameError::TooLarge { len, max }) => {
+                let error = ApiError::new(
+                    ErrorCode::TooLarge,
+                    format!("the reply would be a {len}-byte frame, over the {max}-byte limit (daemon.max_frame_bytes)"),
+                );
+                let frame = ServerFrame::Error { id, error };
+                self.conn.send(self.enc, &frame).await.is_ok()
+            }
+            Err(_) => false,
+        }
     }
 
     /// Forwards one watch event; `false` when the stream is gone.
     async fn on_event(&mut self, ev: Option<Event>) -> bool {
         match ev {
-            Some(ev) => self
-                .conn
-                .send(self.enc, &ServerFrame::Event(ev))
-                .await
-                .is_ok(),
+            Some(ev) => match self.conn.send(self.enc, &ServerFrame::Event(ev)).await {
+                Ok(()) => true,
+                // Too large to send: accounted for as a missed event.
+                Err(FrameError::TooLarge { .. }) => {
+                    let missed = ServerFrame::Event(Event::ResyncNeeded { missed: 1 });
+                    self.conn.send(self.enc, &missed).await.is_ok()
+                }
+                Err(_) => false,
+            },
             None => {
                 // The event source closed: the daemon is stopping.
                 self.watch = None;

@@ -139,6 +139,8 @@ pub enum ErrorCode {
     Internal,
     /// `wait_synced`: a conflict resolution discarded the local change.
     Conflict,
+    /// Hello reply: the daemon serves `daemon.max_connections` already.
+    TooManyConnections,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -16,6 +16,7 @@
 
 pub mod encoding;
 mod migrate;
+pub mod settled;
 pub mod tables;
 pub mod writer;
 #[cfg(test)]
@@ -425,6 +426,15 @@ impl Store {
             )),
             None => Ok(OpState::Done),
         }
+    }
+
+    /// How a conflict resolution settled `op_id`, if one did recently
+    /// (see [`settled`]).
+    pub fn settled(&self, op_id: &str) -> Result<Option<settled::Settled>> {
+        let (_db, txn) = self.read()?;
+        let t = txn.open_table(SETTLED)?;
+        let found = t.get(op_id)?.map(|v| settled::decode(v.value()));
+        found.transpose()
     }
 
     /// The (collection, local id) an op in the queue or in a parked

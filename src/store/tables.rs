@@ -21,6 +21,12 @@ pub const RECORD_QUEUE: TableDefinition<(&str, &str, u64), ()> =
 /// op_id -> dead-letter sequence: `retry`, `discard` and `wait_synced` find
 /// a dead letter without scanning them all.
 pub const DEAD_BY_OP: TableDefinition<&str, u64> = TableDefinition::new("dead_by_op");
+/// op_id -> bincode [`super::settled::Settled`]: how a conflict
+/// resolution settled an op, for `wait_synced` (bounded, see
+/// [`super::settled`]).
+pub const SETTLED: TableDefinition<&str, &[u8]> = TableDefinition::new("settled");
+/// insertion sequence -> op_id of [`SETTLED`], oldest first.
+pub const SETTLED_ORDER: TableDefinition<u64, &str> = TableDefinition::new("settled_order");
 /// Small named values.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -57,6 +63,8 @@ pub fn for_each_table(txn: &WriteTransaction) -> Result<(), redb::TableError> {
     txn.open_table(META)?;
     txn.open_table(RECORD_QUEUE)?;
     txn.open_table(DEAD_BY_OP)?;
+    txn.open_table(SETTLED)?;
+    txn.open_table(SETTLED_ORDER)?;
     Ok(())
 }
 

@@ -210,14 +210,16 @@ impl Machine {
             self.pull_requested = true;
             return Action::StopPull;
         }
+        // Paused wins over "no backend": the user's pause is what status
+        // must show, with or without a backend to sync to.
+        if view.paused {
+            self.state = State::Paused;
+            return Action::Sleep(None);
+        }
         if !view.has_backend {
             self.state = State::Offline;
             self.last_error = None;
             self.not_before = None;
-            return Action::Sleep(None);
-        }
-        if view.paused {
-            self.state = State::Paused;
             return Action::Sleep(None);
         }
         if self.state == State::Paused {
@@ -594,6 +596,21 @@ mod tests {
         assert_eq!(m.next(0, View { paused: true, ..V }), Action::Sleep(None));
         assert_eq!(m.state(), State::Paused);
         assert_eq!(m.next(0, V), Action::Probe);
+    }
+
+    #[test]
+    fn paused_without_a_backend_shows_paused() {
+        let mut m = Machine::new(100, 1000, 60_000, 1);
+        let v = View {
+            has_backend: false,
+            paused: true,
+            ..V
+        };
+        assert_eq!(m.next(0, v), Action::Sleep(None));
+        assert_eq!(m.state(), State::Paused);
+        let resumed = View { paused: false, ..v };
+        assert_eq!(m.next(0, resumed), Action::Sleep(None));
+        assert_eq!(m.state(), State::Offline);
     }
 
     #[test]

@@ -66,6 +66,10 @@ pub struct SyncStatus {
 pub struct SyncControl {
     status: Mutex<SyncStatus>,
     paused: AtomicBool,
+    /// Held by a pause or resume from its durable write until the
+    /// in-memory flag is set, so racing ones cannot leave the two
+    /// disagreeing.
+    pub pause_order: tokio::sync::Mutex<()>,
     /// Wakes the worker: new work, `syncd sync`, pause/resume, config change.
     pub wake: Notify,
 }
@@ -85,6 +89,7 @@ impl SyncControl {
                 last_pull_at: None,
             }),
             paused: AtomicBool::new(paused),
+            pause_order: tokio::sync::Mutex::new(()),
             wake: Notify::new(),
         })
     }

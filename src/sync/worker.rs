@@ -581,12 +581,16 @@ impl Worker {
                 Ok(Some(w)) => batch.push((seq, op, w)),
                 Ok(None) if batch.is_empty() => {
                     tracing::debug!(op_id = %op.op_id, "delete of a record the server never had: done locally");
-                    return Ok(Built::Settled(self.submit(WriteCmd::DropLocal { seq }).await));
+                    return Ok(Built::Settled(
+                        self.submit(WriteCmd::DropLocal { seq }).await,
+                    ));
                 }
                 Ok(None) => break,
                 Err(reason) if batch.is_empty() => {
                     tracing::warn!(op_id = %op.op_id, "{reason}");
-                    let r = self.submit(WriteCmd::DeadLetter { seq, error: reason }).await;
+                    let r = self
+                        .submit(WriteCmd::DeadLetter { seq, error: reason })
+                        .await;
                     return Ok(Built::Settled(r));
                 }
                 Err(_) => break,
@@ -603,8 +607,8 @@ impl Worker {
         results: Vec<OpResult>,
         round: RoundGuard,
     ) -> Result<(), Failure> {
-        let all_applied =
-            results.len() == batch.len() && results.iter().all(|r| matches!(r, OpResult::Applied(_)));
+        let all_applied = results.len() == batch.len()
+            && results.iter().all(|r| matches!(r, OpResult::Applied(_)));
         let upto = batch.last().map_or(0, |b| b.0);
         let records: HashSet<(String, String)> = batch
             .iter()

@@ -4,6 +4,8 @@
 use crate::ipc::server::Ctx;
 use crate::ipc::wire::{ApiError, Response};
 
-pub fn apply(ctx: &Ctx) -> Result<Response, ApiError> {
-    Ok(Response::Conflicts(ctx.store.conflicts()?))
+use super::blocking::read;
+
+pub async fn apply(ctx: &Ctx) -> Result<Response, ApiError> {
+    Ok(Response::Conflicts(read(ctx, |s| s.conflicts()).await?))
 }

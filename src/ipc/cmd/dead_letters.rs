@@ -6,11 +6,12 @@ use crate::ipc::server::Ctx;
 use crate::ipc::wire::{ApiError, Response};
 use crate::store::writer::WriteCmd;
 
+use super::blocking::read;
 use super::check::{reply_budget, within_budget, written};
 
 /// The dead letters, each with its server error, cut to the reply budget.
-pub fn list(ctx: &Ctx) -> Result<Response, ApiError> {
-    let dead = ctx.store.dead_letters()?;
+pub async fn list(ctx: &Ctx) -> Result<Response, ApiError> {
+    let dead = read(ctx, |s| s.dead_letters()).await?;
     Ok(Response::Ops(within_budget(
         reply_budget(ctx),
         dead.into_iter().map(|(seq, dl)| {

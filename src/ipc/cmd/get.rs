@@ -4,11 +4,13 @@
 use crate::ipc::server::Ctx;
 use crate::ipc::wire::{ApiError, ErrorCode, Response};
 
+use super::blocking::read;
 use super::check::check_names;
 
-pub fn apply(ctx: &Ctx, collection: String, id: String) -> Result<Response, ApiError> {
+pub async fn apply(ctx: &Ctx, collection: String, id: String) -> Result<Response, ApiError> {
     check_names(&collection, Some(&id))?;
-    match ctx.store.get(&collection, &id)? {
+    let (c, i) = (collection.clone(), id.clone());
+    match read(ctx, move |s| s.get(&c, &i)).await? {
         Some(r) => Ok(Response::Record(r)),
         None => Err(ApiError::new(
             ErrorCode::NotFound,

@@ -5,13 +5,14 @@
 use crate::ipc::server::Ctx;
 use crate::ipc::wire::{ApiError, Response};
 
+use super::blocking::read;
 use super::check::{check_names, reply_budget};
 use super::MAX_LIST;
 
 /// Records per page when the app names no limit.
 const DEFAULT_LIMIT: u32 = 100;
 
-pub fn apply(
+pub async fn apply(
     ctx: &Ctx,
     collection: String,
     start: Option<String>,
@@ -19,8 +20,10 @@ pub fn apply(
 ) -> Result<Response, ApiError> {
     check_names(&collection, None)?;
     let limit = limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIST) as usize;
-    let (records, next) =
-        ctx.store
-            .list(&collection, start.as_deref(), limit, reply_budget(ctx))?;
+    let budget = reply_budget(ctx);
+    let (records, next) = read(ctx, move |s| {
+        s.list(&collection, start.as_deref(), limit, budget)
+    })
+    .await?;
     Ok(Response::Records { records, next })
 }

@@ -5,6 +5,7 @@
 //! (a subscription outlives its request; a wait ends when the client
 //! leaves), which calls into them directly.
 
+pub mod blocking;
 pub mod check;
 pub mod conflicts;
 pub mod control;
@@ -41,14 +42,16 @@ pub async fn apply(ctx: &Ctx, req: Request) -> Result<Response, ApiError> {
             data,
         } => patch::apply(ctx, collection, id, data).await,
         Request::Delete { collection, id } => delete::apply(ctx, collection, id).await,
-        Request::Get { collection, id } => get::apply(ctx, collection, id),
+        Request::Get { collection, id } => get::apply(ctx, collection, id).await,
         Request::List {
             collection,
             start,
             limit,
-        } => list::apply(ctx, collection, start, limit),
-        Request::Status {} => status::status(ctx).map(|s| Response::Status(Box::new(s))),
-        Request::Queue { limit } => queue::apply(ctx, limit),
+        } => list::apply(ctx, collection, start, limit).await,
+        Request::Status {} => status::status(ctx)
+            .await
+            .map(|s| Response::Status(Box::new(s))),
+        Request::Queue { limit } => queue::apply(ctx, limit).await,
         Request::Watch { .. } => Err(ApiError::new(
             ErrorCode::BadRequest,
             "watch is handled by the session",
@@ -56,17 +59,17 @@ pub async fn apply(ctx: &Ctx, req: Request) -> Result<Response, ApiError> {
         Request::Sync {} => Ok(control::sync(ctx)),
         Request::Pause {} => control::set_paused(ctx, true).await,
         Request::Resume {} => control::set_paused(ctx, false).await,
-        Request::Conflicts {} => conflicts::apply(ctx),
+        Request::Conflicts {} => conflicts::apply(ctx).await,
         Request::Resolve {
             collection,
             id,
             take,
             data,
         } => resolve::apply(ctx, collection, id, take, data).await,
-        Request::DeadLetters {} => dead_letters::list(ctx),
+        Request::DeadLetters {} => dead_letters::list(ctx).await,
         Request::Retry { op_id } => dead_letters::retry(ctx, op_id).await,
         Request::Discard { op_id } => dead_letters::discard(ctx, op_id).await,
         Request::WaitSynced { op_id } => wait_synced::apply(ctx, op_id).await,
-        Request::Metrics {} => metrics::apply(ctx),
+        Request::Metrics {} => metrics::apply(ctx).await,
     }
 }

@@ -10,28 +10,56 @@ use crate::ipc::health::{hints, HintInputs};
 use crate::ipc::server::Ctx;
 use crate::ipc::wire::{ApiError, StatusView};
 use crate::store::tables::{i64_be, u64_be, META_LAST_SYNC, META_RESOLVED};
+use crate::store::{Store, StoreError};
+
+use super::blocking::read;
 
 /// Most queued ops `pending_by_collection` looks at: a bounded scan from
 /// the head of the queue, so status stays fast with a million ops queued
 /// (beyond it the counts are lower bounds, and say so).
 pub const PENDING_SCAN_LIMIT: usize = 1_000;
 
+/// What status reads from the store, in one read on the blocking pool.
+struct StoreFacts {
+    queue_depth: u64,
+    oldest_pending: Option<i64>,
+    dead_letters: u64,
+    conflicts: u64,
+    conflicts_resolved: u64,
+    last_sync_at: Option<i64>,
+    pending: (BTreeMap<String, u64>, bool),
+    store_bytes: u64,
+}
+
+fn store_facts(store: &Store) -> Result<StoreFacts, StoreError> {
+    let queue_depth = store.queue_depth()?;
+    Ok(StoreFacts {
+        queue_depth,
+        oldest_pending: store.oldest_pending()?,
+        dead_letters: store.dead_letter_count()?,
+        conflicts: store.conflict_count()?,
+        conflicts_resolved: u64_be(store.meta(META_RESOLVED)?.as_deref()).unwrap_or(0),
+        last_sync_at: i64_be(store.meta(META_LAST_SYNC)?.as_deref()),
+        pending: pending_by_collection(store, queue_depth)?,
+        store_bytes: store.store_bytes(),
+    })
+}
+
 /// Builds the status view from the store, the worker and the runtime.
-pub fn status(ctx: &Ctx) -> Result<StatusView, ApiError> {
+pub async fn status(ctx: &Ctx) -> Result<StatusView, ApiError> {
+    let f = read(ctx, store_facts).await?;
     let s = ctx.sync.status();
     let cfg = ctx.config.borrow().clone();
     let now = crate::domain::clock::now_ms();
     let rt = &ctx.runtime;
-    let queue_depth = ctx.store.queue_depth()?;
-    let (pending, complete) = pending_by_collection(ctx, queue_depth)?;
     let mut v = StatusView {
         state: s.state.as_str().to_owned(),
-        queue_depth,
-        oldest_pending_age_ms: ctx.store.oldest_pending()?.map(|t| (now - t).max(0)),
-        dead_letters: ctx.store.dead_letter_count()?,
-        conflicts: ctx.store.conflict_count()?,
-        conflicts_resolved: u64_be(ctx.store.meta(META_RESOLVED)?.as_deref()).unwrap_or(0),
-        last_sync_at: i64_be(ctx.store.meta(META_LAST_SYNC)?.as_deref()),
+        queue_depth: f.queue_depth,
+        oldest_pending_age_ms: f.oldest_pending.map(|t| (now - t).max(0)),
+        dead_letters: f.dead_letters,
+        conflicts: f.conflicts,
+        conflicts_resolved: f.conflicts_resolved,
+        last_sync_at: f.last_sync_at,
         next_retry_at: s.next_retry_at,
         last_error: s.last_error,
         hint: None,
@@ -42,11 +70,11 @@ pub fn status(ctx: &Ctx) -> Result<StatusView, ApiError> {
         data_dir: rt.data_dir.display().to_string(),
         pid: rt.pid,
         uptime_s: rt.uptime_s(),
-        pending_by_collection: pending,
-        pending_by_collection_complete: complete,
+        pending_by_collection: f.pending.0,
+        pending_by_collection_complete: f.pending.1,
         backend: cfg.backend_url().map(crate::config::redact_url),
         client_id: ctx.store.client_id().to_owned(),
-        store_bytes: ctx.store.store_bytes(),
+        store_bytes: f.store_bytes,
         version: env!("CARGO_PKG_VERSION").to_owned(),
         remote_changes: s.remote_changes,
         last_pull_at: s.last_pull_at,
@@ -65,12 +93,15 @@ pub fn status(ctx: &Ctx) -> Result<StatusView, ApiError> {
 
 /// Queued ops per collection over the first [`PENDING_SCAN_LIMIT`] ops;
 /// `true` when that was the whole queue.
-fn pending_by_collection(ctx: &Ctx, depth: u64) -> Result<(BTreeMap<String, u64>, bool), ApiError> {
+fn pending_by_collection(
+    store: &Store,
+    depth: u64,
+) -> Result<(BTreeMap<String, u64>, bool), StoreError> {
     let mut counts = BTreeMap::new();
     if depth == 0 {
         return Ok((counts, true));
     }
-    let head = ctx.store.queue_head(PENDING_SCAN_LIMIT)?;
+    let head = store.queue_head(PENDING_SCAN_LIMIT)?;
     let complete = head.len() as u64 >= depth;
     for (_, op) in head {
         *counts.entry(op.collection).or_insert(0) += 1;

@@ -50,18 +50,19 @@ pub(super) fn put(
         ),
     };
     let op_id = local_write(x, collection, &id, &rec, kind, Some(text), client_ts)?;
-    // Nobody listening (the common case under load): skip the
-    // event and its copy of the document.
-    if x.emit {
-        x.ev.push(Event::Changed {
-            collection: collection.to_owned(),
-            id: id.to_owned(),
-            op_id: Some(op_id.to_owned()),
-            origin: Origin::Local,
-            data: Some(Doc(Value::Object(data.clone()))),
-        });
-    }
+    // Its `changed` event is built after the commit ([`put_event`]).
     Ok(Ok(WriteOutcome::Written { id, op_id }))
+}
+
+/// The `changed` event of a put that committed.
+pub(super) fn put_event(collection: &str, id: &str, op_id: &str, data: &Document) -> Event {
+    Event::Changed {
+        collection: collection.to_owned(),
+        id: id.to_owned(),
+        op_id: Some(op_id.to_owned()),
+        origin: Origin::Local,
+        data: Some(Doc(Value::Object(data.clone()))),
+    }
 }
 
 /// Merges top-level keys into a live record; `null` removes a key.

@@ -14,6 +14,7 @@ use crate::domain::{
     StoredRecord,
 };
 use crate::store::encoding::{from_store, to_store};
+use crate::store::settled::{self, Settled};
 use crate::store::tables::*;
 use crate::store::{parse_doc_text, ParkedConflict, ServerRecordStored};
 
@@ -172,6 +173,8 @@ pub(super) fn apply_resolution(
     merged_in: bool,
 ) -> Result<(), StoreError> {
     let n = ops.len() as u32;
+    let op_ids: Vec<String> = ops.iter().map(|o| o.op_id.clone()).collect();
+    let mut resent_as = None;
     for op in &ops {
         x.ops.remove(op.op_id.as_str())?;
     }
@@ -249,6 +252,7 @@ pub(super) fn apply_resolution(
                 base: None,
             };
             prepend_op(x, &new_op)?;
+            resent_as = Some(new_op.op_id.clone());
             x.ev.push(Event::Changed {
                 collection: c.to_owned(),
                 id: lid.to_owned(),
@@ -282,6 +286,13 @@ pub(super) fn apply_resolution(
                 "parked for manual resolution".to_owned(),
             );
         }
+    }
+    if outcome.0 != ConflictOutcome::Parked {
+        let s = Settled {
+            result: outcome.0,
+            resent_as,
+        };
+        settled::record(&mut x.settled, &mut x.settled_order, &op_ids, &s)?;
     }
     x.ev.push(Event::Conflict {
         collection: c.to_owned(),

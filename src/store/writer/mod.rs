@@ -236,9 +236,16 @@ impl Writer {
             }
             let before = self.counters;
             match self.run_batch(&jobs) {
-                Ok((results, events)) => {
+                Ok((results, per_job)) => {
                     let enqueued = self.counters.queue_tail != before.queue_tail
                         || jobs.iter().any(|j| j.cmd.may_enqueue());
+                    // Decided after the commit: whoever subscribed before
+                    // it completed gets its events, even mid-batch.
+                    let events = if self.events.receiver_count() > 0 {
+                        batch_events(&jobs, &results, per_job)
+                    } else {
+                        Vec::new()
+                    };
                     for (job, r) in jobs.drain(..).zip(results) {
                         let _ = job.reply.send(r);
                     }
@@ -265,8 +272,9 @@ impl Writer {
     }
 
     /// Runs `jobs` in one durable transaction; returns each job's result and
-    /// the events of the jobs that succeeded.
-    fn run_batch(&mut self, jobs: &[Job]) -> Result<(Vec<JobResult>, Vec<Event>), StoreError> {
+    /// the events of each job (none for one that failed; a put's event is
+    /// built after the commit, see [`batch_events`]).
+    fn run_batch(&mut self, jobs: &[Job]) -> Result<(Vec<JobResult>, Vec<Vec<Event>>), StoreError> {
         if jobs.iter().all(|j| matches!(j.cmd, WriteCmd::Claim { .. })) {
             // Claims change only memory: no transaction, no fsync.
             for j in jobs {
@@ -276,25 +284,22 @@ impl Writer {
             }
             return Ok((
                 jobs.iter().map(|_| Ok(WriteOutcome::Done)).collect(),
-                Vec::new(),
+                jobs.iter().map(|_| Vec::new()).collect(),
             ));
         }
         self.recover()?;
-        let emit = self.events.receiver_count() > 0;
         let db = self.store.db()?;
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         let mut results = Vec::with_capacity(jobs.len());
-        let mut events = Vec::new();
+        let mut events = Vec::with_capacity(jobs.len());
         {
-            let mut x = Txn::open(&txn, &self.ids, &mut self.counters, emit)?;
+            let mut x = Txn::open(&txn, &self.ids, &mut self.counters)?;
             x.client_ids = self.store.backend_client_ids();
             for job in jobs {
                 let r = apply(&mut x, &job.cmd)?;
                 let job_events = std::mem::take(&mut x.ev);
-                if r.is_ok() {
-                    events.extend(job_events);
-                }
+                events.push(if r.is_ok() { job_events } else { Vec::new() });
                 results.push(r);
             }
             let tails = (x.counters.queue_tail, x.counters.dead_tail);
@@ -306,6 +311,27 @@ impl Writer {
         txn.commit()?;
         Ok((results, events))
     }
+}
+
+/// The batch's events in job order, once it committed and someone
+/// listens. A put's `changed` event is built only here, from the job: with
+/// nobody listening (the common case under load) the writer never copies
+/// the document for it.
+fn batch_events(jobs: &[Job], results: &[JobResult], per_job: Vec<Vec<Event>>) -> Vec<Event> {
+    let mut out = Vec::new();
+    for ((job, r), evs) in jobs.iter().zip(results).zip(per_job) {
+        out.extend(evs);
+        if let (
+            WriteCmd::Put {
+                collection, data, ..
+            },
+            Ok(WriteOutcome::Written { id, op_id }),
+        ) = (&job.cmd, r)
+        {
+            out.push(app::put_event(collection, id, op_id, data));
+        }
+    }
+    out
 }
 
 /// Below this much free space a poisoned writer does not try to re-open

@@ -53,10 +53,10 @@ pub(super) struct Txn<'txn> {
     pub meta: Table<'txn, &'static str, &'static [u8]>,
     pub record_queue: Table<'txn, (&'static str, &'static str, u64), ()>,
     pub dead_by_op: Table<'txn, &'static str, u64>,
+    pub settled: Table<'txn, &'static str, &'static [u8]>,
+    pub settled_order: Table<'txn, u64, &'static str>,
     pub ids: &'txn IdGen,
     pub counters: &'txn mut Counters,
-    /// Whether anyone subscribes to events during this batch.
-    pub emit: bool,
     /// Events of the job being applied.
     pub ev: Vec<Event>,
 }
@@ -66,12 +66,10 @@ impl<'txn> Txn<'txn> {
         txn: &'txn WriteTransaction,
         ids: &'txn IdGen,
         counters: &'txn mut Counters,
-        emit: bool,
     ) -> Result<Self, StoreError> {
         Ok(Txn {
             ids,
             counters,
-            emit,
             client_ids: false,
             ev: Vec::new(),
             records: txn.open_table(RECORDS)?,
@@ -83,6 +81,8 @@ impl<'txn> Txn<'txn> {
             meta: txn.open_table(META)?,
             record_queue: txn.open_table(RECORD_QUEUE)?,
             dead_by_op: txn.open_table(DEAD_BY_OP)?,
+            settled: txn.open_table(SETTLED)?,
+            settled_order: txn.open_table(SETTLED_ORDER)?,
         })
     }
 
