@@ -273,8 +273,9 @@ fn closing(head: &str) -> String {
     out.join("\r\n") + "\r\n\r\n"
 }
 
+/// Serves one request per connection (the reply says `Connection: close`).
 fn serve(mut client: TcpStream, up: &str, drops: &Mutex<u32>, seen: &Mutex<Vec<Seen>>) {
-    while let Some((head, body)) = read_request(&mut client) {
+    if let Some((head, body)) = read_request(&mut client) {
         let mut words = head.split_whitespace();
         let method = words.next().unwrap_or_default().to_owned();
         let path = words.next().unwrap_or_default().to_owned();
@@ -309,6 +310,5 @@ fn serve(mut client: TcpStream, up: &str, drops: &Mutex<u32>, seen: &Mutex<Vec<S
         let head = String::from_utf8_lossy(&text[..split]).into_owned();
         let _ = client.write_all(closing(&head).as_bytes());
         let _ = client.write_all(text.get(split + 4..).unwrap_or_default());
-        return;
     }
 }
