@@ -286,3 +286,57 @@ fn missing_database_and_refused_credentials() {
     eventually(10, "auth_error", || e.status()["state"] == "auth_error");
     assert_eq!(depth(&e), 1);
 }
+
+/// The adapter's waiting pull (`feed=longpoll`, for live pulls): a change
+/// made during the wait ends it with that change; a wait with nothing new
+/// ends empty at the same cursor (pouchdb-server ignores CouchDB's
+/// `timeout`, so the adapter ends it itself).
+#[test]
+fn waiting_pull() {
+    use syncd::backend::couch::{CouchClient, Credentials};
+    let Some(couch) = Couch::start() else {
+        return;
+    };
+    let c = CouchClient::new(
+        &couch.url(),
+        &Credentials::None,
+        "t",
+        Duration::from_secs(3),
+        None,
+    )
+    .expect("client");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let first = rt.block_on(c.changes(None, 10, None)).expect("changes");
+    assert!(first.changes.is_empty());
+    let addr = couch.addr.clone();
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        common::http(
+            &addr,
+            "PUT",
+            &format!("/{DB}/todos:w"),
+            Some(r#"{"data":{"x":1},"updated_at":5}"#),
+        )
+    });
+    let t = Instant::now();
+    let page = rt
+        .block_on(c.changes(Some(&first.cursor), 10, Some(5)))
+        .expect("wait");
+    assert_eq!(writer.join().expect("writer").0, 201);
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    assert_eq!(page.changes.len(), 1, "{page:?}");
+    assert_eq!(page.changes[0].record.id, "w");
+    assert_eq!(page.changes[0].record.updated_at, 5);
+    let t = Instant::now();
+    let idle = rt
+        .block_on(c.changes(Some(&page.cursor), 10, Some(1)))
+        .expect("idle wait");
+    assert!(
+        idle.changes.is_empty() && idle.cursor == page.cursor,
+        "{idle:?}"
+    );
+    assert!(t.elapsed() >= Duration::from_secs(1), "{:?}", t.elapsed());
+}

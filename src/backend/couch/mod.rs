@@ -280,3 +280,30 @@ fn warn_conflicts(collection: &str, id: &str, c: &Current) {
         "CouchDB document has conflicting revisions: syncd uses CouchDB's winner; resolve the losing revisions in CouchDB (delete them) to silence this"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn feed_rows() {
+        let row = json!({"id": "todos:a", "seq": 3, "changes": [{"rev": "2-x"}],
+            "doc": {"_id": "todos:a", "_rev": "2-x", "data": {"k": 1}, "updated_at": 9}});
+        let ch = change_of(&row).expect("change");
+        assert_eq!(
+            (ch.collection.as_str(), ch.record.id.as_str()),
+            ("todos", "a")
+        );
+        assert_eq!((ch.record.version, ch.record.updated_at), (2, 9));
+        let gone = json!({"id": "todos:b", "seq": 4, "deleted": true, "changes": [{"rev": "3-y"}]});
+        let ch = change_of(&gone).expect("tombstone");
+        assert!(ch.record.deleted && ch.record.version == 3);
+        for skip in [
+            json!({"id": "_design/v", "changes": [{"rev": "1-a"}]}),
+            json!({"id": "plain", "changes": [{"rev": "1-a"}]}),
+        ] {
+            assert!(change_of(&skip).is_none(), "{skip}");
+        }
+    }
+}
