@@ -73,6 +73,24 @@ pub struct BackendSection {
     pub timeout_ms: u64,
     /// Extra CA bundle (PEM) trusted for https, besides the system roots.
     pub ca_file: Option<PathBuf>,
+    /// What `url` points at: a syncd protocol server or a CouchDB database.
+    pub kind: BackendKind,
+    /// CouchDB basic auth user (with `password_file`); `kind = "couchdb"` only.
+    pub username: Option<String>,
+    /// File holding the basic auth password (trimmed), read when the
+    /// backend settings change or the daemon starts.
+    pub password_file: Option<PathBuf>,
+}
+
+/// `[backend] kind`: which transport the sync worker uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// A server speaking `docs/backend-protocol.md` (the default).
+    #[default]
+    Syncd,
+    /// A CouchDB database (`url` names the database); see `docs/backends.md`.
+    Couchdb,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -135,6 +153,9 @@ impl Default for BackendSection {
             token_file: None,
             timeout_ms: 10_000,
             ca_file: None,
+            kind: BackendKind::Syncd,
+            username: None,
+            password_file: None,
         }
     }
 }
@@ -231,6 +252,9 @@ impl Config {
         if let Some(p) = self.backend.ca_file.as_mut() {
             fix(p);
         }
+        if let Some(p) = self.backend.password_file.as_mut() {
+            fix(p);
+        }
     }
 
     /// Checks values serde cannot: ranges, formats, names.
@@ -304,6 +328,7 @@ impl Config {
                 }
             }
         }
+        self.validate_backend_auth()?;
         if self.backend.timeout_ms == 0 || self.backend.timeout_ms > 3_600_000 {
             return bad(
                 "backend.timeout_ms",
@@ -345,6 +370,32 @@ impl Config {
             if let Err(e) = crate::domain::ids::validate_collection(name) {
                 return bad(&format!("collections.{name}"), e);
             }
+        }
+        Ok(())
+    }
+
+    /// `username`/`password_file` come as a pair, only for CouchDB, and
+    /// not together with `token_file`.
+    fn validate_backend_auth(&self) -> Result<(), String> {
+        let b = &self.backend;
+        let basic = b.username.is_some() || b.password_file.is_some();
+        if !basic {
+            return Ok(());
+        }
+        if b.kind != BackendKind::Couchdb {
+            return Err(
+                "key `backend.username`: basic auth is only for kind = \"couchdb\"; a syncd backend uses token_file".into(),
+            );
+        }
+        if b.username.is_none() || b.password_file.is_none() {
+            return Err(
+                "key `backend.username`: username and password_file must be set together".into(),
+            );
+        }
+        if b.token_file.is_some() {
+            return Err(
+                "key `backend.token_file`: use either token_file or username + password_file, not both".into(),
+            );
         }
         Ok(())
     }
@@ -608,5 +659,27 @@ mod tests {
         assert_eq!(c.strategy_for("notes").0, Strategy::Merge);
         assert_eq!(c.strategy_for("notes").1["title"], FieldRule::Local);
         assert_eq!(c.strategy_for("other").0, Strategy::ServerWins);
+    }
+
+    #[test]
+    fn backend_kind_and_basic_auth() {
+        let c = Config::parse("[backend]\nurl = \"http://h:5984/todos\"\nkind = \"couchdb\"\nusername = \"u\"\npassword_file = \"pw\"\n").unwrap();
+        assert_eq!(c.backend.kind, BackendKind::Couchdb);
+        assert_eq!(Config::default().backend.kind, BackendKind::Syncd);
+        for (text, key) in [
+            ("kind = \"couchdb\"\nusername = \"u\"\n", "backend.username"),
+            (
+                "username = \"u\"\npassword_file = \"p\"\n",
+                "backend.username",
+            ),
+            (
+                "kind = \"couchdb\"\nusername = \"u\"\npassword_file = \"p\"\ntoken_file = \"t\"\n",
+                "backend.token_file",
+            ),
+            ("kind = \"mongo\"\n", "kind"),
+        ] {
+            let e = Config::parse(&format!("[backend]\n{text}")).unwrap_err();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 }

@@ -108,7 +108,9 @@ pub fn read_token(path: &std::path::Path) -> Result<Option<String>, String> {
     Ok((!t.is_empty()).then(|| t.to_owned()))
 }
 
-fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+pub(crate) fn tls_config(
+    ca_file: Option<&std::path::Path>,
+) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for c in native.certs {
@@ -298,7 +300,7 @@ impl BackendClient {
     }
 }
 
-fn percent_encode(s: &str) -> String {
+pub(crate) fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
@@ -310,7 +312,7 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
-fn classify_error(e: &hyper_util::client::legacy::Error) -> Failure {
+pub(crate) fn classify_error(e: &hyper_util::client::legacy::Error) -> Failure {
     let text = error_chain(e);
     if e.is_connect() {
         Failure::Unreachable { reason: text }

@@ -2,6 +2,7 @@
 //! worker uses, and the reference backend server (`syncd backend`).
 
 pub mod client;
+pub mod couch;
 pub mod protocol;
 pub mod retry_after;
 pub mod server;

@@ -194,14 +194,25 @@ impl Worker {
             }
             None => None,
         };
-        match BackendClient::new(
-            url,
-            token,
-            self.deps.store.client_id(),
-            Duration::from_millis(self.cfg.backend.timeout_ms),
-            self.cfg.backend.ca_file.as_deref(),
-        ) {
-            Ok(c) => self.client = Some(Arc::new(c)),
+        // The transport for `[backend] kind` (docs/backends.md).
+        let made: Result<Arc<dyn Transport>, String> = match self.cfg.backend.kind {
+            crate::config::BackendKind::Couchdb => crate::sync::couch_transport::connect(
+                &self.cfg,
+                url,
+                token,
+                self.deps.store.client_id(),
+            ),
+            crate::config::BackendKind::Syncd => BackendClient::new(
+                url,
+                token,
+                self.deps.store.client_id(),
+                Duration::from_millis(self.cfg.backend.timeout_ms),
+                self.cfg.backend.ca_file.as_deref(),
+            )
+            .map(|c| Arc::new(c) as Arc<dyn Transport>),
+        };
+        match made {
+            Ok(c) => self.client = Some(c),
             Err(e) => {
                 tracing::error!("backend client: {e}");
                 self.client_error = Some(format!("backend client: {e}"));

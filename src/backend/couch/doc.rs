@@ -1,0 +1,331 @@
+//! How a syncd record lives in a CouchDB database (`docs/backends.md`):
+//! the document id (`{collection}:{id}`), the document's shape
+//! (`data`, `updated_at`, `syncd` bookkeeping), CouchDB's winner among
+//! conflicting leaves, and the op_id check that makes a retried op
+//! idempotent. Pure: no I/O, so all of it is unit-tested here.
+
+use serde_json::{json, Map, Value};
+
+use crate::backend::protocol::{OpKind, ServerRecord, WireOp};
+use crate::domain::Document;
+
+/// How many earlier `(op_id, generation)` pairs a document remembers, so a
+/// retried op whose reply was lost is recognised after later writes.
+pub const HISTORY: usize = 20;
+
+/// The CouchDB document id of `(collection, id)`.
+pub fn doc_id(collection: &str, id: &str) -> String {
+    format!("{collection}:{id}")
+}
+
+/// `(collection, id)` of a CouchDB document id; `None` for design and
+/// local documents and for ids without a valid collection prefix.
+pub fn split_doc_id(doc_id: &str) -> Option<(&str, &str)> {
+    if doc_id.starts_with('_') {
+        return None;
+    }
+    let (c, id) = doc_id.split_once(':')?;
+    (crate::domain::ids::validate_collection(c).is_ok() && !id.is_empty()).then_some((c, id))
+}
+
+/// The generation (`N` of `N-hash`) of a revision.
+pub fn generation(rev: &str) -> Option<u64> {
+    rev.split_once('-')?.0.parse().ok()
+}
+
+/// One revision of a document as read from CouchDB.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Current {
+    pub rev: String,
+    pub generation: u64,
+    pub deleted: bool,
+    body: Map<String, Value>,
+    /// Losing non-deleted leaves (CouchDB's `_conflicts`).
+    pub conflicts: Vec<String>,
+}
+
+impl Current {
+    /// A revision from a document body (with `_rev`, maybe `_deleted`
+    /// and `_conflicts`); `None` if it has no valid `_rev`.
+    pub fn from_body(body: Map<String, Value>) -> Option<Current> {
+        let rev = body.get("_rev")?.as_str()?.to_owned();
+        let generation = generation(&rev)?;
+        let deleted = body.get("_deleted").and_then(Value::as_bool) == Some(true);
+        let conflicts = body
+            .get("_conflicts")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(Current {
+            rev,
+            generation,
+            deleted,
+            body,
+            conflicts,
+        })
+    }
+
+    /// The winner among the leaves of `GET {doc}?open_revs=all`, with the
+    /// other live leaves as its conflicts. CouchDB's rule: live beats
+    /// deleted, then the higher generation, then the greater revision
+    /// string.
+    pub fn winner(leaves: Vec<Map<String, Value>>) -> Option<Current> {
+        let mut all: Vec<Current> = leaves.into_iter().filter_map(Current::from_body).collect();
+        all.sort_by(|a, b| {
+            (!a.deleted, a.generation, &a.rev).cmp(&(!b.deleted, b.generation, &b.rev))
+        });
+        let mut win = all.pop()?;
+        win.conflicts = all
+            .into_iter()
+            .rev() // best loser first
+            .filter(|c| !c.deleted)
+            .map(|c| c.rev)
+            .collect();
+        Some(win)
+    }
+
+    /// The record as the daemon sees it. The document is the `data` field;
+    /// a document written by another program without one is taken as its
+    /// own top-level fields (less `_*`, `updated_at` and `syncd`).
+    pub fn record(&self, id: &str) -> ServerRecord {
+        let data = if self.deleted {
+            Document::new()
+        } else {
+            match self.body.get("data") {
+                Some(Value::Object(m)) => m.clone(),
+                _ => self
+                    .body
+                    .iter()
+                    .filter(|(k, _)| !k.starts_with('_') && *k != "updated_at" && *k != "syncd")
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            }
+        };
+        ServerRecord {
+            id: id.to_owned(),
+            version: self.generation,
+            updated_at: self
+                .body
+                .get("updated_at")
+                .and_then(Value::as_i64)
+                .unwrap_or(0),
+            deleted: self.deleted,
+            data,
+        }
+    }
+
+    /// The `(op_id, generation)` pairs this document knows were applied:
+    /// its own `syncd.op_id` at `syncd.gen`, then `syncd.prev`.
+    fn applied_ops(&self) -> Vec<(String, u64)> {
+        let Some(Value::Object(s)) = self.body.get("syncd") else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        if let (Some(op), Some(g)) = (
+            s.get("op_id").and_then(Value::as_str),
+            s.get("gen").and_then(Value::as_u64),
+        ) {
+            out.push((op.to_owned(), g));
+        }
+        for pair in s
+            .get("prev")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let (Some(op), Some(g)) = (
+                pair.get(0).and_then(Value::as_str),
+                pair.get(1).and_then(Value::as_u64),
+            ) {
+                out.push((op.to_owned(), g));
+            }
+        }
+        out
+    }
+
+    /// If `op` was applied already (its reply was lost), the record that
+    /// application produced: this revision if it is the one the op wrote,
+    /// else the op's own document at the generation it wrote.
+    pub fn applied_as(&self, op: &WireOp, id: &str) -> Option<ServerRecord> {
+        let (_, g) = self
+            .applied_ops()
+            .into_iter()
+            .find(|(o, _)| *o == op.op_id)?;
+        if g == self.generation {
+            return Some(self.record(id));
+        }
+        Some(record_of(op, id, g))
+    }
+}
+
+/// The record `op` produces at `generation`.
+pub fn record_of(op: &WireOp, id: &str, generation: u64) -> ServerRecord {
+    let deleted = op.kind == OpKind::Delete;
+    ServerRecord {
+        id: id.to_owned(),
+        version: generation,
+        updated_at: op.client_ts,
+        deleted,
+        data: if deleted {
+            Document::new()
+        } else {
+            op.data.clone().unwrap_or_default()
+        },
+    }
+}
+
+/// The body to `PUT` for `op` on top of `base` (`None`: a new document).
+/// The write produces generation `base + 1` (or 1), which is recorded in
+/// `syncd.gen`; the op that wrote `base` moves into `syncd.prev`.
+pub fn body_for(op: &WireOp, base: Option<&Current>) -> Value {
+    let gen = base.map_or(1, |b| b.generation + 1);
+    // Newest first, as `applied_ops` reads them.
+    let mut known = base.map(Current::applied_ops).unwrap_or_default();
+    known.truncate(HISTORY);
+    let prev: Vec<Value> = known.into_iter().map(|(o, g)| json!([o, g])).collect();
+    let deleted = op.kind == OpKind::Delete;
+    let mut doc = json!({
+        "data": if deleted { Value::Object(Map::new()) } else { Value::Object(op.data.clone().unwrap_or_default()) },
+        "updated_at": op.client_ts,
+        "syncd": {"op_id": op.op_id, "client_id": op.client_id, "gen": gen, "prev": prev},
+    });
+    if let (Some(b), Value::Object(m)) = (base, &mut doc) {
+        m.insert("_rev".into(), Value::String(b.rev.clone()));
+        if deleted {
+            m.insert("_deleted".into(), Value::Bool(true));
+        }
+    }
+    doc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(kind: OpKind, op_id: &str, data: Option<Value>) -> WireOp {
+        WireOp {
+            op_id: op_id.into(),
+            client_id: "c1".into(),
+            collection: "todos".into(),
+            kind,
+            id: None,
+            local_id: "r1".into(),
+            base_version: None,
+            data: data.and_then(|d| d.as_object().cloned()),
+            client_ts: 77,
+        }
+    }
+
+    fn cur(v: Value) -> Current {
+        Current::from_body(v.as_object().cloned().unwrap_or_default()).expect("rev")
+    }
+
+    #[test]
+    fn doc_ids() {
+        assert_eq!(doc_id("todos", "a:b"), "todos:a:b");
+        assert_eq!(split_doc_id("todos:a:b"), Some(("todos", "a:b")));
+        for bad in [
+            "_design/x",
+            "_local/x",
+            "noprefix",
+            "todos:",
+            "bad name:x",
+            ":x",
+        ] {
+            assert_eq!(split_doc_id(bad), None, "{bad}");
+        }
+        assert_eq!(generation("12-abc"), Some(12));
+        assert_eq!(generation("x"), None);
+    }
+
+    #[test]
+    fn body_chain_remembers_op_ids() {
+        let create = op(OpKind::Create, "o1", Some(json!({"t": 1})));
+        let b1 = body_for(&create, None);
+        assert_eq!(b1["syncd"]["gen"], 1);
+        assert!(b1.get("_rev").is_none());
+        let mut v1 = b1.clone();
+        v1["_rev"] = json!("1-a");
+        let c1 = cur(v1);
+        assert_eq!(c1.applied_as(&create, "r1"), Some(c1.record("r1")));
+        let update = op(OpKind::Update, "o2", Some(json!({"t": 2})));
+        let mut v2 = body_for(&update, Some(&c1));
+        assert_eq!(v2["_rev"], "1-a");
+        assert_eq!(v2["syncd"]["prev"], json!([["o1", 1]]));
+        v2["_rev"] = json!("2-b");
+        let c2 = cur(v2);
+        // o1 was applied at generation 1: its own record, not the current one.
+        let r = c2.applied_as(&create, "r1").expect("applied");
+        assert_eq!((r.version, r.data.get("t")), (1, Some(&json!(1))));
+        assert_eq!(c2.applied_as(&update, "r1").map(|r| r.version), Some(2));
+        assert_eq!(c2.applied_as(&op(OpKind::Update, "o9", None), "r1"), None);
+        let del = op(OpKind::Delete, "o3", None);
+        let v3 = body_for(&del, Some(&c2));
+        assert_eq!(v3["_deleted"], true);
+        assert_eq!(v3["syncd"]["prev"], json!([["o2", 2], ["o1", 1]]));
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let mut c = cur(json!({"_rev": "1-a", "syncd": {"op_id": "o0", "gen": 1}}));
+        for i in 1..40u64 {
+            let mut v = body_for(
+                &op(OpKind::Update, &format!("o{i}"), Some(json!({}))),
+                Some(&c),
+            );
+            v["_rev"] = json!(format!("{}-h", i + 1));
+            c = cur(v);
+        }
+        assert!(c.applied_ops().len() <= HISTORY + 1);
+        assert!(c
+            .applied_as(&op(OpKind::Update, "o39", None), "r1")
+            .is_some());
+        assert!(c
+            .applied_as(&op(OpKind::Update, "o0", None), "r1")
+            .is_none());
+    }
+
+    #[test]
+    fn foreign_documents_and_tombstones() {
+        let c = cur(json!({"_id": "todos:r1", "_rev": "3-x", "title": "hi", "updated_at": 5}));
+        let r = c.record("r1");
+        assert_eq!((r.version, r.updated_at), (3, 5));
+        assert_eq!(Value::Object(r.data), json!({"title": "hi"}));
+        let t = cur(json!({"_rev": "4-y", "_deleted": true, "data": {"a": 1}}));
+        let r = t.record("r1");
+        assert!(r.deleted && r.data.is_empty());
+        // A revision a foreign writer made on top of ours keeps our op at
+        // its own generation.
+        let f = cur(json!({"_rev": "5-z", "data": {"t": 9}, "syncd": {"op_id": "o1", "gen": 4}}));
+        let o1 = op(OpKind::Update, "o1", Some(json!({"t": 1})));
+        assert_eq!(f.applied_as(&o1, "r1").map(|r| r.version), Some(4));
+    }
+
+    #[test]
+    fn winner_follows_couchdb() {
+        let leaves = |v: Value| {
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|l| l.as_object().cloned())
+                .collect::<Vec<_>>()
+        };
+        let w = Current::winner(leaves(json!([
+            {"_rev": "3-aaa"}, {"_rev": "3-fff"}, {"_rev": "2-zzz"},
+            {"_rev": "9-del", "_deleted": true}
+        ])))
+        .expect("winner");
+        assert_eq!(w.rev, "3-fff");
+        assert_eq!(w.conflicts, ["3-aaa", "2-zzz"]);
+        let w = Current::winner(leaves(
+            json!([{"_rev": "2-a", "_deleted": true}, {"_rev": "3-b", "_deleted": true}]),
+        ))
+        .expect("winner");
+        assert!(w.deleted && w.rev == "3-b" && w.conflicts.is_empty());
+        assert!(Current::winner(Vec::new()).is_none());
+    }
+}

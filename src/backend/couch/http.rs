@@ -1,0 +1,192 @@
+//! The CouchDB adapter's HTTP layer: one keep-alive pool (http and https,
+//! the same TLS setup as the protocol client), the credentials on every
+//! request (bearer token or basic auth), a per-request deadline, and the
+//! reply as status + headers + body. It never reads a status itself:
+//! [`super::classify`] does.
+
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{header, Method, Request};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+
+use crate::backend::client::{classify_error, tls_config, Failure};
+
+/// Largest reply body read (a page of `_changes` with documents).
+const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
+
+/// How the adapter authenticates to CouchDB.
+#[derive(Clone, Default)]
+pub enum Credentials {
+    #[default]
+    None,
+    /// `Authorization: Bearer <token>` (CouchDB's JWT auth, or a proxy).
+    Bearer(String),
+    /// `Authorization: Basic ...` from a user name and password.
+    Basic { username: String, password: String },
+}
+
+impl Credentials {
+    fn header_value(&self) -> Option<String> {
+        match self {
+            Credentials::None => None,
+            Credentials::Bearer(t) => Some(format!("Bearer {t}")),
+            Credentials::Basic { username, password } => {
+                let raw = format!("{username}:{password}");
+                Some(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(raw)
+                ))
+            }
+        }
+    }
+}
+
+/// Why the adapter could not be set up.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SetupError {
+    /// The TLS configuration (ca_file) is unusable.
+    Tls(String),
+    /// The URL does not name a database.
+    Url(String),
+}
+
+impl std::fmt::Display for SetupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SetupError::Tls(e) => write!(f, "TLS setup: {e}"),
+            SetupError::Url(e) => write!(f, "CouchDB url: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SetupError {}
+
+/// A reply as read off the wire.
+pub struct Reply {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+/// The HTTP side of the adapter, rooted at the database URL.
+#[derive(Clone)]
+pub struct CouchHttp {
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// The database URL with a trailing `/`.
+    db: String,
+    auth: Option<String>,
+    client_id: String,
+    pub timeout: Duration,
+}
+
+impl CouchHttp {
+    pub fn new(
+        db_url: &str,
+        creds: &Credentials,
+        client_id: &str,
+        timeout: Duration,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, SetupError> {
+        let tls = tls_config(ca_file).map_err(SetupError::Tls)?;
+        let mut conn = HttpConnector::new();
+        conn.enforce_http(false);
+        conn.set_connect_timeout(Some(timeout));
+        conn.set_nodelay(true);
+        let conn = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(conn);
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(conn);
+        let mut db = db_url.trim().trim_end_matches('/').to_owned();
+        let path_empty = db
+            .parse::<hyper::Uri>()
+            .map(|u| u.path().trim_matches('/').is_empty())
+            .unwrap_or(true);
+        if path_empty {
+            return Err(SetupError::Url(format!(
+                "{} names no database; use e.g. http://127.0.0.1:5984/todos",
+                crate::config::redact_url(db_url)
+            )));
+        }
+        db.push('/');
+        Ok(CouchHttp {
+            http,
+            db,
+            auth: creds.header_value(),
+            client_id: client_id.to_owned(),
+            timeout,
+        })
+    }
+
+    /// `method` on `path` (relative to the database URL, already encoded;
+    /// `""` is the database itself), with a JSON body if given. `deadline`
+    /// bounds the whole exchange (defaults to the configured timeout).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        deadline: Option<Duration>,
+    ) -> Result<Reply, Failure> {
+        let url = if path.is_empty() {
+            self.db.trim_end_matches('/').to_owned()
+        } else {
+            format!("{}{path}", self.db)
+        };
+        let mut req = Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("X-Syncd-Client", &self.client_id)
+            .header(header::ACCEPT, "application/json");
+        if let Some(a) = &self.auth {
+            req = req.header(header::AUTHORIZATION, a);
+        }
+        if body.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| Failure::Transient {
+                reason: format!("building request: {e}"),
+                retry_after_ms: None,
+            })?;
+        let fut = async {
+            let resp = self
+                .http
+                .request(req)
+                .await
+                .map_err(|e| classify_error(&e))?;
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let body = Limited::new(resp.into_body(), MAX_REPLY_BYTES)
+                .collect()
+                .await
+                .map_err(|e| Failure::Transient {
+                    reason: format!("reading reply: {e}"),
+                    retry_after_ms: None,
+                })?
+                .to_bytes();
+            Ok(Reply {
+                status,
+                headers,
+                body,
+            })
+        };
+        let limit = deadline.unwrap_or(self.timeout);
+        match tokio::time::timeout(limit, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(Failure::Transient {
+                reason: format!("timed out after {} ms", limit.as_millis()),
+                retry_after_ms: None,
+            }),
+        }
+    }
+}

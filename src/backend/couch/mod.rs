@@ -1,0 +1,309 @@
+//! The CouchDB backend (`[backend] kind = "couchdb"`): devices sync to a
+//! CouchDB database the user already runs, with no syncd server code.
+//! [`CouchClient`] answers the worker's four calls (health, apply, batch,
+//! changes) with the same verdicts as the protocol client, so the sync
+//! worker's logic is unchanged. The mapping (ids, revisions, conflicts,
+//! idempotency, the feed) is specified in `docs/backends.md`.
+
+pub mod classify;
+pub mod doc;
+pub mod http;
+
+use std::time::Duration;
+
+use hyper::Method;
+use serde_json::Value;
+
+use crate::backend::client::{percent_encode, BatchOutcome, Failure, OpResult};
+use crate::backend::protocol::{Change, ChangesPage, OpKind, WireOp};
+use classify::{Put, Raw};
+use doc::Current;
+pub use http::{Credentials, SetupError};
+
+/// What the adapter offers in protocol terms: no batch endpoint (ops go
+/// one at a time), waiting pulls (`feed=longpoll`) and one id everywhere.
+pub const FEATURES: crate::backend::protocol::Features = crate::backend::protocol::Features {
+    batch: false,
+    wait: true,
+    client_ids: true,
+};
+
+/// Extra time a waiting pull gets beyond its wait before it counts as
+/// having waited in vain (CouchDB's own `timeout` should end it first).
+const WAIT_MARGIN: Duration = Duration::from_secs(2);
+
+/// A CouchDB database as the sync worker's backend.
+#[derive(Clone)]
+pub struct CouchClient {
+    http: http::CouchHttp,
+    shown: String,
+}
+
+impl CouchClient {
+    /// `db_url` names the database, e.g. `http://127.0.0.1:5984/todos`.
+    pub fn new(
+        db_url: &str,
+        creds: &Credentials,
+        client_id: &str,
+        timeout: Duration,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, SetupError> {
+        Ok(CouchClient {
+            http: http::CouchHttp::new(db_url, creds, client_id, timeout, ca_file)?,
+            shown: crate::config::redact_url(db_url),
+        })
+    }
+
+    /// The database URL with credentials masked.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    /// `GET /db`: the database exists and answers. It is never created.
+    pub async fn health(&self) -> Result<(), Failure> {
+        let r = self.http.call(Method::GET, "", None, None).await?;
+        classify::database(&raw(&r))
+    }
+
+    /// One op: read the document, check idempotency and the base
+    /// revision, write on top of the exact revision read.
+    pub async fn apply(&self, op: &WireOp) -> Result<OpResult, Failure> {
+        let id = match op.kind {
+            // One id everywhere: a create is stored under the device's id.
+            OpKind::Create => op.id.as_deref().unwrap_or(&op.local_id),
+            _ => match op.id.as_deref() {
+                Some(id) => id,
+                None => {
+                    return Ok(OpResult::Rejected {
+                        status: 422,
+                        reason: format!("{} without an id", op.kind.as_str()),
+                    })
+                }
+            },
+        };
+        let path = percent_encode(&doc::doc_id(&op.collection, id));
+        let current = self.load(&path).await?;
+        if let Some(r) = current.as_ref().and_then(|c| c.applied_as(op, id)) {
+            tracing::debug!(op_id = %op.op_id, "op found applied in CouchDB (retry after a lost reply)");
+            return Ok(OpResult::Applied(r));
+        }
+        if let Some(c) = current.as_ref().filter(|c| !c.conflicts.is_empty()) {
+            warn_conflicts(&op.collection, id, c);
+        }
+        let base = match (op.kind, current) {
+            (OpKind::Create, None) => None,
+            // A create over a tombstone re-creates the record (as a
+            // protocol server without client_ids makes a new one).
+            (OpKind::Create, Some(c)) if c.deleted => Some(c),
+            (OpKind::Create, Some(c)) => return Ok(OpResult::Conflict(c.record(id))),
+            (_, None) => {
+                return Ok(OpResult::Rejected {
+                    status: 404,
+                    reason: format!(
+                        "no document {} in the CouchDB database",
+                        doc::doc_id(&op.collection, id)
+                    ),
+                })
+            }
+            (_, Some(c)) if Some(c.generation) != op.base_version => {
+                return Ok(OpResult::Conflict(c.record(id)))
+            }
+            (_, Some(c)) => Some(c),
+        };
+        self.write(op, id, &path, base.as_ref()).await
+    }
+
+    /// `PUT` the op's document on top of `base`; a `409` (someone wrote in
+    /// between) re-reads: our op, or a conflict with what is there now.
+    async fn write(
+        &self,
+        op: &WireOp,
+        id: &str,
+        path: &str,
+        base: Option<&Current>,
+    ) -> Result<OpResult, Failure> {
+        let body =
+            serde_json::to_vec(&doc::body_for(op, base)).map_err(|e| Failure::Transient {
+                reason: format!("encoding document: {e}"),
+                retry_after_ms: None,
+            })?;
+        let r = self.http.call(Method::PUT, path, Some(body), None).await?;
+        match classify::put(&raw(&r))? {
+            Put::Written(rev) => {
+                let gen = doc::generation(&rev).unwrap_or_default();
+                Ok(OpResult::Applied(doc::record_of(op, id, gen)))
+            }
+            Put::Rejected { status, reason } => Ok(OpResult::Rejected { status, reason }),
+            Put::Conflict => match self.load(path).await? {
+                Some(c) => Ok(match c.applied_as(op, id) {
+                    Some(r) => OpResult::Applied(r),
+                    None if op.kind == OpKind::Create && c.deleted => {
+                        return Err(Failure::Transient {
+                            reason: "document deleted while being created; retrying".into(),
+                            retry_after_ms: None,
+                        })
+                    }
+                    None => OpResult::Conflict(c.record(id)),
+                }),
+                None => Err(Failure::Transient {
+                    reason: "CouchDB answered 409 for a document it does not have".into(),
+                    retry_after_ms: None,
+                }),
+            },
+        }
+    }
+
+    /// The winning revision of a document (tombstones included), with its
+    /// conflicting leaves; `None` if the database never had it.
+    async fn load(&self, path: &str) -> Result<Option<Current>, Failure> {
+        let q = format!("{path}?open_revs=all");
+        let r = self.http.call(Method::GET, &q, None, None).await?;
+        Ok(classify::leaves(&raw(&r))?.and_then(Current::winner))
+    }
+
+    /// `_bulk_docs` is neither atomic nor stops at the first failure, and
+    /// every op needs its own read of the current revision: no batches.
+    pub async fn apply_batch(&self, _ops: &[WireOp]) -> Result<BatchOutcome, Failure> {
+        Ok(BatchOutcome::Unsupported)
+    }
+
+    /// `GET /db/_changes` from `since`; with `wait`, a long poll of up to
+    /// that many seconds.
+    pub async fn changes(
+        &self,
+        since: Option<&str>,
+        limit: u32,
+        wait: Option<u32>,
+    ) -> Result<ChangesPage, Failure> {
+        let mut q = format!("_changes?include_docs=true&conflicts=true&limit={limit}");
+        if let Some(s) = since {
+            q.push_str("&since=");
+            q.push_str(&percent_encode(s));
+        }
+        let mut deadline = None;
+        if let Some(w) = wait {
+            let ms = u64::from(w.clamp(1, 60)) * 1000;
+            q.push_str(&format!("&feed=longpoll&timeout={ms}"));
+            deadline = Some(Duration::from_millis(ms) + WAIT_MARGIN);
+        }
+        let r = match self.http.call(Method::GET, &q, None, deadline).await {
+            // A server that ignores `timeout` (pouchdb-server) held the
+            // poll for the whole wait: nothing changed.
+            Err(Failure::Transient { .. }) if wait.is_some() => {
+                return Ok(empty_page(since));
+            }
+            r => r?,
+        };
+        let reply = classify::changes(&raw(&r))?;
+        Ok(self.page(reply, since, limit))
+    }
+
+    /// A `_changes` reply as a page of the protocol's feed.
+    fn page(
+        &self,
+        reply: serde_json::Map<String, Value>,
+        since: Option<&str>,
+        limit: u32,
+    ) -> ChangesPage {
+        let results = reply
+            .get("results")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let n = results.len();
+        let changes = results.iter().filter_map(change_of).collect();
+        let cursor = match reply.get("last_seq") {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => since.unwrap_or("0").to_owned(),
+        };
+        ChangesPage {
+            changes,
+            cursor,
+            more: n > 0 && n >= limit as usize,
+        }
+    }
+}
+
+fn empty_page(since: Option<&str>) -> ChangesPage {
+    ChangesPage {
+        changes: Vec::new(),
+        cursor: since.unwrap_or("0").to_owned(),
+        more: false,
+    }
+}
+
+fn raw(r: &http::Reply) -> Raw<'_> {
+    Raw {
+        status: r.status,
+        headers: &r.headers,
+        body: &r.body,
+    }
+}
+
+/// One `_changes` row as a change, if it is a record of ours.
+fn change_of(row: &Value) -> Option<Change> {
+    let (collection, id) = doc::split_doc_id(row.get("id")?.as_str()?)?;
+    let current = match row.get("doc") {
+        Some(Value::Object(d)) => Current::from_body(d.clone()),
+        _ => None,
+    };
+    let current = match current {
+        Some(c) => c,
+        // No body (a purge, or a server that omits deleted docs' bodies).
+        None => {
+            let rev = row.pointer("/changes/0/rev")?.as_str()?;
+            let mut body = serde_json::Map::new();
+            body.insert("_rev".into(), Value::String(rev.into()));
+            let deleted = row.get("deleted").and_then(Value::as_bool) == Some(true);
+            body.insert("_deleted".into(), Value::Bool(deleted));
+            Current::from_body(body)?
+        }
+    };
+    if !current.conflicts.is_empty() {
+        warn_conflicts(collection, id, &current);
+    }
+    Some(Change {
+        collection: collection.to_owned(),
+        record: current.record(id),
+    })
+}
+
+/// CouchDB kept conflicting revisions (replication between nodes): the
+/// adapter follows CouchDB's winner and says which leaves lost.
+fn warn_conflicts(collection: &str, id: &str, c: &Current) {
+    tracing::warn!(
+        collection,
+        id,
+        winner = %c.rev,
+        losers = ?c.conflicts,
+        "CouchDB document has conflicting revisions: syncd uses CouchDB's winner; resolve the losing revisions in CouchDB (delete them) to silence this"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn feed_rows() {
+        let row = json!({"id": "todos:a", "seq": 3, "changes": [{"rev": "2-x"}],
+            "doc": {"_id": "todos:a", "_rev": "2-x", "data": {"k": 1}, "updated_at": 9}});
+        let ch = change_of(&row).expect("change");
+        assert_eq!(
+            (ch.collection.as_str(), ch.record.id.as_str()),
+            ("todos", "a")
+        );
+        assert_eq!((ch.record.version, ch.record.updated_at), (2, 9));
+        let gone = json!({"id": "todos:b", "seq": 4, "deleted": true, "changes": [{"rev": "3-y"}]});
+        let ch = change_of(&gone).expect("tombstone");
+        assert!(ch.record.deleted && ch.record.version == 3);
+        for skip in [
+            json!({"id": "_design/v", "changes": [{"rev": "1-a"}]}),
+            json!({"id": "plain", "changes": [{"rev": "1-a"}]}),
+        ] {
+            assert!(change_of(&skip).is_none(), "{skip}");
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! The CouchDB adapter behind the worker's [`Transport`] seam, and the
+//! one place that builds it from `[backend]` (the worker calls
+//! [`connect`] when `kind = "couchdb"`). Lives in `sync` because the
+//! trait does; the adapter itself is `crate::backend::couch`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::client::{BatchOutcome, Failure, OpResult};
+use crate::backend::couch::{CouchClient, Credentials};
+use crate::backend::protocol::{ChangesPage, WireOp};
+use crate::config::Config;
+use crate::sync::transport::{BoxFut, Transport};
+
+impl Transport for CouchClient {
+    fn name(&self) -> &str {
+        self.shown()
+    }
+
+    fn health(&self) -> BoxFut<'_, Result<(), Failure>> {
+        // With features: `.map(|()| crate::backend::couch::FEATURES)`.
+        Box::pin(CouchClient::health(self))
+    }
+
+    fn apply<'a>(&'a self, op: &'a WireOp) -> BoxFut<'a, Result<OpResult, Failure>> {
+        Box::pin(CouchClient::apply(self, op))
+    }
+
+    fn apply_batch<'a>(&'a self, ops: &'a [WireOp]) -> BoxFut<'a, Result<BatchOutcome, Failure>> {
+        Box::pin(CouchClient::apply_batch(self, ops))
+    }
+
+    fn changes<'a>(
+        &'a self,
+        since: Option<&'a str>,
+        limit: u32,
+    ) -> BoxFut<'a, Result<ChangesPage, Failure>> {
+        // With live pulls: pass the trait's `wait` through here.
+        Box::pin(CouchClient::changes(self, since, limit, None))
+    }
+}
+
+/// The adapter for `cfg` (`url` names the database). `token` is the
+/// already-read `token_file`; basic auth reads `password_file` here.
+pub fn connect(
+    cfg: &Config,
+    url: &str,
+    token: Option<String>,
+    client_id: &str,
+) -> Result<Arc<dyn Transport>, String> {
+    let b = &cfg.backend;
+    let creds = match (&b.username, &b.password_file, token) {
+        (Some(u), Some(p), _) => Credentials::Basic {
+            username: u.clone(),
+            password: crate::backend::client::read_token(p)
+                .map_err(|e| e.replace("token_file", "password_file"))?
+                .unwrap_or_default(),
+        },
+        (_, _, Some(t)) => Credentials::Bearer(t),
+        _ => Credentials::None,
+    };
+    let c = CouchClient::new(
+        url,
+        &creds,
+        client_id,
+        Duration::from_millis(b.timeout_ms),
+        b.ca_file.as_deref(),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(Arc::new(c))
+}

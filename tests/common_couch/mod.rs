@@ -1,0 +1,314 @@
+//! Harness for the CouchDB backend tests: a throwaway pouchdb-server (npm;
+//! it speaks CouchDB's HTTP API) on a free loopback port, in memory, plus a
+//! small forwarding proxy that can drop a reply after the request went
+//! through (a lost reply). `.ci/run` pre-installs pouchdb-server; locally,
+//! [`Couch::start`] installs it with npm into a cache dir, or returns
+//! `None` (the test prints why and skips) when node/npm are missing.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Where the npm package is installed: `$SYNCD_TEST_NPM_DIR`, else
+/// `$HOME/.cache/syncd-test-npm`.
+pub fn npm_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("SYNCD_TEST_NPM_DIR") {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    home.join(".cache/syncd-test-npm")
+}
+
+fn has(cmd: &str) -> bool {
+    Command::new(cmd)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The pouchdb-server launcher, installing it if node and npm exist.
+pub fn pouchdb_server() -> Result<PathBuf, String> {
+    let bin = npm_dir().join("node_modules/.bin/pouchdb-server");
+    if bin.exists() {
+        return Ok(bin);
+    }
+    if !has("node") || !has("npm") {
+        return Err("node/npm not found (`.ci/run` installs them)".into());
+    }
+    let dir = npm_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let st = Command::new("npm")
+        .args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+            "pouchdb-server",
+        ])
+        .current_dir(&dir)
+        .status()
+        .map_err(|e| format!("npm: {e}"))?;
+    if st.success() && bin.exists() {
+        Ok(bin)
+    } else {
+        Err(format!(
+            "npm install pouchdb-server failed in {}",
+            dir.display()
+        ))
+    }
+}
+
+/// A free loopback port (bound and released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running pouchdb-server, killed on drop.
+pub struct Couch {
+    pub port: u16,
+    pub addr: String,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+/// The database the tests use.
+pub const DB: &str = "todos";
+
+impl Couch {
+    /// Starts a server on a free port with database [`DB`]; `None` (with
+    /// a printed note) when pouchdb-server is unavailable.
+    pub fn start() -> Option<Couch> {
+        Couch::start_on(free_port(), true)
+    }
+
+    /// Starts a server on `port`, creating [`DB`] if `create_db`.
+    pub fn start_on(port: u16, create_db: bool) -> Option<Couch> {
+        let bin = match pouchdb_server() {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("SKIPPED: CouchDB backend tests need pouchdb-server: {e}");
+                return None;
+            }
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let child = Command::new(bin)
+            .args([
+                "--in-memory",
+                "--host",
+                "127.0.0.1",
+                "--no-stdout-logs",
+                "--port",
+            ])
+            .arg(port.to_string())
+            .current_dir(dir.path()) // its config.json and log.txt go here
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start pouchdb-server");
+        let c = Couch {
+            port,
+            addr: format!("127.0.0.1:{port}"),
+            child: Some(child),
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(&c.addr).is_err() || c.req("GET", "/", None).0 != 200 {
+            assert!(Instant::now() < deadline, "pouchdb-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if create_db {
+            c.create_db();
+        }
+        Some(c)
+    }
+
+    pub fn create_db(&self) {
+        let (s, v) = self.req("PUT", &format!("/{DB}"), None);
+        assert!(s == 201 || s == 412, "create db: {s} {v}");
+    }
+
+    /// The database URL the daemon is configured with.
+    pub fn url(&self) -> String {
+        format!("http://{}/{DB}", self.addr)
+    }
+
+    /// A request straight to CouchDB's HTTP API.
+    pub fn req(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        super::common::http(&self.addr, method, path, body)
+    }
+
+    /// The winning revision of `collection:id` (404 → `None`).
+    pub fn doc(&self, collection: &str, id: &str) -> Option<Value> {
+        let (s, v) = self.req(
+            "GET",
+            &format!("/{DB}/{collection}:{id}?conflicts=true"),
+            None,
+        );
+        (s == 200).then_some(v)
+    }
+
+    /// Every leaf of `collection:id`, tombstones included.
+    pub fn leaves(&self, collection: &str, id: &str) -> Vec<Value> {
+        let (_, v) = self.req(
+            "GET",
+            &format!("/{DB}/{collection}:{id}?open_revs=all"),
+            None,
+        );
+        v.as_array().cloned().unwrap_or_default()
+    }
+
+    /// The `_changes` rows (ids in feed order).
+    pub fn change_ids(&self) -> Vec<String> {
+        let (_, v) = self.req("GET", &format!("/{DB}/_changes"), None);
+        v["results"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["id"].as_str().map(str::to_owned))
+            .collect()
+    }
+}
+
+impl Drop for Couch {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One request seen by the [`Proxy`]: method, path, whether its reply was
+/// dropped.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub dropped: bool,
+}
+
+/// A forwarding proxy in front of a server. Each request is forwarded on a
+/// fresh connection; while `drop_puts` is above zero, the reply to a PUT
+/// is thrown away after the server handled it (the client's connection is
+/// closed instead): a lost reply.
+pub struct Proxy {
+    pub addr: String,
+    pub drop_puts: Arc<Mutex<u32>>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Proxy {
+    pub fn start(upstream: &str) -> Proxy {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let addr = l.local_addr().expect("addr").to_string();
+        let p = Proxy {
+            addr,
+            drop_puts: Arc::new(Mutex::new(0)),
+            seen: Arc::new(Mutex::new(Vec::new())),
+        };
+        let (up, drops, seen) = (upstream.to_owned(), p.drop_puts.clone(), p.seen.clone());
+        std::thread::spawn(move || {
+            for conn in l.incoming().flatten() {
+                let (up, drops, seen) = (up.clone(), drops.clone(), seen.clone());
+                std::thread::spawn(move || serve(conn, &up, &drops, &seen));
+            }
+        });
+        p
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/{DB}", self.addr)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+/// Reads one HTTP request: the head (without the final blank line) and body.
+fn read_request(s: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf[..buf.len() - 4]).into_owned();
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).ok()?;
+    Some((head, body))
+}
+
+/// `head` with its Connection header replaced by `Connection: close`.
+fn closing(head: &str) -> String {
+    let mut out: Vec<&str> = head
+        .split("\r\n")
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+        .collect();
+    out.push("Connection: close");
+    out.join("\r\n") + "\r\n\r\n"
+}
+
+/// Serves one request per connection (the reply says `Connection: close`).
+fn serve(mut client: TcpStream, up: &str, drops: &Mutex<u32>, seen: &Mutex<Vec<Seen>>) {
+    if let Some((head, body)) = read_request(&mut client) {
+        let mut words = head.split_whitespace();
+        let method = words.next().unwrap_or_default().to_owned();
+        let path = words.next().unwrap_or_default().to_owned();
+        let Ok(mut server) = TcpStream::connect(up) else {
+            return;
+        };
+        let _ = server.write_all(closing(&head).as_bytes());
+        let _ = server.write_all(&body);
+        let mut reply = Vec::new();
+        let _ = server.read_to_end(&mut reply);
+        let drop_it = method == "PUT" && {
+            let mut d = drops.lock().expect("lock");
+            let hit = *d > 0;
+            *d = d.saturating_sub(1);
+            hit
+        };
+        if let Ok(mut s) = seen.lock() {
+            s.push(Seen {
+                method,
+                path,
+                dropped: drop_it,
+            });
+        }
+        if drop_it {
+            return; // the server applied it; the client never hears
+        }
+        let text = reply;
+        let split = text
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or(text.len());
+        let head = String::from_utf8_lossy(&text[..split]).into_owned();
+        let _ = client.write_all(closing(&head).as_bytes());
+        let _ = client.write_all(text.get(split + 4..).unwrap_or_default());
+    }
+}
