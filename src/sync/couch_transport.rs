@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::backend::client::{BatchOutcome, Failure, OpResult};
 use crate::backend::couch::{CouchClient, Credentials};
-use crate::backend::protocol::{ChangesPage, WireOp};
+use crate::backend::protocol::{ChangesPage, Features, WireOp};
 use crate::config::Config;
 use crate::sync::transport::{BoxFut, Transport};
 
@@ -17,9 +17,11 @@ impl Transport for CouchClient {
         self.shown()
     }
 
-    fn health(&self) -> BoxFut<'_, Result<(), Failure>> {
-        // With features: `.map(|()| crate::backend::couch::FEATURES)`.
-        Box::pin(CouchClient::health(self))
+    fn health(&self) -> BoxFut<'_, Result<Features, Failure>> {
+        Box::pin(async move {
+            CouchClient::health(self).await?;
+            Ok(crate::backend::couch::FEATURES)
+        })
     }
 
     fn apply<'a>(&'a self, op: &'a WireOp) -> BoxFut<'a, Result<OpResult, Failure>> {
@@ -34,9 +36,9 @@ impl Transport for CouchClient {
         &'a self,
         since: Option<&'a str>,
         limit: u32,
+        wait_s: Option<u32>,
     ) -> BoxFut<'a, Result<ChangesPage, Failure>> {
-        // With live pulls: pass the trait's `wait` through here.
-        Box::pin(CouchClient::changes(self, since, limit, None))
+        Box::pin(CouchClient::changes(self, since, limit, wait_s))
     }
 }
 
