@@ -184,7 +184,11 @@ fn small_disk() -> Option<SmallDisk> {
     d.stop();
     let _ = std::fs::remove_dir_all(&d.data_dir);
     std::fs::create_dir(&d.data_dir).unwrap();
-    assert!(mount_tmpfs(&d.data_dir, "size=2m,mode=0700"), "mount tmpfs");
+    if !mount_tmpfs(&d.data_dir, "size=2m,mode=0700") {
+        // Root without the right to mount (an unprivileged container).
+        println!("note: skipping disk-full test: cannot mount a tmpfs here");
+        return None;
+    }
     let filler = d.data_dir.join("filler");
     std::fs::write(&filler, vec![0u8; 512 * 1024]).unwrap();
     d.spawn();

@@ -11,6 +11,7 @@
 pub mod cmd;
 pub mod codec;
 pub mod connection;
+pub mod context;
 pub mod error;
 pub mod frame;
 pub mod health;

@@ -14,31 +14,16 @@ use std::sync::Arc;
 
 use interprocess::local_socket::tokio::{prelude::*, Listener, Stream};
 use interprocess::local_socket::{GenericFilePath, ListenerOptions};
-use tokio::sync::{broadcast, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
 
-use crate::config::Config;
 use crate::ipc::peer::{own_uid, PeerPolicy};
-use crate::ipc::wire::{ErrorCode, Event};
+use crate::ipc::wire::ErrorCode;
 use crate::ipc::{session, socket_dir};
-use crate::store::writer::WriterHandle;
-use crate::store::Store;
-use crate::sync::SyncControl;
 
 pub use crate::ipc::cmd::status::status;
 pub use crate::ipc::cmd::MAX_LIST;
 
-/// Everything a request handler needs.
-pub struct Ctx {
-    pub store: Store,
-    pub writer: WriterHandle,
-    pub events: broadcast::Sender<Arc<Event>>,
-    pub config: watch::Receiver<Arc<Config>>,
-    pub sync: Arc<SyncControl>,
-    /// Who may connect ([`crate::ipc::peer`]), fixed at bind time.
-    pub peers: PeerPolicy,
-    pub metrics: Arc<crate::metrics::Metrics>,
-    pub runtime: Arc<crate::metrics::RuntimeInfo>,
-}
+pub use crate::ipc::context::Ctx;
 
 #[cfg(unix)]
 fn is_socket(path: &Path) -> bool {

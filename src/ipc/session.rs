@@ -16,11 +16,11 @@ use tokio::sync::watch;
 use crate::ipc::cmd::{self, watch::Subscription};
 use crate::ipc::codec::{decode, Encoding};
 use crate::ipc::connection::Connection;
+use crate::ipc::context::Ctx;
 use crate::ipc::error::{broken_stream, undecodable_request};
 use crate::ipc::frame::FrameError;
 use crate::ipc::hello;
 use crate::ipc::peer;
-use crate::ipc::server::Ctx;
 use crate::ipc::wire::{ApiError, ClientFrame, ErrorCode, Event, Request, Response, ServerFrame};
 
 /// Serves one accepted connection until either side ends it or the

@@ -3,7 +3,7 @@
 //! which also run every other connection: [`read`] runs it on tokio's
 //! blocking pool, so each call site stays one line.
 
-use crate::ipc::server::Ctx;
+use crate::ipc::context::Ctx;
 use crate::ipc::wire::{ApiError, ErrorCode};
 use crate::store::{Store, StoreError};
 

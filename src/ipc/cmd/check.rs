@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::domain::ids::{validate_collection, validate_id};
 use crate::domain::Document;
-use crate::ipc::server::Ctx;
+use crate::ipc::context::Ctx;
 use crate::ipc::wire::{ApiError, Doc, ErrorCode, OpView, Response};
 use crate::store::writer::WriteOutcome;
 

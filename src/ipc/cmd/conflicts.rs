@@ -1,7 +1,7 @@
 //! `conflicts`: the conflicts parked for manual resolution, as the store
 //! holds them. Read-only; `resolve` settles one.
 
-use crate::ipc::server::Ctx;
+use crate::ipc::context::Ctx;
 use crate::ipc::wire::{ApiError, Response};
 
 use super::blocking::read;

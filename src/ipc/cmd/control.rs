@@ -4,7 +4,7 @@
 //! both under one lock so that the stored flag and the worker's agree
 //! however pauses and resumes race.
 
-use crate::ipc::server::Ctx;
+use crate::ipc::context::Ctx;
 use crate::ipc::wire::{ApiError, Response};
 use crate::store::tables::META_PAUSED;
 use crate::store::writer::WriteCmd;

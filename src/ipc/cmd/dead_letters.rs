@@ -2,7 +2,7 @@
 //! rejected for good, and the two ways out for each (queue it again, or
 //! drop it). One file because the three share one store table.
 
-use crate::ipc::server::Ctx;
+use crate::ipc::context::Ctx;
 use crate::ipc::wire::{ApiError, Response};
 use crate::store::writer::WriteCmd;
 

@@ -1,7 +1,7 @@
 //! `delete`: remove a record (and queue the delete for the server). Its
 //! own file so each request kind reads on its own, as in mini-redis.
 
-use crate::ipc::server::Ctx;
+use crate::ipc::context::Ctx;
 use crate::ipc::wire::{ApiError, Response};
 use crate::store::writer::WriteCmd;
 

@@ -1,7 +1,7 @@
 //! `get`: one record by its local id, read straight from the store (reads
 //! never go through the writer). A missing record is `not_found`.
 
-use crate::ipc::server::Ctx;
+use crate::ipc::context::Ctx;
 use crate::ipc::wire::{ApiError, ErrorCode, Response};
 
 use super::blocking::read;

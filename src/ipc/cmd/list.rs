@@ -2,7 +2,7 @@
 //! paging: a page stops at `limit` records or at the reply budget, and
 //! then names the `next` key.
 
-use crate::ipc::server::Ctx;
+use crate::ipc::context::Ctx;
 use crate::ipc::wire::{ApiError, Response};
 
 use super::blocking::read;

@@ -2,7 +2,7 @@
 //! text, with the store's gauges read fresh for this scrape. The HTTP
 //! `/metrics` endpoint ([`crate::ipc::metrics_http`]) serves the same text.
 
-use crate::ipc::server::Ctx;
+use crate::ipc::context::Ctx;
 use crate::ipc::wire::{ApiError, Response};
 use crate::metrics::Snapshot;
 

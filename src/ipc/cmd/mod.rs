@@ -22,7 +22,7 @@ pub mod status;
 pub mod wait_synced;
 pub mod watch;
 
-use crate::ipc::server::Ctx;
+use crate::ipc::context::Ctx;
 use crate::ipc::wire::{ApiError, ErrorCode, Request, Response};
 
 /// Most records one `list` returns (and ops one `queue` returns).

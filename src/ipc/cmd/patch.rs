@@ -2,7 +2,7 @@
 //! because the size limit applies twice: to the patch here and to the
 //! merged document in the writer (which gets the limit in the job).
 
-use crate::ipc::server::Ctx;
+use crate::ipc::context::Ctx;
 use crate::ipc::wire::{ApiError, Doc, Response};
 use crate::store::writer::WriteCmd;
 

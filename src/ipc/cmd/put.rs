@@ -1,7 +1,7 @@
 //! `put`: create or replace a record. Its own file because it is the one
 //! write whose id may be minted by the daemon (when the app gives none).
 
-use crate::ipc::server::Ctx;
+use crate::ipc::context::Ctx;
 use crate::ipc::wire::{ApiError, Doc, Response};
 use crate::store::writer::WriteCmd;
 

@@ -1,7 +1,7 @@
 //! `queue`: the pending operations in the order they will be sent, cut to
 //! the reply budget. Read-only; for people and tools watching the sync.
 
-use crate::ipc::server::Ctx;
+use crate::ipc::context::Ctx;
 use crate::ipc::wire::{ApiError, Response};
 
 use super::blocking::read;

@@ -2,7 +2,7 @@
 //! document (`data`). Its own file because the request has a rule of its
 //! own: it needs at least one of the two.
 
-use crate::ipc::server::Ctx;
+use crate::ipc::context::Ctx;
 use crate::ipc::wire::{ApiError, Doc, ErrorCode, Response, Side};
 use crate::store::writer::WriteCmd;
 

@@ -6,8 +6,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::ipc::context::Ctx;
 use crate::ipc::health::{hints, HintInputs};
-use crate::ipc::server::Ctx;
 use crate::ipc::wire::{ApiError, StatusView};
 use crate::store::tables::{i64_be, u64_be, META_LAST_SYNC, META_RESOLVED};
 use crate::store::{Store, StoreError};

@@ -12,7 +12,7 @@
 
 use tokio::sync::broadcast;
 
-use crate::ipc::server::Ctx;
+use crate::ipc::context::Ctx;
 use crate::ipc::wire::{ApiError, ErrorCode, Event, Response};
 use crate::store::settled::Settled;
 use crate::store::OpState;

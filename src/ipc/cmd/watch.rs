@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 
 use crate::domain::ids::validate_collection;
-use crate::ipc::server::Ctx;
+use crate::ipc::context::Ctx;
 use crate::ipc::wire::{ApiError, ErrorCode, Event};
 
 /// One connection's event feed with its collection filter.
