@@ -134,3 +134,12 @@ impl SyncControl {
         self.wake.notify_one();
     }
 }
+
+/// A store or writer failure inside a push or pull round: not the
+/// backend's fault, so it is retried like a transient one.
+pub(crate) fn local(e: impl std::fmt::Display) -> crate::backend::client::Failure {
+    crate::backend::client::Failure::Transient {
+        reason: format!("local store: {e}"),
+        retry_after_ms: None,
+    }
+}

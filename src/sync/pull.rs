@@ -16,9 +16,9 @@ use crate::backend::client::Failure;
 use crate::store::tables::META_CURSOR;
 use crate::store::writer::{WriteCmd, WriterHandle};
 use crate::store::Store;
+use crate::sync::local;
 use crate::sync::machine::PullDone;
 use crate::sync::transport::Transport;
-use crate::sync::worker::local;
 
 /// Orders a pulled page after the verdict of a push round in flight.
 ///

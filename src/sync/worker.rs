@@ -155,13 +155,7 @@ enum Built {
     Settled(Result<(), Failure>),
 }
 
-/// A store or writer failure inside a round: not the backend's fault.
-pub(super) fn local(e: impl std::fmt::Display) -> Failure {
-    Failure::Transient {
-        reason: format!("local store: {e}"),
-        retry_after_ms: None,
-    }
-}
+use super::local;
 
 impl Worker {
     fn rebuild_client(&mut self) {
