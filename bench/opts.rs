@@ -219,7 +219,7 @@ impl Opts {
 
 pub(crate) fn all_scenarios() -> Vec<String> {
     [
-        "writes", "reads", "memory", "idle", "drain", "restart", "live",
+        "writes", "reads", "memory", "idle", "drain", "restart", "live", "coalesce",
     ]
     .map(String::from)
     .to_vec()
