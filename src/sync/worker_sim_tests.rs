@@ -17,8 +17,15 @@
 //! from the seed. What the seed does not fix is how a commit on a writer
 //! thread (a real OS thread) races the paused clock, so two runs of a seed
 //! may interleave the devices differently; the stores live on tmpfs
-//! (`/dev/shm`) when there is one so commits are short. A failure prints the
-//! seed and its setup; `SYNCD_SIM_SEED=N` re-runs that seed alone.
+//! (`/dev/shm`) when there is one so commits are short, and `Cargo.toml`
+//! builds redb optimised in test builds (a debug redb made a seed 5-8 times
+//! slower). A failure prints the seed, its setup, every write and the
+//! server's decisions; `SYNCD_SIM_SEED=N` re-runs that seed alone (rerun it
+//! a few times if it passes: the interleaving may differ), and
+//! `SYNCD_SIM_SEEDS=N` changes the count (default 1,000, two threads).
+//!
+//! Two gaps the simulation found are kept as `#[ignore]`d reproducers at the
+//! end of this file; the CI test tolerates one (counted and printed).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -49,6 +56,8 @@ const COLL: &str = "c";
 /// test shows it reached what it is about.
 static CONFLICTS: AtomicU64 = AtomicU64::new(0);
 static LOST_REPLIES: AtomicU64 = AtomicU64::new(0);
+/// Deletes a conflict resolution had already overruled when read back.
+static SUPERSEDED_DELETES: AtomicU64 = AtomicU64::new(0);
 
 /// What the server saw: the ops sent per record and the fresh (not
 /// replayed) applications per op_id.
@@ -56,6 +65,8 @@ static LOST_REPLIES: AtomicU64 = AtomicU64::new(0);
 struct Log {
     sent: BTreeMap<String, BTreeSet<String>>,
     fresh: BTreeMap<String, u32>,
+    /// The last version each device's acks told it, per record.
+    told: BTreeMap<(usize, String), u64>,
     /// Every op the server decided, in order, for a failure's report.
     trace: Vec<String>,
 }
@@ -181,6 +192,12 @@ impl Link {
         if self.roll(self.lose_reply) {
             LOST_REPLIES.fetch_add(1, Ordering::Relaxed);
             return Err(transient("sim: connection reset after apply"));
+        }
+        let mut log = self.server.log.lock().unwrap();
+        for r in &results {
+            if let OpResult::Applied(rec) = r {
+                log.told.insert((self.device, rec.id.clone()), rec.version);
+            }
         }
         Ok(results)
     }
@@ -360,6 +377,13 @@ fn obj(v: Value) -> serde_json::Map<String, Value> {
     }
 }
 
+/// What a script step writes.
+enum Kind {
+    Delete,
+    Patch,
+    Put(Value),
+}
+
 /// The app on every device: puts, patches and deletes of the same few
 /// records, interleaved, with pauses while sync runs.
 async fn script(seed: u64, setup: &Setup, devices: &[Device]) -> Vec<Write> {
@@ -369,7 +393,13 @@ async fn script(seed: u64, setup: &Setup, devices: &[Device]) -> Vec<Write> {
         let d = rng.usize(0..setup.devices);
         let id = format!("r{}", rng.u64(0..setup.records));
         let ts = 1_000 + step as i64;
-        let cmd = match rng.u8(0..10) {
+        let pick = rng.u8(0..10);
+        let kind = match pick {
+            0 => Kind::Delete,
+            1..=5 => Kind::Patch,
+            _ => Kind::Put(json!({"v": format!("d{d}s{step}"), "k0": step})),
+        };
+        let cmd = match pick {
             0 => WriteCmd::Delete {
                 collection: COLL.into(),
                 id: id.clone(),
@@ -391,8 +421,22 @@ async fn script(seed: u64, setup: &Setup, devices: &[Device]) -> Vec<Write> {
         };
         match devices[d].writer.submit(cmd).await {
             Ok(WriteOutcome::Written { .. }) => {
-                let doc = devices[d].store.record(COLL, &id).unwrap();
-                let doc = doc.filter(|r| !r.deleted).map(|r| parse_doc_text(&r.data));
+                let read = devices[d].store.record(COLL, &id).unwrap();
+                let read = read.filter(|r| !r.deleted).map(|r| parse_doc_text(&r.data));
+                // What the app wrote; a patch is what it made of the record.
+                let doc = match kind {
+                    Kind::Delete => {
+                        // A 409 verdict of an earlier op of the record can
+                        // land between the delete and this read, and take the
+                        // delete along (it was made on a stale base).
+                        if read.is_some() {
+                            SUPERSEDED_DELETES.fetch_add(1, Ordering::Relaxed);
+                        }
+                        None
+                    }
+                    Kind::Put(doc) => Some(doc),
+                    Kind::Patch => read,
+                };
                 writes.push(Write {
                     device: d,
                     id,
@@ -415,7 +459,7 @@ async fn script(seed: u64, setup: &Setup, devices: &[Device]) -> Vec<Write> {
 async fn drain(seed: u64, devices: &[Device]) {
     let done = tokio::time::timeout(Duration::from_secs(3_600), async {
         while devices.iter().any(|d| d.store.queue_depth().unwrap() > 0) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     })
     .await;
@@ -459,36 +503,56 @@ fn local_state(d: &Device, id: &str) -> Option<(Value, Option<u64>)> {
     (!r.deleted).then(|| (parse_doc_text(&r.data), r.version))
 }
 
-/// Whether every device holds exactly the server's live records.
-fn converged(server: &BTreeMap<String, ServerRecord>, devices: &[Device]) -> bool {
-    let live: BTreeSet<&String> = server
-        .iter()
-        .filter(|(_, r)| !r.deleted)
-        .map(|(id, _)| id)
-        .collect();
-    devices.iter().all(|d| {
+/// Where a device differs from the server: `(device, id, behind)`, with
+/// `behind` when the device has nothing pending for the record and its
+/// last ack told it an older version than the server's: the known pull
+/// gap, see [`pulled_changes_are_never_skipped`].
+fn divergences(server: &Server, devices: &[Device]) -> Vec<(usize, String, bool)> {
+    let records = server.records();
+    let mut out = Vec::new();
+    for (i, d) in devices.iter().enumerate() {
         let (local, _) = d.store.list(COLL, None, 10_000, usize::MAX).unwrap();
-        let ids: BTreeSet<&String> = local.iter().map(|r| &r.id).collect();
-        ids == live
-            && server.iter().all(|(id, r)| match local_state(d, id) {
+        for r in local.iter().filter(|r| !records.contains_key(&r.id)) {
+            out.push((i, r.id.clone(), false));
+        }
+        for (id, r) in &records {
+            let same = match local_state(d, id) {
                 None => r.deleted,
                 Some((data, v)) => {
                     !r.deleted && data == Value::Object(r.data.clone()) && v == Some(r.version)
                 }
-            })
-    })
+            };
+            if !same {
+                let pending = d
+                    .store
+                    .record(COLL, id)
+                    .unwrap()
+                    .is_some_and(|l| l.pending > 0);
+                let told = server
+                    .log
+                    .lock()
+                    .unwrap()
+                    .told
+                    .get(&(i, id.clone()))
+                    .copied();
+                let behind = !pending && told.is_some_and(|v| v < r.version);
+                out.push((i, id.clone(), behind));
+            }
+        }
+    }
+    out
 }
 
 /// Waits (in simulated time) until the pulls have brought every device to
-/// the server's state; `false` if they never do.
-async fn settle(server: &Server, devices: &[Device]) -> bool {
-    tokio::time::timeout(Duration::from_secs(600), async {
-        while !converged(&server.records(), devices) {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-    .await
-    .is_ok()
+/// the server's state; what still differs after ten minutes.
+async fn settle(server: &Server, devices: &[Device]) -> Vec<(usize, String, bool)> {
+    let mut left = divergences(server, devices);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    while !left.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        left = divergences(server, devices);
+    }
+    left
 }
 
 fn report_divergence(seed: u64, server: &Server, devices: &[Device]) {
@@ -506,36 +570,22 @@ fn report_divergence(seed: u64, server: &Server, devices: &[Device]) {
 /// Seeds that met the known pull gap (see [`pulled_changes_are_never_skipped`]).
 static PULL_GAPS: AtomicU64 = AtomicU64::new(0);
 
-/// Convergence. With `strict_pull` off, a device left behind is given one
-/// full re-pull (its cursor reset) before the verdict: a pulled change that
-/// met a pending op and was then covered by an older ack is a known gap,
-/// counted and printed, and everything else must still hold.
+/// Convergence. With `strict_pull` off, a device left behind on an older
+/// version with nothing pending is the known pull gap: counted and
+/// printed; any other difference fails the seed.
 async fn converge(seed: u64, server: &Server, devices: &[Device], strict_pull: bool) {
-    if settle(server, devices).await {
+    let left = settle(server, devices).await;
+    if left.is_empty() {
         return;
     }
-    if !strict_pull {
-        eprintln!("seed {seed}: a device missed a pulled change; re-pulling from the start");
+    if !strict_pull && left.iter().all(|(_, _, behind)| *behind) {
+        eprintln!("seed {seed}: known pull gap, devices left behind: {left:?}");
         PULL_GAPS.fetch_add(1, Ordering::Relaxed);
-        // A pull in flight may land its page (and its cursor) after the
-        // reset: try a few times.
-        for _ in 0..3 {
-            for d in devices {
-                let cmd = WriteCmd::SetMeta {
-                    key: crate::store::tables::META_CURSOR,
-                    value: b"0".to_vec(),
-                };
-                d.writer.submit(cmd).await.unwrap();
-                d.control.wake();
-            }
-            if settle(server, devices).await {
-                return;
-            }
-        }
+        return;
     }
     report_divergence(seed, server, devices);
     panic!(
-        "seed {seed}: devices never converged: {:?}",
+        "seed {seed}: devices never converged {left:?}: {:?}",
         server.records()
     );
 }
@@ -724,7 +774,11 @@ fn devices_converge_through_conflicts_and_faults() {
         LOST_REPLIES.load(Ordering::Relaxed),
     );
     let gaps = PULL_GAPS.load(Ordering::Relaxed);
-    eprintln!("{seeds} seeds: {conflicts} conflicts, {lost} lost replies, {gaps} pull gaps");
+    let overruled = SUPERSEDED_DELETES.load(Ordering::Relaxed);
+    eprintln!(
+        "{seeds} seeds: {conflicts} conflicts, {lost} lost replies, {gaps} pull gaps, \
+         {overruled} deletes overruled before read-back"
+    );
     assert!(
         conflicts >= seeds,
         "too few conflicts to test them: {conflicts}"
