@@ -240,7 +240,11 @@ fn lost_reply(batch: bool, n: usize, no_duplicates: bool) {
     // applied once (1, then 2), one server record per local record.
     let changes = mini.lock().unwrap().changes();
     let ids_by_n = assert_exactly_once(&changes, "todos", n, 2, |n| json!({"n": n, "v": 2}));
-    assert_eq!(mini.lock().unwrap().records().len(), n, "one server record each");
+    assert_eq!(
+        mini.lock().unwrap().records().len(),
+        n,
+        "one server record each"
+    );
     if no_duplicates {
         assert_local_synced(&d, "todos", &ids_by_n, 2);
     } else {
