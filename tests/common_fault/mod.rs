@@ -86,6 +86,17 @@ impl Reply {
         }
     }
 
+    /// No reply at all: the server closes the connection after handling
+    /// the request (logged with status 0). With a handler that applied the
+    /// op first, this is the lost reply.
+    pub fn drop_connection() -> Reply {
+        Reply {
+            status: 0,
+            headers: Vec::new(),
+            body: String::new(),
+        }
+    }
+
     pub fn with_header(mut self, k: &str, v: &str) -> Reply {
         self.headers.push((k.to_owned(), v.to_owned()));
         self
@@ -216,6 +227,14 @@ fn serve_conn(
             let mut h = handler.lock().unwrap_or_else(|p| p.into_inner());
             (*h)(&req)
         };
+        if reply.status == 0 {
+            log.lock().unwrap_or_else(|p| p.into_inner()).push(Logged {
+                req,
+                status: 0,
+                replied_at: Instant::now(),
+            });
+            return; // dropping both halves closes the socket unanswered
+        }
         let mut head = format!(
             "HTTP/1.1 {} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
             reply.status,
