@@ -557,6 +557,10 @@ fn batch_results(n_ops: usize, r: &RawReply<'_>) -> Result<BatchOutcome, Failure
                 }
             }
             Err(EntryError::Invalid) => return Err(unlisted(BATCH, r, Oddity::NotProtocolJson)),
+            // A 404 is a rejection only for an update or delete, which the
+            // batch reply does not say: the single-op path decides, with
+            // the op's kind (applied ops are replayed by their op ids).
+            Err(EntryError::AskSingly(reason)) => return Ok(BatchOutcome::Refused(reason)),
             // A per-op failure that is not a verdict: keep the results
             // before it (those ops were applied and must be acked now),
             // and let the next round meet the failure at the head.
@@ -573,11 +577,14 @@ enum EntryError {
     Invalid,
     /// An auth or transient failure for this op.
     Failed(Failure),
+    /// A verdict that depends on the op's kind (a `404`).
+    AskSingly(String),
 }
 
-/// One batch entry: `200`/`409` with a record, or a `4xx` with an error
-/// (a permanent rejection of that op); auth and transient statuses are
-/// failures; anything else is invalid.
+/// One batch entry: `200`/`409` with a record, or `400`/`413`/`422` with an
+/// error (a permanent rejection of that op, as for a single op); a `404`
+/// is sent again singly; auth and transient statuses are failures;
+/// anything else (another `4xx` among them) is invalid: never a dead letter.
 fn batch_entry(e: BatchResult) -> Result<OpResult, EntryError> {
     match (e.status, e.record, e.error) {
         (200, Some(rec), _) => Ok(OpResult::Applied(rec)),
@@ -589,10 +596,14 @@ fn batch_entry(e: BatchResult) -> Result<OpResult, EntryError> {
             reason: format!("batch op: HTTP {s} {}", error.unwrap_or_default()),
             retry_after_ms: None,
         })),
-        (s @ 400..=499, _, Some(error)) if s != 409 => Ok(OpResult::Rejected {
+        // The same statuses as a single op's permanent rejection.
+        (s @ (400 | 413 | 422), _, Some(error)) => Ok(OpResult::Rejected {
             status: s,
             reason: error,
         }),
+        (404, _, Some(error)) => Err(EntryError::AskSingly(format!(
+            "batch entry 404 ({error}); sending the ops one at a time"
+        ))),
         _ => Err(EntryError::Invalid),
     }
 }
@@ -835,10 +846,21 @@ mod tests {
             (200, r#"{"results":[{"status":422}]}"#),
             (200, r#"{"results":[{"status":200}]}"#),
             (200, r#"{"results":[{"status":409,"error":"conflict"}]}"#),
+            // Statuses a single op never dead-letters for, inside a batch.
+            (200, r#"{"results":[{"status":405,"error":"method"}]}"#),
+            (200, r#"{"results":[{"status":410,"error":"gone"}]}"#),
         ];
         for (status, body) in cases {
             assert_unlisted(batch(2, status, body), status);
         }
+        // A 404 entry is a rejection only for an update or a delete, which
+        // the batch reply cannot say: the ops go one at a time.
+        let nf = batch(
+            2,
+            200,
+            r#"{"results":[{"status":404,"error":"no record"}]}"#,
+        );
+        assert!(matches!(nf, Ok(BatchOutcome::Refused(_))), "{nf:?}");
     }
 
     #[test]

@@ -81,6 +81,11 @@ fn readable(s: &StatusView, now: i64) -> Vec<(&'static str, String)> {
     }
     let last_sync = s.last_sync_at.map(|t| format!("{} ago", ago(now - t)));
     rows.push(("last sync", last_sync.unwrap_or_else(|| "never".into())));
+    if let Some(how) = &s.remote_changes {
+        rows.push(("remote changes", how.clone()));
+        let last_pull = s.last_pull_at.map(|t| format!("{} ago", ago(now - t)));
+        rows.push(("last pull", last_pull.unwrap_or_else(|| "never".into())));
+    }
     if let Some(e) = &s.last_error {
         rows.push(("last error", e.clone()));
     }

@@ -796,3 +796,40 @@ async fn client_ids_pulled_id_is_the_local_id() {
     assert_eq!(f.store.queue_depth().unwrap(), 1);
     assert!(f.store.record("c", "never").unwrap().is_none());
 }
+
+/// Last-write-wins: a head op older than the server's change loses, but a
+/// later write of the same record queued behind another record's op is
+/// newer than the server's change and must still be sent.
+#[tokio::test]
+async fn last_write_wins_keeps_a_newer_tail_when_the_head_loses() {
+    let f = fx();
+    put(&f, "x", json!({"a": 1})).await;
+    ack_head(&f, srec("SX", 1, 50, json!({"a": 1}))).await;
+    put(&f, "x", json!({"a": 2})).await; // X1, ts 100
+    put(&f, "y", json!({"n": 1})).await; // Y1
+    f.w.submit(WriteCmd::Patch {
+        collection: "c".into(),
+        id: "x".into(),
+        data: doc(json!({"b": 3})),
+        client_ts: 300,
+        max_bytes: 1 << 20,
+    })
+    .await
+    .unwrap(); // X2, ts 300
+    let (seq, _) = f.store.queue_head(1).unwrap().remove(0);
+    f.w.submit(WriteCmd::Conflict {
+        seq,
+        server: srec("SX", 2, 200, json!({"a": 9})),
+        strategy: Strategy::LastWriteWins,
+        rules: Default::default(),
+    })
+    .await
+    .unwrap();
+    let q = f.store.queue_head(10).unwrap();
+    let order: Vec<&str> = q.iter().map(|(_, o)| o.local_id.as_str()).collect();
+    assert_eq!(order, ["y", "x"], "X1 lost; X2 stays behind Y1");
+    let rec = f.store.record("c", "x").unwrap().unwrap();
+    assert_eq!(rec.version, Some(2), "stands on the server's version");
+    assert_eq!(rec.pending, 1);
+    assert_eq!(rec.data, r#"{"a":2,"b":3}"#, "X2's document, as written");
+}

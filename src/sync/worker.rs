@@ -96,6 +96,7 @@ async fn run_worker(deps: WorkerDeps, net: Arc<Notify>) {
         pull: None,
         round_lock: RoundLock::default(),
         recording: None,
+        held_round: None,
     };
     w.machine.set_live(cfg.sync.live, cfg.sync.wait_s);
     w.rebuild_client();
@@ -125,6 +126,9 @@ struct Worker {
     round_lock: RoundLock,
     /// The previous round's verdicts, still being recorded.
     recording: Option<Recording>,
+    /// A failed round's share of the round lock, kept while a create it
+    /// sent may have been applied (see `hold_if_create`).
+    held_round: Option<RoundGuard>,
 }
 
 /// A batch whose verdicts a writer job is recording while the next round
@@ -159,6 +163,7 @@ use super::local;
 
 impl Worker {
     fn rebuild_client(&mut self) {
+        self.held_round = None;
         self.stop_pull();
         self.deps.store.set_backend_client_ids(false);
         self.batch_supported = None;
@@ -501,9 +506,23 @@ impl Worker {
     /// server id and version), so it ends before the first such op.
     async fn push(&mut self) -> Result<(), Failure> {
         // Held until the verdicts are recorded: see [`RoundLock`].
-        let round = self.round_lock.push().await;
+        // A round kept from a failed create (see `hold_if_create`) is this
+        // round's: taking a second read lock behind a waiting pull would
+        // deadlock on the one kept.
+        let round = match self.held_round.take() {
+            Some(g) => g,
+            None => self.round_lock.push().await,
+        };
         let mut prev = self.recording.take();
-        let batch = match self.build_batch(prev.as_ref()).await? {
+        let built = match self.build_batch(prev.as_ref()).await {
+            Ok(b) => b,
+            Err(f) => {
+                // Never drop a recording unchecked.
+                finish(prev).await?;
+                return Err(f);
+            }
+        };
+        let batch = match built {
             Built::Batch(b) => b,
             Built::Settled(r) => {
                 finish(prev).await?;
@@ -534,12 +553,16 @@ impl Worker {
                     );
                     self.batch_supported = Some(false);
                 }
-                Err(f) => return self.attempt_failed(batch[0].0, f).await,
+                Err(f) => {
+                    self.hold_if_create(&batch, round);
+                    return self.attempt_failed(batch[0].0, f).await;
+                }
             }
         }
         finish(prev).await?;
         let mut batch = batch;
-        let (seq, op, w) = batch.swap_remove(0);
+        batch.truncate(1);
+        let (seq, op, w) = batch[0].clone();
         match self.deps.metrics.time_push(client.apply(&w)).await {
             Ok(res) => self.submit(self.verdict_cmd(seq, &op, &w, res)).await,
             Err(f) => {
@@ -548,8 +571,22 @@ impl Worker {
                     // the same wrong URL: ask again once replies are sane.
                     self.batch_supported = None;
                 }
+                self.hold_if_create(&batch, round);
                 self.attempt_failed(seq, f).await
             }
+        }
+    }
+
+    /// Without client ids, a create whose request failed may have been
+    /// applied with its reply lost: the server's record would then come
+    /// back through a pull before the retry's ack names it ours, and look
+    /// like another device's record (a duplicate). Such a round keeps its
+    /// share of the round lock until the next round settles the op, so no
+    /// pull lands in between.
+    fn hold_if_create(&mut self, batch: &[(u64, QueuedOp, WireOp)], round: RoundGuard) {
+        let creates = batch.iter().any(|(_, _, w)| w.kind == OpKind::Create);
+        if creates && !self.deps.store.backend_client_ids() {
+            self.held_round = Some(round);
         }
     }
 

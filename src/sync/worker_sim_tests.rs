@@ -795,7 +795,7 @@ fn devices_converge_through_conflicts_and_faults() {
 /// change and should win. Seeds 17 and 113 show it (most runs); run with
 /// `cargo test --lib last_write_wins_keeps -- --ignored`.
 #[test]
-#[ignore = "known gap: a losing head op takes newer tail writes along under last-write-wins"]
+#[ignore = "known gap: under last-write-wins the newest write can still lose (see the doc comment)"]
 fn last_write_wins_keeps_the_newest_write() {
     let seeds = (0..400).filter(|s| Setup::of(*s).strategy == Strategy::LastWriteWins);
     run_seeds(

@@ -90,8 +90,16 @@ pub(super) fn conflict(
         && local.kind == OpKind::Update
         && !server.deleted
         && resolution == Resolution::TakeServer;
-    let resend = matches!(resolution, Resolution::Resend { .. });
-    let keep_tail = resend && !tail.is_empty();
+    // The tail stays queued unless nothing of the record may reach the
+    // server any more: server-wins drops it, manual parks it. Under
+    // last-write-wins a later write can still beat the server; under merge
+    // it is rebased onto what the server (or the merge) has.
+    let keep_tail = !tail.is_empty()
+        && match &resolution {
+            Resolution::Resend { .. } => true,
+            Resolution::TakeServer => strategy != Strategy::ServerWins,
+            Resolution::Park => false,
+        };
     for (s, _) in run.iter().chain(tail.iter().filter(|_| !keep_tail)) {
         if let Some(o) = x.take_op(*s)? {
             ops.push(o);
@@ -109,10 +117,12 @@ pub(super) fn conflict(
         merged_in,
     )?;
     if keep_tail {
-        if let Resolution::Resend { data: sent, .. } = &resolution {
-            let rebase = strategy == Strategy::Merge;
-            rebase_tail(x, &c, &lid, &tail, run_state, sent.clone(), rebase)?;
-        }
+        let onto = match &resolution {
+            Resolution::Resend { data, .. } => data.clone(),
+            _ => (!server.deleted).then(|| server.data.clone()),
+        };
+        let rebase = strategy == Strategy::Merge;
+        rebase_tail(x, &c, &lid, &tail, run_state, onto, rebase)?;
     }
     // A parked conflict counts as resolved when it is resolved.
     if resolution != Resolution::Park {
@@ -121,7 +131,7 @@ pub(super) fn conflict(
     Ok(Ok(WriteOutcome::Done))
 }
 
-/// The tail of a re-sent conflict stays queued behind other records' ops.
+/// The tail of a conflict stays queued behind other records' ops.
 /// Under `merge` each tail op's document is rebased: the keys it changed
 /// relative to the op before it are applied on top of the merged document,
 /// so the server's changes that the merge kept are not overwritten. The
