@@ -27,6 +27,11 @@ pub const DEAD_BY_OP: TableDefinition<&str, u64> = TableDefinition::new("dead_by
 pub const SETTLED: TableDefinition<&str, &[u8]> = TableDefinition::new("settled");
 /// insertion sequence -> op_id of [`SETTLED`], oldest first.
 pub const SETTLED_ORDER: TableDefinition<u64, &str> = TableDefinition::new("settled_order");
+/// (collection, local id) -> bincode [`super::ServerRecordStored`]: the
+/// newest server record pulled while the record had pending ops (so not
+/// applied); taken once its last pending op is confirmed at an older
+/// version.
+pub const DEFERRED: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("deferred");
 /// Small named values.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 

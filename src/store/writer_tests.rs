@@ -833,3 +833,33 @@ async fn last_write_wins_keeps_a_newer_tail_when_the_head_loses() {
     assert_eq!(rec.pending, 1);
     assert_eq!(rec.data, r#"{"a":2,"b":3}"#, "X2's document, as written");
 }
+
+/// A change pulled while the record had a pending op is not applied then;
+/// when the op is confirmed at an older version (another device wrote
+/// after it), the device takes the newer record instead of standing on
+/// the older one.
+#[tokio::test]
+async fn a_pulled_change_newer_than_the_ack_is_taken_after_it() {
+    let f = fx();
+    put(&f, "a", json!({"x": 1})).await;
+    ack_head(&f, srec("S1", 1, 100, json!({"x": 1}))).await;
+    put(&f, "a", json!({"x": 2})).await; // pending
+    let changes = vec![Change {
+        collection: "c".into(),
+        record: srec("S1", 3, 300, json!({"x": 3, "by": "other"})),
+    }];
+    f.w.submit(WriteCmd::ApplyChanges {
+        changes,
+        cursor: "7".into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        f.store.record("c", "a").unwrap().unwrap().data,
+        r#"{"x":2}"#
+    );
+    ack_head(&f, srec("S1", 2, 200, json!({"x": 2}))).await;
+    let r = f.store.record("c", "a").unwrap().unwrap();
+    assert_eq!((r.version, r.pending), (Some(3), 0));
+    assert_eq!(r.data, r#"{"by":"other","x":3}"#);
+}

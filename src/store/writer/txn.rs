@@ -53,6 +53,7 @@ pub(super) struct Txn<'txn> {
     pub meta: Table<'txn, &'static str, &'static [u8]>,
     pub record_queue: Table<'txn, (&'static str, &'static str, u64), ()>,
     pub dead_by_op: Table<'txn, &'static str, u64>,
+    pub deferred: Table<'txn, (&'static str, &'static str), &'static [u8]>,
     pub settled: Table<'txn, &'static str, &'static [u8]>,
     pub settled_order: Table<'txn, u64, &'static str>,
     pub ids: &'txn IdGen,
@@ -81,6 +82,7 @@ impl<'txn> Txn<'txn> {
             meta: txn.open_table(META)?,
             record_queue: txn.open_table(RECORD_QUEUE)?,
             dead_by_op: txn.open_table(DEAD_BY_OP)?,
+            deferred: txn.open_table(DEFERRED)?,
             settled: txn.open_table(SETTLED)?,
             settled_order: txn.open_table(SETTLED_ORDER)?,
         })

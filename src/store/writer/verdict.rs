@@ -163,6 +163,13 @@ fn apply_ack(x: &mut Txn<'_>, op: &QueuedOp, r: &ServerRecord) -> Result<(), Sto
         }
     }
     x.server_ids.insert((c, r.id.as_str()), lid)?;
+    if rec.pending == 0 {
+        if let Some(newer) = take_deferred(x, c, lid, r)? {
+            // A change pulled while this op was pending is newer than
+            // what the op produced: that is the server's state now.
+            return take_server(x, c, lid, Some(rec), &newer, Origin::Remote);
+        }
+    }
     let server_text = rec.stand_on(r);
     if rec.pending == 0
         && !rec.deleted
@@ -216,6 +223,8 @@ fn apply_remote(x: &mut Txn<'_>, ch: &Change, client_ids: bool) -> Result<(), St
                     x.conflicts
                         .insert((c, lid.as_str()), to_store(&p)?.as_slice())?;
                 }
+            } else if existing.version.is_none_or(|v| v < r.version) {
+                defer(x, c, &lid, r)?;
             }
             return Ok(());
         }
@@ -224,6 +233,35 @@ fn apply_remote(x: &mut Txn<'_>, ch: &Change, client_ids: bool) -> Result<(), St
         }
     }
     take_server(x, c, &lid, rec, r, Origin::Remote)
+}
+
+/// Remembers `r`, pulled while the record had pending ops, if it is the
+/// newest such record.
+fn defer(x: &mut Txn<'_>, c: &str, lid: &str, r: &ServerRecord) -> Result<(), StoreError> {
+    let known = match x.deferred.get((c, lid))? {
+        Some(v) => Some(from_store::<ServerRecordStored>(v.value())?.version),
+        None => None,
+    };
+    if known.is_none_or(|v| v < r.version) {
+        x.deferred
+            .insert((c, lid), to_store(&ServerRecordStored::from(r))?.as_slice())?;
+    }
+    Ok(())
+}
+
+/// Forgets the record's deferred server record; returns it when it is newer
+/// than `acked` (the same server record, at a later version).
+fn take_deferred(
+    x: &mut Txn<'_>,
+    c: &str,
+    lid: &str,
+    acked: &ServerRecord,
+) -> Result<Option<ServerRecord>, StoreError> {
+    let Some(bytes) = x.deferred.remove((c, lid))?.map(|v| v.value().to_vec()) else {
+        return Ok(None);
+    };
+    let d: ServerRecordStored = from_store(&bytes)?;
+    Ok((d.id == acked.id && d.version > acked.version).then(|| d.to_record()))
 }
 
 /// The local id a pulled record lands on; `None`: nothing to do (a
