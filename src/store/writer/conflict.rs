@@ -170,8 +170,8 @@ fn rebase_tail(
 }
 
 /// Carries out a conflict decision for `ops` (already out of the queue)
-/// of one record.
-#[allow(clippy::too_many_arguments)]
+/// of one record, and records how each op was settled.
+#[allow(clippy::too_many_arguments)] // the decision's parts, all needed
 pub(super) fn apply_resolution(
     x: &mut Txn<'_>,
     c: &str,
@@ -182,121 +182,21 @@ pub(super) fn apply_resolution(
     resolution: &Resolution,
     merged_in: bool,
 ) -> Result<(), StoreError> {
-    let n = ops.len() as u32;
     let op_ids: Vec<String> = ops.iter().map(|o| o.op_id.clone()).collect();
-    let mut resent_as = None;
     for op in &ops {
         x.ops.remove(op.op_id.as_str())?;
     }
-    let client_ts = ops
-        .iter()
-        .map(|o| o.client_ts)
-        .max()
-        .unwrap_or_else(crate::domain::clock::now_ms);
-    let enqueued_at = ops
-        .first()
-        .map(|o| o.enqueued_at)
-        .unwrap_or_else(crate::domain::clock::now_ms);
-    let rec = x.record(c, lid)?;
-    let outcome;
-    match resolution {
-        Resolution::TakeServer => {
-            let rec = rec.map(|mut r| {
-                r.pending = r.pending.saturating_sub(n);
-                r
-            });
-            let deleted_both =
-                server.deleted && ops.last().is_some_and(|o| o.kind == OpKind::Delete);
-            take_server(x, c, lid, rec, server, Origin::Conflict)?;
-            outcome = if deleted_both {
-                (
-                    ConflictOutcome::AlreadyDeleted,
-                    "already deleted on the server".to_owned(),
-                )
-            } else if merged_in {
-                (
-                    ConflictOutcome::Merged,
-                    "merged: the server already has every change".to_owned(),
-                )
-            } else {
-                (ConflictOutcome::TookServer, "took server".to_owned())
-            };
-        }
+    let (outcome, resent_as) = match resolution {
+        Resolution::TakeServer => (
+            settle_take_server(x, c, lid, &ops, server, merged_in)?,
+            None,
+        ),
         Resolution::Resend { kind, data } => {
-            let mut rec = rec.unwrap_or(StoredRecord::local("{}".into(), n, client_ts));
-            rec.pending = rec.pending.saturating_sub(n) + 1;
-            // The record now stands on the server's version. With
-            // client-chosen ids a record's id is taken for good once the
-            // server holds it, a tombstone included: re-creating it is an
-            // update of the tombstone (`base_version` = its version), never
-            // a create that would meet the same tombstone again.
-            if server.deleted && !x.client_ids {
-                x.server_ids.remove((c, server.id.as_str()))?;
-                rec.forget_server();
-            } else {
-                x.server_ids.insert((c, server.id.as_str()), lid)?;
-                rec.stand_on(server);
-            }
-            let text = data.as_ref().map(|d| Value::Object(d.clone()).to_string());
-            match &text {
-                Some(tx) => {
-                    rec.data = tx.clone();
-                    rec.deleted = false;
-                }
-                None => {
-                    rec.data = "{}".into();
-                    rec.deleted = true;
-                }
-            }
-            x.put_record(c, lid, &rec)?;
-            let new_op = QueuedOp {
-                op_id: x.ids.next(),
-                collection: c.to_owned(),
-                local_id: lid.to_owned(),
-                kind: *kind,
-                data: text,
-                client_ts,
-                attempts: 0,
-                last_error: None,
-                enqueued_at,
-                base: None,
-            };
-            prepend_op(x, &new_op)?;
-            resent_as = Some(new_op.op_id.clone());
-            x.ev.push(Event::Changed {
-                collection: c.to_owned(),
-                id: lid.to_owned(),
-                op_id: Some(new_op.op_id.clone()),
-                origin: Origin::Conflict,
-                data: data.clone().map(|d| Doc(Value::Object(d))),
-            });
-            outcome = (
-                ConflictOutcome::Resent,
-                format!("re-sent as {} (op {})", kind.as_str(), new_op.op_id),
-            );
+            let (o, id) = settle_resend(x, c, lid, &ops, server, *kind, data)?;
+            (o, Some(id))
         }
-        Resolution::Park => {
-            let mut parked = match x.conflicts.get((c, lid))? {
-                Some(v) => from_store::<ParkedConflict>(v.value())?,
-                None => ParkedConflict {
-                    server: ServerRecordStored::from(server),
-                    ops: Vec::new(),
-                    detected_at: crate::domain::clock::now_ms(),
-                },
-            };
-            parked.server = ServerRecordStored::from(server);
-            for op in ops {
-                x.ops.insert(op.op_id.as_str(), PARKED_SEQ)?;
-                parked.ops.push(op);
-            }
-            x.conflicts
-                .insert((c, lid), to_store(&parked)?.as_slice())?;
-            outcome = (
-                ConflictOutcome::Parked,
-                "parked for manual resolution".to_owned(),
-            );
-        }
-    }
+        Resolution::Park => (settle_park(x, c, lid, ops, server)?, None),
+    };
     if outcome.0 != ConflictOutcome::Parked {
         let s = Settled {
             result: outcome.0,
@@ -312,4 +212,129 @@ pub(super) fn apply_resolution(
         outcome: outcome.1,
     });
     Ok(())
+}
+
+/// What a resolution did, for programs and for people.
+type Outcome = (ConflictOutcome, String);
+
+/// The server's record becomes the local one; the ops are dropped.
+fn settle_take_server(
+    x: &mut Txn<'_>,
+    c: &str,
+    lid: &str,
+    ops: &[QueuedOp],
+    server: &ServerRecord,
+    merged_in: bool,
+) -> Result<Outcome, StoreError> {
+    let n = ops.len() as u32;
+    let rec = x.record(c, lid)?.map(|mut r| {
+        r.pending = r.pending.saturating_sub(n);
+        r
+    });
+    let deleted_both = server.deleted && ops.last().is_some_and(|o| o.kind == OpKind::Delete);
+    take_server(x, c, lid, rec, server, Origin::Conflict)?;
+    Ok(if deleted_both {
+        (
+            ConflictOutcome::AlreadyDeleted,
+            "already deleted on the server".to_owned(),
+        )
+    } else if merged_in {
+        (
+            ConflictOutcome::Merged,
+            "merged: the server already has every change".to_owned(),
+        )
+    } else {
+        (ConflictOutcome::TookServer, "took server".to_owned())
+    })
+}
+
+/// The local (or merged) change goes again, as a new op at the head of
+/// the queue, on top of the server's version; returns the new op's id.
+fn settle_resend(
+    x: &mut Txn<'_>,
+    c: &str,
+    lid: &str,
+    ops: &[QueuedOp],
+    server: &ServerRecord,
+    kind: OpKind,
+    data: &Option<Document>,
+) -> Result<(Outcome, String), StoreError> {
+    let n = ops.len() as u32;
+    let now = crate::domain::clock::now_ms;
+    let client_ts = ops.iter().map(|o| o.client_ts).max().unwrap_or_else(now);
+    let enqueued_at = ops.first().map(|o| o.enqueued_at).unwrap_or_else(now);
+    let mut rec = x
+        .record(c, lid)?
+        .unwrap_or(StoredRecord::local("{}".into(), n, client_ts));
+    rec.pending = rec.pending.saturating_sub(n) + 1;
+    // The record now stands on the server's version. With client-chosen
+    // ids a record's id is taken for good once the server holds it, a
+    // tombstone included: re-creating it is an update of the tombstone
+    // (`base_version` = its version), never a create that would meet the
+    // same tombstone again.
+    if server.deleted && !x.client_ids {
+        x.server_ids.remove((c, server.id.as_str()))?;
+        rec.forget_server();
+    } else {
+        x.server_ids.insert((c, server.id.as_str()), lid)?;
+        rec.stand_on(server);
+    }
+    let text = data.as_ref().map(|d| Value::Object(d.clone()).to_string());
+    rec.deleted = text.is_none();
+    rec.data = text.clone().unwrap_or_else(|| "{}".into());
+    x.put_record(c, lid, &rec)?;
+    let new_op = QueuedOp {
+        op_id: x.ids.next(),
+        collection: c.to_owned(),
+        local_id: lid.to_owned(),
+        kind,
+        data: text,
+        client_ts,
+        attempts: 0,
+        last_error: None,
+        enqueued_at,
+        base: None,
+    };
+    prepend_op(x, &new_op)?;
+    x.ev.push(Event::Changed {
+        collection: c.to_owned(),
+        id: lid.to_owned(),
+        op_id: Some(new_op.op_id.clone()),
+        origin: Origin::Conflict,
+        data: data.clone().map(|d| Doc(Value::Object(d))),
+    });
+    let outcome = (
+        ConflictOutcome::Resent,
+        format!("re-sent as {} (op {})", kind.as_str(), new_op.op_id),
+    );
+    Ok((outcome, new_op.op_id))
+}
+
+/// The ops wait, with the server's record, for a person or an app.
+fn settle_park(
+    x: &mut Txn<'_>,
+    c: &str,
+    lid: &str,
+    ops: Vec<QueuedOp>,
+    server: &ServerRecord,
+) -> Result<Outcome, StoreError> {
+    let mut parked = match x.conflicts.get((c, lid))? {
+        Some(v) => from_store::<ParkedConflict>(v.value())?,
+        None => ParkedConflict {
+            server: ServerRecordStored::from(server),
+            ops: Vec::new(),
+            detected_at: crate::domain::clock::now_ms(),
+        },
+    };
+    parked.server = ServerRecordStored::from(server);
+    for op in ops {
+        x.ops.insert(op.op_id.as_str(), PARKED_SEQ)?;
+        parked.ops.push(op);
+    }
+    x.conflicts
+        .insert((c, lid), to_store(&parked)?.as_slice())?;
+    Ok((
+        ConflictOutcome::Parked,
+        "parked for manual resolution".to_owned(),
+    ))
 }
