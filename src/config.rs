@@ -259,6 +259,13 @@ impl Config {
 
     /// Checks values serde cannot: ranges, formats, names.
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_daemon()?;
+        self.validate_backend()?;
+        self.validate_sync()
+    }
+
+    /// `[daemon]`: paths, log filter, socket mode and the size limits.
+    fn validate_daemon(&self) -> Result<(), String> {
         let bad = |key: &str, why: String| Err(format!("key `{key}`: {why}"));
         if self.daemon.socket.as_os_str().is_empty() {
             return bad("daemon.socket", "must not be empty".into());
@@ -305,6 +312,12 @@ impl Config {
         if self.daemon.cache_mib == 0 || self.daemon.cache_mib > 4096 {
             return bad("daemon.cache_mib", "must be between 1 and 4096".into());
         }
+        Ok(())
+    }
+
+    /// `[backend]`: the URL, credentials and timeout.
+    fn validate_backend(&self) -> Result<(), String> {
+        let bad = |key: &str, why: String| Err(format!("key `{key}`: {why}"));
         let url = self.backend.url.trim();
         if !url.is_empty() {
             match url.parse::<hyper::Uri>() {
@@ -335,6 +348,12 @@ impl Config {
                 "must be between 1 and 3600000 (one hour)".into(),
             );
         }
+        Ok(())
+    }
+
+    /// `[sync]`, `[metrics]` and the collection names.
+    fn validate_sync(&self) -> Result<(), String> {
+        let bad = |key: &str, why: String| Err(format!("key `{key}`: {why}"));
         if self.sync.backoff_initial_ms == 0 {
             return bad("sync.backoff_initial_ms", "must be greater than 0".into());
         }

@@ -288,19 +288,7 @@ pub async fn run(
     });
     drop(writer);
 
-    let server_ctx = ctx.clone();
-    let server_sd = shutdown_rx.clone();
-    let server = tokio::spawn(async move {
-        let mut conns = tokio::task::JoinSet::new();
-        server::serve(listener, server_ctx, server_sd, &mut conns).await;
-        // Stop accepting at once (dropping the listener removes the socket
-        // file), then give open requests time to finish.
-        let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
-            while conns.join_next().await.is_some() {}
-        })
-        .await;
-        conns.abort_all();
-    });
+    let server = spawn_server(listener, ctx.clone(), shutdown_rx.clone());
 
     let metrics_http = match metrics_listen {
         Some(addr) => Some(spawn_metrics_http(addr, ctx.clone(), shutdown_rx.clone()).await?),
@@ -310,17 +298,102 @@ pub async fn run(
     tracing::info!(socket = %socket.display(), data_dir = %data_dir.display(), client_id = %store.client_id(), "syncd ready");
     sd_notify("READY=1");
 
+    wait_for_stop(
+        &mut sigs,
+        cfg_watch.as_mut(),
+        config_path.as_deref(),
+        &cfg_tx,
+        &log,
+        &runtime,
+    )
+    .await;
+
+    let running = Running {
+        shutdown_tx,
+        server,
+        metrics_http,
+        worker,
+        ctx,
+        writer_thread,
+    };
+    running.stop(&socket).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The daemon's running parts, stopped in order by [`Running::stop`].
+struct Running {
+    shutdown_tx: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
+    metrics_http: Option<tokio::task::JoinHandle<()>>,
+    worker: tokio::task::JoinHandle<()>,
+    ctx: Arc<Ctx>,
+    writer_thread: std::thread::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, lets open requests and the worker finish, then
+    /// waits for the writer's last commit and removes the socket file.
+    async fn stop(self, socket: &std::path::Path) {
+        tracing::info!("shutting down");
+        sd_notify("STOPPING=1");
+        let _ = self.shutdown_tx.send(true);
+        let _ = self.server.await;
+        if let Some(h) = self.metrics_http {
+            let _ = h.await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.worker).await;
+        drop(self.ctx);
+        // The writer thread ends when the last handle is gone; it finishes the
+        // batch it is committing first.
+        let joined = tokio::task::spawn_blocking(move || self.writer_thread.join());
+        let _ = tokio::time::timeout(Duration::from_secs(1), joined).await;
+        if socket.exists() {
+            let _ = std::fs::remove_file(socket);
+        }
+    }
+}
+
+/// The socket server: accepts until shutdown, then gives open requests
+/// [`DRAIN_TIMEOUT`] to finish (dropping the listener removes the socket
+/// file at once).
+fn spawn_server(
+    listener: interprocess::local_socket::tokio::Listener,
+    ctx: Arc<Ctx>,
+    shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        server::serve(listener, ctx, shutdown, &mut conns).await;
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while conns.join_next().await.is_some() {}
+        })
+        .await;
+        conns.abort_all();
+    })
+}
+
+/// Runs until SIGTERM/SIGINT, reloading the config on SIGHUP and on every
+/// edit of the file.
+async fn wait_for_stop(
+    sigs: &mut mpsc::UnboundedReceiver<Sig>,
+    mut cfg_watch: Option<&mut crate::config::FileWatch>,
+    config_path: Option<&std::path::Path>,
+    cfg_tx: &watch::Sender<Arc<Config>>,
+    log: &LogHandle,
+    runtime: &RuntimeInfo,
+) {
     loop {
         let changed = async {
-            match cfg_watch.as_mut() {
+            match cfg_watch.as_deref_mut() {
                 Some(w) => w.changes.recv().await,
                 None => std::future::pending().await,
             }
         };
         tokio::select! {
             s = sigs.recv() => match s {
-                Some(Sig::Reload) => match config_path.as_deref() {
-                    Some(p) => reload_config(p, &cfg_tx, &log, &runtime),
+                Some(Sig::Reload) => match config_path {
+                    Some(p) => reload_config(p, cfg_tx, log, runtime),
                     None => tracing::info!("SIGHUP: running on embedded defaults, nothing to reload"),
                 },
                 Some(Sig::Stop) | None => break,
@@ -328,30 +401,11 @@ pub async fn run(
             Some(()) = changed => {
                 // Editors write in several steps: let them finish.
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                if let Some(w) = cfg_watch.as_mut() { while w.changes.try_recv().is_ok() {} }
-                if let Some(p) = config_path.as_deref() { reload_config(p, &cfg_tx, &log, &runtime); }
+                if let Some(w) = cfg_watch.as_deref_mut() { while w.changes.try_recv().is_ok() {} }
+                if let Some(p) = config_path { reload_config(p, cfg_tx, log, runtime); }
             }
         }
     }
-
-    tracing::info!("shutting down");
-    sd_notify("STOPPING=1");
-    let _ = shutdown_tx.send(true);
-    let _ = server.await;
-    if let Some(h) = metrics_http {
-        let _ = h.await;
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(1), worker).await;
-    drop(ctx);
-    // The writer thread ends when the last handle is gone; it finishes the
-    // batch it is committing first.
-    let joined = tokio::task::spawn_blocking(move || writer_thread.join());
-    let _ = tokio::time::timeout(Duration::from_secs(1), joined).await;
-    if socket.exists() {
-        let _ = std::fs::remove_file(&socket);
-    }
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// Binds `[metrics] listen` and serves `/metrics` and `/health` on it.

@@ -41,32 +41,9 @@ pub(super) fn conflict(
         return Ok(Ok(WriteOutcome::Done));
     };
     let (c, lid) = (op.collection.clone(), op.local_id.clone());
-    let others = x.pending_of(&c, &lid)?.saturating_sub(1);
-    let later = x.ops_of_record_after(seq, &c, &lid, others)?;
-    let foreign = x.first_foreign_after(seq, &c, &lid)?;
-    let (run, tail): (Vec<_>, Vec<_>) = later
-        .into_iter()
-        .partition(|(s, _)| foreign.is_none_or(|f| *s < f));
+    let (run, tail) = run_and_tail(x, seq, &c, &lid)?;
     let rec = x.record(&c, &lid)?;
-    // The local state the decision is about: the record's latest, or, with
-    // a tail, the state after the run.
-    let (kind, data) = match run
-        .last()
-        .map(|(_, o)| o)
-        .or(Some(&op))
-        .filter(|_| !tail.is_empty())
-    {
-        Some(last) => (last.kind, last.data.as_deref().map(parse_doc_text)),
-        None => match rec.as_ref().filter(|r| !r.deleted) {
-            Some(r) => (OpKind::Update, Some(parse_doc_text(&r.data))),
-            None => (OpKind::Delete, None),
-        },
-    };
-    let kind = if kind == OpKind::Delete {
-        OpKind::Delete
-    } else {
-        OpKind::Update
-    };
+    let (kind, data) = local_state(&op, &run, &tail, rec.as_ref());
     let base = rec
         .as_ref()
         .and_then(|r| r.base.as_deref())
@@ -129,6 +106,43 @@ pub(super) fn conflict(
         bump_resolved(x)?;
     }
     Ok(Ok(WriteOutcome::Done))
+}
+
+/// Queued ops of this record after `seq`, split into its run (before any
+/// other record's op) and its tail (behind one).
+fn run_and_tail(x: &Txn<'_>, seq: u64, c: &str, lid: &str) -> Result<(OpRun, OpRun), StoreError> {
+    let others = x.pending_of(c, lid)?.saturating_sub(1);
+    let later = x.ops_of_record_after(seq, c, lid, others)?;
+    let foreign = x.first_foreign_after(seq, c, lid)?;
+    Ok(later
+        .into_iter()
+        .partition(|(s, _)| foreign.is_none_or(|f| *s < f)))
+}
+
+/// Some of a record's queued ops, with their sequences.
+type OpRun = Vec<(u64, QueuedOp)>;
+
+/// The local state the decision is about, as an update or a delete: the
+/// record's latest, or, with a tail, the state after the run.
+fn local_state(
+    op: &QueuedOp,
+    run: &OpRun,
+    tail: &OpRun,
+    rec: Option<&StoredRecord>,
+) -> (OpKind, Option<Value>) {
+    let last = run.last().map(|(_, o)| o).unwrap_or(op);
+    let (kind, data) = if tail.is_empty() {
+        match rec.filter(|r| !r.deleted) {
+            Some(r) => (OpKind::Update, Some(parse_doc_text(&r.data))),
+            None => (OpKind::Delete, None),
+        }
+    } else {
+        (last.kind, last.data.as_deref().map(parse_doc_text))
+    };
+    match kind {
+        OpKind::Delete => (OpKind::Delete, None),
+        _ => (OpKind::Update, data),
+    }
 }
 
 /// The tail of a conflict stays queued behind other records' ops.
