@@ -134,6 +134,13 @@ pub enum WriteError {
     ResolveNeedsChoice,
     /// `retry` / `discard` of an op that is not a dead letter.
     NoDeadLetter { op_id: String },
+    /// The record's parked conflict holds as many writes as it may: resolve
+    /// it first (`syncd conflicts`, `syncd resolve`).
+    ConflictPending {
+        collection: String,
+        id: String,
+        parked: usize,
+    },
     /// The writer is gone: the daemon is stopping.
     ShuttingDown,
     /// The transaction that carried the job failed; nothing was committed.
@@ -157,6 +164,14 @@ impl fmt::Display for WriteError {
                 write!(f, "resolve needs take (local or server) or data")
             }
             WriteError::NoDeadLetter { op_id } => write!(f, "no dead letter with op_id {op_id}"),
+            WriteError::ConflictPending {
+                collection,
+                id,
+                parked,
+            } => write!(
+                f,
+                "{collection}/{id} has a conflict waiting for a decision with {parked} unsynced writes; resolve it first (syncd conflicts, syncd resolve)"
+            ),
             WriteError::ShuttingDown => write!(f, "the daemon is shutting down"),
             WriteError::Storage(e) => write!(f, "write not committed: {e}"),
         }

@@ -17,6 +17,7 @@ impl From<WriteError> for ApiError {
             WriteError::TooLarge { .. } => ErrorCode::TooLarge,
             WriteError::ResolveNeedsChoice => ErrorCode::BadRequest,
             WriteError::ShuttingDown => ErrorCode::ShuttingDown,
+            WriteError::ConflictPending { .. } => ErrorCode::Conflict,
             WriteError::Storage(_) => ErrorCode::Internal,
             // A variant added later is the daemon's own failure until it
             // gets a code of its own.

@@ -863,3 +863,50 @@ async fn a_pulled_change_newer_than_the_ack_is_taken_after_it() {
     assert_eq!((r.version, r.pending), (Some(3), 0));
     assert_eq!(r.data, r#"{"by":"other","x":3}"#);
 }
+
+/// A parked conflict keeps a bounded number of writes: past the bound a
+/// write to that record is refused, with an error that says to resolve
+/// the conflict first, and the parked ops carry no documents.
+#[tokio::test]
+async fn a_parked_conflict_holds_a_bounded_number_of_writes() {
+    let f = fx();
+    put(&f, "a", json!({"x": 1})).await;
+    ack_head(&f, srec("S1", 1, 100, json!({"x": 1}))).await;
+    let bound = super::writer::MAX_PARKED_OPS;
+    for i in 0..bound {
+        put(&f, "a", json!({"x": i + 2})).await;
+        let (seq, _) = f.store.queue_head(1).unwrap().remove(0);
+        f.w.submit(WriteCmd::Conflict {
+            seq,
+            server: srec("S1", 2, 200, json!({"x": 9})),
+            strategy: Strategy::Manual,
+            rules: Default::default(),
+        })
+        .await
+        .unwrap();
+    }
+    let e =
+        f.w.submit(WriteCmd::Put {
+            collection: "c".into(),
+            id: Some("a".into()),
+            data: doc(json!({"x": 99})),
+            client_ts: 999,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, WriteError::ConflictPending { parked, .. } if *parked == bound),
+        "{e}"
+    );
+    assert!(e.to_string().contains("syncd resolve"), "{e}");
+    // Resolving frees the record for writes again.
+    f.w.submit(WriteCmd::ResolveParked {
+        collection: "c".into(),
+        id: "a".into(),
+        take: Some(Side::Server),
+        data: None,
+    })
+    .await
+    .unwrap();
+    put(&f, "a", json!({"x": 100})).await;
+}

@@ -2,6 +2,7 @@
 //! appends its op to the queue in the same transaction, which is the
 //! store's first invariant; [`local_write`] is the one place that does both.
 
+use redb::ReadableTable;
 use serde_json::{Map, Value};
 
 use crate::domain::{
@@ -11,7 +12,8 @@ use crate::store::parse_doc_text;
 
 use super::txn::{append_op, not_found, JobResult, Txn};
 use super::WriteOutcome;
-use crate::store::encoding::to_store;
+use crate::store::encoding::{from_store, to_store};
+use crate::store::ParkedConflict;
 
 /// Creates or replaces a record (a put after a delete starts a new server record).
 pub(super) fn put(
@@ -25,6 +27,9 @@ pub(super) fn put(
         Some(id) => id.to_owned(),
         None => x.ids.next(),
     };
+    if let Some(e) = parked_full(x, collection, &id)? {
+        return Ok(Err(e));
+    }
     let existing = x.record(collection, &id)?;
     let text = Value::Object(data.clone()).to_string();
     let (rec, kind) = match existing {
@@ -74,6 +79,9 @@ pub(super) fn patch(
     client_ts: i64,
     max_bytes: u32,
 ) -> Result<JobResult, StoreError> {
+    if let Some(e) = parked_full(x, collection, id)? {
+        return Ok(Err(e));
+    }
     let Some(mut rec) = x.record(collection, id)?.filter(|r| !r.deleted) else {
         return Ok(Err(not_found(collection, id)));
     };
@@ -128,6 +136,9 @@ pub(super) fn delete(
     id: &str,
     client_ts: i64,
 ) -> Result<JobResult, StoreError> {
+    if let Some(e) = parked_full(x, collection, id)? {
+        return Ok(Err(e));
+    }
     let Some(mut rec) = x.record(collection, id)?.filter(|r| !r.deleted) else {
         return Ok(Err(not_found(collection, id)));
     };
@@ -147,6 +158,29 @@ pub(super) fn delete(
         id: id.to_owned(),
         op_id,
     }))
+}
+
+/// Most ops a parked conflict keeps for one record. Every write to a
+/// record whose conflict waits for a person meets the server's newer
+/// version and is parked too; past this bound further writes are refused
+/// until the conflict is resolved, instead of one stored value growing
+/// without end.
+pub const MAX_PARKED_OPS: usize = if cfg!(test) { 32 } else { 1000 };
+
+/// `Some(error)` when the record's parked conflict already holds
+/// [`MAX_PARKED_OPS`] ops.
+fn parked_full(x: &Txn<'_>, c: &str, id: &str) -> Result<Option<WriteError>, StoreError> {
+    let Some(v) = x.conflicts.get((c, id))? else {
+        return Ok(None);
+    };
+    let parked: ParkedConflict = from_store(v.value())?;
+    Ok(
+        (parked.ops.len() >= MAX_PARKED_OPS).then(|| WriteError::ConflictPending {
+            collection: c.to_owned(),
+            id: id.to_owned(),
+            parked: parked.ops.len(),
+        }),
+    )
 }
 
 /// Writes `rec` and queues its op: the one place where an app write

@@ -341,8 +341,11 @@ fn settle_park(
         },
     };
     parked.server = ServerRecordStored::from(server);
-    for op in ops {
+    for mut op in ops {
         x.ops.insert(op.op_id.as_str(), PARKED_SEQ)?;
+        // A resolution uses the record's document (or the one supplied),
+        // never a parked op's: keep each op small.
+        op.data = None;
         parked.ops.push(op);
     }
     x.conflicts

@@ -45,6 +45,7 @@ mod verdict;
 const MAX_BATCH: usize = 4096;
 
 pub use crate::domain::conflict::Resolution;
+pub use app::MAX_PARKED_OPS;
 
 /// A write job.
 #[derive(Debug)]
