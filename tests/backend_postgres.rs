@@ -2,8 +2,9 @@
 //! several nodes on one database, against a real throwaway PostgreSQL
 //! (`tests/common_pg`): write races between nodes (one 200, one 409), op_id
 //! replays across nodes, a gap-free feed under concurrent writers, waiting
-//! pulls woken by another node's commit, an unreachable database, and
-//! devices syncing through two nodes while one is SIGKILLed.
+//! pulls woken by another node's commit, an unreachable database,
+//! devices syncing through two nodes while one is SIGKILLed, and conflicts
+//! parked by the manual strategy and resolved by hand on two devices.
 
 mod common;
 mod common_pg;
@@ -321,8 +322,11 @@ const STRATEGIES: [(&str, &str); 3] = [
     ("mg", "merge"),
 ];
 
+/// The collection every device configures with `conflict = "manual"`.
+const MANUAL: &str = "m";
+
 fn device(node: &PgNode) -> Daemon {
-    let mut tables = String::new();
+    let mut tables = format!("[collections.{MANUAL}]\nconflict = \"manual\"\n");
     for (coll, strategy) in STRATEGIES {
         tables.push_str(&format!("[collections.{coll}]\nconflict = {strategy:?}\n"));
     }
@@ -514,6 +518,127 @@ fn devices_on_two_nodes_converge_through_conflicts_and_a_killed_node() {
         "SELECT count(*) FROM syncd_records WHERE collection = 'bulk'",
     );
     assert_eq!(rows, 90);
+    let head = pg.scalar("postgres", "SELECT seq FROM syncd_feed_head");
+    assert_eq!(
+        head,
+        pg.scalar("postgres", "SELECT count(*) FROM syncd_changes")
+    );
+}
+
+/// `d`'s parked conflicts: `k` -> the conflict as `conflicts --json` shows it.
+fn parked(d: &Daemon) -> BTreeMap<String, Value> {
+    let all = d.json(&["conflicts", "--json"]);
+    all.as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| {
+            let k = c["local"]["k"].as_str().unwrap_or_default().to_owned();
+            (k, c)
+        })
+        .collect()
+}
+
+/// How many times each (record id, version) of `coll` is in the log.
+fn versions(node: &PgNode, coll: &str) -> BTreeMap<(String, u64), usize> {
+    let mut seen = BTreeMap::new();
+    for ch in log(node).iter().filter(|c| c["collection"] == json!(coll)) {
+        let id = ch["record"]["id"].as_str().unwrap_or_default().to_owned();
+        let v = ch["record"]["version"].as_u64().unwrap_or_default();
+        *seen.entry((id, v)).or_default() += 1;
+    }
+    seen
+}
+
+#[test]
+fn manual_conflicts_across_nodes_are_parked_then_resolved_by_hand() {
+    let pg = Pg::start();
+    let url = pg.url("postgres");
+    let n1 = PgNode::start(&bin(), &url);
+    let n2 = PgNode::start(&bin(), &url);
+    let a = device(&n1);
+    let b = device(&n2);
+    let c = device(&n1);
+    let all = [&a, &b, &c];
+    for k in ["r1", "r2"] {
+        a.ok(&["put", MANUAL, &json!({"k": k, "t": "0"}).to_string()]);
+    }
+    a.ok(&["sync", "--wait"]);
+    wait_converged(&all, &[&n1, &n2], &[MANUAL]);
+
+    // All three edit both records offline; A (node 1) pushes first.
+    for d in all {
+        pause(d);
+    }
+    for (d, t) in [(&a, "A"), (&b, "B"), (&c, "C")] {
+        for k in ["r1", "r2"] {
+            let id = id_of(d, MANUAL, k);
+            d.ok(&["patch", MANUAL, &id, &json!({ "t": t }).to_string()]);
+        }
+    }
+    resume(&a);
+    a.ok(&["sync", "--wait"]);
+    for d in [&b, &c] {
+        resume(d);
+        d.ok(&["sync", "--wait"]);
+    }
+    // B (node 2) and C (node 1) lost the race: both edits parked on each.
+    for (d, t) in [(&b, "B"), (&c, "C")] {
+        eventually(10, &format!("two parked conflicts on {t}"), || {
+            parked(d).len() == 2
+        });
+        for (k, x) in parked(d) {
+            assert_eq!(x["collection"], json!(MANUAL), "{x}");
+            assert_eq!(x["local"], json!({"k": k, "t": t}), "{x}");
+            assert_eq!(x["server"], json!({"k": k, "t": "A"}), "{x}");
+            assert_eq!(x["server_version"], json!(2), "{x}");
+            assert_eq!(local(d, MANUAL)[&k]["t"], json!(t), "kept meanwhile");
+        }
+        assert_eq!(d.status()["conflicts"], json!(2));
+    }
+    assert_eq!(a.json(&["conflicts", "--json"]), json!([]));
+    assert_eq!(
+        server(&n2, MANUAL)["r1"]["t"],
+        json!("A"),
+        "parked, not pushed"
+    );
+
+    // B keeps its r1 and yields r2; C yields r1 and keeps its r2.
+    let take = |d: &Daemon, k: &str, side: &str| {
+        let id = id_of(d, MANUAL, k);
+        d.ok(&["resolve", MANUAL, &id, "--take", side]);
+    };
+    take(&b, "r1", "local");
+    take(&b, "r2", "server");
+    b.ok(&["sync", "--wait"]);
+    take(&c, "r1", "server");
+    take(&c, "r2", "local");
+    c.ok(&["sync", "--wait"]);
+    wait_converged(&all, &[&n1, &n2], &[MANUAL]);
+    let srv = server(&n1, MANUAL);
+    assert_eq!(srv["r1"], json!({"k": "r1", "t": "B"}));
+    assert_eq!(srv["r2"], json!({"k": "r2", "t": "C"}));
+    for d in all {
+        assert_eq!(d.json(&["conflicts", "--json"]), json!([]));
+        assert_eq!(d.status()["conflicts"], json!(0));
+    }
+
+    // Each acknowledged write applied exactly once: per record one create,
+    // A's edit, and the one resolution pushed over it (v1..v3, once each).
+    let seen = versions(&n2, MANUAL);
+    assert_eq!(seen.len(), 6, "{seen:?}");
+    assert!(seen.values().all(|n| *n == 1), "{seen:?}");
+    for k in ["r1", "r2"] {
+        let id = id_of(&a, MANUAL, k);
+        let vs: Vec<u64> = seen.keys().filter(|(i, _)| *i == id).map(|x| x.1).collect();
+        assert_eq!(vs, [1, 2, 3], "{k}: {seen:?}");
+    }
+    // And the database itself agrees with what the nodes serve.
+    let rows = pg.scalar(
+        "postgres",
+        "SELECT count(*) FROM syncd_records WHERE collection = 'm'",
+    );
+    assert_eq!(rows, 2);
     let head = pg.scalar("postgres", "SELECT seq FROM syncd_feed_head");
     assert_eq!(
         head,
