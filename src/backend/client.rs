@@ -108,6 +108,26 @@ pub fn read_token(path: &std::path::Path) -> Result<Option<String>, String> {
     Ok((!t.is_empty()).then(|| t.to_owned()))
 }
 
+/// The HTTP/1.1 client every backend adapter uses: http or https (with
+/// `tls`), connect timeout, no Nagle, idle connections kept 30 s.
+pub(crate) fn https_client(
+    tls: rustls::ClientConfig,
+    timeout: Duration,
+) -> Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(timeout));
+    http.set_nodelay(true);
+    let conn = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(conn)
+}
+
 pub(crate) fn tls_config(
     ca_file: Option<&std::path::Path>,
 ) -> Result<rustls::ClientConfig, String> {
@@ -152,19 +172,7 @@ impl BackendClient {
         timeout: Duration,
         ca_file: Option<&std::path::Path>,
     ) -> Result<Self, String> {
-        let tls = tls_config(ca_file)?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(timeout));
-        http.set_nodelay(true);
-        let conn = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(conn);
+        let client = https_client(tls_config(ca_file)?, timeout);
         let mut base = base.trim().to_owned();
         if !base.ends_with('/') {
             base.push('/');

@@ -12,9 +12,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::{header, Method, Request};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 
-use crate::backend::client::{classify_error, tls_config, Failure};
+use crate::backend::client::{classify_error, https_client, tls_config, Failure};
 
 /// Largest reply body read (a page of `_changes` with documents).
 const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
@@ -93,18 +92,7 @@ impl CouchHttp {
         ca_file: Option<&std::path::Path>,
     ) -> Result<Self, SetupError> {
         let tls = tls_config(ca_file).map_err(SetupError::Tls)?;
-        let mut conn = HttpConnector::new();
-        conn.enforce_http(false);
-        conn.set_connect_timeout(Some(timeout));
-        conn.set_nodelay(true);
-        let conn = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(conn);
-        let http = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(conn);
+        let http = https_client(tls, timeout);
         let mut db = db_url.trim().trim_end_matches('/').to_owned();
         let path_empty = db
             .parse::<hyper::Uri>()
