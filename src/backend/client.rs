@@ -108,6 +108,39 @@ pub fn read_token(path: &std::path::Path) -> Result<Option<String>, String> {
     Ok((!t.is_empty()).then(|| t.to_owned()))
 }
 
+/// What a request got back: status, headers and the whole (bounded) body.
+pub(crate) type RawResponse = (hyper::StatusCode, hyper::HeaderMap, Bytes);
+
+/// Sends `req` and reads the reply's body (at most 64 MiB), all within
+/// `timeout`; every failure is classified for the sync engine.
+pub(crate) async fn send_bounded(
+    http: &Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+    timeout: Duration,
+) -> Result<RawResponse, Failure> {
+    let fut = async {
+        let resp = http.request(req).await.map_err(|e| classify_error(&e))?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = Limited::new(resp.into_body(), MAX_REPLY_BYTES)
+            .collect()
+            .await
+            .map_err(|e| Failure::Transient {
+                reason: format!("reading reply: {e}"),
+                retry_after_ms: None,
+            })?
+            .to_bytes();
+        Ok((status, headers, body))
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(Failure::Transient {
+            reason: format!("timed out after {} ms", timeout.as_millis()),
+            retry_after_ms: None,
+        }),
+    }
+}
+
 /// The HTTP/1.1 client every backend adapter uses: http or https (with
 /// `tls`), connect timeout, no Nagle, idle connections kept 30 s.
 pub(crate) fn https_client(
@@ -230,31 +263,7 @@ impl BackendClient {
                 ),
                 retry_after_ms: None,
             })?;
-        let fut = async {
-            let resp = self
-                .http
-                .request(req)
-                .await
-                .map_err(|e| classify_error(&e))?;
-            let status = resp.status();
-            let headers = resp.headers().clone();
-            let body = Limited::new(resp.into_body(), MAX_REPLY_BYTES)
-                .collect()
-                .await
-                .map_err(|e| Failure::Transient {
-                    reason: format!("reading reply: {e}"),
-                    retry_after_ms: None,
-                })?
-                .to_bytes();
-            Ok((status, headers, body))
-        };
-        match tokio::time::timeout(timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(Failure::Transient {
-                reason: format!("timed out after {} ms", timeout.as_millis()),
-                retry_after_ms: None,
-            }),
-        }
+        send_bounded(&self.http, req, timeout).await
     }
 
     /// `GET v1/health`: reachable, with the features the server announces.

@@ -8,15 +8,12 @@ use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::{header, Method, Request};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 
-use crate::backend::client::{classify_error, https_client, tls_config, Failure};
-
-/// Largest reply body read (a page of `_changes` with documents).
-const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
+use crate::backend::client::{https_client, send_bounded, tls_config, Failure};
 
 /// How the adapter authenticates to CouchDB.
 #[derive(Clone, Default)]
@@ -146,35 +143,12 @@ impl CouchHttp {
                 reason: format!("building request: {e}"),
                 retry_after_ms: None,
             })?;
-        let fut = async {
-            let resp = self
-                .http
-                .request(req)
-                .await
-                .map_err(|e| classify_error(&e))?;
-            let status = resp.status().as_u16();
-            let headers = resp.headers().clone();
-            let body = Limited::new(resp.into_body(), MAX_REPLY_BYTES)
-                .collect()
-                .await
-                .map_err(|e| Failure::Transient {
-                    reason: format!("reading reply: {e}"),
-                    retry_after_ms: None,
-                })?
-                .to_bytes();
-            Ok(Reply {
-                status,
-                headers,
-                body,
-            })
-        };
         let limit = deadline.unwrap_or(self.timeout);
-        match tokio::time::timeout(limit, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(Failure::Transient {
-                reason: format!("timed out after {} ms", limit.as_millis()),
-                retry_after_ms: None,
-            }),
-        }
+        let (status, headers, body) = send_bounded(&self.http, req, limit).await?;
+        Ok(Reply {
+            status: status.as_u16(),
+            headers,
+            body,
+        })
     }
 }
