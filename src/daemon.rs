@@ -162,13 +162,22 @@ fn signals() -> Result<mpsc::UnboundedReceiver<Sig>, StartError> {
 
 /// Loads the config again; a valid one replaces the current, an invalid one
 /// is logged and ignored.
-fn reload_config(
+async fn reload_config(
     path: &Path,
     cfg_tx: &watch::Sender<Arc<Config>>,
     log: &LogHandle,
     runtime: &RuntimeInfo,
 ) {
-    let new = match Config::load(path) {
+    // File I/O: on the blocking pool, never on the runtime's threads.
+    let owned = path.to_owned();
+    let loaded = tokio::task::spawn_blocking(move || Config::load(&owned)).await;
+    let loaded = loaded.unwrap_or_else(|e| {
+        Err(crate::config::ConfigError(format!(
+            "{}: reading the file failed: {e}",
+            path.display()
+        )))
+    });
+    let new = match loaded {
         Ok(c) => c,
         Err(e) => {
             runtime.set_reload_error(Some(e.to_string())); // status: the file is not in force
@@ -393,7 +402,7 @@ async fn wait_for_stop(
         tokio::select! {
             s = sigs.recv() => match s {
                 Some(Sig::Reload) => match config_path {
-                    Some(p) => reload_config(p, cfg_tx, log, runtime),
+                    Some(p) => reload_config(p, cfg_tx, log, runtime).await,
                     None => tracing::info!("SIGHUP: running on embedded defaults, nothing to reload"),
                 },
                 Some(Sig::Stop) | None => break,
@@ -402,7 +411,7 @@ async fn wait_for_stop(
                 // Editors write in several steps: let them finish.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 if let Some(w) = cfg_watch.as_deref_mut() { while w.changes.try_recv().is_ok() {} }
-                if let Some(p) = config_path { reload_config(p, cfg_tx, log, runtime); }
+                if let Some(p) = config_path { reload_config(p, cfg_tx, log, runtime).await; }
             }
         }
     }

@@ -131,6 +131,19 @@ struct Worker {
     held_round: Option<RoundGuard>,
 }
 
+/// Runs blocking file I/O from the worker: with `block_in_place` on a
+/// multi-threaded runtime (the daemon's), directly otherwise (a
+/// single-threaded test runtime, where it is not allowed).
+fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
 /// A batch whose verdicts a writer job is recording while the next round
 /// goes out.
 struct Recording {
@@ -178,6 +191,17 @@ impl Worker {
         let Some(url) = self.cfg.backend_url() else {
             return;
         };
+        // The token and CA files are read with blocking I/O: tell the
+        // runtime, so that its other tasks move off this thread meanwhile.
+        let url = url.to_owned();
+        off_runtime(|| self.build_client(url));
+        self.machine.backend_changed();
+    }
+
+    /// Reads the token (and, through the client, the CA file) and builds
+    /// the transport for `[backend] kind`.
+    fn build_client(&mut self, url: String) {
+        let url = url.as_str();
         let token = match &self.cfg.backend.token_file {
             Some(p) => {
                 self.token_watch = crate::config::watch_file(p)
@@ -217,7 +241,6 @@ impl Worker {
                 self.client_error = Some(format!("backend client: {e}"));
             }
         }
-        self.machine.backend_changed();
     }
 
     fn reconfigure(&mut self) {
