@@ -220,10 +220,24 @@ impl Store {
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        *slot = None; // closes the file
-        let db = Database::builder()
-            .set_cache_size(self.cache_bytes)
-            .create(&self.path)?;
+        // Closing the file first: redb holds a lock on it. A failed open
+        // leaves the slot empty (reads fail until the next write retries),
+        // so try a few times before giving up for now.
+        *slot = None;
+        let mut tries = 0;
+        let db = loop {
+            match Database::builder()
+                .set_cache_size(self.cache_bytes)
+                .create(&self.path)
+            {
+                Ok(db) => break db,
+                Err(e) if tries >= 2 => return Err(e.into()),
+                Err(_) => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            }
+        };
         *slot = Some(Arc::new(db));
         tracing::info!(path = %self.path.display(), "store re-opened after a failed commit");
         Ok(())
