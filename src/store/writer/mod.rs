@@ -203,6 +203,11 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
+    /// The ops up to `upto` may have been sent: no write folds into them.
+    pub fn claim(&mut self, upto: u64) {
+        self.fold_floor = self.fold_floor.max(upto.saturating_add(1));
+    }
+
     fn load(store: &Store) -> Result<Self, StoreError> {
         let queue_tail = u64_be(store.meta(META_QUEUE_TAIL)?.as_deref()).unwrap_or(QUEUE_ORIGIN);
         Ok(Counters {
@@ -280,7 +285,7 @@ impl Writer {
             // Claims change only memory: no transaction, no fsync.
             for j in jobs {
                 if let WriteCmd::Claim { upto } = j.cmd {
-                    self.counters.fold_floor = self.counters.fold_floor.max(upto.saturating_add(1));
+                    self.counters.claim(upto);
                 }
             }
             return Ok((
@@ -414,7 +419,7 @@ fn apply(x: &mut Txn<'_>, cmd: &WriteCmd) -> Result<JobResult, StoreError> {
         WriteCmd::DiscardDead { op_id } => admin::discard(x, op_id),
         WriteCmd::SetMeta { key, value } => admin::set_meta(x, key, value),
         WriteCmd::Claim { upto } => {
-            x.counters.fold_floor = x.counters.fold_floor.max(upto.saturating_add(1));
+            x.counters.claim(*upto);
             Ok(Ok(WriteOutcome::Done))
         }
         WriteCmd::Verdicts(cmds) => {

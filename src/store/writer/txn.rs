@@ -226,7 +226,7 @@ pub(super) fn prepend_op(x: &mut Txn<'_>, op: &QueuedOp) -> Result<u64, StoreErr
     };
     // A re-send never takes in later writes: they may depend on seeing
     // its result first.
-    x.counters.fold_floor = x.counters.fold_floor.max(seq.saturating_add(1));
+    x.counters.claim(seq);
     x.insert_op(seq, op)?;
     Ok(seq)
 }
