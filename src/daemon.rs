@@ -294,6 +294,7 @@ pub async fn run(
         shutdown: shutdown_rx.clone(),
         connector: None,
         metrics: metrics.clone(),
+        watch_network: true,
     });
     drop(writer);
 

@@ -89,6 +89,33 @@ impl Resolution {
     }
 }
 
+/// Whether a record's later writes that sit behind another record's op
+/// in the queue (its *tail*) still go to the server once its head op's
+/// 409 was decided with `resolution`. `tail_newest_ts` is the newest
+/// client_ts among them.
+/// - A re-send: the local side won, and the tail is newer still.
+/// - Server-wins and manual (park): nothing of the record is sent.
+/// - Last-write-wins, head lost: the tail goes only if one of its writes is
+///   newer than the server's change (else the server's change is the last
+///   write of them all).
+/// - Merge: the tail is rebased onto what the server has.
+pub fn tail_survives(
+    strategy: Strategy,
+    resolution: &Resolution,
+    tail_newest_ts: i64,
+    server: &ServerRecord,
+) -> bool {
+    match resolution {
+        Resolution::Resend { .. } => true,
+        Resolution::Park => false,
+        Resolution::TakeServer => match strategy {
+            Strategy::ServerWins | Strategy::Manual => false,
+            Strategy::LastWriteWins => tail_newest_ts > server.updated_at,
+            Strategy::Merge => true,
+        },
+    }
+}
+
 /// Carries one local edit over to a new base: the keys `next` changed
 /// relative to `prev` (set, changed or removed) are applied to `onto`;
 /// every other key keeps `onto`'s value. Used to keep a later queued edit
@@ -263,6 +290,29 @@ mod tests {
         assert_eq!(m["c"], json!(6));
         let m = merge3(&base, &local, &srv, &BTreeMap::new(), false);
         assert_eq!(m["c"], json!(6));
+    }
+
+    #[test]
+    fn a_tail_survives_only_where_it_can_still_reach_the_server() {
+        use Strategy::*;
+        let srv = server(json!({"x": 1}), 200, false);
+        let take = Resolution::TakeServer;
+        let resend = Resolution::Resend {
+            kind: OpKind::Update,
+            data: None,
+        };
+        assert!(tail_survives(LastWriteWins, &take, 201, &srv));
+        assert!(
+            !tail_survives(LastWriteWins, &take, 200, &srv),
+            "a tie goes to the server"
+        );
+        assert!(!tail_survives(LastWriteWins, &take, 150, &srv));
+        assert!(tail_survives(Merge, &take, 150, &srv));
+        assert!(!tail_survives(ServerWins, &take, 999, &srv));
+        assert!(!tail_survives(Manual, &Resolution::Park, 999, &srv));
+        for s in [ServerWins, LastWriteWins, Merge, Manual] {
+            assert!(tail_survives(s, &resend, 0, &srv));
+        }
     }
 
     #[test]

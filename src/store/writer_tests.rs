@@ -834,6 +834,46 @@ async fn last_write_wins_keeps_a_newer_tail_when_the_head_loses() {
     assert_eq!(rec.data, r#"{"a":2,"b":3}"#, "X2's document, as written");
 }
 
+/// Last-write-wins: when the head op loses and the record's later write
+/// behind another record's op is older than the server's change too, the
+/// server's change is the last write of all: the tail goes with the head.
+#[tokio::test]
+async fn last_write_wins_drops_a_tail_older_than_the_server() {
+    let f = fx();
+    put(&f, "x", json!({"a": 1})).await;
+    ack_head(&f, srec("SX", 1, 50, json!({"a": 1}))).await;
+    put(&f, "x", json!({"a": 2})).await; // X1, ts 100
+    put(&f, "y", json!({"n": 1})).await; // Y1
+    f.w.submit(WriteCmd::Patch {
+        collection: "c".into(),
+        id: "x".into(),
+        data: doc(json!({"b": 3})),
+        client_ts: 150,
+        max_bytes: 1 << 20,
+    })
+    .await
+    .unwrap(); // X2, ts 150: older than the server's 200
+    let (seq, _) = f.store.queue_head(1).unwrap().remove(0);
+    f.w.submit(WriteCmd::Conflict {
+        seq,
+        server: srec("SX", 2, 200, json!({"a": 9})),
+        strategy: Strategy::LastWriteWins,
+        rules: Default::default(),
+    })
+    .await
+    .unwrap();
+    let q = f.store.queue_head(10).unwrap();
+    let order: Vec<&str> = q.iter().map(|(_, o)| o.local_id.as_str()).collect();
+    assert_eq!(
+        order,
+        ["y"],
+        "X1 and X2 both lost to the newer server change"
+    );
+    let rec = f.store.record("c", "x").unwrap().unwrap();
+    assert_eq!((rec.version, rec.pending), (Some(2), 0));
+    assert_eq!(rec.data, r#"{"a":9}"#, "the server's document");
+}
+
 /// A change pulled while the record had a pending op is not applied then;
 /// when the op is confirmed at an older version (another device wrote
 /// after it), the device takes the newer record instead of standing on
@@ -861,6 +901,48 @@ async fn a_pulled_change_newer_than_the_ack_is_taken_after_it() {
     ack_head(&f, srec("S1", 2, 200, json!({"x": 2}))).await;
     let r = f.store.record("c", "a").unwrap().unwrap();
     assert_eq!((r.version, r.pending), (Some(3), 0));
+    assert_eq!(r.data, r#"{"by":"other","x":3}"#);
+}
+
+/// The same for a delete: a change pulled while the delete was pending
+/// (another device wrote the record again after the tombstone) is taken
+/// once the delete is confirmed at the tombstone's older version; the
+/// record is not left deleted.
+#[tokio::test]
+async fn a_pulled_change_newer_than_a_delete_ack_is_taken_after_it() {
+    let f = fx();
+    put(&f, "a", json!({"x": 1})).await;
+    ack_head(&f, srec("S1", 1, 100, json!({"x": 1}))).await;
+    f.w.submit(WriteCmd::Delete {
+        collection: "c".into(),
+        id: "a".into(),
+        client_ts: 200,
+    })
+    .await
+    .unwrap();
+    let changes = vec![Change {
+        collection: "c".into(),
+        record: srec("S1", 3, 300, json!({"x": 3, "by": "other"})),
+    }];
+    f.w.submit(WriteCmd::ApplyChanges {
+        changes,
+        cursor: "7".into(),
+    })
+    .await
+    .unwrap();
+    assert!(
+        f.store.record("c", "a").unwrap().unwrap().deleted,
+        "the local delete stands while pending"
+    );
+    let mut tombstone = srec("S1", 2, 200, json!({}));
+    tombstone.deleted = true;
+    ack_head(&f, tombstone).await;
+    let r = f
+        .store
+        .record("c", "a")
+        .unwrap()
+        .expect("record taken from the pulled change");
+    assert_eq!((r.version, r.pending, r.deleted), (Some(3), 0, false));
     assert_eq!(r.data, r#"{"by":"other","x":3}"#);
 }
 

@@ -40,6 +40,10 @@ pub struct WorkerDeps {
     /// daemon). Simulations plug in their own.
     pub connector: Option<Connector>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Listen for the OS's network change events (the daemon). A
+    /// simulation turns it off: a real kernel event would make its runs
+    /// differ.
+    pub watch_network: bool,
 }
 
 /// Builds a [`Transport`] for the current config (`None`: no backend).
@@ -51,7 +55,9 @@ pub type Connector = Arc<dyn Fn(&Config) -> Option<Arc<dyn Transport>> + Send + 
 pub fn spawn(deps: WorkerDeps) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let net = Arc::new(Notify::new());
-        crate::sync::netwatch::spawn(net.clone());
+        if deps.watch_network {
+            crate::sync::netwatch::spawn(net.clone());
+        }
         loop {
             let run = tokio::spawn(run_worker(deps.clone(), net.clone()));
             match run.await {
@@ -65,6 +71,7 @@ pub fn spawn(deps: WorkerDeps) -> tokio::task::JoinHandle<()> {
                     deps.control.set_status(st);
                     let mut sd = deps.shutdown.clone();
                     tokio::select! {
+                        biased;
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                         _ = sd.wait_for(|s| *s) => return,
                     }
@@ -346,6 +353,7 @@ impl Worker {
                         }
                     };
                     let r = tokio::select! {
+                        biased;
                         r = round => r,
                         _ = shutdown.changed() => break,
                     };
@@ -402,7 +410,12 @@ impl Worker {
             Pulled(Result<PullDone, Failure>),
             Stop,
         }
+        // `biased`: when several are ready at once the first listed wins,
+        // the same way every run (a simulation seed replays exactly).
+        // Nothing starves: every wake runs the machine, which looks at all
+        // of it again.
         let why = tokio::select! {
+            biased;
             _ = sleep => Wake::Timer,
             _ = self.deps.queue_changed.notified() => Wake::Work,
             _ = self.deps.control.wake.notified() => Wake::Sync,

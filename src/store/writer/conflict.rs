@@ -67,16 +67,9 @@ pub(super) fn conflict(
         && local.kind == OpKind::Update
         && !server.deleted
         && resolution == Resolution::TakeServer;
-    // The tail stays queued unless nothing of the record may reach the
-    // server any more: server-wins drops it, manual parks it. Under
-    // last-write-wins a later write can still beat the server; under merge
-    // it is rebased onto what the server (or the merge) has.
-    let keep_tail = !tail.is_empty()
-        && match &resolution {
-            Resolution::Resend { .. } => true,
-            Resolution::TakeServer => strategy != Strategy::ServerWins,
-            Resolution::Park => false,
-        };
+    let tail_newest = tail.iter().map(|(_, o)| o.client_ts).max();
+    let keep_tail =
+        tail_newest.is_some_and(|ts| conflict::tail_survives(strategy, &resolution, ts, server));
     for (s, _) in run.iter().chain(tail.iter().filter(|_| !keep_tail)) {
         if let Some(o) = x.take_op(*s)? {
             ops.push(o);

@@ -174,19 +174,44 @@ pub fn spawn(
     queue_changed: Arc<Notify>,
 ) -> Result<(WriterHandle, std::thread::JoinHandle<()>), StoreError> {
     let (tx, rx) = mpsc::channel::<Job>(MAX_BATCH * 4);
-    let counters = Counters::load(&store)?;
-    let mut w = Writer {
-        poisoned: false,
-        store,
-        events,
-        queue_changed,
-        ids: IdGen::new(),
-        counters,
-    };
+    let mut w = Writer::new(store, events, queue_changed)?;
     let join = std::thread::Builder::new()
         .name("syncd-writer".into())
         .spawn(move || w.run(rx))?;
     Ok((WriterHandle { tx }, join))
+}
+
+/// Test builds: the same writer as a task on the current runtime instead of
+/// a thread. On a single-threaded runtime with a paused clock every commit
+/// then happens at a fixed point of the schedule (the clock cannot move
+/// while it runs), so a simulation seed replays exactly.
+#[cfg(test)]
+pub fn spawn_task(
+    store: Store,
+    events: broadcast::Sender<Arc<Event>>,
+    queue_changed: Arc<Notify>,
+) -> Result<WriterHandle, StoreError> {
+    let (tx, mut rx) = mpsc::channel::<Job>(MAX_BATCH * 4);
+    let mut w = Writer::new(store, events, queue_changed)?;
+    tokio::spawn(async move {
+        let mut jobs: Vec<Job> = Vec::with_capacity(64);
+        while let Some(first) = rx.recv().await {
+            gather(first, &mut rx, &mut jobs);
+            w.process(&mut jobs);
+        }
+    });
+    Ok(WriterHandle { tx })
+}
+
+/// `first` and whatever else is already queued, up to [`MAX_BATCH`].
+fn gather(first: Job, rx: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>) {
+    jobs.push(first);
+    while jobs.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(j) => jobs.push(j),
+            Err(_) => break,
+        }
+    }
 }
 
 /// Sequence counters, kept in memory by the only writer and persisted in
@@ -230,51 +255,66 @@ struct Writer {
 }
 
 impl Writer {
+    fn new(
+        store: Store,
+        events: broadcast::Sender<Arc<Event>>,
+        queue_changed: Arc<Notify>,
+    ) -> Result<Self, StoreError> {
+        let counters = Counters::load(&store)?;
+        Ok(Writer {
+            poisoned: false,
+            store,
+            events,
+            queue_changed,
+            ids: IdGen::new(),
+            counters,
+        })
+    }
+
     fn run(&mut self, mut rx: mpsc::Receiver<Job>) {
         let mut jobs: Vec<Job> = Vec::with_capacity(64);
         while let Some(first) = rx.blocking_recv() {
-            jobs.push(first);
-            while jobs.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(j) => jobs.push(j),
-                    Err(_) => break,
+            gather(first, &mut rx, &mut jobs);
+            self.process(&mut jobs);
+        }
+        tracing::debug!("writer thread exiting: all handles dropped");
+    }
+
+    /// Commits `jobs` as one transaction and answers each (emptying `jobs`).
+    fn process(&mut self, jobs: &mut Vec<Job>) {
+        let before = self.counters;
+        match self.run_batch(jobs) {
+            Ok((results, per_job)) => {
+                let enqueued = self.counters.queue_tail != before.queue_tail
+                    || jobs.iter().any(|j| j.cmd.may_enqueue());
+                // Decided after the commit: whoever subscribed before
+                // it completed gets its events, even mid-batch.
+                let events = if self.events.receiver_count() > 0 {
+                    batch_events(jobs, &results, per_job)
+                } else {
+                    Vec::new()
+                };
+                for (job, r) in jobs.drain(..).zip(results) {
+                    let _ = job.reply.send(r);
+                }
+                for e in events {
+                    // No subscribers is fine.
+                    let _ = self.events.send(Arc::new(e));
+                }
+                if enqueued {
+                    self.queue_changed.notify_one();
                 }
             }
-            let before = self.counters;
-            match self.run_batch(&jobs) {
-                Ok((results, per_job)) => {
-                    let enqueued = self.counters.queue_tail != before.queue_tail
-                        || jobs.iter().any(|j| j.cmd.may_enqueue());
-                    // Decided after the commit: whoever subscribed before
-                    // it completed gets its events, even mid-batch.
-                    let events = if self.events.receiver_count() > 0 {
-                        batch_events(&jobs, &results, per_job)
-                    } else {
-                        Vec::new()
-                    };
-                    for (job, r) in jobs.drain(..).zip(results) {
-                        let _ = job.reply.send(r);
-                    }
-                    for e in events {
-                        // No subscribers is fine.
-                        let _ = self.events.send(Arc::new(e));
-                    }
-                    if enqueued {
-                        self.queue_changed.notify_one();
-                    }
-                }
-                Err(e) => {
-                    self.poisoned |= matches!(e, StoreError::Io(_) | StoreError::NeedsReopen);
-                    tracing::error!(error = %e, jobs = jobs.len(), "write transaction failed; nothing in it was acknowledged");
-                    self.counters = before;
-                    let e = Arc::new(e);
-                    for job in jobs.drain(..) {
-                        let _ = job.reply.send(Err(WriteError::Storage(e.clone())));
-                    }
+            Err(e) => {
+                self.poisoned |= matches!(e, StoreError::Io(_) | StoreError::NeedsReopen);
+                tracing::error!(error = %e, jobs = jobs.len(), "write transaction failed; nothing in it was acknowledged");
+                self.counters = before;
+                let e = Arc::new(e);
+                for job in jobs.drain(..) {
+                    let _ = job.reply.send(Err(WriteError::Storage(e.clone())));
                 }
             }
         }
-        tracing::debug!("writer thread exiting: all handles dropped");
     }
 
     /// Runs `jobs` in one durable transaction; returns each job's result and

@@ -146,6 +146,20 @@ fn apply_ack(x: &mut Txn<'_>, op: &QueuedOp, r: &ServerRecord) -> Result<(), Sto
         return Ok(());
     };
     rec.pending = rec.pending.saturating_sub(1);
+    if let Some(old) = rec.server_id.as_deref() {
+        if old != r.id {
+            x.server_ids.remove((c, old))?;
+        }
+    }
+    if rec.pending == 0 {
+        if let Some(newer) = take_deferred(x, c, lid, r)? {
+            // A change pulled while this op was pending is newer than
+            // what the op produced (a delete's tombstone included: another
+            // device may have written the record again since): that is
+            // the server's state now.
+            return take_server(x, c, lid, Some(rec), &newer, Origin::Remote);
+        }
+    }
     if op.kind == OpKind::Delete || r.deleted {
         x.server_ids.remove((c, r.id.as_str()))?;
         if rec.pending == 0 && rec.deleted {
@@ -157,19 +171,7 @@ fn apply_ack(x: &mut Txn<'_>, op: &QueuedOp, r: &ServerRecord) -> Result<(), Sto
         x.put_record(c, lid, &rec)?;
         return Ok(());
     }
-    if let Some(old) = rec.server_id.as_deref() {
-        if old != r.id {
-            x.server_ids.remove((c, old))?;
-        }
-    }
     x.server_ids.insert((c, r.id.as_str()), lid)?;
-    if rec.pending == 0 {
-        if let Some(newer) = take_deferred(x, c, lid, r)? {
-            // A change pulled while this op was pending is newer than
-            // what the op produced: that is the server's state now.
-            return take_server(x, c, lid, Some(rec), &newer, Origin::Remote);
-        }
-    }
     let server_text = rec.stand_on(r);
     if rec.pending == 0
         && !rec.deleted
