@@ -7,9 +7,14 @@
 //! them; sync is paused; another device (the harness, through
 //! `syncd::backend::client::BackendClient`) updates the K records on the
 //! server; the daemon updates them too (now stale) and Q more ops to other
-//! records are queued behind. Then sync resumes under `last-write-wins`:
-//! each push round sends a batch that stops at the next stale update's 409,
-//! and the writer decides it (a re-send at the head) while the Q ops wait.
+//! records are queued behind, then one more update of each of the K
+//! records (its *tail*, at the far end of the queue). Then sync resumes
+//! under `last-write-wins`: each push round sends a batch that stops at the
+//! next stale update's 409, and the writer decides it (a re-send at the
+//! head; the tail stays) while the Q ops wait. The tail is what makes the
+//! queue's length matter: deciding a conflict needs the record's later ops,
+//! and finding them by walking the queue (as before the record index) would
+//! decode all Q ops inside the writer's transaction, once per conflict.
 //! Meanwhile one connection does `put`s in a loop, each timed. The window
 //! ends with the K-th `conflict` event on a watcher of the K records'
 //! collection; `status` must then count K resolved conflicts.
@@ -187,6 +192,20 @@ fn make_conflicts(rt: &tokio::runtime::Runtime, d: &Daemon, port: u16, k: usize)
     });
 }
 
+/// One more update of each record in conflict, at the end of the queue
+/// (behind the fill's ops, so it folds into nothing); returns the depth.
+fn queue_tails(rt: &tokio::runtime::Runtime, d: &Daemon, k: usize) -> u64 {
+    rt.block_on(async {
+        let mut c = d.client().await;
+        for i in 0..k {
+            c.put(COLL, Some(&record_id(i)), json!({"v": 3}))
+                .await
+                .expect("put");
+        }
+        c.status().await.expect("status").queue_depth
+    })
+}
+
 /// Puts new records on `c` until `stop`; returns (start, latency µs) of
 /// each, the start in seconds from `t0`.
 async fn put_loop(mut c: Client, stop: Arc<AtomicBool>, t0: Instant) -> Vec<(f64, u32)> {
@@ -288,8 +307,9 @@ fn conflict_once(rt: &tokio::runtime::Runtime, o: &Opts, queued: u64) -> Conflic
     let b = RefBackend::start(&o.bin, port, &d.dir.path().join("backend-data"), &[]);
     let k = o.conflict_records;
     make_conflicts(rt, &d, port, k);
-    let (depth, fill_s) = fill(rt, &d, queued, o.writers);
-    assert_eq!(depth, queued + k as u64, "queue depth after the fill");
+    let (_, fill_s) = fill(rt, &d, queued, o.writers);
+    let depth = queue_tails(rt, &d, k);
+    assert_eq!(depth, queued + 2 * k as u64, "queue depth after the fill");
     let mut run = ConflictRun {
         queued,
         fill_s,
@@ -339,8 +359,8 @@ pub(crate) fn conflict(rt: &tokio::runtime::Runtime, o: &Opts, report: &mut Repo
 fn print_conflict(o: &Opts, report: &mut Report, runs: &[Vec<ConflictRun>]) {
     report.section(
         &format!(
-            "conflict: {} stale updates at the head of the queue, N ops behind; resume to all \
-             decided (last-write-wins), one connection doing puts meanwhile; target: no stall \
+            "conflict: {} stale updates at the head of the queue, N ops behind, then one more \
+             update of each record; resume to all decided (last-write-wins), one connection doing puts meanwhile; target: no stall \
              (time per conflict and put latency independent of N)",
             o.conflict_records
         ),
@@ -410,8 +430,8 @@ fn print_conflict(o: &Opts, report: &mut Report, runs: &[Vec<ConflictRun>]) {
         }));
     }
     report.note(
-        "each conflict is one push round (a batch that stops at the 409) plus the writer's decision; \
-         no queued op is pushed before the last conflict, so the puts see the conflicts, not a drain; \
+        "each conflict is one push round (a batch that stops at the 409) plus the writer's decision, \
+         with one more op of the record at the end of the queue; no queued op is pushed before the last conflict, so the puts see the conflicts, not a drain; \
          'paused' puts: the same loop on the same store before sync resumed"
             .into(),
     );

@@ -37,7 +37,7 @@ options:
   --drain-reps N      repetitions of each drain configuration (default 3)
   --restart-ops N     ops queued before the restarts (default 1000000)
   --restart-reps N    restarts measured on each store (default 5)
-  --conflict-records K  records in conflict at once in `conflict` (default 50)
+  --conflict-records K  records in conflict at once in `conflict` (default 100)
   --conflict-ops Q    ops queued behind the conflicts (default 1000000)
   --conflict-base-ops N  ops queued behind them in the baseline (default 1000;
                       at least batch_size, so every push round sends a full batch)
@@ -103,7 +103,7 @@ impl Opts {
             drain_reps: 3,
             restart_ops: 1_000_000,
             restart_reps: 5,
-            conflict_records: 50,
+            conflict_records: 100,
             conflict_ops: 1_000_000,
             conflict_base_ops: 1_000,
             conflict_reps: 3,
