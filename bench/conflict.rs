@@ -380,54 +380,25 @@ fn print_conflict(o: &Opts, report: &mut Report, runs: &[Vec<ConflictRun>]) {
             "paused max ms",
         ],
     );
-    let col =
-        |n: usize, f: fn(&ConflictRun) -> f64| -> Vec<f64> { runs[n].iter().map(f).collect() };
     for (n, rs) in runs.iter().enumerate() {
-        let med = |f: fn(&ConflictRun) -> f64| median(&col(n, f));
-        let per_x = ratio(
-            &col(n, |r| r.per_conflict_ms),
-            &col(0, |r| r.per_conflict_ms),
-        );
-        let p99_x = ratio(&col(n, |r| r.window.p99_ms), &col(0, |r| r.window.p99_ms));
-        let max_x = ratio(&col(n, |r| r.window.max_ms), &col(0, |r| r.window.max_ms));
+        let med = |f: fn(&ConflictRun) -> f64| median(&col(runs, n, f));
+        let x = |f: fn(&ConflictRun) -> f64| ratio(&col(runs, n, f), &col(runs, 0, f));
         report.row(vec![
             rs[0].queued.to_string(),
             f0(med(|r| r.first_ms)),
             f2(med(|r| r.per_conflict_ms)),
-            f2(per_x),
+            f2(x(|r| r.per_conflict_ms)),
             f0(med(|r| r.max_gap_ms)),
             f2(med(|r| r.all_s)),
             f0(med(|r| r.window.puts as f64)),
             f2(med(|r| r.window.p50_ms)),
             f2(med(|r| r.window.p99_ms)),
             f2(med(|r| r.window.max_ms)),
-            f2(p99_x),
+            f2(x(|r| r.window.p99_ms)),
             f2(med(|r| r.paused.p99_ms)),
             f2(med(|r| r.paused.max_ms)),
         ]);
-        report.json(json!({
-            "scenario": "conflict",
-            "records_in_conflict": o.conflict_records,
-            "queued_behind": rs[0].queued,
-            "reps": rs.len(),
-            "first_conflict_ms": med(|r| r.first_ms),
-            "ms_per_conflict": med(|r| r.per_conflict_ms),
-            "per_rep_ms_per_conflict": col(n, |r| r.per_conflict_ms),
-            "ms_per_conflict_ratio_vs_base": per_x,
-            "max_gap_ms": med(|r| r.max_gap_ms),
-            "all_decided_s": med(|r| r.all_s),
-            "puts": med(|r| r.window.puts as f64),
-            "put_p50_ms": med(|r| r.window.p50_ms),
-            "put_p99_ms": med(|r| r.window.p99_ms),
-            "put_max_ms": med(|r| r.window.max_ms),
-            "per_rep_put_max_ms": col(n, |r| r.window.max_ms),
-            "put_p99_ratio_vs_base": p99_x,
-            "put_max_ratio_vs_base": max_x,
-            "paused_put_p50_ms": med(|r| r.paused.p50_ms),
-            "paused_put_p99_ms": med(|r| r.paused.p99_ms),
-            "paused_put_max_ms": med(|r| r.paused.max_ms),
-            "fill_s": med(|r| r.fill_s),
-        }));
+        report.json(json_line(o, runs, n));
     }
     report.note(
         "each conflict is one push round (a batch that stops at the 409) plus the writer's decision, \
@@ -435,4 +406,38 @@ fn print_conflict(o: &Opts, report: &mut Report, runs: &[Vec<ConflictRun>]) {
          'paused' puts: the same loop on the same store before sync resumed"
             .into(),
     );
+}
+
+/// Column `f` of configuration `n`, one value per rep.
+fn col(runs: &[Vec<ConflictRun>], n: usize, f: fn(&ConflictRun) -> f64) -> Vec<f64> {
+    runs[n].iter().map(f).collect()
+}
+
+/// The JSON result of configuration `n` (0 is the baseline).
+fn json_line(o: &Opts, runs: &[Vec<ConflictRun>], n: usize) -> serde_json::Value {
+    let med = |f: fn(&ConflictRun) -> f64| median(&col(runs, n, f));
+    let x = |f: fn(&ConflictRun) -> f64| ratio(&col(runs, n, f), &col(runs, 0, f));
+    json!({
+        "scenario": "conflict",
+        "records_in_conflict": o.conflict_records,
+        "queued_behind": runs[n][0].queued,
+        "reps": runs[n].len(),
+        "first_conflict_ms": med(|r| r.first_ms),
+        "ms_per_conflict": med(|r| r.per_conflict_ms),
+        "per_rep_ms_per_conflict": col(runs, n, |r| r.per_conflict_ms),
+        "ms_per_conflict_ratio_vs_base": x(|r| r.per_conflict_ms),
+        "max_gap_ms": med(|r| r.max_gap_ms),
+        "all_decided_s": med(|r| r.all_s),
+        "puts": med(|r| r.window.puts as f64),
+        "put_p50_ms": med(|r| r.window.p50_ms),
+        "put_p99_ms": med(|r| r.window.p99_ms),
+        "put_max_ms": med(|r| r.window.max_ms),
+        "per_rep_put_max_ms": col(runs, n, |r| r.window.max_ms),
+        "put_p99_ratio_vs_base": x(|r| r.window.p99_ms),
+        "put_max_ratio_vs_base": x(|r| r.window.max_ms),
+        "paused_put_p50_ms": med(|r| r.paused.p50_ms),
+        "paused_put_p99_ms": med(|r| r.paused.p99_ms),
+        "paused_put_max_ms": med(|r| r.paused.max_ms),
+        "fill_s": med(|r| r.fill_s),
+    })
 }
