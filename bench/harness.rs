@@ -32,6 +32,11 @@
 //!   with the daemon's and backend's CPU.
 //! - `restart`: process start to the first answered `status` on a store
 //!   with a long queue, vs on an empty store.
+//! - `conflict`: K stale updates at the head of the queue, 1,000,000 ops
+//!   behind them and one more update of each record behind those; sync
+//!   resumes and each meets a 409 the writer decides, while one connection
+//!   times `put`s: time per conflict and put latency, vs the same with
+//!   1,000 ops behind (a conflict must not stall other writers).
 //!
 //! Every repeated figure is the median over the repetitions; baselines are
 //! interleaved with the measured runs (A B A B ...) and ratios are taken rep
@@ -46,6 +51,7 @@ mod backend;
 mod coalesce;
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod conflict;
 mod daemon;
 mod drain;
 mod fill;
@@ -109,6 +115,7 @@ fn main() {
             "restart" => restart::restart(&rt, &opts, &mut report),
             "live" => live::live(&rt, &opts, &mut report),
             "coalesce" => coalesce::coalesce(&rt, &opts, &mut report),
+            "conflict" => conflict::conflict(&rt, &opts, &mut report),
             _ => unreachable!(),
         }
     }

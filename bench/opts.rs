@@ -12,6 +12,7 @@ syncd benchmark harness
 usage: cargo bench --bench harness -- [SCENARIO...] [OPTIONS]
 
 scenarios (default: all): writes reads memory idle drain restart live coalesce
+                          conflict
 
 options:
   --quick             smaller sizes and fewer reps everywhere (whole run < 2 min);
@@ -36,6 +37,11 @@ options:
   --drain-reps N      repetitions of each drain configuration (default 3)
   --restart-ops N     ops queued before the restarts (default 1000000)
   --restart-reps N    restarts measured on each store (default 5)
+  --conflict-records K  records in conflict at once in `conflict` (default 100)
+  --conflict-ops Q    ops queued behind the conflicts (default 1000000)
+  --conflict-base-ops N  ops queued behind them in the baseline (default 1000;
+                      at least batch_size, so every push round sends a full batch)
+  --conflict-reps N   repetitions of each conflict configuration (default 3)
   --bin PATH          the syncd binary (default: the one cargo built)
 
 Temp dirs go to $TMPDIR (default /tmp): set it to measure another disk.";
@@ -68,6 +74,10 @@ pub(crate) struct Opts {
     pub(crate) drain_reps: usize,
     pub(crate) restart_ops: u64,
     pub(crate) restart_reps: usize,
+    pub(crate) conflict_records: usize,
+    pub(crate) conflict_ops: u64,
+    pub(crate) conflict_base_ops: u64,
+    pub(crate) conflict_reps: usize,
     pub(crate) bin: PathBuf,
     pub(crate) smoke: bool,
 }
@@ -93,6 +103,10 @@ impl Opts {
             drain_reps: 3,
             restart_ops: 1_000_000,
             restart_reps: 5,
+            conflict_records: 100,
+            conflict_ops: 1_000_000,
+            conflict_base_ops: 1_000,
+            conflict_reps: 3,
             bin: common::bin(),
             smoke: false,
         };
@@ -110,6 +124,9 @@ impl Opts {
                 drain_reps: 2,
                 restart_ops: 100_000,
                 restart_reps: 3,
+                conflict_records: 20,
+                conflict_ops: 100_000,
+                conflict_reps: 2,
                 ..full
             },
             Mode::Smoke => Opts {
@@ -129,6 +146,10 @@ impl Opts {
                 drain_reps: 1,
                 restart_ops: 300,
                 restart_reps: 1,
+                conflict_records: 3,
+                conflict_ops: 300,
+                conflict_base_ops: 30,
+                conflict_reps: 1,
                 smoke: true,
                 ..full
             },
@@ -167,6 +188,10 @@ impl Opts {
                 "--drain-reps" => o.drain_reps = num(&val(a)?, a)?,
                 "--restart-ops" => o.restart_ops = num(&val(a)?, a)?,
                 "--restart-reps" => o.restart_reps = num(&val(a)?, a)?,
+                "--conflict-records" => o.conflict_records = num(&val(a)?, a)?,
+                "--conflict-ops" => o.conflict_ops = num(&val(a)?, a)?,
+                "--conflict-base-ops" => o.conflict_base_ops = num(&val(a)?, a)?,
+                "--conflict-reps" => o.conflict_reps = num(&val(a)?, a)?,
                 "--bin" => o.bin = PathBuf::from(val(a)?),
                 s if all_scenarios().iter().any(|x| x == s) => scenarios.push(s.to_owned()),
                 other => return Err(format!("unknown argument {other:?}")),
@@ -186,12 +211,16 @@ impl Opts {
             self.writers,
             self.drain_reps,
             self.restart_reps,
+            self.conflict_records,
+            self.conflict_reps,
         ];
         let sizes = [
             self.ops,
             self.drain_ops,
             self.drain_one_op_ops,
             self.restart_ops,
+            self.conflict_ops,
+            self.conflict_base_ops,
         ];
         if counts.contains(&0) || sizes.contains(&0) || self.secs <= 0.0 || self.idle_secs <= 0.0 {
             return Err("repetitions, sizes, windows and durations must be positive".into());
@@ -219,7 +248,7 @@ impl Opts {
 
 pub(crate) fn all_scenarios() -> Vec<String> {
     [
-        "writes", "reads", "memory", "idle", "drain", "restart", "live", "coalesce",
+        "writes", "reads", "memory", "idle", "drain", "restart", "live", "coalesce", "conflict",
     ]
     .map(String::from)
     .to_vec()
