@@ -322,12 +322,23 @@ fn conflict_once(rt: &tokio::runtime::Runtime, o: &Opts, queued: u64) -> Conflic
     run
 }
 
+/// `[sync] batch_size`'s default: the baseline should queue at least one
+/// batch behind the conflicts.
+const DEFAULT_BATCH_SIZE: u64 = 500;
+
 pub(crate) fn conflict(rt: &tokio::runtime::Runtime, o: &Opts, report: &mut Report) {
     let sizes = [o.conflict_base_ops, o.conflict_ops];
     eprintln!(
         "harness: conflict: {} records in conflict, {} (baseline {}) ops queued behind, {} reps",
         o.conflict_records, sizes[1], sizes[0], o.conflict_reps
     );
+    if sizes[0] < DEFAULT_BATCH_SIZE {
+        eprintln!(
+            "harness: conflict: warning: a baseline of {} ops is less than one push batch \
+             ({DEFAULT_BATCH_SIZE}): its push rounds are shorter, so the ratios are not comparable",
+            sizes[0]
+        );
+    }
     let mut runs: Vec<Vec<ConflictRun>> = vec![Vec::new(); sizes.len()];
     for rep in 0..o.conflict_reps {
         for (n, &queued) in sizes.iter().enumerate() {

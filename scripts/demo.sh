@@ -3,14 +3,24 @@
 # no backend), writes a few records as an app would, shows what the daemon
 # says, and stops it. Nothing leaves the machine: with no backend the writes
 # queue up and status says offline.
+#
+# The demo's store and socket go to a throwaway directory (through
+# XDG_DATA_HOME and XDG_RUNTIME_DIR, which the defaults follow), removed on
+# exit: it never writes into your real default store, and never talks to a
+# syncd you already run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --quiet --bin syncd
 syncd=target/debug/syncd
 
+demo_dir=$(mktemp -d "${TMPDIR:-/tmp}/syncd-demo.XXXXXX")
+chmod 700 "$demo_dir"
+export XDG_DATA_HOME="$demo_dir/data" XDG_RUNTIME_DIR="$demo_dir/run"
+mkdir -p -m 700 "$XDG_DATA_HOME" "$XDG_RUNTIME_DIR"
+
 "$syncd" run &
 daemon=$!
-trap 'kill -TERM $daemon 2>/dev/null || true; wait $daemon 2>/dev/null || true' EXIT
+trap 'kill -TERM $daemon 2>/dev/null || true; wait $daemon 2>/dev/null || true; rm -rf "$demo_dir"' EXIT
 for _ in $(seq 100); do "$syncd" status --json >/dev/null 2>&1 && break; sleep 0.05; done
 
 step() { printf '\n\033[1m$ syncd %s\033[0m\n' "$*"; "$syncd" "$@"; }

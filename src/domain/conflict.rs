@@ -89,28 +89,32 @@ impl Resolution {
     }
 }
 
-/// Whether a record's later writes that sit behind another record's op
-/// in the queue (its *tail*) still go to the server once its head op's
-/// 409 was decided with `resolution`. `tail_newest_ts` is the newest
-/// client_ts among them.
+/// Whether one of a record's later writes that sit behind another
+/// record's op in the queue (its *tail*) still goes to the server once the
+/// head op's 409 was decided with `resolution`. `local_kind` is what the
+/// decided change was; `op_ts` is the tail write's client_ts.
 /// - A re-send: the local side won, and the tail is newer still.
-/// - Server-wins and manual (park): nothing of the record is sent.
-/// - Last-write-wins, head lost: the tail goes only if one of its writes is
-///   newer than the server's change (else the server's change is the last
-///   write of them all).
+/// - Both sides had deleted the record: nothing was lost, and a write made
+///   after the delete is a new one; it goes, and meets the server (and, if
+///   it conflicts, the strategy) on its own.
+/// - Otherwise, server-wins and manual (park) send nothing of the record.
+/// - Last-write-wins, head lost: a tail write goes only if it is newer than
+///   the server's change; the older ones lost to it like the head.
 /// - Merge: the tail is rebased onto what the server has.
-pub fn tail_survives(
+pub fn tail_op_survives(
     strategy: Strategy,
     resolution: &Resolution,
-    tail_newest_ts: i64,
+    local_kind: OpKind,
+    op_ts: i64,
     server: &ServerRecord,
 ) -> bool {
     match resolution {
         Resolution::Resend { .. } => true,
         Resolution::Park => false,
+        Resolution::TakeServer if local_kind == OpKind::Delete && server.deleted => true,
         Resolution::TakeServer => match strategy {
             Strategy::ServerWins | Strategy::Manual => false,
-            Strategy::LastWriteWins => tail_newest_ts > server.updated_at,
+            Strategy::LastWriteWins => op_ts > server.updated_at,
             Strategy::Merge => true,
         },
     }
@@ -296,22 +300,33 @@ mod tests {
     fn a_tail_survives_only_where_it_can_still_reach_the_server() {
         use Strategy::*;
         let srv = server(json!({"x": 1}), 200, false);
+        let tomb = server(json!({}), 200, true);
         let take = Resolution::TakeServer;
         let resend = Resolution::Resend {
             kind: OpKind::Update,
             data: None,
         };
-        assert!(tail_survives(LastWriteWins, &take, 201, &srv));
+        let survives =
+            |s, r: &Resolution, kind, ts, srv: &ServerRecord| tail_op_survives(s, r, kind, ts, srv);
+        assert!(survives(LastWriteWins, &take, OpKind::Update, 201, &srv));
         assert!(
-            !tail_survives(LastWriteWins, &take, 200, &srv),
+            !survives(LastWriteWins, &take, OpKind::Update, 200, &srv),
             "a tie goes to the server"
         );
-        assert!(!tail_survives(LastWriteWins, &take, 150, &srv));
-        assert!(tail_survives(Merge, &take, 150, &srv));
-        assert!(!tail_survives(ServerWins, &take, 999, &srv));
-        assert!(!tail_survives(Manual, &Resolution::Park, 999, &srv));
+        assert!(!survives(LastWriteWins, &take, OpKind::Update, 150, &srv));
+        assert!(survives(Merge, &take, OpKind::Update, 150, &srv));
+        assert!(!survives(ServerWins, &take, OpKind::Update, 999, &srv));
+        assert!(!survives(
+            Manual,
+            &Resolution::Park,
+            OpKind::Update,
+            999,
+            &srv
+        ));
         for s in [ServerWins, LastWriteWins, Merge, Manual] {
-            assert!(tail_survives(s, &resend, 0, &srv));
+            assert!(survives(s, &resend, OpKind::Update, 0, &srv));
+            // Both sides deleted it: a write made after the delete is new.
+            assert!(survives(s, &take, OpKind::Delete, 0, &tomb), "{s:?}");
         }
     }
 

@@ -992,3 +992,176 @@ async fn a_parked_conflict_holds_a_bounded_number_of_writes() {
     .unwrap();
     put(&f, "a", json!({"x": 100})).await;
 }
+
+/// Any strategy (here manual): a local delete that meets the server's
+/// tombstone lost nothing, so a write made after the delete, queued behind
+/// another record's op, still goes to the server (and meets its own 409
+/// there). It used to be dropped silently with the delete.
+#[tokio::test]
+async fn a_write_after_a_delete_that_met_a_tombstone_is_kept() {
+    for strategy in [
+        Strategy::Manual,
+        Strategy::ServerWins,
+        Strategy::LastWriteWins,
+        Strategy::Merge,
+    ] {
+        let f = fx();
+        put(&f, "x", json!({"a": 1})).await;
+        ack_head(&f, srec("x", 1, 50, json!({"a": 1}))).await;
+        f.w.submit(WriteCmd::Delete {
+            collection: "c".into(),
+            id: "x".into(),
+            client_ts: 100,
+        })
+        .await
+        .unwrap();
+        claim(&f).await;
+        put(&f, "y", json!({"n": 1})).await; // Y1
+        put(&f, "x", json!({"a": "again"})).await; // X re-created, behind Y1
+        let (seq, _) = f.store.queue_head(1).unwrap().remove(0);
+        let mut tomb = srec("x", 2, 80, json!({}));
+        tomb.deleted = true;
+        f.w.submit(WriteCmd::Conflict {
+            seq,
+            server: tomb,
+            strategy,
+            rules: Default::default(),
+        })
+        .await
+        .unwrap();
+        let q = f.store.queue_head(10).unwrap();
+        let order: Vec<&str> = q.iter().map(|(_, o)| o.local_id.as_str()).collect();
+        assert_eq!(order, ["y", "x"], "{strategy:?}");
+        let rec = f.store.record("c", "x").unwrap().expect("x kept");
+        assert_eq!(rec.data, r#"{"a":"again"}"#, "{strategy:?}");
+        assert_eq!(rec.pending, 1, "{strategy:?}");
+    }
+}
+
+/// A change pulled while the record's op was pending (another device wrote
+/// between the server's 409 and this device's verdict) is newer than the
+/// 409's record: the conflict is decided against it, so the device does
+/// not end on the older version with its cursor past the newer one.
+#[tokio::test]
+async fn a_conflict_is_decided_against_a_newer_pulled_change() {
+    let f = fx();
+    put(&f, "a", json!({"x": 1})).await;
+    ack_head(&f, srec("a", 1, 100, json!({"x": 1}))).await;
+    put(&f, "a", json!({"x": 2})).await; // pending, base v1
+    f.w.submit(WriteCmd::ApplyChanges {
+        changes: vec![Change {
+            collection: "c".into(),
+            record: srec("a", 3, 300, json!({"x": 3, "by": "other"})),
+        }],
+        cursor: "9".into(),
+    })
+    .await
+    .unwrap();
+    let (seq, _) = f.store.queue_head(1).unwrap().remove(0);
+    f.w.submit(WriteCmd::Conflict {
+        seq,
+        server: srec("a", 2, 200, json!({"x": 9})),
+        strategy: Strategy::ServerWins,
+        rules: Default::default(),
+    })
+    .await
+    .unwrap();
+    let r = f.store.record("c", "a").unwrap().unwrap();
+    assert_eq!((r.version, r.pending), (Some(3), 0));
+    assert_eq!(r.data, r#"{"by":"other","x":3}"#);
+}
+
+/// After a 409 whose head loses while a newer tail stays queued, the last
+/// `changed` event for the record carries what the record holds (the
+/// tail's document), not the server's document the decision took first.
+#[tokio::test]
+async fn the_last_event_after_a_kept_tail_is_the_record_held() {
+    let mut f = fx();
+    put(&f, "x", json!({"a": 1})).await;
+    ack_head(&f, srec("SX", 1, 50, json!({"a": 1}))).await;
+    put(&f, "x", json!({"a": 2})).await; // X1, ts 100
+    put(&f, "y", json!({"n": 1})).await; // Y1
+    f.w.submit(WriteCmd::Patch {
+        collection: "c".into(),
+        id: "x".into(),
+        data: doc(json!({"b": 3})),
+        client_ts: 300,
+        max_bytes: 1 << 20,
+    })
+    .await
+    .unwrap(); // X2, ts 300
+    while f.events.try_recv().is_ok() {}
+    let (seq, _) = f.store.queue_head(1).unwrap().remove(0);
+    f.w.submit(WriteCmd::Conflict {
+        seq,
+        server: srec("SX", 2, 200, json!({"a": 9})),
+        strategy: Strategy::LastWriteWins,
+        rules: Default::default(),
+    })
+    .await
+    .unwrap();
+    let mut last = None;
+    while let Ok(e) = f.events.try_recv() {
+        if let Event::Changed { id, data, .. } = &*e {
+            if id == "x" {
+                last = Some(data.clone());
+            }
+        }
+    }
+    let rec = f.store.record("c", "x").unwrap().unwrap();
+    let shown = last.flatten().map(|d| d.0.to_string());
+    assert_eq!(shown.as_deref(), Some(rec.data.as_str()));
+}
+
+/// Last-write-wins keeps only the tail writes newer than the server's
+/// change: an older one lost like the head and is not sent (it would
+/// overwrite the newer change on the other devices for a moment).
+#[tokio::test]
+async fn last_write_wins_keeps_only_the_newer_tail_writes() {
+    let f = fx();
+    put(&f, "x", json!({"a": 1})).await;
+    ack_head(&f, srec("SX", 1, 50, json!({"a": 1}))).await;
+    put(&f, "x", json!({"a": 2})).await; // X1, ts 100
+    put(&f, "y", json!({"n": 1})).await; // Y1
+    for (ts, b) in [(150, 1), (160, 2)] {
+        f.w.submit(WriteCmd::Patch {
+            collection: "c".into(),
+            id: "x".into(),
+            data: doc(json!({ "b": b })),
+            client_ts: ts,
+            max_bytes: 1 << 20,
+        })
+        .await
+        .unwrap();
+        claim(&f).await; // no folding: each is its own op
+        put(&f, "y", json!({ "n": b + 1 })).await;
+    }
+    f.w.submit(WriteCmd::Patch {
+        collection: "c".into(),
+        id: "x".into(),
+        data: doc(json!({"b": 3})),
+        client_ts: 300,
+        max_bytes: 1 << 20,
+    })
+    .await
+    .unwrap(); // ts 300: newer than the server's 200
+    let (seq, _) = f.store.queue_head(1).unwrap().remove(0);
+    f.w.submit(WriteCmd::Conflict {
+        seq,
+        server: srec("SX", 2, 200, json!({"a": 9})),
+        strategy: Strategy::LastWriteWins,
+        rules: Default::default(),
+    })
+    .await
+    .unwrap();
+    let q = f.store.queue_head(10).unwrap();
+    let xs: Vec<i64> = q
+        .iter()
+        .filter(|(_, o)| o.local_id == "x")
+        .map(|(_, o)| o.client_ts)
+        .collect();
+    assert_eq!(xs, [300], "only the write newer than the server's is sent");
+    let rec = f.store.record("c", "x").unwrap().unwrap();
+    assert_eq!((rec.version, rec.pending), (Some(2), 1));
+    assert_eq!(rec.data, r#"{"a":2,"b":3}"#);
+}

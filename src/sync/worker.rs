@@ -411,19 +411,20 @@ impl Worker {
             Stop,
         }
         // `biased`: when several are ready at once the first listed wins,
-        // the same way every run (a simulation seed replays exactly).
-        // Nothing starves: every wake runs the machine, which looks at all
-        // of it again.
+        // the same way every run (a simulation seed replays exactly). The
+        // rare, one-off wake-ups come first and the steady ones (new work,
+        // the timer) last, so a stream of writes cannot hold back a stop,
+        // a `syncd sync`, a network change or a token change.
         let why = tokio::select! {
             biased;
-            _ = sleep => Wake::Timer,
-            _ = self.deps.queue_changed.notified() => Wake::Work,
-            _ = self.deps.control.wake.notified() => Wake::Sync,
-            _ = self.net.notified() => Wake::Net,
-            _ = token => Wake::Token,
-            _ = cfg_rx.changed() => Wake::Config,
-            r = pulled => Wake::Pulled(r),
             _ = shutdown.changed() => Wake::Stop,
+            _ = cfg_rx.changed() => Wake::Config,
+            _ = token => Wake::Token,
+            _ = self.net.notified() => Wake::Net,
+            _ = self.deps.control.wake.notified() => Wake::Sync,
+            r = pulled => Wake::Pulled(r),
+            _ = self.deps.queue_changed.notified() => Wake::Work,
+            _ = sleep => Wake::Timer,
         };
         let now = self.now();
         match why {

@@ -19,6 +19,7 @@ use crate::store::tables::*;
 use crate::store::{parse_doc_text, ParkedConflict, ServerRecordStored};
 
 use super::txn::{bump_resolved, prepend_op, take_server, JobResult, Txn};
+use super::verdict::take_deferred;
 use super::WriteOutcome;
 
 /// Decides the 409 for the op at `seq`. The record's later queued ops were
@@ -26,10 +27,15 @@ use super::WriteOutcome;
 /// ever moving ahead of another record's op (the queue's global order):
 /// - the *run*, its ops queued right after it with no other record's op in
 ///   between, is folded into the decision;
-/// - the *tail*, its ops behind another record's op, stays where it is. A
-///   re-send then goes to the head for the run only, and under `merge` the
-///   tail's documents are rebased onto the merged one; a decision that takes
-///   the server's record or parks takes the tail along, as nothing is sent.
+/// - the *tail*, its ops behind another record's op, stays where it is.
+///   Which of them still go to the server is
+///   [`conflict::tail_op_survives`]'s rule; the others are settled with
+///   the head. Under `merge` the kept ones' documents are rebased onto the
+///   merged (or the server's) document.
+///
+/// The decision is made against the newest server record this device has
+/// seen: the 409's, or a newer one pulled while the op was pending (held in
+/// the `deferred` table), which would otherwise be lost.
 pub(super) fn conflict(
     x: &mut Txn<'_>,
     seq: u64,
@@ -41,6 +47,8 @@ pub(super) fn conflict(
         return Ok(Ok(WriteOutcome::Done));
     };
     let (c, lid) = (op.collection.clone(), op.local_id.clone());
+    let pulled = take_deferred(x, &c, &lid, server)?;
+    let server = pulled.as_ref().unwrap_or(server);
     let (run, tail) = run_and_tail(x, seq, &c, &lid)?;
     let rec = x.record(&c, &lid)?;
     let (kind, data) = local_state(&op, &run, &tail, rec.as_ref());
@@ -48,57 +56,50 @@ pub(super) fn conflict(
         .as_ref()
         .and_then(|r| r.base.as_deref())
         .map(parse_doc_text);
-    let mut ops = vec![op];
     let local = LocalChange {
         kind,
         data: data.as_ref().and_then(Value::as_object),
-        client_ts: std::iter::once(&ops[0])
-            .chain(run.iter().map(|(_, o)| o))
-            .map(|o| o.client_ts)
-            .max()
-            .unwrap_or(0),
+        client_ts: newest_ts(&op, &run),
         base: base.as_ref().and_then(Value::as_object),
     };
     let resolution = conflict::resolve(strategy, rules, &local, server);
-    tracing::info!(collection = %c, id = %lid, strategy = strategy.as_str(), ops = 1 + run.len(), tail = tail.len(), outcome = resolution.name(), "conflict");
     // merge takes the server's record for an update only when
     // the merge equals it: every local change is already there.
     let merged_in = strategy == Strategy::Merge
         && local.kind == OpKind::Update
         && !server.deleted
         && resolution == Resolution::TakeServer;
-    let tail_newest = tail.iter().map(|(_, o)| o.client_ts).max();
-    let keep_tail =
-        tail_newest.is_some_and(|ts| conflict::tail_survives(strategy, &resolution, ts, server));
-    for (s, _) in run.iter().chain(tail.iter().filter(|_| !keep_tail)) {
-        if let Some(o) = x.take_op(*s)? {
-            ops.push(o);
-        }
+    let (kept, dropped): (OpRun, OpRun) = tail.into_iter().partition(|(_, o)| {
+        conflict::tail_op_survives(strategy, &resolution, local.kind, o.client_ts, server)
+    });
+    tracing::info!(collection = %c, id = %lid, strategy = strategy.as_str(), ops = 1 + run.len(), tail_kept = kept.len(), tail_dropped = dropped.len(), outcome = resolution.name(), "conflict");
+    let mut ops = vec![op];
+    for (s, _) in run.iter().chain(dropped.iter()) {
+        ops.extend(x.take_op(*s)?);
     }
     let run_state = data.as_ref().and_then(Value::as_object).cloned();
-    apply_resolution(
-        x,
-        &c,
-        &lid,
-        ops,
-        server,
-        strategy.as_str(),
-        &resolution,
-        merged_in,
-    )?;
-    if keep_tail {
+    let name = strategy.as_str();
+    apply_resolution(x, &c, &lid, ops, server, name, &resolution, merged_in)?;
+    if !kept.is_empty() {
         let onto = match &resolution {
             Resolution::Resend { data, .. } => data.clone(),
             _ => (!server.deleted).then(|| server.data.clone()),
         };
         let rebase = strategy == Strategy::Merge;
-        rebase_tail(x, &c, &lid, &tail, run_state, onto, rebase)?;
+        rebase_tail(x, &c, &lid, &kept, run_state, onto, rebase)?;
     }
     // A parked conflict counts as resolved when it is resolved.
     if resolution != Resolution::Park {
         bump_resolved(x)?;
     }
     Ok(Ok(WriteOutcome::Done))
+}
+
+/// The newest client_ts of the head op and its run.
+fn newest_ts(op: &QueuedOp, run: &OpRun) -> i64 {
+    run.iter()
+        .map(|(_, o)| o.client_ts)
+        .fold(op.client_ts, i64::max)
 }
 
 /// Queued ops of this record after `seq`, split into its run (before any
@@ -173,7 +174,17 @@ fn rebase_tail(
     };
     rec.deleted = final_state.is_none();
     rec.data = final_state.unwrap_or_else(|| "{}".into());
-    x.put_record(c, lid, &rec)
+    x.put_record(c, lid, &rec)?;
+    // After the decision's own event: watchers end on what the record
+    // holds (the last kept write), not on the server's document.
+    x.ev.push(Event::Changed {
+        collection: c.to_owned(),
+        id: lid.to_owned(),
+        op_id: tail.last().map(|(_, o)| o.op_id.clone()),
+        origin: Origin::Conflict,
+        data: (!rec.deleted).then(|| Doc(parse_doc_text(&rec.data))),
+    });
+    Ok(())
 }
 
 /// Carries out a conflict decision for `ops` (already out of the queue)

@@ -253,7 +253,7 @@ fn defer(x: &mut Txn<'_>, c: &str, lid: &str, r: &ServerRecord) -> Result<(), St
 
 /// Forgets the record's deferred server record; returns it when it is newer
 /// than `acked` (the same server record, at a later version).
-fn take_deferred(
+pub(super) fn take_deferred(
     x: &mut Txn<'_>,
     c: &str,
     lid: &str,
