@@ -14,13 +14,17 @@ cargo build --quiet --bin syncd
 syncd=target/debug/syncd
 
 demo_dir=$(mktemp -d "${TMPDIR:-/tmp}/syncd-demo.XXXXXX")
+daemon=
+trap '[ -n "$daemon" ] && { kill -TERM "$daemon" 2>/dev/null; wait "$daemon" 2>/dev/null; }; rm -rf "$demo_dir"' EXIT
 chmod 700 "$demo_dir"
+# What would point the daemon or the CLI elsewhere goes: systemd's
+# directories win over XDG's, and $SYNCD_SOCKET steers every CLI call.
+unset SYNCD_SOCKET RUNTIME_DIRECTORY STATE_DIRECTORY
 export XDG_DATA_HOME="$demo_dir/data" XDG_RUNTIME_DIR="$demo_dir/run"
 mkdir -p -m 700 "$XDG_DATA_HOME" "$XDG_RUNTIME_DIR"
 
 "$syncd" run &
 daemon=$!
-trap 'kill -TERM $daemon 2>/dev/null || true; wait $daemon 2>/dev/null || true; rm -rf "$demo_dir"' EXIT
 for _ in $(seq 100); do "$syncd" status --json >/dev/null 2>&1 && break; sleep 0.05; done
 
 step() { printf '\n\033[1m$ syncd %s\033[0m\n' "$*"; "$syncd" "$@"; }

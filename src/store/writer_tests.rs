@@ -38,6 +38,13 @@ fn fx() -> Fx {
     }
 }
 
+/// Returns once the events of every job answered so far have been sent:
+/// the writer answers a batch's jobs before it broadcasts their events,
+/// and a later job is answered only after that.
+async fn events_flushed(f: &Fx) {
+    f.w.submit(WriteCmd::Claim { upto: 0 }).await.unwrap();
+}
+
 /// Marks every op queued so far as sent (as the worker does before it
 /// sends them), so that later writes queue ops of their own instead of
 /// folding into these.
@@ -275,6 +282,7 @@ async fn take_server_and_park_and_resolve() {
     assert!(!v.pending);
     assert_eq!(f.store.conflict_count().unwrap(), 0);
     let mut saw_conflict = false;
+    events_flushed(&f).await;
     while let Ok(e) = f.events.try_recv() {
         saw_conflict |= matches!(&*e, Event::Conflict { .. });
     }
@@ -733,6 +741,7 @@ async fn own_change_racing_its_ack_emits_nothing() {
             }],
             cursor: "1".into(),
         };
+        events_flushed(&f).await;
         while f.events.try_recv().is_ok() {}
         if pull_first {
             f.w.submit(pull).await.unwrap();
@@ -741,6 +750,7 @@ async fn own_change_racing_its_ack_emits_nothing() {
             ack_head(&f, r.clone()).await;
             f.w.submit(pull).await.unwrap();
         }
+        events_flushed(&f).await;
         while let Ok(e) = f.events.try_recv() {
             // The put's own (local) event may come late; nothing else may.
             assert!(
@@ -768,6 +778,7 @@ async fn client_ids_pulled_id_is_the_local_id() {
     put(&f, "milk", json!({"mine": true})).await;
     let mut gone = srec("never", 3, 100, json!({}));
     gone.deleted = true;
+    events_flushed(&f).await;
     while f.events.try_recv().is_ok() {}
     f.w.submit(WriteCmd::ApplyChanges {
         changes: vec![
@@ -784,6 +795,7 @@ async fn client_ids_pulled_id_is_the_local_id() {
     })
     .await
     .unwrap();
+    events_flushed(&f).await;
     while let Ok(e) = f.events.try_recv() {
         assert!(
             !matches!(&*e, Event::Changed { origin, .. } if *origin != Origin::Local),
@@ -1090,6 +1102,7 @@ async fn the_last_event_after_a_kept_tail_is_the_record_held() {
     })
     .await
     .unwrap(); // X2, ts 300
+    events_flushed(&f).await;
     while f.events.try_recv().is_ok() {}
     let (seq, _) = f.store.queue_head(1).unwrap().remove(0);
     f.w.submit(WriteCmd::Conflict {
@@ -1101,6 +1114,7 @@ async fn the_last_event_after_a_kept_tail_is_the_record_held() {
     .await
     .unwrap();
     let mut last = None;
+    events_flushed(&f).await;
     while let Ok(e) = f.events.try_recv() {
         if let Event::Changed { id, data, .. } = &*e {
             if id == "x" {
@@ -1164,4 +1178,209 @@ async fn last_write_wins_keeps_only_the_newer_tail_writes() {
     let rec = f.store.record("c", "x").unwrap().unwrap();
     assert_eq!((rec.version, rec.pending), (Some(2), 1));
     assert_eq!(rec.data, r#"{"a":2,"b":3}"#);
+}
+
+/// Manual: a parked conflict keeps the newest server record. A later
+/// write's 409 that carries an older record than one pulled meanwhile does
+/// not move it back, so `--take server` takes the newest.
+#[tokio::test]
+async fn a_later_409_does_not_move_a_parked_conflict_back() {
+    let f = fx();
+    put(&f, "a", json!({"x": 1})).await;
+    ack_head(&f, srec("S1", 1, 100, json!({"x": 1}))).await;
+    put(&f, "a", json!({"x": 2})).await;
+    conflict_head(&f, srec("S1", 2, 200, json!({"x": 20})), Strategy::Manual).await;
+    put(&f, "a", json!({"x": 3})).await;
+    f.w.submit(WriteCmd::ApplyChanges {
+        changes: vec![Change {
+            collection: "c".into(),
+            record: srec("S1", 4, 400, json!({"x": 40})),
+        }],
+        cursor: "9".into(),
+    })
+    .await
+    .unwrap();
+    conflict_head(&f, srec("S1", 3, 300, json!({"x": 30})), Strategy::Manual).await;
+    f.w.submit(WriteCmd::ResolveParked {
+        collection: "c".into(),
+        id: "a".into(),
+        take: Some(Side::Server),
+        data: None,
+    })
+    .await
+    .unwrap();
+    let r = f.store.record("c", "a").unwrap().unwrap();
+    assert_eq!((r.version, r.data.as_str()), (Some(4), r#"{"x":40}"#));
+}
+
+/// With client ids, a record pulled while this device's create of the same
+/// id was still unsent is deferred; when the app then deletes its record
+/// (the create and the delete fold away, nothing is sent), the pulled
+/// record becomes the device's: its cursor is already past it.
+#[tokio::test]
+async fn a_deferred_record_is_taken_when_an_unsent_create_folds_away() {
+    let mut f = fx();
+    f.store.set_backend_client_ids(true);
+    put_unclaimed(&f, "x", json!({"mine": 1})).await;
+    f.w.submit(WriteCmd::ApplyChanges {
+        changes: vec![Change {
+            collection: "c".into(),
+            record: srec("x", 1, 50, json!({"theirs": 1})),
+        }],
+        cursor: "1".into(),
+    })
+    .await
+    .unwrap();
+    events_flushed(&f).await;
+    while f.events.try_recv().is_ok() {}
+    f.w.submit(WriteCmd::Delete {
+        collection: "c".into(),
+        id: "x".into(),
+        client_ts: 200,
+    })
+    .await
+    .unwrap();
+    assert_eq!(f.store.queue_depth().unwrap(), 0);
+    let r = f
+        .store
+        .record("c", "x")
+        .unwrap()
+        .expect("the pulled record");
+    assert_eq!((r.data.as_str(), r.version), (r#"{"theirs":1}"#, Some(1)));
+    events_flushed(&f).await;
+    let mut last = None;
+    while let Ok(e) = f.events.try_recv() {
+        if let Event::Changed { data, .. } = &*e {
+            last = Some(data.clone());
+        }
+    }
+    let shown = last.flatten().map(|d| d.0);
+    assert_eq!(shown, Some(json!({"theirs": 1})), "watchers end on it");
+}
+
+/// Decides a 409 for the op at the head of the queue.
+async fn conflict_head(f: &Fx, server: ServerRecord, strategy: Strategy) {
+    let (seq, _) = f.store.queue_head(1).unwrap().remove(0);
+    f.w.submit(WriteCmd::Conflict {
+        seq,
+        server,
+        strategy,
+        rules: Default::default(),
+    })
+    .await
+    .unwrap();
+}
+
+/// Against a server tombstone, a put made after a local delete is a new
+/// write in whatever order the queue holds the record's ops (the delete at
+/// the head, in the run, or behind another record's op; the put folded
+/// into the run or behind another op): it is never decided away with the
+/// delete, and goes on to meet the server itself.
+#[tokio::test]
+async fn a_put_after_a_delete_survives_a_tombstone_in_any_queue_order() {
+    // (update first, another op before the delete, another op before the put)
+    let orders = [
+        (false, false, true),
+        (false, false, false),
+        (true, false, true),
+        (true, true, true),
+        (true, false, false),
+    ];
+    for (with_update, y_before_delete, z_before_put) in orders {
+        let f = fx();
+        put(&f, "x", json!({"a": 1})).await;
+        ack_head(&f, srec("SX", 1, 50, json!({"a": 1}))).await;
+        if with_update {
+            patch_ts(&f, "x", json!({"a": 2}), 100).await;
+            claim(&f).await;
+        }
+        if y_before_delete {
+            put(&f, "y", json!({"n": 1})).await;
+        }
+        delete_ts(&f, "x", 150).await;
+        claim(&f).await;
+        if z_before_put {
+            put(&f, "z", json!({"n": 1})).await;
+        }
+        put_ts(&f, "x", json!({"new": true}), 300).await;
+        claim(&f).await;
+        let mut t = srec("SX", 2, 120, json!({}));
+        t.deleted = true;
+        conflict_head(&f, t, Strategy::ServerWins).await;
+        let order = (with_update, y_before_delete, z_before_put);
+        let r = f.store.record("c", "x").unwrap().expect("x");
+        assert_eq!(
+            (r.data.as_str(), r.deleted),
+            (r#"{"new":true}"#, false),
+            "{order:?}"
+        );
+        let q = f.store.queue_head(10).unwrap();
+        let last_x = q.iter().rev().find(|(_, o)| o.local_id == "x");
+        assert_eq!(
+            last_x.map(|(_, o)| o.client_ts),
+            Some(300),
+            "{order:?}: the put is queued"
+        );
+    }
+}
+
+/// Merge: a put made after a local delete is a whole new document; kept
+/// behind another record's op, it is not rebased onto the server's
+/// document (keys the app did not write must not appear).
+#[tokio::test]
+async fn merge_does_not_rebase_a_put_made_after_a_delete() {
+    let f = fx();
+    put(&f, "x", json!({"a": 1, "s": 1})).await;
+    ack_head(&f, srec("SX", 1, 50, json!({"a": 1, "s": 1}))).await;
+    delete_ts(&f, "x", 100).await;
+    claim(&f).await;
+    put(&f, "y", json!({"n": 1})).await;
+    put_ts(&f, "x", json!({"b": 1}), 300).await;
+    conflict_head(
+        &f,
+        srec("SX", 2, 200, json!({"a": 9, "s": 1})),
+        Strategy::Merge,
+    )
+    .await;
+    let q = f.store.queue_head(10).unwrap();
+    let x = q
+        .iter()
+        .find(|(_, o)| o.local_id == "x")
+        .expect("the put is queued");
+    assert_eq!(x.1.data.as_deref(), Some(r#"{"b":1}"#));
+    let r = f.store.record("c", "x").unwrap().unwrap();
+    assert_eq!(r.data, r#"{"b":1}"#);
+}
+
+async fn patch_ts(f: &Fx, id: &str, v: Value, ts: i64) {
+    f.w.submit(WriteCmd::Patch {
+        collection: "c".into(),
+        id: id.into(),
+        data: doc(v),
+        client_ts: ts,
+        max_bytes: 1 << 20,
+    })
+    .await
+    .unwrap();
+}
+
+async fn delete_ts(f: &Fx, id: &str, ts: i64) {
+    f.w.submit(WriteCmd::Delete {
+        collection: "c".into(),
+        id: id.into(),
+        client_ts: ts,
+    })
+    .await
+    .unwrap();
+}
+
+async fn put_ts(f: &Fx, id: &str, v: Value, ts: i64) {
+    f.w.submit(WriteCmd::Put {
+        collection: "c".into(),
+        id: Some(id.into()),
+        data: doc(v),
+        client_ts: ts,
+    })
+    .await
+    .unwrap();
 }

@@ -154,6 +154,10 @@ pub(super) fn delete(
         origin: Origin::Local,
         data: None,
     });
+    // A delete that cancelled an unsent create leaves nothing queued: a
+    // server record of this id pulled meanwhile is the record now (after
+    // the delete's own event, so watchers end on it).
+    super::verdict::settle_deferred(x, collection, id)?;
     Ok(Ok(WriteOutcome::Written {
         id: id.to_owned(),
         op_id,

@@ -50,8 +50,10 @@ pub(super) fn conflict(
     let pulled = take_deferred(x, &c, &lid, server)?;
     let server = pulled.as_ref().unwrap_or(server);
     let (run, tail) = run_and_tail(x, seq, &c, &lid)?;
+    let (run, tail, fresh) = split_fresh(server, (seq, &op), run, tail);
     let rec = x.record(&c, &lid)?;
-    let (kind, data) = local_state(&op, &run, &tail, rec.as_ref());
+    let later = !tail.is_empty() || !fresh.is_empty();
+    let (kind, data) = local_state(&op, &run, later, rec.as_ref());
     let base = rec
         .as_ref()
         .and_then(|r| r.base.as_deref())
@@ -69,9 +71,11 @@ pub(super) fn conflict(
         && local.kind == OpKind::Update
         && !server.deleted
         && resolution == Resolution::TakeServer;
-    let (kept, dropped): (OpRun, OpRun) = tail.into_iter().partition(|(_, o)| {
+    let (mut kept, dropped): (OpRun, OpRun) = tail.into_iter().partition(|(_, o)| {
         conflict::tail_op_survives(strategy, &resolution, local.kind, o.client_ts, server)
     });
+    kept.extend(fresh);
+    kept.sort_by_key(|(s, _)| *s);
     tracing::info!(collection = %c, id = %lid, strategy = strategy.as_str(), ops = 1 + run.len(), tail_kept = kept.len(), tail_dropped = dropped.len(), outcome = resolution.name(), "conflict");
     let mut ops = vec![op];
     for (s, _) in run.iter().chain(dropped.iter()) {
@@ -81,7 +85,10 @@ pub(super) fn conflict(
     let name = strategy.as_str();
     apply_resolution(x, &c, &lid, ops, server, name, &resolution, merged_in)?;
     if !kept.is_empty() {
+        // After a local delete the kept writes are a new document:
+        // nothing to rebase them onto.
         let onto = match &resolution {
+            _ if local.kind == OpKind::Delete => None,
             Resolution::Resend { data, .. } => data.clone(),
             _ => (!server.deleted).then(|| server.data.clone()),
         };
@@ -116,16 +123,43 @@ fn run_and_tail(x: &Txn<'_>, seq: u64, c: &str, lid: &str) -> Result<(OpRun, OpR
 /// Some of a record's queued ops, with their sequences.
 type OpRun = Vec<(u64, QueuedOp)>;
 
+/// Against a server tombstone, the record's ops after its last local
+/// delete are new writes (a re-creation): nothing of the deleted record is
+/// in them, so they take no part in the decision, whatever the queue order,
+/// and go on to meet the server (and the strategy) on their own. Splits
+/// them off the run and the tail: `(run, tail, fresh)`.
+fn split_fresh(
+    server: &ServerRecord,
+    (seq, op): (u64, &QueuedOp),
+    run: OpRun,
+    tail: OpRun,
+) -> (OpRun, OpRun, OpRun) {
+    let head = std::iter::once((seq, op));
+    let last_delete = head
+        .chain(run.iter().chain(tail.iter()).map(|(s, o)| (*s, o)))
+        .filter(|(_, o)| o.kind == OpKind::Delete)
+        .map(|(s, _)| s)
+        .next_back();
+    let Some(after) = last_delete.filter(|_| server.deleted) else {
+        return (run, tail, Vec::new());
+    };
+    let (run, mut fresh): (OpRun, OpRun) = run.into_iter().partition(|(s, _)| *s <= after);
+    let (tail, fresh_tail): (OpRun, OpRun) = tail.into_iter().partition(|(s, _)| *s <= after);
+    fresh.extend(fresh_tail);
+    (run, tail, fresh)
+}
+
 /// The local state the decision is about, as an update or a delete: the
-/// record's latest, or, with a tail, the state after the run.
+/// record's latest, or, with `later` ops of the record left queued, the
+/// state after the run.
 fn local_state(
     op: &QueuedOp,
     run: &OpRun,
-    tail: &OpRun,
+    later: bool,
     rec: Option<&StoredRecord>,
 ) -> (OpKind, Option<Value>) {
     let last = run.last().map(|(_, o)| o).unwrap_or(op);
-    let (kind, data) = if tail.is_empty() {
+    let (kind, data) = if !later {
         match rec.filter(|r| !r.deleted) {
             Some(r) => (OpKind::Update, Some(parse_doc_text(&r.data))),
             None => (OpKind::Delete, None),
@@ -157,6 +191,10 @@ fn rebase_tail(
     let mut last: Option<Option<String>> = None;
     for (s, _) in tail {
         let Some(mut op) = x.op(*s)? else { continue };
+        if op.kind == OpKind::Delete {
+            // What follows a delete is a new document: nothing to rebase.
+            (prev, onto) = (Document::new(), Document::new());
+        }
         if let (true, Some(text)) = (rebase, op.data.as_deref()) {
             let next = match parse_doc_text(text) {
                 Value::Object(m) => m,
@@ -344,7 +382,11 @@ fn settle_park(
             detected_at: crate::domain::clock::now_ms(),
         },
     };
-    parked.server = ServerRecordStored::from(server);
+    // Keep the newest server record: a later write's 409 can carry an
+    // older one than a change pulled meanwhile.
+    if parked.server.id != server.id || parked.server.version < server.version {
+        parked.server = ServerRecordStored::from(server);
+    }
     for mut op in ops {
         x.ops.insert(op.op_id.as_str(), PARKED_SEQ)?;
         // A resolution uses the record's document (or the one supplied),

@@ -49,6 +49,7 @@ pub(super) fn drop_local(x: &mut Txn<'_>, seq: u64) -> Result<JobResult, StoreEr
             x.put_record(&op.collection, &op.local_id, &rec)?;
         }
     }
+    settle_deferred(x, &op.collection, &op.local_id)?;
     Ok(Ok(WriteOutcome::Done))
 }
 
@@ -251,19 +252,44 @@ fn defer(x: &mut Txn<'_>, c: &str, lid: &str, r: &ServerRecord) -> Result<(), St
     Ok(())
 }
 
-/// Forgets the record's deferred server record; returns it when it is newer
-/// than `acked` (the same server record, at a later version).
+/// Forgets the record's deferred server record if it is `known`'s (the
+/// same server record) and returns it when it is newer. A deferred record
+/// of another server id is left for whoever settles that one.
 pub(super) fn take_deferred(
     x: &mut Txn<'_>,
     c: &str,
     lid: &str,
-    acked: &ServerRecord,
+    known: &ServerRecord,
 ) -> Result<Option<ServerRecord>, StoreError> {
-    let Some(bytes) = x.deferred.remove((c, lid))?.map(|v| v.value().to_vec()) else {
+    let Some(bytes) = x.deferred.get((c, lid))?.map(|v| v.value().to_vec()) else {
         return Ok(None);
     };
     let d: ServerRecordStored = from_store(&bytes)?;
-    Ok((d.id == acked.id && d.version > acked.version).then(|| d.to_record()))
+    if d.id != known.id {
+        return Ok(None);
+    }
+    x.deferred.remove((c, lid))?;
+    Ok((d.version > known.version).then(|| d.to_record()))
+}
+
+/// The record's last pending op left the queue without a reply from the
+/// server (an unsent create cancelled by a delete, a delete of a record
+/// the server never had): a server record pulled meanwhile and deferred is
+/// what the server has, so it becomes the record; without it the device
+/// would miss it for good (its cursor is past it).
+pub(super) fn settle_deferred(x: &mut Txn<'_>, c: &str, lid: &str) -> Result<(), StoreError> {
+    let rec = x.record(c, lid)?;
+    if rec
+        .as_ref()
+        .is_some_and(|r| r.pending > 0 || r.server_id.is_some())
+    {
+        return Ok(());
+    }
+    let Some(bytes) = x.deferred.remove((c, lid))?.map(|v| v.value().to_vec()) else {
+        return Ok(());
+    };
+    let d: ServerRecordStored = from_store(&bytes)?;
+    take_server(x, c, lid, rec, &d.to_record(), Origin::Remote)
 }
 
 /// The local id a pulled record lands on; `None`: nothing to do (a
