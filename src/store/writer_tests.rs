@@ -98,15 +98,7 @@ async fn ack_head(f: &Fx, r: ServerRecord) {
 async fn write_and_queue_in_one_place() {
     let f = fx();
     put(&f, "a", json!({"x": 1})).await;
-    f.w.submit(WriteCmd::Patch {
-        collection: "c".into(),
-        id: "a".into(),
-        data: doc(json!({"y": 2, "x": null})),
-        client_ts: 101,
-        max_bytes: 1 << 20,
-    })
-    .await
-    .unwrap();
+    patch_ts(&f, "a", json!({"y": 2, "x": null}), 101).await;
     claim(&f).await;
     // The limit applies to the merged document, not just the patch.
     let e =
@@ -120,13 +112,7 @@ async fn write_and_queue_in_one_place() {
         .await
         .unwrap_err();
     assert!(matches!(e, WriteError::TooLarge { limit: 50, .. }), "{e}");
-    f.w.submit(WriteCmd::Delete {
-        collection: "c".into(),
-        id: "a".into(),
-        client_ts: 102,
-    })
-    .await
-    .unwrap();
+    delete_ts(&f, "a", 102).await;
     let q = f.store.queue_head(10).unwrap();
     let kinds: Vec<_> = q.iter().map(|(_, o)| o.kind).collect();
     assert_eq!(kinds, vec![OpKind::Create, OpKind::Update, OpKind::Delete]);
@@ -171,13 +157,7 @@ async fn acks_carry_server_id_to_later_ops_and_delete_removes() {
     let v = f.store.get("c", "a").unwrap().unwrap();
     assert!(!v.pending);
     assert_eq!(v.version, Some(2));
-    f.w.submit(WriteCmd::Delete {
-        collection: "c".into(),
-        id: "a".into(),
-        client_ts: 1,
-    })
-    .await
-    .unwrap();
+    delete_ts(&f, "a", 1).await;
     let mut tomb = srec("S1", 3, 1, json!({}));
     tomb.deleted = true;
     ack_head(&f, tomb).await;
@@ -231,15 +211,12 @@ async fn resend_goes_to_head_with_new_op_id() {
     ack_head(&f, srec("S1", 1, 100, json!({"x": 1}))).await;
     let old = put(&f, "a", json!({"x": 2})).await;
     put(&f, "b", json!({"y": 1})).await;
-    let (seq, _) = f.store.queue_head(1).unwrap().remove(0);
-    f.w.submit(WriteCmd::Conflict {
-        seq,
-        server: srec("S1", 5, 50, json!({"x": 9})),
-        strategy: Strategy::LastWriteWins,
-        rules: Default::default(),
-    })
-    .await
-    .unwrap();
+    conflict_head(
+        &f,
+        srec("S1", 5, 50, json!({"x": 9})),
+        Strategy::LastWriteWins,
+    )
+    .await;
     let q = f.store.queue_head(10).unwrap();
     assert_eq!(q[0].1.local_id, "a");
     assert_ne!(q[0].1.op_id, old);
@@ -419,15 +396,12 @@ async fn conflict_folds_later_ops_of_the_record() {
     })
     .await
     .unwrap();
-    let (seq, _) = f.store.queue_head(1).unwrap().remove(0);
-    f.w.submit(WriteCmd::Conflict {
-        seq,
-        server: srec("S1", 6, 950, json!({"x": 8})),
-        strategy: Strategy::LastWriteWins,
-        rules: Default::default(),
-    })
-    .await
-    .unwrap();
+    conflict_head(
+        &f,
+        srec("S1", 6, 950, json!({"x": 8})),
+        Strategy::LastWriteWins,
+    )
+    .await;
     let q = f.store.queue_head(10).unwrap();
     assert_eq!(q.len(), 1);
     assert_eq!(q[0].1.data.as_deref(), Some(r#"{"x":11}"#));
@@ -442,15 +416,7 @@ async fn resolve_settles_writes_made_after_the_park_and_takes_the_newest_server(
     put(&f, "a", json!({"x": 1})).await;
     ack_head(&f, srec("S1", 1, 100, json!({"x": 1}))).await;
     put(&f, "a", json!({"x": 2})).await;
-    let (seq, _) = f.store.queue_head(1).unwrap().remove(0);
-    f.w.submit(WriteCmd::Conflict {
-        seq,
-        server: srec("S1", 2, 200, json!({"x": 3})),
-        strategy: Strategy::Manual,
-        rules: Default::default(),
-    })
-    .await
-    .unwrap();
+    conflict_head(&f, srec("S1", 2, 200, json!({"x": 3})), Strategy::Manual).await;
     // The app writes again while the conflict is parked, and a pull brings
     // a newer server version.
     put(&f, "a", json!({"x": 4})).await;
@@ -524,15 +490,7 @@ async fn conflict_resend_never_moves_a_later_op_ahead_of_another_record() {
         ack_head(&f, srec("SX", 1, 50, json!({"a": 1, "b": 1}))).await;
         put(&f, "x", json!({"a": 2, "b": 1})).await; // X1: a changed
         put(&f, "y", json!({"n": 1})).await; // Y1
-        f.w.submit(WriteCmd::Patch {
-            collection: "c".into(),
-            id: "x".into(),
-            data: doc(json!({"c": 3})),
-            client_ts: 101,
-            max_bytes: 1 << 20,
-        })
-        .await
-        .unwrap(); // X2: c added
+        patch_ts(&f, "x", json!({"c": 3}), 101).await; // X2: c added
         let (seq, x1) = f.store.queue_head(1).unwrap().remove(0);
         // The server changed b meanwhile.
         f.w.submit(WriteCmd::Conflict {
@@ -577,15 +535,7 @@ async fn conflict_take_server_drops_the_tail_too() {
     put(&f, "x", json!({"a": 2})).await;
     put(&f, "y", json!({"n": 1})).await;
     put(&f, "x", json!({"a": 3})).await;
-    let (seq, _) = f.store.queue_head(1).unwrap().remove(0);
-    f.w.submit(WriteCmd::Conflict {
-        seq,
-        server: srec("SX", 2, 60, json!({"a": 9})),
-        strategy: Strategy::ServerWins,
-        rules: Default::default(),
-    })
-    .await
-    .unwrap();
+    conflict_head(&f, srec("SX", 2, 60, json!({"a": 9})), Strategy::ServerWins).await;
     let q = f.store.queue_head(10).unwrap();
     let order: Vec<&str> = q.iter().map(|(_, o)| o.local_id.as_str()).collect();
     assert_eq!(order, ["y"]);
@@ -819,24 +769,13 @@ async fn last_write_wins_keeps_a_newer_tail_when_the_head_loses() {
     ack_head(&f, srec("SX", 1, 50, json!({"a": 1}))).await;
     put(&f, "x", json!({"a": 2})).await; // X1, ts 100
     put(&f, "y", json!({"n": 1})).await; // Y1
-    f.w.submit(WriteCmd::Patch {
-        collection: "c".into(),
-        id: "x".into(),
-        data: doc(json!({"b": 3})),
-        client_ts: 300,
-        max_bytes: 1 << 20,
-    })
-    .await
-    .unwrap(); // X2, ts 300
-    let (seq, _) = f.store.queue_head(1).unwrap().remove(0);
-    f.w.submit(WriteCmd::Conflict {
-        seq,
-        server: srec("SX", 2, 200, json!({"a": 9})),
-        strategy: Strategy::LastWriteWins,
-        rules: Default::default(),
-    })
-    .await
-    .unwrap();
+    patch_ts(&f, "x", json!({"b": 3}), 300).await; // X2, ts 300
+    conflict_head(
+        &f,
+        srec("SX", 2, 200, json!({"a": 9})),
+        Strategy::LastWriteWins,
+    )
+    .await;
     let q = f.store.queue_head(10).unwrap();
     let order: Vec<&str> = q.iter().map(|(_, o)| o.local_id.as_str()).collect();
     assert_eq!(order, ["y", "x"], "X1 lost; X2 stays behind Y1");
@@ -856,24 +795,13 @@ async fn last_write_wins_drops_a_tail_older_than_the_server() {
     ack_head(&f, srec("SX", 1, 50, json!({"a": 1}))).await;
     put(&f, "x", json!({"a": 2})).await; // X1, ts 100
     put(&f, "y", json!({"n": 1})).await; // Y1
-    f.w.submit(WriteCmd::Patch {
-        collection: "c".into(),
-        id: "x".into(),
-        data: doc(json!({"b": 3})),
-        client_ts: 150,
-        max_bytes: 1 << 20,
-    })
-    .await
-    .unwrap(); // X2, ts 150: older than the server's 200
-    let (seq, _) = f.store.queue_head(1).unwrap().remove(0);
-    f.w.submit(WriteCmd::Conflict {
-        seq,
-        server: srec("SX", 2, 200, json!({"a": 9})),
-        strategy: Strategy::LastWriteWins,
-        rules: Default::default(),
-    })
-    .await
-    .unwrap();
+    patch_ts(&f, "x", json!({"b": 3}), 150).await; // X2, ts 150: older than the server's 200
+    conflict_head(
+        &f,
+        srec("SX", 2, 200, json!({"a": 9})),
+        Strategy::LastWriteWins,
+    )
+    .await;
     let q = f.store.queue_head(10).unwrap();
     let order: Vec<&str> = q.iter().map(|(_, o)| o.local_id.as_str()).collect();
     assert_eq!(
@@ -925,13 +853,7 @@ async fn a_pulled_change_newer_than_a_delete_ack_is_taken_after_it() {
     let f = fx();
     put(&f, "a", json!({"x": 1})).await;
     ack_head(&f, srec("S1", 1, 100, json!({"x": 1}))).await;
-    f.w.submit(WriteCmd::Delete {
-        collection: "c".into(),
-        id: "a".into(),
-        client_ts: 200,
-    })
-    .await
-    .unwrap();
+    delete_ts(&f, "a", 200).await;
     let changes = vec![Change {
         collection: "c".into(),
         record: srec("S1", 3, 300, json!({"x": 3, "by": "other"})),
@@ -969,15 +891,7 @@ async fn a_parked_conflict_holds_a_bounded_number_of_writes() {
     let bound = super::writer::MAX_PARKED_OPS;
     for i in 0..bound {
         put(&f, "a", json!({"x": i + 2})).await;
-        let (seq, _) = f.store.queue_head(1).unwrap().remove(0);
-        f.w.submit(WriteCmd::Conflict {
-            seq,
-            server: srec("S1", 2, 200, json!({"x": 9})),
-            strategy: Strategy::Manual,
-            rules: Default::default(),
-        })
-        .await
-        .unwrap();
+        conflict_head(&f, srec("S1", 2, 200, json!({"x": 9})), Strategy::Manual).await;
     }
     let e =
         f.w.submit(WriteCmd::Put {
@@ -1020,13 +934,7 @@ async fn a_write_after_a_delete_that_met_a_tombstone_is_kept() {
         let f = fx();
         put(&f, "x", json!({"a": 1})).await;
         ack_head(&f, srec("x", 1, 50, json!({"a": 1}))).await;
-        f.w.submit(WriteCmd::Delete {
-            collection: "c".into(),
-            id: "x".into(),
-            client_ts: 100,
-        })
-        .await
-        .unwrap();
+        delete_ts(&f, "x", 100).await;
         claim(&f).await;
         put(&f, "y", json!({"n": 1})).await; // Y1
         put(&f, "x", json!({"a": "again"})).await; // X re-created, behind Y1
@@ -1069,15 +977,7 @@ async fn a_conflict_is_decided_against_a_newer_pulled_change() {
     })
     .await
     .unwrap();
-    let (seq, _) = f.store.queue_head(1).unwrap().remove(0);
-    f.w.submit(WriteCmd::Conflict {
-        seq,
-        server: srec("a", 2, 200, json!({"x": 9})),
-        strategy: Strategy::ServerWins,
-        rules: Default::default(),
-    })
-    .await
-    .unwrap();
+    conflict_head(&f, srec("a", 2, 200, json!({"x": 9})), Strategy::ServerWins).await;
     let r = f.store.record("c", "a").unwrap().unwrap();
     assert_eq!((r.version, r.pending), (Some(3), 0));
     assert_eq!(r.data, r#"{"by":"other","x":3}"#);
@@ -1093,26 +993,15 @@ async fn the_last_event_after_a_kept_tail_is_the_record_held() {
     ack_head(&f, srec("SX", 1, 50, json!({"a": 1}))).await;
     put(&f, "x", json!({"a": 2})).await; // X1, ts 100
     put(&f, "y", json!({"n": 1})).await; // Y1
-    f.w.submit(WriteCmd::Patch {
-        collection: "c".into(),
-        id: "x".into(),
-        data: doc(json!({"b": 3})),
-        client_ts: 300,
-        max_bytes: 1 << 20,
-    })
-    .await
-    .unwrap(); // X2, ts 300
+    patch_ts(&f, "x", json!({"b": 3}), 300).await; // X2, ts 300
     events_flushed(&f).await;
     while f.events.try_recv().is_ok() {}
-    let (seq, _) = f.store.queue_head(1).unwrap().remove(0);
-    f.w.submit(WriteCmd::Conflict {
-        seq,
-        server: srec("SX", 2, 200, json!({"a": 9})),
-        strategy: Strategy::LastWriteWins,
-        rules: Default::default(),
-    })
-    .await
-    .unwrap();
+    conflict_head(
+        &f,
+        srec("SX", 2, 200, json!({"a": 9})),
+        Strategy::LastWriteWins,
+    )
+    .await;
     let mut last = None;
     events_flushed(&f).await;
     while let Ok(e) = f.events.try_recv() {
@@ -1150,24 +1039,13 @@ async fn last_write_wins_keeps_only_the_newer_tail_writes() {
         claim(&f).await; // no folding: each is its own op
         put(&f, "y", json!({ "n": b + 1 })).await;
     }
-    f.w.submit(WriteCmd::Patch {
-        collection: "c".into(),
-        id: "x".into(),
-        data: doc(json!({"b": 3})),
-        client_ts: 300,
-        max_bytes: 1 << 20,
-    })
-    .await
-    .unwrap(); // ts 300: newer than the server's 200
-    let (seq, _) = f.store.queue_head(1).unwrap().remove(0);
-    f.w.submit(WriteCmd::Conflict {
-        seq,
-        server: srec("SX", 2, 200, json!({"a": 9})),
-        strategy: Strategy::LastWriteWins,
-        rules: Default::default(),
-    })
-    .await
-    .unwrap();
+    patch_ts(&f, "x", json!({"b": 3}), 300).await; // ts 300: newer than the server's 200
+    conflict_head(
+        &f,
+        srec("SX", 2, 200, json!({"a": 9})),
+        Strategy::LastWriteWins,
+    )
+    .await;
     let q = f.store.queue_head(10).unwrap();
     let xs: Vec<i64> = q
         .iter()
@@ -1233,13 +1111,7 @@ async fn a_deferred_record_is_taken_when_an_unsent_create_folds_away() {
     .unwrap();
     events_flushed(&f).await;
     while f.events.try_recv().is_ok() {}
-    f.w.submit(WriteCmd::Delete {
-        collection: "c".into(),
-        id: "x".into(),
-        client_ts: 200,
-    })
-    .await
-    .unwrap();
+    delete_ts(&f, "x", 200).await;
     assert_eq!(f.store.queue_depth().unwrap(), 0);
     let r = f
         .store

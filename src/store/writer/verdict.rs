@@ -241,11 +241,7 @@ fn apply_remote(x: &mut Txn<'_>, ch: &Change, client_ids: bool) -> Result<(), St
 /// Remembers `r`, pulled while the record had pending ops, if it is the
 /// newest such record.
 fn defer(x: &mut Txn<'_>, c: &str, lid: &str, r: &ServerRecord) -> Result<(), StoreError> {
-    let known = match x.deferred.get((c, lid))? {
-        Some(v) => Some(from_store::<ServerRecordStored>(v.value())?.version),
-        None => None,
-    };
-    if known.is_none_or(|v| v < r.version) {
+    if deferred(x, c, lid)?.is_none_or(|d| d.version < r.version) {
         x.deferred
             .insert((c, lid), to_store(&ServerRecordStored::from(r))?.as_slice())?;
     }
@@ -261,13 +257,9 @@ pub(super) fn take_deferred(
     lid: &str,
     known: &ServerRecord,
 ) -> Result<Option<ServerRecord>, StoreError> {
-    let Some(bytes) = x.deferred.get((c, lid))?.map(|v| v.value().to_vec()) else {
+    let Some(d) = deferred(x, c, lid)?.filter(|d| d.id == known.id) else {
         return Ok(None);
     };
-    let d: ServerRecordStored = from_store(&bytes)?;
-    if d.id != known.id {
-        return Ok(None);
-    }
     x.deferred.remove((c, lid))?;
     Ok((d.version > known.version).then(|| d.to_record()))
 }
@@ -285,11 +277,19 @@ pub(super) fn settle_deferred(x: &mut Txn<'_>, c: &str, lid: &str) -> Result<(),
     {
         return Ok(());
     }
-    let Some(bytes) = x.deferred.remove((c, lid))?.map(|v| v.value().to_vec()) else {
+    let Some(d) = deferred(x, c, lid)? else {
         return Ok(());
     };
-    let d: ServerRecordStored = from_store(&bytes)?;
+    x.deferred.remove((c, lid))?;
     take_server(x, c, lid, rec, &d.to_record(), Origin::Remote)
+}
+
+/// The record's deferred server record, if any.
+fn deferred(x: &Txn<'_>, c: &str, lid: &str) -> Result<Option<ServerRecordStored>, StoreError> {
+    match x.deferred.get((c, lid))? {
+        Some(v) => Ok(Some(from_store(v.value())?)),
+        None => Ok(None),
+    }
 }
 
 /// The local id a pulled record lands on; `None`: nothing to do (a
