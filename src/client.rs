@@ -93,6 +93,8 @@ pub struct Client {
     enc: Encoding,
     next_id: u64,
     max_frame: u32,
+    /// The daemon's frame limit as its hello announced it (0: not said).
+    request_limit: u32,
     client_id: String,
     events: VecDeque<Event>,
 }
@@ -158,6 +160,7 @@ impl Client {
             enc,
             next_id: 1,
             max_frame: reply.max_frame_bytes.max(1 << 20),
+            request_limit: reply.max_frame_bytes,
             client_id: reply.client_id,
             events: VecDeque::new(),
         })
@@ -178,12 +181,29 @@ impl Client {
         decode(self.enc, &bytes).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
+    /// A request the daemon would refuse for its size is refused here,
+    /// before it is sent: the daemon would close the connection on it, and
+    /// the app would see only a broken pipe.
+    fn check_size(&self, len: usize) -> Result<()> {
+        let limit = self.request_limit as usize;
+        if limit == 0 || len <= limit {
+            return Ok(());
+        }
+        Err(ClientError::Api(ApiError::new(
+            ErrorCode::TooLarge,
+            format!(
+                "request is {len} bytes; the daemon accepts frames of up to {limit} bytes (daemon.max_frame_bytes); nothing was sent"
+            ),
+        )))
+    }
+
     /// Sends one request and waits for its reply.
     pub async fn request(&mut self, request: Request) -> Result<Response> {
         let id = self.next_id;
         self.next_id += 1;
         let bytes = encode(self.enc, &ClientFrame { id, request })
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.check_size(bytes.len())?;
         let mut w = &self.conn;
         write_frame(&mut w, &bytes)
             .await

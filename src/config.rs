@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod watch;
+pub use watch::{watch_file, FileWatch, SETTLE};
+
 /// A config error that names the file, the key and the reason.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigError(pub String);
@@ -231,6 +234,23 @@ impl Config {
         Ok(cfg)
     }
 
+    /// [`Config::load`] for a reload: a file that holds no setting at all
+    /// (empty, or only whitespace and comments) is refused too. On a
+    /// running daemon such a file is almost always one caught half-written
+    /// (`cat > daemon.toml` truncates first), and taking it would swap the
+    /// user's backend and conflict strategies for the embedded defaults.
+    pub fn load_for_reload(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+        if is_blank(&text) {
+            return Err(ConfigError(format!(
+                "{}: the file is empty (no setting, only whitespace or comments); keeping the running config until a valid file is written",
+                path.display()
+            )));
+        }
+        Config::load(path)
+    }
+
     /// Parses and validates TOML text; errors name the key and the reason.
     pub fn parse(text: &str) -> Result<Config, String> {
         let cfg: Config = toml::from_str(text).map_err(|e| describe_toml_error(text, &e))?;
@@ -402,13 +422,23 @@ impl Config {
             return Ok(());
         }
         if b.kind != BackendKind::Couchdb {
+            let key = if b.username.is_some() {
+                "username"
+            } else {
+                "password_file"
+            };
+            return Err(format!(
+                "key `backend.{key}`: basic auth is only for kind = \"couchdb\"; a syncd backend uses token_file"
+            ));
+        }
+        if b.username.is_none() {
             return Err(
-                "key `backend.username`: basic auth is only for kind = \"couchdb\"; a syncd backend uses token_file".into(),
+                "key `backend.username`: missing; password_file is set, and CouchDB basic auth needs username and password_file together".into(),
             );
         }
-        if b.username.is_none() || b.password_file.is_none() {
+        if b.password_file.is_none() {
             return Err(
-                "key `backend.username`: username and password_file must be set together".into(),
+                "key `backend.password_file`: missing; username is set, and CouchDB basic auth needs username and password_file together".into(),
             );
         }
         if b.token_file.is_some() {
@@ -521,6 +551,67 @@ fn is_secret_param(name: &str) -> bool {
     SECRET_PARAMS.iter().any(|s| n.contains(s))
 }
 
+/// Whether `text` holds no TOML at all: only whitespace and comments.
+pub fn is_blank(text: &str) -> bool {
+    text.lines().all(|l| {
+        let l = l.trim();
+        l.is_empty() || l.starts_with('#')
+    })
+}
+
+/// A change between two configs that a person should see in the journal
+/// when a reload makes it: it changes what sync does with their data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotableChange {
+    /// The backend URL changed; `None`: no backend (sync stops).
+    Backend {
+        old: Option<String>,
+        new: Option<String>,
+    },
+    /// A collection's conflict strategy changed (`collection` "*" is
+    /// `[sync] conflict`, the default for collections not listed).
+    Strategy {
+        collection: String,
+        old: Strategy,
+        new: Strategy,
+    },
+}
+
+/// What a reload from `old` to `new` changes that [`NotableChange`] names.
+pub fn notable_changes(old: &Config, new: &Config) -> Vec<NotableChange> {
+    let mut out = Vec::new();
+    let (ob, nb) = (old.backend_url(), new.backend_url());
+    if ob != nb {
+        out.push(NotableChange::Backend {
+            old: ob.map(redact_url),
+            new: nb.map(redact_url),
+        });
+    }
+    if old.sync.conflict != new.sync.conflict {
+        out.push(NotableChange::Strategy {
+            collection: "*".into(),
+            old: old.sync.conflict,
+            new: new.sync.conflict,
+        });
+    }
+    let names: std::collections::BTreeSet<&String> = old
+        .collections
+        .keys()
+        .chain(new.collections.keys())
+        .collect();
+    for c in names {
+        let (o, n) = (old.strategy_for(c).0, new.strategy_for(c).0);
+        if o != n {
+            out.push(NotableChange::Strategy {
+                collection: c.clone(),
+                old: o,
+                new: n,
+            });
+        }
+    }
+    out
+}
+
 /// Turns a toml/serde error into "key `a.b`: reason (line N)": the key is
 /// recovered from the error's position and the nearest `[table]` above it.
 fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
@@ -542,6 +633,12 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
         .map(str::trim)
         .find(|l| l.starts_with('[') && l.ends_with(']'))
         .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    // The error is on a table header (a misspelled `[colections.notes]`):
+    // name that table, not the one above it.
+    if line.starts_with('[') {
+        let header = line.trim_matches(|c| c == '[' || c == ']').trim();
+        return format!("table `{header}`: {msg} (line {line_no})");
+    }
     let key = line
         .split_once('=')
         .map(|(k, _)| k.trim().trim_matches('"').to_owned());
@@ -551,47 +648,6 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
         (Some(t), None) => format!("table `{t}`: {msg} (line {line_no})"),
         (None, None) => format!("{msg} (line {line_no})"),
     }
-}
-
-/// A watch on one file: a unit arrives on `changes` whenever it is written,
-/// replaced or removed. Dropping it stops the watch.
-pub struct FileWatch {
-    _watcher: notify::RecommendedWatcher,
-    pub changes: tokio::sync::mpsc::UnboundedReceiver<()>,
-}
-
-/// Watches `path` through its directory, so that editors that replace the
-/// file (write a temp file, rename it over) are seen too.
-pub fn watch_file(path: &Path) -> Result<FileWatch, String> {
-    use notify::{RecursiveMode, Watcher};
-    let (tx, changes) = tokio::sync::mpsc::unbounded_channel();
-    let name = path
-        .file_name()
-        .ok_or_else(|| format!("{} names no file", path.display()))?
-        .to_owned();
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if let Ok(ev) = ev {
-            let touches = ev
-                .paths
-                .iter()
-                .any(|p| p.file_name() == Some(name.as_os_str()));
-            if touches && !matches!(ev.kind, notify::EventKind::Access(_)) {
-                let _ = tx.send(());
-            }
-        }
-    })
-    .map_err(|e| format!("file watch unavailable: {e}"))?;
-    watcher
-        .watch(&dir, RecursiveMode::NonRecursive)
-        .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
-    Ok(FileWatch {
-        _watcher: watcher,
-        changes,
-    })
 }
 
 #[cfg(test)]
@@ -608,6 +664,42 @@ mod tests {
     fn unknown_key_is_named() {
         let e = Config::parse("[sync]\nbatchsize = 3\n").unwrap_err();
         assert!(e.contains("batchsize"), "{e}");
+    }
+
+    #[test]
+    fn misspelled_top_level_table_is_named() {
+        let e = Config::parse(
+            "[daemon]\nlog_format = \"json\"\n\n[colections.notes]\nconflict = \"merge\"\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("colections"), "{e}");
+        assert!(!e.contains("table `daemon`"), "{e}");
+        assert!(e.contains("line 4"), "{e}");
+    }
+
+    #[test]
+    fn password_file_alone_names_username() {
+        let e = Config::parse(
+            "[backend]\nurl = \"http://h:5984/todos\"\nkind = \"couchdb\"\npassword_file = \"pw\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("backend.username") && e.contains("missing"),
+            "{e}"
+        );
+        let e = Config::parse(
+            "[backend]\nurl = \"http://h:5984/todos\"\nkind = \"couchdb\"\nusername = \"u\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("backend.password_file") && e.contains("missing"),
+            "{e}"
+        );
+        let e = Config::parse("[backend]\npassword_file = \"pw\"\n").unwrap_err();
+        assert!(
+            e.contains("backend.password_file") && e.contains("couchdb"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -686,7 +778,10 @@ mod tests {
         assert_eq!(c.backend.kind, BackendKind::Couchdb);
         assert_eq!(Config::default().backend.kind, BackendKind::Syncd);
         for (text, key) in [
-            ("kind = \"couchdb\"\nusername = \"u\"\n", "backend.username"),
+            (
+                "kind = \"couchdb\"\nusername = \"u\"\n",
+                "backend.password_file",
+            ),
             (
                 "username = \"u\"\npassword_file = \"p\"\n",
                 "backend.username",

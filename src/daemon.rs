@@ -170,7 +170,7 @@ async fn reload_config(
 ) {
     // File I/O: on the blocking pool, never on the runtime's threads.
     let owned = path.to_owned();
-    let loaded = tokio::task::spawn_blocking(move || Config::load(&owned)).await;
+    let loaded = tokio::task::spawn_blocking(move || Config::load_for_reload(&owned)).await;
     let loaded = loaded.unwrap_or_else(|e| {
         Err(crate::config::ConfigError(format!(
             "{}: reading the file failed: {e}",
@@ -220,6 +220,7 @@ async fn reload_config(
             );
         }
     }
+    warn_notable(&old, &new);
     if old.daemon.log_level != new.daemon.log_level {
         if let Ok(f) = EnvFilter::try_new(&new.daemon.log_level) {
             let _ = log.reload(f);
@@ -227,6 +228,32 @@ async fn reload_config(
     }
     tracing::info!(file = %path.display(), "config reloaded");
     cfg_tx.send_replace(Arc::new(new));
+}
+
+/// One warn line for each change a reload makes that changes what sync
+/// does with the user's data (the backend, a conflict strategy), with the
+/// old and the new value, so that a person reading the journal sees it.
+fn warn_notable(old: &Config, new: &Config) {
+    use crate::config::NotableChange;
+    for c in crate::config::notable_changes(old, new) {
+        match c {
+            NotableChange::Backend { old, new } => tracing::warn!(
+                old = old.as_deref().unwrap_or("(none)"),
+                new = new.as_deref().unwrap_or("(none)"),
+                "config reload changes the backend"
+            ),
+            NotableChange::Strategy {
+                collection,
+                old,
+                new,
+            } => tracing::warn!(
+                collection,
+                old = old.as_str(),
+                new = new.as_str(),
+                "config reload changes a conflict strategy"
+            ),
+        }
+    }
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. `config_path` is `None` for the
@@ -408,10 +435,9 @@ async fn wait_for_stop(
                 },
                 Some(Sig::Stop) | None => break,
             },
+            // The watch reports a change only once the file has settled
+            // (config::SETTLE), so an editor's several writes are one reload.
             Some(()) = changed => {
-                // Editors write in several steps: let them finish.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                if let Some(w) = cfg_watch.as_deref_mut() { while w.changes.try_recv().is_ok() {} }
                 if let Some(p) = config_path { reload_config(p, cfg_tx, log, runtime).await; }
             }
         }

@@ -274,6 +274,19 @@ fn missing_database_and_refused_credentials() {
     });
     assert_eq!(depth(&d), 1);
     assert_eq!(couch.req("GET", "/nosuchdb", None).0, 404, "not created");
+    // The hint names the missing database and what to do, not "does not
+    // answer the syncd protocol".
+    let hint = d.status()["hint"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        hint.contains("database") && hint.contains("syncd sync"),
+        "{hint}"
+    );
+    assert!(!hint.contains("syncd protocol"), "{hint}");
+    // Once the database exists, `syncd sync` sends the write at once.
+    assert_eq!(couch.req("PUT", "/nosuchdb", None).0, 201);
+    d.ok(&["sync", "--wait", "--timeout", "60"]);
+    assert_eq!(depth(&d), 0);
+    assert_eq!(d.status()["state"], "online");
 
     let pw = d.dir.path().join("pw");
     std::fs::write(&pw, "wrong\n").expect("pw");

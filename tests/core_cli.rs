@@ -343,15 +343,23 @@ fn socket_discovery_order() {
         &bad_flag,
         "--socket bad, env and config good",
     );
-    // SYNCD_SOCKET beats --config.
+    // --config beats SYNCD_SOCKET: a flag typed now wins over a variable
+    // exported long ago (as in docker, kubectl and git).
     ok(
-        raw_cli(&["--config", &s(&bad_cfg), "status"], Some(&good), None),
-        "env good, config bad",
+        raw_cli(&["--config", &s(&good_cfg), "status"], Some(&bad_env), None),
+        "config good, env bad",
     );
     unreachable(
-        raw_cli(&["--config", &s(&good_cfg), "status"], Some(&bad_env), None),
+        raw_cli(&["--config", &s(&bad_cfg), "status"], Some(&good), None),
+        &bad_cfg_sock,
+        "config bad, env good",
+    );
+    // SYNCD_SOCKET alone.
+    ok(raw_cli(&["status"], Some(&good), None), "env good");
+    unreachable(
+        raw_cli(&["status"], Some(&bad_env), None),
         &bad_env,
-        "env bad, config good",
+        "env bad",
     );
     // --config alone.
     ok(

@@ -132,3 +132,40 @@ fn a_document_limit_without_room_for_the_frame_is_refused() {
     assert!(!status.success(), "{err}");
     assert!(err.contains("daemon.max_document_bytes"), "{err}");
 }
+
+/// A document too large for a frame, piped to `syncd put`: the CLI says
+/// `too_large`, with the limit and the key that sets it, instead of a
+/// broken pipe; nothing is written and the daemon keeps serving.
+#[test]
+fn an_oversized_request_is_refused_by_the_client_with_the_limit() {
+    use std::io::Write as _;
+    let max_doc = MAX_FRAME - FRAME_OVERHEAD;
+    let d = Daemon::start(&format!(
+        "max_frame_bytes = {MAX_FRAME}\nmax_document_bytes = {max_doc}\n"
+    ));
+    let mut child = std::process::Command::new(bin())
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["put", "todos", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let doc = doc_of(2 * MAX_FRAME as usize).to_string();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(doc.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("too_large"), "{err}");
+    assert!(err.contains(&MAX_FRAME.to_string()), "{err}");
+    assert!(err.contains("daemon.max_frame_bytes"), "{err}");
+    assert!(!err.contains("Broken pipe"), "{err}");
+    assert_eq!(d.status()["queue_depth"], 0);
+    d.ok(&["put", "todos", "{}"]);
+}

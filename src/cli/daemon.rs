@@ -3,8 +3,10 @@
 //!
 //! Exists so that those two options belong only to the commands that use
 //! them (not to `backend`), and so that every such command finds the
-//! daemon the same way: `--socket`, else `$SYNCD_SOCKET`, else the socket
-//! named in `--config`, else the default path.
+//! daemon the same way: `--socket`, else the socket named in `--config`,
+//! else `$SYNCD_SOCKET`, else the default path. Flags beat the environment
+//! (as in docker, kubectl and git), so a `--config` typed on the command
+//! line is never overridden by a variable exported long ago.
 
 use std::path::{Path, PathBuf};
 
@@ -19,12 +21,12 @@ use super::error::CliError;
 /// (`syncd --socket S status`) and after it (`syncd status --socket S`).
 #[derive(Args, Clone, Debug, Default)]
 pub struct DaemonOpts {
-    /// Socket of the daemon (else $SYNCD_SOCKET, else the one in --config,
+    /// Socket of the daemon (else the one in --config, else $SYNCD_SOCKET,
     /// else the default path).
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    /// daemon.toml whose socket to use when neither --socket nor
-    /// $SYNCD_SOCKET is given.
+    /// daemon.toml whose socket to use when --socket is not given (it
+    /// beats $SYNCD_SOCKET).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// User (name or uid) the daemon runs as, when it is neither you nor
@@ -52,18 +54,18 @@ impl DaemonOpts {
         self.socket.is_none() && self.config.is_none()
     }
 
-    /// --socket, else $SYNCD_SOCKET, else the config's, else the default.
+    /// --socket, else the config's, else $SYNCD_SOCKET, else the default.
     pub fn socket_path(&self) -> Result<PathBuf, CliError> {
         if let Some(s) = &self.socket {
             return Ok(s.clone());
         }
+        if let Some(p) = &self.config {
+            return socket_from_config(p);
+        }
         if let Some(s) = std::env::var_os("SYNCD_SOCKET").filter(|s| !s.is_empty()) {
             return Ok(PathBuf::from(s));
         }
-        match &self.config {
-            Some(p) => socket_from_config(p),
-            None => Ok(Config::default().daemon.socket),
-        }
+        Ok(Config::default().daemon.socket)
     }
 
     /// A connection to the daemon, or `Unreachable` naming the socket.

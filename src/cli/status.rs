@@ -17,8 +17,10 @@ use super::output::{self, ago};
 #[command(
     after_help = "--check exit codes: 0 healthy (online, or no backend configured); \
     3 daemon unreachable; 10 offline (backend unreachable); 11 backoff or backend_error; \
-    12 auth_error; 13 dead letters present; 14 conflicts parked; 15 paused. \
-    The sync state wins over dead letters, which win over conflicts."
+    12 auth_error; 13 dead letters present; 14 conflicts parked; 15 paused; \
+    16 the config file's latest edit was rejected (running on the previous config). \
+    The sync state wins over a rejected config edit, which wins over dead letters, \
+    which win over conflicts."
 )]
 pub struct StatusArgs {
     /// Print the status as one JSON object (every key always present).

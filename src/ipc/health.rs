@@ -26,6 +26,9 @@ pub enum Trouble {
     Conflicts,
     /// Sync was paused by `syncd pause`.
     Paused,
+    /// The config file's latest edit was rejected: the daemon runs on the
+    /// previous config, not on what the file says.
+    ConfigRejected,
 }
 
 impl Trouble {
@@ -38,12 +41,14 @@ impl Trouble {
             Trouble::DeadLetters => 13,
             Trouble::Conflicts => 14,
             Trouble::Paused => 15,
+            Trouble::ConfigRejected => 16,
         }
     }
 }
 
 /// The most pressing trouble: the sync state first (it stops everything),
-/// then dead letters, then parked conflicts.
+/// then a rejected config edit (the daemon does not run on the file a
+/// person last wrote), then dead letters, then parked conflicts.
 pub fn trouble(s: &StatusView) -> Option<Trouble> {
     let state = match s.state.as_str() {
         "auth_error" => Some(Trouble::AuthError),
@@ -53,7 +58,9 @@ pub fn trouble(s: &StatusView) -> Option<Trouble> {
         "paused" => Some(Trouble::Paused),
         _ => None,
     };
-    state.or(if s.dead_letters > 0 {
+    state.or(if s.config_reload_error.is_some() {
+        Some(Trouble::ConfigRejected)
+    } else if s.dead_letters > 0 {
         Some(Trouble::DeadLetters)
     } else if s.conflicts > 0 {
         Some(Trouble::Conflicts)
@@ -79,6 +86,11 @@ pub fn hints(s: &StatusView, i: &HintInputs<'_>) -> Vec<String> {
     if let Some(h) = state_hint(s, i) {
         out.push(h);
     }
+    if let Some(e) = &s.config_reload_error {
+        out.push(format!(
+            "the config file's latest edit was rejected; running on the previous config until the file is fixed: {e}"
+        ));
+    }
     if s.dead_letters > 0 {
         out.push(format!(
             "{} op(s) rejected by the server for good: run `syncd dead-letters`, then `syncd retry` or `syncd discard` each",
@@ -89,11 +101,6 @@ pub fn hints(s: &StatusView, i: &HintInputs<'_>) -> Vec<String> {
         out.push(format!(
             "{} conflict(s) parked for manual resolution: run `syncd conflicts`, then `syncd resolve`",
             s.conflicts
-        ));
-    }
-    if let Some(e) = &s.config_reload_error {
-        out.push(format!(
-            "the config file's latest edit was rejected; running on the previous config: {e}"
         ));
     }
     out
@@ -128,9 +135,7 @@ fn state_hint(s: &StatusView, i: &HintInputs<'_>) -> Option<String> {
             "backend failing ({err}); {safe}; {}",
             retry(s, i.now)
         ),
-        "backend_error" => format!(
-            "the backend URL does not answer the syncd protocol ({err}): check [backend] url ({url}) in {file}"
-        ),
+        "backend_error" => backend_error_hint(err, &url, file),
         "auth_error" => match i.token_file {
             Some(t) => format!(
                 "the backend refused our credentials ({err}): fix the token in {} (re-read as soon as it changes)",
@@ -143,6 +148,19 @@ fn state_hint(s: &StatusView, i: &HintInputs<'_>) -> Option<String> {
         "paused" => format!("sync is paused with {n} write(s) queued: run `syncd resume`"),
         _ => return None,
     })
+}
+
+/// What to do about a reply outside the protocol's table. A CouchDB
+/// database that does not exist yet is the common first-contact case: say
+/// so, not that the URL "does not answer the protocol". Either way sync
+/// retries by itself within seconds, and `syncd sync` retries at once.
+fn backend_error_hint(err: &str, url: &str, file: &str) -> String {
+    let again = "then run `syncd sync` (or wait: syncd retries within a few seconds)";
+    if err.starts_with(crate::backend::couch::DB_MISSING) {
+        format!("the CouchDB database at {url} does not exist ({err}): create it (`curl -X PUT` on that URL) or fix [backend] url in {file}; {again}")
+    } else {
+        format!("the backend URL does not answer the syncd protocol ({err}): check [backend] url ({url}) in {file}; {again}")
+    }
 }
 
 /// `url` with any user name, password and query removed, for display.

@@ -50,14 +50,25 @@ impl std::fmt::Display for DirProblem {
             ),
             DirProblem::Writable { dir, mode } => write!(
                 f,
-                "socket directory {} has mode {mode:04o}: group or others may write into it; refusing to use it (chmod go-w it, or set daemon.socket)",
-                dir.display()
+                "socket directory {} has mode {mode:04o}: group or others may write into it, so another user could replace the socket; refusing to use it. Set daemon.socket to a path in a directory that only this user can write (syncd creates a missing one with mode 0700), e.g. {}",
+                dir.display(),
+                private_example()
             ),
         }
     }
 }
 
 impl std::error::Error for DirProblem {}
+
+/// A socket path to suggest instead of a shared directory: never "chmod"
+/// advice, which on a shared directory such as /tmp (mode 1777) would
+/// break every other user of it.
+fn private_example() -> String {
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(d) => format!("\"{}/syncd/syncd.sock\"", Path::new(&d).display()),
+        None => format!("\"/tmp/syncd-{}/syncd.sock\"", crate::ipc::peer::own_uid()),
+    }
+}
 
 /// Creates `dir` 0700 if it is missing, then checks it (see module doc).
 #[cfg(unix)]
@@ -119,6 +130,20 @@ mod tests {
         std::fs::metadata(p).unwrap().permissions().mode() & 0o777
     }
 
+    /// A shared directory such as /tmp is refused with advice that does
+    /// not break it for everyone else ("chmod go-w /tmp" would).
+    #[test]
+    fn shared_tmp_gets_no_chmod_advice() {
+        let e = ensure(Path::new("/tmp"), crate::ipc::peer::own_uid())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/tmp") && !e.contains("chmod"), "{e}");
+        assert!(
+            e.contains("daemon.socket") && e.contains("only this user"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn created_private_and_checked() {
         let t = tempfile::tempdir().unwrap();
@@ -132,6 +157,7 @@ mod tests {
             e.contains(&d.display().to_string()) && e.contains("write"),
             "{e}"
         );
+        assert!(!e.contains("chmod") && e.contains("daemon.socket"), "{e}");
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
         ensure(&d, uid).unwrap();
         let link = t.path().join("link");

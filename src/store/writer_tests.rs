@@ -184,6 +184,9 @@ async fn dead_letter_takes_dependents_and_retry_requeues() {
     let dead = f.store.dead_letters().unwrap();
     assert_eq!(dead.len(), 2);
     assert!(dead[1].1.error.contains("depends on"));
+    // The rejected op was sent once; its dependent never was.
+    assert_eq!(dead[0].1.op.attempts, 1);
+    assert_eq!(dead[1].1.op.attempts, 0);
     assert_eq!(
         f.store.op_state(&op.op_id).unwrap(),
         OpState::DeadLettered("HTTP 422: no".into())

@@ -25,6 +25,13 @@ use crate::sync::{State, SyncStatus};
 /// down).
 pub const OFFLINE_PROBE_MAX_MS: u64 = 2_000;
 
+/// A backend that answers outside the protocol's table (a wrong URL, a
+/// CouchDB database not created yet) is retried at least this often: the
+/// fix is a person's (create the database, correct the URL), and sync
+/// should notice it within seconds, not after a long backoff. One cheap
+/// request every few seconds is no load on a server.
+pub const BACKEND_ERROR_RETRY_MAX_MS: u64 = 5_000;
+
 /// A waiting pull that ends sooner than this with no change was not held:
 /// the server ignores `wait`.
 pub const HELD_PULL_MIN_MS: i64 = 1_000;
@@ -148,12 +155,20 @@ impl Machine {
         self.last_pull_at
     }
 
-    /// How remote changes arrive, for status.
+    /// How remote changes arrive, for status: `live` or `polling every Ns`
+    /// while online; otherwise that they do not arrive now, and how they
+    /// will once sync runs again (a live pull cannot be open while the
+    /// backend is unreachable or refuses us).
     pub fn remote_changes(&self) -> String {
-        if self.live() {
+        let mode = if self.live() {
             "live".to_owned()
         } else {
             format!("polling every {}s", self.pull_interval_ms / 1000)
+        };
+        match self.state {
+            State::Online => mode,
+            State::Paused => format!("none while paused; {mode} once resumed"),
+            other => format!("none while {}; {mode} once online", other.as_str()),
         }
     }
 
@@ -292,7 +307,11 @@ impl Machine {
                 // Not a verdict on anything: the same backoff as a
                 // transient failure, under its own state.
                 self.state = State::BackendError;
-                self.not_before = Some(now + self.backoff.fail(self.rng.f64()) as i64);
+                let d = self
+                    .backoff
+                    .fail(self.rng.f64())
+                    .min(BACKEND_ERROR_RETRY_MAX_MS);
+                self.not_before = Some(now + d as i64);
             }
             Failure::Transient { retry_after_ms, .. } => {
                 self.state = State::Backoff;
@@ -720,6 +739,47 @@ mod tests {
         m.on_push(now, Ok(()));
         assert_eq!(m.state(), State::Online);
         assert_eq!(m.status().last_error, None);
+    }
+
+    /// A missing CouchDB database or a wrong URL is fixed by a person; sync
+    /// notices the fix within BACKEND_ERROR_RETRY_MAX_MS, whatever
+    /// backoff_max_ms says.
+    #[test]
+    fn backend_error_retries_within_its_cap() {
+        let mut m = Machine::new(100, 60_000, 60_000, 5);
+        online(&mut m, 0);
+        let mut now = 0;
+        for _ in 0..20 {
+            m.on_push(now, Err(unlisted()));
+            let Action::Sleep(Some(t)) = m.next(now, V) else {
+                panic!("no backoff after an unlisted reply")
+            };
+            assert!(
+                t > now && t - now <= BACKEND_ERROR_RETRY_MAX_MS as i64,
+                "wait {}",
+                t - now
+            );
+            now = t;
+        }
+    }
+
+    #[test]
+    fn remote_changes_say_none_arrive_unless_online() {
+        let mut m = Machine::new(100, 1000, 60_000, 1);
+        m.on_probe(0, Ok(LIVE));
+        assert_eq!(m.remote_changes(), "live");
+        m.on_push(
+            1,
+            Err(Failure::Unreachable {
+                reason: "down".into(),
+            }),
+        );
+        assert_eq!(m.remote_changes(), "none while offline; live once online");
+        m.on_push(2, Err(unlisted()));
+        assert_eq!(
+            m.remote_changes(),
+            "none while backend_error; live once online"
+        );
     }
 
     #[test]

@@ -64,7 +64,8 @@ fn db_missing(r: &Raw<'_>) -> Failure {
     Failure::Unlisted {
         status: 404,
         reason: format!(
-            "CouchDB database does not exist (HTTP 404 {:?}): create it (PUT on the [backend] url) or fix [backend] url; syncd does not create it",
+            "{} (HTTP 404 {:?}): create it (PUT on the [backend] url) or fix [backend] url; syncd does not create it",
+            super::DB_MISSING,
             excerpt(r.body)
         ),
     }

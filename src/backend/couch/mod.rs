@@ -20,6 +20,10 @@ use classify::{Put, Raw};
 use doc::Current;
 pub use http::{Credentials, SetupError};
 
+/// How the reason of a "database does not exist" failure starts, so that
+/// `syncd status` can give that case its own hint.
+pub const DB_MISSING: &str = "CouchDB database does not exist";
+
 /// What the adapter offers in protocol terms: no batch endpoint (ops go
 /// one at a time), waiting pulls (`feed=longpoll`) and one id everywhere.
 pub const FEATURES: crate::backend::protocol::Features = crate::backend::protocol::Features {

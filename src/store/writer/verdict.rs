@@ -66,9 +66,12 @@ pub(super) fn attempt(x: &mut Txn<'_>, seq: u64, error: &str) -> Result<JobResul
 /// The server rejected the op at `seq` for good: it and the later ops of
 /// the same record go to the dead letters.
 pub(super) fn dead_letter(x: &mut Txn<'_>, seq: u64, error: &str) -> Result<JobResult, StoreError> {
-    let Some(op) = x.take_op(seq)? else {
+    let Some(mut op) = x.take_op(seq)? else {
         return Ok(Ok(WriteOutcome::Done));
     };
+    // The rejection was an attempt: it was sent and answered. (Its
+    // dependents were never sent, so theirs stay as they were.)
+    op.attempts = op.attempts.saturating_add(1);
     let mut dead = vec![(op.clone(), error.to_owned())];
     let others = x
         .pending_of(&op.collection, &op.local_id)?
