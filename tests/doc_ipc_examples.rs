@@ -521,9 +521,9 @@ fn every_ipc_doc_example_matches_the_daemon() {
 }
 
 /// The guard guards: a reply example edited away from what the daemon
-/// sends (a field dropped, an error code changed, two ops where the daemon
-/// has one, a field missing from a shape-only event) is reported, each at
-/// its line.
+/// sends (a field dropped, an error code changed, a field missing from a
+/// shape-only event, two ops where the daemon has one) and a transcript
+/// that lost its `ipc` mark are reported, each at its line.
 #[test]
 fn a_drifted_example_is_reported() {
     let doc = read_doc();
@@ -540,6 +540,14 @@ fn a_drifted_example_is_reported() {
         ),
         // A shape-only conflict event without its `result`.
         (r#""result":"took_server","#, ""),
+        // A patch answered with an op of its own, where the daemon folds
+        // it into the record's queued create.
+        (
+            r#"{"id":3,"body":{"written":{"id":"t1","op_id":"01M89068N49BP4HC1V8QTN470S"#,
+            r#"{"id":3,"body":{"written":{"id":"t1","op_id":"01M89068N5AJQPK20WJMNK7ZTX"#,
+        ),
+        // A transcript no longer marked as one.
+        ("```ipc\n→ {\"id\":14,", "```text\n→ {\"id\":14,"),
     ];
     let mut drifted = doc.clone();
     let mut lines = Vec::new();
@@ -547,7 +555,7 @@ fn a_drifted_example_is_reported() {
         let at = drifted
             .find(from)
             .unwrap_or_else(|| panic!("the doc no longer has {from}: update this test"));
-        lines.push(drifted[..at].lines().count());
+        lines.push(drifted[..at].matches('\n').count() + 1);
         drifted = drifted.replacen(from, to, 1);
     }
     let report = check_doc(&drifted);
