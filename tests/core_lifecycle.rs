@@ -588,18 +588,19 @@ fn oversized_frames_get_too_large() {
     assert_eq!(code, "too_large");
     by.check(&d);
 
-    // An oversized hello is refused with a reason.
+    // An oversized hello is refused with `too_large`, the size and the
+    // limit (docs/ipc-protocol.md §3).
     let mut s = connect(&d.socket);
     s.write_all(&(MAX_FRAME + 1).to_be_bytes()).unwrap();
     let h = read_json(&mut s);
     assert_eq!(h["ok"], json!(false), "{h}");
+    assert_eq!(h["error"]["code"], json!("too_large"), "{h}");
+    let msg = h["error"]["message"].as_str().unwrap();
     assert!(
-        h["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("too large"),
+        msg.contains(&(MAX_FRAME + 1).to_string()) && msg.contains(&MAX_FRAME.to_string()),
         "{h}"
     );
+    expect_closed(&mut s);
     by.check(&d);
 
     // A frame within the limit carrying a document over max_document_bytes
