@@ -666,3 +666,28 @@ fn a_database_of_another_schema_version_is_refused() {
     assert!(err.0.contains("schema version 9"), "{err}");
     assert!(err.0.contains(&url), "names the database: {err}");
 }
+
+#[test]
+fn a_second_node_on_the_same_database_starts_without_notices() {
+    let pg = Pg::start();
+    let url = pg.url("postgres");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let (log1, log2) = (logs.path().join("n1.log"), logs.path().join("n2.log"));
+    // The first node creates the schema; the second finds it in place.
+    let _n1 = PgNode::start_with(&bin(), &url, &[], Some(&log1));
+    let _n2 = PgNode::start_with(&bin(), &url, &[], Some(&log2));
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    for log in [&log1, &log2] {
+        eventually(10, "the node logs that its store is open", || {
+            read(log).contains("backend store open")
+        });
+    }
+    for log in [&log1, &log2] {
+        let text = read(log);
+        assert!(
+            !text.contains("already exists") && !text.contains("NOTICE"),
+            "{}: {text}",
+            log.display()
+        );
+    }
+}

@@ -678,7 +678,7 @@ async fn wait_with_changes_available_answers_at_once() {
 #[tokio::test]
 async fn invalid_wait_is_400() {
     let s = Server::plain().await;
-    for bad in ["soon", "-1", "1.5"] {
+    for bad in ["soon", "1.5", "%2D%2D1"] {
         let r = get(s.addr, &format!("/v1/changes?wait={bad}")).await;
         assert_eq!(r.status, 400, "wait={bad}");
         assert!(r.json()["error"].as_str().expect("reason").contains("wait"));

@@ -241,16 +241,27 @@ pub struct PgNode {
     pub url: String,
     pub addr: String,
     pub child: Option<Child>,
+    /// Further flags (`--token T`, `--no-batch`, ...).
+    pub args: Vec<String>,
+    /// Where the node's stderr (its log) is appended; `None`: discarded.
+    pub log: Option<PathBuf>,
 }
 
 impl PgNode {
     /// Starts a node with `bin` (a `syncd` binary) on a free port.
     pub fn start(bin: &Path, url: &str) -> PgNode {
+        PgNode::start_with(bin, url, &[], None)
+    }
+
+    /// [`PgNode::start`] with further flags, its log appended to `log`.
+    pub fn start_with(bin: &Path, url: &str, extra: &[&str], log: Option<&Path>) -> PgNode {
         let mut n = PgNode {
             bin: bin.to_path_buf(),
             url: url.to_owned(),
             addr: String::new(),
             child: None,
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            log: log.map(Path::to_path_buf),
         };
         n.spawn_on("127.0.0.1:0");
         n
@@ -260,11 +271,22 @@ impl PgNode {
     pub fn spawn_on(&mut self, listen: &str) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
+            let stderr = match &self.log {
+                Some(p) => Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(p)
+                        .expect("node log file"),
+                ),
+                None => Stdio::null(),
+            };
             let mut child = Command::new(&self.bin)
                 .args(["backend", "--listen", listen, "--postgres", &self.url])
+                .args(&self.args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
-                .stderr(Stdio::null())
+                .stderr(stderr)
                 .spawn()
                 .expect("spawn backend");
             let stdout = child.stdout.take().expect("stdout");

@@ -222,36 +222,94 @@ pub struct ChangesQuery {
     pub wait_s: Option<u64>,
 }
 
-/// Parses the query string of `v1/changes`: `Err` is the reason of a 400.
-pub fn parse_changes_query(query: &str) -> Result<ChangesQuery, String> {
+/// Why a `v1/changes` query is answered `400`; `Display` is the reason sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangesQueryError {
+    /// `since` (percent-decoded) is not a decimal integer.
+    Since(String),
+    /// `limit` (percent-decoded) is not a decimal integer.
+    Limit(String),
+    /// `wait` (percent-decoded) is not a decimal integer.
+    Wait(String),
+}
+
+impl std::fmt::Display for ChangesQueryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChangesQueryError::Since(v) => write!(
+                f,
+                "invalid since cursor {v:?}: expected the cursor of an earlier reply"
+            ),
+            ChangesQueryError::Limit(v) => write!(
+                f,
+                "invalid limit {v:?}: expected an integer (kept within 1 to {MAX_CHANGES_LIMIT})"
+            ),
+            ChangesQueryError::Wait(v) => write!(
+                f,
+                "invalid wait {v:?}: expected whole seconds (kept within {MIN_WAIT_S} to {MAX_WAIT_S})"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ChangesQueryError {}
+
+/// A decimal integer (an optional sign, then ASCII digits), brought into
+/// `lo..=hi`: a negative number gives `lo`, one too large for `u64` gives
+/// `hi`. `None`: not an integer at all.
+fn clamped_int(s: &str, lo: u64, hi: u64) -> Option<u64> {
+    let (negative, digits) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if negative {
+        return Some(lo);
+    }
+    // Only digits, so the parse can fail only by overflowing.
+    Some(digits.parse::<u64>().unwrap_or(u64::MAX).clamp(lo, hi))
+}
+
+/// Parses the query string of `v1/changes` (without the `?`).
+///
+/// The query is `application/x-www-form-urlencoded`: names and values are
+/// percent-decoded and `+` stands for a space (so a literal `+` must be sent
+/// as `%2B`; the daemon encodes every byte but `A-Za-z0-9-._~`). `since`,
+/// `limit` and `wait` are decimal integers; a value outside a parameter's
+/// range is brought to the nearest end of it (`since` >= 0, `limit`
+/// 1..=[`MAX_CHANGES_LIMIT`], `wait` [`MIN_WAIT_S`]..=[`MAX_WAIT_S`]). A
+/// value that is not an integer is an `Err` (a 400 naming the parameter).
+/// An empty value counts as absent, unknown names are ignored, and of a
+/// name given twice the last one counts.
+pub fn parse_changes_query(query: &str) -> Result<ChangesQuery, ChangesQueryError> {
     let mut q = ChangesQuery {
         since: 0,
         since_given: false,
         limit: DEFAULT_CHANGES_LIMIT,
         wait_s: None,
     };
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
-            "since" if !value.is_empty() => {
-                q.since = value
-                    .parse()
-                    .map_err(|_| format!("invalid since cursor {value:?}"))?;
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        if value.is_empty() {
+            continue;
+        }
+        match key.as_ref() {
+            "since" => {
+                q.since = clamped_int(&value, 0, u64::MAX)
+                    .ok_or_else(|| ChangesQueryError::Since(value.clone().into_owned()))?;
                 q.since_given = true;
             }
-            "limit" if !value.is_empty() => {
-                let n: usize = value
-                    .parse()
-                    .map_err(|_| format!("invalid limit {value:?}: expected a positive integer"))?;
-                q.limit = n.clamp(1, MAX_CHANGES_LIMIT);
+            "limit" => {
+                let n = clamped_int(&value, 1, MAX_CHANGES_LIMIT as u64)
+                    .ok_or_else(|| ChangesQueryError::Limit(value.clone().into_owned()))?;
+                // Within 1..=MAX_CHANGES_LIMIT, so it fits a usize.
+                q.limit = usize::try_from(n).unwrap_or(MAX_CHANGES_LIMIT);
             }
-            "wait" if !value.is_empty() => {
-                let s: u64 = value.parse().map_err(|_| {
-                    format!(
-                        "invalid wait {value:?}: expected seconds, {MIN_WAIT_S} to {MAX_WAIT_S}"
-                    )
-                })?;
-                q.wait_s = Some(s.clamp(MIN_WAIT_S, MAX_WAIT_S));
+            "wait" => {
+                let s = clamped_int(&value, MIN_WAIT_S, MAX_WAIT_S)
+                    .ok_or_else(|| ChangesQueryError::Wait(value.clone().into_owned()))?;
+                q.wait_s = Some(s);
             }
             _ => {}
         }
@@ -284,7 +342,7 @@ pub fn changes_page(q: &ChangesQuery, slice: ChangeSlice) -> JsonReply {
 pub fn changes(store: &dyn BackendStore, query: &str) -> JsonReply {
     let q = match parse_changes_query(query) {
         Ok(q) => q,
-        Err(reason) => return JsonReply::error(400, reason),
+        Err(e) => return JsonReply::error(400, e.to_string()),
     };
     match store.changes(q.since, q.limit) {
         Ok(slice) => changes_page(&q, slice),
@@ -296,29 +354,89 @@ pub fn changes(store: &dyn BackendStore, query: &str) -> JsonReply {
 mod tests {
     use super::*;
 
+    fn parsed(query: &str) -> (u64, bool, usize, Option<u64>) {
+        let q = parse_changes_query(query).unwrap_or_else(|e| panic!("{query:?}: {e}"));
+        (q.since, q.since_given, q.limit, q.wait_s)
+    }
+
     #[test]
-    fn changes_query() {
-        let q = parse_changes_query("").expect("empty");
-        assert_eq!((q.since, q.since_given, q.limit), (0, false, 100));
-        let q = parse_changes_query("since=12&limit=5000&x=y").expect("ok");
-        assert_eq!((q.since, q.since_given, q.limit), (12, true, 1000));
-        let q = parse_changes_query("since=&limit=0").expect("ok");
-        assert_eq!((q.since, q.since_given, q.limit), (0, false, 1));
-        assert!(parse_changes_query("since=abc").is_err());
-        assert!(parse_changes_query("limit=-1").is_err());
-        assert_eq!(parse_changes_query("since=3").map(|q| q.wait_s), Ok(None));
-        assert_eq!(parse_changes_query("wait=").map(|q| q.wait_s), Ok(None));
-        assert_eq!(parse_changes_query("wait=0").map(|q| q.wait_s), Ok(Some(1)));
+    fn changes_query_defaults_and_plain_values() {
+        assert_eq!(parsed(""), (0, false, 100, None));
         assert_eq!(
-            parse_changes_query("wait=25").map(|q| q.wait_s),
-            Ok(Some(25))
+            parsed("since=12&limit=50&wait=25"),
+            (12, true, 50, Some(25))
         );
+        // Empty values count as absent; unknown names are ignored; the last
+        // of a repeated name counts.
+        assert_eq!(parsed("since=&limit=&wait=&x=y&&z"), (0, false, 100, None));
+        assert_eq!(parsed("limit=3&limit=4"), (0, false, 4, None));
+    }
+
+    #[test]
+    fn changes_query_out_of_range_numbers_are_clamped() {
+        for (query, limit) in [
+            ("limit=0", 1),
+            ("limit=-5", 1),
+            ("limit=-0", 1),
+            ("limit=5000", 1000),
+            ("limit=1000", 1000),
+            ("limit=99999999999999999999999999", 1000),
+            ("limit=-99999999999999999999999999", 1),
+            ("limit=%2B7", 7),
+        ] {
+            assert_eq!(parsed(query).2, limit, "{query}");
+        }
+        for (query, wait) in [
+            ("wait=0", 1),
+            ("wait=-1", 1),
+            ("wait=3600", 60),
+            ("wait=99999999999999999999999", 60),
+        ] {
+            assert_eq!(parsed(query).3, Some(wait), "{query}");
+        }
+        assert_eq!(parsed("since=-5"), (0, true, 100, None));
         assert_eq!(
-            parse_changes_query("wait=3600").map(|q| q.wait_s),
-            Ok(Some(60))
+            parsed("since=99999999999999999999999"),
+            (u64::MAX, true, 100, None)
         );
-        assert!(parse_changes_query("wait=-1").is_err());
-        assert!(parse_changes_query("wait=1.5").is_err());
-        assert!(parse_changes_query("wait=soon").is_err());
+    }
+
+    #[test]
+    fn changes_query_is_percent_decoded() {
+        assert_eq!(
+            parsed("since=%31%30&limit=%35&wait=%32"),
+            (10, true, 5, Some(2))
+        );
+        assert_eq!(parsed("%73ince=7"), (7, true, 100, None));
+        assert_eq!(parsed("limit=%2D5"), (0, false, 1, None));
+    }
+
+    #[test]
+    fn changes_query_non_numbers_are_refused_by_name() {
+        use ChangesQueryError::{Limit, Since, Wait};
+        for (query, err) in [
+            ("since=abc", Since("abc".into())),
+            ("since=1.5", Since("1.5".into())),
+            ("since=%zz", Since("%zz".into())),
+            ("since=%61", Since("a".into())),
+            ("limit=abc", Limit("abc".into())),
+            ("limit=1e3", Limit("1e3".into())),
+            ("limit=-", Limit("-".into())),
+            ("limit=--5", Limit("--5".into())),
+            // `+` is a space in form encoding: "+5" is " 5", not a number.
+            ("limit=+5", Limit(" 5".into())),
+            ("limit=5%20", Limit("5 ".into())),
+            ("wait=soon", Wait("soon".into())),
+            ("wait=1.5", Wait("1.5".into())),
+        ] {
+            assert_eq!(parse_changes_query(query), Err(err), "{query}");
+        }
+        let reason = Limit("x".into()).to_string();
+        assert!(
+            reason.contains("limit") && reason.contains("\"x\""),
+            "{reason}"
+        );
+        assert!(Since("x".into()).to_string().contains("since"));
+        assert!(Wait("x".into()).to_string().contains("wait"));
     }
 }

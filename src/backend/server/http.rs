@@ -300,7 +300,7 @@ async fn ops(
 async fn changes(state: &AppState, query: &str) -> Reply {
     let q = match parse_changes_query(query) {
         Ok(q) => q,
-        Err(reason) => return error_reply(StatusCode::BAD_REQUEST, reason),
+        Err(e) => return error_reply(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let deadline = q
         .wait_s

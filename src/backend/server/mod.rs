@@ -54,9 +54,10 @@
 //! - Update/delete of an id unknown in the op's collection: 404 with a
 //!   reason.
 //! - `base_version` != current version: 409 `{"error":"conflict","record":R}`.
-//! - Update of a tombstone, even at its current version: 409 with the
-//!   tombstone (a deleted record is never resurrected by an update; a client
-//!   re-creates it with `create`).
+//! - Update of a tombstone at its current version re-creates the record
+//!   under its id (version + 1, `deleted: false`, the new data): the writer
+//!   saw the delete (protocol section 9); at an older version, 409 with the
+//!   tombstone.
 //! - Delete: `deleted = true`, version + 1, `data = {}` (a tombstone keeps no
 //!   content), `updated_at = client_ts`. Delete of a tombstone at its current
 //!   version: 200 with the tombstone unchanged (no new version, no change-log
@@ -80,12 +81,14 @@
 //! of the last change returned. Without `since` (or with `since=`), from the
 //! beginning. With no new change, the cursor is the input cursor, or the head
 //! when no cursor was given or the given one is past the head (a reset
-//! server). `limit` defaults to 100 and is clamped to 1..=1000; a
-//! non-numeric `since` or `limit` is 400. `more` tells whether further changes
-//! exist after this page.
+//! server). The query is form-encoded: percent-decoded, `+` is a space
+//! ([`handler::parse_changes_query`]). `limit` defaults to 100 and is clamped
+//! to 1..=1000, a negative `since` to 0; a `since`, `limit` or `wait` that is
+//! not a decimal integer is 400. `more` tells whether further changes exist
+//! after this page.
 //!
 //! `wait=S` (feature `wait`; whole seconds, clamped to 1..=60, a non-numeric
-//! or negative value is 400): when nothing follows `since` (and `since` is
+//! value is 400): when nothing follows `since` (and `since` is
 //! not past the head), the request is held until a commit appends to the log
 //! ([`feed`]), `S` seconds pass, or the server stops, then answered as
 //! above, possibly empty with the same cursor. A held request holds no

@@ -176,6 +176,13 @@ async fn migrate(pool: &Pool) -> Result<u64, OpenError> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
+    // On a database that already has the schema, every `CREATE ... IF NOT
+    // EXISTS` would send a NOTICE ("relation ... already exists, skipping"),
+    // which the driver logs: five lines at each start of every node but the
+    // first. Only warnings and errors matter here; `SET LOCAL` ends with this
+    // transaction, so the pooled connection keeps the server's default.
+    tx.batch_execute("SET LOCAL client_min_messages = warning")
+        .await?;
     tx.batch_execute(SCHEMA_SQL).await?;
     let found = tx
         .query_opt("SELECT value FROM syncd_meta WHERE key = 'schema'", &[])
