@@ -315,8 +315,8 @@ class Client:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Talk to syncd over its socket (JSON encoding).")
-    p.add_argument("--socket", help="socket path (else $SYNCD_SOCKET, else --config's, else the default)")
-    p.add_argument("--config", help="daemon.toml whose [daemon] socket to use")
+    p.add_argument("--socket", help="socket path (else --config's, else $SYNCD_SOCKET, else the default)")
+    p.add_argument("--config", help="daemon.toml whose [daemon] socket to use (beats $SYNCD_SOCKET)")
     sub = p.add_subparsers(dest="cmd", required=True)
     commands = {
         "put": ["collection", "json", "--id"],
@@ -361,13 +361,15 @@ def main(argv=None):
     def out(v):
         print(json.dumps(v), flush=True)
 
-    path = a.socket or os.environ.get("SYNCD_SOCKET") or None
+    # Flags beat the environment, as in the syncd CLI: --socket, then
+    # --config, then $SYNCD_SOCKET, then the default path.
+    path = a.socket
     if path is None and a.config:
         try:
             path = socket_from_config(a.config)
         except OSError as e:
             p.error(f"cannot read --config {a.config}: {e}")
-    path = path or default_socket_path()
+    path = path or os.environ.get("SYNCD_SOCKET") or default_socket_path()
     try:
         c = Client(path, app="client.py")
     except OSError as e:

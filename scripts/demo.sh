@@ -10,8 +10,14 @@
 # syncd you already run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --quiet --bin syncd
-syncd=target/debug/syncd
+# SYNCD_BIN: a syncd already built (the test suite runs the demo with it).
+if [[ -n ${SYNCD_BIN:-} ]]; then
+    syncd=$SYNCD_BIN
+else
+    echo "building syncd (the first build takes a few minutes; later ones are quick)..."
+    cargo build --bin syncd
+    syncd=${CARGO_TARGET_DIR:-target}/debug/syncd
+fi
 
 demo_dir=$(mktemp -d "${TMPDIR:-/tmp}/syncd-demo.XXXXXX")
 daemon=
@@ -27,9 +33,32 @@ mkdir -p -m 700 "$XDG_DATA_HOME" "$XDG_RUNTIME_DIR"
 daemon=$!
 for _ in $(seq 100); do "$syncd" status --json >/dev/null 2>&1 && break; sleep 0.05; done
 
-step() { printf '\n\033[1m$ syncd %s\033[0m\n' "$*"; "$syncd" "$@"; }
+# A word as a shell would need it typed: single-quoted unless it is plain,
+# so every command shown can be pasted into a shell as it is.
+quote() {
+    if [[ $1 =~ ^[A-Za-z0-9_./:=@%+-]+$ ]]; then
+        printf '%s' "$1"
+    else
+        printf "'%s'" "${1//\'/\'\\\'\'}"
+    fi
+}
+show() {
+    local line="syncd" w
+    for w in "$@"; do line+=" $(quote "$w")"; done
+    printf '\n\033[1m$ %s\033[0m\n' "$line"
+}
+step() { show "$@"; "$syncd" "$@"; }
+# step_out VAR ARGS...: like step, and keeps the command's output in VAR.
+step_out() {
+    local var=$1 out
+    shift
+    show "$@"
+    out=$("$syncd" "$@")
+    printf '%s\n' "$out"
+    printf -v "$var" '%s' "$out"
+}
 step put todos '{"title":"buy milk","done":false}'
-id=$("$syncd" put todos '{"title":"call the plumber","done":false}')
+step_out id put todos '{"title":"call the plumber","done":false}'
 step patch todos "$id" '{"done":true}'
 step get todos "$id"
 step list todos --limit 10

@@ -36,10 +36,27 @@ fn has(cmd: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// What `npm install` gets, pinned, with `.ci/run` installing the same:
+/// the registry's psl 1.15.0 (pulled in unpinned through request →
+/// tough-cookie) names a `dist/psl.cjs` it does not ship, and
+/// pouchdb-server then dies at start with "Cannot find module".
+pub const NPM_PACKAGES: [&str; 2] = ["pouchdb-server@4.2.0", "psl@1.9.0"];
+
+/// Whether the install in `dir` can load psl (see [`NPM_PACKAGES`]).
+fn psl_loads(dir: &std::path::Path) -> bool {
+    Command::new("node")
+        .args(["-e", "require('psl')"])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// The pouchdb-server launcher, installing it if node and npm exist.
 pub fn pouchdb_server() -> Result<PathBuf, String> {
     let bin = npm_dir().join("node_modules/.bin/pouchdb-server");
-    if bin.exists() {
+    if bin.exists() && psl_loads(&npm_dir()) {
         return Ok(bin);
     }
     if !has("node") || !has("npm") {
@@ -48,13 +65,8 @@ pub fn pouchdb_server() -> Result<PathBuf, String> {
     let dir = npm_dir();
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let st = Command::new("npm")
-        .args([
-            "install",
-            "--no-audit",
-            "--no-fund",
-            "--loglevel=error",
-            "pouchdb-server",
-        ])
+        .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
+        .args(NPM_PACKAGES)
         .current_dir(&dir)
         .status()
         .map_err(|e| format!("npm: {e}"))?;
