@@ -5,7 +5,7 @@
 //! and accepts, [`session`] runs one connection (after [`hello`]) over a
 //! [`connection::Connection`] that does the framing, [`cmd`] answers each
 //! request kind, [`error`] maps every failure to an error code, and
-//! [`wire`]/[`codec`]/[`frame`] define what travels. The client side lives
+//! [`wire`]/[`codec`] define what travels. The client side lives
 //! in [`crate::client`].
 
 pub mod cmd;
@@ -13,7 +13,6 @@ pub mod codec;
 pub mod connection;
 pub mod context;
 pub mod error;
-pub mod frame;
 pub mod health;
 pub mod hello;
 pub mod metrics_http;
