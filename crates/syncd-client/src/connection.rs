@@ -17,7 +17,7 @@ use interprocess::local_socket::tokio::Stream;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::ipc::codec::{encode, CodecError, Encoding};
+use crate::codec::{encode, CodecError, Encoding};
 
 /// Why a frame could not be read or sent.
 #[derive(Debug)]
@@ -266,7 +266,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_frame_over_the_limit_is_not_sent() {
-        use crate::ipc::wire::{ApiError, ErrorCode, ServerFrame};
+        use crate::wire::{ApiError, ErrorCode, ServerFrame};
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let mut conn = Connection::new(server, 64);
         let big = ServerFrame::Error {

@@ -2,8 +2,8 @@
 //! to the daemon. It speaks bincode; see docs/ipc-protocol.md for the wire.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), syncd::client::ClientError> {
-//! let mut c = syncd::client::Client::connect("/run/user/1000/syncd/syncd.sock".as_ref(), "my-app").await?;
+//! # async fn demo() -> Result<(), syncd_client::ClientError> {
+//! let mut c = syncd_client::Client::connect("/run/user/1000/syncd/syncd.sock".as_ref(), "my-app").await?;
 //! let w = c.put("todos", None, serde_json::json!({"title": "buy milk"})).await?;
 //! let rec = c.get("todos", &w.0).await?;
 //! # Ok(()) }
@@ -16,9 +16,9 @@ use interprocess::local_socket::tokio::{prelude::*, Stream};
 use interprocess::local_socket::GenericFilePath;
 use serde_json::Value;
 
-use crate::ipc::codec::{decode, encode, CodecError, Encoding};
-use crate::ipc::connection::Connection;
-use crate::ipc::wire::*;
+use crate::codec::{decode, encode, CodecError, Encoding};
+use crate::connection::Connection;
+use crate::wire::*;
 
 /// The frame limit until the daemon's hello says its own.
 const HELLO_MAX_FRAME: u32 = 1 << 20;
@@ -371,9 +371,16 @@ impl Client {
     }
 }
 
+/// This process's uid: a daemon running as it is trusted, and the daemon
+/// names its default socket directory after it.
+pub fn own_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
 /// The uids a daemon may run as for us: ours, root, and `extra`.
 fn trusted_uids(extra: Option<u32>) -> Vec<u32> {
-    let mut v = vec![crate::ipc::peer::own_uid(), 0];
+    let mut v = vec![own_uid(), 0];
     v.extend(extra);
     v.dedup();
     v
