@@ -10,16 +10,19 @@ use std::time::{Duration, Instant};
 use interprocess::local_socket::tokio::Stream;
 use serde_json::{json, Value};
 use syncd::client::Client;
-use syncd::ipc::frame::{read_frame, write_frame};
+use syncd::ipc::connection::Connection;
 
 use crate::stats::Run;
 use crate::{COLLECTION, READ_ID};
 
 /// A connection the measured loop drives: the daemon through the client
-/// library, or the raw echo baseline through the same framing functions.
+/// library, or the raw echo baseline through the same framing type.
 pub(crate) enum Conn {
     Syncd(Client),
-    Echo { stream: Stream, request: Vec<u8> },
+    Echo {
+        conn: Connection<Stream>,
+        request: Vec<u8>,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -37,11 +40,9 @@ pub(crate) async fn one_op(conn: &mut Conn, op: Op, client: usize, i: u64) {
         (Op::Get, Conn::Syncd(c)) => {
             c.get(COLLECTION, READ_ID).await.expect("get");
         }
-        (Op::Echo, Conn::Echo { stream, request }) => {
-            let mut w = &*stream;
-            write_frame(&mut w, request).await.expect("echo write");
-            let mut r = &*stream;
-            read_frame(&mut r, 1 << 24)
+        (Op::Echo, Conn::Echo { conn, request }) => {
+            conn.write_frame(request).await.expect("echo write");
+            conn.read_frame()
                 .await
                 .expect("echo read")
                 .expect("echo server closed");

@@ -10,6 +10,7 @@ use interprocess::local_socket::tokio::{prelude::*, Stream};
 use interprocess::local_socket::GenericFilePath;
 use serde_json::json;
 use syncd::ipc::codec::{encode, Encoding};
+use syncd::ipc::connection::Connection;
 use syncd::ipc::wire::{ClientFrame, Request, Response, ServerFrame};
 
 use crate::daemon::{start_daemon, Clients};
@@ -66,7 +67,7 @@ pub(crate) async fn echo_conns(path: &Path, n: usize, request: &[u8]) -> Vec<Con
         let name = path.to_fs_name::<GenericFilePath>().expect("echo name");
         let stream = Stream::connect(name).await.expect("echo connect");
         v.push(Conn::Echo {
-            stream,
+            conn: Connection::new(stream, 1 << 24),
             request: request.to_vec(),
         });
     }

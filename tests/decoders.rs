@@ -9,7 +9,7 @@ use syncd::backend::client::{
 use syncd::backend::protocol::{BatchReply, ChangesPage, OpKind, OpOk, WireOp};
 use syncd::config::Config;
 use syncd::ipc::codec::{decode, encode, Encoding};
-use syncd::ipc::frame::read_frame;
+use syncd::ipc::connection::Connection;
 use syncd::ipc::wire::{ClientFrame, Doc, Hello, Request, ServerFrame};
 
 fn samples() -> Vec<(Encoding, Vec<u8>)> {
@@ -166,10 +166,10 @@ async fn frame_reader_never_panics_or_overallocates() {
     let mut rng = fastrand::Rng::with_seed(5);
     for _ in 0..5_000 {
         let bytes: Vec<u8> = (0..rng.usize(0..40)).map(|_| rng.u8(..)).collect();
-        let mut r = &bytes[..];
+        let mut r = Connection::new(&bytes[..], 1024);
         // A random length prefix is almost always over the limit: it must be
         // refused before anything is allocated for it.
-        while let Ok(Some(f)) = read_frame(&mut r, 1024).await {
+        while let Ok(Some(f)) = r.read_frame().await {
             assert!(f.len() <= 1024);
         }
     }

@@ -11,7 +11,7 @@
 //!     reference backend (`syncd backend`);
 //!   - `ipc shape`: frames the test cannot provoke (an oversized frame, a
 //!     conflict with another device); they are only checked against the
-//!     wire types (`src/ipc/wire.rs`).
+//!     wire types (`crates/syncd-client/src/wire.rs`).
 //! - Every non-blank line of such a block is `→ FRAME` (the client sends
 //!   FRAME) or `← FRAME` (the daemon sends FRAME). A fenced block holding
 //!   such lines under any other info string is an error.

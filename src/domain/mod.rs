@@ -5,15 +5,16 @@
 //! rules and the conflict strategies live here because the store, the sync
 //! engine and the socket server all need them, and none of those may import
 //! another to get them. Nothing in this module does I/O or imports any other
-//! module of the crate: it is the floor the rest stands on.
+//! module of the crate: it is the floor the rest stands on. Below it is
+//! only the `syncd-client` crate, where the values apps see too live
+//! (documents, events, views, size limits), re-exported here.
+
+pub use syncd_client::{document, event, limits};
 
 pub mod clock;
 pub mod conflict;
-pub mod document;
 pub mod error;
-pub mod event;
 pub mod ids;
-pub mod limits;
 pub mod op;
 pub mod record;
 

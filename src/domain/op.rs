@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::document::{parse_doc_text, Doc};
 use super::record::ServerRecordStored;
+pub use syncd_client::view::{ConflictView, OpView};
 
 /// The kind of a queued mutation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,32 +79,6 @@ pub struct ParkedConflict {
     pub server: ServerRecordStored,
     /// Ops taken out of the queue for this record, in order.
     pub ops: Vec<QueuedOp>,
-    pub detected_at: i64,
-}
-
-/// A queued (or dead-lettered) operation as apps see it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OpView {
-    pub seq: u64,
-    pub op_id: String,
-    pub collection: String,
-    pub id: String,
-    pub kind: String,
-    pub data: Option<Doc>,
-    pub client_ts: i64,
-    pub attempts: u32,
-    pub last_error: Option<String>,
-}
-
-/// A parked manual conflict.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ConflictView {
-    pub collection: String,
-    pub id: String,
-    pub local: Option<Doc>,
-    pub server: Option<Doc>,
-    pub server_version: u64,
-    pub server_deleted: bool,
     pub detected_at: i64,
 }
 

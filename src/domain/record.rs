@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::document::{parse_doc_text, Doc, Document};
+pub use syncd_client::view::RecordView;
 
 /// A server record (`R` in the protocol).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -135,22 +136,4 @@ impl ServerRecordStored {
             },
         }
     }
-}
-
-/// A record as apps see it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RecordView {
-    pub collection: String,
-    pub id: String,
-    pub data: Doc,
-    pub server_id: Option<String>,
-    pub version: Option<u64>,
-    pub updated_at: Option<i64>,
-    pub pending: bool,
-    /// Exists only on this device and nothing queued will send it: no
-    /// server id and no pending op (its create was dead-lettered, or
-    /// dead-lettered and discarded). `syncd retry` the dead letter, or
-    /// `patch`/`put` the record again, to sync it.
-    #[serde(default)]
-    pub local_only: bool,
 }

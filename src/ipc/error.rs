@@ -5,7 +5,7 @@
 use crate::domain::{StoreError, WriteError};
 
 use super::codec::CodecError;
-use super::frame::FrameError;
+use super::connection::FrameError;
 use super::wire::{ApiError, ErrorCode};
 
 impl From<WriteError> for ApiError {
@@ -51,6 +51,8 @@ pub fn undecodable_request(e: &CodecError) -> ApiError {
 pub fn broken_stream(e: &FrameError) -> Option<ApiError> {
     let code = match e {
         FrameError::Io(_) => return None,
+        // Only a send fails to encode; nothing is wrong with the stream.
+        FrameError::Encode(_) => ErrorCode::Internal,
         // The peer may have only half-closed: tell it why.
         FrameError::Truncated => ErrorCode::BadFrame,
         // The rest of the stream is unframed garbage now.

@@ -6,7 +6,7 @@
 
 use crate::ipc::codec::Encoding;
 use crate::ipc::connection::Connection;
-use crate::ipc::frame::FrameError;
+use crate::ipc::connection::FrameError;
 use crate::ipc::wire::{ApiError, ErrorCode, Hello, HelloReply, PROTOCOL_VERSION};
 
 fn server_name() -> String {

@@ -5,15 +5,15 @@
 //! and accepts, [`session`] runs one connection (after [`hello`]) over a
 //! [`connection::Connection`] that does the framing, [`cmd`] answers each
 //! request kind, [`error`] maps every failure to an error code, and
-//! [`wire`]/[`codec`]/[`frame`] define what travels. The client side lives
-//! in [`crate::client`].
+//! [`wire`]/[`codec`] define what travels. Those three, and the client
+//! side ([`crate::client`]), live in the `syncd-client` crate, so that the
+//! two ends share one definition; they keep their paths here.
+
+pub use syncd_client::{codec, connection, wire};
 
 pub mod cmd;
-pub mod codec;
-pub mod connection;
 pub mod context;
 pub mod error;
-pub mod frame;
 pub mod health;
 pub mod hello;
 pub mod metrics_http;
@@ -21,4 +21,3 @@ pub mod peer;
 pub mod server;
 pub mod session;
 pub mod socket_dir;
-pub mod wire;

@@ -60,11 +60,8 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-/// The daemon's uid.
-pub fn own_uid() -> u32 {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    unsafe { libc::getuid() }
-}
+/// The daemon's uid (the client crate's, which the client checks against).
+pub use syncd_client::client::own_uid;
 
 /// Applies the rule in the module doc to the peer of `conn`.
 #[cfg(target_os = "linux")]

@@ -16,9 +16,9 @@ use tokio::sync::watch;
 use crate::ipc::cmd::{self, watch::Subscription};
 use crate::ipc::codec::{decode, Encoding};
 use crate::ipc::connection::Connection;
+use crate::ipc::connection::FrameError;
 use crate::ipc::context::Ctx;
 use crate::ipc::error::{broken_stream, undecodable_request};
-use crate::ipc::frame::FrameError;
 use crate::ipc::hello;
 use crate::ipc::peer;
 use crate::ipc::wire::{ApiError, ClientFrame, ErrorCode, Event, Request, Response, ServerFrame};
@@ -137,6 +137,16 @@ impl Session<'_> {
                 let error = ApiError::new(
                     ErrorCode::TooLarge,
                     format!("the reply would be a {len}-byte frame, over the {max}-byte limit (daemon.max_frame_bytes)"),
+                );
+                let frame = ServerFrame::Error { id, error };
+                self.conn.send(self.enc, &frame).await.is_ok()
+            }
+            // Nothing was written: answer with the daemon's own failure.
+            Err(FrameError::Encode(e)) => {
+                tracing::error!(error = %e, "cannot encode a reply");
+                let error = ApiError::new(
+                    ErrorCode::Internal,
+                    format!("the reply could not be encoded: {e}"),
                 );
                 let frame = ServerFrame::Error { id, error };
                 self.conn.send(self.enc, &frame).await.is_ok()

@@ -8,10 +8,10 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::domain::{
-    ConflictOutcome, ConflictView, Doc, Event, OpView, Origin, RecordView, Side,
-};
-use crate::ipc::codec::Encoding;
+use crate::codec::Encoding;
+pub use crate::document::Doc;
+pub use crate::event::{ConflictOutcome, Event, Origin, Side};
+pub use crate::view::{ConflictView, OpView, RecordView};
 
 /// Version of this local protocol, carried in the hello.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -276,7 +276,7 @@ pub enum Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipc::codec::{decode, encode};
+    use crate::codec::{decode, encode};
     use serde_json::Value;
 
     #[test]

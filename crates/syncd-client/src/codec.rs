@@ -7,11 +7,11 @@
 //!
 //! bincode cannot carry `serde_json::Value` (it needs `deserialize_any`), so
 //! JSON documents travel in bincode frames as their JSON text; see
-//! [`crate::domain::Doc`].
+//! [`crate::document::Doc`].
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::domain::document::take_bad_document;
+use crate::document::take_bad_document;
 
 /// A frame's body encoding, chosen by the client in its hello.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -30,7 +30,7 @@ impl Encoding {
     }
 }
 
-pub use crate::domain::limits::MAX_DECODE_BYTES;
+pub use crate::limits::MAX_DECODE_BYTES;
 
 fn bincode_config() -> bincode::config::Configuration<
     bincode::config::LittleEndian,
@@ -133,7 +133,7 @@ mod tests {
         // marker 0xFD then a u64.
         let mut frame = vec![0x01, 0x00, 0xFD];
         frame.extend_from_slice(&(1u64 << 50).to_le_bytes());
-        let e = decode::<crate::ipc::wire::ClientFrame>(Encoding::Bincode, &frame).unwrap_err();
+        let e = decode::<crate::wire::ClientFrame>(Encoding::Bincode, &frame).unwrap_err();
         assert!(matches!(e, CodecError::InvalidBincode(_)), "{e}");
     }
 

@@ -1,8 +1,9 @@
 //! Documents: the JSON objects apps store, and the one wrapper that lets a
 //! document travel in both of the socket's encodings.
 //!
-//! Every layer handles documents, so they live on the ground floor. The
-//! store keeps them as JSON text ([`parse_doc_text`] reads it back).
+//! Every layer handles documents, apps included, so they live in the
+//! client crate, below the daemon (whose `domain` re-exports this module).
+//! The store keeps them as JSON text ([`parse_doc_text`] reads it back).
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};

@@ -2,7 +2,8 @@
 //! carries to apps.
 //!
 //! Events are domain values (the store makes them); the socket protocol
-//! only frames them.
+//! only frames them. Apps read them too, so they live in the client crate
+//! (the daemon's `domain` re-exports this module).
 
 use serde::{Deserialize, Serialize};
 

@@ -2,8 +2,8 @@
 //! to the daemon. It speaks bincode; see docs/ipc-protocol.md for the wire.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), syncd::client::ClientError> {
-//! let mut c = syncd::client::Client::connect("/run/user/1000/syncd/syncd.sock".as_ref(), "my-app").await?;
+//! # async fn demo() -> Result<(), syncd_client::ClientError> {
+//! let mut c = syncd_client::Client::connect("/run/user/1000/syncd/syncd.sock".as_ref(), "my-app").await?;
 //! let w = c.put("todos", None, serde_json::json!({"title": "buy milk"})).await?;
 //! let rec = c.get("todos", &w.0).await?;
 //! # Ok(()) }
@@ -16,9 +16,12 @@ use interprocess::local_socket::tokio::{prelude::*, Stream};
 use interprocess::local_socket::GenericFilePath;
 use serde_json::Value;
 
-use crate::ipc::codec::{decode, encode, Encoding};
-use crate::ipc::frame::{read_frame, write_frame};
-use crate::ipc::wire::*;
+use crate::codec::{decode, encode, CodecError, Encoding};
+use crate::connection::Connection;
+use crate::wire::*;
+
+/// The frame limit until the daemon's hello says its own.
+const HELLO_MAX_FRAME: u32 = 1 << 20;
 
 #[derive(Debug)]
 pub enum ClientError {
@@ -29,6 +32,9 @@ pub enum ClientError {
     },
     /// The connection broke or the daemon sent something unexpected.
     Protocol(String),
+    /// The request could not be encoded; nothing was sent and the
+    /// connection is still usable.
+    Encode(CodecError),
     /// The daemon answered with an error.
     Api(ApiError),
     /// The process listening at `path` is not the daemon we trust: it runs
@@ -58,6 +64,7 @@ impl std::fmt::Display for ClientError {
                 path.display()
             ),
             ClientError::Protocol(m) => write!(f, "protocol error: {m}"),
+            ClientError::Encode(e) => write!(f, "cannot encode the request: {e}; nothing was sent"),
             ClientError::Api(e) => write!(f, "{e}"),
             ClientError::UntrustedDaemon {
                 path,
@@ -75,7 +82,16 @@ impl std::fmt::Display for ClientError {
     }
 }
 
-impl std::error::Error for ClientError {}
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ClientError::Unreachable { source, .. } => Some(source),
+            ClientError::Encode(e) => Some(e),
+            ClientError::Api(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 impl From<ApiError> for ClientError {
     fn from(e: ApiError) -> Self {
@@ -89,10 +105,11 @@ pub type Result<T> = std::result::Result<T, ClientError>;
 /// events that arrive while waiting for a reply are kept for
 /// [`Client::next_event`].
 pub struct Client {
-    conn: Stream,
+    /// The same framing (one buffer, cancel-safe reads) as the daemon's
+    /// side of the socket.
+    conn: Connection<Stream>,
     enc: Encoding,
     next_id: u64,
-    max_frame: u32,
     /// The daemon's frame limit as its hello announced it (0: not said).
     request_limit: u32,
     client_id: String,
@@ -132,12 +149,11 @@ impl Client {
             encoding: enc,
         })
         .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let mut w = &conn;
+        let mut conn = Connection::new(conn, HELLO_MAX_FRAME);
         // A daemon that refuses us answers at once and closes: our hello
         // may then fail to send, but its answer is still there to read.
-        let sent = write_frame(&mut w, &hello).await;
-        let mut r = &conn;
-        let reply = match (read_frame(&mut r, 1 << 20).await, sent) {
+        let sent = conn.write_frame(&hello).await;
+        let reply = match (conn.read_frame().await, sent) {
             (Ok(Some(reply)), _) => reply,
             (_, Err(e)) => return Err(ClientError::Protocol(format!("sending hello: {e}"))),
             (Ok(None), Ok(())) => {
@@ -155,11 +171,12 @@ impl Client {
                 None => ClientError::Protocol("hello refused".into()),
             });
         }
+        // Replies can be larger than requests (a big list): allow 4x.
+        conn.set_max_frame(reply.max_frame_bytes.max(HELLO_MAX_FRAME).saturating_mul(4));
         Ok(Client {
             conn,
             enc,
             next_id: 1,
-            max_frame: reply.max_frame_bytes.max(1 << 20),
             request_limit: reply.max_frame_bytes,
             client_id: reply.client_id,
             events: VecDeque::new(),
@@ -171,10 +188,12 @@ impl Client {
         &self.client_id
     }
 
+    /// The daemon's next frame. Cancel-safe: a frame half received stays
+    /// in the connection's buffer for the next call.
     async fn read_server_frame(&mut self) -> Result<ServerFrame> {
-        // Replies can be larger than requests (a big list): allow 4x.
-        let mut r = &self.conn;
-        let bytes = read_frame(&mut r, self.max_frame.saturating_mul(4))
+        let bytes = self
+            .conn
+            .read_frame()
             .await
             .map_err(|e| ClientError::Protocol(e.to_string()))?
             .ok_or_else(|| ClientError::Protocol("daemon closed the connection".into()))?;
@@ -201,11 +220,10 @@ impl Client {
     pub async fn request(&mut self, request: Request) -> Result<Response> {
         let id = self.next_id;
         self.next_id += 1;
-        let bytes = encode(self.enc, &ClientFrame { id, request })
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let bytes = encode(self.enc, &ClientFrame { id, request }).map_err(ClientError::Encode)?;
         self.check_size(bytes.len())?;
-        let mut w = &self.conn;
-        write_frame(&mut w, &bytes)
+        self.conn
+            .write_frame(&bytes)
             .await
             .map_err(|e| ClientError::Protocol(format!("sending request: {e}")))?;
         loop {
@@ -328,7 +346,9 @@ impl Client {
         }
     }
 
-    /// The next watch event (after [`Client::watch`]).
+    /// The next watch event (after [`Client::watch`]). Cancel-safe: it
+    /// can be raced against a timeout or another future without losing or
+    /// splitting an event.
     pub async fn next_event(&mut self) -> Result<Event> {
         if let Some(e) = self.events.pop_front() {
             return Ok(e);
@@ -351,9 +371,16 @@ impl Client {
     }
 }
 
+/// This process's uid: a daemon running as it is trusted, and the daemon
+/// names its default socket directory after it.
+pub fn own_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
 /// The uids a daemon may run as for us: ours, root, and `extra`.
 fn trusted_uids(extra: Option<u32>) -> Vec<u32> {
-    let mut v = vec![crate::ipc::peer::own_uid(), 0];
+    let mut v = vec![own_uid(), 0];
     v.extend(extra);
     v.dedup();
     v
@@ -388,4 +415,83 @@ fn written(r: Response) -> Result<(String, String)> {
 
 fn unexpected(r: Response) -> ClientError {
     ClientError::Protocol(format!("unexpected reply: {r:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use interprocess::local_socket::ListenerOptions;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+
+    /// A stand-in daemon: answers the hello and a `watch`, then sends one
+    /// event in two halves with `gap` between them.
+    async fn half_event_daemon(path: PathBuf, gap: Duration) {
+        let name = path.to_fs_name::<GenericFilePath>().expect("name");
+        let listener = ListenerOptions::new()
+            .name(name)
+            .create_tokio()
+            .expect("listen");
+        let stream = listener.accept().await.expect("accept");
+        let mut conn = Connection::new(stream, 1 << 20);
+        conn.read_frame().await.expect("hello").expect("hello");
+        let ok = HelloReply {
+            ok: true,
+            server: "fake".into(),
+            protocol: PROTOCOL_VERSION,
+            client_id: "c".into(),
+            max_frame_bytes: 1 << 20,
+            error: None,
+        };
+        let ok = serde_json::to_vec(&ok).expect("reply");
+        conn.write_frame(&ok).await.expect("reply");
+        let req = conn.read_frame().await.expect("watch").expect("watch");
+        let req: ClientFrame = decode(Encoding::Json, &req).expect("watch");
+        let watching = ServerFrame::Reply {
+            id: req.id,
+            body: Response::Watching {},
+        };
+        conn.send(Encoding::Json, &watching)
+            .await
+            .expect("watching");
+        let event = ServerFrame::Event(Event::ResyncNeeded { missed: 7 });
+        let body = encode(Encoding::Json, &event).expect("event");
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        let (first, rest) = frame.split_at(6);
+        let mut w = conn.get_ref();
+        w.write_all(first).await.expect("first half");
+        tokio::time::sleep(gap).await;
+        w.write_all(rest).await.expect("second half");
+        // Stay open until the client is done.
+        let _ = conn.read_frame().await;
+    }
+
+    #[tokio::test]
+    async fn next_event_survives_a_timeout_in_the_middle_of_a_frame() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("fake.sock");
+        let daemon = tokio::spawn(half_event_daemon(path.clone(), Duration::from_millis(300)));
+        let mut c = loop {
+            match Client::connect_with(&path, "test", Encoding::Json).await {
+                Ok(c) => break c,
+                Err(ClientError::Unreachable { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        c.watch(&[]).await.expect("watch");
+        // Gives up while the event is half received...
+        let early = tokio::time::timeout(Duration::from_millis(100), c.next_event()).await;
+        assert!(early.is_err(), "{early:?}");
+        // ... and the next call still gets the whole event.
+        let ev = tokio::time::timeout(Duration::from_secs(5), c.next_event())
+            .await
+            .expect("the event arrives")
+            .expect("a whole event");
+        assert_eq!(ev, Event::ResyncNeeded { missed: 7 });
+        drop(c);
+        daemon.await.expect("fake daemon");
+    }
 }

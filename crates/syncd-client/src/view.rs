@@ -1,0 +1,54 @@
+//! How apps see records and operations: the views the daemon answers
+//! `get`, `list`, `queue`, `dead_letters` and `conflicts` with.
+//!
+//! They live in the client crate because both ends need them: the daemon's
+//! store builds them (`StoredRecord::view`, `QueuedOp::view` in its
+//! `domain`, which re-exports them) and apps read them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::document::Doc;
+
+/// A record as apps see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordView {
+    pub collection: String,
+    pub id: String,
+    pub data: Doc,
+    pub server_id: Option<String>,
+    pub version: Option<u64>,
+    pub updated_at: Option<i64>,
+    pub pending: bool,
+    /// Exists only on this device and nothing queued will send it: no
+    /// server id and no pending op (its create was dead-lettered, or
+    /// dead-lettered and discarded). `syncd retry` the dead letter, or
+    /// `patch`/`put` the record again, to sync it.
+    #[serde(default)]
+    pub local_only: bool,
+}
+
+/// A queued (or dead-lettered) operation as apps see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpView {
+    pub seq: u64,
+    pub op_id: String,
+    pub collection: String,
+    pub id: String,
+    pub kind: String,
+    pub data: Option<Doc>,
+    pub client_ts: i64,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
+/// A parked manual conflict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConflictView {
+    pub collection: String,
+    pub id: String,
+    pub local: Option<Doc>,
+    pub server: Option<Doc>,
+    pub server_version: u64,
+    pub server_deleted: bool,
+    pub detected_at: i64,
+}
