@@ -45,10 +45,25 @@ pub(crate) fn live(rt: &tokio::runtime::Runtime, o: &Opts, report: &mut Report) 
                 .await
                 .expect("put");
             loop {
-                let ev = tokio::time::timeout(Duration::from_secs(10), watcher.next_event())
-                    .await
-                    .expect("no event within 10 s")
-                    .expect("event");
+                let Ok(ev) =
+                    tokio::time::timeout(Duration::from_secs(10), watcher.next_event()).await
+                else {
+                    // Seen once under load (issue 18): say where the change stuck.
+                    let show = |d: &Daemon| {
+                        let st = d.cli(&["status", "--json"]);
+                        format!(
+                            "status: {}\nlog:\n{}",
+                            String::from_utf8_lossy(&st.stdout),
+                            d.log_text()
+                        )
+                    };
+                    panic!(
+                        "no event for {id} within 10 s\n-- device A {}\n-- device B {}",
+                        show(&a),
+                        show(&b)
+                    );
+                };
+                let ev = ev.expect("event");
                 if matches!(&ev, syncd::domain::Event::Changed { id: got, .. } if *got == id) {
                     break;
                 }

@@ -32,6 +32,19 @@ fn sync_wait_timeout_exits_4_and_keeps_the_queue() {
     assert_eq!(bad.status.code(), Some(2), "{bad:?}");
 }
 
+/// `--timeout 0` ends the wait while its first status request is in
+/// flight: the count printed must still be the real one (it read the
+/// abandoned request's reply on the same connection, failed, and said 0).
+#[test]
+fn sync_wait_timeout_cut_mid_request_reports_the_real_queue() {
+    let d = Daemon::start("[backend]\nurl = \"http://127.0.0.1:9/\"\n");
+    d.ok(&["put", "todos", "{}"]);
+    let o = d.cli(&["sync", "--wait", "--timeout", "0"]);
+    assert_eq!(o.status.code(), Some(4), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("1 op(s) still queued"), "{err}");
+}
+
 #[test]
 fn sync_wait_timeout_is_not_hit_when_drained() {
     let d = Daemon::start("");

@@ -33,7 +33,8 @@ pub struct SyncArgs {
 }
 
 pub async fn run(a: &SyncArgs, outer: &DaemonOpts) -> Result<(), CliError> {
-    let mut c = a.daemon.or(outer).connect().await?;
+    let opts = a.daemon.or(outer);
+    let mut c = opts.connect().await?;
     c.request(Request::Sync {}).await?;
     if !a.wait {
         return Ok(());
@@ -49,9 +50,18 @@ pub async fn run(a: &SyncArgs, outer: &DaemonOpts) -> Result<(), CliError> {
     match tokio::time::timeout(limit, wait_drained(&mut c)).await {
         Ok(r) => r,
         Err(_) => {
-            let left = c.status().await.map(|s| s.queue_depth).unwrap_or_default();
+            // The timeout may have cut a status request short on `c` (its
+            // reply still to come): ask on a connection of our own.
+            let left = match opts.connect().await {
+                Ok(mut fresh) => fresh.status().await.ok().map(|s| s.queue_depth),
+                Err(_) => None,
+            };
+            let left = match left {
+                Some(n) => format!("{n} op(s) still queued"),
+                None => "ops still queued".to_owned(),
+            };
             Err(CliError::TimedOut(format!(
-                "queue not drained after {secs} s: {left} op(s) still queued; they are durable (see syncd status)"
+                "queue not drained after {secs} s: {left}; they are durable (see syncd status)"
             )))
         }
     }

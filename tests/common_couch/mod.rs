@@ -36,48 +36,67 @@ fn has(cmd: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// What `npm install` gets, pinned, with `.ci/run` installing the same:
-/// the registry's psl 1.15.0 (pulled in unpinned through request →
-/// tough-cookie) names a `dist/psl.cjs` it does not ship, and
-/// pouchdb-server then dies at start with "Cannot find module".
-pub const NPM_PACKAGES: [&str; 2] = ["pouchdb-server@4.2.0", "psl@1.9.0"];
-
-/// Whether the install in `dir` can load psl (see [`NPM_PACKAGES`]).
-fn psl_loads(dir: &std::path::Path) -> bool {
-    Command::new("node")
-        .args(["-e", "require('psl')"])
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// The pouchdb-server launcher, installing it if node and npm exist.
+///
+/// Test threads, test binaries and other checkouts share the cache dir, so
+/// the install is serialized by an exclusive lock on `<dir>/.install.lock`
+/// and made in a staging dir whose `node_modules` is then renamed into
+/// place: the launcher exists only once a whole install does (concurrent
+/// `npm install`s into one dir used to break each other's files).
 pub fn pouchdb_server() -> Result<PathBuf, String> {
-    let bin = npm_dir().join("node_modules/.bin/pouchdb-server");
-    if bin.exists() && psl_loads(&npm_dir()) {
+    let dir = npm_dir();
+    let bin = dir.join("node_modules/.bin/pouchdb-server");
+    if bin.exists() {
         return Ok(bin);
     }
     if !has("node") || !has("npm") {
         return Err("node/npm not found (`.ci/run` installs them)".into());
     }
-    let dir = npm_dir();
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let lock_path = dir.join(".install.lock");
+    let lock =
+        std::fs::File::create(&lock_path).map_err(|e| format!("{}: {e}", lock_path.display()))?;
+    // Blocks while another test (or process) installs.
+    lock.lock()
+        .map_err(|e| format!("lock {}: {e}", lock_path.display()))?;
+    if bin.exists() {
+        return Ok(bin); // installed while we waited
+    }
+    let staging = dir.join(".staging");
+    let _ = std::fs::remove_dir_all(&staging); // a killed install's leftovers
+    std::fs::create_dir_all(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
+    // Without a package.json of its own npm would walk up and install into
+    // the cache dir itself.
+    std::fs::write(staging.join("package.json"), "{}\n")
+        .map_err(|e| format!("{}: {e}", staging.display()))?;
     let st = Command::new("npm")
-        .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
-        .args(NPM_PACKAGES)
-        .current_dir(&dir)
+        .args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+            "pouchdb-server",
+        ])
+        .current_dir(&staging)
         .status()
         .map_err(|e| format!("npm: {e}"))?;
-    if st.success() && bin.exists() {
-        Ok(bin)
-    } else {
-        Err(format!(
+    if !st.success() || !staging.join("node_modules/.bin/pouchdb-server").exists() {
+        return Err(format!(
             "npm install pouchdb-server failed in {}",
-            dir.display()
-        ))
+            staging.display()
+        ));
     }
+    // No launcher, so no complete install: whatever is there is a partial
+    // one (an interrupted install); replace it.
+    let modules = dir.join("node_modules");
+    let _ = std::fs::remove_dir_all(&modules);
+    std::fs::rename(staging.join("node_modules"), &modules)
+        .map_err(|e| format!("install into {}: {e}", modules.display()))?;
+    for f in ["package.json", "package-lock.json"] {
+        let _ = std::fs::rename(staging.join(f), dir.join(f));
+    }
+    let _ = std::fs::remove_dir_all(&staging);
+    Ok(bin)
 }
 
 /// A free loopback port (bound and released).
@@ -116,6 +135,8 @@ impl Couch {
             }
         };
         let dir = tempfile::tempdir().expect("tempdir");
+        let stderr_path = dir.path().join("stderr.txt");
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
         let child = Command::new(bin)
             .args([
                 "--in-memory",
@@ -128,18 +149,33 @@ impl Couch {
             .current_dir(dir.path()) // its config.json and log.txt go here
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(stderr))
             .spawn()
             .expect("start pouchdb-server");
-        let c = Couch {
+        let mut c = Couch {
             port,
             addr: format!("127.0.0.1:{port}"),
             child: Some(child),
             dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Waits for the server to answer or exit; the deadline only
+        // detects a hang.
+        let deadline = Instant::now() + Duration::from_secs(120);
         while TcpStream::connect(&c.addr).is_err() || c.req("GET", "/", None).0 != 200 {
-            assert!(Instant::now() < deadline, "pouchdb-server did not start");
+            let stderr = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
+            if let Some(st) = c.child.as_mut().and_then(|ch| ch.try_wait().ok().flatten()) {
+                panic!(
+                    "pouchdb-server exited ({st}) before answering; a broken install? \
+                     (remove {} to reinstall)\n{}",
+                    npm_dir().display(),
+                    stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pouchdb-server did not answer within 120 s\n{}",
+                stderr()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         if create_db {

@@ -60,7 +60,10 @@ pub async fn status(ctx: &Ctx) -> Result<StatusView, ApiError> {
         conflicts: f.conflicts,
         conflicts_resolved: f.conflicts_resolved,
         last_sync_at: f.last_sync_at,
-        next_retry_at: s.next_retry_at,
+        // The worker publishes its retry time ahead; once it has passed the
+        // attempt is due or under way (the worker may simply not have run
+        // yet), so it is never shown as a time already past.
+        next_retry_at: s.next_retry_at.filter(|t| *t > now),
         last_error: s.last_error,
         hint: None,
         hints: Vec::new(),
