@@ -11,20 +11,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod error;
 mod watch;
+pub use error::{ConfigError, ConfigProblem, Place};
 pub use watch::{watch_file, FileWatch, SETTLE};
-
-/// A config error that names the file, the key and the reason.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ConfigError(pub String);
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 pub use crate::domain::conflict::{FieldRule, Strategy};
 
@@ -219,14 +209,22 @@ pub fn default_data_dir() -> PathBuf {
     PathBuf::from(format!("/tmp/syncd-{}", uid())).join("data")
 }
 
+/// The text of `path`.
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: Some(path.to_owned()),
+        place: None,
+        line: None,
+        problem: ConfigProblem::Unreadable(e.to_string()),
+    })
+}
+
 impl Config {
     /// Reads and validates `path`. Relative paths inside the file are taken
     /// relative to the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
-        let mut cfg =
-            Config::parse(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        let text = read(path)?;
+        let mut cfg = Config::parse(&text).map_err(|e| e.in_file(path))?;
         let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
         if let Some(dir) = abs.parent() {
             cfg.resolve_relative(dir);
@@ -240,19 +238,19 @@ impl Config {
     /// (`cat > daemon.toml` truncates first), and taking it would swap the
     /// user's backend and conflict strategies for the embedded defaults.
     pub fn load_for_reload(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
-        if is_blank(&text) {
-            return Err(ConfigError(format!(
-                "{}: the file is empty (no setting, only whitespace or comments); keeping the running config until a valid file is written",
-                path.display()
-            )));
+        if is_blank(&read(path)?) {
+            return Err(ConfigError {
+                file: Some(path.to_owned()),
+                place: None,
+                line: None,
+                problem: ConfigProblem::Empty,
+            });
         }
         Config::load(path)
     }
 
     /// Parses and validates TOML text; errors name the key and the reason.
-    pub fn parse(text: &str) -> Result<Config, String> {
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| describe_toml_error(text, &e))?;
         cfg.validate()?;
         Ok(cfg)
@@ -278,15 +276,15 @@ impl Config {
     }
 
     /// Checks values serde cannot: ranges, formats, names.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_daemon()?;
         self.validate_backend()?;
         self.validate_sync()
     }
 
     /// `[daemon]`: paths, log filter, socket mode and the size limits.
-    fn validate_daemon(&self) -> Result<(), String> {
-        let bad = |key: &str, why: String| Err(format!("key `{key}`: {why}"));
+    fn validate_daemon(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: String| Err(ConfigError::invalid(key, why));
         if self.daemon.socket.as_os_str().is_empty() {
             return bad("daemon.socket", "must not be empty".into());
         }
@@ -336,8 +334,8 @@ impl Config {
     }
 
     /// `[backend]`: the URL, credentials and timeout.
-    fn validate_backend(&self) -> Result<(), String> {
-        let bad = |key: &str, why: String| Err(format!("key `{key}`: {why}"));
+    fn validate_backend(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: String| Err(ConfigError::invalid(key, why));
         let url = self.backend.url.trim();
         if !url.is_empty() {
             match url.parse::<hyper::Uri>() {
@@ -372,8 +370,8 @@ impl Config {
     }
 
     /// `[sync]`, `[metrics]` and the collection names.
-    fn validate_sync(&self) -> Result<(), String> {
-        let bad = |key: &str, why: String| Err(format!("key `{key}`: {why}"));
+    fn validate_sync(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: String| Err(ConfigError::invalid(key, why));
         if self.sync.backoff_initial_ms == 0 {
             return bad("sync.backoff_initial_ms", "must be greater than 0".into());
         }
@@ -392,7 +390,9 @@ impl Config {
                 ),
             );
         }
-        self.metrics.listen_addr()?;
+        if let Err(e) = self.metrics.listen_addr() {
+            return bad("metrics.listen", e);
+        }
         if self.sync.batch_size == 0 || self.sync.batch_size > 1000 {
             return bad("sync.batch_size", "must be between 1 and 1000".into());
         }
@@ -415,35 +415,41 @@ impl Config {
 
     /// `username`/`password_file` come as a pair, only for CouchDB, and
     /// not together with `token_file`.
-    fn validate_backend_auth(&self) -> Result<(), String> {
+    fn validate_backend_auth(&self) -> Result<(), ConfigError> {
         let b = &self.backend;
         let basic = b.username.is_some() || b.password_file.is_some();
         if !basic {
             return Ok(());
         }
+        let bad = |key: &str, why: &str| Err(ConfigError::invalid(key, why));
         if b.kind != BackendKind::Couchdb {
             let key = if b.username.is_some() {
-                "username"
+                "backend.username"
             } else {
-                "password_file"
+                "backend.password_file"
             };
-            return Err(format!(
-                "key `backend.{key}`: basic auth is only for kind = \"couchdb\"; a syncd backend uses token_file"
-            ));
+            return bad(
+                key,
+                "basic auth is only for kind = \"couchdb\"; a syncd backend uses token_file",
+            );
         }
+        let pair = "CouchDB basic auth needs username and password_file together";
         if b.username.is_none() {
-            return Err(
-                "key `backend.username`: missing; password_file is set, and CouchDB basic auth needs username and password_file together".into(),
+            return bad(
+                "backend.username",
+                &format!("missing; password_file is set, and {pair}"),
             );
         }
         if b.password_file.is_none() {
-            return Err(
-                "key `backend.password_file`: missing; username is set, and CouchDB basic auth needs username and password_file together".into(),
+            return bad(
+                "backend.password_file",
+                &format!("missing; username is set, and {pair}"),
             );
         }
         if b.token_file.is_some() {
-            return Err(
-                "key `backend.token_file`: use either token_file or username + password_file, not both".into(),
+            return bad(
+                "backend.token_file",
+                "use either token_file or username + password_file, not both",
             );
         }
         Ok(())
@@ -614,40 +620,48 @@ pub fn notable_changes(old: &Config, new: &Config) -> Vec<NotableChange> {
 
 /// Turns a toml/serde error into "key `a.b`: reason (line N)": the key is
 /// recovered from the error's position and the nearest `[table]` above it.
-fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> ConfigError {
     let msg = e.message().trim().replace('\n', " ");
+    let mut err = ConfigError {
+        file: None,
+        place: None,
+        line: None,
+        problem: ConfigProblem::Syntax(msg),
+    };
     let Some(span) = e.span() else {
-        return msg;
+        return err;
     };
     let start = span.start.min(text.len());
-    let line_no = text[..start].matches('\n').count() + 1;
+    err.line = Some(text[..start].matches('\n').count() + 1);
     let line_start = text[..start].rfind('\n').map(|i| i + 1).unwrap_or(0);
     let line_end = text[start..]
         .find('\n')
         .map(|i| start + i)
         .unwrap_or(text.len());
     let line = text[line_start..line_end].trim();
+    let header = |l: &str| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
+    // The error is on a table header (a misspelled `[colections.notes]`):
+    // name that table, not the one above it.
+    if line.starts_with('[') {
+        err.place = Some(Place::Table(header(line)));
+        return err;
+    }
     let table = text[..line_start]
         .lines()
         .rev()
         .map(str::trim)
         .find(|l| l.starts_with('[') && l.ends_with(']'))
-        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
-    // The error is on a table header (a misspelled `[colections.notes]`):
-    // name that table, not the one above it.
-    if line.starts_with('[') {
-        let header = line.trim_matches(|c| c == '[' || c == ']').trim();
-        return format!("table `{header}`: {msg} (line {line_no})");
-    }
+        .map(header);
     let key = line
         .split_once('=')
         .map(|(k, _)| k.trim().trim_matches('"').to_owned());
-    match (table, key) {
-        (Some(t), Some(k)) => format!("key `{t}.{k}`: {msg} (line {line_no})"),
-        (None, Some(k)) => format!("key `{k}`: {msg} (line {line_no})"),
-        (Some(t), None) => format!("table `{t}`: {msg} (line {line_no})"),
-        (None, None) => format!("{msg} (line {line_no})"),
-    }
+    err.place = match (table, key) {
+        (Some(t), Some(k)) => Some(Place::Key(format!("{t}.{k}"))),
+        (None, Some(k)) => Some(Place::Key(k)),
+        (Some(t), None) => Some(Place::Table(t)),
+        (None, None) => None,
+    };
+    err
 }
 
 #[cfg(test)]
@@ -662,8 +676,24 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let e = Config::parse("[sync]\nbatchsize = 3\n").unwrap_err();
+        let e = Config::parse("[sync]\nbatchsize = 3\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("batchsize"), "{e}");
+    }
+
+    #[test]
+    fn errors_carry_the_key_as_data() {
+        let e = Config::parse("[sync]\nbackoff_initial_ms = 0\n").unwrap_err();
+        assert_eq!(e.key(), Some("sync.backoff_initial_ms"));
+        assert!(matches!(e.problem, ConfigProblem::Invalid(_)), "{e:?}");
+        let e =
+            Config::parse("[daemon]\nlog_format = \"json\"\n\n[colections.notes]\n").unwrap_err();
+        assert_eq!(e.place, Some(Place::Table("colections.notes".into())));
+        assert_eq!(e.line, Some(4));
+        assert!(matches!(e.problem, ConfigProblem::Syntax(_)), "{e:?}");
+        let e = Config::parse("[sync]\nbatchsize = 3\n").unwrap_err();
+        assert_eq!(e.key(), Some("sync.batchsize"));
     }
 
     #[test]
@@ -671,7 +701,8 @@ mod tests {
         let e = Config::parse(
             "[daemon]\nlog_format = \"json\"\n\n[colections.notes]\nconflict = \"merge\"\n",
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("colections"), "{e}");
         assert!(!e.contains("table `daemon`"), "{e}");
         assert!(e.contains("line 4"), "{e}");
@@ -682,7 +713,7 @@ mod tests {
         let e = Config::parse(
             "[backend]\nurl = \"http://h:5984/todos\"\nkind = \"couchdb\"\npassword_file = \"pw\"\n",
         )
-        .unwrap_err();
+        .unwrap_err().to_string();
         assert!(
             e.contains("backend.username") && e.contains("missing"),
             "{e}"
@@ -690,12 +721,15 @@ mod tests {
         let e = Config::parse(
             "[backend]\nurl = \"http://h:5984/todos\"\nkind = \"couchdb\"\nusername = \"u\"\n",
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("backend.password_file") && e.contains("missing"),
             "{e}"
         );
-        let e = Config::parse("[backend]\npassword_file = \"pw\"\n").unwrap_err();
+        let e = Config::parse("[backend]\npassword_file = \"pw\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("backend.password_file") && e.contains("couchdb"),
             "{e}"
@@ -704,20 +738,30 @@ mod tests {
 
     #[test]
     fn bad_value_is_named() {
-        let e = Config::parse("[sync]\nbackoff_initial_ms = 0\n").unwrap_err();
+        let e = Config::parse("[sync]\nbackoff_initial_ms = 0\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("sync.backoff_initial_ms"), "{e}");
-        let e = Config::parse("[daemon]\nsocket_mode = \"abc\"\n").unwrap_err();
+        let e = Config::parse("[daemon]\nsocket_mode = \"abc\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("daemon.socket_mode"), "{e}");
-        let e = Config::parse("[sync]\nconflict = \"coin-flip\"\n").unwrap_err();
+        let e = Config::parse("[sync]\nconflict = \"coin-flip\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("coin-flip"), "{e}");
-        let e = Config::parse("[backend]\nurl = \"ftp://x\"\n").unwrap_err();
+        let e = Config::parse("[backend]\nurl = \"ftp://x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("backend.url"), "{e}");
     }
 
     #[test]
     fn world_socket_mode_is_refused() {
         for m in ["0666", "0606", "0601", "0662"] {
-            let e = Config::parse(&format!("[daemon]\nsocket_mode = \"{m}\"\n")).unwrap_err();
+            let e = Config::parse(&format!("[daemon]\nsocket_mode = \"{m}\"\n"))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("daemon.socket_mode"), "{m}: {e}");
         }
         Config::parse("[daemon]\nsocket_mode = \"0660\"\n").unwrap();
@@ -727,7 +771,9 @@ mod tests {
     fn log_format_values() {
         let c = Config::parse("[daemon]\nlog_format = \"json\"\n").unwrap();
         assert_eq!(c.daemon.log_format, LogFormat::Json);
-        let e = Config::parse("[daemon]\nlog_format = \"xml\"\n").unwrap_err();
+        let e = Config::parse("[daemon]\nlog_format = \"xml\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("daemon.log_format"), "{e}");
     }
 
@@ -750,7 +796,9 @@ mod tests {
         for (url, want) in cases {
             assert_eq!(redact_url(url), want, "{url}");
         }
-        let e = Config::parse("[backend]\nurl = \"ftp://u:sekrit@h/?token=t0k\"\n").unwrap_err();
+        let e = Config::parse("[backend]\nurl = \"ftp://u:sekrit@h/?token=t0k\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("sekrit") && !e.contains("t0k"), "{e}");
     }
 
@@ -792,7 +840,9 @@ mod tests {
             ),
             ("kind = \"mongo\"\n", "kind"),
         ] {
-            let e = Config::parse(&format!("[backend]\n{text}")).unwrap_err();
+            let e = Config::parse(&format!("[backend]\n{text}"))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(key), "{text}: {e}");
         }
     }

@@ -172,10 +172,14 @@ async fn reload_config(
     let owned = path.to_owned();
     let loaded = tokio::task::spawn_blocking(move || Config::load_for_reload(&owned)).await;
     let loaded = loaded.unwrap_or_else(|e| {
-        Err(crate::config::ConfigError(format!(
-            "{}: reading the file failed: {e}",
-            path.display()
-        )))
+        Err(crate::config::ConfigError {
+            file: Some(path.to_owned()),
+            place: None,
+            line: None,
+            problem: crate::config::ConfigProblem::Unreadable(format!(
+                "the reading task failed: {e}"
+            )),
+        })
     });
     let new = match loaded {
         Ok(c) => c,
@@ -285,7 +289,10 @@ pub async fn run(
         socket.clone(),
         data_dir.clone(),
     ));
-    let metrics_listen = config.metrics.listen_addr().map_err(StartError)?;
+    let metrics_listen = config
+        .metrics
+        .listen_addr()
+        .map_err(|e| StartError(format!("key `metrics.listen`: {e}")))?;
     let (cfg_tx, cfg_rx) = watch::channel(Arc::new(config));
     let mut sigs = signals()?;
     let mut cfg_watch = config_path.as_deref().and_then(|p| {

@@ -26,12 +26,12 @@ impl MetricsSection {
         let Some(l) = self.listen.as_deref() else {
             return Ok(None);
         };
-        let addr: SocketAddr = l.parse().map_err(|e| {
-            format!("key `metrics.listen`: {l:?} is not an address like \"127.0.0.1:9464\": {e}")
-        })?;
+        let addr: SocketAddr = l
+            .parse()
+            .map_err(|e| format!("{l:?} is not an address like \"127.0.0.1:9464\": {e}"))?;
         if !addr.ip().is_loopback() && !self.allow_non_loopback {
             return Err(format!(
-                "key `metrics.listen`: {addr} is not a loopback address; the endpoints have no \
+                "{addr} is not a loopback address; the endpoints have no \
                  authentication (set metrics.allow_non_loopback = true to serve it anyway)"
             ));
         }
