@@ -241,6 +241,14 @@ pub struct StatusView {
     /// When the last pull succeeded, ms since the epoch.
     #[serde(default)]
     pub last_pull_at: Option<i64>,
+    /// What the storage engine reported when it found the store damaged
+    /// during work (writes are refused since); `None`: no damage seen.
+    #[serde(default)]
+    pub store_damaged: Option<String>,
+    /// What the daemon's open checked: `skipped` (closed cleanly and
+    /// untouched since) or `full: REASON (N ms)`.
+    #[serde(default)]
+    pub store_open_check: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -22,6 +22,7 @@ pub async fn text(ctx: &Ctx) -> Result<String, ApiError> {
             conflicts_parked: s.conflict_count()?,
             store_bytes: s.store_bytes(),
             state: String::new(),
+            store_damaged: s.damage().is_some(),
         })
     })
     .await?;
