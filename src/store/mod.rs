@@ -99,7 +99,7 @@ pub struct Store {
     db: Arc<RwLock<Option<Arc<Database>>>>,
     path: PathBuf,
     client_id: Arc<str>,
-    cache_bytes: usize,
+    pub(crate) cache_bytes: usize,
     /// The backend keeps client-chosen ids (its `client_ids` feature, as
     /// the sync worker last read it): the writer then treats a server id as
     /// the local id and re-creates over a tombstone as an update of it.

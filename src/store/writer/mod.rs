@@ -129,6 +129,9 @@ pub enum WriteCmd {
     Claim {
         upto: u64,
     },
+    /// The full check of the store file ([`super::check::full`]), run
+    /// between two commits; answered with [`WriteOutcome::Checked`].
+    CheckStore,
     /// Several sync verdicts (one pushed batch's results), applied in order
     /// in one transaction: the drain pays one durable commit per batch, not
     /// one per op.
@@ -138,8 +141,13 @@ pub enum WriteCmd {
 /// A job's answer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WriteOutcome {
-    Written { id: String, op_id: String },
+    Written {
+        id: String,
+        op_id: String,
+    },
     Done,
+    /// What a [`WriteCmd::CheckStore`] found.
+    Checked(Box<super::check::Report>),
 }
 
 struct Job {
@@ -283,10 +291,39 @@ impl Writer {
         tracing::debug!("writer thread exiting: all handles dropped");
     }
 
+    /// Answers `jobs` (emptying it): the writes in one transaction, then
+    /// any store checks.
+    fn process(&mut self, jobs: &mut Vec<Job>) {
+        let (checks, rest): (Vec<Job>, Vec<Job>) = jobs
+            .drain(..)
+            .partition(|j| matches!(j.cmd, WriteCmd::CheckStore));
+        *jobs = rest;
+        if !jobs.is_empty() {
+            self.commit(jobs);
+        }
+        for job in checks {
+            let r = self.check_file();
+            let _ = job.reply.send(r);
+        }
+    }
+
+    /// The full check of the store file, between two commits: the file is
+    /// what the last commit left (`Durability::Immediate`).
+    fn check_file(&self) -> Result<WriteOutcome, WriteError> {
+        let started = std::time::Instant::now();
+        let r = super::check::full(self.store.path(), self.store.cache_bytes)?;
+        tracing::info!(
+            ms = started.elapsed().as_millis() as u64,
+            problems = r.count,
+            "store checked on request"
+        );
+        Ok(WriteOutcome::Checked(Box::new(r)))
+    }
+
     /// Commits `jobs` as one transaction and answers each (emptying `jobs`).
     /// A store found damaged takes no more writes: every job gets the
     /// error at once.
-    fn process(&mut self, jobs: &mut Vec<Job>) {
+    fn commit(&mut self, jobs: &mut Vec<Job>) {
         let before = self.counters;
         let outcome = match self.store.damage() {
             Some(detail) => Err(StoreError::DamagedInUse {
@@ -514,6 +551,8 @@ fn apply(x: &mut Txn<'_>, cmd: &WriteCmd) -> Result<JobResult, StoreError> {
             x.counters.claim(*upto);
             Ok(Ok(WriteOutcome::Done))
         }
+        // Taken out of the batch by `Writer::process`.
+        WriteCmd::CheckStore => Ok(Ok(WriteOutcome::Done)),
         WriteCmd::Verdicts(cmds) => {
             for c in cmds {
                 if let Err(e) = apply(x, c)? {
