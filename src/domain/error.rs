@@ -42,6 +42,15 @@ pub enum StoreError {
     /// that does not decode, a panic in the storage engine): the daemon
     /// takes no more writes until it is restarted on a sound store.
     DamagedInUse { path: PathBuf, detail: String },
+    /// A record's count of pending ops would go below zero: the store's
+    /// tables disagree (a syncd bug, which `syncd check` names). The
+    /// transaction is abandoned rather than the count clamped to zero.
+    PendingUnderflow {
+        collection: String,
+        id: String,
+        pending: u32,
+        leaving: u32,
+    },
     /// The file was written by a syncd with another schema.
     SchemaMismatch {
         path: PathBuf,
@@ -93,6 +102,15 @@ impl fmt::Display for StoreError {
                 path.display(),
                 path.display(),
                 path.display()
+            ),
+            StoreError::PendingUnderflow {
+                collection,
+                id,
+                pending,
+                leaving,
+            } => write!(
+                f,
+                "store: {collection}/{id} counts {pending} pending op(s) but {leaving} left the queue; its tables disagree (a syncd bug): run `syncd check` and report it"
             ),
             StoreError::InUse => write!(f, "store: still in use; not closed"),
             StoreError::DamagedInUse { path, detail } => write!(

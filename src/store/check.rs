@@ -390,10 +390,13 @@ fn op_index_size(txn: &ReadTransaction, parked: u64, r: &mut Report) -> Result<(
     Ok(())
 }
 
+/// (collection, local id).
+type RecordKey = (String, String);
+
 /// Ops per record, from `record_queue` (queued) and `conflicts` (parked),
 /// in key order.
-fn ops_per_record(txn: &ReadTransaction) -> Result<Vec<((String, String), u64)>, StoreError> {
-    let mut counts: std::collections::BTreeMap<(String, String), u64> = Default::default();
+fn ops_per_record(txn: &ReadTransaction) -> Result<Vec<(RecordKey, u64)>, StoreError> {
+    let mut counts: std::collections::BTreeMap<RecordKey, u64> = Default::default();
     if let Some(t) = open(txn, CONFLICTS)? {
         for item in t.iter()? {
             let (k, v) = item?;
@@ -404,7 +407,7 @@ fn ops_per_record(txn: &ReadTransaction) -> Result<Vec<((String, String), u64)>,
             }
         }
     }
-    let mut queued: Vec<((String, String), u64)> = Vec::new();
+    let mut queued: Vec<(RecordKey, u64)> = Vec::new();
     if let Some(t) = open(txn, RECORD_QUEUE)? {
         for item in t.iter()? {
             let (k, _) = item?;
