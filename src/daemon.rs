@@ -99,7 +99,7 @@ fn lock_data_dir(dir: &Path) -> Result<File, StartError> {
     match f.try_lock() {
         Ok(()) => Ok(f),
         Err(std::fs::TryLockError::WouldBlock) => Err(StartError(format!(
-            "another syncd is already running on data_dir {} (lock file {} is held)",
+            "another syncd is already running on data_dir {} (lock file {} is held; a running `syncd check` holds it too, until it ends)",
             dir.display(),
             path.display()
         ))),
