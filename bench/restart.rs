@@ -194,7 +194,8 @@ pub(crate) fn restart(rt: &tokio::runtime::Runtime, o: &Opts, report: &mut Repor
             let Some(secs) = starts(rt, &mut d, o.restart_reps, before) else {
                 continue;
             };
-            let depth = rt.block_on(async { d.client().await.status().await.map(|s| s.queue_depth) });
+            let depth =
+                rt.block_on(async { d.client().await.status().await.map(|s| s.queue_depth) });
             rows.push(Row {
                 store: format!("{target} queued"),
                 depth: depth.unwrap_or(0),
@@ -213,7 +214,15 @@ pub(crate) fn restart(rt: &tokio::runtime::Runtime, o: &Opts, report: &mut Repor
 fn write_report(report: &mut Report, rows: &[Row], empty: &[f64], notes: &[String]) {
     report.section(
         "restart: process start to first answered status",
-        &["store", "stopped by", "queue depth", "ms (median)", "max ms", "x empty store", "limit ms"],
+        &[
+            "store",
+            "stopped by",
+            "queue depth",
+            "ms (median)",
+            "max ms",
+            "x empty store",
+            "limit ms",
+        ],
     );
     let max = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
     for r in rows {
