@@ -35,7 +35,8 @@ options:
   --drain-one-op-ops N  ops queued before each one-op-per-request drain, which
                       is ~50x slower (default 5000)
   --drain-reps N      repetitions of each drain configuration (default 3)
-  --restart-ops N     ops queued before the restarts (default 1000000)
+  --restart-ops N     ops queued for the large store of `restart` (default 1000000)
+  --restart-small-ops N  ops queued for its small store (default 10000)
   --restart-reps N    restarts measured on each store (default 5)
   --conflict-records K  records in conflict at once in `conflict` (default 100)
   --conflict-ops Q    ops queued behind the conflicts (default 1000000)
@@ -73,6 +74,7 @@ pub(crate) struct Opts {
     pub(crate) drain_one_op_ops: u64,
     pub(crate) drain_reps: usize,
     pub(crate) restart_ops: u64,
+    pub(crate) restart_small_ops: u64,
     pub(crate) restart_reps: usize,
     pub(crate) conflict_records: usize,
     pub(crate) conflict_ops: u64,
@@ -102,6 +104,7 @@ impl Opts {
             drain_one_op_ops: 5_000,
             drain_reps: 3,
             restart_ops: 1_000_000,
+            restart_small_ops: 10_000,
             restart_reps: 5,
             conflict_records: 100,
             conflict_ops: 1_000_000,
@@ -123,6 +126,7 @@ impl Opts {
                 drain_one_op_ops: 1_000,
                 drain_reps: 2,
                 restart_ops: 100_000,
+                restart_small_ops: 10_000,
                 restart_reps: 3,
                 conflict_records: 20,
                 conflict_ops: 100_000,
@@ -145,6 +149,7 @@ impl Opts {
                 drain_one_op_ops: 100,
                 drain_reps: 1,
                 restart_ops: 300,
+                restart_small_ops: 100,
                 restart_reps: 1,
                 conflict_records: 3,
                 conflict_ops: 300,
@@ -187,6 +192,7 @@ impl Opts {
                 "--drain-one-op-ops" => o.drain_one_op_ops = num(&val(a)?, a)?,
                 "--drain-reps" => o.drain_reps = num(&val(a)?, a)?,
                 "--restart-ops" => o.restart_ops = num(&val(a)?, a)?,
+                "--restart-small-ops" => o.restart_small_ops = num(&val(a)?, a)?,
                 "--restart-reps" => o.restart_reps = num(&val(a)?, a)?,
                 "--conflict-records" => o.conflict_records = num(&val(a)?, a)?,
                 "--conflict-ops" => o.conflict_ops = num(&val(a)?, a)?,
@@ -219,6 +225,7 @@ impl Opts {
             self.drain_ops,
             self.drain_one_op_ops,
             self.restart_ops,
+            self.restart_small_ops,
             self.conflict_ops,
             self.conflict_base_ops,
         ];

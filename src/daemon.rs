@@ -99,7 +99,7 @@ fn lock_data_dir(dir: &Path) -> Result<File, StartError> {
     match f.try_lock() {
         Ok(()) => Ok(f),
         Err(std::fs::TryLockError::WouldBlock) => Err(StartError(format!(
-            "another syncd is already running on data_dir {} (lock file {} is held)",
+            "another syncd is already running on data_dir {} (lock file {} is held; a running `syncd check` holds it too, until it ends)",
             dir.display(),
             path.display()
         ))),
@@ -272,8 +272,7 @@ pub async fn run(
     let socket = config.daemon.socket.clone();
     let _lock = lock_data_dir(&data_dir)?;
 
-    let store = Store::open(&data_dir, config.daemon.cache_mib as usize * 1024 * 1024)
-        .map_err(|e| StartError(format!("cannot open store in {}: {e}", data_dir.display())))?;
+    let store = open_store(&data_dir, config.daemon.cache_mib as usize * 1024 * 1024).await?;
     let paused = store.meta(META_PAUSED).ok().flatten().as_deref() == Some(b"1");
     let (events, _) = broadcast::channel(EVENT_BUFFER);
     let queue_changed = Arc::new(Notify::new());
@@ -284,6 +283,9 @@ pub async fn run(
 
     // Operability: counters, and the runtime facts `status` reports.
     let metrics = Arc::new(Metrics::new());
+    if let crate::store::OpenCheck::Full { took, .. } = store.open_check() {
+        metrics.open_checked(*took);
+    }
     let runtime = Arc::new(RuntimeInfo::new(
         config_path.clone(),
         socket.clone(),
@@ -353,6 +355,7 @@ pub async fn run(
     .await;
 
     let running = Running {
+        store,
         shutdown_tx,
         server,
         metrics_http,
@@ -365,8 +368,22 @@ pub async fn run(
     Ok(())
 }
 
+/// Opens the store on the blocking pool: when it was not closed cleanly,
+/// the open reads every page of the file.
+async fn open_store(data_dir: &Path, cache_bytes: usize) -> Result<Store, StartError> {
+    let dir = data_dir.to_owned();
+    let opened = tokio::task::spawn_blocking(move || Store::open(&dir, cache_bytes)).await;
+    let failed =
+        |e: String| StartError(format!("cannot open store in {}: {e}", data_dir.display()));
+    match opened {
+        Ok(r) => r.map_err(|e| failed(e.to_string())),
+        Err(e) => Err(failed(e.to_string())),
+    }
+}
+
 /// The daemon's running parts, stopped in order by [`Running::stop`].
 struct Running {
+    store: Store,
     shutdown_tx: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
     metrics_http: Option<tokio::task::JoinHandle<()>>,
@@ -392,6 +409,18 @@ impl Running {
         // batch it is committing first.
         let joined = tokio::task::spawn_blocking(move || self.writer_thread.join());
         let _ = tokio::time::timeout(Duration::from_secs(1), joined).await;
+        // The clean-shutdown mark lets the next start skip the page check.
+        let store = self.store;
+        let closed = tokio::task::spawn_blocking(move || store.close(Duration::from_secs(2))).await;
+        match closed {
+            Ok(Ok(())) => tracing::debug!("store closed cleanly"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "store not closed cleanly; the next start checks every page")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "store close failed; the next start checks every page")
+            }
+        }
         if socket.exists() {
             let _ = std::fs::remove_file(socket);
         }

@@ -55,6 +55,8 @@ const VARYING_STRINGS: &[&str] = &[
     "socket",
     "data_dir",
     "config_path",
+    "path",
+    "store_open_check",
     "hint",
     "hints",
     "text",

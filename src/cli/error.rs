@@ -10,7 +10,8 @@ use syncd::ipc::health::Trouble;
 
 /// A failed command. `exit_code` is the contract in README.md "Usage":
 /// 0 ok; 1 the daemon answered with an error; 2 usage; 3 not reachable;
-/// 4 a `--wait` ran out of `--timeout`; 10-15 `status --check` trouble.
+/// 4 a `--wait` ran out of `--timeout`; 5 `check` found a problem; 10-17
+/// `status --check` trouble.
 #[derive(Debug)]
 pub enum CliError {
     /// Bad arguments, an unreadable document or configuration: exit 2.
@@ -24,7 +25,9 @@ pub enum CliError {
     Failed(String),
     /// A `--wait` gave up at its `--timeout`; the writes stay queued: exit 4.
     TimedOut(String),
-    /// `status --check` found trouble: the exit code of its kind (10-15).
+    /// `syncd check` found a problem in the store: exit 5.
+    CheckFailed(String),
+    /// `status --check` found trouble: the exit code of its kind (10-17).
     Unhealthy(Trouble, String),
     /// Whoever reads our stdout went away (`syncd list todos | head`). Like
     /// most Unix filters we stop and exit 0 without a word.
@@ -42,6 +45,7 @@ impl CliError {
             CliError::Usage(_) => 2,
             CliError::Unreachable(_) => 3,
             CliError::TimedOut(_) => 4,
+            CliError::CheckFailed(_) => 5,
             CliError::Unhealthy(t, _) => t.exit_code(),
         }
     }
@@ -63,6 +67,7 @@ impl fmt::Display for CliError {
             CliError::Usage(m)
             | CliError::Failed(m)
             | CliError::TimedOut(m)
+            | CliError::CheckFailed(m)
             | CliError::Unhealthy(_, m) => f.write_str(m),
             CliError::Unreachable(e) | CliError::Client(e) => write!(f, "{e}"),
             CliError::BrokenPipe => f.write_str("stdout closed"),

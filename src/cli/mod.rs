@@ -7,6 +7,7 @@
 pub mod error;
 
 mod backend;
+mod check;
 mod conflicts;
 mod daemon;
 mod dead_letters;
@@ -34,7 +35,7 @@ use error::CliError;
     about = "Offline-first sync daemon and its command line",
     after_help = "Exit codes: 0 ok (also when stdout is closed early, as by `| head`); \
                   1 the daemon answered with an error; 2 usage; 3 the daemon is not reachable; \
-                  4 a --wait timed out; 10-15 `status --check` trouble (see `syncd status --help`)."
+                  4 a --wait timed out; 5 `check` found a problem; 10-17 `status --check` trouble (see `syncd status --help`)."
 )]
 pub struct Cli {
     /// Also accepted here, before the command, for the commands that talk
@@ -85,6 +86,8 @@ enum Cmd {
     Metrics(DaemonOpts),
     /// Run the reference backend server.
     Backend(backend::BackendArgs),
+    /// Check the store fully (every page, every table); exit 5 on a problem.
+    Check(check::CheckArgs),
 }
 
 /// Runs the command `cli` names.
@@ -102,6 +105,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
             }
             backend::run(a).await
         }
+        Cmd::Check(a) => check::run(a, outer).await,
         Cmd::Put(a) => write::put(a, outer).await,
         Cmd::Patch(a) => write::patch(a, outer).await,
         Cmd::Delete(a) => write::delete(a, outer).await,

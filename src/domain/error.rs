@@ -36,6 +36,21 @@ pub enum StoreError {
     /// An earlier commit failed with an I/O error (a full disk): the
     /// database takes no write until it is re-opened.
     NeedsReopen,
+    /// The store is still in use (a transaction is open): not closed.
+    InUse,
+    /// The store was found damaged during work (a checksum error, a value
+    /// that does not decode, a panic in the storage engine): the daemon
+    /// takes no more writes until it is restarted on a sound store.
+    DamagedInUse { path: PathBuf, detail: String },
+    /// A record's count of pending ops would go below zero: the store's
+    /// tables disagree (a syncd bug, which `syncd check` names). The
+    /// transaction is abandoned rather than the count clamped to zero.
+    PendingUnderflow {
+        collection: String,
+        id: String,
+        pending: u32,
+        leaving: u32,
+    },
     /// The file was written by a syncd with another schema.
     SchemaMismatch {
         path: PathBuf,
@@ -86,6 +101,21 @@ impl fmt::Display for StoreError {
                 "{} is damaged ({detail}); syncd will not start on it and has changed nothing in it. Restore it from a backup, or move it aside (mv {} {}.damaged) to start with an empty store",
                 path.display(),
                 path.display(),
+                path.display()
+            ),
+            StoreError::PendingUnderflow {
+                collection,
+                id,
+                pending,
+                leaving,
+            } => write!(
+                f,
+                "store: {collection}/{id} counts {pending} pending op(s) but {leaving} left the queue; its tables disagree (a syncd bug): run `syncd check` and report it"
+            ),
+            StoreError::InUse => write!(f, "store: still in use; not closed"),
+            StoreError::DamagedInUse { path, detail } => write!(
+                f,
+                "{} was found damaged while the daemon ran ({detail}); syncd takes no more writes on it. Run `syncd check`, then stop syncd and restore the store from a backup",
                 path.display()
             ),
             StoreError::Encode { what, detail } => {

@@ -29,6 +29,9 @@ pub enum Trouble {
     /// The config file's latest edit was rejected: the daemon runs on the
     /// previous config, not on what the file says.
     ConfigRejected,
+    /// The storage engine found the store damaged during work: writes are
+    /// refused.
+    StoreDamaged,
 }
 
 impl Trouble {
@@ -42,14 +45,19 @@ impl Trouble {
             Trouble::Conflicts => 14,
             Trouble::Paused => 15,
             Trouble::ConfigRejected => 16,
+            Trouble::StoreDamaged => 17,
         }
     }
 }
 
-/// The most pressing trouble: the sync state first (it stops everything),
+/// The most pressing trouble: a damaged store first (nothing can be
+/// written), then the sync state (it stops everything),
 /// then a rejected config edit (the daemon does not run on the file a
 /// person last wrote), then dead letters, then parked conflicts.
 pub fn trouble(s: &StatusView) -> Option<Trouble> {
+    if s.store_damaged.is_some() {
+        return Some(Trouble::StoreDamaged);
+    }
     let state = match s.state.as_str() {
         "auth_error" => Some(Trouble::AuthError),
         "backend_error" => Some(Trouble::BackendError),
@@ -83,6 +91,12 @@ pub struct HintInputs<'a> {
 /// happening and what to do about it.
 pub fn hints(s: &StatusView, i: &HintInputs<'_>) -> Vec<String> {
     let mut out = Vec::new();
+    if let Some(d) = &s.store_damaged {
+        out.push(format!(
+            "the store in {} was found damaged ({d}): writes are refused, queued writes are kept; run `syncd check`, then stop syncd and restore the store from a backup (or move it aside to start empty)",
+            s.data_dir
+        ));
+    }
     if let Some(h) = state_hint(s, i) {
         out.push(h);
     }

@@ -71,6 +71,8 @@ pub struct Snapshot {
     pub conflicts_parked: u64,
     pub store_bytes: u64,
     pub state: String,
+    /// The store was found damaged during work.
+    pub store_damaged: bool,
 }
 
 /// Every series syncd exports. Cheap to share (`Arc<Metrics>`); counting
@@ -88,6 +90,8 @@ pub struct Metrics {
     writes: Counter,
     connections: Gauge,
     store_bytes: Gauge,
+    store_damaged: Gauge,
+    open_check_seconds: Gauge<f64, AtomicU64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -118,6 +122,8 @@ impl Metrics {
             writes: Counter::default(),
             connections: Gauge::default(),
             store_bytes: Gauge::default(),
+            store_damaged: Gauge::default(),
+            open_check_seconds: Gauge::default(),
         };
         for r in [
             PushResult::Applied,
@@ -189,6 +195,16 @@ impl Metrics {
             "Size of the store file",
             self.store_bytes.clone(),
         );
+        r.register(
+            "store_damaged",
+            "1 when the storage engine found the store damaged during work (writes are refused)",
+            self.store_damaged.clone(),
+        );
+        r.register(
+            "store_open_check_seconds",
+            "Time the last start spent checking every page of the store (0: skipped after a clean shutdown)",
+            self.open_check_seconds.clone(),
+        );
     }
 
     /// `n` ops got the verdict `r`.
@@ -216,6 +232,11 @@ impl Metrics {
         self.pull_changes.inc_by(n as u64);
     }
 
+    /// The start checked every page of the store in `d` (zero: skipped).
+    pub fn open_checked(&self, d: Duration) {
+        self.open_check_seconds.set(d.as_secs_f64());
+    }
+
     /// An app's write was accepted.
     pub fn wrote(&self) {
         self.writes.inc();
@@ -234,6 +255,7 @@ impl Metrics {
         self.dead_letters.set(clamp(s.dead_letters));
         self.conflicts_parked.set(clamp(s.conflicts_parked));
         self.store_bytes.set(clamp(s.store_bytes));
+        self.store_damaged.set(i64::from(s.store_damaged));
         for st in BACKEND_STATES {
             let v = i64::from(st == s.state);
             self.backend_state.get_or_create(&[("state", st)]).set(v);

@@ -14,8 +14,11 @@
 //!   a manual conflict; a record shows `pending: true` while it is non-zero.
 //! - An op's `op_id` is minted once when it is queued and never changes.
 
+pub mod check;
 pub mod encoding;
+pub mod mark;
 mod migrate;
+pub mod overlay;
 pub mod settled;
 pub mod tables;
 pub mod writer;
@@ -24,7 +27,7 @@ mod writer_tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
@@ -96,42 +99,105 @@ pub struct Store {
     db: Arc<RwLock<Option<Arc<Database>>>>,
     path: PathBuf,
     client_id: Arc<str>,
-    cache_bytes: usize,
+    pub(crate) cache_bytes: usize,
     /// The backend keeps client-chosen ids (its `client_ids` feature, as
     /// the sync worker last read it): the writer then treats a server id as
     /// the local id and re-creates over a tombstone as an update of it.
     backend_client_ids: Arc<AtomicBool>,
+    /// Damage found during work ([`Store::set_damaged`]).
+    damage: Arc<Mutex<Option<String>>>,
+    open_check: Arc<OpenCheck>,
+}
+
+/// What [`Store::open`] checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenCheck {
+    /// The clean-shutdown mark matched: no page was read.
+    Trusted,
+    /// Every page was checked, for `reason`, in `took`.
+    Full {
+        reason: mark::FullCheckReason,
+        took: std::time::Duration,
+    },
+}
+
+/// Whether `e` means the file is damaged (as opposed to a full disk or a
+/// busy store): a checksum error from redb, or a value that does not
+/// decode.
+pub(crate) fn is_damage(e: &StoreError) -> bool {
+    match e {
+        StoreError::Corrupt { .. } | StoreError::Damaged { .. } => true,
+        StoreError::Engine(inner) => matches!(
+            inner.downcast_ref::<redb::Error>(),
+            Some(redb::Error::Corrupted(_))
+        ),
+        _ => false,
+    }
+}
+
+/// Opens the database file; with `check`, redb's integrity check reads and
+/// verifies every page first. Damage is [`StoreError::Damaged`].
+fn open_db(path: &Path, cache_bytes: usize, check: bool) -> Result<Database> {
+    let damaged = |detail: String| StoreError::Damaged {
+        path: path.to_owned(),
+        detail,
+    };
+    let opened = std::panic::catch_unwind(|| {
+        Database::builder()
+            .set_cache_size(cache_bytes)
+            .set_check_integrity_on_open(check)
+            .set_repair_callback(|_| {})
+            .create(path)
+    });
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(e)) => Err(damaged(describe_open_error(e)?)),
+        Err(_) => Err(damaged("the storage engine failed reading it".into())),
+    }
+}
+
+/// The damage an open error describes; `Err` for errors that are not
+/// damage (I/O, a lock).
+pub(crate) fn describe_open_error(e: redb::DatabaseError) -> Result<String> {
+    match e {
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(d)) => Ok(d),
+        redb::DatabaseError::Storage(redb::StorageError::Io(io))
+            if io.kind() == std::io::ErrorKind::UnexpectedEof =>
+        {
+            Ok(format!("shorter than its contents say ({io})"))
+        }
+        other => Err(other.into()),
+    }
 }
 
 impl Store {
     /// Opens (creating if needed) `data_dir/syncd.redb` with a bounded cache.
     ///
-    /// A new file is created 0600 whatever the umask. Every page of an
-    /// existing file is checked against its checksum first: a truncated or
-    /// overwritten file is refused ([`StoreError::Damaged`]), never opened
-    /// and never "repaired" by dropping what cannot be read.
+    /// A new file is created 0600 whatever the umask. When the store was
+    /// closed cleanly and nothing touched it since (its clean-shutdown
+    /// mark matches, see [`mark`]), the open trusts it and does only the
+    /// cheap work. Otherwise every page is checked against its checksum
+    /// first: a truncated or overwritten file is refused
+    /// ([`StoreError::Damaged`]), never opened and never "repaired" by
+    /// dropping what cannot be read.
     pub fn open(data_dir: &Path, cache_bytes: usize) -> Result<Store> {
         std::fs::create_dir_all(data_dir)?;
         let path = data_dir.join("syncd.redb");
         create_private_file(&path)?;
-        let damaged = |detail: String| StoreError::Damaged {
-            path: path.clone(),
-            detail,
-        };
-        let opened = std::panic::catch_unwind(|| {
-            Database::builder()
-                .set_cache_size(cache_bytes)
-                .set_check_integrity_on_open(true)
-                .set_repair_callback(|_| {})
-                .create(&path)
-        });
-        let db = match opened {
-            Ok(Ok(db)) => db,
-            Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(d)))) => {
-                return Err(damaged(d))
+        let check = mark::take(&path).err();
+        let started = std::time::Instant::now();
+        let db = open_db(&path, cache_bytes, check.is_some())?;
+        let open_check = match check {
+            None => {
+                tracing::info!(path = %path.display(), "store closed cleanly and untouched since: page check skipped");
+                OpenCheck::Trusted
             }
-            Ok(Err(e)) => return Err(e.into()),
-            Err(_) => return Err(damaged("the storage engine failed reading it".into())),
+            Some(reason) => {
+                let took = started.elapsed();
+                let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                tracing::info!(path = %path.display(), reason = %reason, ms = took.as_millis() as u64, mib = bytes / (1024 * 1024), "store: checked every page at open");
+                OpenCheck::Full { reason, took }
+            }
         };
         let txn = db.begin_write()?;
         let client_id;
@@ -177,7 +243,68 @@ impl Store {
             client_id: client_id.into(),
             cache_bytes,
             backend_client_ids: Arc::new(AtomicBool::new(false)),
+            damage: Arc::new(Mutex::new(None)),
+            open_check: Arc::new(open_check),
         })
+    }
+
+    /// Checks the store's cross-table invariants on its committed state
+    /// (see [`check`]); the pages' checksums are [`check::full`]'s.
+    pub fn check_invariants(&self) -> Result<check::Report> {
+        let db = self.db()?;
+        check::invariants(&db)
+    }
+
+    /// What the open checked (for status).
+    pub fn open_check(&self) -> &OpenCheck {
+        &self.open_check
+    }
+
+    /// Damage the storage engine reported during work, if any (see
+    /// [`Store::set_damaged`]).
+    pub fn damage(&self) -> Option<String> {
+        self.damage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records that the storage engine failed in a way only a damaged file
+    /// explains (a checksum error, a value that does not decode, a panic
+    /// inside the engine): the writer takes no more writes, and status,
+    /// the log and the metrics say so. The first report is kept.
+    pub fn set_damaged(&self, detail: String) {
+        let mut d = self.damage.lock().unwrap_or_else(|p| p.into_inner());
+        if d.is_none() {
+            tracing::error!(path = %self.path.display(), detail = %detail, "the store is damaged: writes stopped; reads may fail; run `syncd check`, then restore the store from a backup");
+            *d = Some(detail);
+        }
+    }
+
+    /// Closes the database and leaves the clean-shutdown mark, so that the
+    /// next open can skip the page check. Waits (up to `wait`) for open
+    /// transactions to end; every later read fails with
+    /// [`StoreError::Reopening`]. No mark is left when the store was found
+    /// damaged during work or the close did not complete.
+    pub fn close(&self, wait: std::time::Duration) -> Result<()> {
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        let deadline = std::time::Instant::now() + wait;
+        while slot.as_ref().is_some_and(|db| Arc::strong_count(db) > 1) {
+            if std::time::Instant::now() > deadline {
+                return Err(StoreError::InUse);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let Some(db) = slot.take() else {
+            return Ok(());
+        };
+        let db = Arc::into_inner(db).ok_or(StoreError::InUse)?;
+        db.close()?;
+        if self.damage().is_some() {
+            return Ok(());
+        }
+        mark::leave(&self.path)?;
+        Ok(())
     }
 
     /// The database, for one transaction: hold the returned `Arc` for as

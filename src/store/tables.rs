@@ -70,6 +70,7 @@ pub fn for_each_table(txn: &WriteTransaction) -> Result<(), redb::TableError> {
     txn.open_table(DEAD_BY_OP)?;
     txn.open_table(SETTLED)?;
     txn.open_table(SETTLED_ORDER)?;
+    txn.open_table(DEFERRED)?;
     Ok(())
 }
 

@@ -1259,3 +1259,90 @@ async fn put_ts(f: &Fx, id: &str, v: Value, ts: i64) {
     .await
     .unwrap();
 }
+
+/// The invariant check is not a check that cannot fail: each kind of drift
+/// written into the tables behind the writer's back is named.
+#[tokio::test]
+async fn the_invariant_check_names_each_drift() {
+    use super::check::Problem;
+    use super::encoding::{from_store, to_store};
+    use super::tables::*;
+    use redb::ReadableTable;
+    let f = fx();
+    put(&f, "a", json!({"n": 1})).await;
+    put(&f, "b", json!({"n": 2})).await;
+    assert!(f.store.check_invariants().unwrap().is_clean());
+    {
+        let db = f.store.db().unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut records = txn.open_table(RECORDS).unwrap();
+            let mut rec: crate::domain::StoredRecord =
+                from_store(records.get(("c", "a")).unwrap().unwrap().value()).unwrap();
+            rec.pending = 3;
+            records
+                .insert(("c", "a"), to_store(&rec).unwrap().as_slice())
+                .unwrap();
+            let q = txn.open_table(QUEUE).unwrap();
+            let (_, v) = q.last().unwrap().unwrap();
+            let op: crate::domain::QueuedOp = from_store(v.value()).unwrap();
+            drop(v);
+            txn.open_table(OP_INDEX)
+                .unwrap()
+                .remove(op.op_id.as_str())
+                .unwrap();
+            txn.open_table(SERVER_IDS)
+                .unwrap()
+                .insert(("c", "srv-9"), "b")
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let r = f.store.check_invariants().unwrap();
+    assert_eq!(r.count, 3, "{:#?}", r.problems);
+    assert!(r.problems.contains(&Problem::Pending {
+        record: "c/a".into(),
+        pending: 3,
+        ops: 1
+    }));
+    assert!(r.problems.iter().any(|p| matches!(
+        p,
+        Problem::IndexMissing {
+            index: "op_index",
+            ..
+        }
+    )));
+    assert!(r.problems.iter().any(
+        |p| matches!(p, Problem::IndexMissing { index: "server_ids", key, .. } if key == "c/srv-9")
+    ));
+    assert!(!r.problems.iter().any(Problem::is_damage));
+}
+
+/// A store the engine reported damaged takes no more writes, with an
+/// error that says so; what was written before stays readable.
+#[tokio::test]
+async fn a_damaged_store_takes_no_more_writes() {
+    let f = fx();
+    put(&f, "a", json!({"n": 1})).await;
+    f.store.set_damaged("checksum mismatch in page 7".into());
+    let r =
+        f.w.submit(WriteCmd::Put {
+            collection: "c".into(),
+            id: Some("b".into()),
+            data: doc(json!({"n": 2})),
+            client_ts: 2,
+        })
+        .await;
+    match r {
+        Err(WriteError::Storage(e)) => {
+            assert!(
+                matches!(*e, crate::domain::StoreError::DamagedInUse { .. }),
+                "{e}"
+            );
+            assert!(e.to_string().contains("syncd check"), "{e}");
+        }
+        other => panic!("a write went through: {other:?}"),
+    }
+    assert!(f.store.record("c", "b").unwrap().is_none());
+    assert!(f.store.record("c", "a").unwrap().is_some());
+}

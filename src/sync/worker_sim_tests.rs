@@ -604,6 +604,12 @@ async fn converge(seed: u64, server: &Server, devices: &[Device], shared_ids: bo
 /// of a record is its final state.
 fn check(seed: u64, setup: &Setup, (server, devices): (&Server, &[Device]), writes: &[Write]) {
     for (i, d) in devices.iter().enumerate() {
+        let report = d.store.check_invariants().unwrap();
+        assert!(
+            report.is_clean(),
+            "seed {seed}: device {i}: store invariants broken: {:#?}",
+            report.problems
+        );
         assert_eq!(d.store.queue_depth().unwrap(), 0, "seed {seed}: device {i}");
         let dead = d.store.dead_letters().unwrap();
         assert!(

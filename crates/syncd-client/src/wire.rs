@@ -118,6 +118,9 @@ pub enum Request {
     },
     /// Every metric in the Prometheus (OpenMetrics) text format.
     Metrics {},
+    /// The full check of the store (`syncd check`): every page's checksum
+    /// and every cross-table invariant. Writes wait while it runs.
+    CheckStore {},
 }
 
 /// Machine-readable error kinds.
@@ -241,6 +244,14 @@ pub struct StatusView {
     /// When the last pull succeeded, ms since the epoch.
     #[serde(default)]
     pub last_pull_at: Option<i64>,
+    /// What the storage engine reported when it found the store damaged
+    /// during work (writes are refused since); `None`: no damage seen.
+    #[serde(default)]
+    pub store_damaged: Option<String>,
+    /// What the daemon's open checked: `skipped` (closed cleanly and
+    /// untouched since) or `full: REASON (N ms)`.
+    #[serde(default)]
+    pub store_open_check: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -271,6 +282,47 @@ pub enum Response {
     Metrics {
         text: String,
     },
+    /// The reply to `check_store`.
+    StoreCheck(StoreCheckView),
+}
+
+/// What a full check of the store found (`syncd check`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoreCheckView {
+    /// The store file checked.
+    pub path: String,
+    pub store_bytes: u64,
+    /// How many problems in all (`problems` lists at most 100).
+    pub problem_count: u64,
+    /// One line per problem found.
+    pub problems: Vec<String>,
+    /// Some problem is damage to the file (as opposed to tables that
+    /// disagree).
+    pub damaged: bool,
+    /// What to do, for a person.
+    pub advice: String,
+    pub records: u64,
+    pub queued_ops: u64,
+    pub conflicts: u64,
+    pub dead_letters: u64,
+}
+
+impl StoreCheckView {
+    /// The view of `r`, a check of the file at `path`.
+    pub fn new(path: &std::path::Path, r: &crate::store::check::Report) -> StoreCheckView {
+        StoreCheckView {
+            path: path.display().to_string(),
+            store_bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+            problem_count: r.count,
+            problems: r.problems.iter().map(|p| p.to_string()).collect(),
+            damaged: r.problems.iter().any(|p| p.is_damage()),
+            advice: r.advice().to_owned(),
+            records: r.records,
+            queued_ops: r.queued,
+            conflicts: r.conflicts,
+            dead_letters: r.dead,
+        }
+    }
 }
 
 #[cfg(test)]

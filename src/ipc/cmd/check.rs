@@ -62,6 +62,10 @@ pub fn written(o: WriteOutcome) -> Response {
     match o {
         WriteOutcome::Written { id, op_id } => Response::Written { id, op_id },
         WriteOutcome::Done => Response::Ok {},
+        WriteOutcome::Checked(r) => Response::StoreCheck(crate::ipc::wire::StoreCheckView::new(
+            std::path::Path::new(""),
+            &r,
+        )),
     }
 }
 

@@ -11,7 +11,7 @@ use super::blocking::read;
 /// The current metrics text.
 pub async fn text(ctx: &Ctx) -> Result<String, ApiError> {
     let now = crate::domain::clock::now_ms();
-    let mut snap = read(ctx, move |s| {
+    let snap = read(ctx, move |s| {
         Ok(Snapshot {
             queue_depth: s.queue_depth()?,
             oldest_pending_age_s: s
@@ -22,9 +22,19 @@ pub async fn text(ctx: &Ctx) -> Result<String, ApiError> {
             conflicts_parked: s.conflict_count()?,
             store_bytes: s.store_bytes(),
             state: String::new(),
+            store_damaged: s.damage().is_some(),
         })
     })
-    .await?;
+    .await;
+    // A damaged store may fail the reads: the damage is still exported.
+    let mut snap = match snap {
+        Ok(s) => s,
+        Err(_) if ctx.store.damage().is_some() => Snapshot {
+            store_damaged: true,
+            ..Snapshot::default()
+        },
+        Err(e) => return Err(e),
+    };
     snap.state = ctx.sync.status().state.as_str().to_owned();
     Ok(ctx.metrics.render(&snap))
 }

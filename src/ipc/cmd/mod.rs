@@ -19,6 +19,7 @@ pub mod put;
 pub mod queue;
 pub mod resolve;
 pub mod status;
+pub mod store_check;
 pub mod wait_synced;
 pub mod watch;
 
@@ -71,5 +72,6 @@ pub async fn apply(ctx: &Ctx, req: Request) -> Result<Response, ApiError> {
         Request::Discard { op_id } => dead_letters::discard(ctx, op_id).await,
         Request::WaitSynced { op_id } => wait_synced::apply(ctx, op_id).await,
         Request::Metrics {} => metrics::apply(ctx).await,
+        Request::CheckStore {} => store_check::apply(ctx).await,
     }
 }

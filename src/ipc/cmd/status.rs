@@ -10,7 +10,7 @@ use crate::ipc::context::Ctx;
 use crate::ipc::health::{hints, HintInputs};
 use crate::ipc::wire::{ApiError, StatusView};
 use crate::store::tables::{i64_be, u64_be, META_LAST_SYNC, META_RESOLVED};
-use crate::store::{Store, StoreError};
+use crate::store::{OpenCheck, Store, StoreError};
 
 use super::blocking::read;
 
@@ -20,6 +20,7 @@ use super::blocking::read;
 pub const PENDING_SCAN_LIMIT: usize = 1_000;
 
 /// What status reads from the store, in one read on the blocking pool.
+#[derive(Default)]
 struct StoreFacts {
     queue_depth: u64,
     oldest_pending: Option<i64>,
@@ -47,7 +48,12 @@ fn store_facts(store: &Store) -> Result<StoreFacts, StoreError> {
 
 /// Builds the status view from the store, the worker and the runtime.
 pub async fn status(ctx: &Ctx) -> Result<StatusView, ApiError> {
-    let f = read(ctx, store_facts).await?;
+    // A damaged store may fail the reads: status still answers, and says why.
+    let f = match read(ctx, store_facts).await {
+        Ok(f) => f,
+        Err(_) if ctx.store.damage().is_some() => StoreFacts::default(),
+        Err(e) => return Err(e),
+    };
     let s = ctx.sync.status();
     let cfg = ctx.config.borrow().clone();
     let now = crate::domain::clock::now_ms();
@@ -81,6 +87,8 @@ pub async fn status(ctx: &Ctx) -> Result<StatusView, ApiError> {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         remote_changes: s.remote_changes,
         last_pull_at: s.last_pull_at,
+        store_damaged: ctx.store.damage(),
+        store_open_check: Some(open_check_text(ctx.store.open_check())),
     };
     v.hints = hints(
         &v,
@@ -110,4 +118,12 @@ fn pending_by_collection(
         *counts.entry(op.collection).or_insert(0) += 1;
     }
     Ok((counts, complete))
+}
+
+/// `skipped`, or `full: REASON (N ms)`.
+fn open_check_text(c: &OpenCheck) -> String {
+    match c {
+        OpenCheck::Trusted => "skipped (closed cleanly, untouched since)".into(),
+        OpenCheck::Full { reason, took } => format!("full: {reason} ({} ms)", took.as_millis()),
+    }
 }

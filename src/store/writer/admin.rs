@@ -76,7 +76,7 @@ pub(super) fn resolve_parked(
     // Writes the app made after the park were made on the same stale
     // base: they are settled by this resolution too.
     let mut ops = parked.ops;
-    let queued = x.pending_of(c, lid)?.saturating_sub(ops.len() as u32);
+    let queued = x.pending_besides(c, lid, ops.len() as u32)?;
     for (s, _) in x.ops_of_record_after(0, c, lid, queued)? {
         if let Some(o) = x.take_op(s)? {
             ops.push(o);

@@ -10,7 +10,7 @@ use crate::domain::{
 };
 use crate::store::parse_doc_text;
 
-use super::txn::{append_op, not_found, JobResult, Txn};
+use super::txn::{append_op, fewer, not_found, JobResult, Txn};
 use super::WriteOutcome;
 use crate::store::encoding::{from_store, to_store};
 use crate::store::ParkedConflict;
@@ -263,7 +263,7 @@ fn fold(
         _ => return Ok(None),
     };
     let mut rec = rec.clone();
-    rec.pending = rec.pending.saturating_sub(1);
+    rec.pending = fewer(&tail.collection, &tail.local_id, rec.pending, 1)?;
     x.put_record(&tail.collection, &tail.local_id, &rec)?;
     tail.kind = folded;
     tail.data = data.clone();
@@ -279,7 +279,7 @@ fn drop_unsent_create(x: &mut Txn<'_>, rec: &StoredRecord, seq: u64) -> Result<S
         return Ok(String::new());
     };
     let mut rec = rec.clone();
-    rec.pending = rec.pending.saturating_sub(2);
+    rec.pending = fewer(&tail.collection, &tail.local_id, rec.pending, 2)?;
     if rec.pending == 0 {
         x.records
             .remove((tail.collection.as_str(), tail.local_id.as_str()))?;

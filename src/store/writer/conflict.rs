@@ -18,7 +18,7 @@ use crate::store::settled::{self, Settled};
 use crate::store::tables::*;
 use crate::store::{parse_doc_text, ParkedConflict, ServerRecordStored};
 
-use super::txn::{bump_resolved, prepend_op, take_server, JobResult, Txn};
+use super::txn::{bump_resolved, fewer, prepend_op, take_server, JobResult, Txn};
 use super::verdict::take_deferred;
 use super::WriteOutcome;
 
@@ -112,7 +112,7 @@ fn newest_ts(op: &QueuedOp, run: &OpRun) -> i64 {
 /// Queued ops of this record after `seq`, split into its run (before any
 /// other record's op) and its tail (behind one).
 fn run_and_tail(x: &Txn<'_>, seq: u64, c: &str, lid: &str) -> Result<(OpRun, OpRun), StoreError> {
-    let others = x.pending_of(c, lid)?.saturating_sub(1);
+    let others = x.pending_besides(c, lid, 1)?;
     let later = x.ops_of_record_after(seq, c, lid, others)?;
     let foreign = x.first_foreign_after(seq, c, lid)?;
     Ok(later
@@ -283,10 +283,13 @@ fn settle_take_server(
     merged_in: bool,
 ) -> Result<Outcome, StoreError> {
     let n = ops.len() as u32;
-    let rec = x.record(c, lid)?.map(|mut r| {
-        r.pending = r.pending.saturating_sub(n);
-        r
-    });
+    let rec = match x.record(c, lid)? {
+        Some(mut r) => {
+            r.pending = fewer(c, lid, r.pending, n)?;
+            Some(r)
+        }
+        None => None,
+    };
     let deleted_both = server.deleted && ops.last().is_some_and(|o| o.kind == OpKind::Delete);
     take_server(x, c, lid, rec, server, Origin::Conflict)?;
     Ok(if deleted_both {
@@ -322,7 +325,7 @@ fn settle_resend(
     let mut rec = x
         .record(c, lid)?
         .unwrap_or(StoredRecord::local("{}".into(), n, client_ts));
-    rec.pending = rec.pending.saturating_sub(n) + 1;
+    rec.pending = fewer(c, lid, rec.pending, n)? + 1;
     // The record now stands on the server's version. With client-chosen
     // ids a record's id is taken for good once the server holds it, a
     // tombstone included: re-creating it is an update of the tombstone

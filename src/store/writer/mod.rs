@@ -129,6 +129,9 @@ pub enum WriteCmd {
     Claim {
         upto: u64,
     },
+    /// The full check of the store file ([`super::check::full`]), run
+    /// between two commits; answered with [`WriteOutcome::Checked`].
+    CheckStore,
     /// Several sync verdicts (one pushed batch's results), applied in order
     /// in one transaction: the drain pays one durable commit per batch, not
     /// one per op.
@@ -138,14 +141,22 @@ pub enum WriteCmd {
 /// A job's answer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WriteOutcome {
-    Written { id: String, op_id: String },
+    Written {
+        id: String,
+        op_id: String,
+    },
     Done,
+    /// What a [`WriteCmd::CheckStore`] found.
+    Checked(Box<super::check::Report>),
 }
 
 struct Job {
     cmd: WriteCmd,
     reply: oneshot::Sender<Result<WriteOutcome, WriteError>>,
 }
+
+/// A committed batch: each job's result and events.
+type Batch = (Vec<JobResult>, Vec<Vec<Event>>);
 
 /// Sends jobs to the writer thread. Cheap to clone.
 #[derive(Clone)]
@@ -280,11 +291,51 @@ impl Writer {
         tracing::debug!("writer thread exiting: all handles dropped");
     }
 
-    /// Commits `jobs` as one transaction and answers each (emptying `jobs`).
+    /// Answers `jobs` (emptying it): the writes in one transaction, then
+    /// any store checks.
     fn process(&mut self, jobs: &mut Vec<Job>) {
+        let (checks, rest): (Vec<Job>, Vec<Job>) = jobs
+            .drain(..)
+            .partition(|j| matches!(j.cmd, WriteCmd::CheckStore));
+        *jobs = rest;
+        if !jobs.is_empty() {
+            self.commit(jobs);
+        }
+        for job in checks {
+            let r = self.check_file();
+            let _ = job.reply.send(r);
+        }
+    }
+
+    /// The full check of the store file, between two commits: the file is
+    /// what the last commit left (`Durability::Immediate`).
+    fn check_file(&self) -> Result<WriteOutcome, WriteError> {
+        let started = std::time::Instant::now();
+        let r = super::check::full(self.store.path(), self.store.cache_bytes)?;
+        tracing::info!(
+            ms = started.elapsed().as_millis() as u64,
+            problems = r.count,
+            "store checked on request"
+        );
+        Ok(WriteOutcome::Checked(Box::new(r)))
+    }
+
+    /// Commits `jobs` as one transaction and answers each (emptying `jobs`).
+    /// A store found damaged takes no more writes: every job gets the
+    /// error at once.
+    fn commit(&mut self, jobs: &mut Vec<Job>) {
         let before = self.counters;
-        match self.run_batch(jobs) {
+        let outcome = match self.store.damage() {
+            Some(detail) => Err(StoreError::DamagedInUse {
+                path: self.store.path().to_owned(),
+                detail,
+            }),
+            None => self.run_caught(jobs),
+        };
+        match outcome {
             Ok((results, per_job)) => {
+                #[cfg(test)]
+                self.assert_invariants(jobs);
                 let enqueued = self.counters.queue_tail != before.queue_tail
                     || jobs.iter().any(|j| j.cmd.may_enqueue());
                 // Decided after the commit: whoever subscribed before
@@ -306,6 +357,9 @@ impl Writer {
                 }
             }
             Err(e) => {
+                if super::is_damage(&e) {
+                    self.store.set_damaged(e.to_string());
+                }
                 self.poisoned |= matches!(e, StoreError::Io(_) | StoreError::NeedsReopen);
                 tracing::error!(error = %e, jobs = jobs.len(), "write transaction failed; nothing in it was acknowledged");
                 self.counters = before;
@@ -317,10 +371,45 @@ impl Writer {
         }
     }
 
+    /// [`Writer::run_batch`], with a panic inside the storage engine (which
+    /// redb documents for a file changed outside it) caught: the daemon
+    /// stops taking writes instead of dying and crash-looping on it.
+    fn run_caught(&mut self, jobs: &[Job]) -> Result<Batch, StoreError> {
+        let before = self.counters;
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_batch(jobs)));
+        run.unwrap_or_else(|panic| {
+            self.counters = before;
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            let detail = format!("the storage engine panicked in a write transaction: {what}");
+            self.store.set_damaged(detail.clone());
+            Err(StoreError::DamagedInUse {
+                path: self.store.path().to_owned(),
+                detail,
+            })
+        })
+    }
+
+    /// Test builds: every committed batch leaves the store's cross-table
+    /// invariants ([`super::check`]) true.
+    #[cfg(test)]
+    fn assert_invariants(&self, jobs: &[Job]) {
+        let report = self.store.check_invariants().expect("read the store");
+        assert!(
+            report.is_clean(),
+            "store invariants broken after {:?}: {:#?}",
+            jobs.iter().map(|j| &j.cmd).collect::<Vec<_>>(),
+            report.problems
+        );
+    }
+
     /// Runs `jobs` in one durable transaction; returns each job's result and
     /// the events of each job (none for one that failed; a put's event is
     /// built after the commit, see [`batch_events`]).
-    fn run_batch(&mut self, jobs: &[Job]) -> Result<(Vec<JobResult>, Vec<Vec<Event>>), StoreError> {
+    fn run_batch(&mut self, jobs: &[Job]) -> Result<Batch, StoreError> {
         if jobs.iter().all(|j| matches!(j.cmd, WriteCmd::Claim { .. })) {
             // Claims change only memory: no transaction, no fsync.
             for j in jobs {
@@ -462,6 +551,8 @@ fn apply(x: &mut Txn<'_>, cmd: &WriteCmd) -> Result<JobResult, StoreError> {
             x.counters.claim(*upto);
             Ok(Ok(WriteOutcome::Done))
         }
+        // Taken out of the batch by `Writer::process`.
+        WriteCmd::CheckStore => Ok(Ok(WriteOutcome::Done)),
         WriteCmd::Verdicts(cmds) => {
             for c in cmds {
                 if let Err(e) = apply(x, c)? {

@@ -119,6 +119,12 @@ impl<'txn> Txn<'txn> {
         Ok(Some(op))
     }
 
+    /// The record's count of pending ops (0 if it is gone), less `n`: ops
+    /// of it that are in hand (taken or about to be).
+    pub fn pending_besides(&self, c: &str, lid: &str, n: u32) -> Result<u32, StoreError> {
+        fewer(c, lid, self.pending_of(c, lid)?, n)
+    }
+
     /// The record's count of pending ops (0 if it is gone).
     pub fn pending_of(&self, c: &str, lid: &str) -> Result<u32, StoreError> {
         Ok(self.record(c, lid)?.map(|r| r.pending).unwrap_or(0))
@@ -204,6 +210,20 @@ impl<'txn> Txn<'txn> {
         };
         Ok(Some(from_store(&bytes)?))
     }
+}
+
+/// `pending - n` for the record `c/lid`: the count after `n` of its ops
+/// left. Below zero is a broken invariant: an error that abandons the
+/// transaction, never a count clamped to zero that hides the drift.
+pub(super) fn fewer(c: &str, lid: &str, pending: u32, n: u32) -> Result<u32, StoreError> {
+    pending
+        .checked_sub(n)
+        .ok_or_else(|| StoreError::PendingUnderflow {
+            collection: c.to_owned(),
+            id: lid.to_owned(),
+            pending,
+            leaving: n,
+        })
 }
 
 /// Appends `op` at the tail of the queue.

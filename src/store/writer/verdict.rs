@@ -15,7 +15,7 @@ use crate::store::encoding::{from_store, to_store};
 use crate::store::tables::*;
 use crate::store::{parse_doc_text, ParkedConflict, ServerRecordStored};
 
-use super::txn::{take_server, JobResult, Txn};
+use super::txn::{fewer, take_server, JobResult, Txn};
 use super::WriteOutcome;
 
 /// The server applied the op at `seq`.
@@ -41,7 +41,7 @@ pub(super) fn drop_local(x: &mut Txn<'_>, seq: u64) -> Result<JobResult, StoreEr
         return Ok(Ok(WriteOutcome::Done));
     };
     if let Some(mut rec) = x.record(&op.collection, &op.local_id)? {
-        rec.pending = rec.pending.saturating_sub(1);
+        rec.pending = fewer(&op.collection, &op.local_id, rec.pending, 1)?;
         if rec.pending == 0 && rec.deleted {
             x.records
                 .remove((op.collection.as_str(), op.local_id.as_str()))?;
@@ -73,9 +73,7 @@ pub(super) fn dead_letter(x: &mut Txn<'_>, seq: u64, error: &str) -> Result<JobR
     // dependents were never sent, so theirs stay as they were.)
     op.attempts = op.attempts.saturating_add(1);
     let mut dead = vec![(op.clone(), error.to_owned())];
-    let others = x
-        .pending_of(&op.collection, &op.local_id)?
-        .saturating_sub(1);
+    let others = x.pending_besides(&op.collection, &op.local_id, 1)?;
     let dependents = x.ops_of_record_after(seq, &op.collection, &op.local_id, others)?;
     for (s, _) in &dependents {
         if let Some(d) = x.take_op(*s)? {
@@ -87,7 +85,7 @@ pub(super) fn dead_letter(x: &mut Txn<'_>, seq: u64, error: &str) -> Result<JobR
     }
     let mut base = None;
     if let Some(mut rec) = x.record(&op.collection, &op.local_id)? {
-        rec.pending = rec.pending.saturating_sub(dead.len() as u32);
+        rec.pending = fewer(&op.collection, &op.local_id, rec.pending, dead.len() as u32)?;
         base = rec.server_id.clone().zip(rec.version);
         x.put_record(&op.collection, &op.local_id, &rec)?;
     }
@@ -149,7 +147,7 @@ fn apply_ack(x: &mut Txn<'_>, op: &QueuedOp, r: &ServerRecord) -> Result<(), Sto
     let Some(mut rec) = x.record(c, lid)? else {
         return Ok(());
     };
-    rec.pending = rec.pending.saturating_sub(1);
+    rec.pending = fewer(c, lid, rec.pending, 1)?;
     if let Some(old) = rec.server_id.as_deref() {
         if old != r.id {
             x.server_ids.remove((c, old))?;
