@@ -100,7 +100,7 @@ async fn check_here(
     let checked = tokio::task::spawn_blocking(move || {
         let r = syncd::store::check::full(&path, cache);
         drop(lock);
-        r.map(|r| StoreCheckView::new(&path, &r))
+        r.map(|r| syncd::ipc::cmd::store_check::view(&path, &r))
     })
     .await
     .map_err(|e| CliError::Failed(format!("the check failed: {e}")))?;

@@ -307,24 +307,6 @@ pub struct StoreCheckView {
     pub dead_letters: u64,
 }
 
-impl StoreCheckView {
-    /// The view of `r`, a check of the file at `path`.
-    pub fn new(path: &std::path::Path, r: &crate::store::check::Report) -> StoreCheckView {
-        StoreCheckView {
-            path: path.display().to_string(),
-            store_bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
-            problem_count: r.count,
-            problems: r.problems.iter().map(|p| p.to_string()).collect(),
-            damaged: r.problems.iter().any(|p| p.is_damage()),
-            advice: r.advice().to_owned(),
-            records: r.records,
-            queued_ops: r.queued,
-            conflicts: r.conflicts,
-            dead_letters: r.dead,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
