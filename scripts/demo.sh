@@ -65,3 +65,4 @@ step list todos --limit 10
 step queue
 step status
 printf '\nThe writes are durable and queued; with [backend] url set in a config\nfile (see daemon.toml.example) the sync worker would now push them.\n'
+printf '\nThis demo ran %s in a throwaway directory, now removed. To try the\ncommands yourself: `cargo install --path .` (puts syncd on your PATH),\n`syncd run` in one terminal, and the commands above in another.\n' "$syncd"

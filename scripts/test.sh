@@ -12,6 +12,8 @@ trap 'rm -f "$out"' EXIT
 rc=0
 # With pipefail the pipeline's status is cargo's (tee succeeds).
 cargo test --all-targets --no-fail-fast "$@" 2>&1 | tee "$out" || rc=$?
+# --all-targets leaves out doctests (the client crate's examples).
+cargo test --workspace --doc --no-fail-fast 2>&1 | tee -a "$out" || rc=$?
 
 if ((rc != 0)); then
     printf '\n==> test suite FAILED (cargo exit %d)\n' "$rc"

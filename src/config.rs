@@ -14,7 +14,7 @@ use serde::Deserialize;
 mod error;
 mod watch;
 pub use error::{ConfigError, ConfigProblem, Place};
-pub use watch::{watch_file, FileWatch, SETTLE};
+pub use watch::{stamp, watch_file, FileWatch, Stamp, SETTLE};
 
 pub use crate::domain::conflict::{FieldRule, Strategy};
 
@@ -222,23 +222,17 @@ fn read(path: &Path) -> Result<String, ConfigError> {
 impl Config {
     /// Reads and validates `path`. Relative paths inside the file are taken
     /// relative to the file's directory.
+    ///
+    /// A file that holds no setting at all (empty, or only whitespace and
+    /// comments) is refused, at start as on a reload: such a file is almost
+    /// always one caught half-written (`cat > daemon.toml` truncates
+    /// first), and taking it would swap the user's backend and conflict
+    /// strategies for the embedded defaults. (No file at all, `syncd run`
+    /// without `--config`, is how to run on the defaults.) The file is read
+    /// once: what is checked is what is parsed.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = read(path)?;
-        let mut cfg = Config::parse(&text).map_err(|e| e.in_file(path))?;
-        let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
-        if let Some(dir) = abs.parent() {
-            cfg.resolve_relative(dir);
-        }
-        Ok(cfg)
-    }
-
-    /// [`Config::load`] for a reload: a file that holds no setting at all
-    /// (empty, or only whitespace and comments) is refused too. On a
-    /// running daemon such a file is almost always one caught half-written
-    /// (`cat > daemon.toml` truncates first), and taking it would swap the
-    /// user's backend and conflict strategies for the embedded defaults.
-    pub fn load_for_reload(path: &Path) -> Result<Config, ConfigError> {
-        if is_blank(&read(path)?) {
+        if is_blank(&text) {
             return Err(ConfigError {
                 file: Some(path.to_owned()),
                 place: None,
@@ -246,7 +240,12 @@ impl Config {
                 problem: ConfigProblem::Empty,
             });
         }
-        Config::load(path)
+        let mut cfg = Config::parse(&text).map_err(|e| e.in_file(path))?;
+        let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        if let Some(dir) = abs.parent() {
+            cfg.resolve_relative(dir);
+        }
+        Ok(cfg)
     }
 
     /// Parses and validates TOML text; errors name the key and the reason.

@@ -170,7 +170,7 @@ async fn reload_config(
 ) {
     // File I/O: on the blocking pool, never on the runtime's threads.
     let owned = path.to_owned();
-    let loaded = tokio::task::spawn_blocking(move || Config::load_for_reload(&owned)).await;
+    let loaded = tokio::task::spawn_blocking(move || Config::load(&owned)).await;
     let loaded = loaded.unwrap_or_else(|e| {
         Err(crate::config::ConfigError {
             file: Some(path.to_owned()),
@@ -262,9 +262,13 @@ fn warn_notable(old: &Config, new: &Config) {
 
 /// Runs the daemon until SIGTERM/SIGINT. `config_path` is `None` for the
 /// embedded defaults.
+/// `loaded` is the config file as it was when `config` was read from it
+/// ([`crate::config::stamp`] taken before the read): an edit that lands
+/// while the daemon starts is then reloaded once the watch is up.
 pub async fn run(
     config: Config,
     config_path: Option<PathBuf>,
+    loaded: Option<crate::config::Stamp>,
     log: LogHandle,
 ) -> Result<(), StartError> {
     let mode = config.socket_mode().map_err(StartError)?;
@@ -298,7 +302,7 @@ pub async fn run(
     let (cfg_tx, cfg_rx) = watch::channel(Arc::new(config));
     let mut sigs = signals()?;
     let mut cfg_watch = config_path.as_deref().and_then(|p| {
-        crate::config::watch_file(p)
+        crate::config::watch_file(p, Some(loaded))
             .map_err(|e| tracing::warn!("config file not watched ({e}); SIGHUP still reloads"))
             .ok()
     });
@@ -466,7 +470,12 @@ async fn wait_for_stop(
         tokio::select! {
             s = sigs.recv() => match s {
                 Some(Sig::Reload) => match config_path {
-                    Some(p) => reload_config(p, cfg_tx, log, runtime).await,
+                    Some(p) => {
+                        // This read takes the file as it is: the watch
+                        // must not reload the same edit again.
+                        if let Some(w) = cfg_watch.as_deref() { w.taken(); }
+                        reload_config(p, cfg_tx, log, runtime).await
+                    }
                     None => tracing::info!("SIGHUP: running on embedded defaults, nothing to reload"),
                 },
                 Some(Sig::Stop) | None => break,

@@ -115,12 +115,23 @@ fn empty_file_is_refused_and_the_backend_kept() {
             .as_str()
             .is_some_and(|e| e.contains("empty"))
     });
-    // Comments and blank lines are no config either (SIGHUP: at once).
+    // Comments and blank lines are no config either.
     std::fs::write(&d.config, "# nothing here yet\n\n   \n").unwrap();
-    d.signal(libc::SIGHUP);
     eventually(30, "comment-only file refused", || {
         d.log_text().matches("the file is empty").count() >= 2
     });
+    // Such a file names no socket: the CLI refuses to guess (the default
+    // socket may be another daemon) and says to use --socket.
+    let o = std::process::Command::new(&d.bin)
+        .arg("--config")
+        .arg(&d.config)
+        .args(["status", "--check"])
+        .env_remove("SYNCD_SOCKET")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("empty") && err.contains("--socket"), "{err}");
     let (_, bad) = w.finish();
     assert!(bad.is_empty(), "backend not set at some moment: {bad:?}");
     let st = d.status();
@@ -190,4 +201,56 @@ fn dropping_the_backend_or_a_strategy_is_a_warning() {
     );
     assert!(strategies.iter().all(|l| l.contains("WARN")), "{log}");
     assert_eq!(d.status()["backend"], Value::Null);
+}
+
+/// A person who checks status in a loop through `--config` (which reads the
+/// file every time) does not hold back the reload of an edit: reads are
+/// not writes.
+#[test]
+fn reads_of_the_file_do_not_hold_back_a_reload() {
+    let b = Backend::start(&[]);
+    let d = daemon_on(&b);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (bin, cfg, flag) = (d.bin.clone(), d.config.clone(), stop.clone());
+    let reader = std::thread::spawn(move || {
+        while !flag.load(Ordering::SeqCst) {
+            let _ = std::process::Command::new(&bin)
+                .arg("--config")
+                .arg(&cfg)
+                .args(["status", "--json"])
+                .env_remove("SYNCD_SOCKET")
+                .output();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(&d.config, text.replace("\"manual\"", "\"server-wins\"")).unwrap();
+    eventually(60, "the edit reloaded while the file is being read", || {
+        d.log_text()
+            .contains("config reload changes a conflict strategy")
+    });
+    stop.store(true, Ordering::SeqCst);
+    reader.join().unwrap();
+}
+
+/// An empty file is refused at start too, like an invalid one: running
+/// on the defaults would drop the backend without a word.
+#[test]
+fn an_empty_file_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("daemon.toml");
+    std::fs::write(&cfg, "\n# to be written\n").unwrap();
+    let o = std::process::Command::new(common::bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("XDG_RUNTIME_DIR", dir.path())
+        .env("XDG_DATA_HOME", dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("empty") && err.contains("daemon.toml"),
+        "{err}"
+    );
 }

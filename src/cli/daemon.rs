@@ -118,6 +118,15 @@ pub fn socket_from_config(path: &Path) -> Result<PathBuf, CliError> {
             path.display()
         ))
     })?;
+    if syncd::config::is_blank(&text) {
+        // The daemon refuses such a file (at start and on reload), so it
+        // says nothing of where a running daemon listens: do not guess
+        // the default socket, which may be another daemon.
+        return Err(CliError::Usage(format!(
+            "config error: {}: the file is empty, so it does not say which daemon it configures; name the socket with --socket",
+            path.display()
+        )));
+    }
     let named = match text.parse::<toml::Table>() {
         Ok(t) => t
             .get("daemon")

@@ -25,26 +25,14 @@ pub struct RunArgs {
 /// before the command (`syncd --config F run`).
 pub async fn run(a: &RunArgs, outer: &DaemonOpts) -> Result<(), CliError> {
     let config_path = a.config.clone().or_else(|| outer.config.clone());
+    // Before the read: an edit that lands after it is reloaded later.
+    let loaded = config_path.as_deref().and_then(syncd::config::stamp);
     let mut cfg = load_config(config_path.as_deref())?;
     if let Some(s) = a.socket.as_ref().or(outer.socket.as_ref()) {
         cfg.daemon.socket = s.clone();
     }
     let log = syncd::daemon::init_logging(&cfg.daemon.log_level, cfg.daemon.log_format);
-    warn_if_blank(config_path.as_deref());
-    syncd::daemon::run(cfg, config_path, log)
+    syncd::daemon::run(cfg, config_path, loaded, log)
         .await
         .map_err(|e| CliError::Failed(e.to_string()))
-}
-
-/// At start an empty config file is taken (the embedded defaults, nothing
-/// running to protect), unlike on a reload, but said aloud: a file caught
-/// half-written at boot means no backend until it is fixed.
-fn warn_if_blank(path: Option<&std::path::Path>) {
-    let Some(p) = path else { return };
-    if std::fs::read_to_string(p).is_ok_and(|t| syncd::config::is_blank(&t)) {
-        tracing::warn!(
-            file = %p.display(),
-            "the config file is empty: running on the embedded defaults (no backend) until it is filled in"
-        );
-    }
 }

@@ -22,7 +22,7 @@ pub enum Place {
 pub enum ConfigProblem {
     /// The file cannot be read: the OS's reason.
     Unreadable(String),
-    /// The file holds no setting at all (refused on a reload).
+    /// The file holds no setting at all.
     Empty,
     /// Not TOML, or a key or table that does not exist: the parser's reason.
     Syntax(String),
@@ -79,9 +79,9 @@ impl std::fmt::Display for ConfigError {
         }
         match &self.problem {
             ConfigProblem::Unreadable(e) => write!(f, "cannot read: {e}")?,
-            ConfigProblem::Empty => f.write_str(
-                "the file is empty (no setting, only whitespace or comments); keeping the running config until a valid file is written",
-            )?,
+            ConfigProblem::Empty => {
+                f.write_str("the file is empty (no setting, only whitespace or comments)")?
+            }
             ConfigProblem::Syntax(m) | ConfigProblem::Invalid(m) => f.write_str(m)?,
         }
         if let Some(n) = self.line {

@@ -211,7 +211,7 @@ impl Worker {
         let url = url.as_str();
         let token = match &self.cfg.backend.token_file {
             Some(p) => {
-                self.token_watch = crate::config::watch_file(p)
+                self.token_watch = crate::config::watch_file(p, None)
                     .map_err(|e| tracing::warn!("token file not watched ({e}); reload re-reads it"))
                     .ok();
                 match crate::backend::client::read_token(p) {

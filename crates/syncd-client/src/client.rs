@@ -211,7 +211,7 @@ impl Client {
         Err(ClientError::Api(ApiError::new(
             ErrorCode::TooLarge,
             format!(
-                "request is {len} bytes; the daemon accepts frames of up to {limit} bytes (daemon.max_frame_bytes); nothing was sent"
+                "request is {len} bytes; the daemon accepts frames of up to {limit} bytes (daemon.max_frame_bytes), and a document in a write must also fit daemon.max_document_bytes (1 MiB by default); nothing was sent"
             ),
         )))
     }
