@@ -270,7 +270,18 @@ pub async fn run(
 
     let store = Store::open(&data_dir, config.daemon.cache_mib as usize * 1024 * 1024)
         .map_err(|e| StartError(format!("cannot open store in {}: {e}", data_dir.display())))?;
-    let paused = store.meta(META_PAUSED).ok().flatten().as_deref() == Some(b"1");
+    // A flag that cannot be read is not "not paused": syncing against the
+    // user's pause is not an option, so the daemon does not start.
+    let paused = store
+        .meta(META_PAUSED)
+        .map_err(|e| {
+            StartError(format!(
+                "cannot read the paused flag from the store in {}: {e}; not starting, so as not to sync while paused",
+                data_dir.display()
+            ))
+        })?
+        .as_deref()
+        == Some(b"1");
     let (events, _) = broadcast::channel(EVENT_BUFFER);
     let queue_changed = Arc::new(Notify::new());
     let (writer, writer_thread) =
