@@ -119,12 +119,19 @@ impl Channel {
                 self.backoff.fail(unit).min(caps.unlisted_ms),
             ),
             Failure::Transient { retry_after_ms, .. } => {
+                // The server's `Retry-After` is the wait: no request before
+                // it, and none needlessly later (a backend whose database
+                // is back says so with a short one). Without it, backoff.
                 let d = self.backoff.fail(unit);
-                if let Some(ra) = retry_after_ms {
-                    let until = now + *ra as i64;
-                    self.retry_after_until =
-                        Some(self.retry_after_until.map_or(until, |t| t.max(until)));
-                }
+                let d = match retry_after_ms {
+                    Some(ra) => {
+                        let until = now + *ra as i64;
+                        self.retry_after_until =
+                            Some(self.retry_after_until.map_or(until, |t| t.max(until)));
+                        *ra
+                    }
+                    None => d,
+                };
                 (State::Backoff, d)
             }
             Failure::Auth { .. } => (State::AuthError, self.backoff.max_ms),
@@ -220,5 +227,35 @@ mod tests {
         assert_eq!(c.not_before, Some(8000), "the server's floor stands");
         c.succeed(8000);
         assert_eq!(c.not_before, None);
+    }
+
+    /// A short `Retry-After` is the wait, however far the backoff has
+    /// grown: devices return as soon as the server says.
+    #[test]
+    fn retry_after_is_the_wait_not_only_a_floor() {
+        let mut c = Channel::new(500, 60_000);
+        let caps = Caps {
+            unreachable_ms: 2000,
+            unlisted_ms: 5000,
+        };
+        let busy = Failure::Transient {
+            reason: "503".into(),
+            retry_after_ms: Some(1000),
+        };
+        let mut now = 0;
+        for _ in 0..20 {
+            c.fail(now, &busy, 0.99, &caps);
+            assert_eq!(c.not_before, Some(now + 1000));
+            now += 1000;
+        }
+        let plain = Failure::Transient {
+            reason: "500".into(),
+            retry_after_ms: None,
+        };
+        c.fail(now, &plain, 0.99, &caps);
+        assert!(
+            c.not_before.is_some_and(|t| t - now > 30_000),
+            "grown backoff"
+        );
     }
 }
