@@ -412,6 +412,16 @@ mod tests {
         (q.since, q.since_given, q.limit, q.wait_s)
     }
 
+    /// An unreachable store is a 503 with a short `Retry-After`, so
+    /// devices come back within a second of it; other failures a 500.
+    #[test]
+    fn store_errors_say_when_to_come_back() {
+        let down = store_error(&StoreError::Unavailable("connection refused".into()));
+        assert_eq!((down.status, down.retry_after_s), (503, Some(1)));
+        let broken = store_error(&StoreError::Failed("corrupt".into()));
+        assert_eq!((broken.status, broken.retry_after_s), (500, None));
+    }
+
     #[test]
     fn changes_query_defaults_and_plain_values() {
         assert_eq!(parsed(""), (0, false, 100, None));
