@@ -277,7 +277,18 @@ pub async fn run(
     let _lock = lock_data_dir(&data_dir)?;
 
     let store = open_store(&data_dir, config.daemon.cache_mib as usize * 1024 * 1024).await?;
-    let paused = store.meta(META_PAUSED).ok().flatten().as_deref() == Some(b"1");
+    // A flag that cannot be read is not "not paused": syncing against the
+    // user's pause is not an option, so the daemon does not start.
+    let paused = store
+        .meta(META_PAUSED)
+        .map_err(|e| {
+            StartError(format!(
+                "cannot read the paused flag from the store in {}: {e}; not starting, so as not to sync while paused",
+                data_dir.display()
+            ))
+        })?
+        .as_deref()
+        == Some(b"1");
     let (events, _) = broadcast::channel(EVENT_BUFFER);
     let queue_changed = Arc::new(Notify::new());
     let (writer, writer_thread) =

@@ -371,11 +371,13 @@ fn retry_after(status: u16, header: fn() -> (String, Duration)) {
     let log = srv.log();
     let after: Vec<_> = log.iter().filter(|l| l.req.at > t0).collect();
     assert!(after.len() >= 2, "no request after the refusal: {log:?}");
+    // The refusal was a push's: it holds back the pushes, not the pulls
+    // (they back off apart, and `syncd sync` asked for one).
     let first = after
         .iter()
-        .filter(|l| l.status != status)
+        .filter(|l| l.status != status && l.req.method == "POST")
         .min_by_key(|l| l.req.at)
-        .expect("a request after the refusal");
+        .expect("a push after the refusal");
     let gap = first.req.at - t0;
     assert!(
         gap + Duration::from_millis(50) >= wait,

@@ -1346,3 +1346,20 @@ async fn a_damaged_store_takes_no_more_writes() {
     assert!(f.store.record("c", "b").unwrap().is_none());
     assert!(f.store.record("c", "a").unwrap().is_some());
 }
+
+/// `wait_synced` looks again on the writer's `settled` signal: it moves
+/// whenever an op leaves the queue, also by the paths that emit no event
+/// (a delete done locally, here), and not for a write that queues one.
+#[tokio::test]
+async fn every_op_that_leaves_the_queue_moves_settled() {
+    let f = fx();
+    let mut settled = f.w.settled();
+    put(&f, "a", json!({"v": 1})).await;
+    assert!(!settled.has_changed().unwrap(), "a write leaves nothing");
+    let del = delete(&f, "a").await;
+    let (seq, _) = f.store.queue_head(usize::MAX).unwrap()[1].clone();
+    settled.borrow_and_update();
+    f.w.submit(WriteCmd::DropLocal { seq }).await.unwrap();
+    assert!(settled.has_changed().unwrap(), "a delete done locally");
+    assert_eq!(f.store.op_state(&del).unwrap(), OpState::Done);
+}

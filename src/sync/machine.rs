@@ -16,7 +16,7 @@
 
 use crate::backend::client::Failure;
 use crate::backend::protocol::Features;
-use crate::sync::backoff::Backoff;
+use crate::sync::channel::{severity, Asked, Caps, Channel};
 use crate::sync::{State, SyncStatus};
 
 /// While the backend is unreachable, health probes run at least this often
@@ -72,26 +72,40 @@ pub struct View {
     pub queue_nonempty: bool,
 }
 
+/// The worker's decisions. Three channels are kept apart (see
+/// [`crate::sync::channel`]): the link (reachability, health probes), the
+/// pushes and the pulls. A verdict on one never clears another's backoff,
+/// `Retry-After` floor or auth error; `status` shows the worst of them.
 #[derive(Debug, Clone)]
 pub struct Machine {
-    state: State,
-    backoff: Backoff,
-    /// No request before this (backoff, Retry-After, auth wait).
-    not_before: Option<i64>,
-    /// The part of `not_before` the server asked for: wakes and network
-    /// changes do not cut it short.
-    retry_after_until: Option<i64>,
-    probe_needed: bool,
-    pull_requested: bool,
+    /// Reachability: failed with `Offline` while the backend cannot be
+    /// reached, and by a probe's own failure.
+    link: Channel,
+    push: Channel,
+    pull: Channel,
+    /// A probe proved the backend reachable since the last outage, resume
+    /// or backend change.
+    connected: bool,
+    /// Paused, or without a backend, when `next` last looked.
+    paused: bool,
+    no_backend: bool,
+    /// Whether the queue had ops when `next` last looked: a push channel's
+    /// failure shows only while there is something to push.
+    queue_nonempty: bool,
+    probe: Asked,
+    /// A pull asked for (`syncd sync`, a reconnect, a reload, a failure).
+    pull_asked: Asked,
+    /// A push round succeeded: without live pulls, pull once the queue has
+    /// drained.
+    drain_pull: Asked,
     pull_due_at: i64,
     pull_interval_ms: i64,
-    /// A pull runs (started, not yet reported).
-    pull_in_flight: bool,
-    /// The running pull is from before a reconnect: start a fresh one.
-    restart_pull: bool,
-    /// A push round succeeded: without live pulls, pull once the queue
-    /// has drained.
-    pull_after_drain: bool,
+    /// The running pull's number (started, not yet reported).
+    pull_in_flight: Option<u64>,
+    pulls_started: u64,
+    /// This running pull is from before a reconnect or a reload: start a
+    /// fresh one.
+    stale_pull: Option<u64>,
     /// `sync.live` and `sync.wait_s`.
     live_wanted: bool,
     wait_s: u32,
@@ -99,12 +113,16 @@ pub struct Machine {
     features: Features,
     /// When the last pull succeeded (machine ms).
     last_pull_at: Option<i64>,
-    last_error: Option<String>,
     rng: fastrand::Rng,
 }
 
 /// Default `sync.wait_s`: below every usual proxy and client timeout.
 pub const DEFAULT_WAIT_S: u32 = 25;
+
+const CAPS: Caps = Caps {
+    unreachable_ms: OFFLINE_PROBE_MAX_MS,
+    unlisted_ms: BACKEND_ERROR_RETRY_MAX_MS,
+};
 
 impl Machine {
     pub fn new(
@@ -113,31 +131,47 @@ impl Machine {
         pull_interval_ms: u64,
         seed: u64,
     ) -> Self {
+        let channel = Channel::new(backoff_initial_ms, backoff_max_ms);
         Machine {
-            state: State::Offline,
-            backoff: Backoff::new(backoff_initial_ms, backoff_max_ms),
-            not_before: None,
-            retry_after_until: None,
-            probe_needed: true,
-            pull_requested: true,
+            link: channel.clone(),
+            push: channel.clone(),
+            pull: channel,
+            connected: false,
+            paused: false,
+            no_backend: false,
+            queue_nonempty: false,
+            probe: Asked::pending(),
+            pull_asked: Asked::pending(),
+            drain_pull: Asked::default(),
             pull_due_at: 0,
             pull_interval_ms: pull_interval_ms as i64,
-            pull_in_flight: false,
-            restart_pull: false,
-            pull_after_drain: false,
+            pull_in_flight: None,
+            pulls_started: 0,
+            stale_pull: None,
             live_wanted: true,
             wait_s: DEFAULT_WAIT_S,
             features: Features::default(),
             last_pull_at: None,
-            last_error: None,
             rng: fastrand::Rng::with_seed(seed),
         }
     }
 
-    /// `sync.live` and `sync.wait_s` (1 to 60).
+    /// `sync.live` and `sync.wait_s` (1 to 60). A change of what the next
+    /// pull asks for (live on or off, another wait) opens that pull at
+    /// once, in place of the one running.
     pub fn set_live(&mut self, live: bool, wait_s: u32) {
+        let before = self.pull_wait();
         self.live_wanted = live;
         self.wait_s = wait_s.clamp(1, 60);
+        if self.pull_wait() != before {
+            self.pull_asked.ask();
+            self.stale_pull = self.pull_in_flight;
+        }
+    }
+
+    /// What the next pull asks the server to hold it for.
+    fn pull_wait(&self) -> Option<u32> {
+        self.live().then_some(self.wait_s)
     }
 
     /// The features the backend announced at the last probe.
@@ -165,7 +199,7 @@ impl Machine {
         } else {
             format!("polling every {}s", self.pull_interval_ms / 1000)
         };
-        match self.state {
+        match self.state() {
             State::Online => mode,
             State::Paused => format!("none while paused; {mode} once resumed"),
             other => format!("none while {}; {mode} once online", other.as_str()),
@@ -179,7 +213,9 @@ impl Machine {
         backoff_max_ms: u64,
         pull_interval_ms: u64,
     ) {
-        self.backoff.set_limits(backoff_initial_ms, backoff_max_ms);
+        for c in [&mut self.link, &mut self.push, &mut self.pull] {
+            c.backoff.set_limits(backoff_initial_ms, backoff_max_ms);
+        }
         if self.pull_interval_ms != pull_interval_ms as i64 {
             self.pull_due_at = self.pull_due_at - self.pull_interval_ms + pull_interval_ms as i64;
             self.pull_interval_ms = pull_interval_ms as i64;
@@ -188,30 +224,69 @@ impl Machine {
 
     /// The backend changed (URL or credentials): start afresh.
     pub fn backend_changed(&mut self) {
-        self.backoff.reset();
-        self.not_before = None;
-        self.retry_after_until = None;
-        self.probe_needed = true;
-        self.pull_requested = true;
-        self.restart_pull = self.pull_in_flight;
-        self.features = Features::default();
-        self.last_error = None;
-        if self.state != State::Paused {
-            self.state = State::Offline;
+        for c in [&mut self.link, &mut self.push, &mut self.pull] {
+            c.reset();
         }
+        self.connected = false;
+        self.probe.ask();
+        self.pull_asked.ask();
+        self.stale_pull = self.pull_in_flight;
+        self.features = Features::default();
     }
 
+    /// The worst channel's state (a push failure only while there is
+    /// something to push), or paused, or offline without a backend.
     pub fn state(&self) -> State {
-        self.state
+        self.worst().map_or(State::Online, |c| c.state())
+    }
+
+    /// The channel `status` speaks of; `None` when all is well.
+    fn worst(&self) -> Option<Channel> {
+        if self.paused {
+            return Some(self.marked(State::Paused));
+        }
+        if self.no_backend {
+            return Some(self.marked(State::Offline));
+        }
+        let link = match (&self.link.failed, self.connected) {
+            (None, false) => self.marked(State::Offline),
+            _ => self.link.clone(),
+        };
+        let push = self.queue_nonempty.then_some(&self.push);
+        [Some(&link), push, Some(&self.pull)]
+            .into_iter()
+            .flatten()
+            .filter(|c| c.failed.is_some())
+            .max_by_key(|c| severity(c.state()))
+            .cloned()
+    }
+
+    /// A channel that only says `state` (no reason, no retry time).
+    fn marked(&self, state: State) -> Channel {
+        let mut c = Channel::new(1, 1);
+        c.failed = Some((state, String::new()));
+        c
     }
 
     pub fn status(&self) -> SyncStatus {
+        let worst = self.worst();
+        let state = worst.as_ref().map_or(State::Online, |c| c.state());
+        let (last_error, next_retry_at) = match &worst {
+            Some(c) => (
+                c.failed
+                    .as_ref()
+                    .map(|(_, r)| r.clone())
+                    .filter(|r| !r.is_empty()),
+                c.not_before,
+            ),
+            None => (None, None),
+        };
         SyncStatus {
-            state: self.state,
-            last_error: self.last_error.clone(),
-            next_retry_at: match self.state {
+            state,
+            last_error,
+            next_retry_at: match state {
                 State::Online | State::Paused => None,
-                _ => self.not_before,
+                _ => next_retry_at,
             },
             remote_changes: Some(self.remote_changes()),
             last_pull_at: self.last_pull_at,
@@ -219,147 +294,145 @@ impl Machine {
     }
 
     pub fn next(&mut self, now: i64, view: View) -> Action {
-        if (!view.has_backend || view.paused) && self.pull_in_flight {
-            self.pull_in_flight = false;
-            self.restart_pull = false;
-            self.pull_requested = true;
+        self.queue_nonempty = view.queue_nonempty;
+        if (!view.has_backend || view.paused) && self.pull_in_flight.is_some() {
+            self.pull_stopped();
             return Action::StopPull;
         }
         // Paused wins over "no backend": the user's pause is what status
         // must show, with or without a backend to sync to.
-        if view.paused {
-            self.state = State::Paused;
+        self.no_backend = !view.has_backend && !view.paused;
+        if view.paused || !view.has_backend {
+            self.paused = view.paused;
             return Action::Sleep(None);
         }
-        if !view.has_backend {
-            self.state = State::Offline;
-            self.last_error = None;
-            self.not_before = None;
-            return Action::Sleep(None);
-        }
-        if self.state == State::Paused {
+        if self.paused {
             // Resumed: find out where we stand.
-            self.state = State::Offline;
-            self.probe_needed = true;
+            self.paused = false;
+            self.connected = false;
+            self.probe.ask();
         }
-        if let Some(t) = self.not_before {
-            if now < t {
-                return Action::Sleep(Some(t));
+        if !self.connected || self.probe.is_pending() {
+            if !self.link.open(now) {
+                return Action::Sleep(self.link.not_before);
             }
-        }
-        if self.probe_needed {
+            self.probe.start();
             return Action::Probe;
         }
-        if self.pull_due(now, view) {
-            self.pull_in_flight = true;
-            self.restart_pull = false;
-            self.pull_requested = false;
-            self.pull_after_drain = false;
-            return Action::Pull(self.live().then_some(self.wait_s));
+        if self.pull_wanted(now, view) && self.pull.open(now) {
+            return self.start_pull();
         }
-        if view.queue_nonempty {
+        if view.queue_nonempty && self.push.open(now) {
             return Action::Push;
         }
-        if self.pull_in_flight {
-            // The pull's end wakes the worker.
-            return Action::Sleep(None);
-        }
-        Action::Sleep(Some(self.pull_due_at))
+        Action::Sleep(self.wake_at(now, view))
     }
 
-    /// Whether to start a pull now: a stale one runs, or none runs and one
-    /// was asked for or is due.
-    fn pull_due(&self, now: i64, view: View) -> bool {
-        if self.restart_pull {
+    fn start_pull(&mut self) -> Action {
+        self.pulls_started += 1;
+        self.pull_in_flight = Some(self.pulls_started);
+        self.stale_pull = None;
+        self.pull_asked.start();
+        self.drain_pull.start();
+        Action::Pull(self.pull_wait())
+    }
+
+    /// Whether a pull should start: the running one is stale, or none
+    /// runs and one was asked for or is due.
+    fn pull_wanted(&self, now: i64, view: View) -> bool {
+        if self.stale_pull.is_some() && self.stale_pull == self.pull_in_flight {
             return true;
         }
-        !self.pull_in_flight
-            && (self.pull_requested
+        self.pull_in_flight.is_none()
+            && (self.pull_asked.is_pending()
                 || now >= self.pull_due_at
-                || (self.pull_after_drain && !view.queue_nonempty))
+                || (self.drain_pull.is_pending() && !view.queue_nonempty))
     }
 
-    fn succeed(&mut self) {
-        if self.state != State::Online {
-            // Back online (offline, backend error, auth fixed): pull at
-            // once, afresh if a pull from before still hangs.
-            self.pull_requested = true;
-            self.restart_pull = self.pull_in_flight;
-        }
-        self.state = State::Online;
-        self.backoff.reset();
-        self.not_before = None;
-        self.retry_after_until = None;
-        self.probe_needed = false;
-        self.last_error = None;
+    /// When something becomes due, with nothing to do now (`None`: only
+    /// an event, such as the running pull's end, changes that).
+    fn wake_at(&self, now: i64, view: View) -> Option<i64> {
+        let pull = if self.pull_wanted(now, view) {
+            self.pull.not_before
+        } else if self.pull_in_flight.is_none() {
+            Some(self.pull_due_at)
+        } else {
+            None
+        };
+        let push = view
+            .queue_nonempty
+            .then_some(self.push.not_before)
+            .flatten();
+        [pull, push].into_iter().flatten().min()
     }
 
-    fn fail(&mut self, now: i64, f: &Failure) {
-        self.last_error = Some(f.reason().to_owned());
-        match f {
-            Failure::Unreachable { .. } => {
-                self.state = State::Offline;
-                let d = self.backoff.fail(self.rng.f64()).min(OFFLINE_PROBE_MAX_MS);
-                self.not_before = Some(now + d as i64);
-                self.probe_needed = true;
-            }
-            Failure::Unlisted { .. } => {
-                // Not a verdict on anything: the same backoff as a
-                // transient failure, under its own state.
-                self.state = State::BackendError;
-                let d = self
-                    .backoff
-                    .fail(self.rng.f64())
-                    .min(BACKEND_ERROR_RETRY_MAX_MS);
-                self.not_before = Some(now + d as i64);
-            }
-            Failure::Transient { retry_after_ms, .. } => {
-                self.state = State::Backoff;
-                let mut d = self.backoff.fail(self.rng.f64());
-                if let Some(ra) = retry_after_ms {
-                    d = d.max(*ra);
-                    self.retry_after_until = Some(now + *ra as i64);
-                }
-                self.not_before = Some(now + d as i64);
-            }
-            Failure::Auth { .. } => {
-                self.state = State::AuthError;
-                self.not_before = Some(now + self.backoff.max_ms as i64);
-            }
+    fn draw(&mut self) -> f64 {
+        self.rng.f64()
+    }
+
+    /// Any answer from the backend proves it reachable.
+    fn reached(&mut self, now: i64) {
+        if !self.connected || self.link.failed.is_some() {
+            // Back (offline, or a probe's own failure): pull at once,
+            // afresh if a pull from before still hangs.
+            self.pull_asked.ask();
+            self.stale_pull = self.pull_in_flight;
         }
+        self.link.succeed(now);
+        self.connected = true;
+    }
+
+    /// The backend cannot be reached: probe until it can.
+    fn unreachable(&mut self, now: i64, f: &Failure) {
+        let unit = self.draw();
+        self.link.fail(now, f, unit, &CAPS);
+        self.connected = false;
+        self.probe.ask();
     }
 
     /// A push round ended: `Ok` if at least the head op got a verdict.
     pub fn on_push(&mut self, now: i64, r: Result<(), Failure>) {
         match r {
             Ok(()) => {
-                self.succeed();
+                if self.push.failed.is_some() {
+                    // Refused until now: look at the server afresh.
+                    self.pull_asked.ask();
+                }
+                self.push.succeed(now);
+                self.reached(now);
                 // A live pull sees the change by itself; a polling one
                 // comes once the queue has drained.
-                self.pull_after_drain = !self.live();
+                if !self.live() {
+                    self.drain_pull.ask();
+                }
             }
-            Err(f) => self.fail(now, &f),
+            Err(f @ Failure::Unreachable { .. }) => self.unreachable(now, &f),
+            Err(f) => {
+                let unit = self.draw();
+                self.push.fail(now, &f, unit, &CAPS);
+            }
         }
     }
 
-    /// The worker stopped the running pull itself (new credentials): start
-    /// another as soon as requests are allowed.
+    /// The worker stopped the running pull itself (paused, no backend, new
+    /// credentials): start another as soon as requests are allowed.
     pub fn pull_stopped(&mut self) {
-        if self.pull_in_flight {
-            self.pull_in_flight = false;
-            self.restart_pull = false;
-            self.pull_requested = true;
+        if self.pull_in_flight.take().is_some() {
+            self.stale_pull = None;
+            self.pull_asked.ask();
         }
     }
 
     /// The running pull ended.
     pub fn on_pull(&mut self, now: i64, r: Result<PullDone, Failure>) {
-        self.pull_in_flight = false;
+        self.pull_in_flight = None;
+        self.stale_pull = None;
         match r {
             Ok(done) => {
-                self.succeed();
-                self.pull_requested = false;
-                self.restart_pull = false;
+                self.pull.succeed(now);
+                self.reached(now);
+                self.pull_asked.served();
+                self.drain_pull.served();
                 self.last_pull_at = Some(now);
                 let held = done.changes > 0 || done.elapsed_ms >= HELD_PULL_MIN_MS;
                 self.pull_due_at = if done.waited && held && self.live() {
@@ -369,8 +442,14 @@ impl Machine {
                 };
             }
             Err(f) => {
-                self.pull_requested = true;
-                self.fail(now, &f);
+                self.pull_asked.ask();
+                match f {
+                    Failure::Unreachable { .. } => self.unreachable(now, &f),
+                    _ => {
+                        let unit = self.draw();
+                        self.pull.fail(now, &f, unit, &CAPS);
+                    }
+                }
             }
         }
     }
@@ -380,47 +459,49 @@ impl Machine {
     /// nor a backend error (after which a pull is due, so that a real
     /// request decides promptly even with an empty queue).
     pub fn on_probe(&mut self, now: i64, r: Result<Features, Failure>) {
-        if let Ok(f) = &r {
-            self.features = *f;
-        }
         match r {
-            Ok(_) if self.state == State::Offline => self.succeed(),
-            Ok(_) => {
-                self.probe_needed = false;
-                if self.state == State::BackendError {
-                    self.pull_requested = true;
+            Ok(f) => {
+                self.features = f;
+                self.probe.served();
+                if self.link.state() == State::Offline {
+                    self.reached(now);
+                } else {
+                    self.connected = true;
+                    self.pull_asked.ask();
                 }
             }
-            Err(f) => self.fail(now, &f),
+            Err(f @ Failure::Unreachable { .. }) => self.unreachable(now, &f),
+            Err(f) => {
+                let unit = self.draw();
+                self.link.fail(now, &f, unit, &CAPS);
+            }
         }
     }
 
-    /// `syncd sync`, resume: push and pull now, within any Retry-After.
+    /// `syncd sync`, resume: push and pull now, within any Retry-After
+    /// and never inside an auth error's wait.
     pub fn on_wake(&mut self, now: i64) {
-        self.pull_requested = true;
-        self.cut_wait(now);
+        self.pull_asked.ask();
+        for c in [&mut self.link, &mut self.push, &mut self.pull] {
+            c.cut_wait(now);
+        }
     }
 
     /// The OS reports a network change: probe now.
     /// Only an unreachable backend is helped by this: a failing or
     /// refusing one keeps its backoff (network chatter must not defeat it).
     pub fn on_network_change(&mut self, now: i64) {
-        if self.state == State::Offline {
-            self.probe_needed = true;
-            self.cut_wait(now);
+        if !self.connected && matches!(self.link.state(), State::Offline | State::Online) {
+            self.probe.ask();
+            self.link.cut_to_floor(now);
         }
     }
 
     /// The token file changed: an auth error may be fixed.
     pub fn on_token_change(&mut self, now: i64) {
-        if self.state == State::AuthError {
-            self.not_before = None;
-            self.cut_wait(now);
+        for c in [&mut self.link, &mut self.push, &mut self.pull] {
+            c.token_changed(now);
         }
-    }
-
-    fn cut_wait(&mut self, now: i64) {
-        self.not_before = self.retry_after_until.filter(|t| *t > now);
     }
 }
 
@@ -460,10 +541,16 @@ mod tests {
         })
     }
 
+    /// The machine asks for a probe, and gets `r`.
+    fn probe(m: &mut Machine, now: i64, r: Result<Features, Failure>) {
+        assert_eq!(m.next(now, V), Action::Probe, "a probe was due");
+        m.on_probe(now, r);
+    }
+
     /// A successful probe of a revision-1 server and the pull that follows
     /// every reconnect.
     fn online(m: &mut Machine, now: i64) {
-        m.on_probe(now, Ok(Features::default()));
+        probe(m, now, Ok(Features::default()));
         assert_eq!(
             m.next(now, V),
             Action::Pull(None),
@@ -497,7 +584,7 @@ mod tests {
         let mut m = Machine::new(100, 1000, 60_000, 1);
         m.set_live(true, 25);
         assert_eq!(m.next(0, V), Action::Probe);
-        m.on_probe(0, Ok(LIVE));
+        probe(&mut m, 0, Ok(LIVE));
         assert_eq!(m.remote_changes(), "live");
         assert_eq!(m.next(0, V), Action::Pull(Some(25)));
         // Pushes go on while the pull is held; no second pull.
@@ -517,7 +604,7 @@ mod tests {
     #[test]
     fn a_server_that_ignores_wait_is_polled() {
         let mut m = Machine::new(100, 1000, 60_000, 1);
-        m.on_probe(0, Ok(LIVE));
+        probe(&mut m, 0, Ok(LIVE));
         assert_eq!(m.next(0, IDLE), Action::Pull(Some(DEFAULT_WAIT_S)));
         // Back at once with nothing: not held, so no spinning.
         m.on_pull(3, done(0, 3, true));
@@ -531,7 +618,7 @@ mod tests {
     #[test]
     fn reconnect_restarts_a_stale_pull_and_pause_stops_it() {
         let mut m = Machine::new(100, 1000, 60_000, 1);
-        m.on_probe(0, Ok(LIVE));
+        probe(&mut m, 0, Ok(LIVE));
         assert_eq!(m.next(0, IDLE), Action::Pull(Some(25)));
         m.on_push(
             1,
@@ -544,14 +631,14 @@ mod tests {
             panic!()
         };
         assert_eq!(m.next(t, V), Action::Probe);
-        m.on_probe(t, Ok(LIVE));
+        probe(&mut m, t, Ok(LIVE));
         // The pull from before the outage may hang on a dead connection.
         assert_eq!(m.next(t, V), Action::Pull(Some(25)));
         assert_eq!(m.next(t, V), Action::Push);
         assert_eq!(m.next(t, View { paused: true, ..V }), Action::StopPull);
         assert_eq!(m.next(t, View { paused: true, ..V }), Action::Sleep(None));
         assert_eq!(m.next(t, V), Action::Probe);
-        m.on_probe(t, Ok(Features::default()));
+        probe(&mut m, t, Ok(Features::default()));
         assert_eq!(m.next(t, V), Action::Pull(None), "revision 1: no wait");
         assert!(m.remote_changes().starts_with("polling"));
     }
@@ -559,7 +646,7 @@ mod tests {
     #[test]
     fn a_pull_stopped_by_the_worker_is_started_again() {
         let mut m = Machine::new(100, 1000, 60_000, 1);
-        m.on_probe(0, Ok(LIVE));
+        probe(&mut m, 0, Ok(LIVE));
         assert_eq!(m.next(0, IDLE), Action::Pull(Some(25)));
         assert_eq!(m.next(1, IDLE), Action::Sleep(None));
         m.pull_stopped();
@@ -569,7 +656,7 @@ mod tests {
     #[test]
     fn a_failed_pull_backs_off_then_pulls_again() {
         let mut m = Machine::new(100, 1000, 60_000, 1);
-        m.on_probe(0, Ok(LIVE));
+        probe(&mut m, 0, Ok(LIVE));
         assert_eq!(m.next(0, IDLE), Action::Pull(Some(25)));
         m.on_pull(10, Err(transient(None)));
         assert_eq!(m.state(), State::Backoff);
@@ -643,9 +730,13 @@ mod tests {
             a => panic!("{a:?}"),
         }
         m.on_wake(10);
+        // `syncd sync` asked for a pull too: the pulls were not refused,
+        // so it starts at once; the push waits for the floor.
+        assert_eq!(m.next(10, V), Action::Pull(None));
         assert_eq!(m.next(10, V), Action::Sleep(Some(2000)));
-        // `syncd sync` asked for a pull too; it starts beside the push.
-        assert_eq!(m.next(2000, V), Action::Pull(None));
+        m.on_pull(20, done(0, 5, false));
+        assert_eq!(m.state(), State::Backoff, "the push is still refused");
+        assert_eq!(m.next(20, V), Action::Sleep(Some(2000)));
         assert_eq!(m.next(2000, V), Action::Push);
     }
 
@@ -679,7 +770,7 @@ mod tests {
             reason: "refused".into(),
         };
         for i in 0..20 {
-            m.on_probe(i * 10_000, Err(down.clone()));
+            probe(&mut m, i * 10_000, Err(down.clone()));
         }
         assert_eq!(m.state(), State::Offline);
         let Action::Sleep(Some(t)) = m.next(190_000, V) else {
@@ -746,7 +837,7 @@ mod tests {
     /// backoff_max_ms says.
     #[test]
     fn backend_error_retries_within_its_cap() {
-        let mut m = Machine::new(100, 60_000, 60_000, 5);
+        let mut m = Machine::new(100, 60_000, 600_000, 5);
         online(&mut m, 0);
         let mut now = 0;
         for _ in 0..20 {
@@ -766,7 +857,7 @@ mod tests {
     #[test]
     fn remote_changes_say_none_arrive_unless_online() {
         let mut m = Machine::new(100, 1000, 60_000, 1);
-        m.on_probe(0, Ok(LIVE));
+        probe(&mut m, 0, Ok(LIVE));
         assert_eq!(m.remote_changes(), "live");
         m.on_push(
             1,
@@ -775,7 +866,11 @@ mod tests {
             }),
         );
         assert_eq!(m.remote_changes(), "none while offline; live once online");
-        m.on_push(2, Err(unlisted()));
+        let Action::Sleep(Some(t)) = m.next(1, V) else {
+            panic!("no probe wait")
+        };
+        probe(&mut m, t, Ok(LIVE));
+        m.on_push(t, Err(unlisted()));
         assert_eq!(
             m.remote_changes(),
             "none while backend_error; live once online"
@@ -789,17 +884,157 @@ mod tests {
             queue_nonempty: false,
             ..V
         };
-        m.on_probe(0, Err(unlisted()));
+        probe(&mut m, 0, Err(unlisted()));
         assert_eq!(m.state(), State::BackendError);
         let Action::Sleep(Some(t)) = m.next(0, idle) else {
             panic!()
         };
         assert_eq!(m.next(t, idle), Action::Probe);
-        m.on_probe(t, Ok(Features::default()));
+        probe(&mut m, t, Ok(Features::default()));
         // Reachable is not proof: a pull decides.
         assert_eq!(m.state(), State::BackendError);
         assert_eq!(m.next(t, idle), Action::Pull(None));
         m.on_pull(t, done(0, 5, false));
         assert_eq!(m.state(), State::Online);
+    }
+
+    // Issue 30, row by row.
+
+    /// Row 1: a `sync` that comes while a pull runs (or after it ended but
+    /// before its end was collected) is served by a pull started after it.
+    #[test]
+    fn a_wake_during_a_pull_gets_a_pull_of_its_own() {
+        let mut m = Machine::new(100, 1000, 60_000, 1);
+        online(&mut m, 0);
+        assert_eq!(m.next(0, V), Action::Push);
+        m.on_push(1, Ok(()));
+        assert_eq!(m.next(2, IDLE), Action::Pull(None), "after the drain");
+        m.on_wake(3);
+        assert_eq!(m.next(3, IDLE), Action::Sleep(None), "one pull at a time");
+        m.on_pull(4, done(0, 2, false));
+        assert_eq!(m.next(4, IDLE), Action::Pull(None), "the wake's own pull");
+        m.on_pull(5, done(0, 1, false));
+        assert_eq!(m.next(5, IDLE), Action::Sleep(Some(60_005)));
+    }
+
+    /// Row 2: a push's `Retry-After` stands while live pulls succeed.
+    #[test]
+    fn a_pull_success_keeps_a_push_retry_after() {
+        let mut m = Machine::new(100, 1000, 60_000, 1);
+        probe(&mut m, 0, Ok(LIVE));
+        assert_eq!(m.next(0, V), Action::Pull(Some(25)));
+        assert_eq!(m.next(0, V), Action::Push);
+        m.on_push(10, Err(transient(Some(8_000))));
+        for now in (1_000..8_000).step_by(1_000) {
+            m.on_pull(now, done(1, 5, true));
+            assert_eq!(m.next(now, V), Action::Pull(Some(25)));
+            assert_eq!(m.next(now, V), Action::Sleep(Some(8_010)), "at {now}");
+            m.on_wake(now);
+            assert_eq!(m.next(now, V), Action::Sleep(Some(8_010)));
+            assert_eq!(m.state(), State::Backoff);
+            assert_eq!(m.status().last_error.as_deref(), Some("HTTP 503"));
+        }
+        assert_eq!(m.next(8_010, V), Action::Push);
+        m.on_push(8_020, Ok(()));
+        assert_eq!(m.state(), State::Online);
+    }
+
+    /// Row 2 with a 403: no push before `backoff_max_ms` or a new token,
+    /// whatever the pulls and `sync` do.
+    #[test]
+    fn a_pull_success_keeps_a_push_auth_error() {
+        let mut m = Machine::new(100, 6_000, 60_000, 1);
+        probe(&mut m, 0, Ok(LIVE));
+        assert_eq!(m.next(0, V), Action::Pull(Some(25)));
+        assert_eq!(m.next(0, V), Action::Push);
+        let forbidden = Failure::Auth {
+            reason: "HTTP 403".into(),
+        };
+        m.on_push(0, Err(forbidden));
+        for now in (1_000..6_000).step_by(1_000) {
+            m.on_pull(now, done(1, 5, true));
+            m.on_wake(now);
+            assert_eq!(m.next(now, V), Action::Pull(Some(25)));
+            assert_eq!(m.next(now, V), Action::Sleep(Some(6_000)));
+            assert_eq!(m.state(), State::AuthError, "status says why");
+        }
+        assert_eq!(m.next(6_000, V), Action::Push);
+        m.on_push(
+            6_000,
+            Err(Failure::Auth {
+                reason: "HTTP 403".into(),
+            }),
+        );
+        m.on_token_change(6_500);
+        assert_eq!(
+            m.next(6_500, V),
+            Action::Push,
+            "a new token is tried at once"
+        );
+    }
+
+    /// And the reverse: a push's success leaves a pull's floor.
+    #[test]
+    fn a_push_success_keeps_a_pull_retry_after() {
+        let mut m = Machine::new(100, 1000, 60_000, 1);
+        online(&mut m, 0);
+        m.on_wake(0);
+        assert_eq!(m.next(0, V), Action::Pull(None));
+        m.on_pull(1, Err(transient(Some(5_000))));
+        assert_eq!(m.next(1, V), Action::Push);
+        m.on_push(2, Ok(()));
+        assert_eq!(m.next(2, IDLE), Action::Sleep(Some(5_001)));
+        assert_eq!(m.state(), State::Backoff);
+        assert_eq!(m.next(5_001, IDLE), Action::Pull(None));
+    }
+
+    /// `status` shows the worse channel, with its reason and retry time.
+    #[test]
+    fn status_shows_the_worse_channel() {
+        let mut m = Machine::new(100, 9_000, 60_000, 1);
+        online(&mut m, 0);
+        m.on_wake(0);
+        assert_eq!(m.next(0, V), Action::Pull(None));
+        m.on_pull(1, Err(transient(None)));
+        assert_eq!(m.next(1, V), Action::Push);
+        m.on_push(
+            2,
+            Err(Failure::Auth {
+                reason: "HTTP 401".into(),
+            }),
+        );
+        let st = m.status();
+        assert_eq!(st.state, State::AuthError);
+        assert_eq!(st.last_error.as_deref(), Some("HTTP 401"));
+        assert_eq!(st.next_retry_at, Some(9_002));
+        // With nothing to push, the pull's trouble is what matters.
+        let _ = m.next(3, IDLE);
+        assert_eq!(m.state(), State::Backoff);
+    }
+
+    /// Row 4: switching to live opens a waiting pull at once, also in
+    /// place of a polling pull that runs.
+    #[test]
+    fn switching_to_live_opens_a_waiting_pull_at_once() {
+        let mut m = Machine::new(100, 1000, 60_000, 1);
+        m.set_live(false, 25);
+        probe(&mut m, 0, Ok(LIVE));
+        assert_eq!(m.next(0, IDLE), Action::Pull(None));
+        m.on_pull(5, done(0, 5, false));
+        assert_eq!(m.next(6, IDLE), Action::Sleep(Some(60_005)));
+        m.set_live(true, 25);
+        assert_eq!(m.next(7, IDLE), Action::Pull(Some(25)));
+        m.set_live(false, 25);
+        assert_eq!(m.next(8, IDLE), Action::Pull(None), "polling replaces it");
+        m.set_live(true, 25);
+        assert_eq!(
+            m.next(9, IDLE),
+            Action::Pull(Some(25)),
+            "the running poll is replaced"
+        );
+        m.set_live(true, 30);
+        assert_eq!(m.next(10, IDLE), Action::Pull(Some(30)), "a new wait");
+        m.set_live(true, 30);
+        assert_eq!(m.next(11, IDLE), Action::Sleep(None), "no change, no pull");
     }
 }

@@ -4,6 +4,7 @@
 //! so they can be tested and simulated without sockets or clocks.
 
 pub mod backoff;
+pub mod channel;
 pub mod couch_transport;
 pub mod machine;
 pub mod netwatch;

@@ -17,19 +17,20 @@ struct World {
     network_up: bool,
     /// The server answers 503 with this Retry-After (ms) to the next push.
     retry_after: Option<u64>,
-    /// Requests are forbidden before this time (a server's Retry-After).
-    forbidden_until: i64,
+    /// Requests on a channel (push, pull) are forbidden before this time
+    /// (a server's Retry-After on that channel).
+    forbidden_until: [i64; 2],
 }
 
 impl World {
-    fn answer(&mut self) -> Result<(), Failure> {
+    fn answer(&mut self, channel: usize) -> Result<(), Failure> {
         if !self.network_up {
             return Err(Failure::Unreachable {
                 reason: "connection refused".into(),
             });
         }
         if let Some(ra) = self.retry_after.take() {
-            self.forbidden_until = self.now + ra as i64;
+            self.forbidden_until[channel] = self.now + ra as i64;
             return Err(Failure::Transient {
                 reason: "HTTP 503".into(),
                 retry_after_ms: Some(ra),
@@ -52,7 +53,7 @@ fn run(seed: u64) {
         queue: 50,
         network_up: false,
         retry_after: None,
-        forbidden_until: 0,
+        forbidden_until: [0; 2],
     };
     let mut m = Machine::new(100, 30_000, 60_000, seed);
     let mut requests = 0u32;
@@ -100,11 +101,12 @@ fn run(seed: u64) {
             }
             Action::StopPull => panic!("seed {seed}: no pull to stop"),
             a @ (Action::Push | Action::Probe | Action::Pull(_)) => {
+                let channel = usize::from(matches!(a, Action::Pull(_)));
                 assert!(
-                    w.now >= w.forbidden_until,
-                    "seed {seed}: request at {} inside Retry-After until {}",
+                    a == Action::Probe || w.now >= w.forbidden_until[channel],
+                    "seed {seed}: {a:?} at {} inside Retry-After until {}",
                     w.now,
-                    w.forbidden_until
+                    w.forbidden_until[channel]
                 );
                 requests += 1;
                 let r = match a {
@@ -112,7 +114,7 @@ fn run(seed: u64) {
                     Action::Probe => Err(Failure::Unreachable {
                         reason: "refused".into(),
                     }),
-                    _ => w.answer(),
+                    _ => w.answer(channel),
                 };
                 let ok = r.is_ok();
                 match a {

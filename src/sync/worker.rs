@@ -327,16 +327,10 @@ impl Worker {
             }
             self.reconfigure();
             self.collect_pull().await;
-            let queue_nonempty = self
-                .deps
-                .store
-                .queue_depth()
-                .map(|d| d > 0)
-                .unwrap_or(false);
             let view = View {
                 has_backend: self.client.is_some(),
                 paused: self.deps.control.is_paused(),
-                queue_nonempty,
+                queue_nonempty: self.queue_nonempty(),
             };
             let before = self.machine.state();
             let action = self.machine.next(self.now(), view);
@@ -373,6 +367,20 @@ impl Worker {
         }
         self.stop_pull();
         tracing::debug!("sync worker stopped");
+    }
+
+    /// Whether the queue holds ops. A store that cannot be read is not
+    /// an empty queue: the worker goes on as if ops were queued, so the
+    /// push round meets the error, reports it and retries with backoff,
+    /// instead of sleeping with work queued.
+    fn queue_nonempty(&self) -> bool {
+        match self.deps.store.queue_depth() {
+            Ok(depth) => depth > 0,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the queue depth; trying a push round");
+                true
+            }
+        }
     }
 
     /// Sleeps until `deadline` (machine ms) or an event; `true`: shut down.

@@ -28,6 +28,14 @@
 //! that seed alone (`SYNCD_SIM_LOG=1` adds the daemon's debug log), and
 //! `SYNCD_SIM_SEEDS=N` changes the count (default 1,000, two threads).
 //!
+//! Per seed it also checks the worker's timing promises (issue 30): no push
+//! before a 429's `Retry-After` nor within `backoff_max_ms` of a 403 (the
+//! link refuses pushes now and then, while pulls go on), every `sync` the
+//! app makes is followed by a pull that started after it, and every
+//! write's op, once it has left the queue by whatever path, has answered
+//! a waiter that waits on the writer's `settled` signal alone, as
+//! `wait_synced` does ([`check_promises`]).
+//!
 //! Two defects it found, each now a writer test of its own: under
 //! last-write-wins a later write queued behind another record's op was
 //! sent although the server's change was newer
@@ -53,7 +61,7 @@ use crate::config::Config;
 use crate::domain::conflict::Strategy;
 use crate::domain::{Side, WriteError};
 use crate::store::writer::{spawn_task as spawn_writer, WriteCmd, WriteOutcome, WriterHandle};
-use crate::store::{parse_doc_text, Store};
+use crate::store::{parse_doc_text, OpState, Store};
 use crate::sync::transport::{BoxFut, Transport};
 use crate::sync::worker::{spawn, WorkerDeps};
 use crate::sync::SyncControl;
@@ -183,7 +191,33 @@ struct Link {
     /// devices write and pulls arrive, so an ack or a 409 can name an
     /// older version than one this device already pulled.
     slow_reply: u8,
+    /// A push refused with 429 and a `Retry-After`, or with 403.
+    busy: u8,
+    forbidden: u8,
+    /// What the device was told, for the invariants (see [`Promises`]).
+    promises: Mutex<Promises>,
 }
+
+/// The worker's timing promises, checked at every request of one device:
+/// no push before a `Retry-After` floor, none in `auth_error` before
+/// `backoff_max_ms` has passed (the simulation never changes the token),
+/// and every `sync` followed by a pull that starts after it.
+#[derive(Default)]
+struct Promises {
+    /// No push before this (a 429's floor, a 403's wait).
+    no_push_before: Option<(tokio::time::Instant, &'static str)>,
+    /// `sync` requests not yet followed by a pull that started after them.
+    wakes: Vec<tokio::time::Instant>,
+    /// Pulls that started after a `sync`: the count of wakes served.
+    wakes_served: u64,
+    /// Pushes refused with 429 or 403.
+    refused: u64,
+    /// A push came before its floor: what and when.
+    broken: Vec<String>,
+}
+
+/// The sim's `backoff_max_ms` (see `start_device`).
+const SIM_BACKOFF_MAX_MS: u64 = 5_000;
 
 impl Link {
     fn roll(&self, p: u8) -> bool {
@@ -212,8 +246,49 @@ impl Link {
         }
     }
 
+    /// Checks the floors, then maybe refuses the push with 429 or 403.
+    fn push_gate(&self) -> Result<(), Failure> {
+        let now = tokio::time::Instant::now();
+        let mut p = self.promises.lock().unwrap();
+        if let Some((until, why)) = p.no_push_before {
+            // The worker's clock counts whole ms: 1 ms of slack.
+            if now + Duration::from_millis(1) < until {
+                let early = until - now;
+                p.broken
+                    .push(format!("a push {early:?} before the end of a {why}"));
+            }
+        }
+        if self.roll(self.busy) {
+            let ms = self.rng.lock().unwrap().u64(200..3_000);
+            p.no_push_before = Some((now + Duration::from_millis(ms), "429 Retry-After"));
+            p.refused += 1;
+            return Err(Failure::Transient {
+                reason: "sim: HTTP 429".into(),
+                retry_after_ms: Some(ms),
+            });
+        }
+        if self.roll(self.forbidden) {
+            let wait = Duration::from_millis(SIM_BACKOFF_MAX_MS);
+            p.no_push_before = Some((now + wait, "403 auth error"));
+            p.refused += 1;
+            return Err(Failure::Auth {
+                reason: "sim: HTTP 403".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A pull starts: every `sync` made before it (in program order: the
+    /// runtime has one thread) is served.
+    fn pull_started(&self) {
+        let mut p = self.promises.lock().unwrap();
+        p.wakes_served += p.wakes.len() as u64;
+        p.wakes.clear();
+    }
+
     fn apply_ops(&self, ops: &[WireOp]) -> Result<Vec<OpResult>, Failure> {
         self.reach()?;
+        self.push_gate()?;
         let results = self.server.apply(self.device, ops)?;
         if self.roll(self.lose_reply) {
             self.server.log.lock().unwrap().lost_replies += 1;
@@ -293,6 +368,7 @@ impl Transport for Link {
         wait_s: Option<u32>,
     ) -> BoxFut<'a, Result<ChangesPage, Failure>> {
         Box::pin(async move {
+            self.pull_started();
             self.reach()?;
             let since: u64 = since.and_then(|s| s.parse().ok()).unwrap_or(0);
             Ok(self.page(since, limit, wait_s).await)
@@ -343,6 +419,10 @@ struct Device {
     store: Store,
     writer: WriterHandle,
     control: Arc<SyncControl>,
+    link: Arc<Link>,
+    /// One task per acknowledged write, ending once its op has left the
+    /// queue (see [`wait_left`]).
+    waiters: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     stop: watch::Sender<bool>,
     worker: tokio::task::JoinHandle<()>,
     _config: watch::Sender<Arc<Config>>,
@@ -369,7 +449,7 @@ fn start_device(dir: &std::path::Path, setup: &Setup, link: Arc<Link>) -> Device
     let (config, cfg_rx) = watch::channel(Arc::new(cfg));
     let control = SyncControl::new(false);
     let (stop, stop_rx) = watch::channel(false);
-    let transport: Arc<dyn Transport> = link;
+    let transport: Arc<dyn Transport> = link.clone();
     let worker = spawn(WorkerDeps {
         store: store.clone(),
         writer: writer.clone(),
@@ -385,6 +465,8 @@ fn start_device(dir: &std::path::Path, setup: &Setup, link: Arc<Link>) -> Device
         store,
         writer,
         control,
+        link,
+        waiters: Mutex::default(),
         stop,
         worker,
         _config: config,
@@ -451,7 +533,10 @@ async fn script(seed: u64, setup: &Setup, devices: &[Device]) -> Vec<Write> {
             },
         };
         match devices[d].writer.submit(cmd).await {
-            Ok(WriteOutcome::Written { .. }) => {
+            Ok(WriteOutcome::Written { op_id, .. }) => {
+                let dev = &devices[d];
+                let waiter = wait_left(dev.store.clone(), dev.writer.settled(), op_id);
+                dev.waiters.lock().unwrap().push(tokio::spawn(waiter));
                 let read = devices[d].store.record(COLL, &id).unwrap();
                 let read = read.filter(|r| !r.deleted).map(|r| parse_doc_text(&r.data));
                 // What the app wrote; a patch is what it made of the record.
@@ -479,11 +564,69 @@ async fn script(seed: u64, setup: &Setup, devices: &[Device]) -> Vec<Write> {
             Err(WriteError::NotFound { .. }) => {}
             other => panic!("seed {seed}: write failed: {other:?}"),
         }
+        if rng.u8(0..8) == 0 {
+            let dev = &devices[rng.usize(0..setup.devices)];
+            dev.link
+                .promises
+                .lock()
+                .unwrap()
+                .wakes
+                .push(tokio::time::Instant::now());
+            dev.control.wake();
+        }
         if rng.u8(0..3) == 0 {
             tokio::time::sleep(Duration::from_millis(rng.u64(0..400))).await;
         }
     }
     writes
+}
+
+/// What `wait_synced` relies on: every op that leaves the queue, by any
+/// path, moves the writer's `settled` signal. Waits on that signal alone
+/// (no events) until `op_id` is neither queued nor parked.
+async fn wait_left(store: Store, mut settled: watch::Receiver<u64>, op_id: String) {
+    loop {
+        settled.borrow_and_update();
+        match store.op_state(&op_id) {
+            Ok(OpState::Queued | OpState::Parked) => {}
+            _ => return,
+        }
+        if settled.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The timing promises, once the devices have converged: no push came
+/// before a floor, every `sync` was followed by a pull, and every write's
+/// waiter was answered once its op left the queue.
+async fn check_promises(seed: u64, devices: &[Device]) {
+    // Long enough for the pull after the last `sync`: a held pull (10 s)
+    // or a backoff (5 s) plus the 2 s interval.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    for (i, d) in devices.iter().enumerate() {
+        let p = d.link.promises.lock().unwrap();
+        assert!(
+            p.broken.is_empty(),
+            "seed {seed} device {i}: {:?}",
+            p.broken
+        );
+        assert!(
+            p.wakes.is_empty(),
+            "seed {seed} device {i}: {} sync(s) never followed by a pull",
+            p.wakes.len()
+        );
+    }
+    for (i, d) in devices.iter().enumerate() {
+        let waiters = std::mem::take(&mut *d.waiters.lock().unwrap());
+        for w in waiters {
+            let answered = tokio::time::timeout(Duration::from_secs(1), w).await;
+            assert!(
+                answered.is_ok(),
+                "seed {seed} device {i}: a waiter still waits although the queue is empty"
+            );
+        }
+    }
 }
 
 /// Waits (in simulated time) until every queue is empty.
@@ -748,6 +891,9 @@ struct Ran {
     trace: Vec<String>,
     conflicts: u64,
     lost_replies: u64,
+    /// Pushes refused (429, 403) and `sync`s served, over the devices.
+    refused: u64,
+    wakes_served: u64,
 }
 
 /// Runs one seed.
@@ -773,6 +919,9 @@ async fn run(seed: u64) -> Ran {
                 fail_before: 25,
                 lose_reply: 35,
                 slow_reply: 40,
+                busy: 6,
+                forbidden: 3,
+                promises: Mutex::default(),
             });
             start_device(&dir.path().join(format!("device{i}")), &setup, link)
         })
@@ -783,6 +932,7 @@ async fn run(seed: u64) -> Ran {
         resolve_parked(seed, &setup, &devices).await;
     }
     converge(seed, &server, &devices, setup.features.client_ids).await;
+    check_promises(seed, &devices).await;
     for d in &devices {
         let _ = d.stop.send(true);
     }
@@ -798,14 +948,20 @@ async fn run(seed: u64) -> Ran {
         }
         std::panic::resume_unwind(e);
     }
+    let (mut refused, mut wakes_served) = (0, 0);
     for d in devices {
         let _ = d.worker.await;
+        let p = d.link.promises.lock().unwrap();
+        refused += p.refused;
+        wakes_served += p.wakes_served;
     }
     let log = server.log.lock().unwrap();
     Ran {
         trace: name_ids(&log.trace),
         conflicts: log.conflicts,
         lost_replies: log.lost_replies,
+        refused,
+        wakes_served,
     }
 }
 
@@ -851,8 +1007,8 @@ fn seed_runtime() -> tokio::runtime::Runtime {
 /// Runs `seeds` one after another, each on a fresh paused-clock runtime;
 /// a failure names its seed and setup.
 /// Returns the 409s and lost replies over all of them.
-fn run_seeds(seeds: impl Iterator<Item = u64>) -> (u64, u64) {
-    let (mut conflicts, mut lost) = (0, 0);
+fn run_seeds(seeds: impl Iterator<Item = u64>) -> (u64, u64, u64, u64) {
+    let (mut conflicts, mut lost, mut refused, mut wakes) = (0, 0, 0, 0);
     for seed in seeds {
         let rt = seed_runtime();
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(run(seed))));
@@ -860,6 +1016,8 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) -> (u64, u64) {
             Ok(ran) => {
                 conflicts += ran.conflicts;
                 lost += ran.lost_replies;
+                refused += ran.refused;
+                wakes += ran.wakes_served;
             }
             Err(e) => {
                 eprintln!(
@@ -870,7 +1028,7 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) -> (u64, u64) {
             }
         }
     }
-    (conflicts, lost)
+    (conflicts, lost, refused, wakes)
 }
 
 /// `SYNCD_SIM_SEED=N`: one seed; with `SYNCD_SIM_LOG=1` the daemon's
@@ -904,14 +1062,21 @@ fn devices_converge_through_conflicts_and_faults() {
     // Two halves on two threads: the machine has two cores.
     let half = seeds / 2;
     let other = std::thread::spawn(move || run_seeds(half..seeds));
-    let (c1, l1) = run_seeds(0..half);
-    let (c2, l2) = other.join().unwrap();
-    let (conflicts, lost) = (c1 + c2, l1 + l2);
+    let (c1, l1, r1, w1) = run_seeds(0..half);
+    let (c2, l2, r2, w2) = other.join().unwrap();
+    let (conflicts, lost, refused, wakes) = (c1 + c2, l1 + l2, r1 + r2, w1 + w2);
     let overruled = SUPERSEDED_DELETES.load(Ordering::Relaxed);
     eprintln!(
         "{seeds} seeds: {conflicts} conflicts, {lost} lost replies, \
+         {refused} pushes refused (429, 403), {wakes} syncs served, \
          {overruled} deletes overruled before read-back"
     );
+    // About 0.7 a seed: 429s and 403s are rare, so that seeds converge.
+    assert!(
+        refused >= seeds / 2,
+        "too few refusals to test the floors: {refused}"
+    );
+    assert!(wakes >= seeds, "too few syncs to test them: {wakes}");
     // Only the seeds with client ids can conflict (about half).
     assert!(
         conflicts >= seeds / 2,

@@ -107,7 +107,11 @@ impl From<JsonReply> for Reply {
     fn from(r: JsonReply) -> Reply {
         Reply {
             status: r.status,
-            headers: Vec::new(),
+            headers: r
+                .retry_after_s
+                .map(|s| ("Retry-After".to_owned(), s.to_string()))
+                .into_iter()
+                .collect(),
             body: String::from_utf8(r.body).expect("JSON is UTF-8"),
         }
     }

@@ -15,6 +15,7 @@ use crate::backend::protocol::{
     BatchReply, BatchResult, Change, ChangesPage, ErrorBody, Features, HealthBody, OpOk,
 };
 
+use super::log_limit::LogLimit;
 use super::ops::{parse_batch, parse_op, Rejection, ValidOp};
 use super::store::{BackendStore, ChangeSlice, Outcome, StoreError};
 
@@ -30,17 +31,35 @@ pub const MAX_WAIT_S: u64 = 60;
 pub struct JsonReply {
     pub status: u16,
     pub body: Vec<u8>,
+    /// The `Retry-After` header (seconds), if any.
+    pub retry_after_s: Option<u64>,
 }
+
+/// The `Retry-After` of a 503 while the store is unreachable: short, so
+/// devices return within a second or two of the database (the protocol's
+/// clients would otherwise back off up to their `backoff_max_ms`).
+pub const UNAVAILABLE_RETRY_AFTER_S: u64 = 1;
+
+/// Failed health probes are logged once per this interval (probes come
+/// every second or two from every device and load balancer).
+pub const HEALTH_LOG_INTERVAL_MS: i64 = 30_000;
+
+static HEALTH_LOG: LogLimit = LogLimit::new(HEALTH_LOG_INTERVAL_MS);
 
 impl JsonReply {
     /// `body` serialised; a body that cannot be serialised is a 500
     /// `{"error":"internal error"}`.
     pub fn json<T: Serialize>(status: u16, body: &T) -> JsonReply {
         match serde_json::to_vec(body) {
-            Ok(body) => JsonReply { status, body },
+            Ok(body) => JsonReply {
+                status,
+                body,
+                retry_after_s: None,
+            },
             Err(_) => JsonReply {
                 status: 500,
                 body: br#"{"error":"internal error"}"#.to_vec(),
+                retry_after_s: None,
             },
         }
     }
@@ -83,25 +102,59 @@ fn rejection(r: Rejection) -> JsonReply {
     JsonReply::error(r.status, r.reason)
 }
 
-fn store_error(e: &StoreError) -> JsonReply {
-    tracing::error!(error = %e, "backend store failure");
-    JsonReply::error(500, "storage error")
+/// The reply to a store failure, logged once, at the level it deserves:
+/// an unreachable store is a WARN and a 503 with a short `Retry-After`
+/// (it comes back by itself); anything else an ERROR and a 500.
+pub fn store_error(e: &StoreError) -> JsonReply {
+    match e {
+        StoreError::Unavailable(_) => {
+            tracing::warn!(error = %e, retry_after_s = UNAVAILABLE_RETRY_AFTER_S, "backend store unreachable; answered 503");
+            unavailable()
+        }
+        StoreError::Failed(_) => {
+            tracing::error!(error = %e, "backend store failure; answered 500");
+            JsonReply::error(500, "storage error")
+        }
+    }
 }
 
-/// `GET v1/health`: 200 `{"ok": true, "features": [...]}`, or 503 when the
-/// store's readiness probe fails.
+fn unavailable() -> JsonReply {
+    JsonReply {
+        retry_after_s: Some(UNAVAILABLE_RETRY_AFTER_S),
+        ..JsonReply::error(503, "storage unavailable")
+    }
+}
+
+/// `GET v1/health`: 200 `{"ok": true, "features": [...]}`, or 503 (with
+/// a short `Retry-After`) when the store's readiness probe fails. Failures
+/// are logged at most once per [`HEALTH_LOG_INTERVAL_MS`], with how many
+/// were left out; the first success after them is logged too.
 pub fn health(store: &dyn BackendStore, features: &Features) -> JsonReply {
     match store.check() {
-        Ok(()) => JsonReply::json(
-            200,
-            &HealthBody {
-                ok: true,
-                features: features.names(),
-            },
-        ),
+        Ok(()) => {
+            if HEALTH_LOG.reset() {
+                tracing::info!("backend store reachable again; health probes succeed");
+            }
+            JsonReply::json(
+                200,
+                &HealthBody {
+                    ok: true,
+                    features: features.names(),
+                },
+            )
+        }
         Err(e) => {
-            tracing::error!(error = %e, "health check failed");
-            JsonReply::error(503, "storage unavailable")
+            if let Some(left_out) = HEALTH_LOG.admit(crate::now_ms()) {
+                match &e {
+                    StoreError::Unavailable(_) => {
+                        tracing::warn!(error = %e, left_out, "health probe failed: backend store unreachable")
+                    }
+                    StoreError::Failed(_) => {
+                        tracing::error!(error = %e, left_out, "health probe failed")
+                    }
+                }
+            }
+            unavailable()
         }
     }
 }
@@ -127,7 +180,7 @@ pub fn op(store: &dyn BackendStore, body: &[u8], check: Check<'_>) -> OpsReply {
             },
         ),
         Ok(Some(Outcome::NotFound(reason))) => JsonReply::error(404, reason),
-        Ok(None) => store_error(&StoreError("apply returned no outcome".into())),
+        Ok(None) => store_error(&StoreError::Failed("apply returned no outcome".into())),
         Err(e) => store_error(&e),
     };
     OpsReply {
@@ -357,6 +410,16 @@ mod tests {
     fn parsed(query: &str) -> (u64, bool, usize, Option<u64>) {
         let q = parse_changes_query(query).unwrap_or_else(|e| panic!("{query:?}: {e}"));
         (q.since, q.since_given, q.limit, q.wait_s)
+    }
+
+    /// An unreachable store is a 503 with a short `Retry-After`, so
+    /// devices come back within a second of it; other failures a 500.
+    #[test]
+    fn store_errors_say_when_to_come_back() {
+        let down = store_error(&StoreError::Unavailable("connection refused".into()));
+        assert_eq!((down.status, down.retry_after_s), (503, Some(1)));
+        let broken = store_error(&StoreError::Failed("corrupt".into()));
+        assert_eq!((broken.status, broken.retry_after_s), (500, None));
     }
 
     #[test]

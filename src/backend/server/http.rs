@@ -112,6 +112,9 @@ fn to_reply(r: JsonReply) -> Reply {
         StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(s) = r.retry_after_s {
+        resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
+    }
     resp
 }
 
@@ -125,9 +128,9 @@ fn error_reply(status: StatusCode, reason: impl Into<String>) -> Reply {
     )
 }
 
+/// A store failure, logged once (by [`handler::store_error`]).
 fn store_error_reply(e: &StoreError) -> Reply {
-    tracing::error!(error = %e, "backend store failure");
-    error_reply(StatusCode::INTERNAL_SERVER_ERROR, "storage error")
+    to_reply(handler::store_error(e))
 }
 
 /// Constant-time comparison, so the token cannot be guessed by timing.
@@ -266,7 +269,7 @@ where
     let store = Arc::clone(&state.store);
     tokio::task::spawn_blocking(move || f(store.as_ref()))
         .await
-        .map_err(|e| StoreError(format!("store task failed: {e}")))?
+        .map_err(|e| StoreError::Failed(format!("store task failed: {e}")))?
 }
 
 async fn health(state: &AppState) -> Reply {

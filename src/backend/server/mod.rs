@@ -108,6 +108,7 @@
 pub mod feed;
 pub mod handler;
 pub mod http;
+pub mod log_limit;
 pub mod ops;
 pub mod pg_apply;
 pub mod pg_listen;

@@ -83,7 +83,22 @@ impl std::fmt::Display for ApplyError {
     }
 }
 
+impl std::error::Error for ApplyError {
+    /// The driver's cause (its own text is already in `Display`).
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ApplyError::Pg(e) => std::error::Error::source(e),
+            _ => None,
+        }
+    }
+}
+
 impl ApplyError {
+    /// The database could not be reached or went away mid-transaction.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, ApplyError::Pg(e) if super::pg_store::is_unavailable(e))
+    }
+
     /// A serialization failure or deadlock: the whole transaction may simply
     /// be run again.
     pub fn is_retryable(&self) -> bool {

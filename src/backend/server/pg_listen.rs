@@ -18,7 +18,12 @@ use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use super::feed::Feed;
+use super::log_limit::LogLimit;
 use super::pg_apply::CHANNEL;
+
+/// While the database is down, the lost listener is logged once per this
+/// interval (it retries every [`RECONNECT`]).
+const LOG_INTERVAL_MS: i64 = 30_000;
 
 /// The safety re-read interval of the head.
 pub const RECHECK: Duration = Duration::from_secs(2);
@@ -28,10 +33,13 @@ const RECONNECT: Duration = Duration::from_secs(1);
 /// Starts the listener task on the current runtime; abort the handle to stop it.
 pub fn spawn(config: tokio_postgres::Config, feed: Arc<Feed>, url: String) -> JoinHandle<()> {
     tokio::spawn(async move {
+        let log = LogLimit::new(LOG_INTERVAL_MS);
         loop {
-            if let Err(e) = listen(&config, &feed).await {
-                tracing::warn!(database = %url, error = %e,
-                    "change feed listener lost its connection; reconnecting");
+            if let Err(e) = listen(&config, &feed, &log).await {
+                if let Some(left_out) = log.admit(crate::now_ms()) {
+                    tracing::warn!(database = %url, error = %e, left_out,
+                        "change feed listener lost its connection; reconnecting every second");
+                }
             }
             tokio::time::sleep(RECONNECT).await;
         }
@@ -39,7 +47,11 @@ pub fn spawn(config: tokio_postgres::Config, feed: Arc<Feed>, url: String) -> Jo
 }
 
 /// One listener connection's life: returns when it fails.
-async fn listen(config: &tokio_postgres::Config, feed: &Feed) -> Result<(), tokio_postgres::Error> {
+async fn listen(
+    config: &tokio_postgres::Config,
+    feed: &Feed,
+    log: &LogLimit,
+) -> Result<(), tokio_postgres::Error> {
     let (client, mut conn) = config.connect(NoTls).await?;
     let (tx, mut rx) = mpsc::unbounded_channel::<Option<u64>>();
     // The connection must be polled for notifications to arrive.
@@ -57,7 +69,7 @@ async fn listen(config: &tokio_postgres::Config, feed: &Feed) -> Result<(), toki
             }
         }
     });
-    let result = serve(&client, feed, &mut rx).await;
+    let result = serve(&client, feed, &mut rx, log).await;
     driver.abort();
     result
 }
@@ -66,10 +78,14 @@ async fn serve(
     client: &Client,
     feed: &Feed,
     rx: &mut mpsc::UnboundedReceiver<Option<u64>>,
+    log: &LogLimit,
 ) -> Result<(), tokio_postgres::Error> {
     client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
     // Commits made while no connection listened are caught up here.
     refresh(client, feed).await?;
+    if log.reset() {
+        tracing::info!("change feed listener reconnected");
+    }
     let mut tick = tokio::time::interval(RECHECK);
     loop {
         tokio::select! {

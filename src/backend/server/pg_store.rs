@@ -87,7 +87,7 @@ impl PgStore {
     pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
         let shown = redact(url);
         let err = |what: &str, e: &dyn std::fmt::Display| {
-            StoreError(format!("PostgreSQL {shown}: {what}: {e}"))
+            StoreError::Failed(format!("PostgreSQL {shown}: {what}: {e}"))
         };
         let mut config: tokio_postgres::Config = url
             .parse()
@@ -125,8 +125,19 @@ impl PgStore {
         &self.url
     }
 
-    fn error(&self, what: &str, e: &dyn std::fmt::Display) -> StoreError {
-        StoreError(format!("PostgreSQL {}: {what}: {e}", self.url))
+    /// A failure of this store, with the whole chain of causes (the
+    /// driver's own text often only says "connection closed").
+    fn error(&self, what: &str, e: &(dyn std::error::Error + 'static)) -> StoreError {
+        StoreError::Failed(format!("PostgreSQL {}: {what}: {}", self.url, chain(e)))
+    }
+
+    /// A PostgreSQL error: `Unavailable` when the database is down or went
+    /// away, else `Failed`.
+    fn pg_error(&self, what: &str, e: &tokio_postgres::Error) -> StoreError {
+        match self.error(what, e) {
+            StoreError::Failed(m) if is_unavailable(e) => StoreError::Unavailable(m),
+            other => other,
+        }
     }
 
     /// Runs `f` to completion from a blocking context (see the module doc).
@@ -138,8 +149,49 @@ impl PgStore {
         self.pool
             .get()
             .await
-            .map_err(|e| self.error("no connection", &e))
+            .map_err(|e| match self.error("no connection", &e) {
+                StoreError::Failed(m) => StoreError::Unavailable(m),
+                other => other,
+            })
     }
+}
+
+/// Whether a driver error means the database cannot be reached now: the
+/// connection is closed or failed, or the server refuses or ends sessions
+/// (SQLSTATE class 08, and 57P01-57P03: shutdown, crash recovery, startup).
+pub(super) fn is_unavailable(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        Some(c) => {
+            c.code().starts_with("08")
+                || [
+                    SqlState::ADMIN_SHUTDOWN,
+                    SqlState::CRASH_SHUTDOWN,
+                    SqlState::CANNOT_CONNECT_NOW,
+                ]
+                .contains(c)
+        }
+        // No SQLSTATE: an I/O error talking to the server.
+        None => std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
+    }
+}
+
+/// `e` and its sources, joined by ": ", each said once.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = s.source();
+    }
+    out
 }
 
 /// Why opening the database failed.
@@ -224,6 +276,13 @@ impl PgStore {
                     attempt += 1;
                     tracing::debug!(error = %e, attempt, "apply transaction retried");
                 }
+                Err(e) if e.is_unavailable() => {
+                    return Err(StoreError::Unavailable(format!(
+                        "PostgreSQL {}: apply: {}",
+                        self.url,
+                        chain(&e)
+                    )))
+                }
                 Err(e) => return Err(self.error("apply", &e)),
             }
         }
@@ -236,11 +295,11 @@ impl PgStore {
         let stmt = client
             .prepare_cached(READ_CHANGES)
             .await
-            .map_err(|e| self.error("read changes", &e))?;
+            .map_err(|e| self.pg_error("read changes", &e))?;
         let rows = client
             .query(&stmt, &[&since_i, &fetch])
             .await
-            .map_err(|e| self.error("read changes", &e))?;
+            .map_err(|e| self.pg_error("read changes", &e))?;
         let mut head = 0;
         let mut entries = Vec::with_capacity(rows.len());
         for row in rows {
@@ -266,7 +325,7 @@ impl PgStore {
         client
             .simple_query("SELECT 1")
             .await
-            .map_err(|e| self.error("health check", &e))?;
+            .map_err(|e| self.pg_error("health check", &e))?;
         Ok(())
     }
 }

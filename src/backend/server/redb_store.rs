@@ -80,7 +80,7 @@ impl FormatError {
                 .to_owned(),
             FormatError::Unknown(v) => format!("has unknown schema version {v}"),
         };
-        StoreError(format!(
+        StoreError::Failed(format!(
             "{} {what}; this syncd backend uses schema {SCHEMA_VERSION} (ids per \
              collection) and does not convert data: start it with an empty --data \
              directory, or move the file away",
@@ -110,16 +110,17 @@ trait Ctx<T> {
 
 impl<T, E: Into<redb::Error>> Ctx<T> for Result<T, E> {
     fn ctx(self, what: &str) -> Result<T, StoreError> {
-        self.map_err(|e| StoreError(format!("{what}: {}", e.into())))
+        self.map_err(|e| StoreError::Failed(format!("{what}: {}", e.into())))
     }
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(v).map_err(|e| StoreError(format!("encode: {e}")))
+    serde_json::to_vec(v).map_err(|e| StoreError::Failed(format!("encode: {e}")))
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError(format!("corrupt stored value: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Failed(format!("corrupt stored value: {e}")))
 }
 
 fn now_ms() -> i64 {
@@ -170,7 +171,7 @@ fn fresh_id(records: &RecordsTable<'_>, collection: &str) -> Result<String, Stor
             return Ok(id);
         }
     }
-    Err(StoreError("no free record id after 8 draws".into()))
+    Err(StoreError::Failed("no free record id after 8 draws".into()))
 }
 
 /// The tables and counters of one `apply` transaction.
@@ -288,12 +289,12 @@ impl RedbStore {
     /// directory too. Refuses a file of another schema. Blocking.
     pub fn open(data_dir: &Path) -> Result<RedbStore, StoreError> {
         std::fs::create_dir_all(data_dir)
-            .map_err(|e| StoreError(format!("create {}: {e}", data_dir.display())))?;
+            .map_err(|e| StoreError::Failed(format!("create {}: {e}", data_dir.display())))?;
         let path = data_dir.join(DB_FILE);
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(&path)
-            .map_err(|e| StoreError(format!("open {}: {e}", path.display())))?;
+            .map_err(|e| StoreError::Failed(format!("open {}: {e}", path.display())))?;
         let txn = db.begin_write().ctx("begin write")?;
         if let Err(e) = prepare(&txn)? {
             txn.abort().ctx("abort")?;
@@ -694,8 +695,8 @@ mod tests {
             txn.commit().expect("commit");
         }
         let err = RedbStore::open(dir.path()).expect_err("refused");
-        assert!(err.0.contains("schema 1"), "{err}");
-        assert!(err.0.contains("--data"), "{err}");
+        assert!(err.message().contains("schema 1"), "{err}");
+        assert!(err.message().contains("--data"), "{err}");
     }
 
     #[test]
@@ -711,6 +712,6 @@ mod tests {
             txn.commit().expect("commit");
         }
         let err = RedbStore::open(dir.path()).expect_err("refused");
-        assert!(err.0.contains("unknown schema version 9"), "{err}");
+        assert!(err.message().contains("unknown schema version 9"), "{err}");
     }
 }

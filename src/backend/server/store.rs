@@ -56,14 +56,30 @@ pub struct ChangeSlice {
     pub head: u64,
 }
 
-/// A storage failure (I/O, corruption, ...). Transient from the client's
-/// point of view: the HTTP layer answers 500.
+/// A storage failure. The HTTP layer answers `Unavailable` with 503 and a
+/// short `Retry-After` (the store comes back by itself: devices should
+/// return within seconds of it), and `Failed` with 500.
 #[derive(Debug)]
-pub struct StoreError(pub String);
+pub enum StoreError {
+    /// The store cannot be reached now: its database is down, restarting
+    /// or refusing connections.
+    Unavailable(String),
+    /// Any other failure: I/O, a corrupt value, a bug.
+    Failed(String),
+}
+
+impl StoreError {
+    /// What went wrong, without the kind.
+    pub fn message(&self) -> &str {
+        match self {
+            StoreError::Unavailable(m) | StoreError::Failed(m) => m,
+        }
+    }
+}
 
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "backend store: {}", self.0)
+        write!(f, "backend store: {}", self.message())
     }
 }
 

@@ -27,6 +27,8 @@ const MAX_HOPS: usize = 64;
 pub async fn apply(ctx: &Ctx, op_id: String) -> Result<Response, ApiError> {
     // Subscribe first, then look: no event can slip between the two.
     let mut rx = ctx.events.subscribe();
+    let mut settled = ctx.writer.settled();
+    settled.borrow_and_update();
     let mut wait = Wait {
         current: op_id.clone(),
         op_id,
@@ -36,21 +38,29 @@ pub async fn apply(ctx: &Ctx, op_id: String) -> Result<Response, ApiError> {
         if let Some(answer) = wait.look(ctx).await? {
             return Ok(answer);
         }
-        match rx.recv().await {
+        // An event, or a commit in which an op left the queue (some paths
+        // out of it emit no event): either way, look again.
+        let ev = tokio::select! {
+            ev = rx.recv() => ev,
+            moved = settled.changed() => match moved {
+                Ok(()) => continue,
+                Err(_) => return Err(shutting_down()),
+            },
+        };
+        match ev {
             Ok(ev) => {
                 if let Some(answer) = wait.on_event(&ev) {
                     return Ok(answer);
                 }
             }
             Err(broadcast::error::RecvError::Lagged(_)) => {}
-            Err(broadcast::error::RecvError::Closed) => {
-                return Err(ApiError::new(
-                    ErrorCode::ShuttingDown,
-                    "the daemon is shutting down",
-                ))
-            }
+            Err(broadcast::error::RecvError::Closed) => return Err(shutting_down()),
         }
     }
+}
+
+fn shutting_down() -> ApiError {
+    ApiError::new(ErrorCode::ShuttingDown, "the daemon is shutting down")
 }
 
 /// What the wait knows so far.

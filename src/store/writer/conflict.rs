@@ -242,6 +242,7 @@ pub(super) fn apply_resolution(
     for op in &ops {
         x.ops.remove(op.op_id.as_str())?;
     }
+    x.ops_left = true;
     let (outcome, resent_as) = match resolution {
         Resolution::TakeServer => (
             settle_take_server(x, c, lid, &ops, server, merged_in)?,

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::collections::BTreeMap;
 
 use redb::Durability;
-use tokio::sync::{broadcast, mpsc, oneshot, Notify};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 
 use super::tables::*;
 use super::{Store, StoreError};
@@ -155,16 +155,23 @@ struct Job {
     reply: oneshot::Sender<Result<WriteOutcome, WriteError>>,
 }
 
-/// A committed batch: each job's result and events.
-type Batch = (Vec<JobResult>, Vec<Vec<Event>>);
-
 /// Sends jobs to the writer thread. Cheap to clone.
 #[derive(Clone)]
 pub struct WriterHandle {
     tx: mpsc::Sender<Job>,
+    settled: watch::Receiver<u64>,
 }
 
 impl WriterHandle {
+    /// Moves after every commit in which an op left the queue, by any
+    /// path: acknowledged, dead-lettered, folded into a conflict
+    /// resolution, cancelled, done locally. Most of those paths emit an
+    /// event, but not all (a delete the server never needed emits none),
+    /// so `wait_synced` looks again on this, not only on events.
+    pub fn settled(&self) -> watch::Receiver<u64> {
+        self.settled.clone()
+    }
+
     /// Runs `cmd` in the next group commit and waits until it is durable.
     pub async fn submit(&self, cmd: WriteCmd) -> Result<WriteOutcome, WriteError> {
         let (reply, rx) = oneshot::channel();
@@ -185,11 +192,12 @@ pub fn spawn(
     queue_changed: Arc<Notify>,
 ) -> Result<(WriterHandle, std::thread::JoinHandle<()>), StoreError> {
     let (tx, rx) = mpsc::channel::<Job>(MAX_BATCH * 4);
-    let mut w = Writer::new(store, events, queue_changed)?;
+    let (settled_tx, settled) = watch::channel(0);
+    let mut w = Writer::new(store, events, queue_changed, settled_tx)?;
     let join = std::thread::Builder::new()
         .name("syncd-writer".into())
         .spawn(move || w.run(rx))?;
-    Ok((WriterHandle { tx }, join))
+    Ok((WriterHandle { tx, settled }, join))
 }
 
 /// Test builds: the same writer as a task on the current runtime instead of
@@ -203,7 +211,8 @@ pub fn spawn_task(
     queue_changed: Arc<Notify>,
 ) -> Result<WriterHandle, StoreError> {
     let (tx, mut rx) = mpsc::channel::<Job>(MAX_BATCH * 4);
-    let mut w = Writer::new(store, events, queue_changed)?;
+    let (settled_tx, settled) = watch::channel(0);
+    let mut w = Writer::new(store, events, queue_changed, settled_tx)?;
     tokio::spawn(async move {
         let mut jobs: Vec<Job> = Vec::with_capacity(64);
         while let Some(first) = rx.recv().await {
@@ -211,7 +220,7 @@ pub fn spawn_task(
             w.process(&mut jobs);
         }
     });
-    Ok(WriterHandle { tx })
+    Ok(WriterHandle { tx, settled })
 }
 
 /// `first` and whatever else is already queued, up to [`MAX_BATCH`].
@@ -261,6 +270,8 @@ struct Writer {
     store: Store,
     events: broadcast::Sender<Arc<Event>>,
     queue_changed: Arc<Notify>,
+    /// See [`WriterHandle::settled`].
+    settled: watch::Sender<u64>,
     ids: IdGen,
     counters: Counters,
 }
@@ -270,6 +281,7 @@ impl Writer {
         store: Store,
         events: broadcast::Sender<Arc<Event>>,
         queue_changed: Arc<Notify>,
+        settled: watch::Sender<u64>,
     ) -> Result<Self, StoreError> {
         let counters = Counters::load(&store)?;
         Ok(Writer {
@@ -277,6 +289,7 @@ impl Writer {
             store,
             events,
             queue_changed,
+            settled,
             ids: IdGen::new(),
             counters,
         })
@@ -333,7 +346,11 @@ impl Writer {
             None => self.run_caught(jobs),
         };
         match outcome {
-            Ok((results, per_job)) => {
+            Ok(Batch {
+                results,
+                events: per_job,
+                ops_left,
+            }) => {
                 #[cfg(test)]
                 self.assert_invariants(jobs);
                 let enqueued = self.counters.queue_tail != before.queue_tail
@@ -354,6 +371,9 @@ impl Writer {
                 }
                 if enqueued {
                     self.queue_changed.notify_one();
+                }
+                if ops_left {
+                    self.settled.send_modify(|n| *n = n.wrapping_add(1));
                 }
             }
             Err(e) => {
@@ -417,10 +437,11 @@ impl Writer {
                     self.counters.claim(upto);
                 }
             }
-            return Ok((
-                jobs.iter().map(|_| Ok(WriteOutcome::Done)).collect(),
-                jobs.iter().map(|_| Vec::new()).collect(),
-            ));
+            return Ok(Batch {
+                results: jobs.iter().map(|_| Ok(WriteOutcome::Done)).collect(),
+                events: jobs.iter().map(|_| Vec::new()).collect(),
+                ops_left: false,
+            });
         }
         self.recover()?;
         let db = self.store.db()?;
@@ -428,6 +449,7 @@ impl Writer {
         txn.set_durability(Durability::Immediate)?;
         let mut results = Vec::with_capacity(jobs.len());
         let mut events = Vec::with_capacity(jobs.len());
+        let ops_left;
         {
             let mut x = Txn::open(&txn, &self.ids, &mut self.counters)?;
             x.client_ids = self.store.backend_client_ids();
@@ -437,6 +459,7 @@ impl Writer {
                 events.push(if r.is_ok() { job_events } else { Vec::new() });
                 results.push(r);
             }
+            ops_left = x.ops_left;
             let tails = (x.counters.queue_tail, x.counters.dead_tail);
             x.meta
                 .insert(META_QUEUE_TAIL, tails.0.to_be_bytes().as_slice())?;
@@ -444,8 +467,21 @@ impl Writer {
                 .insert(META_DEAD_TAIL, tails.1.to_be_bytes().as_slice())?;
         }
         txn.commit()?;
-        Ok((results, events))
+        Ok(Batch {
+            results,
+            events,
+            ops_left,
+        })
     }
+}
+
+/// What one committed transaction did.
+struct Batch {
+    results: Vec<JobResult>,
+    /// Each job's events.
+    events: Vec<Vec<Event>>,
+    /// An op left the queue.
+    ops_left: bool,
 }
 
 /// The batch's events in job order, once it committed and someone

@@ -60,6 +60,8 @@ pub(super) struct Txn<'txn> {
     pub counters: &'txn mut Counters,
     /// Events of the job being applied.
     pub ev: Vec<Event>,
+    /// An op left the queue (by any path): `wait_synced` must look again.
+    pub ops_left: bool,
 }
 
 impl<'txn> Txn<'txn> {
@@ -73,6 +75,7 @@ impl<'txn> Txn<'txn> {
             counters,
             client_ids: false,
             ev: Vec::new(),
+            ops_left: false,
             records: txn.open_table(RECORDS)?,
             queue: txn.open_table(QUEUE)?,
             ops: txn.open_table(OP_INDEX)?,
@@ -114,6 +117,7 @@ impl<'txn> Txn<'txn> {
         };
         let op: QueuedOp = from_store(&bytes)?;
         self.ops.remove(op.op_id.as_str())?;
+        self.ops_left = true;
         self.record_queue
             .remove((op.collection.as_str(), op.local_id.as_str(), seq))?;
         Ok(Some(op))
