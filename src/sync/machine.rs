@@ -939,6 +939,49 @@ mod tests {
         assert_eq!(m.state(), State::Online);
     }
 
+    /// Polling (no `wait`): a push refused with a Retry-After does not
+    /// stop the pulls every `pull_interval_s`, whichever of the first
+    /// pull and the first push ends first.
+    #[test]
+    fn polling_pulls_go_on_during_a_push_retry_after() {
+        let poll = Features {
+            batch: true,
+            wait: false,
+            client_ids: false,
+        };
+        for push_first in [false, true] {
+            let mut m = Machine::new(50, 400, 1_000, 1);
+            probe(&mut m, 0, Ok(poll));
+            assert_eq!(m.next(0, V), Action::Pull(None));
+            assert_eq!(m.next(1, V), Action::Push);
+            if push_first {
+                m.on_push(2, Err(transient(Some(3_000))));
+                m.on_pull(3, done(0, 3, false));
+            } else {
+                m.on_pull(2, done(0, 2, false));
+                m.on_push(3, Err(transient(Some(3_000))));
+            }
+            let mut now = 3;
+            let mut pulls = 0;
+            loop {
+                match m.next(now, V) {
+                    Action::Pull(_) => {
+                        pulls += 1;
+                        m.on_pull(now, done(0, 1, false));
+                    }
+                    Action::Sleep(Some(t)) => {
+                        assert!(t > now, "push_first={push_first}: sleep to {t} at {now}");
+                        now = t;
+                    }
+                    Action::Push => break,
+                    other => panic!("push_first={push_first}: {other:?} at {now}"),
+                }
+            }
+            assert!(now >= 3_002, "push_first={push_first}: a push at {now}");
+            assert!(pulls >= 2, "push_first={push_first}: {pulls} pulls in 3 s");
+        }
+    }
+
     /// Row 2 with a 403: no push before `backoff_max_ms` or a new token,
     /// whatever the pulls and `sync` do.
     #[test]
