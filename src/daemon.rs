@@ -276,19 +276,8 @@ pub async fn run(
     let socket = config.daemon.socket.clone();
     let _lock = lock_data_dir(&data_dir)?;
 
-    let store = open_store(&data_dir, config.daemon.cache_mib as usize * 1024 * 1024).await?;
-    // A flag that cannot be read is not "not paused": syncing against the
-    // user's pause is not an option, so the daemon does not start.
-    let paused = store
-        .meta(META_PAUSED)
-        .map_err(|e| {
-            StartError(format!(
-                "cannot read the paused flag from the store in {}: {e}; not starting, so as not to sync while paused",
-                data_dir.display()
-            ))
-        })?
-        .as_deref()
-        == Some(b"1");
+    let (store, paused) =
+        open_store(&data_dir, config.daemon.cache_mib as usize * 1024 * 1024).await?;
     let (events, _) = broadcast::channel(EVENT_BUFFER);
     let queue_changed = Arc::new(Notify::new());
     let (writer, writer_thread) =
@@ -346,6 +335,7 @@ pub async fn run(
         connector: None,
         metrics: metrics.clone(),
         watch_network: true,
+        reads: crate::sync::reads::ReadMode::Pool,
     });
     drop(writer);
 
@@ -385,15 +375,33 @@ pub async fn run(
 
 /// Opens the store on the blocking pool: when it was not closed cleanly,
 /// the open reads every page of the file.
-async fn open_store(data_dir: &Path, cache_bytes: usize) -> Result<Store, StartError> {
+/// Opens the store and reads its paused flag, both on the blocking pool
+/// (the open may check every page).
+async fn open_store(data_dir: &Path, cache_bytes: usize) -> Result<(Store, bool), StartError> {
     let dir = data_dir.to_owned();
-    let opened = tokio::task::spawn_blocking(move || Store::open(&dir, cache_bytes)).await;
-    let failed =
-        |e: String| StartError(format!("cannot open store in {}: {e}", data_dir.display()));
-    match opened {
-        Ok(r) => r.map_err(|e| failed(e.to_string())),
-        Err(e) => Err(failed(e.to_string())),
-    }
+    let opened = tokio::task::spawn_blocking(move || {
+        let store = Store::open(&dir, cache_bytes).map_err(|e| open_failed(&dir, e))?;
+        let paused = read_paused(&store, &dir)?;
+        Ok((store, paused))
+    })
+    .await;
+    opened.unwrap_or_else(|e| Err(open_failed(data_dir, e)))
+}
+
+fn open_failed(data_dir: &Path, e: impl std::fmt::Display) -> StartError {
+    StartError(format!("cannot open store in {}: {e}", data_dir.display()))
+}
+
+/// A flag that cannot be read is not "not paused": syncing against the
+/// user's pause is not an option, so the daemon does not start.
+fn read_paused(store: &Store, data_dir: &Path) -> Result<bool, StartError> {
+    let flag = store.meta(META_PAUSED).map_err(|e| {
+        StartError(format!(
+            "cannot read the paused flag from the store in {}: {e}; not starting, so as not to sync while paused",
+            data_dir.display()
+        ))
+    })?;
+    Ok(flag.as_deref() == Some(b"1"))
 }
 
 /// The daemon's running parts, stopped in order by [`Running::stop`].

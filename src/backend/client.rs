@@ -40,6 +40,11 @@ pub enum Failure {
     /// protocol, or its reply cannot be trusted: it is never a verdict on
     /// an op. `reason` names the status and says to check the URL.
     Unlisted { status: u16, reason: String },
+    /// Not the backend's: this device's own store failed during the round
+    /// (a full disk, an I/O error, a store being re-opened). Transports
+    /// never return it; the sync worker does, so that status names the
+    /// local disk instead of blaming the backend. The ops stay queued.
+    LocalStore { reason: String },
 }
 
 impl Failure {
@@ -49,7 +54,8 @@ impl Failure {
             Failure::Transient { reason, .. }
             | Failure::Unreachable { reason }
             | Failure::Auth { reason }
-            | Failure::Unlisted { reason, .. } => reason,
+            | Failure::Unlisted { reason, .. }
+            | Failure::LocalStore { reason } => reason,
         }
     }
 }

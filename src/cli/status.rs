@@ -18,7 +18,10 @@ use super::output::{self, ago};
     after_help = "--check exit codes: 0 healthy (online, or no backend configured); \
     3 daemon unreachable; 10 offline (backend unreachable); 11 backoff or backend_error; \
     12 auth_error; 13 dead letters present; 14 conflicts parked; 15 paused; \
-    16 the config file's latest edit was rejected (running on the previous config). \
+    16 the config file's latest edit was rejected (running on the previous config); \
+    17 the store was found damaged during work; 18 local_store_error (this device's \
+    store failed during sync: free space in the data_dir, check its permissions, \
+    run `syncd check`). \
     The sync state wins over a rejected config edit, which wins over dead letters, \
     which win over conflicts."
 )]

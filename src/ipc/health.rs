@@ -32,6 +32,9 @@ pub enum Trouble {
     /// The storage engine found the store damaged during work: writes are
     /// refused.
     StoreDamaged,
+    /// This device's store failed during a sync round (a full disk, an
+    /// I/O error, permissions): sync is held until it works again.
+    LocalStoreError,
 }
 
 impl Trouble {
@@ -46,6 +49,7 @@ impl Trouble {
             Trouble::Paused => 15,
             Trouble::ConfigRejected => 16,
             Trouble::StoreDamaged => 17,
+            Trouble::LocalStoreError => 18,
         }
     }
 }
@@ -62,6 +66,7 @@ pub fn trouble(s: &StatusView) -> Option<Trouble> {
         "auth_error" => Some(Trouble::AuthError),
         "backend_error" => Some(Trouble::BackendError),
         "backoff" => Some(Trouble::Backoff),
+        "local_store_error" => Some(Trouble::LocalStoreError),
         "offline" if s.backend.is_some() => Some(Trouble::Offline),
         "paused" => Some(Trouble::Paused),
         _ => None,
@@ -160,6 +165,11 @@ fn state_hint(s: &StatusView, i: &HintInputs<'_>) -> Option<String> {
             ),
         },
         "paused" => format!("sync is paused with {n} write(s) queued: run `syncd resume`"),
+        "local_store_error" => format!(
+            "the local store in {} failed ({err}); the backend is not at fault; {safe}: free space on that disk, check that the daemon's user may write there, and run `syncd check`; sync resumes by itself, {}",
+            s.data_dir,
+            retry(s, i.now)
+        ),
         _ => return None,
     })
 }

@@ -15,6 +15,9 @@
 //!   reused by another process is not believed); if it cannot be read the
 //!   peer is refused;
 //! - everyone else is refused.
+//!
+//! The `/proc` read is file I/O: it runs on the blocking pool, bounded by
+//! [`PROC_READ_LIMIT`], never on the session's runtime thread.
 
 use interprocess::local_socket::tokio::Stream;
 
@@ -63,9 +66,13 @@ impl std::fmt::Display for Refusal {
 /// The daemon's uid (the client crate's, which the client checks against).
 pub use syncd_client::client::own_uid;
 
+/// Longest a peer's `/proc/PID/status` read may take; past it the peer
+/// is refused (its groups are unknown).
+pub const PROC_READ_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Applies the rule in the module doc to the peer of `conn`.
 #[cfg(target_os = "linux")]
-pub fn check(conn: &Stream, policy: &PeerPolicy) -> Result<(), Refusal> {
+pub async fn check(conn: &Stream, policy: &PeerPolicy) -> Result<(), Refusal> {
     use interprocess::local_socket::tokio::prelude::*;
     let creds = conn
         .peer_creds()
@@ -86,8 +93,9 @@ pub fn check(conn: &Stream, policy: &PeerPolicy) -> Result<(), Refusal> {
         return Ok(());
     }
     let pid = creds.pid().unwrap_or(0);
-    let groups =
-        proc_groups(pid, uid).map_err(|reason| Refusal::GroupsUnknown { uid, pid, reason })?;
+    let groups = proc_groups_off_runtime(pid, uid)
+        .await
+        .map_err(|reason| Refusal::GroupsUnknown { uid, pid, reason })?;
     if groups.contains(&gid) {
         Ok(())
     } else {
@@ -96,9 +104,23 @@ pub fn check(conn: &Stream, policy: &PeerPolicy) -> Result<(), Refusal> {
 }
 
 #[cfg(not(target_os = "linux"))]
-pub fn check(_conn: &Stream, _policy: &PeerPolicy) -> Result<(), Refusal> {
+pub async fn check(_conn: &Stream, _policy: &PeerPolicy) -> Result<(), Refusal> {
     // Elsewhere the socket's file mode is the access control.
     Ok(())
+}
+
+/// [`proc_groups`] on the blocking pool, within [`PROC_READ_LIMIT`].
+#[cfg(target_os = "linux")]
+async fn proc_groups_off_runtime(pid: i32, uid: u32) -> Result<Vec<u32>, String> {
+    let read = tokio::task::spawn_blocking(move || proc_groups(pid, uid));
+    match tokio::time::timeout(PROC_READ_LIMIT, read).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(format!("/proc/{pid}/status: {e}")),
+        Err(_) => Err(format!(
+            "/proc/{pid}/status took longer than {}s to read",
+            PROC_READ_LIMIT.as_secs()
+        )),
+    }
 }
 
 /// The supplementary groups of `pid`, if its effective uid is still `uid`.

@@ -28,7 +28,7 @@ use crate::ipc::wire::{ApiError, ClientFrame, ErrorCode, Event, Request, Respons
 pub async fn run(stream: Stream, ctx: Arc<Ctx>, shutdown: watch::Receiver<bool>) {
     let cfg = ctx.config.borrow().clone();
     let max = cfg.daemon.max_frame_bytes;
-    let refused = peer::check(&stream, &ctx.peers).err();
+    let refused = peer::check(&stream, &ctx.peers).await.err();
     let mut conn = Connection::new(stream, max);
     if let Some(why) = refused {
         tracing::warn!(reason = %why, "refused connection");

@@ -53,13 +53,14 @@ impl PushResult {
 }
 
 /// The sync states `syncd_backend_state{state}` has a series for.
-pub const BACKEND_STATES: [&str; 6] = [
+pub const BACKEND_STATES: [&str; 7] = [
     "online",
     "offline",
     "backoff",
     "paused",
     "auth_error",
     "backend_error",
+    "local_store_error",
 ];
 
 /// The gauges a renderer sets from the store and the worker's status.
@@ -92,6 +93,7 @@ pub struct Metrics {
     store_bytes: Gauge,
     store_damaged: Gauge,
     open_check_seconds: Gauge<f64, AtomicU64>,
+    local_store_errors: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -124,6 +126,7 @@ impl Metrics {
             store_bytes: Gauge::default(),
             store_damaged: Gauge::default(),
             open_check_seconds: Gauge::default(),
+            local_store_errors: Counter::default(),
         };
         for r in [
             PushResult::Applied,
@@ -205,6 +208,16 @@ impl Metrics {
             "Time the last start spent checking every page of the store (0: skipped after a clean shutdown)",
             self.open_check_seconds.clone(),
         );
+        r.register(
+            "local_store_errors",
+            "Sync rounds (push, pull) that failed on this device's own store, not the backend",
+            self.local_store_errors.clone(),
+        );
+    }
+
+    /// A sync round failed on the local store.
+    pub fn local_store_error(&self) {
+        self.local_store_errors.inc();
     }
 
     /// `n` ops got the verdict `r`.
@@ -314,6 +327,8 @@ mod tests {
             "syncd_backend_state{state=\"offline\"} 1",
             "syncd_backend_state{state=\"online\"} 0",
             "syncd_push_latency_seconds_count 0",
+            "syncd_local_store_errors_total 0",
+            "syncd_backend_state{state=\"local_store_error\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }

@@ -19,6 +19,8 @@ pub mod encoding;
 pub mod mark;
 mod migrate;
 pub mod overlay;
+#[cfg(test)]
+mod reopen_tests;
 pub mod settled;
 pub mod tables;
 pub mod writer;
@@ -167,6 +169,24 @@ pub(crate) fn describe_open_error(e: redb::DatabaseError) -> Result<String> {
             Ok(format!("shorter than its contents say ({io})"))
         }
         other => Err(other.into()),
+    }
+}
+
+/// The database inside `db` once no transaction holds it any more;
+/// `Err` gives `db` back when one still did after `wait`.
+fn wait_unshared(
+    db: Arc<Database>,
+    wait: std::time::Duration,
+) -> std::result::Result<Database, Arc<Database>> {
+    let deadline = std::time::Instant::now() + wait;
+    let mut db = db;
+    loop {
+        match Arc::try_unwrap(db) {
+            Ok(d) => return Ok(d),
+            Err(shared) if std::time::Instant::now() > deadline => return Err(shared),
+            Err(shared) => db = shared,
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
 
@@ -337,37 +357,59 @@ impl Store {
     /// Closes and re-opens the database file. redb refuses every write
     /// after a commit failed with an I/O error (a full disk) until the
     /// database is re-opened; the writer calls this once space is back.
-    /// Waits (up to a few seconds) for open read transactions to end.
+    ///
+    /// The slot's lock is held only to swap the database out and back in,
+    /// never across a wait: from the swap on, a reader gets
+    /// [`StoreError::Reopening`] at once instead of blocking while open
+    /// transactions end (up to a few seconds) and the open is retried.
     pub(crate) fn reopen(&self) -> Result<()> {
-        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while slot.as_ref().is_some_and(|db| Arc::strong_count(db) > 1) {
-            if std::time::Instant::now() > deadline {
+        self.reopen_waiting(std::time::Duration::from_secs(5))
+    }
+
+    fn reopen_waiting(&self, wait: std::time::Duration) -> Result<()> {
+        let Some(old) = self.swap_db(None) else {
+            return Err(StoreError::Reopening);
+        };
+        let old = match wait_unshared(old, wait) {
+            Ok(db) => db,
+            Err(still_used) => {
+                // Not closed: reads go on on it; the next write retries.
+                self.swap_db(Some(still_used));
                 return Err(StoreError::Reopening);
             }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        // Closing the file first: redb holds a lock on it. A failed open
-        // leaves the slot empty (reads fail until the next write retries),
-        // so try a few times before giving up for now.
-        *slot = None;
+        };
+        // Closing the file first: redb holds a lock on it.
+        drop(old);
+        let db = self.open_retrying()?;
+        self.swap_db(Some(Arc::new(db)));
+        tracing::info!(path = %self.path.display(), "store re-opened after a failed commit");
+        Ok(())
+    }
+
+    /// Puts `db` in the slot and returns what was there; the lock is held
+    /// for the swap only.
+    fn swap_db(&self, db: Option<Arc<Database>>) -> Option<Arc<Database>> {
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        std::mem::replace(&mut *slot, db)
+    }
+
+    /// Opens the file again, a few tries apart. A failed open leaves the
+    /// slot empty (reads fail at once until the next write retries).
+    fn open_retrying(&self) -> Result<Database> {
         let mut tries = 0;
-        let db = loop {
+        loop {
             match Database::builder()
                 .set_cache_size(self.cache_bytes)
                 .create(&self.path)
             {
-                Ok(db) => break db,
+                Ok(db) => return Ok(db),
                 Err(e) if tries >= 2 => return Err(e.into()),
                 Err(_) => {
                     tries += 1;
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
             }
-        };
-        *slot = Some(Arc::new(db));
-        tracing::info!(path = %self.path.display(), "store re-opened after a failed commit");
-        Ok(())
+        }
     }
 
     /// Whether the backend keeps client-chosen ids (see the field).

@@ -74,6 +74,9 @@ pub struct Channel {
 pub struct Caps {
     pub unreachable_ms: u64,
     pub unlisted_ms: u64,
+    /// A local store failure: the fix (free space) is a person's, and
+    /// sync should notice it within seconds.
+    pub local_ms: u64,
 }
 
 impl Channel {
@@ -135,6 +138,10 @@ impl Channel {
                 (State::Backoff, d)
             }
             Failure::Auth { .. } => (State::AuthError, self.backoff.max_ms),
+            Failure::LocalStore { .. } => (
+                State::LocalStoreError,
+                self.backoff.fail(unit).min(caps.local_ms),
+            ),
         };
         self.failed = Some((state, f.reason().to_owned()));
         let floor = self.retry_after_until.unwrap_or(i64::MIN);
@@ -179,7 +186,8 @@ pub fn severity(s: State) -> u8 {
         State::BackendError => 2,
         State::AuthError => 3,
         State::Offline => 4,
-        State::Paused => 5,
+        State::LocalStoreError => 5,
+        State::Paused => 6,
     }
 }
 
@@ -215,6 +223,7 @@ mod tests {
         let caps = Caps {
             unreachable_ms: 2000,
             unlisted_ms: 5000,
+            local_ms: 5000,
         };
         let f = Failure::Transient {
             reason: "429".into(),
@@ -237,6 +246,7 @@ mod tests {
         let caps = Caps {
             unreachable_ms: 2000,
             unlisted_ms: 5000,
+            local_ms: 5000,
         };
         let busy = Failure::Transient {
             reason: "503".into(),

@@ -119,9 +119,14 @@ pub struct Machine {
 /// Default `sync.wait_s`: below every usual proxy and client timeout.
 pub const DEFAULT_WAIT_S: u32 = 25;
 
+/// A local store failure is retried at least this often: freeing disk
+/// space is a person's fix, and sync should resume within seconds of it.
+pub const LOCAL_STORE_RETRY_MAX_MS: u64 = 5_000;
+
 const CAPS: Caps = Caps {
     unreachable_ms: OFFLINE_PROBE_MAX_MS,
     unlisted_ms: BACKEND_ERROR_RETRY_MAX_MS,
+    local_ms: LOCAL_STORE_RETRY_MAX_MS,
 };
 
 impl Machine {
@@ -797,6 +802,29 @@ mod tests {
         assert_eq!(m.next(2, V), Action::Push);
         assert_eq!(m.state(), State::AuthError);
         m.on_push(3, Ok(()));
+        assert_eq!(m.state(), State::Online);
+    }
+
+    /// A failure of this device's store (what the worker's `local` makes
+    /// of a store or writer error) is its own state, retried within
+    /// seconds, and a later success clears it.
+    #[test]
+    fn a_local_store_failure_is_its_own_state_not_backoff() {
+        let mut m = Machine::new(100, 600_000, 60_000, 3);
+        online(&mut m, 0);
+        let mut now = 0;
+        for _ in 0..12 {
+            m.on_push(now, Err(crate::sync::local("store: disk full")));
+            assert_eq!(m.state(), State::LocalStoreError);
+            assert_eq!(m.state().as_str(), "local_store_error");
+            let Action::Sleep(Some(t)) = m.next(now, V) else {
+                panic!("no retry wait after a local store failure")
+            };
+            assert!(t > now && t - now <= LOCAL_STORE_RETRY_MAX_MS as i64);
+            now = t;
+            assert_eq!(m.next(now, V), Action::Push);
+        }
+        m.on_push(now, Ok(()));
         assert_eq!(m.state(), State::Online);
     }
 

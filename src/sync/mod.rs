@@ -9,6 +9,7 @@ pub mod couch_transport;
 pub mod machine;
 pub mod netwatch;
 pub mod pull;
+pub mod reads;
 pub mod transport;
 pub mod worker;
 
@@ -34,6 +35,11 @@ pub enum State {
     /// page, an unlisted status): the URL is probably wrong. Every op is
     /// kept; retried with backoff.
     BackendError,
+    /// This device's store failed during a sync round (a full disk, an
+    /// I/O error, wrong permissions): nothing is wrong with the backend.
+    /// Every op is kept; retried with backoff (at most a few seconds
+    /// apart, so sync resumes soon after the disk has room again).
+    LocalStoreError,
 }
 
 impl State {
@@ -46,6 +52,7 @@ impl State {
             State::Paused => "paused",
             State::AuthError => "auth_error",
             State::BackendError => "backend_error",
+            State::LocalStoreError => "local_store_error",
         }
     }
 }
@@ -137,10 +144,10 @@ impl SyncControl {
 }
 
 /// A store or writer failure inside a push or pull round: not the
-/// backend's fault, so it is retried like a transient one.
+/// backend's fault, so it is a state of its own ([`State::LocalStoreError`]),
+/// never shown as backend backoff.
 pub(crate) fn local(e: impl std::fmt::Display) -> crate::backend::client::Failure {
-    crate::backend::client::Failure::Transient {
+    crate::backend::client::Failure::LocalStore {
         reason: format!("local store: {e}"),
-        retry_after_ms: None,
     }
 }

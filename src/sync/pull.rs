@@ -18,6 +18,7 @@ use crate::store::writer::{WriteCmd, WriterHandle};
 use crate::store::Store;
 use crate::sync::local;
 use crate::sync::machine::PullDone;
+use crate::sync::reads::ReadMode;
 use crate::sync::transport::Transport;
 
 /// Orders a pulled page after the verdict of a push round in flight.
@@ -63,6 +64,8 @@ pub struct PullJob {
     /// The server keeps client-chosen ids.
     pub client_ids: bool,
     pub lock: RoundLock,
+    /// Where the cursor is read (see [`ReadMode`]).
+    pub reads: ReadMode,
 }
 
 /// A running pull.
@@ -111,9 +114,9 @@ impl PullJob {
         let mut total = 0;
         loop {
             let cursor = self
-                .store
-                .meta(META_CURSOR)
-                .map_err(local)?
+                .reads
+                .read(&self.store, |s| s.meta(META_CURSOR))
+                .await?
                 .map(|b| String::from_utf8_lossy(&b).into_owned());
             let page = self
                 .client

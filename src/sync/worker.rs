@@ -25,6 +25,7 @@ use crate::store::writer::{WriteCmd, WriterHandle};
 use crate::store::{parse_doc_text, QueuedOp, Store, StoredRecord};
 use crate::sync::machine::{Action, Machine, PullDone, View};
 use crate::sync::pull::{PullJob, PullTask, RoundGuard, RoundLock};
+use crate::sync::reads::ReadMode;
 use crate::sync::transport::Transport;
 use crate::sync::{State, SyncControl};
 
@@ -44,6 +45,9 @@ pub struct WorkerDeps {
     /// simulation turns it off: a real kernel event would make its runs
     /// differ.
     pub watch_network: bool,
+    /// Where store reads run: the blocking pool in the daemon, inline in
+    /// the deterministic simulation (see [`ReadMode`]).
+    pub reads: ReadMode,
 }
 
 /// Builds a [`Transport`] for the current config (`None`: no backend).
@@ -330,7 +334,7 @@ impl Worker {
             let view = View {
                 has_backend: self.client.is_some(),
                 paused: self.deps.control.is_paused(),
-                queue_nonempty: self.queue_nonempty(),
+                queue_nonempty: self.queue_nonempty().await,
             };
             let before = self.machine.state();
             let action = self.machine.next(self.now(), view);
@@ -352,6 +356,7 @@ impl Worker {
                         _ = shutdown.changed() => break,
                     };
                     let now = self.now();
+                    self.count_local(r.as_ref().err());
                     match action {
                         Action::Push => self.machine.on_push(now, r.map(|_| ())),
                         _ => self.machine.on_probe(now, r.map(Option::unwrap_or_default)),
@@ -373,11 +378,14 @@ impl Worker {
     /// an empty queue: the worker goes on as if ops were queued, so the
     /// push round meets the error, reports it and retries with backoff,
     /// instead of sleeping with work queued.
-    fn queue_nonempty(&self) -> bool {
-        match self.deps.store.queue_depth() {
+    async fn queue_nonempty(&self) -> bool {
+        match self.read(|s| s.queue_depth()).await {
             Ok(depth) => depth > 0,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the queue depth; trying a push round");
+                tracing::warn!(
+                    error = e.reason(),
+                    "cannot read the queue depth; trying a push round"
+                );
                 true
             }
         }
@@ -469,7 +477,15 @@ impl Worker {
         if let Ok(done) = &r {
             self.deps.metrics.pulled(done.changes);
         }
+        self.count_local(r.as_ref().err());
         self.machine.on_pull(now, r);
+    }
+
+    /// Counts a round that failed on the local store (metrics).
+    fn count_local(&self, f: Option<&Failure>) {
+        if let Some(Failure::LocalStore { .. }) = f {
+            self.deps.metrics.local_store_error();
+        }
     }
 
     /// Starts a pull beside the pushes (stopping a stale one).
@@ -487,6 +503,7 @@ impl Worker {
             wait_s,
             client_ids: self.machine.features().client_ids,
             lock: self.round_lock.clone(),
+            reads: self.deps.reads,
         };
         self.pull = Some(PullTask::spawn(job));
     }
@@ -509,6 +526,15 @@ impl Worker {
         self.deps
             .store
             .set_backend_client_ids(self.machine.features().client_ids);
+    }
+
+    /// A store read, off the runtime's threads in the daemon.
+    async fn read<T, F>(&self, f: F) -> Result<T, Failure>
+    where
+        F: FnOnce(&Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.deps.reads.read(&self.deps.store, f).await
     }
 
     fn now(&self) -> i64 {
@@ -652,7 +678,8 @@ impl Worker {
             .iter()
             .map(|(_, op)| (op.collection.clone(), op.local_id.clone()))
             .collect();
-        let recs = self.deps.store.records(&keys).map_err(local)?;
+        let wanted = keys.clone();
+        let recs = self.read(move |s| s.records(&wanted)).await?;
         let mut batch: Vec<(u64, QueuedOp, WireOp)> = Vec::new();
         let mut seen = HashSet::new();
         for (((seq, op), rec), key) in head.into_iter().zip(recs).zip(keys) {
@@ -728,12 +755,12 @@ impl Worker {
     /// into them any more, so what is read after the claim is exactly what
     /// the server gets (and what a retry with the same op_id re-sends).
     async fn claimed_head(&self, n: usize) -> Result<Vec<(u64, QueuedOp)>, Failure> {
-        let peek = self.deps.store.queue_head(n).map_err(local)?;
+        let peek = self.read(move |s| s.queue_head(n)).await?;
         let Some(upto) = peek.last().map(|(s, _)| *s) else {
             return Ok(peek);
         };
         self.submit(WriteCmd::Claim { upto }).await?;
-        let mut head = self.deps.store.queue_head(n).map_err(local)?;
+        let mut head = self.read(move |s| s.queue_head(n)).await?;
         head.retain(|(s, _)| *s <= upto);
         Ok(head)
     }

@@ -460,6 +460,7 @@ fn start_device(dir: &std::path::Path, setup: &Setup, link: Arc<Link>) -> Device
         connector: Some(Arc::new(move |_: &Config| Some(transport.clone()))),
         metrics: Default::default(),
         watch_network: false,
+        reads: crate::sync::reads::ReadMode::Inline,
     });
     Device {
         store,
