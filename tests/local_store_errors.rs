@@ -26,8 +26,10 @@ fn mount_tmpfs(dir: &Path, opts: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// A daemon without a backend on a 2 MiB tmpfs data_dir that also holds a
-/// 1 MiB filler file; unmounted on drop.
+/// A daemon without a backend on a 16 MiB tmpfs data_dir that also holds a
+/// 12 MiB filler file; unmounted on drop. (Removing the filler must leave
+/// more room than redb grows its file by in one step, or the store is
+/// full again at once.)
 struct SmallDisk {
     d: Daemon,
     filler: PathBuf,
@@ -49,12 +51,12 @@ fn small_disk() -> Option<SmallDisk> {
     d.stop();
     std::fs::remove_dir_all(&d.data_dir).expect("remove data_dir");
     std::fs::create_dir(&d.data_dir).expect("create data_dir");
-    if !mount_tmpfs(&d.data_dir, "size=2m,mode=0700") {
+    if !mount_tmpfs(&d.data_dir, "size=16m,mode=0700") {
         println!("note: skipping local-store-error test: cannot mount a tmpfs here");
         return None;
     }
     let filler = d.data_dir.join("filler");
-    std::fs::write(&filler, vec![0u8; 1024 * 1024]).expect("filler");
+    std::fs::write(&filler, vec![0u8; 12 * 1024 * 1024]).expect("filler");
     d.spawn();
     Some(SmallDisk { d, filler })
 }
@@ -62,7 +64,7 @@ fn small_disk() -> Option<SmallDisk> {
 /// Writes until a put fails for want of space; returns how many were
 /// acknowledged.
 fn fill(d: &Daemon) -> usize {
-    let pad = "y".repeat(4000);
+    let pad = "y".repeat(64 * 1024);
     for i in 0..5000 {
         let doc = format!("{{\"pad\":\"{pad}\"}}");
         let o = d.cli(&["put", "todos", "--id", &format!("f{i}"), &doc]);
@@ -72,7 +74,7 @@ fn fill(d: &Daemon) -> usize {
             return i;
         }
     }
-    panic!("the 2 MiB tmpfs never filled up");
+    panic!("the 16 MiB tmpfs never filled up");
 }
 
 /// The value of the series `name` (exact, labels included) in `syncd metrics`.
@@ -117,10 +119,19 @@ fn full_local_disk_is_local_store_error_and_recovers() {
     assert_eq!(metric(&s.d, STATE_GAUGE), 1.0);
 
     std::fs::remove_file(&s.filler).expect("remove filler");
-    eventually(60, "online with every write pushed", || {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
         let st = s.d.status();
-        st["state"] == "online" && st["queue_depth"] == 0
-    });
+        if st["state"] == "online" && st["queue_depth"] == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not online with every write pushed after 60 s: {st}\nlog:\n{}",
+            s.d.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     assert_eq!(metric(&s.d, STATE_GAUGE), 0.0);
     assert_eq!(backend.records().len(), acked);
     assert_eq!(s.d.cli(&["status", "--check"]).status.code(), Some(0));

@@ -7,18 +7,36 @@ use crate::ipc::context::Ctx;
 use crate::ipc::wire::{ApiError, ErrorCode};
 use crate::store::{Store, StoreError};
 
-/// Runs `f` against the store on the blocking pool.
+/// How long a read waits for a re-open of the store (after a failed
+/// commit) to finish before it reports [`StoreError::Reopening`]: a little
+/// longer than the re-open itself may take.
+const REOPEN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(6);
+
+/// Runs `f` against the store on the blocking pool. While the store is
+/// being re-opened (a moment after a failed commit) the read is tried
+/// again until it is back, so an app or `syncd status` does not get an
+/// error for a state that lasts milliseconds; the runtime's threads are
+/// never blocked meanwhile.
 pub async fn read<T, F>(ctx: &Ctx, f: F) -> Result<T, ApiError>
 where
-    F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    F: Fn(&Store) -> Result<T, StoreError> + Send + Sync + 'static,
     T: Send + 'static,
 {
-    let store = ctx.store.clone();
-    match tokio::task::spawn_blocking(move || f(&store)).await {
-        Ok(r) => r.map_err(ApiError::from),
-        Err(e) => Err(ApiError::new(
-            ErrorCode::Internal,
-            format!("a store read failed: {e}"),
-        )),
+    let f = std::sync::Arc::new(f);
+    let deadline = tokio::time::Instant::now() + REOPEN_PATIENCE;
+    loop {
+        let (store, f) = (ctx.store.clone(), f.clone());
+        match tokio::task::spawn_blocking(move || f(&store)).await {
+            Ok(Err(StoreError::Reopening)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Ok(r) => return r.map_err(ApiError::from),
+            Err(e) => {
+                return Err(ApiError::new(
+                    ErrorCode::Internal,
+                    format!("a store read failed: {e}"),
+                ))
+            }
+        }
     }
 }
