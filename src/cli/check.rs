@@ -39,9 +39,24 @@ pub async fn run(a: &CheckArgs, outer: &DaemonOpts) -> Result<(), CliError> {
     let cfg = load_config(config_path.as_deref())?;
     let dir = cfg.daemon.data_dir.clone();
     let store = dir.join("syncd.redb");
-    if std::fs::metadata(&store).map(|m| m.len()).unwrap_or(0) == 0 {
-        println!("no store at {} yet: nothing to check", store.display());
-        return Ok(());
+    // Only a store that is not there (or empty: created, never committed)
+    // means "nothing to check"; one that cannot be read is a failure.
+    match std::fs::metadata(&store) {
+        Ok(m) if m.len() > 0 => {}
+        Ok(_) => {
+            println!("no store at {} yet: nothing to check", store.display());
+            return Ok(());
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!("no store at {} yet: nothing to check", store.display());
+            return Ok(());
+        }
+        Err(e) => {
+            return Err(CliError::Failed(format!(
+                "cannot read {}: {e}",
+                store.display()
+            )))
+        }
     }
     let view = match locate(&dir)? {
         Where::Here(lock) => check_here(&store, cfg.daemon.cache_mib, lock).await?,

@@ -293,6 +293,22 @@ impl Store {
     /// explains (a checksum error, a value that does not decode, a panic
     /// inside the engine): the writer takes no more writes, and status,
     /// the log and the metrics say so. The first report is kept.
+    /// A read that failed: damage (a checksum error, a value that does not
+    /// decode) marks the store damaged, as a failed write does, so that
+    /// writes stop and `syncd status` says so at once, not at the next
+    /// write that happens to touch the page.
+    pub fn read_failed(&self, e: &StoreError) {
+        if is_damage(e) {
+            self.set_damaged(e.to_string());
+        }
+    }
+
+    /// A read that panicked inside the storage engine (redb panics on some
+    /// damaged pages): the store is taken for damaged.
+    pub fn read_panicked(&self, what: &str) {
+        self.set_damaged(format!("the storage engine panicked in a read: {what}"));
+    }
+
     pub fn set_damaged(&self, detail: String) {
         let mut d = self.damage.lock().unwrap_or_else(|p| p.into_inner());
         if d.is_none() {

@@ -30,13 +30,24 @@ impl ReadMode {
         F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
+        let noted = |r: Result<T, StoreError>| {
+            r.map_err(|e| {
+                store.read_failed(&e);
+                local(e)
+            })
+        };
         match self {
-            ReadMode::Inline => f(store).map_err(local),
+            ReadMode::Inline => noted(f(store)),
             ReadMode::Pool => {
-                let store = store.clone();
-                match tokio::task::spawn_blocking(move || f(&store)).await {
-                    Ok(r) => r.map_err(local),
-                    Err(e) => Err(local(format!("a store read failed: {e}"))),
+                let owned = store.clone();
+                match tokio::task::spawn_blocking(move || f(&owned)).await {
+                    Ok(r) => noted(r),
+                    Err(e) => {
+                        if e.is_panic() {
+                            store.read_panicked(&e.to_string());
+                        }
+                        Err(local(format!("a store read failed: {e}")))
+                    }
                 }
             }
         }
@@ -46,6 +57,39 @@ impl ReadMode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A read that meets damage (a value that does not decode, or a panic
+    /// in the engine) marks the store damaged, so writes stop and status
+    /// says so at once; a read that fails otherwise does not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn damage_met_by_a_read_marks_the_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1 << 20).expect("open");
+        let r: Result<(), _> = ReadMode::Pool
+            .read(&store, |_| Err(StoreError::NeedsReopen))
+            .await;
+        assert!(r.is_err());
+        assert_eq!(store.damage(), None, "not damage");
+        let r: Result<(), _> = ReadMode::Pool
+            .read(&store, |_| -> Result<(), StoreError> {
+                panic!("unreachable page")
+            })
+            .await;
+        assert!(r.is_err());
+        assert!(store.damage().is_some_and(|d| d.contains("panicked")));
+        let other = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(other.path(), 1 << 20).expect("open");
+        let r: Result<(), _> = ReadMode::Inline
+            .read(&store, |_| {
+                Err(StoreError::Corrupt {
+                    what: "record",
+                    detail: "bad bytes".into(),
+                })
+            })
+            .await;
+        assert!(r.is_err());
+        assert!(store.damage().is_some_and(|d| d.contains("bad bytes")));
+    }
 
     /// The daemon's mode never runs a read on the runtime's thread.
     #[tokio::test(flavor = "current_thread")]

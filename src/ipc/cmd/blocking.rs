@@ -30,12 +30,20 @@ where
             Ok(Err(StoreError::Reopening)) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
-            Ok(r) => return r.map_err(ApiError::from),
+            Ok(r) => {
+                return r.map_err(|e| {
+                    ctx.store.read_failed(&e);
+                    ApiError::from(e)
+                })
+            }
             Err(e) => {
+                if e.is_panic() {
+                    ctx.store.read_panicked(&e.to_string());
+                }
                 return Err(ApiError::new(
                     ErrorCode::Internal,
                     format!("a store read failed: {e}"),
-                ))
+                ));
             }
         }
     }

@@ -325,6 +325,12 @@ impl Writer {
     fn check_file(&self) -> Result<WriteOutcome, WriteError> {
         let started = std::time::Instant::now();
         let r = super::check::full(self.store.path(), self.store.cache_bytes)?;
+        // Damage found on request is damage: stop taking writes, as when
+        // a write meets it.
+        if let Some(p) = r.problems.iter().find(|p| p.is_damage()) {
+            self.store
+                .set_damaged(format!("`syncd check` found the file damaged: {p}"));
+        }
         tracing::info!(
             ms = started.elapsed().as_millis() as u64,
             problems = r.count,
