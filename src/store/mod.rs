@@ -323,18 +323,13 @@ impl Store {
     /// [`StoreError::Reopening`]. No mark is left when the store was found
     /// damaged during work or the close did not complete.
     pub fn close(&self, wait: std::time::Duration) -> Result<()> {
-        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
-        let deadline = std::time::Instant::now() + wait;
-        while slot.as_ref().is_some_and(|db| Arc::strong_count(db) > 1) {
-            if std::time::Instant::now() > deadline {
-                return Err(StoreError::InUse);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        let Some(db) = slot.take() else {
+        // Out of the slot first (the lock only for the swap, as in
+        // reopen): a reader that comes now fails at once instead of
+        // waiting on the lock while open transactions end.
+        let Some(db) = self.swap_db(None) else {
             return Ok(());
         };
-        let db = Arc::into_inner(db).ok_or(StoreError::InUse)?;
+        let db = wait_unshared(db, wait).map_err(|_| StoreError::InUse)?;
         db.close()?;
         if self.damage().is_some() {
             return Ok(());

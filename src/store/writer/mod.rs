@@ -368,6 +368,11 @@ impl Writer {
                 } else {
                     Vec::new()
                 };
+                // Signalled before the replies: whoever hears its reply
+                // also sees the ops it settled as gone.
+                if ops_left {
+                    self.settled.send_modify(|n| *n = n.wrapping_add(1));
+                }
                 for (job, r) in jobs.drain(..).zip(results) {
                     let _ = job.reply.send(r);
                 }
@@ -377,9 +382,6 @@ impl Writer {
                 }
                 if enqueued {
                     self.queue_changed.notify_one();
-                }
-                if ops_left {
-                    self.settled.send_modify(|n| *n = n.wrapping_add(1));
                 }
             }
             Err(e) => {
