@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use std::collections::BTreeMap;
 
-use redb::{Durability, Table};
+use redb::Durability;
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 
 use super::tables::*;
@@ -281,7 +281,7 @@ impl Counters {
     /// transaction: the queue tail with [`QUEUE_TAIL_RESERVE`] to spare,
     /// the dead-letter tail (which moves rarely) as it is. Most batches
     /// write neither.
-    fn persist(&mut self, meta: &mut Table<'_, &'static str, &'static [u8]>) -> Result<(), StoreError> {
+    fn persist(&mut self, meta: &mut txn::Lazy<'_, &'static str, &'static [u8]>) -> Result<(), StoreError> {
         if self.queue_tail > self.stored_queue_tail {
             let bound = self.queue_tail.saturating_add(QUEUE_TAIL_RESERVE);
             meta.insert(META_QUEUE_TAIL, bound.to_be_bytes().as_slice())?;
