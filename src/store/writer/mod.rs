@@ -281,7 +281,10 @@ impl Counters {
     /// transaction: the queue tail with [`QUEUE_TAIL_RESERVE`] to spare,
     /// the dead-letter tail (which moves rarely) as it is. Most batches
     /// write neither.
-    fn persist(&mut self, meta: &mut txn::Lazy<'_, &'static str, &'static [u8]>) -> Result<(), StoreError> {
+    fn persist(
+        &mut self,
+        meta: &mut txn::Lazy<'_, &'static str, &'static [u8]>,
+    ) -> Result<(), StoreError> {
         if self.queue_tail > self.stored_queue_tail {
             let bound = self.queue_tail.saturating_add(QUEUE_TAIL_RESERVE);
             meta.insert(META_QUEUE_TAIL, bound.to_be_bytes().as_slice())?;
