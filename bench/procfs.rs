@@ -36,7 +36,16 @@ pub(crate) fn proc_status_kib(pid: u32, key: &str) -> u64 {
 
 /// utime + stime of the whole process, seconds.
 pub(crate) fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat_cpu_secs(&format!("/proc/{pid}/stat"))
+}
+
+/// utime + stime of one thread of this process, seconds.
+pub(crate) fn thread_cpu_secs(tid: i32) -> f64 {
+    stat_cpu_secs(&format!("/proc/self/task/{tid}/stat"))
+}
+
+fn stat_cpu_secs(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     // Fields after the parenthesised comm; utime and stime are fields 14, 15.
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();

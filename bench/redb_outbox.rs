@@ -29,6 +29,8 @@ struct Write {
 
 pub(crate) struct RedbOutbox {
     submit: Sender<Write>,
+    /// The writer thread, whose CPU time the harness reports per write.
+    writer_tid: i32,
 }
 
 fn writer(db: Database, rx: Receiver<Write>) {
@@ -83,11 +85,22 @@ impl RedbOutbox {
             .create(dir.join("outbox.redb"))
             .expect("redb create");
         let (submit, rx) = channel();
+        let (tid_tx, tid_rx) = channel();
         std::thread::Builder::new()
             .name("redb-outbox".into())
-            .spawn(move || writer(db, rx))
+            .spawn(move || {
+                // SAFETY: gettid has no preconditions.
+                let _ = tid_tx.send(unsafe { libc::gettid() });
+                writer(db, rx)
+            })
             .expect("writer thread");
-        RedbOutbox { submit }
+        let writer_tid = tid_rx.recv().expect("writer thread id");
+        RedbOutbox { submit, writer_tid }
+    }
+
+    /// CPU seconds (user + system) the writer thread has used so far.
+    pub(crate) fn writer_cpu_secs(&self) -> f64 {
+        crate::procfs::thread_cpu_secs(self.writer_tid)
     }
 
     /// `threads` client threads doing durable writes for `dur`.

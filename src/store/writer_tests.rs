@@ -359,6 +359,50 @@ async fn restart_keeps_sequence_and_client_id() {
     assert!(q[3].0 > last);
 }
 
+/// A put's commit leaves the stored queue tail alone (it is a bound,
+/// rewritten once per many appends), and a restart on a queue emptied by
+/// acks still numbers new ops above every sequence used before.
+#[tokio::test]
+async fn puts_leave_the_stored_tail_alone_and_a_restart_numbers_above_it() {
+    use super::tables::META_QUEUE_TAIL;
+    let put = |i: usize| WriteCmd::Put {
+        collection: "c".into(),
+        id: Some(format!("r{i}")),
+        data: Document::new(),
+        client_ts: 1,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let last = {
+        let store = Store::open(dir.path(), 4 << 20).unwrap();
+        let (tx, _) = broadcast::channel(16);
+        let (w, join) = spawn(store.clone(), tx, Arc::new(Notify::new())).unwrap();
+        w.submit(put(0)).await.unwrap();
+        let stored = store.meta(META_QUEUE_TAIL).unwrap();
+        for i in 1..5 {
+            w.submit(put(i)).await.unwrap();
+        }
+        assert_eq!(store.meta(META_QUEUE_TAIL).unwrap(), stored);
+        let queued = store.queue_head(10).unwrap();
+        assert_eq!(queued.len(), 5);
+        let last = queued.last().unwrap().0;
+        for (i, (seq, _)) in queued.into_iter().enumerate() {
+            let record = srec(&format!("s{i}"), 1, 1, json!({}));
+            w.submit(WriteCmd::Ack { seq, record }).await.unwrap();
+        }
+        assert!(store.queue_head(10).unwrap().is_empty());
+        drop(w);
+        join.join().unwrap();
+        last
+    };
+    let store = Store::open(dir.path(), 4 << 20).unwrap();
+    let (tx, _) = broadcast::channel(16);
+    let (w, _) = spawn(store.clone(), tx, Arc::new(Notify::new())).unwrap();
+    w.submit(put(9)).await.unwrap();
+    let q = store.queue_head(10).unwrap();
+    assert_eq!(q.len(), 1);
+    assert!(q[0].0 > last);
+}
+
 #[tokio::test]
 async fn conflict_folds_later_ops_of_the_record() {
     let f = fx();

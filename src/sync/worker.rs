@@ -415,6 +415,17 @@ impl Worker {
                 None => std::future::pending().await,
             }
         };
+        // New work wakes only a worker that could push it. With no backend,
+        // or paused, the machine sleeps whatever the queue holds, and a
+        // wake-up per commit (with a store read and a status publish) was
+        // most of the runtime's CPU per write (issue 19, item 7).
+        let pushable = self.client.is_some() && !self.deps.control.is_paused();
+        let work = async {
+            match pushable {
+                true => self.deps.queue_changed.notified().await,
+                false => std::future::pending().await,
+            }
+        };
         let mut cfg_rx = self.deps.config.clone();
         enum Wake {
             Timer,
@@ -439,7 +450,7 @@ impl Worker {
             _ = self.net.notified() => Wake::Net,
             _ = self.deps.control.wake.notified() => Wake::Sync,
             r = pulled => Wake::Pulled(r),
-            _ = self.deps.queue_changed.notified() => Wake::Work,
+            _ = work => Wake::Work,
             _ = sleep => Wake::Timer,
         };
         let now = self.now();

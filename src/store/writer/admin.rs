@@ -3,8 +3,6 @@
 
 use serde_json::{Map, Value};
 
-use redb::ReadableTable;
-
 use crate::domain::conflict::Resolution;
 use crate::domain::{Document, OpKind, Side, StoreError, WriteError};
 use crate::store::encoding::from_store;

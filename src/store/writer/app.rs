@@ -2,7 +2,6 @@
 //! appends its op to the queue in the same transaction, which is the
 //! store's first invariant; [`local_write`] is the one place that does both.
 
-use redb::ReadableTable;
 use serde_json::{Map, Value};
 
 use crate::domain::{

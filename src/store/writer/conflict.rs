@@ -6,8 +6,6 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use redb::ReadableTable;
-
 use crate::domain::conflict::{self, FieldRule, LocalChange, Resolution, Strategy};
 use crate::domain::{
     ConflictOutcome, Doc, Document, Event, OpKind, Origin, QueuedOp, ServerRecord, StoreError,
@@ -259,7 +257,12 @@ pub(super) fn apply_resolution(
             result: outcome.0,
             resent_as,
         };
-        settled::record(&mut x.settled, &mut x.settled_order, &op_ids, &s)?;
+        settled::record(
+            x.settled.table_mut()?,
+            x.settled_order.table_mut()?,
+            &op_ids,
+            &s,
+        )?;
     }
     x.ev.push(Event::Conflict {
         collection: c.to_owned(),

@@ -234,12 +234,24 @@ fn gather(first: Job, rx: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>) {
     }
 }
 
-/// Sequence counters, kept in memory by the only writer and persisted in
-/// every transaction that moves them.
+/// How far ahead of the queue tail its stored bound is written: the
+/// stored `queue_tail` is rewritten only once every this many appends, so
+/// an app write's commit leaves the `meta` table alone (one B-tree fewer
+/// to copy, checksum and flush per commit; issue 19 item 7). A restart
+/// skips at most this many sequence numbers, out of 2^52.
+const QUEUE_TAIL_RESERVE: u64 = 4096;
+
+/// Sequence counters, kept in memory by the only writer. The stored tails
+/// are upper bounds: every sequence in use is below them (invariant 3 of
+/// [`super::check`]), and a restart continues from them.
 #[derive(Clone, Copy)]
 pub(crate) struct Counters {
     pub queue_tail: u64,
     pub dead_tail: u64,
+    /// The stored `queue_tail`: the queue's sequences stay below it.
+    stored_queue_tail: u64,
+    /// The stored `dead_tail`.
+    stored_dead_tail: u64,
     /// Ops below this sequence may have been sent (the worker claimed
     /// them, or they were queued before this process started): a write
     /// never folds into them. In memory only: at start every queued op
@@ -255,11 +267,34 @@ impl Counters {
 
     fn load(store: &Store) -> Result<Self, StoreError> {
         let queue_tail = u64_be(store.meta(META_QUEUE_TAIL)?.as_deref()).unwrap_or(QUEUE_ORIGIN);
+        let dead_tail = u64_be(store.meta(META_DEAD_TAIL)?.as_deref()).unwrap_or(1);
         Ok(Counters {
             queue_tail,
-            dead_tail: u64_be(store.meta(META_DEAD_TAIL)?.as_deref()).unwrap_or(1),
+            dead_tail,
+            stored_queue_tail: queue_tail,
+            stored_dead_tail: dead_tail,
             fold_floor: queue_tail,
         })
+    }
+
+    /// Writes the tails that moved past what is stored, in the batch's
+    /// transaction: the queue tail with [`QUEUE_TAIL_RESERVE`] to spare,
+    /// the dead-letter tail (which moves rarely) as it is. Most batches
+    /// write neither.
+    fn persist(
+        &mut self,
+        meta: &mut txn::Lazy<'_, &'static str, &'static [u8]>,
+    ) -> Result<(), StoreError> {
+        if self.queue_tail > self.stored_queue_tail {
+            let bound = self.queue_tail.saturating_add(QUEUE_TAIL_RESERVE);
+            meta.insert(META_QUEUE_TAIL, bound.to_be_bytes().as_slice())?;
+            self.stored_queue_tail = bound;
+        }
+        if self.dead_tail != self.stored_dead_tail {
+            meta.insert(META_DEAD_TAIL, self.dead_tail.to_be_bytes().as_slice())?;
+            self.stored_dead_tail = self.dead_tail;
+        }
+        Ok(())
     }
 }
 
@@ -468,11 +503,7 @@ impl Writer {
                 results.push(r);
             }
             ops_left = x.ops_left;
-            let tails = (x.counters.queue_tail, x.counters.dead_tail);
-            x.meta
-                .insert(META_QUEUE_TAIL, tails.0.to_be_bytes().as_slice())?;
-            x.meta
-                .insert(META_DEAD_TAIL, tails.1.to_be_bytes().as_slice())?;
+            x.counters.persist(&mut x.meta)?;
         }
         txn.commit()?;
         Ok(Batch {

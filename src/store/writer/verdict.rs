@@ -5,8 +5,6 @@
 
 use serde_json::Value;
 
-use redb::ReadableTable;
-
 use crate::domain::ids::{validate_collection, validate_id};
 use crate::domain::{
     Change, DeadLetter, Doc, Event, OpKind, Origin, QueuedOp, ServerRecord, StoreError,
