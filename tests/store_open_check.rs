@@ -211,9 +211,21 @@ fn check_passes_a_sound_store_running_or_stopped_and_changes_nothing() {
     d.stop();
     let file = store_file(&d);
     let before = std::fs::read(&file).unwrap();
+    // A store copied here without its lock file: the check creates the
+    // lock (0600) and holds it, so no daemon can start under it.
+    let lock = d.data_dir.join("syncd.lock");
+    std::fs::remove_file(&lock).unwrap();
     let stopped = check_stopped(&d);
     assert!(stopped.status.success(), "{}", text(&stopped));
     assert!(text(&stopped).contains("301 records"), "{}", text(&stopped));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&lock)
+            .expect("lock file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
     assert_eq!(
         std::fs::read(&file).unwrap(),
         before,

@@ -83,10 +83,21 @@ enum Where {
 
 fn locate(dir: &Path) -> Result<Where, CliError> {
     let path = dir.join("syncd.lock");
-    let f = match File::open(&path) {
+    // Created as the daemon creates it (0600) when missing, so that the
+    // check always holds the lock: a daemon starting meanwhile must wait
+    // for the check, not write the file under it.
+    let mut opts = std::fs::OpenOptions::new();
+    opts.create(true).truncate(false).write(true).read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let f = match opts.open(&path) {
         Ok(f) => f,
-        // No lock file: no daemon has run on this store here.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Where::Here(None)),
+        // A lock file we may not create (a read-only data_dir): open it
+        // to read, if it is there; with none at all, check unlocked.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => match File::open(&path) {
+            Ok(f) => f,
+            Err(_) => return Ok(Where::Here(None)),
+        },
         Err(e) => {
             return Err(CliError::Failed(format!(
                 "cannot open {}: {e}",

@@ -140,6 +140,9 @@ fn daemon_rows(s: &StatusView) -> Vec<(&'static str, String)> {
     rows.push(("uptime", ago(s.uptime_s as i64 * 1000)));
     rows.push(("client id", s.client_id.clone()));
     rows.push(("store", format!("{} bytes", s.store_bytes)));
+    if let Some(c) = &s.store_open_check {
+        rows.push(("check at open", c.clone()));
+    }
     rows.push(("version", s.version.clone()));
     rows
 }
