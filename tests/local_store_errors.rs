@@ -8,23 +8,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
-use common::{eventually, Backend, Daemon};
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn mount_tmpfs(dir: &Path, opts: &str) -> bool {
-    Command::new("mount")
-        .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
-        .arg(dir)
-        .status()
-        .is_ok_and(|s| s.success())
-}
+use common::{eventually, is_root, mount_tmpfs, Backend, Daemon};
 
 /// A daemon without a backend on a 16 MiB tmpfs data_dir that also holds a
 /// 12 MiB filler file; unmounted on drop. (Removing the filler must leave

@@ -8,20 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{bin, Daemon};
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::{bin, is_root, mount_tmpfs, output_text, umount, Daemon};
 
 fn run_fg(config: &Path) -> Output {
     Command::new(bin())
@@ -53,7 +40,7 @@ fn damaged_refuses_start(damage: impl Fn(&Path)) {
     damage(&file);
     let before = std::fs::read(&file).unwrap();
     let o = run_fg(&d.config);
-    let t = text(&o);
+    let t = output_text(&o);
     assert!(!o.status.success(), "started on a damaged store: {t}");
     assert!(
         t.contains(&file.display().to_string()),
@@ -92,18 +79,6 @@ fn overwritten_store_refuses_to_start() {
     });
 }
 
-fn mount_tmpfs(dir: &Path, opts: &str) -> bool {
-    Command::new("mount")
-        .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
-        .arg(dir)
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn umount(dir: &Path) {
-    let _ = Command::new("umount").arg(dir).status();
-}
-
 #[test]
 fn unwritable_data_dir_is_named() {
     let dir = tempfile::tempdir().unwrap();
@@ -131,7 +106,7 @@ fn unwritable_data_dir_is_named() {
     if mounted {
         umount(&data);
     }
-    let t = text(&o);
+    let t = output_text(&o);
     assert!(!o.status.success(), "{t}");
     assert!(
         t.contains(&format!("data_dir {} is not writable", data.display())),
@@ -202,7 +177,7 @@ fn small_disk() -> Option<SmallDisk> {
 fn disk_full_fails_the_write_clearly_and_loses_nothing() {
     let Some(mut s) = small_disk() else { return };
     let (acked, failed) = fill(&s.d);
-    let t = text(&failed);
+    let t = output_text(&failed);
     assert!(t.contains("disk full"), "unclear error: {t}");
     assert!(!acked.is_empty());
     for id in &acked {

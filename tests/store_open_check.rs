@@ -13,18 +13,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::Daemon;
+use common::{output_text, Daemon};
 
 const SCAN_LINE: &str = "checked every page at open";
 const SKIP_LINE: &str = "page check skipped";
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn store_file(d: &Daemon) -> PathBuf {
     d.data_dir.join("syncd.redb")
@@ -201,8 +193,12 @@ fn truncate_half(f: &Path) {
 fn check_passes_a_sound_store_running_or_stopped_and_changes_nothing() {
     let mut d = with_records(300);
     let running = d.cli(&["check", "--config", &d.config.display().to_string()]);
-    assert!(running.status.success(), "{}", text(&running));
-    assert!(text(&running).contains("300 records"), "{}", text(&running));
+    assert!(running.status.success(), "{}", output_text(&running));
+    assert!(
+        output_text(&running).contains("300 records"),
+        "{}",
+        output_text(&running)
+    );
     assert!(
         d.log_text().contains("store checked on request"),
         "the daemon ran it"
@@ -216,8 +212,12 @@ fn check_passes_a_sound_store_running_or_stopped_and_changes_nothing() {
     let lock = d.data_dir.join("syncd.lock");
     std::fs::remove_file(&lock).unwrap();
     let stopped = check_stopped(&d);
-    assert!(stopped.status.success(), "{}", text(&stopped));
-    assert!(text(&stopped).contains("301 records"), "{}", text(&stopped));
+    assert!(stopped.status.success(), "{}", output_text(&stopped));
+    assert!(
+        output_text(&stopped).contains("301 records"),
+        "{}",
+        output_text(&stopped)
+    );
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&lock)
@@ -248,7 +248,7 @@ fn check_finds_what_the_start_refuses() {
         damage(&file);
         let before = std::fs::read(&file).unwrap();
         let o = check_stopped(&d);
-        let t = text(&o);
+        let t = output_text(&o);
         assert_eq!(o.status.code(), Some(5), "{what}: {t}");
         assert!(t.contains("problem") && t.contains("backup"), "{what}: {t}");
         assert_eq!(std::fs::read(&file).unwrap(), before, "{what}: changed");
@@ -257,7 +257,15 @@ fn check_finds_what_the_start_refuses() {
             .arg(&d.config)
             .output()
             .unwrap();
-        assert!(!start.status.success(), "{what}: started: {}", text(&start));
-        assert!(text(&start).contains("damaged"), "{what}: {}", text(&start));
+        assert!(
+            !start.status.success(),
+            "{what}: started: {}",
+            output_text(&start)
+        );
+        assert!(
+            output_text(&start).contains("damaged"),
+            "{what}: {}",
+            output_text(&start)
+        );
     }
 }

@@ -13,12 +13,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{bin, Daemon};
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
+use common::{bin, is_root, output_text, Daemon};
 
 fn skip(what: &str) -> bool {
     if !is_root() {
@@ -48,14 +43,6 @@ fn cli_as_nobody(socket: &Path, runuser: &[&str], args: &[&str]) -> Output {
         .expect("runuser")
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 /// A daemon whose temp dir nobody may traverse (0711), socket made 0666 by
 /// hand so the kernel lets nobody connect and only the daemon's own check
 /// decides.
@@ -73,8 +60,12 @@ fn other_uid_is_refused_by_the_daemon_itself() {
     }
     let d = open_to_kernel("");
     let o = cli_as_nobody(&d.socket, &[], &["put", "todos", r#"{"a":1}"#]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(text(&o).contains("uid 65534 may not use"), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("uid 65534 may not use"),
+        "{}",
+        output_text(&o)
+    );
     assert_eq!(d.status()["queue_depth"], 0);
 }
 
@@ -94,15 +85,19 @@ fn group_mode_admits_only_members_counting_supplementary_groups() {
     assert!(!group.is_empty(), "no name for group {gid}");
     // Not a member: refused, nothing written.
     let o = cli_as_nobody(&d.socket, &[], &["put", "todos", r#"{"a":1}"#]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(text(&o).contains("not a member of group"), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("not a member of group"),
+        "{}",
+        output_text(&o)
+    );
     assert_eq!(d.status()["queue_depth"], 0);
     // A supplementary member: admitted.
     let o = cli_as_nobody(&d.socket, &["-G", &group], &["put", "todos", r#"{"a":2}"#]);
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     // Primary group: admitted.
     let o = cli_as_nobody(&d.socket, &["-g", &group], &["put", "todos", r#"{"a":3}"#]);
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     assert_eq!(d.status()["queue_depth"], 2);
 }
 
@@ -124,8 +119,12 @@ fn world_socket_mode_stops_startup_naming_the_key() {
         .arg(&cfg)
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(text(&o).contains("daemon.socket_mode"), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("daemon.socket_mode"),
+        "{}",
+        output_text(&o)
+    );
 }
 
 /// Starts `sh -c "PREFIX syncd run --config CFG"` (PREFIX ends in `exec`
@@ -230,7 +229,7 @@ fn untrusted_socket_directory_is_refused() {
             .arg(&cfg)
             .output()
             .unwrap();
-        let t = text(&o);
+        let t = output_text(&o);
         assert!(!o.status.success(), "{}: started: {t}", sock_dir.display());
         assert!(
             t.contains(&sock_dir.display().to_string()) && t.contains(why),
@@ -283,8 +282,8 @@ fn cli_refuses_a_daemon_of_another_uid() {
     }
     let before = std::fs::read_to_string(&log).unwrap_or_default();
     let o = ask(&[]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    let t = output_text(&o);
     assert!(
         t.contains("uid 65534") && t.contains("nothing was sent"),
         "{t}"
@@ -294,7 +293,7 @@ fn cli_refuses_a_daemon_of_another_uid() {
     let new = &after[before.len()..];
     assert!(!new.contains("client connected"), "hello was sent: {new}");
     let o = ask(&["--daemon-user", "65534"]);
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     stop(child);
 }
 

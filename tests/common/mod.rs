@@ -7,6 +7,35 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// Stdout then stderr of a finished command, as text.
+pub fn output_text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Whether the tests run as root (tmpfs mounts, runuser).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Mounts a tmpfs with `opts` on `dir`; `false` where that is not allowed.
+pub fn mount_tmpfs(dir: &Path, opts: &str) -> bool {
+    Command::new("mount")
+        .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Unmounts `dir` (best effort, for a test's drop).
+pub fn umount(dir: &Path) {
+    let _ = Command::new("umount").arg(dir).status();
+}
+
 /// The `syncd` binary cargo built for this profile.
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_syncd"))
