@@ -1,9 +1,11 @@
-//! Wire types of the backend protocol, version 1 revision 2 (`docs/backend-protocol.md`).
+//! Wire types of the backend protocol, version 1 revision 3 (`docs/backend-protocol.md`).
 //!
 //! Both sides use these: the sync worker's HTTP client and the reference
 //! backend server. They are plain serde types over JSON; nothing here does I/O.
 //! [`parse_features`] reads the optional features a server announces in its
 //! `v1/health` body (revision 2), so both sides agree on their spelling.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -26,6 +28,12 @@ pub struct WireOp {
     /// Full new document for create/update; `None` for delete.
     pub data: Option<Document>,
     pub client_ts: i64,
+    /// Revision 3 (feature `scopes`): for a create, the scope to create the
+    /// record in (absent: the user's private scope); for an update, the
+    /// scope to move the record to (absent: it stays where it is). Ignored
+    /// on a delete. Never sent to a server without the feature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 /// `200 {"record": R}` from `POST v1/ops`.
@@ -34,12 +42,49 @@ pub struct OpOk {
     pub record: ServerRecord,
 }
 
-/// An error body: `{"error": "...", "record": R?}` (409 carries the record).
+/// An error body: `{"error": "...", "record": R?, "code": "..."?}` (409
+/// carries the record; a revision-3 `403` that refuses one operation, not
+/// the credentials, carries a [`DenyCode`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<ServerRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+}
+
+/// Why a revision-3 server refused one operation (or one scope of a pull)
+/// with `403`, sent as `"code"` beside `"error"`. A `403` without a code
+/// still means the credentials were refused (revision 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyCode {
+    /// The token has no write access to a scope the operation writes (its
+    /// record's scope, or the scope it creates in or moves to); on a pull,
+    /// no read access to the scope.
+    ScopeDenied,
+    /// A create names an id that exists in a scope the token cannot read.
+    /// Nothing else of that record is revealed.
+    IdTaken,
+}
+
+impl DenyCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyCode::ScopeDenied => "scope_denied",
+            DenyCode::IdTaken => "id_taken",
+        }
+    }
+
+    /// Reads a `code`; unknown codes are `None` (a client treats a `403`
+    /// with an unknown code as a per-operation refusal all the same).
+    pub fn parse(code: &str) -> Option<DenyCode> {
+        match code {
+            "scope_denied" => Some(DenyCode::ScopeDenied),
+            "id_taken" => Some(DenyCode::IdTaken),
+            _ => None,
+        }
+    }
 }
 
 /// `POST v1/ops/batch` request.
@@ -56,6 +101,9 @@ pub struct BatchResult {
     pub record: Option<ServerRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Revision 3: the [`DenyCode`] of a per-operation `403`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 /// `POST v1/ops/batch` reply.
@@ -73,12 +121,105 @@ pub struct ChangesPage {
     pub more: bool,
 }
 
+/// What a token may do in one scope (`GET v1/session`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    Read,
+    Write,
+}
+
+/// One scope a token can reach.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScopeGrant {
+    pub name: String,
+    pub access: Access,
+}
+
+/// `GET v1/session` reply (revision 3): who the token belongs to and what it
+/// may reach. `scopes` always holds the user's private scope, with `write`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub sub: String,
+    pub scopes: Vec<ScopeGrant>,
+    /// When the token expires, in milliseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+}
+
+/// `POST v1/pull` request (revision 3): one cursor per scope (`null` reads
+/// the scope from its beginning); `limit` caps the changes per scope,
+/// `wait` as in `v1/changes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PullRequest {
+    pub scopes: BTreeMap<String, Option<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<u32>,
+}
+
+/// `POST v1/pull` reply: one entry for every scope of the request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PullReply {
+    pub scopes: BTreeMap<String, ScopeResult>,
+}
+
+/// One scope's part of a pull: a page of its feed, or a refusal (the token
+/// cannot read it: `{"error": ..., "code": "scope_denied"}`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ScopeResult {
+    Page(ScopePage),
+    Denied(ErrorBody),
+}
+
+/// A page of one scope's feed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScopePage {
+    pub changes: Vec<ScopedChange>,
+    /// The position after this page in this scope's feed.
+    pub cursor: String,
+    #[serde(default)]
+    pub more: bool,
+    /// Roughly how many changes of this scope lie after `cursor` (for
+    /// progress); absent when the server cannot tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<u64>,
+}
+
+/// One entry of a scope's feed: the record as it now stands in this scope,
+/// or word that it left the scope (moved to a scope that is not named, so
+/// that nothing is revealed to a reader of this scope only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ScopedChange {
+    Record {
+        collection: String,
+        record: ServerRecord,
+    },
+    Gone {
+        collection: String,
+        gone: Gone,
+    },
+}
+
+/// A record that left a scope at `version` (the version of the move).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gone {
+    pub id: String,
+    pub version: u64,
+}
+
 /// Feature name: `POST v1/ops/batch` is supported.
 pub const FEATURE_BATCH: &str = "batch";
 /// Feature name: `GET v1/changes` honours `wait` (live pulls).
 pub const FEATURE_WAIT: &str = "wait";
 /// Feature name: a `create` may carry its record id (client-chosen ids).
 pub const FEATURE_CLIENT_IDS: &str = "client_ids";
+/// Feature name (revision 3): users and scopes: `GET v1/session`,
+/// `POST v1/pull`, the `scope` of records and ops, and `403` codes.
+pub const FEATURE_SCOPES: &str = "scopes";
 
 /// `GET v1/health` body (revision 2): `{"ok": true, "features": [...]}`.
 ///
@@ -99,6 +240,7 @@ pub struct Features {
     pub batch: bool,
     pub wait: bool,
     pub client_ids: bool,
+    pub scopes: bool,
 }
 
 impl Features {
@@ -108,6 +250,7 @@ impl Features {
             (self.batch, FEATURE_BATCH),
             (self.wait, FEATURE_WAIT),
             (self.client_ids, FEATURE_CLIENT_IDS),
+            (self.scopes, FEATURE_SCOPES),
         ]
         .into_iter()
         .filter(|(on, _)| *on)
@@ -121,6 +264,7 @@ impl Features {
             FEATURE_BATCH => self.batch = true,
             FEATURE_WAIT => self.wait = true,
             FEATURE_CLIENT_IDS => self.client_ids = true,
+            FEATURE_SCOPES => self.scopes = true,
             _ => {}
         }
     }
@@ -157,7 +301,8 @@ mod tests {
             Features {
                 batch: true,
                 wait: true,
-                client_ids: true
+                client_ids: true,
+                scopes: false,
             }
         );
         let f = parse_features(br#"{"ok": true, "features": ["wait", 3, "future-thing"]}"#);
@@ -190,8 +335,9 @@ mod tests {
             batch: true,
             wait: true,
             client_ids: true,
+            scopes: true,
         };
-        assert_eq!(all.names(), ["batch", "wait", "client_ids"]);
+        assert_eq!(all.names(), ["batch", "wait", "client_ids", "scopes"]);
         let body = serde_json::to_vec(&HealthBody {
             ok: true,
             features: all.names(),

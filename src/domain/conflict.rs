@@ -271,6 +271,7 @@ mod tests {
 
     fn server(data: Value, ts: i64, deleted: bool) -> ServerRecord {
         ServerRecord {
+            scope: None,
             id: "r1".into(),
             version: 3,
             updated_at: ts,

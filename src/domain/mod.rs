@@ -17,6 +17,7 @@ pub mod error;
 pub mod ids;
 pub mod op;
 pub mod record;
+pub mod scope;
 
 pub use document::{parse_doc_text, Doc, Document};
 pub use error::{StoreError, WriteError};

@@ -20,6 +20,10 @@ pub struct ServerRecord {
     /// `null` is accepted for tombstones from lenient servers and read as `{}`.
     #[serde(default, deserialize_with = "de_doc_or_null")]
     pub data: Document,
+    /// The record's scope (revision 3, feature `scopes`). Absent from
+    /// servers without users; never sent by them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 fn de_doc_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Document, D::Error> {
@@ -126,6 +130,7 @@ impl From<&ServerRecord> for ServerRecordStored {
 impl ServerRecordStored {
     pub fn to_record(&self) -> ServerRecord {
         ServerRecord {
+            scope: None,
             id: self.id.clone(),
             version: self.version,
             updated_at: self.updated_at,

@@ -81,6 +81,7 @@ async fn put_unclaimed(f: &Fx, id: &str, v: Value) -> String {
 
 fn srec(id: &str, version: u64, ts: i64, v: Value) -> ServerRecord {
     ServerRecord {
+        scope: None,
         id: id.into(),
         version,
         updated_at: ts,

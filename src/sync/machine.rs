@@ -533,6 +533,7 @@ mod tests {
     };
 
     const LIVE: Features = Features {
+        scopes: false,
         batch: true,
         wait: true,
         client_ids: true,
@@ -973,6 +974,7 @@ mod tests {
     #[test]
     fn polling_pulls_go_on_during_a_push_retry_after() {
         let poll = Features {
+            scopes: false,
             batch: true,
             wait: false,
             client_ids: false,

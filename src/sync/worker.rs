@@ -830,6 +830,7 @@ impl Worker {
             return Err(format!("{} op {} has no document", kind.as_str(), op.op_id));
         }
         Ok(Some(WireOp {
+            scope: None,
             op_id: op.op_id.clone(),
             client_id: self.deps.store.client_id().to_owned(),
             collection: op.collection.clone(),

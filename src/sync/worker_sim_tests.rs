@@ -404,6 +404,7 @@ impl Setup {
             records: rng.u64(2..=5),
             strategy: strategies[seed as usize % 4],
             features: Features {
+                scopes: false,
                 batch: rng.bool(),
                 wait: rng.bool(),
                 client_ids: rng.bool(),

@@ -106,6 +106,7 @@ impl Current {
             }
         };
         ServerRecord {
+            scope: None,
             id: id.to_owned(),
             version: self.generation,
             updated_at: self
@@ -166,6 +167,7 @@ impl Current {
 pub fn record_of(op: &WireOp, id: &str, generation: u64) -> ServerRecord {
     let deleted = op.kind == OpKind::Delete;
     ServerRecord {
+        scope: None,
         id: id.to_owned(),
         version: generation,
         updated_at: op.client_ts,
@@ -208,6 +210,7 @@ mod tests {
 
     fn op(kind: OpKind, op_id: &str, data: Option<Value>) -> WireOp {
         WireOp {
+            scope: None,
             op_id: op_id.into(),
             client_id: "c1".into(),
             collection: "todos".into(),

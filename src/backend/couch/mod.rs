@@ -27,6 +27,7 @@ pub const DB_MISSING: &str = "CouchDB database does not exist";
 /// What the adapter offers in protocol terms: no batch endpoint (ops go
 /// one at a time), waiting pulls (`feed=longpoll`) and one id everywhere.
 pub const FEATURES: crate::backend::protocol::Features = crate::backend::protocol::Features {
+    scopes: false,
     batch: false,
     wait: true,
     client_ids: true,

@@ -69,6 +69,7 @@ impl JsonReply {
         JsonReply::json(
             status,
             &ErrorBody {
+                code: None,
                 error: reason.into(),
                 record: None,
             },
@@ -175,6 +176,7 @@ pub fn op(store: &dyn BackendStore, body: &[u8], check: Check<'_>) -> OpsReply {
         Ok(Some(Outcome::Conflict(record))) => JsonReply::json(
             409,
             &ErrorBody {
+                code: None,
                 error: "conflict".into(),
                 record: Some(record),
             },
@@ -232,16 +234,19 @@ pub fn batch(store: &dyn BackendStore, body: &[u8], check: Check<'_>) -> OpsRepl
         .into_iter()
         .map(|o| match o {
             Outcome::Applied { record, .. } => BatchResult {
+                code: None,
                 status: 200,
                 record: Some(record),
                 error: None,
             },
             Outcome::Conflict(record) => BatchResult {
+                code: None,
                 status: 409,
                 record: Some(record),
                 error: Some("conflict".into()),
             },
             Outcome::NotFound(reason) => BatchResult {
+                code: None,
                 status: 404,
                 record: None,
                 error: Some(reason),
@@ -251,6 +256,7 @@ pub fn batch(store: &dyn BackendStore, body: &[u8], check: Check<'_>) -> OpsRepl
     if all_applied {
         if let Some(r) = first_invalid {
             results.push(BatchResult {
+                code: None,
                 status: r.status,
                 record: None,
                 error: Some(r.reason),

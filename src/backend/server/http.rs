@@ -38,6 +38,7 @@ impl AppState {
     /// The optional features this server announces in `v1/health`.
     fn features(&self) -> Features {
         Features {
+            scopes: false,
             batch: !self.faults.no_batch,
             wait: true,
             client_ids: true,
@@ -122,6 +123,7 @@ fn error_reply(status: StatusCode, reason: impl Into<String>) -> Reply {
     json_reply(
         status,
         &ErrorBody {
+            code: None,
             error: reason.into(),
             record: None,
         },

@@ -296,6 +296,7 @@ pub fn plan(op: &ValidOp, current: Option<&StoredRecord>, new_id: impl FnOnce() 
         Action::Create { id, data } => match current {
             Some(c) => Plan::Conflict(c.record.clone()),
             None => Plan::Write(ServerRecord {
+                scope: None,
                 id: id.clone().unwrap_or_else(new_id),
                 version: 1,
                 updated_at: op.client_ts,
@@ -314,6 +315,7 @@ pub fn plan(op: &ValidOp, current: Option<&StoredRecord>, new_id: impl FnOnce() 
             // bring the record back (with client ids, the one way to do so).
             Some(c) if c.record.version != *base_version => Plan::Conflict(c.record.clone()),
             Some(c) => Plan::Write(ServerRecord {
+                scope: None,
                 id: id.clone(),
                 version: c.record.version.saturating_add(1),
                 updated_at: op.client_ts,
@@ -326,6 +328,7 @@ pub fn plan(op: &ValidOp, current: Option<&StoredRecord>, new_id: impl FnOnce() 
             Some(c) if c.record.version != *base_version => Plan::Conflict(c.record.clone()),
             Some(c) if c.record.deleted => Plan::Unchanged(c.record.clone()),
             Some(c) => Plan::Write(ServerRecord {
+                scope: None,
                 id: id.clone(),
                 version: c.record.version.saturating_add(1),
                 updated_at: op.client_ts,
@@ -461,6 +464,7 @@ mod tests {
         StoredRecord {
             collection: "todos".into(),
             record: ServerRecord {
+                scope: None,
                 id: "r-1".into(),
                 version,
                 updated_at: 1,
