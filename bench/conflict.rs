@@ -134,6 +134,7 @@ async fn edit_on_server(port: u16, recs: &[RecordView]) {
             base_version: Some(r.version.expect("synced record has a version")),
             data: json!({"v": 1, "by": "other"}).as_object().cloned(),
             client_ts: ts,
+            scope: None,
         })
         .collect();
     match other.apply_batch(&ops).await.expect("server edit") {
