@@ -412,6 +412,7 @@ impl RefBackend {
                     batch: self.batch,
                     wait: false,
                     client_ids: false,
+                    scopes: false,
                 };
                 handler::health(store, &features)
             }
