@@ -43,6 +43,7 @@ fn remote_update(mini: &RefBackend, server_id: &str, version: u64, data: Value) 
         base_version: Some(version),
         data: data.as_object().cloned(),
         client_ts: syncd::now_ms(),
+        scope: None,
     };
     let req = Req {
         at: Instant::now(),
