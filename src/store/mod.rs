@@ -15,6 +15,8 @@
 //! - An op's `op_id` is minted once when it is queued and never changes.
 
 pub mod check;
+#[cfg(test)]
+mod direction_tests;
 pub mod encoding;
 pub mod mark;
 mod migrate;
