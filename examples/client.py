@@ -189,7 +189,11 @@ class Client:
         return w["id"], w["op_id"]
 
     def put(self, collection, data, id=None):
-        """Creates or replaces a record; returns (id, op_id). The daemon mints an id when None."""
+        """Creates or replaces a record; returns (id, op_id). The daemon mints an id when None.
+
+        op_id is "" in a collection with sync = "local" (nothing is queued); a
+        collection with sync = "pull" raises SyncdError("read_only_collection")
+        (so do patch and delete)."""
         req = {"collection": collection, "data": data}
         if id is not None:
             req["id"] = id

@@ -17,6 +17,7 @@ pub use error::{ConfigError, ConfigProblem, Place};
 pub use watch::{stamp, watch_file, FileWatch, Stamp, SETTLE};
 
 pub use crate::domain::conflict::{FieldRule, Strategy};
+pub use crate::domain::direction::{Direction, Directions};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -109,6 +110,9 @@ pub struct CollectionSection {
     pub conflict: Option<Strategy>,
     #[serde(default)]
     pub merge_fields: BTreeMap<String, FieldRule>,
+    /// Which way the collection syncs: both (default), push, pull or local.
+    #[serde(default)]
+    pub sync: Direction,
 }
 
 /// The whole configuration.
@@ -486,6 +490,19 @@ impl Config {
         }
     }
 
+    /// Which way `collection` syncs (`[collections.NAME] sync`).
+    pub fn direction_for(&self, collection: &str) -> Direction {
+        self.collections
+            .get(collection)
+            .map(|c| c.sync)
+            .unwrap_or_default()
+    }
+
+    /// Every collection's direction (the unlisted ones sync both ways).
+    pub fn directions(&self) -> Directions {
+        Directions::new(self.collections.iter().map(|(n, c)| (n.clone(), c.sync)))
+    }
+
     /// The backend URL, if one is configured.
     pub fn backend_url(&self) -> Option<&str> {
         let u = self.backend.url.trim();
@@ -580,6 +597,13 @@ pub enum NotableChange {
         old: Strategy,
         new: Strategy,
     },
+    /// A collection's `sync` direction changed. Ops already queued for it
+    /// stay and are sent; the new direction governs later writes and pulls.
+    Direction {
+        collection: String,
+        old: Direction,
+        new: Direction,
+    },
 }
 
 /// What a reload from `old` to `new` changes that [`NotableChange`] names.
@@ -608,6 +632,14 @@ pub fn notable_changes(old: &Config, new: &Config) -> Vec<NotableChange> {
         let (o, n) = (old.strategy_for(c).0, new.strategy_for(c).0);
         if o != n {
             out.push(NotableChange::Strategy {
+                collection: c.clone(),
+                old: o,
+                new: n,
+            });
+        }
+        let (o, n) = (old.direction_for(c), new.direction_for(c));
+        if o != n {
+            out.push(NotableChange::Direction {
                 collection: c.clone(),
                 old: o,
                 new: n,
@@ -799,6 +831,58 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!e.contains("sekrit") && !e.contains("t0k"), "{e}");
+    }
+
+    #[test]
+    fn collection_sync_direction() {
+        let c = Config::parse(
+            "[collections.drafts]\nsync = \"local\"\n[collections.logs]\nsync = \"push\"\n[collections.prices]\nsync = \"pull\"\n[collections.todos]\nconflict = \"merge\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.direction_for("drafts"), Direction::Local);
+        assert_eq!(c.direction_for("logs"), Direction::Push);
+        assert_eq!(c.direction_for("prices"), Direction::Pull);
+        assert_eq!(c.direction_for("todos"), Direction::Both);
+        assert_eq!(c.direction_for("unlisted"), Direction::Both);
+        let listed: Vec<_> = c.directions().iter().map(|(n, _)| n.to_owned()).collect();
+        assert_eq!(listed, ["drafts", "logs", "prices"]);
+    }
+
+    #[test]
+    fn bad_sync_direction_names_file_collection_and_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("daemon.toml");
+        std::fs::write(&path, "[collections.drafts]\nsync = \"sideways\"\n").unwrap();
+        let e = Config::load(&path).unwrap_err();
+        assert_eq!(e.key(), Some("collections.drafts.sync"));
+        assert_eq!(e.line, Some(2));
+        let text = e.to_string();
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        for want in [
+            "collections.drafts.sync",
+            "sideways",
+            "both",
+            "push",
+            "pull",
+            "local",
+        ] {
+            assert!(text.contains(want), "{want}: {text}");
+        }
+    }
+
+    #[test]
+    fn reload_names_a_direction_change() {
+        let old = Config::parse("[collections.drafts]\nsync = \"local\"\n").unwrap();
+        let new = Config::parse("[collections.drafts]\nconflict = \"merge\"\n").unwrap();
+        let changes = notable_changes(&old, &new);
+        assert!(
+            changes.contains(&NotableChange::Direction {
+                collection: "drafts".into(),
+                old: Direction::Local,
+                new: Direction::Both,
+            }),
+            "{changes:?}"
+        );
     }
 
     #[test]

@@ -167,6 +167,7 @@ async fn reload_config(
     cfg_tx: &watch::Sender<Arc<Config>>,
     log: &LogHandle,
     runtime: &RuntimeInfo,
+    store: &Store,
 ) {
     // File I/O: on the blocking pool, never on the runtime's threads.
     let owned = path.to_owned();
@@ -231,6 +232,8 @@ async fn reload_config(
         }
     }
     tracing::info!(file = %path.display(), "config reloaded");
+    // The writer decides by it from its next transaction on.
+    store.set_directions(new.directions());
     cfg_tx.send_replace(Arc::new(new));
 }
 
@@ -255,6 +258,16 @@ fn warn_notable(old: &Config, new: &Config) {
                 old = old.as_str(),
                 new = new.as_str(),
                 "config reload changes a conflict strategy"
+            ),
+            NotableChange::Direction {
+                collection,
+                old,
+                new,
+            } => tracing::warn!(
+                collection,
+                old = old.as_str(),
+                new = new.as_str(),
+                "config reload changes a collection's sync direction; ops already queued for it are still sent"
             ),
         }
     }
@@ -299,6 +312,7 @@ pub async fn run(
         .metrics
         .listen_addr()
         .map_err(|e| StartError(format!("key `metrics.listen`: {e}")))?;
+    store.set_directions(config.directions());
     let (cfg_tx, cfg_rx) = watch::channel(Arc::new(config));
     let mut sigs = signals()?;
     let mut cfg_watch = config_path.as_deref().and_then(|p| {
@@ -356,6 +370,7 @@ pub async fn run(
         &cfg_tx,
         &log,
         &runtime,
+        &store,
     )
     .await;
 
@@ -478,6 +493,7 @@ async fn wait_for_stop(
     cfg_tx: &watch::Sender<Arc<Config>>,
     log: &LogHandle,
     runtime: &RuntimeInfo,
+    store: &Store,
 ) {
     loop {
         let changed = async {
@@ -493,7 +509,7 @@ async fn wait_for_stop(
                         // This read takes the file as it is: the watch
                         // must not reload the same edit again.
                         if let Some(w) = cfg_watch.as_deref() { w.taken(); }
-                        reload_config(p, cfg_tx, log, runtime).await
+                        reload_config(p, cfg_tx, log, runtime, store).await
                     }
                     None => tracing::info!("SIGHUP: running on embedded defaults, nothing to reload"),
                 },
@@ -502,7 +518,7 @@ async fn wait_for_stop(
             // The watch reports a change only once the file has settled
             // (config::SETTLE), so an editor's several writes are one reload.
             Some(()) = changed => {
-                if let Some(p) = config_path { reload_config(p, cfg_tx, log, runtime).await; }
+                if let Some(p) = config_path { reload_config(p, cfg_tx, log, runtime, store).await; }
             }
         }
     }

@@ -99,8 +99,43 @@ fn readable(s: &StatusView, now: i64) -> Vec<(&'static str, String)> {
         format!("{} parked, {} resolved", s.conflicts, s.conflicts_resolved),
     ));
     rows.push(("dead letters", s.dead_letters.to_string()));
+    rows.extend(direction_rows(s));
     rows.extend(daemon_rows(s));
     rows
+}
+
+/// The collections that do not sync both ways, one row per setting:
+/// "not synced: drafts, scratch (sync = "local": they never leave this device)".
+fn direction_rows(s: &StatusView) -> Vec<(&'static str, String)> {
+    let kinds = [
+        (
+            "local",
+            "not synced",
+            "sync = \"local\": they never leave this device",
+        ),
+        (
+            "push",
+            "push only",
+            "sync = \"push\": the server's changes are not pulled",
+        ),
+        (
+            "pull",
+            "pull only",
+            "sync = \"pull\": read-only on this device",
+        ),
+    ];
+    kinds
+        .iter()
+        .filter_map(|(setting, label, what)| {
+            let names: Vec<&str> = s
+                .sync_directions
+                .iter()
+                .filter(|(_, d)| d.as_str() == *setting)
+                .map(|(c, _)| c.as_str())
+                .collect();
+            (!names.is_empty()).then(|| (*label, format!("{} ({what})", names.join(", "))))
+        })
+        .collect()
 }
 
 /// "12 ops (todos 10, notes 2)", "at least" when the scan was bounded.

@@ -171,6 +171,9 @@ pub enum WriteError {
         id: String,
         parked: usize,
     },
+    /// A write to a collection this device only pulls
+    /// (`[collections.NAME] sync = "pull"`).
+    ReadOnlyCollection { collection: String },
     /// The writer is gone: the daemon is stopping.
     ShuttingDown,
     /// The transaction that carried the job failed; nothing was committed.
@@ -201,6 +204,10 @@ impl fmt::Display for WriteError {
             } => write!(
                 f,
                 "{collection}/{id} has a conflict waiting for a decision with {parked} unsynced writes; resolve it first (syncd conflicts, syncd resolve)"
+            ),
+            WriteError::ReadOnlyCollection { collection } => write!(
+                f,
+                "collection {collection:?} is read-only on this device: daemon.toml sets [collections.{collection}] sync = \"pull\", so it only receives the server's records; write to it on a device where it syncs both ways or pushes"
             ),
             WriteError::ShuttingDown => write!(f, "the daemon is shutting down"),
             WriteError::Storage(e) => write!(f, "write not committed: {e}"),

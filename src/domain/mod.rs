@@ -13,6 +13,7 @@ pub use syncd_client::{document, event, limits};
 
 pub mod clock;
 pub mod conflict;
+pub mod direction;
 pub mod error;
 pub mod ids;
 pub mod op;

@@ -18,6 +18,7 @@ impl From<WriteError> for ApiError {
             WriteError::ResolveNeedsChoice => ErrorCode::BadRequest,
             WriteError::ShuttingDown => ErrorCode::ShuttingDown,
             WriteError::ConflictPending { .. } => ErrorCode::Conflict,
+            WriteError::ReadOnlyCollection { .. } => ErrorCode::ReadOnlyCollection,
             WriteError::Storage(_) => ErrorCode::Internal,
             // A variant added later is the daemon's own failure until it
             // gets a code of its own.
@@ -84,6 +85,15 @@ mod tests {
         assert_eq!(
             ApiError::from(WriteError::ShuttingDown).code,
             ErrorCode::ShuttingDown
+        );
+        let ro = ApiError::from(WriteError::ReadOnlyCollection {
+            collection: "prices".into(),
+        });
+        assert_eq!(ro.code, ErrorCode::ReadOnlyCollection);
+        assert!(
+            ro.message.contains("prices") && ro.message.contains("sync = \"pull\""),
+            "{}",
+            ro.message
         );
         let io = StoreError::Io(std::io::Error::from_raw_os_error(28));
         let e = ApiError::from(WriteError::from(io));

@@ -15,6 +15,8 @@
 //! - An op's `op_id` is minted once when it is queued and never changes.
 
 pub mod check;
+#[cfg(test)]
+mod direction_tests;
 pub mod encoding;
 pub mod mark;
 mod migrate;
@@ -106,6 +108,9 @@ pub struct Store {
     /// the sync worker last read it): the writer then treats a server id as
     /// the local id and re-creates over a tombstone as an update of it.
     backend_client_ids: Arc<AtomicBool>,
+    /// Which way each collection syncs (`[collections.NAME] sync`, as the
+    /// daemon last loaded it): the writer reads it in every transaction.
+    directions: Arc<RwLock<Arc<crate::domain::direction::Directions>>>,
     /// Damage found during work ([`Store::set_damaged`]).
     damage: Arc<Mutex<Option<String>>>,
     open_check: Arc<OpenCheck>,
@@ -263,6 +268,7 @@ impl Store {
             client_id: client_id.into(),
             cache_bytes,
             backend_client_ids: Arc::new(AtomicBool::new(false)),
+            directions: Arc::default(),
             damage: Arc::new(Mutex::new(None)),
             open_check: Arc::new(open_check),
         })
@@ -431,6 +437,20 @@ impl Store {
     /// Set by the sync worker at every probe.
     pub fn set_backend_client_ids(&self, on: bool) {
         self.backend_client_ids.store(on, Ordering::SeqCst);
+    }
+
+    /// Which way each collection syncs (see the field).
+    pub fn directions(&self) -> Arc<crate::domain::direction::Directions> {
+        self.directions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Set by the daemon at start and on every config reload; the next
+    /// write transaction decides by it.
+    pub fn set_directions(&self, d: crate::domain::direction::Directions) {
+        *self.directions.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(d);
     }
 
     pub fn client_id(&self) -> &str {

@@ -144,6 +144,9 @@ pub enum ErrorCode {
     Conflict,
     /// Hello reply: the daemon serves `daemon.max_connections` already.
     TooManyConnections,
+    /// A write to a collection this device only pulls
+    /// (`[collections.NAME] sync = "pull"`).
+    ReadOnlyCollection,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -252,6 +255,12 @@ pub struct StatusView {
     /// untouched since) or `full: REASON (N ms)`.
     #[serde(default)]
     pub store_open_check: Option<String>,
+    /// The collections that do not sync both ways, with their
+    /// `[collections.NAME] sync` setting: `local` (never leaves this
+    /// device), `push` (the server's changes are not pulled) or `pull`
+    /// (read-only here). Collections not listed sync both ways.
+    #[serde(default)]
+    pub sync_directions: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

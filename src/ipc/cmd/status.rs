@@ -89,6 +89,11 @@ pub async fn status(ctx: &Ctx) -> Result<StatusView, ApiError> {
         last_pull_at: s.last_pull_at,
         store_damaged: ctx.store.damage(),
         store_open_check: Some(open_check_text(ctx.store.open_check())),
+        sync_directions: cfg
+            .directions()
+            .iter()
+            .map(|(c, d)| (c.to_owned(), d.as_str().to_owned()))
+            .collect(),
     };
     v.hints = hints(
         &v,

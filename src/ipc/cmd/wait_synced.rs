@@ -25,6 +25,13 @@ const MAX_HOPS: usize = 64;
 /// Waits until `op_id` (or the op that re-sent its change) is on the
 /// server, dead-lettered, or lost a conflict.
 pub async fn apply(ctx: &Ctx, op_id: String) -> Result<Response, ApiError> {
+    if op_id.is_empty() {
+        // What a write to a local collection answers: no op was queued.
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "empty op_id: the write queued no op (its collection has sync = \"local\" and never leaves this device), so it will never be on the server",
+        ));
+    }
     // Subscribe first, then look: no event can slip between the two.
     let mut rx = ctx.events.subscribe();
     let mut settled = ctx.writer.settled();

@@ -22,6 +22,9 @@ pub(super) fn put(
     data: &Document,
     client_ts: i64,
 ) -> Result<JobResult, StoreError> {
+    if let Some(e) = read_only(x, collection) {
+        return Ok(Err(e));
+    }
     let id = match id {
         Some(id) => id.to_owned(),
         None => x.ids.next(),
@@ -63,10 +66,24 @@ pub(super) fn put_event(collection: &str, id: &str, op_id: &str, data: &Document
     Event::Changed {
         collection: collection.to_owned(),
         id: id.to_owned(),
-        op_id: Some(op_id.to_owned()),
+        op_id: queued(op_id),
         origin: Origin::Local,
         data: Some(Doc(Value::Object(data.clone()))),
     }
+}
+
+/// The op id a `changed` event names: none for a write that queued no op
+/// (a local collection's, see [`keep_local`]).
+fn queued(op_id: &str) -> Option<String> {
+    (!op_id.is_empty()).then(|| op_id.to_owned())
+}
+
+/// `Some(error)` when apps may not write to `collection` on this device:
+/// it only pulls (`sync = "pull"`).
+fn read_only(x: &Txn<'_>, collection: &str) -> Option<WriteError> {
+    (!x.directions.of(collection).accepts_writes()).then(|| WriteError::ReadOnlyCollection {
+        collection: collection.to_owned(),
+    })
 }
 
 /// Merges top-level keys into a live record; `null` removes a key.
@@ -78,6 +95,9 @@ pub(super) fn patch(
     client_ts: i64,
     max_bytes: u32,
 ) -> Result<JobResult, StoreError> {
+    if let Some(e) = read_only(x, collection) {
+        return Ok(Err(e));
+    }
     if let Some(e) = parked_full(x, collection, id)? {
         return Ok(Err(e));
     }
@@ -118,7 +138,7 @@ pub(super) fn patch(
     x.ev.push(Event::Changed {
         collection: collection.to_owned(),
         id: id.to_owned(),
-        op_id: Some(op_id.to_owned()),
+        op_id: queued(&op_id),
         origin: Origin::Local,
         data: Some(Doc(merged)),
     });
@@ -135,6 +155,9 @@ pub(super) fn delete(
     id: &str,
     client_ts: i64,
 ) -> Result<JobResult, StoreError> {
+    if let Some(e) = read_only(x, collection) {
+        return Ok(Err(e));
+    }
     if let Some(e) = parked_full(x, collection, id)? {
         return Ok(Err(e));
     }
@@ -149,7 +172,7 @@ pub(super) fn delete(
     x.ev.push(Event::Changed {
         collection: collection.to_owned(),
         id: id.to_owned(),
-        op_id: Some(op_id.to_owned()),
+        op_id: queued(&op_id),
         origin: Origin::Local,
         data: None,
     });
@@ -188,7 +211,8 @@ fn parked_full(x: &Txn<'_>, c: &str, id: &str) -> Result<Option<WriteError>, Sto
 
 /// Writes `rec` and queues its op: the one place where an app write
 /// becomes a record change plus a queue entry. The write folds into the
-/// record's latest op instead when [`fold_target`] allows it.
+/// record's latest op instead when [`fold_target`] allows it. A write to a
+/// collection that stays on the device queues nothing ([`keep_local`]).
 pub(super) fn local_write(
     x: &mut Txn<'_>,
     collection: &str,
@@ -198,6 +222,9 @@ pub(super) fn local_write(
     data: Option<String>,
     client_ts: i64,
 ) -> Result<String, StoreError> {
+    if !x.directions.of(collection).queues_writes() {
+        return keep_local(x, collection, id, rec);
+    }
     if let Some((seq, tail)) = fold_target(x, collection, id)? {
         if let Some(op_id) = fold(x, rec, seq, tail, kind, &data, client_ts)? {
             return Ok(op_id);
@@ -218,6 +245,31 @@ pub(super) fn local_write(
     };
     append_op(x, &op)?;
     Ok(op.op_id)
+}
+
+/// A write to a local collection (`sync = "local"`): the record changes,
+/// no op is queued and none is folded into (an op queued before the
+/// collection became local goes out as it was). `rec` counts the write as
+/// a new pending op; that is taken back, so `pending` still counts exactly
+/// the record's queued ops. A deleted record with nothing queued is gone.
+/// Returns the empty op id: there is no op.
+fn keep_local(
+    x: &mut Txn<'_>,
+    collection: &str,
+    id: &str,
+    rec: &StoredRecord,
+) -> Result<String, StoreError> {
+    let mut rec = rec.clone();
+    rec.pending = fewer(collection, id, rec.pending, 1)?;
+    if rec.deleted && rec.pending == 0 {
+        if let Some(sid) = rec.server_id.as_deref() {
+            x.server_ids.remove((collection, sid))?;
+        }
+        x.records.remove((collection, id))?;
+    } else {
+        x.put_record(collection, id, &rec)?;
+    }
+    Ok(String::new())
 }
 
 /// The op a write to `(collection, id)` may fold into: the last op of the

@@ -496,6 +496,7 @@ impl Writer {
         {
             let mut x = Txn::open(&txn, &self.ids, &mut self.counters)?;
             x.client_ids = self.store.backend_client_ids();
+            x.directions = self.store.directions();
             for job in jobs {
                 let r = apply(&mut x, &job.cmd)?;
                 let job_events = std::mem::take(&mut x.ev);

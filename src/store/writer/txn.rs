@@ -6,6 +6,7 @@
 use std::borrow::Borrow;
 use std::cell::OnceCell;
 use std::ops::RangeBounds;
+use std::sync::Arc;
 
 use redb::{
     AccessGuard, Key, Range, ReadableTable, Table, TableDefinition, Value as RedbValue,
@@ -13,6 +14,7 @@ use redb::{
 };
 use serde_json::Value;
 
+use crate::domain::direction::Directions;
 use crate::domain::ids::IdGen;
 use crate::domain::{
     DeadLetter, Doc, Event, Origin, QueuedOp, ServerRecord, StoreError, StoredRecord, WriteError,
@@ -131,6 +133,8 @@ impl<'txn, K: Key + 'static, V: RedbValue + 'static> Lazy<'txn, K, V> {
 pub(super) struct Txn<'txn> {
     /// The backend keeps client-chosen ids (see `Store::backend_client_ids`).
     pub client_ids: bool,
+    /// Which way each collection syncs (see `Store::directions`).
+    pub directions: Arc<Directions>,
     pub records: Lazy<'txn, (&'static str, &'static str), &'static [u8]>,
     pub queue: Lazy<'txn, u64, &'static [u8]>,
     pub ops: Lazy<'txn, &'static str, u64>,
@@ -161,6 +165,7 @@ impl<'txn> Txn<'txn> {
             ids,
             counters,
             client_ids: false,
+            directions: Arc::default(),
             ev: Vec::new(),
             ops_left: false,
             records: Lazy::new(txn, RECORDS),

@@ -175,6 +175,7 @@ fn apply_ack(x: &mut Txn<'_>, op: &QueuedOp, r: &ServerRecord) -> Result<(), Sto
     let server_text = rec.stand_on(r);
     if rec.pending == 0
         && !rec.deleted
+        && x.directions.of(c).applies_pulled()
         && parse_doc_text(&rec.data) != Value::Object(r.data.clone())
     {
         // The server normalised the document: it is the truth now.
@@ -199,6 +200,11 @@ fn apply_remote(x: &mut Txn<'_>, ch: &Change, client_ids: bool) -> Result<(), St
             collection = c,
             "pulled change for an invalid collection name ignored"
         );
+        return Ok(());
+    }
+    if !x.directions.of(c).applies_pulled() {
+        // `sync = "push"` or `"local"`: the server's records of this
+        // collection are never applied here (the cursor still moves past).
         return Ok(());
     }
     let Some(lid) = local_id_for(x, c, r, client_ids)? else {
