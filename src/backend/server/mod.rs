@@ -105,6 +105,8 @@
 //! `drop_after_apply`, the request is handled and committed (if its body got to
 //! the store) and then the connection is closed without any response bytes.
 
+pub mod access;
+pub mod auth;
 pub mod feed;
 pub mod handler;
 pub mod http;
@@ -114,6 +116,7 @@ pub mod pg_apply;
 pub mod pg_listen;
 pub mod pg_store;
 pub mod pg_url;
+pub mod pull;
 pub mod redb_store;
 pub mod store;
 
@@ -174,6 +177,9 @@ pub struct ServerOptions {
     pub postgres: Option<String>,
     /// Bearer token required by all endpoints but `v1/health`.
     pub token: Option<String>,
+    /// Users and scopes (protocol revision 3): verify a JWT on every
+    /// request but `v1/health`. Not together with `token`.
+    pub users: Option<auth::Verifier>,
     pub faults: Faults,
     /// Largest accepted request body; default [`DEFAULT_MAX_BODY_BYTES`].
     pub max_body_bytes: usize,
@@ -215,6 +221,7 @@ impl ServerOptions {
             data_dir: data_dir.into(),
             postgres: None,
             token: None,
+            users: None,
             faults: Faults::default(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             tls: None,
@@ -230,6 +237,7 @@ impl fmt::Debug for ServerOptions {
             .field("data_dir", &self.data_dir)
             .field("postgres", &self.postgres.as_deref().map(pg_url::redact))
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("users", &self.users)
             .field("faults", &self.faults)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("tls", &self.tls.is_some())
@@ -317,10 +325,16 @@ pub async fn serve_with_store(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), BoxError> {
+    if opts.token.is_some() && opts.users.is_some() {
+        return Err("a backend has either one --token (single-tenant) or users \
+                    (--auth-secret-file / --auth-public-key), not both"
+            .into());
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = Arc::new(AppState {
         store,
         token: opts.token,
+        users: opts.users,
         faults: opts.faults,
         max_body_bytes: opts.max_body_bytes,
         stopping: stop_rx.clone(),

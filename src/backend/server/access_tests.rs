@@ -1,0 +1,3 @@
+//! Unit tests of the access rules (`access.rs`).
+
+use super::*;

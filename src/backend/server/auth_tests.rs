@@ -1,0 +1,3 @@
+//! Unit tests of token checking (`auth.rs`).
+
+use super::*;

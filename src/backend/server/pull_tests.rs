@@ -1,0 +1,3 @@
+//! Unit tests of the scoped pull (`pull.rs`).
+
+use super::*;
