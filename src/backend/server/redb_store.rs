@@ -880,4 +880,83 @@ mod tests {
         let err = RedbStore::open(dir.path()).expect_err("refused");
         assert!(err.message().contains("unknown schema version 9"), "{err}");
     }
+
+    fn user(scopes: &[&str]) -> Caller {
+        let claims = crate::backend::server::auth::Claims {
+            sub: "alice".into(),
+            exp: 1,
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            read_scopes: vec![],
+        };
+        Caller::User(crate::backend::server::auth::Principal::from_claims(claims).expect("claims"))
+    }
+
+    fn pull(s: &RedbStore, scope: &str, since: u64) -> ScopeSlice {
+        s.pull(&[(scope.to_owned(), since)], 100)
+            .expect("pull")
+            .remove(0)
+    }
+
+    #[test]
+    fn moves_leave_a_gone_entry_and_feeds_are_per_scope() {
+        let (_d, s) = open();
+        let alice = user(&["team-1"]);
+        let mut o = create("o1", "a");
+        let r = applied(s.apply_as(&[o.clone()], &alice).expect("apply").remove(0));
+        assert_eq!(r.scope.as_deref(), Some("user:alice"));
+        o = update("o2", &r.id, 1, "b");
+        o.scope = Some("team-1".into());
+        let moved = applied(s.apply_as(&[o], &alice).expect("apply").remove(0));
+        assert_eq!((moved.version, moved.scope.as_deref()), (2, Some("team-1")));
+        let mine = pull(&s, "user:alice", 0);
+        assert_eq!(mine.head, 2);
+        assert!(matches!(&mine.entries[1].1,
+            ScopedChange::Gone { gone, .. } if gone.id == r.id && gone.version == 2));
+        let team = pull(&s, "team-1", 0);
+        assert_eq!(team.entries.len(), 1);
+        assert!(matches!(&team.entries[0],
+            (1, ScopedChange::Record { record, .. }) if record.scope.as_deref() == Some("team-1")));
+        assert_eq!(pull(&s, "nobody", 0).head, 0);
+        // A single-tenant caller writes to the default scope, unseen.
+        let t = applied(one(&s, create("o3", "c")));
+        assert_eq!(t.scope, None);
+        assert_eq!(pull(&s, SINGLE_SCOPE, 0).head, 1);
+    }
+
+    #[test]
+    fn a_schema_2_file_is_upgraded_into_the_default_scope() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = RedbStore::open(dir.path()).expect("open");
+            let r = applied(one(&s, create("o1", "a")));
+            applied(one(&s, update("o2", &r.id, 1, "b")));
+        }
+        {
+            // Back to the schema 2 layout: no scope tables.
+            let db = Database::create(dir.path().join(DB_FILE)).expect("db");
+            let txn = db.begin_write().expect("write");
+            txn.open_table(META)
+                .expect("meta")
+                .insert(SCHEMA_KEY, SCHEMA_BEFORE_SCOPES)
+                .expect("insert");
+            txn.delete_table(SCOPE_FEEDS).expect("drop");
+            txn.delete_table(SCOPE_HEADS).expect("drop");
+            txn.commit().expect("commit");
+        }
+        let s = RedbStore::open(dir.path()).expect("upgraded");
+        let feed = pull(&s, SINGLE_SCOPE, 0);
+        let log = s.changes(0, 100).expect("changes");
+        assert_eq!(feed.head, 2);
+        assert_eq!(feed.entries.len(), log.entries.len());
+        for ((seq, entry), (log_seq, change)) in feed.entries.iter().zip(&log.entries) {
+            assert_eq!(seq, log_seq);
+            assert!(matches!(entry, ScopedChange::Record { record, .. }
+                if record.version == change.record.version
+                    && record.scope.as_deref() == Some(SINGLE_SCOPE)));
+        }
+        // New writes continue the default feed without a gap.
+        let r = &log.entries[0].1.record;
+        applied(one(&s, update("o3", &r.id, 2, "c")));
+        assert_eq!(pull(&s, SINGLE_SCOPE, 2).entries[0].0, 3);
+    }
 }
