@@ -51,6 +51,9 @@ pub enum AuthError {
         name: String,
         why: BadScope,
     },
+    /// Single-tenant mode: no bearer token, or not the `--token`
+    /// (revision 2's reply, which says no more).
+    WrongToken,
 }
 
 impl fmt::Display for AuthError {
@@ -72,6 +75,7 @@ impl fmt::Display for AuthError {
             AuthError::BadScopeClaim { name, why } => {
                 write!(f, "token names a bad scope {name:?}: {why}")
             }
+            AuthError::WrongToken => f.write_str("unauthorized"),
         }
     }
 }

@@ -174,24 +174,18 @@ fn unauthorized(reason: impl Into<String>) -> Reply {
     resp
 }
 
-/// Who sends `req`, or the 401 refusing it.
-fn authenticate(state: &AppState, req: &Request<Incoming>) -> Result<Caller, Reply> {
+/// Who sends `req`, or why it is refused (a 401).
+fn authenticate(state: &AppState, req: &Request<Incoming>) -> Result<Caller, AuthError> {
     if let Some(verifier) = &state.users {
         let token = bearer(req).ok_or(AuthError::Missing).and_then(|t| {
             std::str::from_utf8(t)
                 .map_err(|_| AuthError::Malformed("not UTF-8".into()))
                 .and_then(|t| verifier.verify(t.trim()))
         });
-        return match token {
-            Ok(p) => Ok(Caller::User(p)),
-            Err(e) => {
-                tracing::debug!(reason = %e, "bearer token refused");
-                Err(unauthorized(e.to_string()))
-            }
-        };
+        return token.map(Caller::User);
     }
     match &state.token {
-        Some(token) if !authorized(req, token) => Err(unauthorized("unauthorized")),
+        Some(token) if !authorized(req, token) => Err(AuthError::WrongToken),
         _ => Ok(Caller::Single),
     }
 }
@@ -254,7 +248,10 @@ async fn dispatch(state: &AppState, req: Request<Incoming>) -> Result<Reply, Dro
 
     let caller = match authenticate(state, &req) {
         Ok(c) => c,
-        Err(resp) => return Ok(resp),
+        Err(e) => {
+            tracing::debug!(reason = %e, "bearer token refused");
+            return Ok(unauthorized(e.to_string()));
+        }
     };
 
     match (route, caller) {

@@ -1,6 +1,7 @@
 //! The reference backend server (`syncd backend`): an HTTP/1.1 implementation
 //! of the backend protocol, version 1, revision 2, with the optional features
-//! `batch` (unless `--no-batch`), `wait` and `client_ids`.
+//! `batch` (unless `--no-batch`), `wait` and `client_ids`; with users
+//! ([`ServerOptions::users`]) revision 3 and the feature `scopes`.
 //!
 //! It exists so that the daemon can be demonstrated and tested end to end
 //! against a server that follows the contract exactly (and, with
@@ -28,6 +29,16 @@
 //!   `Authorization: Bearer <token>` (scheme case-insensitive, constant-time
 //!   compare), else 401 `{"error":"unauthorized"}`. The token is never
 //!   logged; `ServerOptions`' `Debug` redacts it.
+//! - **Users and scopes (revision 3).** With [`ServerOptions::users`],
+//!   every endpoint but `v1/health` needs a JWT ([`auth`]: HS256, EdDSA or
+//!   RS256; `sub` and `exp` required, no expiry leeway); a refusal is 401
+//!   `{"error": why}` with `WWW-Authenticate: Bearer`. [`access`] holds the
+//!   rules both stores apply (private scope `user:<sub>`, 403 `scope_denied`
+//!   / `id_taken`, 404 for what the token cannot read); [`pull`] serves
+//!   `POST v1/pull` from per-scope feeds (gap-free per scope, `gone`
+//!   entries on moves) and `GET v1/session`; `GET v1/changes` is a 400.
+//!   Without users, records are kept in scope `default` and the wire is
+//!   revision 2's, byte for byte.
 //! - **Bodies.** At most `max_body_bytes` (declared `Content-Length` checked
 //!   first, then the stream is limited): else 413. `Content-Type` is not
 //!   enforced. Malformed JSON or a wrong shape (missing `op_id`, unknown
