@@ -7,8 +7,8 @@
 //! [`target_scope`] before [`plan`](super::ops::plan) and [`replay`] for a
 //! remembered op_id, and [`present`] on every record they hand back.
 //!
-//! Let W = {user:<sub>} ∪ claims.scopes and R = W ∪ claims.read_scopes:
-//! - create of a new id: target = op.scope or user:<sub>; a bad name is a
+//! Let W = `{user:<sub>} ∪ claims.scopes` and R = `W ∪ claims.read_scopes`:
+//! - create of a new id: target = `op.scope` or `user:<sub>`; a bad name is a
 //!   422, a target outside W a 403 `scope_denied`;
 //! - create of an existing id: readable → the store's 409 (via `plan`);
 //!   unreadable → 403 `id_taken`, revealing nothing else;

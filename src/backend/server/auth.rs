@@ -124,7 +124,7 @@ pub struct Principal {
     pub sub: String,
     /// `user:<sub>`.
     pub private: String,
-    /// W = {user:<sub>} ∪ scopes.
+    /// W = `{user:<sub>} ∪ scopes`.
     pub write: BTreeSet<String>,
     /// R = W ∪ read_scopes.
     pub read: BTreeSet<String>,
