@@ -113,12 +113,14 @@ fn cursor_after(since: Option<u64>, slice: &ScopeSlice) -> u64 {
 
 /// Whether a waiting pull should keep waiting: nothing after any readable
 /// scope's cursor, and no cursor past its head (that is answered at once).
+/// A pull of no readable scope has nothing to wait for: answered at once.
 pub fn is_idle(caller: &Caller, q: &PullQuery, slices: &[ScopeSlice]) -> bool {
-    q.scopes
-        .iter()
-        .filter(|s| caller.can_read(&s.scope))
-        .zip(slices)
-        .all(|(s, slice)| slice.entries.is_empty() && s.since.unwrap_or(0) == slice.head)
+    !slices.is_empty()
+        && q.scopes
+            .iter()
+            .filter(|s| caller.can_read(&s.scope))
+            .zip(slices)
+            .all(|(s, slice)| slice.entries.is_empty() && s.since.unwrap_or(0) == slice.head)
 }
 
 /// The reply: a page for each readable scope (`slices`, in the order of
