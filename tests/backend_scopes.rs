@@ -564,3 +564,45 @@ fn a_schema_1_postgres_database_is_upgraded_into_the_default_scope() {
         .remove(0);
     assert_eq!(next.entries.first().map(|e| e.0), Some(4));
 }
+
+#[test]
+fn an_ed25519_public_key_verifies_eddsa_tokens_only() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let public = data.join("jwt_ed25519_public.pem").display().to_string();
+    let b = Backend::start(&["--auth-public-key", &public]);
+    let private = std::fs::read(data.join("jwt_ed25519_private.pem")).expect("key");
+    let key = jsonwebtoken::EncodingKey::from_ed_pem(&private).expect("ed25519");
+    let claims = json!({"sub": "carol", "exp": jsonwebtoken::get_current_timestamp() + 60});
+    let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    let token = jsonwebtoken::encode(&header, &claims, &key).expect("sign");
+    let s = call(&b.addr, "GET", "/v1/session", Some(&token), None);
+    assert_eq!(s.status, 200, "{}", s.raw);
+    assert_eq!(
+        s.body["scopes"],
+        json!([{"name": "user:carol", "access": "write"}])
+    );
+    let hs = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(b"guess"),
+    )
+    .expect("sign");
+    refused(
+        &b.addr,
+        Some(&hs),
+        "token algorithm HS256 is not the one this server verifies",
+    );
+    // A file that is no public key: refused at start (usage, exit 2).
+    let out = Command::new(bin())
+        .args(["backend", "--listen", "127.0.0.1:0", "--data"])
+        .arg(b.dir.path().join("other"))
+        .args([
+            "--auth-public-key",
+            &data.join("README.md").display().to_string(),
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a PEM Ed25519 or RSA public key"), "{err}");
+}
