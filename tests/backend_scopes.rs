@@ -133,6 +133,17 @@ fn pull(addr: &str, token: &str, req: Value) -> Value {
 /// server, or two nodes on one database).
 fn scope_rules(w: &str, r: &str, u: &Users) {
     let (alice, bob) = (u.alice.as_str(), u.bob.as_str());
+    health_and_session(r, alice);
+    private_records_stay_private(w, r, alice, bob);
+    read_only_scopes_refuse_writes(w, r, alice, bob);
+    moves_show_as_gone(w, r, alice, bob);
+    remaining_counts_down(w, r, alice, bob);
+    a_waiting_pull_wakes_on_one_of_its_scopes(w, r, alice, bob);
+    changes_is_refused_in_users_mode(r, alice);
+}
+
+/// Health announces scopes; the session lists the token's scopes.
+fn health_and_session(r: &str, alice: &str) {
     let health = call(r, "GET", "/v1/health", None, None).body;
     assert_eq!(
         health["features"],
@@ -146,7 +157,10 @@ fn scope_rules(w: &str, r: &str, u: &Users) {
                {"name": "user:alice", "access": "write"}])
     );
     assert!(session["expires_at"].as_i64().unwrap_or(0) > 0);
+}
 
+/// Private records stay private: refusals reveal nothing of them.
+fn private_records_stay_private(w: &str, r: &str, alice: &str, bob: &str) {
     // alice: a private record and a team record.
     let mine = post_op(w, alice, &op("a-1", "create", Some("secret-1"), None, None));
     assert_eq!(mine.status, 200, "{}", mine.raw);
@@ -201,7 +215,10 @@ fn scope_rules(w: &str, r: &str, u: &Users) {
     assert!(!replay.raw.contains("version"), "{}", replay.raw);
     let own = post_op(r, alice, &op("a-1", "create", Some("secret-1"), None, None));
     assert_eq!(own.body, mine.body, "alice's replay: her record");
+}
 
+/// A read-only scope refuses writes (alone and in a batch) and keeps its feed.
+fn read_only_scopes_refuse_writes(w: &str, r: &str, alice: &str, bob: &str) {
     // Read-only for bob: refused, and nothing changed.
     let ro = post_op(w, bob, &op("b-2", "update", Some("t1"), Some(1), None));
     assert_eq!(
@@ -227,7 +244,10 @@ fn scope_rules(w: &str, r: &str, u: &Users) {
     );
     let team_feed = pull(r, alice, json!({"scopes": {"team-1": null}}));
     assert_eq!(team_feed["scopes"]["team-1"]["cursor"], "1", "{team_feed}");
+}
 
+/// A move leaves a gone entry in the old scope and the record in the new one.
+fn moves_show_as_gone(w: &str, r: &str, alice: &str, bob: &str) {
     // A move team-1 -> user:alice: gone in team-1, the record in user:alice.
     let private_cursor = pull(r, alice, json!({"scopes": {"user:alice": null}}))["scopes"]
         ["user:alice"]["cursor"]
@@ -250,7 +270,10 @@ fn scope_rules(w: &str, r: &str, u: &Users) {
         (&entry["record"]["id"], &entry["record"]["scope"]),
         (&json!("t1"), &json!("user:alice"))
     );
+}
 
+/// `remaining` counts down page by page.
+fn remaining_counts_down(w: &str, r: &str, alice: &str, bob: &str) {
     // `remaining` counts down (team-1: the create, the gone, 3 more).
     for i in 0..3 {
         let c = post_op(
@@ -279,7 +302,10 @@ fn scope_rules(w: &str, r: &str, u: &Users) {
             (json!(0), json!(false))
         ]
     );
+}
 
+/// A waiting pull wakes on a change in one of its scopes.
+fn a_waiting_pull_wakes_on_one_of_its_scopes(w: &str, r: &str, alice: &str, bob: &str) {
     // A waiting pull on two scopes is answered by a change in one of them
     // (and not by one in another scope). Either order of the pull and the
     // writes gives the same reply: nothing here races the clock.
@@ -319,7 +345,10 @@ fn scope_rules(w: &str, r: &str, u: &Users) {
     assert!(took < Duration::from_secs(40), "answered after {took:?}");
     assert_eq!(p["scopes"]["user:alice"]["changes"], json!([]));
     assert_eq!(p["scopes"]["team-1"]["changes"][0]["record"]["id"], "woke");
+}
 
+/// `GET v1/changes` answers the hint to pull instead.
+fn changes_is_refused_in_users_mode(r: &str, alice: &str) {
     // v1/changes is for single-tenant servers.
     let ch = call(r, "GET", "/v1/changes", Some(alice), None);
     assert_eq!(ch.status, 400);
