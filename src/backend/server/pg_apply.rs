@@ -17,6 +17,10 @@
 //!   read `FOR UPDATE`, and new rows are inserted with `ON CONFLICT DO
 //!   NOTHING` and re-read on a clash (a 409), so a writer that did not take
 //!   the head lock could not produce two 200s either.
+//! - **Per-scope feeds.** Each appended change also takes its scope's next
+//!   sequence from `syncd_scope_heads` (an upsert) while the head lock is
+//!   held, so each scope's feed is gap-free and in commit order as well; a
+//!   move appends a gone entry to the old scope first.
 //! - **Replays from any node.** `syncd_applied_ops` keeps every applied
 //!   op_id with the record of its first application.
 //!

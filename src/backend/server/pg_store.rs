@@ -11,6 +11,13 @@
 //!   published directly after they commit.
 //! - **Schema**: `pg_schema.sql`, applied at every start under an advisory
 //!   lock (nodes may start together), plus a `schema` row in `syncd_meta`.
+//!   Schema 2 adds scopes; a schema 1 database is upgraded at start (its
+//!   rows get scope `default`, whose feed is filled from the global log).
+//!   Stop every older node first: an older node would keep writing without
+//!   feeding the scopes.
+//! - **Scoped pulls**: `pull` reads each scope's head and page in one
+//!   statement; scopes are read one after another (each page is consistent
+//!   with its own head, which is all a per-scope cursor needs).
 //!
 //! # Blocking bridge
 //!

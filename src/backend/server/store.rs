@@ -4,7 +4,8 @@
 //! implementation is [`RedbStore`](super::redb_store::RedbStore); a PostgreSQL
 //! one can implement the same trait. Implementations must apply
 //! [`plan`](super::ops::plan) to each operation so that every store follows the
-//! same rules.
+//! same rules, after the [`access`](super::access) rules of revision 3
+//! (users and scopes) for [`BackendStore::apply_as`].
 //!
 //! Calls are blocking; the HTTP layer runs them on tokio's blocking pool.
 //! The one exception is [`BackendStore::subscribe`], which is cheap and
