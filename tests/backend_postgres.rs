@@ -47,6 +47,7 @@ fn op(op_id: &str, coll: &str, action: Action) -> ValidOp {
         local_id: "l".into(),
         client_ts: 1,
         action,
+        scope: None,
     }
 }
 

@@ -1,5 +1,6 @@
 //! `backend`: the reference backend server (docs/backend-protocol.md),
-//! with fault injection for tests and demos.
+//! with fault injection for tests and demos; `backend token` mints a
+//! users-mode token.
 //!
 //! Exists so that syncd can be tried, tested and benchmarked end to end
 //! without writing a server first. It does not talk to a daemon, so it
@@ -8,13 +9,25 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, Subcommand};
+use syncd::backend::server::auth::{self, Claims, Verifier};
 use syncd::backend::server::{self, Faults, ServerOptions};
 
 use super::error::CliError;
 
 #[derive(Args, Debug)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_help = "Auth: --token T serves one tenant (protocol revision 2). \
+                  --auth-secret-file or --auth-public-key serve users and scopes \
+                  (revision 3): every request but v1/health needs a JWT with `sub` and \
+                  `exp` (no leeway), optional `scopes` (read+write) and `read_scopes`; \
+                  `syncd backend token` mints HS256 ones."
+)]
 pub struct BackendArgs {
+    #[command(subcommand)]
+    cmd: Option<BackendCmd>,
     /// Address to listen on (port 0 picks one; the chosen address is printed).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -31,9 +44,17 @@ pub struct BackendArgs {
         hide_env_values = true
     )]
     postgres: Option<String>,
-    /// Require this bearer token.
+    /// Require this bearer token (single-tenant, protocol revision 2).
     #[arg(long, env = "SYNCD_BACKEND_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Users and scopes: verify HS256 JWTs with the secret in FILE
+    /// (trailing whitespace ignored).
+    #[arg(long, value_name = "FILE", conflicts_with = "auth_public_key")]
+    auth_secret_file: Option<PathBuf>,
+    /// Users and scopes: verify JWTs with this PEM public key (Ed25519:
+    /// EdDSA; RSA: RS256).
+    #[arg(long, value_name = "FILE")]
+    auth_public_key: Option<PathBuf>,
     /// Fraction of requests answered 503 with Retry-After.
     #[arg(long, default_value_t = 0.0, value_name = "FRACTION")]
     fail_503: f64,
@@ -63,8 +84,71 @@ pub struct BackendArgs {
     tls_key: Option<PathBuf>,
 }
 
-/// Serves until interrupted.
+#[derive(Subcommand, Debug)]
+enum BackendCmd {
+    /// Print an HS256 token for a users-mode backend (one line on stdout).
+    Token(TokenArgs),
+}
+
+#[derive(Args, Debug)]
+struct TokenArgs {
+    /// The backend's --auth-secret-file.
+    #[arg(long, value_name = "FILE")]
+    secret_file: PathBuf,
+    /// The user (its private scope is user:<sub>).
+    #[arg(long)]
+    sub: String,
+    /// A scope the user may read and write (repeatable).
+    #[arg(long = "scope", value_name = "S")]
+    scopes: Vec<String>,
+    /// A scope the user may only read (repeatable).
+    #[arg(long = "read-scope", value_name = "S")]
+    read_scopes: Vec<String>,
+    /// How long the token is valid: a number with s, m, h or d.
+    #[arg(long, default_value = "1h", value_parser = auth::parse_ttl)]
+    ttl: u64,
+}
+
+/// Prints the token `a` asks for.
+fn token(a: &TokenArgs) -> Result<(), CliError> {
+    let secret = auth::read_secret(&a.secret_file).map_err(|e| CliError::Usage(e.to_string()))?;
+    let now = u64::try_from(syncd::now_ms() / 1000).unwrap_or(0);
+    let claims = Claims {
+        sub: a.sub.clone(),
+        exp: now.saturating_add(a.ttl),
+        scopes: a.scopes.clone(),
+        read_scopes: a.read_scopes.clone(),
+    };
+    let token = auth::mint_hs256(&secret, &claims).map_err(|e| match e {
+        auth::MintError::Encode(_) => CliError::Failed(e.to_string()),
+        _ => CliError::Usage(e.to_string()),
+    })?;
+    super::output::line(&token)
+}
+
+/// The users-mode verifier the options ask for, if any.
+fn verifier(a: &BackendArgs) -> Result<Option<Verifier>, CliError> {
+    if a.token.is_some() && (a.auth_secret_file.is_some() || a.auth_public_key.is_some()) {
+        return Err(CliError::Usage(
+            "--token (one tenant) cannot be combined with --auth-secret-file or \
+             --auth-public-key (users and scopes)"
+                .into(),
+        ));
+    }
+    let usage = |e: auth::KeyError| CliError::Usage(format!("backend auth: {e}"));
+    match (&a.auth_secret_file, &a.auth_public_key) {
+        (Some(f), _) => Verifier::from_secret_file(f).map(Some).map_err(usage),
+        (None, Some(f)) => Verifier::from_public_key_file(f).map(Some).map_err(usage),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Serves until interrupted (or runs `backend token`).
 pub async fn run(a: &BackendArgs) -> Result<(), CliError> {
+    if let Some(BackendCmd::Token(t)) = &a.cmd {
+        return token(t);
+    }
+    let users = verifier(a)?;
     let _log = syncd::daemon::init_logging("info", syncd::config::LogFormat::Text);
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(c), Some(k)) => {
@@ -77,6 +161,7 @@ pub async fn run(a: &BackendArgs) -> Result<(), CliError> {
         data_dir: a.data.clone().unwrap_or_default(),
         postgres: a.postgres.clone(),
         token: a.token.clone(),
+        users,
         faults: Faults {
             fail_503: a.fail_503,
             retry_after_s: a.retry_after,

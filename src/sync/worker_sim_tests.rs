@@ -115,6 +115,8 @@ impl Server {
                 Outcome::Applied { record, .. } => Some(record.id.clone()),
                 Outcome::Conflict(r) => Some(r.id.clone()),
                 Outcome::NotFound(_) => op.id.clone(),
+                // A single-tenant store refuses nothing by scope.
+                Outcome::Refused(_) => unreachable!("no scopes in the simulation"),
             };
             let id = id.unwrap_or_else(|| op.local_id.clone());
             log.sent.entry(id).or_default().insert(op.op_id.clone());
@@ -149,6 +151,7 @@ impl Server {
                     status: 404,
                     reason,
                 },
+                Outcome::Refused(_) => unreachable!("no scopes in the simulation"),
             })
             .collect())
     }

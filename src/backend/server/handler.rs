@@ -15,6 +15,7 @@ use crate::backend::protocol::{
     BatchReply, BatchResult, Change, ChangesPage, ErrorBody, Features, HealthBody, OpOk,
 };
 
+use super::access::{Caller, Refusal};
 use super::log_limit::LogLimit;
 use super::ops::{parse_batch, parse_op, Rejection, ValidOp};
 use super::store::{BackendStore, ChangeSlice, Outcome, StoreError};
@@ -160,8 +161,22 @@ pub fn health(store: &dyn BackendStore, features: &Features) -> JsonReply {
     }
 }
 
-/// `POST v1/ops` with this body.
+/// The status, reason and code of an access refusal.
+fn refusal_parts(r: Refusal) -> (u16, String, Option<String>) {
+    match r {
+        Refusal::NotFound(reason) => (404, reason, None),
+        Refusal::Denied { code, reason } => (403, reason, Some(code.as_str().to_owned())),
+        Refusal::Invalid(reason) => (422, reason, None),
+    }
+}
+
+/// `POST v1/ops` with this body, on a single-tenant server.
 pub fn op(store: &dyn BackendStore, body: &[u8], check: Check<'_>) -> OpsReply {
+    op_as(store, body, check, &Caller::Single)
+}
+
+/// `POST v1/ops` with this body on behalf of `caller`.
+pub fn op_as(store: &dyn BackendStore, body: &[u8], check: Check<'_>, caller: &Caller) -> OpsReply {
     let op = match parse_op(body).and_then(|op| check(&op).map(|()| op)) {
         Ok(op) => op,
         Err(r) => {
@@ -171,7 +186,10 @@ pub fn op(store: &dyn BackendStore, body: &[u8], check: Check<'_>) -> OpsReply {
             }
         }
     };
-    let reply = match store.apply(std::slice::from_ref(&op)).map(|mut v| v.pop()) {
+    let reply = match store
+        .apply_as(std::slice::from_ref(&op), caller)
+        .map(|mut v| v.pop())
+    {
         Ok(Some(Outcome::Applied { record, .. })) => JsonReply::json(200, &OpOk { record }),
         Ok(Some(Outcome::Conflict(record))) => JsonReply::json(
             409,
@@ -182,6 +200,17 @@ pub fn op(store: &dyn BackendStore, body: &[u8], check: Check<'_>) -> OpsReply {
             },
         ),
         Ok(Some(Outcome::NotFound(reason))) => JsonReply::error(404, reason),
+        Ok(Some(Outcome::Refused(r))) => {
+            let (status, error, code) = refusal_parts(r);
+            JsonReply::json(
+                status,
+                &ErrorBody {
+                    error,
+                    record: None,
+                    code,
+                },
+            )
+        }
         Ok(None) => store_error(&StoreError::Failed("apply returned no outcome".into())),
         Err(e) => store_error(&e),
     };
@@ -191,8 +220,18 @@ pub fn op(store: &dyn BackendStore, body: &[u8], check: Check<'_>) -> OpsReply {
     }
 }
 
-/// `POST v1/ops/batch` with this body.
+/// `POST v1/ops/batch` with this body, on a single-tenant server.
 pub fn batch(store: &dyn BackendStore, body: &[u8], check: Check<'_>) -> OpsReply {
+    batch_as(store, body, check, &Caller::Single)
+}
+
+/// `POST v1/ops/batch` with this body on behalf of `caller`.
+pub fn batch_as(
+    store: &dyn BackendStore,
+    body: &[u8],
+    check: Check<'_>,
+    caller: &Caller,
+) -> OpsReply {
     let parsed = match parse_batch(body) {
         Ok(p) => p,
         Err(r) => {
@@ -219,7 +258,7 @@ pub fn batch(store: &dyn BackendStore, body: &[u8], check: Check<'_>) -> OpsRepl
     let outcomes = if valid.is_empty() {
         Vec::new()
     } else {
-        match store.apply(&valid) {
+        match store.apply_as(&valid, caller) {
             Ok(o) => o,
             Err(e) => {
                 return OpsReply {
@@ -251,6 +290,15 @@ pub fn batch(store: &dyn BackendStore, body: &[u8], check: Check<'_>) -> OpsRepl
                 record: None,
                 error: Some(reason),
             },
+            Outcome::Refused(r) => {
+                let (status, error, code) = refusal_parts(r);
+                BatchResult {
+                    code,
+                    status,
+                    record: None,
+                    error: Some(error),
+                }
+            }
         })
         .collect();
     if all_applied {

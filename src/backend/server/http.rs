@@ -19,15 +19,20 @@ use tokio::sync::watch;
 
 use crate::backend::protocol::{ErrorBody, Features};
 
+use super::access::Caller;
+use super::auth::{AuthError, Verifier};
 use super::feed::{wait_past, WaitEnd};
 use super::handler::{self, no_check, parse_changes_query, JsonReply, OpsReply};
-use super::store::{BackendStore, ChangeSlice, StoreError};
+use super::pull::{self, PullQuery, CHANGES_IN_USERS_MODE};
+use super::store::{BackendStore, ChangeSlice, ScopeSlice, StoreError};
 use super::Faults;
 
 /// Shared state of all connections.
 pub(crate) struct AppState {
     pub store: Arc<dyn BackendStore>,
     pub token: Option<String>,
+    /// Users mode (revision 3): verifies each request's JWT.
+    pub users: Option<Verifier>,
     pub faults: Faults,
     pub max_body_bytes: usize,
     /// Becomes `true` when the server stops: held waiting pulls answer then.
@@ -38,7 +43,7 @@ impl AppState {
     /// The optional features this server announces in `v1/health`.
     fn features(&self) -> Features {
         Features {
-            scopes: false,
+            scopes: self.users.is_some(),
             batch: !self.faults.no_batch,
             wait: true,
             client_ids: true,
@@ -74,13 +79,16 @@ enum Route {
     Batch,
     Changes,
     Health,
+    /// Revision 3, users mode only.
+    Session,
+    Pull,
 }
 
 impl Route {
     fn method(self) -> (Method, &'static str) {
         match self {
-            Route::Ops | Route::Batch => (Method::POST, "POST"),
-            Route::Changes | Route::Health => (Method::GET, "GET"),
+            Route::Ops | Route::Batch | Route::Pull => (Method::POST, "POST"),
+            Route::Changes | Route::Health | Route::Session => (Method::GET, "GET"),
         }
     }
 }
@@ -97,6 +105,10 @@ fn route(path: &str) -> Option<Route> {
         Some(Route::Changes)
     } else if p.ends_with("/v1/health") {
         Some(Route::Health)
+    } else if p.ends_with("/v1/session") {
+        Some(Route::Session)
+    } else if p.ends_with("/v1/pull") {
+        Some(Route::Pull)
     } else {
         None
     }
@@ -143,14 +155,39 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The bytes after `Bearer ` (scheme case-insensitive), if any.
+fn bearer(req: &Request<Incoming>) -> Option<&[u8]> {
+    let value = req.headers().get(AUTHORIZATION)?;
+    let (scheme, given) = value.as_bytes().split_first_chunk::<7>()?;
+    scheme.eq_ignore_ascii_case(b"bearer ").then_some(given)
+}
+
 fn authorized(req: &Request<Incoming>, token: &str) -> bool {
-    let Some(value) = req.headers().get(AUTHORIZATION) else {
-        return false;
-    };
-    let Some((scheme, given)) = value.as_bytes().split_first_chunk::<7>() else {
-        return false;
-    };
-    scheme.eq_ignore_ascii_case(b"bearer ") && ct_eq(given, token.as_bytes())
+    bearer(req).is_some_and(|given| ct_eq(given, token.as_bytes()))
+}
+
+/// 401 with `WWW-Authenticate: Bearer`.
+fn unauthorized(reason: impl Into<String>) -> Reply {
+    let mut resp = error_reply(StatusCode::UNAUTHORIZED, reason);
+    resp.headers_mut()
+        .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+    resp
+}
+
+/// Who sends `req`, or why it is refused (a 401).
+fn authenticate(state: &AppState, req: &Request<Incoming>) -> Result<Caller, AuthError> {
+    if let Some(verifier) = &state.users {
+        let token = bearer(req).ok_or(AuthError::Missing).and_then(|t| {
+            std::str::from_utf8(t)
+                .map_err(|_| AuthError::Malformed("not UTF-8".into()))
+                .and_then(|t| verifier.verify(t.trim()))
+        });
+        return token.map(Caller::User);
+    }
+    match &state.token {
+        Some(token) if !authorized(req, token) => Err(AuthError::WrongToken),
+        _ => Ok(Caller::Single),
+    }
 }
 
 /// Draws a fault with probability `p`.
@@ -191,6 +228,9 @@ async fn dispatch(state: &AppState, req: Request<Incoming>) -> Result<Reply, Dro
     if route == Route::Health {
         return Ok(health(state).await);
     }
+    if matches!(route, Route::Session | Route::Pull) && state.users.is_none() {
+        return Ok(error_reply(StatusCode::NOT_FOUND, "not found"));
+    }
 
     let faults = &state.faults;
     if draw(faults.fail_503) {
@@ -206,27 +246,42 @@ async fn dispatch(state: &AppState, req: Request<Incoming>) -> Result<Reply, Dro
         tokio::time::sleep(Duration::from_millis(faults.hang_ms)).await;
     }
 
-    if let Some(token) = &state.token {
-        if !authorized(&req, token) {
-            let mut resp = error_reply(StatusCode::UNAUTHORIZED, "unauthorized");
-            resp.headers_mut()
-                .insert("www-authenticate", HeaderValue::from_static("Bearer"));
-            return Ok(resp);
+    let caller = match authenticate(state, &req) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(reason = %e, "bearer token refused");
+            return Ok(unauthorized(e.to_string()));
         }
-    }
+    };
 
-    match route {
-        Route::Changes => Ok(changes(state, req.uri().query().unwrap_or("")).await),
-        Route::Ops | Route::Batch => {
+    match (route, caller) {
+        (Route::Changes, Caller::User(_)) => {
+            Ok(error_reply(StatusCode::BAD_REQUEST, CHANGES_IN_USERS_MODE))
+        }
+        (Route::Changes, Caller::Single) => {
+            Ok(changes(state, req.uri().query().unwrap_or("")).await)
+        }
+        (Route::Session, Caller::User(p)) => Ok(json_reply(StatusCode::OK, &p.session())),
+        (Route::Pull, caller @ Caller::User(_)) => {
+            let body = match read_body(req, state.max_body_bytes).await {
+                Ok(b) => b,
+                Err(resp) => return Ok(resp),
+            };
+            Ok(pull(state, &body, caller).await)
+        }
+        (Route::Session | Route::Pull, Caller::Single) => {
+            Ok(error_reply(StatusCode::NOT_FOUND, "not found"))
+        }
+        (Route::Ops | Route::Batch, caller) => {
             let body = match read_body(req, state.max_body_bytes).await {
                 Ok(b) => b,
                 Err(resp) => return Ok(resp),
             };
             let drop_after = draw(faults.drop_after_apply);
             let (resp, reached_store) = if route == Route::Ops {
-                ops(state, body, handler::op).await
+                ops(state, body, handler::op_as, caller).await
             } else {
-                ops(state, body, handler::batch).await
+                ops(state, body, handler::batch_as, caller).await
             };
             if drop_after && reached_store {
                 Err(DropConnection)
@@ -234,7 +289,7 @@ async fn dispatch(state: &AppState, req: Request<Incoming>) -> Result<Reply, Dro
                 Ok(resp)
             }
         }
-        Route::Health => Ok(health(state).await),
+        (Route::Health, _) => Ok(health(state).await),
     }
 }
 
@@ -291,9 +346,10 @@ async fn health(state: &AppState) -> Reply {
 async fn ops(
     state: &AppState,
     body: Bytes,
-    f: fn(&dyn BackendStore, &[u8], handler::Check<'_>) -> OpsReply,
+    f: fn(&dyn BackendStore, &[u8], handler::Check<'_>, &Caller) -> OpsReply,
+    caller: Caller,
 ) -> (Reply, bool) {
-    match run_store(state, move |s| Ok(f(s, &body, &no_check))).await {
+    match run_store(state, move |s| Ok(f(s, &body, &no_check, &caller))).await {
         Ok(r) => (to_reply(r.reply), r.reached_store),
         Err(e) => (store_error_reply(&e), true),
     }
@@ -330,6 +386,57 @@ async fn changes(state: &AppState, query: &str) -> Reply {
         }
     }
     to_reply(handler::changes_page(&q, slice))
+}
+
+/// `POST v1/pull`: a page of each readable scope's feed; with `wait`,
+/// held (without any store resource) while none of them has anything
+/// after its cursor, until a commit (any: the reply is re-read and the
+/// wait resumes if it was for another scope), the deadline, or shutdown.
+async fn pull(state: &AppState, body: &[u8], caller: Caller) -> Reply {
+    let q = match pull::parse_pull(body) {
+        Ok(q) => q,
+        Err(r) => return error_reply(status_of(r.status), r.reason),
+    };
+    let caller = Arc::new(caller);
+    let deadline = q
+        .wait_s
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    // Subscribe before the first read, so a commit in between is not missed.
+    let mut head = state.store.subscribe();
+    let mut seen = *head.borrow_and_update();
+    loop {
+        let slices = match read_scopes(state, &caller, &q).await {
+            Ok(s) => s,
+            Err(e) => return store_error_reply(&e),
+        };
+        let Some(deadline) = deadline else {
+            return to_reply(pull::pull_reply(&caller, &q, slices));
+        };
+        if !pull::is_idle(&caller, &q, &slices) {
+            return to_reply(pull::pull_reply(&caller, &q, slices));
+        }
+        if wait_past(&mut head, seen, deadline, state.stopped()).await != WaitEnd::Moved {
+            return to_reply(pull::pull_reply(&caller, &q, slices));
+        }
+        seen = *head.borrow_and_update();
+    }
+}
+
+async fn read_scopes(
+    state: &AppState,
+    caller: &Arc<Caller>,
+    q: &PullQuery,
+) -> Result<Vec<ScopeSlice>, StoreError> {
+    let scopes = pull::readable(caller, q);
+    if scopes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let limit = q.limit;
+    run_store(state, move |s| s.pull(&scopes, limit)).await
+}
+
+fn status_of(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST)
 }
 
 async fn read_changes(

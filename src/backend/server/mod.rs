@@ -1,6 +1,7 @@
 //! The reference backend server (`syncd backend`): an HTTP/1.1 implementation
 //! of the backend protocol, version 1, revision 2, with the optional features
-//! `batch` (unless `--no-batch`), `wait` and `client_ids`.
+//! `batch` (unless `--no-batch`), `wait` and `client_ids`; with users
+//! ([`ServerOptions::users`]) revision 3 and the feature `scopes`.
 //!
 //! It exists so that the daemon can be demonstrated and tested end to end
 //! against a server that follows the contract exactly (and, with
@@ -28,6 +29,16 @@
 //!   `Authorization: Bearer <token>` (scheme case-insensitive, constant-time
 //!   compare), else 401 `{"error":"unauthorized"}`. The token is never
 //!   logged; `ServerOptions`' `Debug` redacts it.
+//! - **Users and scopes (revision 3).** With [`ServerOptions::users`],
+//!   every endpoint but `v1/health` needs a JWT ([`auth`]: HS256, EdDSA or
+//!   RS256; `sub` and `exp` required, no expiry leeway); a refusal is 401
+//!   `{"error": why}` with `WWW-Authenticate: Bearer`. [`access`] holds the
+//!   rules both stores apply (private scope `user:<sub>`, 403 `scope_denied`
+//!   / `id_taken`, 404 for what the token cannot read); [`pull`] serves
+//!   `POST v1/pull` from per-scope feeds (gap-free per scope, `gone`
+//!   entries on moves) and `GET v1/session`; `GET v1/changes` is a 400.
+//!   Without users, records are kept in scope `default` and the wire is
+//!   revision 2's, byte for byte.
 //! - **Bodies.** At most `max_body_bytes` (declared `Content-Length` checked
 //!   first, then the stream is limited): else 413. `Content-Type` is not
 //!   enforced. Malformed JSON or a wrong shape (missing `op_id`, unknown
@@ -105,6 +116,8 @@
 //! `drop_after_apply`, the request is handled and committed (if its body got to
 //! the store) and then the connection is closed without any response bytes.
 
+pub mod access;
+pub mod auth;
 pub mod feed;
 pub mod handler;
 pub mod http;
@@ -114,6 +127,7 @@ pub mod pg_apply;
 pub mod pg_listen;
 pub mod pg_store;
 pub mod pg_url;
+pub mod pull;
 pub mod redb_store;
 pub mod store;
 
@@ -174,6 +188,9 @@ pub struct ServerOptions {
     pub postgres: Option<String>,
     /// Bearer token required by all endpoints but `v1/health`.
     pub token: Option<String>,
+    /// Users and scopes (protocol revision 3): verify a JWT on every
+    /// request but `v1/health`. Not together with `token`.
+    pub users: Option<auth::Verifier>,
     pub faults: Faults,
     /// Largest accepted request body; default [`DEFAULT_MAX_BODY_BYTES`].
     pub max_body_bytes: usize,
@@ -215,6 +232,7 @@ impl ServerOptions {
             data_dir: data_dir.into(),
             postgres: None,
             token: None,
+            users: None,
             faults: Faults::default(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             tls: None,
@@ -230,6 +248,7 @@ impl fmt::Debug for ServerOptions {
             .field("data_dir", &self.data_dir)
             .field("postgres", &self.postgres.as_deref().map(pg_url::redact))
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("users", &self.users)
             .field("faults", &self.faults)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("tls", &self.tls.is_some())
@@ -317,10 +336,16 @@ pub async fn serve_with_store(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), BoxError> {
+    if opts.token.is_some() && opts.users.is_some() {
+        return Err("a backend has either one --token (single-tenant) or users \
+                    (--auth-secret-file / --auth-public-key), not both"
+            .into());
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = Arc::new(AppState {
         store,
         token: opts.token,
+        users: opts.users,
         faults: opts.faults,
         max_body_bytes: opts.max_body_bytes,
         stopping: stop_rx.clone(),

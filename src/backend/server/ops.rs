@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::backend::protocol::{Document, OpKind, ServerRecord};
+use crate::domain::scope::SINGLE_SCOPE;
 
 /// Longest accepted `op_id`, `id` and `collection`, in bytes.
 pub const MAX_KEY_BYTES: usize = 256;
@@ -111,13 +112,32 @@ pub struct ValidOp {
     pub local_id: String,
     pub client_ts: i64,
     pub action: Action,
+    /// Revision 3: the scope to create in or move to (checked by
+    /// [`access`](super::access) in users mode; ignored by a single-tenant
+    /// server and on a delete).
+    pub scope: Option<String>,
 }
 
-/// A record as a store keeps it: the wire record plus its collection.
+/// A record as a store keeps it: the wire record (whose own `scope` is
+/// not used) plus its collection and scope.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredRecord {
     pub collection: String,
     pub record: ServerRecord,
+    /// The record's scope; records written before scopes existed are in
+    /// [`SINGLE_SCOPE`].
+    #[serde(default = "single_scope")]
+    pub scope: String,
+}
+
+/// [`SINGLE_SCOPE`], owned (a serde default).
+pub fn single_scope() -> String {
+    SINGLE_SCOPE.to_owned()
+}
+
+/// The 404 reason for an id unknown (or unreadable) in a collection.
+pub fn not_found_reason(id: &str, collection: &str) -> String {
+    format!("no record {id:?} in collection {collection:?}")
 }
 
 /// The lenient shape an operation is first parsed into, so that a wrong
@@ -139,6 +159,8 @@ struct LooseOp {
     #[serde(default)]
     data: Option<Value>,
     client_ts: i64,
+    #[serde(default)]
+    scope: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -261,6 +283,7 @@ fn validate(op: LooseOp) -> Result<ValidOp, Rejection> {
         local_id: op.local_id.unwrap_or_default(),
         client_ts: op.client_ts,
         action,
+        scope: op.scope,
     })
 }
 
@@ -285,12 +308,7 @@ pub enum Plan {
 /// collection; it is called only for such a create.
 pub fn plan(op: &ValidOp, current: Option<&StoredRecord>, new_id: impl FnOnce() -> String) -> Plan {
     let current = current.filter(|c| c.collection == op.collection);
-    let not_found = |id: &str| {
-        Plan::NotFound(format!(
-            "no record {id:?} in collection {:?}",
-            op.collection
-        ))
-    };
+    let not_found = |id: &str| Plan::NotFound(not_found_reason(id, &op.collection));
     match &op.action {
         // A create meets any record with its id, a tombstone included.
         Action::Create { id, data } => match current {
@@ -462,6 +480,7 @@ mod tests {
 
     fn stored(version: u64, deleted: bool) -> StoredRecord {
         StoredRecord {
+            scope: single_scope(),
             collection: "todos".into(),
             record: ServerRecord {
                 scope: None,
@@ -481,6 +500,7 @@ mod tests {
             collection: "todos".into(),
             local_id: String::new(),
             client_ts: 9,
+            scope: None,
             action: Action::Update {
                 id: "r-1".into(),
                 base_version: base,

@@ -17,6 +17,10 @@
 //!   read `FOR UPDATE`, and new rows are inserted with `ON CONFLICT DO
 //!   NOTHING` and re-read on a clash (a 409), so a writer that did not take
 //!   the head lock could not produce two 200s either.
+//! - **Per-scope feeds.** Each appended change also takes its scope's next
+//!   sequence from `syncd_scope_heads` (an upsert) while the head lock is
+//!   held, so each scope's feed is gap-free and in commit order as well; a
+//!   move appends a gone entry to the old scope first.
 //! - **Replays from any node.** `syncd_applied_ops` keeps every applied
 //!   op_id with the record of its first application.
 //!
@@ -26,8 +30,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use deadpool_postgres::{ClientWrapper, Transaction};
 
-use crate::backend::protocol::{Change, ServerRecord};
+use crate::backend::protocol::{Change, Gone, ScopedChange, ServerRecord};
 
+use super::access::{self, present, Caller};
 use super::ops::{plan, Action, Plan, StoredRecord, ValidOp};
 use super::store::Outcome;
 
@@ -40,16 +45,22 @@ const ID_DRAWS: usize = 8;
 const LOCK_HEAD: &str = "SELECT seq FROM syncd_feed_head WHERE one FOR UPDATE";
 const SET_HEAD: &str = "UPDATE syncd_feed_head SET seq = $1 WHERE one";
 const NOTIFY: &str = "SELECT pg_notify('syncd_feed', $1::text)";
-const REMEMBERED: &str = "SELECT record FROM syncd_applied_ops WHERE op_id = $1";
+const REMEMBERED: &str = "SELECT record, scope FROM syncd_applied_ops WHERE op_id = $1";
 const CURRENT: &str =
-    "SELECT record FROM syncd_records WHERE collection = $1 AND id = $2 FOR UPDATE";
-const INSERT_RECORD: &str = "INSERT INTO syncd_records (collection, id, record) \
-     VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
+    "SELECT record, scope FROM syncd_records WHERE collection = $1 AND id = $2 FOR UPDATE";
+const INSERT_RECORD: &str = "INSERT INTO syncd_records (collection, id, record, scope) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
 const UPDATE_RECORD: &str =
-    "UPDATE syncd_records SET record = $3 WHERE collection = $1 AND id = $2";
+    "UPDATE syncd_records SET record = $3, scope = $4 WHERE collection = $1 AND id = $2";
 const APPEND: &str = "INSERT INTO syncd_changes (seq, change) VALUES ($1, $2)";
-const REMEMBER: &str = "INSERT INTO syncd_applied_ops (op_id, record, applied_at) \
-     VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
+/// The next sequence of a scope's feed: taken under the head lock, so the
+/// per-scope feeds are gap-free too.
+const SCOPE_NEXT: &str = "INSERT INTO syncd_scope_heads (scope, seq) VALUES ($1, 1) \
+     ON CONFLICT (scope) DO UPDATE SET seq = syncd_scope_heads.seq + 1 RETURNING seq";
+const SCOPE_APPEND: &str =
+    "INSERT INTO syncd_scope_changes (scope, seq, change) VALUES ($1, $2, $3)";
+const REMEMBER: &str = "INSERT INTO syncd_applied_ops (op_id, record, applied_at, scope) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
 
 /// Why an apply transaction failed (nothing of it was committed).
 #[derive(Debug)]
@@ -130,7 +141,11 @@ fn now_ms() -> i64 {
 }
 
 /// Runs `ops` in one transaction on `client` (see the module doc).
-pub async fn apply(client: &mut ClientWrapper, ops: &[ValidOp]) -> Result<Applied, ApplyError> {
+pub async fn apply(
+    client: &mut ClientWrapper,
+    ops: &[ValidOp],
+    caller: &Caller,
+) -> Result<Applied, ApplyError> {
     let tx = client.transaction().await?;
     let head: i64 = tx
         .query_one(&tx.prepare_cached(LOCK_HEAD).await?, &[])
@@ -144,7 +159,7 @@ pub async fn apply(client: &mut ClientWrapper, ops: &[ValidOp]) -> Result<Applie
     };
     let mut outcomes = Vec::with_capacity(ops.len());
     for op in ops {
-        let outcome = batch.apply_one(op).await?;
+        let outcome = batch.apply_one(op, caller).await?;
         let stop = !outcome.is_applied();
         outcomes.push(outcome);
         if stop {
@@ -169,39 +184,51 @@ struct Batch<'a> {
 }
 
 impl Batch<'_> {
-    async fn apply_one(&mut self, op: &ValidOp) -> Result<Outcome, ApplyError> {
+    async fn apply_one(&mut self, op: &ValidOp, caller: &Caller) -> Result<Outcome, ApplyError> {
         let (remembered, current) = tokio::try_join!(
             self.remembered(&op.op_id),
             self.current(&op.collection, op.action.target_id())
         )?;
-        if let Some(record) = remembered {
+        if let Some((record, scope)) = remembered {
+            if let Err(r) = access::replay(caller, &op.op_id, &scope) {
+                return Ok(Outcome::refused(r));
+            }
             return Ok(Outcome::Applied {
-                record,
+                record: present(caller, &scope, record),
                 replayed: true,
             });
         }
+        let scope = match access::target_scope(caller, op, current.as_ref()) {
+            Ok(scope) => scope,
+            Err(r) => return Ok(Outcome::refused(r)),
+        };
         let record = match plan(op, current.as_ref(), || ulid::Ulid::generate().to_string()) {
-            Plan::Write(record) => match self.write(op, record, current.is_some()).await? {
-                Ok(record) => record,
-                Err(taken) => return Ok(Outcome::Conflict(taken)),
-            },
+            Plan::Write(record) => {
+                let from = current.as_ref().map(|c| c.scope.as_str());
+                match self.write(op, record, from, &scope).await? {
+                    Ok(record) => record,
+                    Err(taken) => return Ok(taken_outcome(caller, op, &taken)),
+                }
+            }
             Plan::Unchanged(record) => record,
-            Plan::Conflict(record) => return Ok(Outcome::Conflict(record)),
+            Plan::Conflict(record) => {
+                return Ok(Outcome::Conflict(present(caller, &scope, record)))
+            }
             Plan::NotFound(reason) => return Ok(Outcome::NotFound(reason)),
         };
         let stmt = self.tx.prepare_cached(REMEMBER).await?;
         let json = serde_json::to_string(&record)?;
         self.tx
-            .execute(&stmt, &[&op.op_id, &json, &self.applied_at])
+            .execute(&stmt, &[&op.op_id, &json, &self.applied_at, &scope])
             .await?;
         self.wrote = true;
         Ok(Outcome::Applied {
-            record,
+            record: present(caller, &scope, record),
             replayed: false,
         })
     }
 
-    async fn remembered(&self, op_id: &str) -> Result<Option<ServerRecord>, ApplyError> {
+    async fn remembered(&self, op_id: &str) -> Result<Option<(ServerRecord, String)>, ApplyError> {
         let stmt = self.tx.prepare_cached(REMEMBERED).await?;
         let row = self.tx.query_opt(&stmt, &[&op_id]).await?;
         decode_row(row)
@@ -215,36 +242,43 @@ impl Batch<'_> {
         let Some(id) = id else { return Ok(None) };
         let stmt = self.tx.prepare_cached(CURRENT).await?;
         let row = self.tx.query_opt(&stmt, &[&collection, &id]).await?;
-        Ok(decode_row(row)?.map(|record| StoredRecord {
+        Ok(decode_row(row)?.map(|(record, scope)| StoredRecord {
             collection: collection.to_owned(),
             record,
+            scope,
         }))
     }
 
-    /// Stores `record` and appends it to the log. `Ok(Err(current))`: a new
-    /// client-chosen id was taken meanwhile (the 409's record).
+    /// Stores `record` in scope `to` and appends it to the global log and
+    /// to `to`'s feed (a move from `from` adds a gone entry to `from`'s).
+    /// `Ok(Err(current))`: a new client-chosen id was taken meanwhile.
     async fn write(
         &mut self,
         op: &ValidOp,
         mut record: ServerRecord,
-        exists: bool,
-    ) -> Result<Result<ServerRecord, ServerRecord>, ApplyError> {
+        from: Option<&str>,
+        to: &str,
+    ) -> Result<Result<ServerRecord, StoredRecord>, ApplyError> {
         let server_id = matches!(op.action, Action::Create { id: None, .. });
         let mut draws = 0;
         loop {
             let json = serde_json::to_string(&record)?;
-            let sql = if exists { UPDATE_RECORD } else { INSERT_RECORD };
+            let sql = if from.is_some() {
+                UPDATE_RECORD
+            } else {
+                INSERT_RECORD
+            };
             let stmt = self.tx.prepare_cached(sql).await?;
             let rows = self
                 .tx
-                .execute(&stmt, &[&op.collection, &record.id, &json])
+                .execute(&stmt, &[&op.collection, &record.id, &json, &to])
                 .await?;
             if rows == 1 {
                 break;
             }
             if !server_id {
                 let taken = self.current(&op.collection, Some(&record.id)).await?;
-                return taken.map(|t| Err(t.record)).ok_or(ApplyError::NoFreeId);
+                return taken.map(Err).ok_or(ApplyError::NoFreeId);
             }
             draws += 1;
             if draws >= ID_DRAWS {
@@ -259,8 +293,28 @@ impl Batch<'_> {
         })?;
         let stmt = self.tx.prepare_cached(APPEND).await?;
         self.tx.execute(&stmt, &[&self.head, &change]).await?;
+        if let Some(from) = from.filter(|f| *f != to) {
+            let gone = serde_json::to_string(&ScopedChange::Gone {
+                collection: op.collection.clone(),
+                gone: Gone {
+                    id: record.id.clone(),
+                    version: record.version,
+                },
+            })?;
+            self.append_to_scope(from, &gone).await?;
+        }
+        self.append_to_scope(to, &change).await?;
         self.wrote = true;
         Ok(Ok(record))
+    }
+
+    /// Appends `entry` to `scope`'s feed at its next sequence.
+    async fn append_to_scope(&self, scope: &str, entry: &str) -> Result<(), ApplyError> {
+        let next = self.tx.prepare_cached(SCOPE_NEXT).await?;
+        let seq: i64 = self.tx.query_one(&next, &[&scope]).await?.try_get(0)?;
+        let append = self.tx.prepare_cached(SCOPE_APPEND).await?;
+        self.tx.execute(&append, &[&scope, &seq, &entry]).await?;
+        Ok(())
     }
 
     /// Moves the head (and notifies) when the log grew, then commits, or
@@ -287,12 +341,24 @@ impl Batch<'_> {
     }
 }
 
-fn decode_row(row: Option<tokio_postgres::Row>) -> Result<Option<ServerRecord>, ApplyError> {
+/// A `(record, scope)` row.
+fn decode_row(
+    row: Option<tokio_postgres::Row>,
+) -> Result<Option<(ServerRecord, String)>, ApplyError> {
     match row {
         Some(row) => {
             let text: String = row.try_get(0)?;
-            Ok(Some(serde_json::from_str(&text)?))
+            Ok(Some((serde_json::from_str(&text)?, row.try_get(1)?)))
         }
         None => Ok(None),
+    }
+}
+
+/// The outcome of a create whose new client-chosen id was taken by a
+/// commit in between: the access rules' answer for the record found.
+fn taken_outcome(caller: &Caller, op: &ValidOp, taken: &StoredRecord) -> Outcome {
+    match access::target_scope(caller, op, Some(taken)) {
+        Ok(scope) => Outcome::Conflict(present(caller, &scope, taken.record.clone())),
+        Err(r) => Outcome::refused(r),
     }
 }

@@ -38,3 +38,26 @@ CREATE TABLE IF NOT EXISTS syncd_feed_head (
 );
 
 INSERT INTO syncd_feed_head (one, seq) VALUES (true, 0) ON CONFLICT DO NOTHING;
+
+-- Scopes (schema 2, protocol revision 3). Every record, and the record each
+-- applied op_id remembers, is in one scope; a schema 1 database's rows get
+-- 'default' (the scope of a single-tenant server).
+ALTER TABLE syncd_records ADD COLUMN IF NOT EXISTS scope text NOT NULL DEFAULT 'default';
+ALTER TABLE syncd_applied_ops ADD COLUMN IF NOT EXISTS scope text NOT NULL DEFAULT 'default';
+
+-- Each scope's feed: seq 1, 2, ... per scope without gaps; `change` is a
+-- ScopedChange (a record entry without its scope, which the reader adds, or
+-- a gone entry). The seqs are taken from syncd_scope_heads under the feed
+-- head lock above, so they are gap-free and in commit order.
+CREATE TABLE IF NOT EXISTS syncd_scope_changes (
+    scope  text NOT NULL,
+    seq    bigint NOT NULL,
+    change text NOT NULL,
+    PRIMARY KEY (scope, seq)
+);
+
+-- The newest seq of each scope's feed.
+CREATE TABLE IF NOT EXISTS syncd_scope_heads (
+    scope text PRIMARY KEY,
+    seq   bigint NOT NULL
+);

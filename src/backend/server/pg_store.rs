@@ -11,6 +11,13 @@
 //!   published directly after they commit.
 //! - **Schema**: `pg_schema.sql`, applied at every start under an advisory
 //!   lock (nodes may start together), plus a `schema` row in `syncd_meta`.
+//!   Schema 2 adds scopes; a schema 1 database is upgraded at start (its
+//!   rows get scope `default`, whose feed is filled from the global log).
+//!   Stop every older node first: an older node would keep writing without
+//!   feeding the scopes.
+//! - **Scoped pulls**: `pull` reads each scope's head and page in one
+//!   statement; scopes are read one after another (each page is consistent
+//!   with its own head, which is all a per-scope cursor needs).
 //!
 //! # Blocking bridge
 //!
@@ -33,16 +40,27 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 
-use crate::backend::protocol::Change;
+use crate::backend::protocol::{Change, ScopedChange};
 
+use super::access::Caller;
 use super::feed::Feed;
 use super::ops::ValidOp;
 use super::pg_url::redact;
-use super::store::{BackendStore, ChangeSlice, Outcome, StoreError};
+use super::redb_store::with_scope;
+use super::store::{BackendStore, ChangeSlice, Outcome, ScopeSlice, StoreError};
 use super::{pg_apply, pg_listen};
 
 /// The schema this code reads and writes (`syncd_meta.schema`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
+/// The schema before scopes, upgraded at start.
+const SCHEMA_BEFORE_SCOPES: i64 = 1;
+/// Schema 1 → 2: the `default` scope's feed is the global log so far (a
+/// `Change` is a record entry of a scope feed, byte for byte).
+const UPGRADE_TO_SCOPES: &str = "INSERT INTO syncd_scope_changes (scope, seq, change) \
+     SELECT 'default', seq, change FROM syncd_changes ON CONFLICT DO NOTHING; \
+     INSERT INTO syncd_scope_heads (scope, seq) SELECT 'default', max(seq) FROM syncd_changes \
+     HAVING count(*) > 0 ON CONFLICT (scope) DO UPDATE SET seq = EXCLUDED.seq; \
+     UPDATE syncd_meta SET value = 2 WHERE key = 'schema'";
 /// The idempotent schema script.
 const SCHEMA_SQL: &str = include_str!("pg_schema.sql");
 /// Advisory lock key taken while migrating ("syncd" in ASCII).
@@ -57,6 +75,12 @@ const RETRIES: usize = 5;
 const READ_CHANGES: &str = "SELECT h.seq, c.seq, c.change FROM syncd_feed_head h \
      LEFT JOIN LATERAL (SELECT seq, change FROM syncd_changes WHERE seq > $1 \
      ORDER BY seq LIMIT $2) c ON true WHERE h.one ORDER BY c.seq";
+
+/// One scope's head and a page of its feed, in one statement (one snapshot).
+const READ_SCOPE: &str = "SELECT h.seq, c.seq, c.change FROM \
+     (SELECT COALESCE(max(seq), 0) AS seq FROM syncd_scope_heads WHERE scope = $1) h \
+     LEFT JOIN LATERAL (SELECT seq, change FROM syncd_scope_changes WHERE scope = $1 \
+     AND seq > $2 ORDER BY seq LIMIT $3) c ON true ORDER BY c.seq";
 
 /// The PostgreSQL-backed store of one node.
 pub struct PgStore {
@@ -243,6 +267,10 @@ async fn migrate(pool: &Pool) -> Result<u64, OpenError> {
         .transpose()?;
     match found {
         Some(SCHEMA_VERSION) => {}
+        Some(SCHEMA_BEFORE_SCOPES) => {
+            tx.batch_execute(UPGRADE_TO_SCOPES).await?;
+            tracing::info!("PostgreSQL schema upgraded to {SCHEMA_VERSION}: every record is in scope 'default'");
+        }
         Some(v) => return Err(OpenError::Schema(v)),
         None => {
             tx.execute(
@@ -261,11 +289,15 @@ async fn migrate(pool: &Pool) -> Result<u64, OpenError> {
 }
 
 impl PgStore {
-    async fn apply_async(&self, ops: &[ValidOp]) -> Result<Vec<Outcome>, StoreError> {
+    async fn apply_async(
+        &self,
+        ops: &[ValidOp],
+        caller: &Caller,
+    ) -> Result<Vec<Outcome>, StoreError> {
         let mut attempt = 0;
         loop {
             let mut client = self.client().await?;
-            match pg_apply::apply(&mut client, ops).await {
+            match pg_apply::apply(&mut client, ops, caller).await {
                 Ok(applied) => {
                     if let Some(head) = applied.head {
                         self.feed.publish(head);
@@ -320,6 +352,56 @@ impl PgStore {
         })
     }
 
+    async fn pull_async(
+        &self,
+        scopes: &[(String, u64)],
+        limit: usize,
+    ) -> Result<Vec<ScopeSlice>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(READ_SCOPE)
+            .await
+            .map_err(|e| self.pg_error("read scope feed", &e))?;
+        let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+        let mut out = Vec::with_capacity(scopes.len());
+        for (scope, since) in scopes {
+            let since_i = i64::try_from(*since).unwrap_or(i64::MAX);
+            let rows = client
+                .query(&stmt, &[scope, &since_i, &fetch])
+                .await
+                .map_err(|e| self.pg_error("read scope feed", &e))?;
+            out.push(self.scope_slice(scope, rows, limit)?);
+        }
+        Ok(out)
+    }
+
+    fn scope_slice(
+        &self,
+        scope: &str,
+        rows: Vec<tokio_postgres::Row>,
+        limit: usize,
+    ) -> Result<ScopeSlice, StoreError> {
+        let mut head = 0;
+        let mut entries = Vec::with_capacity(rows.len());
+        for row in rows {
+            let (h, seq, change) =
+                change_row(&row).map_err(|e| self.error("read scope feed", &e))?;
+            head = u64::try_from(h).unwrap_or(0);
+            if let (Some(seq), Some(change)) = (seq, change) {
+                let entry: ScopedChange = serde_json::from_str(&change)
+                    .map_err(|e| self.error("corrupt scope feed entry", &e))?;
+                entries.push((u64::try_from(seq).unwrap_or(0), with_scope(entry, scope)));
+            }
+        }
+        let more = entries.len() > limit;
+        entries.truncate(limit);
+        Ok(ScopeSlice {
+            entries,
+            more,
+            head,
+        })
+    }
+
     async fn check_async(&self) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
@@ -339,10 +421,18 @@ fn change_row(row: &tokio_postgres::Row) -> Result<ChangeRow, tokio_postgres::Er
 
 impl BackendStore for PgStore {
     fn apply(&self, ops: &[ValidOp]) -> Result<Vec<Outcome>, StoreError> {
+        self.apply_as(ops, &Caller::Single)
+    }
+
+    fn apply_as(&self, ops: &[ValidOp], caller: &Caller) -> Result<Vec<Outcome>, StoreError> {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        self.block(self.apply_async(ops))
+        self.block(self.apply_async(ops, caller))
+    }
+
+    fn pull(&self, scopes: &[(String, u64)], limit: usize) -> Result<Vec<ScopeSlice>, StoreError> {
+        self.block(self.pull_async(scopes, limit))
     }
 
     fn changes(&self, since: u64, limit: usize) -> Result<ChangeSlice, StoreError> {

@@ -5,21 +5,29 @@
 //!
 //! Tables (values are JSON):
 //! - `meta`: `"schema"` -> [`SCHEMA_VERSION`];
-//! - `records`: `(collection, id)` -> [`StoredRecord`] (the current record);
-//! - `applied_ops`: op_id -> `AppliedOp` (the reply record, kept forever);
-//! - `changes`: sequence (u64, from 1, gap-free) -> [`Change`] (carries its
-//!   collection, so the log needs no key change).
+//! - `records`: `(collection, id)` -> [`StoredRecord`] (the current record
+//!   and its scope);
+//! - `applied_ops`: op_id -> `AppliedOp` (the reply record and its scope,
+//!   kept forever);
+//! - `changes`: sequence (u64, from 1, gap-free) -> [`Change`] (the global
+//!   log of `v1/changes`; users-mode servers append to it too, unserved);
+//! - `scope_feeds`: `(scope, sequence)` -> [`ScopedChange`] (each scope's
+//!   feed, gap-free per scope; records without their scope, which the
+//!   reader adds);
+//! - `scope_heads`: scope -> its newest sequence.
 //!
 //! `apply` runs one write transaction per call (one per request or batch),
 //! commits with redb's default, durable, commit, and then publishes the new
-//! log head to the store's [`Feed`] (waiting pulls).
+//! log head to the store's [`Feed`] (waiting pulls of either kind).
 //!
 //! # Schema
 //!
-//! Schema 2 keys records by `(collection, id)` (client-chosen ids are unique
-//! per collection). Schema 1 files (records keyed by id alone, no `meta`
-//! table) are refused with a message rather than migrated: the reference
-//! backend's data is for demos and tests; start it on a fresh data directory.
+//! Schema 3 adds scopes. A schema 2 file is upgraded in place when opened:
+//! its records and applied ops are in [`SINGLE_SCOPE`] (their stored JSON
+//! has no scope, which reads as that), and the `"default"` feed is built as
+//! a copy of the global log (same sequences). Schema 1 files (records keyed
+//! by id alone, no `meta` table) are refused with a message rather than
+//! migrated: start on a fresh data directory.
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -31,23 +39,29 @@ use redb::{
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::backend::protocol::{Change, ServerRecord};
+use crate::backend::protocol::{Change, Gone, ScopedChange, ServerRecord};
+use crate::domain::scope::SINGLE_SCOPE;
 
+use super::access::{self, present, Caller};
 use super::feed::Feed;
-use super::ops::{plan, Action, Plan, StoredRecord, ValidOp};
-use super::store::{BackendStore, ChangeSlice, Outcome, StoreError};
+use super::ops::{plan, single_scope, Action, Plan, StoredRecord, ValidOp};
+use super::store::{BackendStore, ChangeSlice, Outcome, ScopeSlice, StoreError};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const RECORDS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("records");
 const APPLIED_OPS: TableDefinition<&str, &[u8]> = TableDefinition::new("applied_ops");
 const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
+const SCOPE_FEEDS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("scope_feeds");
+const SCOPE_HEADS: TableDefinition<&str, u64> = TableDefinition::new("scope_heads");
 
 type RecordsTable<'t> = Table<'t, (&'static str, &'static str), &'static [u8]>;
 
 /// Key of the schema version in `meta`.
 const SCHEMA_KEY: &str = "schema";
 /// The on-disk format this code reads and writes.
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
+/// The schema before scopes, upgraded when opened.
+const SCHEMA_BEFORE_SCOPES: u64 = 2;
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "backend.redb";
@@ -58,6 +72,9 @@ pub const CACHE_BYTES: usize = 32 * 1024 * 1024;
 #[derive(Debug, Serialize, Deserialize)]
 struct AppliedOp {
     record: ServerRecord,
+    /// The scope of `record` (ops applied before scopes: [`SINGLE_SCOPE`]).
+    #[serde(default = "single_scope")]
+    scope: String,
     /// Server clock (ms since epoch) at application; kept so a retention
     /// policy can prune later.
     applied_at: i64,
@@ -82,8 +99,8 @@ impl FormatError {
         };
         StoreError::Failed(format!(
             "{} {what}; this syncd backend uses schema {SCHEMA_VERSION} (ids per \
-             collection) and does not convert data: start it with an empty --data \
-             directory, or move the file away",
+             collection, scopes) and converts only schema {SCHEMA_BEFORE_SCOPES}: start \
+             it with an empty --data directory, or move the file away",
             path.display()
         ))
     }
@@ -146,6 +163,10 @@ fn prepare(txn: &WriteTransaction) -> Result<Result<(), FormatError>, StoreError
         let found = meta.get(SCHEMA_KEY).ctx("read meta")?.map(|g| g.value());
         match found {
             Some(SCHEMA_VERSION) => {}
+            Some(SCHEMA_BEFORE_SCOPES) => {
+                upgrade_to_scopes(txn)?;
+                meta.insert(SCHEMA_KEY, SCHEMA_VERSION).ctx("write meta")?;
+            }
             Some(v) => return Ok(Err(FormatError::Unknown(v))),
             None => {
                 meta.insert(SCHEMA_KEY, SCHEMA_VERSION).ctx("write meta")?;
@@ -155,7 +176,36 @@ fn prepare(txn: &WriteTransaction) -> Result<Result<(), FormatError>, StoreError
     txn.open_table(RECORDS).ctx("open records")?;
     txn.open_table(APPLIED_OPS).ctx("open applied_ops")?;
     txn.open_table(CHANGES).ctx("open changes")?;
+    txn.open_table(SCOPE_FEEDS).ctx("open scope_feeds")?;
+    txn.open_table(SCOPE_HEADS).ctx("open scope_heads")?;
     Ok(Ok(()))
+}
+
+/// Schema 2 → 3: every record is in [`SINGLE_SCOPE`], whose feed is the
+/// global log as it stands (a `Change` is a [`ScopedChange`] record entry
+/// byte for byte).
+fn upgrade_to_scopes(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let changes = txn.open_table(CHANGES).ctx("open changes")?;
+    let mut feeds = txn.open_table(SCOPE_FEEDS).ctx("open scope_feeds")?;
+    let mut head = 0;
+    for item in changes.iter().ctx("read changes")? {
+        let (k, v) = item.ctx("read changes")?;
+        head = k.value();
+        feeds
+            .insert((SINGLE_SCOPE, head), v.value())
+            .ctx("write scope_feeds")?;
+    }
+    if head > 0 {
+        txn.open_table(SCOPE_HEADS)
+            .ctx("open scope_heads")?
+            .insert(SINGLE_SCOPE, head)
+            .ctx("write scope_heads")?;
+    }
+    tracing::info!(
+        entries = head,
+        "backend store upgraded to schema {SCHEMA_VERSION}: every record is in scope '{SINGLE_SCOPE}'"
+    );
+    Ok(())
 }
 
 /// A fresh server id (a ULID) not in use in `collection`. A clash needs a
@@ -179,6 +229,8 @@ struct Batch<'t> {
     records: RecordsTable<'t>,
     applied: Table<'t, &'static str, &'static [u8]>,
     changes: Table<'t, u64, &'static [u8]>,
+    scope_feeds: Table<'t, (&'static str, u64), &'static [u8]>,
+    scope_heads: Table<'t, &'static str, u64>,
     /// Sequence of the next change-log entry.
     next_seq: u64,
     applied_at: i64,
@@ -199,6 +251,8 @@ impl<'t> Batch<'t> {
             records: txn.open_table(RECORDS).ctx("open records")?,
             applied: txn.open_table(APPLIED_OPS).ctx("open applied_ops")?,
             changes,
+            scope_feeds: txn.open_table(SCOPE_FEEDS).ctx("open scope_feeds")?,
+            scope_heads: txn.open_table(SCOPE_HEADS).ctx("open scope_heads")?,
             next_seq,
             applied_at: now_ms(),
             wrote: false,
@@ -206,8 +260,9 @@ impl<'t> Batch<'t> {
         })
     }
 
-    /// Applies one op: a replay, or [`plan`] over the current record.
-    fn apply_one(&mut self, op: &ValidOp) -> Result<Outcome, StoreError> {
+    /// Applies one op: a replay, or the access rules and [`plan`] over the
+    /// current record.
+    fn apply_one(&mut self, op: &ValidOp, caller: &Caller) -> Result<Outcome, StoreError> {
         let remembered = self
             .applied
             .get(op.op_id.as_str())
@@ -215,8 +270,11 @@ impl<'t> Batch<'t> {
             .map(|g| decode::<AppliedOp>(g.value()))
             .transpose()?;
         if let Some(prev) = remembered {
+            if let Err(r) = access::replay(caller, &op.op_id, &prev.scope) {
+                return Ok(Outcome::refused(r));
+            }
             return Ok(Outcome::Applied {
-                record: prev.record,
+                record: present(caller, &prev.scope, prev.record),
                 replayed: true,
             });
         }
@@ -229,19 +287,29 @@ impl<'t> Batch<'t> {
                 .transpose()?,
             None => None,
         };
+        let scope = match access::target_scope(caller, op, current.as_ref()) {
+            Ok(scope) => scope,
+            Err(r) => return Ok(Outcome::refused(r)),
+        };
         let fresh = match op.action {
             Action::Create { id: None, .. } => Some(fresh_id(&self.records, &op.collection)?),
             _ => None,
         };
         let new_id = || fresh.unwrap_or_else(|| ulid::Ulid::generate().to_string());
         let record = match plan(op, current.as_ref(), new_id) {
-            Plan::Write(record) => self.write(&op.collection, record)?,
+            Plan::Write(record) => {
+                let from = current.as_ref().map(|c| c.scope.as_str());
+                self.write(&op.collection, record, from, &scope)?
+            }
             Plan::Unchanged(record) => record,
-            Plan::Conflict(record) => return Ok(Outcome::Conflict(record)),
+            Plan::Conflict(record) => {
+                return Ok(Outcome::Conflict(present(caller, &scope, record)))
+            }
             Plan::NotFound(reason) => return Ok(Outcome::NotFound(reason)),
         };
         let memo = AppliedOp {
             record,
+            scope,
             applied_at: self.applied_at,
         };
         self.applied
@@ -249,20 +317,25 @@ impl<'t> Batch<'t> {
             .ctx("write applied_ops")?;
         self.wrote = true;
         Ok(Outcome::Applied {
-            record: memo.record,
+            record: present(caller, &memo.scope, memo.record),
             replayed: false,
         })
     }
 
-    /// Stores `record` as the current one and appends it to the change log.
+    /// Stores `record` as the current one in scope `to`, and appends it to
+    /// the global log and to `to`'s feed; a move from scope `from` also
+    /// appends a gone entry to `from`'s feed.
     fn write(
         &mut self,
         collection: &str,
         record: ServerRecord,
+        from: Option<&str>,
+        to: &str,
     ) -> Result<ServerRecord, StoreError> {
         let stored = StoredRecord {
             collection: collection.to_owned(),
             record,
+            scope: to.to_owned(),
         };
         self.records
             .insert(
@@ -274,13 +347,43 @@ impl<'t> Batch<'t> {
             collection: stored.collection,
             record: stored.record,
         };
+        let bytes = encode(&change)?;
         self.changes
-            .insert(self.next_seq, encode(&change)?.as_slice())
+            .insert(self.next_seq, bytes.as_slice())
             .ctx("write changes")?;
         self.next_seq = self.next_seq.saturating_add(1);
+        if let Some(from) = from.filter(|f| *f != to) {
+            let gone = ScopedChange::Gone {
+                collection: collection.to_owned(),
+                gone: Gone {
+                    id: change.record.id.clone(),
+                    version: change.record.version,
+                },
+            };
+            self.append_to_scope(from, &encode(&gone)?)?;
+        }
+        self.append_to_scope(to, &bytes)?;
         self.wrote = true;
         self.appended = true;
         Ok(change.record)
+    }
+
+    /// Appends an entry to `scope`'s feed at its next sequence.
+    fn append_to_scope(&mut self, scope: &str, entry: &[u8]) -> Result<(), StoreError> {
+        let head = self
+            .scope_heads
+            .get(scope)
+            .ctx("read scope_heads")?
+            .map(|g| g.value())
+            .unwrap_or(0);
+        let seq = head.saturating_add(1);
+        self.scope_feeds
+            .insert((scope, seq), entry)
+            .ctx("write scope_feeds")?;
+        self.scope_heads
+            .insert(scope, seq)
+            .ctx("write scope_heads")?;
+        Ok(())
     }
 }
 
@@ -319,6 +422,10 @@ impl RedbStore {
 
 impl BackendStore for RedbStore {
     fn apply(&self, ops: &[ValidOp]) -> Result<Vec<Outcome>, StoreError> {
+        self.apply_as(ops, &Caller::Single)
+    }
+
+    fn apply_as(&self, ops: &[ValidOp], caller: &Caller) -> Result<Vec<Outcome>, StoreError> {
         let mut outcomes = Vec::with_capacity(ops.len());
         if ops.is_empty() {
             return Ok(outcomes);
@@ -326,7 +433,7 @@ impl BackendStore for RedbStore {
         let txn = self.db.begin_write().ctx("begin write")?;
         let mut batch = Batch::open(&txn)?;
         for op in ops {
-            let outcome = batch.apply_one(op)?;
+            let outcome = batch.apply_one(op, caller)?;
             let stop = !outcome.is_applied();
             outcomes.push(outcome);
             if stop {
@@ -377,6 +484,16 @@ impl BackendStore for RedbStore {
         })
     }
 
+    fn pull(&self, scopes: &[(String, u64)], limit: usize) -> Result<Vec<ScopeSlice>, StoreError> {
+        let txn = self.db.begin_read().ctx("begin read")?;
+        let feeds = txn.open_table(SCOPE_FEEDS).ctx("open scope_feeds")?;
+        let heads = txn.open_table(SCOPE_HEADS).ctx("open scope_heads")?;
+        scopes
+            .iter()
+            .map(|(scope, since)| scope_slice(&feeds, &heads, scope, *since, limit))
+            .collect()
+    }
+
     fn check(&self) -> Result<(), StoreError> {
         let txn = self.db.begin_read().ctx("begin read")?;
         txn.open_table(CHANGES).ctx("open changes")?;
@@ -385,6 +502,54 @@ impl BackendStore for RedbStore {
 
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.feed.subscribe()
+    }
+}
+
+/// At most `limit` entries of `scope`'s feed after `since`.
+fn scope_slice(
+    feeds: &redb::ReadOnlyTable<(&'static str, u64), &'static [u8]>,
+    heads: &redb::ReadOnlyTable<&'static str, u64>,
+    scope: &str,
+    since: u64,
+    limit: usize,
+) -> Result<ScopeSlice, StoreError> {
+    let head = heads
+        .get(scope)
+        .ctx("read scope_heads")?
+        .map(|g| g.value())
+        .unwrap_or(0);
+    let mut entries = Vec::new();
+    let mut more = false;
+    if since < head {
+        let range = (scope, since.saturating_add(1))..=(scope, head);
+        for item in feeds.range(range).ctx("read scope_feeds")? {
+            let (k, v) = item.ctx("read scope_feeds")?;
+            if entries.len() >= limit {
+                more = true;
+                break;
+            }
+            let entry = with_scope(decode::<ScopedChange>(v.value())?, scope);
+            entries.push((k.value().1, entry));
+        }
+    }
+    Ok(ScopeSlice {
+        entries,
+        more,
+        head,
+    })
+}
+
+/// A feed entry as served: a record carries its scope.
+pub(crate) fn with_scope(entry: ScopedChange, scope: &str) -> ScopedChange {
+    match entry {
+        ScopedChange::Record {
+            collection,
+            mut record,
+        } => {
+            record.scope = Some(scope.to_owned());
+            ScopedChange::Record { collection, record }
+        }
+        gone => gone,
     }
 }
 
@@ -410,6 +575,7 @@ mod tests {
             local_id: "l".into(),
             client_ts: 1000,
             action,
+            scope: None,
         }
     }
 
@@ -713,5 +879,84 @@ mod tests {
         }
         let err = RedbStore::open(dir.path()).expect_err("refused");
         assert!(err.message().contains("unknown schema version 9"), "{err}");
+    }
+
+    fn user(scopes: &[&str]) -> Caller {
+        let claims = crate::backend::server::auth::Claims {
+            sub: "alice".into(),
+            exp: 1,
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            read_scopes: vec![],
+        };
+        Caller::User(crate::backend::server::auth::Principal::from_claims(claims).expect("claims"))
+    }
+
+    fn pull(s: &RedbStore, scope: &str, since: u64) -> ScopeSlice {
+        s.pull(&[(scope.to_owned(), since)], 100)
+            .expect("pull")
+            .remove(0)
+    }
+
+    #[test]
+    fn moves_leave_a_gone_entry_and_feeds_are_per_scope() {
+        let (_d, s) = open();
+        let alice = user(&["team-1"]);
+        let mut o = create("o1", "a");
+        let r = applied(s.apply_as(&[o.clone()], &alice).expect("apply").remove(0));
+        assert_eq!(r.scope.as_deref(), Some("user:alice"));
+        o = update("o2", &r.id, 1, "b");
+        o.scope = Some("team-1".into());
+        let moved = applied(s.apply_as(&[o], &alice).expect("apply").remove(0));
+        assert_eq!((moved.version, moved.scope.as_deref()), (2, Some("team-1")));
+        let mine = pull(&s, "user:alice", 0);
+        assert_eq!(mine.head, 2);
+        assert!(matches!(&mine.entries[1].1,
+            ScopedChange::Gone { gone, .. } if gone.id == r.id && gone.version == 2));
+        let team = pull(&s, "team-1", 0);
+        assert_eq!(team.entries.len(), 1);
+        assert!(matches!(&team.entries[0],
+            (1, ScopedChange::Record { record, .. }) if record.scope.as_deref() == Some("team-1")));
+        assert_eq!(pull(&s, "nobody", 0).head, 0);
+        // A single-tenant caller writes to the default scope, unseen.
+        let t = applied(one(&s, create("o3", "c")));
+        assert_eq!(t.scope, None);
+        assert_eq!(pull(&s, SINGLE_SCOPE, 0).head, 1);
+    }
+
+    #[test]
+    fn a_schema_2_file_is_upgraded_into_the_default_scope() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = RedbStore::open(dir.path()).expect("open");
+            let r = applied(one(&s, create("o1", "a")));
+            applied(one(&s, update("o2", &r.id, 1, "b")));
+        }
+        {
+            // Back to the schema 2 layout: no scope tables.
+            let db = Database::create(dir.path().join(DB_FILE)).expect("db");
+            let txn = db.begin_write().expect("write");
+            txn.open_table(META)
+                .expect("meta")
+                .insert(SCHEMA_KEY, SCHEMA_BEFORE_SCOPES)
+                .expect("insert");
+            txn.delete_table(SCOPE_FEEDS).expect("drop");
+            txn.delete_table(SCOPE_HEADS).expect("drop");
+            txn.commit().expect("commit");
+        }
+        let s = RedbStore::open(dir.path()).expect("upgraded");
+        let feed = pull(&s, SINGLE_SCOPE, 0);
+        let log = s.changes(0, 100).expect("changes");
+        assert_eq!(feed.head, 2);
+        assert_eq!(feed.entries.len(), log.entries.len());
+        for ((seq, entry), (log_seq, change)) in feed.entries.iter().zip(&log.entries) {
+            assert_eq!(seq, log_seq);
+            assert!(matches!(entry, ScopedChange::Record { record, .. }
+                if record.version == change.record.version
+                    && record.scope.as_deref() == Some(SINGLE_SCOPE)));
+        }
+        // New writes continue the default feed without a gap.
+        let r = &log.entries[0].1.record;
+        applied(one(&s, update("o3", &r.id, 2, "c")));
+        assert_eq!(pull(&s, SINGLE_SCOPE, 2).entries[0].0, 3);
     }
 }

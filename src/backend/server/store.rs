@@ -4,7 +4,8 @@
 //! implementation is [`RedbStore`](super::redb_store::RedbStore); a PostgreSQL
 //! one can implement the same trait. Implementations must apply
 //! [`plan`](super::ops::plan) to each operation so that every store follows the
-//! same rules.
+//! same rules, after the [`access`](super::access) rules of revision 3
+//! (users and scopes) for [`BackendStore::apply_as`].
 //!
 //! Calls are blocking; the HTTP layer runs them on tokio's blocking pool.
 //! The one exception is [`BackendStore::subscribe`], which is cheap and
@@ -18,8 +19,9 @@ use std::fmt;
 
 use tokio::sync::watch;
 
-use crate::backend::protocol::{Change, ServerRecord};
+use crate::backend::protocol::{Change, ScopedChange, ServerRecord};
 
+use super::access::{Caller, Refusal};
 use super::ops::ValidOp;
 
 /// The result of one operation passed to [`BackendStore::apply`].
@@ -37,12 +39,36 @@ pub enum Outcome {
     /// 404: the target id of an update or delete is unknown in the
     /// operation's collection.
     NotFound(String),
+    /// Revision 3: refused by the [`access`](super::access) rules (403 with
+    /// a code, or 422 for a bad scope name). Never [`Refusal::NotFound`]:
+    /// that is [`Outcome::NotFound`].
+    Refused(Refusal),
 }
 
 impl Outcome {
     pub fn is_applied(&self) -> bool {
         matches!(self, Outcome::Applied { .. })
     }
+
+    /// The outcome of an operation the access rules refused.
+    pub fn refused(r: Refusal) -> Outcome {
+        match r {
+            Refusal::NotFound(reason) => Outcome::NotFound(reason),
+            other => Outcome::Refused(other),
+        }
+    }
+}
+
+/// A slice of one scope's feed (`POST v1/pull`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScopeSlice {
+    /// `(sequence, change)` in commit order, all with sequence > the
+    /// cursor asked for; records carry the scope.
+    pub entries: Vec<(u64, ScopedChange)>,
+    /// Whether the feed has entries after the last one returned.
+    pub more: bool,
+    /// The sequence of the scope's newest entry (0 when it has none).
+    pub head: u64,
 }
 
 /// A slice of the change log.
@@ -95,6 +121,25 @@ pub trait BackendStore: Send + Sync + 'static {
     /// An op whose `op_id` was applied before yields the remembered record
     /// (`replayed: true`) and changes nothing.
     fn apply(&self, ops: &[ValidOp]) -> Result<Vec<Outcome>, StoreError>;
+
+    /// [`apply`](Self::apply) on behalf of `caller`, under the
+    /// [`access`](super::access) rules, writing each record's scope and
+    /// appending to the scopes' feeds. The default serves only
+    /// [`Caller::Single`] (a store without scopes, as test doubles are).
+    fn apply_as(&self, ops: &[ValidOp], caller: &Caller) -> Result<Vec<Outcome>, StoreError> {
+        match caller {
+            Caller::Single => self.apply(ops),
+            Caller::User(_) => Err(StoreError::Failed("this store has no scopes".into())),
+        }
+    }
+
+    /// For each `(scope, since)`, at most `limit` entries of that scope's
+    /// feed with sequence > `since`, in the order asked. The default: a
+    /// store without scopes.
+    fn pull(&self, scopes: &[(String, u64)], limit: usize) -> Result<Vec<ScopeSlice>, StoreError> {
+        let _ = (scopes, limit);
+        Err(StoreError::Failed("this store has no scopes".into()))
+    }
 
     /// At most `limit` change-log entries with sequence > `since`.
     fn changes(&self, since: u64, limit: usize) -> Result<ChangeSlice, StoreError>;
