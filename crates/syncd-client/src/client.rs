@@ -249,11 +249,24 @@ impl Client {
         id: Option<&str>,
         data: Value,
     ) -> Result<(String, String)> {
+        self.put_in_scope(collection, id, data, None).await
+    }
+
+    /// [`Client::put`] with a scope (revision-3 backends): the scope to
+    /// create the record in, or to move it to; returns (local id, op_id).
+    pub async fn put_in_scope(
+        &mut self,
+        collection: &str,
+        id: Option<&str>,
+        data: Value,
+        scope: Option<&str>,
+    ) -> Result<(String, String)> {
         written(
             self.request(Request::Put {
                 collection: collection.into(),
                 id: id.map(str::to_owned),
                 data: Doc(data),
+                scope: scope.map(str::to_owned),
             })
             .await?,
         )

@@ -57,6 +57,11 @@ pub enum Request {
         #[serde(default)]
         id: Option<String>,
         data: Doc,
+        /// Revision-3 backends: the scope to create the record in, or to
+        /// move it to; absent: the user's private scope for a new record,
+        /// the record's own scope otherwise.
+        #[serde(default)]
+        scope: Option<String>,
     },
     /// Top-level field merge into an existing record; a `null` value removes
     /// the key.
@@ -144,6 +149,8 @@ pub enum ErrorCode {
     Conflict,
     /// Hello reply: the daemon serves `daemon.max_connections` already.
     TooManyConnections,
+    /// A scope name that is not one (empty, too long, a bad character).
+    BadScope,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -321,6 +328,7 @@ mod tests {
                 collection: "todos".into(),
                 id: None,
                 data: Doc(serde_json::json!({"a": [1, 2, {"b": null}]})),
+                scope: Some("team-1".into()),
             },
         };
         for enc in [Encoding::Json, Encoding::Bincode] {

@@ -36,7 +36,8 @@ pub async fn apply(ctx: &Ctx, req: Request) -> Result<Response, ApiError> {
             collection,
             id,
             data,
-        } => put::apply(ctx, collection, id, data).await,
+            scope,
+        } => put::apply(ctx, collection, id, data, scope).await,
         Request::Patch {
             collection,
             id,

@@ -191,7 +191,11 @@ fn apply_ack(x: &mut Txn<'_>, op: &QueuedOp, r: &ServerRecord) -> Result<(), Sto
     Ok(())
 }
 
-fn apply_remote(x: &mut Txn<'_>, ch: &Change, client_ids: bool) -> Result<(), StoreError> {
+pub(super) fn apply_remote(
+    x: &mut Txn<'_>,
+    ch: &Change,
+    client_ids: bool,
+) -> Result<(), StoreError> {
     let c = ch.collection.as_str();
     let r = &ch.record;
     if validate_collection(c).is_err() {
