@@ -15,6 +15,8 @@ pub mod transport;
 pub mod worker;
 
 #[cfg(test)]
+mod scoped_pull_tests;
+#[cfg(test)]
 mod sim_tests;
 #[cfg(test)]
 mod worker_sim_tests;

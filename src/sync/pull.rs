@@ -111,6 +111,12 @@ impl Drop for PullTask {
 }
 
 impl PullJob {
+    /// Runs the pull on the calling task (tests).
+    #[cfg(test)]
+    pub async fn run_for_test(self) -> Result<PullDone, Failure> {
+        self.run().await
+    }
+
     /// Every page from the stored cursor.
     async fn run(mut self) -> Result<PullDone, Failure> {
         if let Some(scoped) = self.scoped.take() {
