@@ -99,6 +99,12 @@ fn readable(s: &StatusView, now: i64) -> Vec<(&'static str, String)> {
         format!("{} parked, {} resolved", s.conflicts, s.conflicts_resolved),
     ));
     rows.push(("dead letters", s.dead_letters.to_string()));
+    // Backends with scopes: one row per scope.
+    rows.extend(
+        s.scopes
+            .iter()
+            .map(|sc| ("scope", super::scopes::row(sc).join(" "))),
+    );
     rows.extend(daemon_rows(s));
     rows
 }

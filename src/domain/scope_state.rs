@@ -138,7 +138,8 @@ pub fn standing(
     if !subscribed(scope, grants, wanted, choices) {
         return Standing::Unsubscribed;
     }
-    if !grants.is_some_and(|g| g.readable(scope)) {
+    // No session yet: nothing is known to be denied.
+    if grants.is_some_and(|g| !g.readable(scope)) {
         return Standing::Denied;
     }
     match state {
@@ -208,6 +209,11 @@ mod tests {
         assert_eq!(
             standing("news", Some(&g), Some(&wanted), &choices, None),
             Standing::Initial
+        );
+        assert_eq!(
+            standing("secret", None, Some(&wanted), &choices, None),
+            Standing::Initial,
+            "no session yet: not known to be denied"
         );
     }
 

@@ -322,5 +322,5 @@ async fn unsubscribe_purges_settled_records_and_forgets_the_cursor() {
         .scope_states()
         .expect("states")
         .contains_key("team-1"));
-    assert_eq!(f.store.scope_choices().expect("choices")["team-1"], false);
+    assert!(!f.store.scope_choices().expect("choices")["team-1"]);
 }

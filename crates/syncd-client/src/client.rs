@@ -382,6 +382,39 @@ impl Client {
         })
         .await
     }
+
+    /// Syncs `scope` (revision-3 backends); with `wait`, returns once its
+    /// first sync is done.
+    pub async fn subscribe(&mut self, scope: &str, wait: bool) -> Result<()> {
+        let req = Request::Subscribe {
+            scope: scope.into(),
+            wait,
+        };
+        match self.request(req).await? {
+            Response::Ok {} => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Stops syncing `scope`; its records without pending ops leave this
+    /// device.
+    pub async fn unsubscribe(&mut self, scope: &str) -> Result<()> {
+        let req = Request::Unsubscribe {
+            scope: scope.into(),
+        };
+        match self.request(req).await? {
+            Response::Ok {} => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Every scope the daemon knows of, and how it stands.
+    pub async fn scopes(&mut self) -> Result<Vec<ScopeView>> {
+        match self.request(Request::Scopes {}).await? {
+            Response::Scopes(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
+    }
 }
 
 /// This process's uid: a daemon running as it is trusted, and the daemon

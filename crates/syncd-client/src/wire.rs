@@ -126,6 +126,20 @@ pub enum Request {
     /// The full check of the store (`syncd check`): every page's checksum
     /// and every cross-table invariant. Writes wait while it runs.
     CheckStore {},
+    /// Revision-3 backends: sync this scope (overrides `[sync] scopes`).
+    /// With `wait`, answers once its first sync is done.
+    Subscribe {
+        scope: String,
+        #[serde(default)]
+        wait: bool,
+    },
+    /// Stop syncing this scope: its records without pending ops leave
+    /// this device, and its cursor is forgotten.
+    Unsubscribe {
+        scope: String,
+    },
+    /// Every scope the daemon knows of, and how it stands.
+    Scopes {},
 }
 
 /// Machine-readable error kinds.
@@ -259,6 +273,10 @@ pub struct StatusView {
     /// untouched since) or `full: REASON (N ms)`.
     #[serde(default)]
     pub store_open_check: Option<String>,
+    /// Revision-3 backends: every scope known, as `scopes` shows them;
+    /// empty with a backend without scopes.
+    #[serde(default)]
+    pub scopes: Vec<ScopeView>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -291,6 +309,28 @@ pub enum Response {
     },
     /// The reply to `check_store`.
     StoreCheck(StoreCheckView),
+    /// The reply to `scopes`.
+    Scopes(Vec<ScopeView>),
+}
+
+/// One scope as `scopes` and `status` show it (protocol revision 3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScopeView {
+    pub name: String,
+    /// `read` or `write` as the last session granted; `None`: no access
+    /// (or no session yet).
+    pub access: Option<String>,
+    /// Synced: listed in `[sync] scopes` (or every readable scope when
+    /// there is no list), or subscribed, and not unsubscribed.
+    pub subscribed: bool,
+    /// `initial` (back-filling), `live`, `denied` (subscribed but not
+    /// readable) or `unsubscribed`.
+    pub state: String,
+    /// While `initial`: changes still to fetch, as the server last said.
+    pub remaining: Option<u64>,
+    /// Live records of this scope on this device.
+    pub records: u64,
+    pub first_sync_done: bool,
 }
 
 /// What a full check of the store found (`syncd check`).

@@ -89,6 +89,10 @@ pub async fn status(ctx: &Ctx) -> Result<StatusView, ApiError> {
         last_pull_at: s.last_pull_at,
         store_damaged: ctx.store.damage(),
         store_open_check: Some(open_check_text(ctx.store.open_check())),
+        scopes: match ctx.store.damage() {
+            None => super::scopes::rows(ctx).await?,
+            Some(_) => Vec::new(),
+        },
     };
     v.hints = hints(
         &v,
