@@ -57,6 +57,10 @@ pub struct StoredRecord {
     /// The record's scope as the server last said (revision 3, feature
     /// `scopes`); `None` until then, and always with a server without it.
     pub scope: Option<String>,
+    /// The server said the record left this scope (a `gone` entry) while
+    /// it had pending ops: it is purged if they settle without reaching
+    /// the server (dead-lettered). A server record taken since clears it.
+    pub gone_from: Option<String>,
 }
 
 impl StoredRecord {
@@ -72,6 +76,7 @@ impl StoredRecord {
             pending,
             local_ts,
             scope: None,
+            gone_from: None,
         }
     }
 
@@ -86,6 +91,7 @@ impl StoredRecord {
         if r.scope.is_some() {
             self.scope = r.scope.clone();
         }
+        self.gone_from = None;
         text
     }
 

@@ -117,6 +117,7 @@ mod v2 {
                 pending: self.pending,
                 local_ts: self.local_ts,
                 scope: None,
+                gone_from: None,
             }
         }
     }

@@ -210,6 +210,29 @@ async fn gone_removes_only_a_settled_record_still_in_that_scope() {
         f.store.record("c", "d").expect("read").is_some(),
         "newer than the move"
     );
+    // b's op meets the move on the server (404: not readable where it is
+    // now): dead-lettered, and b, gone from team-1, leaves this device.
+    let (seq, _) = f.store.queue_head(1).expect("queue").remove(0);
+    f.w.submit(WriteCmd::DeadLetter {
+        seq,
+        error: "HTTP 404: no such record".into(),
+    })
+    .await
+    .expect("dead letter");
+    assert!(
+        f.store.record("c", "b").expect("read").is_none(),
+        "purged once settled"
+    );
+    assert!(f.store.check_invariants().expect("check").is_clean());
+    // Retrying that dead letter brings the record back with its op.
+    let (_, dead) = f.store.dead_letters().expect("dead").remove(0);
+    f.w.submit(WriteCmd::RetryDead {
+        op_id: dead.op.op_id.clone(),
+    })
+    .await
+    .expect("retry");
+    let back = f.store.record("c", "b").expect("read").expect("back");
+    assert_eq!(back.pending, 1);
     assert!(f.store.check_invariants().expect("check").is_clean());
 }
 

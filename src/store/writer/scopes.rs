@@ -70,17 +70,33 @@ fn move_cursor(x: &mut Txn<'_>, p: &ScopePageIn) -> Result<(), StoreError> {
 }
 
 /// A record left `scope` at `version`: removed here if it is still in that
-/// scope, no newer, and has no pending ops.
+/// scope and no newer. One with pending ops stays, marked: it is purged if
+/// its ops settle without reaching the server ([`purge_if_gone`]).
 fn gone(x: &mut Txn<'_>, scope: &str, c: &str, id: &str, version: u64) -> Result<(), StoreError> {
     let Some(lid) = x.server_ids.get((c, id))?.map(|v| v.value().to_owned()) else {
         return Ok(());
     };
-    let Some(rec) = x.record(c, &lid)? else {
+    let Some(mut rec) = x.record(c, &lid)? else {
         return Ok(());
     };
     let here = rec.scope.as_deref() == Some(scope);
-    if here && rec.version.is_some_and(|v| v <= version) && rec.pending == 0 {
-        remove_record(x, c, &lid)?;
+    if !here || rec.version.is_none_or(|v| v > version) {
+        return Ok(());
+    }
+    if rec.pending == 0 {
+        return remove_record(x, c, &lid);
+    }
+    rec.gone_from = Some(scope.to_owned());
+    x.put_record(c, &lid, &rec)
+}
+
+/// A record whose last pending op just settled without reaching the
+/// server: purged if the server had said it left its scope meanwhile.
+pub(super) fn purge_if_gone(x: &mut Txn<'_>, c: &str, lid: &str) -> Result<(), StoreError> {
+    if x.record(c, lid)?
+        .is_some_and(|r| r.pending == 0 && r.gone_from.is_some())
+    {
+        remove_record(x, c, lid)?;
     }
     Ok(())
 }

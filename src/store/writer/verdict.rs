@@ -106,6 +106,7 @@ pub(super) fn dead_letter(x: &mut Txn<'_>, seq: u64, error: &str) -> Result<JobR
         };
         x.insert_dead(seq, &entry)?;
     }
+    super::scopes::purge_if_gone(x, &op.collection, &op.local_id)?;
     Ok(Ok(WriteOutcome::Done))
 }
 
