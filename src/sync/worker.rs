@@ -274,6 +274,13 @@ impl Worker {
         );
         self.machine
             .set_live(self.cfg.sync.live, self.cfg.sync.wait_s);
+        if old.sync.scopes != self.cfg.sync.scopes {
+            // Another set of scopes: the session decides again what is
+            // pulled, and a running pull (with the old set) starts again.
+            self.session.make_due();
+            self.stop_pull();
+            self.machine.on_scopes_changed(self.now());
+        }
         if old.backend != self.cfg.backend {
             tracing::info!(
                 backend = self
