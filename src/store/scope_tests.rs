@@ -346,4 +346,13 @@ async fn unsubscribe_purges_settled_records_and_forgets_the_cursor() {
         .expect("states")
         .contains_key("team-1"));
     assert!(!f.store.scope_choices().expect("choices")["team-1"]);
+    // A page fetched before the unsubscribe and landing after it is dropped.
+    pages(
+        &f,
+        vec![page("team-1", &[srec("a", 2, "team-1")], &[], false)],
+    )
+    .await;
+    assert!(f.store.record("c", "a").expect("read").is_none());
+    let states = f.store.scope_states().expect("states");
+    assert!(!states.contains_key("team-1"));
 }

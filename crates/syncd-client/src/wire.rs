@@ -390,4 +390,50 @@ mod tests {
         let s: ClientFrame = serde_json::from_str(r#"{"id":2,"request":{"status":{}}}"#).unwrap();
         assert!(matches!(s.request, Request::Status {}));
     }
+
+    #[test]
+    fn scope_requests_and_replies_travel_in_both_encodings() {
+        let reqs = [
+            Request::Subscribe {
+                scope: "team-1".into(),
+                wait: true,
+            },
+            Request::Unsubscribe {
+                scope: "team-1".into(),
+            },
+            Request::Scopes {},
+        ];
+        let reply = ServerFrame::Reply {
+            id: 9,
+            body: Response::Scopes(vec![ScopeView {
+                name: "team-1".into(),
+                access: Some("write".into()),
+                subscribed: true,
+                state: "initial".into(),
+                remaining: Some(12),
+                records: 3,
+                first_sync_done: false,
+            }]),
+        };
+        for enc in [Encoding::Json, Encoding::Bincode] {
+            for r in &reqs {
+                let f = ClientFrame {
+                    id: 1,
+                    request: r.clone(),
+                };
+                let back: ClientFrame = decode(enc, &encode(enc, &f).unwrap()).unwrap();
+                assert_eq!(format!("{:?}", back.request), format!("{r:?}"));
+            }
+            let back: ServerFrame = decode(enc, &encode(enc, &reply).unwrap()).unwrap();
+            assert_eq!(format!("{back:?}"), format!("{reply:?}"));
+            let ev = ServerFrame::Event(Event::ScopeSynced {
+                scope: "team-1".into(),
+            });
+            let back: ServerFrame = decode(enc, &encode(enc, &ev).unwrap()).unwrap();
+            assert_eq!(format!("{back:?}"), format!("{ev:?}"));
+        }
+        let f: ClientFrame =
+            serde_json::from_str(r#"{"id":1,"request":{"subscribe":{"scope":"news"}}}"#).unwrap();
+        assert!(matches!(f.request, Request::Subscribe { wait: false, .. }));
+    }
 }

@@ -22,16 +22,26 @@ use super::{ScopePageIn, WriteOutcome};
 /// between two scopes this device reads then ends in its new scope
 /// whatever order the pages came in (a gone entry removes a record only
 /// while it is still in that scope at a version no newer than the move).
+///
+/// A page of a scope the app unsubscribed from is dropped: it was fetched
+/// before the unsubscribe and would bring back what it purged.
 pub(super) fn apply_pages(x: &mut Txn<'_>, pages: &[ScopePageIn]) -> Result<JobResult, StoreError> {
     let client_ids = x.client_ids;
+    let mut kept = Vec::with_capacity(pages.len());
     for p in pages {
+        if x.scope_choices.get(p.scope.as_str())?.map(|v| v.value()) != Some(0) {
+            kept.push(p);
+        }
+    }
+    let pages = kept;
+    for p in &pages {
         for ch in &p.records {
             let mut ch = ch.clone();
             ch.record.scope.get_or_insert_with(|| p.scope.clone());
             apply_remote(x, &ch, client_ids)?;
         }
     }
-    for p in pages {
+    for p in &pages {
         for (c, id, version) in &p.gone {
             gone(x, &p.scope, c, id, *version)?;
         }
