@@ -276,6 +276,16 @@ fn scoped_sync_subscriptions_refusals_and_revocation() {
     assert_eq!(t1["scope"], "team-1");
     let st = d.status();
     assert_eq!(st["scopes"].as_array().map(Vec::len), Some(3));
+    let table = d.ok(&["scopes"]);
+    assert!(
+        table.contains("news") && table.contains("read") && table.contains("live"),
+        "{table}"
+    );
+    let human = d.ok(&["status"]);
+    assert!(
+        human.contains("scope:") && human.contains("team-1"),
+        "{human}"
+    );
 
     // A put without a scope goes to the private scope, one with a scope
     // there; a scope the token cannot write is refused for that op only.

@@ -101,13 +101,16 @@ pub async fn list(a: &ScopesArgs, outer: &DaemonOpts) -> Result<(), CliError> {
     output::table(&rows)
 }
 
-/// `NAME ACCESS STATE records=N`, e.g. `team-1 write initial(120 left) records=40`.
+/// `NAME ACCESS STATE records=N subscribed=B first_sync_done=B`, e.g.
+/// `team-1 write initial(120 left) records=40 subscribed=true first_sync_done=false`.
 pub fn row(s: &ScopeView) -> Vec<String> {
     vec![
         s.name.clone(),
         s.access.clone().unwrap_or_else(|| "none".into()),
         state_text(s),
         format!("records={}", s.records),
+        format!("subscribed={}", s.subscribed),
+        format!("first_sync_done={}", s.first_sync_done),
     ]
 }
 
