@@ -188,8 +188,9 @@ class Client:
         w = body["written"]
         return w["id"], w["op_id"]
 
-    def put(self, collection, data, id=None):
+    def put(self, collection, data, id=None, scope=None):
         """Creates or replaces a record; returns (id, op_id). The daemon mints an id when None.
+        `scope` (backends with scopes): the scope to create the record in, or to move it to.
 
         op_id is "" in a collection with sync = "local" (nothing is queued); a
         collection with sync = "pull" raises SyncdError("read_only_collection")
@@ -197,6 +198,8 @@ class Client:
         req = {"collection": collection, "data": data}
         if id is not None:
             req["id"] = id
+        if scope is not None:
+            req["scope"] = scope
         return self._written(self.request({"put": req}))
 
     def patch(self, collection, id, data):
@@ -208,7 +211,7 @@ class Client:
         return self._written(self.request({"delete": {"collection": collection, "id": id}}))
 
     def get(self, collection, id):
-        """Returns the record view: {collection, id, data, server_id, version, updated_at, pending, local_only}."""
+        """Returns the record view: {collection, id, data, server_id, version, updated_at, pending, local_only, scope}."""
         return self.request({"get": {"collection": collection, "id": id}})["record"]
 
     def list(self, collection, start=None, limit=None):
@@ -316,6 +319,18 @@ class Client:
         """Every metric as OpenMetrics text (what `syncd metrics` prints)."""
         return self.request({"metrics": {}})["metrics"]["text"]
 
+    def subscribe(self, scope, wait=False):
+        """Syncs `scope` (backends with scopes); with wait, returns once its first sync is done."""
+        self.request({"subscribe": {"scope": scope, "wait": wait}})
+
+    def unsubscribe(self, scope):
+        """Stops syncing `scope`; its records without pending writes leave this device."""
+        self.request({"unsubscribe": {"scope": scope}})
+
+    def scopes(self):
+        """Every scope known: {name, access, subscribed, state, remaining, records, first_sync_done}."""
+        return self.request({"scopes": {}})["scopes"]
+
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Talk to syncd over its socket (JSON encoding).")
@@ -323,7 +338,7 @@ def main(argv=None):
     p.add_argument("--config", help="daemon.toml whose [daemon] socket to use (beats $SYNCD_SOCKET)")
     sub = p.add_subparsers(dest="cmd", required=True)
     commands = {
-        "put": ["collection", "json", "--id"],
+        "put": ["collection", "json", "--id", "--scope"],
         "patch": ["collection", "id", "json"],
         "get": ["collection", "id"],
         "delete": ["collection", "id"],
@@ -341,6 +356,9 @@ def main(argv=None):
         "retry": ["op_id"],
         "discard": ["op_id"],
         "metrics": [],
+        "subscribe": ["scope", "--wait", "--timeout"],
+        "unsubscribe": ["scope"],
+        "scopes": [],
     }
     kinds = {
         "--limit": {"type": int},
@@ -380,6 +398,16 @@ def main(argv=None):
         print(f"client.py: cannot reach syncd at {path}: {e}", file=sys.stderr)
         return 3
 
+    def subscribe():
+        if a.wait and a.timeout is not None:
+            c.sock.settimeout(a.timeout)
+            try:
+                c.subscribe(a.scope, wait=True)
+            except OSError as e:
+                raise TimeoutError(f"scope {a.scope}: first sync not done after {a.timeout} s; it stays subscribed") from e
+        else:
+            c.subscribe(a.scope, wait=a.wait)
+
     def watch():
         c.watch(a.collections)
         while True:
@@ -387,7 +415,7 @@ def main(argv=None):
             yield {kind: fields}
 
     run = {
-        "put": lambda: [c.put(a.collection, data, id=a.id)],
+        "put": lambda: [c.put(a.collection, data, id=a.id, scope=a.scope)],
         "patch": lambda: [c.patch(a.collection, a.id, data)],
         "delete": lambda: [c.delete(a.collection, a.id)],
         "get": lambda: [c.get(a.collection, a.id)],
@@ -404,6 +432,9 @@ def main(argv=None):
         "dead-letters": lambda: c.dead_letters(),
         "retry": lambda: [c.retry(a.op_id)],
         "discard": lambda: [c.discard(a.op_id)],
+        "subscribe": lambda: [subscribe() or {}],
+        "unsubscribe": lambda: [c.unsubscribe(a.scope) or {}],
+        "scopes": lambda: c.scopes(),
     }
     try:
         with c:

@@ -102,6 +102,10 @@ pub struct SyncSection {
     pub wait_s: u32,
     /// Per-field rules for `merge` that apply to every collection.
     pub merge_fields: BTreeMap<String, FieldRule>,
+    /// The scopes to sync with a backend that has users and scopes
+    /// (protocol revision 3); `None`: every scope the token can read.
+    /// `syncd subscribe` / `unsubscribe` override it per scope.
+    pub scopes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -168,6 +172,7 @@ impl Default for SyncSection {
             live: true,
             wait_s: 25,
             merge_fields: BTreeMap::new(),
+            scopes: None,
         }
     }
 }
@@ -411,6 +416,26 @@ impl Config {
         for name in self.collections.keys() {
             if let Err(e) = crate::domain::ids::validate_collection(name) {
                 return bad(&format!("collections.{name}"), e);
+            }
+        }
+        self.validate_scopes()
+    }
+
+    /// `[sync] scopes`: scope names, only for a syncd backend (a CouchDB
+    /// database is one scope).
+    fn validate_scopes(&self) -> Result<(), ConfigError> {
+        let Some(scopes) = &self.sync.scopes else {
+            return Ok(());
+        };
+        if self.backend.kind == BackendKind::Couchdb {
+            return Err(ConfigError::invalid(
+                "sync.scopes",
+                "a CouchDB backend has no scopes (it syncs one database); remove sync.scopes or use kind = \"syncd\"".to_owned(),
+            ));
+        }
+        for s in scopes {
+            if let Err(e) = crate::domain::scope::check_scope(s) {
+                return Err(ConfigError::invalid("sync.scopes", format!("{s:?}: {e}")));
             }
         }
         Ok(())
@@ -928,5 +953,22 @@ mod tests {
                 .to_string();
             assert!(e.contains(key), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn sync_scopes() {
+        let c = Config::parse("[sync]\nscopes = [\"team-1\", \"user:alice\"]\n").unwrap();
+        assert_eq!(c.sync.scopes.as_deref().map(<[String]>::len), Some(2));
+        assert_eq!(Config::default().sync.scopes, None);
+        let e = Config::parse("[sync]\nscopes = [\"team 1\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sync.scopes") && e.contains("team 1"), "{e}");
+        let e = Config::parse(
+            "[backend]\nurl = \"http://h:5984/db\"\nkind = \"couchdb\"\n[sync]\nscopes = [\"a\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("sync.scopes") && e.contains("CouchDB"), "{e}");
     }
 }

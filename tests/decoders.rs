@@ -18,6 +18,7 @@ fn samples() -> Vec<(Encoding, Vec<u8>)> {
             collection: "todos".into(),
             id: Some("a1".into()),
             data: Doc(serde_json::json!({"t": "x", "n": [1, 2, {"z": null}]})),
+            scope: None,
         },
         Request::Patch {
             collection: "c".into(),

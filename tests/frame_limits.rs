@@ -68,6 +68,7 @@ fn a_largest_document_fits_in_a_frame_in_both_encodings() {
             collection: coll.clone(),
             id: Some(id.clone()),
             data: Doc(data.clone()),
+            scope: None,
         };
         let (_, r) = ask(&mut s, enc, put);
         assert!(matches!(r, ServerFrame::Reply { .. }), "{r:?}");

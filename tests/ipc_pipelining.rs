@@ -57,6 +57,7 @@ fn put(i: u64) -> Request {
         collection: "pipe".into(),
         id: Some(format!("r{i}")),
         data: Doc(json!({ "i": i })),
+        scope: None,
     }
 }
 

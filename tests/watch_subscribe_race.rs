@@ -40,6 +40,7 @@ async fn a_subscriber_arriving_mid_commit_gets_the_commits_events() {
                     id: Some(id),
                     data: big_doc(i),
                     client_ts: i as i64,
+                    scope: None,
                 })
                 .await
             })

@@ -323,6 +323,28 @@ impl BackendClient {
     }
 }
 
+impl BackendClient {
+    /// `GET v1/session` (revision 3): who the token is and what it reaches.
+    pub async fn session(&self) -> Result<Session, Failure> {
+        let (status, headers, body) = self.call(Method::GET, "v1/session", None).await?;
+        classify_session(&RawReply::new(status, &headers, &body))
+    }
+
+    /// `POST v1/pull` (revision 3); with `wait`, a pull the server may hold
+    /// that long, so the request's timeout is the wait plus the usual one.
+    pub async fn pull(&self, req: &PullRequest) -> Result<PullReply, Failure> {
+        let body = serde_json::to_vec(req).map_err(|e| Failure::Transient {
+            reason: e.to_string(),
+            retry_after_ms: None,
+        })?;
+        let timeout = self.timeout + Duration::from_secs(u64::from(req.wait.unwrap_or(0)));
+        let (status, headers, body) = self
+            .call_within(Method::POST, "v1/pull", Some(body), timeout)
+            .await?;
+        classify_pull(&RawReply::new(status, &headers, &body))
+    }
+}
+
 pub(crate) fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
@@ -509,6 +531,9 @@ pub fn classify_health(r: &RawReply<'_>) -> Result<Features, Failure> {
 /// does not list is [`Failure::Unlisted`], which keeps the op.
 pub fn classify_op(kind: OpKind, r: &RawReply<'_>) -> Result<OpResult, Failure> {
     const ENDPOINT: &str = "POST v1/ops";
+    if let Some(refused) = refused_op(r.status, r.body) {
+        return Ok(refused);
+    }
     if let Some(f) = common_failure(ENDPOINT, r) {
         return Err(f);
     }
@@ -532,6 +557,28 @@ pub fn classify_op(kind: OpKind, r: &RawReply<'_>) -> Result<OpResult, Failure> 
             None => Err(not_json()),
         },
         _ => Err(unlisted(ENDPOINT, r, Oddity::Status)),
+    }
+}
+
+/// A revision-3 `403` that refuses one operation: its body carries a
+/// `code` ([`DenyCode`]; unknown codes count too) beside the `error`. It
+/// is a permanent verdict on that op (a dead letter with the server's
+/// reason), not refused credentials: a `403` without a code still is.
+fn refused_op(status: u16, body: &[u8]) -> Option<OpResult> {
+    if status != 403 {
+        return None;
+    }
+    let e: ErrorBody = parse_object(body)?;
+    let code = e.code?;
+    Some(refusal(&e.error, &code))
+}
+
+/// The verdict for a per-operation `403` with `code`.
+fn refusal(error: &str, code: &str) -> OpResult {
+    // Known or not, the code is shown as the server sent it.
+    OpResult::Rejected {
+        status: 403,
+        reason: format!("HTTP 403 ({code}): {error}"),
     }
 }
 
@@ -609,6 +656,9 @@ enum EntryError {
 /// is sent again singly; auth and transient statuses are failures;
 /// anything else (another `4xx` among them) is invalid: never a dead letter.
 fn batch_entry(e: BatchResult) -> Result<OpResult, EntryError> {
+    if let (403, Some(code)) = (e.status, e.code.as_deref()) {
+        return Ok(refusal(e.error.as_deref().unwrap_or_default(), code));
+    }
     match (e.status, e.record, e.error) {
         (200, Some(rec), _) => Ok(OpResult::Applied(rec)),
         (409, Some(rec), _) => Ok(OpResult::Conflict(rec)),
@@ -628,6 +678,40 @@ fn batch_entry(e: BatchResult) -> Result<OpResult, EntryError> {
             "batch entry 404 ({error}); sending the ops one at a time"
         ))),
         _ => Err(EntryError::Invalid),
+    }
+}
+
+/// Classifies a `GET v1/session` reply (revision 3): a `200` with the
+/// session, or a failure (a server without users answers `404`: unlisted).
+pub fn classify_session(r: &RawReply<'_>) -> Result<Session, Failure> {
+    const ENDPOINT: &str = "GET v1/session";
+    if let Some(f) = common_failure(ENDPOINT, r) {
+        return Err(f);
+    }
+    match r.status {
+        200 => parse_object(r.body).ok_or_else(|| unlisted(ENDPOINT, r, Oddity::NotProtocolJson)),
+        _ => Err(unlisted(ENDPOINT, r, Oddity::Status)),
+    }
+}
+
+/// Classifies a `POST v1/pull` reply (revision 3): a `200` with one entry
+/// per scope asked for; anything else is a failure of the whole pull.
+pub fn classify_pull(r: &RawReply<'_>) -> Result<PullReply, Failure> {
+    const ENDPOINT: &str = "POST v1/pull";
+    if let Some(f) = common_failure(ENDPOINT, r) {
+        return Err(f);
+    }
+    match r.status {
+        200 => parse_object(r.body).ok_or_else(|| unlisted(ENDPOINT, r, Oddity::NotProtocolJson)),
+        400 | 422 => Err(Failure::Unlisted {
+            status: r.status,
+            reason: format!(
+                "{ENDPOINT} answered HTTP {}: {}",
+                r.status,
+                reason_of(r.body)
+            ),
+        }),
+        _ => Err(unlisted(ENDPOINT, r, Oddity::Status)),
     }
 }
 
@@ -940,5 +1024,88 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_403_with_a_code_refuses_one_op_and_one_without_refuses_the_token() {
+        let denied = r#"{"error": "no write access to scope 'team-1'", "code": "scope_denied"}"#;
+        match op(OpKind::Create, 403, denied) {
+            Ok(OpResult::Rejected {
+                status: 403,
+                reason,
+            }) => {
+                assert!(
+                    reason.contains("scope_denied") && reason.contains("team-1"),
+                    "{reason}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        let odd = r#"{"error": "nope", "code": "future_code"}"#;
+        assert!(matches!(
+            op(OpKind::Update, 403, odd),
+            Ok(OpResult::Rejected { status: 403, .. })
+        ));
+        assert!(matches!(
+            op(OpKind::Create, 403, r#"{"error": "bad token"}"#),
+            Err(Failure::Auth { .. })
+        ));
+        assert!(matches!(
+            op(OpKind::Create, 403, HTML),
+            Err(Failure::Auth { .. })
+        ));
+        let body = format!(
+            r#"{{"results": [{{"status": 200, "record": {RECORD}}}, {{"status": 403, "error": "id 'x' is taken in collection 'c'", "code": "id_taken"}}]}}"#
+        );
+        match batch(3, 200, &body) {
+            Ok(BatchOutcome::Results(r)) => {
+                assert_eq!(r.len(), 2);
+                assert!(
+                    matches!(&r[1], OpResult::Rejected { status: 403, reason } if reason.contains("id_taken"))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let body = r#"{"results": [{"status": 403, "error": "forbidden"}]}"#;
+        assert!(matches!(batch(1, 200, body), Err(Failure::Auth { .. })));
+    }
+
+    #[test]
+    fn session_and_pull_replies() {
+        let h = headers(&[]);
+        let raw = |status, body: &'static str| RawReply {
+            status,
+            headers: &h,
+            body: body.as_bytes(),
+        };
+        let s = classify_session(&raw(
+            200,
+            r#"{"sub": "alice", "scopes": [{"name": "news", "access": "read"}, {"name": "user:alice", "access": "write"}], "expires_at": 5000}"#,
+        ))
+        .expect("session");
+        assert_eq!(s.scopes[0].access, Access::Read);
+        assert_unlisted(classify_session(&raw(404, r#"{"error": "no"}"#)), 404);
+        assert!(matches!(
+            classify_session(&raw(401, r#"{"error": "expired"}"#)),
+            Err(Failure::Auth { .. })
+        ));
+        let p = classify_pull(&raw(
+            200,
+            r#"{"scopes": {"a": {"changes": [{"collection": "c", "gone": {"id": "x", "version": 3}}], "cursor": "4", "more": false, "remaining": 0}, "b": {"error": "no read access to scope 'b'", "code": "scope_denied"}}}"#,
+        ))
+        .expect("pull");
+        match (&p.scopes["a"], &p.scopes["b"]) {
+            (ScopeResult::Page(page), ScopeResult::Denied(d)) => {
+                assert!(
+                    matches!(&page.changes[0], ScopedChange::Gone { gone, .. } if gone.version == 3)
+                );
+                assert_eq!(d.code.as_deref(), Some("scope_denied"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            classify_pull(&raw(422, r#"{"error": "empty"}"#)),
+            Err(Failure::Unlisted { status: 422, .. })
+        ));
     }
 }

@@ -18,6 +18,7 @@ mod pause;
 mod queue;
 mod read;
 mod run;
+mod scopes;
 mod status;
 mod sync;
 mod watch;
@@ -88,6 +89,12 @@ enum Cmd {
     Backend(backend::BackendArgs),
     /// Check the store fully (every page, every table); exit 5 on a problem.
     Check(check::CheckArgs),
+    /// Sync a scope of a backend with users and scopes.
+    Subscribe(scopes::SubscribeArgs),
+    /// Stop syncing a scope (its settled records leave this device).
+    Unsubscribe(scopes::UnsubscribeArgs),
+    /// The scopes known, with access, state and record counts.
+    Scopes(scopes::ScopesArgs),
 }
 
 /// Runs the command `cli` names.
@@ -123,6 +130,9 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Cmd::DeadLetters(a) => dead_letters::list(a, outer).await,
         Cmd::Retry(a) => dead_letters::retry(a, outer).await,
         Cmd::Discard(a) => dead_letters::discard(a, outer).await,
+        Cmd::Subscribe(a) => scopes::subscribe(a, outer).await,
+        Cmd::Unsubscribe(a) => scopes::unsubscribe(a, outer).await,
+        Cmd::Scopes(a) => scopes::list(a, outer).await,
     }
 }
 

@@ -50,6 +50,9 @@ pub fn print_ops(ops: &[OpView], json: bool) -> Result<(), CliError> {
                 format!("{}/{}", o.collection, o.id),
                 format!("attempts={}", o.attempts),
             ];
+            if let Some(s) = &o.scope {
+                row.push(format!("scope={s}"));
+            }
             if let Some(e) = &o.last_error {
                 row.push(format!("error={e}"));
             }

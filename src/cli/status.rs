@@ -100,6 +100,12 @@ fn readable(s: &StatusView, now: i64) -> Vec<(&'static str, String)> {
     ));
     rows.push(("dead letters", s.dead_letters.to_string()));
     rows.extend(direction_rows(s));
+    // Backends with scopes: one row per scope.
+    rows.extend(
+        s.scopes
+            .iter()
+            .map(|sc| ("scope", super::scopes::row(sc).join(" "))),
+    );
     rows.extend(daemon_rows(s));
     rows
 }

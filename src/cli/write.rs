@@ -40,6 +40,10 @@ pub struct PutArgs {
     /// Use this id instead of minting one (replaces the record if it exists).
     #[arg(long)]
     id: Option<String>,
+    /// Backends with scopes: create the record in this scope, or move it
+    /// there (default: your private scope, or where the record is).
+    #[arg(long, value_name = "SCOPE")]
+    scope: Option<String>,
     #[arg(help = doc_arg::HELP, value_name = "JSON")]
     json: String,
     #[command(flatten)]
@@ -77,8 +81,11 @@ pub struct DeleteArgs {
 /// Creates or replaces a record; prints its id.
 pub async fn put(a: &PutArgs, outer: &DaemonOpts) -> Result<(), CliError> {
     let data = doc_arg::read(&a.json)?;
+    let scope = a.scope.as_deref().map(super::scopes::checked).transpose()?;
     let mut c = a.daemon.or(outer).connect().await?;
-    let (id, op_id) = c.put(&a.collection, a.id.as_deref(), data).await?;
+    let (id, op_id) = c
+        .put_in_scope(&a.collection, a.id.as_deref(), data, scope)
+        .await?;
     output::line(&id)?;
     maybe_wait(&mut c, &a.wait, &op_id, (&a.collection, &id)).await
 }

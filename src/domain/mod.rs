@@ -19,6 +19,7 @@ pub mod ids;
 pub mod op;
 pub mod record;
 pub mod scope;
+pub mod scope_state;
 
 pub use document::{parse_doc_text, Doc, Document};
 pub use error::{StoreError, WriteError};

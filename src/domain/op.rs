@@ -46,6 +46,11 @@ pub struct QueuedOp {
     /// the record's current one: set when the op is dead-lettered, so that
     /// a retry meets any server change made meanwhile as a 409.
     pub base: Option<(String, u64)>,
+    /// The scope the app asked for (revision 3): a create's target scope,
+    /// or the scope an update moves the record to. `None`: the user's
+    /// private scope (a create) or where the record is (an update). Sent
+    /// as `WireOp.scope` only to a server that announced `scopes`.
+    pub scope: Option<String>,
 }
 
 impl QueuedOp {
@@ -60,6 +65,7 @@ impl QueuedOp {
             client_ts: self.client_ts,
             attempts: self.attempts,
             last_error: self.last_error.clone(),
+            scope: self.scope.clone(),
         }
     }
 }

@@ -54,6 +54,13 @@ pub struct StoredRecord {
     pub pending: u32,
     /// client_ts of the last local write.
     pub local_ts: i64,
+    /// The record's scope as the server last said (revision 3, feature
+    /// `scopes`); `None` until then, and always with a server without it.
+    pub scope: Option<String>,
+    /// The server said the record left this scope (a `gone` entry) while
+    /// it had pending ops: it is purged if they settle without reaching
+    /// the server (dead-lettered). A server record taken since clears it.
+    pub gone_from: Option<String>,
 }
 
 impl StoredRecord {
@@ -68,6 +75,8 @@ impl StoredRecord {
             base: None,
             pending,
             local_ts,
+            scope: None,
+            gone_from: None,
         }
     }
 
@@ -79,6 +88,10 @@ impl StoredRecord {
         self.version = Some(r.version);
         self.updated_at = Some(r.updated_at);
         self.base = Some(text.clone());
+        if r.scope.is_some() {
+            self.scope = r.scope.clone();
+        }
+        self.gone_from = None;
         text
     }
 
@@ -101,6 +114,7 @@ impl StoredRecord {
             updated_at: self.updated_at,
             pending: self.pending > 0,
             local_only: self.server_id.is_none() && self.pending == 0 && !self.deleted,
+            scope: self.scope.clone(),
         }
     }
 }
@@ -113,6 +127,8 @@ pub struct ServerRecordStored {
     pub updated_at: i64,
     pub deleted: bool,
     pub data: String,
+    /// The record's scope (revision 3); `None` from a server without it.
+    pub scope: Option<String>,
 }
 
 impl From<&ServerRecord> for ServerRecordStored {
@@ -123,6 +139,7 @@ impl From<&ServerRecord> for ServerRecordStored {
             updated_at: r.updated_at,
             deleted: r.deleted,
             data: serde_json::Value::Object(r.data.clone()).to_string(),
+            scope: r.scope.clone(),
         }
     }
 }
@@ -130,7 +147,7 @@ impl From<&ServerRecord> for ServerRecordStored {
 impl ServerRecordStored {
     pub fn to_record(&self) -> ServerRecord {
         ServerRecord {
-            scope: None,
+            scope: self.scope.clone(),
             id: self.id.clone(),
             version: self.version,
             updated_at: self.updated_at,

@@ -115,10 +115,12 @@ impl Session<'_> {
                 }))
             }
             // It may wait forever: end it when the client goes away.
-            req @ Request::WaitSynced { .. } => tokio::select! {
-                r = cmd::apply(self.ctx, req) => Some(r),
-                _ = self.conn.peer_closed() => None,
-            },
+            req @ (Request::WaitSynced { .. } | Request::Subscribe { wait: true, .. }) => {
+                tokio::select! {
+                    r = cmd::apply(self.ctx, req) => Some(r),
+                    _ = self.conn.peer_closed() => None,
+                }
+            }
             req => Some(cmd::apply(self.ctx, req).await),
         }
     }

@@ -29,6 +29,10 @@
 //!    there is no other entry.
 //! 10. `settled` and `settled_order` hold the same op_ids, at most
 //!     [`MAX_SETTLED`] of them.
+//! 11. Scopes (revision 3): every `scope_state` and `scope_choices` key,
+//!     and every record's, queued op's and dead letter's scope, is a valid
+//!     scope name; a scope whose first sync is done has a cursor; a choice
+//!     is 0 or 1.
 
 use std::fmt;
 
@@ -95,6 +99,8 @@ pub enum Problem {
     },
     /// `settled` and `settled_order` disagree, or hold too many.
     Settled { detail: String },
+    /// A scope name or per-scope row that breaks invariant 11.
+    Scope { table: &'static str, detail: String },
 }
 
 impl fmt::Display for Problem {
@@ -138,6 +144,7 @@ impl fmt::Display for Problem {
                 "record {record}: pending = {pending}, but {ops} op(s) queued or parked"
             ),
             Problem::Settled { detail } => write!(f, "settled ops: {detail}"),
+            Problem::Scope { table, detail } => write!(f, "{table}: {detail}"),
         }
     }
 }
@@ -168,7 +175,7 @@ impl Report {
         self.count == 0
     }
 
-    fn push(&mut self, p: Problem) {
+    pub(super) fn push(&mut self, p: Problem) {
         self.count += 1;
         if self.problems.len() < MAX_LISTED {
             self.problems.push(p);
@@ -188,14 +195,14 @@ impl Report {
 }
 
 /// `(collection, id)` as people read it.
-fn rec_name(c: &str, id: &str) -> String {
+pub(super) fn rec_name(c: &str, id: &str) -> String {
     format!("{c}/{id}")
 }
 
-type Ro<K, V> = ReadOnlyTable<K, V>;
+pub(super) type Ro<K, V> = ReadOnlyTable<K, V>;
 
 /// Opens `def`; a table never created reads as empty (`None`).
-fn open<K: redb::Key + 'static, V: redb::Value + 'static>(
+pub(super) fn open<K: redb::Key + 'static, V: redb::Value + 'static>(
     txn: &ReadTransaction,
     def: TableDefinition<K, V>,
 ) -> Result<Option<Ro<K, V>>, StoreError> {
@@ -224,6 +231,7 @@ pub fn invariants_of(txn: &ReadTransaction) -> Result<Report, StoreError> {
     dead(txn, tails.1, &mut r)?;
     settled(txn, &mut r)?;
     deferred(txn, &mut r)?;
+    super::scope_check::scopes(txn, &mut r)?;
     Ok(r)
 }
 
@@ -322,7 +330,7 @@ fn queue(txn: &ReadTransaction, tail: u64, r: &mut Report) -> Result<(), StoreEr
     Ok(())
 }
 
-fn undecodable(table: &'static str, key: impl fmt::Display, e: StoreError) -> Problem {
+pub(super) fn undecodable(table: &'static str, key: impl fmt::Display, e: StoreError) -> Problem {
     Problem::Undecodable {
         table,
         key: key.to_string(),

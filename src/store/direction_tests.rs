@@ -62,6 +62,7 @@ async fn put(f: &Fx, c: &str, id: &str, v: Value) -> Result<WriteOutcome, WriteE
         id: Some(id.into()),
         data: doc(v),
         client_ts: 100,
+        scope: None,
     })
     .await
 }

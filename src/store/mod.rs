@@ -20,9 +20,15 @@ mod direction_tests;
 pub mod encoding;
 pub mod mark;
 mod migrate;
+#[cfg(test)]
+mod migrate_tests;
 pub mod overlay;
 #[cfg(test)]
 mod reopen_tests;
+mod scope_check;
+#[cfg(test)]
+mod scope_tests;
+pub mod scopes;
 pub mod settled;
 pub mod tables;
 pub mod writer;
@@ -52,7 +58,7 @@ pub const MAX_LISTED: usize = 10_000;
 pub const RECORD_OVERHEAD: usize = 256;
 
 /// Schema version written at creation; bumped on incompatible changes.
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 
 macro_rules! engine_err_from {
     ($($t:ty),*) => {$(
@@ -248,8 +254,7 @@ impl Store {
                 }
                 Some(v) => {
                     let found = u64::from_be_bytes(v.try_into().unwrap_or([0xff; 8]));
-                    if found == 1 {
-                        migrate::v1_to_v2(&txn)?;
+                    if found != SCHEMA_VERSION && migrate::upgrade(&txn, found)? {
                         meta.insert(META_SCHEMA, SCHEMA_VERSION.to_be_bytes().as_slice())?;
                     } else if found != SCHEMA_VERSION {
                         return Err(StoreError::SchemaMismatch {

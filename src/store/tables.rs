@@ -32,6 +32,13 @@ pub const SETTLED_ORDER: TableDefinition<u64, &str> = TableDefinition::new("sett
 /// applied); taken once its last pending op is confirmed at an older
 /// version.
 pub const DEFERRED: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("deferred");
+/// scope name -> bincode [`crate::domain::scope_state::ScopeState`]: each
+/// subscribed scope's pull cursor, first-sync mark and progress
+/// (protocol revision 3). A row exists once the scope was pulled.
+pub const SCOPE_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("scope_state");
+/// scope name -> 1 (`subscribe`) or 0 (`unsubscribe`): the app's explicit
+/// choices, which override `[sync] scopes`.
+pub const SCOPE_CHOICES: TableDefinition<&str, u8> = TableDefinition::new("scope_choices");
 /// Small named values.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -43,6 +50,10 @@ pub const META_QUEUE_TAIL: &str = "queue_tail";
 pub const META_DEAD_TAIL: &str = "dead_tail";
 /// The pull cursor (opaque server string).
 pub const META_CURSOR: &str = "pull_cursor";
+/// The last `GET v1/session` the daemon acted on (JSON
+/// [`crate::domain::scope_state::Grants`]); absent: never fetched, or the
+/// backend has no scopes.
+pub const META_SESSION: &str = "session";
 /// "1" while sync is paused by the user.
 pub const META_PAUSED: &str = "paused";
 /// Count of conflicts resolved, for status (u64 BE).
@@ -71,6 +82,8 @@ pub fn for_each_table(txn: &WriteTransaction) -> Result<(), redb::TableError> {
     txn.open_table(SETTLED)?;
     txn.open_table(SETTLED_ORDER)?;
     txn.open_table(DEFERRED)?;
+    txn.open_table(SCOPE_STATE)?;
+    txn.open_table(SCOPE_CHOICES)?;
     Ok(())
 }
 

@@ -70,6 +70,7 @@ async fn put_unclaimed(f: &Fx, id: &str, v: Value) -> String {
             id: Some(id.into()),
             data: doc(v),
             client_ts: 100,
+            scope: None,
         })
         .await
         .unwrap()
@@ -334,6 +335,7 @@ async fn restart_keeps_sequence_and_client_id() {
                 id: Some(format!("r{i}")),
                 data: Document::new(),
                 client_ts: 1,
+                scope: None,
             })
             .await
             .unwrap();
@@ -352,6 +354,7 @@ async fn restart_keeps_sequence_and_client_id() {
         id: None,
         data: Document::new(),
         client_ts: 1,
+        scope: None,
     })
     .await
     .unwrap();
@@ -371,6 +374,7 @@ async fn puts_leave_the_stored_tail_alone_and_a_restart_numbers_above_it() {
         id: Some(format!("r{i}")),
         data: Document::new(),
         client_ts: 1,
+        scope: None,
     };
     let dir = tempfile::tempdir().unwrap();
     let last = {
@@ -433,6 +437,7 @@ async fn conflict_folds_later_ops_of_the_record() {
         id: Some("a".into()),
         data: doc(json!({"x": 10})),
         client_ts: 1000,
+        scope: None,
     })
     .await
     .unwrap();
@@ -441,6 +446,7 @@ async fn conflict_folds_later_ops_of_the_record() {
         id: Some("a".into()),
         data: doc(json!({"x": 11})),
         client_ts: 1001,
+        scope: None,
     })
     .await
     .unwrap();
@@ -947,6 +953,7 @@ async fn a_parked_conflict_holds_a_bounded_number_of_writes() {
             id: Some("a".into()),
             data: doc(json!({"x": 99})),
             client_ts: 999,
+            scope: None,
         })
         .await
         .unwrap_err();
@@ -1300,6 +1307,7 @@ async fn put_ts(f: &Fx, id: &str, v: Value, ts: i64) {
         id: Some(id.into()),
         data: doc(v),
         client_ts: ts,
+        scope: None,
     })
     .await
     .unwrap();
@@ -1376,6 +1384,7 @@ async fn a_damaged_store_takes_no_more_writes() {
             id: Some("b".into()),
             data: doc(json!({"n": 2})),
             client_ts: 2,
+            scope: None,
         })
         .await;
     match r {

@@ -428,6 +428,15 @@ impl Machine {
         }
     }
 
+    /// The set of scopes to pull changed (subscribe, unsubscribe): the
+    /// worker stopped the running pull, which asked for the old set; the
+    /// next one starts now, within any backoff's floor like `syncd sync`.
+    pub fn on_scopes_changed(&mut self, now: i64) {
+        self.pull_stopped();
+        self.pull_asked.ask();
+        self.pull.cut_wait(now);
+    }
+
     /// The running pull ended.
     pub fn on_pull(&mut self, now: i64, r: Result<PullDone, Failure>) {
         self.pull_in_flight = None;
@@ -657,6 +666,27 @@ mod tests {
         assert_eq!(m.next(1, IDLE), Action::Sleep(None));
         m.pull_stopped();
         assert_eq!(m.next(2, IDLE), Action::Pull(Some(25)));
+    }
+
+    #[test]
+    fn a_scope_change_restarts_the_pull_at_once() {
+        let mut m = Machine::new(100, 1000, 60_000, 1);
+        let scoped = Features {
+            scopes: true,
+            ..LIVE
+        };
+        probe(&mut m, 0, Ok(scoped));
+        assert!(m.features().scopes);
+        assert_eq!(m.next(0, IDLE), Action::Pull(Some(25)));
+        assert_eq!(m.next(1, IDLE), Action::Sleep(None));
+        m.on_scopes_changed(2);
+        assert_eq!(m.next(2, IDLE), Action::Pull(Some(25)));
+        // Polling: a subscribe does not wait for the next interval.
+        let mut m = Machine::new(100, 1000, 60_000, 1);
+        online(&mut m, 0);
+        assert_eq!(m.next(1, IDLE), Action::Sleep(Some(60_000)));
+        m.on_scopes_changed(5);
+        assert_eq!(m.next(5, IDLE), Action::Pull(None));
     }
 
     #[test]

@@ -10,9 +10,12 @@ pub mod machine;
 pub mod netwatch;
 pub mod pull;
 pub mod reads;
+pub mod scoped_pull;
 pub mod transport;
 pub mod worker;
 
+#[cfg(test)]
+mod scoped_pull_tests;
 #[cfg(test)]
 mod sim_tests;
 #[cfg(test)]
@@ -81,6 +84,9 @@ pub struct SyncControl {
     pub pause_order: tokio::sync::Mutex<()>,
     /// Wakes the worker: new work, `syncd sync`, pause/resume, config change.
     pub wake: Notify,
+    /// The app subscribed to or unsubscribed from a scope: the running
+    /// pull asks for the old set and is started again.
+    pub scopes_changed: Notify,
 }
 
 impl SyncControl {
@@ -100,6 +106,7 @@ impl SyncControl {
             paused: AtomicBool::new(paused),
             pause_order: tokio::sync::Mutex::new(()),
             wake: Notify::new(),
+            scopes_changed: Notify::new(),
         })
     }
 

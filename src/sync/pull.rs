@@ -66,6 +66,9 @@ pub struct PullJob {
     pub lock: RoundLock,
     /// Where the cursor is read (see [`ReadMode`]).
     pub reads: ReadMode,
+    /// The backend has scopes (revision 3): pull per scope
+    /// ([`crate::sync::scoped_pull`]); `None`: `GET v1/changes`.
+    pub scoped: Option<crate::sync::scoped_pull::Scoped>,
 }
 
 /// A running pull.
@@ -108,8 +111,17 @@ impl Drop for PullTask {
 }
 
 impl PullJob {
+    /// Runs the pull on the calling task (tests).
+    #[cfg(test)]
+    pub async fn run_for_test(self) -> Result<PullDone, Failure> {
+        self.run().await
+    }
+
     /// Every page from the stored cursor.
-    async fn run(self) -> Result<PullDone, Failure> {
+    async fn run(mut self) -> Result<PullDone, Failure> {
+        if let Some(scoped) = self.scoped.take() {
+            return self.run_scoped(scoped).await;
+        }
         let start = tokio::time::Instant::now();
         let mut total = 0;
         loop {

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::backend::client::{BackendClient, BatchOutcome, Failure, OpResult};
-use crate::backend::protocol::{ChangesPage, Features, WireOp};
+use crate::backend::protocol::{ChangesPage, Features, PullReply, PullRequest, Session, WireOp};
 
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -28,6 +28,24 @@ pub trait Transport: Send + Sync {
         limit: u32,
         wait_s: Option<u32>,
     ) -> BoxFut<'a, Result<ChangesPage, Failure>>;
+    /// `GET v1/session` (revision 3, feature `scopes`). A transport of a
+    /// backend without scopes never gets asked; its default says so.
+    fn session(&self) -> BoxFut<'_, Result<Session, Failure>> {
+        Box::pin(async { Err(no_scopes("GET v1/session")) })
+    }
+    /// `POST v1/pull` (revision 3, feature `scopes`).
+    fn pull<'a>(&'a self, req: &'a PullRequest) -> BoxFut<'a, Result<PullReply, Failure>> {
+        let _ = req;
+        Box::pin(async { Err(no_scopes("POST v1/pull")) })
+    }
+}
+
+/// What a transport without scopes answers to a revision-3 call.
+fn no_scopes(endpoint: &str) -> Failure {
+    Failure::Unlisted {
+        status: 404,
+        reason: format!("{endpoint}: this backend has no scopes"),
+    }
 }
 
 impl Transport for BackendClient {
@@ -54,5 +72,13 @@ impl Transport for BackendClient {
         wait_s: Option<u32>,
     ) -> BoxFut<'a, Result<ChangesPage, Failure>> {
         Box::pin(BackendClient::changes(self, since, limit, wait_s))
+    }
+
+    fn session(&self) -> BoxFut<'_, Result<Session, Failure>> {
+        Box::pin(BackendClient::session(self))
+    }
+
+    fn pull<'a>(&'a self, req: &'a PullRequest) -> BoxFut<'a, Result<PullReply, Failure>> {
+        Box::pin(BackendClient::pull(self, req))
     }
 }

@@ -26,6 +26,7 @@ use crate::store::{parse_doc_text, QueuedOp, Store, StoredRecord};
 use crate::sync::machine::{Action, Machine, PullDone, View};
 use crate::sync::pull::{PullJob, PullTask, RoundGuard, RoundLock};
 use crate::sync::reads::ReadMode;
+use crate::sync::scoped_pull::{Scoped, SessionClock};
 use crate::sync::transport::Transport;
 use crate::sync::{State, SyncControl};
 
@@ -108,6 +109,7 @@ async fn run_worker(deps: WorkerDeps, net: Arc<Notify>) {
         round_lock: RoundLock::default(),
         recording: None,
         held_round: None,
+        session: SessionClock::default(),
     };
     w.machine.set_live(cfg.sync.live, cfg.sync.wait_s);
     w.rebuild_client();
@@ -140,6 +142,9 @@ struct Worker {
     /// A failed round's share of the round lock, kept while a create it
     /// sent may have been applied (see `hold_if_create`).
     held_round: Option<RoundGuard>,
+    /// When the session was fetched (backends with scopes): due again on
+    /// every connect and token change.
+    session: SessionClock,
 }
 
 /// Runs blocking file I/O from the worker: with `block_in_place` on a
@@ -188,6 +193,8 @@ use super::local;
 impl Worker {
     fn rebuild_client(&mut self) {
         self.held_round = None;
+        // New credentials or another backend: a new session.
+        self.session.make_due();
         self.stop_pull();
         self.deps.store.set_backend_client_ids(false);
         self.batch_supported = None;
@@ -267,6 +274,13 @@ impl Worker {
         );
         self.machine
             .set_live(self.cfg.sync.live, self.cfg.sync.wait_s);
+        if old.sync.scopes != self.cfg.sync.scopes {
+            // Another set of scopes: the session decides again what is
+            // pulled, and a running pull (with the old set) starts again.
+            self.session.make_due();
+            self.stop_pull();
+            self.machine.on_scopes_changed(self.now());
+        }
         if old.backend != self.cfg.backend {
             tracing::info!(
                 backend = self
@@ -433,6 +447,7 @@ impl Worker {
             Sync,
             Net,
             Token,
+            Scopes,
             Config,
             Pulled(Result<PullDone, Failure>),
             Stop,
@@ -447,6 +462,7 @@ impl Worker {
             _ = shutdown.changed() => Wake::Stop,
             _ = cfg_rx.changed() => Wake::Config,
             _ = token => Wake::Token,
+            _ = self.deps.control.scopes_changed.notified() => Wake::Scopes,
             _ = self.net.notified() => Wake::Net,
             _ = self.deps.control.wake.notified() => Wake::Sync,
             r = pulled => Wake::Pulled(r),
@@ -462,6 +478,11 @@ impl Worker {
                 tracing::info!("token file changed; reloading credentials");
                 self.rebuild_client_keep_state();
                 self.machine.on_token_change(now);
+            }
+            Wake::Scopes => {
+                // A live pull holds the old set of scopes: start again.
+                self.stop_pull();
+                self.machine.on_scopes_changed(now);
             }
             Wake::Pulled(r) => {
                 self.pull = None;
@@ -515,6 +536,10 @@ impl Worker {
             client_ids: self.machine.features().client_ids,
             lock: self.round_lock.clone(),
             reads: self.deps.reads,
+            scoped: self.machine.features().scopes.then(|| Scoped {
+                session: self.session.clone(),
+                wanted: self.cfg.sync.scopes.clone(),
+            }),
         };
         self.pull = Some(PullTask::spawn(job));
     }
@@ -562,6 +587,8 @@ impl Worker {
     /// every (re)connect.
     async fn probe(&mut self) -> Result<Features, Failure> {
         let f = self.client()?.health().await?;
+        // A (re)connect fetches the session again before the next pull.
+        self.session.make_due();
         if f != self.machine.features() {
             tracing::info!(features = ?f.names(), "backend features");
         }
@@ -829,8 +856,14 @@ impl Worker {
         if kind != OpKind::Delete && data.is_none() {
             return Err(format!("{} op {} has no document", kind.as_str(), op.op_id));
         }
+        // The scope asked for goes only to a server that announced scopes
+        // (a revision-2 server gets the bytes it always got).
+        let scope = match (self.machine.features().scopes, kind) {
+            (true, OpKind::Create | OpKind::Update) => op.scope.clone(),
+            _ => None,
+        };
         Ok(Some(WireOp {
-            scope: None,
+            scope,
             op_id: op.op_id.clone(),
             client_id: self.deps.store.client_id().to_owned(),
             collection: op.collection.clone(),

@@ -535,6 +535,7 @@ async fn script(seed: u64, setup: &Setup, devices: &[Device]) -> Vec<Write> {
                 id: Some(id.clone()),
                 data: obj(json!({"v": format!("d{d}s{step}"), "k0": step})),
                 client_ts: ts,
+                scope: None,
             },
         };
         match devices[d].writer.submit(cmd).await {

@@ -249,11 +249,24 @@ impl Client {
         id: Option<&str>,
         data: Value,
     ) -> Result<(String, String)> {
+        self.put_in_scope(collection, id, data, None).await
+    }
+
+    /// [`Client::put`] with a scope (revision-3 backends): the scope to
+    /// create the record in, or to move it to; returns (local id, op_id).
+    pub async fn put_in_scope(
+        &mut self,
+        collection: &str,
+        id: Option<&str>,
+        data: Value,
+        scope: Option<&str>,
+    ) -> Result<(String, String)> {
         written(
             self.request(Request::Put {
                 collection: collection.into(),
                 id: id.map(str::to_owned),
                 data: Doc(data),
+                scope: scope.map(str::to_owned),
             })
             .await?,
         )
@@ -368,6 +381,39 @@ impl Client {
             op_id: op_id.into(),
         })
         .await
+    }
+
+    /// Syncs `scope` (revision-3 backends); with `wait`, returns once its
+    /// first sync is done.
+    pub async fn subscribe(&mut self, scope: &str, wait: bool) -> Result<()> {
+        let req = Request::Subscribe {
+            scope: scope.into(),
+            wait,
+        };
+        match self.request(req).await? {
+            Response::Ok {} => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Stops syncing `scope`; its records without pending ops leave this
+    /// device.
+    pub async fn unsubscribe(&mut self, scope: &str) -> Result<()> {
+        let req = Request::Unsubscribe {
+            scope: scope.into(),
+        };
+        match self.request(req).await? {
+            Response::Ok {} => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Every scope the daemon knows of, and how it stands.
+    pub async fn scopes(&mut self) -> Result<Vec<ScopeView>> {
+        match self.request(Request::Scopes {}).await? {
+            Response::Scopes(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
     }
 }
 

@@ -89,6 +89,9 @@ pub enum Event {
     },
     /// This subscriber fell behind and missed events: re-read what it needs.
     ResyncNeeded { missed: u64 },
+    /// A subscribed scope's first sync (its back-fill) is done: its
+    /// records are all on this device (protocol revision 3).
+    ScopeSynced { scope: String },
 }
 
 impl Event {
@@ -98,7 +101,7 @@ impl Event {
             | Event::Synced { collection, .. }
             | Event::DeadLettered { collection, .. }
             | Event::Conflict { collection, .. } => Some(collection),
-            Event::ResyncNeeded { .. } => None,
+            Event::ResyncNeeded { .. } | Event::ScopeSynced { .. } => None,
         }
     }
 }

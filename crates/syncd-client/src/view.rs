@@ -25,6 +25,10 @@ pub struct RecordView {
     /// `patch`/`put` the record again, to sync it.
     #[serde(default)]
     pub local_only: bool,
+    /// The record's scope (protocol revision 3) as the server last said;
+    /// `None` until it has (and always with a server without scopes).
+    #[serde(default)]
+    pub scope: Option<String>,
 }
 
 /// A queued (or dead-lettered) operation as apps see it.
@@ -39,6 +43,10 @@ pub struct OpView {
     pub client_ts: i64,
     pub attempts: u32,
     pub last_error: Option<String>,
+    /// The scope the app asked for (a create's target, a move's target);
+    /// `None`: the server's default (a create) or unchanged (an update).
+    #[serde(default)]
+    pub scope: Option<String>,
 }
 
 /// A parked manual conflict.

@@ -57,6 +57,11 @@ pub enum Request {
         #[serde(default)]
         id: Option<String>,
         data: Doc,
+        /// Revision-3 backends: the scope to create the record in, or to
+        /// move it to; absent: the user's private scope for a new record,
+        /// the record's own scope otherwise.
+        #[serde(default)]
+        scope: Option<String>,
     },
     /// Top-level field merge into an existing record; a `null` value removes
     /// the key.
@@ -121,6 +126,20 @@ pub enum Request {
     /// The full check of the store (`syncd check`): every page's checksum
     /// and every cross-table invariant. Writes wait while it runs.
     CheckStore {},
+    /// Revision-3 backends: sync this scope (overrides `[sync] scopes`).
+    /// With `wait`, answers once its first sync is done.
+    Subscribe {
+        scope: String,
+        #[serde(default)]
+        wait: bool,
+    },
+    /// Stop syncing this scope: its records without pending ops leave
+    /// this device, and its cursor is forgotten.
+    Unsubscribe {
+        scope: String,
+    },
+    /// Every scope the daemon knows of, and how it stands.
+    Scopes {},
 }
 
 /// Machine-readable error kinds.
@@ -147,6 +166,8 @@ pub enum ErrorCode {
     /// A write to a collection this device only pulls
     /// (`[collections.NAME] sync = "pull"`).
     ReadOnlyCollection,
+    /// A scope name that is not one (empty, too long, a bad character).
+    BadScope,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -261,6 +282,10 @@ pub struct StatusView {
     /// (read-only here). Collections not listed sync both ways.
     #[serde(default)]
     pub sync_directions: std::collections::BTreeMap<String, String>,
+    /// Revision-3 backends: every scope known, as `scopes` shows them;
+    /// empty with a backend without scopes.
+    #[serde(default)]
+    pub scopes: Vec<ScopeView>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -293,6 +318,28 @@ pub enum Response {
     },
     /// The reply to `check_store`.
     StoreCheck(StoreCheckView),
+    /// The reply to `scopes`.
+    Scopes(Vec<ScopeView>),
+}
+
+/// One scope as `scopes` and `status` show it (protocol revision 3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScopeView {
+    pub name: String,
+    /// `read` or `write` as the last session granted; `None`: no access
+    /// (or no session yet).
+    pub access: Option<String>,
+    /// Synced: listed in `[sync] scopes` (or every readable scope when
+    /// there is no list), or subscribed, and not unsubscribed.
+    pub subscribed: bool,
+    /// `initial` (back-filling), `live`, `denied` (subscribed but not
+    /// readable) or `unsubscribed`.
+    pub state: String,
+    /// While `initial`: changes still to fetch, as the server last said.
+    pub remaining: Option<u64>,
+    /// Live records of this scope on this device.
+    pub records: u64,
+    pub first_sync_done: bool,
 }
 
 /// What a full check of the store found (`syncd check`).
@@ -330,6 +377,7 @@ mod tests {
                 collection: "todos".into(),
                 id: None,
                 data: Doc(serde_json::json!({"a": [1, 2, {"b": null}]})),
+                scope: Some("team-1".into()),
             },
         };
         for enc in [Encoding::Json, Encoding::Bincode] {
@@ -350,5 +398,51 @@ mod tests {
         assert!(matches!(f.request, Request::Put { id: None, .. }));
         let s: ClientFrame = serde_json::from_str(r#"{"id":2,"request":{"status":{}}}"#).unwrap();
         assert!(matches!(s.request, Request::Status {}));
+    }
+
+    #[test]
+    fn scope_requests_and_replies_travel_in_both_encodings() {
+        let reqs = [
+            Request::Subscribe {
+                scope: "team-1".into(),
+                wait: true,
+            },
+            Request::Unsubscribe {
+                scope: "team-1".into(),
+            },
+            Request::Scopes {},
+        ];
+        let reply = ServerFrame::Reply {
+            id: 9,
+            body: Response::Scopes(vec![ScopeView {
+                name: "team-1".into(),
+                access: Some("write".into()),
+                subscribed: true,
+                state: "initial".into(),
+                remaining: Some(12),
+                records: 3,
+                first_sync_done: false,
+            }]),
+        };
+        for enc in [Encoding::Json, Encoding::Bincode] {
+            for r in &reqs {
+                let f = ClientFrame {
+                    id: 1,
+                    request: r.clone(),
+                };
+                let back: ClientFrame = decode(enc, &encode(enc, &f).unwrap()).unwrap();
+                assert_eq!(format!("{:?}", back.request), format!("{r:?}"));
+            }
+            let back: ServerFrame = decode(enc, &encode(enc, &reply).unwrap()).unwrap();
+            assert_eq!(format!("{back:?}"), format!("{reply:?}"));
+            let ev = ServerFrame::Event(Event::ScopeSynced {
+                scope: "team-1".into(),
+            });
+            let back: ServerFrame = decode(enc, &encode(enc, &ev).unwrap()).unwrap();
+            assert_eq!(format!("{back:?}"), format!("{ev:?}"));
+        }
+        let f: ClientFrame =
+            serde_json::from_str(r#"{"id":1,"request":{"subscribe":{"scope":"news"}}}"#).unwrap();
+        assert!(matches!(f.request, Request::Subscribe { wait: false, .. }));
     }
 }

@@ -20,6 +20,12 @@ pub fn check_names(collection: &str, id: Option<&str>) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Checks a scope name (protocol revision 3) before anything is queued.
+pub fn check_scope_name(scope: &str) -> Result<(), ApiError> {
+    crate::domain::scope::check_scope(scope)
+        .map_err(|e| ApiError::new(ErrorCode::BadScope, format!("bad scope {scope:?}: {e}")))
+}
+
 /// Checks a document for a write: an object, within the size limit.
 pub fn check_doc(doc: Doc, max: u32) -> Result<Document, ApiError> {
     let kind = match &doc.0 {

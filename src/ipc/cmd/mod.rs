@@ -18,6 +18,7 @@ pub mod patch;
 pub mod put;
 pub mod queue;
 pub mod resolve;
+pub mod scopes;
 pub mod status;
 pub mod store_check;
 pub mod wait_synced;
@@ -36,7 +37,8 @@ pub async fn apply(ctx: &Ctx, req: Request) -> Result<Response, ApiError> {
             collection,
             id,
             data,
-        } => put::apply(ctx, collection, id, data).await,
+            scope,
+        } => put::apply(ctx, collection, id, data, scope).await,
         Request::Patch {
             collection,
             id,
@@ -73,5 +75,8 @@ pub async fn apply(ctx: &Ctx, req: Request) -> Result<Response, ApiError> {
         Request::WaitSynced { op_id } => wait_synced::apply(ctx, op_id).await,
         Request::Metrics {} => metrics::apply(ctx).await,
         Request::CheckStore {} => store_check::apply(ctx).await,
+        Request::Subscribe { scope, wait } => scopes::subscribe(ctx, scope, wait).await,
+        Request::Unsubscribe { scope } => scopes::unsubscribe(ctx, scope).await,
+        Request::Scopes {} => scopes::list(ctx).await,
     }
 }

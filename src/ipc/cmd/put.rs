@@ -12,14 +12,19 @@ pub async fn apply(
     collection: String,
     id: Option<String>,
     data: Doc,
+    scope: Option<String>,
 ) -> Result<Response, ApiError> {
     check_names(&collection, id.as_deref())?;
+    if let Some(s) = &scope {
+        super::check::check_scope_name(s)?;
+    }
     let data = check_doc(data, max_document_bytes(ctx))?;
     let cmd = WriteCmd::Put {
         collection,
         id,
         data,
         client_ts: crate::domain::clock::now_ms(),
+        scope,
     };
     Ok(written(
         ctx.writer

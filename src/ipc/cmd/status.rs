@@ -94,6 +94,10 @@ pub async fn status(ctx: &Ctx) -> Result<StatusView, ApiError> {
             .iter()
             .map(|(c, d)| (c.to_owned(), d.as_str().to_owned()))
             .collect(),
+        scopes: match ctx.store.damage() {
+            None => super::scopes::rows(ctx).await?,
+            Some(_) => Vec::new(),
+        },
     };
     v.hints = hints(
         &v,

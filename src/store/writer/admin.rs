@@ -4,7 +4,7 @@
 use serde_json::{Map, Value};
 
 use crate::domain::conflict::Resolution;
-use crate::domain::{Document, OpKind, Side, StoreError, WriteError};
+use crate::domain::{Document, OpKind, Side, StoreError, StoredRecord, WriteError};
 use crate::store::encoding::from_store;
 use crate::store::parse_doc_text;
 use crate::store::ParkedConflict;
@@ -33,10 +33,25 @@ pub(super) fn retry(x: &mut Txn<'_>, op_id: &str) -> Result<JobResult, StoreErro
     let mut op = dl.op;
     op.attempts = 0;
     op.last_error = Some(format!("retried after: {}", dl.error));
-    if let Some(mut rec) = x.record(&op.collection, &op.local_id)? {
-        rec.pending += 1;
-        x.put_record(&op.collection, &op.local_id, &rec)?;
-    }
+    // The record may be gone meanwhile (a purged scope, a remote delete):
+    // the retried op brings back the record it writes, as this device
+    // last wrote it, so that no op is queued without its record.
+    let rec = match x.record(&op.collection, &op.local_id)? {
+        Some(mut rec) => {
+            rec.pending += 1;
+            rec
+        }
+        None => {
+            let mut rec = StoredRecord::local(
+                op.data.clone().unwrap_or_else(|| "{}".into()),
+                1,
+                op.client_ts,
+            );
+            rec.deleted = op.kind == OpKind::Delete;
+            rec
+        }
+    };
+    x.put_record(&op.collection, &op.local_id, &rec)?;
     append_op(x, &op)?;
     Ok(Ok(WriteOutcome::Done))
 }

@@ -21,6 +21,7 @@ pub(super) fn put(
     id: Option<&str>,
     data: &Document,
     client_ts: i64,
+    scope: Option<&str>,
 ) -> Result<JobResult, StoreError> {
     if let Some(e) = read_only(x, collection) {
         return Ok(Err(e));
@@ -56,7 +57,13 @@ pub(super) fn put(
             OpKind::Create,
         ),
     };
-    let op_id = local_write(x, collection, &id, &rec, kind, Some(text), client_ts)?;
+    let write = Write {
+        kind,
+        data: Some(text),
+        client_ts,
+        scope: scope.map(str::to_owned),
+    };
+    let op_id = local_write(x, collection, &id, &rec, write)?;
     // Its `changed` event is built after the commit ([`put_event`]).
     Ok(Ok(WriteOutcome::Written { id, op_id }))
 }
@@ -126,15 +133,13 @@ pub(super) fn patch(
     rec.data = text.clone();
     rec.pending += 1;
     rec.local_ts = client_ts;
-    let op_id = local_write(
-        x,
-        collection,
-        id,
-        &rec,
-        OpKind::Update,
-        Some(text),
+    let write = Write {
+        kind: OpKind::Update,
+        data: Some(text),
         client_ts,
-    )?;
+        scope: None,
+    };
+    let op_id = local_write(x, collection, id, &rec, write)?;
     x.ev.push(Event::Changed {
         collection: collection.to_owned(),
         id: id.to_owned(),
@@ -168,7 +173,13 @@ pub(super) fn delete(
     rec.data = "{}".into();
     rec.pending += 1;
     rec.local_ts = client_ts;
-    let op_id = local_write(x, collection, id, &rec, OpKind::Delete, None, client_ts)?;
+    let write = Write {
+        kind: OpKind::Delete,
+        data: None,
+        client_ts,
+        scope: None,
+    };
+    let op_id = local_write(x, collection, id, &rec, write)?;
     x.ev.push(Event::Changed {
         collection: collection.to_owned(),
         id: id.to_owned(),
@@ -209,6 +220,16 @@ fn parked_full(x: &Txn<'_>, c: &str, id: &str) -> Result<Option<WriteError>, Sto
     )
 }
 
+/// One app write as its op will carry it.
+pub(super) struct Write {
+    pub kind: OpKind,
+    /// The document (JSON text); `None` for a delete.
+    pub data: Option<String>,
+    pub client_ts: i64,
+    /// The scope asked for: a create's target, an update's move target.
+    pub scope: Option<String>,
+}
+
 /// Writes `rec` and queues its op: the one place where an app write
 /// becomes a record change plus a queue entry. The write folds into the
 /// record's latest op instead when [`fold_target`] allows it. A write to a
@@ -218,18 +239,22 @@ pub(super) fn local_write(
     collection: &str,
     id: &str,
     rec: &StoredRecord,
-    kind: OpKind,
-    data: Option<String>,
-    client_ts: i64,
+    w: Write,
 ) -> Result<String, StoreError> {
     if !x.directions.of(collection).queues_writes() {
         return keep_local(x, collection, id, rec);
     }
     if let Some((seq, tail)) = fold_target(x, collection, id)? {
-        if let Some(op_id) = fold(x, rec, seq, tail, kind, &data, client_ts)? {
+        if let Some(op_id) = fold(x, rec, seq, tail, &w)? {
             return Ok(op_id);
         }
     }
+    let Write {
+        kind,
+        data,
+        client_ts,
+        scope,
+    } = w;
     x.put_record(collection, id, rec)?;
     let op = QueuedOp {
         op_id: x.ids.next(),
@@ -242,6 +267,7 @@ pub(super) fn local_write(
         last_error: None,
         enqueued_at: crate::domain::clock::now_ms(),
         base: None,
+        scope,
     };
     append_op(x, &op)?;
     Ok(op.op_id)
@@ -297,16 +323,20 @@ fn fold_target(
 /// `wait_synced` on it is answered with the folded op's result):
 /// create+update = create, update+update = update, update+delete = delete,
 /// create+delete = nothing to send. `rec` counts the write as a new pending
-/// op; folding takes that back. `None`: this pair does not fold.
+/// op; folding takes that back. `None`: this pair does not fold. A write
+/// that asks for a scope other than the tail's does not fold (each keeps
+/// the scope it asked for); one that asks for none keeps the tail's.
 fn fold(
     x: &mut Txn<'_>,
     rec: &StoredRecord,
     seq: u64,
     mut tail: QueuedOp,
-    kind: OpKind,
-    data: &Option<String>,
-    client_ts: i64,
+    w: &Write,
 ) -> Result<Option<String>, StoreError> {
+    if w.scope.is_some() && w.scope != tail.scope {
+        return Ok(None);
+    }
+    let (kind, data, client_ts) = (w.kind, &w.data, w.client_ts);
     let folded = match (tail.kind, kind) {
         (OpKind::Create | OpKind::Update, OpKind::Update) => tail.kind,
         (OpKind::Update, OpKind::Delete) => OpKind::Delete,

@@ -357,6 +357,8 @@ fn settle_resend(
         last_error: None,
         enqueued_at,
         base: None,
+        // A move among the ops still moves: the last scope asked for.
+        scope: ops.iter().rev().find_map(|o| o.scope.clone()),
     };
     prepend_op(x, &new_op)?;
     x.ev.push(Event::Changed {

@@ -23,7 +23,7 @@
 
 use std::sync::Arc;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use redb::Durability;
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
@@ -32,12 +32,14 @@ use super::tables::*;
 use super::{Store, StoreError};
 use crate::domain::conflict::{FieldRule, Strategy};
 use crate::domain::ids::IdGen;
+use crate::domain::scope_state::Grants;
 use crate::domain::{Change, Document, Event, ServerRecord, Side, WriteError};
 use txn::{JobResult, Txn};
 
 mod admin;
 mod app;
 mod conflict;
+mod scopes;
 mod txn;
 mod verdict;
 
@@ -55,6 +57,9 @@ pub enum WriteCmd {
         id: Option<String>,
         data: Document,
         client_ts: i64,
+        /// Revision 3: the scope to create the record in, or to move it
+        /// to (checked with `check_scope` before it gets here).
+        scope: Option<String>,
     },
     Patch {
         collection: String,
@@ -106,6 +111,23 @@ pub enum WriteCmd {
         changes: Vec<Change>,
         cursor: String,
     },
+    /// Pages of several scopes' feeds (revision 3), each with the cursor
+    /// after it: applied, and each scope's cursor moved, in one
+    /// transaction.
+    ApplyScopePages {
+        pages: Vec<ScopePageIn>,
+    },
+    /// The session just fetched and the scopes that will be pulled (see
+    /// [`scopes::apply_session`]: revocation purges and dead letters).
+    ApplySession {
+        grants: Grants,
+        pulled: BTreeSet<String>,
+    },
+    /// The app subscribed to or unsubscribed from a scope.
+    SetScopeChoice {
+        scope: String,
+        subscribe: bool,
+    },
     /// A manual resolution of a parked conflict.
     ResolveParked {
         collection: String,
@@ -136,6 +158,20 @@ pub enum WriteCmd {
     /// in one transaction: the drain pays one durable commit per batch, not
     /// one per op.
     Verdicts(Vec<WriteCmd>),
+}
+
+/// One scope's page of a pull (protocol revision 3), in the store's
+/// terms: the records as they now stand in the scope, the records that
+/// left it (`(collection, server id, version of the move)`), and where the
+/// scope's feed continues.
+#[derive(Debug, Clone)]
+pub struct ScopePageIn {
+    pub scope: String,
+    pub records: Vec<Change>,
+    pub gone: Vec<(String, String, u64)>,
+    pub cursor: String,
+    pub more: bool,
+    pub remaining: Option<u64>,
 }
 
 /// A job's answer.
@@ -590,7 +626,15 @@ fn apply(x: &mut Txn<'_>, cmd: &WriteCmd) -> Result<JobResult, StoreError> {
             id,
             data,
             client_ts,
-        } => app::put(x, collection, id.as_deref(), data, *client_ts),
+            scope,
+        } => app::put(
+            x,
+            collection,
+            id.as_deref(),
+            data,
+            *client_ts,
+            scope.as_deref(),
+        ),
         WriteCmd::Patch {
             collection,
             id,
@@ -614,6 +658,9 @@ fn apply(x: &mut Txn<'_>, cmd: &WriteCmd) -> Result<JobResult, StoreError> {
             rules,
         } => conflict::conflict(x, *seq, server, *strategy, rules),
         WriteCmd::ApplyChanges { changes, cursor } => verdict::apply_changes(x, changes, cursor),
+        WriteCmd::ApplyScopePages { pages } => scopes::apply_pages(x, pages),
+        WriteCmd::ApplySession { grants, pulled } => scopes::apply_session(x, grants, pulled),
+        WriteCmd::SetScopeChoice { scope, subscribe } => scopes::set_choice(x, scope, *subscribe),
         WriteCmd::ResolveParked {
             collection,
             id,

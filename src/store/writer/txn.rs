@@ -147,6 +147,8 @@ pub(super) struct Txn<'txn> {
     pub deferred: Lazy<'txn, (&'static str, &'static str), &'static [u8]>,
     pub settled: Lazy<'txn, &'static str, &'static [u8]>,
     pub settled_order: Lazy<'txn, u64, &'static str>,
+    pub scope_state: Lazy<'txn, &'static str, &'static [u8]>,
+    pub scope_choices: Lazy<'txn, &'static str, u8>,
     pub ids: &'txn IdGen,
     pub counters: &'txn mut Counters,
     /// Events of the job being applied.
@@ -180,6 +182,8 @@ impl<'txn> Txn<'txn> {
             deferred: Lazy::new(txn, DEFERRED),
             settled: Lazy::new(txn, SETTLED),
             settled_order: Lazy::new(txn, SETTLED_ORDER),
+            scope_state: Lazy::new(txn, SCOPE_STATE),
+            scope_choices: Lazy::new(txn, SCOPE_CHOICES),
         })
     }
 

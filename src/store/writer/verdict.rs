@@ -106,6 +106,7 @@ pub(super) fn dead_letter(x: &mut Txn<'_>, seq: u64, error: &str) -> Result<JobR
         };
         x.insert_dead(seq, &entry)?;
     }
+    super::scopes::purge_if_gone(x, &op.collection, &op.local_id)?;
     Ok(Ok(WriteOutcome::Done))
 }
 
@@ -192,7 +193,11 @@ fn apply_ack(x: &mut Txn<'_>, op: &QueuedOp, r: &ServerRecord) -> Result<(), Sto
     Ok(())
 }
 
-fn apply_remote(x: &mut Txn<'_>, ch: &Change, client_ids: bool) -> Result<(), StoreError> {
+pub(super) fn apply_remote(
+    x: &mut Txn<'_>,
+    ch: &Change,
+    client_ids: bool,
+) -> Result<(), StoreError> {
     let c = ch.collection.as_str();
     let r = &ch.record;
     if validate_collection(c).is_err() {

@@ -1,0 +1,105 @@
+//! Invariant 11 of [`super::check`]: the per-scope tables and the scopes
+//! stored on records, queued ops and dead letters (protocol revision 3).
+//! Its own file so that the main check stays about the queue's tables.
+
+use redb::{ReadTransaction, ReadableTable};
+
+use super::check::{open, rec_name, undecodable, Problem, Report};
+use super::encoding::from_store;
+use super::tables::*;
+use crate::domain::scope::check_scope;
+use crate::domain::scope_state::ScopeState;
+use crate::domain::{DeadLetter, QueuedOp, StoreError, StoredRecord};
+
+/// Pushes a problem when `scope` is set and not a valid name.
+fn name(r: &mut Report, table: &'static str, key: &str, scope: Option<&str>) {
+    if let Some(s) = scope {
+        if let Err(e) = check_scope(s) {
+            r.push(Problem::Scope {
+                table,
+                detail: format!("{key}: scope {s:?} is not a scope name ({e})"),
+            });
+        }
+    }
+}
+
+/// Invariant 11.
+pub(super) fn scopes(txn: &ReadTransaction, r: &mut Report) -> Result<(), StoreError> {
+    states(txn, r)?;
+    choices(txn, r)?;
+    stored_scopes(txn, r)
+}
+
+fn states(txn: &ReadTransaction, r: &mut Report) -> Result<(), StoreError> {
+    let Some(t) = open(txn, SCOPE_STATE)? else {
+        return Ok(());
+    };
+    for item in t.iter()? {
+        let (k, v) = item?;
+        let scope = k.value();
+        name(r, "scope_state", scope, Some(scope));
+        match from_store::<ScopeState>(v.value()) {
+            Err(e) => r.push(undecodable("scope_state", scope, e)),
+            Ok(s) if s.first_sync_done && s.cursor.is_none() => r.push(Problem::Scope {
+                table: "scope_state",
+                detail: format!("{scope}: first sync done without a cursor"),
+            }),
+            Ok(_) => {}
+        }
+    }
+    Ok(())
+}
+
+fn choices(txn: &ReadTransaction, r: &mut Report) -> Result<(), StoreError> {
+    let Some(t) = open(txn, SCOPE_CHOICES)? else {
+        return Ok(());
+    };
+    for item in t.iter()? {
+        let (k, v) = item?;
+        let scope = k.value();
+        name(r, "scope_choices", scope, Some(scope));
+        if v.value() > 1 {
+            r.push(Problem::Scope {
+                table: "scope_choices",
+                detail: format!("{scope}: choice {} is neither 0 nor 1", v.value()),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Scopes stored on records, queued ops and dead letters are names
+/// (their decoding is checked with the rest of invariant 1).
+fn stored_scopes(txn: &ReadTransaction, r: &mut Report) -> Result<(), StoreError> {
+    if let Some(t) = open(txn, RECORDS)? {
+        for item in t.iter()? {
+            let (k, v) = item?;
+            let (c, id) = k.value();
+            if let Ok(rec) = from_store::<StoredRecord>(v.value()) {
+                name(r, "records", &rec_name(c, id), rec.scope.as_deref());
+            }
+        }
+    }
+    if let Some(t) = open(txn, QUEUE)? {
+        for item in t.iter()? {
+            let (k, v) = item?;
+            if let Ok(op) = from_store::<QueuedOp>(v.value()) {
+                name(r, "queue", &k.value().to_string(), op.scope.as_deref());
+            }
+        }
+    }
+    if let Some(t) = open(txn, DEAD)? {
+        for item in t.iter()? {
+            let (k, v) = item?;
+            if let Ok(d) = from_store::<DeadLetter>(v.value()) {
+                name(
+                    r,
+                    "dead_letters",
+                    &k.value().to_string(),
+                    d.op.scope.as_deref(),
+                );
+            }
+        }
+    }
+    Ok(())
+}

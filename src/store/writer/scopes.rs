@@ -1,0 +1,272 @@
+//! Scope jobs (protocol revision 3): pages of per-scope feeds, a new
+//! session (revocation), and the app's subscribe/unsubscribe choices.
+//!
+//! Kept apart from [`super::verdict`] because these are about which
+//! records this device may hold at all, not about one op's fate: they
+//! purge records a scope no longer lets it read, and never touch a record
+//! of another scope or one with pending ops (those stay until they settle).
+
+use std::collections::BTreeSet;
+
+use crate::domain::scope_state::{Grants, ScopeState};
+use crate::domain::{Event, OpKind, Origin, QueuedOp, StoreError};
+use crate::store::encoding::{from_store, to_store};
+use crate::store::tables::*;
+
+use super::txn::{JobResult, Txn};
+use super::verdict::{apply_remote, dead_letter};
+use super::{ScopePageIn, WriteOutcome};
+
+/// Applies each scope's page and moves that scope's cursor, all in this
+/// transaction. Records first, then `gone` entries: a record that moved
+/// between two scopes this device reads then ends in its new scope
+/// whatever order the pages came in (a gone entry removes a record only
+/// while it is still in that scope at a version no newer than the move).
+///
+/// A page of a scope the app unsubscribed from is dropped: it was fetched
+/// before the unsubscribe and would bring back what it purged.
+pub(super) fn apply_pages(x: &mut Txn<'_>, pages: &[ScopePageIn]) -> Result<JobResult, StoreError> {
+    let client_ids = x.client_ids;
+    let mut kept = Vec::with_capacity(pages.len());
+    for p in pages {
+        if x.scope_choices.get(p.scope.as_str())?.map(|v| v.value()) != Some(0) {
+            kept.push(p);
+        }
+    }
+    let pages = kept;
+    for p in &pages {
+        for ch in &p.records {
+            let mut ch = ch.clone();
+            ch.record.scope.get_or_insert_with(|| p.scope.clone());
+            apply_remote(x, &ch, client_ids)?;
+        }
+    }
+    for p in &pages {
+        for (c, id, version) in &p.gone {
+            gone(x, &p.scope, c, id, *version)?;
+        }
+        move_cursor(x, p)?;
+    }
+    x.meta.insert(
+        META_LAST_SYNC,
+        crate::domain::clock::now_ms().to_be_bytes().as_slice(),
+    )?;
+    Ok(Ok(WriteOutcome::Done))
+}
+
+/// The scope's stored state.
+fn state(x: &Txn<'_>, scope: &str) -> Result<Option<ScopeState>, StoreError> {
+    match x.scope_state.get(scope)? {
+        Some(v) => Ok(Some(from_store(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// Stores the page's cursor and progress; the first page with nothing
+/// more marks the first sync done (with a `scope_synced` event).
+fn move_cursor(x: &mut Txn<'_>, p: &ScopePageIn) -> Result<(), StoreError> {
+    let mut st = state(x, &p.scope)?.unwrap_or_default();
+    st.cursor = Some(p.cursor.clone());
+    st.remaining = p.remaining;
+    if !p.more && !st.first_sync_done {
+        st.first_sync_done = true;
+        x.ev.push(Event::ScopeSynced {
+            scope: p.scope.clone(),
+        });
+    }
+    x.scope_state
+        .insert(p.scope.as_str(), to_store(&st)?.as_slice())?;
+    Ok(())
+}
+
+/// A record left `scope` at `version`: removed here if it is still in that
+/// scope and no newer. One with pending ops stays, marked: it is purged if
+/// its ops settle without reaching the server ([`purge_if_gone`]).
+fn gone(x: &mut Txn<'_>, scope: &str, c: &str, id: &str, version: u64) -> Result<(), StoreError> {
+    let Some(lid) = x.server_ids.get((c, id))?.map(|v| v.value().to_owned()) else {
+        return Ok(());
+    };
+    let Some(mut rec) = x.record(c, &lid)? else {
+        return Ok(());
+    };
+    let here = rec.scope.as_deref() == Some(scope);
+    if !here || rec.version.is_none_or(|v| v > version) {
+        return Ok(());
+    }
+    if rec.pending == 0 {
+        return remove_record(x, c, &lid);
+    }
+    rec.gone_from = Some(scope.to_owned());
+    x.put_record(c, &lid, &rec)
+}
+
+/// A record whose last pending op just settled without reaching the
+/// server: purged if the server had said it left its scope meanwhile.
+pub(super) fn purge_if_gone(x: &mut Txn<'_>, c: &str, lid: &str) -> Result<(), StoreError> {
+    if x.record(c, lid)?
+        .is_some_and(|r| r.pending == 0 && r.gone_from.is_some())
+    {
+        remove_record(x, c, lid)?;
+    }
+    Ok(())
+}
+
+/// Removes a record without pending ops from this device, with its server
+/// id mapping and any deferred server record, and tells watchers.
+fn remove_record(x: &mut Txn<'_>, c: &str, lid: &str) -> Result<(), StoreError> {
+    let Some(rec) = x.record(c, lid)? else {
+        return Ok(());
+    };
+    x.records.remove((c, lid))?;
+    if let Some(sid) = &rec.server_id {
+        x.server_ids.remove((c, sid.as_str()))?;
+    }
+    x.deferred.remove((c, lid))?;
+    if !rec.deleted {
+        x.ev.push(Event::Changed {
+            collection: c.to_owned(),
+            id: lid.to_owned(),
+            op_id: None,
+            origin: Origin::Remote,
+            data: None,
+        });
+    }
+    Ok(())
+}
+
+/// Purges every record of a scope `gone_from` says this device may not
+/// hold, except those with pending ops. A scan of the records: it runs on
+/// a revocation or an unsubscribe, not on every pull.
+fn purge(x: &mut Txn<'_>, gone_from: impl Fn(&str) -> bool) -> Result<usize, StoreError> {
+    let mut doomed = Vec::new();
+    for item in x.records.range::<(&str, &str)>(..)? {
+        let (k, v) = item?;
+        let rec: crate::domain::StoredRecord = from_store(v.value())?;
+        if rec.pending == 0 && rec.scope.as_deref().is_some_and(&gone_from) {
+            let (c, id) = k.value();
+            doomed.push((c.to_owned(), id.to_owned()));
+        }
+    }
+    for (c, id) in &doomed {
+        remove_record(x, c, id)?;
+    }
+    Ok(doomed.len())
+}
+
+/// Drops the stored state of the scopes `drop` names.
+fn drop_states(x: &mut Txn<'_>, drop: impl Fn(&str) -> bool) -> Result<(), StoreError> {
+    let mut names = Vec::new();
+    for item in x.scope_state.range::<&str>(..)? {
+        let (k, _) = item?;
+        if drop(k.value()) {
+            names.push(k.value().to_owned());
+        }
+    }
+    for n in names {
+        x.scope_state.remove(n.as_str())?;
+    }
+    Ok(())
+}
+
+/// The session the worker just fetched, and the scopes it will pull. A
+/// scope no longer pulled loses its cursor (a later subscribe back-fills
+/// it). When the grants changed (revocation, another token): records of
+/// scopes no longer readable are purged, except those with pending ops;
+/// pending ops into a scope no longer writable become dead letters, and
+/// their records are purged too when the scope is not readable either.
+pub(super) fn apply_session(
+    x: &mut Txn<'_>,
+    grants: &Grants,
+    pulled: &BTreeSet<String>,
+) -> Result<JobResult, StoreError> {
+    drop_states(x, |s| !pulled.contains(s))?;
+    let old: Option<Grants> = x
+        .meta
+        .get(META_SESSION)?
+        .and_then(|v| serde_json::from_slice(v.value()).ok());
+    if old.as_ref() == Some(grants) {
+        return Ok(Ok(WriteOutcome::Done));
+    }
+    let text = serde_json::to_vec(grants).map_err(|e| StoreError::Encode {
+        what: "session grants",
+        detail: e.to_string(),
+    })?;
+    x.meta.insert(META_SESSION, text.as_slice())?;
+    let refused = refuse_unwritable(x, grants, old.as_ref())?;
+    let purged = purge(x, |s| !grants.readable(s))?;
+    if refused + purged > 0 {
+        tracing::info!(
+            dead_lettered = refused,
+            purged,
+            "session changed: ops into scopes no longer writable dead-lettered, records of scopes no longer readable purged"
+        );
+    }
+    Ok(Ok(WriteOutcome::Done))
+}
+
+/// The scopes a queued op writes: its record's and the one it moves to.
+fn written_scopes(op: &QueuedOp, record_scope: Option<&str>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    if op.kind != OpKind::Create {
+        out.extend(record_scope.map(str::to_owned));
+    }
+    if op.kind != OpKind::Delete {
+        out.extend(op.scope.clone());
+    }
+    out
+}
+
+/// Dead-letters the queued ops that write a scope `grants` does not let
+/// this device write; returns how many ops were found.
+fn refuse_unwritable(
+    x: &mut Txn<'_>,
+    grants: &Grants,
+    old: Option<&Grants>,
+) -> Result<usize, StoreError> {
+    let mut refused = Vec::new();
+    for item in x.queue.range::<u64>(..)? {
+        let (k, v) = item?;
+        let op: QueuedOp = from_store(v.value())?;
+        refused.push((k.value(), op));
+    }
+    let mut n = 0;
+    for (seq, op) in refused {
+        let rec_scope = x
+            .record(&op.collection, &op.local_id)?
+            .and_then(|r| r.scope);
+        let Some(scope) = written_scopes(&op, rec_scope.as_deref())
+            .into_iter()
+            .find(|s| !grants.writable(s))
+        else {
+            continue;
+        };
+        if x.op(seq)?.is_none() {
+            continue; // taken with an earlier op of its record
+        }
+        let was = old.is_some_and(|g| g.writable(&scope));
+        let reason = match was {
+            true => format!("no write access to scope '{scope}' (revoked)"),
+            false => format!("no write access to scope '{scope}'"),
+        };
+        // A dead letter is never refused on its own: only storage fails.
+        let _ = dead_letter(x, seq, &reason)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// The app's choice for `scope`. Unsubscribing purges its records without
+/// pending ops (those with pending ops stay until they settle) and forgets
+/// its cursor, so that a later subscribe back-fills it from the start.
+pub(super) fn set_choice(
+    x: &mut Txn<'_>,
+    scope: &str,
+    subscribe: bool,
+) -> Result<JobResult, StoreError> {
+    x.scope_choices.insert(scope, u8::from(subscribe))?;
+    if !subscribe {
+        x.scope_state.remove(scope)?;
+        purge(x, |s| s == scope)?;
+    }
+    Ok(Ok(WriteOutcome::Done))
+}
