@@ -1,12 +1,15 @@
-//! The daemon's side of users and scopes (protocol revision 3), end to end:
-//! a real daemon and CLI against a scripted server that speaks revision 3
-//! for one user (`MiniScoped` below: the brief's session, per-scope feeds,
-//! `POST v1/pull` pages and the enforcement rules for creates, updates and
-//! moves), and against a revision-2 server, which must see exactly the
-//! bytes it always saw.
+//! The daemon's side of users and scopes (protocol revision 3) against
+//! servers that are not the reference backend: a scripted revision-3 server
+//! for one user (`MiniScoped` below: session, per-scope feeds, `POST v1/pull`
+//! pages and the enforcement rules of docs/backend-protocol.md §13), and a
+//! revision-2 server, which must see exactly the bytes it always saw.
 //!
-//! The scripted server is a stand-in written from the shared design brief;
-//! the reference backend's own revision-3 mode is tested on its branch.
+//! `MiniScoped` keeps its grants on the server, as a server whose access
+//! lists live in its own database would: a scope is revoked there without
+//! the device's token changing, and the device learns it from a refused
+//! pull. The reference backend cannot show that (its grants are the JWT's
+//! claims); everything else is also tested against the real backend, with
+//! real tokens, in `tests/scopes.rs`.
 
 mod common;
 mod common_fault;
