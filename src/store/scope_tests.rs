@@ -356,3 +356,46 @@ async fn unsubscribe_purges_settled_records_and_forgets_the_cursor() {
     let states = f.store.scope_states().expect("states");
     assert!(!states.contains_key("team-1"));
 }
+
+#[tokio::test]
+async fn a_scope_no_longer_pulled_is_purged_like_an_unsubscribe() {
+    let f = fx();
+    let all = grants(&[("user:alice", true), ("team-1", true), ("team-2", true)]);
+    let both: BTreeSet<String> = ["team-1", "team-2"].map(String::from).into();
+    f.w.submit(WriteCmd::ApplySession {
+        grants: all.clone(),
+        pulled: both,
+    })
+    .await
+    .expect("session");
+    pages(
+        &f,
+        vec![
+            page(
+                "team-1",
+                &[srec("a", 1, "team-1"), srec("b", 1, "team-1")],
+                &[],
+                false,
+            ),
+            page("team-2", &[srec("x", 1, "team-2")], &[], false),
+        ],
+    )
+    .await;
+    put(&f, "b", None).await;
+    // `[sync] scopes` now names team-2 only: the grants are the same.
+    let only: BTreeSet<String> = ["team-2".to_owned()].into();
+    f.w.submit(WriteCmd::ApplySession {
+        grants: all,
+        pulled: only,
+    })
+    .await
+    .expect("session");
+    assert!(f.store.record("c", "a").expect("read").is_none());
+    assert!(
+        f.store.record("c", "b").expect("read").is_some(),
+        "pending stays"
+    );
+    assert!(f.store.record("c", "x").expect("read").is_some());
+    let states = f.store.scope_states().expect("states");
+    assert!(!states.contains_key("team-1") && states.contains_key("team-2"));
+}

@@ -153,24 +153,28 @@ fn purge(x: &mut Txn<'_>, gone_from: impl Fn(&str) -> bool) -> Result<usize, Sto
     Ok(doomed.len())
 }
 
-/// Drops the stored state of the scopes `drop` names.
-fn drop_states(x: &mut Txn<'_>, drop: impl Fn(&str) -> bool) -> Result<(), StoreError> {
-    let mut names = Vec::new();
+/// Drops the stored state of the scopes `drop` names; returns their names.
+fn drop_states(
+    x: &mut Txn<'_>,
+    drop: impl Fn(&str) -> bool,
+) -> Result<BTreeSet<String>, StoreError> {
+    let mut names = BTreeSet::new();
     for item in x.scope_state.range::<&str>(..)? {
         let (k, _) = item?;
         if drop(k.value()) {
-            names.push(k.value().to_owned());
+            names.insert(k.value().to_owned());
         }
     }
-    for n in names {
+    for n in &names {
         x.scope_state.remove(n.as_str())?;
     }
-    Ok(())
+    Ok(names)
 }
 
 /// The session the worker just fetched, and the scopes it will pull. A
-/// scope no longer pulled loses its cursor (a later subscribe back-fills
-/// it). When the grants changed (revocation, another token): records of
+/// scope no longer pulled (`[sync] scopes` no longer names it) is treated
+/// as unsubscribed: it loses its cursor (a later subscribe back-fills it)
+/// and its records without pending ops. When the grants changed (revocation, another token): records of
 /// scopes no longer readable are purged, except those with pending ops;
 /// pending ops into a scope no longer writable become dead letters, and
 /// their records are purged too when the scope is not readable either.
@@ -179,7 +183,11 @@ pub(super) fn apply_session(
     grants: &Grants,
     pulled: &BTreeSet<String>,
 ) -> Result<JobResult, StoreError> {
-    drop_states(x, |s| !pulled.contains(s))?;
+    let dropped = drop_states(x, |s| !pulled.contains(s))?;
+    if !dropped.is_empty() {
+        let purged = purge(x, |s| dropped.contains(s))?;
+        tracing::info!(scopes = ?dropped, purged, "scopes no longer pulled: their records are removed from this device");
+    }
     let old: Option<Grants> = x
         .meta
         .get(META_SESSION)?
