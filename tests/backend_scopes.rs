@@ -20,12 +20,13 @@ use common::{bin, Backend};
 use common_pg::{Pg, PgNode};
 use serde_json::{json, Value};
 use syncd::backend::protocol::ScopedChange;
-use syncd::backend::server::auth::Verifier;
+use syncd::backend::server::access::Caller;
+use syncd::backend::server::auth::{Claims, Principal, Verifier};
 use syncd::backend::server::ops::{Action, ValidOp};
 use syncd::backend::server::pg_store::PgStore;
 use syncd::backend::server::store::BackendStore;
 
-const SECRET: &str = "a-test-secret-of-some-length";
+const SECRET: &str = "a-test-secret-of-at-least-32-bytes";
 
 /// A reply: status, raw head (for headers) and JSON body.
 struct Resp {
@@ -140,6 +141,82 @@ fn scope_rules(w: &str, r: &str, u: &Users) {
     remaining_counts_down(w, r, alice, bob);
     a_waiting_pull_wakes_on_one_of_its_scopes(w, r, alice, bob);
     changes_is_refused_in_users_mode(r, alice);
+    a_conflicting_move_shows_the_stored_scope(w, r, alice);
+    more_refusals(w, r, alice, bob);
+}
+
+/// A 409 on a move shows the record where it is, not where it was sent.
+fn a_conflicting_move_shows_the_stored_scope(w: &str, r: &str, alice: &str) {
+    let c = post_op(w, alice, &op("a-c1", "create", Some("cf"), None, None));
+    assert_eq!(c.status, 200, "{}", c.raw);
+    let stale = post_op(
+        r,
+        alice,
+        &op("a-c2", "update", Some("cf"), Some(7), Some("team-1")),
+    );
+    assert_eq!(stale.status, 409, "{}", stale.raw);
+    assert_eq!(
+        (
+            &stale.body["record"]["scope"],
+            &stale.body["record"]["version"]
+        ),
+        (&json!("user:alice"), &json!(1)),
+        "{}",
+        stale.raw
+    );
+}
+
+/// Every endpoint but health needs a token; a bad scope name is a 422; an
+/// id taken by an unreadable record is refused inside a batch too.
+fn more_refusals(w: &str, r: &str, alice: &str, bob: &str) {
+    let one = op("n-1", "create", None, None, None);
+    for (method, path, body) in [
+        ("POST", "/v1/ops", Some(one.clone())),
+        ("POST", "/v1/ops/batch", Some(json!({"ops": [one.clone()]}))),
+        (
+            "POST",
+            "/v1/pull",
+            Some(json!({"scopes": {"user:alice": null}})),
+        ),
+        ("GET", "/v1/changes", None),
+        ("GET", "/v1/session", None),
+    ] {
+        let resp = call(r, method, path, None, body.as_ref());
+        assert_eq!(resp.status, 401, "{path}: {}", resp.raw);
+        assert_eq!(
+            resp.body,
+            json!({"error": "missing bearer token"}),
+            "{path}"
+        );
+    }
+    let bad = post_op(w, alice, &op("a-b1", "create", None, None, Some("a b")));
+    assert_eq!(bad.status, 422, "{}", bad.raw);
+    assert!(
+        bad.body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("scope"),
+        "{}",
+        bad.raw
+    );
+    let batch = call(
+        w,
+        "POST",
+        "/v1/ops/batch",
+        Some(bob),
+        Some(&json!({"ops": [op("b-i1", "create", None, None, None),
+            op("b-i2", "create", Some("secret-1"), None, None),
+            op("b-i3", "create", None, None, None)]})),
+    );
+    assert_eq!(batch.status, 200, "{}", batch.raw);
+    let results = &batch.body["results"];
+    assert_eq!(results.as_array().map(Vec::len), Some(2), "{}", batch.raw);
+    assert_eq!(results[0]["status"], 200);
+    assert_eq!(
+        results[1],
+        json!({"status": 403, "error": "id 'secret-1' is taken in collection 'todos'",
+               "code": "id_taken"})
+    );
 }
 
 /// Health announces scopes; the session lists the token's scopes.
@@ -423,6 +500,72 @@ fn scope_rules_on_redb() {
     bad_tokens(&b.addr);
 }
 
+/// `syncd backend` with `args` over `--data DIR`, expected to refuse to start.
+fn refused_start(data: &[&str], args: &[&str]) -> String {
+    let out = Command::new(bin())
+        .args(["backend", "--listen", "127.0.0.1:0"])
+        .args(data)
+        .args(args)
+        .output()
+        .expect("run");
+    assert!(!out.status.success(), "started: {args:?}");
+    assert!(out.stdout.is_empty(), "listening: {args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_store_that_held_users_is_not_served_single_tenant() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = secret_file(dir.path());
+    let users_flags = [
+        "--auth-secret-file".to_owned(),
+        secret.display().to_string(),
+    ];
+    let mut b = Backend::start(&[&users_flags[0], &users_flags[1]]);
+    let alice = mint(&secret, "alice", &["team-1"], &[]);
+    let c = post_op(
+        &b.addr,
+        &alice,
+        &op("a-1", "create", Some("t1"), None, Some("team-1")),
+    );
+    assert_eq!(c.status, 200, "{}", c.raw);
+    b.stop();
+    let data = b.dir.path().join("data").display().to_string();
+    for args in [&["--token", "t"][..], &[][..]] {
+        let err = refused_start(&["--data", &data], args);
+        assert!(err.contains(&data), "{err}");
+        assert!(err.contains("--allow-single-tenant-over-users"), "{err}");
+        assert!(err.contains("--auth-secret-file"), "{err}");
+    }
+    // With the override: served, and a single-tenant update leaves the
+    // record in its scope.
+    b.args = ["--token", "t", "--allow-single-tenant-over-users"]
+        .map(str::to_owned)
+        .to_vec();
+    b.spawn_on("127.0.0.1:0");
+    let up = post_op(
+        &b.addr,
+        "t",
+        &op("s-1", "update", Some("t1"), Some(1), None),
+    );
+    assert_eq!(up.status, 200, "{}", up.raw);
+    assert!(!up.raw.contains("scope"), "{}", up.raw);
+    b.stop();
+    b.args = users_flags.to_vec();
+    b.spawn_on("127.0.0.1:0");
+    let p = pull(&b.addr, &alice, json!({"scopes": {"team-1": null}}));
+    let changes = &p["scopes"]["team-1"]["changes"];
+    assert_eq!(changes.as_array().map(Vec::len), Some(2), "{p}");
+    assert_eq!(
+        (
+            &changes[1]["record"]["version"],
+            &changes[1]["record"]["scope"]
+        ),
+        (&json!(2), &json!("team-1")),
+        "{p}"
+    );
+}
+
 #[test]
 fn token_mode_is_revision_2_unchanged() {
     let b = Backend::start(&["--token", "t0k"]);
@@ -509,6 +652,45 @@ fn scope_rules_on_two_postgres_nodes() {
     let n2 = PgNode::start_with(&bin(), &url, &["--auth-secret-file", &flag], None);
     scope_rules(&n1.addr, &n2.addr, &users(&secret));
     bad_tokens(&n2.addr);
+}
+
+#[test]
+fn a_postgres_database_that_held_users_is_not_served_single_tenant() {
+    let pg = Pg::start();
+    let url = pg.url("postgres");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let s = rt.block_on(PgStore::connect(&url)).expect("connect");
+    s.apply(&[create("o1")]).expect("apply");
+    assert!(!s.held_users().expect("held_users"), "single-tenant writes");
+    // A users-mode write, even into `default`, marks the database.
+    let alice = Caller::User(
+        Principal::from_claims(Claims {
+            sub: "alice".into(),
+            exp: u64::MAX,
+            scopes: vec!["default".into()],
+            ..Claims::default()
+        })
+        .expect("claims"),
+    );
+    let mut o = create("o2");
+    o.scope = Some("default".into());
+    assert!(s.apply_as(&[o], &alice).expect("apply")[0].is_applied());
+    assert!(s.held_users().expect("held_users"));
+    assert_eq!(
+        pg.scalar(
+            "postgres",
+            "SELECT value FROM syncd_meta WHERE key = 'users'"
+        ),
+        1
+    );
+    drop(s);
+    let err = refused_start(&["--postgres", &url], &["--token", "t"]);
+    assert!(err.contains("PostgreSQL database"), "{err}");
+    assert!(err.contains("--allow-single-tenant-over-users"), "{err}");
 }
 
 fn create(op_id: &str) -> ValidOp {

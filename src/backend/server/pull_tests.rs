@@ -14,7 +14,7 @@ fn alice() -> Caller {
             sub: "alice".into(),
             exp: 1,
             scopes: vec!["team-1".into()],
-            read_scopes: vec![],
+            ..Claims::default()
         })
         .expect("claims"),
     )
