@@ -47,8 +47,7 @@ use super::access::Caller;
 use super::feed::Feed;
 use super::ops::ValidOp;
 use super::pg_url::redact;
-use super::redb_store::with_scope;
-use super::store::{BackendStore, ChangeSlice, Outcome, ScopeSlice, StoreError};
+use super::store::{with_scope, BackendStore, ChangeSlice, Outcome, ScopeSlice, StoreError};
 use super::{pg_apply, pg_listen};
 
 /// The schema this code reads and writes (`syncd_meta.schema`).

@@ -47,7 +47,7 @@ use crate::domain::scope::SINGLE_SCOPE;
 use super::access::{self, present, Caller};
 use super::feed::Feed;
 use super::ops::{plan, single_scope, Action, Plan, StoredRecord, ValidOp};
-use super::store::{BackendStore, ChangeSlice, Outcome, ScopeSlice, StoreError};
+use super::store::{with_scope, BackendStore, ChangeSlice, Outcome, ScopeSlice, StoreError};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const RECORDS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("records");
@@ -582,20 +582,6 @@ fn scope_slice(
         more,
         head,
     })
-}
-
-/// A feed entry as served: a record carries its scope.
-pub(crate) fn with_scope(entry: ScopedChange, scope: &str) -> ScopedChange {
-    match entry {
-        ScopedChange::Record {
-            collection,
-            mut record,
-        } => {
-            record.scope = Some(scope.to_owned());
-            ScopedChange::Record { collection, record }
-        }
-        gone => gone,
-    }
 }
 
 #[cfg(test)]

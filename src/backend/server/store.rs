@@ -71,6 +71,20 @@ pub struct ScopeSlice {
     pub head: u64,
 }
 
+/// A feed entry as served: a record carries its scope.
+pub fn with_scope(entry: ScopedChange, scope: &str) -> ScopedChange {
+    match entry {
+        ScopedChange::Record {
+            collection,
+            mut record,
+        } => {
+            record.scope = Some(scope.to_owned());
+            ScopedChange::Record { collection, record }
+        }
+        gone => gone,
+    }
+}
+
 /// A slice of the change log.
 #[derive(Debug, Clone)]
 pub struct ChangeSlice {
