@@ -85,7 +85,7 @@ enum Cmd {
     /// Every metric in the Prometheus (OpenMetrics) text format.
     Metrics(DaemonOpts),
     /// Run the reference backend server.
-    Backend(backend::BackendArgs),
+    Backend(Box<backend::BackendArgs>),
     /// Check the store fully (every page, every table); exit 5 on a problem.
     Check(check::CheckArgs),
 }

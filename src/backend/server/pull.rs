@@ -107,13 +107,8 @@ pub fn readable(caller: &Caller, q: &PullQuery) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// The cursor after a slice: its last entry; with nothing new, the input
-/// cursor, or the head when none was given or it is past the head.
-fn cursor_after(since: Option<u64>, slice: &ScopeSlice) -> u64 {
-    cursor_at(since, slice.entries.last().map(|(seq, _)| *seq), slice.head)
-}
-
-/// [`cursor_after`] with the last entry served (`last`).
+/// The cursor after a page whose last entry is `last`; with nothing new,
+/// the input cursor, or the head when none was given or it is past the head.
 fn cursor_at(since: Option<u64>, last: Option<u64>, head: u64) -> u64 {
     match (last, since) {
         (Some(seq), _) => seq,

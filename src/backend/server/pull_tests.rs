@@ -118,7 +118,7 @@ fn idle_means_nothing_new_and_no_cursor_past_the_head() {
     // Past the head (a reset server): answered at once, with the head.
     let past = slice(&[], false, 2);
     assert!(!is_idle(&c, &q, std::slice::from_ref(&past)));
-    assert_eq!(cursor_after(Some(3), &past), 2);
+    assert_eq!(cursor_at(Some(3), None, past.head), 2);
     // Only unreadable scopes: nothing to wait for.
     let q = parse(serde_json::json!({"scopes": {"zzz": "8"}, "wait": 30})).expect("valid");
     assert!(!is_idle(&c, &q, &[]));

@@ -1031,20 +1031,34 @@ mod tests {
     fn a_schema_2_file_is_upgraded_into_the_default_scope() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let s = RedbStore::open(dir.path()).expect("open");
-            let r = applied(one(&s, create("o1", "a")));
-            applied(one(&s, update("o2", &r.id, 1, "b")));
-        }
-        {
-            // Back to the schema 2 layout: no scope tables.
+            // A schema 2 file as schema 2 wrote it: values without scopes,
+            // no scope tables.
+            let rec = |v: u64, t: &str| {
+                json!({"id": "r1", "version": v, "updated_at": 1,
+                "deleted": false, "data": {"title": t}})
+            };
             let db = Database::create(dir.path().join(DB_FILE)).expect("db");
             let txn = db.begin_write().expect("write");
             txn.open_table(META)
                 .expect("meta")
                 .insert(SCHEMA_KEY, SCHEMA_BEFORE_SCOPES)
                 .expect("insert");
-            txn.delete_table(SCOPE_FEEDS).expect("drop");
-            txn.delete_table(SCOPE_HEADS).expect("drop");
+            let current = json!({"collection": "todos", "record": rec(2, "b")});
+            txn.open_table(RECORDS)
+                .expect("records")
+                .insert(("todos", "r1"), current.to_string().as_bytes())
+                .expect("insert");
+            let mut ops = txn.open_table(APPLIED_OPS).expect("applied_ops");
+            let mut log = txn.open_table(CHANGES).expect("changes");
+            for (seq, op_id, t) in [(1, "o1", "a"), (2, "o2", "b")] {
+                let memo = json!({"record": rec(seq, t), "applied_at": 1});
+                ops.insert(op_id, memo.to_string().as_bytes())
+                    .expect("insert");
+                let change = json!({"collection": "todos", "record": rec(seq, t)});
+                log.insert(seq, change.to_string().as_bytes())
+                    .expect("insert");
+            }
+            drop((ops, log));
             txn.commit().expect("commit");
         }
         let s = RedbStore::open(dir.path()).expect("upgraded");
@@ -1062,5 +1076,31 @@ mod tests {
         let r = &log.entries[0].1.record;
         applied(one(&s, update("o3", &r.id, 2, "c")));
         assert_eq!(pull(&s, SINGLE_SCOPE, 2).entries[0].0, 3);
+        // The records and the remembered ops read as being in `default`.
+        let reader = user(&[SINGLE_SCOPE]);
+        let replay = applied(
+            s.apply_as(&[update("o2", "r1", 1, "b")], &reader)
+                .expect("apply")
+                .remove(0),
+        );
+        assert_eq!(
+            (replay.version, replay.scope.as_deref()),
+            (2, Some(SINGLE_SCOPE))
+        );
+        assert!(matches!(
+            s.apply_as(&[update("o1", "r1", 0, "a")], &user(&[]))
+                .expect("apply")
+                .remove(0),
+            Outcome::Refused(_)
+        ));
+        let next = applied(
+            s.apply_as(&[update("o4", "r1", 3, "d")], &reader)
+                .expect("apply")
+                .remove(0),
+        );
+        assert_eq!(
+            (next.version, next.scope.as_deref()),
+            (4, Some(SINGLE_SCOPE))
+        );
     }
 }
