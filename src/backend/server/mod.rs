@@ -31,14 +31,17 @@
 //!   logged; `ServerOptions`' `Debug` redacts it.
 //! - **Users and scopes (revision 3).** With [`ServerOptions::users`],
 //!   every endpoint but `v1/health` needs a JWT ([`auth`]: HS256, EdDSA or
-//!   RS256; `sub` and `exp` required, no expiry leeway); a refusal is 401
+//!   RS256; `sub` and `exp` required, no expiry leeway; `nbf` when present;
+//!   `aud`/`iss` when configured); a refusal is 401
 //!   `{"error": why}` with `WWW-Authenticate: Bearer`. [`access`] holds the
 //!   rules both stores apply (private scope `user:<sub>`, 403 `scope_denied`
 //!   / `id_taken`, 404 for what the token cannot read); [`pull`] serves
 //!   `POST v1/pull` from per-scope feeds (gap-free per scope, `gone`
 //!   entries on moves) and `GET v1/session`; `GET v1/changes` is a 400.
-//!   Without users, records are kept in scope `default` and the wire is
-//!   revision 2's, byte for byte.
+//!   Without users, records are created in scope `default` (updates keep a
+//!   record's scope) and the wire is revision 2's, byte for byte; a store
+//!   that has held users is refused in that mode unless
+//!   [`ServerOptions::allow_single_tenant_over_users`].
 //! - **Bodies.** At most `max_body_bytes` (declared `Content-Length` checked
 //!   first, then the stream is limited): else 413. `Content-Type` is not
 //!   enforced. Malformed JSON or a wrong shape (missing `op_id`, unknown
