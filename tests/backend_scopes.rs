@@ -14,18 +14,20 @@ mod common_pg;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use common::{bin, Backend};
 use common_pg::{Pg, PgNode};
 use serde_json::{json, Value};
-use syncd::backend::protocol::ScopedChange;
-use syncd::backend::server::auth::Verifier;
+use syncd::backend::protocol::{ScopedChange, ServerRecord};
+use syncd::backend::server::access::Caller;
+use syncd::backend::server::auth::{Claims, Principal, Verifier};
 use syncd::backend::server::ops::{Action, ValidOp};
 use syncd::backend::server::pg_store::PgStore;
-use syncd::backend::server::store::BackendStore;
+use syncd::backend::server::store::{BackendStore, Outcome};
 
-const SECRET: &str = "a-test-secret-of-some-length";
+const SECRET: &str = "a-test-secret-of-at-least-32-bytes";
 
 /// A reply: status, raw head (for headers) and JSON body.
 struct Resp {
@@ -140,6 +142,82 @@ fn scope_rules(w: &str, r: &str, u: &Users) {
     remaining_counts_down(w, r, alice, bob);
     a_waiting_pull_wakes_on_one_of_its_scopes(w, r, alice, bob);
     changes_is_refused_in_users_mode(r, alice);
+    a_conflicting_move_shows_the_stored_scope(w, r, alice);
+    more_refusals(w, r, alice, bob);
+}
+
+/// A 409 on a move shows the record where it is, not where it was sent.
+fn a_conflicting_move_shows_the_stored_scope(w: &str, r: &str, alice: &str) {
+    let c = post_op(w, alice, &op("a-c1", "create", Some("cf"), None, None));
+    assert_eq!(c.status, 200, "{}", c.raw);
+    let stale = post_op(
+        r,
+        alice,
+        &op("a-c2", "update", Some("cf"), Some(7), Some("team-1")),
+    );
+    assert_eq!(stale.status, 409, "{}", stale.raw);
+    assert_eq!(
+        (
+            &stale.body["record"]["scope"],
+            &stale.body["record"]["version"]
+        ),
+        (&json!("user:alice"), &json!(1)),
+        "{}",
+        stale.raw
+    );
+}
+
+/// Every endpoint but health needs a token; a bad scope name is a 422; an
+/// id taken by an unreadable record is refused inside a batch too.
+fn more_refusals(w: &str, r: &str, alice: &str, bob: &str) {
+    let one = op("n-1", "create", None, None, None);
+    for (method, path, body) in [
+        ("POST", "/v1/ops", Some(one.clone())),
+        ("POST", "/v1/ops/batch", Some(json!({"ops": [one.clone()]}))),
+        (
+            "POST",
+            "/v1/pull",
+            Some(json!({"scopes": {"user:alice": null}})),
+        ),
+        ("GET", "/v1/changes", None),
+        ("GET", "/v1/session", None),
+    ] {
+        let resp = call(r, method, path, None, body.as_ref());
+        assert_eq!(resp.status, 401, "{path}: {}", resp.raw);
+        assert_eq!(
+            resp.body,
+            json!({"error": "missing bearer token"}),
+            "{path}"
+        );
+    }
+    let bad = post_op(w, alice, &op("a-b1", "create", None, None, Some("a b")));
+    assert_eq!(bad.status, 422, "{}", bad.raw);
+    assert!(
+        bad.body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("scope"),
+        "{}",
+        bad.raw
+    );
+    let batch = call(
+        w,
+        "POST",
+        "/v1/ops/batch",
+        Some(bob),
+        Some(&json!({"ops": [op("b-i1", "create", None, None, None),
+            op("b-i2", "create", Some("secret-1"), None, None),
+            op("b-i3", "create", None, None, None)]})),
+    );
+    assert_eq!(batch.status, 200, "{}", batch.raw);
+    let results = &batch.body["results"];
+    assert_eq!(results.as_array().map(Vec::len), Some(2), "{}", batch.raw);
+    assert_eq!(results[0]["status"], 200);
+    assert_eq!(
+        results[1],
+        json!({"status": 403, "error": "id 'secret-1' is taken in collection 'todos'",
+               "code": "id_taken"})
+    );
 }
 
 /// Health announces scopes; the session lists the token's scopes.
@@ -306,9 +384,13 @@ fn remaining_counts_down(w: &str, r: &str, alice: &str, bob: &str) {
 
 /// A waiting pull wakes on a change in one of its scopes.
 fn a_waiting_pull_wakes_on_one_of_its_scopes(w: &str, r: &str, alice: &str, bob: &str) {
-    // A waiting pull on two scopes is answered by a change in one of them
-    // (and not by one in another scope). Either order of the pull and the
-    // writes gives the same reply: nothing here races the clock.
+    // A waiting pull on two scopes, from their current cursors, is answered
+    // with the change in one of them and nothing else, although commits in
+    // other scopes (one alice can read, one she cannot) come first. The
+    // reply is checked, not the time it took: whether those commits land
+    // before the pull is held or while it is held (then they wake it and it
+    // waits again), the only correct reply is the same, and a pull that
+    // missed the wake-up would come back empty after its `wait`.
     let heads = pull(
         r,
         alice,
@@ -320,31 +402,27 @@ fn a_waiting_pull_wakes_on_one_of_its_scopes(w: &str, r: &str, alice: &str, bob:
     );
     let (addr, token) = (r.to_owned(), alice.to_owned());
     let waiting = std::thread::spawn(move || {
-        let started = Instant::now();
-        let p = pull(
+        pull(
             &addr,
             &token,
-            json!({"scopes": {"user:alice": c1, "team-1": c2}, "wait": 50}),
-        );
-        (p, started.elapsed())
-    });
-    assert_eq!(
-        post_op(w, bob, &op("b-w", "create", None, None, None)).status,
-        200
-    );
-    assert_eq!(
-        post_op(
-            w,
-            alice,
-            &op("a-w", "create", Some("woke"), None, Some("team-1"))
+            json!({"scopes": {"user:alice": c1, "team-1": c2}, "wait": 60}),
         )
-        .status,
-        200
+    });
+    for (token, op_id, scope) in [(bob, "b-w1", None), (bob, "b-w2", Some("news"))] {
+        let c = post_op(w, token, &op(op_id, "create", None, None, scope));
+        assert_eq!(c.status, 200, "{}", c.raw);
+    }
+    let woke = post_op(
+        w,
+        alice,
+        &op("a-w", "create", Some("woke"), None, Some("team-1")),
     );
-    let (p, took) = waiting.join().expect("waiting pull");
-    assert!(took < Duration::from_secs(40), "answered after {took:?}");
-    assert_eq!(p["scopes"]["user:alice"]["changes"], json!([]));
-    assert_eq!(p["scopes"]["team-1"]["changes"][0]["record"]["id"], "woke");
+    assert_eq!(woke.status, 200, "{}", woke.raw);
+    let p = waiting.join().expect("waiting pull");
+    assert_eq!(p["scopes"]["user:alice"]["changes"], json!([]), "{p}");
+    let team = &p["scopes"]["team-1"]["changes"];
+    assert_eq!(team.as_array().map(Vec::len), Some(1), "{p}");
+    assert_eq!(team[0]["record"]["id"], "woke", "{p}");
 }
 
 /// `GET v1/changes` answers the hint to pull instead.
@@ -421,6 +499,72 @@ fn scope_rules_on_redb() {
     let b = Backend::start(&["--auth-secret-file", &secret.display().to_string()]);
     scope_rules(&b.addr, &b.addr, &users(&secret));
     bad_tokens(&b.addr);
+}
+
+/// `syncd backend` with `args` over `--data DIR`, expected to refuse to start.
+fn refused_start(data: &[&str], args: &[&str]) -> String {
+    let out = Command::new(bin())
+        .args(["backend", "--listen", "127.0.0.1:0"])
+        .args(data)
+        .args(args)
+        .output()
+        .expect("run");
+    assert!(!out.status.success(), "started: {args:?}");
+    assert!(out.stdout.is_empty(), "listening: {args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_store_that_held_users_is_not_served_single_tenant() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = secret_file(dir.path());
+    let users_flags = [
+        "--auth-secret-file".to_owned(),
+        secret.display().to_string(),
+    ];
+    let mut b = Backend::start(&[&users_flags[0], &users_flags[1]]);
+    let alice = mint(&secret, "alice", &["team-1"], &[]);
+    let c = post_op(
+        &b.addr,
+        &alice,
+        &op("a-1", "create", Some("t1"), None, Some("team-1")),
+    );
+    assert_eq!(c.status, 200, "{}", c.raw);
+    b.stop();
+    let data = b.dir.path().join("data").display().to_string();
+    for args in [&["--token", "t"][..], &[][..]] {
+        let err = refused_start(&["--data", &data], args);
+        assert!(err.contains(&data), "{err}");
+        assert!(err.contains("--allow-single-tenant-over-users"), "{err}");
+        assert!(err.contains("--auth-secret-file"), "{err}");
+    }
+    // With the override: served, and a single-tenant update leaves the
+    // record in its scope.
+    b.args = ["--token", "t", "--allow-single-tenant-over-users"]
+        .map(str::to_owned)
+        .to_vec();
+    b.spawn_on("127.0.0.1:0");
+    let up = post_op(
+        &b.addr,
+        "t",
+        &op("s-1", "update", Some("t1"), Some(1), None),
+    );
+    assert_eq!(up.status, 200, "{}", up.raw);
+    assert!(!up.raw.contains("scope"), "{}", up.raw);
+    b.stop();
+    b.args = users_flags.to_vec();
+    b.spawn_on("127.0.0.1:0");
+    let p = pull(&b.addr, &alice, json!({"scopes": {"team-1": null}}));
+    let changes = &p["scopes"]["team-1"]["changes"];
+    assert_eq!(changes.as_array().map(Vec::len), Some(2), "{p}");
+    assert_eq!(
+        (
+            &changes[1]["record"]["version"],
+            &changes[1]["record"]["scope"]
+        ),
+        (&json!(2), &json!("team-1")),
+        "{p}"
+    );
 }
 
 #[test]
@@ -509,6 +653,45 @@ fn scope_rules_on_two_postgres_nodes() {
     let n2 = PgNode::start_with(&bin(), &url, &["--auth-secret-file", &flag], None);
     scope_rules(&n1.addr, &n2.addr, &users(&secret));
     bad_tokens(&n2.addr);
+}
+
+#[test]
+fn a_postgres_database_that_held_users_is_not_served_single_tenant() {
+    let pg = Pg::start();
+    let url = pg.url("postgres");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let s = rt.block_on(PgStore::connect(&url)).expect("connect");
+    s.apply(&[create("o1")]).expect("apply");
+    assert!(!s.held_users().expect("held_users"), "single-tenant writes");
+    // A users-mode write, even into `default`, marks the database.
+    let alice = Caller::User(
+        Principal::from_claims(Claims {
+            sub: "alice".into(),
+            exp: u64::MAX,
+            scopes: vec!["default".into()],
+            ..Claims::default()
+        })
+        .expect("claims"),
+    );
+    let mut o = create("o2");
+    o.scope = Some("default".into());
+    assert!(s.apply_as(&[o], &alice).expect("apply")[0].is_applied());
+    assert!(s.held_users().expect("held_users"));
+    assert_eq!(
+        pg.scalar(
+            "postgres",
+            "SELECT value FROM syncd_meta WHERE key = 'users'"
+        ),
+        1
+    );
+    drop(s);
+    let err = refused_start(&["--postgres", &url], &["--token", "t"]);
+    assert!(err.contains("PostgreSQL database"), "{err}");
+    assert!(err.contains("--allow-single-tenant-over-users"), "{err}");
 }
 
 fn create(op_id: &str) -> ValidOp {
@@ -634,4 +817,247 @@ fn an_ed25519_public_key_verifies_eddsa_tokens_only() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a PEM Ed25519 or RSA public key"), "{err}");
+}
+
+#[test]
+fn an_rsa_public_key_server_with_an_audience_end_to_end() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let public = data.join("jwt_rsa_public.pem").display().to_string();
+    let b = Backend::start(&[
+        "--auth-public-key",
+        &public,
+        "--auth-audience",
+        "syncd",
+        "--auth-issuer",
+        "https://auth.example",
+    ]);
+    let private = std::fs::read(data.join("jwt_rsa_private.pem")).expect("key");
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&private).expect("rsa");
+    let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    let exp = jsonwebtoken::get_current_timestamp() + 600;
+    let sign = |claims: Value| jsonwebtoken::encode(&header, &claims, &key).expect("sign");
+    let token = sign(json!({"sub": "dave", "exp": exp, "scopes": ["team-9"],
+        "aud": "syncd", "iss": "https://auth.example"}));
+    let c = post_op(
+        &b.addr,
+        &token,
+        &op("d-1", "create", Some("r1"), None, Some("team-9")),
+    );
+    assert_eq!(c.status, 200, "{}", c.raw);
+    assert_eq!(c.body["record"]["scope"], "team-9");
+    let p = pull(
+        &b.addr,
+        &token,
+        json!({"scopes": {"team-9": null, "user:dave": null}}),
+    );
+    assert_eq!(
+        p["scopes"]["team-9"]["changes"][0]["record"]["id"], "r1",
+        "{p}"
+    );
+    assert_eq!(p["scopes"]["user:dave"]["cursor"], "0", "{p}");
+    // A token of the same key for another service, or without an audience.
+    let billing = sign(json!({"sub": "dave", "exp": exp, "aud": "billing",
+        "iss": "https://auth.example"}));
+    refused(
+        &b.addr,
+        Some(&billing),
+        "token audience ('aud') is not this server",
+    );
+    let no_aud = sign(json!({"sub": "dave", "exp": exp, "iss": "https://auth.example"}));
+    refused(&b.addr, Some(&no_aud), "token has no 'aud' claim");
+    let other_iss = sign(json!({"sub": "dave", "exp": exp, "aud": "syncd", "iss": "x"}));
+    refused(
+        &b.addr,
+        Some(&other_iss),
+        "token issuer ('iss') is not the one this server trusts",
+    );
+    let early = sign(
+        json!({"sub": "dave", "exp": exp, "nbf": exp, "aud": "syncd",
+        "iss": "https://auth.example"}),
+    );
+    refused(
+        &b.addr,
+        Some(&early),
+        "token not yet valid ('nbf' is in the future)",
+    );
+}
+
+#[test]
+fn backend_token_mints_audience_and_issuer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = secret_file(dir.path());
+    let b = Backend::start(&[
+        "--auth-secret-file",
+        &secret.display().to_string(),
+        "--auth-audience",
+        "syncd",
+        "--auth-issuer",
+        "me",
+    ]);
+    let plain = mint(&secret, "erin", &[], &[]);
+    refused(&b.addr, Some(&plain), "token has no 'aud' claim");
+    let out = Command::new(bin())
+        .args(["backend", "token", "--secret-file"])
+        .arg(&secret)
+        .args(["--sub", "erin", "--audience", "syncd", "--issuer", "me"])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).expect("utf-8");
+    let s = call(&b.addr, "GET", "/v1/session", Some(token.trim()), None);
+    assert_eq!(
+        (s.status, &s.body["sub"]),
+        (200, &json!("erin")),
+        "{}",
+        s.raw
+    );
+}
+
+#[test]
+fn unusable_key_files_are_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("data").display().to_string();
+    let short = dir.path().join("short");
+    std::fs::write(&short, "only-31-bytes-of-secret-here-xx\n").expect("write");
+    let err = refused_start(
+        &["--data", &data_dir],
+        &["--auth-secret-file", &short.display().to_string()],
+    );
+    assert!(
+        err.contains("the secret is 31 bytes; HS256 needs at least 32"),
+        "{err}"
+    );
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    for key in ["jwt_rsa_private.pem", "jwt_ed25519_private.pem"] {
+        let err = refused_start(
+            &["--data", &data_dir],
+            &["--auth-public-key", &data.join(key).display().to_string()],
+        );
+        assert!(
+            err.contains("this is a private key; give the public key"),
+            "{err}"
+        );
+    }
+}
+
+/// A users-mode caller writing `scopes`.
+fn writer(sub: &str, scopes: &[&str]) -> Caller {
+    Caller::User(
+        Principal::from_claims(Claims {
+            sub: sub.into(),
+            exp: u64::MAX,
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            ..Claims::default()
+        })
+        .expect("claims"),
+    )
+}
+
+/// Every entry of `scope`'s feed, checking that its sequences are 1..=n.
+fn whole_feed(s: &PgStore, scope: &str) -> Vec<ScopedChange> {
+    let (mut cursor, mut out) = (0u64, Vec::new());
+    loop {
+        let page = s
+            .pull(&[(scope.to_owned(), cursor)], 97)
+            .expect("pull")
+            .remove(0);
+        for (seq, entry) in page.entries {
+            assert_eq!(seq, cursor + 1, "a gap in {scope}'s feed");
+            cursor = seq;
+            out.push(entry);
+        }
+        if !page.more {
+            assert_eq!(cursor, page.head, "{scope}: read to its head");
+            return out;
+        }
+    }
+}
+
+#[test]
+fn per_scope_feeds_stay_gap_free_under_concurrent_moves_on_two_nodes() {
+    const WRITERS: usize = 4;
+    const ROUNDS: usize = 40;
+    const SCOPES: [&str; 2] = ["s-a", "s-b"];
+    let pg = Pg::start();
+    let url = pg.url("postgres");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let nodes = [
+        Arc::new(rt.block_on(PgStore::connect(&url)).expect("node 1")),
+        Arc::new(rt.block_on(PgStore::connect(&url)).expect("node 2")),
+    ];
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let s = Arc::clone(&nodes[w % 2]);
+            std::thread::spawn(move || {
+                let who = writer(&format!("w{w}"), &SCOPES);
+                let apply = |o: ValidOp| -> ServerRecord {
+                    match s.apply_as(&[o], &who).expect("apply").remove(0) {
+                        Outcome::Applied { record, .. } => record,
+                        other => panic!("{other:?}"),
+                    }
+                };
+                let mut writes = 0;
+                for i in 0..ROUNDS {
+                    // A create in one scope, then moves to the other and back.
+                    let mut c = create(&format!("w{w}-{i}-c"));
+                    c.scope = Some(SCOPES[i % 2].into());
+                    let mut r = apply(c);
+                    for m in 0..2 {
+                        let mut mv = create(&format!("w{w}-{i}-m{m}"));
+                        mv.action = Action::Update {
+                            id: r.id.clone(),
+                            base_version: r.version,
+                            data: serde_json::Map::new(),
+                        };
+                        mv.scope = Some(SCOPES[(i + m + 1) % 2].into());
+                        r = apply(mv);
+                    }
+                    writes += 3;
+                }
+                writes
+            })
+        })
+        .collect();
+    let writes: usize = writers.into_iter().map(|w| w.join().expect("writer")).sum();
+    let feeds: Vec<_> = SCOPES.iter().map(|s| whole_feed(&nodes[1], s)).collect();
+    // Each write is one record entry; each move also one gone entry.
+    let records = |f: &[ScopedChange]| -> std::collections::BTreeSet<(String, u64)> {
+        f.iter()
+            .filter_map(|e| match e {
+                ScopedChange::Record { record, .. } => Some((record.id.clone(), record.version)),
+                _ => None,
+            })
+            .collect()
+    };
+    let (in_a, in_b) = (records(&feeds[0]), records(&feeds[1]));
+    assert_eq!(
+        in_a.len() + in_b.len(),
+        writes,
+        "one record entry per write"
+    );
+    let mut gones = 0;
+    for (i, feed) in feeds.iter().enumerate() {
+        let target = if i == 0 { &in_b } else { &in_a };
+        for e in feed {
+            if let ScopedChange::Gone { gone, .. } = e {
+                gones += 1;
+                assert!(
+                    target.contains(&(gone.id.clone(), gone.version)),
+                    "gone {} v{} from {} has no record entry in the other scope",
+                    gone.id,
+                    gone.version,
+                    SCOPES[i]
+                );
+            }
+        }
+    }
+    assert_eq!(gones, WRITERS * ROUNDS * 2, "one gone entry per move");
 }

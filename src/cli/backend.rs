@@ -55,6 +55,19 @@ pub struct BackendArgs {
     /// EdDSA; RSA: RS256).
     #[arg(long, value_name = "FILE")]
     auth_public_key: Option<PathBuf>,
+    /// Users and scopes: tokens must carry this `aud` (else `aud` is not
+    /// checked). Set it with --auth-public-key, so that tokens your auth
+    /// server mints for other services are refused.
+    #[arg(long, value_name = "AUD")]
+    auth_audience: Option<String>,
+    /// Users and scopes: tokens must carry this `iss` (else not checked).
+    #[arg(long, value_name = "ISS")]
+    auth_issuer: Option<String>,
+    /// Serve single-tenant (--token or no auth) even a store that has held
+    /// users and scopes: every user's records become readable and writable
+    /// by this server's clients. Without it, such a start is refused.
+    #[arg(long)]
+    allow_single_tenant_over_users: bool,
     /// Fraction of requests answered 503 with Retry-After.
     #[arg(long, default_value_t = 0.0, value_name = "FRACTION")]
     fail_503: f64,
@@ -105,8 +118,68 @@ struct TokenArgs {
     #[arg(long = "read-scope", value_name = "S")]
     read_scopes: Vec<String>,
     /// How long the token is valid: a number with s, m, h or d.
-    #[arg(long, default_value = "1h", value_parser = auth::parse_ttl)]
+    #[arg(long, default_value = "1h", value_parser = parse_ttl)]
     ttl: u64,
+    /// The `aud` claim (the backend's --auth-audience).
+    #[arg(long, value_name = "AUD")]
+    audience: Option<String>,
+    /// The `iss` claim (the backend's --auth-issuer).
+    #[arg(long, value_name = "ISS")]
+    issuer: Option<String>,
+}
+
+/// Why a `--ttl` is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TtlError {
+    /// Not digits with an optional `s`, `m`, `h` or `d`.
+    Syntax(String),
+    /// Zero.
+    Zero(String),
+    /// Too many seconds for a u64.
+    TooLong(String),
+}
+
+impl std::fmt::Display for TtlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TtlError::Syntax(s) => write!(
+                f,
+                "invalid ttl {s:?}: expected a number with s, m, h or d (e.g. 1h)"
+            ),
+            TtlError::Zero(s) => write!(f, "invalid ttl {s:?}: a token must live at least 1s"),
+            TtlError::TooLong(s) => write!(f, "invalid ttl {s:?}: too long"),
+        }
+    }
+}
+
+impl std::error::Error for TtlError {}
+
+/// Parses a time to live: whole seconds with an `s`, `m`, `h` or `d`
+/// suffix (`90s`, `15m`, `1h`, `30d`); a bare number is seconds.
+pub fn parse_ttl(s: &str) -> Result<u64, TtlError> {
+    let syntax = || TtlError::Syntax(s.to_owned());
+    let (digits, unit) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c),
+        _ => (s, 's'),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(syntax());
+    }
+    let mult = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return Err(syntax()),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| TtlError::TooLong(s.to_owned()))?;
+    match n.checked_mul(mult) {
+        Some(0) => Err(TtlError::Zero(s.to_owned())),
+        Some(v) => Ok(v),
+        None => Err(TtlError::TooLong(s.to_owned())),
+    }
 }
 
 /// Prints the token `a` asks for.
@@ -118,6 +191,8 @@ fn token(a: &TokenArgs) -> Result<(), CliError> {
         exp: now.saturating_add(a.ttl),
         scopes: a.scopes.clone(),
         read_scopes: a.read_scopes.clone(),
+        aud: a.audience.clone(),
+        iss: a.issuer.clone(),
     };
     let token = auth::mint_hs256(&secret, &claims).map_err(|e| match e {
         auth::MintError::Encode(_) => CliError::Failed(e.to_string()),
@@ -136,11 +211,36 @@ fn verifier(a: &BackendArgs) -> Result<Option<Verifier>, CliError> {
         ));
     }
     let usage = |e: auth::KeyError| CliError::Usage(format!("backend auth: {e}"));
-    match (&a.auth_secret_file, &a.auth_public_key) {
-        (Some(f), _) => Verifier::from_secret_file(f).map(Some).map_err(usage),
-        (None, Some(f)) => Verifier::from_public_key_file(f).map(Some).map_err(usage),
-        (None, None) => Ok(None),
+    let verifier = match (&a.auth_secret_file, &a.auth_public_key) {
+        (Some(f), _) => Verifier::from_secret_file(f).map_err(usage)?,
+        (None, Some(f)) => Verifier::from_public_key_file(f).map_err(usage)?,
+        (None, None) => {
+            if a.auth_audience.is_some() || a.auth_issuer.is_some() {
+                return Err(CliError::Usage(
+                    "--auth-audience and --auth-issuer need --auth-secret-file or \
+                     --auth-public-key"
+                        .into(),
+                ));
+            }
+            return Ok(None);
+        }
+    };
+    let verifier = match &a.auth_audience {
+        Some(aud) => verifier.with_audience(aud),
+        None => verifier,
+    };
+    let verifier = match &a.auth_issuer {
+        Some(iss) => verifier.with_issuer(iss),
+        None => verifier,
+    };
+    if a.auth_public_key.is_some() && !verifier.checks_audience() {
+        tracing::warn!(
+            "--auth-public-key without --auth-audience: any token this key signed is \
+             accepted, including tokens your auth server mints for other services; \
+             give the audience this backend's tokens carry"
+        );
     }
+    Ok(Some(verifier))
 }
 
 /// Serves until interrupted (or runs `backend token`).
@@ -148,8 +248,9 @@ pub async fn run(a: &BackendArgs) -> Result<(), CliError> {
     if let Some(BackendCmd::Token(t)) = &a.cmd {
         return token(t);
     }
-    let users = verifier(a)?;
+    // Logging first: reading the keys may warn.
     let _log = syncd::daemon::init_logging("info", syncd::config::LogFormat::Text);
+    let users = verifier(a)?;
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(c), Some(k)) => {
             Some(server::load_tls(c, k).map_err(|e| CliError::Usage(format!("backend TLS: {e}")))?)
@@ -162,6 +263,7 @@ pub async fn run(a: &BackendArgs) -> Result<(), CliError> {
         postgres: a.postgres.clone(),
         token: a.token.clone(),
         users,
+        allow_single_tenant_over_users: a.allow_single_tenant_over_users,
         faults: Faults {
             fail_503: a.fail_503,
             retry_after_s: a.retry_after,
@@ -176,4 +278,25 @@ pub async fn run(a: &BackendArgs) -> Result<(), CliError> {
     server::run(opts)
         .await
         .map_err(|e| CliError::Failed(format!("backend: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_suffixes() {
+        assert_eq!(parse_ttl("90"), Ok(90));
+        assert_eq!(parse_ttl("90s"), Ok(90));
+        assert_eq!(parse_ttl("15m"), Ok(900));
+        assert_eq!(parse_ttl("1h"), Ok(3600));
+        assert_eq!(parse_ttl("2d"), Ok(172_800));
+        for bad in ["", "h", "1w", "-1h", "1.5h", "+1h"] {
+            assert_eq!(parse_ttl(bad), Err(TtlError::Syntax(bad.into())), "{bad}");
+        }
+        assert_eq!(parse_ttl("0s"), Err(TtlError::Zero("0s".into())));
+        for long in ["99999999999999999999d", "999999999999999999d"] {
+            assert_eq!(parse_ttl(long), Err(TtlError::TooLong(long.into())));
+        }
+    }
 }

@@ -86,7 +86,7 @@ enum Cmd {
     /// Every metric in the Prometheus (OpenMetrics) text format.
     Metrics(DaemonOpts),
     /// Run the reference backend server.
-    Backend(backend::BackendArgs),
+    Backend(Box<backend::BackendArgs>),
     /// Check the store fully (every page, every table); exit 5 on a problem.
     Check(check::CheckArgs),
     /// Sync a scope of a backend with users and scopes.

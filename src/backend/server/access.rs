@@ -19,8 +19,11 @@
 //! - a replayed op_id answers its record only if that record's scope is
 //!   readable, else 403 `scope_denied`.
 //!
-//! A single-tenant server ([`Caller::Single`]) keeps every record in
-//! [`SINGLE_SCOPE`] and allows everything, as revision 2 did.
+//! A single-tenant server ([`Caller::Single`]) allows everything, as
+//! revision 2 did: it creates records in [`SINGLE_SCOPE`] and never moves
+//! one (an update or delete keeps the record's scope, which matters only on
+//! a store that held users, started single-tenant with the explicit
+//! override).
 
 use crate::backend::protocol::{DenyCode, ServerRecord};
 use crate::domain::scope::{check_scope, SINGLE_SCOPE};
@@ -91,7 +94,9 @@ pub fn target_scope(
     current: Option<&StoredRecord>,
 ) -> Result<String, Refusal> {
     let Caller::User(_) = caller else {
-        return Ok(SINGLE_SCOPE.to_owned());
+        // Revision 2 has no moves: a record stays where it is (a store that
+        // held users keeps its scopes), a new one goes to the default scope.
+        return Ok(current.map_or_else(|| SINGLE_SCOPE.to_owned(), |c| c.scope.clone()));
     };
     match (&op.action, current) {
         (Action::Create { .. }, None) => {

@@ -10,6 +10,7 @@ fn user(scopes: &[&str], read: &[&str]) -> Caller {
         exp: 1,
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         read_scopes: read.iter().map(|s| s.to_string()).collect(),
+        ..Claims::default()
     };
     Caller::User(Principal::from_claims(claims).expect("claims"))
 }
@@ -169,6 +170,31 @@ fn single_tenant_allows_all_in_the_default_scope() {
         Ok(SINGLE_SCOPE.into())
     );
     assert_eq!(replay(&s, "o", "anything"), Ok(()));
+    let r = present(&s, "team-1", stored("x").record);
+    assert_eq!(r.scope, None);
+}
+
+#[test]
+fn single_tenant_updates_and_deletes_keep_the_records_scope() {
+    // A store that held users (with the explicit override): a single-tenant
+    // write must not move a record out of its scope.
+    let s = Caller::Single;
+    assert_eq!(
+        target_scope(&s, &update(None), Some(&stored("team-1"))),
+        Ok("team-1".into())
+    );
+    assert_eq!(
+        target_scope(&s, &update(Some("other")), Some(&stored("user:bob"))),
+        Ok("user:bob".into())
+    );
+    assert_eq!(
+        target_scope(&s, &delete(), Some(&stored("team-1"))),
+        Ok("team-1".into())
+    );
+    assert_eq!(
+        target_scope(&s, &create(Some("r"), None), Some(&stored("team-1"))),
+        Ok("team-1".into())
+    );
     let r = present(&s, "team-1", stored("x").record);
     assert_eq!(r.scope, None);
 }

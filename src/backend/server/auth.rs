@@ -10,8 +10,11 @@
 //! Policy: the algorithm is fixed by the key (`--auth-secret-file`: HS256;
 //! `--auth-public-key`: EdDSA for an Ed25519 key, RS256 for an RSA key);
 //! a token naming any other `alg` (`none` included) is refused. `exp` and
-//! `sub` are required; expiry has no leeway ([`LEEWAY_S`]); `aud`, `iss` and
-//! `nbf` are not checked.
+//! `sub` are required; expiry has no leeway ([`LEEWAY_S`]); `nbf` is checked
+//! when present; `aud` and `iss` are required and must match when the
+//! server is given an audience or an issuer ([`Verifier::with_audience`],
+//! [`Verifier::with_issuer`]), else not checked. Key files are read and
+//! checked in [`auth_key`](super::auth_key).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -23,6 +26,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::protocol::{Access, ScopeGrant, Session};
+
+use super::auth_key::{self, read_key_file};
+pub use super::auth_key::{read_secret, KeyError};
 use crate::domain::scope::{check_scope, private_scope, BadScope};
 
 /// Seconds of clock skew allowed on `exp`: none. A token is refused from
@@ -35,14 +41,24 @@ pub enum AuthError {
     /// No `Authorization: Bearer <token>` header.
     Missing,
     /// Not three base64url parts with a JSON header and claims.
-    Malformed(String),
+    Malformed(Malformed),
     /// `alg: none`: an unsigned token.
     Unsigned,
     /// Signed with an algorithm this server does not verify.
     WrongAlgorithm(Algorithm),
     BadSignature,
     Expired,
-    /// A required claim (`sub` or `exp`) is absent.
+    /// `nbf` is in the future.
+    NotYetValid,
+    /// `aud` is not the `--auth-audience`.
+    WrongAudience,
+    /// `iss` is not the `--auth-issuer`.
+    WrongIssuer,
+    /// Not verifiable with this server's key for another reason (a key or
+    /// crypto error): said without details.
+    Unverifiable,
+    /// A required claim (`sub`, `exp`; `aud`, `iss` when configured) is
+    /// absent.
     MissingClaim(String),
     /// `user:<sub>` is not a scope name.
     BadSub(BadScope),
@@ -70,6 +86,14 @@ impl fmt::Display for AuthError {
             }
             AuthError::BadSignature => f.write_str("invalid token signature"),
             AuthError::Expired => f.write_str("token expired"),
+            AuthError::NotYetValid => f.write_str("token not yet valid ('nbf' is in the future)"),
+            AuthError::WrongAudience => f.write_str("token audience ('aud') is not this server"),
+            AuthError::WrongIssuer => {
+                f.write_str("token issuer ('iss') is not the one this server trusts")
+            }
+            AuthError::Unverifiable => {
+                f.write_str("token cannot be verified with this server's key")
+            }
             AuthError::MissingClaim(c) => write!(f, "token has no '{c}' claim"),
             AuthError::BadSub(why) => write!(f, "token 'sub' cannot name a private scope: {why}"),
             AuthError::BadScopeClaim { name, why } => {
@@ -81,6 +105,35 @@ impl fmt::Display for AuthError {
 }
 
 impl std::error::Error for AuthError {}
+
+/// How a token is malformed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Malformed {
+    /// Not three dot-separated parts.
+    NotAJwt,
+    /// A part is not base64url.
+    Base64,
+    /// A part is not UTF-8 (or the `Authorization` header is not).
+    Utf8,
+    /// The header or the claims are not the expected JSON (serde's reason).
+    Json(String),
+    /// The header cannot be read.
+    Header,
+}
+
+impl fmt::Display for Malformed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Malformed::NotAJwt => {
+                f.write_str("not a JWT (three base64url parts separated by dots)")
+            }
+            Malformed::Base64 => f.write_str("a part is not base64url"),
+            Malformed::Utf8 => f.write_str("not UTF-8"),
+            Malformed::Json(why) => write!(f, "header or claims are not the expected JSON: {why}"),
+            Malformed::Header => f.write_str("unreadable header"),
+        }
+    }
+}
 
 /// The claims as sent: `sub` and `exp` optional here so that their absence
 /// is reported as such by the validation (not as a JSON error).
@@ -103,12 +156,16 @@ impl SentClaims {
             exp: self.exp.ok_or(AuthError::MissingClaim("exp".into()))?,
             scopes: self.scopes,
             read_scopes: self.read_scopes,
+            aud: None,
+            iss: None,
         })
     }
 }
 
-/// The claims this server reads (others are ignored).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The claims this server reads (others are ignored; `aud`, `iss` and
+/// `nbf` are checked by the validation, not read here), and that
+/// `syncd backend token` mints.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,
     pub exp: u64,
@@ -116,6 +173,12 @@ pub struct Claims {
     pub scopes: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub read_scopes: Vec<String>,
+    /// Minted only: the audience (`--auth-audience` of the server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+    /// Minted only: the issuer (`--auth-issuer` of the server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
 }
 
 /// A verified token: who, and which scopes it may write (W) and read (R).
@@ -180,91 +243,115 @@ impl Principal {
     }
 }
 
-/// Why a key file cannot be used.
-#[derive(Debug)]
-pub struct KeyError(pub String);
-
-impl fmt::Display for KeyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for KeyError {}
-
-fn read_key_file(path: &Path) -> Result<Vec<u8>, KeyError> {
-    std::fs::read(path).map_err(|e| KeyError(format!("cannot read {}: {e}", path.display())))
-}
-
-/// A shared secret from a file: its bytes without trailing whitespace (so
-/// `echo secret > file` works); empty is refused.
-pub fn read_secret(path: &Path) -> Result<Vec<u8>, KeyError> {
-    let mut bytes = read_key_file(path)?;
-    while bytes.last().is_some_and(u8::is_ascii_whitespace) {
-        bytes.pop();
-    }
-    if bytes.is_empty() {
-        return Err(KeyError(format!("{}: the secret is empty", path.display())));
-    }
-    Ok(bytes)
-}
-
 /// Verifies users-mode bearer tokens with one key.
 #[derive(Clone)]
 pub struct Verifier {
     key: DecodingKey,
     validation: Validation,
+    /// The one algorithm accepted (also the only one in `validation`).
+    algorithm: Algorithm,
 }
 
 impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Verifier")
-            .field("algorithm", &self.algorithm())
+            .field("algorithm", &self.algorithm)
+            .field("audience", &self.validation.aud)
+            .field("issuer", &self.validation.iss)
             .finish()
     }
 }
 
 impl Verifier {
-    fn new(key: DecodingKey, alg: Algorithm) -> Verifier {
-        let mut validation = Validation::new(alg);
+    fn new(key: DecodingKey, algorithm: Algorithm) -> Verifier {
+        let mut validation = Validation::new(algorithm);
         validation.leeway = LEEWAY_S;
+        // `aud` is checked only when an audience is configured
+        // ([`with_audience`](Self::with_audience)); `nbf` whenever present.
         validation.validate_aud = false;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        Verifier { key, validation }
+        Verifier {
+            key,
+            validation,
+            algorithm,
+        }
     }
 
-    /// HS256 with this shared secret.
+    /// HS256 with this shared secret (its length is checked by
+    /// [`read_secret`], for secrets read from a file).
     pub fn hs256(secret: &[u8]) -> Verifier {
         Verifier::new(DecodingKey::from_secret(secret), Algorithm::HS256)
     }
 
-    /// HS256 with the secret in `path` ([`read_secret`]).
+    /// HS256 with the secret in `path` ([`read_secret`]); warns when the
+    /// file is readable by its group or by others.
     pub fn from_secret_file(path: &Path) -> Result<Verifier, KeyError> {
-        Ok(Verifier::hs256(&read_secret(path)?))
+        let secret = read_secret(path)?;
+        if auth_key::readable_by_others(path) {
+            tracing::warn!(
+                path = %path.display(),
+                "the auth secret file is readable by its group or by others: anyone who \
+                 reads it can mint tokens for any user (chmod 600 it)"
+            );
+        }
+        Ok(Verifier::hs256(&secret))
     }
 
     /// A PEM public key: Ed25519 (EdDSA) or RSA (RS256), whichever it is.
+    /// A private key is refused (the backend must not hold it).
     pub fn from_public_pem(pem: &[u8]) -> Result<Verifier, KeyError> {
+        if auth_key::is_private_pem(pem) {
+            return Err(KeyError::PrivateKey(None));
+        }
         if let Ok(key) = DecodingKey::from_ed_pem(pem) {
             return Ok(Verifier::new(key, Algorithm::EdDSA));
         }
         match DecodingKey::from_rsa_pem(pem) {
             Ok(key) => Ok(Verifier::new(key, Algorithm::RS256)),
-            Err(e) => Err(KeyError(format!(
-                "not a PEM Ed25519 or RSA public key ({e})"
-            ))),
+            Err(e) => Err(KeyError::NotAPublicKey {
+                path: None,
+                why: e.to_string(),
+            }),
         }
     }
 
     /// [`from_public_pem`](Self::from_public_pem) of a file.
     pub fn from_public_key_file(path: &Path) -> Result<Verifier, KeyError> {
-        Verifier::from_public_pem(&read_key_file(path)?)
-            .map_err(|e| KeyError(format!("{}: {e}", path.display())))
+        let with_path = |e| match e {
+            KeyError::PrivateKey(None) => KeyError::PrivateKey(Some(path.to_path_buf())),
+            KeyError::NotAPublicKey { path: None, why } => KeyError::NotAPublicKey {
+                path: Some(path.to_path_buf()),
+                why,
+            },
+            other => other,
+        };
+        Verifier::from_public_pem(&read_key_file(path)?).map_err(with_path)
+    }
+
+    /// Requires `aud` to be (or to contain) `audience`.
+    pub fn with_audience(mut self, audience: &str) -> Verifier {
+        self.validation.set_audience(&[audience]);
+        self.validation.validate_aud = true;
+        self.validation.required_spec_claims.insert("aud".into());
+        self
+    }
+
+    /// Requires `iss` to be `issuer`.
+    pub fn with_issuer(mut self, issuer: &str) -> Verifier {
+        self.validation.set_issuer(&[issuer]);
+        self.validation.required_spec_claims.insert("iss".into());
+        self
     }
 
     /// The one algorithm accepted.
     pub fn algorithm(&self) -> Algorithm {
-        self.validation.algorithms[0]
+        self.algorithm
+    }
+
+    /// Whether tokens must name an audience ([`with_audience`](Self::with_audience)).
+    pub fn checks_audience(&self) -> bool {
+        self.validation.validate_aud
     }
 
     /// Checks `token` (the part after `Bearer `).
@@ -295,14 +382,25 @@ fn refusal(token: &str, kind: ErrorKind) -> AuthError {
     match kind {
         ErrorKind::InvalidSignature => AuthError::BadSignature,
         ErrorKind::ExpiredSignature => AuthError::Expired,
+        ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+        ErrorKind::InvalidAudience => AuthError::WrongAudience,
+        ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
         ErrorKind::MissingRequiredClaim(c) => AuthError::MissingClaim(c),
         ErrorKind::InvalidAlgorithm => match jsonwebtoken::decode_header(token) {
             Ok(h) => AuthError::WrongAlgorithm(h.alg),
-            Err(_) => AuthError::Malformed("unreadable header".into()),
+            Err(_) => AuthError::Malformed(Malformed::Header),
         },
         _ if is_unsigned(token) => AuthError::Unsigned,
-        ErrorKind::Json(e) => AuthError::Malformed(e.to_string()),
-        other => AuthError::Malformed(format!("{other:?}")),
+        ErrorKind::InvalidToken => AuthError::Malformed(Malformed::NotAJwt),
+        ErrorKind::Base64(_) => AuthError::Malformed(Malformed::Base64),
+        ErrorKind::Utf8(_) => AuthError::Malformed(Malformed::Utf8),
+        ErrorKind::Json(e) => AuthError::Malformed(Malformed::Json(e.to_string())),
+        // Key, crypto or library errors: nothing the client can act on
+        // beyond "not accepted"; the details go to the server's log.
+        other => {
+            tracing::debug!(error = ?other, "token not verifiable");
+            AuthError::Unverifiable
+        }
     }
 }
 
@@ -342,28 +440,6 @@ pub fn mint_hs256(secret: &[u8], claims: &Claims) -> Result<String, MintError> {
         &EncodingKey::from_secret(secret),
     )
     .map_err(|e| MintError::Encode(e.to_string()))
-}
-
-/// Parses a time to live: whole seconds with an `s`, `m`, `h` or `d`
-/// suffix (`90s`, `15m`, `1h`, `30d`); a bare number is seconds.
-pub fn parse_ttl(s: &str) -> Result<u64, String> {
-    let bad = || format!("invalid ttl {s:?}: expected a number with s, m, h or d (e.g. 1h)");
-    let (digits, unit) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c),
-        _ => (s, 's'),
-    };
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    let mult = match unit {
-        's' => 1,
-        'm' => 60,
-        'h' => 3600,
-        'd' => 86_400,
-        _ => return Err(bad()),
-    };
-    match n.checked_mul(mult) {
-        Some(0) | None => Err(bad()),
-        Some(v) => Ok(v),
-    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use super::*;
 
-const SECRET: &[u8] = b"test-secret";
+const SECRET: &[u8] = b"test-secret-test-secret-test-secret";
 const ED_PRIVATE: &[u8] = include_bytes!("../../../tests/data/jwt_ed25519_private.pem");
 const ED_PUBLIC: &[u8] = include_bytes!("../../../tests/data/jwt_ed25519_public.pem");
 const RSA_PRIVATE: &[u8] = include_bytes!("../../../tests/data/jwt_rsa_private.pem");
@@ -158,7 +158,7 @@ fn minting_checks_names_and_round_trips() {
         sub: "bob".into(),
         exp: now() + 60,
         scopes: vec!["team-1".into()],
-        read_scopes: vec![],
+        ..Claims::default()
     };
     let t = mint_hs256(SECRET, &claims).expect("mint");
     let p = Verifier::hs256(SECRET).verify(&t).expect("verify");
@@ -182,24 +182,109 @@ fn minting_checks_names_and_round_trips() {
 }
 
 #[test]
-fn ttl_suffixes() {
-    assert_eq!(parse_ttl("90"), Ok(90));
-    assert_eq!(parse_ttl("90s"), Ok(90));
-    assert_eq!(parse_ttl("15m"), Ok(900));
-    assert_eq!(parse_ttl("1h"), Ok(3600));
-    assert_eq!(parse_ttl("2d"), Ok(172_800));
-    for bad in ["", "h", "0s", "1w", "-1h", "1.5h", "99999999999999999999d"] {
-        assert!(parse_ttl(bad).is_err(), "{bad}");
+fn audience_and_issuer_are_checked_only_when_configured() {
+    let plain = Verifier::hs256(SECRET);
+    let with = |extra: serde_json::Value| {
+        let mut c = alice();
+        if let (Some(c), Some(e)) = (c.as_object_mut(), extra.as_object()) {
+            c.extend(e.clone());
+        }
+        hs(c)
+    };
+    let other_aud = with(serde_json::json!({"aud": "billing", "iss": "elsewhere"}));
+    assert!(
+        plain.verify(&other_aud).is_ok(),
+        "not configured: not checked"
+    );
+    let v = Verifier::hs256(SECRET)
+        .with_audience("syncd")
+        .with_issuer("https://auth.example");
+    assert!(v.checks_audience() && !plain.checks_audience());
+    let good = with(serde_json::json!({"aud": "syncd", "iss": "https://auth.example"}));
+    assert_eq!(v.verify(&good).map(|p| p.sub), Ok("alice".into()));
+    let many =
+        with(serde_json::json!({"aud": ["billing", "syncd"], "iss": "https://auth.example"}));
+    assert!(
+        v.verify(&many).is_ok(),
+        "an audience list naming this server"
+    );
+    let wrong_aud = with(serde_json::json!({"aud": "billing", "iss": "https://auth.example"}));
+    assert_eq!(v.verify(&wrong_aud), Err(AuthError::WrongAudience));
+    let wrong_iss = with(serde_json::json!({"aud": "syncd", "iss": "https://evil.example"}));
+    assert_eq!(v.verify(&wrong_iss), Err(AuthError::WrongIssuer));
+    let no_aud = with(serde_json::json!({"iss": "https://auth.example"}));
+    assert_eq!(
+        v.verify(&no_aud),
+        Err(AuthError::MissingClaim("aud".into()))
+    );
+    let no_iss = with(serde_json::json!({"aud": "syncd"}));
+    assert_eq!(
+        v.verify(&no_iss),
+        Err(AuthError::MissingClaim("iss".into()))
+    );
+    // Minted tokens carry them.
+    let claims = Claims {
+        sub: "bob".into(),
+        exp: now() + 60,
+        aud: Some("syncd".into()),
+        iss: Some("https://auth.example".into()),
+        ..Claims::default()
+    };
+    let minted = mint_hs256(SECRET, &claims).expect("mint");
+    assert!(v.verify(&minted).is_ok());
+}
+
+#[test]
+fn nbf_is_checked_when_present() {
+    let v = Verifier::hs256(SECRET);
+    let future = hs(serde_json::json!({"sub": "a", "exp": now() + 600, "nbf": now() + 300}));
+    assert_eq!(v.verify(&future), Err(AuthError::NotYetValid));
+    let past = hs(serde_json::json!({"sub": "a", "exp": now() + 600, "nbf": now() - 300}));
+    assert!(v.verify(&past).is_ok());
+}
+
+#[test]
+fn malformed_tokens_get_human_reasons() {
+    let v = Verifier::hs256(SECRET);
+    let cases = [
+        (
+            "not a token",
+            "malformed token: not a JWT (three base64url parts separated by dots)",
+        ),
+        ("a.b.c", "malformed token: a part is not base64url"),
+    ];
+    for (token, reason) in cases {
+        assert_eq!(
+            v.verify(token).map_err(|e| e.to_string()),
+            Err(reason.to_owned())
+        );
+    }
+    let not_json = format!("bm90IGpzb24.{}.sig", b64(&alice()));
+    let e = v.verify(&not_json).expect_err("refused");
+    assert!(
+        matches!(e, AuthError::Malformed(Malformed::Json(_))),
+        "{e:?}"
+    );
+    // No Rust Debug text reaches a client.
+    for token in ["", ".", "..", "a.b", "a.b.c.d", &not_json] {
+        if let Err(e) = v.verify(token) {
+            let text = e.to_string();
+            for debug in ["Kind", "InvalidToken", "Base64(", "Error {"] {
+                assert!(!text.contains(debug), "{token:?}: {text}");
+            }
+        }
     }
 }
 
 #[test]
-fn secrets_lose_trailing_whitespace_and_may_not_be_empty() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let f = dir.path().join("s");
-    std::fs::write(&f, b"abc \n").expect("write");
-    assert_eq!(read_secret(&f).expect("secret"), b"abc");
-    std::fs::write(&f, b"\n").expect("write");
-    assert!(read_secret(&f).is_err());
-    assert!(read_secret(&dir.path().join("missing")).is_err());
+fn a_private_key_is_refused_as_the_public_key() {
+    for pem in [ED_PRIVATE, RSA_PRIVATE] {
+        let e = Verifier::from_public_pem(pem).expect_err("private key");
+        assert!(matches!(e, KeyError::PrivateKey(None)), "{e:?}");
+        assert!(
+            e.to_string()
+                .contains("this is a private key; give the public key"),
+            "{e}"
+        );
+    }
 }

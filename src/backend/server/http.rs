@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use crate::backend::protocol::{ErrorBody, Features};
 
 use super::access::Caller;
-use super::auth::{AuthError, Verifier};
+use super::auth::{AuthError, Malformed, Verifier};
 use super::feed::{wait_past, WaitEnd};
 use super::handler::{self, no_check, parse_changes_query, JsonReply, OpsReply};
 use super::pull::{self, PullQuery, CHANGES_IN_USERS_MODE};
@@ -179,7 +179,7 @@ fn authenticate(state: &AppState, req: &Request<Incoming>) -> Result<Caller, Aut
     if let Some(verifier) = &state.users {
         let token = bearer(req).ok_or(AuthError::Missing).and_then(|t| {
             std::str::from_utf8(t)
-                .map_err(|_| AuthError::Malformed("not UTF-8".into()))
+                .map_err(|_| AuthError::Malformed(Malformed::Utf8))
                 .and_then(|t| verifier.verify(t.trim()))
         });
         return token.map(Caller::User);

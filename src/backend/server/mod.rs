@@ -31,14 +31,17 @@
 //!   logged; `ServerOptions`' `Debug` redacts it.
 //! - **Users and scopes (revision 3).** With [`ServerOptions::users`],
 //!   every endpoint but `v1/health` needs a JWT ([`auth`]: HS256, EdDSA or
-//!   RS256; `sub` and `exp` required, no expiry leeway); a refusal is 401
+//!   RS256; `sub` and `exp` required, no expiry leeway; `nbf` when present;
+//!   `aud`/`iss` when configured); a refusal is 401
 //!   `{"error": why}` with `WWW-Authenticate: Bearer`. [`access`] holds the
 //!   rules both stores apply (private scope `user:<sub>`, 403 `scope_denied`
 //!   / `id_taken`, 404 for what the token cannot read); [`pull`] serves
 //!   `POST v1/pull` from per-scope feeds (gap-free per scope, `gone`
 //!   entries on moves) and `GET v1/session`; `GET v1/changes` is a 400.
-//!   Without users, records are kept in scope `default` and the wire is
-//!   revision 2's, byte for byte.
+//!   Without users, records are created in scope `default` (updates keep a
+//!   record's scope) and the wire is revision 2's, byte for byte; a store
+//!   that has held users is refused in that mode unless
+//!   [`ServerOptions::allow_single_tenant_over_users`].
 //! - **Bodies.** At most `max_body_bytes` (declared `Content-Length` checked
 //!   first, then the stream is limited): else 413. `Content-Type` is not
 //!   enforced. Malformed JSON or a wrong shape (missing `op_id`, unknown
@@ -118,6 +121,7 @@
 
 pub mod access;
 pub mod auth;
+pub mod auth_key;
 pub mod feed;
 pub mod handler;
 pub mod http;
@@ -191,6 +195,9 @@ pub struct ServerOptions {
     /// Users and scopes (protocol revision 3): verify a JWT on every
     /// request but `v1/health`. Not together with `token`.
     pub users: Option<auth::Verifier>,
+    /// Start single-tenant (no `users`) even over a store that has held
+    /// users ([`BackendStore::held_users`]); else such a start is refused.
+    pub allow_single_tenant_over_users: bool,
     pub faults: Faults,
     /// Largest accepted request body; default [`DEFAULT_MAX_BODY_BYTES`].
     pub max_body_bytes: usize,
@@ -233,6 +240,7 @@ impl ServerOptions {
             postgres: None,
             token: None,
             users: None,
+            allow_single_tenant_over_users: false,
             faults: Faults::default(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             tls: None,
@@ -249,6 +257,10 @@ impl fmt::Debug for ServerOptions {
             .field("postgres", &self.postgres.as_deref().map(pg_url::redact))
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("users", &self.users)
+            .field(
+                "allow_single_tenant_over_users",
+                &self.allow_single_tenant_over_users,
+            )
             .field("faults", &self.faults)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("tls", &self.tls.is_some())
@@ -256,16 +268,49 @@ impl fmt::Debug for ServerOptions {
     }
 }
 
+/// The flag that starts single-tenant over a store that held users.
+pub const ALLOW_SINGLE_TENANT_FLAG: &str = "--allow-single-tenant-over-users";
+
 async fn open_store(opts: &ServerOptions) -> Result<Arc<dyn BackendStore>, BoxError> {
-    if let Some(url) = &opts.postgres {
+    let store: Arc<dyn BackendStore> = if let Some(url) = &opts.postgres {
         let store = PgStore::connect(url).await?;
         tracing::info!(database = %store.url(), "backend store open (PostgreSQL)");
-        return Ok(Arc::new(store));
+        Arc::new(store)
+    } else {
+        let dir = opts.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || RedbStore::open(&dir)).await??;
+        tracing::info!(path = %store.path().display(), "backend store open");
+        Arc::new(store)
+    };
+    check_mode(opts, &store).await?;
+    Ok(store)
+}
+
+/// Refuses a single-tenant start over a store that held users (its token
+/// would read and write every user's records), unless allowed.
+async fn check_mode(opts: &ServerOptions, store: &Arc<dyn BackendStore>) -> Result<(), BoxError> {
+    if opts.users.is_some() {
+        return Ok(());
     }
-    let dir = opts.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || RedbStore::open(&dir)).await??;
-    tracing::info!(path = %store.path().display(), "backend store open");
-    Ok(Arc::new(store))
+    let s = Arc::clone(store);
+    if !tokio::task::spawn_blocking(move || s.held_users()).await?? {
+        return Ok(());
+    }
+    let place = store.location();
+    if opts.allow_single_tenant_over_users {
+        tracing::warn!(
+            "{place} has held users and scopes; serving it single-tenant \
+             ({ALLOW_SINGLE_TENANT_FLAG}): every user's records are open to this server's clients"
+        );
+        return Ok(());
+    }
+    Err(format!(
+        "{place} has held users and scopes (protocol revision 3); a single-tenant \
+         server (--token or no auth) would serve every user's records to anyone: start it \
+         with --auth-secret-file or --auth-public-key, or pass {ALLOW_SINGLE_TENANT_FLAG} \
+         to serve it single-tenant anyway"
+    )
+    .into())
 }
 
 /// Binds, prints exactly one line `listening on <actual addr>` to stdout

@@ -59,6 +59,10 @@ const SCOPE_NEXT: &str = "INSERT INTO syncd_scope_heads (scope, seq) VALUES ($1,
      ON CONFLICT (scope) DO UPDATE SET seq = syncd_scope_heads.seq + 1 RETURNING seq";
 const SCOPE_APPEND: &str =
     "INSERT INTO syncd_scope_changes (scope, seq, change) VALUES ($1, $2, $3)";
+/// Marks the database as having held users (see
+/// [`BackendStore::held_users`](super::store::BackendStore::held_users)).
+const RECORD_USERS: &str =
+    "INSERT INTO syncd_meta (key, value) VALUES ('users', 1) ON CONFLICT DO NOTHING";
 const REMEMBER: &str = "INSERT INTO syncd_applied_ops (op_id, record, applied_at, scope) \
      VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
 
@@ -131,6 +135,8 @@ pub struct Applied {
     pub outcomes: Vec<Outcome>,
     /// The new head when the log grew.
     pub head: Option<u64>,
+    /// Whether anything was committed.
+    pub wrote: bool,
 }
 
 fn now_ms() -> i64 {
@@ -140,11 +146,13 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Runs `ops` in one transaction on `client` (see the module doc).
+/// Runs `ops` in one transaction on `client` (see the module doc). With
+/// `record_users`, a users-mode write also marks `syncd_meta` (`users`).
 pub async fn apply(
     client: &mut ClientWrapper,
     ops: &[ValidOp],
     caller: &Caller,
+    record_users: bool,
 ) -> Result<Applied, ApplyError> {
     let tx = client.transaction().await?;
     let head: i64 = tx
@@ -167,9 +175,15 @@ pub async fn apply(
         }
     }
     let grew = batch.head > head;
+    if record_users && batch.wrote && caller.is_user() {
+        let stmt = batch.tx.prepare_cached(RECORD_USERS).await?;
+        batch.tx.execute(&stmt, &[]).await?;
+    }
+    let wrote = batch.wrote;
     let head = batch.finish(grew).await?;
     Ok(Applied {
         outcomes,
+        wrote,
         head: grew.then_some(head),
     })
 }
@@ -212,7 +226,11 @@ impl Batch<'_> {
             }
             Plan::Unchanged(record) => record,
             Plan::Conflict(record) => {
-                return Ok(Outcome::Conflict(present(caller, &scope, record)))
+                // The record as stored: in its current scope, not a move's target.
+                let at = current
+                    .as_ref()
+                    .map_or(scope.as_str(), |c| c.scope.as_str());
+                return Ok(Outcome::Conflict(present(caller, at, record)));
             }
             Plan::NotFound(reason) => return Ok(Outcome::NotFound(reason)),
         };

@@ -31,6 +31,7 @@
 //! redb store has.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,8 +47,7 @@ use super::access::Caller;
 use super::feed::Feed;
 use super::ops::ValidOp;
 use super::pg_url::redact;
-use super::redb_store::with_scope;
-use super::store::{BackendStore, ChangeSlice, Outcome, ScopeSlice, StoreError};
+use super::store::{with_scope, BackendStore, ChangeSlice, Outcome, ScopeSlice, StoreError};
 use super::{pg_apply, pg_listen};
 
 /// The schema this code reads and writes (`syncd_meta.schema`).
@@ -76,6 +76,10 @@ const READ_CHANGES: &str = "SELECT h.seq, c.seq, c.change FROM syncd_feed_head h
      LEFT JOIN LATERAL (SELECT seq, change FROM syncd_changes WHERE seq > $1 \
      ORDER BY seq LIMIT $2) c ON true WHERE h.one ORDER BY c.seq";
 
+/// Whether a users-mode server wrote here, or a scope but `default` has a feed.
+const HELD_USERS: &str = "SELECT EXISTS (SELECT 1 FROM syncd_meta WHERE key = 'users') \
+     OR EXISTS (SELECT 1 FROM syncd_scope_heads WHERE scope <> 'default')";
+
 /// One scope's head and a page of its feed, in one statement (one snapshot).
 const READ_SCOPE: &str = "SELECT h.seq, c.seq, c.change FROM \
      (SELECT COALESCE(max(seq), 0) AS seq FROM syncd_scope_heads WHERE scope = $1) h \
@@ -90,6 +94,9 @@ pub struct PgStore {
     /// The connection string without its password.
     url: String,
     listener: JoinHandle<()>,
+    /// Whether `syncd_meta` is known to say `users` (saves a statement per
+    /// users-mode commit).
+    users_recorded: AtomicBool,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -141,6 +148,7 @@ impl PgStore {
             feed,
             url: shown,
             listener,
+            users_recorded: AtomicBool::new(false),
         })
     }
 
@@ -297,8 +305,12 @@ impl PgStore {
         let mut attempt = 0;
         loop {
             let mut client = self.client().await?;
-            match pg_apply::apply(&mut client, ops, caller).await {
+            let record_users = !self.users_recorded.load(Ordering::Relaxed);
+            match pg_apply::apply(&mut client, ops, caller, record_users).await {
                 Ok(applied) => {
+                    if record_users && caller.is_user() && applied.wrote {
+                        self.users_recorded.store(true, Ordering::Relaxed);
+                    }
                     if let Some(head) = applied.head {
                         self.feed.publish(head);
                     }
@@ -402,6 +414,16 @@ impl PgStore {
         })
     }
 
+    async fn held_users_async(&self) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(HELD_USERS, &[])
+            .await
+            .map_err(|e| self.pg_error("read syncd_meta", &e))?;
+        row.try_get(0)
+            .map_err(|e| self.error("read syncd_meta", &e))
+    }
+
     async fn check_async(&self) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
@@ -441,6 +463,14 @@ impl BackendStore for PgStore {
 
     fn check(&self) -> Result<(), StoreError> {
         self.block(self.check_async())
+    }
+
+    fn held_users(&self) -> Result<bool, StoreError> {
+        self.block(self.held_users_async())
+    }
+
+    fn location(&self) -> String {
+        format!("PostgreSQL database {}", self.url)
     }
 
     fn subscribe(&self) -> watch::Receiver<u64> {

@@ -22,6 +22,12 @@ use super::store::ScopeSlice;
 /// Most scopes one pull may name.
 pub const MAX_PULL_SCOPES: usize = 256;
 
+/// Most bytes of serialized changes in one pull reply (8 MiB; 256 scopes of
+/// 1000 large records would otherwise make one reply of gigabytes). Past
+/// it, each further scope's page holds only its first change and says
+/// `more: true`, so every scope with news still moves on.
+pub const MAX_PULL_REPLY_BYTES: usize = 8 * 1024 * 1024;
+
 /// The 400 of `GET v1/changes` on a users-mode server.
 pub const CHANGES_IN_USERS_MODE: &str =
     "this server has users and scopes (protocol revision 3): pull with POST v1/pull";
@@ -101,13 +107,13 @@ pub fn readable(caller: &Caller, q: &PullQuery) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// The cursor after a slice: its last entry; with nothing new, the input
-/// cursor, or the head when none was given or it is past the head.
-fn cursor_after(since: Option<u64>, slice: &ScopeSlice) -> u64 {
-    match (slice.entries.last(), since) {
-        (Some((seq, _)), _) => *seq,
-        (None, Some(s)) if s <= slice.head => s,
-        (None, _) => slice.head,
+/// The cursor after a page whose last entry is `last`; with nothing new,
+/// the input cursor, or the head when none was given or it is past the head.
+fn cursor_at(since: Option<u64>, last: Option<u64>, head: u64) -> u64 {
+    match (last, since) {
+        (Some(seq), _) => seq,
+        (None, Some(s)) if s <= head => s,
+        (None, _) => head,
     }
 }
 
@@ -124,8 +130,20 @@ pub fn is_idle(caller: &Caller, q: &PullQuery, slices: &[ScopeSlice]) -> bool {
 }
 
 /// The reply: a page for each readable scope (`slices`, in the order of
-/// [`readable`]) and a refusal for each other one.
+/// [`readable`]) and a refusal for each other one, within
+/// [`MAX_PULL_REPLY_BYTES`].
 pub fn pull_reply(caller: &Caller, q: &PullQuery, slices: Vec<ScopeSlice>) -> JsonReply {
+    pull_reply_within(caller, q, slices, MAX_PULL_REPLY_BYTES)
+}
+
+/// [`pull_reply`] with at most `budget` bytes of serialized changes (and
+/// always the first change of each scope that has one).
+fn pull_reply_within(
+    caller: &Caller,
+    q: &PullQuery,
+    slices: Vec<ScopeSlice>,
+    mut budget: usize,
+) -> JsonReply {
     let mut slices = slices.into_iter();
     let mut scopes = BTreeMap::new();
     for s in &q.scopes {
@@ -133,7 +151,7 @@ pub fn pull_reply(caller: &Caller, q: &PullQuery, slices: Vec<ScopeSlice>) -> Js
             let Some(slice) = slices.next() else {
                 return JsonReply::error(500, "internal error");
             };
-            page(s.since, slice)
+            page(s.since, slice, &mut budget)
         } else {
             ScopeResult::Denied(ErrorBody {
                 error: read_denied(&s.scope),
@@ -146,14 +164,48 @@ pub fn pull_reply(caller: &Caller, q: &PullQuery, slices: Vec<ScopeSlice>) -> Js
     JsonReply::json(200, &PullReply { scopes })
 }
 
-fn page(since: Option<u64>, slice: ScopeSlice) -> ScopeResult {
-    let cursor = cursor_after(since, &slice);
+/// A scope's page: its changes while `budget` lasts (the first always),
+/// the budget reduced by their size.
+fn page(since: Option<u64>, slice: ScopeSlice, budget: &mut usize) -> ScopeResult {
+    let mut changes = Vec::with_capacity(slice.entries.len());
+    let mut last = None;
+    let mut cut = false;
+    for (seq, change) in slice.entries {
+        let size = json_len(&change);
+        if !changes.is_empty() && size > *budget {
+            cut = true;
+            break;
+        }
+        *budget = budget.saturating_sub(size);
+        last = Some(seq);
+        changes.push(change);
+    }
+    let cursor = cursor_at(since, last, slice.head);
     ScopeResult::Page(ScopePage {
         cursor: cursor.to_string(),
-        more: slice.more,
+        more: slice.more || cut,
         remaining: Some(slice.head.saturating_sub(cursor)),
-        changes: slice.entries.into_iter().map(|(_, c)| c).collect(),
+        changes,
     })
+}
+
+/// The length of `v` as JSON, without building it.
+fn json_len(v: &impl serde::Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Serializing a protocol value into a counter cannot fail; if it
+    // did, counting it as empty only loosens the cap.
+    let _ = serde_json::to_writer(&mut count, v);
+    count.0
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ fn alice() -> Caller {
             sub: "alice".into(),
             exp: 1,
             scopes: vec!["team-1".into()],
-            read_scopes: vec![],
+            ..Claims::default()
         })
         .expect("claims"),
     )
@@ -118,8 +118,58 @@ fn idle_means_nothing_new_and_no_cursor_past_the_head() {
     // Past the head (a reset server): answered at once, with the head.
     let past = slice(&[], false, 2);
     assert!(!is_idle(&c, &q, std::slice::from_ref(&past)));
-    assert_eq!(cursor_after(Some(3), &past), 2);
+    assert_eq!(cursor_at(Some(3), None, past.head), 2);
     // Only unreadable scopes: nothing to wait for.
     let q = parse(serde_json::json!({"scopes": {"zzz": "8"}, "wait": 30})).expect("valid");
     assert!(!is_idle(&c, &q, &[]));
+}
+
+#[test]
+fn a_reply_past_its_byte_budget_cuts_the_remaining_pages() {
+    let c = alice();
+    let q =
+        parse(serde_json::json!({"scopes": {"team-1": null, "user:alice": "2"}})).expect("valid");
+    let one = json_len(&slice(&[1], false, 1).entries[0].1);
+    // Room for two changes: team-1 gets 2 of 3, user:alice still its first.
+    let reply = pull_reply_within(
+        &c,
+        &q,
+        vec![slice(&[1, 2, 3], false, 3), slice(&[3, 4], false, 4)],
+        2 * one + one / 2,
+    );
+    let v: serde_json::Value = serde_json::from_slice(&reply.body).expect("json");
+    let team = &v["scopes"]["team-1"];
+    assert_eq!(team["changes"].as_array().map(Vec::len), Some(2), "{v}");
+    assert_eq!(
+        (&team["cursor"], &team["more"], &team["remaining"]),
+        (
+            &serde_json::json!("2"),
+            &serde_json::json!(true),
+            &serde_json::json!(1)
+        )
+    );
+    let mine = &v["scopes"]["user:alice"];
+    assert_eq!(mine["changes"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(
+        (&mine["cursor"], &mine["more"], &mine["remaining"]),
+        (
+            &serde_json::json!("3"),
+            &serde_json::json!(true),
+            &serde_json::json!(1)
+        )
+    );
+    // Within the budget: whole pages, `more` as the store said.
+    let reply = pull_reply(
+        &c,
+        &q,
+        vec![slice(&[1, 2, 3], false, 3), slice(&[3, 4], false, 4)],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&reply.body).expect("json");
+    assert_eq!(v["scopes"]["team-1"]["more"], false);
+    assert_eq!(
+        v["scopes"]["user:alice"]["changes"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
 }

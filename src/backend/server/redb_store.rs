@@ -4,7 +4,8 @@
 //! demos and tests; redb is already the daemon's database.
 //!
 //! Tables (values are JSON):
-//! - `meta`: `"schema"` -> [`SCHEMA_VERSION`];
+//! - `meta`: `"schema"` -> [`SCHEMA_VERSION`]; `"users"` -> 1 once a
+//!   users-mode server has written (see [`BackendStore::held_users`]);
 //! - `records`: `(collection, id)` -> [`StoredRecord`] (the current record
 //!   and its scope);
 //! - `applied_ops`: op_id -> `AppliedOp` (the reply record and its scope,
@@ -30,6 +31,7 @@
 //! migrated: start on a fresh data directory.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{
@@ -45,7 +47,7 @@ use crate::domain::scope::SINGLE_SCOPE;
 use super::access::{self, present, Caller};
 use super::feed::Feed;
 use super::ops::{plan, single_scope, Action, Plan, StoredRecord, ValidOp};
-use super::store::{BackendStore, ChangeSlice, Outcome, ScopeSlice, StoreError};
+use super::store::{with_scope, BackendStore, ChangeSlice, Outcome, ScopeSlice, StoreError};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const RECORDS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("records");
@@ -58,6 +60,8 @@ type RecordsTable<'t> = Table<'t, (&'static str, &'static str), &'static [u8]>;
 
 /// Key of the schema version in `meta`.
 const SCHEMA_KEY: &str = "schema";
+/// Key in `meta` present once a users-mode server has written.
+const USERS_KEY: &str = "users";
 /// The on-disk format this code reads and writes.
 pub const SCHEMA_VERSION: u64 = 3;
 /// The schema before scopes, upgraded when opened.
@@ -111,6 +115,8 @@ pub struct RedbStore {
     db: Database,
     path: PathBuf,
     feed: Feed,
+    /// Whether `meta` is known to say `"users"` (saves a write per commit).
+    users_recorded: AtomicBool,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -303,7 +309,11 @@ impl<'t> Batch<'t> {
             }
             Plan::Unchanged(record) => record,
             Plan::Conflict(record) => {
-                return Ok(Outcome::Conflict(present(caller, &scope, record)))
+                // The record as stored: in its current scope, not a move's target.
+                let at = current
+                    .as_ref()
+                    .map_or(scope.as_str(), |c| c.scope.as_str());
+                return Ok(Outcome::Conflict(present(caller, at, record)));
             }
             Plan::NotFound(reason) => return Ok(Outcome::NotFound(reason)),
         };
@@ -408,6 +418,7 @@ impl RedbStore {
             db,
             path,
             feed: Feed::new(0),
+            users_recorded: AtomicBool::new(false),
         };
         // `limit` 0: only the head is wanted.
         store.feed.publish(store.changes(0, 0)?.head);
@@ -446,8 +457,19 @@ impl BackendStore for RedbStore {
             batch.next_seq.saturating_sub(1),
         );
         drop(batch);
+        let record_users =
+            wrote && caller.is_user() && !self.users_recorded.load(Ordering::Relaxed);
+        if record_users {
+            txn.open_table(META)
+                .ctx("open meta")?
+                .insert(USERS_KEY, 1)
+                .ctx("write meta")?;
+        }
         if wrote {
             txn.commit().ctx("commit")?;
+            if record_users {
+                self.users_recorded.store(true, Ordering::Relaxed);
+            }
             if appended {
                 self.feed.publish(head);
             }
@@ -500,6 +522,29 @@ impl BackendStore for RedbStore {
         Ok(())
     }
 
+    fn held_users(&self) -> Result<bool, StoreError> {
+        let txn = self.db.begin_read().ctx("begin read")?;
+        let meta = txn.open_table(META).ctx("open meta")?;
+        if meta.get(USERS_KEY).ctx("read meta")?.is_some() {
+            return Ok(true);
+        }
+        let heads = txn.open_table(SCOPE_HEADS).ctx("open scope_heads")?;
+        for item in heads.iter().ctx("read scope_heads")? {
+            let (scope, _) = item.ctx("read scope_heads")?;
+            if scope.value() != SINGLE_SCOPE {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn location(&self) -> String {
+        format!(
+            "data directory {}",
+            self.path.parent().unwrap_or(&self.path).display()
+        )
+    }
+
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.feed.subscribe()
     }
@@ -537,20 +582,6 @@ fn scope_slice(
         more,
         head,
     })
-}
-
-/// A feed entry as served: a record carries its scope.
-pub(crate) fn with_scope(entry: ScopedChange, scope: &str) -> ScopedChange {
-    match entry {
-        ScopedChange::Record {
-            collection,
-            mut record,
-        } => {
-            record.scope = Some(scope.to_owned());
-            ScopedChange::Record { collection, record }
-        }
-        gone => gone,
-    }
 }
 
 #[cfg(test)]
@@ -886,7 +917,7 @@ mod tests {
             sub: "alice".into(),
             exp: 1,
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
-            read_scopes: vec![],
+            ..Default::default()
         };
         Caller::User(crate::backend::server::auth::Principal::from_claims(claims).expect("claims"))
     }
@@ -924,23 +955,110 @@ mod tests {
     }
 
     #[test]
+    fn a_users_mode_write_marks_the_store_as_having_held_users() {
+        let (_d, s) = open();
+        applied(one(&s, create("o1", "a")));
+        assert!(!s.held_users().expect("held_users"), "single-tenant writes");
+        // Even into `default`: the meta says a users-mode server wrote.
+        let mut o = create("o2", "b");
+        o.scope = Some(SINGLE_SCOPE.into());
+        let alice = user(&[SINGLE_SCOPE]);
+        applied(s.apply_as(&[o], &alice).expect("apply").remove(0));
+        assert_eq!(pull(&s, SINGLE_SCOPE, 0).head, 2);
+        assert!(s.held_users().expect("held_users"));
+    }
+
+    #[test]
+    fn a_record_outside_default_counts_as_having_held_users() {
+        // A store written before the meta key existed.
+        let (_d, s) = open();
+        applied(
+            s.apply_as(&[create("o1", "a")], &user(&[]))
+                .expect("apply")
+                .remove(0),
+        );
+        {
+            let txn = s.db.begin_write().expect("write");
+            txn.open_table(META)
+                .expect("meta")
+                .remove(USERS_KEY)
+                .expect("remove");
+            txn.commit().expect("commit");
+        }
+        assert!(s.held_users().expect("held_users"));
+    }
+
+    #[test]
+    fn a_single_tenant_update_keeps_the_records_scope() {
+        let (_d, s) = open();
+        let r = applied(
+            s.apply_as(&[create("o1", "a")], &user(&["team-1"]))
+                .expect("apply")
+                .remove(0),
+        );
+        let mut mv = update("o2", &r.id, 1, "b");
+        mv.scope = Some("team-1".into());
+        applied(
+            s.apply_as(&[mv], &user(&["team-1"]))
+                .expect("apply")
+                .remove(0),
+        );
+        let t = applied(one(&s, update("o3", &r.id, 2, "c")));
+        assert_eq!((t.version, t.scope), (3, None));
+        let team = pull(&s, "team-1", 0);
+        assert_eq!(team.head, 2, "the single-tenant update stays in team-1");
+        assert_eq!(pull(&s, SINGLE_SCOPE, 0).head, 0);
+    }
+
+    #[test]
+    fn a_conflicting_move_shows_the_stored_scope() {
+        let (_d, s) = open();
+        let alice = user(&["team-1"]);
+        let r = applied(
+            s.apply_as(&[create("o1", "a")], &alice)
+                .expect("apply")
+                .remove(0),
+        );
+        let mut mv = update("o2", &r.id, 5, "b");
+        mv.scope = Some("team-1".into());
+        match s.apply_as(&[mv], &alice).expect("apply").remove(0) {
+            Outcome::Conflict(cur) => assert_eq!(cur.scope.as_deref(), Some("user:alice")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn a_schema_2_file_is_upgraded_into_the_default_scope() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let s = RedbStore::open(dir.path()).expect("open");
-            let r = applied(one(&s, create("o1", "a")));
-            applied(one(&s, update("o2", &r.id, 1, "b")));
-        }
-        {
-            // Back to the schema 2 layout: no scope tables.
+            // A schema 2 file as schema 2 wrote it: values without scopes,
+            // no scope tables.
+            let rec = |v: u64, t: &str| {
+                json!({"id": "r1", "version": v, "updated_at": 1,
+                "deleted": false, "data": {"title": t}})
+            };
             let db = Database::create(dir.path().join(DB_FILE)).expect("db");
             let txn = db.begin_write().expect("write");
             txn.open_table(META)
                 .expect("meta")
                 .insert(SCHEMA_KEY, SCHEMA_BEFORE_SCOPES)
                 .expect("insert");
-            txn.delete_table(SCOPE_FEEDS).expect("drop");
-            txn.delete_table(SCOPE_HEADS).expect("drop");
+            let current = json!({"collection": "todos", "record": rec(2, "b")});
+            txn.open_table(RECORDS)
+                .expect("records")
+                .insert(("todos", "r1"), current.to_string().as_bytes())
+                .expect("insert");
+            let mut ops = txn.open_table(APPLIED_OPS).expect("applied_ops");
+            let mut log = txn.open_table(CHANGES).expect("changes");
+            for (seq, op_id, t) in [(1, "o1", "a"), (2, "o2", "b")] {
+                let memo = json!({"record": rec(seq, t), "applied_at": 1});
+                ops.insert(op_id, memo.to_string().as_bytes())
+                    .expect("insert");
+                let change = json!({"collection": "todos", "record": rec(seq, t)});
+                log.insert(seq, change.to_string().as_bytes())
+                    .expect("insert");
+            }
+            drop((ops, log));
             txn.commit().expect("commit");
         }
         let s = RedbStore::open(dir.path()).expect("upgraded");
@@ -958,5 +1076,31 @@ mod tests {
         let r = &log.entries[0].1.record;
         applied(one(&s, update("o3", &r.id, 2, "c")));
         assert_eq!(pull(&s, SINGLE_SCOPE, 2).entries[0].0, 3);
+        // The records and the remembered ops read as being in `default`.
+        let reader = user(&[SINGLE_SCOPE]);
+        let replay = applied(
+            s.apply_as(&[update("o2", "r1", 1, "b")], &reader)
+                .expect("apply")
+                .remove(0),
+        );
+        assert_eq!(
+            (replay.version, replay.scope.as_deref()),
+            (2, Some(SINGLE_SCOPE))
+        );
+        assert!(matches!(
+            s.apply_as(&[update("o1", "r1", 0, "a")], &user(&[]))
+                .expect("apply")
+                .remove(0),
+            Outcome::Refused(_)
+        ));
+        let next = applied(
+            s.apply_as(&[update("o4", "r1", 3, "d")], &reader)
+                .expect("apply")
+                .remove(0),
+        );
+        assert_eq!(
+            (next.version, next.scope.as_deref()),
+            (4, Some(SINGLE_SCOPE))
+        );
     }
 }

@@ -71,6 +71,20 @@ pub struct ScopeSlice {
     pub head: u64,
 }
 
+/// A feed entry as served: a record carries its scope.
+pub fn with_scope(entry: ScopedChange, scope: &str) -> ScopedChange {
+    match entry {
+        ScopedChange::Record {
+            collection,
+            mut record,
+        } => {
+            record.scope = Some(scope.to_owned());
+            ScopedChange::Record { collection, record }
+        }
+        gone => gone,
+    }
+}
+
 /// A slice of the change log.
 #[derive(Debug, Clone)]
 pub struct ChangeSlice {
@@ -146,6 +160,22 @@ pub trait BackendStore: Send + Sync + 'static {
 
     /// Cheap readiness probe used by `v1/health`.
     fn check(&self) -> Result<(), StoreError>;
+
+    /// Whether this store has held users-mode data: a users-mode server
+    /// recorded a write in its meta, or a scope other than
+    /// [`SINGLE_SCOPE`](crate::domain::scope::SINGLE_SCOPE) has a feed.
+    /// A single-tenant server refuses to start over such a store (it would
+    /// serve every user's records to whoever holds its token). The
+    /// default: a store without scopes.
+    fn held_users(&self) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
+    /// Where the data is, for messages ("data directory X", "PostgreSQL
+    /// database Y" without its password).
+    fn location(&self) -> String {
+        "the backend store".to_owned()
+    }
 
     /// Subscribes to "head moved" notifications: the receiver's value is the
     /// change log's committed head (the newest sequence) and changes after
