@@ -10,7 +10,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{bin, eventually, output_text, path_str, Backend, Daemon};
+use common::{bin, eventually, http_bearer, output_text, path_str, Backend, Daemon};
 use serde_json::{json, Value};
 
 /// A backend with users: HS256 tokens signed with a secret in `dir`.
@@ -71,7 +71,14 @@ impl Users {
 
     /// A raw request with `token`.
     fn http(&self, token: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-        http_bearer(&self.backend.addr, token, method, path, body)
+        let body = body.map(Value::to_string);
+        http_bearer(
+            &self.backend.addr,
+            Some(token),
+            method,
+            path,
+            body.as_deref(),
+        )
     }
 
     /// Every change of `scope` readable with `token`, following the cursor.
@@ -139,35 +146,6 @@ impl Device {
 
 fn rand_suffix() -> String {
     syncd::ids::IdGen::new().next()
-}
-
-/// A minimal HTTP/1.1 request with a bearer token and `Connection: close`.
-fn http_bearer(
-    addr: &str,
-    token: &str,
-    method: &str,
-    path: &str,
-    body: Option<&Value>,
-) -> (u16, Value) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect backend");
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
-    let body = body.map(Value::to_string).unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).expect("write");
-    let mut resp = Vec::new();
-    let _ = s.read_to_end(&mut resp);
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
 fn ids_of(changes: &[Value]) -> Vec<String> {
