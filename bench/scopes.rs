@@ -80,6 +80,15 @@ impl Rep {
     fn pull_per_s(&self, n: u64) -> f64 {
         n as f64 / self.pull_secs
     }
+    /// From the first record's event on: without the start-up (the
+    /// revision-2 pull's includes the backend's start and the device's
+    /// next probe).
+    fn backfill_steady(&self, n: u64) -> f64 {
+        n as f64 / (self.backfill_secs - self.backfill_first_ms / 1000.0)
+    }
+    fn pull_steady(&self, n: u64) -> f64 {
+        n as f64 / (self.pull_secs - self.pull_first_ms / 1000.0)
+    }
 }
 
 /// B's timed records in one window.
@@ -524,6 +533,8 @@ fn print_scopes(o: &Opts, report: &mut Report, reps: &[Rep]) {
     let med = |f: &dyn Fn(&Rep) -> f64| median(&col(f));
     let backfill = col(&|r| r.backfill_per_s(n));
     let pull = col(&|r| r.pull_per_s(n));
+    let backfill_steady = col(&|r| r.backfill_steady(n));
+    let pull_steady = col(&|r| r.pull_steady(n));
     let (d50, d99) = (col(&|r| r.during.p50_ms), col(&|r| r.during.p99_ms));
     let (i50, i99) = (col(&|r| r.idle.p50_ms), col(&|r| r.idle.p99_ms));
     report.section(
@@ -537,6 +548,8 @@ fn print_scopes(o: &Opts, report: &mut Report, reps: &[Rep]) {
             "min..max",
             "x v1/changes",
             "first rec ms",
+            "rec/s after first",
+            "x v1/changes",
             "daemon us/rec",
             "backend us/rec",
         ],
@@ -555,6 +568,8 @@ fn print_scopes(o: &Opts, report: &mut Report, reps: &[Rep]) {
         range(&backfill),
         f2(ratio(&backfill, &pull)),
         f0(med(&|r| r.backfill_first_ms)),
+        f0(median(&backfill_steady)),
+        f2(ratio(&backfill_steady, &pull_steady)),
         per_rec(med(&|r| r.backfill_daemon_cpu)),
         per_rec(med(&|r| r.backfill_backend_cpu)),
     ]);
@@ -564,6 +579,8 @@ fn print_scopes(o: &Opts, report: &mut Report, reps: &[Rep]) {
         range(&pull),
         f2(1.0),
         f0(med(&|r| r.pull_first_ms)),
+        f0(median(&pull_steady)),
+        f2(1.0),
         per_rec(med(&|r| r.pull_daemon_cpu)),
         per_rec(med(&|r| r.pull_backend_cpu)),
     ]);
@@ -596,6 +613,9 @@ fn print_scopes(o: &Opts, report: &mut Report, reps: &[Rep]) {
         "changes_pull_rec_per_s": median(&pull),
         "per_rep_changes_pull_rec_per_s": pull,
         "ratio_backfill_vs_changes_pull": ratio(&backfill, &pull),
+        "backfill_rec_per_s_after_first": median(&backfill_steady),
+        "changes_pull_rec_per_s_after_first": median(&pull_steady),
+        "ratio_after_first": ratio(&backfill_steady, &pull_steady),
         "backfill_secs": med(&|r| r.backfill_secs),
         "changes_pull_secs": med(&|r| r.pull_secs),
         "backfill_first_record_ms": med(&|r| r.backfill_first_ms),
