@@ -37,6 +37,11 @@
 //!   resumes and each meets a 409 the writer decides, while one connection
 //!   times `put`s: time per conflict and put latency, vs the same with
 //!   1,000 ops behind (a conflict must not stall other writers).
+//! - `scopes`: a reference backend with users; device A subscribes a scope
+//!   of 100,000 records: back-fill records/s, vs a fresh device's
+//!   revision-2 `v1/changes` pull of as many; and the latency of device B's
+//!   writes into another scope A syncs (until A's watch has them) during
+//!   the back-fill, vs with no back-fill running.
 //!
 //! Every repeated figure is the median over the repetitions; baselines are
 //! interleaved with the measured runs (A B A B ...) and ratios are taken rep
@@ -66,6 +71,7 @@ mod reads;
 mod redb_outbox;
 mod report;
 mod restart;
+mod scopes;
 mod sqlite_outbox;
 mod stats;
 mod writes;
@@ -116,6 +122,7 @@ fn main() {
             "live" => live::live(&rt, &opts, &mut report),
             "coalesce" => coalesce::coalesce(&rt, &opts, &mut report),
             "conflict" => conflict::conflict(&rt, &opts, &mut report),
+            "scopes" => scopes::scopes(&rt, &opts, &mut report),
             _ => unreachable!(),
         }
     }

@@ -12,7 +12,7 @@ syncd benchmark harness
 usage: cargo bench --bench harness -- [SCENARIO...] [OPTIONS]
 
 scenarios (default: all): writes reads memory idle drain restart live coalesce
-                          conflict
+                          conflict scopes
 
 options:
   --quick             smaller sizes and fewer reps everywhere (whole run < 2 min);
@@ -43,6 +43,8 @@ options:
   --conflict-base-ops N  ops queued behind them in the baseline (default 1000;
                       at least batch_size, so every push round sends a full batch)
   --conflict-reps N   repetitions of each conflict configuration (default 3)
+  --scope-records N   records in the scope `scopes` back-fills (default 100000)
+  --scope-reps N      repetitions of `scopes` (default 3)
   --bin PATH          the syncd binary (default: the one cargo built)
 
 Temp dirs go to $TMPDIR (default /tmp): set it to measure another disk.";
@@ -80,6 +82,8 @@ pub(crate) struct Opts {
     pub(crate) conflict_ops: u64,
     pub(crate) conflict_base_ops: u64,
     pub(crate) conflict_reps: usize,
+    pub(crate) scope_records: u64,
+    pub(crate) scope_reps: usize,
     pub(crate) bin: PathBuf,
     pub(crate) smoke: bool,
 }
@@ -110,6 +114,8 @@ impl Opts {
             conflict_ops: 1_000_000,
             conflict_base_ops: 1_000,
             conflict_reps: 3,
+            scope_records: 100_000,
+            scope_reps: 3,
             bin: common::bin(),
             smoke: false,
         };
@@ -131,6 +137,8 @@ impl Opts {
                 conflict_records: 20,
                 conflict_ops: 100_000,
                 conflict_reps: 2,
+                scope_records: 20_000,
+                scope_reps: 2,
                 ..full
             },
             Mode::Smoke => Opts {
@@ -155,6 +163,8 @@ impl Opts {
                 conflict_ops: 300,
                 conflict_base_ops: 30,
                 conflict_reps: 1,
+                scope_records: 300,
+                scope_reps: 1,
                 smoke: true,
                 ..full
             },
@@ -198,6 +208,8 @@ impl Opts {
                 "--conflict-ops" => o.conflict_ops = num(&val(a)?, a)?,
                 "--conflict-base-ops" => o.conflict_base_ops = num(&val(a)?, a)?,
                 "--conflict-reps" => o.conflict_reps = num(&val(a)?, a)?,
+                "--scope-records" => o.scope_records = num(&val(a)?, a)?,
+                "--scope-reps" => o.scope_reps = num(&val(a)?, a)?,
                 "--bin" => o.bin = PathBuf::from(val(a)?),
                 s if all_scenarios().iter().any(|x| x == s) => scenarios.push(s.to_owned()),
                 other => return Err(format!("unknown argument {other:?}")),
@@ -219,6 +231,7 @@ impl Opts {
             self.restart_reps,
             self.conflict_records,
             self.conflict_reps,
+            self.scope_reps,
         ];
         let sizes = [
             self.ops,
@@ -228,6 +241,7 @@ impl Opts {
             self.restart_small_ops,
             self.conflict_ops,
             self.conflict_base_ops,
+            self.scope_records,
         ];
         if counts.contains(&0) || sizes.contains(&0) || self.secs <= 0.0 || self.idle_secs <= 0.0 {
             return Err("repetitions, sizes, windows and durations must be positive".into());
@@ -256,6 +270,7 @@ impl Opts {
 pub(crate) fn all_scenarios() -> Vec<String> {
     [
         "writes", "reads", "memory", "idle", "drain", "restart", "live", "coalesce", "conflict",
+        "scopes",
     ]
     .map(String::from)
     .to_vec()
