@@ -120,13 +120,16 @@ fn cursor_at(since: Option<u64>, last: Option<u64>, head: u64) -> u64 {
 /// Whether a waiting pull should keep waiting: nothing after any readable
 /// scope's cursor, and no cursor past its head (that is answered at once).
 /// A pull of no readable scope has nothing to wait for: answered at once.
+/// Nor has a pull that reads a scope from its start (no cursor): the device
+/// is back-filling it, and an empty scope's first page is its whole first
+/// sync, which must not wait for the scope's first change.
 pub fn is_idle(caller: &Caller, q: &PullQuery, slices: &[ScopeSlice]) -> bool {
     !slices.is_empty()
         && q.scopes
             .iter()
             .filter(|s| caller.can_read(&s.scope))
             .zip(slices)
-            .all(|(s, slice)| slice.entries.is_empty() && s.since.unwrap_or(0) == slice.head)
+            .all(|(s, slice)| slice.entries.is_empty() && s.since == Some(slice.head))
 }
 
 /// The reply: a page for each readable scope (`slices`, in the order of

@@ -122,6 +122,14 @@ fn idle_means_nothing_new_and_no_cursor_past_the_head() {
     // Only unreadable scopes: nothing to wait for.
     let q = parse(serde_json::json!({"scopes": {"zzz": "8"}, "wait": 30})).expect("valid");
     assert!(!is_idle(&c, &q, &[]));
+    // A scope read from its start is a back-fill, answered at once even
+    // when it is empty: its first sync must not wait for its first change.
+    for start in [serde_json::Value::Null, serde_json::json!("")] {
+        let q = parse(serde_json::json!({"scopes": {"team-1": start}, "wait": 30})).expect("valid");
+        assert!(!is_idle(&c, &q, &[slice(&[], false, 0)]));
+    }
+    let q = parse(serde_json::json!({"scopes": {"team-1": "0"}, "wait": 30})).expect("valid");
+    assert!(is_idle(&c, &q, &[slice(&[], false, 0)]));
 }
 
 #[test]
