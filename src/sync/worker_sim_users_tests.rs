@@ -226,7 +226,8 @@ impl Transport for UserLink {
             if !self.link.features.batch {
                 return Ok(BatchOutcome::Unsupported);
             }
-            let body = serde_json::to_vec(&BatchRequest { ops: ops.to_vec() }).map_err(transient)?;
+            let body =
+                serde_json::to_vec(&BatchRequest { ops: ops.to_vec() }).map_err(transient)?;
             self.ops(body, handler::batch_as, |r| classify_batch(ops.len(), r))
                 .await
         })
@@ -409,7 +410,10 @@ async fn script(seed: u64, setup: &UsersSetup, users: &Users, devices: &[Device]
         };
         let id = match base.features.client_ids && rng.bool() {
             true => {
-                let (live, _) = devices[d].store.list(COLL, None, 10_000, usize::MAX).unwrap();
+                let (live, _) = devices[d]
+                    .store
+                    .list(COLL, None, 10_000, usize::MAX)
+                    .unwrap();
                 match live.is_empty() {
                     true => pool,
                     false => live[rng.usize(0..live.len())].id.clone(),
@@ -482,7 +486,10 @@ async fn script(seed: u64, setup: &UsersSetup, users: &Users, devices: &[Device]
 /// The server's records as the scopes' feeds end them (each record's
 /// newest entry over every feed), and how many moves (`gone` entries) the
 /// feeds hold.
-fn server_records(server: &Server, scopes: &BTreeSet<String>) -> (BTreeMap<String, ServerRecord>, u64) {
+fn server_records(
+    server: &Server,
+    scopes: &BTreeSet<String>,
+) -> (BTreeMap<String, ServerRecord>, u64) {
     let mut out: BTreeMap<String, ServerRecord> = BTreeMap::new();
     let mut moves = 0;
     for s in scopes {
@@ -494,7 +501,10 @@ fn server_records(server: &Server, scopes: &BTreeSet<String>) -> (BTreeMap<Strin
                 since = seq;
                 match ch {
                     ScopedChange::Record { record, .. } => {
-                        if out.get(&record.id).is_none_or(|r| r.version < record.version) {
+                        if out
+                            .get(&record.id)
+                            .is_none_or(|r| r.version < record.version)
+                        {
                             out.insert(record.id.clone(), record);
                         }
                     }
@@ -627,7 +637,11 @@ fn check(
             report.problems
         );
         assert_eq!(d.store.queue_depth().unwrap(), 0, "seed {seed}: device {i}");
-        assert_eq!(d.store.conflict_count().unwrap(), 0, "seed {seed}: device {i}");
+        assert_eq!(
+            d.store.conflict_count().unwrap(),
+            0,
+            "seed {seed}: device {i}"
+        );
         for (_, dl) in d.store.dead_letters().unwrap() {
             let e = &dl.error;
             let scoped = e.contains("HTTP 403 (scope_denied)")
@@ -635,7 +649,10 @@ fn check(
                 || e.contains("HTTP 404")
                 || e.starts_with("no write access to scope ")
                 || e.contains("depends on dead-lettered op");
-            assert!(scoped, "seed {seed}: device {i}: a dead letter not for scopes: {dl:?}");
+            assert!(
+                scoped,
+                "seed {seed}: device {i}: a dead letter not for scopes: {dl:?}"
+            );
             assert!(
                 !log.fresh.contains_key(&dl.op.op_id),
                 "seed {seed}: device {i}: dead letter {} was applied on the server",
@@ -679,7 +696,10 @@ fn check(
         // it) takes over a refused move when a conflict resolution folds
         // them into one re-send ("the last scope asked for").
         let overridden = writes.iter().any(|l| {
-            l.device == w.device && l.id == w.id && l.step > w.step && (l.scope.is_some() || l.delete)
+            l.device == w.device
+                && l.id == w.id
+                && l.step > w.step
+                && (l.scope.is_some() || l.delete)
         });
         if w.denied && !superseded && !overridden {
             let end = end.unwrap_or_default();
@@ -709,7 +729,9 @@ async fn run(seed: u64) -> UsersRan {
         log: Mutex::default(),
     });
     let users = Arc::new(Users(Mutex::new(
-        (0..setup.users).map(|u| setup.principal(u, false)).collect(),
+        (0..setup.users)
+            .map(|u| setup.principal(u, false))
+            .collect(),
     )));
     let devices: Vec<Device> = (0..base.devices)
         .map(|i| {
@@ -731,7 +753,12 @@ async fn run(seed: u64) -> UsersRan {
                 user: setup.user_of[i],
                 users: users.clone(),
             });
-            start_device_on(&dir.path().join(format!("device{i}")), base, link, transport)
+            start_device_on(
+                &dir.path().join(format!("device{i}")),
+                base,
+                link,
+                transport,
+            )
         })
         .collect();
     let writes = script(seed, &setup, &users, &devices).await;
@@ -833,7 +860,15 @@ fn users_devices_converge_through_scope_moves_and_refusals() {
         "{seeds} users seeds: {} scope_denied dead letters, {} moves, {} ops dead-lettered by revocation, {} conflicts",
         t.scope_denied, t.moves, t.revoked, t.conflicts
     );
-    assert!(t.scope_denied >= seeds / 2, "too few scope refusals: {}", t.scope_denied);
+    assert!(
+        t.scope_denied >= seeds / 2,
+        "too few scope refusals: {}",
+        t.scope_denied
+    );
     assert!(t.moves >= seeds, "too few moves: {}", t.moves);
-    assert!(t.conflicts >= seeds / 2, "too few conflicts: {}", t.conflicts);
+    assert!(
+        t.conflicts >= seeds / 2,
+        "too few conflicts: {}",
+        t.conflicts
+    );
 }

@@ -212,7 +212,11 @@ impl Batch<'_> {
             }
             Plan::Unchanged(record) => record,
             Plan::Conflict(record) => {
-                return Ok(Outcome::Conflict(present(caller, &scope, record)))
+                return Ok(Outcome::Conflict(access::conflict(
+                    caller,
+                    current.as_ref(),
+                    record,
+                )))
             }
             Plan::NotFound(reason) => return Ok(Outcome::NotFound(reason)),
         };
