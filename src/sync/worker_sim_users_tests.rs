@@ -287,7 +287,7 @@ struct UsersSetup {
 
 impl UsersSetup {
     fn of(seed: u64) -> UsersSetup {
-        let mut rng = fastrand::Rng::with_seed(seed ^ 0x05c0_be5);
+        let mut rng = fastrand::Rng::with_seed(seed ^ 0x005c_0be5);
         let strategies = [
             Strategy::ServerWins,
             Strategy::LastWriteWins,
