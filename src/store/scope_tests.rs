@@ -301,6 +301,40 @@ async fn taking_the_servers_side_of_a_record_gone_from_its_scope_purges_it() {
         Some("team-2"),
         "kept where it is"
     );
+    // Moved out of team-1 and back (gone at 3, back at 4): whether the
+    // record entry comes in the same page as the gone or in a later one,
+    // the record taken is where it is now, and stays.
+    for (n, same_page) in [("c", true), ("d", false)] {
+        pages(
+            &f,
+            vec![page("team-1", &[srec(n, 1, "team-1")], &[], false)],
+        )
+        .await;
+        put(&f, n, None).await;
+        let back = srec(n, 4, "team-1");
+        if same_page {
+            pages(&f, vec![page("team-1", &[back.clone()], &[(n, 3)], false)]).await;
+        } else {
+            pages(&f, vec![page("team-1", &[], &[(n, 3)], false)]).await;
+            pages(&f, vec![page("team-1", &[back.clone()], &[], false)]).await;
+        }
+        let (seq, _) = f.store.queue_head(1).expect("queue").remove(0);
+        f.w.submit(WriteCmd::Conflict {
+            seq,
+            server: back,
+            strategy: crate::domain::conflict::Strategy::ServerWins,
+            rules: Default::default(),
+        })
+        .await
+        .expect("conflict");
+        let kept = f.store.record("c", n).expect("read");
+        assert_eq!(
+            kept.and_then(|r| r.version),
+            Some(4),
+            "{n}: moved back, then lost"
+        );
+    }
+    assert!(f.store.check_invariants().expect("check").is_clean());
 }
 
 #[tokio::test]
