@@ -313,10 +313,23 @@ async fn taking_the_servers_side_of_a_record_gone_from_its_scope_purges_it() {
         put(&f, n, None).await;
         let back = srec(n, 4, "team-1");
         if same_page {
-            pages(&f, vec![page("team-1", &[back.clone()], &[(n, 3)], false)]).await;
+            pages(
+                &f,
+                vec![page(
+                    "team-1",
+                    std::slice::from_ref(&back),
+                    &[(n, 3)],
+                    false,
+                )],
+            )
+            .await;
         } else {
             pages(&f, vec![page("team-1", &[], &[(n, 3)], false)]).await;
-            pages(&f, vec![page("team-1", &[back.clone()], &[], false)]).await;
+            pages(
+                &f,
+                vec![page("team-1", std::slice::from_ref(&back), &[], false)],
+            )
+            .await;
         }
         let (seq, _) = f.store.queue_head(1).expect("queue").remove(0);
         f.w.submit(WriteCmd::Conflict {

@@ -42,6 +42,9 @@
 //! (`last_write_wins_drops_a_tail_older_than_the_server`), and a change
 //! pulled while a delete was pending was lost when the delete was confirmed
 //! (`a_pulled_change_newer_than_a_delete_ack_is_taken_after_it`).
+//!
+//! [`users`] runs the same machinery against a backend in users mode
+//! (protocol revision 3: users, scopes, moves, refusals, revocation).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
