@@ -59,7 +59,9 @@ pub struct StoredRecord {
     pub scope: Option<String>,
     /// The server said the record left this scope (a `gone` entry) while
     /// it had pending ops: it is purged if they settle without reaching
-    /// the server (dead-lettered). A server record taken since clears it.
+    /// the server (dead-lettered, or a conflict resolved by taking the
+    /// server's record while it is still in that scope). A server record
+    /// taken since in another scope clears it.
     pub gone_from: Option<String>,
 }
 

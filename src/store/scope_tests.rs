@@ -236,6 +236,120 @@ async fn gone_removes_only_a_settled_record_still_in_that_scope() {
     assert!(f.store.check_invariants().expect("check").is_clean());
 }
 
+/// A record that left its scope while it had a pending op, whose op then
+/// meets a 409 with the record as it stood before the move, and the
+/// device takes the server's side: the copy taken is stale (the record
+/// lives in another scope now, maybe one this user cannot read), so it
+/// leaves the device, as after a dead letter. Found by the users
+/// simulation: taking the server's record cleared the mark, and the old
+/// copy stayed on the device for good.
+#[tokio::test]
+async fn taking_the_servers_side_of_a_record_gone_from_its_scope_purges_it() {
+    let f = fx();
+    pages(
+        &f,
+        vec![page("team-1", &[srec("a", 1, "team-1")], &[], false)],
+    )
+    .await;
+    put(&f, "a", None).await;
+    // Someone updated it (v2), then moved it to their private scope (v3).
+    pages(
+        &f,
+        vec![page(
+            "team-1",
+            &[srec("a", 2, "team-1")],
+            &[("a", 3)],
+            false,
+        )],
+    )
+    .await;
+    assert!(f.store.record("c", "a").expect("read").is_some(), "pending");
+    let (seq, _) = f.store.queue_head(1).expect("queue").remove(0);
+    f.w.submit(WriteCmd::Conflict {
+        seq,
+        server: srec("a", 2, "team-1"),
+        strategy: crate::domain::conflict::Strategy::ServerWins,
+        rules: Default::default(),
+    })
+    .await
+    .expect("conflict");
+    assert_eq!(f.store.queue_depth().expect("depth"), 0);
+    assert!(
+        f.store.record("c", "a").expect("read").is_none(),
+        "the stale copy of a record gone from team-1 stayed"
+    );
+    assert!(f.store.check_invariants().expect("check").is_clean());
+    // A server record taken in another scope is where the record is now.
+    pages(
+        &f,
+        vec![page("team-1", &[srec("b", 1, "team-1")], &[], false)],
+    )
+    .await;
+    put(&f, "b", None).await;
+    pages(&f, vec![page("team-1", &[], &[("b", 2)], false)]).await;
+    let (seq, _) = f.store.queue_head(1).expect("queue").remove(0);
+    f.w.submit(WriteCmd::Conflict {
+        seq,
+        server: srec("b", 2, "team-2"),
+        strategy: crate::domain::conflict::Strategy::ServerWins,
+        rules: Default::default(),
+    })
+    .await
+    .expect("conflict");
+    assert_eq!(
+        scope_of(&f, "b").as_deref(),
+        Some("team-2"),
+        "kept where it is"
+    );
+    // Moved out of team-1 and back (gone at 3, back at 4): whether the
+    // record entry comes in the same page as the gone or in a later one,
+    // the record taken is where it is now, and stays.
+    for (n, same_page) in [("c", true), ("d", false)] {
+        pages(
+            &f,
+            vec![page("team-1", &[srec(n, 1, "team-1")], &[], false)],
+        )
+        .await;
+        put(&f, n, None).await;
+        let back = srec(n, 4, "team-1");
+        if same_page {
+            pages(
+                &f,
+                vec![page(
+                    "team-1",
+                    std::slice::from_ref(&back),
+                    &[(n, 3)],
+                    false,
+                )],
+            )
+            .await;
+        } else {
+            pages(&f, vec![page("team-1", &[], &[(n, 3)], false)]).await;
+            pages(
+                &f,
+                vec![page("team-1", std::slice::from_ref(&back), &[], false)],
+            )
+            .await;
+        }
+        let (seq, _) = f.store.queue_head(1).expect("queue").remove(0);
+        f.w.submit(WriteCmd::Conflict {
+            seq,
+            server: back,
+            strategy: crate::domain::conflict::Strategy::ServerWins,
+            rules: Default::default(),
+        })
+        .await
+        .expect("conflict");
+        let kept = f.store.record("c", n).expect("read");
+        assert_eq!(
+            kept.and_then(|r| r.version),
+            Some(4),
+            "{n}: moved back, then lost"
+        );
+    }
+    assert!(f.store.check_invariants().expect("check").is_clean());
+}
+
 #[tokio::test]
 async fn revocation_purges_that_scope_only_and_dead_letters_its_ops() {
     let f = fx();

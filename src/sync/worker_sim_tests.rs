@@ -42,6 +42,9 @@
 //! (`last_write_wins_drops_a_tail_older_than_the_server`), and a change
 //! pulled while a delete was pending was lost when the delete was confirmed
 //! (`a_pulled_change_newer_than_a_delete_ack_is_taken_after_it`).
+//!
+//! [`users`] runs the same machinery against a backend in users mode
+//! (protocol revision 3: users, scopes, moves, refusals, revocation).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -438,6 +441,18 @@ fn scratch_root() -> Option<PathBuf> {
 }
 
 fn start_device(dir: &std::path::Path, setup: &Setup, link: Arc<Link>) -> Device {
+    let transport: Arc<dyn Transport> = link.clone();
+    start_device_on(dir, setup, link, transport)
+}
+
+/// [`start_device`] with another transport in front of `link` (the users
+/// simulation's, which keeps `link`'s faults and promises).
+fn start_device_on(
+    dir: &std::path::Path,
+    setup: &Setup,
+    link: Arc<Link>,
+    transport: Arc<dyn Transport>,
+) -> Device {
     let store = Store::open(dir, 4 << 20).unwrap();
     let (events, _) = broadcast::channel(1024);
     let queue_changed = Arc::new(Notify::new());
@@ -453,7 +468,6 @@ fn start_device(dir: &std::path::Path, setup: &Setup, link: Arc<Link>) -> Device
     let (config, cfg_rx) = watch::channel(Arc::new(cfg));
     let control = SyncControl::new(false);
     let (stop, stop_rx) = watch::channel(false);
-    let transport: Arc<dyn Transport> = link.clone();
     let worker = spawn(WorkerDeps {
         store: store.clone(),
         writer: writer.clone(),
@@ -1106,3 +1120,6 @@ fn a_seed_replays_exactly() {
     }
     assert_eq!(shared_ids.len(), 2, "both id modes replayed");
 }
+
+#[path = "worker_sim_users_tests.rs"]
+mod users;

@@ -162,6 +162,19 @@ pub fn present(caller: &Caller, scope: &str, mut record: ServerRecord) -> Server
     record
 }
 
+/// The record of a 409 on `current` (the stored record the op met), as
+/// `caller` sees it: in the scope it stands in. Never the scope a move
+/// asked for: a conflict moves nothing, and a device that takes the
+/// server's side stores the scope it is told.
+pub fn conflict(
+    caller: &Caller,
+    current: Option<&StoredRecord>,
+    record: ServerRecord,
+) -> ServerRecord {
+    let scope = current.map_or(SINGLE_SCOPE, |c| c.scope.as_str());
+    present(caller, scope, record)
+}
+
 /// The refusal of a pull of `scope` the caller cannot read.
 pub fn read_denied(scope: &str) -> String {
     format!("no read access to scope '{scope}'")

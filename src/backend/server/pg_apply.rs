@@ -226,11 +226,11 @@ impl Batch<'_> {
             }
             Plan::Unchanged(record) => record,
             Plan::Conflict(record) => {
-                // The record as stored: in its current scope, not a move's target.
-                let at = current
-                    .as_ref()
-                    .map_or(scope.as_str(), |c| c.scope.as_str());
-                return Ok(Outcome::Conflict(present(caller, at, record)));
+                return Ok(Outcome::Conflict(access::conflict(
+                    caller,
+                    current.as_ref(),
+                    record,
+                )))
             }
             Plan::NotFound(reason) => return Ok(Outcome::NotFound(reason)),
         };

@@ -309,11 +309,11 @@ impl<'t> Batch<'t> {
             }
             Plan::Unchanged(record) => record,
             Plan::Conflict(record) => {
-                // The record as stored: in its current scope, not a move's target.
-                let at = current
-                    .as_ref()
-                    .map_or(scope.as_str(), |c| c.scope.as_str());
-                return Ok(Outcome::Conflict(present(caller, at, record)));
+                return Ok(Outcome::Conflict(access::conflict(
+                    caller,
+                    current.as_ref(),
+                    record,
+                )))
             }
             Plan::NotFound(reason) => return Ok(Outcome::NotFound(reason)),
         };
@@ -952,6 +952,35 @@ mod tests {
         let t = applied(one(&s, create("o3", "c")));
         assert_eq!(t.scope, None);
         assert_eq!(pull(&s, SINGLE_SCOPE, 0).head, 1);
+    }
+
+    /// A move on a stale base is a 409 whose record is where it stands
+    /// (the move did not happen), not in the scope the move asked for: a
+    /// device that takes the server's side stores that scope, and a wrong
+    /// one would keep the record out of the scope's revocation.
+    #[test]
+    fn a_refused_move_conflicts_with_the_record_in_its_own_scope() {
+        let (_d, s) = open();
+        let alice = user(&["team-1"]);
+        let mut o = create("o1", "a");
+        o.scope = Some("team-1".into());
+        let r = applied(s.apply_as(&[o], &alice).expect("apply").remove(0));
+        applied(
+            s.apply_as(&[update("o2", &r.id, 1, "b")], &alice)
+                .expect("apply")
+                .remove(0),
+        );
+        let mut stale = update("o3", &r.id, 1, "c");
+        stale.scope = Some("user:alice".into());
+        let out = s.apply_as(&[stale], &alice).expect("apply").remove(0);
+        let Outcome::Conflict(current) = out else {
+            panic!("not a conflict: {out:?}");
+        };
+        assert_eq!(
+            (current.version, current.scope.as_deref()),
+            (2, Some("team-1"))
+        );
+        assert_eq!(pull(&s, "user:alice", 0).head, 0, "nothing moved");
     }
 
     #[test]

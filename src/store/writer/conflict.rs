@@ -296,6 +296,9 @@ fn settle_take_server(
     };
     let deleted_both = server.deleted && ops.last().is_some_and(|o| o.kind == OpKind::Delete);
     take_server(x, c, lid, rec, server, Origin::Conflict)?;
+    // The record left its scope meanwhile and its ops never reached the
+    // server: what was taken is the stale copy of a record gone elsewhere.
+    super::scopes::purge_if_gone(x, c, lid)?;
     Ok(if deleted_both {
         (
             ConflictOutcome::AlreadyDeleted,

@@ -38,6 +38,7 @@ pub(super) fn apply_pages(x: &mut Txn<'_>, pages: &[ScopePageIn]) -> Result<JobR
         for ch in &p.records {
             let mut ch = ch.clone();
             ch.record.scope.get_or_insert_with(|| p.scope.clone());
+            back_in(x, &p.scope, &ch.collection, &ch.record.id)?;
             apply_remote(x, &ch, client_ids)?;
         }
     }
@@ -96,8 +97,32 @@ fn gone(x: &mut Txn<'_>, scope: &str, c: &str, id: &str, version: u64) -> Result
     if rec.pending == 0 {
         return remove_record(x, c, &lid);
     }
+    // A newer version pulled meanwhile (deferred behind the pending ops,
+    // from this page or an earlier one) says where the record is now.
+    if super::verdict::deferred(x, c, &lid)?.is_some_and(|d| d.id == id && d.version > version) {
+        return Ok(());
+    }
     rec.gone_from = Some(scope.to_owned());
     x.put_record(c, &lid, &rec)
+}
+
+/// A record entry of `scope`'s feed for a record marked gone from that
+/// scope comes after the gone entry in the feed (pages of a scope arrive
+/// in order; within a page records are applied before gone entries, which
+/// mark it again if they are newer): the record is back in the scope, so
+/// the mark goes.
+fn back_in(x: &mut Txn<'_>, scope: &str, c: &str, id: &str) -> Result<(), StoreError> {
+    let Some(lid) = x.server_ids.get((c, id))?.map(|v| v.value().to_owned()) else {
+        return Ok(());
+    };
+    let Some(mut rec) = x.record(c, &lid)? else {
+        return Ok(());
+    };
+    if rec.gone_from.as_deref() == Some(scope) {
+        rec.gone_from = None;
+        x.put_record(c, &lid, &rec)?;
+    }
+    Ok(())
 }
 
 /// A record whose last pending op just settled without reaching the

@@ -385,6 +385,14 @@ pub(super) fn take_server(
         rec.as_ref().map(|r| r.local_ts).unwrap_or(r.updated_at),
     );
     new.data = new.stand_on(r);
+    // A record that left its scope while it had pending ops stays marked
+    // when the record taken is still in that scope: a conflict hands over
+    // the server's record as it stood before the move (a 409's, a parked
+    // one's), so taking it says nothing new about where the record is.
+    let left = rec.as_ref().and_then(|o| o.gone_from.clone());
+    if left.is_some() && left == new.scope {
+        new.gone_from = left;
+    }
     x.server_ids.insert((c, r.id.as_str()), lid)?;
     x.put_record(c, lid, &new)?;
     x.ev.push(Event::Changed {

@@ -295,7 +295,11 @@ pub(super) fn settle_deferred(x: &mut Txn<'_>, c: &str, lid: &str) -> Result<(),
 }
 
 /// The record's deferred server record, if any.
-fn deferred(x: &Txn<'_>, c: &str, lid: &str) -> Result<Option<ServerRecordStored>, StoreError> {
+pub(super) fn deferred(
+    x: &Txn<'_>,
+    c: &str,
+    lid: &str,
+) -> Result<Option<ServerRecordStored>, StoreError> {
     match x.deferred.get((c, lid))? {
         Some(v) => Ok(Some(from_store(v.value())?)),
         None => Ok(None),
