@@ -234,3 +234,74 @@ async fn ops_queued_before_a_collection_became_pull_still_go_out() {
     assert_eq!(head.len(), 1);
     assert_eq!(head[0].1.op_id, first);
 }
+
+fn scoped(id: &str, version: u64, v: Value, scope: &str) -> ServerRecord {
+    ServerRecord {
+        scope: Some(scope.into()),
+        ..srec(id, version, v)
+    }
+}
+
+/// Acks the head op with `record`.
+async fn ack_head(f: &Fx, record: ServerRecord) {
+    let head = f.store.queue_head(1).unwrap();
+    f.w.submit(WriteCmd::Ack {
+        seq: head[0].0,
+        record,
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn scope_purges_leave_push_and_local_collections_alone() {
+    let f = fx(&[("logs", Direction::Push)]);
+    op_id(put(&f, "logs", "l1", json!({"m": 1})).await);
+    ack_head(&f, scoped("l1", 1, json!({"m": 1}), "team-1")).await;
+    op_id(put(&f, "notes", "n1", json!({"m": 1})).await);
+    ack_head(&f, scoped("n1", 1, json!({"m": 1}), "team-1")).await;
+    f.store.set_directions(directions(&[
+        ("logs", Direction::Push),
+        ("notes", Direction::Local),
+    ]));
+    let t1 = scoped("t1", 1, json!({"m": 1}), "team-1");
+    let page =
+        |records: Vec<Change>, gone: Vec<(String, String, u64)>| super::writer::ScopePageIn {
+            scope: "team-1".into(),
+            records,
+            gone,
+            cursor: "1".into(),
+            more: false,
+            remaining: None,
+        };
+    let change = Change {
+        collection: "todos".into(),
+        record: t1,
+    };
+    f.w.submit(WriteCmd::ApplyScopePages {
+        pages: vec![page(vec![change], vec![])],
+    })
+    .await
+    .unwrap();
+    assert!(f.store.record("todos", "t1").unwrap().is_some());
+    let gone = ["logs", "notes", "todos"]
+        .map(|c| (c.to_owned(), format!("{}1", &c[..1]), 1))
+        .to_vec();
+    f.w.submit(WriteCmd::ApplyScopePages {
+        pages: vec![page(vec![], gone)],
+    })
+    .await
+    .unwrap();
+    assert!(f.store.record("todos", "t1").unwrap().is_none(), "gone");
+    assert!(f.store.record("logs", "l1").unwrap().is_some(), "push");
+    assert!(f.store.record("notes", "n1").unwrap().is_some(), "local");
+    f.w.submit(WriteCmd::SetScopeChoice {
+        scope: "team-1".into(),
+        subscribe: false,
+    })
+    .await
+    .unwrap();
+    assert!(f.store.record("logs", "l1").unwrap().is_some(), "push");
+    assert!(f.store.record("notes", "n1").unwrap().is_some(), "local");
+    assert!(f.store.check_invariants().unwrap().is_clean());
+}

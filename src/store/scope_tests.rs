@@ -399,3 +399,71 @@ async fn a_scope_no_longer_pulled_is_purged_like_an_unsubscribe() {
     let states = f.store.scope_states().expect("states");
     assert!(!states.contains_key("team-1") && states.contains_key("team-2"));
 }
+
+#[tokio::test]
+async fn a_dead_letter_after_a_move_takes_the_deferred_copy_of_the_new_scope() {
+    let f = fx();
+    pages(
+        &f,
+        vec![
+            page("team-1", &[srec("a", 1, "team-1")], &[], false),
+            page("team-2", &[], &[], false),
+        ],
+    )
+    .await;
+    put(&f, "a", None).await; // pending
+                              // Moved to team-2 at version 2: team-2's entry is deferred (pending),
+                              // then team-1's gone entry marks the record.
+    pages(
+        &f,
+        vec![page("team-2", &[srec("a", 2, "team-2")], &[], false)],
+    )
+    .await;
+    pages(&f, vec![page("team-1", &[], &[("a", 2)], false)]).await;
+    let (seq, _) = f.store.queue_head(1).expect("queue").remove(0);
+    f.w.submit(WriteCmd::DeadLetter {
+        seq,
+        error: "HTTP 422: refused".into(),
+    })
+    .await
+    .expect("dead letter");
+    let a = f.store.record("c", "a").expect("read").expect("kept");
+    assert_eq!(a.version, Some(2));
+    assert_eq!(a.scope.as_deref(), Some("team-2"));
+    assert_eq!(a.gone_from, None);
+    assert_eq!(
+        a.data, r#"{"v":2}"#,
+        "the server's copy, not the local write"
+    );
+    assert!(f.store.check_invariants().expect("check").is_clean());
+}
+
+#[tokio::test]
+async fn a_record_held_before_scopes_gets_its_scope_from_the_back_fill() {
+    let f = fx();
+    let mut old = srec("a", 1, "team-1");
+    old.scope = None;
+    f.w.submit(WriteCmd::ApplyChanges {
+        changes: vec![Change {
+            collection: "c".into(),
+            record: old,
+        }],
+        cursor: "1".into(),
+    })
+    .await
+    .expect("changes");
+    assert_eq!(scope_of(&f, "a"), None);
+    pages(
+        &f,
+        vec![page("team-1", &[srec("a", 1, "team-1")], &[], false)],
+    )
+    .await;
+    assert_eq!(scope_of(&f, "a").as_deref(), Some("team-1"));
+    f.w.submit(WriteCmd::SetScopeChoice {
+        scope: "team-1".into(),
+        subscribe: false,
+    })
+    .await
+    .expect("unsubscribe");
+    assert!(f.store.record("c", "a").expect("read").is_none(), "purged");
+}

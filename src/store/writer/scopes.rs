@@ -13,7 +13,7 @@ use crate::domain::{Event, OpKind, Origin, QueuedOp, StoreError};
 use crate::store::encoding::{from_store, to_store};
 use crate::store::tables::*;
 
-use super::txn::{JobResult, Txn};
+use super::txn::{take_server, JobResult, Txn};
 use super::verdict::{apply_remote, dead_letter};
 use super::{ScopePageIn, WriteOutcome};
 
@@ -83,6 +83,11 @@ fn move_cursor(x: &mut Txn<'_>, p: &ScopePageIn) -> Result<(), StoreError> {
 /// scope and no newer. One with pending ops stays, marked: it is purged if
 /// its ops settle without reaching the server ([`purge_if_gone`]).
 fn gone(x: &mut Txn<'_>, scope: &str, c: &str, id: &str, version: u64) -> Result<(), StoreError> {
+    if !x.directions.of(c).applies_pulled() {
+        // `push` or `local`: this device's copy is not the server's to
+        // take away (the same rule as a pulled change, `apply_remote`).
+        return Ok(());
+    }
     let Some(lid) = x.server_ids.get((c, id))?.map(|v| v.value().to_owned()) else {
         return Ok(());
     };
@@ -102,13 +107,44 @@ fn gone(x: &mut Txn<'_>, scope: &str, c: &str, id: &str, version: u64) -> Result
 
 /// A record whose last pending op just settled without reaching the
 /// server: purged if the server had said it left its scope meanwhile.
+/// Unless the record's newer copy came in a scope this device pulls
+/// (it moved there) and was deferred while the op was pending: that copy
+/// is the server's state, and that scope's cursor is already past it, so
+/// it becomes the record (as an ack would take it).
 pub(super) fn purge_if_gone(x: &mut Txn<'_>, c: &str, lid: &str) -> Result<(), StoreError> {
-    if x.record(c, lid)?
-        .is_some_and(|r| r.pending == 0 && r.gone_from.is_some())
-    {
-        remove_record(x, c, lid)?;
+    let Some(rec) = x.record(c, lid)? else {
+        return Ok(());
+    };
+    if rec.pending > 0 || rec.gone_from.is_none() {
+        return Ok(());
     }
-    Ok(())
+    let deferred: Option<crate::domain::ServerRecordStored> = match x.deferred.get((c, lid))? {
+        Some(v) => Some(from_store(v.value())?),
+        None => None,
+    };
+    if let Some(d) = deferred {
+        let pulled = match d.scope.as_deref() {
+            Some(s) => pulls(x, s)?,
+            None => false,
+        };
+        if pulled && !d.deleted {
+            x.deferred.remove((c, lid))?;
+            let r = d.to_record();
+            if let Some(old) = rec.server_id.as_deref().filter(|old| *old != r.id) {
+                x.server_ids.remove((c, old))?;
+            }
+            return take_server(x, c, lid, Some(rec), &r, Origin::Remote);
+        }
+    }
+    remove_record(x, c, lid)
+}
+
+/// Whether this device pulls `scope` now: it has the scope's pull state
+/// (dropped when the scope is unsubscribed, no longer pulled or no longer
+/// readable) and the app did not unsubscribe from it.
+fn pulls(x: &Txn<'_>, scope: &str) -> Result<bool, StoreError> {
+    Ok(x.scope_state.get(scope)?.is_some()
+        && x.scope_choices.get(scope)?.map(|v| v.value()) != Some(0))
 }
 
 /// Removes a record without pending ops from this device, with its server
@@ -135,15 +171,20 @@ fn remove_record(x: &mut Txn<'_>, c: &str, lid: &str) -> Result<(), StoreError> 
 }
 
 /// Purges every record of a scope `gone_from` says this device may not
-/// hold, except those with pending ops. A scan of the records: it runs on
+/// hold, except those with pending ops and those of a collection that
+/// does not apply pulled changes (`push`, `local`: the device's own copy,
+/// which the server never feeds back). A scan of the records: it runs on
 /// a revocation or an unsubscribe, not on every pull.
 fn purge(x: &mut Txn<'_>, gone_from: impl Fn(&str) -> bool) -> Result<usize, StoreError> {
     let mut doomed = Vec::new();
     for item in x.records.range::<(&str, &str)>(..)? {
         let (k, v) = item?;
         let rec: crate::domain::StoredRecord = from_store(v.value())?;
-        if rec.pending == 0 && rec.scope.as_deref().is_some_and(&gone_from) {
-            let (c, id) = k.value();
+        let (c, id) = k.value();
+        if rec.pending == 0
+            && rec.scope.as_deref().is_some_and(&gone_from)
+            && x.directions.of(c).applies_pulled()
+        {
             doomed.push((c.to_owned(), id.to_owned()));
         }
     }

@@ -220,6 +220,15 @@ pub(super) fn apply_remote(
         return Ok(()); // never had it, nothing to delete
     }
     if let Some(existing) = &rec {
+        if existing.version == Some(r.version) && r.scope.is_some() && existing.scope != r.scope {
+            // The version this device holds, and the server's word on its
+            // scope is news (a record held from before scopes, back-filled
+            // now): kept, so that scope purges find it. No event: the
+            // document is the same.
+            let mut updated = existing.clone();
+            updated.scope = r.scope.clone();
+            x.put_record(c, &lid, &updated)?;
+        }
         if existing.pending > 0 {
             // Local changes win locally until their ops meet the server:
             // they keep their base version and hit the 409 path there.
