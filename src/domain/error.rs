@@ -174,6 +174,9 @@ pub enum WriteError {
     /// A write to a collection this device only pulls
     /// (`[collections.NAME] sync = "pull"`).
     ReadOnlyCollection { collection: String },
+    /// An op for the server in a collection that never leaves this device
+    /// (`[collections.NAME] sync = "local"`): a dead letter's retry.
+    LocalCollection { collection: String },
     /// The writer is gone: the daemon is stopping.
     ShuttingDown,
     /// The transaction that carried the job failed; nothing was committed.
@@ -208,6 +211,10 @@ impl fmt::Display for WriteError {
             WriteError::ReadOnlyCollection { collection } => write!(
                 f,
                 "collection {collection:?} is read-only on this device: daemon.toml sets [collections.{collection}] sync = \"pull\", so it only receives the server's records; write to it on a device where it syncs both ways or pushes"
+            ),
+            WriteError::LocalCollection { collection } => write!(
+                f,
+                "collection {collection:?} is local on this device: daemon.toml sets [collections.{collection}] sync = \"local\", so nothing of it is sent to the server; discard the dead letter, or make the collection sync again to retry it"
             ),
             WriteError::ShuttingDown => write!(f, "the daemon is shutting down"),
             WriteError::Storage(e) => write!(f, "write not committed: {e}"),

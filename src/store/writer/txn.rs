@@ -300,6 +300,17 @@ impl<'txn> Txn<'txn> {
         Ok(())
     }
 
+    /// The dead letter with `op_id`, if there is one (left in place).
+    pub fn peek_dead(&self, op_id: &str) -> Result<Option<DeadLetter>, StoreError> {
+        let Some(seq) = self.dead_by_op.get(op_id)?.map(|v| v.value()) else {
+            return Ok(None);
+        };
+        match self.dead.get(seq)? {
+            Some(v) => Ok(Some(from_store(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
     /// Removes the dead letter with `op_id`, if there is one.
     pub fn take_dead(&mut self, op_id: &str) -> Result<Option<DeadLetter>, StoreError> {
         let Some(seq) = self.dead_by_op.remove(op_id)?.map(|v| v.value()) else {
