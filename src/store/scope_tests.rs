@@ -467,3 +467,79 @@ async fn a_record_held_before_scopes_gets_its_scope_from_the_back_fill() {
     .expect("unsubscribe");
     assert!(f.store.record("c", "a").expect("read").is_none(), "purged");
 }
+
+async fn session(f: &Fx, sub: &str, scopes: &[(&str, bool)]) {
+    let mut g = grants(scopes);
+    g.sub = sub.into();
+    let pulled: BTreeSet<String> = g.scopes.iter().map(|s| s.name.clone()).collect();
+    f.w.submit(WriteCmd::ApplySession { grants: g, pulled })
+        .await
+        .expect("session");
+}
+
+#[tokio::test]
+async fn another_user_dead_letters_the_previous_users_ops_and_purges_their_records() {
+    let f = fx();
+    session(&f, "alice", &[("user:alice", true), ("team-1", true)]).await;
+    pages(
+        &f,
+        vec![
+            page(
+                "team-1",
+                &[srec("a", 1, "team-1"), srec("t", 1, "team-1")],
+                &[],
+                false,
+            ),
+            page("user:alice", &[srec("p", 1, "user:alice")], &[], false),
+        ],
+    )
+    .await;
+    let earlier = put(&f, "x", None).await;
+    let (seq, _) = f.store.queue_head(1).expect("queue").remove(0);
+    f.w.submit(WriteCmd::DeadLetter {
+        seq,
+        error: "HTTP 422: no".into(),
+    })
+    .await
+    .expect("dead letter");
+    let create = put(&f, "new", None).await;
+    let update = put(&f, "a", None).await;
+    session(&f, "bob", &[("user:bob", true), ("team-1", true)]).await;
+    assert_eq!(f.store.queue_depth().expect("depth"), 0, "nothing goes out");
+    for op in [&create, &update] {
+        match f.store.op_state(op).expect("state") {
+            OpState::DeadLettered(e) => {
+                assert_eq!(e, "queued by user 'alice'; the token now belongs to 'bob'")
+            }
+            s => panic!("{s:?}"),
+        }
+    }
+    for id in ["new", "a", "p", "x"] {
+        assert!(f.store.record("c", id).expect("read").is_none(), "{id}");
+    }
+    assert!(
+        f.store.record("c", "t").expect("read").is_some(),
+        "readable by bob, as the server has it"
+    );
+    assert!(
+        f.store.scope_states().expect("states").is_empty(),
+        "back-filled afresh"
+    );
+    for op in [&earlier, &create] {
+        match f.w.submit(WriteCmd::RetryDead { op_id: op.clone() }).await {
+            Err(crate::domain::WriteError::QueuedByAnotherUser { queued_by, now, .. }) => {
+                assert_eq!((queued_by.as_str(), now.as_deref()), ("alice", Some("bob")))
+            }
+            r => panic!("{r:?}"),
+        }
+    }
+    assert_eq!(f.store.queue_depth().expect("depth"), 0);
+    assert!(f.store.check_invariants().expect("check").is_clean());
+    // Alice's token again: her dead letters are hers to retry.
+    session(&f, "alice", &[("user:alice", true), ("team-1", true)]).await;
+    f.w.submit(WriteCmd::RetryDead { op_id: create })
+        .await
+        .expect("retry");
+    assert_eq!(f.store.queue_depth().expect("depth"), 1);
+    assert!(f.store.check_invariants().expect("check").is_clean());
+}

@@ -236,6 +236,9 @@ pub(super) fn apply_session(
     if old.as_ref() == Some(grants) {
         return Ok(Ok(WriteOutcome::Done));
     }
+    if let Some(before) = old.as_ref().filter(|g| g.sub != grants.sub) {
+        switch_user(x, &before.sub, grants)?;
+    }
     let text = serde_json::to_vec(grants).map_err(|e| StoreError::Encode {
         what: "session grants",
         detail: e.to_string(),
@@ -253,14 +256,143 @@ pub(super) fn apply_session(
     Ok(Ok(WriteOutcome::Done))
 }
 
-/// The scopes a queued op writes: its record's and the one it moves to.
-fn written_scopes(op: &QueuedOp, record_scope: Option<&str>) -> Vec<String> {
+/// The token now belongs to another user (`sub`): nothing the previous
+/// one left on this device may reach the server with the new token, or
+/// be seen by the new user's apps.
+///
+/// - Every queued op (and every op parked in a conflict) is the previous
+///   user's: it becomes a dead letter, marked as that user's, which
+///   `retry` refuses under another user's session.
+/// - Every dead letter not marked yet is marked as the previous user's.
+/// - Records whose ops were dead-lettered here (they hold the previous
+///   user's unsent writes), and records without a scope (written here and
+///   never acked, or held from before the server had scopes), are purged,
+///   with every scope's cursor: the new user's back-fill brings back
+///   whatever the new grants let it read. Records in scopes the new grants
+///   cannot read go by the purge that follows (see [`apply_session`]).
+///   Collections that do not apply pulled changes (`push`, `local`) are
+///   the device's, not a user's: they are never purged (their queued ops
+///   are dead-lettered all the same).
+///
+/// Ops the app wrote after the token changed but before the new session
+/// came are counted as the previous user's: the daemon learns who the
+/// token belongs to only from the session (and pushes nothing before it).
+fn switch_user(x: &mut Txn<'_>, previous: &str, grants: &Grants) -> Result<(), StoreError> {
+    let reason = format!(
+        "queued by user '{previous}'; the token now belongs to '{}'",
+        grants.sub
+    );
+    let mut touched: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut seqs = Vec::new();
+    for item in x.queue.range::<u64>(..)? {
+        let (k, v) = item?;
+        let op: QueuedOp = from_store(v.value())?;
+        touched.insert((op.collection.clone(), op.local_id.clone()));
+        seqs.push(k.value());
+    }
+    for seq in seqs {
+        // Taken already when an earlier op of its record was: a no-op.
+        let _ = dead_letter(x, seq, &reason)?;
+    }
+    touched.extend(dead_letter_parked(x, &reason)?);
+    let mut unmarked = Vec::new();
+    for item in x.dead.range::<u64>(..)? {
+        let (_, v) = item?;
+        let d: crate::domain::DeadLetter = from_store(v.value())?;
+        if x.dead_sub.get(d.op.op_id.as_str())?.is_none() {
+            unmarked.push(d.op.op_id);
+        }
+    }
+    for op_id in &unmarked {
+        x.dead_sub.insert(op_id.as_str(), previous)?;
+    }
+    let mut doomed = Vec::new();
+    for item in x.records.range::<(&str, &str)>(..)? {
+        let (k, v) = item?;
+        let rec: crate::domain::StoredRecord = from_store(v.value())?;
+        let (c, id) = k.value();
+        let key = (c.to_owned(), id.to_owned());
+        if rec.pending == 0
+            && x.directions.of(c).applies_pulled()
+            && (rec.scope.is_none() || touched.contains(&key))
+        {
+            doomed.push(key);
+        }
+    }
+    for (c, id) in &doomed {
+        remove_record(x, c, id)?;
+    }
+    let cursors = drop_states(x, |_| true)?;
+    tracing::warn!(
+        previous,
+        now = %grants.sub,
+        dead_lettered = unmarked.len(),
+        purged = doomed.len(),
+        scopes = cursors.len(),
+        "the token belongs to another user: the previous user's queued ops are dead letters, its unsent records are purged and every scope is back-filled afresh"
+    );
+    Ok(())
+}
+
+/// Turns every conflict parked for a decision into dead letters (their
+/// ops, with the record's local document as the data a decision would
+/// have sent); returns the records.
+fn dead_letter_parked(x: &mut Txn<'_>, reason: &str) -> Result<Vec<(String, String)>, StoreError> {
+    let mut parked = Vec::new();
+    for item in x.conflicts.range::<(&str, &str)>(..)? {
+        let (k, v) = item?;
+        let (c, id) = k.value();
+        let p: crate::store::ParkedConflict = from_store(v.value())?;
+        parked.push((c.to_owned(), id.to_owned(), p));
+    }
+    let mut out = Vec::new();
+    for (c, lid, p) in parked {
+        x.conflicts.remove((c.as_str(), lid.as_str()))?;
+        let mut rec = x.record(&c, &lid)?;
+        let local = rec.as_ref().filter(|r| !r.deleted).map(|r| r.data.clone());
+        let n = p.ops.len() as u32;
+        for mut op in p.ops {
+            x.ops.remove(op.op_id.as_str())?;
+            if op.kind != OpKind::Delete {
+                op.data = op.data.or_else(|| local.clone());
+            }
+            x.ev.push(Event::DeadLettered {
+                op_id: op.op_id.clone(),
+                collection: c.clone(),
+                id: lid.clone(),
+                error: reason.to_owned(),
+            });
+            let seq = x.counters.dead_tail;
+            x.counters.dead_tail += 1;
+            let entry = crate::domain::DeadLetter {
+                op,
+                error: reason.to_owned(),
+                dead_at: crate::domain::clock::now_ms(),
+            };
+            x.insert_dead(seq, &entry)?;
+        }
+        if let Some(r) = rec.as_mut() {
+            r.pending = super::txn::fewer(&c, &lid, r.pending, n)?;
+            x.put_record(&c, &lid, r)?;
+        }
+        x.ops_left = true;
+        out.push((c, lid));
+    }
+    Ok(out)
+}
+
+/// The scopes a queued op writes: its record's and the one it moves to
+/// (a create without a scope goes to the user's private scope).
+fn written_scopes(op: &QueuedOp, record_scope: Option<&str>, sub: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     if op.kind != OpKind::Create {
         out.extend(record_scope.map(str::to_owned));
     }
-    if op.kind != OpKind::Delete {
-        out.extend(op.scope.clone());
+    match (op.kind, &op.scope) {
+        (OpKind::Delete, _) => {}
+        (_, Some(s)) => out.push(s.clone()),
+        (OpKind::Create, None) => out.push(format!("user:{sub}")),
+        (OpKind::Update, None) => {}
     }
     out
 }
@@ -283,7 +415,7 @@ fn refuse_unwritable(
         let rec_scope = x
             .record(&op.collection, &op.local_id)?
             .and_then(|r| r.scope);
-        let Some(scope) = written_scopes(&op, rec_scope.as_deref())
+        let Some(scope) = written_scopes(&op, rec_scope.as_deref(), &grants.sub)
             .into_iter()
             .find(|s| !grants.writable(s))
         else {
