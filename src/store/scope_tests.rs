@@ -543,3 +543,62 @@ async fn another_user_dead_letters_the_previous_users_ops_and_purges_their_recor
     assert_eq!(f.store.queue_depth().expect("depth"), 1);
     assert!(f.store.check_invariants().expect("check").is_clean());
 }
+
+#[tokio::test]
+async fn records_left_in_scopes_not_pulled_go_once_their_ops_settle() {
+    let f = fx();
+    let scopes = [("user:alice", true), ("team-1", true), ("team-3", true)];
+    let pulled_now =
+        |names: &[&str]| -> BTreeSet<String> { names.iter().map(|s| (*s).to_owned()).collect() };
+    f.w.submit(WriteCmd::ApplySession {
+        grants: grants(&scopes),
+        pulled: pulled_now(&["user:alice", "team-1"]),
+    })
+    .await
+    .expect("session");
+    pages(
+        &f,
+        vec![page("team-1", &[srec("b", 1, "team-1")], &[], false)],
+    )
+    .await;
+    put(&f, "b", None).await;
+    f.w.submit(WriteCmd::SetScopeChoice {
+        scope: "team-1".into(),
+        subscribe: false,
+    })
+    .await
+    .expect("unsubscribe");
+    assert!(f.store.record("c", "b").expect("read").is_some(), "pending");
+    let (seq, _) = f.store.queue_head(1).expect("queue").remove(0);
+    f.w.submit(WriteCmd::Ack {
+        seq,
+        record: srec("b", 2, "team-1"),
+    })
+    .await
+    .expect("ack");
+    // Written into team-3, which this device may write but does not pull.
+    put(&f, "w", Some("team-3")).await;
+    let (seq, _) = f.store.queue_head(1).expect("queue").remove(0);
+    f.w.submit(WriteCmd::Ack {
+        seq,
+        record: srec("w", 1, "team-3"),
+    })
+    .await
+    .expect("ack");
+    assert!(f.store.record("c", "w").expect("read").is_some());
+    f.w.submit(WriteCmd::ApplySession {
+        grants: grants(&scopes),
+        pulled: pulled_now(&["user:alice"]),
+    })
+    .await
+    .expect("session");
+    assert!(
+        f.store.record("c", "b").expect("read").is_none(),
+        "settled: purged"
+    );
+    assert!(
+        f.store.record("c", "w").expect("read").is_none(),
+        "not pulled: purged once acked"
+    );
+    assert!(f.store.check_invariants().expect("check").is_clean());
+}

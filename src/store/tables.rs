@@ -58,6 +58,12 @@ pub const META_CURSOR: &str = "pull_cursor";
 /// [`crate::domain::scope_state::Grants`]); absent: never fetched, or the
 /// backend has no scopes.
 pub const META_SESSION: &str = "session";
+/// The scopes the last session apply said are pulled (JSON list).
+pub const META_PULLED: &str = "pulled_scopes";
+/// Present while records of scopes not pulled stay on this device because
+/// they had pending ops (or were just written there): the next session
+/// apply purges those that have settled.
+pub const META_LEFTOVER: &str = "unpulled_leftovers";
 /// "1" while sync is paused by the user.
 pub const META_PAUSED: &str = "paused";
 /// Count of conflicts resolved, for status (u64 BE).

@@ -177,19 +177,24 @@ fn remove_record(x: &mut Txn<'_>, c: &str, lid: &str) -> Result<(), StoreError> 
 /// a revocation or an unsubscribe, not on every pull.
 fn purge(x: &mut Txn<'_>, gone_from: impl Fn(&str) -> bool) -> Result<usize, StoreError> {
     let mut doomed = Vec::new();
+    let mut skipped = false;
     for item in x.records.range::<(&str, &str)>(..)? {
         let (k, v) = item?;
         let rec: crate::domain::StoredRecord = from_store(v.value())?;
         let (c, id) = k.value();
-        if rec.pending == 0
-            && rec.scope.as_deref().is_some_and(&gone_from)
-            && x.directions.of(c).applies_pulled()
-        {
-            doomed.push((c.to_owned(), id.to_owned()));
+        if rec.scope.as_deref().is_some_and(&gone_from) && x.directions.of(c).applies_pulled() {
+            match rec.pending {
+                0 => doomed.push((c.to_owned(), id.to_owned())),
+                _ => skipped = true,
+            }
         }
     }
     for (c, id) in &doomed {
         remove_record(x, c, id)?;
+    }
+    if skipped {
+        // Purged by a later session apply once their ops settle.
+        x.meta.insert(META_LEFTOVER, b"1".as_slice())?;
     }
     Ok(doomed.len())
 }
@@ -225,9 +230,19 @@ pub(super) fn apply_session(
     pulled: &BTreeSet<String>,
 ) -> Result<JobResult, StoreError> {
     let dropped = drop_states(x, |s| !pulled.contains(s))?;
-    if !dropped.is_empty() {
-        let purged = purge(x, |s| dropped.contains(s))?;
-        tracing::info!(scopes = ?dropped, purged, "scopes no longer pulled: their records are removed from this device");
+    let list = serde_json::to_vec(pulled).map_err(|e| StoreError::Encode {
+        what: "pulled scopes",
+        detail: e.to_string(),
+    })?;
+    x.meta.insert(META_PULLED, list.as_slice())?;
+    // Records left behind by an earlier purge (they had pending ops) or
+    // written here into a scope this device does not pull go once settled.
+    let leftover = x.meta.remove(META_LEFTOVER)?.is_some();
+    if !dropped.is_empty() || leftover {
+        let purged = purge(x, |s| !pulled.contains(s))?;
+        if purged > 0 {
+            tracing::info!(scopes = ?dropped, purged, "records of scopes not pulled are removed from this device");
+        }
     }
     let old: Option<Grants> = x
         .meta
@@ -450,4 +465,18 @@ pub(super) fn set_choice(
         purge(x, |s| s == scope)?;
     }
     Ok(Ok(WriteOutcome::Done))
+}
+
+/// An ack stored `scope` on a record: when this device does not pull that
+/// scope (it wrote there, or the record moved there), the record is left
+/// for the next session apply to purge, as partial sync has it.
+pub(super) fn note_unpulled(x: &mut Txn<'_>, scope: &str) -> Result<(), StoreError> {
+    let pulled: Option<BTreeSet<String>> = x
+        .meta
+        .get(META_PULLED)?
+        .and_then(|v| serde_json::from_slice(v.value()).ok());
+    if pulled.is_some_and(|p| !p.contains(scope)) {
+        x.meta.insert(META_LEFTOVER, b"1".as_slice())?;
+    }
+    Ok(())
 }

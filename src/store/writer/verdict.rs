@@ -173,6 +173,9 @@ fn apply_ack(x: &mut Txn<'_>, op: &QueuedOp, r: &ServerRecord) -> Result<(), Sto
         return Ok(());
     }
     x.server_ids.insert((c, r.id.as_str()), lid)?;
+    if let Some(scope) = r.scope.as_deref() {
+        super::scopes::note_unpulled(x, scope)?;
+    }
     let server_text = rec.stand_on(r);
     if rec.pending == 0
         && !rec.deleted
