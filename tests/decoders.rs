@@ -132,14 +132,14 @@ fn classify_all(body: &[u8], status: u16) {
         body,
     };
     for kind in [OpKind::Create, OpKind::Update, OpKind::Delete] {
-        if let Ok(OpResult::Rejected { .. }) = classify_op(kind, &reply) {
+        if let Ok(OpResult::Rejected { .. }) = classify_op(kind, false, &reply) {
             assert!(matches!(status, 400 | 404 | 413 | 422), "{status}");
             assert!(kind != OpKind::Create || status != 404);
             let v: serde_json::Value = serde_json::from_slice(body).expect("JSON rejection");
             assert!(v["error"].is_string(), "{v}");
         }
     }
-    if let Ok(BatchOutcome::Results(results)) = classify_batch(3, &reply) {
+    if let Ok(BatchOutcome::Results(results)) = classify_batch(3, false, &reply) {
         assert_eq!(status, 200);
         assert!(!results.is_empty() && results.len() <= 3, "{results:?}");
     }

@@ -94,6 +94,10 @@ pub struct BackendClient {
     token: Option<String>,
     client_id: String,
     timeout: Duration,
+    /// The server announced `scopes` (its health said so, or it answered
+    /// `GET v1/session`): only then is a `403` with a `code` a refusal of
+    /// one op rather than refused credentials.
+    scoped: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for BackendClient {
@@ -223,6 +227,7 @@ impl BackendClient {
             token,
             client_id: client_id.to_owned(),
             timeout,
+            scoped: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
     }
 
@@ -275,7 +280,15 @@ impl BackendClient {
     /// `GET v1/health`: reachable, with the features the server announces.
     pub async fn health(&self) -> Result<Features, Failure> {
         let (status, headers, body) = self.call(Method::GET, "v1/health", None).await?;
-        classify_health(&RawReply::new(status, &headers, &body))
+        let f = classify_health(&RawReply::new(status, &headers, &body))?;
+        self.scoped
+            .store(f.scopes, std::sync::atomic::Ordering::Relaxed);
+        Ok(f)
+    }
+
+    /// Whether the server is known to have `scopes`.
+    fn scoped(&self) -> bool {
+        self.scoped.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// `POST v1/ops`.
@@ -285,7 +298,11 @@ impl BackendClient {
             retry_after_ms: None,
         })?;
         let (status, headers, body) = self.call(Method::POST, "v1/ops", Some(body)).await?;
-        classify_op(op.kind, &RawReply::new(status, &headers, &body))
+        classify_op(
+            op.kind,
+            self.scoped(),
+            &RawReply::new(status, &headers, &body),
+        )
     }
 
     /// `POST v1/ops/batch`.
@@ -297,7 +314,11 @@ impl BackendClient {
             }
         })?;
         let (status, headers, body) = self.call(Method::POST, "v1/ops/batch", Some(body)).await?;
-        classify_batch(ops.len(), &RawReply::new(status, &headers, &body))
+        classify_batch(
+            ops.len(),
+            self.scoped(),
+            &RawReply::new(status, &headers, &body),
+        )
     }
 
     /// `GET v1/changes`; with `wait_s`, a pull the server may hold that
@@ -327,7 +348,11 @@ impl BackendClient {
     /// `GET v1/session` (revision 3): who the token is and what it reaches.
     pub async fn session(&self) -> Result<Session, Failure> {
         let (status, headers, body) = self.call(Method::GET, "v1/session", None).await?;
-        classify_session(&RawReply::new(status, &headers, &body))
+        let session = classify_session(&RawReply::new(status, &headers, &body))?;
+        // A session is a revision-3 server's answer: it has scopes.
+        self.scoped
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(session)
     }
 
     /// `POST v1/pull` (revision 3); with `wait`, a pull the server may hold
@@ -527,11 +552,12 @@ pub fn classify_health(r: &RawReply<'_>) -> Result<Features, Failure> {
 
 /// Classifies a `POST v1/ops` reply to an op of `kind`, per the protocol's
 /// table. Only a JSON `{"error": ...}` body with 400, 413, 422, or 404 for
-/// an update or delete, is a permanent rejection; every reply the table
-/// does not list is [`Failure::Unlisted`], which keeps the op.
-pub fn classify_op(kind: OpKind, r: &RawReply<'_>) -> Result<OpResult, Failure> {
+/// an update or delete, is a permanent rejection, and (`scoped`: the
+/// server announced `scopes`) a `403` with `error` and `code`; every reply
+/// the table does not list is [`Failure::Unlisted`], which keeps the op.
+pub fn classify_op(kind: OpKind, scoped: bool, r: &RawReply<'_>) -> Result<OpResult, Failure> {
     const ENDPOINT: &str = "POST v1/ops";
-    if let Some(refused) = refused_op(r.status, r.body) {
+    if let Some(refused) = refused_op(scoped, r.status, r.body) {
         return Ok(refused);
     }
     if let Some(f) = common_failure(ENDPOINT, r) {
@@ -563,9 +589,12 @@ pub fn classify_op(kind: OpKind, r: &RawReply<'_>) -> Result<OpResult, Failure> 
 /// A revision-3 `403` that refuses one operation: its body carries a
 /// `code` ([`DenyCode`]; unknown codes count too) beside the `error`. It
 /// is a permanent verdict on that op (a dead letter with the server's
-/// reason), not refused credentials: a `403` without a code still is.
-fn refused_op(status: u16, body: &[u8]) -> Option<OpResult> {
-    if status != 403 {
+/// reason), not refused credentials: a `403` without a code still is, and
+/// so is any `403` from a server that did not announce `scopes` (an auth
+/// proxy in front of an older server may well answer `{"error","code"}`:
+/// read as a refusal, it would dead-letter the whole queue).
+fn refused_op(scoped: bool, status: u16, body: &[u8]) -> Option<OpResult> {
+    if !scoped || status != 403 {
         return None;
     }
     let e: ErrorBody = parse_object(body)?;
@@ -588,7 +617,14 @@ const BATCH: &str = "POST v1/ops/batch";
 /// (any body) means no batch support; `400`/`413`/`422` refuse the batch
 /// as a whole (its ops then go one at a time and get their own verdicts);
 /// a `200` must be `{"results": [...]}` with 1..=`n_ops` valid entries.
-pub fn classify_batch(n_ops: usize, r: &RawReply<'_>) -> Result<BatchOutcome, Failure> {
+///
+/// `scoped`: the server announced `scopes`, so an entry's `403` with
+/// `error` and `code` refuses that op (as for a single op).
+pub fn classify_batch(
+    n_ops: usize,
+    scoped: bool,
+    r: &RawReply<'_>,
+) -> Result<BatchOutcome, Failure> {
     if r.status == 404 || r.status == 405 {
         return Ok(BatchOutcome::Unsupported);
     }
@@ -596,7 +632,7 @@ pub fn classify_batch(n_ops: usize, r: &RawReply<'_>) -> Result<BatchOutcome, Fa
         return Err(f);
     }
     match r.status {
-        200 => batch_results(n_ops, r),
+        200 => batch_results(n_ops, scoped, r),
         400 | 413 | 422 => Ok(BatchOutcome::Refused(format!(
             "HTTP {}: {}",
             r.status,
@@ -610,7 +646,7 @@ pub fn classify_batch(n_ops: usize, r: &RawReply<'_>) -> Result<BatchOutcome, Fa
 /// `Applied`. An entry that is not a valid result makes the whole reply
 /// untrustworthy: nothing in it is acted on (the applied ops are re-sent
 /// with the same op_ids, which is safe).
-fn batch_results(n_ops: usize, r: &RawReply<'_>) -> Result<BatchOutcome, Failure> {
+fn batch_results(n_ops: usize, scoped: bool, r: &RawReply<'_>) -> Result<BatchOutcome, Failure> {
     let reply: BatchReply =
         parse_object(r.body).ok_or_else(|| unlisted(BATCH, r, Oddity::NotProtocolJson))?;
     if reply.results.is_empty() || reply.results.len() > n_ops {
@@ -618,7 +654,7 @@ fn batch_results(n_ops: usize, r: &RawReply<'_>) -> Result<BatchOutcome, Failure
     }
     let mut out = Vec::with_capacity(reply.results.len());
     for entry in reply.results {
-        match batch_entry(entry) {
+        match batch_entry(scoped, entry) {
             Ok(res) => {
                 let stop = !matches!(res, OpResult::Applied(_));
                 out.push(res);
@@ -655,9 +691,11 @@ enum EntryError {
 /// error (a permanent rejection of that op, as for a single op); a `404`
 /// is sent again singly; auth and transient statuses are failures;
 /// anything else (another `4xx` among them) is invalid: never a dead letter.
-fn batch_entry(e: BatchResult) -> Result<OpResult, EntryError> {
-    if let (403, Some(code)) = (e.status, e.code.as_deref()) {
-        return Ok(refusal(e.error.as_deref().unwrap_or_default(), code));
+fn batch_entry(scoped: bool, e: BatchResult) -> Result<OpResult, EntryError> {
+    if let (true, 403, Some(code), Some(error)) =
+        (scoped, e.status, e.code.as_deref(), e.error.as_deref())
+    {
+        return Ok(refusal(error, code));
     }
     match (e.status, e.record, e.error) {
         (200, Some(rec), _) => Ok(OpResult::Applied(rec)),
@@ -749,6 +787,7 @@ mod tests {
         let h = headers(&[]);
         classify_op(
             kind,
+            true,
             &RawReply {
                 status,
                 headers: &h,
@@ -761,6 +800,7 @@ mod tests {
         let h = headers(&[]);
         classify_batch(
             n,
+            true,
             &RawReply {
                 status,
                 headers: &h,
@@ -868,7 +908,9 @@ mod tests {
             headers: &h,
             body: b"",
         };
-        let reason = classify_op(OpKind::Create, &r).map(|_| ()).unwrap_err();
+        let reason = classify_op(OpKind::Create, true, &r)
+            .map(|_| ())
+            .unwrap_err();
         assert!(
             reason
                 .reason()
@@ -893,8 +935,11 @@ mod tests {
             Err(Failure::Transient { retry_after_ms, .. }) => retry_after_ms,
             other => panic!("{other:?}"),
         };
-        assert_eq!(ra(classify_op(OpKind::Create, &reply(503))), Some(7000));
-        assert_eq!(ra(classify_op(OpKind::Create, &reply(500))), None);
+        assert_eq!(
+            ra(classify_op(OpKind::Create, true, &reply(503))),
+            Some(7000)
+        );
+        assert_eq!(ra(classify_op(OpKind::Create, true, &reply(500))), None);
     }
 
     #[test]
@@ -1068,6 +1113,45 @@ mod tests {
         }
         let body = r#"{"results": [{"status": 403, "error": "forbidden"}]}"#;
         assert!(matches!(batch(1, 200, body), Err(Failure::Auth { .. })));
+    }
+
+    #[test]
+    fn a_coded_403_refuses_an_op_only_from_a_server_with_scopes() {
+        // An auth proxy in front of a server without scopes may answer
+        // `{"error","code"}` with 403: refused credentials, never a dead
+        // letter (that would empty the queue into the dead letters).
+        let h = headers(&[]);
+        let raw = |status, body: &'static str| RawReply {
+            status,
+            headers: &h,
+            body: body.as_bytes(),
+        };
+        let proxy = r#"{"error": "token expired", "code": "expired"}"#;
+        for kind in [OpKind::Create, OpKind::Update, OpKind::Delete] {
+            assert!(matches!(
+                classify_op(kind, false, &raw(403, proxy)),
+                Err(Failure::Auth { .. })
+            ));
+        }
+        let body = r#"{"results": [{"status": 403, "error": "token expired", "code": "expired"}]}"#;
+        assert!(matches!(
+            classify_batch(1, false, &raw(200, body)),
+            Err(Failure::Auth { .. })
+        ));
+        // Batch and single op alike need the `error` beside the `code`.
+        let body = r#"{"results": [{"status": 403, "code": "scope_denied"}]}"#;
+        assert!(matches!(
+            classify_batch(1, true, &raw(200, body)),
+            Err(Failure::Auth { .. })
+        ));
+        assert!(matches!(
+            classify_op(
+                OpKind::Create,
+                true,
+                &raw(403, r#"{"code": "scope_denied"}"#)
+            ),
+            Err(Failure::Auth { .. })
+        ));
     }
 
     #[test]

@@ -174,6 +174,16 @@ pub enum WriteError {
     /// A write to a collection this device only pulls
     /// (`[collections.NAME] sync = "pull"`).
     ReadOnlyCollection { collection: String },
+    /// An op for the server in a collection that never leaves this device
+    /// (`[collections.NAME] sync = "local"`): a dead letter's retry.
+    LocalCollection { collection: String },
+    /// `retry` of a dead letter another user queued: the token belongs to
+    /// someone else now (`now`: the current session's user, if known).
+    QueuedByAnotherUser {
+        op_id: String,
+        queued_by: String,
+        now: Option<String>,
+    },
     /// The writer is gone: the daemon is stopping.
     ShuttingDown,
     /// The transaction that carried the job failed; nothing was committed.
@@ -208,6 +218,19 @@ impl fmt::Display for WriteError {
             WriteError::ReadOnlyCollection { collection } => write!(
                 f,
                 "collection {collection:?} is read-only on this device: daemon.toml sets [collections.{collection}] sync = \"pull\", so it only receives the server's records; write to it on a device where it syncs both ways or pushes"
+            ),
+            WriteError::LocalCollection { collection } => write!(
+                f,
+                "collection {collection:?} is local on this device: daemon.toml sets [collections.{collection}] sync = \"local\", so nothing of it is sent to the server; discard the dead letter, or make the collection sync again to retry it"
+            ),
+            WriteError::QueuedByAnotherUser {
+                op_id,
+                queued_by,
+                now,
+            } => write!(
+                f,
+                "dead letter {op_id} was queued by user '{queued_by}' and the token now belongs to {}: it is only retried under '{queued_by}''s token (discard it, or switch the token back)",
+                now.as_deref().map_or("another user".to_owned(), |n| format!("'{n}'"))
             ),
             WriteError::ShuttingDown => write!(f, "the daemon is shutting down"),
             WriteError::Storage(e) => write!(f, "write not committed: {e}"),

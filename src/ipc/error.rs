@@ -19,6 +19,8 @@ impl From<WriteError> for ApiError {
             WriteError::ShuttingDown => ErrorCode::ShuttingDown,
             WriteError::ConflictPending { .. } => ErrorCode::Conflict,
             WriteError::ReadOnlyCollection { .. } => ErrorCode::ReadOnlyCollection,
+            WriteError::LocalCollection { .. } => ErrorCode::LocalCollection,
+            WriteError::QueuedByAnotherUser { .. } => ErrorCode::PermissionDenied,
             WriteError::Storage(_) => ErrorCode::Internal,
             // A variant added later is the daemon's own failure until it
             // gets a code of its own.

@@ -234,3 +234,140 @@ async fn ops_queued_before_a_collection_became_pull_still_go_out() {
     assert_eq!(head.len(), 1);
     assert_eq!(head[0].1.op_id, first);
 }
+
+fn scoped(id: &str, version: u64, v: Value, scope: &str) -> ServerRecord {
+    ServerRecord {
+        scope: Some(scope.into()),
+        ..srec(id, version, v)
+    }
+}
+
+/// Acks the head op with `record`.
+async fn ack_head(f: &Fx, record: ServerRecord) {
+    let head = f.store.queue_head(1).unwrap();
+    f.w.submit(WriteCmd::Ack {
+        seq: head[0].0,
+        record,
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn scope_purges_leave_push_and_local_collections_alone() {
+    let f = fx(&[("logs", Direction::Push)]);
+    op_id(put(&f, "logs", "l1", json!({"m": 1})).await);
+    ack_head(&f, scoped("l1", 1, json!({"m": 1}), "team-1")).await;
+    op_id(put(&f, "notes", "n1", json!({"m": 1})).await);
+    ack_head(&f, scoped("n1", 1, json!({"m": 1}), "team-1")).await;
+    f.store.set_directions(directions(&[
+        ("logs", Direction::Push),
+        ("notes", Direction::Local),
+    ]));
+    let t1 = scoped("t1", 1, json!({"m": 1}), "team-1");
+    let page =
+        |records: Vec<Change>, gone: Vec<(String, String, u64)>| super::writer::ScopePageIn {
+            scope: "team-1".into(),
+            records,
+            gone,
+            cursor: "1".into(),
+            more: false,
+            remaining: None,
+        };
+    let change = Change {
+        collection: "todos".into(),
+        record: t1,
+    };
+    f.w.submit(WriteCmd::ApplyScopePages {
+        pages: vec![page(vec![change], vec![])],
+    })
+    .await
+    .unwrap();
+    assert!(f.store.record("todos", "t1").unwrap().is_some());
+    let gone = ["logs", "notes", "todos"]
+        .map(|c| (c.to_owned(), format!("{}1", &c[..1]), 1))
+        .to_vec();
+    f.w.submit(WriteCmd::ApplyScopePages {
+        pages: vec![page(vec![], gone)],
+    })
+    .await
+    .unwrap();
+    assert!(f.store.record("todos", "t1").unwrap().is_none(), "gone");
+    assert!(f.store.record("logs", "l1").unwrap().is_some(), "push");
+    assert!(f.store.record("notes", "n1").unwrap().is_some(), "local");
+    f.w.submit(WriteCmd::SetScopeChoice {
+        scope: "team-1".into(),
+        subscribe: false,
+    })
+    .await
+    .unwrap();
+    assert!(f.store.record("logs", "l1").unwrap().is_some(), "push");
+    assert!(f.store.record("notes", "n1").unwrap().is_some(), "local");
+    assert!(f.store.check_invariants().unwrap().is_clean());
+}
+
+#[tokio::test]
+async fn a_resend_after_a_conflict_in_a_local_collection_carries_the_queued_write_only() {
+    let f = fx(&[]);
+    op_id(put(&f, "notes", "n1", json!({"v": 1})).await);
+    ack_head(&f, srec("n1", 1, json!({"v": 1}))).await;
+    op_id(put(&f, "notes", "n1", json!({"v": 2})).await);
+    f.store
+        .set_directions(directions(&[("notes", Direction::Local)]));
+    // Written after the collection became local: never for the server.
+    assert_eq!(op_id(put(&f, "notes", "n1", json!({"v": 3})).await), "");
+    assert_eq!(op_id(delete(&f, "notes", "n1").await), "");
+    let (seq, _) = f.store.queue_head(1).unwrap().remove(0);
+    let server = ServerRecord {
+        updated_at: 50,
+        ..srec("n1", 2, json!({"v": 9}))
+    };
+    f.w.submit(WriteCmd::Conflict {
+        seq,
+        server,
+        strategy: crate::domain::conflict::Strategy::LastWriteWins,
+        rules: Default::default(),
+    })
+    .await
+    .unwrap();
+    let q = f.store.queue_head(10).unwrap();
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert_eq!(q[0].1.kind, crate::domain::OpKind::Update);
+    assert_eq!(q[0].1.data.as_deref(), Some(r#"{"v":2}"#));
+    assert!(f.store.check_invariants().unwrap().is_clean());
+}
+
+#[tokio::test]
+async fn a_dead_letter_is_not_retried_into_a_pull_or_local_collection() {
+    let f = fx(&[]);
+    for c in ["prices", "notes"] {
+        op_id(put(&f, c, "r1", json!({"v": 1})).await);
+        let (seq, _) = f.store.queue_head(1).unwrap().remove(0);
+        f.w.submit(WriteCmd::DeadLetter {
+            seq,
+            error: "HTTP 422: no".into(),
+        })
+        .await
+        .unwrap();
+    }
+    f.store.set_directions(directions(&[
+        ("prices", Direction::Pull),
+        ("notes", Direction::Local),
+    ]));
+    let dead = f.store.dead_letters().unwrap();
+    assert_eq!(dead.len(), 2);
+    for (_, d) in &dead {
+        let r =
+            f.w.submit(WriteCmd::RetryDead {
+                op_id: d.op.op_id.clone(),
+            })
+            .await;
+        match (d.op.collection.as_str(), r) {
+            ("prices", Err(WriteError::ReadOnlyCollection { .. })) => {}
+            ("notes", Err(WriteError::LocalCollection { .. })) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(f.store.queue_depth().unwrap(), 0);
+    assert_eq!(f.store.dead_letters().unwrap().len(), 2, "kept");
+}

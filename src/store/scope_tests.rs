@@ -513,3 +513,206 @@ async fn a_scope_no_longer_pulled_is_purged_like_an_unsubscribe() {
     let states = f.store.scope_states().expect("states");
     assert!(!states.contains_key("team-1") && states.contains_key("team-2"));
 }
+
+#[tokio::test]
+async fn a_dead_letter_after_a_move_takes_the_deferred_copy_of_the_new_scope() {
+    let f = fx();
+    pages(
+        &f,
+        vec![
+            page("team-1", &[srec("a", 1, "team-1")], &[], false),
+            page("team-2", &[], &[], false),
+        ],
+    )
+    .await;
+    put(&f, "a", None).await; // pending
+                              // Moved to team-2 at version 2: team-2's entry is deferred (pending),
+                              // then team-1's gone entry marks the record.
+    pages(
+        &f,
+        vec![page("team-2", &[srec("a", 2, "team-2")], &[], false)],
+    )
+    .await;
+    pages(&f, vec![page("team-1", &[], &[("a", 2)], false)]).await;
+    let (seq, _) = f.store.queue_head(1).expect("queue").remove(0);
+    f.w.submit(WriteCmd::DeadLetter {
+        seq,
+        error: "HTTP 422: refused".into(),
+    })
+    .await
+    .expect("dead letter");
+    let a = f.store.record("c", "a").expect("read").expect("kept");
+    assert_eq!(a.version, Some(2));
+    assert_eq!(a.scope.as_deref(), Some("team-2"));
+    assert_eq!(a.gone_from, None);
+    assert_eq!(
+        a.data, r#"{"v":2}"#,
+        "the server's copy, not the local write"
+    );
+    assert!(f.store.check_invariants().expect("check").is_clean());
+}
+
+#[tokio::test]
+async fn a_record_held_before_scopes_gets_its_scope_from_the_back_fill() {
+    let f = fx();
+    let mut old = srec("a", 1, "team-1");
+    old.scope = None;
+    f.w.submit(WriteCmd::ApplyChanges {
+        changes: vec![Change {
+            collection: "c".into(),
+            record: old,
+        }],
+        cursor: "1".into(),
+    })
+    .await
+    .expect("changes");
+    assert_eq!(scope_of(&f, "a"), None);
+    pages(
+        &f,
+        vec![page("team-1", &[srec("a", 1, "team-1")], &[], false)],
+    )
+    .await;
+    assert_eq!(scope_of(&f, "a").as_deref(), Some("team-1"));
+    f.w.submit(WriteCmd::SetScopeChoice {
+        scope: "team-1".into(),
+        subscribe: false,
+    })
+    .await
+    .expect("unsubscribe");
+    assert!(f.store.record("c", "a").expect("read").is_none(), "purged");
+}
+
+async fn session(f: &Fx, sub: &str, scopes: &[(&str, bool)]) {
+    let mut g = grants(scopes);
+    g.sub = sub.into();
+    let pulled: BTreeSet<String> = g.scopes.iter().map(|s| s.name.clone()).collect();
+    f.w.submit(WriteCmd::ApplySession { grants: g, pulled })
+        .await
+        .expect("session");
+}
+
+#[tokio::test]
+async fn another_user_dead_letters_the_previous_users_ops_and_purges_their_records() {
+    let f = fx();
+    session(&f, "alice", &[("user:alice", true), ("team-1", true)]).await;
+    pages(
+        &f,
+        vec![
+            page(
+                "team-1",
+                &[srec("a", 1, "team-1"), srec("t", 1, "team-1")],
+                &[],
+                false,
+            ),
+            page("user:alice", &[srec("p", 1, "user:alice")], &[], false),
+        ],
+    )
+    .await;
+    let earlier = put(&f, "x", None).await;
+    let (seq, _) = f.store.queue_head(1).expect("queue").remove(0);
+    f.w.submit(WriteCmd::DeadLetter {
+        seq,
+        error: "HTTP 422: no".into(),
+    })
+    .await
+    .expect("dead letter");
+    let create = put(&f, "new", None).await;
+    let update = put(&f, "a", None).await;
+    session(&f, "bob", &[("user:bob", true), ("team-1", true)]).await;
+    assert_eq!(f.store.queue_depth().expect("depth"), 0, "nothing goes out");
+    for op in [&create, &update] {
+        match f.store.op_state(op).expect("state") {
+            OpState::DeadLettered(e) => {
+                assert_eq!(e, "queued by user 'alice'; the token now belongs to 'bob'")
+            }
+            s => panic!("{s:?}"),
+        }
+    }
+    for id in ["new", "a", "p", "x"] {
+        assert!(f.store.record("c", id).expect("read").is_none(), "{id}");
+    }
+    assert!(
+        f.store.record("c", "t").expect("read").is_some(),
+        "readable by bob, as the server has it"
+    );
+    assert!(
+        f.store.scope_states().expect("states").is_empty(),
+        "back-filled afresh"
+    );
+    for op in [&earlier, &create] {
+        match f.w.submit(WriteCmd::RetryDead { op_id: op.clone() }).await {
+            Err(crate::domain::WriteError::QueuedByAnotherUser { queued_by, now, .. }) => {
+                assert_eq!((queued_by.as_str(), now.as_deref()), ("alice", Some("bob")))
+            }
+            r => panic!("{r:?}"),
+        }
+    }
+    assert_eq!(f.store.queue_depth().expect("depth"), 0);
+    assert!(f.store.check_invariants().expect("check").is_clean());
+    // Alice's token again: her dead letters are hers to retry.
+    session(&f, "alice", &[("user:alice", true), ("team-1", true)]).await;
+    f.w.submit(WriteCmd::RetryDead { op_id: create })
+        .await
+        .expect("retry");
+    assert_eq!(f.store.queue_depth().expect("depth"), 1);
+    assert!(f.store.check_invariants().expect("check").is_clean());
+}
+
+#[tokio::test]
+async fn records_left_in_scopes_not_pulled_go_once_their_ops_settle() {
+    let f = fx();
+    let scopes = [("user:alice", true), ("team-1", true), ("team-3", true)];
+    let pulled_now =
+        |names: &[&str]| -> BTreeSet<String> { names.iter().map(|s| (*s).to_owned()).collect() };
+    f.w.submit(WriteCmd::ApplySession {
+        grants: grants(&scopes),
+        pulled: pulled_now(&["user:alice", "team-1"]),
+    })
+    .await
+    .expect("session");
+    pages(
+        &f,
+        vec![page("team-1", &[srec("b", 1, "team-1")], &[], false)],
+    )
+    .await;
+    put(&f, "b", None).await;
+    f.w.submit(WriteCmd::SetScopeChoice {
+        scope: "team-1".into(),
+        subscribe: false,
+    })
+    .await
+    .expect("unsubscribe");
+    assert!(f.store.record("c", "b").expect("read").is_some(), "pending");
+    let (seq, _) = f.store.queue_head(1).expect("queue").remove(0);
+    f.w.submit(WriteCmd::Ack {
+        seq,
+        record: srec("b", 2, "team-1"),
+    })
+    .await
+    .expect("ack");
+    // Written into team-3, which this device may write but does not pull.
+    put(&f, "w", Some("team-3")).await;
+    let (seq, _) = f.store.queue_head(1).expect("queue").remove(0);
+    f.w.submit(WriteCmd::Ack {
+        seq,
+        record: srec("w", 1, "team-3"),
+    })
+    .await
+    .expect("ack");
+    assert!(f.store.record("c", "w").expect("read").is_some());
+    f.w.submit(WriteCmd::ApplySession {
+        grants: grants(&scopes),
+        pulled: pulled_now(&["user:alice"]),
+    })
+    .await
+    .expect("session");
+    assert!(
+        f.store.record("c", "b").expect("read").is_none(),
+        "settled: purged"
+    );
+    assert!(
+        f.store.record("c", "w").expect("read").is_none(),
+        "not pulled: purged once acked"
+    );
+    assert!(f.store.check_invariants().expect("check").is_clean());
+}

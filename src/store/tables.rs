@@ -39,6 +39,10 @@ pub const SCOPE_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("scop
 /// scope name -> 1 (`subscribe`) or 0 (`unsubscribe`): the app's explicit
 /// choices, which override `[sync] scopes`.
 pub const SCOPE_CHOICES: TableDefinition<&str, u8> = TableDefinition::new("scope_choices");
+/// op_id -> the user (session `sub`) whose queued op became this dead
+/// letter, written for the dead letters of a user when the token changes
+/// to another one: `retry` refuses them under another user's session.
+pub const DEAD_SUB: TableDefinition<&str, &str> = TableDefinition::new("dead_letter_sub");
 /// Small named values.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -54,6 +58,12 @@ pub const META_CURSOR: &str = "pull_cursor";
 /// [`crate::domain::scope_state::Grants`]); absent: never fetched, or the
 /// backend has no scopes.
 pub const META_SESSION: &str = "session";
+/// The scopes the last session apply said are pulled (JSON list).
+pub const META_PULLED: &str = "pulled_scopes";
+/// Present while records of scopes not pulled stay on this device because
+/// they had pending ops (or were just written there): the next session
+/// apply purges those that have settled.
+pub const META_LEFTOVER: &str = "unpulled_leftovers";
 /// "1" while sync is paused by the user.
 pub const META_PAUSED: &str = "paused";
 /// Count of conflicts resolved, for status (u64 BE).
@@ -84,6 +94,7 @@ pub fn for_each_table(txn: &WriteTransaction) -> Result<(), redb::TableError> {
     txn.open_table(DEFERRED)?;
     txn.open_table(SCOPE_STATE)?;
     txn.open_table(SCOPE_CHOICES)?;
+    txn.open_table(DEAD_SUB)?;
     Ok(())
 }
 

@@ -113,6 +113,10 @@ pub struct Machine {
     features: Features,
     /// When the last pull succeeded (machine ms).
     last_pull_at: Option<i64>,
+    /// No session of the current credentials applied yet: with a backend
+    /// that has `scopes`, nothing is pushed until one is (the queued ops
+    /// may be another user's; see [`Machine::on_session_applied`]).
+    session_unknown: bool,
     rng: fastrand::Rng,
 }
 
@@ -157,6 +161,7 @@ impl Machine {
             wait_s: DEFAULT_WAIT_S,
             features: Features::default(),
             last_pull_at: None,
+            session_unknown: true,
             rng: fastrand::Rng::with_seed(seed),
         }
     }
@@ -237,6 +242,29 @@ impl Machine {
         self.pull_asked.ask();
         self.stale_pull = self.pull_in_flight;
         self.features = Features::default();
+        self.session_unknown = true;
+    }
+
+    /// New credentials for the same backend (a token change or reload):
+    /// until the session they belong to is applied, pushes wait (with a
+    /// backend that has `scopes`), and a pull (which fetches it) is due.
+    pub fn credentials_changed(&mut self) {
+        self.session_unknown = true;
+        self.pull_asked.ask();
+    }
+
+    /// The writer committed the session of the current credentials
+    /// (`ApplySession`): the queue is now that user's, pushes may go.
+    pub fn on_session_applied(&mut self) {
+        self.session_unknown = false;
+    }
+
+    /// Pushes wait for the session: the backend has users and scopes and
+    /// the current credentials' session is not applied yet. The token may
+    /// belong to another user now, and the ops queued under the previous
+    /// one must never go out with it (the session apply dead-letters them).
+    pub fn pushes_held(&self) -> bool {
+        self.features.scopes && self.session_unknown
     }
 
     /// The worst channel's state (a push failure only while there is
@@ -327,7 +355,7 @@ impl Machine {
         if self.pull_wanted(now, view) && self.pull.open(now) {
             return self.start_pull();
         }
-        if view.queue_nonempty && self.push.open(now) {
+        if view.queue_nonempty && !self.pushes_held() && self.push.open(now) {
             return Action::Push;
         }
         Action::Sleep(self.wake_at(now, view))
@@ -350,6 +378,7 @@ impl Machine {
         }
         self.pull_in_flight.is_none()
             && (self.pull_asked.is_pending()
+                || self.pushes_held()
                 || now >= self.pull_due_at
                 || (self.drain_pull.is_pending() && !view.queue_nonempty))
     }
@@ -364,8 +393,7 @@ impl Machine {
         } else {
             None
         };
-        let push = view
-            .queue_nonempty
+        let push = (view.queue_nonempty && !self.pushes_held())
             .then_some(self.push.not_before)
             .flatten();
         [pull, push].into_iter().flatten().min()
@@ -554,6 +582,58 @@ mod tests {
             elapsed_ms,
             waited,
         })
+    }
+
+    #[test]
+    fn pushes_wait_for_the_session_of_the_current_credentials() {
+        let scoped = Features {
+            scopes: true,
+            ..LIVE
+        };
+        let mut m = Machine::new(100, 1_000, 60_000, 1);
+        probe(&mut m, 0, Ok(scoped));
+        assert!(
+            matches!(m.next(0, V), Action::Pull(_)),
+            "fetches the session"
+        );
+        assert!(
+            matches!(m.next(0, V), Action::Sleep(None)),
+            "no push before the session is applied"
+        );
+        m.on_session_applied();
+        assert_eq!(m.next(0, V), Action::Push);
+        m.on_push(1, Ok(()));
+        // The token file changes: the worker rebuilt the client (stopping
+        // the pull) and tells the machine.
+        m.credentials_changed();
+        m.pull_stopped();
+        m.on_token_change(2);
+        assert!(matches!(m.next(2, V), Action::Pull(_)));
+        assert!(matches!(m.next(2, V), Action::Sleep(None)), "held again");
+        // A pull that ended without applying the new session (it failed)
+        // leaves pushes held; the next pull tries again after backoff.
+        m.on_pull(3, Err(transient(None)));
+        for t in 3..5_000 {
+            assert_ne!(m.next(t, V), Action::Push, "at {t}");
+        }
+        m.on_session_applied();
+        let mut pushed = false;
+        for t in 5_000..10_000 {
+            match m.next(t, V) {
+                Action::Push => {
+                    pushed = true;
+                    break;
+                }
+                Action::Pull(_) => m.on_pull(t, done(0, 5, true)),
+                _ => {}
+            }
+        }
+        assert!(pushed);
+        // A backend without scopes has no session: nothing waits.
+        let mut m = Machine::new(100, 1_000, 60_000, 1);
+        probe(&mut m, 0, Ok(LIVE));
+        assert!(matches!(m.next(0, V), Action::Pull(_)));
+        assert_eq!(m.next(0, V), Action::Push);
     }
 
     /// The machine asks for a probe, and gets `r`.

@@ -25,25 +25,71 @@ use crate::sync::pull::PullJob;
 /// How often the session is fetched again while online.
 pub const SESSION_EVERY: Duration = Duration::from_secs(60);
 
-/// When the session was last fetched. The worker makes it due on every
-/// (re)connect and token change; a pull makes it due when a scope is
-/// refused. Shared because the pull runs as its own task.
+/// When the session was last fetched, and whether the current
+/// credentials' session has been applied. The worker makes it due on every
+/// (re)connect, and starts a new generation on every change of
+/// credentials; a pull makes it due when a scope is refused. Shared
+/// because the pull runs as its own task.
 #[derive(Clone, Default)]
-pub struct SessionClock(Arc<Mutex<Option<tokio::time::Instant>>>);
+pub struct SessionClock(Arc<Mutex<ClockState>>, Arc<tokio::sync::Notify>);
+
+#[derive(Default)]
+struct ClockState {
+    at: Option<tokio::time::Instant>,
+    /// Bumped for new credentials.
+    generation: u64,
+    /// The generation whose session was last applied; `None`: none yet.
+    applied: Option<u64>,
+}
 
 impl SessionClock {
+    fn state(&self) -> std::sync::MutexGuard<'_, ClockState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The next pull fetches the session first.
     pub fn make_due(&self) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.state().at = None;
+    }
+
+    /// New credentials: their session is due, and unknown until applied.
+    pub fn new_credentials(&self) {
+        let mut st = self.state();
+        st.at = None;
+        st.generation += 1;
+    }
+
+    /// Whether the session of the current credentials has been applied.
+    pub fn applied_current(&self) -> bool {
+        let st = self.state();
+        st.applied == Some(st.generation)
+    }
+
+    /// Resolves when a session is applied (maybe of older credentials:
+    /// ask [`Self::applied_current`]).
+    pub async fn applied(&self) {
+        self.1.notified().await
+    }
+
+    fn generation(&self) -> u64 {
+        self.state().generation
     }
 
     fn due(&self) -> bool {
-        let at = *self.0.lock().unwrap_or_else(|p| p.into_inner());
-        at.is_none_or(|t| t.elapsed() >= SESSION_EVERY)
+        self.state().at.is_none_or(|t| t.elapsed() >= SESSION_EVERY)
     }
 
-    fn fetched(&self) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokio::time::Instant::now());
+    /// The session fetched with the credentials of `generation` was
+    /// applied. One of older credentials changes nothing.
+    fn fetched(&self, generation: u64) {
+        let mut st = self.state();
+        if st.generation != generation {
+            return;
+        }
+        st.at = Some(tokio::time::Instant::now());
+        st.applied = Some(generation);
+        drop(st);
+        self.1.notify_one();
     }
 }
 
@@ -137,6 +183,7 @@ impl PullJob {
     /// `GET v1/session`, then the writer records it (and purges what the
     /// device may no longer hold).
     async fn refresh_session(&self, scoped: &Scoped) -> Result<(), Failure> {
+        let generation = scoped.session.generation();
         let session = self.client.session().await?;
         let grants = grants_of(&session);
         let choices = self.reads.read(&self.store, |s| s.scope_choices()).await?;
@@ -148,7 +195,7 @@ impl PullJob {
             })
             .await
             .map_err(local)?;
-        scoped.session.fetched();
+        scoped.session.fetched(generation);
         Ok(())
     }
 

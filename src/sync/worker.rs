@@ -193,8 +193,9 @@ use super::local;
 impl Worker {
     fn rebuild_client(&mut self) {
         self.held_round = None;
-        // New credentials or another backend: a new session.
-        self.session.make_due();
+        // New credentials or another backend: a new session, and no push
+        // before it is applied (the machine holds them).
+        self.session.new_credentials();
         self.stop_pull();
         self.deps.store.set_backend_client_ids(false);
         self.batch_supported = None;
@@ -345,6 +346,9 @@ impl Worker {
             }
             self.reconfigure();
             self.collect_pull().await;
+            if self.session.applied_current() {
+                self.machine.on_session_applied();
+            }
             let view = View {
                 has_backend: self.client.is_some(),
                 paused: self.deps.control.is_paused(),
@@ -440,6 +444,13 @@ impl Worker {
                 false => std::future::pending().await,
             }
         };
+        // A pull applied the session that pushes wait for.
+        let session = async {
+            match self.machine.pushes_held() {
+                true => self.session.applied().await,
+                false => std::future::pending().await,
+            }
+        };
         let mut cfg_rx = self.deps.config.clone();
         enum Wake {
             Timer,
@@ -450,6 +461,7 @@ impl Worker {
             Scopes,
             Config,
             Pulled(Result<PullDone, Failure>),
+            Session,
             Stop,
         }
         // `biased`: when several are ready at once the first listed wins,
@@ -466,6 +478,7 @@ impl Worker {
             _ = self.net.notified() => Wake::Net,
             _ = self.deps.control.wake.notified() => Wake::Sync,
             r = pulled => Wake::Pulled(r),
+            _ = session => Wake::Session,
             _ = work => Wake::Work,
             _ = sleep => Wake::Timer,
         };
@@ -487,6 +500,11 @@ impl Worker {
             Wake::Pulled(r) => {
                 self.pull = None;
                 self.pulled(now, r);
+            }
+            Wake::Session => {
+                if self.session.applied_current() {
+                    self.machine.on_session_applied();
+                }
             }
             Wake::Timer | Wake::Work | Wake::Config => {}
         }
@@ -556,6 +574,7 @@ impl Worker {
         let batch = self.batch_supported;
         self.rebuild_client();
         self.machine = saved;
+        self.machine.credentials_changed();
         self.batch_supported = batch;
         // The old client's pull was stopped; the same backend's features hold.
         self.machine.pull_stopped();

@@ -168,6 +168,9 @@ pub enum ErrorCode {
     ReadOnlyCollection,
     /// A scope name that is not one (empty, too long, a bad character).
     BadScope,
+    /// An op for the server in a collection that never leaves this device
+    /// (`[collections.NAME] sync = "local"`): `retry` of its dead letter.
+    LocalCollection,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

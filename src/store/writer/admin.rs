@@ -4,6 +4,7 @@
 use serde_json::{Map, Value};
 
 use crate::domain::conflict::Resolution;
+use crate::domain::direction::Direction;
 use crate::domain::{Document, OpKind, Side, StoreError, StoredRecord, WriteError};
 use crate::store::encoding::from_store;
 use crate::store::parse_doc_text;
@@ -24,7 +25,35 @@ pub(super) fn set_meta(
 }
 
 /// Moves a dead letter back to the tail of the queue.
+///
+/// Refused (the dead letter stays) when another user queued it (the token
+/// changed since: it would go out with the new user's token), and in a
+/// collection that does not queue
+/// writes now: a `pull` collection is read-only here, and nothing of a
+/// `local` one may reach the server.
 pub(super) fn retry(x: &mut Txn<'_>, op_id: &str) -> Result<JobResult, StoreError> {
+    if let Some(queued_by) = x.dead_sub.get(op_id)?.map(|v| v.value().to_owned()) {
+        let now: Option<crate::domain::scope_state::Grants> = x
+            .meta
+            .get(crate::store::tables::META_SESSION)?
+            .and_then(|v| serde_json::from_slice(v.value()).ok());
+        let now = now.map(|g| g.sub);
+        if now.as_deref() != Some(queued_by.as_str()) {
+            return Ok(Err(WriteError::QueuedByAnotherUser {
+                op_id: op_id.to_owned(),
+                queued_by,
+                now,
+            }));
+        }
+    }
+    if let Some(dl) = x.peek_dead(op_id)? {
+        let collection = dl.op.collection;
+        match x.directions.of(&collection) {
+            Direction::Pull => return Ok(Err(WriteError::ReadOnlyCollection { collection })),
+            Direction::Local => return Ok(Err(WriteError::LocalCollection { collection })),
+            Direction::Both | Direction::Push => {}
+        }
+    }
     let Some(dl) = x.take_dead(op_id)? else {
         return Ok(Err(WriteError::NoDeadLetter {
             op_id: op_id.to_owned(),

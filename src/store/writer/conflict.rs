@@ -50,7 +50,11 @@ pub(super) fn conflict(
     let (run, tail) = run_and_tail(x, seq, &c, &lid)?;
     let (run, tail, fresh) = split_fresh(server, (seq, &op), run, tail);
     let rec = x.record(&c, &lid)?;
-    let later = !tail.is_empty() || !fresh.is_empty();
+    // A collection that no longer queues writes (now `local` or `pull`)
+    // may hold writes made since, which must never reach the server (a
+    // local delete included): the decision is about what the queued ops
+    // themselves carry, as when later ops are left queued.
+    let later = !tail.is_empty() || !fresh.is_empty() || !x.directions.of(&c).queues_writes();
     let (kind, data) = local_state(&op, &run, later, rec.as_ref());
     let base = rec
         .as_ref()

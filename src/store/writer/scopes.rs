@@ -13,7 +13,7 @@ use crate::domain::{Event, OpKind, Origin, QueuedOp, StoreError};
 use crate::store::encoding::{from_store, to_store};
 use crate::store::tables::*;
 
-use super::txn::{JobResult, Txn};
+use super::txn::{take_server, JobResult, Txn};
 use super::verdict::{apply_remote, dead_letter};
 use super::{ScopePageIn, WriteOutcome};
 
@@ -84,6 +84,11 @@ fn move_cursor(x: &mut Txn<'_>, p: &ScopePageIn) -> Result<(), StoreError> {
 /// scope and no newer. One with pending ops stays, marked: it is purged if
 /// its ops settle without reaching the server ([`purge_if_gone`]).
 fn gone(x: &mut Txn<'_>, scope: &str, c: &str, id: &str, version: u64) -> Result<(), StoreError> {
+    if !x.directions.of(c).applies_pulled() {
+        // `push` or `local`: this device's copy is not the server's to
+        // take away (the same rule as a pulled change, `apply_remote`).
+        return Ok(());
+    }
     let Some(lid) = x.server_ids.get((c, id))?.map(|v| v.value().to_owned()) else {
         return Ok(());
     };
@@ -127,13 +132,44 @@ fn back_in(x: &mut Txn<'_>, scope: &str, c: &str, id: &str) -> Result<(), StoreE
 
 /// A record whose last pending op just settled without reaching the
 /// server: purged if the server had said it left its scope meanwhile.
+/// Unless the record's newer copy came in a scope this device pulls
+/// (it moved there) and was deferred while the op was pending: that copy
+/// is the server's state, and that scope's cursor is already past it, so
+/// it becomes the record (as an ack would take it).
 pub(super) fn purge_if_gone(x: &mut Txn<'_>, c: &str, lid: &str) -> Result<(), StoreError> {
-    if x.record(c, lid)?
-        .is_some_and(|r| r.pending == 0 && r.gone_from.is_some())
-    {
-        remove_record(x, c, lid)?;
+    let Some(rec) = x.record(c, lid)? else {
+        return Ok(());
+    };
+    if rec.pending > 0 || rec.gone_from.is_none() {
+        return Ok(());
     }
-    Ok(())
+    let deferred: Option<crate::domain::ServerRecordStored> = match x.deferred.get((c, lid))? {
+        Some(v) => Some(from_store(v.value())?),
+        None => None,
+    };
+    if let Some(d) = deferred {
+        let pulled = match d.scope.as_deref() {
+            Some(s) => pulls(x, s)?,
+            None => false,
+        };
+        if pulled && !d.deleted {
+            x.deferred.remove((c, lid))?;
+            let r = d.to_record();
+            if let Some(old) = rec.server_id.as_deref().filter(|old| *old != r.id) {
+                x.server_ids.remove((c, old))?;
+            }
+            return take_server(x, c, lid, Some(rec), &r, Origin::Remote);
+        }
+    }
+    remove_record(x, c, lid)
+}
+
+/// Whether this device pulls `scope` now: it has the scope's pull state
+/// (dropped when the scope is unsubscribed, no longer pulled or no longer
+/// readable) and the app did not unsubscribe from it.
+fn pulls(x: &Txn<'_>, scope: &str) -> Result<bool, StoreError> {
+    Ok(x.scope_state.get(scope)?.is_some()
+        && x.scope_choices.get(scope)?.map(|v| v.value()) != Some(0))
 }
 
 /// Removes a record without pending ops from this device, with its server
@@ -160,20 +196,30 @@ fn remove_record(x: &mut Txn<'_>, c: &str, lid: &str) -> Result<(), StoreError> 
 }
 
 /// Purges every record of a scope `gone_from` says this device may not
-/// hold, except those with pending ops. A scan of the records: it runs on
+/// hold, except those with pending ops and those of a collection that
+/// does not apply pulled changes (`push`, `local`: the device's own copy,
+/// which the server never feeds back). A scan of the records: it runs on
 /// a revocation or an unsubscribe, not on every pull.
 fn purge(x: &mut Txn<'_>, gone_from: impl Fn(&str) -> bool) -> Result<usize, StoreError> {
     let mut doomed = Vec::new();
+    let mut skipped = false;
     for item in x.records.range::<(&str, &str)>(..)? {
         let (k, v) = item?;
         let rec: crate::domain::StoredRecord = from_store(v.value())?;
-        if rec.pending == 0 && rec.scope.as_deref().is_some_and(&gone_from) {
-            let (c, id) = k.value();
-            doomed.push((c.to_owned(), id.to_owned()));
+        let (c, id) = k.value();
+        if rec.scope.as_deref().is_some_and(&gone_from) && x.directions.of(c).applies_pulled() {
+            match rec.pending {
+                0 => doomed.push((c.to_owned(), id.to_owned())),
+                _ => skipped = true,
+            }
         }
     }
     for (c, id) in &doomed {
         remove_record(x, c, id)?;
+    }
+    if skipped {
+        // Purged by a later session apply once their ops settle.
+        x.meta.insert(META_LEFTOVER, b"1".as_slice())?;
     }
     Ok(doomed.len())
 }
@@ -209,9 +255,19 @@ pub(super) fn apply_session(
     pulled: &BTreeSet<String>,
 ) -> Result<JobResult, StoreError> {
     let dropped = drop_states(x, |s| !pulled.contains(s))?;
-    if !dropped.is_empty() {
-        let purged = purge(x, |s| dropped.contains(s))?;
-        tracing::info!(scopes = ?dropped, purged, "scopes no longer pulled: their records are removed from this device");
+    let list = serde_json::to_vec(pulled).map_err(|e| StoreError::Encode {
+        what: "pulled scopes",
+        detail: e.to_string(),
+    })?;
+    x.meta.insert(META_PULLED, list.as_slice())?;
+    // Records left behind by an earlier purge (they had pending ops) or
+    // written here into a scope this device does not pull go once settled.
+    let leftover = x.meta.remove(META_LEFTOVER)?.is_some();
+    if !dropped.is_empty() || leftover {
+        let purged = purge(x, |s| !pulled.contains(s))?;
+        if purged > 0 {
+            tracing::info!(scopes = ?dropped, purged, "records of scopes not pulled are removed from this device");
+        }
     }
     let old: Option<Grants> = x
         .meta
@@ -219,6 +275,9 @@ pub(super) fn apply_session(
         .and_then(|v| serde_json::from_slice(v.value()).ok());
     if old.as_ref() == Some(grants) {
         return Ok(Ok(WriteOutcome::Done));
+    }
+    if let Some(before) = old.as_ref().filter(|g| g.sub != grants.sub) {
+        switch_user(x, &before.sub, grants)?;
     }
     let text = serde_json::to_vec(grants).map_err(|e| StoreError::Encode {
         what: "session grants",
@@ -237,14 +296,143 @@ pub(super) fn apply_session(
     Ok(Ok(WriteOutcome::Done))
 }
 
-/// The scopes a queued op writes: its record's and the one it moves to.
-fn written_scopes(op: &QueuedOp, record_scope: Option<&str>) -> Vec<String> {
+/// The token now belongs to another user (`sub`): nothing the previous
+/// one left on this device may reach the server with the new token, or
+/// be seen by the new user's apps.
+///
+/// - Every queued op (and every op parked in a conflict) is the previous
+///   user's: it becomes a dead letter, marked as that user's, which
+///   `retry` refuses under another user's session.
+/// - Every dead letter not marked yet is marked as the previous user's.
+/// - Records whose ops were dead-lettered here (they hold the previous
+///   user's unsent writes), and records without a scope (written here and
+///   never acked, or held from before the server had scopes), are purged,
+///   with every scope's cursor: the new user's back-fill brings back
+///   whatever the new grants let it read. Records in scopes the new grants
+///   cannot read go by the purge that follows (see [`apply_session`]).
+///   Collections that do not apply pulled changes (`push`, `local`) are
+///   the device's, not a user's: they are never purged (their queued ops
+///   are dead-lettered all the same).
+///
+/// Ops the app wrote after the token changed but before the new session
+/// came are counted as the previous user's: the daemon learns who the
+/// token belongs to only from the session (and pushes nothing before it).
+fn switch_user(x: &mut Txn<'_>, previous: &str, grants: &Grants) -> Result<(), StoreError> {
+    let reason = format!(
+        "queued by user '{previous}'; the token now belongs to '{}'",
+        grants.sub
+    );
+    let mut touched: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut seqs = Vec::new();
+    for item in x.queue.range::<u64>(..)? {
+        let (k, v) = item?;
+        let op: QueuedOp = from_store(v.value())?;
+        touched.insert((op.collection.clone(), op.local_id.clone()));
+        seqs.push(k.value());
+    }
+    for seq in seqs {
+        // Taken already when an earlier op of its record was: a no-op.
+        let _ = dead_letter(x, seq, &reason)?;
+    }
+    touched.extend(dead_letter_parked(x, &reason)?);
+    let mut unmarked = Vec::new();
+    for item in x.dead.range::<u64>(..)? {
+        let (_, v) = item?;
+        let d: crate::domain::DeadLetter = from_store(v.value())?;
+        if x.dead_sub.get(d.op.op_id.as_str())?.is_none() {
+            unmarked.push(d.op.op_id);
+        }
+    }
+    for op_id in &unmarked {
+        x.dead_sub.insert(op_id.as_str(), previous)?;
+    }
+    let mut doomed = Vec::new();
+    for item in x.records.range::<(&str, &str)>(..)? {
+        let (k, v) = item?;
+        let rec: crate::domain::StoredRecord = from_store(v.value())?;
+        let (c, id) = k.value();
+        let key = (c.to_owned(), id.to_owned());
+        if rec.pending == 0
+            && x.directions.of(c).applies_pulled()
+            && (rec.scope.is_none() || touched.contains(&key))
+        {
+            doomed.push(key);
+        }
+    }
+    for (c, id) in &doomed {
+        remove_record(x, c, id)?;
+    }
+    let cursors = drop_states(x, |_| true)?;
+    tracing::warn!(
+        previous,
+        now = %grants.sub,
+        dead_lettered = unmarked.len(),
+        purged = doomed.len(),
+        scopes = cursors.len(),
+        "the token belongs to another user: the previous user's queued ops are dead letters, its unsent records are purged and every scope is back-filled afresh"
+    );
+    Ok(())
+}
+
+/// Turns every conflict parked for a decision into dead letters (their
+/// ops, with the record's local document as the data a decision would
+/// have sent); returns the records.
+fn dead_letter_parked(x: &mut Txn<'_>, reason: &str) -> Result<Vec<(String, String)>, StoreError> {
+    let mut parked = Vec::new();
+    for item in x.conflicts.range::<(&str, &str)>(..)? {
+        let (k, v) = item?;
+        let (c, id) = k.value();
+        let p: crate::store::ParkedConflict = from_store(v.value())?;
+        parked.push((c.to_owned(), id.to_owned(), p));
+    }
+    let mut out = Vec::new();
+    for (c, lid, p) in parked {
+        x.conflicts.remove((c.as_str(), lid.as_str()))?;
+        let mut rec = x.record(&c, &lid)?;
+        let local = rec.as_ref().filter(|r| !r.deleted).map(|r| r.data.clone());
+        let n = p.ops.len() as u32;
+        for mut op in p.ops {
+            x.ops.remove(op.op_id.as_str())?;
+            if op.kind != OpKind::Delete {
+                op.data = op.data.or_else(|| local.clone());
+            }
+            x.ev.push(Event::DeadLettered {
+                op_id: op.op_id.clone(),
+                collection: c.clone(),
+                id: lid.clone(),
+                error: reason.to_owned(),
+            });
+            let seq = x.counters.dead_tail;
+            x.counters.dead_tail += 1;
+            let entry = crate::domain::DeadLetter {
+                op,
+                error: reason.to_owned(),
+                dead_at: crate::domain::clock::now_ms(),
+            };
+            x.insert_dead(seq, &entry)?;
+        }
+        if let Some(r) = rec.as_mut() {
+            r.pending = super::txn::fewer(&c, &lid, r.pending, n)?;
+            x.put_record(&c, &lid, r)?;
+        }
+        x.ops_left = true;
+        out.push((c, lid));
+    }
+    Ok(out)
+}
+
+/// The scopes a queued op writes: its record's and the one it moves to
+/// (a create without a scope goes to the user's private scope).
+fn written_scopes(op: &QueuedOp, record_scope: Option<&str>, sub: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     if op.kind != OpKind::Create {
         out.extend(record_scope.map(str::to_owned));
     }
-    if op.kind != OpKind::Delete {
-        out.extend(op.scope.clone());
+    match (op.kind, &op.scope) {
+        (OpKind::Delete, _) => {}
+        (_, Some(s)) => out.push(s.clone()),
+        (OpKind::Create, None) => out.push(format!("user:{sub}")),
+        (OpKind::Update, None) => {}
     }
     out
 }
@@ -267,7 +455,7 @@ fn refuse_unwritable(
         let rec_scope = x
             .record(&op.collection, &op.local_id)?
             .and_then(|r| r.scope);
-        let Some(scope) = written_scopes(&op, rec_scope.as_deref())
+        let Some(scope) = written_scopes(&op, rec_scope.as_deref(), &grants.sub)
             .into_iter()
             .find(|s| !grants.writable(s))
         else {
@@ -302,4 +490,18 @@ pub(super) fn set_choice(
         purge(x, |s| s == scope)?;
     }
     Ok(Ok(WriteOutcome::Done))
+}
+
+/// An ack stored `scope` on a record: when this device does not pull that
+/// scope (it wrote there, or the record moved there), the record is left
+/// for the next session apply to purge, as partial sync has it.
+pub(super) fn note_unpulled(x: &mut Txn<'_>, scope: &str) -> Result<(), StoreError> {
+    let pulled: Option<BTreeSet<String>> = x
+        .meta
+        .get(META_PULLED)?
+        .and_then(|v| serde_json::from_slice(v.value()).ok());
+    if pulled.is_some_and(|p| !p.contains(scope)) {
+        x.meta.insert(META_LEFTOVER, b"1".as_slice())?;
+    }
+    Ok(())
 }

@@ -149,6 +149,7 @@ pub(super) struct Txn<'txn> {
     pub settled_order: Lazy<'txn, u64, &'static str>,
     pub scope_state: Lazy<'txn, &'static str, &'static [u8]>,
     pub scope_choices: Lazy<'txn, &'static str, u8>,
+    pub dead_sub: Lazy<'txn, &'static str, &'static str>,
     pub ids: &'txn IdGen,
     pub counters: &'txn mut Counters,
     /// Events of the job being applied.
@@ -184,6 +185,7 @@ impl<'txn> Txn<'txn> {
             settled_order: Lazy::new(txn, SETTLED_ORDER),
             scope_state: Lazy::new(txn, SCOPE_STATE),
             scope_choices: Lazy::new(txn, SCOPE_CHOICES),
+            dead_sub: Lazy::new(txn, DEAD_SUB),
         })
     }
 
@@ -300,6 +302,17 @@ impl<'txn> Txn<'txn> {
         Ok(())
     }
 
+    /// The dead letter with `op_id`, if there is one (left in place).
+    pub fn peek_dead(&self, op_id: &str) -> Result<Option<DeadLetter>, StoreError> {
+        let Some(seq) = self.dead_by_op.get(op_id)?.map(|v| v.value()) else {
+            return Ok(None);
+        };
+        match self.dead.get(seq)? {
+            Some(v) => Ok(Some(from_store(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
     /// Removes the dead letter with `op_id`, if there is one.
     pub fn take_dead(&mut self, op_id: &str) -> Result<Option<DeadLetter>, StoreError> {
         let Some(seq) = self.dead_by_op.remove(op_id)?.map(|v| v.value()) else {
@@ -308,6 +321,7 @@ impl<'txn> Txn<'txn> {
         let Some(bytes) = self.dead.remove(seq)?.map(|v| v.value().to_vec()) else {
             return Ok(None);
         };
+        self.dead_sub.remove(op_id)?;
         Ok(Some(from_store(&bytes)?))
     }
 }

@@ -173,6 +173,9 @@ fn apply_ack(x: &mut Txn<'_>, op: &QueuedOp, r: &ServerRecord) -> Result<(), Sto
         return Ok(());
     }
     x.server_ids.insert((c, r.id.as_str()), lid)?;
+    if let Some(scope) = r.scope.as_deref() {
+        super::scopes::note_unpulled(x, scope)?;
+    }
     let server_text = rec.stand_on(r);
     if rec.pending == 0
         && !rec.deleted
@@ -220,6 +223,15 @@ pub(super) fn apply_remote(
         return Ok(()); // never had it, nothing to delete
     }
     if let Some(existing) = &rec {
+        if existing.version == Some(r.version) && r.scope.is_some() && existing.scope != r.scope {
+            // The version this device holds, and the server's word on its
+            // scope is news (a record held from before scopes, back-filled
+            // now): kept, so that scope purges find it. No event: the
+            // document is the same.
+            let mut updated = existing.clone();
+            updated.scope = r.scope.clone();
+            x.put_record(c, &lid, &updated)?;
+        }
         if existing.pending > 0 {
             // Local changes win locally until their ops meet the server:
             // they keep their base version and hit the 409 path there.
