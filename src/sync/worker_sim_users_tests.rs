@@ -219,7 +219,7 @@ impl Transport for UserLink {
     fn apply<'a>(&'a self, op: &'a WireOp) -> BoxFut<'a, Result<OpResult, Failure>> {
         Box::pin(async move {
             let body = serde_json::to_vec(op).map_err(transient)?;
-            self.ops(body, handler::op_as, |r| classify_op(op.kind, r))
+            self.ops(body, handler::op_as, |r| classify_op(op.kind, true, r))
                 .await
         })
     }
@@ -231,7 +231,7 @@ impl Transport for UserLink {
             }
             let body =
                 serde_json::to_vec(&BatchRequest { ops: ops.to_vec() }).map_err(transient)?;
-            self.ops(body, handler::batch_as, |r| classify_batch(ops.len(), r))
+            self.ops(body, handler::batch_as, |r| classify_batch(ops.len(), true, r))
                 .await
         })
     }
