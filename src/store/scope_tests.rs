@@ -77,6 +77,13 @@ async fn pages(f: &Fx, p: Vec<ScopePageIn>) {
         .expect("pages");
 }
 
+/// Waits until the events of every job submitted so far are published: the
+/// writer replies to a job before it sends the job's events, and sends them
+/// before it takes the next job, so a later job's reply is the proof.
+async fn flush_events(f: &Fx) {
+    pages(f, Vec::new()).await;
+}
+
 async fn put(f: &Fx, id: &str, scope: Option<&str>) -> String {
     let out =
         f.w.submit(WriteCmd::Put {
@@ -160,6 +167,7 @@ async fn pages_move_each_scopes_cursor_and_mark_the_first_sync() {
     assert!(st["user:alice"].first_sync_done);
     assert_eq!(scope_of(&f, "a").as_deref(), Some("team-1"));
     assert_eq!(scope_of(&f, "b").as_deref(), Some("user:alice"));
+    flush_events(&f).await;
     let mut synced = Vec::new();
     while let Ok(e) = f.events.try_recv() {
         if let Event::ScopeSynced { scope } = &*e {
@@ -169,6 +177,7 @@ async fn pages_move_each_scopes_cursor_and_mark_the_first_sync() {
     assert_eq!(synced, ["user:alice"]);
     pages(&f, vec![page("team-1", &[], &[], false)]).await;
     pages(&f, vec![page("team-1", &[], &[], false)]).await;
+    flush_events(&f).await;
     let mut synced = 0;
     while let Ok(e) = f.events.try_recv() {
         synced += usize::from(matches!(&*e, Event::ScopeSynced { .. }));
