@@ -224,10 +224,17 @@ impl PullJob {
 
     /// Every page of every subscribed scope; a refusal fetches the session
     /// once and goes on with what it then allows.
+    ///
+    /// A request that reads a scope from its start is answered at once,
+    /// even when nothing is there (protocol §13): a live pull then asks once
+    /// more, from the cursors it now has, so that this pull is held like
+    /// any other. Without that, an answer that quick would read as a server
+    /// that ignores `wait`, and remote changes would be polled.
     pub(super) async fn run_scoped(self, scoped: Scoped) -> Result<PullDone, Failure> {
         let start = tokio::time::Instant::now();
         let mut total = 0;
         let mut refetched = false;
+        let mut asked_fresh = false;
         loop {
             if scoped.session.due() {
                 self.refresh_session(&scoped).await?;
@@ -243,6 +250,7 @@ impl PullJob {
                 return Ok(self.done(start, total));
             }
             let asked: BTreeSet<String> = scopes.keys().cloned().collect();
+            let fresh = scopes.values().any(Option::is_none);
             let req = PullRequest {
                 scopes,
                 limit: Some(self.limit),
@@ -261,6 +269,10 @@ impl PullJob {
             if reply.denied && !refetched {
                 refetched = true;
                 scoped.session.make_due();
+                continue;
+            }
+            if fresh && self.wait_s.is_some() && !asked_fresh {
+                asked_fresh = true;
                 continue;
             }
             if !reply.more {

@@ -256,3 +256,33 @@ async fn a_refused_scope_fetches_the_session_and_purges_it() {
     assert!(!asked[2].scopes.contains_key("team-1"));
     assert!(f.store.check_invariants().expect("check").is_clean());
 }
+
+#[tokio::test]
+async fn a_live_pull_that_read_a_scope_from_its_start_asks_again_to_be_held() {
+    let f = fx();
+    f.script
+        .sessions
+        .lock()
+        .expect("lock")
+        .push_back(session(&[("user:alice", Access::Write)]));
+    // The empty scope's first page comes at once (a pull from the start is
+    // never held); the second request is the one the server may hold.
+    f.script.pulls.lock().expect("lock").extend([
+        reply(vec![("user:alice", page(vec![], "0", false))]),
+        reply(vec![(
+            "user:alice",
+            page(vec![rec("a1", "user:alice")], "1", false),
+        )]),
+    ]);
+    let mut live = job(&f, None);
+    live.wait_s = Some(25);
+    let done = live.run_for_test().await.expect("pull");
+    assert_eq!(done.changes, 1);
+    let asked = f.script.asked.lock().expect("lock").clone();
+    assert_eq!(asked.len(), 2);
+    assert_eq!(asked[0].scopes["user:alice"], None);
+    assert_eq!(asked[1].scopes["user:alice"].as_deref(), Some("0"));
+    assert_eq!(asked[1].wait, Some(25));
+    let states = f.store.scope_states().expect("states");
+    assert!(states["user:alice"].first_sync_done);
+}
