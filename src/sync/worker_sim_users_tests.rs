@@ -231,8 +231,10 @@ impl Transport for UserLink {
             }
             let body =
                 serde_json::to_vec(&BatchRequest { ops: ops.to_vec() }).map_err(transient)?;
-            self.ops(body, handler::batch_as, |r| classify_batch(ops.len(), true, r))
-                .await
+            self.ops(body, handler::batch_as, |r| {
+                classify_batch(ops.len(), true, r)
+            })
+            .await
         })
     }
 
