@@ -31,7 +31,9 @@ import struct
 import sys
 import time
 
-PROTOCOL_VERSION = 1
+# Version 2 of the local protocol; a daemon also takes 1 over JSON, and the
+# frames are the same (docs/ipc-protocol.md §3, "Versions and compatibility").
+PROTOCOL_VERSION = 2
 
 
 class SyncdError(Exception):
@@ -308,7 +310,11 @@ class Client:
         return self.request({"dead_letters": {}})["ops"]
 
     def retry(self, op_id):
-        """Puts a dead-lettered op back on the queue."""
+        """Puts a dead-lettered op back on the queue.
+
+        Refused, the dead letter staying, in a collection this device only
+        pulls (SyncdError "read_only_collection") or that never leaves it
+        (SyncdError "local_collection")."""
         return self.request({"retry": {"op_id": op_id}})
 
     def discard(self, op_id):
@@ -320,7 +326,13 @@ class Client:
         return self.request({"metrics": {}})["metrics"]["text"]
 
     def subscribe(self, scope, wait=False):
-        """Syncs `scope` (backends with scopes); with wait, returns once its first sync is done."""
+        """Syncs `scope` (backends with scopes); with wait, returns once its first sync is done.
+
+        A wait that could never end raises at once (the choice is stored all
+        the same): SyncdError "no_scopes" without a backend or with one
+        without scopes, "permission_denied" when the session gives no read
+        access to the scope (also when a revocation takes it during the
+        wait). A bad name raises SyncdError "bad_scope"."""
         self.request({"subscribe": {"scope": scope, "wait": wait}})
 
     def unsubscribe(self, scope):

@@ -8,7 +8,11 @@ use std::process::Command;
 
 #[test]
 fn python_example_client_against_daemon() {
-    let d = common::Daemon::start("");
+    // A pull-only and a local collection: python_client_test.py's
+    // Scopes.test_sync_directions.
+    let d = common::Daemon::start(
+        "[collections.pyprices]\nsync = \"pull\"\n[collections.pydrafts]\nsync = \"local\"\n",
+    );
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let client = root.join("examples/client.py");
     let script = root.join("tests/python_client_test.py");

@@ -29,7 +29,7 @@ class RoundTrip(unittest.TestCase):
     def test_hello(self):
         with connect() as c:
             self.assertTrue(c.hello["ok"])
-            self.assertEqual(c.hello["protocol"], 1)
+            self.assertEqual(c.hello["protocol"], 2)
             self.assertEqual(c.hello["max_frame_bytes"], 16 * 1024 * 1024)
             self.assertTrue(c.hello["client_id"])
             self.assertTrue(c.hello["server"].startswith("syncd "))
@@ -157,6 +157,8 @@ class Errors(unittest.TestCase):
         for hello, code in [
             ({"app": "t", "protocol": 99, "encoding": "json"}, "unsupported_protocol"),
             ({"app": "t", "protocol": 1, "encoding": "xml"}, "bad_frame"),
+            # A version-1 bincode client could not decode version-2 frames.
+            ({"app": "t", "protocol": 1, "encoding": "bincode"}, "unsupported_protocol"),
         ]:
             c = Client()
             c.sock = client.socket.socket(client.socket.AF_UNIX)
@@ -166,6 +168,56 @@ class Errors(unittest.TestCase):
             self.assertFalse(reply["ok"])
             self.assertEqual(reply["error"]["code"], code)
             c.close()
+
+
+class OldJsonClient(unittest.TestCase):
+    def test_protocol_1_over_json_is_still_served(self):
+        old = client.PROTOCOL_VERSION
+        client.PROTOCOL_VERSION = 1
+        try:
+            with connect() as c:
+                self.assertEqual(c.hello["protocol"], 1)
+                self.assertIn("queue_depth", c.status())
+        finally:
+            client.PROTOCOL_VERSION = old
+
+
+class Scopes(unittest.TestCase):
+    def test_subscribe_unsubscribe_scopes(self):
+        with connect() as c:
+            c.subscribe("py-team")
+            rows = {s["name"]: s for s in c.scopes()}
+            self.assertTrue(rows["py-team"]["subscribed"])
+            self.assertEqual(rows["py-team"]["state"], "initial")
+            self.assertFalse(rows["py-team"]["first_sync_done"])
+            # This daemon has no backend: a wait could never end.
+            with self.assertRaises(SyncdError) as e:
+                c.subscribe("py-team", wait=True)
+            self.assertEqual(e.exception.code, "no_scopes")
+            self.assertIn("py-team", e.exception.message)
+            c.unsubscribe("py-team")
+            rows = {s["name"]: s for s in c.scopes()}
+            self.assertEqual(rows["py-team"]["state"], "unsubscribed")
+            for bad in (lambda: c.subscribe("py team"), lambda: c.unsubscribe("")):
+                with self.assertRaises(SyncdError) as e:
+                    bad()
+                self.assertEqual(e.exception.code, "bad_scope")
+            with self.assertRaises(SyncdError) as e:
+                c.put("notes", {}, scope="py team")
+            self.assertEqual(e.exception.code, "bad_scope")
+
+    def test_sync_directions(self):
+        # tests/python_client.rs configures "pyprices" (pull) and "pydrafts" (local).
+        with connect() as c:
+            with self.assertRaises(SyncdError) as e:
+                c.put("pyprices", {"p": 1})
+            self.assertEqual(e.exception.code, "read_only_collection")
+            rid, op_id = c.put("pydrafts", {"d": 1})
+            self.assertEqual(op_id, "")
+            self.assertEqual(c.get("pydrafts", rid)["data"], {"d": 1})
+            with self.assertRaises(SyncdError) as e:
+                c.wait_synced(op_id)
+            self.assertEqual(e.exception.code, "bad_request")
 
 
 class Watch(unittest.TestCase):

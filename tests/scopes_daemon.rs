@@ -369,6 +369,35 @@ fn scoped_sync_subscriptions_refusals_and_revocation() {
     let config = d.config.display().to_string();
     let report = d.ok(&["check", "--config", &config]);
     assert!(report.contains("no problem"), "{report}");
+
+    // A revocation during `subscribe --wait` ends it with
+    // permission_denied: the session applied after the refused pull wakes
+    // the wait. Paused meanwhile, so that the scope cannot finish its first
+    // sync before the server revokes it.
+    d.ok(&["unsubscribe", "news"]);
+    d.ok(&["pause"]);
+    let waiting = std::process::Command::new(&d.bin)
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["subscribe", "news", "--wait", "--timeout", "60"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn syncd subscribe --wait");
+    eventually(20, "news subscribed again", || {
+        scopes(&d)["news"]["state"] != "unsubscribed"
+    });
+    mini.lock().unwrap().grants.remove("news");
+    d.ok(&["resume"]);
+    let out = waiting.wait_with_output().expect("subscribe --wait ends");
+    let text = common::output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("permission_denied") && text.contains("news"),
+        "{text}"
+    );
+    assert!(!has(&d, "notes", "n1"));
 }
 
 #[test]
@@ -407,4 +436,17 @@ fn a_server_without_scopes_sees_revision_2_ops() {
     assert_eq!(d.json(&["get", "notes", "a"])["scope"], Value::Null);
     assert!(d.json_lines(&["scopes", "--json"]).is_empty());
     assert_eq!(d.status()["scopes"], json!([]));
+
+    // The backend was probed (the put above reached it) and announced no
+    // `scopes`: a wait for a first sync that can never come is refused at
+    // once, not left to its timeout (which would answer exit 4).
+    let refused = d.cli(&["subscribe", "team-1", "--wait", "--timeout", "30"]);
+    let text = common::output_text(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("no_scopes") && text.contains("team-1"),
+        "{text}"
+    );
+    // Without --wait the choice is stored, as always.
+    d.ok(&["subscribe", "team-1"]);
 }

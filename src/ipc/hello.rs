@@ -3,6 +3,15 @@
 //! JSON, a failed hello is answered with a [`HelloReply`] (not an error
 //! frame) and ends the connection. The hello is read through the
 //! connection's one buffer, so requests sent right behind it survive.
+//!
+//! Versions ([`negotiate`]): the daemon speaks [`PROTOCOL_VERSION`] (2) in
+//! both encodings, and still takes protocol 1 over JSON, whose readers
+//! ignore what version 2 added (object keys, and variants they never ask
+//! for). Protocol 1 over bincode is refused with `unsupported_protocol`:
+//! bincode frames carry no field names, so a version-1 bincode client
+//! cannot decode a version-2 frame (fields were added to `put`, record,
+//! op and status views, and variants to requests, replies, events and
+//! error codes).
 
 use crate::ipc::codec::Encoding;
 use crate::ipc::connection::Connection;
@@ -28,6 +37,23 @@ pub async fn refuse(conn: &mut Connection, code: ErrorCode, msg: String) {
     }
 }
 
+/// The oldest protocol the daemon takes over JSON.
+pub const OLDEST_JSON_PROTOCOL: u32 = 1;
+
+/// The protocol this connection speaks, or why the hello is refused.
+pub fn negotiate(protocol: u32, encoding: Encoding) -> Result<u32, String> {
+    match (protocol, encoding) {
+        (PROTOCOL_VERSION, _) => Ok(protocol),
+        (OLDEST_JSON_PROTOCOL..PROTOCOL_VERSION, Encoding::Json) => Ok(protocol),
+        (OLDEST_JSON_PROTOCOL..PROTOCOL_VERSION, Encoding::Bincode) => Err(format!(
+            "protocol {protocol} not supported with bincode: this daemon's bincode frames are protocol {PROTOCOL_VERSION} (fields and variants were added, which an older bincode client cannot decode); update the client, or use JSON, which this daemon still takes at protocol {OLDEST_JSON_PROTOCOL} to {PROTOCOL_VERSION}"
+        )),
+        _ => Err(format!(
+            "protocol {protocol} not supported; this daemon speaks {PROTOCOL_VERSION} (and {OLDEST_JSON_PROTOCOL} to {PROTOCOL_VERSION} over JSON)"
+        )),
+    }
+}
+
 /// Reads and checks the client's hello and answers it. `Some` with the
 /// app's name and encoding when the session may start; `None` when the
 /// connection is over (refused, or the peer left).
@@ -36,7 +62,7 @@ pub async fn exchange(
     client_id: &str,
     max_frame: u32,
 ) -> Option<(String, Encoding)> {
-    let hello = match read_hello(conn).await {
+    let (hello, protocol) = match read_hello(conn).await {
         Ok(Some(h)) => h,
         Ok(None) => return None,
         Err((code, msg)) => {
@@ -47,7 +73,7 @@ pub async fn exchange(
     let ok = HelloReply {
         ok: true,
         server: server_name(),
-        protocol: PROTOCOL_VERSION,
+        protocol,
         client_id: client_id.to_owned(),
         max_frame_bytes: max_frame,
         error: None,
@@ -57,9 +83,9 @@ pub async fn exchange(
     Some((hello.app, hello.encoding))
 }
 
-/// The client's hello, `Ok(None)` if it left before sending one, or the
-/// code and message to refuse it with.
-async fn read_hello(conn: &mut Connection) -> Result<Option<Hello>, (ErrorCode, String)> {
+/// The client's hello with the protocol the connection speaks, `Ok(None)`
+/// if it left before sending one, or the code and message to refuse it with.
+async fn read_hello(conn: &mut Connection) -> Result<Option<(Hello, u32)>, (ErrorCode, String)> {
     let bytes = match conn.read_frame().await {
         Ok(Some(b)) => b,
         Ok(None) => return Ok(None),
@@ -79,14 +105,34 @@ async fn read_hello(conn: &mut Connection) -> Result<Option<Hello>, (ErrorCode, 
             ),
         )
     })?;
-    if hello.protocol != PROTOCOL_VERSION {
-        return Err((
-            ErrorCode::UnsupportedProtocol,
-            format!(
-                "protocol {} not supported; this daemon speaks {PROTOCOL_VERSION}",
-                hello.protocol
-            ),
-        ));
+    let protocol = negotiate(hello.protocol, hello.encoding)
+        .map_err(|msg| (ErrorCode::UnsupportedProtocol, msg))?;
+    Ok(Some((hello, protocol)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_2_in_both_encodings_version_1_over_json_only() {
+        assert_eq!(negotiate(2, Encoding::Bincode), Ok(2));
+        assert_eq!(negotiate(2, Encoding::Json), Ok(2));
+        assert_eq!(negotiate(1, Encoding::Json), Ok(1));
+        let old = negotiate(1, Encoding::Bincode).unwrap_err();
+        assert!(
+            old.contains("protocol 1 not supported with bincode"),
+            "{old}"
+        );
+        assert!(old.contains("protocol 2"), "{old}");
+        for p in [0, 3] {
+            for e in [Encoding::Json, Encoding::Bincode] {
+                let m = negotiate(p, e).unwrap_err();
+                assert!(
+                    m.starts_with(&format!("protocol {p} not supported;")),
+                    "{m}"
+                );
+            }
+        }
     }
-    Ok(Some(hello))
 }

@@ -33,6 +33,10 @@
 //!     and every record's, queued op's and dead letter's scope, is a valid
 //!     scope name; a scope whose first sync is done has a cursor; a choice
 //!     is 0 or 1.
+//! 12. `dead_letter_sub`: each entry's op_id is a dead letter's (in
+//!     `dead_by_op`), and its user is not empty.
+//! 13. A record's `gone_from` mark is a valid scope name (not that the
+//!     record has pending ops: see `scope_check::gone_marks`).
 
 use std::fmt;
 

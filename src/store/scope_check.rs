@@ -1,5 +1,6 @@
-//! Invariant 11 of [`super::check`]: the per-scope tables and the scopes
-//! stored on records, queued ops and dead letters (protocol revision 3).
+//! Invariants 11 to 13 of [`super::check`]: the per-scope tables, the
+//! scopes stored on records, queued ops and dead letters, the
+//! `dead_letter_sub` marks and the `gone_from` marks (protocol revision 3).
 //! Its own file so that the main check stays about the queue's tables.
 
 use redb::{ReadTransaction, ReadableTable};
@@ -23,11 +24,71 @@ fn name(r: &mut Report, table: &'static str, key: &str, scope: Option<&str>) {
     }
 }
 
-/// Invariant 11.
+/// Invariants 11 to 13.
 pub(super) fn scopes(txn: &ReadTransaction, r: &mut Report) -> Result<(), StoreError> {
     states(txn, r)?;
     choices(txn, r)?;
-    stored_scopes(txn, r)
+    stored_scopes(txn, r)?;
+    dead_subs(txn, r)?;
+    gone_marks(txn, r)
+}
+
+/// Invariant 12: each `dead_letter_sub` entry names a dead letter (by its
+/// op_id in `dead_by_op`) and a user. The writer marks only existing dead
+/// letters (`switch_user`) and removes the mark with the dead letter
+/// (`take_dead`, the one way a dead letter leaves).
+fn dead_subs(txn: &ReadTransaction, r: &mut Report) -> Result<(), StoreError> {
+    let Some(t) = open(txn, DEAD_SUB)? else {
+        return Ok(());
+    };
+    let by_op = open(txn, DEAD_BY_OP)?;
+    for item in t.iter()? {
+        let (k, v) = item?;
+        let op_id = k.value();
+        let known = match &by_op {
+            Some(b) => b.get(op_id)?.is_some(),
+            None => false,
+        };
+        if !known {
+            r.push(Problem::Scope {
+                table: "dead_letter_sub",
+                detail: format!(
+                    "{op_id}: marked as user {:?}'s, but no dead letter has this op_id",
+                    v.value()
+                ),
+            });
+        } else if v.value().is_empty() {
+            r.push(Problem::Scope {
+                table: "dead_letter_sub",
+                detail: format!("{op_id}: marked with an empty user"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Invariant 13: a `gone_from` mark is a scope name. Not checked: that a
+/// marked record has pending ops. The writer sets the mark only on one
+/// that has, but `purge_if_gone` can end with a marked record without
+/// any (it takes a deferred copy still in the scope the record left,
+/// keeping the mark; found by the users simulation, seed 37), so that
+/// would not hold after every job.
+fn gone_marks(txn: &ReadTransaction, r: &mut Report) -> Result<(), StoreError> {
+    let Some(t) = open(txn, RECORDS)? else {
+        return Ok(());
+    };
+    for item in t.iter()? {
+        let (k, v) = item?;
+        let (c, id) = k.value();
+        let Ok(rec) = from_store::<StoredRecord>(v.value()) else {
+            continue;
+        };
+        let Some(gone) = rec.gone_from.as_deref() else {
+            continue;
+        };
+        name(r, "records", &rec_name(c, id), Some(gone));
+    }
+    Ok(())
 }
 
 fn states(txn: &ReadTransaction, r: &mut Report) -> Result<(), StoreError> {

@@ -1417,3 +1417,57 @@ async fn every_op_that_leaves_the_queue_moves_settled() {
     assert!(settled.has_changed().unwrap(), "a delete done locally");
     assert_eq!(f.store.op_state(&del).unwrap(), OpState::Done);
 }
+
+#[tokio::test]
+async fn the_invariant_check_names_dead_letter_sub_and_gone_mark_drift() {
+    use super::check::Problem;
+    use super::encoding::{from_store, to_store};
+    use super::tables::*;
+    use redb::ReadableTable;
+    let f = fx();
+    put(&f, "a", json!({"n": 1})).await;
+    put(&f, "b", json!({"n": 2})).await;
+    let mark = |id: &str, gone: &str| {
+        let db = f.store.db().unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut records = txn.open_table(RECORDS).unwrap();
+            let mut rec: crate::domain::StoredRecord =
+                from_store(records.get(("c", id)).unwrap().unwrap().value()).unwrap();
+            rec.gone_from = Some(gone.to_owned());
+            records
+                .insert(("c", id), to_store(&rec).unwrap().as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    };
+    mark("a", "team-1");
+    assert!(f.store.check_invariants().unwrap().is_clean());
+    mark("b", "team 1");
+    {
+        let db = f.store.db().unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(DEAD_SUB)
+            .unwrap()
+            .insert("01NOSUCHOP", "alice")
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let r = f.store.check_invariants().unwrap();
+    let scope_problems: Vec<String> = r
+        .problems
+        .iter()
+        .filter_map(|p| match p {
+            Problem::Scope { table, detail } => Some(format!("{table}: {detail}")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(scope_problems.len(), 2, "{:#?}", r.problems);
+    let has = |want: &[&str]| {
+        scope_problems
+            .iter()
+            .any(|p| want.iter().all(|w| p.contains(w)))
+    };
+    assert!(has(&["dead_letter_sub", "01NOSUCHOP", "no dead letter"]));
+    assert!(has(&["records", "c/b", "not a scope name"]));
+}

@@ -24,7 +24,7 @@ mod worker_sim_tests;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 /// What `syncd status` calls the worker's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +87,10 @@ pub struct SyncControl {
     /// The app subscribed to or unsubscribed from a scope: the running
     /// pull asks for the old set and is started again.
     pub scopes_changed: Notify,
+    /// Whether the backend announced `scopes` at its last probe; `None`
+    /// before the first probe of the current backend (or without one).
+    /// `subscribe --wait` refuses at once a wait that could never end.
+    backend_scopes: watch::Sender<Option<bool>>,
 }
 
 impl SyncControl {
@@ -107,7 +111,23 @@ impl SyncControl {
             pause_order: tokio::sync::Mutex::new(()),
             wake: Notify::new(),
             scopes_changed: Notify::new(),
+            backend_scopes: watch::Sender::new(None),
         })
+    }
+
+    /// See [`SyncControl::set_backend_scopes`].
+    pub fn backend_scopes(&self) -> watch::Receiver<Option<bool>> {
+        self.backend_scopes.subscribe()
+    }
+
+    /// The worker's word on the backend's `scopes` feature: `Some` after
+    /// each probe, `None` when the backend changed and is not probed yet.
+    pub fn set_backend_scopes(&self, scopes: Option<bool>) {
+        self.backend_scopes.send_if_modified(|v| {
+            let changed = *v != scopes;
+            *v = scopes;
+            changed
+        });
     }
 
     pub fn status(&self) -> SyncStatus {

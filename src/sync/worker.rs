@@ -198,6 +198,7 @@ impl Worker {
         self.session.new_credentials();
         self.stop_pull();
         self.deps.store.set_backend_client_ids(false);
+        self.deps.control.set_backend_scopes(None);
         self.batch_supported = None;
         self.token_watch = None;
         self.client = None;
@@ -572,7 +573,9 @@ impl Worker {
     fn rebuild_client_keep_state(&mut self) {
         let saved = self.machine.clone();
         let batch = self.batch_supported;
+        let scopes = *self.deps.control.backend_scopes().borrow();
         self.rebuild_client();
+        self.deps.control.set_backend_scopes(scopes);
         self.machine = saved;
         self.machine.credentials_changed();
         self.batch_supported = batch;
@@ -612,6 +615,7 @@ impl Worker {
             tracing::info!(features = ?f.names(), "backend features");
         }
         self.deps.store.set_backend_client_ids(f.client_ids);
+        self.deps.control.set_backend_scopes(Some(f.scopes));
         Ok(f)
     }
 

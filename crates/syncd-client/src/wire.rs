@@ -13,8 +13,10 @@ pub use crate::document::Doc;
 pub use crate::event::{ConflictOutcome, Event, Origin, Side};
 pub use crate::view::{ConflictView, OpView, RecordView};
 
-/// Version of this local protocol, carried in the hello.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version of this local protocol, carried in the hello. 2: the fields and
+/// variants of users and scopes (backend protocol revision 3) and sync
+/// directions; a daemon takes 1 only over JSON (docs/ipc-protocol.md §3).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// First frame from the client; always JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -171,6 +173,9 @@ pub enum ErrorCode {
     /// An op for the server in a collection that never leaves this device
     /// (`[collections.NAME] sync = "local"`): `retry` of its dead letter.
     LocalCollection,
+    /// `subscribe --wait` that could never end: no backend is configured,
+    /// or the backend did not announce `scopes` (protocol revision 3).
+    NoScopes,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

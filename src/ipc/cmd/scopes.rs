@@ -112,16 +112,60 @@ pub async fn unsubscribe(ctx: &Ctx, scope: String) -> Result<Response, ApiError>
 }
 
 /// `subscribe`; with `wait`, answers once the scope's first sync is done
-/// (at once when it already was). A scope the last session does not let
-/// this device read is refused for a wait that would never end.
+/// (at once when it already was). A wait that could never end is refused
+/// (the choice is stored all the same): `no_scopes` without a backend or
+/// with one that did not announce `scopes` at its last probe,
+/// `permission_denied` when the last session gives no read access to the
+/// scope, also when a session applied during the wait takes it away.
 pub async fn subscribe(ctx: &Ctx, scope: String, wait: bool) -> Result<Response, ApiError> {
-    // Subscribe to events before anything can finish the first sync.
+    // Subscribe to events (and to session applies and probes) before
+    // anything can finish the first sync or take the scope away.
     let mut rx = ctx.events.subscribe();
+    let mut sessions = ctx.writer.sessions();
+    sessions.borrow_and_update();
+    let mut backend = ctx.sync.backend_scopes();
     choose(ctx, &scope, true).await?;
     if !wait {
         return Ok(Response::Ok {});
     }
-    let name = scope.clone();
+    loop {
+        if let Some(answer) = look(ctx, &scope).await? {
+            return answer;
+        }
+        // Each wake below came after the look: nothing slips between.
+        loop {
+            tokio::select! {
+                ev = rx.recv() => match ev {
+                    Ok(e) if matches!(&*e, Event::ScopeSynced { scope: s } if *s == scope) => {
+                        return Ok(Response::Ok {})
+                    }
+                    // Other events say nothing of this scope.
+                    Ok(_) => continue,
+                    // A lag may have dropped its `scope_synced`: look.
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => return Err(shutting_down()),
+                },
+                moved = sessions.changed() => match moved {
+                    Ok(()) => break,
+                    Err(_) => return Err(shutting_down()),
+                },
+                moved = backend.changed() => match moved {
+                    Ok(()) => break,
+                    Err(_) => return Err(shutting_down()),
+                },
+            }
+        }
+    }
+}
+
+fn shutting_down() -> ApiError {
+    ApiError::new(ErrorCode::ShuttingDown, "the daemon is shutting down")
+}
+
+/// What a `subscribe --wait` can answer now: done, or refused because the
+/// wait could never end; `None`: wait on.
+async fn look(ctx: &Ctx, scope: &str) -> Result<Option<Result<Response, ApiError>>, ApiError> {
+    let name = scope.to_owned();
     let (done, grants) = read(ctx, move |s| {
         let done = s
             .scope_states()?
@@ -131,38 +175,25 @@ pub async fn subscribe(ctx: &Ctx, scope: String, wait: bool) -> Result<Response,
     })
     .await?;
     if done {
-        return Ok(Response::Ok {});
+        return Ok(Some(Ok(Response::Ok {})));
     }
-    if grants.is_some_and(|g| !g.readable(&scope)) {
-        return Err(ApiError::new(
+    if ctx.config.borrow().backend_url().is_none() {
+        return Ok(Some(Err(ApiError::new(
+            ErrorCode::NoScopes,
+            format!("subscribed, but no backend is configured: scope '{scope}' cannot be synced"),
+        ))));
+    }
+    if *ctx.sync.backend_scopes().borrow() == Some(false) {
+        return Ok(Some(Err(ApiError::new(
+            ErrorCode::NoScopes,
+            format!("subscribed, but the backend has no users and scopes (it does not announce the `scopes` feature, protocol revision 3): scope '{scope}' is never synced"),
+        ))));
+    }
+    if grants.is_some_and(|g| !g.readable(scope)) {
+        return Ok(Some(Err(ApiError::new(
             ErrorCode::PermissionDenied,
             format!("subscribed, but the session gives no read access to scope '{scope}': its first sync cannot happen"),
-        ));
+        ))));
     }
-    loop {
-        match rx.recv().await {
-            Ok(e) if matches!(&*e, Event::ScopeSynced { scope: s } if *s == scope) => {
-                return Ok(Response::Ok {})
-            }
-            Ok(_) => {}
-            Err(broadcast::error::RecvError::Lagged(_)) => {
-                let name = scope.clone();
-                let done = read(ctx, move |s| {
-                    Ok(s.scope_states()?
-                        .get(&name)
-                        .is_some_and(|st| st.first_sync_done))
-                })
-                .await?;
-                if done {
-                    return Ok(Response::Ok {});
-                }
-            }
-            Err(broadcast::error::RecvError::Closed) => {
-                return Err(ApiError::new(
-                    ErrorCode::ShuttingDown,
-                    "the daemon is shutting down",
-                ))
-            }
-        }
-    }
+    Ok(None)
 }

@@ -196,6 +196,7 @@ struct Job {
 pub struct WriterHandle {
     tx: mpsc::Sender<Job>,
     settled: watch::Receiver<u64>,
+    sessions: watch::Receiver<u64>,
 }
 
 impl WriterHandle {
@@ -206,6 +207,13 @@ impl WriterHandle {
     /// so `wait_synced` looks again on this, not only on events.
     pub fn settled(&self) -> watch::Receiver<u64> {
         self.settled.clone()
+    }
+
+    /// Moves after every commit that applied a session
+    /// ([`WriteCmd::ApplySession`]): `subscribe --wait` looks again at
+    /// whether the session still lets it read its scope.
+    pub fn sessions(&self) -> watch::Receiver<u64> {
+        self.sessions.clone()
     }
 
     /// Runs `cmd` in the next group commit and waits until it is durable.
@@ -229,11 +237,19 @@ pub fn spawn(
 ) -> Result<(WriterHandle, std::thread::JoinHandle<()>), StoreError> {
     let (tx, rx) = mpsc::channel::<Job>(MAX_BATCH * 4);
     let (settled_tx, settled) = watch::channel(0);
-    let mut w = Writer::new(store, events, queue_changed, settled_tx)?;
+    let (sessions_tx, sessions) = watch::channel(0);
+    let mut w = Writer::new(store, events, queue_changed, settled_tx, sessions_tx)?;
     let join = std::thread::Builder::new()
         .name("syncd-writer".into())
         .spawn(move || w.run(rx))?;
-    Ok((WriterHandle { tx, settled }, join))
+    Ok((
+        WriterHandle {
+            tx,
+            settled,
+            sessions,
+        },
+        join,
+    ))
 }
 
 /// Test builds: the same writer as a task on the current runtime instead of
@@ -248,7 +264,8 @@ pub fn spawn_task(
 ) -> Result<WriterHandle, StoreError> {
     let (tx, mut rx) = mpsc::channel::<Job>(MAX_BATCH * 4);
     let (settled_tx, settled) = watch::channel(0);
-    let mut w = Writer::new(store, events, queue_changed, settled_tx)?;
+    let (sessions_tx, sessions) = watch::channel(0);
+    let mut w = Writer::new(store, events, queue_changed, settled_tx, sessions_tx)?;
     tokio::spawn(async move {
         let mut jobs: Vec<Job> = Vec::with_capacity(64);
         while let Some(first) = rx.recv().await {
@@ -256,7 +273,11 @@ pub fn spawn_task(
             w.process(&mut jobs);
         }
     });
-    Ok(WriterHandle { tx, settled })
+    Ok(WriterHandle {
+        tx,
+        settled,
+        sessions,
+    })
 }
 
 /// `first` and whatever else is already queued, up to [`MAX_BATCH`].
@@ -343,6 +364,8 @@ struct Writer {
     queue_changed: Arc<Notify>,
     /// See [`WriterHandle::settled`].
     settled: watch::Sender<u64>,
+    /// See [`WriterHandle::sessions`].
+    sessions: watch::Sender<u64>,
     ids: IdGen,
     counters: Counters,
 }
@@ -353,6 +376,7 @@ impl Writer {
         events: broadcast::Sender<Arc<Event>>,
         queue_changed: Arc<Notify>,
         settled: watch::Sender<u64>,
+        sessions: watch::Sender<u64>,
     ) -> Result<Self, StoreError> {
         let counters = Counters::load(&store)?;
         Ok(Writer {
@@ -361,6 +385,7 @@ impl Writer {
             events,
             queue_changed,
             settled,
+            sessions,
             ids: IdGen::new(),
             counters,
         })
@@ -443,6 +468,12 @@ impl Writer {
                 // also sees the ops it settled as gone.
                 if ops_left {
                     self.settled.send_modify(|n| *n = n.wrapping_add(1));
+                }
+                if jobs
+                    .iter()
+                    .any(|j| matches!(j.cmd, WriteCmd::ApplySession { .. }))
+                {
+                    self.sessions.send_modify(|n| *n = n.wrapping_add(1));
                 }
                 for (job, r) in jobs.drain(..).zip(results) {
                     let _ = job.reply.send(r);
