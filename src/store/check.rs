@@ -35,8 +35,9 @@
 //!     is 0 or 1.
 //! 12. `dead_letter_sub`: each entry's op_id is a dead letter's (in
 //!     `dead_by_op`), and its user is not empty.
-//! 13. A record's `gone_from` mark is a valid scope name (not that the
-//!     record has pending ops: see `scope_check::gone_marks`).
+//! 13. A record's `gone_from` mark is a valid scope name, and the record
+//!     has pending ops (the mark only keeps a record whose ops are not
+//!     settled; the users simulation found a path that left one behind).
 
 use std::fmt;
 

@@ -67,12 +67,10 @@ fn dead_subs(txn: &ReadTransaction, r: &mut Report) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Invariant 13: a `gone_from` mark is a scope name. Not checked: that a
-/// marked record has pending ops. The writer sets the mark only on one
-/// that has, but `purge_if_gone` can end with a marked record without
-/// any (it takes a deferred copy still in the scope the record left,
-/// keeping the mark; found by the users simulation, seed 37), so that
-/// would not hold after every job.
+/// Invariant 13: a `gone_from` mark is a scope name, on a record with
+/// pending ops: the writer marks a record the server says left its scope
+/// only while its ops keep it here, and purges it (or takes the server's
+/// newer copy from another scope) once they settle.
 fn gone_marks(txn: &ReadTransaction, r: &mut Report) -> Result<(), StoreError> {
     let Some(t) = open(txn, RECORDS)? else {
         return Ok(());
@@ -87,6 +85,15 @@ fn gone_marks(txn: &ReadTransaction, r: &mut Report) -> Result<(), StoreError> {
             continue;
         };
         name(r, "records", &rec_name(c, id), Some(gone));
+        if rec.pending == 0 {
+            r.push(Problem::Scope {
+                table: "records",
+                detail: format!(
+                    "{}: marked as gone from {gone} without pending ops",
+                    rec_name(c, id)
+                ),
+            });
+        }
     }
     Ok(())
 }

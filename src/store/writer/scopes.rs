@@ -135,7 +135,8 @@ fn back_in(x: &mut Txn<'_>, scope: &str, c: &str, id: &str) -> Result<(), StoreE
 /// Unless the record's newer copy came in a scope this device pulls
 /// (it moved there) and was deferred while the op was pending: that copy
 /// is the server's state, and that scope's cursor is already past it, so
-/// it becomes the record (as an ack would take it).
+/// it becomes the record (as an ack would take it). A deferred copy from
+/// the scope it left is older than the move, and is dropped with it.
 pub(super) fn purge_if_gone(x: &mut Txn<'_>, c: &str, lid: &str) -> Result<(), StoreError> {
     let Some(rec) = x.record(c, lid)? else {
         return Ok(());
@@ -148,9 +149,11 @@ pub(super) fn purge_if_gone(x: &mut Txn<'_>, c: &str, lid: &str) -> Result<(), S
         None => None,
     };
     if let Some(d) = deferred {
+        // A deferred copy still in the scope the record left is older than
+        // the move: not the server's state.
         let pulled = match d.scope.as_deref() {
-            Some(s) => pulls(x, s)?,
-            None => false,
+            Some(s) if Some(s) != rec.gone_from.as_deref() => pulls(x, s)?,
+            _ => false,
         };
         if pulled && !d.deleted {
             x.deferred.remove((c, lid))?;
