@@ -11,6 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::scope::PRIVATE_PREFIX;
+
 /// One subscribed scope's pull state, stored per scope.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScopeState {
@@ -79,6 +81,9 @@ impl Standing {
 
 /// Whether `scope` is subscribed: an explicit choice wins; otherwise it is
 /// when `[sync] scopes` lists it, or (no list) when the session grants it.
+/// The user's private scope is subscribed even when a list leaves it out:
+/// a create without a scope goes there, and would leave the device once
+/// acknowledged (`syncd unsubscribe` can still drop it).
 pub fn subscribed(
     scope: &str,
     grants: Option<&Grants>,
@@ -88,8 +93,10 @@ pub fn subscribed(
     if let Some(choice) = choices.get(scope) {
         return *choice;
     }
+    let private =
+        grants.is_some_and(|g| scope.strip_prefix(PRIVATE_PREFIX) == Some(g.sub.as_str()));
     match wanted {
-        Some(list) => list.iter().any(|w| w == scope),
+        Some(list) => private || list.iter().any(|w| w == scope),
         None => grants.is_some_and(|g| g.readable(scope)),
     }
 }
@@ -188,7 +195,10 @@ mod tests {
         choices.insert("news".to_owned(), true);
         choices.insert("team-1".to_owned(), false);
         let set: Vec<_> = pulled(&g, Some(&wanted), &choices).into_iter().collect();
-        assert_eq!(set, ["news"]);
+        assert_eq!(set, ["news", "user:alice"], "the private scope stays");
+        choices.insert("user:alice".to_owned(), false);
+        let set: Vec<_> = pulled(&g, Some(&wanted), &choices).into_iter().collect();
+        assert_eq!(set, ["news"], "unless the app unsubscribes it");
         // Listed but not readable: subscribed, shown denied, not pulled.
         assert_eq!(
             standing("secret", Some(&g), Some(&wanted), &choices, None),

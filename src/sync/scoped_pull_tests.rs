@@ -204,6 +204,7 @@ async fn config_and_choices_decide_what_is_pulled() {
     f.script.pulls.lock().expect("lock").push_back(reply(vec![
         ("news", page(vec![], "0", false)),
         ("team-1", page(vec![], "0", false)),
+        ("user:alice", page(vec![], "0", false)),
     ]));
     job(&f, Some(vec!["team-1".into(), "other".into()]))
         .run_for_test()
@@ -211,7 +212,11 @@ async fn config_and_choices_decide_what_is_pulled() {
         .expect("pull");
     let asked = f.script.asked.lock().expect("lock").clone();
     let names: Vec<_> = asked[0].scopes.keys().cloned().collect();
-    assert_eq!(names, ["news", "team-1"], "listed or chosen, and readable");
+    assert_eq!(
+        names,
+        ["news", "team-1", "user:alice"],
+        "listed, chosen or private, and readable"
+    );
 }
 
 #[tokio::test]
