@@ -176,6 +176,8 @@ fn alices_private_records_never_reach_bob() {
         alice.get("alice-diary").expect("diary")["scope"],
         "user:alice"
     );
+    assert_eq!(alice.d.status()["user"], "alice");
+    assert!(alice.d.ok(&["status"]).contains("alice"));
 
     // bob's raw HTTP: his own scope holds nothing of alice's, hers is denied.
     let bob_token = u.token("bob", &["team-1"], &[]);
@@ -422,4 +424,21 @@ fn seed(u: &Users, token: &str, scope: &str, n: usize) {
         assert_eq!(st, 200, "{body}");
         assert_eq!(body["results"].as_array().map(Vec::len), Some(chunk.len()));
     }
+}
+
+#[test]
+fn a_subscribed_scope_the_token_does_not_grant_is_a_status_hint() {
+    let u = Users::start();
+    let alice = u.device("alice", &["news"], &[], "[sync]\nscopes = [\"newz\"]\n");
+    alice.synced();
+    eventually(30, "newz shown denied", || {
+        alice.scope("newz").is_some_and(|s| s["state"] == "denied")
+    });
+    let hints = alice.d.status()["hints"].to_string();
+    assert!(
+        hints.contains("not granted by the token")
+            && hints.contains("newz")
+            && hints.contains("news"),
+        "{hints}"
+    );
 }

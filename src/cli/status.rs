@@ -74,6 +74,9 @@ fn readable(s: &StatusView, now: i64) -> Vec<(&'static str, String)> {
             .map(syncd::ipc::health::redact_url)
             .unwrap_or_else(|| "(none configured)".into()),
     ));
+    if let Some(u) = &s.user {
+        rows.push(("user", u.clone()));
+    }
     rows.push(("queue", queue_line(s)));
     if let Some(a) = s.oldest_pending_age_ms {
         rows.push(("oldest pending", format!("{} ago", ago(a))));

@@ -110,6 +110,9 @@ pub fn hints(s: &StatusView, i: &HintInputs<'_>) -> Vec<String> {
             "the config file's latest edit was rejected; running on the previous config until the file is fixed: {e}"
         ));
     }
+    if let Some(h) = denied_scopes_hint(s) {
+        out.push(h);
+    }
     if s.dead_letters > 0 {
         out.push(format!(
             "{} op(s) rejected by the server for good: run `syncd dead-letters`, then `syncd retry` or `syncd discard` each",
@@ -224,4 +227,29 @@ mod tests {
         );
         assert_eq!(redact_url("http://h:1"), "http://h:1");
     }
+}
+
+/// Subscribed scopes the token does not grant (a typo in `[sync] scopes`
+/// or `syncd subscribe`, or access not given yet): they are not synced.
+fn denied_scopes_hint(s: &StatusView) -> Option<String> {
+    let denied: Vec<&str> = s
+        .scopes
+        .iter()
+        .filter(|v| v.state == "denied")
+        .map(|v| v.name.as_str())
+        .collect();
+    if denied.is_empty() {
+        return None;
+    }
+    let granted: Vec<&str> = s
+        .scopes
+        .iter()
+        .filter(|v| v.access.is_some())
+        .map(|v| v.name.as_str())
+        .collect();
+    Some(format!(
+        "subscribed but not granted by the token, so not synced: {} (the token grants {}); check `[sync] scopes` and `syncd subscribe` for a typo, or ask for access",
+        denied.join(", "),
+        if granted.is_empty() { "none".to_owned() } else { granted.join(", ") }
+    ))
 }

@@ -294,6 +294,10 @@ pub struct StatusView {
     /// empty with a backend without scopes.
     #[serde(default)]
     pub scopes: Vec<ScopeView>,
+    /// Revision-3 backends: the user the token belongs to (`sub`), as the
+    /// last session said; null before one, or without scopes.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

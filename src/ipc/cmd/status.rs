@@ -98,7 +98,9 @@ pub async fn status(ctx: &Ctx) -> Result<StatusView, ApiError> {
             None => super::scopes::rows(ctx).await?,
             Some(_) => Vec::new(),
         },
+        user: None,
     };
+    v.user = session_user(ctx).await;
     v.hints = hints(
         &v,
         &HintInputs {
@@ -135,4 +137,16 @@ fn open_check_text(c: &OpenCheck) -> String {
         OpenCheck::Trusted => "skipped (closed cleanly, untouched since)".into(),
         OpenCheck::Full { reason, took } => format!("full: {reason} ({} ms)", took.as_millis()),
     }
+}
+
+/// The user of the last session, if any (a store that cannot be read
+/// shows none: the status reports the store's trouble elsewhere).
+async fn session_user(ctx: &Ctx) -> Option<String> {
+    let store = ctx.store.clone();
+    tokio::task::spawn_blocking(move || store.session_grants())
+        .await
+        .ok()?
+        .ok()
+        .flatten()
+        .map(|g| g.sub)
 }
