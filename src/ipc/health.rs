@@ -211,24 +211,6 @@ pub fn redact_url(url: &str) -> String {
     format!("{scheme}{host}{path}")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redacts_credentials_and_query() {
-        assert_eq!(
-            redact_url("https://bob:s3cret@api.example.com/sync/?token=x"),
-            "https://***@api.example.com/sync/?***"
-        );
-        assert_eq!(
-            redact_url("http://127.0.0.1:8080/"),
-            "http://127.0.0.1:8080/"
-        );
-        assert_eq!(redact_url("http://h:1"), "http://h:1");
-    }
-}
-
 /// Subscribed scopes the token does not grant (a typo in `[sync] scopes`
 /// or `syncd subscribe`, or access not given yet): they are not synced.
 fn denied_scopes_hint(s: &StatusView) -> Option<String> {
@@ -252,4 +234,22 @@ fn denied_scopes_hint(s: &StatusView) -> Option<String> {
         denied.join(", "),
         if granted.is_empty() { "none".to_owned() } else { granted.join(", ") }
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_credentials_and_query() {
+        assert_eq!(
+            redact_url("https://bob:s3cret@api.example.com/sync/?token=x"),
+            "https://***@api.example.com/sync/?***"
+        );
+        assert_eq!(
+            redact_url("http://127.0.0.1:8080/"),
+            "http://127.0.0.1:8080/"
+        );
+        assert_eq!(redact_url("http://h:1"), "http://h:1");
+    }
 }
