@@ -93,7 +93,11 @@ impl StoredRecord {
         if r.scope.is_some() {
             self.scope = r.scope.clone();
         }
-        self.gone_from = None;
+        // A copy still in the scope the record was said to have left
+        // predates the move: the mark stays (see the writer's scopes.rs).
+        if self.gone_from.is_some() && self.gone_from != r.scope {
+            self.gone_from = None;
+        }
         text
     }
 

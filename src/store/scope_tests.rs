@@ -725,3 +725,62 @@ async fn records_left_in_scopes_not_pulled_go_once_their_ops_settle() {
     );
     assert!(f.store.check_invariants().expect("check").is_clean());
 }
+
+#[tokio::test]
+async fn a_late_ack_in_the_scope_the_record_left_purges_it() {
+    // The ack of this device's update (v2, in team-1) comes after the
+    // gone entry of the record's later move out of team-1 (v4).
+    let f = fx();
+    pages(
+        &f,
+        vec![page("team-1", &[srec("a", 1, "team-1")], &[], false)],
+    )
+    .await;
+    put(&f, "a", None).await;
+    pages(&f, vec![page("team-1", &[], &[("a", 4)], false)]).await;
+    assert!(f.store.record("c", "a").expect("read").is_some(), "pending");
+    let (seq, _) = f.store.queue_head(1).expect("queue").remove(0);
+    f.w.submit(WriteCmd::Ack {
+        seq,
+        record: srec("a", 2, "team-1"),
+    })
+    .await
+    .expect("ack");
+    assert!(
+        f.store.record("c", "a").expect("read").is_none(),
+        "the ack predates the move: the record has left"
+    );
+    assert!(f.store.check_invariants().expect("check").is_clean());
+}
+
+#[tokio::test]
+async fn a_late_ack_with_a_deferred_copy_from_before_the_move_purges_it() {
+    // As above, with another device's v3 (still in team-1) pulled while
+    // the op was pending: it is older than the move too.
+    let f = fx();
+    pages(
+        &f,
+        vec![page("team-1", &[srec("a", 1, "team-1")], &[], false)],
+    )
+    .await;
+    put(&f, "a", None).await;
+    pages(
+        &f,
+        vec![page(
+            "team-1",
+            &[srec("a", 3, "team-1")],
+            &[("a", 4)],
+            false,
+        )],
+    )
+    .await;
+    let (seq, _) = f.store.queue_head(1).expect("queue").remove(0);
+    f.w.submit(WriteCmd::Ack {
+        seq,
+        record: srec("a", 2, "team-1"),
+    })
+    .await
+    .expect("ack");
+    assert!(f.store.record("c", "a").expect("read").is_none());
+    assert!(f.store.check_invariants().expect("check").is_clean());
+}

@@ -295,7 +295,8 @@ pub struct StatusView {
     #[serde(default)]
     pub scopes: Vec<ScopeView>,
     /// Revision-3 backends: the user the token belongs to (`sub`), as the
-    /// last session said; null before one, or without scopes.
+    /// last session said; null before one, or while the backend is not
+    /// known to have scopes.
     #[serde(default)]
     pub user: Option<String>,
 }

@@ -139,13 +139,15 @@ fn open_check_text(c: &OpenCheck) -> String {
     }
 }
 
-/// The user of the last session, if any (a store that cannot be read
-/// shows none: the status reports the store's trouble elsewhere).
+/// The user of the last session, while the backend has scopes (a store
+/// that cannot be read shows none: the status reports its trouble
+/// elsewhere).
 async fn session_user(ctx: &Ctx) -> Option<String> {
-    let store = ctx.store.clone();
-    tokio::task::spawn_blocking(move || store.session_grants())
+    if *ctx.sync.backend_scopes().borrow() != Some(true) {
+        return None;
+    }
+    super::blocking::read(ctx, |s| s.session_grants())
         .await
-        .ok()?
         .ok()
         .flatten()
         .map(|g| g.sub)

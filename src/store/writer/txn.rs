@@ -416,5 +416,6 @@ pub(super) fn take_server(
         origin,
         data: Some(Doc(Value::Object(r.data.clone()))),
     });
-    Ok(())
+    // Nothing pending keeps a record that left its scope any more.
+    super::scopes::purge_if_gone(x, c, lid)
 }

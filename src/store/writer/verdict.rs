@@ -170,7 +170,7 @@ fn apply_ack(x: &mut Txn<'_>, op: &QueuedOp, r: &ServerRecord) -> Result<(), Sto
         // Later ops of this record start a new server record.
         rec.forget_server();
         x.put_record(c, lid, &rec)?;
-        return Ok(());
+        return super::scopes::purge_if_gone(x, c, lid);
     }
     x.server_ids.insert((c, r.id.as_str()), lid)?;
     if let Some(scope) = r.scope.as_deref() {
@@ -193,7 +193,10 @@ fn apply_ack(x: &mut Txn<'_>, op: &QueuedOp, r: &ServerRecord) -> Result<(), Sto
         });
     }
     x.put_record(c, lid, &rec)?;
-    Ok(())
+    // An ack in the scope the record was said to have left predates the
+    // move (a later op would have met a 409): once nothing is pending,
+    // the record goes.
+    super::scopes::purge_if_gone(x, c, lid)
 }
 
 pub(super) fn apply_remote(
