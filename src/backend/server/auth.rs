@@ -358,9 +358,42 @@ impl Verifier {
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         match jsonwebtoken::decode::<SentClaims>(token, &self.key, &self.validation) {
             Ok(data) => Principal::from_claims(data.claims.into_claims()?),
-            Err(e) => Err(refusal(token, e.into_kind())),
+            Err(e) => match e.into_kind() {
+                ErrorKind::MissingRequiredClaim(c) => {
+                    Err(AuthError::MissingClaim(self.first_missing_claim(token, c)))
+                }
+                kind => Err(refusal(token, kind)),
+            },
         }
     }
+
+    /// The first required claim, in [`CLAIM_ORDER`], that the token lacks.
+    /// jsonwebtoken checks its required claims in hash-set order, so when
+    /// several are missing the one it names varies from run to run; a
+    /// client must get the same answer for the same token.
+    fn first_missing_claim(&self, token: &str, reported: String) -> String {
+        let Some(payload) = payload(token) else {
+            return reported;
+        };
+        CLAIM_ORDER
+            .iter()
+            .find(|c| {
+                self.validation.required_spec_claims.contains(**c) && payload.get(**c).is_none()
+            })
+            .map_or(reported, |c| (*c).to_owned())
+    }
+}
+
+/// The order in which missing required claims are reported.
+const CLAIM_ORDER: [&str; 4] = ["sub", "exp", "aud", "iss"];
+
+/// The token's payload as JSON (only read after its signature was checked).
+fn payload(token: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let part = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// Whether the token's header says `alg: none` (which jsonwebtoken does

@@ -235,6 +235,27 @@ fn audience_and_issuer_are_checked_only_when_configured() {
 }
 
 #[test]
+fn several_missing_claims_always_name_the_same_one() {
+    // Each verifier has its own hash-set order for the required claims;
+    // the answer must not depend on it.
+    let neither = hs(alice());
+    let without_sub = hs(serde_json::json!({"exp": now() + 60}));
+    for _ in 0..32 {
+        let v = Verifier::hs256(SECRET)
+            .with_audience("syncd")
+            .with_issuer("me");
+        assert_eq!(
+            v.verify(&neither),
+            Err(AuthError::MissingClaim("aud".into()))
+        );
+        assert_eq!(
+            v.verify(&without_sub),
+            Err(AuthError::MissingClaim("sub".into()))
+        );
+    }
+}
+
+#[test]
 fn nbf_is_checked_when_present() {
     let v = Verifier::hs256(SECRET);
     let future = hs(serde_json::json!({"sub": "a", "exp": now() + 600, "nbf": now() + 300}));
