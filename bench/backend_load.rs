@@ -6,7 +6,13 @@
 //! ```text
 //! cargo bench --bench backend_load                 # full run (release)
 //! cargo bench --bench backend_load -- --secs 10 --devices 64 --batch 20
+//! cargo bench --bench backend_load -- --devices 16 --batch 50 --users
 //! ```
+//!
+//! With `--users`, the nodes run in users mode (revision 3, HS256 tokens)
+//! and every device is its own user, writing into its private scope and
+//! pulling it with `POST v1/pull`: writes of different devices are then in
+//! different scopes, which the PostgreSQL store orders independently.
 //!
 //! Why a bench of its own: the PostgreSQL store exists to scale the backend
 //! out, and whether it does (and what one node costs against redb) is a
@@ -45,6 +51,7 @@ struct Opts {
     devices: usize,
     batch: usize,
     smoke: bool,
+    users: bool,
 }
 
 fn opts() -> Opts {
@@ -63,6 +70,7 @@ fn opts() -> Opts {
         devices: num("--devices", devices) as usize,
         batch: num("--batch", 10.0) as usize,
         smoke,
+        users: args.iter().any(|a| a == "--users"),
     }
 }
 
@@ -111,14 +119,22 @@ struct Tally {
     pull_us: Vec<u64>,
 }
 
-async fn request(http: &Http, method: &str, url: String, body: Option<Value>) -> (u16, Value) {
+async fn request(
+    http: &Http,
+    method: &str,
+    url: String,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let req = hyper::Request::builder()
+    let mut req = hyper::Request::builder()
         .method(method)
         .uri(url)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .expect("request");
+        .header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = req.body(Full::new(Bytes::from(body))).expect("request");
     let resp = http.request(req).await.expect("http");
     let status = resp.status().as_u16();
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
@@ -151,7 +167,14 @@ fn batch(dev: usize, n: &mut u64, mine: &[(String, u64)], size: usize) -> Vec<Va
         .collect()
 }
 
-async fn device(dev: usize, http: Http, base: String, o: Opts, stop: Instant) -> Tally {
+/// A device's server and, in users mode, its token.
+struct Target {
+    base: String,
+    token: Option<String>,
+}
+
+async fn device(dev: usize, http: Http, to: Target, o: Opts, stop: Instant) -> Tally {
+    let (base, token) = (to.base, to.token.as_deref());
     let (mut t, mut n, mut cursor) = (Tally::default(), 0u64, "0".to_owned());
     let mut mine: Vec<(String, u64)> = Vec::new();
     while Instant::now() < stop {
@@ -161,6 +184,7 @@ async fn device(dev: usize, http: Http, base: String, o: Opts, stop: Instant) ->
             &http,
             "POST",
             format!("{base}v1/ops/batch"),
+            token,
             Some(json!({"ops": ops})),
         )
         .await;
@@ -177,18 +201,67 @@ async fn device(dev: usize, http: Http, base: String, o: Opts, stop: Instant) ->
             ));
         }
         let t0 = Instant::now();
-        let (st, page) = request(
-            &http,
-            "GET",
-            format!("{base}v1/changes?limit=1000&since={cursor}"),
-            None,
-        )
-        .await;
+        cursor = pull(&http, &base, token, dev, &cursor).await;
         t.pull_us.push(t0.elapsed().as_micros() as u64);
-        assert_eq!(st, 200, "changes: {page}");
-        cursor = page["cursor"].as_str().unwrap_or("0").to_owned();
     }
     t
+}
+
+/// One pull from `cursor`: `v1/changes`, or in users mode `v1/pull` of the
+/// device's private scope. Returns the next cursor.
+async fn pull(http: &Http, base: &str, token: Option<&str>, dev: usize, cursor: &str) -> String {
+    if token.is_none() {
+        let url = format!("{base}v1/changes?limit=1000&since={cursor}");
+        let (st, page) = request(http, "GET", url, None, None).await;
+        assert_eq!(st, 200, "changes: {page}");
+        return page["cursor"].as_str().unwrap_or("0").to_owned();
+    }
+    let scope = format!("user:d{dev}");
+    let body = json!({"scopes": {&scope: cursor}, "limit": 1000});
+    let (st, page) = request(http, "POST", format!("{base}v1/pull"), token, Some(body)).await;
+    assert_eq!(st, 200, "pull: {page}");
+    page["scopes"][&scope]["cursor"]
+        .as_str()
+        .unwrap_or("0")
+        .to_owned()
+}
+
+/// The HS256 secret file of a users-mode run, and a token per device
+/// (minted by `syncd backend token`, as an app's auth server would).
+struct Users {
+    secret: PathBuf,
+    tokens: Vec<String>,
+}
+
+impl Users {
+    fn new(dir: &std::path::Path, devices: usize) -> Users {
+        let secret = dir.join("jwt.secret");
+        std::fs::write(&secret, "bench-secret-bench-secret-bench-secret-0123").expect("secret");
+        let tokens = (0..devices)
+            .map(|d| {
+                let out = Command::new(env!("CARGO_BIN_EXE_syncd"))
+                    .args(["backend", "token", "--secret-file"])
+                    .arg(&secret)
+                    .args(["--sub", &format!("d{d}"), "--ttl", "1d"])
+                    .output()
+                    .expect("syncd backend token");
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                String::from_utf8_lossy(&out.stdout).trim().to_owned()
+            })
+            .collect();
+        Users { secret, tokens }
+    }
+
+    fn args(&self) -> Vec<String> {
+        vec![
+            "--auth-secret-file".into(),
+            self.secret.display().to_string(),
+        ]
+    }
 }
 
 fn pct(v: &mut [u64], p: f64) -> f64 {
@@ -201,7 +274,7 @@ fn pct(v: &mut [u64], p: f64) -> f64 {
 }
 
 /// Runs `o.devices` devices spread over `nodes`; prints one table row and one JSON line.
-fn run(rt: &tokio::runtime::Runtime, name: &str, nodes: &[Node], o: Opts) {
+fn run(rt: &tokio::runtime::Runtime, name: &str, nodes: &[Node], users: Option<&Users>, o: Opts) {
     let http: Http = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(o.devices)
         .build(HttpConnector::new());
@@ -210,8 +283,11 @@ fn run(rt: &tokio::runtime::Runtime, name: &str, nodes: &[Node], o: Opts) {
     let tallies: Vec<Tally> = rt.block_on(async {
         let tasks: Vec<_> = (0..o.devices)
             .map(|d| {
-                let base = format!("http://{}/", nodes[d % nodes.len()].addr);
-                tokio::spawn(device(d, http.clone(), base, o, stop))
+                let to = Target {
+                    base: format!("http://{}/", nodes[d % nodes.len()].addr),
+                    token: users.map(|u| u.tokens[d].clone()),
+                };
+                tokio::spawn(device(d, http.clone(), to, o, stop))
             })
             .collect();
         let mut out = Vec::new();
@@ -231,7 +307,7 @@ fn run(rt: &tokio::runtime::Runtime, name: &str, nodes: &[Node], o: Opts) {
         .flat_map(|t| t.pull_us.iter().copied())
         .collect();
     let batches = push.len();
-    let row = json!({"config": name, "devices": o.devices, "batch": o.batch,
+    let row = json!({"config": name, "devices": o.devices, "batch": o.batch, "users": o.users,
         "ops_per_s": (ops as f64 / secs).round(), "batches_per_s": (batches as f64 / secs).round(),
         "push_p50_ms": pct(&mut push, 0.5), "push_p99_ms": pct(&mut push, 0.99),
         "pull_p50_ms": pct(&mut pull, 0.5), "pull_p99_ms": pct(&mut pull, 0.99)});
@@ -259,20 +335,36 @@ fn main() {
     };
     for &devices in &device_counts {
         let o = Opts { devices, ..o };
+        let users = o.users.then(|| Users::new(dir.path(), devices));
+        let auth = users.as_ref().map(Users::args).unwrap_or_default();
         {
             let sub = data.join(devices.to_string());
-            let node = Node::start(&["--data".into(), sub.display().to_string()]);
-            run(&rt, "redb 1 node", std::slice::from_ref(&node), o);
+            let mut args = vec!["--data".into(), sub.display().to_string()];
+            args.extend(auth.iter().cloned());
+            let node = Node::start(&args);
+            run(
+                &rt,
+                "redb 1 node",
+                std::slice::from_ref(&node),
+                users.as_ref(),
+                o,
+            );
         }
         let pg = Arc::new(Pg::start_with(!o.smoke));
         for nodes in [1usize, 2] {
             let db = format!("load_{devices}_{nodes}");
             pg.create_db(&db);
             let url = pg.url(&db);
-            let ns: Vec<Node> = (0..nodes)
-                .map(|_| Node::start(&["--postgres".into(), url.clone()]))
-                .collect();
-            run(&rt, &format!("postgres {nodes} node"), &ns, o);
+            let mut args = vec!["--postgres".into(), url.clone()];
+            args.extend(auth.iter().cloned());
+            let ns: Vec<Node> = (0..nodes).map(|_| Node::start(&args)).collect();
+            run(
+                &rt,
+                &format!("postgres {nodes} node"),
+                &ns,
+                users.as_ref(),
+                o,
+            );
         }
     }
 }

@@ -718,13 +718,22 @@ fn a_schema_1_postgres_database_is_upgraded_into_the_default_scope() {
         .enable_all()
         .build()
         .expect("runtime");
+    let mut created = Vec::new();
     {
         let s = rt.block_on(PgStore::connect(&url)).expect("connect");
         for i in 0..3 {
-            s.apply(&[create(&format!("o{i}"))]).expect("apply");
+            match s
+                .apply(&[create(&format!("o{i}"))])
+                .expect("apply")
+                .remove(0)
+            {
+                Outcome::Applied { record, .. } => created.push(record.id),
+                other => panic!("{other:?}"),
+            }
         }
     }
-    // Back to schema 1: no scope columns nor tables.
+    // Back to schema 1: the global log (syncd_changes, its head) holds the
+    // changes, and there are no scope columns nor tables.
     rt.block_on(async {
         let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
             .await
@@ -732,7 +741,10 @@ fn a_schema_1_postgres_database_is_upgraded_into_the_default_scope() {
         tokio::spawn(conn);
         client
             .batch_execute(
-                "ALTER TABLE syncd_records DROP COLUMN scope; \
+                "INSERT INTO syncd_changes (seq, change) SELECT seq, change \
+                   FROM syncd_scope_changes WHERE scope = 'default'; \
+                 UPDATE syncd_feed_head SET seq = 3 WHERE one; \
+                 ALTER TABLE syncd_records DROP COLUMN scope; \
                  ALTER TABLE syncd_applied_ops DROP COLUMN scope; \
                  DROP TABLE syncd_scope_changes; DROP TABLE syncd_scope_heads; \
                  UPDATE syncd_meta SET value = 1 WHERE key = 'schema'",
@@ -741,18 +753,12 @@ fn a_schema_1_postgres_database_is_upgraded_into_the_default_scope() {
             .expect("downgrade");
     });
     let s = rt.block_on(PgStore::connect(&url)).expect("upgraded");
-    assert_eq!(
-        pg.scalar(
-            "postgres",
-            "SELECT value FROM syncd_meta WHERE key = 'schema'"
-        ),
-        2
-    );
+    let schema = "SELECT value FROM syncd_meta WHERE key = 'schema'";
+    assert_eq!(pg.scalar("postgres", schema), 3);
     let feed = s
         .pull(&[("default".to_owned(), 0)], 100)
         .expect("pull")
         .remove(0);
-    let log = s.changes(0, 100).expect("changes");
     assert_eq!(feed.head, 3);
     let ids: Vec<_> = feed
         .entries
@@ -762,19 +768,48 @@ fn a_schema_1_postgres_database_is_upgraded_into_the_default_scope() {
             other => panic!("{other:?}"),
         })
         .collect();
-    let log_ids: Vec<_> = log
-        .entries
-        .iter()
-        .map(|(seq, c)| (*seq, c.record.id.clone()))
-        .collect();
-    assert_eq!(ids, log_ids);
-    // The next write continues the default feed.
+    let expected: Vec<_> = (1..).zip(created).collect();
+    assert_eq!(ids, expected, "the global log, at the same sequences");
+    // Revision 2's log is that feed, and the next write continues it
+    // (and no longer the old global log).
+    let log = s.changes(0, 100).expect("changes");
+    assert_eq!(log.entries.len(), 3);
     s.apply(&[create("o9")]).expect("apply");
-    let next = s
-        .pull(&[("default".to_owned(), 3)], 100)
-        .expect("pull")
-        .remove(0);
+    let next = s.changes(3, 100).expect("changes");
     assert_eq!(next.entries.first().map(|e| e.0), Some(4));
+    assert_eq!(next.head, 4);
+    let old_log = "SELECT count(*) FROM syncd_changes";
+    assert_eq!(
+        pg.scalar("postgres", old_log),
+        3,
+        "the old log is not written"
+    );
+}
+
+#[test]
+fn a_schema_2_postgres_database_is_upgraded_without_moving_a_row() {
+    let pg = Pg::start();
+    let url = pg.url("postgres");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    {
+        let s = rt.block_on(PgStore::connect(&url)).expect("connect");
+        s.apply(&[create("o1"), create("o2")]).expect("apply");
+    }
+    let schema = "SELECT value FROM syncd_meta WHERE key = 'schema'";
+    pg.scalar(
+        "postgres",
+        "UPDATE syncd_meta SET value = 2 WHERE key = 'schema' RETURNING 0",
+    );
+    let s = rt.block_on(PgStore::connect(&url)).expect("upgraded");
+    assert_eq!(pg.scalar("postgres", schema), 3);
+    s.apply(&[create("o3")]).expect("apply");
+    let log = s.changes(0, 100).expect("changes");
+    let seqs: Vec<u64> = log.entries.iter().map(|e| e.0).collect();
+    assert_eq!((seqs, log.head), (vec![1, 2, 3], 3));
 }
 
 #[test]

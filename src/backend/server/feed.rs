@@ -11,7 +11,11 @@
 //!
 //! The value carried is a wake-up only, never data: a waiter re-reads the log
 //! through the store after waking. Values may be skipped (a `watch` channel
-//! keeps the newest), which is fine for that reason.
+//! keeps the newest), which is fine for that reason. It only ever grows: the
+//! redb store publishes its log's head; the PostgreSQL store, which has no
+//! cluster-wide head any more (each scope has its own), counts the commits
+//! it hears of ([`Feed::bump`]). A waiter therefore remembers the value it
+//! saw before reading and waits for a greater one, whatever it means.
 //!
 //! Waiting is purely async: no blocking-pool thread and no store
 //! transaction or lock is held while a request waits.
@@ -46,6 +50,13 @@ impl Feed {
             }
             moved
         });
+    }
+
+    /// Announces that some feed moved, without a head to name (the
+    /// PostgreSQL store: commits on any node, in any scope).
+    pub fn bump(&self) {
+        self.tx
+            .send_modify(|current| *current = current.saturating_add(1));
     }
 
     /// A receiver for [`wait_past`]; its current value counts as seen.
@@ -131,6 +142,18 @@ mod tests {
         );
         feed.publish(2);
         assert_eq!(*feed.subscribe().borrow(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_bump_wakes_a_waiter_past_the_value_it_saw() {
+        let feed = std::sync::Arc::new(Feed::new(0));
+        let mut rx = feed.subscribe();
+        let seen = *rx.borrow_and_update();
+        let publisher = std::sync::Arc::clone(&feed);
+        tokio::spawn(async move { publisher.bump() });
+        let end = wait_past(&mut rx, seen, soon(60_000), std::future::pending()).await;
+        assert_eq!(end, WaitEnd::Moved);
+        assert_eq!(*rx.borrow(), seen + 1);
     }
 
     #[tokio::test]

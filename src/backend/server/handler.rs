@@ -429,8 +429,8 @@ pub fn parse_changes_query(query: &str) -> Result<ChangesQuery, ChangesQueryErro
 pub fn changes_page(q: &ChangesQuery, slice: ChangeSlice) -> JsonReply {
     // Cursor: the last sequence returned; with nothing new, the input cursor,
     // or the head when the input is past it (the log was reset).
-    let cursor = match slice.entries.last() {
-        Some((seq, _)) => *seq,
+    let cursor = match slice.read_to {
+        Some(seq) => seq,
         None if q.since_given && q.since <= slice.head => q.since,
         None => slice.head,
     };

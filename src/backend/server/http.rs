@@ -368,21 +368,25 @@ async fn changes(state: &AppState, query: &str) -> Reply {
         .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
     // Subscribe before the first read, so a commit in between is not missed.
     let mut head = deadline.map(|_| state.store.subscribe());
+    let mut seen = head.as_mut().map_or(0, |h| *h.borrow_and_update());
     let mut slice = match read_changes(state, q.since, q.limit).await {
         Ok(s) => s,
         Err(e) => return store_error_reply(&e),
     };
     // Wait only when nothing is after `since`; a cursor past the head (a
-    // reset server) is answered at once so the client can move back.
+    // reset server) is answered at once so the client can move back. A
+    // wake-up may be for a commit this read cannot see (another scope, on
+    // PostgreSQL): then the wait goes on.
     if let (Some(deadline), Some(head)) = (deadline, head.as_mut()) {
-        if slice.entries.is_empty() && q.since == slice.head {
-            let end = wait_past(head, q.since, deadline, state.stopped()).await;
-            if end == WaitEnd::Moved {
-                slice = match read_changes(state, q.since, q.limit).await {
-                    Ok(s) => s,
-                    Err(e) => return store_error_reply(&e),
-                };
+        while slice.entries.is_empty() && q.since == slice.head {
+            if wait_past(head, seen, deadline, state.stopped()).await != WaitEnd::Moved {
+                break;
             }
+            seen = *head.borrow_and_update();
+            slice = match read_changes(state, q.since, q.limit).await {
+                Ok(s) => s,
+                Err(e) => return store_error_reply(&e),
+            };
         }
     }
     to_reply(handler::changes_page(&q, slice))

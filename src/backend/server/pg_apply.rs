@@ -1,70 +1,101 @@
-//! One `apply` call as one PostgreSQL transaction (the PostgreSQL store's
-//! write path; [`pg_store`](super::pg_store) owns the pool and the retries).
+//! One `apply` call as one PostgreSQL transaction of a constant number of
+//! statements (the PostgreSQL store's write path; [`pg_store`](super::pg_store)
+//! owns the pool and the retries).
 //!
 //! Why a file of its own: this is where the protocol's multi-node
-//! guarantees are made, and they deserve to be read in one place:
+//! guarantees are made, and they deserve to be read in one place.
 //!
-//! - **Serialised at the feed head.** The transaction first locks the single
-//!   row of `syncd_feed_head` (`SELECT ... FOR UPDATE`) and, if it appended,
-//!   sets it to its last sequence before committing. Two apply transactions,
-//!   from any nodes, therefore never overlap: sequence order is commit order,
-//!   and a reader's snapshot always sees the log as a prefix `1..=head` — the
-//!   protocol's gap-free rule. (Locking first, before any record row, also
-//!   means two batches can never deadlock on each other's records.)
-//! - **Version check + write + op_id in one transaction.** Because of that
-//!   lock each statement (READ COMMITTED) sees every earlier commit, so the
-//!   version check and the replay lookup are exact. The record row is still
-//!   read `FOR UPDATE`, and new rows are inserted with `ON CONFLICT DO
-//!   NOTHING` and re-read on a clash (a 409), so a writer that did not take
-//!   the head lock could not produce two 200s either.
-//! - **Per-scope feeds.** Each appended change also takes its scope's next
-//!   sequence from `syncd_scope_heads` (an upsert) while the head lock is
-//!   held, so each scope's feed is gap-free and in commit order as well; a
-//!   move appends a gone entry to the old scope first.
-//! - **Replays from any node.** `syncd_applied_ops` keeps every applied
-//!   op_id with the record of its first application.
+//! # Two round trips, whatever the batch's size
 //!
-//! [`plan`] decides what each operation does, as for every store.
+//! 1. `BEGIN`, the op_ids already applied (`= ANY`), and the batch's
+//!    records, locked `FOR UPDATE` in key order. Pipelined: one round trip.
+//! 2. [`plan`] runs for every op in memory, over the rows read and the
+//!    batch's own earlier results ([`Overlay`]). Then, pipelined again: the
+//!    new records (one multi-row `INSERT`), the changed records (one
+//!    `UPDATE ... FROM unnest`), the applied op_ids (one `INSERT`), the feed
+//!    entries with their scopes' heads (one statement, [`APPEND`]),
+//!    `COMMIT`, and after it the `NOTIFY` wake-up.
+//!
+//! # Ordering without a cluster-wide lock
+//!
+//! - **Per-scope feeds, locked only at the end.** [`APPEND`] bumps each
+//!   touched scope's row of `syncd_scope_heads` (an upsert, in scope order,
+//!   so two batches never deadlock on heads) and writes the entries at the
+//!   sequences it reserved. The row lock is held from that statement to the
+//!   end of `COMMIT`, which follows it in the same pipeline: no client round
+//!   trip happens under it. Batches writing different scopes never wait on
+//!   each other; in one scope, sequence order is commit order, so a reader's
+//!   snapshot always sees each feed as a prefix `1..=head` (gap-free).
+//! - **Version check + write + op_id in one transaction.** The records read
+//!   in step 1 stay locked until `COMMIT`, so the version checks stay true.
+//!   A record or op_id that did not exist at step 1 but is inserted by a
+//!   concurrent batch meanwhile makes step 2's `INSERT` fail with a unique
+//!   violation; the whole transaction is then run again
+//!   ([`ApplyError::is_retryable`]) and sees it (a 409, a 403 `id_taken`, or
+//!   the remembered reply), so two 200s for one id or op_id are impossible.
+//! - **No deadlock between records and heads.** A transaction takes record
+//!   locks only before its heads, and after taking a head it only commits.
+//! - **NOTIFY outside the transaction.** `pg_notify` inside a transaction
+//!   serialises every notifying commit of the cluster on one lock; it is
+//!   sent after `COMMIT`, in its own implicit transaction, as a wake-up only
+//!   (listeners re-read; a lost one is caught by their periodic re-check).
+//!
+//! The global log of schema 1 and 2 (`syncd_changes`, `syncd_feed_head`) is
+//! no longer written: `v1/changes` serves the `default` scope's feed, which
+//! holds the same entries at the same sequences (see `pg_store`).
 
+use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use deadpool_postgres::{ClientWrapper, Transaction};
+use deadpool_postgres::ClientWrapper;
+use tokio_postgres::types::ToSql;
 
 use crate::backend::protocol::{Change, Gone, ScopedChange, ServerRecord};
 
 use super::access::{self, present, Caller};
-use super::ops::{plan, Action, Plan, StoredRecord, ValidOp};
+use super::ops::{plan, Plan, StoredRecord, ValidOp};
 use super::store::Outcome;
 
-/// The channel `NOTIFY`ed with the new head after each appending commit.
+/// The channel `NOTIFY`ed after each appending commit (an empty payload:
+/// listeners only learn that some feed moved).
 pub const CHANNEL: &str = "syncd_feed";
 
-/// How many server ids to draw when a draw is taken (a client chose that ULID).
-const ID_DRAWS: usize = 8;
-
-const LOCK_HEAD: &str = "SELECT seq FROM syncd_feed_head WHERE one FOR UPDATE";
-const SET_HEAD: &str = "UPDATE syncd_feed_head SET seq = $1 WHERE one";
-const NOTIFY: &str = "SELECT pg_notify('syncd_feed', $1::text)";
-const REMEMBERED: &str = "SELECT record, scope FROM syncd_applied_ops WHERE op_id = $1";
-const CURRENT: &str =
-    "SELECT record, scope FROM syncd_records WHERE collection = $1 AND id = $2 FOR UPDATE";
-const INSERT_RECORD: &str = "INSERT INTO syncd_records (collection, id, record, scope) \
-     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
-const UPDATE_RECORD: &str =
-    "UPDATE syncd_records SET record = $3, scope = $4 WHERE collection = $1 AND id = $2";
-const APPEND: &str = "INSERT INTO syncd_changes (seq, change) VALUES ($1, $2)";
-/// The next sequence of a scope's feed: taken under the head lock, so the
-/// per-scope feeds are gap-free too.
-const SCOPE_NEXT: &str = "INSERT INTO syncd_scope_heads (scope, seq) VALUES ($1, 1) \
-     ON CONFLICT (scope) DO UPDATE SET seq = syncd_scope_heads.seq + 1 RETURNING seq";
-const SCOPE_APPEND: &str =
-    "INSERT INTO syncd_scope_changes (scope, seq, change) VALUES ($1, $2, $3)";
+const NOTIFY: &str = "SELECT pg_notify('syncd_feed', '')";
+const REMEMBERED: &str =
+    "SELECT op_id, record, scope FROM syncd_applied_ops WHERE op_id = ANY($1::text[])";
+/// The batch's records, locked in key order (two batches lock shared
+/// records in the same order, so they queue rather than deadlock).
+const CURRENT: &str = "SELECT r.collection, r.id, r.record, r.scope FROM syncd_records r \
+     JOIN unnest($1::text[], $2::text[]) AS k(collection, id) USING (collection, id) \
+     ORDER BY r.collection, r.id FOR UPDATE OF r";
+/// New records. No `ON CONFLICT`: an id inserted by a concurrent batch since
+/// step 1 is a unique violation, and the batch is run again.
+const INSERT_RECORDS: &str = "INSERT INTO syncd_records (collection, id, record, scope) \
+     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])";
+const UPDATE_RECORDS: &str = "UPDATE syncd_records r SET record = u.record, scope = u.scope \
+     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(collection, id, record, scope) \
+     WHERE r.collection = u.collection AND r.id = u.id";
+const REMEMBER: &str = "INSERT INTO syncd_applied_ops (op_id, record, scope, applied_at) \
+     SELECT o.op_id, o.record, o.scope, $4 \
+     FROM unnest($1::text[], $2::text[], $3::text[]) AS o(op_id, record, scope)";
+/// Appends entries (`$1` scopes, `$2` entries, in batch order) to their
+/// scopes' feeds: reserves each scope's next `n` sequences by bumping its
+/// head (locking the head row until commit), then numbers the scope's
+/// entries in batch order from the first reserved one.
+const APPEND: &str = "WITH e AS ( \
+       SELECT * FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS e(scope, change, ord)), \
+     n AS (SELECT scope, count(*) AS n FROM e GROUP BY scope), \
+     h AS ( \
+       INSERT INTO syncd_scope_heads AS s (scope, seq) SELECT scope, n FROM n ORDER BY scope \
+       ON CONFLICT (scope) DO UPDATE SET seq = s.seq + EXCLUDED.seq \
+       RETURNING s.scope, s.seq) \
+     INSERT INTO syncd_scope_changes (scope, seq, change) \
+     SELECT e.scope, h.seq - n.n + row_number() OVER (PARTITION BY e.scope ORDER BY e.ord), e.change \
+     FROM e JOIN n USING (scope) JOIN h USING (scope)";
 /// Marks the database as having held users (see
 /// [`BackendStore::held_users`](super::store::BackendStore::held_users)).
 const RECORD_USERS: &str =
     "INSERT INTO syncd_meta (key, value) VALUES ('users', 1) ON CONFLICT DO NOTHING";
-const REMEMBER: &str = "INSERT INTO syncd_applied_ops (op_id, record, applied_at, scope) \
-     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
 
 /// Why an apply transaction failed (nothing of it was committed).
 #[derive(Debug)]
@@ -72,8 +103,6 @@ pub enum ApplyError {
     Pg(tokio_postgres::Error),
     /// A stored value is not the JSON this code writes.
     Corrupt(serde_json::Error),
-    /// Every drawn server id was taken.
-    NoFreeId,
 }
 
 impl From<tokio_postgres::Error> for ApplyError {
@@ -93,7 +122,6 @@ impl std::fmt::Display for ApplyError {
         match self {
             ApplyError::Pg(e) => write!(f, "{e}"),
             ApplyError::Corrupt(e) => write!(f, "corrupt stored value: {e}"),
-            ApplyError::NoFreeId => write!(f, "no free record id after {ID_DRAWS} draws"),
         }
     }
 }
@@ -103,7 +131,7 @@ impl std::error::Error for ApplyError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ApplyError::Pg(e) => std::error::Error::source(e),
-            _ => None,
+            ApplyError::Corrupt(_) => None,
         }
     }
 }
@@ -114,8 +142,10 @@ impl ApplyError {
         matches!(self, ApplyError::Pg(e) if super::pg_store::is_unavailable(e))
     }
 
-    /// A serialization failure or deadlock: the whole transaction may simply
-    /// be run again.
+    /// The whole transaction may simply be run again: a serialization
+    /// failure, a deadlock, or a unique violation (a record id or op_id
+    /// inserted by a concurrent batch after this one read; see the module
+    /// doc).
     pub fn is_retryable(&self) -> bool {
         use tokio_postgres::error::SqlState;
         match self {
@@ -123,8 +153,9 @@ impl ApplyError {
                 e.code(),
                 Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE
                     || *c == SqlState::T_R_DEADLOCK_DETECTED
+                    || *c == SqlState::UNIQUE_VIOLATION
             ),
-            _ => false,
+            ApplyError::Corrupt(_) => false,
         }
     }
 }
@@ -133,10 +164,12 @@ impl ApplyError {
 #[derive(Debug)]
 pub struct Applied {
     pub outcomes: Vec<Outcome>,
-    /// The new head when the log grew.
-    pub head: Option<u64>,
+    /// Whether a feed grew (waiting pulls should look).
+    pub appended: bool,
     /// Whether anything was committed.
     pub wrote: bool,
+    /// Statements sent (constant in the batch's size: see the module doc).
+    pub statements: usize,
 }
 
 fn now_ms() -> i64 {
@@ -154,163 +187,203 @@ pub async fn apply(
     caller: &Caller,
     record_users: bool,
 ) -> Result<Applied, ApplyError> {
-    let tx = client.transaction().await?;
-    let head: i64 = tx
-        .query_one(&tx.prepare_cached(LOCK_HEAD).await?, &[])
-        .await?
-        .get(0);
-    let mut batch = Batch {
-        tx,
-        head,
-        applied_at: now_ms(),
-        wrote: false,
+    let (remembered, current) = match read(client, ops).await {
+        Ok(read) => read,
+        Err(e) => return Err(rollback(client, e).await),
     };
+    let mut overlay = Overlay {
+        remembered,
+        current,
+    };
+    let mut writes = Writes::default();
     let mut outcomes = Vec::with_capacity(ops.len());
     for op in ops {
-        let outcome = batch.apply_one(op, caller).await?;
+        let outcome = match overlay.apply_one(op, caller, &mut writes) {
+            Ok(outcome) => outcome,
+            Err(e) => return Err(rollback(client, e).await),
+        };
         let stop = !outcome.is_applied();
         outcomes.push(outcome);
         if stop {
             break;
         }
     }
-    let grew = batch.head > head;
-    if record_users && batch.wrote && caller.is_user() {
-        let stmt = batch.tx.prepare_cached(RECORD_USERS).await?;
-        batch.tx.execute(&stmt, &[]).await?;
+    let record_users = record_users && caller.is_user() && !writes.ops.is_empty();
+    match writes.send(client, &overlay, record_users).await {
+        Ok(statements) => Ok(Applied {
+            outcomes,
+            appended: !writes.entries.is_empty(),
+            wrote: !writes.ops.is_empty(),
+            statements: statements + READ_STATEMENTS,
+        }),
+        Err(e) => Err(rollback(client, e).await),
     }
-    let wrote = batch.wrote;
-    let head = batch.finish(grew).await?;
-    Ok(Applied {
-        outcomes,
-        wrote,
-        head: grew.then_some(head),
-    })
 }
 
-/// The open transaction of one [`apply`].
-struct Batch<'a> {
-    tx: Transaction<'a>,
-    /// The newest sequence written so far (the locked head at first).
-    head: i64,
-    applied_at: i64,
-    wrote: bool,
+/// `BEGIN` and the two reads of step 1.
+const READ_STATEMENTS: usize = 3;
+
+/// Rolls back whatever is open (ignoring a failure: the connection may be
+/// gone, and then the pool drops it) and returns `e`.
+async fn rollback(client: &ClientWrapper, e: ApplyError) -> ApplyError {
+    if let Err(r) = client.batch_execute("ROLLBACK").await {
+        tracing::debug!(error = %r, "rollback after a failed apply");
+    }
+    e
 }
 
-impl Batch<'_> {
-    async fn apply_one(&mut self, op: &ValidOp, caller: &Caller) -> Result<Outcome, ApplyError> {
-        let (remembered, current) = tokio::try_join!(
-            self.remembered(&op.op_id),
-            self.current(&op.collection, op.action.target_id())
-        )?;
-        if let Some((record, scope)) = remembered {
-            if let Err(r) = access::replay(caller, &op.op_id, &scope) {
+/// A `(collection, id)` key.
+type Key = (String, String);
+
+/// Step 1: `BEGIN`, the remembered op_ids and the locked records, in one
+/// round trip.
+async fn read(
+    client: &ClientWrapper,
+    ops: &[ValidOp],
+) -> Result<
+    (
+        HashMap<String, (ServerRecord, String)>,
+        HashMap<Key, StoredRecord>,
+    ),
+    ApplyError,
+> {
+    let remembered_stmt = client.prepare_cached(REMEMBERED).await?;
+    let current_stmt = client.prepare_cached(CURRENT).await?;
+    let op_ids: Vec<&str> = ops.iter().map(|o| o.op_id.as_str()).collect();
+    let mut keys: Vec<(&str, &str)> = ops
+        .iter()
+        .filter_map(|o| Some((o.collection.as_str(), o.action.target_id()?)))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let (colls, ids): (Vec<&str>, Vec<&str>) = keys.into_iter().unzip();
+    let remembered_args: [&(dyn ToSql + Sync); 1] = [&op_ids];
+    let current_args: [&(dyn ToSql + Sync); 2] = [&colls, &ids];
+    let (begin, remembered, current) = tokio::join!(
+        client.batch_execute("BEGIN"),
+        client.query(&remembered_stmt, &remembered_args),
+        client.query(&current_stmt, &current_args),
+    );
+    begin?;
+    let mut by_op = HashMap::new();
+    for row in remembered? {
+        let op_id: String = row.try_get(0)?;
+        let record: String = row.try_get(1)?;
+        by_op.insert(op_id, (serde_json::from_str(&record)?, row.try_get(2)?));
+    }
+    let mut by_key = HashMap::new();
+    for row in current? {
+        let collection: String = row.try_get(0)?;
+        let id: String = row.try_get(1)?;
+        let record: String = row.try_get(2)?;
+        let stored = StoredRecord {
+            collection: collection.clone(),
+            record: serde_json::from_str(&record)?,
+            scope: row.try_get(3)?,
+        };
+        by_key.insert((collection, id), stored);
+    }
+    Ok((by_op, by_key))
+}
+
+/// What the database holds as far as this batch knows: the rows read in
+/// step 1, with the batch's own results so far on top.
+struct Overlay {
+    remembered: HashMap<String, (ServerRecord, String)>,
+    current: HashMap<Key, StoredRecord>,
+}
+
+impl Overlay {
+    fn apply_one(
+        &mut self,
+        op: &ValidOp,
+        caller: &Caller,
+        writes: &mut Writes,
+    ) -> Result<Outcome, ApplyError> {
+        if let Some((record, scope)) = self.remembered.get(&op.op_id) {
+            if let Err(r) = access::replay(caller, &op.op_id, scope) {
                 return Ok(Outcome::refused(r));
             }
             return Ok(Outcome::Applied {
-                record: present(caller, &scope, record),
+                record: present(caller, scope, record.clone()),
                 replayed: true,
             });
         }
-        let scope = match access::target_scope(caller, op, current.as_ref()) {
+        let key = op
+            .action
+            .target_id()
+            .map(|id| (op.collection.clone(), id.to_owned()));
+        let current = key.as_ref().and_then(|k| self.current.get(k));
+        let scope = match access::target_scope(caller, op, current) {
             Ok(scope) => scope,
             Err(r) => return Ok(Outcome::refused(r)),
         };
-        let record = match plan(op, current.as_ref(), || ulid::Ulid::generate().to_string()) {
+        let record = match plan(op, current, || ulid::Ulid::generate().to_string()) {
             Plan::Write(record) => {
-                let from = current.as_ref().map(|c| c.scope.as_str());
-                match self.write(op, record, from, &scope).await? {
-                    Ok(record) => record,
-                    Err(taken) => return Ok(taken_outcome(caller, op, &taken)),
-                }
+                let from = current.map(|c| c.scope.clone());
+                writes.record(op, &record, from.as_deref(), &scope)?;
+                let key = (op.collection.clone(), record.id.clone());
+                self.current.insert(
+                    key,
+                    StoredRecord {
+                        collection: op.collection.clone(),
+                        record: record.clone(),
+                        scope: scope.clone(),
+                    },
+                );
+                record
             }
             Plan::Unchanged(record) => record,
             Plan::Conflict(record) => {
-                return Ok(Outcome::Conflict(access::conflict(
-                    caller,
-                    current.as_ref(),
-                    record,
-                )))
+                return Ok(Outcome::Conflict(access::conflict(caller, current, record)))
             }
             Plan::NotFound(reason) => return Ok(Outcome::NotFound(reason)),
         };
-        let stmt = self.tx.prepare_cached(REMEMBER).await?;
-        let json = serde_json::to_string(&record)?;
-        self.tx
-            .execute(&stmt, &[&op.op_id, &json, &self.applied_at, &scope])
-            .await?;
-        self.wrote = true;
+        writes.remember(op, &record, &scope)?;
+        self.remembered
+            .insert(op.op_id.clone(), (record.clone(), scope.clone()));
         Ok(Outcome::Applied {
             record: present(caller, &scope, record),
             replayed: false,
         })
     }
+}
 
-    async fn remembered(&self, op_id: &str) -> Result<Option<(ServerRecord, String)>, ApplyError> {
-        let stmt = self.tx.prepare_cached(REMEMBERED).await?;
-        let row = self.tx.query_opt(&stmt, &[&op_id]).await?;
-        decode_row(row)
-    }
+/// Step 2's rows, gathered while planning.
+#[derive(Default)]
+struct Writes {
+    /// Keys that were not in the database at step 1 (inserted).
+    new: std::collections::HashSet<Key>,
+    /// Every key written, in first-write order (its final state is in the
+    /// [`Overlay`]).
+    records: Vec<Key>,
+    written: std::collections::HashSet<Key>,
+    /// Feed entries in batch order: `(scope, entry JSON)`.
+    entries: Vec<(String, String)>,
+    /// Applied op_ids: `(op_id, record JSON, scope)`.
+    ops: Vec<(String, String, String)>,
+}
 
-    async fn current(
-        &self,
-        collection: &str,
-        id: Option<&str>,
-    ) -> Result<Option<StoredRecord>, ApplyError> {
-        let Some(id) = id else { return Ok(None) };
-        let stmt = self.tx.prepare_cached(CURRENT).await?;
-        let row = self.tx.query_opt(&stmt, &[&collection, &id]).await?;
-        Ok(decode_row(row)?.map(|(record, scope)| StoredRecord {
-            collection: collection.to_owned(),
-            record,
-            scope,
-        }))
-    }
-
-    /// Stores `record` in scope `to` and appends it to the global log and
-    /// to `to`'s feed (a move from `from` adds a gone entry to `from`'s).
-    /// `Ok(Err(current))`: a new client-chosen id was taken meanwhile.
-    async fn write(
+impl Writes {
+    /// Notes `record` written in scope `to` (moved from `from`, if another).
+    fn record(
         &mut self,
         op: &ValidOp,
-        mut record: ServerRecord,
+        record: &ServerRecord,
         from: Option<&str>,
         to: &str,
-    ) -> Result<Result<ServerRecord, StoredRecord>, ApplyError> {
-        let server_id = matches!(op.action, Action::Create { id: None, .. });
-        let mut draws = 0;
-        loop {
-            let json = serde_json::to_string(&record)?;
-            let sql = if from.is_some() {
-                UPDATE_RECORD
-            } else {
-                INSERT_RECORD
-            };
-            let stmt = self.tx.prepare_cached(sql).await?;
-            let rows = self
-                .tx
-                .execute(&stmt, &[&op.collection, &record.id, &json, &to])
-                .await?;
-            if rows == 1 {
-                break;
+    ) -> Result<(), ApplyError> {
+        let key = (op.collection.clone(), record.id.clone());
+        if self.written.insert(key.clone()) {
+            if from.is_none() {
+                self.new.insert(key.clone());
             }
-            if !server_id {
-                let taken = self.current(&op.collection, Some(&record.id)).await?;
-                return taken.map(Err).ok_or(ApplyError::NoFreeId);
-            }
-            draws += 1;
-            if draws >= ID_DRAWS {
-                return Err(ApplyError::NoFreeId);
-            }
-            record.id = ulid::Ulid::generate().to_string();
+            self.records.push(key);
         }
-        self.head += 1;
         let change = serde_json::to_string(&Change {
             collection: op.collection.clone(),
             record: record.clone(),
         })?;
-        let stmt = self.tx.prepare_cached(APPEND).await?;
-        self.tx.execute(&stmt, &[&self.head, &change]).await?;
         if let Some(from) = from.filter(|f| *f != to) {
             let gone = serde_json::to_string(&ScopedChange::Gone {
                 collection: op.collection.clone(),
@@ -319,64 +392,164 @@ impl Batch<'_> {
                     version: record.version,
                 },
             })?;
-            self.append_to_scope(from, &gone).await?;
+            self.entries.push((from.to_owned(), gone));
         }
-        self.append_to_scope(to, &change).await?;
-        self.wrote = true;
-        Ok(Ok(record))
-    }
-
-    /// Appends `entry` to `scope`'s feed at its next sequence.
-    async fn append_to_scope(&self, scope: &str, entry: &str) -> Result<(), ApplyError> {
-        let next = self.tx.prepare_cached(SCOPE_NEXT).await?;
-        let seq: i64 = self.tx.query_one(&next, &[&scope]).await?.try_get(0)?;
-        let append = self.tx.prepare_cached(SCOPE_APPEND).await?;
-        self.tx.execute(&append, &[&scope, &seq, &entry]).await?;
+        self.entries.push((to.to_owned(), change));
         Ok(())
     }
 
-    /// Moves the head (and notifies) when the log grew, then commits, or
-    /// rolls back when nothing was written. Returns the head.
-    async fn finish(self, grew: bool) -> Result<u64, ApplyError> {
-        if grew {
-            let set = self.tx.prepare_cached(SET_HEAD).await?;
-            let notify = self.tx.prepare_cached(NOTIFY).await?;
-            let payload = self.head.to_string();
-            let set_args: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&self.head];
-            let notify_args: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&payload];
-            tokio::try_join!(
-                self.tx.execute(&set, &set_args),
-                self.tx.execute(&notify, &notify_args),
-            )?;
+    fn remember(
+        &mut self,
+        op: &ValidOp,
+        record: &ServerRecord,
+        scope: &str,
+    ) -> Result<(), ApplyError> {
+        let json = serde_json::to_string(record)?;
+        self.ops.push((op.op_id.clone(), json, scope.to_owned()));
+        Ok(())
+    }
+
+    /// Step 2: every write, `COMMIT` and the wake-up in one round trip
+    /// (`ROLLBACK` when nothing is written). Returns the statements sent.
+    async fn send(
+        &self,
+        client: &ClientWrapper,
+        overlay: &Overlay,
+        record_users: bool,
+    ) -> Result<usize, ApplyError> {
+        if self.ops.is_empty() {
+            client.batch_execute("ROLLBACK").await?;
+            return Ok(1);
         }
-        let head = u64::try_from(self.head).unwrap_or(0);
-        if self.wrote {
-            self.tx.commit().await?;
-        } else {
-            self.tx.rollback().await?;
+        let rows = RecordRows::of(self, overlay)?;
+        let applied_at = now_ms();
+        let (op_ids, records, scopes) = columns3(&self.ops);
+        let (entry_scopes, entries): (Vec<&str>, Vec<&str>) = self
+            .entries
+            .iter()
+            .map(|(s, e)| (s.as_str(), e.as_str()))
+            .unzip();
+        let insert = client.prepare_cached(INSERT_RECORDS).await?;
+        let update = client.prepare_cached(UPDATE_RECORDS).await?;
+        let remember = client.prepare_cached(REMEMBER).await?;
+        let append = client.prepare_cached(APPEND).await?;
+        let users = client.prepare_cached(RECORD_USERS).await?;
+        let (new_args, changed_args) = (rows.new.args(), rows.changed.args());
+        let remember_args: [&(dyn ToSql + Sync); 4] = [&op_ids, &records, &scopes, &applied_at];
+        let append_args: [&(dyn ToSql + Sync); 2] = [&entry_scopes, &entries];
+        let (i, u, r, a, us, commit, notify) = tokio::join!(
+            exec_if(client, &insert, &new_args, !rows.new.is_empty()),
+            exec_if(client, &update, &changed_args, !rows.changed.is_empty()),
+            exec_if(client, &remember, &remember_args, true),
+            exec_if(client, &append, &append_args, !entries.is_empty()),
+            exec_if(client, &users, &[], record_users),
+            client.batch_execute("COMMIT"),
+            async {
+                if entries.is_empty() {
+                    Ok(())
+                } else {
+                    client.batch_execute(NOTIFY).await
+                }
+            },
+        );
+        i?;
+        u?;
+        r?;
+        a?;
+        us?;
+        commit?;
+        if let Err(e) = notify {
+            // Committed: only the wake-up is lost; listeners re-check.
+            tracing::debug!(error = %e, "NOTIFY after commit failed");
         }
-        Ok(head)
+        let sent = [
+            !rows.new.is_empty(),
+            !rows.changed.is_empty(),
+            true,
+            !entries.is_empty(),
+            record_users,
+            true,
+            !entries.is_empty(),
+        ];
+        Ok(sent.iter().filter(|s| **s).count())
     }
 }
 
-/// A `(record, scope)` row.
-fn decode_row(
-    row: Option<tokio_postgres::Row>,
-) -> Result<Option<(ServerRecord, String)>, ApplyError> {
-    match row {
-        Some(row) => {
-            let text: String = row.try_get(0)?;
-            Ok(Some((serde_json::from_str(&text)?, row.try_get(1)?)))
-        }
-        None => Ok(None),
+/// Runs `stmt` when `wanted` (so that a pipeline can leave a statement out).
+async fn exec_if(
+    client: &ClientWrapper,
+    stmt: &tokio_postgres::Statement,
+    args: &[&(dyn ToSql + Sync)],
+    wanted: bool,
+) -> Result<u64, tokio_postgres::Error> {
+    if wanted {
+        client.execute(stmt, args).await
+    } else {
+        Ok(0)
     }
 }
 
-/// The outcome of a create whose new client-chosen id was taken by a
-/// commit in between: the access rules' answer for the record found.
-fn taken_outcome(caller: &Caller, op: &ValidOp, taken: &StoredRecord) -> Outcome {
-    match access::target_scope(caller, op, Some(taken)) {
-        Ok(scope) => Outcome::Conflict(present(caller, &scope, taken.record.clone())),
-        Err(r) => Outcome::refused(r),
+/// The `(op_id, record, scope)` columns of the applied ops.
+fn columns3(rows: &[(String, String, String)]) -> (Vec<&str>, Vec<&str>, Vec<&str>) {
+    let mut a = Vec::with_capacity(rows.len());
+    let mut b = Vec::with_capacity(rows.len());
+    let mut c = Vec::with_capacity(rows.len());
+    for (x, y, z) in rows {
+        a.push(x.as_str());
+        b.push(y.as_str());
+        c.push(z.as_str());
+    }
+    (a, b, c)
+}
+
+/// The `(collection, id, record, scope)` columns of one records statement.
+#[derive(Default)]
+struct Columns {
+    collections: Vec<String>,
+    ids: Vec<String>,
+    records: Vec<String>,
+    scopes: Vec<String>,
+}
+
+impl Columns {
+    fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    fn args(&self) -> [&(dyn ToSql + Sync); 4] {
+        [&self.collections, &self.ids, &self.records, &self.scopes]
+    }
+}
+
+/// Each written key's final state, split into inserts and updates.
+struct RecordRows {
+    new: Columns,
+    changed: Columns,
+}
+
+impl RecordRows {
+    fn of(writes: &Writes, overlay: &Overlay) -> Result<RecordRows, ApplyError> {
+        let mut rows = RecordRows {
+            new: Columns::default(),
+            changed: Columns::default(),
+        };
+        for key in &writes.records {
+            // Every written key is in the overlay (written with it).
+            let Some(stored) = overlay.current.get(key) else {
+                debug_assert!(false, "a written key is missing from the overlay");
+                continue;
+            };
+            let json = serde_json::to_string(&stored.record)?;
+            let target = if writes.new.contains(key) {
+                &mut rows.new
+            } else {
+                &mut rows.changed
+            };
+            target.collections.push(key.0.clone());
+            target.ids.push(key.1.clone());
+            target.records.push(json);
+            target.scopes.push(stored.scope.clone());
+        }
+        Ok(rows)
     }
 }

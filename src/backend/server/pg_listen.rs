@@ -1,14 +1,16 @@
 //! Wake-ups from other nodes: a background task that `LISTEN`s on the
-//! PostgreSQL store's channel and publishes the head to the store's
-//! [`Feed`], so a waiting pull on this node is answered when any node
-//! commits.
+//! PostgreSQL store's channel and bumps the store's [`Feed`], so a waiting
+//! pull on this node re-reads when any node commits.
 //!
 //! Why a file of its own: it is the one long-lived piece of the PostgreSQL
 //! store, with its own connection (a pooled one cannot be kept listening)
 //! and its own failure handling. Notifications are wake-ups only and can be
-//! lost (the connection drops, the server restarts): the task also re-reads
-//! the head every [`RECHECK`] and right after each (re)connection, so a
-//! waiter is woken within that interval at worst — never a busy poll.
+//! lost (the connection drops, the server restarts, a node dies between its
+//! commit and its `NOTIFY`): the task also reads the sum of every scope's
+//! head every [`RECHECK`] and bumps the feed when it moved, and bumps it
+//! right after each (re)connection, so a waiter is woken within that
+//! interval at worst — never a busy poll. (The sum is one index-only scan
+//! of `syncd_scope_heads`, one row per scope, per node per interval.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,13 +55,13 @@ async fn listen(
     log: &LogLimit,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut conn) = config.connect(NoTls).await?;
-    let (tx, mut rx) = mpsc::unbounded_channel::<Option<u64>>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     // The connection must be polled for notifications to arrive.
     let driver = tokio::spawn(async move {
         loop {
             match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
-                Some(Ok(AsyncMessage::Notification(n))) => {
-                    if tx.send(n.payload().parse().ok()).is_err() {
+                Some(Ok(AsyncMessage::Notification(_))) => {
+                    if tx.send(()).is_err() {
                         return Ok(());
                     }
                 }
@@ -77,12 +79,13 @@ async fn listen(
 async fn serve(
     client: &Client,
     feed: &Feed,
-    rx: &mut mpsc::UnboundedReceiver<Option<u64>>,
+    rx: &mut mpsc::UnboundedReceiver<()>,
     log: &LogLimit,
 ) -> Result<(), tokio_postgres::Error> {
     client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
     // Commits made while no connection listened are caught up here.
-    refresh(client, feed).await?;
+    let mut total = heads_total(client).await?;
+    feed.bump();
     if log.reset() {
         tracing::info!("change feed listener reconnected");
     }
@@ -90,21 +93,28 @@ async fn serve(
     loop {
         tokio::select! {
             n = rx.recv() => match n {
-                Some(Some(head)) => feed.publish(head),
-                Some(None) => refresh(client, feed).await?,
+                Some(()) => feed.bump(),
                 // The connection ended; the next query reports why.
-                None => return refresh(client, feed).await,
+                None => return heads_total(client).await.map(|_| ()),
             },
-            _ = tick.tick() => refresh(client, feed).await?,
+            _ = tick.tick() => {
+                let now = heads_total(client).await?;
+                if now != total {
+                    total = now;
+                    feed.bump();
+                }
+            }
         }
     }
 }
 
-async fn refresh(client: &Client, feed: &Feed) -> Result<(), tokio_postgres::Error> {
+/// The sum of every scope's head: it grows with every appending commit.
+async fn heads_total(client: &Client) -> Result<i64, tokio_postgres::Error> {
     let row = client
-        .query_one("SELECT seq FROM syncd_feed_head WHERE one", &[])
+        .query_one(
+            "SELECT COALESCE(sum(seq), 0)::bigint FROM syncd_scope_heads",
+            &[],
+        )
         .await?;
-    let head: i64 = row.try_get(0)?;
-    feed.publish(u64::try_from(head).unwrap_or(0));
-    Ok(())
+    row.try_get(0)
 }

@@ -3,18 +3,26 @@
 //! database (see `docs/scaling.md`).
 //!
 //! - **Writes**: [`pg_apply`](super::pg_apply) — one transaction per call,
-//!   serialised at the feed-head row, which keeps the change log gap-free.
-//! - **Reads**: `changes` reads the head and a page of the log in one
-//!   statement (one snapshot), so the page and the head always agree.
+//!   of two round trips whatever the batch's size, ordered per scope at the
+//!   end of the transaction only (no cluster-wide lock).
+//! - **Reads**: `changes` (revision 2, single-tenant) reads the `default`
+//!   scope's feed, where a single-tenant server keeps every record; `pull`
+//!   reads each scope's head and a page of its feed in one statement (one
+//!   snapshot), so the page and the head always agree.
 //! - **Wake-ups**: [`pg_listen`](super::pg_listen) turns other nodes'
-//!   commits (`NOTIFY`) into [`Feed`] publishes; this node's own commits are
-//!   published directly after they commit.
+//!   commits (`NOTIFY`) into [`Feed`] bumps; this node's own commits bump it
+//!   directly after they commit.
 //! - **Schema**: `pg_schema.sql`, applied at every start under an advisory
 //!   lock (nodes may start together), plus a `schema` row in `syncd_meta`.
-//!   Schema 2 adds scopes; a schema 1 database is upgraded at start (its
+//!   Schema 2 added scopes; a schema 1 database is upgraded at start (its
 //!   rows get scope `default`, whose feed is filled from the global log).
-//!   Stop every older node first: an older node would keep writing without
-//!   feeding the scopes.
+//!   Schema 3 stops writing the global log (`syncd_changes` and its
+//!   `syncd_feed_head`, whose lock serialised every write of the cluster):
+//!   the upgrade from 2 only moves the version, since a single-tenant
+//!   database's `default` feed already holds the global log's entries at
+//!   the same sequences. Stop every older node first: an older node refuses
+//!   to start on a newer schema, but one still running would keep locking
+//!   the old head and writing a log nobody reads.
 //! - **Scoped pulls**: `pull` reads each scope's head and page in one
 //!   statement; scopes are read one after another (each page is consistent
 //!   with its own head, which is all a per-scope cursor needs).
@@ -31,7 +39,7 @@
 //! redb store has.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +50,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 
 use crate::backend::protocol::{Change, ScopedChange};
+use crate::domain::scope::SINGLE_SCOPE;
 
 use super::access::Caller;
 use super::feed::Feed;
@@ -51,16 +60,19 @@ use super::store::{with_scope, BackendStore, ChangeSlice, Outcome, ScopeSlice, S
 use super::{pg_apply, pg_listen};
 
 /// The schema this code reads and writes (`syncd_meta.schema`).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 /// The schema before scopes, upgraded at start.
 const SCHEMA_BEFORE_SCOPES: i64 = 1;
+/// The schema with scopes and the global log, upgraded at start.
+const SCHEMA_WITH_GLOBAL_LOG: i64 = 2;
 /// Schema 1 → 2: the `default` scope's feed is the global log so far (a
 /// `Change` is a record entry of a scope feed, byte for byte).
 const UPGRADE_TO_SCOPES: &str = "INSERT INTO syncd_scope_changes (scope, seq, change) \
      SELECT 'default', seq, change FROM syncd_changes ON CONFLICT DO NOTHING; \
      INSERT INTO syncd_scope_heads (scope, seq) SELECT 'default', max(seq) FROM syncd_changes \
-     HAVING count(*) > 0 ON CONFLICT (scope) DO UPDATE SET seq = EXCLUDED.seq; \
-     UPDATE syncd_meta SET value = 2 WHERE key = 'schema'";
+     HAVING count(*) > 0 ON CONFLICT (scope) DO UPDATE SET seq = EXCLUDED.seq";
+/// Schema 2 → 3: nothing moves (see the module doc).
+const UPGRADE_TO_3: &str = "UPDATE syncd_meta SET value = 3 WHERE key = 'schema'";
 /// The idempotent schema script.
 const SCHEMA_SQL: &str = include_str!("pg_schema.sql");
 /// Advisory lock key taken while migrating ("syncd" in ASCII).
@@ -71,10 +83,6 @@ pub const POOL_SIZE: usize = 16;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Whole-transaction retries after a serialization failure or deadlock.
 const RETRIES: usize = 5;
-
-const READ_CHANGES: &str = "SELECT h.seq, c.seq, c.change FROM syncd_feed_head h \
-     LEFT JOIN LATERAL (SELECT seq, change FROM syncd_changes WHERE seq > $1 \
-     ORDER BY seq LIMIT $2) c ON true WHERE h.one ORDER BY c.seq";
 
 /// Whether a users-mode server wrote here, or a scope but `default` has a feed.
 const HELD_USERS: &str = "SELECT EXISTS (SELECT 1 FROM syncd_meta WHERE key = 'users') \
@@ -97,6 +105,8 @@ pub struct PgStore {
     /// Whether `syncd_meta` is known to say `users` (saves a statement per
     /// users-mode commit).
     users_recorded: AtomicBool,
+    /// Statements sent by applies that ended cleanly ([`apply_statements`](Self::apply_statements)).
+    statements: AtomicU64,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -139,8 +149,8 @@ impl PgStore {
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| err("cannot build the connection pool", &e))?;
-        let head = migrate(&pool).await.map_err(|e| err("cannot open", &e))?;
-        let feed = Arc::new(Feed::new(head));
+        migrate(&pool).await.map_err(|e| err("cannot open", &e))?;
+        let feed = Arc::new(Feed::new(0));
         let listener = pg_listen::spawn(config, Arc::clone(&feed), shown.clone());
         Ok(PgStore {
             pool,
@@ -149,7 +159,15 @@ impl PgStore {
             url: shown,
             listener,
             users_recorded: AtomicBool::new(false),
+            statements: AtomicU64::new(0),
         })
+    }
+
+    /// How many statements this node's applies have sent so far (those
+    /// that committed or rolled back cleanly): a batch costs the same
+    /// handful whatever its size (see [`pg_apply`](super::pg_apply)).
+    pub fn apply_statements(&self) -> u64 {
+        self.statements.load(Ordering::Relaxed)
     }
 
     /// The connection string, password hidden.
@@ -254,8 +272,9 @@ impl From<tokio_postgres::Error> for OpenError {
     }
 }
 
-/// Applies the schema (idempotent, under an advisory lock) and returns the head.
-async fn migrate(pool: &Pool) -> Result<u64, OpenError> {
+/// Applies the schema (idempotent, under an advisory lock), upgrading an
+/// older one.
+async fn migrate(pool: &Pool) -> Result<(), OpenError> {
     let mut client = pool.get().await.map_err(OpenError::Pool)?;
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
@@ -277,7 +296,14 @@ async fn migrate(pool: &Pool) -> Result<u64, OpenError> {
         Some(SCHEMA_VERSION) => {}
         Some(SCHEMA_BEFORE_SCOPES) => {
             tx.batch_execute(UPGRADE_TO_SCOPES).await?;
+            tx.batch_execute(UPGRADE_TO_3).await?;
             tracing::info!("PostgreSQL schema upgraded to {SCHEMA_VERSION}: every record is in scope 'default'");
+        }
+        Some(SCHEMA_WITH_GLOBAL_LOG) => {
+            tx.batch_execute(UPGRADE_TO_3).await?;
+            tracing::info!(
+                "PostgreSQL schema upgraded to {SCHEMA_VERSION}: writes are ordered per scope"
+            );
         }
         Some(v) => return Err(OpenError::Schema(v)),
         None => {
@@ -288,12 +314,8 @@ async fn migrate(pool: &Pool) -> Result<u64, OpenError> {
             .await?;
         }
     }
-    let head: i64 = tx
-        .query_one("SELECT seq FROM syncd_feed_head WHERE one", &[])
-        .await?
-        .try_get(0)?;
     tx.commit().await?;
-    Ok(u64::try_from(head).unwrap_or(0))
+    Ok(())
 }
 
 impl PgStore {
@@ -308,11 +330,13 @@ impl PgStore {
             let record_users = !self.users_recorded.load(Ordering::Relaxed);
             match pg_apply::apply(&mut client, ops, caller, record_users).await {
                 Ok(applied) => {
+                    let sent = u64::try_from(applied.statements).unwrap_or(u64::MAX);
+                    self.statements.fetch_add(sent, Ordering::Relaxed);
                     if record_users && caller.is_user() && applied.wrote {
                         self.users_recorded.store(true, Ordering::Relaxed);
                     }
-                    if let Some(head) = applied.head {
-                        self.feed.publish(head);
+                    if applied.appended {
+                        self.feed.bump();
                     }
                     return Ok(applied.outcomes);
                 }
@@ -332,35 +356,41 @@ impl PgStore {
         }
     }
 
+    /// Revision 2's log: the `default` scope's feed (a single-tenant
+    /// server creates every record there and never moves one; a gone entry,
+    /// possible only on a store that once held users, is skipped).
     async fn changes_async(&self, since: u64, limit: usize) -> Result<ChangeSlice, StoreError> {
-        let client = self.client().await?;
-        let since_i = i64::try_from(since).unwrap_or(i64::MAX);
-        let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
-        let stmt = client
-            .prepare_cached(READ_CHANGES)
-            .await
-            .map_err(|e| self.pg_error("read changes", &e))?;
-        let rows = client
-            .query(&stmt, &[&since_i, &fetch])
-            .await
-            .map_err(|e| self.pg_error("read changes", &e))?;
-        let mut head = 0;
-        let mut entries = Vec::with_capacity(rows.len());
-        for row in rows {
-            let (h, seq, change) = change_row(&row).map_err(|e| self.error("read changes", &e))?;
-            head = u64::try_from(h).unwrap_or(0);
-            if let (Some(seq), Some(change)) = (seq, change) {
-                let change: Change =
-                    serde_json::from_str(&change).map_err(|e| self.error("corrupt change", &e))?;
-                entries.push((u64::try_from(seq).unwrap_or(0), change));
-            }
-        }
-        let more = entries.len() > limit;
-        entries.truncate(limit);
+        let mut slices = self
+            .pull_async(&[(SINGLE_SCOPE.to_owned(), since)], limit)
+            .await?;
+        let Some(slice) = slices.pop() else {
+            return Ok(ChangeSlice {
+                entries: Vec::new(),
+                read_to: None,
+                more: false,
+                head: 0,
+            });
+        };
+        let read_to = slice.entries.last().map(|(seq, _)| *seq);
+        let entries = slice
+            .entries
+            .into_iter()
+            .filter_map(|(seq, entry)| match entry {
+                ScopedChange::Record {
+                    collection,
+                    mut record,
+                } => {
+                    record.scope = None;
+                    Some((seq, Change { collection, record }))
+                }
+                ScopedChange::Gone { .. } => None,
+            })
+            .collect();
         Ok(ChangeSlice {
             entries,
-            more,
-            head,
+            read_to,
+            more: slice.more,
+            head: slice.head,
         })
     }
 
@@ -434,7 +464,7 @@ impl PgStore {
     }
 }
 
-/// `(head, seq, change)` of a [`READ_CHANGES`] row (no change: `None`s).
+/// `(head, seq, change)` of a [`READ_SCOPE`] row (no change: `None`s).
 type ChangeRow = (i64, Option<i64>, Option<String>);
 
 fn change_row(row: &tokio_postgres::Row) -> Result<ChangeRow, tokio_postgres::Error> {

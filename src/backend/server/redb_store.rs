@@ -500,6 +500,7 @@ impl BackendStore for RedbStore {
             }
         }
         Ok(ChangeSlice {
+            read_to: entries.last().map(|(seq, _)| *seq),
             entries,
             more,
             head,

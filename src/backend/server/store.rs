@@ -90,6 +90,10 @@ pub fn with_scope(entry: ScopedChange, scope: &str) -> ScopedChange {
 pub struct ChangeSlice {
     /// `(sequence, change)` in commit order, all with sequence > `since`.
     pub entries: Vec<(u64, Change)>,
+    /// The sequence of the last entry read, served or not (a store that
+    /// serves the log from a scope's feed skips its `gone` entries, and the
+    /// cursor must still move past them). `None`: nothing was read.
+    pub read_to: Option<u64>,
     /// Whether the log has entries after the last one returned.
     pub more: bool,
     /// The sequence of the newest entry in the log (0 when empty).

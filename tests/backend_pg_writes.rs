@@ -1,0 +1,310 @@
+//! The PostgreSQL store's write path (issue 21): a batch costs a constant
+//! number of statements, writes to different scopes never wait on each
+//! other (there is no cluster-wide lock), a batch that writes one record
+//! several times or moves it lands as the same ops one by one would, and
+//! concurrent writers of the same op_id or id from two nodes get exactly
+//! one application.
+//!
+//! Against a real throwaway PostgreSQL (`common_pg`), through `PgStore`.
+
+mod common_pg;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common_pg::Pg;
+use serde_json::json;
+use syncd::backend::protocol::{ScopedChange, ServerRecord};
+use syncd::backend::server::access::Caller;
+use syncd::backend::server::auth::{Claims, Principal};
+use syncd::backend::server::ops::{Action, ValidOp};
+use syncd::backend::server::pg_store::PgStore;
+use syncd::backend::server::store::{BackendStore, Outcome};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn node(rt: &tokio::runtime::Runtime, url: &str) -> Arc<PgStore> {
+    Arc::new(rt.block_on(PgStore::connect(url)).expect("connect"))
+}
+
+fn op(op_id: &str, action: Action, scope: Option<&str>) -> ValidOp {
+    ValidOp {
+        op_id: op_id.into(),
+        client_id: "c".into(),
+        collection: "todos".into(),
+        local_id: op_id.into(),
+        client_ts: 1,
+        action,
+        scope: scope.map(str::to_owned),
+    }
+}
+
+fn data(n: u64) -> serde_json::Map<String, serde_json::Value> {
+    match json!({ "n": n }) {
+        serde_json::Value::Object(m) => m,
+        _ => unreachable!(),
+    }
+}
+
+fn create(op_id: &str, id: Option<&str>, scope: Option<&str>) -> ValidOp {
+    let action = Action::Create {
+        id: id.map(str::to_owned),
+        data: data(0),
+    };
+    op(op_id, action, scope)
+}
+
+fn update(op_id: &str, id: &str, base: u64, scope: Option<&str>) -> ValidOp {
+    let action = Action::Update {
+        id: id.into(),
+        base_version: base,
+        data: data(base),
+    };
+    op(op_id, action, scope)
+}
+
+/// A users-mode caller writing `scopes`.
+fn user(sub: &str, scopes: &[&str]) -> Caller {
+    Caller::User(
+        Principal::from_claims(Claims {
+            sub: sub.into(),
+            exp: u64::MAX,
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            ..Claims::default()
+        })
+        .expect("claims"),
+    )
+}
+
+fn applied(o: &Outcome) -> ServerRecord {
+    match o {
+        Outcome::Applied { record, .. } => record.clone(),
+        other => panic!("expected 200, got {other:?}"),
+    }
+}
+
+/// Every entry of `scope`'s feed, checking that its sequences are 1..=n.
+fn whole_feed(s: &PgStore, scope: &str) -> Vec<ScopedChange> {
+    let (mut cursor, mut out) = (0u64, Vec::new());
+    loop {
+        let page = s
+            .pull(&[(scope.to_owned(), cursor)], 97)
+            .expect("pull")
+            .remove(0);
+        for (seq, entry) in page.entries {
+            assert_eq!(seq, cursor + 1, "a gap in {scope}'s feed");
+            cursor = seq;
+            out.push(entry);
+        }
+        if !page.more {
+            assert_eq!(cursor, page.head, "{scope}: read to its head");
+            return out;
+        }
+    }
+}
+
+#[test]
+fn a_batch_costs_the_same_statements_whatever_its_size() {
+    let pg = Pg::start();
+    let rt = runtime();
+    let s = node(&rt, &pg.url("postgres"));
+    let cost = |ops: Vec<ValidOp>| {
+        let before = s.apply_statements();
+        let out = s.apply(&ops).expect("apply");
+        assert!(out.iter().all(Outcome::is_applied), "{out:?}");
+        s.apply_statements() - before
+    };
+    let one = cost(vec![create("a-1", None, None)]);
+    let fifty = cost(
+        (0..50)
+            .map(|i| create(&format!("b-{i}"), None, None))
+            .collect(),
+    );
+    assert_eq!(one, fifty, "50 creates cost what 1 does");
+    // Creates, updates and a replay: still a handful.
+    let mut mixed: Vec<ValidOp> = (0..25)
+        .map(|i| create(&format!("c-{i}"), Some(&format!("id-{i}")), None))
+        .collect();
+    mixed.extend((0..25).map(|i| update(&format!("u-{i}"), &format!("id-{i}"), 1, None)));
+    mixed.push(create("a-1", None, None));
+    let mixed_cost = cost(mixed);
+    eprintln!("statements per batch: 1 create {one}, 50 creates {fifty}, 51 mixed {mixed_cost}");
+    assert!(mixed_cost <= 9, "{mixed_cost} statements for 51 ops");
+}
+
+#[test]
+fn one_batch_writing_a_record_several_times_lands_as_its_ops_one_by_one() {
+    let pg = Pg::start();
+    let rt = runtime();
+    let s = node(&rt, &pg.url("postgres"));
+    let alice = user("alice", &["team-1"]);
+    let batch = vec![
+        create("o1", Some("x"), Some("team-1")),
+        update("o2", "x", 1, None),
+        // A move back to the private scope, then an update there.
+        update("o3", "x", 2, Some("user:alice")),
+        update("o4", "x", 3, None),
+        op(
+            "o5",
+            Action::Delete {
+                id: "x".into(),
+                base_version: 4,
+            },
+            None,
+        ),
+        // A repeated op_id in the same batch is a replay of the first.
+        update("o2", "x", 1, None),
+    ];
+    let out = s.apply_as(&batch, &alice).expect("apply");
+    assert_eq!(out.len(), 6);
+    let versions: Vec<u64> = out.iter().map(|o| applied(o).version).collect();
+    assert_eq!(versions, [1, 2, 3, 4, 5, 2]);
+    assert!(matches!(out[5], Outcome::Applied { replayed: true, .. }));
+    let team = whole_feed(&s, "team-1");
+    let private = whole_feed(&s, "user:alice");
+    assert_eq!(team.len(), 3, "created, updated, gone: {team:?}");
+    assert!(matches!(&team[2], ScopedChange::Gone { gone, .. } if gone.version == 3));
+    assert_eq!(private.len(), 3, "moved in, updated, deleted: {private:?}");
+    match &private[2] {
+        ScopedChange::Record { record, .. } => assert!(record.deleted && record.version == 5),
+        other => panic!("{other:?}"),
+    }
+    // The stored record is the last state, and a re-sent batch applies nothing.
+    let again = s.apply_as(&batch, &alice).expect("apply again");
+    assert!(again
+        .iter()
+        .all(|o| matches!(o, Outcome::Applied { replayed: true, .. })));
+    assert_eq!(whole_feed(&s, "user:alice").len(), 3);
+}
+
+/// Waits until some backend session waits for a lock (the event, not a clock).
+fn wait_for_a_lock_waiter(pg: &Pg) {
+    let sql = "SELECT count(*) FROM pg_locks WHERE NOT granted";
+    for _ in 0..600 {
+        if pg.scalar("postgres", sql) > 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("no session ever waited for a lock");
+}
+
+#[test]
+fn writes_to_different_scopes_never_wait_on_each_other() {
+    let pg = Pg::start();
+    let rt = runtime();
+    let url = pg.url("postgres");
+    let (n1, n2) = (node(&rt, &url), node(&rt, &url));
+    let alice = user("alice", &[]);
+    let bob = user("bob", &[]);
+    // Both scopes have a head row.
+    applied(
+        &n1.apply_as(&[create("a0", None, None)], &alice)
+            .expect("a0")[0],
+    );
+    applied(&n1.apply_as(&[create("b0", None, None)], &bob).expect("b0")[0]);
+    // Hold alice's scope head, as a long append in her scope would.
+    let (client, conn) = rt
+        .block_on(tokio_postgres::connect(&url, tokio_postgres::NoTls))
+        .expect("connect");
+    rt.spawn(conn);
+    rt.block_on(client.batch_execute(
+        "BEGIN; SELECT seq FROM syncd_scope_heads WHERE scope = 'user:alice' FOR UPDATE",
+    ))
+    .expect("lock alice's head");
+    let held = std::thread::spawn({
+        let n2 = Arc::clone(&n2);
+        let alice = alice.clone();
+        move || n2.apply_as(&[create("a1", None, None)], &alice)
+    });
+    wait_for_a_lock_waiter(&pg);
+    // Alice's write waits at her head; bob's, on both nodes, goes through.
+    for (i, n) in [&n1, &n2].into_iter().enumerate() {
+        let o = n
+            .apply_as(&[create(&format!("b{}", i + 1), None, None)], &bob)
+            .expect("bob");
+        applied(&o[0]);
+    }
+    assert!(
+        !held.is_finished(),
+        "alice's write waits for her scope's head"
+    );
+    rt.block_on(client.batch_execute("COMMIT"))
+        .expect("release");
+    let o = held.join().expect("thread").expect("alice");
+    applied(&o[0]);
+    assert_eq!(whole_feed(&n1, "user:alice").len(), 2);
+    assert_eq!(whole_feed(&n1, "user:bob").len(), 3);
+}
+
+#[test]
+fn the_same_op_id_or_id_raced_from_two_nodes_is_applied_once() {
+    let pg = Pg::start();
+    let rt = runtime();
+    let url = pg.url("postgres");
+    let nodes = [node(&rt, &url), node(&rt, &url)];
+    for round in 0..20 {
+        // The same op (a re-send to the other node) and two creates of one
+        // client-chosen id, each pair racing from both nodes.
+        let same_op = create(&format!("op-{round}"), Some(&format!("r-{round}")), None);
+        let rival = create(&format!("rival-{round}"), Some(&format!("k-{round}")), None);
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let racers: Vec<_> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let n = Arc::clone(n);
+                let b = Arc::clone(&barrier);
+                let mut rival = rival.clone();
+                rival.op_id = format!("{}-{i}", rival.op_id);
+                let same_op = same_op.clone();
+                std::thread::spawn(move || {
+                    b.wait();
+                    let a = n.apply(&[same_op]).expect("same op");
+                    let r = n.apply(&[rival]).expect("rival");
+                    (a.into_iter().next(), r.into_iter().next())
+                })
+            })
+            .collect();
+        let results: Vec<_> = racers
+            .into_iter()
+            .map(|t| t.join().expect("racer"))
+            .collect();
+        let fresh = results
+            .iter()
+            .filter(|(a, _)| {
+                matches!(
+                    a,
+                    Some(Outcome::Applied {
+                        replayed: false,
+                        ..
+                    })
+                )
+            })
+            .count();
+        let replays = results
+            .iter()
+            .filter(|(a, _)| matches!(a, Some(Outcome::Applied { replayed: true, .. })))
+            .count();
+        assert_eq!((fresh, replays), (1, 1), "round {round}: {results:?}");
+        let won = results
+            .iter()
+            .filter(|(_, r)| matches!(r, Some(Outcome::Applied { .. })))
+            .count();
+        let lost = results
+            .iter()
+            .filter(|(_, r)| matches!(r, Some(Outcome::Conflict(_))))
+            .count();
+        assert_eq!((won, lost), (1, 1), "round {round}: {results:?}");
+    }
+    let feed = whole_feed(&nodes[0], "default");
+    assert_eq!(feed.len(), 40, "one entry per applied create");
+    let ops = pg.scalar("postgres", "SELECT count(*) FROM syncd_applied_ops");
+    assert_eq!(ops, 40);
+}
