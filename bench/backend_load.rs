@@ -264,6 +264,34 @@ impl Users {
     }
 }
 
+/// The machine's `(busy, total)` CPU ticks from `/proc/stat` (zeros where
+/// there is none): whether a run was bound by the machine's cores, which
+/// the load generator, the nodes and PostgreSQL all share.
+fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return (0, 0);
+    };
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().sum();
+    // idle and iowait
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// The share of the machine's CPU time that was busy between two readings.
+fn busy_share(a: (u64, u64), b: (u64, u64)) -> f64 {
+    let total = b.1.saturating_sub(a.1);
+    if total == 0 {
+        return 0.0;
+    }
+    (b.0.saturating_sub(a.0) as f64 / total as f64 * 100.0).round() / 100.0
+}
+
 fn pct(v: &mut [u64], p: f64) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -279,6 +307,7 @@ fn run(rt: &tokio::runtime::Runtime, name: &str, nodes: &[Node], users: Option<&
         .pool_max_idle_per_host(o.devices)
         .build(HttpConnector::new());
     let stop = Instant::now() + Duration::from_secs_f64(o.secs);
+    let cpu0 = cpu_ticks();
     let t0 = Instant::now();
     let tallies: Vec<Tally> = rt.block_on(async {
         let tasks: Vec<_> = (0..o.devices)
@@ -297,6 +326,7 @@ fn run(rt: &tokio::runtime::Runtime, name: &str, nodes: &[Node], users: Option<&
         out
     });
     let secs = t0.elapsed().as_secs_f64();
+    let busy = busy_share(cpu0, cpu_ticks());
     let ops: u64 = tallies.iter().map(|t| t.ops).sum();
     let mut push: Vec<u64> = tallies
         .iter()
@@ -310,7 +340,8 @@ fn run(rt: &tokio::runtime::Runtime, name: &str, nodes: &[Node], users: Option<&
     let row = json!({"config": name, "devices": o.devices, "batch": o.batch, "users": o.users,
         "ops_per_s": (ops as f64 / secs).round(), "batches_per_s": (batches as f64 / secs).round(),
         "push_p50_ms": pct(&mut push, 0.5), "push_p99_ms": pct(&mut push, 0.99),
-        "pull_p50_ms": pct(&mut pull, 0.5), "pull_p99_ms": pct(&mut pull, 0.99)});
+        "pull_p50_ms": pct(&mut pull, 0.5), "pull_p99_ms": pct(&mut pull, 0.99),
+        "machine_cpu_busy": busy});
     println!(
         "{name:<16} devices {:>3}  ops/s {:>8}  push p50 {:>7.2} ms p99 {:>7.2} ms  pull p50 {:>6.2} ms p99 {:>6.2} ms",
         o.devices, row["ops_per_s"], row["push_p50_ms"], row["push_p99_ms"], row["pull_p50_ms"], row["pull_p99_ms"]

@@ -269,8 +269,8 @@ fn a_postgres_restart_mid_drain_applies_every_op_exactly_once_without_node_resta
          (record::json->'data'->>'k')) FROM syncd_records WHERE collection = 'fleet'",
     );
     let applied = count("SELECT count(*) FROM syncd_applied_ops");
-    let changes = count("SELECT count(*) FROM syncd_changes");
-    let head_row = count("SELECT seq FROM syncd_feed_head");
+    let changes = count("SELECT count(*) FROM syncd_scope_changes WHERE scope = 'default'");
+    let head_row = count("SELECT seq FROM syncd_scope_heads WHERE scope = 'default'");
     let total = TOTAL as i64;
     assert_eq!(
         (rows, distinct, applied, changes, head_row),

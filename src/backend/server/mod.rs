@@ -122,6 +122,7 @@
 pub mod access;
 pub mod auth;
 pub mod auth_key;
+pub mod fd_limit;
 pub mod feed;
 pub mod handler;
 pub mod http;
@@ -313,10 +314,21 @@ async fn check_mode(opts: &ServerOptions, store: &Arc<dyn BackendStore>) -> Resu
     .into())
 }
 
+/// Below this open-file limit a node warns at start (see [`fd_limit`]).
+const LOW_FD_LIMIT: u64 = 4096;
+
 /// Binds, prints exactly one line `listening on <actual addr>` to stdout
 /// (flushed) once bound and the store is open (`listen` may use port 0),
 /// serves until SIGINT/SIGTERM, then returns.
 pub async fn run(opts: ServerOptions) -> Result<(), BoxError> {
+    if let Some(limit) = fd_limit::raise() {
+        // Each held pull is a socket: this bounds the waiting devices.
+        if limit < LOW_FD_LIMIT {
+            tracing::warn!(limit, "the open-file limit bounds this node to about {limit} connected devices; raise it (LimitNOFILE= in the systemd unit, ulimit -Hn)");
+        } else {
+            tracing::info!(limit, "open-file limit");
+        }
+    }
     let store = open_store(&opts).await?;
     let listener = TcpListener::bind(opts.listen).await?;
     let addr = listener.local_addr()?;

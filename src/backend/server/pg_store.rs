@@ -77,8 +77,11 @@ const UPGRADE_TO_3: &str = "UPDATE syncd_meta SET value = 3 WHERE key = 'schema'
 const SCHEMA_SQL: &str = include_str!("pg_schema.sql");
 /// Advisory lock key taken while migrating ("syncd" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0073_796e_6364;
-/// Connections per node.
+/// Connections per node for applies.
 pub const POOL_SIZE: usize = 16;
+/// Connections per node for reads (on top of [`POOL_SIZE`] and the one
+/// `LISTEN` connection).
+pub const READ_POOL_SIZE: usize = 8;
 /// Connect, and wait-for-a-connection, timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Whole-transaction retries after a serialization failure or deadlock.
@@ -96,7 +99,11 @@ const READ_SCOPE: &str = "SELECT h.seq, c.seq, c.change FROM \
 
 /// The PostgreSQL-backed store of one node.
 pub struct PgStore {
+    /// Connections for applies.
     pool: Pool,
+    /// Connections for reads (pulls, `changes`, health): a pull never waits
+    /// for a connection behind applies queued at a busy scope's head.
+    read_pool: Pool,
     rt: Handle,
     feed: Arc<Feed>,
     /// The connection string without its password.
@@ -134,26 +141,30 @@ impl PgStore {
             .parse()
             .map_err(|e| err("invalid connection string", &e))?;
         config.connect_timeout(CONNECT_TIMEOUT);
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
+        let build = |size| {
+            Pool::builder(Manager::from_config(
+                config.clone(),
+                NoTls,
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            ))
+            .max_size(size)
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(CONNECT_TIMEOUT))
             .create_timeout(Some(CONNECT_TIMEOUT))
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
-            .map_err(|e| err("cannot build the connection pool", &e))?;
+            .map_err(|e| err("cannot build the connection pool", &e))
+        };
+        let pool = build(POOL_SIZE)?;
+        let read_pool = build(READ_POOL_SIZE)?;
         migrate(&pool).await.map_err(|e| err("cannot open", &e))?;
         let feed = Arc::new(Feed::new(0));
         let listener = pg_listen::spawn(config, Arc::clone(&feed), shown.clone());
         Ok(PgStore {
             pool,
+            read_pool,
             rt: Handle::current(),
             feed,
             url: shown,
@@ -195,9 +206,18 @@ impl PgStore {
         self.rt.block_on(f)
     }
 
+    /// A connection for an apply.
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool
-            .get()
+        self.pooled(&self.pool).await
+    }
+
+    /// A connection for a read.
+    async fn reader(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pooled(&self.read_pool).await
+    }
+
+    async fn pooled(&self, pool: &Pool) -> Result<deadpool_postgres::Object, StoreError> {
+        pool.get()
             .await
             .map_err(|e| match self.error("no connection", &e) {
                 StoreError::Failed(m) => StoreError::Unavailable(m),
@@ -399,7 +419,7 @@ impl PgStore {
         scopes: &[(String, u64)],
         limit: usize,
     ) -> Result<Vec<ScopeSlice>, StoreError> {
-        let client = self.client().await?;
+        let client = self.reader().await?;
         let stmt = client
             .prepare_cached(READ_SCOPE)
             .await
@@ -445,7 +465,7 @@ impl PgStore {
     }
 
     async fn held_users_async(&self) -> Result<bool, StoreError> {
-        let client = self.client().await?;
+        let client = self.reader().await?;
         let row = client
             .query_one(HELD_USERS, &[])
             .await
@@ -455,7 +475,7 @@ impl PgStore {
     }
 
     async fn check_async(&self) -> Result<(), StoreError> {
-        let client = self.client().await?;
+        let client = self.reader().await?;
         client
             .simple_query("SELECT 1")
             .await
