@@ -48,6 +48,8 @@ fn raise_unix() -> Option<u64> {
             );
         }
     }
+    // `rlim_t` is u64 on Linux and macOS, but not on every Unix.
+    #[allow(clippy::unnecessary_cast)]
     Some(lim.rlim_cur as u64)
 }
 
@@ -62,7 +64,9 @@ mod tests {
         };
         // SAFETY: reads into the struct passed.
         assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
-        assert_eq!(now, lim.rlim_cur as u64);
+        #[allow(clippy::unnecessary_cast)]
+        let cur = lim.rlim_cur as u64;
+        assert_eq!(now, cur);
         assert_eq!(lim.rlim_cur, lim.rlim_max);
     }
 }
