@@ -20,15 +20,31 @@
 //! Waiting is purely async: no blocking-pool thread and no store
 //! transaction or lock is held while a request waits.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// The publishing side: the newest committed change-log sequence (the head).
+/// The publishing side: a value that grows with every commit, and the
+/// newest known head of each scope.
+///
+/// Wake-ups come in two kinds. An *unscoped* one ([`publish`](Self::publish),
+/// [`bump`](Self::bump)) says "something moved": every waiter re-reads. A
+/// *scoped* one ([`publish_scopes`](Self::publish_scopes)) names the scopes
+/// and their new heads: a waiter re-reads only when one of its scopes is
+/// past the head it read ([`may_have_moved`](Self::may_have_moved)), so a
+/// commit in one user's scope does not send every other waiting device of
+/// the node back to the database.
 #[derive(Debug)]
 pub struct Feed {
     tx: watch::Sender<u64>,
+    /// The newest head heard of, per scope (scoped wake-ups only).
+    heads: Mutex<HashMap<String, u64>>,
+    /// How many unscoped wake-ups there were.
+    unscoped: AtomicU64,
 }
 
 impl Feed {
@@ -36,13 +52,17 @@ impl Feed {
     pub fn new(head: u64) -> Feed {
         Feed {
             tx: watch::Sender::new(head),
+            heads: Mutex::new(HashMap::new()),
+            unscoped: AtomicU64::new(0),
         }
     }
 
     /// Announces that the log's committed head is now `head`, waking every
-    /// waiter. Call only after the commit is durable. The head never moves
-    /// back: a stale value (two commits publishing out of order) is ignored.
+    /// waiter (unscoped). Call only after the commit is durable. The head
+    /// never moves back: a stale value (two commits publishing out of
+    /// order) is ignored.
     pub fn publish(&self, head: u64) {
+        self.unscoped.fetch_add(1, Ordering::SeqCst);
         self.tx.send_if_modified(|current| {
             let moved = head > *current;
             if moved {
@@ -52,11 +72,58 @@ impl Feed {
         });
     }
 
-    /// Announces that some feed moved, without a head to name (the
-    /// PostgreSQL store: commits on any node, in any scope).
+    /// Announces that some feed moved, without naming it (unscoped): every
+    /// waiter re-reads.
     pub fn bump(&self) {
+        self.unscoped.fetch_add(1, Ordering::SeqCst);
         self.tx
             .send_modify(|current| *current = current.saturating_add(1));
+    }
+
+    /// Announces committed heads of scopes (a head never moves back: an
+    /// older value than the one known is ignored), waking the waiters,
+    /// which re-read only if one of their scopes moved.
+    pub fn publish_scopes<'a>(&self, heads: impl IntoIterator<Item = (&'a str, u64)>) {
+        let mut moved = false;
+        {
+            let mut known = self.heads.lock().unwrap_or_else(|e| e.into_inner());
+            for (scope, head) in heads {
+                let slot = known.entry(scope.to_owned()).or_insert(0);
+                if head > *slot {
+                    *slot = head;
+                    moved = true;
+                }
+            }
+        }
+        if moved {
+            self.tx
+                .send_modify(|current| *current = current.saturating_add(1));
+        }
+    }
+
+    /// The count of unscoped wake-ups so far: read it *before* reading the
+    /// feeds, and pass it to [`may_have_moved`](Self::may_have_moved).
+    pub fn unscoped(&self) -> u64 {
+        self.unscoped.load(Ordering::SeqCst)
+    }
+
+    /// Whether a waiter that read `read` (scope, head) after seeing
+    /// `unscoped_seen` unscoped wake-ups may now find more: an unscoped
+    /// wake-up since, or a scope whose known head is past the one read.
+    pub fn may_have_moved(&self, unscoped_seen: u64, read: &[(String, u64)]) -> bool {
+        if self.unscoped() != unscoped_seen {
+            return true;
+        }
+        let known = self.heads.lock().unwrap_or_else(|e| e.into_inner());
+        read.iter()
+            .any(|(scope, head)| known.get(scope).is_some_and(|k| k > head))
+    }
+
+    /// The sum of the known heads (to tell, against the database's sum,
+    /// whether a scoped wake-up was missed).
+    pub fn known_total(&self) -> u64 {
+        let known = self.heads.lock().unwrap_or_else(|e| e.into_inner());
+        known.values().fold(0u64, |a, h| a.saturating_add(*h))
     }
 
     /// A receiver for [`wait_past`]; its current value counts as seen.
@@ -154,6 +221,28 @@ mod tests {
         let end = wait_past(&mut rx, seen, soon(60_000), std::future::pending()).await;
         assert_eq!(end, WaitEnd::Moved);
         assert_eq!(*rx.borrow(), seen + 1);
+    }
+
+    #[tokio::test]
+    async fn scoped_wakes_send_back_only_the_waiters_of_those_scopes() {
+        let feed = Feed::new(0);
+        let mut rx = feed.subscribe();
+        let seen = *rx.borrow_and_update();
+        let unscoped = feed.unscoped();
+        let alice = vec![("user:alice".to_owned(), 3)];
+        let bob = vec![("user:bob".to_owned(), 7)];
+        feed.publish_scopes([("user:alice", 4)]);
+        let end = wait_past(&mut rx, seen, soon(60_000), std::future::pending()).await;
+        assert_eq!(end, WaitEnd::Moved, "every waiter is woken");
+        assert!(feed.may_have_moved(unscoped, &alice), "alice's scope moved");
+        assert!(!feed.may_have_moved(unscoped, &bob), "bob's did not");
+        // An older head changes nothing; a head already read is not news.
+        feed.publish_scopes([("user:alice", 2)]);
+        assert!(!feed.may_have_moved(unscoped, &[("user:alice".to_owned(), 4)]));
+        assert_eq!(feed.known_total(), 4);
+        // An unscoped wake-up sends everyone back.
+        feed.bump();
+        assert!(feed.may_have_moved(unscoped, &bob));
     }
 
     #[tokio::test]

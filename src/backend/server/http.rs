@@ -18,6 +18,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::backend::protocol::{ErrorBody, Features};
+use crate::domain::scope::SINGLE_SCOPE;
 
 use super::access::Caller;
 use super::auth::{AuthError, Malformed, Verifier};
@@ -369,20 +370,24 @@ async fn changes(state: &AppState, query: &str) -> Reply {
     // Subscribe before the first read, so a commit in between is not missed.
     let mut head = deadline.map(|_| state.store.subscribe());
     let mut seen = head.as_mut().map_or(0, |h| *h.borrow_and_update());
+    let mut unscoped = state.store.unscoped_wakes();
     let mut slice = match read_changes(state, q.since, q.limit).await {
         Ok(s) => s,
         Err(e) => return store_error_reply(&e),
     };
     // Wait only when nothing is after `since`; a cursor past the head (a
     // reset server) is answered at once so the client can move back. A
-    // wake-up may be for a commit this read cannot see (another scope, on
-    // PostgreSQL): then the wait goes on.
+    // wake-up for a commit this read cannot see (another scope, on
+    // PostgreSQL) does not send it back to the store.
     if let (Some(deadline), Some(head)) = (deadline, head.as_mut()) {
         while slice.entries.is_empty() && q.since == slice.head {
-            if wait_past(head, seen, deadline, state.stopped()).await != WaitEnd::Moved {
+            let read = [(SINGLE_SCOPE.to_owned(), slice.head)];
+            let Some(now) = wait_for_news(state, head, seen, unscoped, &read, deadline).await
+            else {
                 break;
-            }
-            seen = *head.borrow_and_update();
+            };
+            seen = now;
+            unscoped = state.store.unscoped_wakes();
             slice = match read_changes(state, q.since, q.limit).await {
                 Ok(s) => s,
                 Err(e) => return store_error_reply(&e),
@@ -409,6 +414,7 @@ async fn pull(state: &AppState, body: &[u8], caller: Caller) -> Reply {
     let mut head = state.store.subscribe();
     let mut seen = *head.borrow_and_update();
     loop {
+        let unscoped = state.store.unscoped_wakes();
         let slices = match read_scopes(state, &caller, &q).await {
             Ok(s) => s,
             Err(e) => return store_error_reply(&e),
@@ -419,10 +425,38 @@ async fn pull(state: &AppState, body: &[u8], caller: Caller) -> Reply {
         if !pull::is_idle(&caller, &q, &slices) {
             return to_reply(pull::pull_reply(&caller, &q, slices));
         }
-        if wait_past(&mut head, seen, deadline, state.stopped()).await != WaitEnd::Moved {
-            return to_reply(pull::pull_reply(&caller, &q, slices));
+        let read: Vec<(String, u64)> = pull::readable(&caller, &q)
+            .into_iter()
+            .zip(&slices)
+            .map(|((scope, _), slice)| (scope, slice.head))
+            .collect();
+        match wait_for_news(state, &mut head, seen, unscoped, &read, deadline).await {
+            Some(now) => seen = now,
+            None => return to_reply(pull::pull_reply(&caller, &q, slices)),
+        }
+    }
+}
+
+/// Waits for a wake-up after which a waiter that read `read` (scope, head)
+/// may find more ([`BackendStore::may_have_moved`]): returns the wake-up
+/// value seen, or `None` at the deadline or shutdown. Wake-ups for other
+/// scopes are waited through without touching the store.
+async fn wait_for_news(
+    state: &AppState,
+    head: &mut watch::Receiver<u64>,
+    mut seen: u64,
+    unscoped: u64,
+    read: &[(String, u64)],
+    deadline: tokio::time::Instant,
+) -> Option<u64> {
+    loop {
+        if wait_past(head, seen, deadline, state.stopped()).await != WaitEnd::Moved {
+            return None;
         }
         seen = *head.borrow_and_update();
+        if state.store.may_have_moved(unscoped, read) {
+            return Some(seen);
+        }
     }
 }
 

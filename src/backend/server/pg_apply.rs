@@ -7,8 +7,10 @@
 //!
 //! # Two round trips, whatever the batch's size
 //!
-//! 1. `BEGIN`, the op_ids already applied (`= ANY`), and the batch's
-//!    records, locked `FOR UPDATE` in key order. Pipelined: one round trip.
+//! 1. `BEGIN`, the batch's records, locked `FOR UPDATE` in key order, and
+//!    then the op_ids already applied (`= ANY`): in that order, so that the
+//!    op_ids read sees every commit the records read saw. Pipelined: one
+//!    round trip.
 //! 2. [`plan`] runs for every op in memory, over the rows read and the
 //!    batch's own earlier results ([`Overlay`]). Then, pipelined again: the
 //!    new records (one multi-row `INSERT`), the changed records (one
@@ -56,11 +58,20 @@ use super::access::{self, present, Caller};
 use super::ops::{plan, Plan, StoredRecord, ValidOp};
 use super::store::Outcome;
 
-/// The channel `NOTIFY`ed after each appending commit (an empty payload:
-/// listeners only learn that some feed moved).
+/// The channel `NOTIFY`ed after each appending commit. The payload names
+/// the scopes written and their heads, one `scope seq` a line (see
+/// [`parse_heads`]); an empty payload (too many scopes for one
+/// notification) says only that some feed moved.
 pub const CHANNEL: &str = "syncd_feed";
 
-const NOTIFY: &str = "SELECT pg_notify('syncd_feed', '')";
+/// After the commit: the written scopes' committed heads, announced on
+/// [`CHANNEL`] and returned (scope names cannot hold a space or a newline).
+/// PostgreSQL caps a payload below 8,000 bytes; a longer one is sent empty.
+const NOTIFY: &str = "WITH x AS ( \
+       SELECT COALESCE(string_agg(scope || ' ' || seq, E'\\n'), '') AS p \
+       FROM syncd_scope_heads WHERE scope = ANY($1::text[])), \
+     y AS (SELECT CASE WHEN length(p) > 7000 THEN '' ELSE p END AS p FROM x) \
+     SELECT y.p FROM y, LATERAL (SELECT pg_notify('syncd_feed', y.p)) n";
 const REMEMBERED: &str =
     "SELECT op_id, record, scope FROM syncd_applied_ops WHERE op_id = ANY($1::text[])";
 /// The batch's records, locked in key order (two batches lock shared
@@ -170,6 +181,22 @@ pub struct Applied {
     pub wrote: bool,
     /// Statements sent (constant in the batch's size: see the module doc).
     pub statements: usize,
+    /// The written scopes' heads after the commit, as announced (empty when
+    /// the announcement failed or named no scope: wake everyone).
+    pub heads: Vec<(String, u64)>,
+}
+
+/// The `(scope, head)` pairs of a [`CHANNEL`] payload; `None` when it names
+/// none or is not one this code sends.
+pub fn parse_heads(payload: &str) -> Option<Vec<(String, u64)>> {
+    let heads: Option<Vec<_>> = payload
+        .lines()
+        .map(|line| {
+            let (scope, seq) = line.split_once(' ')?;
+            Some((scope.to_owned(), seq.parse().ok()?))
+        })
+        .collect();
+    heads.filter(|h| !h.is_empty())
 }
 
 fn now_ms() -> i64 {
@@ -210,11 +237,12 @@ pub async fn apply(
     }
     let record_users = record_users && caller.is_user() && !writes.ops.is_empty();
     match writes.send(client, &overlay, record_users).await {
-        Ok(statements) => Ok(Applied {
+        Ok((statements, heads)) => Ok(Applied {
             outcomes,
             appended: !writes.entries.is_empty(),
             wrote: !writes.ops.is_empty(),
             statements: statements + READ_STATEMENTS,
+            heads,
         }),
         Err(e) => Err(rollback(client, e).await),
     }
@@ -259,10 +287,15 @@ async fn read(
     let (colls, ids): (Vec<&str>, Vec<&str>) = keys.into_iter().unzip();
     let remembered_args: [&(dyn ToSql + Sync); 1] = [&op_ids];
     let current_args: [&(dyn ToSql + Sync); 2] = [&colls, &ids];
-    let (begin, remembered, current) = tokio::join!(
+    // The records first, then the op_ids: each statement has its own
+    // snapshot (READ COMMITTED), and a batch that committed an op and its
+    // record between the two must be seen as a replay, never as a record
+    // that exists without its op (a 409 for the re-sent op itself). Read in
+    // this order, whatever the records read saw, the op_ids read sees too.
+    let (begin, current, remembered) = tokio::join!(
         client.batch_execute("BEGIN"),
-        client.query(&remembered_stmt, &remembered_args),
         client.query(&current_stmt, &current_args),
+        client.query(&remembered_stmt, &remembered_args),
     );
     begin?;
     let mut by_op = HashMap::new();
@@ -410,16 +443,17 @@ impl Writes {
     }
 
     /// Step 2: every write, `COMMIT` and the wake-up in one round trip
-    /// (`ROLLBACK` when nothing is written). Returns the statements sent.
+    /// (`ROLLBACK` when nothing is written). Returns the statements sent
+    /// and the announced heads.
     async fn send(
         &self,
         client: &ClientWrapper,
         overlay: &Overlay,
         record_users: bool,
-    ) -> Result<usize, ApplyError> {
+    ) -> Result<(usize, Vec<(String, u64)>), ApplyError> {
         if self.ops.is_empty() {
             client.batch_execute("ROLLBACK").await?;
-            return Ok(1);
+            return Ok((1, Vec::new()));
         }
         let rows = RecordRows::of(self, overlay)?;
         let applied_at = now_ms();
@@ -434,6 +468,11 @@ impl Writes {
         let remember = client.prepare_cached(REMEMBER).await?;
         let append = client.prepare_cached(APPEND).await?;
         let users = client.prepare_cached(RECORD_USERS).await?;
+        let notify_stmt = client.prepare_cached(NOTIFY).await?;
+        let mut written: Vec<&str> = entry_scopes.clone();
+        written.sort_unstable();
+        written.dedup();
+        let notify_args: [&(dyn ToSql + Sync); 1] = [&written];
         let (new_args, changed_args) = (rows.new.args(), rows.changed.args());
         let remember_args: [&(dyn ToSql + Sync); 4] = [&op_ids, &records, &scopes, &applied_at];
         let append_args: [&(dyn ToSql + Sync); 2] = [&entry_scopes, &entries];
@@ -446,9 +485,9 @@ impl Writes {
             client.batch_execute("COMMIT"),
             async {
                 if entries.is_empty() {
-                    Ok(())
+                    Ok(None)
                 } else {
-                    client.batch_execute(NOTIFY).await
+                    client.query_opt(&notify_stmt, &notify_args).await
                 }
             },
         );
@@ -458,10 +497,19 @@ impl Writes {
         a?;
         us?;
         commit?;
-        if let Err(e) = notify {
-            // Committed: only the wake-up is lost; listeners re-check.
-            tracing::debug!(error = %e, "NOTIFY after commit failed");
-        }
+        let heads = match notify {
+            Ok(Some(row)) => row
+                .try_get::<_, String>(0)
+                .ok()
+                .and_then(|p| parse_heads(&p))
+                .unwrap_or_default(),
+            Ok(None) => Vec::new(),
+            Err(e) => {
+                // Committed: only the wake-up is lost; listeners re-check.
+                tracing::debug!(error = %e, "NOTIFY after commit failed");
+                Vec::new()
+            }
+        };
         let sent = [
             !rows.new.is_empty(),
             !rows.changed.is_empty(),
@@ -471,7 +519,7 @@ impl Writes {
             true,
             !entries.is_empty(),
         ];
-        Ok(sent.iter().filter(|s| **s).count())
+        Ok((sent.iter().filter(|s| **s).count(), heads))
     }
 }
 

@@ -1,16 +1,18 @@
 //! Wake-ups from other nodes: a background task that `LISTEN`s on the
-//! PostgreSQL store's channel and bumps the store's [`Feed`], so a waiting
-//! pull on this node re-reads when any node commits.
+//! PostgreSQL store's channel and publishes the scopes and heads each
+//! notification names to the store's [`Feed`], so a waiting pull on this
+//! node re-reads when any node commits to one of its scopes.
 //!
 //! Why a file of its own: it is the one long-lived piece of the PostgreSQL
 //! store, with its own connection (a pooled one cannot be kept listening)
 //! and its own failure handling. Notifications are wake-ups only and can be
 //! lost (the connection drops, the server restarts, a node dies between its
-//! commit and its `NOTIFY`): the task also reads the sum of every scope's
-//! head every [`RECHECK`] and bumps the feed when it moved, and bumps it
-//! right after each (re)connection, so a waiter is woken within that
-//! interval at worst — never a busy poll. (The sum is one index-only scan
-//! of `syncd_scope_heads`, one row per scope, per node per interval.)
+//! commit and its `NOTIFY`): every [`RECHECK`] the task compares the sum of
+//! every scope's head in the database with the sum of the heads it knows,
+//! and when they differ (and right after each (re)connection) reads every
+//! head and publishes them, so a waiter is woken within that interval at
+//! worst — never a busy poll. (The sum is one scan of `syncd_scope_heads`,
+//! one row per scope, per node per interval.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +23,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use super::feed::Feed;
 use super::log_limit::LogLimit;
-use super::pg_apply::CHANNEL;
+use super::pg_apply::{parse_heads, CHANNEL};
 
 /// While the database is down, the lost listener is logged once per this
 /// interval (it retries every [`RECONNECT`]).
@@ -55,13 +57,13 @@ async fn listen(
     log: &LogLimit,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut conn) = config.connect(NoTls).await?;
-    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     // The connection must be polled for notifications to arrive.
     let driver = tokio::spawn(async move {
         loop {
             match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
-                Some(Ok(AsyncMessage::Notification(_))) => {
-                    if tx.send(()).is_err() {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    if tx.send(n.payload().to_owned()).is_err() {
                         return Ok(());
                     }
                 }
@@ -79,13 +81,12 @@ async fn listen(
 async fn serve(
     client: &Client,
     feed: &Feed,
-    rx: &mut mpsc::UnboundedReceiver<()>,
+    rx: &mut mpsc::UnboundedReceiver<String>,
     log: &LogLimit,
 ) -> Result<(), tokio_postgres::Error> {
     client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
     // Commits made while no connection listened are caught up here.
-    let mut total = heads_total(client).await?;
-    feed.bump();
+    catch_up(client, feed).await?;
     if log.reset() {
         tracing::info!("change feed listener reconnected");
     }
@@ -93,15 +94,23 @@ async fn serve(
     loop {
         tokio::select! {
             n = rx.recv() => match n {
-                Some(()) => feed.bump(),
+                Some(payload) => match parse_heads(&payload) {
+                    Some(heads) => feed.publish_scopes(heads.iter().map(|(s, h)| (s.as_str(), *h))),
+                    None => feed.bump(),
+                },
                 // The connection ended; the next query reports why.
                 None => return heads_total(client).await.map(|_| ()),
             },
             _ = tick.tick() => {
-                let now = heads_total(client).await?;
-                if now != total {
-                    total = now;
+                let known = i64::try_from(feed.known_total()).unwrap_or(i64::MAX);
+                let total = heads_total(client).await?;
+                if total < known {
+                    // Heads went back (the database was reset): only an
+                    // unscoped wake-up reaches the waiters now.
                     feed.bump();
+                }
+                if total != known {
+                    catch_up(client, feed).await?;
                 }
             }
         }
@@ -117,4 +126,22 @@ async fn heads_total(client: &Client) -> Result<i64, tokio_postgres::Error> {
         )
         .await?;
     row.try_get(0)
+}
+
+/// Reads every scope's head and publishes them: the waiters of the scopes
+/// that moved since this node last heard re-read.
+async fn catch_up(client: &Client, feed: &Feed) -> Result<(), tokio_postgres::Error> {
+    let rows = client
+        .query("SELECT scope, seq FROM syncd_scope_heads", &[])
+        .await?;
+    let mut heads = Vec::with_capacity(rows.len());
+    for row in rows {
+        let seq: i64 = row.try_get(1)?;
+        heads.push((
+            row.try_get::<_, String>(0)?,
+            u64::try_from(seq).unwrap_or(0),
+        ));
+    }
+    feed.publish_scopes(heads.iter().map(|(s, h)| (s.as_str(), *h)));
+    Ok(())
 }

@@ -10,8 +10,10 @@
 //!   reads each scope's head and a page of its feed in one statement (one
 //!   snapshot), so the page and the head always agree.
 //! - **Wake-ups**: [`pg_listen`](super::pg_listen) turns other nodes'
-//!   commits (`NOTIFY`) into [`Feed`] bumps; this node's own commits bump it
-//!   directly after they commit.
+//!   commits (`NOTIFY`, naming the scopes written and their heads) into
+//!   scoped [`Feed`] wake-ups; this node's own commits publish theirs
+//!   directly after they commit. A waiter goes back to the database only
+//!   when one of its scopes moved.
 //! - **Schema**: `pg_schema.sql`, applied at every start under an advisory
 //!   lock (nodes may start together), plus a `schema` row in `syncd_meta`.
 //!   Schema 2 added scopes; a schema 1 database is upgraded at start (its
@@ -355,8 +357,11 @@ impl PgStore {
                     if record_users && caller.is_user() && applied.wrote {
                         self.users_recorded.store(true, Ordering::Relaxed);
                     }
-                    if applied.appended {
+                    if applied.appended && applied.heads.is_empty() {
                         self.feed.bump();
+                    } else if applied.appended {
+                        let heads = applied.heads.iter().map(|(s, h)| (s.as_str(), *h));
+                        self.feed.publish_scopes(heads);
                     }
                     return Ok(applied.outcomes);
                 }
@@ -525,5 +530,13 @@ impl BackendStore for PgStore {
 
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.feed.subscribe()
+    }
+
+    fn unscoped_wakes(&self) -> u64 {
+        self.feed.unscoped()
+    }
+
+    fn may_have_moved(&self, unscoped_seen: u64, read: &[(String, u64)]) -> bool {
+        self.feed.may_have_moved(unscoped_seen, read)
     }
 }

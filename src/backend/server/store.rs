@@ -190,4 +190,19 @@ pub trait BackendStore: Send + Sync + 'static {
     /// notification may be spurious. Must not block (called on the async
     /// runtime). Implementations usually own a [`Feed`](super::feed::Feed).
     fn subscribe(&self) -> watch::Receiver<u64>;
+
+    /// How many unscoped wake-ups there were ([`Feed::unscoped`](super::feed::Feed::unscoped)):
+    /// read before a waiter reads its feeds. Must not block.
+    fn unscoped_wakes(&self) -> u64 {
+        0
+    }
+
+    /// Whether a woken waiter that read `read` (scope, head) after
+    /// `unscoped_seen` unscoped wake-ups may find more, so must re-read
+    /// ([`Feed::may_have_moved`](super::feed::Feed::may_have_moved)). The
+    /// default, for stores whose wake-ups name no scope: always. Must not
+    /// block.
+    fn may_have_moved(&self, _unscoped_seen: u64, _read: &[(String, u64)]) -> bool {
+        true
+    }
 }
