@@ -146,6 +146,29 @@ fn converged(devices: &[Daemon], nodes: &[&PgNode]) -> Result<(), String> {
     Ok(())
 }
 
+/// Pauses every device, queues creates `ks` on each (marker `{device, k}`),
+/// and resumes none of them.
+fn queue(rt: &tokio::runtime::Runtime, devices: &[Daemon], ks: std::ops::Range<usize>) {
+    for (i, d) in devices.iter().enumerate() {
+        pause(d);
+        let before = d.status()["queue_depth"].as_u64().unwrap_or(0);
+        let n = ks.len() as u64;
+        rt.block_on(async {
+            let mut c = Client::connect(&d.socket, "pg-restart")
+                .await
+                .expect("connect");
+            for k in ks.clone() {
+                let (_, op_id) = c
+                    .put(COLL, None, json!({"device": i, "k": k}))
+                    .await
+                    .expect("put");
+                assert!(!op_id.is_empty(), "an op queued");
+            }
+        });
+        assert_eq!(d.status()["queue_depth"], json!(before + n));
+    }
+}
+
 #[test]
 fn a_postgres_restart_mid_drain_applies_every_op_exactly_once_without_node_restarts() {
     let pg = Pg::start();
@@ -166,56 +189,58 @@ fn a_postgres_restart_mid_drain_applies_every_op_exactly_once_without_node_resta
         eventually(30, "online", || d.status()["state"] == json!("online"));
     }
 
-    // Queue the creates while paused: each with its unique marker.
-    for d in &devices {
-        pause(d);
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // Round 1: a third of the creates drain completely (applied before the
+    // restart). Round 2: the rest queue, the `default` scope's head is held
+    // from a side session so that the drain stalls with batches in flight,
+    // and PostgreSQL stops under them. No clock decides where the restart
+    // falls.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .expect("runtime");
-    for (i, d) in devices.iter().enumerate() {
-        rt.block_on(async {
-            let mut c = Client::connect(&d.socket, "pg-restart")
-                .await
-                .expect("connect");
-            for k in 0..PER_DEVICE {
-                let (_, op_id) = c
-                    .put(COLL, None, json!({"device": i, "k": k}))
-                    .await
-                    .expect("put");
-                assert!(!op_id.is_empty(), "an op queued");
-            }
-        });
-        assert_eq!(d.status()["queue_depth"], json!(PER_DEVICE));
-    }
+    let first = PER_DEVICE / 3;
+    queue(&rt, &devices, 0..first);
     assert_eq!(head(&nodes[0]), Some(0), "nothing pushed while paused");
-
-    // Resume all, and restart PostgreSQL once the server has a third of the
-    // creates (polled; the drain of 2-op batches takes seconds).
     for d in &devices {
         d.ok(&["resume"]);
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let seen = loop {
-        match head(&nodes[0]) {
-            Some(h) if h as usize >= TOTAL => panic!(
-                "the drain finished ({h} of {TOTAL}) before the restart could be placed in it"
-            ),
-            Some(h) if h as usize >= TOTAL / 3 => break h,
-            _ => {}
-        }
-        assert!(Instant::now() < deadline, "the drain did not start");
-        std::thread::sleep(Duration::from_millis(2));
-    };
+    eventually(120, "round 1 applied", || {
+        head(&nodes[0]) == Some((first * DEVICES) as u64)
+    });
+    for d in &devices {
+        eventually(60, "round 1 acknowledged", || {
+            d.status()["queue_depth"] == json!(0)
+        });
+    }
+    queue(&rt, &devices, first..PER_DEVICE);
+    let (side, conn) = rt
+        .block_on(tokio_postgres::connect(&url, tokio_postgres::NoTls))
+        .expect("side session");
+    rt.spawn(conn);
+    rt.block_on(side.batch_execute(
+        "BEGIN; SELECT seq FROM syncd_scope_heads WHERE scope = 'default' FOR UPDATE",
+    ))
+    .expect("hold the default head");
+    for d in &devices {
+        d.ok(&["resume"]);
+    }
+    let waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted";
+    eventually(60, "a batch waits at the held head", || {
+        pg.scalar("postgres", waiting) > 0
+    });
     pg.stop();
-    // The restart is mid-drain: ops are still queued while the database is
-    // down (nothing can drain then).
+    drop(side);
+    // The restart is mid-drain: the batches in flight were cut, so their
+    // ops and the rest are still queued.
     let queued: u64 = devices
         .iter()
         .map(|d| d.status()["queue_depth"].as_u64().unwrap_or(0))
         .sum();
-    eprintln!("PostgreSQL stopped with {seen}+ of {TOTAL} on the server, {queued} still queued");
+    eprintln!(
+        "PostgreSQL stopped with {} of {TOTAL} applied, {queued} still queued",
+        first * DEVICES
+    );
     assert!(queued > 0, "every queue drained before the stop");
     for n in &nodes {
         eventually(30, "the node sees the database gone", || {

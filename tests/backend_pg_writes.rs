@@ -183,16 +183,27 @@ fn one_batch_writing_a_record_several_times_lands_as_its_ops_one_by_one() {
     assert_eq!(whole_feed(&s, "user:alice").len(), 3);
 }
 
-/// Waits until some backend session waits for a lock (the event, not a clock).
-fn wait_for_a_lock_waiter(pg: &Pg) {
+/// Waits until `n` lock requests wait (the event, not a clock).
+fn wait_for_lock_waiters(pg: &Pg, n: i64) {
     let sql = "SELECT count(*) FROM pg_locks WHERE NOT granted";
-    for _ in 0..600 {
-        if pg.scalar("postgres", sql) > 0 {
+    for _ in 0..1200 {
+        if pg.scalar("postgres", sql) >= n {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("no session ever waited for a lock");
+    panic!("{n} lock waiters never showed");
+}
+
+/// A side session holding `sql`'s locks in an open transaction.
+fn hold(rt: &tokio::runtime::Runtime, url: &str, sql: &str) -> tokio_postgres::Client {
+    let (client, conn) = rt
+        .block_on(tokio_postgres::connect(url, tokio_postgres::NoTls))
+        .expect("connect");
+    rt.spawn(conn);
+    rt.block_on(client.batch_execute(&format!("BEGIN; {sql}")))
+        .expect("hold");
+    client
 }
 
 #[test]
@@ -210,20 +221,17 @@ fn writes_to_different_scopes_never_wait_on_each_other() {
     );
     applied(&n1.apply_as(&[create("b0", None, None)], &bob).expect("b0")[0]);
     // Hold alice's scope head, as a long append in her scope would.
-    let (client, conn) = rt
-        .block_on(tokio_postgres::connect(&url, tokio_postgres::NoTls))
-        .expect("connect");
-    rt.spawn(conn);
-    rt.block_on(client.batch_execute(
-        "BEGIN; SELECT seq FROM syncd_scope_heads WHERE scope = 'user:alice' FOR UPDATE",
-    ))
-    .expect("lock alice's head");
+    let client = hold(
+        &rt,
+        &url,
+        "SELECT seq FROM syncd_scope_heads WHERE scope = 'user:alice' FOR UPDATE",
+    );
     let held = std::thread::spawn({
         let n2 = Arc::clone(&n2);
         let alice = alice.clone();
         move || n2.apply_as(&[create("a1", None, None)], &alice)
     });
-    wait_for_a_lock_waiter(&pg);
+    wait_for_lock_waiters(&pg, 1);
     // Alice's write waits at her head; bob's, on both nodes, goes through.
     for (i, n) in [&n1, &n2].into_iter().enumerate() {
         let o = n
@@ -307,4 +315,47 @@ fn the_same_op_id_or_id_raced_from_two_nodes_is_applied_once() {
     assert_eq!(feed.len(), 40, "one entry per applied create");
     let ops = pg.scalar("postgres", "SELECT count(*) FROM syncd_applied_ops");
     assert_eq!(ops, 40);
+}
+
+/// The same op sent to both nodes (a client that timed out and retried
+/// elsewhere) while its record is locked: when the lock goes, one node
+/// applies it and the other answers the replay, never a 409 against the
+/// op's own write. Both wait at the record lock before it is released, so
+/// the interleaving is forced, not hoped for.
+#[test]
+fn a_re_sent_update_that_waited_on_its_record_is_a_replay() {
+    let pg = Pg::start();
+    let rt = runtime();
+    let url = pg.url("postgres");
+    let nodes = [node(&rt, &url), node(&rt, &url)];
+    applied(
+        &nodes[0]
+            .apply(&[create("c", Some("x"), None)])
+            .expect("create")[0],
+    );
+    let side = hold(
+        &rt,
+        &url,
+        "SELECT 1 FROM syncd_records WHERE collection = 'todos' AND id = 'x' FOR UPDATE",
+    );
+    let senders: Vec<_> = nodes
+        .iter()
+        .map(|n| {
+            let n = Arc::clone(n);
+            std::thread::spawn(move || n.apply(&[update("u1", "x", 1, None)]))
+        })
+        .collect();
+    wait_for_lock_waiters(&pg, 2);
+    rt.block_on(side.batch_execute("COMMIT")).expect("release");
+    let mut replies: Vec<(bool, u64)> = senders
+        .into_iter()
+        .map(
+            |t| match t.join().expect("sender").expect("apply").remove(0) {
+                Outcome::Applied { record, replayed } => (replayed, record.version),
+                other => panic!("expected 200, got {other:?}"),
+            },
+        )
+        .collect();
+    replies.sort_unstable();
+    assert_eq!(replies, [(false, 2), (true, 2)]);
 }
