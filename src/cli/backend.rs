@@ -64,8 +64,9 @@ pub struct BackendArgs {
     #[arg(long, value_name = "ISS")]
     auth_issuer: Option<String>,
     /// Serve single-tenant (--token or no auth) even a store that has held
-    /// users and scopes: every user's records become readable and writable
-    /// by this server's clients. Without it, such a start is refused.
+    /// users and scopes: every user's records become writable by this
+    /// server's clients (on PostgreSQL, v1/changes carries only the
+    /// `default` scope's changes). Without it, such a start is refused.
     #[arg(long)]
     allow_single_tenant_over_users: bool,
     /// Fraction of requests answered 503 with Retry-After.

@@ -457,7 +457,11 @@ impl Writes {
         }
         let rows = RecordRows::of(self, overlay)?;
         let applied_at = now_ms();
-        let (op_ids, records, scopes) = columns3(&self.ops);
+        // In key order, like the records: two batches inserting the same
+        // new keys wait on each other in the same order.
+        let mut ops: Vec<&(String, String, String)> = self.ops.iter().collect();
+        ops.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let (op_ids, records, scopes) = columns3(&ops);
         let (entry_scopes, entries): (Vec<&str>, Vec<&str>) = self
             .entries
             .iter()
@@ -538,7 +542,9 @@ async fn exec_if(
 }
 
 /// The `(op_id, record, scope)` columns of the applied ops.
-fn columns3(rows: &[(String, String, String)]) -> (Vec<&str>, Vec<&str>, Vec<&str>) {
+fn columns3<'a>(
+    rows: &[&'a (String, String, String)],
+) -> (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>) {
     let mut a = Vec::with_capacity(rows.len());
     let mut b = Vec::with_capacity(rows.len());
     let mut c = Vec::with_capacity(rows.len());
@@ -581,7 +587,10 @@ impl RecordRows {
             new: Columns::default(),
             changed: Columns::default(),
         };
-        for key in &writes.records {
+        // In key order, as step 1 locked them (see `send`).
+        let mut keys: Vec<&Key> = writes.records.iter().collect();
+        keys.sort_unstable();
+        for key in keys {
             // Every written key is in the overlay (written with it).
             let Some(stored) = overlay.current.get(key) else {
                 debug_assert!(false, "a written key is missing from the overlay");

@@ -11,8 +11,8 @@
 //! every scope's head in the database with the sum of the heads it knows,
 //! and when they differ (and right after each (re)connection) reads every
 //! head and publishes them, so a waiter is woken within that interval at
-//! worst — never a busy poll. (The sum is one scan of `syncd_scope_heads`,
-//! one row per scope, per node per interval.)
+//! worst — never a busy poll. (The sum is one sequential scan of
+//! `syncd_scope_heads`, one row per scope, per node per interval.)
 
 use std::sync::Arc;
 use std::time::Duration;

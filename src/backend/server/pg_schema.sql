@@ -29,9 +29,9 @@ CREATE TABLE IF NOT EXISTS syncd_changes (
     change text NOT NULL
 );
 
--- The feed head: one row. Every apply transaction locks it first (FOR UPDATE)
--- and sets it to its last seq before committing, so writers are serialised at
--- this row and sequence order is commit order (the gap-free rule).
+-- The feed head of schema 1 and 2: one row, locked by every apply. Schema 3
+-- no longer writes it nor syncd_changes (revision 2's log is the 'default'
+-- scope's feed); both tables stay for the upgrade.
 CREATE TABLE IF NOT EXISTS syncd_feed_head (
     one boolean PRIMARY KEY DEFAULT true CHECK (one),
     seq bigint NOT NULL
@@ -47,8 +47,9 @@ ALTER TABLE syncd_applied_ops ADD COLUMN IF NOT EXISTS scope text NOT NULL DEFAU
 
 -- Each scope's feed: seq 1, 2, ... per scope without gaps; `change` is a
 -- ScopedChange (a record entry without its scope, which the reader adds, or
--- a gone entry). The seqs are taken from syncd_scope_heads under the feed
--- head lock above, so they are gap-free and in commit order.
+-- a gone entry). The seqs are reserved from syncd_scope_heads, whose row
+-- stays locked until the commit, so they are gap-free and in commit order
+-- (src/backend/server/pg_apply.rs).
 CREATE TABLE IF NOT EXISTS syncd_scope_changes (
     scope  text NOT NULL,
     seq    bigint NOT NULL,

@@ -86,7 +86,9 @@ pub const POOL_SIZE: usize = 16;
 pub const READ_POOL_SIZE: usize = 8;
 /// Connect, and wait-for-a-connection, timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Whole-transaction retries after a serialization failure or deadlock.
+/// Whole-transaction retries after a serialization failure, a deadlock or a
+/// unique violation (a record id or op_id inserted by a concurrent batch;
+/// see [`pg_apply`](super::pg_apply)).
 const RETRIES: usize = 5;
 
 /// Whether a users-mode server wrote here, or a scope but `default` has a feed.
