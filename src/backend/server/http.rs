@@ -25,6 +25,7 @@ use super::auth::{AuthError, Malformed, Verifier};
 use super::feed::{wait_past, WaitEnd};
 use super::handler::{self, no_check, parse_changes_query, JsonReply, OpsReply};
 use super::pull::{self, PullQuery, CHANGES_IN_USERS_MODE};
+use super::shared_read::SharedReads;
 use super::store::{BackendStore, ChangeSlice, ScopeSlice, StoreError};
 use super::Faults;
 
@@ -38,6 +39,8 @@ pub(crate) struct AppState {
     pub max_body_bytes: usize,
     /// Becomes `true` when the server stops: held waiting pulls answer then.
     pub stopping: watch::Receiver<bool>,
+    /// The re-reads of woken `v1/changes` waiters, shared.
+    pub shared_reads: SharedReads,
 }
 
 impl AppState {
@@ -388,7 +391,8 @@ async fn changes(state: &AppState, query: &str) -> Reply {
             };
             seen = now;
             unscoped = state.store.unscoped_wakes();
-            slice = match read_changes(state, q.since, q.limit).await {
+            let read = || read_changes(state, q.since, q.limit);
+            slice = match state.shared_reads.read(q.since, q.limit, seen, read).await {
                 Ok(s) => s,
                 Err(e) => return store_error_reply(&e),
             };

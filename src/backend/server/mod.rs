@@ -134,6 +134,7 @@ pub mod pg_store;
 pub mod pg_url;
 pub mod pull;
 pub mod redb_store;
+pub mod shared_read;
 pub mod store;
 
 use std::fmt;
@@ -154,6 +155,7 @@ use tokio::task::JoinSet;
 use self::http::AppState;
 use self::pg_store::PgStore;
 use self::redb_store::RedbStore;
+use self::shared_read::SharedReads;
 use self::store::BackendStore;
 
 /// Default `max_body_bytes`: 8 MiB.
@@ -406,6 +408,7 @@ pub async fn serve_with_store(
         faults: opts.faults,
         max_body_bytes: opts.max_body_bytes,
         stopping: stop_rx.clone(),
+        shared_reads: SharedReads::default(),
     });
     let tls = opts.tls.map(tokio_rustls::TlsAcceptor::from);
     let mut conns = JoinSet::new();

@@ -103,7 +103,7 @@ pub struct ChangeSlice {
 /// A storage failure. The HTTP layer answers `Unavailable` with 503 and a
 /// short `Retry-After` (the store comes back by itself: devices should
 /// return within seconds of it), and `Failed` with 500.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum StoreError {
     /// The store cannot be reached now: its database is down, restarting
     /// or refusing connections.
