@@ -359,3 +359,47 @@ fn a_re_sent_update_that_waited_on_its_record_is_a_replay() {
     replies.sort_unstable();
     assert_eq!(replies, [(false, 2), (true, 2)]);
 }
+
+/// A commit whose NOTIFY never came (written here straight into the
+/// tables, as a node killed between its commit and its NOTIFY leaves it)
+/// still reaches the waiters of its scope: the listener's periodic check
+/// finds the heads' sum moved and publishes them.
+#[test]
+fn a_commit_without_its_notify_still_wakes_its_scope_s_waiters() {
+    let pg = Pg::start();
+    let rt = runtime();
+    let url = pg.url("postgres");
+    let s = node(&rt, &url);
+    applied(&s.apply(&[create("c1", None, None)]).expect("create")[0]);
+    let mut rx = s.subscribe();
+    let seen = *rx.borrow_and_update();
+    let unscoped = s.unscoped_wakes();
+    let read = [("default".to_owned(), 1)];
+    assert!(!s.may_have_moved(unscoped, &read), "nothing new yet");
+    let silent = "BEGIN; \
+         INSERT INTO syncd_scope_changes (scope, seq, change) VALUES ('default', 2, \
+           '{\"collection\":\"todos\",\"record\":{\"id\":\"q\",\"version\":1,\"updated_at\":1,\"deleted\":false,\"data\":{}}}'); \
+         UPDATE syncd_scope_heads SET seq = 2 WHERE scope = 'default'; COMMIT";
+    let (client, conn) = rt
+        .block_on(tokio_postgres::connect(&url, tokio_postgres::NoTls))
+        .expect("connect");
+    rt.spawn(conn);
+    rt.block_on(client.batch_execute(silent))
+        .expect("silent commit");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let woke = rt.block_on(async {
+        loop {
+            let end = tokio::time::timeout_at(deadline, rx.changed()).await;
+            if end.is_err() || s.may_have_moved(unscoped, &read) {
+                return s.may_have_moved(unscoped, &read);
+            }
+        }
+    });
+    assert!(woke, "the waiter of 'default' was never told");
+    assert!(*rx.borrow() > seen);
+    let page = s
+        .pull(&[("default".to_owned(), 1)], 10)
+        .expect("pull")
+        .remove(0);
+    assert_eq!(page.entries.len(), 1);
+}

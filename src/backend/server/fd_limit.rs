@@ -33,16 +33,17 @@ fn raise_unix() -> Option<u64> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return None;
     }
-    if lim.rlim_cur < lim.rlim_max {
+    let target = ceiling(lim.rlim_max);
+    if lim.rlim_cur < target {
         let raised = libc::rlimit {
-            rlim_cur: lim.rlim_max,
+            rlim_cur: target,
             rlim_max: lim.rlim_max,
         };
         // SAFETY: as above.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            lim.rlim_cur = lim.rlim_max;
+            lim.rlim_cur = target;
         } else {
-            tracing::debug!(
+            tracing::warn!(
                 error = %std::io::Error::last_os_error(),
                 "cannot raise the open-file limit"
             );
@@ -51,6 +52,22 @@ fn raise_unix() -> Option<u64> {
     // `rlim_t` is u64 on Linux and macOS, but not on every Unix.
     #[allow(clippy::unnecessary_cast)]
     Some(lim.rlim_cur as u64)
+}
+
+/// The highest soft limit the kernel takes: the hard limit, except on
+/// Apple systems, whose hard limit is often "unlimited" while `setrlimit`
+/// refuses more than `OPEN_MAX` (10,240) files (see their setrlimit(2)).
+#[cfg(unix)]
+fn ceiling(hard: libc::rlim_t) -> libc::rlim_t {
+    #[cfg(target_vendor = "apple")]
+    {
+        const OPEN_MAX: libc::rlim_t = 10_240;
+        hard.min(OPEN_MAX)
+    }
+    #[cfg(not(target_vendor = "apple"))]
+    {
+        hard
+    }
 }
 
 #[cfg(all(test, unix))]

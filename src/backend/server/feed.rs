@@ -88,10 +88,16 @@ impl Feed {
         {
             let mut known = self.heads.lock().unwrap_or_else(|e| e.into_inner());
             for (scope, head) in heads {
-                let slot = known.entry(scope.to_owned()).or_insert(0);
-                if head > *slot {
-                    *slot = head;
-                    moved = true;
+                match known.get_mut(scope) {
+                    Some(slot) if head <= *slot => {}
+                    Some(slot) => {
+                        *slot = head;
+                        moved = true;
+                    }
+                    None => {
+                        known.insert(scope.to_owned(), head);
+                        moved = true;
+                    }
                 }
             }
         }
@@ -99,6 +105,19 @@ impl Feed {
             self.tx
                 .send_modify(|current| *current = current.saturating_add(1));
         }
+    }
+
+    /// Replaces the known heads with `heads` (read from the database), then
+    /// wakes every waiter (unscoped): for when heads may have moved back (a
+    /// restored database, a failover that lost commits) or wake-ups may
+    /// have been missed (a listener reconnect), which publishing the
+    /// greater of old and new cannot repair.
+    pub fn reset_scopes(&self, heads: impl IntoIterator<Item = (String, u64)>) {
+        {
+            let mut known = self.heads.lock().unwrap_or_else(|e| e.into_inner());
+            *known = heads.into_iter().collect();
+        }
+        self.bump();
     }
 
     /// The count of unscoped wake-ups so far: read it *before* reading the
@@ -243,6 +262,12 @@ mod tests {
         // An unscoped wake-up sends everyone back.
         feed.bump();
         assert!(feed.may_have_moved(unscoped, &bob));
+        // Heads that went back are taken as they are now.
+        feed.reset_scopes([("user:alice".to_owned(), 1)]);
+        assert_eq!(feed.known_total(), 1);
+        let now = feed.unscoped();
+        feed.publish_scopes([("user:alice", 2)]);
+        assert!(feed.may_have_moved(now, &[("user:alice".to_owned(), 1)]));
     }
 
     #[tokio::test]

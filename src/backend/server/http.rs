@@ -25,7 +25,7 @@ use super::auth::{AuthError, Malformed, Verifier};
 use super::feed::{wait_past, WaitEnd};
 use super::handler::{self, no_check, parse_changes_query, JsonReply, OpsReply};
 use super::pull::{self, PullQuery, CHANGES_IN_USERS_MODE};
-use super::shared_read::SharedReads;
+use super::shared_read::{Seen, SharedReads};
 use super::store::{BackendStore, ChangeSlice, ScopeSlice, StoreError};
 use super::Faults;
 
@@ -392,7 +392,11 @@ async fn changes(state: &AppState, query: &str) -> Reply {
             seen = now;
             unscoped = state.store.unscoped_wakes();
             let read = || read_changes(state, q.since, q.limit);
-            slice = match state.shared_reads.read(q.since, q.limit, seen, read).await {
+            let key = Seen {
+                woken: seen,
+                unscoped,
+            };
+            slice = match state.shared_reads.read(q.since, q.limit, key, read).await {
                 Ok(s) => s,
                 Err(e) => return store_error_reply(&e),
             };

@@ -85,8 +85,10 @@ async fn serve(
     log: &LogLimit,
 ) -> Result<(), tokio_postgres::Error> {
     client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
-    // Commits made while no connection listened are caught up here.
-    catch_up(client, feed).await?;
+    // Commits made while no connection listened are caught up here (and
+    // heads that went back while it was away are taken as they are).
+    let heads = all_heads(client).await?;
+    feed.reset_scopes(heads);
     if log.reset() {
         tracing::info!("change feed listener reconnected");
     }
@@ -105,12 +107,12 @@ async fn serve(
                 let known = i64::try_from(feed.known_total()).unwrap_or(i64::MAX);
                 let total = heads_total(client).await?;
                 if total < known {
-                    // Heads went back (the database was reset): only an
-                    // unscoped wake-up reaches the waiters now.
-                    feed.bump();
-                }
-                if total != known {
-                    catch_up(client, feed).await?;
+                    // Heads went back (a restored database, a failover
+                    // that lost commits): take them as they are now.
+                    feed.reset_scopes(all_heads(client).await?);
+                } else if total > known {
+                    let heads = all_heads(client).await?;
+                    feed.publish_scopes(heads.iter().map(|(s, h)| (s.as_str(), *h)));
                 }
             }
         }
@@ -128,9 +130,8 @@ async fn heads_total(client: &Client) -> Result<i64, tokio_postgres::Error> {
     row.try_get(0)
 }
 
-/// Reads every scope's head and publishes them: the waiters of the scopes
-/// that moved since this node last heard re-read.
-async fn catch_up(client: &Client, feed: &Feed) -> Result<(), tokio_postgres::Error> {
+/// Every scope's head.
+async fn all_heads(client: &Client) -> Result<Vec<(String, u64)>, tokio_postgres::Error> {
     let rows = client
         .query("SELECT scope, seq FROM syncd_scope_heads", &[])
         .await?;
@@ -142,6 +143,5 @@ async fn catch_up(client: &Client, feed: &Feed) -> Result<(), tokio_postgres::Er
             u64::try_from(seq).unwrap_or(0),
         ));
     }
-    feed.publish_scopes(heads.iter().map(|(s, h)| (s.as_str(), *h)));
-    Ok(())
+    Ok(heads)
 }

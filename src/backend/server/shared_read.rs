@@ -8,11 +8,12 @@
 //! `bench/fleet_wait.rs`); with it, one read per distinct cursor.
 //!
 //! Sharing is sound only between readers that may see the same data: a read
-//! is keyed by `(since, limit, woken)`, where `woken` is the wake-up value
-//! (see [`Feed`](super::feed::Feed)) the reader saw before reading. Any
-//! read started under that key started after that wake-up was published,
-//! so it sees every commit the wake-up announced; a later commit publishes
-//! a greater value, which wakes the reader again.
+//! is keyed by `(since, limit, woken, unscoped)`, the wake-up value and the
+//! count of unscoped wake-ups (see [`Feed`](super::feed::Feed)) the reader
+//! saw before reading. Any read started under that key started after both
+//! were published, so it sees every commit they announced; a later commit
+//! publishes a greater value, which wakes the reader again and, being past
+//! what the shared read saw, sends it back to the store.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -22,8 +23,16 @@ use tokio::sync::OnceCell;
 
 use super::store::{ChangeSlice, StoreError};
 
-type Key = (u64, usize, u64);
+type Key = (u64, usize, u64, u64);
 type Cell = Arc<OnceCell<Result<ChangeSlice, StoreError>>>;
+
+/// What a reader saw before reading: the wake-up value and the count of
+/// unscoped wake-ups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    pub woken: u64,
+    pub unscoped: u64,
+}
 
 /// The reads in flight, by key.
 #[derive(Debug, Default)]
@@ -32,21 +41,21 @@ pub struct SharedReads {
 }
 
 impl SharedReads {
-    /// The page `(since, limit)` for a reader that saw wake-up `woken`:
-    /// `read` runs once among the readers that ask for the same key while
-    /// it runs; each gets a copy.
+    /// The page `(since, limit)` for a reader that saw wake-up `woken` and
+    /// `unscoped` unscoped wake-ups ([`Seen`]): `read` runs once among the
+    /// readers that ask for the same key while it runs; each gets a copy.
     pub async fn read<F, Fut>(
         &self,
         since: u64,
         limit: usize,
-        woken: u64,
+        seen: Seen,
         read: F,
     ) -> Result<ChangeSlice, StoreError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<ChangeSlice, StoreError>>,
     {
-        let key = (since, limit, woken);
+        let key = (since, limit, seen.woken, seen.unscoped);
         let (cell, _guard) = {
             let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
             match map.get(&key) {
@@ -106,6 +115,10 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    fn seen(woken: u64) -> Seen {
+        Seen { woken, unscoped: 0 }
+    }
+
     fn page(head: u64) -> Result<ChangeSlice, StoreError> {
         Ok(ChangeSlice {
             entries: Vec::new(),
@@ -125,7 +138,7 @@ mod tests {
             let (reads, runs, mut wait) = (Arc::clone(&reads), Arc::clone(&runs), wait.clone());
             tasks.push(tokio::spawn(async move {
                 reads
-                    .read(7, 100, 3, || async move {
+                    .read(7, 100, seen(3), || async move {
                         runs.fetch_add(1, Ordering::SeqCst);
                         let _ = wait.wait_for(|go| *go).await;
                         page(9)
@@ -147,9 +160,9 @@ mod tests {
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         assert_eq!(reads.in_flight(), 0, "forgotten once done");
         // Another wake-up value, or the same key later: a read of its own.
-        let again = reads.read(7, 100, 3, || async { page(10) }).await;
+        let again = reads.read(7, 100, seen(3), || async { page(10) }).await;
         assert_eq!(again.expect("read").head, 10);
-        let other = reads.read(7, 100, 4, || async { page(11) }).await;
+        let other = reads.read(7, 100, seen(4), || async { page(11) }).await;
         assert_eq!(other.expect("read").head, 11);
     }
 }
