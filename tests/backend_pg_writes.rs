@@ -12,22 +12,12 @@ mod common_pg;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common_pg::Pg;
+use common_pg::{runtime, whole_feed, writer as user, Pg};
 use serde_json::json;
 use syncd::backend::protocol::{ScopedChange, ServerRecord};
-use syncd::backend::server::access::Caller;
-use syncd::backend::server::auth::{Claims, Principal};
 use syncd::backend::server::ops::{Action, ValidOp};
 use syncd::backend::server::pg_store::PgStore;
 use syncd::backend::server::store::{BackendStore, Outcome};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 fn node(rt: &tokio::runtime::Runtime, url: &str) -> Arc<PgStore> {
     Arc::new(rt.block_on(PgStore::connect(url)).expect("connect"))
@@ -69,43 +59,10 @@ fn update(op_id: &str, id: &str, base: u64, scope: Option<&str>) -> ValidOp {
     op(op_id, action, scope)
 }
 
-/// A users-mode caller writing `scopes`.
-fn user(sub: &str, scopes: &[&str]) -> Caller {
-    Caller::User(
-        Principal::from_claims(Claims {
-            sub: sub.into(),
-            exp: u64::MAX,
-            scopes: scopes.iter().map(|s| s.to_string()).collect(),
-            ..Claims::default()
-        })
-        .expect("claims"),
-    )
-}
-
 fn applied(o: &Outcome) -> ServerRecord {
     match o {
         Outcome::Applied { record, .. } => record.clone(),
         other => panic!("expected 200, got {other:?}"),
-    }
-}
-
-/// Every entry of `scope`'s feed, checking that its sequences are 1..=n.
-fn whole_feed(s: &PgStore, scope: &str) -> Vec<ScopedChange> {
-    let (mut cursor, mut out) = (0u64, Vec::new());
-    loop {
-        let page = s
-            .pull(&[(scope.to_owned(), cursor)], 97)
-            .expect("pull")
-            .remove(0);
-        for (seq, entry) in page.entries {
-            assert_eq!(seq, cursor + 1, "a gap in {scope}'s feed");
-            cursor = seq;
-            out.push(entry);
-        }
-        if !page.more {
-            assert_eq!(cursor, page.head, "{scope}: read to its head");
-            return out;
-        }
     }
 }
 

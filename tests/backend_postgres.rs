@@ -14,7 +14,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use common::{bin, eventually, http, Daemon};
-use common_pg::{Pg, PgNode};
+use common_pg::{runtime, Pg, PgNode};
 use serde_json::{json, Value};
 use syncd::backend::protocol::{Document, ServerRecord};
 use syncd::backend::server::ops::{Action, ValidOp};
@@ -24,14 +24,6 @@ use syncd::backend::server::store::{BackendStore, Outcome};
 // ---------------------------------------------------------------------------
 // Store level: two PgStores are two nodes.
 // ---------------------------------------------------------------------------
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 fn nodes(rt: &tokio::runtime::Runtime, url: &str) -> (Arc<PgStore>, Arc<PgStore>) {
     let a = rt.block_on(PgStore::connect(url)).expect("node A");

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{bin, Backend};
-use common_pg::{Pg, PgNode};
+use common_pg::{runtime, whole_feed, writer, Pg, PgNode};
 use serde_json::{json, Value};
 use syncd::backend::protocol::{ScopedChange, ServerRecord};
 use syncd::backend::server::access::Caller;
@@ -659,11 +659,7 @@ fn scope_rules_on_two_postgres_nodes() {
 fn a_postgres_database_that_held_users_is_not_served_single_tenant() {
     let pg = Pg::start();
     let url = pg.url("postgres");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     let s = rt.block_on(PgStore::connect(&url)).expect("connect");
     s.apply(&[create("o1")]).expect("apply");
     assert!(!s.held_users().expect("held_users"), "single-tenant writes");
@@ -713,11 +709,7 @@ fn create(op_id: &str) -> ValidOp {
 fn a_schema_1_postgres_database_is_upgraded_into_the_default_scope() {
     let pg = Pg::start();
     let url = pg.url("postgres");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     let mut created = Vec::new();
     {
         let s = rt.block_on(PgStore::connect(&url)).expect("connect");
@@ -790,11 +782,7 @@ fn a_schema_1_postgres_database_is_upgraded_into_the_default_scope() {
 fn a_schema_2_postgres_database_is_upgraded_without_moving_a_row() {
     let pg = Pg::start();
     let url = pg.url("postgres");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     {
         let s = rt.block_on(PgStore::connect(&url)).expect("connect");
         s.apply(&[create("o1"), create("o2")]).expect("apply");
@@ -979,39 +967,6 @@ fn unusable_key_files_are_refused_at_start() {
     }
 }
 
-/// A users-mode caller writing `scopes`.
-fn writer(sub: &str, scopes: &[&str]) -> Caller {
-    Caller::User(
-        Principal::from_claims(Claims {
-            sub: sub.into(),
-            exp: u64::MAX,
-            scopes: scopes.iter().map(|s| s.to_string()).collect(),
-            ..Claims::default()
-        })
-        .expect("claims"),
-    )
-}
-
-/// Every entry of `scope`'s feed, checking that its sequences are 1..=n.
-fn whole_feed(s: &PgStore, scope: &str) -> Vec<ScopedChange> {
-    let (mut cursor, mut out) = (0u64, Vec::new());
-    loop {
-        let page = s
-            .pull(&[(scope.to_owned(), cursor)], 97)
-            .expect("pull")
-            .remove(0);
-        for (seq, entry) in page.entries {
-            assert_eq!(seq, cursor + 1, "a gap in {scope}'s feed");
-            cursor = seq;
-            out.push(entry);
-        }
-        if !page.more {
-            assert_eq!(cursor, page.head, "{scope}: read to its head");
-            return out;
-        }
-    }
-}
-
 #[test]
 fn per_scope_feeds_stay_gap_free_under_concurrent_moves_on_two_nodes() {
     const WRITERS: usize = 4;
@@ -1019,11 +974,7 @@ fn per_scope_feeds_stay_gap_free_under_concurrent_moves_on_two_nodes() {
     const SCOPES: [&str; 2] = ["s-a", "s-b"];
     let pg = Pg::start();
     let url = pg.url("postgres");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     let nodes = [
         Arc::new(rt.block_on(PgStore::connect(&url)).expect("node 1")),
         Arc::new(rt.block_on(PgStore::connect(&url)).expect("node 2")),

@@ -332,3 +332,52 @@ impl Drop for PgNode {
         self.kill9();
     }
 }
+
+/// The runtime the `PgStore` tests connect their stores on (the store's
+/// blocking bridge needs a multi-threaded one).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A users-mode caller `sub` who may write `scopes` (and its private scope).
+pub fn writer(sub: &str, scopes: &[&str]) -> syncd::backend::server::access::Caller {
+    use syncd::backend::server::auth::{Claims, Principal};
+    syncd::backend::server::access::Caller::User(
+        Principal::from_claims(Claims {
+            sub: sub.into(),
+            exp: u64::MAX,
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            ..Claims::default()
+        })
+        .expect("claims"),
+    )
+}
+
+/// Every entry of `scope`'s feed on `s`, checking that its sequences are
+/// 1..=n and that the last one is the head.
+pub fn whole_feed(
+    s: &syncd::backend::server::pg_store::PgStore,
+    scope: &str,
+) -> Vec<syncd::backend::protocol::ScopedChange> {
+    use syncd::backend::server::store::BackendStore;
+    let (mut cursor, mut out) = (0u64, Vec::new());
+    loop {
+        let page = s
+            .pull(&[(scope.to_owned(), cursor)], 97)
+            .expect("pull")
+            .remove(0);
+        for (seq, entry) in page.entries {
+            assert_eq!(seq, cursor + 1, "a gap in {scope}'s feed");
+            cursor = seq;
+            out.push(entry);
+        }
+        if !page.more {
+            assert_eq!(cursor, page.head, "{scope}: read to its head");
+            return out;
+        }
+    }
+}

@@ -83,19 +83,19 @@ impl Feed {
     /// Announces committed heads of scopes (a head never moves back: an
     /// older value than the one known is ignored), waking the waiters,
     /// which re-read only if one of their scopes moved.
-    pub fn publish_scopes<'a>(&self, heads: impl IntoIterator<Item = (&'a str, u64)>) {
+    pub fn publish_scopes(&self, heads: &[(String, u64)]) {
         let mut moved = false;
         {
             let mut known = self.heads.lock().unwrap_or_else(|e| e.into_inner());
             for (scope, head) in heads {
                 match known.get_mut(scope) {
-                    Some(slot) if head <= *slot => {}
+                    Some(slot) if *head <= *slot => {}
                     Some(slot) => {
-                        *slot = head;
+                        *slot = *head;
                         moved = true;
                     }
                     None => {
-                        known.insert(scope.to_owned(), head);
+                        known.insert(scope.clone(), *head);
                         moved = true;
                     }
                 }
@@ -250,13 +250,13 @@ mod tests {
         let unscoped = feed.unscoped();
         let alice = vec![("user:alice".to_owned(), 3)];
         let bob = vec![("user:bob".to_owned(), 7)];
-        feed.publish_scopes([("user:alice", 4)]);
+        feed.publish_scopes(&[("user:alice".to_owned(), 4)]);
         let end = wait_past(&mut rx, seen, soon(60_000), std::future::pending()).await;
         assert_eq!(end, WaitEnd::Moved, "every waiter is woken");
         assert!(feed.may_have_moved(unscoped, &alice), "alice's scope moved");
         assert!(!feed.may_have_moved(unscoped, &bob), "bob's did not");
         // An older head changes nothing; a head already read is not news.
-        feed.publish_scopes([("user:alice", 2)]);
+        feed.publish_scopes(&[("user:alice".to_owned(), 2)]);
         assert!(!feed.may_have_moved(unscoped, &[("user:alice".to_owned(), 4)]));
         assert_eq!(feed.known_total(), 4);
         // An unscoped wake-up sends everyone back.
@@ -266,7 +266,7 @@ mod tests {
         feed.reset_scopes([("user:alice".to_owned(), 1)]);
         assert_eq!(feed.known_total(), 1);
         let now = feed.unscoped();
-        feed.publish_scopes([("user:alice", 2)]);
+        feed.publish_scopes(&[("user:alice".to_owned(), 2)]);
         assert!(feed.may_have_moved(now, &[("user:alice".to_owned(), 1)]));
     }
 

@@ -387,10 +387,9 @@ impl Overlay {
 struct Writes {
     /// Keys that were not in the database at step 1 (inserted).
     new: std::collections::HashSet<Key>,
-    /// Every key written, in first-write order (its final state is in the
+    /// Every key written, in key order (its final state is in the
     /// [`Overlay`]).
-    records: Vec<Key>,
-    written: std::collections::HashSet<Key>,
+    written: std::collections::BTreeSet<Key>,
     /// Feed entries in batch order: `(scope, entry JSON)`.
     entries: Vec<(String, String)>,
     /// Applied op_ids: `(op_id, record JSON, scope)`.
@@ -407,12 +406,10 @@ impl Writes {
         to: &str,
     ) -> Result<(), ApplyError> {
         let key = (op.collection.clone(), record.id.clone());
-        if self.written.insert(key.clone()) {
-            if from.is_none() {
-                self.new.insert(key.clone());
-            }
-            self.records.push(key);
+        if from.is_none() {
+            self.new.insert(key.clone());
         }
+        self.written.insert(key);
         let change = serde_json::to_string(&Change {
             collection: op.collection.clone(),
             record: record.clone(),
@@ -588,9 +585,7 @@ impl RecordRows {
             changed: Columns::default(),
         };
         // In key order, as step 1 locked them (see `send`).
-        let mut keys: Vec<&Key> = writes.records.iter().collect();
-        keys.sort_unstable();
-        for key in keys {
+        for key in &writes.written {
             // Every written key is in the overlay (written with it).
             let Some(stored) = overlay.current.get(key) else {
                 debug_assert!(false, "a written key is missing from the overlay");

@@ -97,7 +97,7 @@ async fn serve(
         tokio::select! {
             n = rx.recv() => match n {
                 Some(payload) => match parse_heads(&payload) {
-                    Some(heads) => feed.publish_scopes(heads.iter().map(|(s, h)| (s.as_str(), *h))),
+                    Some(heads) => feed.publish_scopes(&heads),
                     None => feed.bump(),
                 },
                 // The connection ended; the next query reports why.
@@ -111,8 +111,7 @@ async fn serve(
                     // that lost commits): take them as they are now.
                     feed.reset_scopes(all_heads(client).await?);
                 } else if total > known {
-                    let heads = all_heads(client).await?;
-                    feed.publish_scopes(heads.iter().map(|(s, h)| (s.as_str(), *h)));
+                    feed.publish_scopes(&all_heads(client).await?);
                 }
             }
         }

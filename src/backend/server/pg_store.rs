@@ -362,8 +362,7 @@ impl PgStore {
                     if applied.appended && applied.heads.is_empty() {
                         self.feed.bump();
                     } else if applied.appended {
-                        let heads = applied.heads.iter().map(|(s, h)| (s.as_str(), *h));
-                        self.feed.publish_scopes(heads);
+                        self.feed.publish_scopes(&applied.heads);
                     }
                     return Ok(applied.outcomes);
                 }
