@@ -17,6 +17,7 @@ pub mod direction;
 pub mod error;
 pub mod ids;
 pub mod op;
+pub mod query;
 pub mod record;
 pub mod scope;
 pub mod scope_state;
