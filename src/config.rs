@@ -117,7 +117,31 @@ pub struct CollectionSection {
     /// Which way the collection syncs: both (default), push, pull or local.
     #[serde(default)]
     pub sync: Direction,
+    /// Secondary indexes for local queries: each a field (`"due"`) or a
+    /// list of fields (`["done", "due"]`), dotted paths for nested ones.
+    #[serde(default)]
+    pub indexes: Vec<IndexFields>,
 }
+
+/// One declared index: a field, or several in key order.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum IndexFields {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl IndexFields {
+    pub fn fields(&self) -> Vec<String> {
+        match self {
+            IndexFields::One(f) => vec![f.clone()],
+            IndexFields::Many(fs) => fs.clone(),
+        }
+    }
+}
+
+/// Most fields one index may have.
+pub const MAX_INDEX_FIELDS: usize = 8;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -413,12 +437,29 @@ impl Config {
         if !(1..=60).contains(&self.sync.wait_s) {
             return bad("sync.wait_s", "must be between 1 and 60".into());
         }
-        for name in self.collections.keys() {
+        for (name, c) in &self.collections {
             if let Err(e) = crate::domain::ids::validate_collection(name) {
                 return bad(&format!("collections.{name}"), e);
             }
+            if let Err(e) = validate_indexes(&c.indexes) {
+                return bad(&format!("collections.{name}.indexes"), e);
+            }
         }
         self.validate_scopes()
+    }
+
+    /// The indexes declared per collection, as the writer keeps them.
+    pub fn declared_indexes(&self) -> crate::domain::query::DeclaredIndexes {
+        self.collections
+            .iter()
+            .filter(|(_, c)| !c.indexes.is_empty())
+            .map(|(n, c)| {
+                (
+                    n.clone(),
+                    c.indexes.iter().map(IndexFields::fields).collect(),
+                )
+            })
+            .collect()
     }
 
     /// `[sync] scopes`: scope names, only for a syncd backend (a CouchDB
@@ -672,6 +713,31 @@ pub fn notable_changes(old: &Config, new: &Config) -> Vec<NotableChange> {
         }
     }
     out
+}
+
+/// `[collections.NAME] indexes`: each a non-empty list of at most
+/// [`MAX_INDEX_FIELDS`] dotted paths without commas, no index twice.
+fn validate_indexes(list: &[IndexFields]) -> Result<(), String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for ix in list {
+        let fields = ix.fields();
+        if fields.is_empty() || fields.len() > MAX_INDEX_FIELDS {
+            return Err(format!(
+                "{fields:?}: an index has 1 to {MAX_INDEX_FIELDS} fields"
+            ));
+        }
+        for f in &fields {
+            if f.contains(',') || crate::domain::query::field_path(f).is_none() {
+                return Err(format!(
+                    "{f:?} is not a field path (names joined by dots, none empty, no commas)"
+                ));
+            }
+        }
+        if !seen.insert(fields.clone()) {
+            return Err(format!("{fields:?} is declared twice"));
+        }
+    }
+    Ok(())
 }
 
 /// Turns a toml/serde error into "key `a.b`: reason (line N)": the key is

@@ -351,6 +351,11 @@ pub async fn run(
         watch_network: true,
         reads: crate::sync::reads::ReadMode::Pool,
     });
+    let index_keeper = tokio::spawn(crate::store::index_keeper::run(
+        writer.clone(),
+        cfg_rx.clone(),
+        shutdown_rx.clone(),
+    ));
     drop(writer);
 
     let server = spawn_server(listener, ctx.clone(), shutdown_rx.clone());
@@ -380,6 +385,7 @@ pub async fn run(
         server,
         metrics_http,
         worker,
+        index_keeper,
         ctx,
         writer_thread,
     };
@@ -426,6 +432,7 @@ struct Running {
     server: tokio::task::JoinHandle<()>,
     metrics_http: Option<tokio::task::JoinHandle<()>>,
     worker: tokio::task::JoinHandle<()>,
+    index_keeper: tokio::task::JoinHandle<()>,
     ctx: Arc<Ctx>,
     writer_thread: std::thread::JoinHandle<()>,
 }
@@ -442,6 +449,7 @@ impl Running {
             let _ = h.await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.worker).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.index_keeper).await;
         drop(self.ctx);
         // The writer thread ends when the last handle is gone; it finishes the
         // batch it is committing first.

@@ -15,6 +15,7 @@ mod doc_arg;
 mod metrics;
 mod output;
 mod pause;
+mod query;
 mod queue;
 mod read;
 mod run;
@@ -61,6 +62,8 @@ enum Cmd {
     Delete(write::DeleteArgs),
     /// Records of a collection, one JSON object a line.
     List(read::ListArgs),
+    /// Records that match a Mango selector, sorted, paged; --watch keeps it live.
+    Query(query::QueryArgs),
     /// Pending operations, in order.
     Queue(queue::QueueArgs),
     /// The change feed as JSON lines.
@@ -118,6 +121,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Cmd::Delete(a) => write::delete(a, outer).await,
         Cmd::Get(a) => read::get(a, outer).await,
         Cmd::List(a) => read::list(a, outer).await,
+        Cmd::Query(a) => query::run(a, outer).await,
         Cmd::Queue(a) => queue::run(a, outer).await,
         Cmd::Watch(a) => watch::run(a, outer).await,
         Cmd::Status(a) => status::run(a, outer).await,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use interprocess::local_socket::tokio::Stream;
 use tokio::sync::watch;
 
-use crate::ipc::cmd::{self, watch::Subscription};
+use crate::ipc::cmd::{self, live_query::LiveQuery, watch::Subscription};
 use crate::ipc::codec::{decode, Encoding};
 use crate::ipc::connection::Connection;
 use crate::ipc::connection::FrameError;
@@ -43,7 +43,7 @@ pub async fn run(stream: Stream, ctx: Arc<Ctx>, shutdown: watch::Receiver<bool>)
         conn,
         ctx: &ctx,
         enc,
-        watch: None,
+        feed: None,
     };
     session.run(shutdown).await;
 }
@@ -53,8 +53,14 @@ struct Session<'a> {
     ctx: &'a Ctx,
     /// The encoding the client chose in its hello.
     enc: Encoding,
-    /// The app's event subscription, once it sent `watch`.
-    watch: Option<Subscription>,
+    /// The app's event feed, once it sent `watch` or `watch_query`.
+    feed: Option<Feed>,
+}
+
+/// A connection's event feed: the change feed or a live query.
+enum Feed {
+    Watch(Subscription),
+    Query(Box<LiveQuery>),
 }
 
 /// What woke the session up.
@@ -71,7 +77,7 @@ impl Session<'_> {
                 biased;
                 _ = shutdown.changed() => return,
                 r = self.conn.read_frame() => Next::Frame(r),
-                ev = next_event(&mut self.watch) => Next::Event(ev),
+                ev = next_event(&mut self.feed) => Next::Event(ev),
             };
             let go_on = match next {
                 Next::Frame(r) => self.on_frame(r).await,
@@ -110,7 +116,20 @@ impl Session<'_> {
         match req {
             Request::Watch { collections } => {
                 Some(cmd::watch::subscribe(self.ctx, collections).map(|sub| {
-                    self.watch = Some(sub);
+                    self.feed = Some(Feed::Watch(sub));
+                    Response::Watching {}
+                }))
+            }
+            Request::WatchQuery {
+                collection,
+                selector,
+                sort,
+                limit,
+            } => {
+                let started =
+                    cmd::live_query::start(self.ctx, collection, selector, sort, limit).await;
+                Some(started.map(|lq| {
+                    self.feed = Some(Feed::Query(Box::new(lq)));
                     Response::Watching {}
                 }))
             }
@@ -171,17 +190,18 @@ impl Session<'_> {
             },
             None => {
                 // The event source closed: the daemon is stopping.
-                self.watch = None;
+                self.feed = None;
                 true
             }
         }
     }
 }
 
-/// The subscription's next event; never resolves without one.
-async fn next_event(watch: &mut Option<Subscription>) -> Option<Event> {
-    match watch {
-        Some(sub) => sub.next().await,
+/// The feed's next event; never resolves without a feed.
+async fn next_event(feed: &mut Option<Feed>) -> Option<Event> {
+    match feed {
+        Some(Feed::Watch(sub)) => sub.next().await,
+        Some(Feed::Query(lq)) => lq.next().await,
         None => std::future::pending().await,
     }
 }

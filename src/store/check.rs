@@ -38,6 +38,11 @@
 //! 13. A record's `gone_from` mark is a valid scope name, and the record
 //!     has pending ops (the mark only keeps a record whose ops are not
 //!     settled; the users simulation found a path that left one behind).
+//! 14. Secondary indexes ([`super::index`]): every entry of an index that
+//!     is building or ready is the key of a live record's current document
+//!     (one entry per record at most); a ready index has an entry for every
+//!     live record of its collection, a building one for every live record
+//!     whose id is below its `next`.
 
 use std::fmt;
 
@@ -106,6 +111,12 @@ pub enum Problem {
     Settled { detail: String },
     /// A scope name or per-scope row that breaks invariant 11.
     Scope { table: &'static str, detail: String },
+    /// A secondary index that disagrees with the records (invariant 14).
+    SecondaryIndex {
+        collection: String,
+        index: String,
+        detail: String,
+    },
 }
 
 impl fmt::Display for Problem {
@@ -150,6 +161,11 @@ impl fmt::Display for Problem {
             ),
             Problem::Settled { detail } => write!(f, "settled ops: {detail}"),
             Problem::Scope { table, detail } => write!(f, "{table}: {detail}"),
+            Problem::SecondaryIndex {
+                collection,
+                index,
+                detail,
+            } => write!(f, "index {index} of {collection}: {detail}"),
         }
     }
 }
@@ -237,6 +253,7 @@ pub fn invariants_of(txn: &ReadTransaction) -> Result<Report, StoreError> {
     settled(txn, &mut r)?;
     deferred(txn, &mut r)?;
     super::scope_check::scopes(txn, &mut r)?;
+    super::index_check::indexes(txn, &mut r)?;
     Ok(r)
 }
 

@@ -22,6 +22,10 @@ pub fn upgrade(txn: &WriteTransaction, found: u64) -> Result<bool, StoreError> {
             v2_to_v3(txn)?;
         }
         2 => v2_to_v3(txn)?,
+        // 3 -> 4: the secondary index tables, created empty at open. An
+        // older build refuses schema 4, so it never writes records without
+        // their index entries.
+        3 => {}
         _ => return Ok(false),
     }
     Ok(true)

@@ -18,11 +18,15 @@ pub mod check;
 #[cfg(test)]
 mod direction_tests;
 pub mod encoding;
+pub mod index;
+mod index_check;
+pub mod index_keeper;
 pub mod mark;
 mod migrate;
 #[cfg(test)]
 mod migrate_tests;
 pub mod overlay;
+pub mod query;
 #[cfg(test)]
 mod reopen_tests;
 mod scope_check;
@@ -58,7 +62,7 @@ pub const MAX_LISTED: usize = 10_000;
 pub const RECORD_OVERHEAD: usize = 256;
 
 /// Schema version written at creation; bumped on incompatible changes.
-pub const SCHEMA_VERSION: u64 = 3;
+pub const SCHEMA_VERSION: u64 = 4;
 
 macro_rules! engine_err_from {
     ($($t:ty),*) => {$(
@@ -120,6 +124,9 @@ pub struct Store {
     /// Damage found during work ([`Store::set_damaged`]).
     damage: Arc<Mutex<Option<String>>>,
     open_check: Arc<OpenCheck>,
+    /// Held by the writer from a commit until its events are sent (see
+    /// [`Store::publish_gate`]).
+    publish: Arc<Mutex<()>>,
 }
 
 /// What [`Store::open`] checked.
@@ -276,6 +283,7 @@ impl Store {
             directions: Arc::default(),
             damage: Arc::new(Mutex::new(None)),
             open_check: Arc::new(open_check),
+            publish: Arc::default(),
         })
     }
 
@@ -437,6 +445,15 @@ impl Store {
     /// Whether the backend keeps client-chosen ids (see the field).
     pub fn backend_client_ids(&self) -> bool {
         self.backend_client_ids.load(Ordering::SeqCst)
+    }
+
+    /// The gate between commits and their events. The writer holds it from
+    /// before a commit until the commit's events are in the broadcast
+    /// channel; whoever holds it sees, in a read transaction begun then,
+    /// exactly the commits whose events are already sent (a live query's
+    /// snapshot, [`crate::store::query`]).
+    pub fn publish_gate(&self) -> Arc<Mutex<()>> {
+        self.publish.clone()
     }
 
     /// Set by the sync worker at every probe.

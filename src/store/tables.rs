@@ -43,6 +43,14 @@ pub const SCOPE_CHOICES: TableDefinition<&str, u8> = TableDefinition::new("scope
 /// letter, written for the dead letters of a user when the token changes
 /// to another one: `retry` refuses them under another user's session.
 pub const DEAD_SUB: TableDefinition<&str, &str> = TableDefinition::new("dead_letter_sub");
+/// (collection, index name) -> bincode [`super::index::IndexMeta`]: each
+/// secondary index's fields and state (building, ready, dropping).
+pub const INDEXES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("indexes");
+/// (collection, index name, key, local id) -> (): one entry per live record
+/// of an index that is building or ready; the key is the record's indexed
+/// field values, each encoded by `domain::query::collate::encode`.
+pub const INDEX_ENTRIES: TableDefinition<(&str, &str, &[u8], &str), ()> =
+    TableDefinition::new("index_entries");
 /// Small named values.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -95,6 +103,8 @@ pub fn for_each_table(txn: &WriteTransaction) -> Result<(), redb::TableError> {
     txn.open_table(SCOPE_STATE)?;
     txn.open_table(SCOPE_CHOICES)?;
     txn.open_table(DEAD_SUB)?;
+    txn.open_table(INDEXES)?;
+    txn.open_table(INDEX_ENTRIES)?;
     Ok(())
 }
 

@@ -332,6 +332,58 @@ impl Client {
         }
     }
 
+    /// One page of a local query (see [`Request::Query`]): the records,
+    /// the cursor for the next page, and how the daemon answered.
+    pub async fn query(
+        &mut self,
+        collection: &str,
+        selector: Value,
+        sort: &[SortField],
+        limit: Option<u32>,
+        cursor: Option<&str>,
+    ) -> Result<QueryPage> {
+        let request = Request::Query {
+            collection: collection.into(),
+            selector: Doc(selector),
+            sort: sort.to_vec(),
+            limit,
+            cursor: cursor.map(str::to_owned),
+        };
+        match self.request(request).await? {
+            Response::QueryResult {
+                records,
+                next,
+                plan,
+            } => Ok(QueryPage {
+                records,
+                next,
+                plan,
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Starts a live query: its events (`Event::Query`) then come from
+    /// [`Client::next_event`], the first result first.
+    pub async fn watch_query(
+        &mut self,
+        collection: &str,
+        selector: Value,
+        sort: &[SortField],
+        limit: Option<u32>,
+    ) -> Result<()> {
+        let request = Request::WatchQuery {
+            collection: collection.into(),
+            selector: Doc(selector),
+            sort: sort.to_vec(),
+            limit,
+        };
+        match self.request(request).await? {
+            Response::Watching {} => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
     pub async fn status(&mut self) -> Result<StatusView> {
         match self.request(Request::Status {}).await? {
             Response::Status(s) => Ok(*s),
@@ -415,6 +467,15 @@ impl Client {
             other => Err(unexpected(other)),
         }
     }
+}
+
+/// One page of a query's answer ([`Client::query`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryPage {
+    pub records: Vec<RecordView>,
+    /// Pass it as the next call's `cursor` for the next page.
+    pub next: Option<String>,
+    pub plan: QueryPlanView,
 }
 
 /// This process's uid: a daemon running as it is trusted, and the daemon

@@ -92,6 +92,35 @@ pub enum Event {
     /// A subscribed scope's first sync (its back-fill) is done: its
     /// records are all on this device (protocol revision 3).
     ScopeSynced { scope: String },
+    /// A live query's news (`watch_query`).
+    Query(QueryEvent),
+}
+
+/// What a live query reports, in commit order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueryEvent {
+    /// The whole result, in the query's order: first, and again after
+    /// `resync` (the connection fell behind: start over from this).
+    Result {
+        collection: String,
+        records: Vec<crate::view::RecordView>,
+        resync: bool,
+    },
+    /// A record now matches (or, with a `limit`, entered the first page).
+    Added {
+        collection: String,
+        id: String,
+        data: Doc,
+    },
+    /// A record that matches was written and still matches.
+    Changed {
+        collection: String,
+        id: String,
+        data: Doc,
+    },
+    /// A record no longer matches (or left the first page), or is gone.
+    Removed { collection: String, id: String },
 }
 
 impl Event {
@@ -101,7 +130,20 @@ impl Event {
             | Event::Synced { collection, .. }
             | Event::DeadLettered { collection, .. }
             | Event::Conflict { collection, .. } => Some(collection),
+            Event::Query(q) => Some(q.collection()),
             Event::ResyncNeeded { .. } | Event::ScopeSynced { .. } => None,
+        }
+    }
+}
+
+impl QueryEvent {
+    /// The collection the live query reads.
+    pub fn collection(&self) -> &str {
+        match self {
+            QueryEvent::Result { collection, .. }
+            | QueryEvent::Added { collection, .. }
+            | QueryEvent::Changed { collection, .. }
+            | QueryEvent::Removed { collection, .. } => collection,
         }
     }
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::Encoding;
 pub use crate::document::Doc;
-pub use crate::event::{ConflictOutcome, Event, Origin, Side};
+pub use crate::event::{ConflictOutcome, Event, Origin, QueryEvent, Side};
 pub use crate::view::{ConflictView, OpView, RecordView};
 
 /// Version of this local protocol, carried in the hello. 2: the fields and
@@ -142,6 +142,54 @@ pub enum Request {
     },
     /// Every scope the daemon knows of, and how it stands.
     Scopes {},
+    /// A local query: the records of `collection` that match a Mango
+    /// `selector`, in `sort` order (id order without one), one page of at
+    /// most `limit`, from `cursor` (the `next` of the previous page).
+    Query {
+        collection: String,
+        selector: Doc,
+        #[serde(default)]
+        sort: Vec<SortField>,
+        #[serde(default)]
+        limit: Option<u32>,
+        #[serde(default)]
+        cursor: Option<String>,
+    },
+    /// A live query: the reply is `watching`, then a `query` `result`
+    /// event with the first result, then `added` / `changed` / `removed`
+    /// events as commits change what matches (docs/ipc-protocol.md).
+    /// Replaces the connection's `watch` or earlier live query.
+    WatchQuery {
+        collection: String,
+        selector: Doc,
+        #[serde(default)]
+        sort: Vec<SortField>,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+}
+
+/// One sort field of a query: a dotted path, ascending unless `desc`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SortField {
+    pub field: String,
+    #[serde(default)]
+    pub desc: bool,
+}
+
+/// How the daemon answered a query (`syncd query --explain`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryPlanView {
+    /// The index read (its fields joined by commas); `None`: a scan of
+    /// the collection.
+    pub index: Option<String>,
+    /// The index's order is the query's: no sort in memory, and the read
+    /// stops after one page.
+    pub ordered: bool,
+    /// What the index narrowed by (`done = false, due >= "2026-12-07"`).
+    pub bounds: String,
+    /// Records read and matched against the selector.
+    pub examined: u64,
 }
 
 /// Machine-readable error kinds.
@@ -176,6 +224,9 @@ pub enum ErrorCode {
     /// `subscribe --wait` that could never end: no backend is configured,
     /// or the backend did not announce `scopes` (protocol revision 3).
     NoScopes,
+    /// A query that is not one: a bad selector (the message says what and
+    /// where, e.g. `at $.due.$gtx`), a bad sort field or a foreign cursor.
+    BadQuery,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -333,6 +384,13 @@ pub enum Response {
     StoreCheck(StoreCheckView),
     /// The reply to `scopes`.
     Scopes(Vec<ScopeView>),
+    /// The reply to `query`.
+    QueryResult {
+        records: Vec<RecordView>,
+        /// The cursor for the next page, if there may be more.
+        next: Option<String>,
+        plan: QueryPlanView,
+    },
 }
 
 /// One scope as `scopes` and `status` show it (protocol revision 3).

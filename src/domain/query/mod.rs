@@ -17,6 +17,10 @@ use serde_json::Value;
 
 pub use selector::{lookup, Cond, Selector, SelectorError};
 
+/// Secondary indexes as the config declares them: per collection, each
+/// index's dotted field paths in key order.
+pub type DeclaredIndexes = std::collections::BTreeMap<String, Vec<Vec<String>>>;
+
 /// Most sort fields a query may name.
 pub const MAX_SORT_FIELDS: usize = 16;
 

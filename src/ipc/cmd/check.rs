@@ -67,7 +67,8 @@ pub fn max_document_bytes(ctx: &Ctx) -> u32 {
 pub fn written(o: WriteOutcome) -> Response {
     match o {
         WriteOutcome::Written { id, op_id } => Response::Written { id, op_id },
-        WriteOutcome::Done => Response::Ok {},
+        // Only the daemon's index task submits index steps.
+        WriteOutcome::Done | WriteOutcome::IndexStep { .. } => Response::Ok {},
         // Only `check_store` submits a check, and it reads the answer
         // itself (with the store's path); kept total for the compiler.
         WriteOutcome::Checked(r) => {

@@ -13,9 +13,11 @@ pub mod dead_letters;
 pub mod delete;
 pub mod get;
 pub mod list;
+pub mod live_query;
 pub mod metrics;
 pub mod patch;
 pub mod put;
+pub mod query;
 pub mod queue;
 pub mod resolve;
 pub mod scopes;
@@ -55,10 +57,17 @@ pub async fn apply(ctx: &Ctx, req: Request) -> Result<Response, ApiError> {
             .await
             .map(|s| Response::Status(Box::new(s))),
         Request::Queue { limit } => queue::apply(ctx, limit).await,
-        Request::Watch { .. } => Err(ApiError::new(
+        Request::Watch { .. } | Request::WatchQuery { .. } => Err(ApiError::new(
             ErrorCode::BadRequest,
-            "watch is handled by the session",
+            "watch and watch_query are handled by the session",
         )),
+        Request::Query {
+            collection,
+            selector,
+            sort,
+            limit,
+            cursor,
+        } => query::apply(ctx, collection, selector, sort, limit, cursor).await,
         Request::Sync {} => Ok(control::sync(ctx)),
         Request::Pause {} => control::set_paused(ctx, true).await,
         Request::Resume {} => control::set_paused(ctx, false).await,

@@ -291,7 +291,7 @@ fn keep_local(
         if let Some(sid) = rec.server_id.as_deref() {
             x.server_ids.remove((collection, sid))?;
         }
-        x.records.remove((collection, id))?;
+        x.remove_record(collection, id)?;
     } else {
         x.put_record(collection, id, &rec)?;
     }
@@ -362,8 +362,7 @@ fn drop_unsent_create(x: &mut Txn<'_>, rec: &StoredRecord, seq: u64) -> Result<S
     let mut rec = rec.clone();
     rec.pending = fewer(&tail.collection, &tail.local_id, rec.pending, 2)?;
     if rec.pending == 0 {
-        x.records
-            .remove((tail.collection.as_str(), tail.local_id.as_str()))?;
+        x.remove_record(&tail.collection, &tail.local_id)?;
     } else {
         x.put_record(&tail.collection, &tail.local_id, &rec)?;
     }

@@ -39,6 +39,7 @@ use txn::{JobResult, Txn};
 mod admin;
 mod app;
 mod conflict;
+mod indexes;
 mod scopes;
 mod txn;
 mod verdict;
@@ -154,6 +155,11 @@ pub enum WriteCmd {
     /// The full check of the store file ([`super::check::full`]), run
     /// between two commits; answered with [`WriteOutcome::Checked`].
     CheckStore,
+    /// One step towards the indexes the config declares (see
+    /// [`indexes::step`]); answered with [`WriteOutcome::IndexStep`].
+    IndexStep {
+        declared: crate::store::index::Declared,
+    },
     /// Several sync verdicts (one pushed batch's results), applied in order
     /// in one transaction: the drain pays one durable commit per batch, not
     /// one per op.
@@ -184,6 +190,11 @@ pub enum WriteOutcome {
     Done,
     /// What a [`WriteCmd::CheckStore`] found.
     Checked(Box<super::check::Report>),
+    /// A [`WriteCmd::IndexStep`] done; `more`: an index is still building
+    /// or dropping.
+    IndexStep {
+        more: bool,
+    },
 }
 
 struct Job {
@@ -368,6 +379,9 @@ struct Writer {
     sessions: watch::Sender<u64>,
     ids: IdGen,
     counters: Counters,
+    /// The indexes kept with every record write, as the last commit left
+    /// them (a failed transaction's changes to them are dropped with it).
+    indexes: Arc<super::index::Maintained>,
 }
 
 impl Writer {
@@ -379,7 +393,9 @@ impl Writer {
         sessions: watch::Sender<u64>,
     ) -> Result<Self, StoreError> {
         let counters = Counters::load(&store)?;
+        let indexes = store.maintained_indexes()?;
         Ok(Writer {
+            indexes,
             poisoned: false,
             store,
             events,
@@ -440,6 +456,11 @@ impl Writer {
     /// error at once.
     fn commit(&mut self, jobs: &mut Vec<Job>) {
         let before = self.counters;
+        // Held from before the commit until its events are sent: a live
+        // query that starts takes it to read a snapshot that matches
+        // exactly the events it has not seen yet.
+        let publish = self.store.publish_gate();
+        let _published = publish.lock().unwrap_or_else(|p| p.into_inner());
         let outcome = match self.store.damage() {
             Some(detail) => Err(StoreError::DamagedInUse {
                 path: self.store.path().to_owned(),
@@ -560,10 +581,12 @@ impl Writer {
         let mut results = Vec::with_capacity(jobs.len());
         let mut events = Vec::with_capacity(jobs.len());
         let ops_left;
+        let indexes;
         {
             let mut x = Txn::open(&txn, &self.ids, &mut self.counters)?;
             x.client_ids = self.store.backend_client_ids();
             x.directions = self.store.directions();
+            x.indexes = self.indexes.clone();
             for job in jobs {
                 let r = apply(&mut x, &job.cmd)?;
                 let job_events = std::mem::take(&mut x.ev);
@@ -571,9 +594,11 @@ impl Writer {
                 results.push(r);
             }
             ops_left = x.ops_left;
+            indexes = x.indexes.clone();
             x.counters.persist(&mut x.meta)?;
         }
         txn.commit()?;
+        self.indexes = indexes;
         Ok(Batch {
             results,
             events,
@@ -701,6 +726,7 @@ fn apply(x: &mut Txn<'_>, cmd: &WriteCmd) -> Result<JobResult, StoreError> {
         WriteCmd::RetryDead { op_id } => admin::retry(x, op_id),
         WriteCmd::DiscardDead { op_id } => admin::discard(x, op_id),
         WriteCmd::SetMeta { key, value } => admin::set_meta(x, key, value),
+        WriteCmd::IndexStep { declared } => indexes::step(x, declared),
         WriteCmd::Claim { upto } => {
             x.counters.claim(*upto);
             Ok(Ok(WriteOutcome::Done))

@@ -181,7 +181,7 @@ fn remove_record(x: &mut Txn<'_>, c: &str, lid: &str) -> Result<(), StoreError> 
     let Some(rec) = x.record(c, lid)? else {
         return Ok(());
     };
-    x.records.remove((c, lid))?;
+    x.remove_record(c, lid)?;
     if let Some(sid) = &rec.server_id {
         x.server_ids.remove((c, sid.as_str()))?;
     }
@@ -206,7 +206,7 @@ fn remove_record(x: &mut Txn<'_>, c: &str, lid: &str) -> Result<(), StoreError> 
 fn purge(x: &mut Txn<'_>, gone_from: impl Fn(&str) -> bool) -> Result<usize, StoreError> {
     let mut doomed = Vec::new();
     let mut skipped = false;
-    for item in x.records.range::<(&str, &str)>(..)? {
+    for item in x.records_from(("", ""))? {
         let (k, v) = item?;
         let rec: crate::domain::StoredRecord = from_store(v.value())?;
         let (c, id) = k.value();
@@ -350,7 +350,7 @@ fn switch_user(x: &mut Txn<'_>, previous: &str, grants: &Grants) -> Result<(), S
         x.dead_sub.insert(op_id.as_str(), previous)?;
     }
     let mut doomed = Vec::new();
-    for item in x.records.range::<(&str, &str)>(..)? {
+    for item in x.records_from(("", ""))? {
         let (k, v) = item?;
         let rec: crate::domain::StoredRecord = from_store(v.value())?;
         let (c, id) = k.value();

@@ -20,6 +20,7 @@ use crate::domain::{
     DeadLetter, Doc, Event, Origin, QueuedOp, ServerRecord, StoreError, StoredRecord, WriteError,
 };
 use crate::store::encoding::{from_store, to_store};
+use crate::store::index::Maintained;
 use crate::store::tables::*;
 
 use super::{Counters, WriteOutcome};
@@ -135,7 +136,9 @@ pub(super) struct Txn<'txn> {
     pub client_ids: bool,
     /// Which way each collection syncs (see `Store::directions`).
     pub directions: Arc<Directions>,
-    pub records: Lazy<'txn, (&'static str, &'static str), &'static [u8]>,
+    /// Private: every write of a record goes through [`Txn::put_record`]
+    /// or [`Txn::remove_record`], which keep its index entries with it.
+    records: Lazy<'txn, (&'static str, &'static str), &'static [u8]>,
     pub queue: Lazy<'txn, u64, &'static [u8]>,
     pub ops: Lazy<'txn, &'static str, u64>,
     pub server_ids: Lazy<'txn, (&'static str, &'static str), &'static str>,
@@ -150,6 +153,10 @@ pub(super) struct Txn<'txn> {
     pub scope_state: Lazy<'txn, &'static str, &'static [u8]>,
     pub scope_choices: Lazy<'txn, &'static str, u8>,
     pub dead_sub: Lazy<'txn, &'static str, &'static str>,
+    pub index_meta: Lazy<'txn, (&'static str, &'static str), &'static [u8]>,
+    pub index_entries: Lazy<'txn, (&'static str, &'static str, &'static [u8], &'static str), ()>,
+    /// The indexes kept with every record write (see [`super::indexes`]).
+    pub indexes: Arc<Maintained>,
     pub ids: &'txn IdGen,
     pub counters: &'txn mut Counters,
     /// Events of the job being applied.
@@ -186,6 +193,9 @@ impl<'txn> Txn<'txn> {
             scope_state: Lazy::new(txn, SCOPE_STATE),
             scope_choices: Lazy::new(txn, SCOPE_CHOICES),
             dead_sub: Lazy::new(txn, DEAD_SUB),
+            index_meta: Lazy::new(txn, INDEXES),
+            index_entries: Lazy::new(txn, INDEX_ENTRIES),
+            indexes: Arc::default(),
         })
     }
 
@@ -196,9 +206,41 @@ impl<'txn> Txn<'txn> {
         }
     }
 
+    /// Writes a record, and its entries in the collection's indexes.
     pub fn put_record(&mut self, c: &str, id: &str, r: &StoredRecord) -> Result<(), StoreError> {
-        self.records.insert((c, id), to_store(r)?.as_slice())?;
-        Ok(())
+        let indexed = !self.indexes.of(c).is_empty();
+        let old: Option<StoredRecord> =
+            match self.records.insert((c, id), to_store(r)?.as_slice())? {
+                Some(v) if indexed => Some(from_store(v.value())?),
+                _ => None,
+            };
+        if !indexed {
+            return Ok(());
+        }
+        let live = |r: &StoredRecord| (!r.deleted).then(|| r.data.clone());
+        let old = old.as_ref().and_then(live);
+        super::indexes::reindex(self, c, id, old.as_deref(), live(r).as_deref())
+    }
+
+    /// Removes a record, and its entries in the collection's indexes.
+    pub fn remove_record(&mut self, c: &str, id: &str) -> Result<(), StoreError> {
+        let indexed = !self.indexes.of(c).is_empty();
+        let old: Option<StoredRecord> = match self.records.remove((c, id))? {
+            Some(v) if indexed => Some(from_store(v.value())?),
+            _ => None,
+        };
+        let Some(old) = old.filter(|r| !r.deleted) else {
+            return Ok(());
+        };
+        super::indexes::reindex(self, c, id, Some(&old.data), None)
+    }
+
+    /// Every record from `from` on, in key order (read only).
+    pub fn records_from<'a>(
+        &self,
+        from: (&'a str, &'a str),
+    ) -> Result<Range<'_, (&'static str, &'static str), &'static [u8]>, StoreError> {
+        self.records.range(from..)
     }
 
     pub fn op(&self, seq: u64) -> Result<Option<QueuedOp>, StoreError> {
@@ -377,7 +419,7 @@ pub(super) fn take_server(
     if r.deleted {
         x.server_ids.remove((c, r.id.as_str()))?;
         if pending == 0 {
-            x.records.remove((c, lid))?;
+            x.remove_record(c, lid)?;
         } else if let Some(mut rec) = rec {
             rec.deleted = true;
             rec.data = "{}".into();

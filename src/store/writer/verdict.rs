@@ -41,8 +41,7 @@ pub(super) fn drop_local(x: &mut Txn<'_>, seq: u64) -> Result<JobResult, StoreEr
     if let Some(mut rec) = x.record(&op.collection, &op.local_id)? {
         rec.pending = fewer(&op.collection, &op.local_id, rec.pending, 1)?;
         if rec.pending == 0 && rec.deleted {
-            x.records
-                .remove((op.collection.as_str(), op.local_id.as_str()))?;
+            x.remove_record(&op.collection, &op.local_id)?;
         } else {
             x.put_record(&op.collection, &op.local_id, &rec)?;
         }
@@ -164,7 +163,7 @@ fn apply_ack(x: &mut Txn<'_>, op: &QueuedOp, r: &ServerRecord) -> Result<(), Sto
     if op.kind == OpKind::Delete || r.deleted {
         x.server_ids.remove((c, r.id.as_str()))?;
         if rec.pending == 0 && rec.deleted {
-            x.records.remove((c, lid))?;
+            x.remove_record(c, lid)?;
             return Ok(());
         }
         // Later ops of this record start a new server record.

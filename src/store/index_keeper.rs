@@ -1,0 +1,57 @@
+//! The background task that keeps the store's indexes in line with the
+//! config: at start and after every reload it submits index steps to the
+//! writer until no index is building or dropping. Each step is a slice
+//! (see `writer::indexes::STEP_BUDGET`), so app writes keep flowing
+//! between them; queries scan until an index is ready.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::domain::query::DeclaredIndexes;
+
+use super::writer::{WriteCmd, WriteOutcome, WriterHandle};
+
+/// Runs until `shutdown`; a failed step is retried after a pause (a full
+/// disk, say), and logged.
+pub async fn run(
+    writer: WriterHandle,
+    mut config: watch::Receiver<Arc<Config>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let declared = config.borrow_and_update().declared_indexes();
+        let settled = tokio::select! {
+            r = catch_up(&writer, &declared) => r,
+            _ = shutdown.changed() => return,
+        };
+        if let Err(e) = settled {
+            tracing::warn!(error = %e, "index build step failed; trying again in 5 s");
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => continue,
+                _ = shutdown.changed() => return,
+            }
+        }
+        tokio::select! {
+            r = config.changed() => if r.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Steps until the indexes match `declared`.
+async fn catch_up(
+    writer: &WriterHandle,
+    declared: &DeclaredIndexes,
+) -> Result<(), crate::domain::WriteError> {
+    loop {
+        let cmd = WriteCmd::IndexStep {
+            declared: declared.clone(),
+        };
+        match writer.submit(cmd).await? {
+            WriteOutcome::IndexStep { more: true } => tokio::task::yield_now().await,
+            _ => return Ok(()),
+        }
+    }
+}

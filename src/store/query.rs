@@ -1,0 +1,366 @@
+//! Runs local queries: picks the best ready index for a [`Query`] (or a
+//! scan of the collection), reads the candidates, checks each against the
+//! whole selector and returns one page in the query's order.
+//!
+//! An index only narrows: every candidate is matched against the full
+//! selector, so a query answers the same with or without indexes (the
+//! randomized test in tests/query.rs holds it to a plain filter over
+//! `list`). An index whose order is the query's order is read in that
+//! order and stops after one page; any other plan sorts in memory,
+//! keeping only a page's worth at a time.
+
+use std::ops::Bound;
+
+use redb::ReadTransaction;
+use serde_json::Value;
+
+use crate::domain::query::{collate, encode_cursor, Cond, OrderKey, Query};
+use crate::domain::{parse_doc_text, RecordView, StoreError, StoredRecord};
+
+use super::encoding::from_store;
+use super::index::{self, IndexDef, IndexState, KEY_CEILING};
+use super::tables::{INDEXES, INDEX_ENTRIES, RECORDS};
+use super::{Store, RECORD_OVERHEAD};
+
+/// How a query was answered (`--explain`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The index used; `None`: a scan of the collection.
+    pub index: Option<String>,
+    /// The index's order is the query's order (no sort in memory).
+    pub ordered: bool,
+    /// What the index narrowed by, for people (`done = false, due >= ...`).
+    pub bounds: String,
+    /// Records read and matched against the selector.
+    pub examined: u64,
+}
+
+/// One page of results.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub records: Vec<RecordView>,
+    /// The cursor for the next page, if there may be more.
+    pub next: Option<String>,
+    pub plan: Plan,
+}
+
+/// A chosen index and the key range it reads.
+struct IndexPlan {
+    def: IndexDef,
+    lo: Vec<u8>,
+    hi: Vec<u8>,
+    /// Values of the leading fields fixed by `$eq`.
+    fixed: Vec<Value>,
+    ordered: bool,
+    reverse: bool,
+    bounds: String,
+}
+
+impl Store {
+    /// One page of `q` over `collection`: at most `limit` records and
+    /// about `max_bytes` of documents (at least one record).
+    pub fn query(
+        &self,
+        collection: &str,
+        q: &Query,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Page, StoreError> {
+        let (_db, txn) = self.read()?;
+        query_in(&txn, collection, q, limit, max_bytes)
+    }
+
+    /// A read transaction that sees exactly the commits whose events were
+    /// sent before it began (see [`Store::publish_gate`]); `before_read`
+    /// runs under the gate too (a live query drops the events it already
+    /// holds, which the snapshot includes).
+    pub fn snapshot(
+        &self,
+        before_read: impl FnOnce(),
+    ) -> Result<(std::sync::Arc<redb::Database>, ReadTransaction), StoreError> {
+        let gate = self.publish_gate();
+        let _g = gate.lock().unwrap_or_else(|p| p.into_inner());
+        before_read();
+        self.read()
+    }
+}
+
+/// [`Store::query`] in a given read transaction.
+pub fn query_in(
+    txn: &ReadTransaction,
+    collection: &str,
+    q: &Query,
+    limit: usize,
+    max_bytes: usize,
+) -> Result<Page, StoreError> {
+    let ready = ready_indexes(txn, collection)?;
+    let plan = choose(q, &ready);
+    let records = txn.open_table(RECORDS)?;
+    let mut examined = 0u64;
+    let mut hits: Vec<(OrderKey, StoredRecord, String)> = Vec::new();
+    let mut check = |id: &str, r: StoredRecord, hits: &mut Vec<_>| {
+        examined += 1;
+        if r.deleted {
+            return;
+        }
+        let doc = parse_doc_text(&r.data);
+        if !q.selector.matches(&doc) {
+            return;
+        }
+        let key = q.key_of(&doc, id);
+        if q.is_after_cursor(&key) {
+            hits.push((key, r, id.to_owned()));
+        }
+    };
+    match &plan {
+        Some(p) => {
+            let entries = txn.open_table(INDEX_ENTRIES)?;
+            let (lo, hi) = seek_range(q, p);
+            let range = entries.range::<(&str, &str, &[u8], &str)>((
+                bound(collection, &p.def.name, &lo),
+                bound(collection, &p.def.name, &hi),
+            ))?;
+            let iter: Box<dyn Iterator<Item = _>> = if p.reverse {
+                Box::new(range.rev())
+            } else {
+                Box::new(range)
+            };
+            for item in iter {
+                let (k, _) = item?;
+                let id = k.value().3;
+                if let Some(v) = records.get((collection, id))? {
+                    check(id, from_store(v.value())?, &mut hits);
+                }
+                if p.ordered && hits.len() > limit {
+                    break;
+                }
+                trim(q, &mut hits, limit, p.ordered);
+            }
+        }
+        None => {
+            for item in records.range((collection, "")..)? {
+                let (k, v) = item?;
+                let (c, id) = k.value();
+                if c != collection {
+                    break;
+                }
+                check(id, from_store(v.value())?, &mut hits);
+                trim(q, &mut hits, limit, false);
+            }
+        }
+    }
+    if !plan.as_ref().is_some_and(|p| p.ordered) {
+        hits.sort_by(|a, b| q.cmp_keys(&a.0, &b.0));
+    }
+    let (records, next) = page(hits, collection, limit, max_bytes);
+    Ok(Page {
+        records,
+        next,
+        plan: Plan {
+            index: plan.as_ref().map(|p| p.def.name.clone()),
+            ordered: plan.as_ref().is_some_and(|p| p.ordered),
+            bounds: plan.map(|p| p.bounds).unwrap_or_default(),
+            examined,
+        },
+    })
+}
+
+/// Keeps memory at a page's worth while sorting in memory: once there are
+/// twice as many hits as a page needs, only the first page (+1) stays.
+fn trim(q: &Query, hits: &mut Vec<(OrderKey, StoredRecord, String)>, limit: usize, ordered: bool) {
+    let keep = limit.saturating_add(1);
+    if !ordered && hits.len() >= keep.saturating_mul(2).max(64) {
+        hits.sort_by(|a, b| q.cmp_keys(&a.0, &b.0));
+        hits.truncate(keep);
+    }
+}
+
+/// The first page of sorted hits, within `limit` and `max_bytes`, and the
+/// cursor after it when more remain.
+fn page(
+    hits: Vec<(OrderKey, StoredRecord, String)>,
+    collection: &str,
+    limit: usize,
+    max_bytes: usize,
+) -> (Vec<RecordView>, Option<String>) {
+    let total = hits.len();
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    let mut last = None;
+    for (key, r, id) in hits {
+        let size = r.data.len() + id.len() + RECORD_OVERHEAD;
+        if out.len() == limit || (!out.is_empty() && bytes + size > max_bytes) {
+            break;
+        }
+        bytes += size;
+        out.push(r.view(collection, &id));
+        last = Some(key);
+    }
+    let next = (out.len() < total)
+        .then(|| last.map(|k| encode_cursor(&k)))
+        .flatten();
+    (out, next)
+}
+
+fn bound<'a>(
+    c: &'a str,
+    name: &'a str,
+    b: &'a Bound<(Vec<u8>, String)>,
+) -> Bound<(&'a str, &'a str, &'a [u8], &'a str)> {
+    match b {
+        Bound::Included((k, id)) => Bound::Included((c, name, k.as_slice(), id.as_str())),
+        Bound::Excluded((k, id)) => Bound::Excluded((c, name, k.as_slice(), id.as_str())),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// The plan's key range, moved up to the cursor when the index is read in
+/// the query's order (the cursor's row itself is then filtered out).
+fn seek_range(q: &Query, p: &IndexPlan) -> (Bound<(Vec<u8>, String)>, Bound<(Vec<u8>, String)>) {
+    let lo = (p.lo.clone(), String::new());
+    let hi = (p.hi.clone(), String::new());
+    let seek = p.ordered.then(|| cursor_entry(q, p)).flatten();
+    match seek {
+        Some(at) if !p.reverse && at > lo => (Bound::Included(at), Bound::Excluded(hi)),
+        Some(at) if p.reverse && at < hi => (Bound::Included(lo), Bound::Included(at)),
+        _ => (Bound::Included(lo), Bound::Excluded(hi)),
+    }
+}
+
+/// Where the cursor's row sits in the index: its key (the fixed values,
+/// then the cursor's sort values in index order) and id.
+fn cursor_entry(q: &Query, p: &IndexPlan) -> Option<(Vec<u8>, String)> {
+    let after = q.after.as_ref()?;
+    let mut key = Vec::new();
+    for v in &p.fixed {
+        collate::encode(Some(v), &mut key);
+    }
+    for path in &p.def.paths[p.fixed.len()..] {
+        let i = q.sort.iter().position(|s| &s.path == path)?;
+        key.extend_from_slice(after.fields.get(i)?);
+    }
+    Some((key, after.id.clone()))
+}
+
+/// The collection's indexes that are ready.
+fn ready_indexes(txn: &ReadTransaction, collection: &str) -> Result<Vec<IndexDef>, StoreError> {
+    let t = txn.open_table(INDEXES)?;
+    let mut out = Vec::new();
+    for (c, _, meta) in index::rows(&t)? {
+        if c == collection && meta.state == IndexState::Ready {
+            out.extend(IndexDef::new(&meta.fields));
+        }
+    }
+    Ok(out)
+}
+
+/// The best index for `q`, or `None` (a scan): most leading fields fixed
+/// by `$eq`, then a range on the next, then an order that is the query's.
+fn choose(q: &Query, ready: &[IndexDef]) -> Option<IndexPlan> {
+    ready
+        .iter()
+        .filter_map(|d| plan_for(q, d))
+        .max_by_key(|(score, _)| *score)
+        .map(|(_, p)| p)
+}
+
+fn plan_for(q: &Query, def: &IndexDef) -> Option<(usize, IndexPlan)> {
+    let required = q.selector.required();
+    let conds_on = |path: &[String]| -> Vec<&Cond> {
+        let mut out = Vec::new();
+        for (p, c) in &required {
+            if *p == path {
+                flatten(c, &mut out);
+            }
+        }
+        out
+    };
+    let mut prefix = Vec::new();
+    let mut fixed = Vec::new();
+    let mut bounds = Vec::new();
+    for path in &def.paths {
+        let Some(v) = conds_on(path).into_iter().find_map(|c| match c {
+            Cond::Eq(v) => Some(v.clone()),
+            _ => None,
+        }) else {
+            break;
+        };
+        collate::encode(Some(&v), &mut prefix);
+        bounds.push(format!("{} = {v}", path.join(".")));
+        fixed.push(v);
+    }
+    let mut lo = prefix.clone();
+    let mut hi = collate::prefix_end(&prefix).unwrap_or_else(|| KEY_CEILING.to_vec());
+    let mut ranged = false;
+    if let Some(path) = def.paths.get(fixed.len()) {
+        for c in conds_on(path) {
+            let (v, is_lo, inclusive) = match c {
+                Cond::Gt(v) => (v, true, false),
+                Cond::Gte(v) => (v, true, true),
+                Cond::Lt(v) => (v, false, false),
+                Cond::Lte(v) => (v, false, true),
+                _ => continue,
+            };
+            let mut at = prefix.clone();
+            collate::encode(Some(v), &mut at);
+            let after = || collate::prefix_end(&at).unwrap_or_else(|| KEY_CEILING.to_vec());
+            let op = match (is_lo, inclusive) {
+                (true, true) => ">=",
+                (true, false) => ">",
+                (false, false) => "<",
+                (false, true) => "<=",
+            };
+            bounds.push(format!("{} {op} {v}", path.join(".")));
+            ranged = true;
+            if is_lo {
+                lo = lo.max(if inclusive { at.clone() } else { after() });
+            } else {
+                hi = hi.min(if inclusive { after() } else { at.clone() });
+            }
+        }
+    }
+    let (ordered, reverse) = serves_order(q, def, fixed.len());
+    let score = 4 * fixed.len() + 2 * usize::from(ranged) + usize::from(ordered);
+    (score > 0).then(|| {
+        (
+            score,
+            IndexPlan {
+                def: def.clone(),
+                lo,
+                hi,
+                fixed,
+                ordered,
+                reverse,
+                bounds: bounds.join(", "),
+            },
+        )
+    })
+}
+
+/// Conditions of an `All`, one by one.
+fn flatten<'a>(c: &'a Cond, out: &mut Vec<&'a Cond>) {
+    match c {
+        Cond::All(cs) => cs.iter().for_each(|c| flatten(c, out)),
+        c => out.push(c),
+    }
+}
+
+/// Whether reading the index (forwards, or backwards: the second value)
+/// yields the query's order: the sort fields not fixed by `$eq` are the
+/// index's remaining fields, all in one direction, and the ids run that
+/// way too.
+fn serves_order(q: &Query, def: &IndexDef, fixed: usize) -> (bool, bool) {
+    let rest: Vec<_> = q
+        .sort
+        .iter()
+        .filter(|s| !def.paths[..fixed].contains(&s.path))
+        .collect();
+    let reverse = rest.first().map_or(q.id_desc(), |s| s.desc);
+    let same = rest.iter().all(|s| s.desc == reverse) && q.id_desc() == reverse;
+    let fields = rest.len() == def.paths.len() - fixed
+        && rest
+            .iter()
+            .zip(&def.paths[fixed..])
+            .all(|(s, p)| &s.path == p);
+    (same && fields, reverse)
+}
