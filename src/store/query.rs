@@ -44,6 +44,9 @@ pub struct Page {
     pub plan: Plan,
 }
 
+/// An index entry's place: its key bytes and the record id.
+type EntryKey = (Vec<u8>, String);
+
 /// A chosen index and the key range it reads.
 struct IndexPlan {
     def: IndexDef,
@@ -205,7 +208,7 @@ fn page(
 fn bound<'a>(
     c: &'a str,
     name: &'a str,
-    b: &'a Bound<(Vec<u8>, String)>,
+    b: &'a Bound<EntryKey>,
 ) -> Bound<(&'a str, &'a str, &'a [u8], &'a str)> {
     match b {
         Bound::Included((k, id)) => Bound::Included((c, name, k.as_slice(), id.as_str())),
@@ -216,7 +219,7 @@ fn bound<'a>(
 
 /// The plan's key range, moved up to the cursor when the index is read in
 /// the query's order (the cursor's row itself is then filtered out).
-fn seek_range(q: &Query, p: &IndexPlan) -> (Bound<(Vec<u8>, String)>, Bound<(Vec<u8>, String)>) {
+fn seek_range(q: &Query, p: &IndexPlan) -> (Bound<EntryKey>, Bound<EntryKey>) {
     let lo = (p.lo.clone(), String::new());
     let hi = (p.hi.clone(), String::new());
     let seek = p.ordered.then(|| cursor_entry(q, p)).flatten();
@@ -229,7 +232,7 @@ fn seek_range(q: &Query, p: &IndexPlan) -> (Bound<(Vec<u8>, String)>, Bound<(Vec
 
 /// Where the cursor's row sits in the index: its key (the fixed values,
 /// then the cursor's sort values in index order) and id.
-fn cursor_entry(q: &Query, p: &IndexPlan) -> Option<(Vec<u8>, String)> {
+fn cursor_entry(q: &Query, p: &IndexPlan) -> Option<EntryKey> {
     let after = q.after.as_ref()?;
     let mut key = Vec::new();
     for v in &p.fixed {

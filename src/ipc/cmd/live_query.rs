@@ -132,16 +132,14 @@ impl LiveQuery {
             self.query.clone(),
         );
         let (limit, budget) = (self.limit.unwrap_or(MAX_LIST as usize), self.budget);
-        self.reading = Some(tokio::task::spawn_blocking(move || {
-            let read = store.snapshot(|| loop {
-                match rx.try_recv() {
-                    Ok(_) | Err(TryRecvError::Lagged(_)) => {}
-                    Err(_) => break,
-                }
-            });
-            let page = read.and_then(|(_db, txn)| query_in(&txn, &c, &q, limit, budget));
-            (rx, page)
-        }));
+        self.reading =
+            Some(tokio::task::spawn_blocking(move || {
+                let read = store.snapshot(|| {
+                    while let Ok(_) | Err(TryRecvError::Lagged(_)) = rx.try_recv() {}
+                });
+                let page = read.and_then(|(_db, txn)| query_in(&txn, &c, &q, limit, budget));
+                (rx, page)
+            }));
     }
 
     /// Waits for the read in flight and takes the channel back.
