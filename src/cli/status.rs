@@ -103,6 +103,9 @@ fn readable(s: &StatusView, now: i64) -> Vec<(&'static str, String)> {
     ));
     rows.push(("dead letters", s.dead_letters.to_string()));
     rows.extend(direction_rows(s));
+    if let Some(line) = index_line(s) {
+        rows.push(("indexes", line));
+    }
     // Backends with scopes: one row per scope.
     rows.extend(
         s.scopes
@@ -145,6 +148,22 @@ fn direction_rows(s: &StatusView) -> Vec<(&'static str, String)> {
             (!names.is_empty()).then(|| (*label, format!("{} ({what})", names.join(", "))))
         })
         .collect()
+}
+
+/// "todos [due] ready, todos [done,due] building (4096 records so far)".
+fn index_line(s: &StatusView) -> Option<String> {
+    let parts: Vec<String> = s
+        .indexes
+        .iter()
+        .map(|i| match i.indexed {
+            Some(n) => format!(
+                "{} [{}] {} ({n} records so far)",
+                i.collection, i.index, i.state
+            ),
+            None => format!("{} [{}] {}", i.collection, i.index, i.state),
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
 }
 
 /// "12 ops (todos 10, notes 2)", "at least" when the scan was bounded.

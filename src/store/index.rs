@@ -172,3 +172,50 @@ pub fn index_range<'a>(
 ) -> std::ops::Range<(&'a str, &'a str, &'a [u8], &'a str)> {
     (collection, name, &[][..], "")..(collection, name, KEY_CEILING, "")
 }
+
+/// Test builds: declares `declared` as ready indexes on a store that has
+/// no records and no index rows yet (a fresh one), so that a writer
+/// started on it keeps them from its first job, and the invariant check
+/// it runs after every batch in test builds covers the indexes too.
+#[cfg(test)]
+pub fn seed_ready(store: &Store, declared: &Declared) -> Result<(), StoreError> {
+    use super::encoding::to_store;
+    use super::tables::RECORDS;
+    use redb::ReadableTableMetadata;
+    let db = store.db()?;
+    let txn = db.begin_write()?;
+    {
+        let records = txn.open_table(RECORDS)?;
+        let mut meta = txn.open_table(INDEXES)?;
+        if records.len()? > 0 || meta.len()? > 0 {
+            return Ok(());
+        }
+        for (c, lists) in declared {
+            for fields in lists {
+                let m = IndexMeta {
+                    fields: fields.clone(),
+                    state: IndexState::Ready,
+                };
+                meta.insert(
+                    (c.as_str(), name_of(fields).as_str()),
+                    to_store(&m)?.as_slice(),
+                )?;
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// Test builds: the indexes the store tests keep on collection `c`, over
+/// fields the tests write and one they never do.
+#[cfg(test)]
+pub fn test_declared() -> Declared {
+    let f = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    [(
+        "c".to_owned(),
+        vec![f(&["x"]), f(&["v", "k0"]), f(&["never.there"])],
+    )]
+    .into_iter()
+    .collect()
+}

@@ -21,6 +21,8 @@ pub mod encoding;
 pub mod index;
 mod index_check;
 pub mod index_keeper;
+#[cfg(test)]
+mod index_tests;
 pub mod mark;
 mod migrate;
 #[cfg(test)]

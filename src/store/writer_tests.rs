@@ -28,6 +28,7 @@ struct Fx {
 fn fx() -> Fx {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), 4 << 20).unwrap();
+    super::index::seed_ready(&store, &super::index::test_declared()).unwrap();
     let (tx, rx) = broadcast::channel(1024);
     let (w, _join) = spawn(store.clone(), tx, Arc::new(Notify::new())).unwrap();
     Fx {

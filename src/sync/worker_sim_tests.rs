@@ -454,6 +454,8 @@ fn start_device_on(
     transport: Arc<dyn Transport>,
 ) -> Device {
     let store = Store::open(dir, 4 << 20).unwrap();
+    // Every batch then also checks the indexes (invariant 14).
+    crate::store::index::seed_ready(&store, &crate::store::index::test_declared()).unwrap();
     let (events, _) = broadcast::channel(1024);
     let queue_changed = Arc::new(Notify::new());
     let writer = spawn_writer(store.clone(), events, queue_changed.clone()).unwrap();

@@ -350,6 +350,23 @@ pub struct StatusView {
     /// known to have scopes.
     #[serde(default)]
     pub user: Option<String>,
+    /// The secondary indexes (`[collections.NAME] indexes`) and how each
+    /// stands; empty when none is declared.
+    #[serde(default)]
+    pub indexes: Vec<IndexView>,
+}
+
+/// One secondary index as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexView {
+    pub collection: String,
+    /// Its fields, joined by commas (`done,due`).
+    pub index: String,
+    /// `ready`, `building` (queries scan meanwhile) or `dropping` (no
+    /// longer declared).
+    pub state: String,
+    /// While `building`: records indexed so far.
+    pub indexed: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

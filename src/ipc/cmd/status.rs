@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 
 use crate::ipc::context::Ctx;
 use crate::ipc::health::{hints, HintInputs};
-use crate::ipc::wire::{ApiError, StatusView};
+use crate::ipc::wire::{ApiError, IndexView, StatusView};
+use crate::store::index::IndexState;
 use crate::store::tables::{i64_be, u64_be, META_LAST_SYNC, META_RESOLVED};
 use crate::store::{OpenCheck, Store, StoreError};
 
@@ -99,6 +100,10 @@ pub async fn status(ctx: &Ctx) -> Result<StatusView, ApiError> {
             Some(_) => Vec::new(),
         },
         user: None,
+        indexes: match ctx.store.damage() {
+            None => index_rows(ctx).await?,
+            Some(_) => Vec::new(),
+        },
     };
     v.user = session_user(ctx).await;
     v.hints = hints(
@@ -129,6 +134,27 @@ fn pending_by_collection(
         *counts.entry(op.collection).or_insert(0) += 1;
     }
     Ok((counts, complete))
+}
+
+/// Every index row as `status` shows it.
+async fn index_rows(ctx: &Ctx) -> Result<Vec<IndexView>, ApiError> {
+    let rows = read(ctx, |s| s.index_rows()).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(collection, index, meta)| {
+            let (state, indexed) = match meta.state {
+                IndexState::Ready => ("ready", None),
+                IndexState::Building { done, .. } => ("building", Some(done)),
+                IndexState::Dropping => ("dropping", None),
+            };
+            IndexView {
+                collection,
+                index,
+                state: state.to_owned(),
+                indexed,
+            }
+        })
+        .collect())
 }
 
 /// `skipped`, or `full: REASON (N ms)`.

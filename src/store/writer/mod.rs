@@ -49,6 +49,7 @@ const MAX_BATCH: usize = 4096;
 
 pub use crate::domain::conflict::Resolution;
 pub use app::MAX_PARKED_OPS;
+pub use indexes::STEP_BUDGET as INDEX_STEP_BUDGET;
 
 /// A write job.
 #[derive(Debug)]
