@@ -11,6 +11,8 @@ As a library::
     with Client("/run/user/1000/syncd/syncd.sock") as c:
         rid, op_id = c.put("todos", {"title": "buy milk"})
         print(c.get("todos", rid)["data"])
+        page = c.query("todos", {"done": False}, sort=["due"], limit=50)
+        print([r["id"] for r in page["records"]], page["next"])
 
 As a command::
 
@@ -18,6 +20,8 @@ As a command::
     python3 examples/client.py get todos 01J...      # socket from SYNCD_SOCKET or the default
     python3 examples/client.py --config /etc/syncd/daemon.toml status   # the socket that file names
     python3 examples/client.py sync --wait --timeout 30
+    python3 examples/client.py query todos '{"done":false}' --sort due --sort title:desc [--limit 50] [--cursor C]
+    python3 examples/client.py query todos '{"done":false}' --sort due --limit 20 --watch
 """
 
 import argparse
@@ -33,7 +37,7 @@ import time
 
 # Version 2 of the local protocol; a daemon also takes 1 over JSON, and the
 # frames are the same (docs/ipc-protocol.md §3, "Versions and compatibility").
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 
 class SyncdError(Exception):
@@ -234,7 +238,8 @@ class Client:
         return self.request({"queue": {} if limit is None else {"limit": limit}})["ops"]
 
     def watch(self, collections=()):
-        """Subscribes this connection to change events (no collections: all)."""
+        """Subscribes this connection to change events (no collections: all);
+        replaces a live query (watch_query)."""
         self.request({"watch": {"collections": list(collections)}})
 
     def next_event(self, timeout=None):
@@ -258,6 +263,61 @@ class Client:
     def wait_synced(self, op_id):
         """Blocks until the op is on the server; SyncdError("dead_lettered") if rejected."""
         return self.request({"wait_synced": {"op_id": op_id}})["synced"]
+
+    # -- local queries (docs/ipc-protocol.md §17) --------------------------
+
+    @staticmethod
+    def _sort(sort):
+        """Sort items as the wire wants them: "due", "due:desc" ("due:asc")
+        or {"field": "due", "desc": True}."""
+        out = []
+        for s in sort:
+            if isinstance(s, dict):
+                out.append({"field": s["field"], "desc": bool(s.get("desc", False))})
+                continue
+            field, _, way = s.rpartition(":")
+            if not field or way not in ("asc", "desc"):  # no direction: all of it is the field
+                field, way = s, "asc"
+            out.append({"field": field, "desc": way == "desc"})
+        return out
+
+    def _query_req(self, collection, selector, sort, limit):
+        req = {"collection": collection, "selector": {} if selector is None else selector, "sort": self._sort(sort)}
+        if limit is not None:
+            req["limit"] = limit
+        return req
+
+    def query(self, collection, selector=None, sort=(), limit=None, cursor=None):
+        """One page of the records that match a Mango `selector` (None: all),
+        in `sort` order (id order without one); returns {records, next, plan}.
+
+        `next` is None on the last page, else the cursor for the next one
+        (pass it back with the same sort). Each page is read from a snapshot
+        of its own. A bad selector, sort field or cursor raises
+        SyncdError("bad_query")."""
+        req = self._query_req(collection, selector, sort, limit)
+        if cursor is not None:
+            req["cursor"] = cursor
+        return self.request({"query": req})["query_result"]
+
+    def query_all(self, collection, selector=None, sort=(), page=1000, cursor=None):
+        """Every matching record view (after `cursor`, if given), following
+        the cursors `page` records at a time."""
+        while True:
+            p = self.query(collection, selector, sort, limit=page, cursor=cursor)
+            yield from p["records"]
+            cursor = p["next"]
+            if cursor is None:
+                return
+
+    def watch_query(self, collection, selector=None, sort=(), limit=None):
+        """Makes this connection's feed a live query (it replaces a watch).
+
+        next_event() then returns ("query", {"result": {...}}) first, then
+        ("query", {"added"|"changed"|"removed": {...}}) as commits change the
+        result; a "result" with resync true replaces everything held. Without
+        a limit the whole result must fit one reply (SyncdError "too_large")."""
+        self.request({"watch_query": self._query_req(collection, selector, sort, limit)})
 
     # -- sync control ----------------------------------------------------
 
@@ -371,6 +431,7 @@ def main(argv=None):
         "subscribe": ["scope", "--wait", "--timeout"],
         "unsubscribe": ["scope"],
         "scopes": [],
+        "query": ["collection", "selector", "--sort", "--limit", "--cursor", "--watch"],
     }
     kinds = {
         "--limit": {"type": int},
@@ -378,6 +439,9 @@ def main(argv=None):
         "--wait": {"action": "store_true"},
         "--take": {"choices": ["local", "server"]},
         "collections": {"nargs": "*"},
+        "selector": {"nargs": "?", "default": "{}"},
+        "--sort": {"action": "append", "default": [], "metavar": "FIELD[:desc]"},
+        "--watch": {"action": "store_true"},
     }
     for name, args in commands.items():
         s = sub.add_parser(name)
@@ -385,7 +449,7 @@ def main(argv=None):
             s.add_argument(arg, **kinds.get(arg, {}))
     a = p.parse_args(argv)
     data = None
-    for key in ("json", "data"):
+    for key in ("json", "data", "selector"):
         if vars(a).get(key) is not None:
             try:
                 data = json.loads(vars(a)[key])
@@ -426,6 +490,20 @@ def main(argv=None):
             kind, fields = c.next_event()
             yield {kind: fields}
 
+    def query():
+        if a.watch:
+            c.watch_query(a.collection, data, a.sort, a.limit)
+            while True:
+                kind, fields = c.next_event()
+                yield {kind: fields}
+        if a.limit is None:
+            yield from c.query_all(a.collection, data, a.sort, cursor=a.cursor)
+            return
+        p = c.query(a.collection, data, a.sort, a.limit, a.cursor)
+        yield from p["records"]
+        if p["next"] is not None:
+            print(f"client.py: more records follow; continue with --cursor {p['next']}", file=sys.stderr)
+
     run = {
         "put": lambda: [c.put(a.collection, data, id=a.id, scope=a.scope)],
         "patch": lambda: [c.patch(a.collection, a.id, data)],
@@ -447,6 +525,7 @@ def main(argv=None):
         "subscribe": lambda: [subscribe() or {}],
         "unsubscribe": lambda: [c.unsubscribe(a.scope) or {}],
         "scopes": lambda: c.scopes(),
+        "query": query,
     }
     try:
         with c:

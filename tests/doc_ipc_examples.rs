@@ -393,7 +393,7 @@ fn run_block(
                     conn = Some(connect(d));
                 } else if conn.is_none() {
                     let mut s = connect(d);
-                    write_frame(&mut s, br#"{"app":"doc","protocol":2,"encoding":"json"}"#)
+                    write_frame(&mut s, br#"{"app":"doc","protocol":3,"encoding":"json"}"#)
                         .map_err(|e| format!("{where_}: hello: {e}"))?;
                     let h = read_frame(&mut s).map_err(|e| format!("{where_}: hello: {e}"))?;
                     if h["ok"] != Value::Bool(true) {

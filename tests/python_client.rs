@@ -44,3 +44,31 @@ fn python_example_client_against_daemon() {
     let status = d.status();
     assert!(status["queue_depth"].as_u64().unwrap_or(0) > 0, "{status}");
 }
+
+/// The example client's `query`, `query_all` and `watch_query` against a
+/// daemon with indexes on `todos` (tests/python_query_test.py).
+#[test]
+fn python_example_client_queries() {
+    let d =
+        common::Daemon::start("[collections.todos]\nindexes = [\"due\", [\"done\", \"due\"]]\n");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("python3")
+        .arg(root.join("tests/python_query_test.py"))
+        .env("SYNCD_SOCKET", &d.socket)
+        .env("SYNCD_CLIENT", root.join("examples/client.py"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .expect("run python3");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "python query tests failed ({}):\n{}\n{stderr}\ndaemon log:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        d.log_text()
+    );
+    assert!(
+        stderr.contains("OK"),
+        "unexpected unittest output:\n{stderr}"
+    );
+}

@@ -27,7 +27,7 @@ pub struct QueryArgs {
     sort: Vec<String>,
     /// Print at most this many records (with --watch: the first page the
     /// live query keeps).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     limit: Option<u32>,
     /// Continue after this cursor (printed on stderr when --limit stops a
     /// query that has more).

@@ -4,7 +4,7 @@
 //! frame) and ends the connection. The hello is read through the
 //! connection's one buffer, so requests sent right behind it survive.
 //!
-//! Versions ([`negotiate`]): the daemon speaks [`PROTOCOL_VERSION`] (2) in
+//! Versions ([`negotiate`]): the daemon speaks [`PROTOCOL_VERSION`] (3) in
 //! both encodings, and still takes protocol 1 over JSON, whose readers
 //! ignore what version 2 added (object keys, and variants they never ask
 //! for). Protocol 1 over bincode is refused with `unsupported_protocol`:
@@ -115,17 +115,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn version_2_in_both_encodings_version_1_over_json_only() {
-        assert_eq!(negotiate(2, Encoding::Bincode), Ok(2));
+    fn version_3_in_both_encodings_older_ones_over_json_only() {
+        assert_eq!(negotiate(3, Encoding::Bincode), Ok(3));
+        assert_eq!(negotiate(3, Encoding::Json), Ok(3));
         assert_eq!(negotiate(2, Encoding::Json), Ok(2));
         assert_eq!(negotiate(1, Encoding::Json), Ok(1));
-        let old = negotiate(1, Encoding::Bincode).unwrap_err();
-        assert!(
-            old.contains("protocol 1 not supported with bincode"),
-            "{old}"
-        );
-        assert!(old.contains("protocol 2"), "{old}");
-        for p in [0, 3] {
+        for v in [1, 2] {
+            let old = negotiate(v, Encoding::Bincode).unwrap_err();
+            assert!(
+                old.contains(&format!("protocol {v} not supported with bincode")),
+                "{old}"
+            );
+            assert!(old.contains("protocol 3"), "{old}");
+        }
+        for p in [0, 4] {
             for e in [Encoding::Json, Encoding::Bincode] {
                 let m = negotiate(p, e).unwrap_err();
                 assert!(

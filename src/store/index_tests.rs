@@ -205,8 +205,19 @@ async fn a_build_runs_in_slices_while_writes_go_on_and_a_drop_cleans_up() {
     let p = query(&f, "t", json!({"k": 3}), &[], 10_000, None);
     assert_eq!(p.plan.index.as_deref(), Some("k"));
     assert_eq!(p.records.len(), (0..n).filter(|i| i % 7 == 3).count() + 2);
-    // Undeclared: dropped in slices, then gone.
+    // Undeclared, then declared again while its drop is half done: the
+    // drop finishes and the index is built anew, in the same catch-up.
     let none = Declared::new();
+    assert!(step(&f, &none).await);
+    assert_eq!(
+        f.store.index_rows().unwrap()[0].2.state,
+        IndexState::Dropping
+    );
+    while step(&f, &d).await {}
+    assert_eq!(f.store.index_rows().unwrap()[0].2.state, IndexState::Ready);
+    assert_eq!(f.store.index_entry_count("t", "k").unwrap() as usize, n + 1);
+    clean(&f);
+    // Undeclared: dropped in slices, then gone.
     while step(&f, &none).await {}
     assert!(f.store.index_rows().unwrap().is_empty());
     assert_eq!(f.store.index_entry_count("t", "k").unwrap(), 0);

@@ -14,7 +14,7 @@ use std::ops::Bound;
 use redb::ReadTransaction;
 use serde_json::Value;
 
-use crate::domain::query::{collate, encode_cursor, Cond, OrderKey, Query};
+use crate::domain::query::{collate, Cond, OrderKey, Query};
 use crate::domain::{parse_doc_text, RecordView, StoreError, StoredRecord};
 
 use super::encoding::from_store;
@@ -155,7 +155,7 @@ pub fn query_in(
     if !plan.as_ref().is_some_and(|p| p.ordered) {
         hits.sort_by(|a, b| q.cmp_keys(&a.0, &b.0));
     }
-    let (records, next) = page(hits, collection, limit, max_bytes);
+    let (records, next) = page(q, hits, collection, limit, max_bytes);
     Ok(Page {
         records,
         next,
@@ -181,6 +181,7 @@ fn trim(q: &Query, hits: &mut Vec<(OrderKey, StoredRecord, String)>, limit: usiz
 /// The first page of sorted hits, within `limit` and `max_bytes`, and the
 /// cursor after it when more remain.
 fn page(
+    q: &Query,
     hits: Vec<(OrderKey, StoredRecord, String)>,
     collection: &str,
     limit: usize,
@@ -200,7 +201,7 @@ fn page(
         last = Some(key);
     }
     let next = (out.len() < total)
-        .then(|| last.map(|k| encode_cursor(&k)))
+        .then(|| last.map(|k| q.cursor_after(&k)))
         .flatten();
     (out, next)
 }

@@ -15,8 +15,10 @@ pub use crate::view::{ConflictView, OpView, RecordView};
 
 /// Version of this local protocol, carried in the hello. 2: the fields and
 /// variants of users and scopes (backend protocol revision 3) and sync
-/// directions; a daemon takes 1 only over JSON (docs/ipc-protocol.md §3).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// directions; 3: local queries (`query`, `watch_query`, the status
+/// view's `indexes`). A daemon takes older versions only over JSON
+/// (docs/ipc-protocol.md §3).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// First frame from the client; always JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -102,15 +102,37 @@ impl Query {
                     .ok_or_else(|| QueryError::SortField(f.clone()))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let after = match cursor {
-            Some(c) => Some(decode_cursor(c, sort.len()).ok_or(QueryError::BadCursor)?),
-            None => None,
-        };
-        Ok(Query {
+        let mut q = Query {
             selector,
             sort,
-            after,
-        })
+            after: None,
+        };
+        if let Some(c) = cursor {
+            q.after = Some(decode_cursor(c, &q.sort_spec()).ok_or(QueryError::BadCursor)?);
+        }
+        Ok(q)
+    }
+
+    /// The sort as a cursor carries it (`due:asc`), so that a cursor is
+    /// refused by a query of another order.
+    fn sort_spec(&self) -> Vec<String> {
+        self.sort
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}:{}",
+                    s.path.join("."),
+                    if s.desc { "desc" } else { "asc" }
+                )
+            })
+            .collect()
+    }
+
+    /// The cursor that continues after `key`: opaque to apps.
+    pub fn cursor_after(&self, key: &OrderKey) -> String {
+        let fields: Vec<Value> = key.fields.iter().map(|f| Value::String(hex(f))).collect();
+        let json = serde_json::json!([fields, key.id, self.sort_spec()]).to_string();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
     }
 
     /// Whether the results' order runs descending on the id (the last
@@ -161,23 +183,21 @@ impl Query {
     }
 }
 
-/// The cursor that continues after `key`: opaque to apps.
-pub fn encode_cursor(key: &OrderKey) -> String {
-    let fields: Vec<Value> = key.fields.iter().map(|f| Value::String(hex(f))).collect();
-    let json = serde_json::json!([fields, key.id]).to_string();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
-}
-
-fn decode_cursor(s: &str, fields: usize) -> Option<OrderKey> {
+fn decode_cursor(s: &str, sort: &[String]) -> Option<OrderKey> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(s)
         .ok()?;
     let v: Value = serde_json::from_slice(&bytes).ok()?;
-    let [f, id] = v.as_array()?.as_slice() else {
+    let [f, id, spec] = v.as_array()?.as_slice() else {
         return None;
     };
     let f = f.as_array()?;
-    if f.len() != fields {
+    let spec: Vec<&str> = spec
+        .as_array()?
+        .iter()
+        .map(Value::as_str)
+        .collect::<Option<_>>()?;
+    if f.len() != sort.len() || spec != sort {
         return None;
     }
     Some(OrderKey {
@@ -212,13 +232,20 @@ mod tests {
     fn cursors_round_trip_and_refuse_strangers() {
         let q = Query::new(&json!({}), &[("due".into(), false)], None).unwrap();
         let k = q.key_of(&json!({"due": "2026-12-08"}), "t1");
-        let c = encode_cursor(&k);
+        let c = q.cursor_after(&k);
         let q2 = Query::new(&json!({}), &[("due".into(), false)], Some(&c)).unwrap();
         assert_eq!(q2.after, Some(k));
-        assert_eq!(
-            Query::new(&json!({}), &[], Some(&c)).unwrap_err(),
-            QueryError::BadCursor
-        );
+        for other in [
+            vec![],
+            vec![("due".into(), true)],
+            vec![("title".into(), false)],
+        ] {
+            assert_eq!(
+                Query::new(&json!({}), &other, Some(&c)).unwrap_err(),
+                QueryError::BadCursor,
+                "{other:?}"
+            );
+        }
         assert_eq!(
             Query::new(&json!({}), &[], Some("not a cursor")).unwrap_err(),
             QueryError::BadCursor

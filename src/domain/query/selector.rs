@@ -59,6 +59,10 @@ pub enum SelectorErrorKind {
     EmptyField,
     /// An object that mixes `$operators` with field names.
     MixedOperatorsAndFields,
+    /// `$and` / `$or` on a field: they combine selectors, at the top.
+    CombinatorOnField(&'static str),
+    /// `$not` on a field takes an object of `$operators`.
+    NotNeedsOperators,
     TooDeep,
 }
 
@@ -86,6 +90,14 @@ impl std::fmt::Display for SelectorError {
             MixedOperatorsAndFields => {
                 write!(f, "an object mixes $operators with field names")
             }
+            CombinatorOnField(op) => write!(
+                f,
+                "{op} combines whole selectors and goes at their top ({{\"{op}\": [{{\"a\": 1}}, {{\"b\": 2}}]}}), not on a field"
+            ),
+            NotNeedsOperators => write!(
+                f,
+                "$not on a field takes an object of $operators ({{\"$not\": {{\"$gt\": 5}}}})"
+            ),
             TooDeep => write!(f, "nested deeper than {MAX_DEPTH} levels"),
         }
     }
@@ -247,11 +259,13 @@ fn parse_op(op: &str, arg: &Value, at: &str, depth: usize) -> Result<Cond, Selec
             arg.as_bool()
                 .ok_or_else(|| err(at, SelectorErrorKind::NeedsBool))?,
         ),
+        "$and" => return Err(err(at, SelectorErrorKind::CombinatorOnField("$and"))),
+        "$or" => return Err(err(at, SelectorErrorKind::CombinatorOnField("$or"))),
         "$not" => {
             let obj = arg
                 .as_object()
                 .filter(|o| !o.is_empty() && o.keys().all(|k| k.starts_with('$')))
-                .ok_or_else(|| err(at, SelectorErrorKind::NotAnObject))?;
+                .ok_or_else(|| err(at, SelectorErrorKind::NotNeedsOperators))?;
             Cond::Not(Box::new(parse_ops(obj, at, depth + 1)?))
         }
         other => {
@@ -390,6 +404,14 @@ mod tests {
             "at $.a: an object mixes $operators with field names"
         );
         assert_eq!(e(json!([1])), "at $: expected a JSON object");
+        assert_eq!(
+            e(json!({"a": {"$or": [1]}})),
+            "at $.a.$or: $or combines whole selectors and goes at their top ({\"$or\": [{\"a\": 1}, {\"b\": 2}]}), not on a field"
+        );
+        assert_eq!(
+            e(json!({"a": {"$not": {"b": 1}}})),
+            "at $.a.$not: $not on a field takes an object of $operators ({\"$not\": {\"$gt\": 5}})"
+        );
         let mut deep = json!({"x": 1});
         for _ in 0..40 {
             deep = json!({ "$not": deep });

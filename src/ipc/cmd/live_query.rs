@@ -97,7 +97,15 @@ impl LiveQuery {
             }
             if self.reading.is_some() {
                 match self.finish_read().await {
-                    Ok(page) if std::mem::take(&mut self.resync) => self.reset(page, true),
+                    Ok(page) if std::mem::take(&mut self.resync) => {
+                        if self.limit.is_none() && page.next.is_some() {
+                            // Grown past one reply since it started: a
+                            // partial result would hide matches. It ends.
+                            self.rx = None;
+                            return Some(Event::ResyncNeeded { missed: 0 });
+                        }
+                        self.reset(page, true)
+                    }
                     Ok(page) => self.diff(page),
                     Err(e) => {
                         // The live query ends; the app asks again.

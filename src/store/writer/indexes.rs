@@ -66,8 +66,14 @@ pub(super) fn step(x: &mut Txn<'_>, declared: &Declared) -> Result<JobResult, St
     {
         build_slice(x, c, name, meta)?;
     }
+    // Work remains while an index is not ready, or one declared has no
+    // row yet (its old self finished dropping just now).
     let rows = index::rows(x.index_meta.table()?)?;
-    let more = rows.iter().any(|r| r.2.state != IndexState::Ready);
+    let has_row = |c: &str, f: &[String]| rows.iter().any(|r| r.0 == c && r.1 == index::name_of(f));
+    let more = rows.iter().any(|r| r.2.state != IndexState::Ready)
+        || declared
+            .iter()
+            .any(|(c, lists)| lists.iter().any(|f| !has_row(c, f)));
     Ok(Ok(WriteOutcome::IndexStep { more }))
 }
 
