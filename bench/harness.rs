@@ -43,6 +43,11 @@
 //!   writes into another scope A syncs (until A's watch has them) during
 //!   the back-fill, vs with no back-fill running.
 //!
+//! - `queries`: local queries on `--query-records` records (issue 22): an
+//!   indexed query returning 50 records vs a scan and vs SQLite in process
+//!   with the same index; 64-client writes with two indexes vs none; a live
+//!   query's event latency vs the plain watch feed's (`queries.rs`).
+//!
 //! Every repeated figure is the median over the repetitions; baselines are
 //! interleaved with the measured runs (A B A B ...) and ratios are taken rep
 //! by rep, then the median. Output: a table on stdout plus one JSON line per
@@ -67,6 +72,7 @@ mod memory;
 mod opts;
 mod outbox_report;
 mod procfs;
+mod queries;
 mod reads;
 mod redb_outbox;
 mod report;
@@ -123,6 +129,7 @@ fn main() {
             "coalesce" => coalesce::coalesce(&rt, &opts, &mut report),
             "conflict" => conflict::conflict(&rt, &opts, &mut report),
             "scopes" => scopes::scopes(&rt, &opts, &mut report),
+            "queries" => queries::queries(&rt, &opts, &mut report),
             _ => unreachable!(),
         }
     }

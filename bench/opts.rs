@@ -12,7 +12,7 @@ syncd benchmark harness
 usage: cargo bench --bench harness -- [SCENARIO...] [OPTIONS]
 
 scenarios (default: all): writes reads memory idle drain restart live coalesce
-                          conflict scopes
+                          conflict scopes queries
 
 options:
   --quick             smaller sizes and fewer reps everywhere (whole run < 2 min);
@@ -45,6 +45,7 @@ options:
   --conflict-reps N   repetitions of each conflict configuration (default 3)
   --scope-records N   records in the scope `scopes` back-fills (default 100000)
   --scope-reps N      repetitions of `scopes` (default 3)
+  --query-records N   records in the collection `queries` reads (default 1000000)
   --bin PATH          the syncd binary (default: the one cargo built)
 
 Temp dirs go to $TMPDIR (default /tmp): set it to measure another disk.";
@@ -84,6 +85,7 @@ pub(crate) struct Opts {
     pub(crate) conflict_reps: usize,
     pub(crate) scope_records: u64,
     pub(crate) scope_reps: usize,
+    pub(crate) query_records: u64,
     pub(crate) bin: PathBuf,
     pub(crate) smoke: bool,
 }
@@ -116,6 +118,7 @@ impl Opts {
             conflict_reps: 3,
             scope_records: 100_000,
             scope_reps: 3,
+            query_records: 1_000_000,
             bin: common::bin(),
             smoke: false,
         };
@@ -139,6 +142,7 @@ impl Opts {
                 conflict_reps: 2,
                 scope_records: 20_000,
                 scope_reps: 2,
+                query_records: 100_000,
                 ..full
             },
             Mode::Smoke => Opts {
@@ -165,6 +169,7 @@ impl Opts {
                 conflict_reps: 1,
                 scope_records: 300,
                 scope_reps: 1,
+                query_records: 400,
                 smoke: true,
                 ..full
             },
@@ -210,6 +215,7 @@ impl Opts {
                 "--conflict-reps" => o.conflict_reps = num(&val(a)?, a)?,
                 "--scope-records" => o.scope_records = num(&val(a)?, a)?,
                 "--scope-reps" => o.scope_reps = num(&val(a)?, a)?,
+                "--query-records" => o.query_records = num(&val(a)?, a)?,
                 "--bin" => o.bin = PathBuf::from(val(a)?),
                 s if all_scenarios().iter().any(|x| x == s) => scenarios.push(s.to_owned()),
                 other => return Err(format!("unknown argument {other:?}")),
@@ -242,6 +248,7 @@ impl Opts {
             self.conflict_ops,
             self.conflict_base_ops,
             self.scope_records,
+            self.query_records,
         ];
         if counts.contains(&0) || sizes.contains(&0) || self.secs <= 0.0 || self.idle_secs <= 0.0 {
             return Err("repetitions, sizes, windows and durations must be positive".into());
@@ -270,7 +277,7 @@ impl Opts {
 pub(crate) fn all_scenarios() -> Vec<String> {
     [
         "writes", "reads", "memory", "idle", "drain", "restart", "live", "coalesce", "conflict",
-        "scopes",
+        "scopes", "queries",
     ]
     .map(String::from)
     .to_vec()
