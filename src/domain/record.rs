@@ -111,10 +111,16 @@ impl StoredRecord {
     }
 
     pub fn view(&self, collection: &str, id: &str) -> RecordView {
+        self.view_parsed(collection, id, parse_doc_text(&self.data))
+    }
+
+    /// [`StoredRecord::view`] with the document already parsed (a query
+    /// parsed it to match it).
+    pub fn view_parsed(&self, collection: &str, id: &str, data: serde_json::Value) -> RecordView {
         RecordView {
             collection: collection.to_owned(),
             id: id.to_owned(),
-            data: Doc(parse_doc_text(&self.data)),
+            data: Doc(data),
             server_id: self.server_id.clone(),
             version: self.version,
             updated_at: self.updated_at,

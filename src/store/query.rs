@@ -44,6 +44,10 @@ pub struct Page {
     pub plan: Plan,
 }
 
+/// A record that matched: its place in the order, the record, its id and
+/// its parsed document.
+type Hit = (OrderKey, StoredRecord, String, Value);
+
 /// An index entry's place: its key bytes and the record id.
 type EntryKey = (Vec<u8>, String);
 
@@ -100,7 +104,7 @@ pub fn query_in(
     let plan = choose(q, &ready);
     let records = txn.open_table(RECORDS)?;
     let mut examined = 0u64;
-    let mut hits: Vec<(OrderKey, StoredRecord, String)> = Vec::new();
+    let mut hits: Vec<Hit> = Vec::new();
     let mut check = |id: &str, r: StoredRecord, hits: &mut Vec<_>| {
         examined += 1;
         if r.deleted {
@@ -112,7 +116,7 @@ pub fn query_in(
         }
         let key = q.key_of(&doc, id);
         if q.is_after_cursor(&key) {
-            hits.push((key, r, id.to_owned()));
+            hits.push((key, r, id.to_owned(), doc));
         }
     };
     match &plan {
@@ -170,7 +174,7 @@ pub fn query_in(
 
 /// Keeps memory at a page's worth while sorting in memory: once there are
 /// twice as many hits as a page needs, only the first page (+1) stays.
-fn trim(q: &Query, hits: &mut Vec<(OrderKey, StoredRecord, String)>, limit: usize, ordered: bool) {
+fn trim(q: &Query, hits: &mut Vec<Hit>, limit: usize, ordered: bool) {
     let keep = limit.saturating_add(1);
     if !ordered && hits.len() >= keep.saturating_mul(2).max(64) {
         hits.sort_by(|a, b| q.cmp_keys(&a.0, &b.0));
@@ -182,7 +186,7 @@ fn trim(q: &Query, hits: &mut Vec<(OrderKey, StoredRecord, String)>, limit: usiz
 /// cursor after it when more remain.
 fn page(
     q: &Query,
-    hits: Vec<(OrderKey, StoredRecord, String)>,
+    hits: Vec<Hit>,
     collection: &str,
     limit: usize,
     max_bytes: usize,
@@ -191,13 +195,13 @@ fn page(
     let mut out = Vec::new();
     let mut bytes = 0usize;
     let mut last = None;
-    for (key, r, id) in hits {
+    for (key, r, id, doc) in hits {
         let size = r.data.len() + id.len() + RECORD_OVERHEAD;
         if out.len() == limit || (!out.is_empty() && bytes + size > max_bytes) {
             break;
         }
         bytes += size;
-        out.push(r.view(collection, &id));
+        out.push(r.view_parsed(collection, &id, doc));
         last = Some(key);
     }
     let next = (out.len() < total)
