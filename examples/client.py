@@ -35,8 +35,8 @@ import struct
 import sys
 import time
 
-# Version 2 of the local protocol; a daemon also takes 1 over JSON, and the
-# frames are the same (docs/ipc-protocol.md §3, "Versions and compatibility").
+# Version 3 of the local protocol; a daemon also takes 1 and 2 over JSON, and
+# the frames are the same (docs/ipc-protocol.md §3, "Versions and compatibility").
 PROTOCOL_VERSION = 3
 
 
@@ -292,7 +292,7 @@ class Client:
         in `sort` order (id order without one); returns {records, next, plan}.
 
         `next` is None on the last page, else the cursor for the next one
-        (pass it back with the same sort). Each page is read from a snapshot
+        (pass it back with the same selector and sort). Each page is read from a snapshot
         of its own. A bad selector, sort field or cursor raises
         SyncdError("bad_query")."""
         req = self._query_req(collection, selector, sort, limit)

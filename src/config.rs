@@ -125,10 +125,27 @@ pub struct CollectionSection {
 
 /// One declared index: a field, or several in key order.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(untagged)]
+#[serde(try_from = "toml::Value")]
 pub enum IndexFields {
     One(String),
     Many(Vec<String>),
+}
+
+impl TryFrom<toml::Value> for IndexFields {
+    type Error = String;
+
+    fn try_from(v: toml::Value) -> Result<Self, String> {
+        let not = || format!("an index is a field name or a list of field names, not {v}");
+        match &v {
+            toml::Value::String(s) => Ok(IndexFields::One(s.clone())),
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|i| i.as_str().map(str::to_owned).ok_or_else(not))
+                .collect::<Result<_, _>>()
+                .map(IndexFields::Many),
+            _ => Err(not()),
+        }
+    }
 }
 
 impl IndexFields {
@@ -727,11 +744,21 @@ fn validate_indexes(list: &[IndexFields]) -> Result<(), String> {
             ));
         }
         for f in &fields {
-            if f.contains(',') || crate::domain::query::field_path(f).is_none() {
+            let path = crate::domain::query::field_path(f);
+            let operator = path.iter().flatten().any(|p| p.starts_with('$'));
+            if f.contains(',') || path.is_none() || operator {
                 return Err(format!(
-                    "{f:?} is not a field path (names joined by dots, none empty, no commas)"
+                    "{f:?} is not a field path (names joined by dots, none empty, none starting with $, no commas)"
                 ));
             }
+        }
+        if fields
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            < fields.len()
+        {
+            return Err(format!("{fields:?} names a field twice"));
         }
         if !seen.insert(fields.clone()) {
             return Err(format!("{fields:?} is declared twice"));
@@ -937,6 +964,46 @@ mod tests {
         assert_eq!(c.direction_for("unlisted"), Direction::Both);
         let listed: Vec<_> = c.directions().iter().map(|(n, _)| n.to_owned()).collect();
         assert_eq!(listed, ["drafts", "logs", "prices"]);
+    }
+
+    #[test]
+    fn indexes_are_checked_and_say_what_is_wrong() {
+        let ok = Config::parse(
+            "[collections.todos]\nindexes = [\"due\", [\"done\", \"due\"], \"a.b\"]\n",
+        )
+        .unwrap();
+        let d = ok.declared_indexes();
+        assert_eq!(
+            d["todos"],
+            vec![
+                vec!["due".to_owned()],
+                vec!["done".into(), "due".into()],
+                vec!["a.b".into()]
+            ]
+        );
+        for (text, want) in [
+            (
+                "indexes = [1]",
+                "an index is a field name or a list of field names, not 1",
+            ),
+            (
+                "indexes = [[\"a\", 2]]",
+                "an index is a field name or a list of field names",
+            ),
+            ("indexes = [\"\"]", "is not a field path"),
+            ("indexes = [\"a..b\"]", "is not a field path"),
+            ("indexes = [[\"a,b\"]]", "is not a field path"),
+            ("indexes = [\"$a\"]", "is not a field path"),
+            ("indexes = [[]]", "an index has 1 to 8 fields"),
+            ("indexes = [[\"a\", \"a\"]]", "names a field twice"),
+            ("indexes = [\"a\", [\"a\"]]", "is declared twice"),
+        ] {
+            let e = Config::parse(&format!("[collections.todos]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{text}: {e}");
+            assert!(e.contains("collections.todos.indexes"), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -29,7 +29,7 @@ class RoundTrip(unittest.TestCase):
     def test_hello(self):
         with connect() as c:
             self.assertTrue(c.hello["ok"])
-            self.assertEqual(c.hello["protocol"], 2)
+            self.assertEqual(c.hello["protocol"], 3)
             self.assertEqual(c.hello["max_frame_bytes"], 16 * 1024 * 1024)
             self.assertTrue(c.hello["client_id"])
             self.assertTrue(c.hello["server"].startswith("syncd "))

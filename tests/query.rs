@@ -84,12 +84,15 @@ fn cond_ok(op: &str, arg: &Value, v: Option<&Value>) -> bool {
         return op == "$exists" && arg == &json!(false);
     };
     let c = || collate(v, arg);
+    // An array field: one of its elements is listed (the array itself is
+    // not compared).
     let member = |list: &Value| {
-        list.as_array().unwrap().iter().any(|x| {
-            collate(v, x) == Ordering::Equal
-                || v.as_array()
-                    .is_some_and(|a| a.iter().any(|e| collate(e, x) == Ordering::Equal))
-        })
+        let list = list.as_array().unwrap();
+        let listed = |x: &Value| list.iter().any(|l| collate(x, l) == Ordering::Equal);
+        match v.as_array() {
+            Some(items) => items.iter().any(listed),
+            None => listed(v),
+        }
     };
     match op {
         "$eq" => c() == Ordering::Equal,
@@ -581,4 +584,134 @@ fn a_bad_query_names_the_problem_and_the_daemon_keeps_serving() {
         d.ok(&["query", "items", "{\"a\": 1}"]).trim(),
         "ok\t{\"a\":1}"
     );
+}
+
+/// Applies a live query's events to the result it started from.
+fn replay(
+    start: &[(String, Value)],
+    events: &[QueryEvent],
+) -> std::collections::BTreeMap<String, Value> {
+    let mut held: std::collections::BTreeMap<String, Value> = start.iter().cloned().collect();
+    for e in events {
+        match e {
+            QueryEvent::Added { id, data, .. } | QueryEvent::Changed { id, data, .. } => {
+                held.insert(id.clone(), data.0.clone());
+            }
+            QueryEvent::Removed { id, .. } => {
+                assert!(
+                    held.remove(id).is_some(),
+                    "removed {id}, which was not held"
+                );
+            }
+            QueryEvent::Result { .. } => panic!("a resync in a short test"),
+        }
+    }
+    held
+}
+
+/// Live queries start while three connections write: the first result and
+/// the events after it, replayed, are the final result exactly (the
+/// publish gate: no commit counted twice or missed at the start). The race
+/// the gate closes is microseconds wide, so this catches a broken gate
+/// only sometimes; why the gate is exact is argued in live_query.rs.
+#[test]
+fn live_queries_started_during_writes_replay_to_the_final_result() {
+    use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+    use std::sync::Arc;
+    let d = Daemon::start(INDEXED);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut writers = Vec::new();
+        for w in 0..3u64 {
+            let (socket, stop) = (d.socket.clone(), stop.clone());
+            writers.push(tokio::spawn(async move {
+                let mut c = Client::connect(&socket, "w").await.unwrap();
+                let mut rng = fastrand::Rng::with_seed(w);
+                let mut n = 0;
+                while n < 200 || !stop.load(AtomicOrdering::SeqCst) {
+                    let id = format!("w{:02}", rng.u32(0..40));
+                    match rng.u8(0..6) {
+                        0 => {
+                            let _ = c.delete("items", &id).await;
+                        }
+                        1 => {
+                            if c.patch("items", &id, json!({"b": n})).await.is_err() {
+                                c.put("items", Some(&id), json!({"a": 3})).await.unwrap();
+                            }
+                        }
+                        _ => {
+                            c.put("items", Some(&id), json!({"a": rng.i64(0..10)}))
+                                .await
+                                .unwrap();
+                        }
+                    }
+                    n += 1;
+                }
+            }));
+        }
+        let sel = json!({"a": {"$lt": 5}});
+        let sort = [SortField {
+            field: "a".into(),
+            desc: false,
+        }];
+        let mut all = Client::connect(&d.socket, "all").await.unwrap();
+        all.watch_query("items", sel.clone(), &[], None)
+            .await
+            .unwrap();
+        let mut top = Client::connect(&d.socket, "top").await.unwrap();
+        top.watch_query("items", sel.clone(), &sort, Some(5))
+            .await
+            .unwrap();
+        let first = |q: QueryEvent| match q {
+            QueryEvent::Result { records, .. } => records
+                .into_iter()
+                .map(|r| (r.id, r.data.0))
+                .collect::<Vec<_>>(),
+            other => panic!("expected the first result, got {other:?}"),
+        };
+        let start_all = first(next_query_event(&mut all).await);
+        let start_top = first(next_query_event(&mut top).await);
+        stop.store(true, AtomicOrdering::SeqCst);
+        for w in writers {
+            w.await.unwrap();
+        }
+        // A marker that both queries report; everything before it arrived.
+        let mut c = Client::connect(&d.socket, "marker").await.unwrap();
+        c.put("items", Some("zz"), json!({"a": -1})).await.unwrap();
+        let mut read = Vec::new();
+        for live in [&mut all, &mut top] {
+            let mut evs = Vec::new();
+            loop {
+                let e = next_query_event(live).await;
+                let done = matches!(&e, QueryEvent::Added { id, .. } if id == "zz");
+                evs.push(e);
+                if done {
+                    break;
+                }
+            }
+            read.push(evs);
+        }
+        let final_all = c
+            .query("items", sel.clone(), &[], Some(1000), None)
+            .await
+            .unwrap();
+        let want: std::collections::BTreeMap<String, Value> = final_all
+            .records
+            .into_iter()
+            .map(|r| (r.id, r.data.0))
+            .collect();
+        assert_eq!(replay(&start_all, &read[0]), want);
+        let final_top = c.query("items", sel, &sort, Some(5), None).await.unwrap();
+        let want: std::collections::BTreeMap<String, Value> = final_top
+            .records
+            .into_iter()
+            .map(|r| (r.id, r.data.0))
+            .collect();
+        assert_eq!(replay(&start_top, &read[1]), want);
+    });
 }

@@ -31,9 +31,10 @@ pub struct QueryArgs {
     limit: Option<u32>,
     /// Continue after this cursor (printed on stderr when --limit stops a
     /// query that has more).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "watch")]
     cursor: Option<String>,
-    /// Print each record as the JSON `get` prints.
+    /// Print each record as the JSON `get` prints (--watch always prints
+    /// JSON lines).
     #[arg(long)]
     json: bool,
     /// Print how the daemon answered (the index, or a scan) instead of
@@ -50,7 +51,7 @@ pub struct QueryArgs {
 
 /// `FIELD` or `FIELD:desc` (or `FIELD:asc`).
 fn sort_field(s: &str) -> Result<SortField, CliError> {
-    let (field, desc) = match s.rsplit_once(':') {
+    let (field, desc) = match s.split_once(':') {
         Some((f, "desc")) => (f, true),
         Some((f, "asc")) => (f, false),
         Some((_, other)) => {

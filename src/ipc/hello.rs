@@ -5,13 +5,13 @@
 //! connection's one buffer, so requests sent right behind it survive.
 //!
 //! Versions ([`negotiate`]): the daemon speaks [`PROTOCOL_VERSION`] (3) in
-//! both encodings, and still takes protocol 1 over JSON, whose readers
-//! ignore what version 2 added (object keys, and variants they never ask
-//! for). Protocol 1 over bincode is refused with `unsupported_protocol`:
-//! bincode frames carry no field names, so a version-1 bincode client
-//! cannot decode a version-2 frame (fields were added to `put`, record,
-//! op and status views, and variants to requests, replies, events and
-//! error codes).
+//! both encodings, and still takes protocols 1 and 2 over JSON, whose
+//! readers ignore what later versions added (object keys, and variants
+//! they never ask for). Older protocols over bincode are refused with
+//! `unsupported_protocol`: bincode frames carry no field names, so an
+//! older bincode client cannot decode a newer frame (fields were added to
+//! `put`, record, op and status views, and variants to requests, replies,
+//! events and error codes).
 
 use crate::ipc::codec::Encoding;
 use crate::ipc::connection::Connection;

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use redb::ReadTransaction;
+use redb::{ReadTransaction, ReadableTable};
 
 use super::check::{open, Problem, Report};
 use super::encoding::from_store;
@@ -12,12 +12,15 @@ use super::index::{index_range, rows, IndexDef, IndexState};
 use super::tables::{INDEXES, INDEX_ENTRIES, RECORDS};
 use crate::domain::{parse_doc_text, StoreError, StoredRecord};
 
-/// Checks every index that is building or ready.
+/// Checks every index that is building or ready, and that no entry
+/// belongs to an index without a row.
 pub(super) fn indexes(txn: &ReadTransaction, r: &mut Report) -> Result<(), StoreError> {
-    let Some(meta) = open(txn, INDEXES)? else {
-        return Ok(());
+    let rows = match open(txn, INDEXES)? {
+        Some(meta) => rows(&meta)?,
+        None => Vec::new(),
     };
-    for (c, name, m) in rows(&meta)? {
+    orphans(txn, &rows, r)?;
+    for (c, name, m) in rows {
         let upto = match &m.state {
             IndexState::Ready => None,
             IndexState::Building { next, .. } => Some(next.clone()),
@@ -33,6 +36,30 @@ pub(super) fn indexes(txn: &ReadTransaction, r: &mut Report) -> Result<(), Store
             continue;
         };
         one(txn, &c, &def, upto.as_deref(), r)?;
+    }
+    Ok(())
+}
+
+/// Entries under a (collection, index) that has no row: nothing keeps or
+/// drops them.
+fn orphans(
+    txn: &ReadTransaction,
+    rows: &[(String, String, super::index::IndexMeta)],
+    r: &mut Report,
+) -> Result<(), StoreError> {
+    let Some(t) = open(txn, INDEX_ENTRIES)? else {
+        return Ok(());
+    };
+    let mut seen: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for item in t.iter()? {
+        let (k, _) = item?;
+        let (c, name, _, _) = k.value();
+        if !rows.iter().any(|(rc, rn, _)| rc == c && rn == name) {
+            *seen.entry((c.to_owned(), name.to_owned())).or_default() += 1;
+        }
+    }
+    for ((c, name), n) in seen {
+        problem(r, &c, &name, format!("{n} entries, but no such index"));
     }
     Ok(())
 }

@@ -23,9 +23,13 @@ pub async fn run(
     loop {
         let declared = config.borrow_and_update().declared_indexes();
         let settled = tokio::select! {
-            r = catch_up(&writer, &declared) => r,
+            r = catch_up(&writer, &declared, &config) => r,
             _ = shutdown.changed() => return,
         };
+        if matches!(settled, Ok(false)) {
+            // A reload came in mid-way: start over on the new config.
+            continue;
+        }
         if let Err(e) = settled {
             tracing::warn!(error = %e, "index build step failed; trying again in 5 s");
             tokio::select! {
@@ -40,18 +44,24 @@ pub async fn run(
     }
 }
 
-/// Steps until the indexes match `declared`.
+/// Steps until the indexes match `declared` (`true`), or until the
+/// config changes (`false`: a build or drop no longer declared so stops
+/// at once, instead of running to its end first).
 async fn catch_up(
     writer: &WriterHandle,
     declared: &DeclaredIndexes,
-) -> Result<(), crate::domain::WriteError> {
+    config: &watch::Receiver<Arc<Config>>,
+) -> Result<bool, crate::domain::WriteError> {
     loop {
+        if config.has_changed().unwrap_or(false) {
+            return Ok(false);
+        }
         let cmd = WriteCmd::IndexStep {
             declared: declared.clone(),
         };
         match writer.submit(cmd).await? {
             WriteOutcome::IndexStep { more: true } => tokio::task::yield_now().await,
-            _ => return Ok(()),
+            _ => return Ok(true),
         }
     }
 }

@@ -149,6 +149,7 @@ async fn the_check_finds_an_index_that_disagrees() {
     {
         let mut t = txn.open_table(super::tables::INDEX_ENTRIES).unwrap();
         t.insert(("t", "n", &[9u8][..], "ghost"), ()).unwrap();
+        t.insert(("t", "gone", &[1u8][..], "a"), ()).unwrap();
         let mut out = Vec::new();
         crate::domain::query::collate::encode(Some(&json!(1)), &mut out);
         t.remove(("t", "n", out.as_slice(), "a")).unwrap();
@@ -158,6 +159,10 @@ async fn the_check_finds_an_index_that_disagrees() {
     let text: Vec<String> = r.problems.iter().map(|p| p.to_string()).collect();
     assert!(
         text.contains(&"index n of t: an entry for ghost, which is not a live record".to_owned()),
+        "{text:?}"
+    );
+    assert!(
+        text.contains(&"index gone of t: 1 entries, but no such index".to_owned()),
         "{text:?}"
     );
     assert!(

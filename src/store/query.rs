@@ -301,6 +301,10 @@ fn plan_for(q: &Query, def: &IndexDef) -> Option<(usize, IndexPlan)> {
     let mut hi = collate::prefix_end(&prefix).unwrap_or_else(|| KEY_CEILING.to_vec());
     let mut ranged = false;
     if let Some(path) = def.paths.get(fixed.len()) {
+        // A range never matches a record without the field (it sorts
+        // first): start at `null`, the least value there is.
+        let mut least = prefix.clone();
+        collate::encode(Some(&Value::Null), &mut least);
         for c in conds_on(path) {
             let (v, is_lo, inclusive) = match c {
                 Cond::Gt(v) => (v, true, false),
@@ -319,6 +323,9 @@ fn plan_for(q: &Query, def: &IndexDef) -> Option<(usize, IndexPlan)> {
                 (false, true) => "<=",
             };
             bounds.push(format!("{} {op} {v}", path.join(".")));
+            if !ranged {
+                lo = lo.max(least.clone());
+            }
             ranged = true;
             if is_lo {
                 lo = lo.max(if inclusive { at.clone() } else { after() });

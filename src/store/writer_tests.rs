@@ -1472,3 +1472,40 @@ async fn the_invariant_check_names_dead_letter_sub_and_gone_mark_drift() {
     assert!(has(&["dead_letter_sub", "01NOSUCHOP", "no dead letter"]));
     assert!(has(&["records", "c/b", "not a scope name"]));
 }
+
+/// A retried dead letter whose record was deleted meanwhile brings the
+/// record back, and says so with a `changed` event: watchers and live
+/// queries saw it go (the review of issue 22 found it silent).
+#[tokio::test]
+async fn retry_that_brings_a_record_back_announces_it() {
+    let mut f = fx();
+    put(&f, "a", json!({"x": 1})).await;
+    let (seq, op) = f.store.queue_head(1).unwrap().remove(0);
+    f.w.submit(WriteCmd::DeadLetter {
+        seq,
+        error: "HTTP 403: scope_denied".into(),
+    })
+    .await
+    .unwrap();
+    delete(&f, "a").await;
+    while let Some((seq, _)) = f.store.queue_head(1).unwrap().first().cloned() {
+        f.w.submit(WriteCmd::DropLocal { seq }).await.unwrap();
+    }
+    assert!(f.store.get("c", "a").unwrap().is_none());
+    events_flushed(&f).await;
+    while f.events.try_recv().is_ok() {}
+    f.w.submit(WriteCmd::RetryDead {
+        op_id: op.op_id.clone(),
+    })
+    .await
+    .unwrap();
+    events_flushed(&f).await;
+    let mut back = Vec::new();
+    while let Ok(e) = f.events.try_recv() {
+        if let Event::Changed { id, data, .. } = &*e {
+            back.push((id.clone(), data.as_ref().map(|d| d.0.clone())));
+        }
+    }
+    assert_eq!(back, vec![("a".to_owned(), Some(json!({"x": 1})))]);
+    assert!(f.store.get("c", "a").unwrap().is_some());
+}

@@ -364,8 +364,8 @@ pub struct IndexView {
     pub collection: String,
     /// Its fields, joined by commas (`done,due`).
     pub index: String,
-    /// `ready`, `building` (queries scan meanwhile) or `dropping` (no
-    /// longer declared).
+    /// `ready`, `building` (queries do not use it meanwhile: another
+    /// ready index, or a scan) or `dropping` (no longer declared).
     pub state: String,
     /// While `building`: records indexed so far.
     pub indexed: Option<u64>,

@@ -35,6 +35,9 @@ pub struct SortField {
 #[derive(Debug, Clone)]
 pub struct Query {
     pub selector: Selector,
+    /// A fingerprint of the selector's JSON, carried in cursors so that a
+    /// cursor is refused by a query with another selector.
+    selector_hash: u64,
     pub sort: Vec<SortField>,
     /// Where the previous page ended: results start after it.
     pub after: Option<OrderKey>,
@@ -61,7 +64,7 @@ impl std::fmt::Display for QueryError {
             }
             QueryError::BadCursor => write!(
                 f,
-                "the cursor is not one this query handed out (pass the `next` of the previous page, with the same sort)"
+                "the cursor is not one this query handed out (pass the `next` of the previous page, with the same selector and sort)"
             ),
         }
     }
@@ -90,6 +93,7 @@ impl Query {
         sort: &[(String, bool)],
         cursor: Option<&str>,
     ) -> Result<Query, QueryError> {
+        let selector_json = selector;
         let selector = Selector::parse(selector).map_err(QueryError::Selector)?;
         if sort.len() > MAX_SORT_FIELDS {
             return Err(QueryError::TooManySortFields(sort.len()));
@@ -104,6 +108,7 @@ impl Query {
             .collect::<Result<Vec<_>, _>>()?;
         let mut q = Query {
             selector,
+            selector_hash: fnv1a(selector_json.to_string().as_bytes()),
             sort,
             after: None,
         };
@@ -113,18 +118,18 @@ impl Query {
         Ok(q)
     }
 
-    /// The sort as a cursor carries it (`due:asc`), so that a cursor is
-    /// refused by a query of another order.
+    /// What a cursor carries to be refused by another query: the
+    /// selector's fingerprint, then the sort (`due:asc`).
     fn sort_spec(&self) -> Vec<String> {
-        self.sort
-            .iter()
-            .map(|s| {
+        let selector = format!("selector:{:016x}", self.selector_hash);
+        std::iter::once(selector)
+            .chain(self.sort.iter().map(|s| {
                 format!(
                     "{}:{}",
                     s.path.join("."),
                     if s.desc { "desc" } else { "asc" }
                 )
-            })
+            }))
             .collect()
     }
 
@@ -197,7 +202,7 @@ fn decode_cursor(s: &str, sort: &[String]) -> Option<OrderKey> {
         .iter()
         .map(Value::as_str)
         .collect::<Option<_>>()?;
-    if f.len() != sort.len() || spec != sort {
+    if f.len() + 1 != sort.len() || spec != sort {
         return None;
     }
     Some(OrderKey {
@@ -206,6 +211,14 @@ fn decode_cursor(s: &str, sort: &[String]) -> Option<OrderKey> {
             .map(|x| unhex(x.as_str()?))
             .collect::<Option<Vec<_>>>()?,
         id: id.as_str()?.to_owned(),
+    })
+}
+
+/// FNV-1a, 64 bits: stable across builds and platforms (std's hasher is
+/// not promised to be), and a cursor fingerprint needs no more.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
 }
 
@@ -235,6 +248,9 @@ mod tests {
         let c = q.cursor_after(&k);
         let q2 = Query::new(&json!({}), &[("due".into(), false)], Some(&c)).unwrap();
         assert_eq!(q2.after, Some(k));
+        let other_selector =
+            Query::new(&json!({"done": false}), &[("due".into(), false)], Some(&c));
+        assert_eq!(other_selector.unwrap_err(), QueryError::BadCursor);
         for other in [
             vec![],
             vec![("due".into(), true)],

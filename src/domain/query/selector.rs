@@ -5,7 +5,7 @@
 //! Matching follows CouchDB's `mango_selector`: a condition on a field the
 //! document lacks is false, except `$exists: false`; ranges compare across
 //! types in the collation order of [`super::collate`]; `$in` on an array
-//! field matches when the array, or one of its elements, is in the list.
+//! field matches when one of its elements is in the list.
 
 use serde_json::{Map, Value};
 
@@ -318,13 +318,13 @@ impl Cond {
     }
 }
 
-/// `$in`: the value, or one of its elements if it is an array, is listed.
+/// `$in`: the value is listed; for an array, one of its elements is (as
+/// CouchDB's `mango_selector` has it: the array itself is not compared).
 fn is_in(v: &Value, list: &[Value]) -> bool {
-    list.iter().any(|a| {
-        collate::eq(v, a)
-            || v.as_array()
-                .is_some_and(|items| items.iter().any(|i| collate::eq(i, a)))
-    })
+    match v.as_array() {
+        Some(items) => items.iter().any(|i| list.iter().any(|a| collate::eq(i, a))),
+        None => list.iter().any(|a| collate::eq(v, a)),
+    }
 }
 
 #[cfg(test)]
@@ -349,6 +349,9 @@ mod tests {
         assert!(m(json!({"a.b.c": 1}), doc.clone()));
         assert!(m(json!({"a": {"b": {"c": {"$gte": 1}}}}), doc.clone()));
         assert!(m(json!({"tags": {"$in": ["y"]}}), doc.clone()));
+        // The array as a whole is not an element of it.
+        assert!(!m(json!({"tags": {"$in": [["x", "y"]]}}), doc.clone()));
+        assert!(m(json!({"tags": {"$nin": [["x", "y"]]}}), doc.clone()));
         assert!(!m(json!({"tags": "y"}), doc.clone()));
         assert!(m(json!({"tags": ["x", "y"]}), doc.clone()));
         assert!(m(json!({"s": {"$nin": ["a", "c"]}}), doc.clone()));

@@ -5,7 +5,9 @@ use serde_json::{Map, Value};
 
 use crate::domain::conflict::Resolution;
 use crate::domain::direction::Direction;
-use crate::domain::{Document, OpKind, Side, StoreError, StoredRecord, WriteError};
+use crate::domain::{
+    Doc, Document, Event, OpKind, Origin, Side, StoreError, StoredRecord, WriteError,
+};
 use crate::store::encoding::from_store;
 use crate::store::parse_doc_text;
 use crate::store::ParkedConflict;
@@ -65,10 +67,10 @@ pub(super) fn retry(x: &mut Txn<'_>, op_id: &str) -> Result<JobResult, StoreErro
     // The record may be gone meanwhile (a purged scope, a remote delete):
     // the retried op brings back the record it writes, as this device
     // last wrote it, so that no op is queued without its record.
-    let rec = match x.record(&op.collection, &op.local_id)? {
+    let (rec, came_back) = match x.record(&op.collection, &op.local_id)? {
         Some(mut rec) => {
             rec.pending += 1;
-            rec
+            (rec, false)
         }
         None => {
             let mut rec = StoredRecord::local(
@@ -77,10 +79,20 @@ pub(super) fn retry(x: &mut Txn<'_>, op_id: &str) -> Result<JobResult, StoreErro
                 op.client_ts,
             );
             rec.deleted = op.kind == OpKind::Delete;
-            rec
+            (rec, true)
         }
     };
     x.put_record(&op.collection, &op.local_id, &rec)?;
+    if came_back && !rec.deleted {
+        // Watchers and live queries saw it go: they see it come back.
+        x.ev.push(Event::Changed {
+            collection: op.collection.clone(),
+            id: op.local_id.clone(),
+            op_id: Some(op.op_id.clone()),
+            origin: Origin::Local,
+            data: Some(Doc(parse_doc_text(&rec.data))),
+        });
+    }
     append_op(x, &op)?;
     Ok(Ok(WriteOutcome::Done))
 }

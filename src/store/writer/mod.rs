@@ -591,6 +591,13 @@ impl Writer {
             for job in jobs {
                 let r = apply(&mut x, &job.cmd)?;
                 let job_events = std::mem::take(&mut x.ev);
+                #[cfg(test)]
+                assert_changes_have_events(
+                    &job.cmd,
+                    &r,
+                    &job_events,
+                    std::mem::take(&mut x.doc_changes),
+                );
                 events.push(if r.is_ok() { job_events } else { Vec::new() });
                 results.push(r);
             }
@@ -605,6 +612,35 @@ impl Writer {
             events,
             ops_left,
         })
+    }
+}
+
+/// Test builds: every record whose live document a job changed has a
+/// `changed` event from that job (a put's is built after the commit, from
+/// its answer): watchers and live queries see every change.
+#[cfg(test)]
+fn assert_changes_have_events(
+    cmd: &WriteCmd,
+    r: &JobResult,
+    events: &[Event],
+    changes: Vec<(String, String)>,
+) {
+    if r.is_err() {
+        return;
+    }
+    let put = match (cmd, r) {
+        (WriteCmd::Put { collection, .. }, Ok(WriteOutcome::Written { id, .. })) => {
+            Some((collection.as_str(), id.as_str()))
+        }
+        _ => None,
+    };
+    for (c, id) in changes {
+        let evented = put == Some((c.as_str(), id.as_str()))
+            || events.iter().any(|e| matches!(e, Event::Changed { collection, id: i, .. } if *collection == c && *i == id));
+        assert!(
+            evented,
+            "{c}/{id} changed without a `changed` event in {cmd:?}"
+        );
     }
 }
 

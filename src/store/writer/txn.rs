@@ -163,6 +163,11 @@ pub(super) struct Txn<'txn> {
     pub ev: Vec<Event>,
     /// An op left the queue (by any path): `wait_synced` must look again.
     pub ops_left: bool,
+    /// Test builds: the records whose live document this job changed
+    /// (written, deleted or gone), for the check that each one has its
+    /// `changed` event (watchers and live queries rely on it).
+    #[cfg(test)]
+    pub doc_changes: Vec<(String, String)>,
 }
 
 impl<'txn> Txn<'txn> {
@@ -178,6 +183,8 @@ impl<'txn> Txn<'txn> {
             directions: Arc::default(),
             ev: Vec::new(),
             ops_left: false,
+            #[cfg(test)]
+            doc_changes: Vec::new(),
             records: Lazy::new(txn, RECORDS),
             queue: Lazy::new(txn, QUEUE),
             ops: Lazy::new(txn, OP_INDEX),
@@ -208,7 +215,7 @@ impl<'txn> Txn<'txn> {
 
     /// Writes a record, and its entries in the collection's indexes.
     pub fn put_record(&mut self, c: &str, id: &str, r: &StoredRecord) -> Result<(), StoreError> {
-        let indexed = !self.indexes.of(c).is_empty();
+        let indexed = !self.indexes.of(c).is_empty() || cfg!(test);
         let old: Option<StoredRecord> =
             match self.records.insert((c, id), to_store(r)?.as_slice())? {
                 Some(v) if indexed => Some(from_store(v.value())?),
@@ -219,12 +226,23 @@ impl<'txn> Txn<'txn> {
         }
         let live = |r: &StoredRecord| (!r.deleted).then(|| r.data.clone());
         let old = old.as_ref().and_then(live);
+        self.note_doc_change(c, id, old.as_deref(), live(r).as_deref());
         super::indexes::reindex(self, c, id, old.as_deref(), live(r).as_deref())
     }
 
+    #[cfg(test)]
+    fn note_doc_change(&mut self, c: &str, id: &str, old: Option<&str>, new: Option<&str>) {
+        if old != new {
+            self.doc_changes.push((c.to_owned(), id.to_owned()));
+        }
+    }
+
+    #[cfg(not(test))]
+    fn note_doc_change(&mut self, _: &str, _: &str, _: Option<&str>, _: Option<&str>) {}
+
     /// Removes a record, and its entries in the collection's indexes.
     pub fn remove_record(&mut self, c: &str, id: &str) -> Result<(), StoreError> {
-        let indexed = !self.indexes.of(c).is_empty();
+        let indexed = !self.indexes.of(c).is_empty() || cfg!(test);
         let old: Option<StoredRecord> = match self.records.remove((c, id))? {
             Some(v) if indexed => Some(from_store(v.value())?),
             _ => None,
@@ -232,6 +250,7 @@ impl<'txn> Txn<'txn> {
         let Some(old) = old.filter(|r| !r.deleted) else {
             return Ok(());
         };
+        self.note_doc_change(c, id, Some(&old.data), None);
         super::indexes::reindex(self, c, id, Some(&old.data), None)
     }
 
