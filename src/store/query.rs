@@ -102,81 +102,122 @@ pub fn query_in(
 ) -> Result<Page, StoreError> {
     let ready = ready_indexes(txn, collection)?;
     let plan = choose(q, &ready);
-    let records = txn.open_table(RECORDS)?;
-    let mut examined = 0u64;
-    let mut hits: Vec<Hit> = Vec::new();
-    let mut check = |id: &str, r: StoredRecord, hits: &mut Vec<_>| {
-        examined += 1;
-        if r.deleted {
-            return;
-        }
-        let doc = parse_doc_text(&r.data);
-        if !q.selector.matches(&doc) {
-            return;
-        }
-        let key = q.key_of(&doc, id);
-        if q.is_after_cursor(&key) {
-            hits.push((key, r, id.to_owned(), doc));
-        }
+    let ordered = plan.as_ref().is_some_and(|p| p.ordered);
+    let mut hits = Hits {
+        q,
+        limit,
+        ordered,
+        examined: 0,
+        found: Vec::new(),
     };
     match &plan {
-        Some(p) => {
-            let entries = txn.open_table(INDEX_ENTRIES)?;
-            let (lo, hi) = seek_range(q, p);
-            let range = entries.range::<(&str, &str, &[u8], &str)>((
-                bound(collection, &p.def.name, &lo),
-                bound(collection, &p.def.name, &hi),
-            ))?;
-            let iter: Box<dyn Iterator<Item = _>> = if p.reverse {
-                Box::new(range.rev())
-            } else {
-                Box::new(range)
-            };
-            for item in iter {
-                let (k, _) = item?;
-                let id = k.value().3;
-                if let Some(v) = records.get((collection, id))? {
-                    check(id, from_store(v.value())?, &mut hits);
-                }
-                if p.ordered && hits.len() > limit {
-                    break;
-                }
-                trim(q, &mut hits, limit, p.ordered);
-            }
-        }
-        None => {
-            for item in records.range((collection, "")..)? {
-                let (k, v) = item?;
-                let (c, id) = k.value();
-                if c != collection {
-                    break;
-                }
-                check(id, from_store(v.value())?, &mut hits);
-                trim(q, &mut hits, limit, false);
-            }
-        }
+        Some(p) => read_index(txn, collection, p, &mut hits)?,
+        None => read_scan(txn, collection, &mut hits)?,
     }
-    if !plan.as_ref().is_some_and(|p| p.ordered) {
-        hits.sort_by(|a, b| q.cmp_keys(&a.0, &b.0));
+    let examined = hits.examined;
+    let mut found = hits.found;
+    if !ordered {
+        found.sort_by(|a, b| q.cmp_keys(&a.0, &b.0));
     }
-    let (records, next) = page(q, hits, collection, limit, max_bytes);
+    let (records, next) = page(q, found, collection, limit, max_bytes);
     Ok(Page {
         records,
         next,
         plan: Plan {
             index: plan.as_ref().map(|p| p.def.name.clone()),
-            ordered: plan.as_ref().is_some_and(|p| p.ordered),
+            ordered,
             bounds: plan.map(|p| p.bounds).unwrap_or_default(),
             examined,
         },
     })
 }
 
+/// The records a read finds that match, after the cursor.
+struct Hits<'q> {
+    q: &'q Query,
+    limit: usize,
+    /// Read in the query's order: the first page (+1) is enough.
+    ordered: bool,
+    examined: u64,
+    found: Vec<Hit>,
+}
+
+impl Hits<'_> {
+    /// Matches one record; `false` once an ordered read has its page.
+    fn offer(&mut self, id: &str, r: StoredRecord) -> bool {
+        self.examined += 1;
+        if !r.deleted {
+            let doc = parse_doc_text(&r.data);
+            if self.q.selector.matches(&doc) {
+                let key = self.q.key_of(&doc, id);
+                if self.q.is_after_cursor(&key) {
+                    self.found.push((key, r, id.to_owned(), doc));
+                }
+            }
+        }
+        if self.ordered {
+            return self.found.len() <= self.limit;
+        }
+        trim(self.q, &mut self.found, self.limit);
+        true
+    }
+}
+
+/// Reads the plan's range of its index (backwards when the order says so)
+/// and offers each entry's record.
+fn read_index(
+    txn: &ReadTransaction,
+    collection: &str,
+    p: &IndexPlan,
+    hits: &mut Hits<'_>,
+) -> Result<(), StoreError> {
+    let records = txn.open_table(RECORDS)?;
+    let entries = txn.open_table(INDEX_ENTRIES)?;
+    let (lo, hi) = seek_range(hits.q, p);
+    let range = entries.range::<(&str, &str, &[u8], &str)>((
+        bound(collection, &p.def.name, &lo),
+        bound(collection, &p.def.name, &hi),
+    ))?;
+    let iter: Box<dyn Iterator<Item = _>> = if p.reverse {
+        Box::new(range.rev())
+    } else {
+        Box::new(range)
+    };
+    for item in iter {
+        let (k, _) = item?;
+        let id = k.value().3;
+        if let Some(v) = records.get((collection, id))? {
+            if !hits.offer(id, from_store(v.value())?) {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Offers every record of the collection.
+fn read_scan(
+    txn: &ReadTransaction,
+    collection: &str,
+    hits: &mut Hits<'_>,
+) -> Result<(), StoreError> {
+    let records = txn.open_table(RECORDS)?;
+    for item in records.range((collection, "")..)? {
+        let (k, v) = item?;
+        let (c, id) = k.value();
+        if c != collection {
+            break;
+        }
+        hits.offer(id, from_store(v.value())?);
+    }
+    Ok(())
+}
+
 /// Keeps memory at a page's worth while sorting in memory: once there are
 /// twice as many hits as a page needs, only the first page (+1) stays.
-fn trim(q: &Query, hits: &mut Vec<Hit>, limit: usize, ordered: bool) {
+fn trim(q: &Query, hits: &mut Vec<Hit>, limit: usize) {
     let keep = limit.saturating_add(1);
-    if !ordered && hits.len() >= keep.saturating_mul(2).max(64) {
+    if hits.len() >= keep.saturating_mul(2).max(64) {
         hits.sort_by(|a, b| q.cmp_keys(&a.0, &b.0));
         hits.truncate(keep);
     }
