@@ -137,11 +137,22 @@ impl SyncControl {
         }
     }
 
-    pub fn set_status(&self, s: SyncStatus) {
-        match self.status.lock() {
-            Ok(mut g) => *g = s,
-            Err(p) => *p.into_inner() = s,
+    /// Publishes the worker's status. The paused flag has the last word
+    /// on paused: a round that read the status before a `pause` (or a
+    /// `resume`) finishes after it, and must not undo what the app was
+    /// just told (seen under load: `/health` healthy right after `pause`).
+    pub fn set_status(&self, mut s: SyncStatus) {
+        let mut g = match self.status.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if self.is_paused() {
+            s.state = State::Paused;
+            s.next_retry_at = None;
+        } else if s.state == State::Paused {
+            s.state = State::Offline;
         }
+        *g = s;
     }
 
     pub fn is_paused(&self) -> bool {
@@ -176,5 +187,28 @@ impl SyncControl {
 pub(crate) fn local(e: impl std::fmt::Display) -> crate::backend::client::Failure {
     crate::backend::client::Failure::LocalStore {
         reason: format!("local store: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod pause_tests {
+    use super::*;
+
+    /// A worker round that read the status before a `pause` (or `resume`)
+    /// and publishes after it does not undo it: the flag decides.
+    #[test]
+    fn a_stale_publish_does_not_undo_a_pause_or_a_resume() {
+        let c = SyncControl::new(false);
+        let mut stale = c.status();
+        stale.state = State::Online;
+        stale.next_retry_at = Some(5);
+        c.set_paused(true);
+        c.set_status(stale.clone());
+        assert_eq!(c.status().state, State::Paused);
+        assert_eq!(c.status().next_retry_at, None);
+        stale.state = State::Paused;
+        c.set_paused(false);
+        c.set_status(stale);
+        assert_eq!(c.status().state, State::Offline);
     }
 }
