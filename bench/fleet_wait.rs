@@ -31,7 +31,6 @@
 #[path = "../tests/common_pg/mod.rs"]
 mod common_pg;
 
-use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -172,16 +171,7 @@ impl Node {
             .stderr(stderr)
             .spawn()
             .expect("spawn syncd backend");
-        let mut line = String::new();
-        let out = child.stdout.take().expect("stdout");
-        std::io::BufReader::new(out)
-            .read_line(&mut line)
-            .expect("read");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("backend did not start: {line:?}"))
-            .to_owned();
+        let addr = common_pg::listening_addr(&mut child);
         Node { child, addr, log }
     }
 

@@ -352,6 +352,7 @@ pub async fn run(
         reads: crate::sync::reads::ReadMode::Pool,
     });
     let index_keeper = tokio::spawn(crate::store::index_keeper::run(
+        store.clone(),
         writer.clone(),
         cfg_rx.clone(),
         shutdown_rx.clone(),

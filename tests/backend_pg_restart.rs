@@ -15,7 +15,7 @@ mod common_pg;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{bin, eventually, http, Daemon};
+use common::{all_changes_at, bin, eventually, http, Daemon};
 use common_pg::{Pg, PgNode};
 use serde_json::{json, Value};
 use syncd::client::Client;
@@ -53,25 +53,6 @@ fn head(node: &PgNode) -> Option<u64> {
     body["cursor"].as_str().and_then(|c| c.parse().ok())
 }
 
-/// Every change in the log, read through `node`.
-fn log(node: &PgNode) -> Vec<Value> {
-    let (mut out, mut since) = (Vec::new(), "0".to_owned());
-    loop {
-        let (st, body) = http(
-            &node.addr,
-            "GET",
-            &format!("/v1/changes?limit=1000&since={since}"),
-            None,
-        );
-        assert_eq!(st, 200, "{body}");
-        out.extend(body["changes"].as_array().cloned().unwrap_or_default());
-        since = body["cursor"].as_str().unwrap_or_default().to_owned();
-        if body["more"] != json!(true) {
-            return out;
-        }
-    }
-}
-
 /// A record's marker: (device, k) from its data.
 fn marker(data: &Value) -> (u64, u64) {
     let n = |f: &str| data[f].as_u64().unwrap_or(u64::MAX);
@@ -85,7 +66,10 @@ type Records = BTreeMap<(u64, u64), (String, u64, Value)>;
 
 fn server(node: &PgNode) -> (Records, BTreeMap<(u64, u64), usize>) {
     let (mut latest, mut creates) = (BTreeMap::new(), BTreeMap::new());
-    for ch in log(node).iter().filter(|c| c["collection"] == json!(COLL)) {
+    for ch in all_changes_at(&node.addr)
+        .iter()
+        .filter(|c| c["collection"] == json!(COLL))
+    {
         let r = &ch["record"];
         let m = marker(&r["data"]);
         let version = r["version"].as_u64().unwrap_or_default();

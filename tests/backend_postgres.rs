@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use common::{bin, eventually, http, Daemon};
+use common::{all_changes_at, bin, eventually, http, Daemon};
 use common_pg::{runtime, Pg, PgNode};
 use serde_json::{json, Value};
 use syncd::backend::protocol::{Document, ServerRecord};
@@ -391,7 +391,7 @@ fn local(d: &Daemon, coll: &str) -> BTreeMap<String, Value> {
 /// The server's live records of `coll` as read through `node`: `k` -> data.
 fn server(node: &PgNode, coll: &str) -> BTreeMap<String, Value> {
     let mut latest: BTreeMap<String, Value> = BTreeMap::new();
-    for ch in log(node) {
+    for ch in all_changes_at(&node.addr) {
         if ch["collection"] == json!(coll) {
             let id = ch["record"]["id"].as_str().unwrap_or_default().to_owned();
             latest.insert(id, ch["record"].clone());
@@ -407,24 +407,6 @@ fn server(node: &PgNode, coll: &str) -> BTreeMap<String, Value> {
             )
         })
         .collect()
-}
-
-fn log(node: &PgNode) -> Vec<Value> {
-    let (mut out, mut since) = (Vec::new(), "0".to_owned());
-    loop {
-        let (st, body) = http(
-            &node.addr,
-            "GET",
-            &format!("/v1/changes?limit=1000&since={since}"),
-            None,
-        );
-        assert_eq!(st, 200, "{body}");
-        out.extend(body["changes"].as_array().cloned().unwrap_or_default());
-        since = body["cursor"].as_str().unwrap_or_default().to_owned();
-        if body["more"] != json!(true) {
-            return out;
-        }
-    }
 }
 
 fn pause(d: &Daemon) {
@@ -539,7 +521,10 @@ fn devices_on_two_nodes_converge_through_conflicts_and_a_killed_node() {
     wait_converged(&[&a, &b, &c], &[&n1, &n2], &["bulk", "notes"]);
     // Every write applied exactly once: one create per key in the log.
     let mut creates: BTreeMap<String, usize> = BTreeMap::new();
-    for ch in log(&n2).iter().filter(|c| c["collection"] == json!("bulk")) {
+    for ch in all_changes_at(&n2.addr)
+        .iter()
+        .filter(|c| c["collection"] == json!("bulk"))
+    {
         if ch["record"]["version"] == json!(1) {
             let k = ch["record"]["data"]["k"]
                 .as_str()
@@ -591,7 +576,10 @@ fn parked(d: &Daemon) -> BTreeMap<String, Value> {
 /// How many times each (record id, version) of `coll` is in the log.
 fn versions(node: &PgNode, coll: &str) -> BTreeMap<(String, u64), usize> {
     let mut seen = BTreeMap::new();
-    for ch in log(node).iter().filter(|c| c["collection"] == json!(coll)) {
+    for ch in all_changes_at(&node.addr)
+        .iter()
+        .filter(|c| c["collection"] == json!(coll))
+    {
         let id = ch["record"]["id"].as_str().unwrap_or_default().to_owned();
         let v = ch["record"]["version"].as_u64().unwrap_or_default();
         *seen.entry((id, v)).or_default() += 1;

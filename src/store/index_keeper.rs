@@ -12,16 +12,27 @@ use crate::config::Config;
 use crate::domain::query::DeclaredIndexes;
 
 use super::writer::{WriteCmd, WriteOutcome, WriterHandle};
+use super::Store;
 
 /// Runs until `shutdown`; a failed step is retried after a pause (a full
 /// disk, say), and logged.
 pub async fn run(
+    store: Store,
     writer: WriterHandle,
     mut config: watch::Receiver<Arc<Config>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
         let declared = config.borrow_and_update().declared_indexes();
+        if declared.is_empty() && no_index_rows(&store).await {
+            // Nothing declared, nothing to drop: no write transaction (and
+            // no fsync) at every start of a daemon without indexes.
+            tokio::select! {
+                r = config.changed() => if r.is_err() { return },
+                _ = shutdown.changed() => return,
+            }
+            continue;
+        }
         let settled = tokio::select! {
             r = catch_up(&writer, &declared, &config) => r,
             _ = shutdown.changed() => return,
@@ -42,6 +53,15 @@ pub async fn run(
             _ = shutdown.changed() => return,
         }
     }
+}
+
+/// Whether the store has no index rows (read on the blocking pool; a
+/// failed read counts as "some", so the writer's step decides).
+async fn no_index_rows(store: &Store) -> bool {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || store.index_rows().map(|r| r.is_empty()))
+        .await
+        .is_ok_and(|r| r.unwrap_or(false))
 }
 
 /// Steps until the indexes match `declared` (`true`), or until the

@@ -398,23 +398,7 @@ impl Backend {
 
     /// Every change in the log, following the cursor.
     pub fn all_changes(&self) -> Vec<serde_json::Value> {
-        let mut out = Vec::new();
-        let mut since = String::new();
-        loop {
-            let path = if since.is_empty() {
-                "/v1/changes?limit=1000".to_string()
-            } else {
-                format!("/v1/changes?limit=1000&since={since}")
-            };
-            let (st, body) = self.get(&path);
-            assert_eq!(st, 200, "changes: {body}");
-            let changes = body["changes"].as_array().cloned().unwrap_or_default();
-            out.extend(changes);
-            since = body["cursor"].as_str().unwrap_or_default().to_owned();
-            if !body["more"].as_bool().unwrap_or(false) {
-                return out;
-            }
-        }
+        all_changes_at(&self.addr)
     }
 
     /// The latest state of every server record: (collection, id) -> record.
@@ -437,6 +421,28 @@ impl Drop for Backend {
 
 /// A minimal HTTP/1.1 request with `Connection: close`; returns status and
 /// the JSON body (Null if empty or not JSON).
+/// Every change in the log of the backend at `addr` (token mode), following
+/// the cursor.
+pub fn all_changes_at(addr: &str) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let mut since = String::new();
+    loop {
+        let path = if since.is_empty() {
+            "/v1/changes?limit=1000".to_string()
+        } else {
+            format!("/v1/changes?limit=1000&since={since}")
+        };
+        let (st, body) = http(addr, "GET", &path, None);
+        assert_eq!(st, 200, "changes: {body}");
+        let changes = body["changes"].as_array().cloned().unwrap_or_default();
+        out.extend(changes);
+        since = body["cursor"].as_str().unwrap_or_default().to_owned();
+        if !body["more"].as_bool().unwrap_or(false) {
+            return out;
+        }
+    }
+}
+
 pub fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
     http_bearer(addr, None, method, path, body)
 }

@@ -15,6 +15,26 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The first line a spawned `syncd backend` prints on stdout (its
+/// `listening on ADDR`); empty if it printed none.
+pub fn first_line(child: &mut Child) -> String {
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = std::io::BufReader::new(out).read_line(&mut line);
+    }
+    line
+}
+
+/// The address a spawned `syncd backend` listens on; panics with what it
+/// printed instead.
+pub fn listening_addr(child: &mut Child) -> String {
+    let line = first_line(child);
+    line.trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("backend did not start: {line:?}"))
+        .to_owned()
+}
+
 /// A PostgreSQL server under test.
 pub struct Pg {
     dir: tempfile::TempDir,
@@ -289,9 +309,7 @@ impl PgNode {
                 .stderr(stderr)
                 .spawn()
                 .expect("spawn backend");
-            let stdout = child.stdout.take().expect("stdout");
-            let mut line = String::new();
-            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let line = first_line(&mut child);
             if let Some(addr) = line.trim().strip_prefix("listening on ") {
                 self.addr = addr.to_owned();
                 self.child = Some(child);

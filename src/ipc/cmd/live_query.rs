@@ -169,10 +169,14 @@ impl LiveQuery {
         }
     }
 
-    /// Takes a whole result and tells the app.
+    /// Takes a whole result and tells the app. Only a query with a limit
+    /// keeps the page itself (to diff re-reads against); without one the
+    /// ids are enough.
     fn reset(&mut self, page: Page, resync: bool) {
         self.members = page.records.iter().map(|r| r.id.clone()).collect();
-        self.page = page.records.clone();
+        if self.limit.is_some() {
+            self.page = page.records.clone();
+        }
         self.out.push_back(Event::Query(QueryEvent::Result {
             collection: self.collection.clone(),
             records: page.records,
