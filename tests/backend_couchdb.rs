@@ -12,51 +12,11 @@ mod common_couch;
 
 use std::time::{Duration, Instant};
 
-use common::{eventually, Daemon};
-use common_couch::{free_port, Couch, Proxy, DB};
-use serde_json::{json, Value};
-
-const STRATEGIES: &str = "[collections.sw]\nconflict = \"server-wins\"\n[collections.lww]\nconflict = \"last-write-wins\"\n[collections.mg]\nconflict = \"merge\"\n[collections.man]\nconflict = \"manual\"\n";
-
-/// A device syncing to the CouchDB database at `url`; `backend` adds keys
-/// to `[backend]`, `tables` goes after `[sync]`.
-fn device_with(url: &str, backend: &str, tables: &str) -> Daemon {
-    Daemon::start(&format!(
-        "[backend]\nkind = \"couchdb\"\nurl = {url:?}\ntimeout_ms = 3000\n{backend}\n[sync]\npull_interval_s = 1\nbackoff_initial_ms = 100\nbackoff_max_ms = 1000\n{tables}"
-    ))
-}
-
-fn device(url: &str) -> Daemon {
-    device_with(url, "", STRATEGIES)
-}
-
-fn get(d: &Daemon, coll: &str, id: &str) -> Option<Value> {
-    let o = d.cli(&["get", coll, id]);
-    o.status
-        .success()
-        .then(|| serde_json::from_slice(&o.stdout).ok())
-        .flatten()
-}
-
-fn put(d: &Daemon, coll: &str, id: &str, doc: Value) {
-    d.ok(&["put", coll, &doc.to_string(), "--id", id]);
-}
-
-fn sync(d: &Daemon) {
-    d.ok(&["sync", "--wait"]);
-}
-
-fn depth(d: &Daemon) -> u64 {
-    d.status()["queue_depth"].as_u64().unwrap_or(u64::MAX)
-}
-
-fn generation(doc: &Value) -> u64 {
-    doc["_rev"]
-        .as_str()
-        .and_then(|r| r.split('-').next())
-        .and_then(|g| g.parse().ok())
-        .unwrap_or(0)
-}
+use common::eventually;
+use common_couch::{
+    depth, device, device_with, free_port, generation, get, put, sync, Couch, Proxy, DB,
+};
+use serde_json::json;
 
 /// Ops queued while the database is not reachable arrive, in queue order,
 /// once it is; versions are CouchDB generations.

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::common::Daemon;
+
 /// Where the npm package is installed: `$SYNCD_TEST_NPM_DIR`, else
 /// `$HOME/.cache/syncd-test-npm`.
 pub fn npm_dir() -> PathBuf {
@@ -107,6 +109,51 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+// Devices and their records, as the CouchDB tests use them.
+
+/// One collection per conflict strategy.
+pub const STRATEGIES: &str = "[collections.sw]\nconflict = \"server-wins\"\n[collections.lww]\nconflict = \"last-write-wins\"\n[collections.mg]\nconflict = \"merge\"\n[collections.man]\nconflict = \"manual\"\n";
+
+/// A device syncing to the CouchDB database at `url`; `backend` adds keys
+/// to `[backend]`, `tables` goes after `[sync]`.
+pub fn device_with(url: &str, backend: &str, tables: &str) -> Daemon {
+    Daemon::start(&format!(
+        "[backend]\nkind = \"couchdb\"\nurl = {url:?}\ntimeout_ms = 3000\n{backend}\n[sync]\npull_interval_s = 1\nbackoff_initial_ms = 100\nbackoff_max_ms = 1000\n{tables}"
+    ))
+}
+
+pub fn device(url: &str) -> Daemon {
+    device_with(url, "", STRATEGIES)
+}
+
+pub fn get(d: &Daemon, coll: &str, id: &str) -> Option<Value> {
+    let o = d.cli(&["get", coll, id]);
+    o.status
+        .success()
+        .then(|| serde_json::from_slice(&o.stdout).ok())
+        .flatten()
+}
+
+pub fn put(d: &Daemon, coll: &str, id: &str, doc: Value) {
+    d.ok(&["put", coll, &doc.to_string(), "--id", id]);
+}
+
+pub fn sync(d: &Daemon) {
+    d.ok(&["sync", "--wait"]);
+}
+
+pub fn depth(d: &Daemon) -> u64 {
+    d.status()["queue_depth"].as_u64().unwrap_or(u64::MAX)
+}
+
+pub fn generation(doc: &Value) -> u64 {
+    doc["_rev"]
+        .as_str()
+        .and_then(|r| r.split('-').next())
+        .and_then(|g| g.parse().ok())
+        .unwrap_or(0)
+}
+
 /// A running pouchdb-server, killed on drop.
 pub struct Couch {
     pub port: u16,
@@ -196,7 +243,7 @@ impl Couch {
 
     /// A request straight to CouchDB's HTTP API.
     pub fn req(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-        super::common::http(&self.addr, method, path, body)
+        crate::common::http(&self.addr, method, path, body)
     }
 
     /// The winning revision of `collection:id` (404 → `None`).
@@ -240,39 +287,68 @@ impl Drop for Couch {
     }
 }
 
-/// One request seen by the [`Proxy`]: method, path, whether its reply was
-/// dropped.
+/// One request seen by the [`Proxy`]: method, path, how many documents a
+/// `_bulk_docs` body held, whether its reply was dropped.
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub method: String,
     pub path: String,
+    pub docs: usize,
     pub dropped: bool,
 }
 
+impl Seen {
+    pub fn is_bulk_write(&self) -> bool {
+        self.method == "POST" && self.path.contains("/_bulk_docs")
+    }
+
+    pub fn is_bulk_read(&self) -> bool {
+        self.method == "POST" && self.path.contains("/_all_docs")
+    }
+}
+
+/// Something another client does between the adapter's read and its
+/// `_bulk_docs` write.
+pub type Hook = Box<dyn FnOnce() + Send>;
+
+/// What the proxy's connection threads share.
+#[derive(Clone, Default)]
+struct Shared {
+    drop_puts: Arc<Mutex<u32>>,
+    drop_bulk: Arc<Mutex<u32>>,
+    before_bulk: Arc<Mutex<Option<Hook>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
 /// A forwarding proxy in front of a server. Each request is forwarded on a
-/// fresh connection; while `drop_puts` is above zero, the reply to a PUT
-/// is thrown away after the server handled it (the client's connection is
-/// closed instead): a lost reply.
+/// fresh connection. While `drop_puts` (or `drop_bulk`) is above zero, the
+/// reply to a PUT (or a `POST _bulk_docs`) is thrown away after the server
+/// handled it (the client's connection is closed instead): a lost reply.
+/// A hook set with [`Proxy::before_bulk`] runs when the next `_bulk_docs`
+/// arrives, before it is forwarded.
 pub struct Proxy {
     pub addr: String,
     pub drop_puts: Arc<Mutex<u32>>,
-    pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub drop_bulk: Arc<Mutex<u32>>,
+    shared: Shared,
 }
 
 impl Proxy {
     pub fn start(upstream: &str) -> Proxy {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         let addr = l.local_addr().expect("addr").to_string();
+        let shared = Shared::default();
         let p = Proxy {
             addr,
-            drop_puts: Arc::new(Mutex::new(0)),
-            seen: Arc::new(Mutex::new(Vec::new())),
+            drop_puts: shared.drop_puts.clone(),
+            drop_bulk: shared.drop_bulk.clone(),
+            shared: shared.clone(),
         };
-        let (up, drops, seen) = (upstream.to_owned(), p.drop_puts.clone(), p.seen.clone());
+        let up = upstream.to_owned();
         std::thread::spawn(move || {
             for conn in l.incoming().flatten() {
-                let (up, drops, seen) = (up.clone(), drops.clone(), seen.clone());
-                std::thread::spawn(move || serve(conn, &up, &drops, &seen));
+                let (up, shared) = (up.clone(), shared.clone());
+                std::thread::spawn(move || serve(conn, &up, &shared));
             }
         });
         p
@@ -283,8 +359,37 @@ impl Proxy {
     }
 
     pub fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+        self.shared
+            .seen
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
     }
+
+    pub fn clear_seen(&self) {
+        self.shared.seen.lock().expect("lock").clear();
+    }
+
+    /// Runs `hook` when the next `_bulk_docs` arrives, before forwarding it.
+    pub fn before_bulk(&self, hook: Hook) {
+        *self.shared.before_bulk.lock().expect("lock") = Some(hook);
+    }
+}
+
+/// Takes one from `counter` if it is above zero.
+fn take_one(counter: &Mutex<u32>) -> bool {
+    let mut d = counter.lock().expect("lock");
+    let hit = *d > 0;
+    *d = d.saturating_sub(1);
+    hit
+}
+
+/// How many documents a `_bulk_docs` body holds.
+fn doc_count(body: &[u8]) -> usize {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v["docs"].as_array().map(Vec::len))
+        .unwrap_or(0)
 }
 
 /// Reads one HTTP request: the head (without the final blank line) and body.
@@ -322,41 +427,47 @@ fn closing(head: &str) -> String {
 }
 
 /// Serves one request per connection (the reply says `Connection: close`).
-fn serve(mut client: TcpStream, up: &str, drops: &Mutex<u32>, seen: &Mutex<Vec<Seen>>) {
-    if let Some((head, body)) = read_request(&mut client) {
-        let mut words = head.split_whitespace();
-        let method = words.next().unwrap_or_default().to_owned();
-        let path = words.next().unwrap_or_default().to_owned();
-        let Ok(mut server) = TcpStream::connect(up) else {
-            return;
-        };
-        let _ = server.write_all(closing(&head).as_bytes());
-        let _ = server.write_all(&body);
-        let mut reply = Vec::new();
-        let _ = server.read_to_end(&mut reply);
-        let drop_it = method == "PUT" && {
-            let mut d = drops.lock().expect("lock");
-            let hit = *d > 0;
-            *d = d.saturating_sub(1);
-            hit
-        };
-        if let Ok(mut s) = seen.lock() {
-            s.push(Seen {
-                method,
-                path,
-                dropped: drop_it,
-            });
+fn serve(mut client: TcpStream, up: &str, shared: &Shared) {
+    let Some((head, body)) = read_request(&mut client) else {
+        return;
+    };
+    let mut words = head.split_whitespace();
+    let method = words.next().unwrap_or_default().to_owned();
+    let path = words.next().unwrap_or_default().to_owned();
+    let mut seen = Seen {
+        method,
+        path,
+        docs: 0,
+        dropped: false,
+    };
+    if seen.is_bulk_write() {
+        seen.docs = doc_count(&body);
+        let hook = shared.before_bulk.lock().expect("lock").take();
+        if let Some(h) = hook {
+            h();
         }
-        if drop_it {
-            return; // the server applied it; the client never hears
-        }
-        let text = reply;
-        let split = text
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .unwrap_or(text.len());
-        let head = String::from_utf8_lossy(&text[..split]).into_owned();
-        let _ = client.write_all(closing(&head).as_bytes());
-        let _ = client.write_all(text.get(split + 4..).unwrap_or_default());
     }
+    let Ok(mut server) = TcpStream::connect(up) else {
+        return;
+    };
+    let _ = server.write_all(closing(&head).as_bytes());
+    let _ = server.write_all(&body);
+    let mut reply = Vec::new();
+    let _ = server.read_to_end(&mut reply);
+    seen.dropped = (seen.method == "PUT" && take_one(&shared.drop_puts))
+        || (seen.is_bulk_write() && take_one(&shared.drop_bulk));
+    let dropped = seen.dropped;
+    if let Ok(mut s) = shared.seen.lock() {
+        s.push(seen);
+    }
+    if dropped {
+        return; // the server applied it; the client never hears
+    }
+    let split = reply
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(reply.len());
+    let head = String::from_utf8_lossy(&reply[..split]).into_owned();
+    let _ = client.write_all(closing(&head).as_bytes());
+    let _ = client.write_all(reply.get(split + 4..).unwrap_or_default());
 }

@@ -191,6 +191,86 @@ pub fn changes(r: &Raw<'_>) -> Result<Map<String, Value>, Failure> {
     }
 }
 
+/// `POST /db/_all_docs` (`keys`, `include_docs`): its rows, one per key
+/// in the order asked.
+pub fn all_docs(r: &Raw<'_>, keys: usize) -> Result<Vec<Map<String, Value>>, Failure> {
+    const WHAT: &str = "POST _all_docs";
+    if let Some(f) = common(WHAT, r) {
+        return Err(f);
+    }
+    match r.status {
+        200 => {
+            let rows = match serde_json::from_slice::<Value>(r.body) {
+                Ok(Value::Object(mut m)) => match m.remove("rows") {
+                    Some(Value::Array(rows)) => rows,
+                    _ => return Err(unlisted(WHAT, r, " without rows")),
+                },
+                _ => return Err(unlisted(WHAT, r, " with a body that is not JSON")),
+            };
+            let rows: Vec<_> = rows
+                .into_iter()
+                .filter_map(|v| match v {
+                    Value::Object(m) => Some(m),
+                    _ => None,
+                })
+                .collect();
+            if rows.len() != keys {
+                return Err(unlisted(
+                    WHAT,
+                    r,
+                    &format!(" with {} rows for {keys} keys", rows.len()),
+                ));
+            }
+            Ok(rows)
+        }
+        404 => Err(db_missing(r)),
+        _ => Err(unlisted(WHAT, r, "")),
+    }
+}
+
+/// What a `_bulk_docs` request did as a whole.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Bulk {
+    /// One result object per document, in the order sent.
+    Results(Vec<Map<String, Value>>),
+    /// Refused as a whole with a JSON `400`/`413`/`417`/`422` (too large,
+    /// or a document CouchDB will not take): send the ops one at a time,
+    /// so each gets its own verdict.
+    Refused(String),
+}
+
+/// `POST /db/_bulk_docs` for `docs` documents.
+pub fn bulk_docs(r: &Raw<'_>, docs: usize) -> Result<Bulk, Failure> {
+    const WHAT: &str = "POST _bulk_docs";
+    if let Some(f) = common(WHAT, r) {
+        return Err(f);
+    }
+    match r.status {
+        201 | 202 => match serde_json::from_slice::<Value>(r.body) {
+            Ok(Value::Array(items))
+                if items.len() == docs && items.iter().all(Value::is_object) =>
+            {
+                Ok(Bulk::Results(
+                    items
+                        .into_iter()
+                        .filter_map(|v| match v {
+                            Value::Object(m) => Some(m),
+                            _ => None,
+                        })
+                        .collect(),
+                ))
+            }
+            _ => Err(unlisted(WHAT, r, &format!(" without {docs} results"))),
+        },
+        400 | 413 | 417 | 422 => match couch_error(r.body) {
+            Some(e) => Ok(Bulk::Refused(format!("CouchDB HTTP {}: {e}", r.status))),
+            None => Err(unlisted(WHAT, r, " without a JSON error")),
+        },
+        404 => Err(db_missing(r)),
+        _ => Err(unlisted(WHAT, r, "")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,5 +378,50 @@ mod tests {
             changes(&raw(200, &h, "{}")),
             Err(Failure::Unlisted { .. })
         ));
+    }
+
+    #[test]
+    fn bulk_replies() {
+        let h = hyper::HeaderMap::new();
+        let two = r#"[{"ok":true,"id":"t:a","rev":"1-x"},{"id":"t:b","error":"conflict","reason":"Document update conflict."}]"#;
+        match bulk_docs(&raw(201, &h, two), 2) {
+            Ok(Bulk::Results(v)) => assert_eq!(v[1]["error"], "conflict"),
+            other => panic!("{other:?}"),
+        }
+        // A count that does not match what was sent is never trusted.
+        assert!(matches!(
+            bulk_docs(&raw(201, &h, two), 3),
+            Err(Failure::Unlisted { .. })
+        ));
+        let big = r#"{"error":"too_large","reason":"the request entity is too large"}"#;
+        assert!(
+            matches!(bulk_docs(&raw(413, &h, big), 2), Ok(Bulk::Refused(r)) if r.contains("too_large"))
+        );
+        assert!(matches!(
+            bulk_docs(&raw(413, &h, "<html>"), 2),
+            Err(Failure::Unlisted { .. })
+        ));
+        assert!(matches!(
+            bulk_docs(&raw(503, &h, ""), 2),
+            Err(Failure::Transient { .. })
+        ));
+        assert!(matches!(
+            bulk_docs(&raw(401, &h, ""), 2),
+            Err(Failure::Auth { .. })
+        ));
+        let rows = r#"{"total_rows":1,"rows":[{"key":"t:a","id":"t:a","value":{"rev":"1-x"},"doc":{"_id":"t:a","_rev":"1-x"}},{"key":"t:b","error":"not_found"}]}"#;
+        assert_eq!(all_docs(&raw(200, &h, rows), 2).map(|r| r.len()), Ok(2));
+        assert!(matches!(
+            all_docs(&raw(200, &h, rows), 3),
+            Err(Failure::Unlisted { .. })
+        ));
+        assert!(matches!(
+            all_docs(&raw(200, &h, "[]"), 0),
+            Err(Failure::Unlisted { .. })
+        ));
+        let gone = r#"{"error":"not_found","reason":"Database does not exist."}"#;
+        assert!(
+            matches!(all_docs(&raw(404, &h, gone), 1), Err(Failure::Unlisted { reason, .. }) if reason.contains("does not exist"))
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! worker's logic is unchanged. The mapping (ids, revisions, conflicts,
 //! idempotency, the feed) is specified in `docs/backends.md`.
 
+pub mod batch;
 pub mod classify;
 pub mod doc;
 pub mod http;
@@ -24,11 +25,11 @@ pub use http::{Credentials, SetupError};
 /// `syncd status` can give that case its own hint.
 pub const DB_MISSING: &str = "CouchDB database does not exist";
 
-/// What the adapter offers in protocol terms: no batch endpoint (ops go
-/// one at a time), waiting pulls (`feed=longpoll`) and one id everywhere.
+/// What the adapter offers in protocol terms: batches (`_bulk_docs`),
+/// waiting pulls (`feed=longpoll`) and one id everywhere.
 pub const FEATURES: crate::backend::protocol::Features = crate::backend::protocol::Features {
     scopes: false,
-    batch: false,
+    batch: true,
     wait: true,
     client_ids: true,
 };
@@ -73,49 +74,16 @@ impl CouchClient {
     /// One op: read the document, check idempotency and the base
     /// revision, write on top of the exact revision read.
     pub async fn apply(&self, op: &WireOp) -> Result<OpResult, Failure> {
-        let id = match op.kind {
-            // One id everywhere: a create is stored under the device's id.
-            OpKind::Create => op.id.as_deref().unwrap_or(&op.local_id),
-            _ => match op.id.as_deref() {
-                Some(id) => id,
-                None => {
-                    return Ok(OpResult::Rejected {
-                        status: 422,
-                        reason: format!("{} without an id", op.kind.as_str()),
-                    })
-                }
-            },
+        let id = match target(op) {
+            Ok(id) => id,
+            Err(verdict) => return Ok(verdict),
         };
         let path = percent_encode(&doc::doc_id(&op.collection, id));
         let current = self.load(&path).await?;
-        if let Some(r) = current.as_ref().and_then(|c| c.applied_as(op, id)) {
-            tracing::debug!(op_id = %op.op_id, "op found applied in CouchDB (retry after a lost reply)");
-            return Ok(OpResult::Applied(r));
+        match decide(op, id, current) {
+            Step::Verdict(v) => Ok(v),
+            Step::Write(base) => self.write(op, id, &path, base.as_ref()).await,
         }
-        if let Some(c) = current.as_ref().filter(|c| !c.conflicts.is_empty()) {
-            warn_conflicts(&op.collection, id, c);
-        }
-        let base = match (op.kind, current) {
-            (OpKind::Create, None) => None,
-            // A create over a tombstone re-creates the record (as a
-            // protocol server without client_ids makes a new one).
-            (OpKind::Create, Some(c)) if c.deleted => Some(c),
-            (OpKind::Create, Some(c)) => return Ok(OpResult::Conflict(c.record(id))),
-            (_, None) => {
-                return Ok(OpResult::Rejected {
-                    status: 404,
-                    reason: format!(
-                        "no document {} in the CouchDB database",
-                        doc::doc_id(&op.collection, id)
-                    ),
-                })
-            }
-            (_, Some(c)) if Some(c.generation) != op.base_version => {
-                return Ok(OpResult::Conflict(c.record(id)))
-            }
-            (_, Some(c)) => Some(c),
-        };
-        self.write(op, id, &path, base.as_ref()).await
     }
 
     /// `PUT` the op's document on top of `base`; a `409` (someone wrote in
@@ -139,22 +107,30 @@ impl CouchClient {
                 Ok(OpResult::Applied(doc::record_of(op, id, gen)))
             }
             Put::Rejected { status, reason } => Ok(OpResult::Rejected { status, reason }),
-            Put::Conflict => match self.load(path).await? {
-                Some(c) => Ok(match c.applied_as(op, id) {
-                    Some(r) => OpResult::Applied(r),
-                    None if op.kind == OpKind::Create && c.deleted => {
-                        return Err(Failure::Transient {
-                            reason: "document deleted while being created; retrying".into(),
-                            retry_after_ms: None,
-                        })
-                    }
-                    None => OpResult::Conflict(c.record(id)),
-                }),
-                None => Err(Failure::Transient {
-                    reason: "CouchDB answered 409 for a document it does not have".into(),
-                    retry_after_ms: None,
-                }),
-            },
+            Put::Conflict => self.after_conflict(op, id, path).await,
+        }
+    }
+
+    /// CouchDB refused a write of `op` with a revision conflict: someone
+    /// wrote the document between our read and our write. Read it again:
+    /// our own op (a retry whose first reply was lost), or a conflict with
+    /// what is there now, tombstones included.
+    async fn after_conflict(&self, op: &WireOp, id: &str, path: &str) -> Result<OpResult, Failure> {
+        match self.load(path).await? {
+            Some(c) => Ok(match c.applied_as(op, id) {
+                Some(r) => OpResult::Applied(r),
+                None if op.kind == OpKind::Create && c.deleted => {
+                    return Err(Failure::Transient {
+                        reason: "document deleted while being created; retrying".into(),
+                        retry_after_ms: None,
+                    })
+                }
+                None => OpResult::Conflict(c.record(id)),
+            }),
+            None => Err(Failure::Transient {
+                reason: "CouchDB answered 409 for a document it does not have".into(),
+                retry_after_ms: None,
+            }),
         }
     }
 
@@ -166,10 +142,10 @@ impl CouchClient {
         Ok(classify::leaves(&raw(&r))?.and_then(Current::winner))
     }
 
-    /// `_bulk_docs` is neither atomic nor stops at the first failure, and
-    /// every op needs its own read of the current revision: no batches.
-    pub async fn apply_batch(&self, _ops: &[WireOp]) -> Result<BatchOutcome, Failure> {
-        Ok(BatchOutcome::Unsupported)
+    /// Several ops of different documents in two requests: one
+    /// `_all_docs` read, one `_bulk_docs` write ([`batch`]).
+    pub async fn apply_batch(&self, ops: &[WireOp]) -> Result<BatchOutcome, Failure> {
+        batch::apply(self, ops).await
     }
 
     /// `GET /db/_changes` from `since`; with `wait`, a long poll of up to
@@ -227,6 +203,59 @@ impl CouchClient {
             cursor,
             more: n > 0 && n >= limit as usize,
         }
+    }
+}
+
+/// The document id `op` writes (one id everywhere: a create is stored
+/// under the device's id), or the verdict for an op that names none.
+fn target(op: &WireOp) -> Result<&str, OpResult> {
+    match (op.kind, op.id.as_deref()) {
+        (OpKind::Create, id) => Ok(id.unwrap_or(&op.local_id)),
+        (_, Some(id)) => Ok(id),
+        (_, None) => Err(OpResult::Rejected {
+            status: 422,
+            reason: format!("{} without an id", op.kind.as_str()),
+        }),
+    }
+}
+
+/// What an op comes to once its document's current revision is known.
+#[derive(Debug, Clone, PartialEq)]
+enum Step {
+    /// Decided without a write: applied already (a retry after a lost
+    /// reply), a conflict, or a rejection.
+    Verdict(OpResult),
+    /// Write on top of this revision (`None`: a new document).
+    Write(Option<Current>),
+}
+
+/// The op_id check, then the base revision check, of `op` against the
+/// document's current revision (`None`: never written).
+fn decide(op: &WireOp, id: &str, current: Option<Current>) -> Step {
+    if let Some(r) = current.as_ref().and_then(|c| c.applied_as(op, id)) {
+        tracing::debug!(op_id = %op.op_id, "op found applied in CouchDB (retry after a lost reply)");
+        return Step::Verdict(OpResult::Applied(r));
+    }
+    if let Some(c) = current.as_ref().filter(|c| !c.conflicts.is_empty()) {
+        warn_conflicts(&op.collection, id, c);
+    }
+    match (op.kind, current) {
+        (OpKind::Create, None) => Step::Write(None),
+        // A create over a tombstone re-creates the record (as a protocol
+        // server without client_ids makes a new one).
+        (OpKind::Create, Some(c)) if c.deleted => Step::Write(Some(c)),
+        (OpKind::Create, Some(c)) => Step::Verdict(OpResult::Conflict(c.record(id))),
+        (_, None) => Step::Verdict(OpResult::Rejected {
+            status: 404,
+            reason: format!(
+                "no document {} in the CouchDB database",
+                doc::doc_id(&op.collection, id)
+            ),
+        }),
+        (_, Some(c)) if Some(c.generation) != op.base_version => {
+            Step::Verdict(OpResult::Conflict(c.record(id)))
+        }
+        (_, Some(c)) => Step::Write(Some(c)),
     }
 }
 
