@@ -74,6 +74,22 @@ pub struct BackendSection {
     /// File holding the basic auth password (trimmed), read when the
     /// backend settings change or the daemon starts.
     pub password_file: Option<PathBuf>,
+    /// How a record is laid out in a CouchDB document; `kind = "couchdb"`
+    /// only. Both shapes are always read.
+    pub doc_shape: Option<DocShape>,
+}
+
+/// `[backend] doc_shape`: the layout of a record in a CouchDB document
+/// (docs/backends.md "Records and documents").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DocShape {
+    /// The record's fields at the top level, as any CouchDB client (a
+    /// PouchDB app) writes them; syncd's bookkeeping in `syncd`.
+    #[default]
+    Native,
+    /// The record under `data`, `updated_at` beside it (the first shape).
+    Wrapped,
 }
 
 /// `[backend] kind`: which transport the sync worker uses.
@@ -198,6 +214,7 @@ impl Default for BackendSection {
             kind: BackendKind::Syncd,
             username: None,
             password_file: None,
+            doc_shape: None,
         }
     }
 }
@@ -409,6 +426,7 @@ impl Config {
             }
         }
         self.validate_backend_auth()?;
+        self.validate_doc_shape()?;
         if self.backend.timeout_ms == 0 || self.backend.timeout_ms > 3_600_000 {
             return bad(
                 "backend.timeout_ms",
@@ -495,6 +513,17 @@ impl Config {
             if let Err(e) = crate::domain::scope::check_scope(s) {
                 return Err(ConfigError::invalid("sync.scopes", format!("{s:?}: {e}")));
             }
+        }
+        Ok(())
+    }
+
+    /// `doc_shape` says how CouchDB documents look: only for CouchDB.
+    fn validate_doc_shape(&self) -> Result<(), ConfigError> {
+        if self.backend.doc_shape.is_some() && self.backend.kind != BackendKind::Couchdb {
+            return Err(ConfigError::invalid(
+                "backend.doc_shape",
+                "is only for kind = \"couchdb\" (how records are laid out in CouchDB documents)",
+            ));
         }
         Ok(())
     }
@@ -855,6 +884,23 @@ mod tests {
         assert!(e.contains("colections"), "{e}");
         assert!(!e.contains("table `daemon`"), "{e}");
         assert!(e.contains("line 4"), "{e}");
+    }
+
+    #[test]
+    fn doc_shape_is_for_couchdb_only() {
+        let c = Config::parse("[backend]\nurl = \"http://h:5984/todos\"\nkind = \"couchdb\"\ndoc_shape = \"wrapped\"\n").unwrap();
+        assert_eq!(c.backend.doc_shape, Some(DocShape::Wrapped));
+        let e = Config::parse("[backend]\nurl = \"http://h/\"\ndoc_shape = \"native\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("backend.doc_shape") && e.contains("couchdb"),
+            "{e}"
+        );
+        let e = Config::parse("[backend]\nkind = \"couchdb\"\ndoc_shape = \"flat\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("doc_shape") && e.contains("native"), "{e}");
     }
 
     #[test]

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use common::eventually;
 use common_couch::{
-    depth, device, device_with, free_port, generation, get, put, sync, Couch, Proxy, DB,
+    depth, device, device_with, edited, fields, free_port, generation, get, put, sync, Couch,
+    Proxy, DB,
 };
 use serde_json::json;
 
@@ -36,7 +37,7 @@ fn ordered_drain_after_the_server_comes_up() {
     };
     eventually(30, "queue drained", || depth(&d) == 0);
     let a = couch.doc("todos", "a").expect("a");
-    assert_eq!((generation(&a), &a["data"]), (2, &json!({"t": "a2"})));
+    assert_eq!((generation(&a), fields(&a)), (2, json!({"t": "a2"})));
     assert!(couch.doc("todos", "b").is_none(), "b deleted");
     let b = &couch.leaves("todos", "b")[0]["ok"];
     assert_eq!((generation(b), &b["_deleted"]), (2, &json!(true)));
@@ -65,7 +66,7 @@ fn lost_reply_is_applied_once() {
     d.ok(&["patch", "todos", "r", r#"{"n":2}"#]);
     eventually(30, "update confirmed", || depth(&d) == 0);
     let doc = couch.doc("todos", "r").expect("doc");
-    assert_eq!((generation(&doc), &doc["data"]), (2, &json!({"n": 2})));
+    assert_eq!((generation(&doc), fields(&doc)), (2, json!({"n": 2})));
     let puts: Vec<_> = proxy
         .seen()
         .into_iter()
@@ -97,20 +98,15 @@ fn conflicts_under_each_strategy() {
     d.ok(&["pause"]);
     for c in ["sw", "lww", "mg", "man"] {
         let cur = couch.doc(c, "r").expect("doc");
-        let mut edited = cur.clone();
-        edited["data"] = json!({"a": 2, "b": 1});
-        edited["updated_at"] = json!(1); // older than any device write
+        // Older than any device write.
+        let edited = edited(&cur, json!({"a": 2, "b": 1}), 1);
         let (s, v) = couch.req("PUT", &format!("/{DB}/{c}:r"), Some(&edited.to_string()));
         assert_eq!(s, 201, "{v}");
         put(&d, c, "r", json!({"a": 1, "b": 2}));
     }
     d.ok(&["resume"]);
     eventually(30, "conflicts settled", || depth(&d) == 0);
-    let data = |c: &str| {
-        couch
-            .doc(c, "r")
-            .map(|v| (generation(&v), v["data"].clone()))
-    };
+    let data = |c: &str| couch.doc(c, "r").map(|v| (generation(&v), fields(&v)));
     assert_eq!(data("sw"), Some((2, json!({"a": 2, "b": 1}))));
     assert_eq!(data("lww"), Some((3, json!({"a": 1, "b": 2}))));
     assert_eq!(data("mg"), Some((3, json!({"a": 2, "b": 2}))));
@@ -207,7 +203,10 @@ fn couchdb_conflicts_follow_the_winner_and_warn() {
     d.ok(&["patch", "todos", "k", r#"{"v":"edited"}"#]);
     eventually(10, "edit pushed", || depth(&d) == 0);
     let doc = couch.doc("todos", "k").expect("doc");
-    assert_eq!((generation(&doc), &doc["data"]["v"]), (3, &json!("edited")));
+    assert_eq!(
+        (generation(&doc), &fields(&doc)["v"]),
+        (3, &json!("edited"))
+    );
     // Branches sent without `_revisions` hang off no parent, so the
     // device's own first revision is a losing leaf too.
     let losers = doc["_conflicts"].as_array().cloned().unwrap_or_default();
@@ -312,4 +311,59 @@ fn waiting_pull() {
         "{idle:?}"
     );
     assert!(t.elapsed() >= Duration::from_secs(1), "{:?}", t.elapsed());
+}
+
+/// `doc_shape = "wrapped"` writes the first shape (the record under
+/// `data`); a device on the default native shape reads those documents,
+/// and its first write turns one native with nothing lost, which the
+/// wrapped device reads in turn.
+#[test]
+fn both_shapes_are_read_whatever_the_setting() {
+    let Some(couch) = Couch::start() else {
+        return;
+    };
+    let old = device_with(&couch.url(), "doc_shape = \"wrapped\"", "");
+    put(&old, "todos", "w", json!({"title": "t", "n": 1}));
+    eventually(10, "pushed", || depth(&old) == 0);
+    let doc = couch.doc("todos", "w").expect("doc");
+    assert_eq!(doc["data"], json!({"title": "t", "n": 1}), "{doc}");
+    assert!(doc["updated_at"].is_i64(), "{doc}");
+    let new = device(&couch.url());
+    eventually(10, "the native device reads it", || {
+        get(&new, "todos", "w").is_some_and(|r| r["data"] == json!({"title": "t", "n": 1}))
+    });
+    new.ok(&["patch", "todos", "w", r#"{"n":2}"#]);
+    eventually(10, "pushed", || depth(&new) == 0);
+    let doc = couch.doc("todos", "w").expect("doc");
+    assert_eq!(fields(&doc), json!({"title": "t", "n": 2}), "{doc}");
+    assert!(doc["syncd"]["updated_at"].is_i64(), "{doc}");
+    eventually(10, "the wrapped device reads the native document", || {
+        get(&old, "todos", "w").is_some_and(|r| r["data"] == json!({"title": "t", "n": 2}))
+    });
+}
+
+/// A record with a field a native document cannot hold (`syncd`, or a
+/// name starting with `_`) is refused with a reason naming the field and
+/// the way out; the daemon goes on syncing the next record.
+#[test]
+fn a_reserved_field_is_a_dead_letter_that_names_it() {
+    let Some(couch) = Couch::start() else {
+        return;
+    };
+    let d = device(&couch.url());
+    put(&d, "todos", "bad", json!({"syncd": 1, "t": 1}));
+    put(&d, "todos", "good", json!({"t": 1}));
+    eventually(10, "queue settled", || depth(&d) == 0);
+    let dead = d.json_lines(&["dead-letters", "--json"]);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let error = dead[0]["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("\"syncd\"") && error.contains("doc_shape"),
+        "{dead:?}"
+    );
+    assert!(couch.doc("todos", "bad").is_none());
+    assert_eq!(
+        fields(&couch.doc("todos", "good").expect("good")),
+        json!({"t": 1})
+    );
 }

@@ -11,7 +11,7 @@ mod common;
 mod common_couch;
 
 use common::{eventually, Daemon};
-use common_couch::{depth, device, generation, get, put, sync, Couch, Proxy, DB};
+use common_couch::{depth, device, edited, fields, generation, get, put, sync, Couch, Proxy, DB};
 use serde_json::{json, Value};
 
 /// A device behind a proxy in front of `couch`, with `records` created
@@ -67,7 +67,7 @@ fn a_mixed_batch_is_one_read_and_one_write() {
         assert_eq!(generation(&doc), gen, "{id}: {doc}");
         assert_eq!(get(&d, "t", id).expect(id)["version"], gen, "{id}");
     }
-    assert_eq!(couch.doc("t", "a").expect("a")["data"], json!({"v": 2}));
+    assert_eq!(fields(&couch.doc("t", "a").expect("a")), json!({"v": 2}));
     for id in ["b", "d"] {
         assert!(couch.doc("t", id).is_none(), "{id} deleted");
         assert!(get(&d, "t", id).is_none(), "{id} deleted locally");
@@ -99,9 +99,8 @@ fn a_conflict_mid_batch_under_every_strategy() {
     eventually(15, "created", || depth(&d) == 0);
     d.ok(&["pause"]);
     for c in strategies {
-        let mut edited = couch.doc(c, "y").expect("y");
-        edited["data"] = json!({"a": 2, "b": 1});
-        edited["updated_at"] = json!(1); // older than any device write
+        // Older than any device write.
+        let edited = edited(&couch.doc(c, "y").expect("y"), json!({"a": 2, "b": 1}), 1);
         let (s, v) = couch.req("PUT", &format!("/{DB}/{c}:y"), Some(&edited.to_string()));
         assert_eq!(s, 201, "{v}");
         for r in ["x", "y", "z"] {
@@ -116,14 +115,10 @@ fn a_conflict_mid_batch_under_every_strategy() {
         for r in ["x", "z"] {
             let doc = couch.doc(c, r).expect("doc");
             assert_eq!(generation(&doc), 2, "{c}:{r} applied once: {doc}");
-            assert_eq!(doc["data"], json!({"a": 1, "b": 2}), "{c}:{r}");
+            assert_eq!(fields(&doc), json!({"a": 1, "b": 2}), "{c}:{r}");
         }
     }
-    let y = |c: &str| {
-        couch
-            .doc(c, "y")
-            .map(|v| (generation(&v), v["data"].clone()))
-    };
+    let y = |c: &str| couch.doc(c, "y").map(|v| (generation(&v), fields(&v)));
     assert_eq!(y("sw"), Some((2, json!({"a": 2, "b": 1}))));
     assert_eq!(y("lww"), Some((3, json!({"a": 1, "b": 2}))));
     assert_eq!(y("mg"), Some((3, json!({"a": 2, "b": 2}))));
@@ -195,8 +190,8 @@ fn a_document_deleted_between_the_read_and_the_write() {
     for r in ["a", "c"] {
         let doc: Value = couch.doc("sw", r).expect(r);
         assert_eq!(
-            (generation(&doc), &doc["data"]),
-            (2, &json!({"v": 2})),
+            (generation(&doc), fields(&doc)),
+            (2, json!({"v": 2})),
             "{r}"
         );
         assert_eq!(get(&d, "sw", r).expect(r)["version"], 2, "{r}");

@@ -68,6 +68,7 @@ pub fn connect(
         Duration::from_millis(b.timeout_ms),
         b.ca_file.as_deref(),
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())?
+    .with_shape(b.doc_shape.unwrap_or_default());
     Ok(Arc::new(c))
 }

@@ -154,6 +154,29 @@ pub fn generation(doc: &Value) -> u64 {
         .unwrap_or(0)
 }
 
+/// The record's fields of a native document: all but `_*` and `syncd`.
+pub fn fields(doc: &Value) -> Value {
+    let m: serde_json::Map<String, Value> = doc
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| !k.starts_with('_') && *k != "syncd")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Value::Object(m)
+}
+
+/// `doc` (native) with its record's fields replaced by `fields` and
+/// `syncd.updated_at` set to `updated_at`, as another client's edit.
+pub fn edited(doc: &Value, fields: Value, updated_at: i64) -> Value {
+    let mut out = fields;
+    for k in ["_id", "_rev", "syncd"] {
+        out[k] = doc[k].clone();
+    }
+    out["syncd"]["updated_at"] = Value::from(updated_at);
+    out
+}
+
 /// A running pouchdb-server, killed on drop.
 pub struct Couch {
     pub port: u16,

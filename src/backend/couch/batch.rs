@@ -20,7 +20,7 @@ use hyper::Method;
 use serde_json::{json, Map, Value};
 
 use super::classify::{self, Bulk};
-use super::doc::{self, Current};
+use super::doc::{self, Current, DocShape};
 use super::{decide, raw, target, CouchClient, Step};
 use crate::backend::client::{percent_encode, BatchOutcome, Failure, OpResult};
 use crate::backend::protocol::WireOp;
@@ -60,7 +60,7 @@ pub async fn apply(c: &CouchClient, ops: &[WireOp]) -> Result<BatchOutcome, Fail
         }
     }
     let current = read(c, &ops[..ids.len()], &ids).await?;
-    let plan = plan(ops, &ids, current);
+    let plan = plan(ops, &ids, current, c.shape);
     let all_planned = plan.len() == ids.len();
     let mut results = match write(c, plan).await? {
         Ok(results) => results,
@@ -154,10 +154,15 @@ fn found(row: &Map<String, Value>, key: &str) -> Found {
 
 /// The ops' steps in queue order, ending after the first verdict that is
 /// not "applied": nothing after that op is sent.
-fn plan<'a>(ops: &'a [WireOp], ids: &[&'a str], current: Vec<Option<Current>>) -> Vec<Planned<'a>> {
+fn plan<'a>(
+    ops: &'a [WireOp],
+    ids: &[&'a str],
+    current: Vec<Option<Current>>,
+    shape: DocShape,
+) -> Vec<Planned<'a>> {
     let mut plan = Vec::with_capacity(ids.len());
     for ((op, id), cur) in ops.iter().zip(ids).zip(current) {
-        let step = decide(op, id, cur);
+        let step = decide(op, id, cur, shape);
         let last = matches!(&step, Step::Verdict(v) if !matches!(v, OpResult::Applied(_)));
         plan.push(Planned { op, id, step });
         if last {
@@ -177,7 +182,7 @@ async fn write(
     let docs: Vec<Value> = plan
         .iter()
         .filter_map(|p| match &p.step {
-            Step::Write(base) => Some(document(p.op, p.id, base.as_ref())),
+            Step::Write(base) => Some(document(p.op, p.id, base.as_ref(), c.shape)),
             Step::Verdict(_) => None,
         })
         .collect();
@@ -233,8 +238,8 @@ fn short_reply() -> Failure {
 }
 
 /// The `_bulk_docs` document of `op`: its body with its `_id`.
-fn document(op: &WireOp, id: &str, base: Option<&Current>) -> Value {
-    let mut body = doc::body_for(op, base);
+fn document(op: &WireOp, id: &str, base: Option<&Current>, shape: DocShape) -> Value {
+    let mut body = doc::body_for(op, base, shape);
     if let Value::Object(m) = &mut body {
         m.insert("_id".into(), Value::String(doc::doc_id(&op.collection, id)));
     }
@@ -346,12 +351,22 @@ mod tests {
         let ids = ["a", "b", "c"];
         let at = |rev: &str| Current::from_body(row(json!({"_rev": rev, "data": {}})));
         // b was edited elsewhere (generation 2, the op's base is 1).
-        let p = plan(&ops, &ids, vec![None, at("2-x"), at("1-x")]);
+        let p = plan(
+            &ops,
+            &ids,
+            vec![None, at("2-x"), at("1-x")],
+            DocShape::Native,
+        );
         assert_eq!(p.len(), 2);
         assert!(matches!(p[0].step, Step::Write(None)));
         assert!(matches!(&p[1].step, Step::Verdict(OpResult::Conflict(r)) if r.version == 2));
         // All clean: every op is written.
-        let p = plan(&ops, &ids, vec![None, at("1-x"), at("1-y")]);
+        let p = plan(
+            &ops,
+            &ids,
+            vec![None, at("1-x"), at("1-y")],
+            DocShape::Native,
+        );
         assert!(p.len() == 3 && p.iter().all(|p| matches!(p.step, Step::Write(_))));
         // An op found applied already (a re-sent batch) does not end it.
         let mut mine = row(json!({"_rev": "1-q", "data": {}}));
@@ -360,6 +375,7 @@ mod tests {
             &ops,
             &ids,
             vec![Current::from_body(mine), at("1-x"), at("1-y")],
+            DocShape::Native,
         );
         assert!(matches!(&p[0].step, Step::Verdict(OpResult::Applied(_))));
         assert_eq!(p.len(), 3);

@@ -1,13 +1,45 @@
 //! How a syncd record lives in a CouchDB database (`docs/backends.md`):
-//! the document id (`{collection}:{id}`), the document's shape
-//! (`data`, `updated_at`, `syncd` bookkeeping), CouchDB's winner among
+//! the document id (`{collection}:{id}`), the document's shape (native:
+//! the record's fields at the top level and syncd's bookkeeping in
+//! `syncd`; wrapped: the record under `data`), CouchDB's winner among
 //! conflicting leaves, and the op_id check that makes a retried op
 //! idempotent. Pure: no I/O, so all of it is unit-tested here.
 
 use serde_json::{json, Map, Value};
 
 use crate::backend::protocol::{OpKind, ServerRecord, WireOp};
+pub use crate::config::DocShape;
 use crate::domain::Document;
+
+/// The one top-level field syncd keeps for itself in a native document.
+pub const RESERVED: &str = "syncd";
+
+/// The first field of `op`'s record that a native document cannot hold:
+/// `syncd`, or a name starting with `_` (CouchDB's own).
+pub fn reserved_field(op: &WireOp, shape: DocShape) -> Option<&str> {
+    if shape != DocShape::Native || op.kind == OpKind::Delete {
+        return None;
+    }
+    op.data
+        .as_ref()?
+        .keys()
+        .map(String::as_str)
+        .find(|k| *k == RESERVED || k.starts_with('_'))
+}
+
+/// Whether `body` is in the wrapped shape: the record under `data`, and
+/// nothing else of the app's beside it. A native document that syncd
+/// wrote has `syncd.updated_at`, so it never reads as wrapped.
+fn is_wrapped(body: &Map<String, Value>) -> bool {
+    let native_bookkeeping = body
+        .get(RESERVED)
+        .is_some_and(|s| s.get("updated_at").is_some());
+    body.get("data").is_some_and(Value::is_object)
+        && !native_bookkeeping
+        && body
+            .keys()
+            .all(|k| k.starts_with('_') || matches!(k.as_str(), "data" | "updated_at" | RESERVED))
+}
 
 /// How many earlier `(op_id, generation)` pairs a document remembers, so a
 /// retried op whose reply was lost is recognised after later writes.
@@ -88,32 +120,31 @@ impl Current {
         Some(win)
     }
 
-    /// The record as the daemon sees it. The document is the `data` field;
-    /// a document written by another program without one is taken as its
-    /// own top-level fields (less `_*`, `updated_at` and `syncd`).
+    /// The record as the daemon sees it, from either shape: the `data`
+    /// field of a wrapped document; else the top-level fields less `_*`
+    /// and `syncd` (a native document, or one another program wrote).
     pub fn record(&self, id: &str) -> ServerRecord {
-        let data = if self.deleted {
-            Document::new()
+        let wrapped = is_wrapped(&self.body);
+        let data = match self.body.get("data") {
+            _ if self.deleted => Document::new(),
+            Some(Value::Object(m)) if wrapped => m.clone(),
+            _ => self
+                .body
+                .iter()
+                .filter(|(k, _)| !k.starts_with('_') && *k != RESERVED)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        };
+        let updated_at = if wrapped {
+            self.body.get("updated_at")
         } else {
-            match self.body.get("data") {
-                Some(Value::Object(m)) => m.clone(),
-                _ => self
-                    .body
-                    .iter()
-                    .filter(|(k, _)| !k.starts_with('_') && *k != "updated_at" && *k != "syncd")
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            }
+            self.body.get(RESERVED).and_then(|s| s.get("updated_at"))
         };
         ServerRecord {
             scope: None,
             id: id.to_owned(),
             version: self.generation,
-            updated_at: self
-                .body
-                .get("updated_at")
-                .and_then(Value::as_i64)
-                .unwrap_or(0),
+            updated_at: updated_at.and_then(Value::as_i64).unwrap_or(0),
             deleted: self.deleted,
             data,
         }
@@ -180,28 +211,48 @@ pub fn record_of(op: &WireOp, id: &str, generation: u64) -> ServerRecord {
     }
 }
 
-/// The body to `PUT` for `op` on top of `base` (`None`: a new document).
-/// The write produces generation `base + 1` (or 1), which is recorded in
-/// `syncd.gen`; the op that wrote `base` moves into `syncd.prev`.
-pub fn body_for(op: &WireOp, base: Option<&Current>) -> Value {
+/// The body to `PUT` for `op` on top of `base` (`None`: a new document),
+/// in `shape`. The write produces generation `base + 1` (or 1), which is
+/// recorded in `syncd.gen`; the op that wrote `base` moves into
+/// `syncd.prev`. A native body needs [`reserved_field`] to be `None`.
+pub fn body_for(op: &WireOp, base: Option<&Current>, shape: DocShape) -> Value {
+    debug_assert!(
+        reserved_field(op, shape).is_none(),
+        "checked before the write"
+    );
     let gen = base.map_or(1, |b| b.generation + 1);
     // Newest first, as `applied_ops` reads them.
     let mut known = base.map(Current::applied_ops).unwrap_or_default();
     known.truncate(HISTORY);
     let prev: Vec<Value> = known.into_iter().map(|(o, g)| json!([o, g])).collect();
     let deleted = op.kind == OpKind::Delete;
-    let mut doc = json!({
-        "data": if deleted { Value::Object(Map::new()) } else { Value::Object(op.data.clone().unwrap_or_default()) },
-        "updated_at": op.client_ts,
-        "syncd": {"op_id": op.op_id, "client_id": op.client_id, "gen": gen, "prev": prev},
-    });
-    if let (Some(b), Value::Object(m)) = (base, &mut doc) {
-        m.insert("_rev".into(), Value::String(b.rev.clone()));
+    let fields = match &op.data {
+        Some(d) if !deleted => d.clone(),
+        _ => Map::new(),
+    };
+    let mut syncd = json!({"op_id": op.op_id, "client_id": op.client_id, "gen": gen, "prev": prev});
+    let mut doc = match shape {
+        DocShape::Native => {
+            syncd["updated_at"] = json!(op.client_ts);
+            let mut m = fields;
+            m.insert(RESERVED.into(), syncd);
+            m
+        }
+        DocShape::Wrapped => {
+            let mut m = Map::new();
+            m.insert("data".into(), Value::Object(fields));
+            m.insert("updated_at".into(), json!(op.client_ts));
+            m.insert(RESERVED.into(), syncd.take());
+            m
+        }
+    };
+    if let Some(b) = base {
+        doc.insert("_rev".into(), Value::String(b.rev.clone()));
         if deleted {
-            m.insert("_deleted".into(), Value::Bool(true));
+            doc.insert("_deleted".into(), Value::Bool(true));
         }
     }
-    doc
+    Value::Object(doc)
 }
 
 #[cfg(test)]
@@ -247,16 +298,23 @@ mod tests {
 
     #[test]
     fn body_chain_remembers_op_ids() {
+        for shape in [DocShape::Native, DocShape::Wrapped] {
+            body_chain(shape);
+        }
+    }
+
+    fn body_chain(shape: DocShape) {
         let create = op(OpKind::Create, "o1", Some(json!({"t": 1})));
-        let b1 = body_for(&create, None);
+        let b1 = body_for(&create, None, shape);
         assert_eq!(b1["syncd"]["gen"], 1);
         assert!(b1.get("_rev").is_none());
         let mut v1 = b1.clone();
         v1["_rev"] = json!("1-a");
         let c1 = cur(v1);
         assert_eq!(c1.applied_as(&create, "r1"), Some(c1.record("r1")));
+        assert_eq!(c1.record("r1").updated_at, 77);
         let update = op(OpKind::Update, "o2", Some(json!({"t": 2})));
-        let mut v2 = body_for(&update, Some(&c1));
+        let mut v2 = body_for(&update, Some(&c1), shape);
         assert_eq!(v2["_rev"], "1-a");
         assert_eq!(v2["syncd"]["prev"], json!([["o1", 1]]));
         v2["_rev"] = json!("2-b");
@@ -267,9 +325,53 @@ mod tests {
         assert_eq!(c2.applied_as(&update, "r1").map(|r| r.version), Some(2));
         assert_eq!(c2.applied_as(&op(OpKind::Update, "o9", None), "r1"), None);
         let del = op(OpKind::Delete, "o3", None);
-        let v3 = body_for(&del, Some(&c2));
+        let v3 = body_for(&del, Some(&c2), shape);
         assert_eq!(v3["_deleted"], true);
         assert_eq!(v3["syncd"]["prev"], json!([["o2", 2], ["o1", 1]]));
+    }
+
+    #[test]
+    fn native_and_wrapped_shapes() {
+        let o = op(
+            OpKind::Create,
+            "o1",
+            Some(json!({"title": "x", "data": {"n": 1}})),
+        );
+        let native = body_for(&o, None, DocShape::Native);
+        assert_eq!(native["title"], "x");
+        assert_eq!(native["syncd"]["updated_at"], 77);
+        assert!(native.get("updated_at").is_none());
+        let wrapped = body_for(&o, None, DocShape::Wrapped);
+        assert_eq!(wrapped["data"]["title"], "x");
+        assert_eq!(wrapped["updated_at"], 77);
+        // Both read back as the same record, whatever the setting.
+        for mut body in [native, wrapped] {
+            body["_rev"] = json!("1-a");
+            let r = cur(body).record("r1");
+            assert_eq!(
+                Value::Object(r.data),
+                json!({"title": "x", "data": {"n": 1}})
+            );
+            assert_eq!(r.updated_at, 77);
+        }
+        // A native record whose only field is `data` stays native.
+        let only = op(OpKind::Create, "o2", Some(json!({"data": {"n": 1}})));
+        let mut b = body_for(&only, None, DocShape::Native);
+        b["_rev"] = json!("1-a");
+        assert_eq!(
+            Value::Object(cur(b).record("r1").data),
+            json!({"data": {"n": 1}})
+        );
+        // Fields a native document cannot hold.
+        for (data, field) in [
+            (json!({"syncd": 1}), Some("syncd")),
+            (json!({"_x": 1}), Some("_x")),
+            (json!({"a_": 1}), None),
+        ] {
+            let o = op(OpKind::Update, "o3", Some(data));
+            assert_eq!(reserved_field(&o, DocShape::Native), field);
+            assert_eq!(reserved_field(&o, DocShape::Wrapped), None);
+        }
     }
 
     #[test]
@@ -279,6 +381,7 @@ mod tests {
             let mut v = body_for(
                 &op(OpKind::Update, &format!("o{i}"), Some(json!({}))),
                 Some(&c),
+                DocShape::Native,
             );
             v["_rev"] = json!(format!("{}-h", i + 1));
             c = cur(v);
@@ -294,10 +397,24 @@ mod tests {
 
     #[test]
     fn foreign_documents_and_tombstones() {
+        // An app's document (a PouchDB app): its fields, `updated_at` among
+        // them; no time of syncd's (counts as 0).
         let c = cur(json!({"_id": "todos:r1", "_rev": "3-x", "title": "hi", "updated_at": 5}));
         let r = c.record("r1");
-        assert_eq!((r.version, r.updated_at), (3, 5));
-        assert_eq!(Value::Object(r.data), json!({"title": "hi"}));
+        assert_eq!((r.version, r.updated_at), (3, 0));
+        assert_eq!(
+            Value::Object(r.data),
+            json!({"title": "hi", "updated_at": 5})
+        );
+        // One in the wrapped shape that another program wrote.
+        let w = cur(json!({"_rev": "2-x", "data": {"a": 1}, "updated_at": 5}));
+        assert_eq!(
+            (
+                Value::Object(w.record("r1").data),
+                w.record("r1").updated_at
+            ),
+            (json!({"a": 1}), 5)
+        );
         let t = cur(json!({"_rev": "4-y", "_deleted": true, "data": {"a": 1}}));
         let r = t.record("r1");
         assert!(r.deleted && r.data.is_empty());

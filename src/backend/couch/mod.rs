@@ -43,6 +43,7 @@ const WAIT_MARGIN: Duration = Duration::from_secs(2);
 pub struct CouchClient {
     http: http::CouchHttp,
     shown: String,
+    shape: doc::DocShape,
 }
 
 impl CouchClient {
@@ -57,7 +58,14 @@ impl CouchClient {
         Ok(CouchClient {
             http: http::CouchHttp::new(db_url, creds, client_id, timeout, ca_file)?,
             shown: crate::config::redact_url(db_url),
+            shape: doc::DocShape::default(),
         })
+    }
+
+    /// Writes documents in `shape` (both shapes are always read).
+    pub fn with_shape(mut self, shape: doc::DocShape) -> Self {
+        self.shape = shape;
+        self
     }
 
     /// The database URL with credentials masked.
@@ -80,7 +88,7 @@ impl CouchClient {
         };
         let path = percent_encode(&doc::doc_id(&op.collection, id));
         let current = self.load(&path).await?;
-        match decide(op, id, current) {
+        match decide(op, id, current, self.shape) {
             Step::Verdict(v) => Ok(v),
             Step::Write(base) => self.write(op, id, &path, base.as_ref()).await,
         }
@@ -95,11 +103,12 @@ impl CouchClient {
         path: &str,
         base: Option<&Current>,
     ) -> Result<OpResult, Failure> {
-        let body =
-            serde_json::to_vec(&doc::body_for(op, base)).map_err(|e| Failure::Transient {
+        let body = serde_json::to_vec(&doc::body_for(op, base, self.shape)).map_err(|e| {
+            Failure::Transient {
                 reason: format!("encoding document: {e}"),
                 retry_after_ms: None,
-            })?;
+            }
+        })?;
         let r = self.http.call(Method::PUT, path, Some(body), None).await?;
         match classify::put(&raw(&r))? {
             Put::Written(rev) => {
@@ -230,11 +239,20 @@ enum Step {
 }
 
 /// The op_id check, then the base revision check, of `op` against the
-/// document's current revision (`None`: never written).
-fn decide(op: &WireOp, id: &str, current: Option<Current>) -> Step {
+/// document's current revision (`None`: never written). A record with a
+/// field that a `shape` document cannot hold is rejected.
+fn decide(op: &WireOp, id: &str, current: Option<Current>, shape: doc::DocShape) -> Step {
     if let Some(r) = current.as_ref().and_then(|c| c.applied_as(op, id)) {
         tracing::debug!(op_id = %op.op_id, "op found applied in CouchDB (retry after a lost reply)");
         return Step::Verdict(OpResult::Applied(r));
+    }
+    if let Some(field) = doc::reserved_field(op, shape) {
+        return Step::Verdict(OpResult::Rejected {
+            status: 422,
+            reason: format!(
+                "field {field:?} cannot be stored in a native CouchDB document (`syncd` and names starting with `_` are reserved); rename it, or set [backend] doc_shape = \"wrapped\""
+            ),
+        });
     }
     if let Some(c) = current.as_ref().filter(|c| !c.conflicts.is_empty()) {
         warn_conflicts(&op.collection, id, c);
