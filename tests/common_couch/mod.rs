@@ -6,6 +6,8 @@
 //! `None` (the test prints why and skips) when node/npm are missing.
 #![allow(dead_code)]
 
+pub mod pouch_app;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -152,6 +154,17 @@ pub fn generation(doc: &Value) -> u64 {
         .and_then(|r| r.split('-').next())
         .and_then(|g| g.parse().ok())
         .unwrap_or(0)
+}
+
+/// The generation a device's record version counts (docs/backends.md
+/// "Versions": the generation sits above 32 bits of the revision's hash).
+pub fn record_gen(rec: &Value) -> u64 {
+    rec["version"].as_u64().unwrap_or(0) >> 32
+}
+
+/// The version syncd gives a CouchDB document's revision.
+pub fn rev_version(doc: &Value) -> u64 {
+    syncd::backend::couch::doc::version(doc["_rev"].as_str().unwrap_or_default()).unwrap_or(0)
 }
 
 /// The record's fields of a native document: all but `_*` and `syncd`.

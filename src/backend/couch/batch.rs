@@ -264,8 +264,8 @@ async fn written_as(
         item.get("rev").and_then(Value::as_str),
         item.get("error").and_then(Value::as_str),
     ) {
-        (Some(rev), None) => match doc::generation(rev) {
-            Some(gen) => Ok(OpResult::Applied(doc::record_of(op, id, gen))),
+        (Some(rev), None) => match doc::version(rev) {
+            Some(version) => Ok(OpResult::Applied(doc::record_of(op, id, version))),
             None => Err(Stop::Failure(Failure::Unlisted {
                 status: 201,
                 reason: format!("CouchDB POST _bulk_docs gave {key:?} the revision {rev:?}"),
@@ -345,8 +345,8 @@ mod tests {
     fn plans_stop_after_the_first_op_that_fails_on_the_read() {
         let ops = [
             op(OpKind::Create, "a", None),
-            op(OpKind::Update, "b", Some(1)),
-            op(OpKind::Update, "c", Some(1)),
+            op(OpKind::Update, "b", Some(1 << 32)),
+            op(OpKind::Update, "c", Some(1 << 32)),
         ];
         let ids = ["a", "b", "c"];
         let at = |rev: &str| Current::from_body(row(json!({"_rev": rev, "data": {}})));
@@ -359,7 +359,7 @@ mod tests {
         );
         assert_eq!(p.len(), 2);
         assert!(matches!(p[0].step, Step::Write(None)));
-        assert!(matches!(&p[1].step, Step::Verdict(OpResult::Conflict(r)) if r.version == 2));
+        assert!(matches!(&p[1].step, Step::Verdict(OpResult::Conflict(r)) if r.version == 2 << 32));
         // All clean: every op is written.
         let p = plan(
             &ops,

@@ -118,7 +118,7 @@ pub fn put(r: &Raw<'_>) -> Result<Put, Failure> {
     match r.status {
         201 | 202 => match serde_json::from_slice::<Value>(r.body) {
             Ok(v) => match v.get("rev").and_then(Value::as_str) {
-                Some(rev) if super::doc::generation(rev).is_some() => Ok(Put::Written(rev.into())),
+                Some(rev) if super::doc::version(rev).is_some() => Ok(Put::Written(rev.into())),
                 _ => Err(unlisted(WHAT, r, " without a revision")),
             },
             Err(_) => Err(unlisted(WHAT, r, " with a body that is not JSON")),

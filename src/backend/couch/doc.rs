@@ -65,11 +65,45 @@ pub fn generation(rev: &str) -> Option<u64> {
     rev.split_once('-')?.0.parse().ok()
 }
 
+/// How many bits of a version hold the revision's hash.
+const HASH_BITS: u32 = 32;
+
+/// The protocol version of a revision: its generation in the high bits and
+/// the first 32 bits of its hash below them. Two leaves of one generation
+/// (an app's offline edit replicated beside a device's) so get different
+/// versions, ordered as CouchDB orders them for its winner (the greater
+/// revision id), and a base version names the exact revision it was read
+/// at. A hash that is not hex counts as 0. `None` for a malformed
+/// revision, or a generation too large to keep versions below 2^53 (the
+/// integers a JSON reader in JavaScript holds exactly).
+pub fn version(rev: &str) -> Option<u64> {
+    let (g, hash) = rev.split_once('-')?;
+    let g: u64 = g.parse().ok()?;
+    let low = hash
+        .get(..8)
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+        .unwrap_or(0);
+    (g < 1 << (53 - HASH_BITS)).then(|| g << HASH_BITS | u64::from(low))
+}
+
+/// The version of a revision whose generation alone is known (an op's own
+/// revision after later writes): below every revision of that generation.
+pub fn version_of_generation(g: u64) -> u64 {
+    g << HASH_BITS
+}
+
+/// The generation a version counts.
+pub fn generation_of_version(v: u64) -> u64 {
+    v >> HASH_BITS
+}
+
 /// One revision of a document as read from CouchDB.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Current {
     pub rev: String,
     pub generation: u64,
+    /// The protocol version ([`version`]).
+    pub version: u64,
     pub deleted: bool,
     body: Map<String, Value>,
     /// Losing non-deleted leaves (CouchDB's `_conflicts`).
@@ -82,6 +116,7 @@ impl Current {
     pub fn from_body(body: Map<String, Value>) -> Option<Current> {
         let rev = body.get("_rev")?.as_str()?.to_owned();
         let generation = generation(&rev)?;
+        let version = version(&rev)?;
         let deleted = body.get("_deleted").and_then(Value::as_bool) == Some(true);
         let conflicts = body
             .get("_conflicts")
@@ -95,6 +130,7 @@ impl Current {
         Some(Current {
             rev,
             generation,
+            version,
             deleted,
             body,
             conflicts,
@@ -143,7 +179,7 @@ impl Current {
         ServerRecord {
             scope: None,
             id: id.to_owned(),
-            version: self.generation,
+            version: self.version,
             updated_at: updated_at.and_then(Value::as_i64).unwrap_or(0),
             deleted: self.deleted,
             data,
@@ -190,17 +226,17 @@ impl Current {
         if g == self.generation {
             return Some(self.record(id));
         }
-        Some(record_of(op, id, g))
+        Some(record_of(op, id, version_of_generation(g)))
     }
 }
 
-/// The record `op` produces at `generation`.
-pub fn record_of(op: &WireOp, id: &str, generation: u64) -> ServerRecord {
+/// The record `op` produces at `version`.
+pub fn record_of(op: &WireOp, id: &str, version: u64) -> ServerRecord {
     let deleted = op.kind == OpKind::Delete;
     ServerRecord {
         scope: None,
         id: id.to_owned(),
-        version: generation,
+        version,
         updated_at: op.client_ts,
         deleted,
         data: if deleted {
@@ -297,6 +333,20 @@ mod tests {
     }
 
     #[test]
+    fn versions_order_revisions_as_couchdb_picks_winners() {
+        let app = version("2-db34a1c0ffee").expect("app");
+        let device = version("2-1fc80000aaaa").expect("device");
+        // Two leaves of one generation: different, the greater id higher.
+        assert!(app > device && generation_of_version(app) == 2);
+        assert!(version("3-00000000").expect("3") > app);
+        assert_eq!(version("4-zz"), Some(version_of_generation(4)));
+        assert!(version_of_generation(2) <= device);
+        assert_eq!(version("x-1"), None);
+        assert_eq!(version(&format!("{}-a", 1u64 << 21)), None);
+        assert!(version(&format!("{}-ffffffff", (1u64 << 21) - 1)).is_some_and(|v| v < 1 << 53));
+    }
+
+    #[test]
     fn body_chain_remembers_op_ids() {
         for shape in [DocShape::Native, DocShape::Wrapped] {
             body_chain(shape);
@@ -321,8 +371,11 @@ mod tests {
         let c2 = cur(v2);
         // o1 was applied at generation 1: its own record, not the current one.
         let r = c2.applied_as(&create, "r1").expect("applied");
-        assert_eq!((r.version, r.data.get("t")), (1, Some(&json!(1))));
-        assert_eq!(c2.applied_as(&update, "r1").map(|r| r.version), Some(2));
+        assert_eq!((r.version, r.data.get("t")), (1 << 32, Some(&json!(1))));
+        assert_eq!(
+            c2.applied_as(&update, "r1").map(|r| r.version),
+            Some(2 << 32)
+        );
         assert_eq!(c2.applied_as(&op(OpKind::Update, "o9", None), "r1"), None);
         let del = op(OpKind::Delete, "o3", None);
         let v3 = body_for(&del, Some(&c2), shape);
@@ -401,7 +454,7 @@ mod tests {
         // them; no time of syncd's (counts as 0).
         let c = cur(json!({"_id": "todos:r1", "_rev": "3-x", "title": "hi", "updated_at": 5}));
         let r = c.record("r1");
-        assert_eq!((r.version, r.updated_at), (3, 0));
+        assert_eq!((generation_of_version(r.version), r.updated_at), (3, 0));
         assert_eq!(
             Value::Object(r.data),
             json!({"title": "hi", "updated_at": 5})
@@ -422,7 +475,7 @@ mod tests {
         // its own generation.
         let f = cur(json!({"_rev": "5-z", "data": {"t": 9}, "syncd": {"op_id": "o1", "gen": 4}}));
         let o1 = op(OpKind::Update, "o1", Some(json!({"t": 1})));
-        assert_eq!(f.applied_as(&o1, "r1").map(|r| r.version), Some(4));
+        assert_eq!(f.applied_as(&o1, "r1").map(|r| r.version), Some(4 << 32));
     }
 
     #[test]

@@ -112,8 +112,8 @@ impl CouchClient {
         let r = self.http.call(Method::PUT, path, Some(body), None).await?;
         match classify::put(&raw(&r))? {
             Put::Written(rev) => {
-                let gen = doc::generation(&rev).unwrap_or_default();
-                Ok(OpResult::Applied(doc::record_of(op, id, gen)))
+                let version = doc::version(&rev).unwrap_or_default();
+                Ok(OpResult::Applied(doc::record_of(op, id, version)))
             }
             Put::Rejected { status, reason } => Ok(OpResult::Rejected { status, reason }),
             Put::Conflict => self.after_conflict(op, id, path).await,
@@ -270,7 +270,7 @@ fn decide(op: &WireOp, id: &str, current: Option<Current>, shape: doc::DocShape)
                 doc::doc_id(&op.collection, id)
             ),
         }),
-        (_, Some(c)) if Some(c.generation) != op.base_version => {
+        (_, Some(c)) if Some(c.version) != op.base_version => {
             Step::Verdict(OpResult::Conflict(c.record(id)))
         }
         (_, Some(c)) => Step::Write(Some(c)),
@@ -347,10 +347,10 @@ mod tests {
             (ch.collection.as_str(), ch.record.id.as_str()),
             ("todos", "a")
         );
-        assert_eq!((ch.record.version, ch.record.updated_at), (2, 9));
+        assert_eq!((ch.record.version, ch.record.updated_at), (2 << 32, 9));
         let gone = json!({"id": "todos:b", "seq": 4, "deleted": true, "changes": [{"rev": "3-y"}]});
         let ch = change_of(&gone).expect("tombstone");
-        assert!(ch.record.deleted && ch.record.version == 3);
+        assert!(ch.record.deleted && ch.record.version == 3 << 32);
         for skip in [
             json!({"id": "_design/v", "changes": [{"rev": "1-a"}]}),
             json!({"id": "plain", "changes": [{"rev": "1-a"}]}),
