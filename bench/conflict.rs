@@ -98,7 +98,7 @@ fn record_id(i: usize) -> String {
     format!("c{i}")
 }
 
-async fn set_paused(c: &mut Client, paused: bool) {
+pub(crate) async fn set_paused(c: &mut Client, paused: bool) {
     let req = if paused {
         Request::Pause {}
     } else {
@@ -149,7 +149,7 @@ async fn edit_on_server(port: u16, recs: &[RecordView]) {
 }
 
 /// Waits until the worker shows `paused` (its pull stopped).
-async fn wait_paused(c: &mut Client) {
+pub(crate) async fn wait_paused(c: &mut Client) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while c.status().await.expect("status").state != "paused" {
         assert!(Instant::now() < deadline, "daemon never showed paused");

@@ -47,6 +47,11 @@
 //!   indexed query returning 50 records vs a scan and vs SQLite in process
 //!   with the same index; 64-client writes with two indexes vs none; a live
 //!   query's event latency vs the plain watch feed's (`queries.rs`).
+//! - `couch`: the CouchDB adapter (`kind = "couchdb"`) vs PouchDB's own
+//!   replication (node, leveldb adapter) with the same pouchdb-server
+//!   (issue 26): docs/s of a drain of N queued creates vs `replicate.to`,
+//!   and of a fresh device's pull of N vs `replicate.from`. Skipped with a
+//!   note where node cannot load PouchDB (`couch.rs`, `pouch.rs`).
 //!
 //! Every repeated figure is the median over the repetitions; baselines are
 //! interleaved with the measured runs (A B A B ...) and ratios are taken rep
@@ -61,7 +66,11 @@ mod backend;
 mod coalesce;
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "../tests/common_couch/mod.rs"]
+mod common_couch;
 mod conflict;
+mod couch;
+mod couch_server;
 mod daemon;
 mod drain;
 mod fill;
@@ -71,6 +80,7 @@ mod loops;
 mod memory;
 mod opts;
 mod outbox_report;
+mod pouch;
 mod procfs;
 mod queries;
 mod reads;
@@ -130,6 +140,7 @@ fn main() {
             "conflict" => conflict::conflict(&rt, &opts, &mut report),
             "scopes" => scopes::scopes(&rt, &opts, &mut report),
             "queries" => queries::queries(&rt, &opts, &mut report),
+            "couch" => couch::couch(&rt, &opts, &mut report),
             _ => unreachable!(),
         }
     }

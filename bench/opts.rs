@@ -12,7 +12,7 @@ syncd benchmark harness
 usage: cargo bench --bench harness -- [SCENARIO...] [OPTIONS]
 
 scenarios (default: all): writes reads memory idle drain restart live coalesce
-                          conflict scopes queries
+                          conflict scopes queries couch
 
 options:
   --quick             smaller sizes and fewer reps everywhere (whole run < 2 min);
@@ -46,6 +46,8 @@ options:
   --scope-records N   records in the scope `scopes` back-fills (default 100000)
   --scope-reps N      repetitions of `scopes` (default 3)
   --query-records N   records in the collection `queries` reads (default 1000000)
+  --couch-docs N      documents each `couch` drain and pull moves (default 5000)
+  --couch-reps N      repetitions of `couch` (default 3)
   --bin PATH          the syncd binary (default: the one cargo built)
 
 Temp dirs go to $TMPDIR (default /tmp): set it to measure another disk.";
@@ -86,6 +88,8 @@ pub(crate) struct Opts {
     pub(crate) scope_records: u64,
     pub(crate) scope_reps: usize,
     pub(crate) query_records: u64,
+    pub(crate) couch_docs: u64,
+    pub(crate) couch_reps: usize,
     pub(crate) bin: PathBuf,
     pub(crate) smoke: bool,
 }
@@ -119,6 +123,8 @@ impl Opts {
             scope_records: 100_000,
             scope_reps: 3,
             query_records: 1_000_000,
+            couch_docs: 5_000,
+            couch_reps: 3,
             bin: common::bin(),
             smoke: false,
         };
@@ -143,6 +149,8 @@ impl Opts {
                 scope_records: 20_000,
                 scope_reps: 2,
                 query_records: 100_000,
+                couch_docs: 1_000,
+                couch_reps: 2,
                 ..full
             },
             Mode::Smoke => Opts {
@@ -170,6 +178,8 @@ impl Opts {
                 scope_records: 300,
                 scope_reps: 1,
                 query_records: 400,
+                couch_docs: 50,
+                couch_reps: 1,
                 smoke: true,
                 ..full
             },
@@ -216,6 +226,8 @@ impl Opts {
                 "--scope-records" => o.scope_records = num(&val(a)?, a)?,
                 "--scope-reps" => o.scope_reps = num(&val(a)?, a)?,
                 "--query-records" => o.query_records = num(&val(a)?, a)?,
+                "--couch-docs" => o.couch_docs = num(&val(a)?, a)?,
+                "--couch-reps" => o.couch_reps = num(&val(a)?, a)?,
                 "--bin" => o.bin = PathBuf::from(val(a)?),
                 s if all_scenarios().iter().any(|x| x == s) => scenarios.push(s.to_owned()),
                 other => return Err(format!("unknown argument {other:?}")),
@@ -238,6 +250,7 @@ impl Opts {
             self.conflict_records,
             self.conflict_reps,
             self.scope_reps,
+            self.couch_reps,
         ];
         let sizes = [
             self.ops,
@@ -249,6 +262,7 @@ impl Opts {
             self.conflict_base_ops,
             self.scope_records,
             self.query_records,
+            self.couch_docs,
         ];
         if counts.contains(&0) || sizes.contains(&0) || self.secs <= 0.0 || self.idle_secs <= 0.0 {
             return Err("repetitions, sizes, windows and durations must be positive".into());
@@ -277,7 +291,7 @@ impl Opts {
 pub(crate) fn all_scenarios() -> Vec<String> {
     [
         "writes", "reads", "memory", "idle", "drain", "restart", "live", "coalesce", "conflict",
-        "scopes", "queries",
+        "scopes", "queries", "couch",
     ]
     .map(String::from)
     .to_vec()

@@ -265,7 +265,7 @@ fn wait_live(rt: &tokio::runtime::Runtime, d: &Daemon, scopes: &[&str]) {
 }
 
 /// Records of `collection` on the device, paging through `list`.
-async fn count(c: &mut Client, collection: &str) -> u64 {
+pub(crate) async fn count(c: &mut Client, collection: &str) -> u64 {
     let mut n = 0;
     let mut start: Option<String> = None;
     loop {
