@@ -135,6 +135,7 @@ async fn edit_on_server(port: u16, recs: &[RecordView]) {
             data: json!({"v": 1, "by": "other"}).as_object().cloned(),
             client_ts: ts,
             scope: None,
+            home: None,
         })
         .collect();
     match other.apply_batch(&ops).await.expect("server edit") {

@@ -77,6 +77,10 @@ pub struct BackendSection {
     /// How a record is laid out in a CouchDB document; `kind = "couchdb"`
     /// only. Both shapes are always read.
     pub doc_shape: Option<DocShape>,
+    /// `[backend.scopes]`, CouchDB only: one database per scope, `url`
+    /// names the server; each shared scope mapped to its database (private
+    /// scopes are CouchDB's per-user databases).
+    pub scopes: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// `[backend] doc_shape`: the layout of a record in a CouchDB document
@@ -215,6 +219,7 @@ impl Default for BackendSection {
             username: None,
             password_file: None,
             doc_shape: None,
+            scopes: None,
         }
     }
 }
@@ -427,6 +432,7 @@ impl Config {
         }
         self.validate_backend_auth()?;
         self.validate_doc_shape()?;
+        self.validate_couch_scopes()?;
         if self.backend.timeout_ms == 0 || self.backend.timeout_ms > 3_600_000 {
             return bad(
                 "backend.timeout_ms",
@@ -503,15 +509,40 @@ impl Config {
         let Some(scopes) = &self.sync.scopes else {
             return Ok(());
         };
-        if self.backend.kind == BackendKind::Couchdb {
+        if self.backend.kind == BackendKind::Couchdb && self.backend.scopes.is_none() {
             return Err(ConfigError::invalid(
                 "sync.scopes",
-                "a CouchDB backend has no scopes (it syncs one database); remove sync.scopes or use kind = \"syncd\"".to_owned(),
+                "a CouchDB backend without [backend.scopes] has no scopes (it syncs one database); remove sync.scopes, or map scopes to databases in [backend.scopes]".to_owned(),
             ));
         }
         for s in scopes {
             if let Err(e) = crate::domain::scope::check_scope(s) {
                 return Err(ConfigError::invalid("sync.scopes", format!("{s:?}: {e}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// `[backend.scopes]`: CouchDB only; valid scope names (shared ones:
+    /// private scopes are per-user databases) mapped to valid CouchDB
+    /// database names.
+    fn validate_couch_scopes(&self) -> Result<(), ConfigError> {
+        let Some(map) = &self.backend.scopes else {
+            return Ok(());
+        };
+        let bad = |why: String| Err(ConfigError::invalid("backend.scopes", why));
+        if self.backend.kind != BackendKind::Couchdb {
+            return bad("is only for kind = \"couchdb\" (a database per scope); a syncd backend knows its scopes".into());
+        }
+        for (scope, db) in map {
+            if let Err(e) = crate::domain::scope::check_scope(scope) {
+                return bad(format!("{scope:?}: {e}"));
+            }
+            if scope.starts_with(crate::domain::scope::PRIVATE_PREFIX) {
+                return bad(format!("{scope:?}: private scopes are CouchDB's per-user databases (userdb-<hex of the name>), not mapped"));
+            }
+            if !couch_db_name(db) {
+                return bad(format!("{scope:?} = {db:?}: not a CouchDB database name (a lowercase letter, then lowercase letters, digits and _$()+-/)"));
             }
         }
         Ok(())
@@ -842,6 +873,14 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> ConfigError {
     err
 }
 
+/// CouchDB's rule for a database name: a lowercase letter, then lowercase
+/// letters, digits and `_ $ ( ) + - /`.
+fn couch_db_name(db: &str) -> bool {
+    let mut chars = db.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_$()+-/".contains(c))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1149,5 +1188,26 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("sync.scopes") && e.contains("CouchDB"), "{e}");
+        let c = Config::parse(
+            "[backend]\nurl = \"http://h:5984\"\nkind = \"couchdb\"\n[backend.scopes]\nteam-1 = \"team1\"\n[sync]\nscopes = [\"team-1\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.backend.scopes.map(|m| m.len()), Some(1));
+        for (table, want) in [
+            ("\"team 1\" = \"t\"", "team 1"),
+            ("\"user:bob\" = \"t\"", "per-user"),
+            ("team-1 = \"Team1\"", "database name"),
+        ] {
+            let e = Config::parse(&format!(
+                "[backend]\nurl = \"http://h:5984\"\nkind = \"couchdb\"\n[backend.scopes]\n{table}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("backend.scopes") && e.contains(want), "{e}");
+        }
+        let e = Config::parse("[backend]\nurl = \"http://h\"\n[backend.scopes]\na = \"b\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("backend.scopes") && e.contains("couchdb"), "{e}");
     }
 }

@@ -183,8 +183,8 @@ fn couchdb_conflicts_follow_the_winner_and_warn() {
     put(&d, "todos", "k", json!({"v": "device"}));
     eventually(10, "created", || depth(&d) == 0);
     let branches = json!({"new_edits": false, "docs": [
-        {"_id": "todos:k", "_rev": "2-aaaa", "data": {"v": "node1"}, "updated_at": 10},
-        {"_id": "todos:k", "_rev": "2-ffff", "data": {"v": "node2"}, "updated_at": 10}
+        {"_id": "todos:k", "_rev": "2-aaaa", "v": "node1", "syncd": {"updated_at": 10}},
+        {"_id": "todos:k", "_rev": "2-ffff", "v": "node2", "syncd": {"updated_at": 10}}
     ]});
     let (s, v) = couch.req(
         "POST",
@@ -290,7 +290,7 @@ fn waiting_pull() {
             &addr,
             "PUT",
             &format!("/{DB}/todos:w"),
-            Some(r#"{"data":{"x":1},"updated_at":5}"#),
+            Some(r#"{"x":1,"syncd":{"updated_at":5}}"#),
         )
     });
     let t = Instant::now();
@@ -340,6 +340,21 @@ fn both_shapes_are_read_whatever_the_setting() {
     eventually(10, "the wrapped device reads the native document", || {
         get(&old, "todos", "w").is_some_and(|r| r["data"] == json!({"title": "t", "n": 2}))
     });
+    // An app's own document with a field named `data` is not taken for a
+    // wrapped one on a native database: a device edit keeps that field.
+    let (s, v) = couch.req(
+        "PUT",
+        &format!("/{DB}/todos:app"),
+        Some(r#"{"data":{"x":1}}"#),
+    );
+    assert_eq!(s, 201, "{v}");
+    eventually(10, "the app's document", || {
+        get(&new, "todos", "app").is_some_and(|r| r["data"] == json!({"data": {"x": 1}}))
+    });
+    new.ok(&["patch", "todos", "app", r#"{"y":2}"#]);
+    eventually(10, "pushed", || depth(&new) == 0);
+    let doc = couch.doc("todos", "app").expect("app");
+    assert_eq!(fields(&doc), json!({"data": {"x": 1}, "y": 2}), "{doc}");
 }
 
 /// A record with a field a native document cannot hold (`syncd`, or a

@@ -44,6 +44,7 @@ fn remote_update(mini: &RefBackend, server_id: &str, version: u64, data: Value) 
         data: data.as_object().cloned(),
         client_ts: syncd::now_ms(),
         scope: None,
+        home: None,
     };
     let req = Req {
         at: Instant::now(),

@@ -34,6 +34,11 @@ pub struct WireOp {
     /// on a delete. Never sent to a server without the feature.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// The scope the device last knew the record in, for a backend that
+    /// finds a record by its scope (CouchDB: one database per scope). Never
+    /// sent: a protocol server knows where its records are.
+    #[serde(skip)]
+    pub home: Option<String>,
 }
 
 /// `200 {"record": R}` from `POST v1/ops`.

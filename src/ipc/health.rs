@@ -86,6 +86,8 @@ pub fn trouble(s: &StatusView) -> Option<Trouble> {
 pub struct HintInputs<'a> {
     /// `[backend] token_file`, to name in an auth error.
     pub token_file: Option<&'a std::path::Path>,
+    /// CouchDB basic auth (`username`, `password_file`), to name instead.
+    pub basic_auth: Option<(&'a str, &'a std::path::Path)>,
     /// The config file, to name where `[backend]` lives.
     pub config_path: Option<&'a str>,
     /// Wall-clock ms now.
@@ -158,12 +160,16 @@ fn state_hint(s: &StatusView, i: &HintInputs<'_>) -> Option<String> {
             retry(s, i.now)
         ),
         "backend_error" => backend_error_hint(err, &url, file),
-        "auth_error" => match i.token_file {
-            Some(t) => format!(
+        "auth_error" => match (i.basic_auth, i.token_file) {
+            (Some((user, pw)), _) => format!(
+                "CouchDB refused user {user:?} ({err}): check the password in {}, and that the user may read the database (a member in its _security); fixed credentials are read after a `syncd reload`",
+                pw.display()
+            ),
+            (None, Some(t)) => format!(
                 "the backend refused our credentials ({err}): fix the token in {} (re-read as soon as it changes)",
                 t.display()
             ),
-            None => format!(
+            (None, None) => format!(
                 "the backend refused our credentials ({err}): set [backend] token_file in {file}"
             ),
         },

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::backend::client::{BatchOutcome, Failure, OpResult};
 use crate::backend::couch::{CouchClient, Credentials};
-use crate::backend::protocol::{ChangesPage, Features, WireOp};
+use crate::backend::protocol::{ChangesPage, Features, PullReply, PullRequest, Session, WireOp};
 use crate::config::Config;
 use crate::sync::transport::{BoxFut, Transport};
 
@@ -18,10 +18,7 @@ impl Transport for CouchClient {
     }
 
     fn health(&self) -> BoxFut<'_, Result<Features, Failure>> {
-        Box::pin(async move {
-            CouchClient::health(self).await?;
-            Ok(crate::backend::couch::FEATURES)
-        })
+        Box::pin(CouchClient::health(self))
     }
 
     fn apply<'a>(&'a self, op: &'a WireOp) -> BoxFut<'a, Result<OpResult, Failure>> {
@@ -39,6 +36,14 @@ impl Transport for CouchClient {
         wait_s: Option<u32>,
     ) -> BoxFut<'a, Result<ChangesPage, Failure>> {
         Box::pin(CouchClient::changes(self, since, limit, wait_s))
+    }
+
+    fn session(&self) -> BoxFut<'_, Result<Session, Failure>> {
+        Box::pin(CouchClient::session(self))
+    }
+
+    fn pull<'a>(&'a self, req: &'a PullRequest) -> BoxFut<'a, Result<PullReply, Failure>> {
+        Box::pin(CouchClient::pull(self, req))
     }
 }
 
@@ -61,13 +66,12 @@ pub fn connect(
         (_, _, Some(t)) => Credentials::Bearer(t),
         _ => Credentials::None,
     };
-    let c = CouchClient::new(
-        url,
-        &creds,
-        client_id,
-        Duration::from_millis(b.timeout_ms),
-        b.ca_file.as_deref(),
-    )
+    let timeout = Duration::from_millis(b.timeout_ms);
+    let ca = b.ca_file.as_deref();
+    let c = match &b.scopes {
+        Some(shared) => CouchClient::scoped(url, shared.clone(), &creds, client_id, timeout, ca),
+        None => CouchClient::new(url, &creds, client_id, timeout, ca),
+    }
     .map_err(|e| e.to_string())?
     .with_shape(b.doc_shape.unwrap_or_default());
     Ok(Arc::new(c))

@@ -896,6 +896,7 @@ impl Worker {
             base_version,
             data,
             client_ts: op.client_ts,
+            home: rec.and_then(|r| r.scope.clone()),
         }))
     }
 

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod pouch_app;
+pub mod users;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

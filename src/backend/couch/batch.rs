@@ -104,7 +104,7 @@ async fn read(
     for (row, key) in rows.iter().zip(&keys) {
         out.push(match found(row, key) {
             Found::Missing => None,
-            Found::Live(cur) => Some(cur),
+            Found::Live(cur) => Some(cur.read_as(c.shape)),
             Found::Deleted => c.load(&percent_encode(key)).await?,
             Found::Unreadable(why) => return Err(unreadable(&r, &why)),
         });
@@ -329,6 +329,7 @@ mod tests {
     fn op(kind: OpKind, id: &str, base: Option<u64>) -> WireOp {
         WireOp {
             scope: None,
+            home: None,
             op_id: format!("op-{id}"),
             client_id: "c1".into(),
             collection: "t".into(),

@@ -228,6 +228,23 @@ pub fn all_docs(r: &Raw<'_>, keys: usize) -> Result<Vec<Map<String, Value>>, Fai
     }
 }
 
+/// `GET /_session`: the reply object, with its `userCtx`.
+pub fn session(r: &Raw<'_>) -> Result<Map<String, Value>, Failure> {
+    const WHAT: &str = "GET /_session";
+    if let Some(f) = common(WHAT, r) {
+        return Err(f);
+    }
+    match (r.status, serde_json::from_slice::<Value>(r.body)) {
+        (200, Ok(Value::Object(m))) if m.get("userCtx").is_some_and(Value::is_object) => Ok(m),
+        (200, _) => Err(unlisted(WHAT, r, " without a userCtx")),
+        _ => Err(unlisted(
+            WHAT,
+            r,
+            " (with [backend.scopes], url names the CouchDB server, not a database)",
+        )),
+    }
+}
+
 /// What a `_bulk_docs` request did as a whole.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Bulk {

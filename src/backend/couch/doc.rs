@@ -28,17 +28,21 @@ pub fn reserved_field(op: &WireOp, shape: DocShape) -> Option<&str> {
 }
 
 /// Whether `body` is in the wrapped shape: the record under `data`, and
-/// nothing else of the app's beside it. A native document that syncd
-/// wrote has `syncd.updated_at`, so it never reads as wrapped.
-fn is_wrapped(body: &Map<String, Value>) -> bool {
-    let native_bookkeeping = body
-        .get(RESERVED)
-        .is_some_and(|s| s.get("updated_at").is_some());
-    body.get("data").is_some_and(Value::is_object)
-        && !native_bookkeeping
+/// nothing else of the app's beside it (only `_*`, `updated_at` and
+/// `syncd`). A document syncd wrote says so itself: wrapped ones have
+/// `syncd` without `syncd.updated_at`, native ones with it. One without
+/// `syncd` (another program's) is read in `setting`'s shape, so that an
+/// app's own `{"data": {...}}` is never unwrapped on a native database.
+fn is_wrapped(body: &Map<String, Value>, setting: DocShape) -> bool {
+    let looks_wrapped = body.get("data").is_some_and(Value::is_object)
         && body
             .keys()
-            .all(|k| k.starts_with('_') || matches!(k.as_str(), "data" | "updated_at" | RESERVED))
+            .all(|k| k.starts_with('_') || matches!(k.as_str(), "data" | "updated_at" | RESERVED));
+    looks_wrapped
+        && match body.get(RESERVED) {
+            Some(s) => s.get("updated_at").is_none(),
+            None => setting == DocShape::Wrapped,
+        }
 }
 
 /// How many earlier `(op_id, generation)` pairs a document remembers, so a
@@ -74,8 +78,7 @@ const HASH_BITS: u32 = 32;
 /// versions, ordered as CouchDB orders them for its winner (the greater
 /// revision id), and a base version names the exact revision it was read
 /// at. A hash that is not hex counts as 0. `None` for a malformed
-/// revision, or a generation too large to keep versions below 2^53 (the
-/// integers a JSON reader in JavaScript holds exactly).
+/// revision (a generation of 2^32 or more is one).
 pub fn version(rev: &str) -> Option<u64> {
     let (g, hash) = rev.split_once('-')?;
     let g: u64 = g.parse().ok()?;
@@ -83,7 +86,17 @@ pub fn version(rev: &str) -> Option<u64> {
         .get(..8)
         .and_then(|h| u32::from_str_radix(h, 16).ok())
         .unwrap_or(0);
-    (g < 1 << (53 - HASH_BITS)).then(|| g << HASH_BITS | u64::from(low))
+    (g < 1 << HASH_BITS).then(|| g << HASH_BITS | u64::from(low))
+}
+
+/// Whether `base` (an op's `base_version`) names `c`: its version, or, for
+/// a device synced before versions held the hash (they were the
+/// generation alone, always below 2^32), its generation.
+pub fn base_matches(base: Option<u64>, c: &Current) -> bool {
+    match base {
+        Some(b) if b < 1 << HASH_BITS => b == c.generation,
+        b => b == Some(c.version),
+    }
 }
 
 /// The version of a revision whose generation alone is known (an op's own
@@ -108,6 +121,8 @@ pub struct Current {
     body: Map<String, Value>,
     /// Losing non-deleted leaves (CouchDB's `_conflicts`).
     pub conflicts: Vec<String>,
+    /// The shape a document without syncd's bookkeeping is read in.
+    setting: DocShape,
 }
 
 impl Current {
@@ -134,7 +149,14 @@ impl Current {
             deleted,
             body,
             conflicts,
+            setting: DocShape::default(),
         })
+    }
+
+    /// Reads a document without syncd's bookkeeping in `setting`'s shape.
+    pub fn read_as(mut self, setting: DocShape) -> Current {
+        self.setting = setting;
+        self
     }
 
     /// The winner among the leaves of `GET {doc}?open_revs=all`, with the
@@ -160,7 +182,7 @@ impl Current {
     /// field of a wrapped document; else the top-level fields less `_*`
     /// and `syncd` (a native document, or one another program wrote).
     pub fn record(&self, id: &str) -> ServerRecord {
-        let wrapped = is_wrapped(&self.body);
+        let wrapped = is_wrapped(&self.body, self.setting);
         let data = match self.body.get("data") {
             _ if self.deleted => Document::new(),
             Some(Value::Object(m)) if wrapped => m.clone(),
@@ -298,6 +320,7 @@ mod tests {
     fn op(kind: OpKind, op_id: &str, data: Option<Value>) -> WireOp {
         WireOp {
             scope: None,
+            home: None,
             op_id: op_id.into(),
             client_id: "c1".into(),
             collection: "todos".into(),
@@ -342,8 +365,22 @@ mod tests {
         assert_eq!(version("4-zz"), Some(version_of_generation(4)));
         assert!(version_of_generation(2) <= device);
         assert_eq!(version("x-1"), None);
-        assert_eq!(version(&format!("{}-a", 1u64 << 21)), None);
-        assert!(version(&format!("{}-ffffffff", (1u64 << 21) - 1)).is_some_and(|v| v < 1 << 53));
+        // A document written millions of times still has a version.
+        assert!(version(&format!("{}-ffffffff", 1u64 << 22)).is_some_and(|v| v > 1 << 53));
+        assert_eq!(version(&format!("{}-a", 1u64 << 32)), None);
+    }
+
+    #[test]
+    fn bases_name_one_revision_and_legacy_bases_a_generation() {
+        let winner = cur(json!({"_rev": "2-db34a1c0", "data": {}}));
+        let loser = version("2-1fc80000").expect("loser");
+        assert!(base_matches(Some(winner.version), &winner));
+        // An edit made on the losing leaf of the same generation.
+        assert!(!base_matches(Some(loser), &winner));
+        // A device synced when versions were generations.
+        assert!(base_matches(Some(2), &winner));
+        assert!(!base_matches(Some(1), &winner));
+        assert!(!base_matches(None, &winner));
     }
 
     #[test]
@@ -459,14 +496,16 @@ mod tests {
             Value::Object(r.data),
             json!({"title": "hi", "updated_at": 5})
         );
-        // One in the wrapped shape that another program wrote.
-        let w = cur(json!({"_rev": "2-x", "data": {"a": 1}, "updated_at": 5}));
+        // A document another program wrote in the wrapped shape (no
+        // `syncd`) is read in the setting's shape: an app's own `data`
+        // field is never unwrapped on a native database.
+        let body = json!({"_rev": "2-x", "data": {"a": 1}, "updated_at": 5});
+        let w = cur(body.clone()).read_as(DocShape::Wrapped).record("r1");
+        assert_eq!((Value::Object(w.data), w.updated_at), (json!({"a": 1}), 5));
+        let n = cur(body).record("r1");
         assert_eq!(
-            (
-                Value::Object(w.record("r1").data),
-                w.record("r1").updated_at
-            ),
-            (json!({"a": 1}), 5)
+            Value::Object(n.data),
+            json!({"data": {"a": 1}, "updated_at": 5})
         );
         let t = cur(json!({"_rev": "4-y", "_deleted": true, "data": {"a": 1}}));
         let r = t.record("r1");

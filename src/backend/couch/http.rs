@@ -69,11 +69,12 @@ pub struct Reply {
     pub body: Bytes,
 }
 
-/// The HTTP side of the adapter, rooted at the database URL.
+/// The HTTP side of the adapter, rooted at a database URL (or at the
+/// server's, with scopes).
 #[derive(Clone)]
 pub struct CouchHttp {
     http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-    /// The database URL with a trailing `/`.
+    /// The database (or server) URL with a trailing `/`.
     db: String,
     auth: Option<String>,
     client_id: String,
@@ -81,8 +82,10 @@ pub struct CouchHttp {
 }
 
 impl CouchHttp {
+    /// Rooted at `url`: a database, or the server itself (scopes: one
+    /// database per scope, reached with [`CouchHttp::under`]).
     pub fn new(
-        db_url: &str,
+        url: &str,
         creds: &Credentials,
         client_id: &str,
         timeout: Duration,
@@ -90,17 +93,7 @@ impl CouchHttp {
     ) -> Result<Self, SetupError> {
         let tls = tls_config(ca_file).map_err(SetupError::Tls)?;
         let http = https_client(tls, timeout);
-        let mut db = db_url.trim().trim_end_matches('/').to_owned();
-        let path_empty = db
-            .parse::<hyper::Uri>()
-            .map(|u| u.path().trim_matches('/').is_empty())
-            .unwrap_or(true);
-        if path_empty {
-            return Err(SetupError::Url(format!(
-                "{} names no database; use e.g. http://127.0.0.1:5984/todos",
-                crate::config::redact_url(db_url)
-            )));
-        }
+        let mut db = url.trim().trim_end_matches('/').to_owned();
         db.push('/');
         Ok(CouchHttp {
             http,
@@ -109,6 +102,18 @@ impl CouchHttp {
             client_id: client_id.to_owned(),
             timeout,
         })
+    }
+
+    /// The same connection pool and credentials, rooted at `segment`
+    /// (a database name) below this root.
+    pub fn under(&self, segment: &str) -> CouchHttp {
+        let mut c = self.clone();
+        c.db = format!(
+            "{}{}/",
+            self.db,
+            crate::backend::client::percent_encode(segment)
+        );
+        c
     }
 
     /// `method` on `path` (relative to the database URL, already encoded;
@@ -151,4 +156,13 @@ impl CouchHttp {
             body,
         })
     }
+}
+
+/// Whether `url` has a path below the server (`http://host:5984/todos`
+/// does; `http://host:5984` does not).
+pub fn names_database(url: &str) -> bool {
+    url.trim()
+        .parse::<hyper::Uri>()
+        .map(|u| !u.path().trim_matches('/').is_empty())
+        .unwrap_or(false)
 }

@@ -9,6 +9,7 @@ pub mod batch;
 pub mod classify;
 pub mod doc;
 pub mod http;
+pub mod scopes;
 
 use std::time::Duration;
 
@@ -34,6 +35,13 @@ pub const FEATURES: crate::backend::protocol::Features = crate::backend::protoco
     client_ids: true,
 };
 
+/// The same, with one database per scope (`[backend.scopes]`).
+pub const FEATURES_SCOPED: crate::backend::protocol::Features =
+    crate::backend::protocol::Features {
+        scopes: true,
+        ..FEATURES
+    };
+
 /// Extra time a waiting pull gets beyond its wait before it counts as
 /// having waited in vain (CouchDB's own `timeout` should end it first).
 const WAIT_MARGIN: Duration = Duration::from_secs(2);
@@ -41,9 +49,12 @@ const WAIT_MARGIN: Duration = Duration::from_secs(2);
 /// A CouchDB database as the sync worker's backend.
 #[derive(Clone)]
 pub struct CouchClient {
+    /// The database, or with scopes the server.
     http: http::CouchHttp,
     shown: String,
     shape: doc::DocShape,
+    /// With scopes: which database holds which scope, and who we are.
+    scopes: Option<std::sync::Arc<scopes::Scopes>>,
 }
 
 impl CouchClient {
@@ -55,10 +66,35 @@ impl CouchClient {
         timeout: Duration,
         ca_file: Option<&std::path::Path>,
     ) -> Result<Self, SetupError> {
+        if !http::names_database(db_url) {
+            return Err(SetupError::Url(format!(
+                "{} names no database; use e.g. http://127.0.0.1:5984/todos (or, for one database per scope, add [backend.scopes])",
+                crate::config::redact_url(db_url)
+            )));
+        }
         Ok(CouchClient {
             http: http::CouchHttp::new(db_url, creds, client_id, timeout, ca_file)?,
             shown: crate::config::redact_url(db_url),
             shape: doc::DocShape::default(),
+            scopes: None,
+        })
+    }
+
+    /// One database per scope (`docs/backends.md` "Scopes"): `server_url`
+    /// names the CouchDB server; `shared` maps shared scopes to databases.
+    pub fn scoped(
+        server_url: &str,
+        shared: std::collections::BTreeMap<String, String>,
+        creds: &Credentials,
+        client_id: &str,
+        timeout: Duration,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, SetupError> {
+        Ok(CouchClient {
+            http: http::CouchHttp::new(server_url, creds, client_id, timeout, ca_file)?,
+            shown: crate::config::redact_url(server_url),
+            shape: doc::DocShape::default(),
+            scopes: Some(std::sync::Arc::new(scopes::Scopes::new(shared))),
         })
     }
 
@@ -74,14 +110,29 @@ impl CouchClient {
     }
 
     /// `GET /db`: the database exists and answers. It is never created.
-    pub async fn health(&self) -> Result<(), Failure> {
+    /// With scopes, `GET /_session`: the server answers and knows us.
+    pub async fn health(&self) -> Result<crate::backend::protocol::Features, Failure> {
+        if let Some(s) = &self.scopes {
+            s.set_user(self.whoami().await?);
+            return Ok(FEATURES_SCOPED);
+        }
         let r = self.http.call(Method::GET, "", None, None).await?;
-        classify::database(&raw(&r))
+        classify::database(&raw(&r))?;
+        Ok(FEATURES)
     }
 
-    /// One op: read the document, check idempotency and the base
-    /// revision, write on top of the exact revision read.
+    /// One op, in its scope's database when there are scopes.
     pub async fn apply(&self, op: &WireOp) -> Result<OpResult, Failure> {
+        match &self.scopes {
+            Some(s) => self.apply_scoped(s, op).await,
+            None => self.apply_in_db(op).await,
+        }
+    }
+
+    /// One op in this client's database: read the document, check
+    /// idempotency and the base revision, write on top of the exact
+    /// revision read.
+    async fn apply_in_db(&self, op: &WireOp) -> Result<OpResult, Failure> {
         let id = match target(op) {
             Ok(id) => id,
             Err(verdict) => return Ok(verdict),
@@ -148,13 +199,18 @@ impl CouchClient {
     async fn load(&self, path: &str) -> Result<Option<Current>, Failure> {
         let q = format!("{path}?open_revs=all");
         let r = self.http.call(Method::GET, &q, None, None).await?;
-        Ok(classify::leaves(&raw(&r))?.and_then(Current::winner))
+        let winner = classify::leaves(&raw(&r))?.and_then(Current::winner);
+        Ok(winner.map(|c| c.read_as(self.shape)))
     }
 
     /// Several ops of different documents in two requests: one
     /// `_all_docs` read, one `_bulk_docs` write ([`batch`]).
+    /// With scopes, the ops of the head's database (a prefix).
     pub async fn apply_batch(&self, ops: &[WireOp]) -> Result<BatchOutcome, Failure> {
-        batch::apply(self, ops).await
+        match &self.scopes {
+            Some(s) => self.apply_batch_scoped(s, ops).await,
+            None => batch::apply(self, ops).await,
+        }
     }
 
     /// `GET /db/_changes` from `since`; with `wait`, a long poll of up to
@@ -165,6 +221,24 @@ impl CouchClient {
         limit: u32,
         wait: Option<u32>,
     ) -> Result<ChangesPage, Failure> {
+        if self.scopes.is_some() {
+            return Err(Failure::Unlisted {
+                status: 400,
+                reason: "with [backend.scopes] the CouchDB adapter pulls per scope, not one feed"
+                    .into(),
+            });
+        }
+        Ok(self.feed(since, limit, wait).await?.0)
+    }
+
+    /// `_changes` of this client's database as a page, with CouchDB's
+    /// `pending` (how many changes lie after it) when the server says.
+    async fn feed(
+        &self,
+        since: Option<&str>,
+        limit: u32,
+        wait: Option<u32>,
+    ) -> Result<(ChangesPage, Option<u64>), Failure> {
         let mut q = format!("_changes?include_docs=true&conflicts=true&limit={limit}");
         if let Some(s) = since {
             q.push_str("&since=");
@@ -180,12 +254,13 @@ impl CouchClient {
             // A server that ignores `timeout` (pouchdb-server) held the
             // poll for the whole wait: nothing changed.
             Err(Failure::Transient { .. }) if wait.is_some() => {
-                return Ok(empty_page(since));
+                return Ok((empty_page(since), None));
             }
             r => r?,
         };
         let reply = classify::changes(&raw(&r))?;
-        Ok(self.page(reply, since, limit))
+        let pending = reply.get("pending").and_then(Value::as_u64);
+        Ok((self.page(reply, since, limit), pending))
     }
 
     /// A `_changes` reply as a page of the protocol's feed.
@@ -201,7 +276,10 @@ impl CouchClient {
             .cloned()
             .unwrap_or_default();
         let n = results.len();
-        let changes = results.iter().filter_map(change_of).collect();
+        let changes = results
+            .iter()
+            .filter_map(|row| change_of(row, self.shape))
+            .collect();
         let cursor = match reply.get("last_seq") {
             Some(Value::String(s)) => s.clone(),
             Some(Value::Number(n)) => n.to_string(),
@@ -270,7 +348,7 @@ fn decide(op: &WireOp, id: &str, current: Option<Current>, shape: doc::DocShape)
                 doc::doc_id(&op.collection, id)
             ),
         }),
-        (_, Some(c)) if Some(c.version) != op.base_version => {
+        (_, Some(c)) if !doc::base_matches(op.base_version, &c) => {
             Step::Verdict(OpResult::Conflict(c.record(id)))
         }
         (_, Some(c)) => Step::Write(Some(c)),
@@ -294,14 +372,14 @@ fn raw(r: &http::Reply) -> Raw<'_> {
 }
 
 /// One `_changes` row as a change, if it is a record of ours.
-fn change_of(row: &Value) -> Option<Change> {
+fn change_of(row: &Value, shape: doc::DocShape) -> Option<Change> {
     let (collection, id) = doc::split_doc_id(row.get("id")?.as_str()?)?;
     let current = match row.get("doc") {
         Some(Value::Object(d)) => Current::from_body(d.clone()),
         _ => None,
     };
     let current = match current {
-        Some(c) => c,
+        Some(c) => c.read_as(shape),
         // No body (a purge, or a server that omits deleted docs' bodies).
         None => {
             let rev = row.pointer("/changes/0/rev")?.as_str()?;
@@ -341,21 +419,21 @@ mod tests {
     #[test]
     fn feed_rows() {
         let row = json!({"id": "todos:a", "seq": 3, "changes": [{"rev": "2-x"}],
-            "doc": {"_id": "todos:a", "_rev": "2-x", "data": {"k": 1}, "updated_at": 9}});
-        let ch = change_of(&row).expect("change");
+            "doc": {"_id": "todos:a", "_rev": "2-x", "data": {"k": 1}, "updated_at": 9, "syncd": {"op_id": "o", "gen": 2}}});
+        let ch = change_of(&row, doc::DocShape::Native).expect("change");
         assert_eq!(
             (ch.collection.as_str(), ch.record.id.as_str()),
             ("todos", "a")
         );
         assert_eq!((ch.record.version, ch.record.updated_at), (2 << 32, 9));
         let gone = json!({"id": "todos:b", "seq": 4, "deleted": true, "changes": [{"rev": "3-y"}]});
-        let ch = change_of(&gone).expect("tombstone");
+        let ch = change_of(&gone, doc::DocShape::Native).expect("tombstone");
         assert!(ch.record.deleted && ch.record.version == 3 << 32);
         for skip in [
             json!({"id": "_design/v", "changes": [{"rev": "1-a"}]}),
             json!({"id": "plain", "changes": [{"rev": "1-a"}]}),
         ] {
-            assert!(change_of(&skip).is_none(), "{skip}");
+            assert!(change_of(&skip, doc::DocShape::Native).is_none(), "{skip}");
         }
     }
 }

@@ -110,6 +110,11 @@ pub async fn status(ctx: &Ctx) -> Result<StatusView, ApiError> {
         &v,
         &HintInputs {
             token_file: cfg.backend.token_file.as_deref(),
+            basic_auth: cfg
+                .backend
+                .username
+                .as_deref()
+                .zip(cfg.backend.password_file.as_deref()),
             config_path: v.config_path.as_deref(),
             now,
         },
