@@ -200,3 +200,32 @@ fn a_document_deleted_between_the_read_and_the_write() {
     }
     assert!(d.log_text().contains("found applied in CouchDB"));
 }
+
+/// A `_bulk_docs` refused as a whole (`413`, too large): that batch's ops
+/// go one at a time, each a `PUT` with its own verdict, and batches resume
+/// after them.
+#[test]
+fn a_batch_refused_as_a_whole_goes_one_op_at_a_time() {
+    let Some(couch) = Couch::start() else {
+        return;
+    };
+    let (proxy, d) = paused_with(&couch, "t", &[]);
+    for r in ["a", "b", "c", "d"] {
+        put(&d, "t", r, json!({"v": 1}));
+    }
+    *proxy.refuse_bulk.lock().expect("lock") = 1;
+    let seen = drain(&proxy, &d);
+    assert_eq!(bulk_sizes(&seen), [4], "only the refused batch: {seen:?}");
+    let puts: Vec<_> = seen.iter().filter(|s| s.method == "PUT").collect();
+    assert_eq!(puts.len(), 4, "one PUT per op: {seen:?}");
+    for r in ["a", "b", "c", "d"] {
+        assert_eq!(generation(&couch.doc("t", r).expect(r)), 1, "{r}");
+    }
+    // Batches resume.
+    d.ok(&["pause"]);
+    for r in ["e", "f"] {
+        put(&d, "t", r, json!({"v": 1}));
+    }
+    let seen = drain(&proxy, &d);
+    assert_eq!(bulk_sizes(&seen), [2], "{seen:?}");
+}

@@ -101,6 +101,7 @@ async fn run_worker(deps: WorkerDeps, net: Arc<Notify>) {
         client: None,
         epoch: tokio::time::Instant::now(),
         batch_supported: None,
+        singles: 0,
         token_watch: None,
         net,
         logged_error: None,
@@ -126,6 +127,10 @@ struct Worker {
     epoch: tokio::time::Instant,
     /// Whether this backend has `v1/ops/batch`; learned on first use.
     batch_supported: Option<bool>,
+    /// Ops of a batch the backend refused as a whole (400/413/422) that
+    /// still go one at a time, each for its own verdict; batches resume
+    /// after them.
+    singles: usize,
     token_watch: Option<crate::config::FileWatch>,
     net: Arc<Notify>,
     /// The last failure reason logged, so an outage logs once.
@@ -677,6 +682,7 @@ impl Worker {
                 }
                 Ok(BatchOutcome::Refused(reason)) => {
                     tracing::info!(%reason, "batch refused; sending its ops one at a time");
+                    self.singles = batch.len();
                 }
                 Ok(BatchOutcome::Unsupported) => {
                     tracing::info!(
@@ -696,7 +702,10 @@ impl Worker {
         batch.truncate(1);
         let (seq, op, w) = batch[0].clone();
         match self.deps.metrics.time_push(client.apply(&w)).await {
-            Ok(res) => self.submit(self.verdict_cmd(seq, &op, &w, res)).await,
+            Ok(res) => {
+                self.singles = self.singles.saturating_sub(1);
+                self.submit(self.verdict_cmd(seq, &op, &w, res)).await
+            }
             Err(f) => {
                 if matches!(f, Failure::Unlisted { .. }) && self.batch_supported == Some(false) {
                     // The 404/405 that ruled out batches may have come from
@@ -728,6 +737,7 @@ impl Worker {
         // Without a batch endpoint only the head op can be sent: read no more.
         let batch_size = match self.batch_supported {
             Some(false) => 1,
+            _ if self.singles > 0 => 1,
             _ => self.cfg.sync.batch_size as usize,
         };
         let skip = prev.map_or(0, |p| p.records.len());

@@ -353,6 +353,7 @@ pub type Hook = Box<dyn FnOnce() + Send>;
 struct Shared {
     drop_puts: Arc<Mutex<u32>>,
     drop_bulk: Arc<Mutex<u32>>,
+    refuse_bulk: Arc<Mutex<u32>>,
     before_bulk: Arc<Mutex<Option<Hook>>>,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
@@ -367,6 +368,10 @@ pub struct Proxy {
     pub addr: String,
     pub drop_puts: Arc<Mutex<u32>>,
     pub drop_bulk: Arc<Mutex<u32>>,
+    /// While above zero, a `_bulk_docs` is answered `413` (a JSON
+    /// `too_large`, as CouchDB answers a request over its size limit)
+    /// without reaching the server.
+    pub refuse_bulk: Arc<Mutex<u32>>,
     shared: Shared,
 }
 
@@ -379,6 +384,7 @@ impl Proxy {
             addr,
             drop_puts: shared.drop_puts.clone(),
             drop_bulk: shared.drop_bulk.clone(),
+            refuse_bulk: shared.refuse_bulk.clone(),
             shared: shared.clone(),
         };
         let up = upstream.to_owned();
@@ -479,6 +485,18 @@ fn serve(mut client: TcpStream, up: &str, shared: &Shared) {
     };
     if seen.is_bulk_write() {
         seen.docs = doc_count(&body);
+        if take_one(&shared.refuse_bulk) {
+            let body = r#"{"error":"too_large","reason":"the request entity is too large"}"#;
+            let reply = format!(
+                "HTTP/1.1 413 Request Entity Too Large\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = client.write_all(reply.as_bytes());
+            if let Ok(mut s) = shared.seen.lock() {
+                s.push(seen);
+            }
+            return;
+        }
         let hook = shared.before_bulk.lock().expect("lock").take();
         if let Some(h) = hook {
             h();
