@@ -10,8 +10,6 @@
 mod common;
 mod common_couch;
 
-use std::collections::BTreeMap;
-
 use common::{eventually, Daemon};
 use common_couch::users::{self, Creds};
 use common_couch::{fields, put, Couch};
@@ -56,17 +54,6 @@ fn device_as(w: &World, who: &Creds) -> Daemon {
     ))
 }
 
-fn scopes(d: &Daemon) -> BTreeMap<String, Value> {
-    d.json_lines(&["scopes", "--json"])
-        .into_iter()
-        .map(|v| (v["name"].as_str().unwrap_or_default().to_owned(), v))
-        .collect()
-}
-
-fn has(d: &Daemon, c: &str, id: &str) -> bool {
-    d.cli(&["get", c, id]).status.success()
-}
-
 /// The document `todos:{id}` in database `db`, read as the admin.
 fn doc_in(w: &World, db: &str, id: &str) -> Option<Value> {
     let (s, v) = users::req_as(
@@ -90,12 +77,12 @@ fn each_scope_is_its_database() {
     let a = device_as(&w, &w.alice);
     let b = device_as(&w, &w.bob);
     eventually(30, "alice's scopes live", || {
-        let s = scopes(&a);
+        let s = a.scopes();
         s.len() == 2
             && s.values()
                 .all(|v| v["state"] == "live" && v["first_sync_done"] == true)
     });
-    let s = scopes(&a);
+    let s = a.scopes();
     assert!(
         s.contains_key("user:alice") && s.contains_key("team-1"),
         "{s:?}"
@@ -139,7 +126,7 @@ fn each_scope_is_its_database() {
     assert!(doc_in(&w, "team1", "mine").is_none() && doc_in(&w, &alice_db, "shared").is_none());
 
     eventually(30, "bob sees the team's record", || {
-        has(&b, "todos", "shared")
+        b.has("todos", "shared")
     });
     assert_eq!(b.json(&["get", "todos", "shared"])["scope"], "team-1");
     assert_eq!(a.json(&["get", "todos", "mine"])["scope"], "user:alice");
@@ -148,9 +135,9 @@ fn each_scope_is_its_database() {
     eventually(30, "alice sees bob's edit", || {
         a.json(&["get", "todos", "shared"])["data"]["by"] == "bob"
     });
-    assert!(!has(&a, "todos", "bobs") && !has(&a, "todos", "locked"));
-    assert!(!has(&b, "todos", "mine"));
-    assert_eq!(scopes(&a)["team-1"]["records"], 1);
+    assert!(!a.has("todos", "bobs") && !a.has("todos", "locked"));
+    assert!(!b.has("todos", "mine"));
+    assert_eq!(a.scopes()["team-1"]["records"], 1);
 }
 
 /// A write into a mapped scope whose database refuses the user is that
@@ -204,16 +191,16 @@ fn removing_a_member_revokes_the_scope() {
     put(&a, "todos", "p1", json!({"p": 1}));
     a.ok(&["sync", "--wait"]);
     eventually(30, "team-1 live", || {
-        scopes(&a).get("team-1").is_some_and(|s| s["records"] == 1)
+        a.scopes().get("team-1").is_some_and(|s| s["records"] == 1)
     });
     a.ok(&["pause"]);
     a.ok(&["patch", "todos", "t1", r#"{"t":2}"#]);
     users::set_members(&w.couch, &w.admin, "team1", &["bob"], &[]);
     a.ok(&["resume"]);
     eventually(30, "team-1 revoked and purged", || {
-        !has(&a, "todos", "t1") && !scopes(&a).contains_key("team-1")
+        !a.has("todos", "t1") && !a.scopes().contains_key("team-1")
     });
-    assert!(has(&a, "todos", "p1"));
+    assert!(a.has("todos", "p1"));
     eventually(30, "the queued op is a dead letter", || {
         a.json_lines(&["dead-letters", "--json"]).len() == 1
     });
@@ -223,5 +210,5 @@ fn removing_a_member_revokes_the_scope() {
     );
     // Bob, still a member, goes on syncing the team.
     let b = device_as(&w, &w.bob);
-    eventually(30, "bob has the team's record", || has(&b, "todos", "t1"));
+    eventually(30, "bob has the team's record", || b.has("todos", "t1"));
 }

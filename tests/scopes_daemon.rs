@@ -241,17 +241,6 @@ fn config(url: &str) -> String {
     )
 }
 
-fn scopes(d: &Daemon) -> BTreeMap<String, Value> {
-    d.json_lines(&["scopes", "--json"])
-        .into_iter()
-        .map(|v| (v["name"].as_str().unwrap_or_default().to_owned(), v))
-        .collect()
-}
-
-fn has(d: &Daemon, c: &str, id: &str) -> bool {
-    d.cli(&["get", c, id]).status.success()
-}
-
 #[test]
 fn scoped_sync_subscriptions_refusals_and_revocation() {
     let mut mini = MiniScoped::new(&[(PRIVATE, true), ("team-1", true), ("news", false)]);
@@ -268,10 +257,10 @@ fn scoped_sync_subscriptions_refusals_and_revocation() {
 
     // Every readable scope is synced by default.
     eventually(20, "three scopes live", || {
-        let s = scopes(&d);
+        let s = d.scopes();
         s.len() == 3 && s.values().all(|v| v["state"] == "live")
     });
-    let s = scopes(&d);
+    let s = d.scopes();
     assert_eq!(s["news"]["access"], "read");
     assert_eq!(s["team-1"]["records"], 1);
     assert_eq!(s["team-1"]["first_sync_done"], true);
@@ -354,18 +343,18 @@ fn scoped_sync_subscriptions_refusals_and_revocation() {
     // the session again and purges team-1's records, nothing else.
     mini.lock().unwrap().grants.remove("team-1");
     eventually(20, "team-1 purged", || {
-        !has(&d, "notes", "t1") && !has(&d, "notes", "s1")
+        !d.has("notes", "t1") && !d.has("notes", "s1")
     });
-    assert!(has(&d, "notes", "p1") && has(&d, "notes", "n1"));
-    assert!(!scopes(&d).contains_key("team-1"));
+    assert!(d.has("notes", "p1") && d.has("notes", "n1"));
+    assert!(!d.scopes().contains_key("team-1"));
 
     // Unsubscribe purges; subscribe --wait back-fills from the start.
     d.ok(&["unsubscribe", "news"]);
-    assert!(!has(&d, "notes", "n1"));
-    assert_eq!(scopes(&d)["news"]["state"], "unsubscribed");
+    assert!(!d.has("notes", "n1"));
+    assert_eq!(d.scopes()["news"]["state"], "unsubscribed");
     d.ok(&["subscribe", "news", "--wait", "--timeout", "30"]);
-    assert!(has(&d, "notes", "n1"));
-    assert_eq!(scopes(&d)["news"]["state"], "live");
+    assert!(d.has("notes", "n1"));
+    assert_eq!(d.scopes()["news"]["state"], "live");
     let config = d.config.display().to_string();
     let report = d.ok(&["check", "--config", &config]);
     assert!(report.contains("no problem"), "{report}");
@@ -386,7 +375,7 @@ fn scoped_sync_subscriptions_refusals_and_revocation() {
         .spawn()
         .expect("spawn syncd subscribe --wait");
     eventually(20, "news subscribed again", || {
-        scopes(&d)["news"]["state"] != "unsubscribed"
+        d.scopes()["news"]["state"] != "unsubscribed"
     });
     mini.lock().unwrap().grants.remove("news");
     d.ok(&["resume"]);
@@ -397,7 +386,7 @@ fn scoped_sync_subscriptions_refusals_and_revocation() {
         text.contains("permission_denied") && text.contains("news"),
         "{text}"
     );
-    assert!(!has(&d, "notes", "n1"));
+    assert!(!d.has("notes", "n1"));
 }
 
 #[test]

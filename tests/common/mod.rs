@@ -214,6 +214,19 @@ impl Daemon {
         self.json(&["status", "--json"])
     }
 
+    /// `syncd scopes --json`, by scope name.
+    pub fn scopes(&self) -> std::collections::BTreeMap<String, serde_json::Value> {
+        self.json_lines(&["scopes", "--json"])
+            .into_iter()
+            .map(|v| (v["name"].as_str().unwrap_or_default().to_owned(), v))
+            .collect()
+    }
+
+    /// Whether `get COLLECTION ID` finds the record.
+    pub fn has(&self, collection: &str, id: &str) -> bool {
+        self.cli(&["get", collection, id]).status.success()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
