@@ -162,7 +162,7 @@ fn state_hint(s: &StatusView, i: &HintInputs<'_>) -> Option<String> {
         "backend_error" => backend_error_hint(err, &url, file),
         "auth_error" => match (i.basic_auth, i.token_file) {
             (Some((user, pw)), _) => format!(
-                "CouchDB refused user {user:?} ({err}): check the password in {}, and that the user may read the database (a member in its _security); fixed credentials are read after a `syncd reload`",
+                "CouchDB refused user {user:?} ({err}): check the password in {}, and that the user may read the database (a member in its _security); the password file is read at start, so restart syncd after fixing it",
                 pw.display()
             ),
             (None, Some(t)) => format!(

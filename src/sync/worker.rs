@@ -582,6 +582,7 @@ impl Worker {
         self.rebuild_client();
         self.deps.control.set_backend_scopes(scopes);
         self.machine = saved;
+        self.singles = 0;
         self.machine.credentials_changed();
         self.batch_supported = batch;
         // The old client's pull was stopped; the same backend's features hold.
@@ -651,6 +652,12 @@ impl Worker {
             None => self.round_lock.push().await,
         };
         let mut prev = self.recording.take();
+        // A recording that is already durable holds nothing back: settled
+        // now, it does not split the batch (the first round after an idle
+        // spell would otherwise stop before that recording's records).
+        if prev.as_ref().is_some_and(|r| r.done.is_finished()) {
+            finish(prev.take()).await?;
+        }
         let built = match self.build_batch(prev.as_ref()).await {
             Ok(b) => b,
             Err(f) => {

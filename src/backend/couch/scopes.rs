@@ -39,6 +39,8 @@ pub fn userdb(name: &str) -> String {
 }
 
 impl Scopes {
+    /// `shared`: `[backend.scopes]`; the user is not known until the first
+    /// `GET /_session`.
     pub fn new(shared: BTreeMap<String, String>) -> Scopes {
         Scopes {
             shared,
@@ -55,6 +57,7 @@ impl Scopes {
         }
     }
 
+    /// The user `GET /_session` named (private scope, scope-less creates).
     pub fn set_user(&self, name: String) {
         if let Ok(mut u) = self.user.lock() {
             *u = Some(name);
@@ -68,16 +71,17 @@ impl Scopes {
     }
 
     /// The scope and database `op` goes to: a create's scope (absent: the
-    /// private one), else the scope the record is in. Moving a record to
+    /// private one, as on the reference backend, even over a local record
+    /// that was in another scope), else the scope the record is in. Moving a record to
     /// another scope (another database) is refused: CouchDB cannot move a
     /// document between databases in one step.
     fn of_op(&self, op: &WireOp) -> Result<(String, String), OpResult> {
         let scope = match (op.kind, op.scope.as_deref(), op.home.as_deref()) {
-            (OpKind::Create, Some(s), _) => Some(s.to_owned()),
+            (OpKind::Create, s, _) => s.map(str::to_owned),
             (OpKind::Update, Some(to), Some(from)) if to != from => {
                 return Err(refused(
                     422,
-                    format!("moving a record from scope '{from}' to '{to}' is not supported on CouchDB (one database per scope): create it in '{to}' and delete it from '{from}'"),
+                    format!("moving a record from scope '{from}' to '{to}' is not supported on CouchDB (one database per scope): delete it from '{from}', then create it in '{to}'"),
                 ))
             }
             (_, _, Some(home)) => Some(home.to_owned()),
@@ -206,7 +210,11 @@ impl CouchClient {
     }
 
     /// Whether `GET /{db}` answers this user (a member, or a database
-    /// without members); `false` for a refusal or a missing database.
+    /// without members); `false` for a refusal or a missing database. A
+    /// `401` may also mean the credentials just stopped working (a token
+    /// that expired, a changed password): only if `GET /_session` still
+    /// names the user is it this database's refusal, else it is the
+    /// credentials' (an auth error, never a revocation).
     async fn readable(&self, db: &str) -> Result<bool, Failure> {
         let r = self
             .http
@@ -214,7 +222,8 @@ impl CouchClient {
             .call(Method::GET, "", None, None)
             .await?;
         match r.status {
-            401 | 403 | 404 => Ok(false),
+            401 => self.whoami().await.map(|_| false),
+            403 | 404 => Ok(false),
             _ => classify::database(&raw(&r)).map(|()| true),
         }
     }
@@ -270,9 +279,10 @@ impl CouchClient {
         }
     }
 
-    /// Long polls every scope's database at once; the first page with
-    /// changes, the others abandoned (their cursors do not move). `None`
-    /// when every wait ended empty or failed (the next pull says why).
+    /// Long polls every scope's database at once; the first page that
+    /// moved its cursor, the others abandoned (their cursors do not move).
+    /// `None` when every wait ended empty or failed (the next pull says
+    /// why).
     async fn wait_any(
         &self,
         s: &Scopes,
@@ -288,12 +298,16 @@ impl CouchClient {
             let (c, scope, since) = (self.at(&db), scope.clone(), since.clone());
             polls.spawn(async move {
                 let r = c.feed(since.as_deref(), limit, Some(wait)).await;
-                (scope, r)
+                (scope, since, r)
             });
         }
         while let Some(done) = polls.join_next().await {
-            if let Ok((scope, Ok((page, pending)))) = done {
-                if !page.changes.is_empty() || page.more {
+            if let Ok((scope, since, Ok((page, pending)))) = done {
+                // A change that is no record of ours (an app's document
+                // without a collection prefix) still moves the cursor:
+                // answered too, so this scope's next wait starts after it.
+                let moved = since.as_deref() != Some(page.cursor.as_str());
+                if !page.changes.is_empty() || page.more || moved {
                     polls.abort_all();
                     return Some((scope.clone(), scope_page(page, pending, &scope)));
                 }
@@ -405,6 +419,12 @@ mod tests {
         assert_eq!(
             at(op(OpKind::Create, Some("team-1"), None)),
             Ok("team-1 team1".into())
+        );
+        // A re-create without a scope goes to the private scope, wherever
+        // the record was before (as on the reference backend).
+        assert_eq!(
+            at(op(OpKind::Create, None, Some("team-1"))),
+            Ok("user:alice userdb-616c696365".into())
         );
         assert_eq!(
             at(op(OpKind::Update, None, Some("team-1"))),
