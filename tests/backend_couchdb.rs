@@ -237,7 +237,7 @@ fn missing_database_and_refused_credentials() {
     // answer the syncd protocol".
     let hint = d.status()["hint"].as_str().unwrap_or_default().to_owned();
     assert!(
-        hint.contains("database") && hint.contains("syncd sync"),
+        hint.contains("database") && hint.contains("nosuchdb") && hint.contains("syncd sync"),
         "{hint}"
     );
     assert!(!hint.contains("syncd protocol"), "{hint}");

@@ -225,3 +225,25 @@ fn removing_a_member_revokes_the_scope() {
     let b = device_as(&w, &w.bob);
     eventually(30, "bob has the team's record", || b.has("todos", "t1"));
 }
+
+/// A user whose per-user database does not exist (a server without
+/// `couch_peruser`): the write waits, and status says which database is
+/// missing; once it exists, the write goes through.
+#[test]
+fn a_missing_user_database_is_named() {
+    let Some(w) = world() else {
+        return;
+    };
+    let carol = users::create_user(&w.couch, &w.admin, "carol", "carol-pw", &[]);
+    let d = device_as(&w, &carol);
+    put(&d, "todos", "c1", json!({"c": 1}));
+    let db = users::userdb_name("carol");
+    eventually(30, "backend_error naming the database", || {
+        let st = d.status();
+        st["state"] == "backend_error" && st["hint"].as_str().is_some_and(|h| h.contains(&db))
+    });
+    assert_eq!(d.status()["queue_depth"], 1);
+    users::create_db_with_members(&w.couch, &w.admin, &db, &["carol"], &[]);
+    d.ok(&["sync", "--wait", "--timeout", "60"]);
+    assert!(doc_in(&w, &db, "c1").is_some());
+}

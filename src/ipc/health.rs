@@ -190,7 +190,9 @@ fn state_hint(s: &StatusView, i: &HintInputs<'_>) -> Option<String> {
 fn backend_error_hint(err: &str, url: &str, file: &str) -> String {
     let again = "then run `syncd sync` (or wait: syncd retries within a few seconds)";
     if err.starts_with(crate::backend::couch::DB_MISSING) {
-        format!("the CouchDB database at {url} does not exist ({err}): create it (`curl -X PUT` on that URL) or fix [backend] url in {file}; {again}")
+        // The reason names the database: the `url`, or with scopes the
+        // scope's database on that server.
+        format!("a CouchDB database syncd needs is missing ({err}): create it (`curl -X PUT` on that URL, as a CouchDB admin) or fix [backend] url in {file}; {again}")
     } else {
         format!("the backend URL does not answer the syncd protocol ({err}): check [backend] url ({url}) in {file}; {again}")
     }

@@ -16,6 +16,8 @@ pub struct Raw<'a> {
     pub status: u16,
     pub headers: &'a hyper::HeaderMap,
     pub body: &'a [u8],
+    /// The database URL the request went to (credentials masked).
+    pub db: &'a str,
 }
 
 /// What a document `PUT` did.
@@ -64,8 +66,9 @@ fn db_missing(r: &Raw<'_>) -> Failure {
     Failure::Unlisted {
         status: 404,
         reason: format!(
-            "{} (HTTP 404 {:?}): create it (PUT on the [backend] url) or fix [backend] url; syncd does not create it",
+            "{}: {} (HTTP 404 {:?}): create it (a PUT on that URL, as a CouchDB admin) or fix [backend] url; syncd does not create it",
             super::DB_MISSING,
+            r.db,
             excerpt(r.body)
         ),
     }
@@ -297,6 +300,7 @@ mod tests {
             status,
             headers: h,
             body: body.as_bytes(),
+            db: "http://127.0.0.1:5984/todos",
         }
     }
 

@@ -67,6 +67,9 @@ pub struct Reply {
     pub status: u16,
     pub headers: hyper::HeaderMap,
     pub body: Bytes,
+    /// The database (or server) URL the request went to, credentials
+    /// masked: what a "database does not exist" names.
+    pub db: String,
 }
 
 /// The HTTP side of the adapter, rooted at a database URL (or at the
@@ -154,6 +157,7 @@ impl CouchHttp {
             status: status.as_u16(),
             headers,
             body,
+            db: crate::config::redact_url(self.db.trim_end_matches('/')),
         })
     }
 }

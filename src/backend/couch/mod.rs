@@ -368,6 +368,7 @@ fn raw(r: &http::Reply) -> Raw<'_> {
         status: r.status,
         headers: &r.headers,
         body: &r.body,
+        db: &r.db,
     }
 }
 
