@@ -137,9 +137,11 @@ fn two_devices_converge() {
     eventually(10, "B sees A's record", || {
         get(&b, "todos", "shared").is_some()
     });
-    let latency = t.elapsed();
-    println!("A -> B latency through CouchDB: {} ms", latency.as_millis());
-    assert!(latency < Duration::from_secs(5), "{latency:?}");
+    // Speed is the harness's business (bench `live`); this only says it.
+    println!(
+        "A -> B latency through CouchDB: {} ms",
+        t.elapsed().as_millis()
+    );
     b.ok(&["patch", "todos", "shared", r#"{"from":"b"}"#]);
     eventually(10, "A sees B's edit", || {
         get(&a, "todos", "shared").is_some_and(|r| r["data"]["from"] == "b")
@@ -293,12 +295,12 @@ fn waiting_pull() {
             Some(r#"{"x":1,"syncd":{"updated_at":5}}"#),
         )
     });
-    let t = Instant::now();
+    // A wait that ran out would end empty: the page holding the write
+    // says the wait ended with it (60 s: no clock race on a busy machine).
     let page = rt
-        .block_on(c.changes(Some(&first.cursor), 10, Some(5)))
+        .block_on(c.changes(Some(&first.cursor), 10, Some(60)))
         .expect("wait");
     assert_eq!(writer.join().expect("writer").0, 201);
-    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
     assert_eq!(page.changes.len(), 1, "{page:?}");
     assert_eq!(page.changes[0].record.id, "w");
     assert_eq!(page.changes[0].record.updated_at, 5);
