@@ -21,7 +21,7 @@ use serde_json::{json, Map, Value};
 
 use super::classify::{self, Bulk};
 use super::doc::{self, Current, DocShape};
-use super::{decide, raw, target, CouchClient, Step};
+use super::{decide, encode, raw, target, CouchClient, Step};
 use crate::backend::client::{percent_encode, BatchOutcome, Failure, OpResult};
 use crate::backend::protocol::WireOp;
 
@@ -283,13 +283,6 @@ async fn written_as(
             )))
         }
     }
-}
-
-fn encode(v: &Value) -> Result<Vec<u8>, Failure> {
-    serde_json::to_vec(v).map_err(|e| Failure::Transient {
-        reason: format!("encoding request: {e}"),
-        retry_after_ms: None,
-    })
 }
 
 #[cfg(test)]

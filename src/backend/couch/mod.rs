@@ -154,12 +154,7 @@ impl CouchClient {
         path: &str,
         base: Option<&Current>,
     ) -> Result<OpResult, Failure> {
-        let body = serde_json::to_vec(&doc::body_for(op, base, self.shape)).map_err(|e| {
-            Failure::Transient {
-                reason: format!("encoding document: {e}"),
-                retry_after_ms: None,
-            }
-        })?;
+        let body = encode(&doc::body_for(op, base, self.shape))?;
         let r = self.http.call(Method::PUT, path, Some(body), None).await?;
         match classify::put(&raw(&r))? {
             Put::Written(rev) => {
@@ -361,6 +356,14 @@ fn empty_page(since: Option<&str>) -> ChangesPage {
         cursor: since.unwrap_or("0").to_owned(),
         more: false,
     }
+}
+
+/// A request body as JSON bytes.
+fn encode(v: &Value) -> Result<Vec<u8>, Failure> {
+    serde_json::to_vec(v).map_err(|e| Failure::Transient {
+        reason: format!("encoding request: {e}"),
+        retry_after_ms: None,
+    })
 }
 
 fn raw(r: &http::Reply) -> Raw<'_> {

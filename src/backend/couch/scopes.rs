@@ -116,18 +116,11 @@ fn denied(scope: &str, why: &str) -> ScopeResult {
 }
 
 /// `r` with its records in `scope`.
-fn in_scope(r: OpResult, scope: &str) -> OpResult {
-    match r {
-        OpResult::Applied(mut rec) => {
-            rec.scope = Some(scope.to_owned());
-            OpResult::Applied(rec)
-        }
-        OpResult::Conflict(mut rec) => {
-            rec.scope = Some(scope.to_owned());
-            OpResult::Conflict(rec)
-        }
-        r => r,
+fn in_scope(mut r: OpResult, scope: &str) -> OpResult {
+    if let OpResult::Applied(rec) | OpResult::Conflict(rec) = &mut r {
+        rec.scope = Some(scope.to_owned());
     }
+    r
 }
 
 /// A page of one database's feed as a page of `scope`'s.
