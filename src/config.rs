@@ -126,6 +126,24 @@ pub struct SyncSection {
     /// (protocol revision 3); `None`: every scope the token can read.
     /// `syncd subscribe` / `unsubscribe` override it per scope.
     pub scopes: Option<Vec<String>>,
+    /// Largest attachment `attach` takes, bytes (1 GiB by default).
+    pub max_attachment_bytes: u64,
+    /// Bound on the local copies of attachments that the backend holds
+    /// (downloaded, or uploaded and confirmed): past it the least recently
+    /// read are removed, and fetched again on demand. `None`: no bound.
+    /// Content that only this device holds is never removed.
+    pub attachment_cache_bytes: Option<u64>,
+}
+
+/// When a collection's attachments are downloaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachmentFetch {
+    /// As soon as a record that references them arrives.
+    #[default]
+    Eager,
+    /// On first read (`syncd attachment`, `read_attachment`).
+    Lazy,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -141,6 +159,10 @@ pub struct CollectionSection {
     /// list of fields (`["done", "due"]`), dotted paths for nested ones.
     #[serde(default)]
     pub indexes: Vec<IndexFields>,
+    /// When the server's attachments are downloaded: `eager` (default) or
+    /// `lazy`.
+    #[serde(default)]
+    pub attachments: AttachmentFetch,
 }
 
 /// One declared index: a field, or several in key order.
@@ -236,6 +258,8 @@ impl Default for SyncSection {
             wait_s: 25,
             merge_fields: BTreeMap::new(),
             scopes: None,
+            max_attachment_bytes: 1 << 30,
+            attachment_cache_bytes: None,
         }
     }
 }
@@ -619,6 +643,13 @@ impl Config {
             ));
         }
         Ok(mode)
+    }
+
+    /// When `collection`'s attachments are downloaded.
+    pub fn attachment_fetch(&self, collection: &str) -> AttachmentFetch {
+        self.collections
+            .get(collection)
+            .map_or(AttachmentFetch::Eager, |c| c.attachments)
     }
 
     /// The strategy and merge rules in force for `collection`.

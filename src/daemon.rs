@@ -327,7 +327,11 @@ pub async fn run(
 
     let peers = server::peer_policy(&socket, mode)
         .map_err(|e| StartError(format!("cannot inspect {}: {e}", socket.display())))?;
+    let blobs = crate::store::blobs::BlobDir::open(&data_dir)
+        .map_err(|e| StartError(format!("cannot open the attachment files: {e}")))?;
+    let transfers = crate::sync::attachments::Transfers::new(blobs);
     let ctx = Arc::new(Ctx {
+        transfers: transfers.clone(),
         peers,
         store: store.clone(),
         writer: writer.clone(),
@@ -350,7 +354,15 @@ pub async fn run(
         metrics: metrics.clone(),
         watch_network: true,
         reads: crate::sync::reads::ReadMode::Pool,
+        transfers: transfers.clone(),
     });
+    let downloader = tokio::spawn(crate::sync::downloader::run(
+        transfers,
+        store.clone(),
+        events.subscribe(),
+        cfg_rx.clone(),
+        shutdown_rx.clone(),
+    ));
     let index_keeper = tokio::spawn(crate::store::index_keeper::run(
         store.clone(),
         writer.clone(),
@@ -387,6 +399,7 @@ pub async fn run(
         metrics_http,
         worker,
         index_keeper,
+        downloader,
         ctx,
         writer_thread,
     };
@@ -434,6 +447,7 @@ struct Running {
     metrics_http: Option<tokio::task::JoinHandle<()>>,
     worker: tokio::task::JoinHandle<()>,
     index_keeper: tokio::task::JoinHandle<()>,
+    downloader: tokio::task::JoinHandle<()>,
     ctx: Arc<Ctx>,
     writer_thread: std::thread::JoinHandle<()>,
 }
@@ -451,6 +465,7 @@ impl Running {
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.worker).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.index_keeper).await;
+        self.downloader.abort();
         drop(self.ctx);
         // The writer thread ends when the last handle is gone; it finishes the
         // batch it is committing first.

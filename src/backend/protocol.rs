@@ -225,6 +225,24 @@ pub const FEATURE_CLIENT_IDS: &str = "client_ids";
 /// Feature name (revision 3): users and scopes: `GET v1/session`,
 /// `POST v1/pull`, the `scope` of records and ops, and `403` codes.
 pub const FEATURE_SCOPES: &str = "scopes";
+/// Feature name: attachment content, `HEAD`/`PUT`/`GET v1/blobs/{sha256}`
+/// (resumable chunked upload, ranged download); ops whose documents
+/// reference content (`_attachments`) are applied only once it is held.
+pub const FEATURE_BLOBS: &str = "blobs";
+
+/// The reply to `PUT v1/blobs/{sha256}` (200), and the body of its 409:
+/// how many bytes of the content the server holds now, and whether that
+/// is all of it (checked against the hash).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobOffset {
+    pub offset: u64,
+    #[serde(default)]
+    pub complete: bool,
+}
+
+/// The header of `HEAD v1/blobs/{sha256}` (and of a 409 to a `PUT`): the
+/// bytes of the content the server holds.
+pub const UPLOAD_OFFSET: &str = "upload-offset";
 
 /// `GET v1/health` body (revision 2): `{"ok": true, "features": [...]}`.
 ///
@@ -246,6 +264,7 @@ pub struct Features {
     pub wait: bool,
     pub client_ids: bool,
     pub scopes: bool,
+    pub blobs: bool,
 }
 
 impl Features {
@@ -256,6 +275,7 @@ impl Features {
             (self.wait, FEATURE_WAIT),
             (self.client_ids, FEATURE_CLIENT_IDS),
             (self.scopes, FEATURE_SCOPES),
+            (self.blobs, FEATURE_BLOBS),
         ]
         .into_iter()
         .filter(|(on, _)| *on)
@@ -270,6 +290,7 @@ impl Features {
             FEATURE_WAIT => self.wait = true,
             FEATURE_CLIENT_IDS => self.client_ids = true,
             FEATURE_SCOPES => self.scopes = true,
+            FEATURE_BLOBS => self.blobs = true,
             _ => {}
         }
     }

@@ -6,6 +6,7 @@
 
 pub mod error;
 
+mod attach;
 mod backend;
 mod check;
 mod conflicts;
@@ -60,6 +61,12 @@ enum Cmd {
     Get(read::GetArgs),
     /// Delete a record.
     Delete(write::DeleteArgs),
+    /// Attach a file (or stdin) to a record; it syncs with the record.
+    Attach(attach::AttachArgs),
+    /// Remove an attachment from a record.
+    Detach(attach::DetachArgs),
+    /// Write an attachment to stdout or a file (-o), downloading it if needed.
+    Attachment(attach::AttachmentArgs),
     /// Records of a collection, one JSON object a line.
     List(read::ListArgs),
     /// Records that match a Mango selector, sorted, paged; --watch keeps it live.
@@ -119,6 +126,9 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Cmd::Put(a) => write::put(a, outer).await,
         Cmd::Patch(a) => write::patch(a, outer).await,
         Cmd::Delete(a) => write::delete(a, outer).await,
+        Cmd::Attach(a) => attach::attach(a, outer).await,
+        Cmd::Detach(a) => attach::detach(a, outer).await,
+        Cmd::Attachment(a) => attach::attachment(a, outer).await,
         Cmd::Get(a) => read::get(a, outer).await,
         Cmd::List(a) => read::list(a, outer).await,
         Cmd::Query(a) => query::run(a, outer).await,

@@ -107,7 +107,7 @@ pub async fn delete(a: &DeleteArgs, outer: &DaemonOpts) -> Result<(), CliError> 
 
 /// With `--wait synced`: blocks until the daemon reports `op_id` on the
 /// server, then says where it landed on stderr (stdout carries only the id).
-async fn maybe_wait(
+pub(super) async fn maybe_wait(
     c: &mut Client,
     wait: &WaitArg,
     op_id: &str,

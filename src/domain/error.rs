@@ -184,6 +184,17 @@ pub enum WriteError {
         queued_by: String,
         now: Option<String>,
     },
+    /// A put or patch that changes `_attachments`: attachments change only
+    /// through `attach` and `detach`, which queue their bytes too.
+    AttachmentsManaged { collection: String, id: String },
+    /// `detach` (or a read) of an attachment the record does not have.
+    NoAttachment {
+        collection: String,
+        id: String,
+        name: String,
+    },
+    /// A bad attachment name, content type, hash or reference.
+    BadAttachment(super::attachment::AttachmentError),
     /// The writer is gone: the daemon is stopping.
     ShuttingDown,
     /// The transaction that carried the job failed; nothing was committed.
@@ -232,6 +243,16 @@ impl fmt::Display for WriteError {
                 "dead letter {op_id} was queued by user '{queued_by}' and the token now belongs to {}: it is only retried under '{queued_by}''s token (discard it, or switch the token back)",
                 now.as_deref().map_or("another user".to_owned(), |n| format!("'{n}'"))
             ),
+            WriteError::AttachmentsManaged { collection, id } => write!(
+                f,
+                "{collection}/{id}: `_attachments` is kept by attach and detach (syncd attach, syncd detach); leave it out of put and patch, or send it unchanged"
+            ),
+            WriteError::NoAttachment {
+                collection,
+                id,
+                name,
+            } => write!(f, "{collection}/{id} has no attachment {name:?}"),
+            WriteError::BadAttachment(e) => write!(f, "{e}"),
             WriteError::ShuttingDown => write!(f, "the daemon is shutting down"),
             WriteError::Storage(e) => write!(f, "write not committed: {e}"),
         }

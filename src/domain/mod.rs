@@ -11,6 +11,7 @@
 
 pub use syncd_client::{document, event, limits};
 
+pub mod attachment;
 pub mod clock;
 pub mod conflict;
 pub mod direction;

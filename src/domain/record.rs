@@ -127,6 +127,7 @@ impl StoredRecord {
             pending: self.pending > 0,
             local_only: self.server_id.is_none() && self.pending == 0 && !self.deleted,
             scope: self.scope.clone(),
+            attachments: Vec::new(),
         }
     }
 }

@@ -25,4 +25,6 @@ pub struct Ctx {
     pub peers: PeerPolicy,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub runtime: Arc<crate::metrics::RuntimeInfo>,
+    /// Attachment files and transfers (reads fetch on demand through it).
+    pub transfers: Arc<crate::sync::attachments::Transfers>,
 }

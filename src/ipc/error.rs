@@ -13,7 +13,11 @@ impl From<WriteError> for ApiError {
         let code = match &e {
             WriteError::NotFound { .. }
             | WriteError::NoParkedConflict { .. }
-            | WriteError::NoDeadLetter { .. } => ErrorCode::NotFound,
+            | WriteError::NoDeadLetter { .. }
+            | WriteError::NoAttachment { .. } => ErrorCode::NotFound,
+            WriteError::AttachmentsManaged { .. } | WriteError::BadAttachment(_) => {
+                ErrorCode::BadRequest
+            }
             WriteError::TooLarge { .. } => ErrorCode::TooLarge,
             WriteError::ResolveNeedsChoice => ErrorCode::BadRequest,
             WriteError::ShuttingDown => ErrorCode::ShuttingDown,

@@ -44,6 +44,7 @@ pub async fn run(stream: Stream, ctx: Arc<Ctx>, shutdown: watch::Receiver<bool>)
         ctx: &ctx,
         enc,
         feed: None,
+        uploads: cmd::attach::Uploads::default(),
     };
     session.run(shutdown).await;
 }
@@ -55,6 +56,8 @@ struct Session<'a> {
     enc: Encoding,
     /// The app's event feed, once it sent `watch` or `watch_query`.
     feed: Option<Feed>,
+    /// Attachment uploads in progress (dropped with the connection).
+    uploads: cmd::attach::Uploads,
 }
 
 /// A connection's event feed: the change feed or a live query.
@@ -135,6 +138,29 @@ impl Session<'_> {
             }
             // It may wait forever: end it when the client goes away.
             req @ (Request::WaitSynced { .. } | Request::Subscribe { wait: true, .. }) => {
+                tokio::select! {
+                    r = cmd::apply(self.ctx, req) => Some(r),
+                    _ = self.conn.peer_closed() => None,
+                }
+            }
+            Request::AttachBegin {
+                collection,
+                id,
+                name,
+                content_type,
+            } => Some(
+                cmd::attach::begin(self.ctx, &mut self.uploads, collection, id, name, content_type)
+                    .await,
+            ),
+            Request::AttachChunk { upload, data } => {
+                Some(cmd::attach::chunk(&mut self.uploads, upload, data).await)
+            }
+            Request::AttachEnd { upload, sha256 } => {
+                Some(cmd::attach::end(self.ctx, &mut self.uploads, upload, sha256).await)
+            }
+            Request::AttachAbort { upload } => Some(cmd::attach::abort(&mut self.uploads, upload)),
+            // A lazy read may download first: end it if the client leaves.
+            req @ Request::ReadAttachment { .. } => {
                 tokio::select! {
                     r = cmd::apply(self.ctx, req) => Some(r),
                     _ = self.conn.peer_closed() => None,

@@ -14,6 +14,8 @@
 //!   a manual conflict; a record shows `pending: true` while it is non-zero.
 //! - An op's `op_id` is minted once when it is queued and never changes.
 
+pub mod attachment_reads;
+pub mod blobs;
 pub mod check;
 #[cfg(test)]
 mod direction_tests;

@@ -3,9 +3,11 @@
 //! [`crate::domain::conflict`])
 //! so they can be tested and simulated without sockets or clocks.
 
+pub mod attachments;
 pub mod backoff;
 pub mod channel;
 pub mod couch_transport;
+pub mod downloader;
 pub mod machine;
 pub mod netwatch;
 pub mod pull;

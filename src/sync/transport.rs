@@ -5,6 +5,9 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use bytes::Bytes;
+
+use crate::backend::client::blobs::BlobHeld;
 use crate::backend::client::{BackendClient, BatchOutcome, Failure, OpResult};
 use crate::backend::protocol::{ChangesPage, Features, PullReply, PullRequest, Session, WireOp};
 
@@ -37,6 +40,47 @@ pub trait Transport: Send + Sync {
     fn pull<'a>(&'a self, req: &'a PullRequest) -> BoxFut<'a, Result<PullReply, Failure>> {
         let _ = req;
         Box::pin(async { Err(no_scopes("POST v1/pull")) })
+    }
+    /// `HEAD v1/blobs/{sha256}` (feature `blobs`).
+    fn blob_held<'a>(
+        &'a self,
+        scope: Option<&'a str>,
+        sha256: &'a str,
+    ) -> BoxFut<'a, Result<BlobHeld, Failure>> {
+        let _ = (scope, sha256);
+        Box::pin(async { Err(no_blobs("HEAD v1/blobs")) })
+    }
+    /// `PUT v1/blobs/{sha256}` (feature `blobs`): one chunk at `offset`.
+    fn blob_put<'a>(
+        &'a self,
+        scope: Option<&'a str>,
+        sha256: &'a str,
+        offset: u64,
+        length: u64,
+        chunk: Bytes,
+    ) -> BoxFut<'a, Result<BlobHeld, Failure>> {
+        let _ = (scope, sha256, offset, length, chunk);
+        Box::pin(async { Err(no_blobs("PUT v1/blobs")) })
+    }
+    /// `GET v1/blobs/{sha256}` from `offset`, at most `max` bytes; `None`:
+    /// the server does not hold it.
+    fn blob_get<'a>(
+        &'a self,
+        scope: Option<&'a str>,
+        sha256: &'a str,
+        offset: u64,
+        max: u64,
+    ) -> BoxFut<'a, Result<Option<Bytes>, Failure>> {
+        let _ = (scope, sha256, offset, max);
+        Box::pin(async { Err(no_blobs("GET v1/blobs")) })
+    }
+}
+
+/// What a transport without blobs answers to a blob call.
+fn no_blobs(endpoint: &str) -> Failure {
+    Failure::Unlisted {
+        status: 404,
+        reason: format!("{endpoint}: this backend does not take attachments"),
     }
 }
 
@@ -80,5 +124,34 @@ impl Transport for BackendClient {
 
     fn pull<'a>(&'a self, req: &'a PullRequest) -> BoxFut<'a, Result<PullReply, Failure>> {
         Box::pin(BackendClient::pull(self, req))
+    }
+
+    fn blob_held<'a>(
+        &'a self,
+        scope: Option<&'a str>,
+        sha256: &'a str,
+    ) -> BoxFut<'a, Result<BlobHeld, Failure>> {
+        Box::pin(BackendClient::blob_held(self, scope, sha256))
+    }
+
+    fn blob_put<'a>(
+        &'a self,
+        scope: Option<&'a str>,
+        sha256: &'a str,
+        offset: u64,
+        length: u64,
+        chunk: Bytes,
+    ) -> BoxFut<'a, Result<BlobHeld, Failure>> {
+        Box::pin(BackendClient::blob_put(self, scope, sha256, offset, length, chunk))
+    }
+
+    fn blob_get<'a>(
+        &'a self,
+        scope: Option<&'a str>,
+        sha256: &'a str,
+        offset: u64,
+        max: u64,
+    ) -> BoxFut<'a, Result<Option<Bytes>, Failure>> {
+        Box::pin(BackendClient::blob_get(self, scope, sha256, offset, max))
     }
 }

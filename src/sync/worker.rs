@@ -49,6 +49,9 @@ pub struct WorkerDeps {
     /// Where store reads run: the blocking pool in the daemon, inline in
     /// the deterministic simulation (see [`ReadMode`]).
     pub reads: ReadMode,
+    /// Attachment uploads (before an op that references content is sent)
+    /// and the client downloads use.
+    pub transfers: Arc<crate::sync::attachments::Transfers>,
 }
 
 /// Builds a [`Transport`] for the current config (`None`: no backend).
@@ -207,6 +210,7 @@ impl Worker {
         self.batch_supported = None;
         self.token_watch = None;
         self.client = None;
+        self.deps.transfers.set_client(None);
         self.client_error = None;
         if let Some(connect) = &self.deps.connector {
             self.client = connect(&self.cfg);
@@ -614,7 +618,9 @@ impl Worker {
     /// `GET v1/health`: reachability and the features, read afresh at
     /// every (re)connect.
     async fn probe(&mut self) -> Result<Features, Failure> {
-        let f = self.client()?.health().await?;
+        let client = self.client()?.clone();
+        let f = client.health().await?;
+        self.deps.transfers.set_client(f.blobs.then_some(client));
         // A (re)connect fetches the session again before the next pull.
         self.session.make_due();
         if f != self.machine.features() {
@@ -678,6 +684,11 @@ impl Worker {
             return finish(prev).await;
         }
         let client = self.client()?.clone();
+        let mut batch = batch;
+        if let Err(r) = self.content_first(client.as_ref(), &mut batch).await {
+            finish(prev).await?;
+            return r;
+        }
         if batch.len() > 1 && self.batch_supported != Some(false) {
             let ops: Vec<WireOp> = batch.iter().map(|b| b.2.clone()).collect();
             let outcome = self.deps.metrics.time_push(client.apply_batch(&ops)).await;
@@ -723,6 +734,69 @@ impl Worker {
                 self.attempt_failed(seq, f).await
             }
         }
+    }
+
+    /// Uploads the attachment content the batch's ops reference, so that
+    /// the backend holds it before it applies them. The batch ends before
+    /// the first later op that needs an upload (the next round starts
+    /// with it), so the ops ahead of a large file are not held back by it.
+    /// `Err` carries the round's result: the head op's upload failed
+    /// (recorded as its attempt), or the head op was dead-lettered
+    /// because the backend does not take attachments.
+    async fn content_first(
+        &self,
+        client: &dyn Transport,
+        batch: &mut Vec<(u64, QueuedOp, WireOp)>,
+    ) -> Result<(), Result<(), Failure>> {
+        for i in 0..batch.len() {
+            let refs = batch[i]
+                .2
+                .data
+                .as_ref()
+                .map(|d| crate::domain::attachment::refs(d).unwrap_or_default())
+                .unwrap_or_default();
+            if refs.is_empty() {
+                continue;
+            }
+            if i > 0 {
+                batch.truncate(i);
+                return Ok(());
+            }
+            let seq = batch[0].0;
+            if !self.machine.features().blobs {
+                let error = format!(
+                    "the backend {} does not take attachments (it does not announce the `blobs` feature); detach them, or sync to a backend that does",
+                    client.name()
+                );
+                return Err(self.submit(WriteCmd::DeadLetter { seq, error }).await);
+            }
+            let scope = self.upload_scope(&batch[0].2).await;
+            for r in refs.values() {
+                if let Err(f) = self
+                    .deps
+                    .transfers
+                    .upload(client, scope.as_deref(), r)
+                    .await
+                {
+                    return Err(self.attempt_failed(seq, f).await);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Where an op's content is uploaded: with scopes, the scope the op
+    /// puts its record in (the one asked for, else the record's, else the
+    /// user's private scope); without, none.
+    async fn upload_scope(&self, w: &WireOp) -> Option<String> {
+        if !self.machine.features().scopes {
+            return None;
+        }
+        if let Some(s) = w.scope.clone().or_else(|| w.home.clone()) {
+            return Some(s);
+        }
+        let grants = self.read(|s| s.session_grants()).await.ok().flatten()?;
+        crate::domain::scope::private_scope(&grants.sub).ok()
     }
 
     /// Without client ids, a create whose request failed may have been

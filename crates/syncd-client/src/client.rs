@@ -37,6 +37,9 @@ pub enum ClientError {
     Encode(CodecError),
     /// The daemon answered with an error.
     Api(ApiError),
+    /// Reading a file to attach, or writing an attachment out, failed
+    /// (on the app's side; the daemon was not at fault).
+    Io(std::io::Error),
     /// The process listening at `path` is not the daemon we trust: it runs
     /// as `uid`, not as ours, root or the one we were told to expect.
     UntrustedDaemon {
@@ -66,6 +69,7 @@ impl std::fmt::Display for ClientError {
             ClientError::Protocol(m) => write!(f, "protocol error: {m}"),
             ClientError::Encode(e) => write!(f, "cannot encode the request: {e}; nothing was sent"),
             ClientError::Api(e) => write!(f, "{e}"),
+            ClientError::Io(e) => write!(f, "{e}"),
             ClientError::UntrustedDaemon {
                 path,
                 uid,
@@ -467,7 +471,117 @@ impl Client {
             other => Err(unexpected(other)),
         }
     }
+
+    /// Attaches the bytes `content` reads to a record as `name`, sending
+    /// them in chunks of [`ATTACH_CHUNK`]; returns `(id, op_id)` of the
+    /// queued write. `on_chunk` is told the bytes sent so far.
+    pub async fn attach<R: tokio::io::AsyncRead + Unpin>(
+        &mut self,
+        collection: &str,
+        id: &str,
+        name: &str,
+        content_type: Option<&str>,
+        mut content: R,
+        mut on_chunk: impl FnMut(u64),
+    ) -> Result<(String, String)> {
+        use tokio::io::AsyncReadExt;
+        let upload = match self
+            .request(Request::AttachBegin {
+                collection: collection.into(),
+                id: id.into(),
+                name: name.into(),
+                content_type: content_type.map(str::to_owned),
+            })
+            .await?
+        {
+            Response::Upload { upload } => upload,
+            other => return Err(unexpected(other)),
+        };
+        let mut sent = 0u64;
+        let mut buf = vec![0u8; ATTACH_CHUNK];
+        loop {
+            let n = match content.read(&mut buf).await {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = self.request(Request::AttachAbort { upload }).await;
+                    return Err(ClientError::Io(e));
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            let data = Chunk(buf[..n].to_vec());
+            self.request(Request::AttachChunk { upload, data }).await?;
+            sent += n as u64;
+            on_chunk(sent);
+        }
+        written(
+            self.request(Request::AttachEnd {
+                upload,
+                sha256: None,
+            })
+            .await?,
+        )
+    }
+
+    /// Removes attachment `name` from a record.
+    pub async fn detach(&mut self, collection: &str, id: &str, name: &str) -> Result<(String, String)> {
+        written(
+            self.request(Request::Detach {
+                collection: collection.into(),
+                id: id.into(),
+                name: name.into(),
+            })
+            .await?,
+        )
+    }
+
+    /// Writes attachment `name` of a record to `out` (downloading it first
+    /// when it is not on this device); returns its content type and length.
+    /// `on_chunk` is told the bytes written so far and the total.
+    pub async fn read_attachment<W: tokio::io::AsyncWrite + Unpin>(
+        &mut self,
+        collection: &str,
+        id: &str,
+        name: &str,
+        mut out: W,
+        mut on_chunk: impl FnMut(u64, u64),
+    ) -> Result<(String, u64)> {
+        use tokio::io::AsyncWriteExt;
+        let mut offset = 0u64;
+        loop {
+            let reply = self
+                .request(Request::ReadAttachment {
+                    collection: collection.into(),
+                    id: id.into(),
+                    name: name.into(),
+                    offset,
+                    length: None,
+                })
+                .await?;
+            let Response::AttachmentChunk {
+                data,
+                length,
+                content_type,
+                ..
+            } = reply
+            else {
+                return Err(unexpected(reply));
+            };
+            out.write_all(&data.0).await.map_err(ClientError::Io)?;
+            offset += data.0.len() as u64;
+            on_chunk(offset, length);
+            if offset >= length || data.0.is_empty() {
+                out.flush().await.map_err(ClientError::Io)?;
+                return Ok((content_type, length));
+            }
+        }
+    }
 }
+
+/// Bytes per `attach_chunk` the client sends: 256 KiB, whose base64 in a
+/// JSON frame stays far below the default `max_frame_bytes`.
+pub const ATTACH_CHUNK: usize = 256 * 1024;
 
 /// One page of a query's answer ([`Client::query`]).
 #[derive(Debug, Clone, PartialEq)]

@@ -4,7 +4,8 @@
 //! It exists so that an app can depend on the client without compiling the
 //! daemon (its store engine, HTTP stack, TLS and PostgreSQL driver): the
 //! dependency tree is tokio, serde, the two codecs (serde_json, bincode),
-//! interprocess for the socket, and libc for the peer check. The test
+//! interprocess for the socket, libc for the peer check, and base64 for
+//! attachment chunks in JSON frames. The test
 //! `tests/client_crate.rs` at the repository root keeps it that way.
 //!
 //! The daemon uses this same crate for its side of the wire, so the
@@ -27,6 +28,7 @@
 //! docs/ipc-protocol.md is the protocol's prose, for clients in other
 //! languages.
 
+pub mod chunk;
 pub mod client;
 pub mod codec;
 pub mod connection;

@@ -29,6 +29,27 @@ pub struct RecordView {
     /// `None` until it has (and always with a server without scopes).
     #[serde(default)]
     pub scope: Option<String>,
+    /// The record's attachments and where their bytes are (`get` fills
+    /// it; `list` and `query` leave it empty: their documents hold the
+    /// references in `_attachments`).
+    #[serde(default)]
+    pub attachments: Vec<AttachmentView>,
+}
+
+/// One attachment of a record, as `get` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentView {
+    pub name: String,
+    pub content_type: String,
+    pub length: u64,
+    pub sha256: String,
+    /// `local` (here, not yet on the server), `uploading`, `synced` (here
+    /// and on the server), `remote` (on the server, not downloaded) or
+    /// `downloading`.
+    pub state: String,
+    /// While `uploading` or `downloading`: bytes moved so far.
+    #[serde(default)]
+    pub bytes_done: Option<u64>,
 }
 
 /// A queued (or dead-lettered) operation as apps see it.

@@ -11,14 +11,16 @@ use serde::{Deserialize, Serialize};
 use crate::codec::Encoding;
 pub use crate::document::Doc;
 pub use crate::event::{ConflictOutcome, Event, Origin, QueryEvent, Side};
-pub use crate::view::{ConflictView, OpView, RecordView};
+pub use crate::chunk::Chunk;
+pub use crate::view::{AttachmentView, ConflictView, OpView, RecordView};
 
 /// Version of this local protocol, carried in the hello. 2: the fields and
 /// variants of users and scopes (backend protocol revision 3) and sync
 /// directions; 3: local queries (`query`, `watch_query`, the status
-/// view's `indexes`). A daemon takes older versions only over JSON
-/// (docs/ipc-protocol.md §3).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// view's `indexes`); 4: attachments (the `attach_*`, `detach` and
+/// `read_attachment` requests, the record view's `attachments`). A daemon
+/// takes older versions only over JSON (docs/ipc-protocol.md §3).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// First frame from the client; always JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -169,6 +171,52 @@ pub enum Request {
         #[serde(default)]
         limit: Option<u32>,
     },
+    /// Starts streaming the content of attachment `name` of a record
+    /// (docs/ipc-protocol.md §18): the reply is `upload`, whose handle
+    /// the `attach_chunk`s and the `attach_end` name.
+    AttachBegin {
+        collection: String,
+        id: String,
+        name: String,
+        #[serde(default)]
+        content_type: Option<String>,
+    },
+    /// The next bytes of an upload, at most `max_frame_bytes` with the
+    /// frame around them.
+    AttachChunk {
+        upload: u64,
+        data: Chunk,
+    },
+    /// Ends an upload: the content is stored, and the record's attachment
+    /// set and queued in one write (`written`). With `sha256`, the
+    /// content must hash to it.
+    AttachEnd {
+        upload: u64,
+        #[serde(default)]
+        sha256: Option<String>,
+    },
+    /// Drops an upload that will not be finished.
+    AttachAbort {
+        upload: u64,
+    },
+    /// Removes attachment `name` from a record (`written`).
+    Detach {
+        collection: String,
+        id: String,
+        name: String,
+    },
+    /// Up to `length` bytes of an attachment's content from `offset`
+    /// (`attachment_chunk`); when the content is not on this device yet,
+    /// it is downloaded first.
+    ReadAttachment {
+        collection: String,
+        id: String,
+        name: String,
+        #[serde(default)]
+        offset: u64,
+        #[serde(default)]
+        length: Option<u32>,
+    },
 }
 
 /// One sort field of a query: a dotted path, ascending unless `desc`.
@@ -229,6 +277,10 @@ pub enum ErrorCode {
     /// A query that is not one: a bad selector (the message says what and
     /// where, e.g. `at $.due.$gtx`), a bad sort field or a foreign cursor.
     BadQuery,
+    /// `read_attachment` of content this device does not have and cannot
+    /// get now: no backend, the backend is unreachable, or it does not
+    /// hold the content (the message says which).
+    Unavailable,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -403,6 +455,19 @@ pub enum Response {
     StoreCheck(StoreCheckView),
     /// The reply to `scopes`.
     Scopes(Vec<ScopeView>),
+    /// The reply to `attach_begin`.
+    Upload {
+        upload: u64,
+    },
+    /// The reply to `read_attachment`: `data` from `offset` of `length`
+    /// bytes in all; the read is complete when `offset + data` reaches it.
+    AttachmentChunk {
+        data: Chunk,
+        offset: u64,
+        length: u64,
+        content_type: String,
+        sha256: String,
+    },
     /// The reply to `query`.
     QueryResult {
         records: Vec<RecordView>,

@@ -33,6 +33,7 @@ pub const FEATURES: crate::backend::protocol::Features = crate::backend::protoco
     batch: true,
     wait: true,
     client_ids: true,
+    blobs: false,
 };
 
 /// The same, with one database per scope (`[backend.scopes]`).

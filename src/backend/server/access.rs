@@ -71,7 +71,7 @@ impl Caller {
     }
 
     /// Where a create without a scope goes.
-    fn home(&self) -> &str {
+    pub fn home(&self) -> &str {
         match self {
             Caller::Single => SINGLE_SCOPE,
             Caller::User(p) => &p.private,

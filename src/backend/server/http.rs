@@ -23,7 +23,7 @@ use crate::domain::scope::SINGLE_SCOPE;
 use super::access::Caller;
 use super::auth::{AuthError, Malformed, Verifier};
 use super::feed::{wait_past, WaitEnd};
-use super::handler::{self, no_check, parse_changes_query, JsonReply, OpsReply};
+use super::handler::{self, parse_changes_query, JsonReply, OpsReply};
 use super::pull::{self, PullQuery, CHANGES_IN_USERS_MODE};
 use super::shared_read::{Seen, SharedReads};
 use super::store::{BackendStore, ChangeSlice, ScopeSlice, StoreError};
@@ -32,6 +32,8 @@ use super::Faults;
 /// Shared state of all connections.
 pub(crate) struct AppState {
     pub store: Arc<dyn BackendStore>,
+    /// Attachment content (`v1/blobs`).
+    pub blobs: Arc<super::blobs::BlobStore>,
     pub token: Option<String>,
     /// Users mode (revision 3): verifies each request's JWT.
     pub users: Option<Verifier>,
@@ -51,6 +53,7 @@ impl AppState {
             batch: !self.faults.no_batch,
             wait: true,
             client_ids: true,
+            blobs: true,
         }
     }
 
@@ -216,6 +219,9 @@ pub(crate) async fn handle(
 }
 
 async fn dispatch(state: &AppState, req: Request<Incoming>) -> Result<Reply, DropConnection> {
+    if super::blob_http::blob_hash(req.uri().path()).is_some() {
+        return Ok(blobs(state, req).await);
+    }
     let Some(route) = route(req.uri().path()) else {
         return Ok(error_reply(StatusCode::NOT_FOUND, "not found"));
     };
@@ -297,7 +303,7 @@ async fn dispatch(state: &AppState, req: Request<Incoming>) -> Result<Reply, Dro
     }
 }
 
-async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Reply> {
+pub(super) async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Reply> {
     let too_large = || {
         error_reply(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -319,6 +325,24 @@ async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Reply> {
             StatusCode::BAD_REQUEST,
             format!("could not read request body: {e}"),
         )),
+    }
+}
+
+/// `v1/blobs/{sha256}`: authenticated like every endpoint, with the
+/// injected 503s (a transfer must survive them too).
+async fn blobs(state: &AppState, req: Request<Incoming>) -> Reply {
+    if draw(state.faults.fail_503) {
+        let mut resp = error_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service unavailable (injected fault)",
+        );
+        resp.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(state.faults.retry_after_s));
+        return resp;
+    }
+    match authenticate(state, &req) {
+        Ok(caller) => super::blob_http::handle(&state.blobs, &caller, req, state.max_body_bytes).await,
+        Err(e) => unauthorized(e.to_string()),
     }
 }
 
@@ -353,7 +377,12 @@ async fn ops(
     f: fn(&dyn BackendStore, &[u8], handler::Check<'_>, &Caller) -> OpsReply,
     caller: Caller,
 ) -> (Reply, bool) {
-    match run_store(state, move |s| Ok(f(s, &body, &no_check, &caller))).await {
+    let blobs = Arc::clone(&state.blobs);
+    let stored = run_store(state, move |s| {
+        let check = |op: &super::ops::ValidOp| super::blob_http::content_held(s, &blobs, &caller, op);
+        Ok(f(s, &body, &check, &caller))
+    });
+    match stored.await {
         Ok(r) => (to_reply(r.reply), r.reached_store),
         Err(e) => (store_error_reply(&e), true),
     }

@@ -120,6 +120,8 @@
 //! the store) and then the connection is closed without any response bytes.
 
 pub mod access;
+pub mod blob_http;
+pub mod blobs;
 pub mod auth;
 pub mod auth_key;
 pub mod fd_limit;
@@ -157,6 +159,9 @@ use self::pg_store::PgStore;
 use self::redb_store::RedbStore;
 use self::shared_read::SharedReads;
 use self::store::BackendStore;
+
+/// Largest attachment content the server takes: 4 GiB.
+pub const MAX_BLOB_BYTES: u64 = 4 << 30;
 
 /// Default `max_body_bytes`: 8 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
@@ -401,7 +406,11 @@ pub async fn serve_with_store(
             .into());
     }
     let (stop_tx, stop_rx) = watch::channel(false);
+    let blob_dir = opts.data_dir.join("blobs");
+    let blobs = blobs::BlobStore::open(&blob_dir, MAX_BLOB_BYTES)
+        .map_err(|e| format!("cannot open the blob directory {}: {e}", blob_dir.display()))?;
     let state = Arc::new(AppState {
+        blobs: Arc::new(blobs),
         store,
         token: opts.token,
         users: opts.users,

@@ -480,6 +480,20 @@ impl PgStore {
             .map_err(|e| self.error("read syncd_meta", &e))
     }
 
+    async fn scope_of_async(&self, collection: &str, id: &str) -> Result<Option<String>, StoreError> {
+        let client = self.reader().await?;
+        let row = client
+            .query_opt(
+                "SELECT scope FROM syncd_records WHERE collection = $1 AND id = $2",
+                &[&collection, &id],
+            )
+            .await
+            .map_err(|e| self.pg_error("read syncd_records", &e))?;
+        row.map(|r| r.try_get(0))
+            .transpose()
+            .map_err(|e| self.error("read syncd_records", &e))
+    }
+
     async fn check_async(&self) -> Result<(), StoreError> {
         let client = self.reader().await?;
         client
@@ -523,6 +537,10 @@ impl BackendStore for PgStore {
 
     fn held_users(&self) -> Result<bool, StoreError> {
         self.block(self.held_users_async())
+    }
+
+    fn scope_of(&self, collection: &str, id: &str) -> Result<Option<String>, StoreError> {
+        self.block(self.scope_of_async(collection, id))
     }
 
     fn location(&self) -> String {

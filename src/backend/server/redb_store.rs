@@ -436,6 +436,14 @@ impl BackendStore for RedbStore {
         self.apply_as(ops, &Caller::Single)
     }
 
+    fn scope_of(&self, collection: &str, id: &str) -> Result<Option<String>, StoreError> {
+        let txn = self.db.begin_read().ctx("begin read")?;
+        let t = txn.open_table(RECORDS).ctx("open records")?;
+        let got = t.get((collection, id)).ctx("read records")?;
+        got.map(|g| decode::<StoredRecord>(g.value()).map(|r| r.scope))
+            .transpose()
+    }
+
     fn apply_as(&self, ops: &[ValidOp], caller: &Caller) -> Result<Vec<Outcome>, StoreError> {
         let mut outcomes = Vec::with_capacity(ops.len());
         if ops.is_empty() {

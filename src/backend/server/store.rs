@@ -162,6 +162,13 @@ pub trait BackendStore: Send + Sync + 'static {
     /// At most `limit` change-log entries with sequence > `since`.
     fn changes(&self, since: u64, limit: usize) -> Result<ChangeSlice, StoreError>;
 
+    /// The scope of the stored record `(collection, id)`, if there is one
+    /// (an op's content must be held there before it applies).
+    fn scope_of(&self, collection: &str, id: &str) -> Result<Option<String>, StoreError> {
+        let _ = (collection, id);
+        Ok(None)
+    }
+
     /// Cheap readiness probe used by `v1/health`.
     fn check(&self) -> Result<(), StoreError>;
 

@@ -11,7 +11,10 @@ pub async fn apply(ctx: &Ctx, collection: String, id: String) -> Result<Response
     check_names(&collection, Some(&id))?;
     let (c, i) = (collection.clone(), id.clone());
     match read(ctx, move |s| s.get(&c, &i)).await? {
-        Some(r) => Ok(Response::Record(r)),
+        Some(mut r) => {
+            r.attachments = super::attach::views(ctx, &r.data.0);
+            Ok(Response::Record(r))
+        }
         None => Err(ApiError::new(
             ErrorCode::NotFound,
             format!("no record {id:?} in collection {collection:?}"),

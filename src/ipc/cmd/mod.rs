@@ -5,6 +5,7 @@
 //! (a subscription outlives its request; a wait ends when the client
 //! leaves), which calls into them directly.
 
+pub mod attach;
 pub mod blocking;
 pub mod check;
 pub mod conflicts;
@@ -61,6 +62,25 @@ pub async fn apply(ctx: &Ctx, req: Request) -> Result<Response, ApiError> {
             ErrorCode::BadRequest,
             "watch and watch_query are handled by the session",
         )),
+        Request::AttachBegin { .. }
+        | Request::AttachChunk { .. }
+        | Request::AttachEnd { .. }
+        | Request::AttachAbort { .. } => Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "uploads are handled by the session",
+        )),
+        Request::Detach {
+            collection,
+            id,
+            name,
+        } => attach::detach(ctx, collection, id, name).await,
+        Request::ReadAttachment {
+            collection,
+            id,
+            name,
+            offset,
+            length,
+        } => attach::read_range(ctx, collection, id, name, offset, length).await,
         Request::Query {
             collection,
             selector,

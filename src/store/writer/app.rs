@@ -34,7 +34,13 @@ pub(super) fn put(
         return Ok(Err(e));
     }
     let existing = x.record(collection, &id)?;
-    let text = Value::Object(data.clone()).to_string();
+    let live = existing.as_ref().filter(|r| !r.deleted);
+    // Attachments stay through a put: carried over, never changed by it.
+    let carried = match super::attach::carry(collection, &id, data, live.map(|r| r.data.as_str())) {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(e)),
+    };
+    let text = Value::Object(carried.clone().unwrap_or_else(|| data.clone())).to_string();
     let (rec, kind) = match existing {
         Some(mut r) if !r.deleted => {
             r.data = text.clone();
@@ -64,7 +70,12 @@ pub(super) fn put(
         scope: scope.map(str::to_owned),
     };
     let op_id = local_write(x, collection, &id, &rec, write)?;
-    // Its `changed` event is built after the commit ([`put_event`]).
+    // Its `changed` event is built after the commit ([`put_event`]),
+    // unless the stored document is not the app's (it carries the
+    // record's attachments): then it is built here, from that document.
+    if let Some(doc) = carried {
+        x.ev.push(put_event(collection, &id, &op_id, &doc));
+    }
     Ok(Ok(WriteOutcome::Written { id, op_id }))
 }
 
@@ -87,7 +98,7 @@ fn queued(op_id: &str) -> Option<String> {
 
 /// `Some(error)` when apps may not write to `collection` on this device:
 /// it only pulls (`sync = "pull"`).
-fn read_only(x: &Txn<'_>, collection: &str) -> Option<WriteError> {
+pub(super) fn read_only(x: &Txn<'_>, collection: &str) -> Option<WriteError> {
     (!x.directions.of(collection).accepts_writes()).then(|| WriteError::ReadOnlyCollection {
         collection: collection.to_owned(),
     })
@@ -111,6 +122,9 @@ pub(super) fn patch(
     let Some(mut rec) = x.record(collection, id)?.filter(|r| !r.deleted) else {
         return Ok(Err(not_found(collection, id)));
     };
+    if let Err(e) = super::attach::patch_keeps(collection, id, data, &rec.data) {
+        return Ok(Err(e));
+    }
     let mut doc = match parse_doc_text(&rec.data) {
         Value::Object(m) => m,
         _ => Map::new(),
@@ -206,7 +220,7 @@ pub const MAX_PARKED_OPS: usize = if cfg!(test) { 32 } else { 1000 };
 
 /// `Some(error)` when the record's parked conflict already holds
 /// [`MAX_PARKED_OPS`] ops.
-fn parked_full(x: &Txn<'_>, c: &str, id: &str) -> Result<Option<WriteError>, StoreError> {
+pub(super) fn parked_full(x: &Txn<'_>, c: &str, id: &str) -> Result<Option<WriteError>, StoreError> {
     let Some(v) = x.conflicts.get((c, id))? else {
         return Ok(None);
     };

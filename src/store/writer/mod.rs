@@ -38,6 +38,7 @@ use txn::{JobResult, Txn};
 
 mod admin;
 mod app;
+mod attach;
 mod conflict;
 mod indexes;
 mod scopes;
@@ -74,6 +75,21 @@ pub enum WriteCmd {
     Delete {
         collection: String,
         id: String,
+        client_ts: i64,
+    },
+    /// Adds or replaces an attachment of a live record; its bytes are in
+    /// the blob files already.
+    Attach {
+        collection: String,
+        id: String,
+        name: String,
+        attachment: crate::domain::attachment::AttachmentRef,
+        client_ts: i64,
+    },
+    Detach {
+        collection: String,
+        id: String,
+        name: String,
         client_ts: i64,
     },
     /// The server applied the op at `seq`.
@@ -660,7 +676,12 @@ struct Batch {
 fn batch_events(jobs: &[Job], results: &[JobResult], per_job: Vec<Vec<Event>>) -> Vec<Event> {
     let mut out = Vec::new();
     for ((job, r), evs) in jobs.iter().zip(results).zip(per_job) {
+        // A put that carried the record's attachments built its own.
+        let evented = !evs.is_empty();
         out.extend(evs);
+        if evented {
+            continue;
+        }
         if let (
             WriteCmd::Put {
                 collection, data, ..
@@ -740,6 +761,19 @@ fn apply(x: &mut Txn<'_>, cmd: &WriteCmd) -> Result<JobResult, StoreError> {
             id,
             client_ts,
         } => app::delete(x, collection, id, *client_ts),
+        WriteCmd::Attach {
+            collection,
+            id,
+            name,
+            attachment,
+            client_ts,
+        } => attach::attach(x, collection, id, name, attachment, *client_ts),
+        WriteCmd::Detach {
+            collection,
+            id,
+            name,
+            client_ts,
+        } => attach::detach(x, collection, id, name, *client_ts),
         WriteCmd::Ack { seq, record } => verdict::ack(x, *seq, record),
         WriteCmd::DropLocal { seq } => verdict::drop_local(x, *seq),
         WriteCmd::Attempt { seq, error } => verdict::attempt(x, *seq, error),

@@ -1,0 +1,158 @@
+//! `attach` and `detach`: the writes that change a record's attachments,
+//! and the rule that no other write does.
+//!
+//! An attachment is a reference in the record's document (`_attachments`,
+//! see `domain::attachment`), so attaching is an update of the record like
+//! any other: it goes through [`local_write`] and the queue, in order with
+//! the record's other writes, and conflicts, pulls and scopes treat it as
+//! they treat any member. The bytes are already in the data dir's blob
+//! files when the job runs (the socket wrote them first), so the commit
+//! never references a file that is not complete here.
+
+use serde_json::{Map, Value};
+
+use crate::domain::attachment::{self, AttachmentRef, Attachments};
+use crate::domain::{Doc, Document, Event, OpKind, Origin, StoreError, WriteError};
+use crate::store::parse_doc_text;
+
+use super::app::{local_write, parked_full, read_only, Write};
+use super::txn::{not_found, JobResult, Txn};
+use super::WriteOutcome;
+
+/// The document a put stores: `None` when it is the app's own, or the
+/// app's with the record's current attachments carried in. A put that
+/// names `_attachments` must name them as they are.
+pub(super) fn carry(
+    collection: &str,
+    id: &str,
+    given: &Document,
+    current: Option<&str>,
+) -> Result<Option<Map<String, Value>>, WriteError> {
+    let now = current.map(attachment::refs_of_text).unwrap_or_default();
+    if given.contains_key(attachment::KEY) {
+        return match attachment::refs(given) {
+            Ok(r) if r == now => Ok(None),
+            _ => Err(managed(collection, id)),
+        };
+    }
+    if now.is_empty() {
+        return Ok(None);
+    }
+    let mut doc = given.clone();
+    attachment::set_refs(&mut doc, &now);
+    Ok(Some(doc))
+}
+
+/// A patch may name `_attachments` only to leave them as they are.
+pub(super) fn patch_keeps(
+    collection: &str,
+    id: &str,
+    patch: &Document,
+    current: &str,
+) -> Result<(), WriteError> {
+    let Some(v) = patch.get(attachment::KEY) else {
+        return Ok(());
+    };
+    let now = attachment::refs_of_text(current);
+    let mut m = Map::new();
+    m.insert(attachment::KEY.to_owned(), v.clone());
+    match attachment::refs(&m) {
+        Ok(r) if r == now && !v.is_null() => Ok(()),
+        _ if v.is_null() && now.is_empty() => Ok(()),
+        _ => Err(managed(collection, id)),
+    }
+}
+
+fn managed(collection: &str, id: &str) -> WriteError {
+    WriteError::AttachmentsManaged {
+        collection: collection.to_owned(),
+        id: id.to_owned(),
+    }
+}
+
+/// Adds (or replaces) the attachment `name` of a live record.
+pub(super) fn attach(
+    x: &mut Txn<'_>,
+    collection: &str,
+    id: &str,
+    name: &str,
+    r: &AttachmentRef,
+    client_ts: i64,
+) -> Result<JobResult, StoreError> {
+    if let Err(e) = attachment::check_name(name) {
+        return Ok(Err(WriteError::BadAttachment(e)));
+    }
+    change(x, collection, id, client_ts, |refs| {
+        refs.insert(name.to_owned(), r.clone());
+        Ok(())
+    })
+}
+
+/// Removes the attachment `name` of a live record.
+pub(super) fn detach(
+    x: &mut Txn<'_>,
+    collection: &str,
+    id: &str,
+    name: &str,
+    client_ts: i64,
+) -> Result<JobResult, StoreError> {
+    change(x, collection, id, client_ts, |refs| {
+        refs.remove(name).map(|_| ()).ok_or(WriteError::NoAttachment {
+            collection: collection.to_owned(),
+            id: id.to_owned(),
+            name: name.to_owned(),
+        })
+    })
+}
+
+/// Applies `edit` to a live record's attachments and queues the record's
+/// new document as an update.
+fn change(
+    x: &mut Txn<'_>,
+    collection: &str,
+    id: &str,
+    client_ts: i64,
+    edit: impl FnOnce(&mut Attachments) -> Result<(), WriteError>,
+) -> Result<JobResult, StoreError> {
+    if let Some(e) = read_only(x, collection) {
+        return Ok(Err(e));
+    }
+    if let Some(e) = parked_full(x, collection, id)? {
+        return Ok(Err(e));
+    }
+    let Some(mut rec) = x.record(collection, id)?.filter(|r| !r.deleted) else {
+        return Ok(Err(not_found(collection, id)));
+    };
+    let mut doc = match parse_doc_text(&rec.data) {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    let mut refs = attachment::refs_of_text(&rec.data);
+    if let Err(e) = edit(&mut refs) {
+        return Ok(Err(e));
+    }
+    attachment::set_refs(&mut doc, &refs);
+    let merged = Value::Object(doc);
+    let text = merged.to_string();
+    rec.data = text.clone();
+    rec.pending += 1;
+    rec.local_ts = client_ts;
+    let write = Write {
+        kind: OpKind::Update,
+        data: Some(text),
+        client_ts,
+        scope: None,
+    };
+    let op_id = local_write(x, collection, id, &rec, write)?;
+    x.ev.push(Event::Changed {
+        collection: collection.to_owned(),
+        id: id.to_owned(),
+        op_id: (!op_id.is_empty()).then(|| op_id.clone()),
+        origin: Origin::Local,
+        data: Some(Doc(merged)),
+    });
+    Ok(Ok(WriteOutcome::Written {
+        id: id.to_owned(),
+        op_id,
+    }))
+}
