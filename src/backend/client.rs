@@ -6,7 +6,6 @@
 //! are pure, so tests call them directly. Redirects are never followed
 //! (hyper's client has no redirect support): a `3xx` is an unlisted reply.
 
-
 pub mod blobs;
 use std::time::Duration;
 

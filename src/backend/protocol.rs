@@ -329,6 +329,7 @@ mod tests {
                 wait: true,
                 client_ids: true,
                 scopes: false,
+                blobs: false,
             }
         );
         let f = parse_features(br#"{"ok": true, "features": ["wait", 3, "future-thing"]}"#);
@@ -362,8 +363,12 @@ mod tests {
             wait: true,
             client_ids: true,
             scopes: true,
+            blobs: true,
         };
-        assert_eq!(all.names(), ["batch", "wait", "client_ids", "scopes"]);
+        assert_eq!(
+            all.names(),
+            ["batch", "wait", "client_ids", "scopes", "blobs"]
+        );
         let body = serde_json::to_vec(&HealthBody {
             ok: true,
             features: all.names(),

@@ -114,7 +114,9 @@ pub fn check_type(content_type: &str) -> Result<(), AttachmentError> {
 
 /// `true` for 64 lowercase hex digits.
 pub fn is_sha256(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Checks a hash named by a request or a URL.

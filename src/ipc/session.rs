@@ -149,8 +149,15 @@ impl Session<'_> {
                 name,
                 content_type,
             } => Some(
-                cmd::attach::begin(self.ctx, &mut self.uploads, collection, id, name, content_type)
-                    .await,
+                cmd::attach::begin(
+                    self.ctx,
+                    &mut self.uploads,
+                    collection,
+                    id,
+                    name,
+                    content_type,
+                )
+                .await,
             ),
             Request::AttachChunk { upload, data } => {
                 Some(cmd::attach::chunk(&mut self.uploads, upload, data).await)

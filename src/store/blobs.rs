@@ -191,8 +191,7 @@ impl BlobDir {
             .map_err(|e| io_err(&path, e))?;
         let held = f.metadata().map_err(|e| io_err(&path, e))?.len();
         if held != offset {
-            f.set_len(offset.min(held))
-                .map_err(|e| io_err(&path, e))?;
+            f.set_len(offset.min(held)).map_err(|e| io_err(&path, e))?;
         }
         f.seek(SeekFrom::Start(offset.min(held)))
             .map_err(|e| io_err(&path, e))?;

@@ -276,7 +276,8 @@ impl Transfers {
                 }));
             }
             let take = bytes.len().min((r.length - offset) as usize);
-            self.write_part(&r.sha256, offset, bytes.slice(..take)).await?;
+            self.write_part(&r.sha256, offset, bytes.slice(..take))
+                .await?;
             self.downloaded.fetch_add(take as u64, Ordering::Relaxed);
             offset += take as u64;
         }

@@ -103,7 +103,12 @@ async fn fetch_all(transfers: &Transfers, wanted: &mut Wanted) -> bool {
 }
 
 /// Adds the missing content of a record that arrived from the server.
-async fn note(ev: &Event, store: &Store, config: &watch::Receiver<Arc<Config>>, wanted: &mut Wanted) {
+async fn note(
+    ev: &Event,
+    store: &Store,
+    config: &watch::Receiver<Arc<Config>>,
+    wanted: &mut Wanted,
+) {
     let Event::Changed {
         collection,
         id,
@@ -157,7 +162,11 @@ async fn scan(
 
 /// Evicts the least recently read copies of content the backend holds
 /// while they exceed `[sync] attachment_cache_bytes`.
-async fn keep_within_bound(transfers: &Arc<Transfers>, store: &Store, config: &watch::Receiver<Arc<Config>>) {
+async fn keep_within_bound(
+    transfers: &Arc<Transfers>,
+    store: &Store,
+    config: &watch::Receiver<Arc<Config>>,
+) {
     let Some(budget) = config.borrow().sync.attachment_cache_bytes else {
         return;
     };
@@ -165,7 +174,10 @@ async fn keep_within_bound(transfers: &Arc<Transfers>, store: &Store, config: &w
     let done = tokio::task::spawn_blocking(move || t.evict(budget, || s.content_of_ops())).await;
     match done {
         Ok(Ok(removed)) if !removed.is_empty() => {
-            tracing::debug!(count = removed.len(), "evicted attachment copies over the cache bound");
+            tracing::debug!(
+                count = removed.len(),
+                "evicted attachment copies over the cache bound"
+            );
         }
         Ok(Err(e)) => tracing::warn!(error = %e, "cannot evict attachment copies"),
         _ => {}

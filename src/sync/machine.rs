@@ -574,6 +574,7 @@ mod tests {
         batch: true,
         wait: true,
         client_ids: true,
+        blobs: false,
     };
 
     fn done(changes: usize, elapsed_ms: i64, waited: bool) -> Result<PullDone, Failure> {
@@ -1088,6 +1089,7 @@ mod tests {
             batch: true,
             wait: false,
             client_ids: false,
+            blobs: false,
         };
         for push_first in [false, true] {
             let mut m = Machine::new(50, 400, 1_000, 1);

@@ -142,7 +142,9 @@ impl Transport for BackendClient {
         length: u64,
         chunk: Bytes,
     ) -> BoxFut<'a, Result<BlobHeld, Failure>> {
-        Box::pin(BackendClient::blob_put(self, scope, sha256, offset, length, chunk))
+        Box::pin(BackendClient::blob_put(
+            self, scope, sha256, offset, length, chunk,
+        ))
     }
 
     fn blob_get<'a>(

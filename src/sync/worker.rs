@@ -716,7 +716,6 @@ impl Worker {
             }
         }
         finish(prev).await?;
-        let mut batch = batch;
         batch.truncate(1);
         let (seq, op, w) = batch[0].clone();
         match self.deps.metrics.time_push(client.apply(&w)).await {

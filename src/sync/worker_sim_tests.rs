@@ -414,6 +414,7 @@ impl Setup {
                 batch: rng.bool(),
                 wait: rng.bool(),
                 client_ids: rng.bool(),
+                blobs: false,
             },
             batch_size: [1, 3, 10][rng.usize(0..3)],
             take_local: rng.bool(),
@@ -481,6 +482,12 @@ fn start_device_on(
         metrics: Default::default(),
         watch_network: false,
         reads: crate::sync::reads::ReadMode::Inline,
+        transfers: crate::sync::attachments::Transfers::new(
+            crate::store::blobs::BlobDir::open(
+                store.path().parent().unwrap_or(std::path::Path::new(".")),
+            )
+            .expect("blob dir"),
+        ),
     });
     Device {
         store,

@@ -336,6 +336,7 @@ impl UsersSetup {
                     batch: rng.bool(),
                     wait: rng.bool(),
                     client_ids: rng.bool(),
+                    blobs: false,
                 },
                 batch_size: [1, 3, 10][rng.usize(0..3)],
                 take_local: rng.bool(),

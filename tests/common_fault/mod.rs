@@ -413,6 +413,7 @@ impl RefBackend {
                     wait: false,
                     client_ids: false,
                     scopes: false,
+                    blobs: false,
                 };
                 handler::health(store, &features)
             }

@@ -525,7 +525,12 @@ impl Client {
     }
 
     /// Removes attachment `name` from a record.
-    pub async fn detach(&mut self, collection: &str, id: &str, name: &str) -> Result<(String, String)> {
+    pub async fn detach(
+        &mut self,
+        collection: &str,
+        id: &str,
+        name: &str,
+    ) -> Result<(String, String)> {
         written(
             self.request(Request::Detach {
                 collection: collection.into(),

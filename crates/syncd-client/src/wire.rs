@@ -8,10 +8,10 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::chunk::Chunk;
 use crate::codec::Encoding;
 pub use crate::document::Doc;
 pub use crate::event::{ConflictOutcome, Event, Origin, QueryEvent, Side};
-pub use crate::chunk::Chunk;
 pub use crate::view::{AttachmentView, ConflictView, OpView, RecordView};
 
 /// Version of this local protocol, carried in the hello. 2: the fields and

@@ -80,7 +80,9 @@ impl BackendClient {
     /// `HEAD v1/blobs/{sha256}`: how much of the content the server holds.
     pub async fn blob_held(&self, scope: Option<&str>, sha256: &str) -> Result<BlobHeld, Failure> {
         let path = blob_path(sha256, scope, "");
-        let (status, headers, body) = self.blob_call(Method::HEAD, &path, Bytes::new(), None).await?;
+        let (status, headers, body) = self
+            .blob_call(Method::HEAD, &path, Bytes::new(), None)
+            .await?;
         classify_held(&RawReply::new(status, &headers, &body))
     }
 
@@ -183,7 +185,11 @@ fn classify_get(r: &RawReply<'_>, offset: u64) -> Result<bool, Failure> {
 mod tests {
     use super::*;
 
-    fn reply(status: u16, headers: &[(&'static str, &str)], body: &str) -> (u16, hyper::HeaderMap, String) {
+    fn reply(
+        status: u16,
+        headers: &[(&'static str, &str)],
+        body: &str,
+    ) -> (u16, hyper::HeaderMap, String) {
         let mut h = hyper::HeaderMap::new();
         for (k, v) in headers {
             h.insert(*k, v.parse().unwrap());
@@ -212,11 +218,20 @@ mod tests {
         let r = reply(409, &[], r#"{"error":"offset","offset":7}"#);
         assert_eq!(classify_put(&raw(&r)).unwrap(), BlobHeld::Partial(7));
         let r = reply(422, &[], r#"{"error":"hash mismatch"}"#);
-        assert!(matches!(classify_put(&raw(&r)), Err(Failure::Transient { .. })));
+        assert!(matches!(
+            classify_put(&raw(&r)),
+            Err(Failure::Transient { .. })
+        ));
         let r = reply(503, &[], "");
-        assert!(matches!(classify_held(&raw(&r)), Err(Failure::Transient { .. })));
+        assert!(matches!(
+            classify_held(&raw(&r)),
+            Err(Failure::Transient { .. })
+        ));
         let r = reply(302, &[], "");
-        assert!(matches!(classify_put(&raw(&r)), Err(Failure::Unlisted { .. })));
+        assert!(matches!(
+            classify_put(&raw(&r)),
+            Err(Failure::Unlisted { .. })
+        ));
     }
 
     #[test]

@@ -19,9 +19,9 @@ use crate::domain::scope::SINGLE_SCOPE;
 
 use super::access::Caller;
 use super::blobs::{BlobStore, Held, PutError};
+use super::http::Reply;
 use super::ops::{Action, Rejection, ValidOp};
 use super::store::BackendStore;
-use super::http::Reply;
 
 /// The content hash of a `…/v1/blobs/{sha256}` path.
 pub(super) fn blob_hash(path: &str) -> Option<&str> {
@@ -50,7 +50,8 @@ fn error(status: StatusCode, reason: impl Into<String>, code: Option<DenyCode>) 
 }
 
 fn with_offset(mut r: Reply, offset: u64) -> Reply {
-    r.headers_mut().insert(UPLOAD_OFFSET, HeaderValue::from(offset));
+    r.headers_mut()
+        .insert(UPLOAD_OFFSET, HeaderValue::from(offset));
     r
 }
 
@@ -113,7 +114,11 @@ pub(super) async fn handle(
     match *req.method() {
         Method::HEAD => head(blobs, &scope, &sha),
         Method::GET => {
-            let range = req.headers().get(RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let range = req
+                .headers()
+                .get(RANGE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
             get(blobs.clone(), scope, sha, range).await
         }
         Method::PUT => {
@@ -125,8 +130,10 @@ pub(super) async fn handle(
         }
         _ => {
             let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed", None);
-            r.headers_mut()
-                .insert(hyper::header::ALLOW, HeaderValue::from_static("HEAD, GET, PUT"));
+            r.headers_mut().insert(
+                hyper::header::ALLOW,
+                HeaderValue::from_static("HEAD, GET, PUT"),
+            );
             r
         }
     }
@@ -154,8 +161,15 @@ async fn put(
             None,
         );
     };
-    let done = tokio::task::spawn_blocking(move || blobs.put(&scope, &sha, offset, length, &body)).await;
-    let ok = |b: BlobOffset| reply(StatusCode::OK, serde_json::to_vec(&b).unwrap_or_default(), true);
+    let done =
+        tokio::task::spawn_blocking(move || blobs.put(&scope, &sha, offset, length, &body)).await;
+    let ok = |b: BlobOffset| {
+        reply(
+            StatusCode::OK,
+            serde_json::to_vec(&b).unwrap_or_default(),
+            true,
+        )
+    };
     match done {
         Ok(Ok(Held::Complete { length })) => ok(BlobOffset {
             offset: length,
@@ -166,16 +180,26 @@ async fn put(
             complete: false,
         }),
         Ok(Err(PutError::Offset(n))) => {
-            let body = serde_json::json!({"error": format!("the upload is at offset {n}"), "offset": n});
-            with_offset(reply(StatusCode::CONFLICT, body.to_string().into_bytes(), true), n)
+            let body =
+                serde_json::json!({"error": format!("the upload is at offset {n}"), "offset": n});
+            with_offset(
+                reply(StatusCode::CONFLICT, body.to_string().into_bytes(), true),
+                n,
+            )
         }
         Ok(Err(e @ (PutError::HashMismatch { .. } | PutError::TooLong { .. }))) => {
             error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string(), None)
         }
-        Ok(Err(e @ PutError::TooLarge { .. })) => error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string(), None),
+        Ok(Err(e @ PutError::TooLarge { .. })) => {
+            error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string(), None)
+        }
         Ok(Err(PutError::Io(e))) => {
             tracing::error!(error = %e, "blob storage failed");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "blob storage failed", None)
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "blob storage failed",
+                None,
+            )
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
     }
@@ -193,9 +217,20 @@ fn parse_range(v: &str) -> Option<(u64, Option<u64>)> {
     Some((start, end))
 }
 
-async fn get(blobs: std::sync::Arc<BlobStore>, scope: String, sha: String, range: Option<String>) -> Reply {
+async fn get(
+    blobs: std::sync::Arc<BlobStore>,
+    scope: String,
+    sha: String,
+    range: Option<String>,
+) -> Reply {
     let parsed = match range.as_deref().map(parse_range) {
-        Some(None) => return error(StatusCode::BAD_REQUEST, "Range must be bytes=N-M or bytes=N-", None),
+        Some(None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "Range must be bytes=N-M or bytes=N-",
+                None,
+            )
+        }
         Some(Some(r)) => Some(r),
         None => None,
     };
@@ -203,10 +238,20 @@ async fn get(blobs: std::sync::Arc<BlobStore>, scope: String, sha: String, range
     let read = tokio::task::spawn_blocking(move || blobs.read(&scope, &sha, start, end)).await;
     let (bytes, length) = match read {
         Ok(Ok(Some(x))) => x,
-        Ok(Ok(None)) => return error(StatusCode::NOT_FOUND, "content not held in this scope", None),
+        Ok(Ok(None)) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "content not held in this scope",
+                None,
+            )
+        }
         Ok(Err(e)) => {
             tracing::error!(error = %e, "blob read failed");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "blob storage failed", None);
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "blob storage failed",
+                None,
+            );
         }
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None),
     };
@@ -214,9 +259,16 @@ async fn get(blobs: std::sync::Arc<BlobStore>, scope: String, sha: String, range
         return reply(StatusCode::OK, bytes, false);
     }
     if start >= length && length > 0 {
-        let mut r = error(StatusCode::RANGE_NOT_SATISFIABLE, "range starts past the content", None);
-        r.headers_mut()
-            .insert(CONTENT_RANGE, HeaderValue::from_str(&format!("bytes */{length}")).unwrap_or(HeaderValue::from_static("bytes */0")));
+        let mut r = error(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "range starts past the content",
+            None,
+        );
+        r.headers_mut().insert(
+            CONTENT_RANGE,
+            HeaderValue::from_str(&format!("bytes */{length}"))
+                .unwrap_or(HeaderValue::from_static("bytes */0")),
+        );
         return r;
     }
     let last = start + bytes.len() as u64;
@@ -282,7 +334,10 @@ mod tests {
     fn paths_and_ranges() {
         let sha = "a".repeat(64);
         assert_eq!(blob_hash(&format!("/v1/blobs/{sha}")), Some(sha.as_str()));
-        assert_eq!(blob_hash(&format!("/sync/v1/blobs/{sha}/")), Some(sha.as_str()));
+        assert_eq!(
+            blob_hash(&format!("/sync/v1/blobs/{sha}/")),
+            Some(sha.as_str())
+        );
         assert_eq!(blob_hash("/v1/ops"), None);
         assert_eq!(parse_range("bytes=0-9"), Some((0, Some(10))));
         assert_eq!(parse_range("bytes=5-"), Some((5, None)));

@@ -40,11 +40,17 @@ pub enum PutError {
     /// The upload is at another offset: resume from it.
     Offset(u64),
     /// The complete content does not hash to its name: dropped.
-    HashMismatch { got: String },
+    HashMismatch {
+        got: String,
+    },
     /// The chunk runs past the announced length.
-    TooLong { length: u64 },
+    TooLong {
+        length: u64,
+    },
     /// Over the server's limit for one content.
-    TooLarge { limit: u64 },
+    TooLarge {
+        limit: u64,
+    },
     Io(io::Error),
 }
 
@@ -170,7 +176,13 @@ impl BlobStore {
         self.complete(scope, sha256, &part, length)
     }
 
-    fn complete(&self, scope: &str, sha256: &str, part: &Path, length: u64) -> Result<Held, PutError> {
+    fn complete(
+        &self,
+        scope: &str,
+        sha256: &str,
+        part: &Path,
+        length: u64,
+    ) -> Result<Held, PutError> {
         let got = hash_file(part).map_err(PutError::Io)?;
         if got != sha256 {
             let _ = fs::remove_file(part);
@@ -216,7 +228,11 @@ impl BlobStore {
     /// Removes content no record references (`referenced` lists what
     /// records do), and uploads left unfinished, once older than
     /// `retention`: an upload for an op not sent yet is kept that long.
-    pub fn collect(&self, referenced: &std::collections::HashSet<String>, retention: Duration) -> io::Result<u64> {
+    pub fn collect(
+        &self,
+        referenced: &std::collections::HashSet<String>,
+        retention: Duration,
+    ) -> io::Result<u64> {
         let old = |p: &Path| {
             fs::metadata(p)
                 .and_then(|m| m.modified())
@@ -272,8 +288,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let b = BlobStore::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(b.held("a", HELLO), Held::Partial(0));
-        assert_eq!(b.put("a", HELLO, 0, 11, b"hello").unwrap(), Held::Partial(5));
-        assert!(matches!(b.put("a", HELLO, 0, 11, b"hello"), Err(PutError::Offset(5))));
+        assert_eq!(
+            b.put("a", HELLO, 0, 11, b"hello").unwrap(),
+            Held::Partial(5)
+        );
+        assert!(matches!(
+            b.put("a", HELLO, 0, 11, b"hello"),
+            Err(PutError::Offset(5))
+        ));
         assert_eq!(b.held("a", HELLO), Held::Partial(5));
         assert_eq!(
             b.put("a", HELLO, 5, 11, b" world").unwrap(),

@@ -341,7 +341,9 @@ async fn blobs(state: &AppState, req: Request<Incoming>) -> Reply {
         return resp;
     }
     match authenticate(state, &req) {
-        Ok(caller) => super::blob_http::handle(&state.blobs, &caller, req, state.max_body_bytes).await,
+        Ok(caller) => {
+            super::blob_http::handle(&state.blobs, &caller, req, state.max_body_bytes).await
+        }
         Err(e) => unauthorized(e.to_string()),
     }
 }
@@ -379,7 +381,8 @@ async fn ops(
 ) -> (Reply, bool) {
     let blobs = Arc::clone(&state.blobs);
     let stored = run_store(state, move |s| {
-        let check = |op: &super::ops::ValidOp| super::blob_http::content_held(s, &blobs, &caller, op);
+        let check =
+            |op: &super::ops::ValidOp| super::blob_http::content_held(s, &blobs, &caller, op);
         Ok(f(s, &body, &check, &caller))
     });
     match stored.await {

@@ -120,10 +120,10 @@
 //! the store) and then the connection is closed without any response bytes.
 
 pub mod access;
-pub mod blob_http;
-pub mod blobs;
 pub mod auth;
 pub mod auth_key;
+pub mod blob_http;
+pub mod blobs;
 pub mod fd_limit;
 pub mod feed;
 pub mod handler;

@@ -480,7 +480,11 @@ impl PgStore {
             .map_err(|e| self.error("read syncd_meta", &e))
     }
 
-    async fn scope_of_async(&self, collection: &str, id: &str) -> Result<Option<String>, StoreError> {
+    async fn scope_of_async(
+        &self,
+        collection: &str,
+        id: &str,
+    ) -> Result<Option<String>, StoreError> {
         let client = self.reader().await?;
         let row = client
             .query_opt(

@@ -82,7 +82,9 @@ pub async fn begin(
     if uploads.open.len() >= MAX_UPLOADS {
         return Err(bad(
             ErrorCode::BadRequest,
-            format!("this connection has {MAX_UPLOADS} uploads open already: end or abort one first"),
+            format!(
+                "this connection has {MAX_UPLOADS} uploads open already: end or abort one first"
+            ),
         ));
     }
     let limit = ctx.config.borrow().sync.max_attachment_bytes;
@@ -108,7 +110,10 @@ pub async fn begin(
 
 /// `attach_chunk`: appends bytes. A failed write ends the upload.
 pub async fn chunk(uploads: &mut Uploads, upload: u64, data: Chunk) -> Result<Response, ApiError> {
-    let up = uploads.open.get_mut(&upload).ok_or_else(|| no_upload(upload))?;
+    let up = uploads
+        .open
+        .get_mut(&upload)
+        .ok_or_else(|| no_upload(upload))?;
     let Some(mut file) = up.file.take() else {
         return Err(no_upload(upload));
     };
@@ -141,7 +146,10 @@ pub async fn end(
     upload: u64,
     sha256: Option<String>,
 ) -> Result<Response, ApiError> {
-    let mut up = uploads.open.remove(&upload).ok_or_else(|| no_upload(upload))?;
+    let mut up = uploads
+        .open
+        .remove(&upload)
+        .ok_or_else(|| no_upload(upload))?;
     if let Some(h) = &sha256 {
         attachment::check_hash(h).map_err(|e| bad(ErrorCode::BadRequest, e.to_string()))?;
     }
@@ -162,7 +170,10 @@ pub async fn end(
         client_ts: crate::domain::clock::now_ms(),
     };
     Ok(written(
-        ctx.writer.submit(cmd).await.inspect(|_| ctx.metrics.wrote())?,
+        ctx.writer
+            .submit(cmd)
+            .await
+            .inspect(|_| ctx.metrics.wrote())?,
     ))
 }
 
@@ -176,7 +187,12 @@ pub fn abort(uploads: &mut Uploads, upload: u64) -> Result<Response, ApiError> {
 }
 
 /// `detach`: removes the reference and queues the change.
-pub async fn detach(ctx: &Ctx, collection: String, id: String, name: String) -> Result<Response, ApiError> {
+pub async fn detach(
+    ctx: &Ctx,
+    collection: String,
+    id: String,
+    name: String,
+) -> Result<Response, ApiError> {
     check_names(&collection, Some(&id))?;
     attachment::check_name(&name).map_err(|e| bad(ErrorCode::BadRequest, e.to_string()))?;
     let cmd = WriteCmd::Detach {
@@ -186,7 +202,10 @@ pub async fn detach(ctx: &Ctx, collection: String, id: String, name: String) -> 
         client_ts: crate::domain::clock::now_ms(),
     };
     Ok(written(
-        ctx.writer.submit(cmd).await.inspect(|_| ctx.metrics.wrote())?,
+        ctx.writer
+            .submit(cmd)
+            .await
+            .inspect(|_| ctx.metrics.wrote())?,
     ))
 }
 
@@ -201,17 +220,21 @@ async fn find(
     let rec = read(ctx, move |s| s.record(&c, &i))
         .await?
         .filter(|r| !r.deleted)
-        .ok_or_else(|| ApiError::from(WriteError::NotFound {
-            collection: collection.to_owned(),
-            id: id.to_owned(),
-        }))?;
+        .ok_or_else(|| {
+            ApiError::from(WriteError::NotFound {
+                collection: collection.to_owned(),
+                id: id.to_owned(),
+            })
+        })?;
     let r = attachment::refs_of_text(&rec.data)
         .remove(name)
-        .ok_or_else(|| ApiError::from(WriteError::NoAttachment {
-            collection: collection.to_owned(),
-            id: id.to_owned(),
-            name: name.to_owned(),
-        }))?;
+        .ok_or_else(|| {
+            ApiError::from(WriteError::NoAttachment {
+                collection: collection.to_owned(),
+                id: id.to_owned(),
+                name: name.to_owned(),
+            })
+        })?;
     Ok((r, rec.scope))
 }
 

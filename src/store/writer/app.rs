@@ -220,7 +220,11 @@ pub const MAX_PARKED_OPS: usize = if cfg!(test) { 32 } else { 1000 };
 
 /// `Some(error)` when the record's parked conflict already holds
 /// [`MAX_PARKED_OPS`] ops.
-pub(super) fn parked_full(x: &Txn<'_>, c: &str, id: &str) -> Result<Option<WriteError>, StoreError> {
+pub(super) fn parked_full(
+    x: &Txn<'_>,
+    c: &str,
+    id: &str,
+) -> Result<Option<WriteError>, StoreError> {
     let Some(v) = x.conflicts.get((c, id))? else {
         return Ok(None);
     };

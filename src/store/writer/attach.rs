@@ -97,11 +97,13 @@ pub(super) fn detach(
     client_ts: i64,
 ) -> Result<JobResult, StoreError> {
     change(x, collection, id, client_ts, |refs| {
-        refs.remove(name).map(|_| ()).ok_or(WriteError::NoAttachment {
-            collection: collection.to_owned(),
-            id: id.to_owned(),
-            name: name.to_owned(),
-        })
+        refs.remove(name)
+            .map(|_| ())
+            .ok_or(WriteError::NoAttachment {
+                collection: collection.to_owned(),
+                id: id.to_owned(),
+                name: name.to_owned(),
+            })
     })
 }
 

@@ -1,0 +1,401 @@
+//! Attachments end to end (issue 23): real daemons, a real reference
+//! backend, and a proxy that counts, holds, cuts and corrupts blob
+//! transfers (tests/common_blob). A file attached on one device is
+//! uploaded once, before the op that references it, and downloaded by the
+//! other (eagerly, or on first read); an upload survives kill -9 and a
+//! download survives a cut; corrupt content is never stored; the cache
+//! bound evicts; bad input gets a clear error.
+
+mod common;
+mod common_blob;
+
+use std::path::{Path, PathBuf};
+
+use common::{eventually, Backend, Daemon};
+use common_blob::BlobProxy;
+use serde_json::Value;
+
+const MIB: usize = 1 << 20;
+
+fn device(url: &str, extra: &str) -> Daemon {
+    Daemon::start(&format!(
+        "[backend]\nurl = {url:?}\ntimeout_ms = 5000\n[sync]\npull_interval_s = 1\nbackoff_initial_ms = 100\nbackoff_max_ms = 1000\n{extra}"
+    ))
+}
+
+/// A file of `len` pseudo-random bytes (seeded: each test's are its own).
+fn file(d: &Daemon, name: &str, len: usize, seed: u64) -> PathBuf {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let bytes: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+    let p = d.dir.path().join(name);
+    std::fs::write(&p, bytes).expect("write file");
+    p
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn get(d: &Daemon, coll: &str, id: &str) -> Value {
+    d.json(&["get", coll, id])
+}
+
+/// The state of attachment `name` as `get` shows it.
+fn state(d: &Daemon, coll: &str, id: &str, name: &str) -> Option<String> {
+    let o = d.cli(&["get", coll, id]);
+    let v: Value = serde_json::from_slice(&o.stdout).ok()?;
+    v["attachments"]
+        .as_array()?
+        .iter()
+        .find(|a| a["name"] == name)
+        .and_then(|a| a["state"].as_str().map(str::to_owned))
+}
+
+fn read_out(d: &Daemon, coll: &str, id: &str, name: &str) -> Vec<u8> {
+    let out = d.dir.path().join(format!("out-{name}"));
+    d.ok(&["attachment", coll, id, name, "-o", &s(&out)]);
+    std::fs::read(out).expect("read output")
+}
+
+/// Complete local content files of a daemon (not temp, part or marker).
+fn local_blobs(d: &Daemon) -> Vec<(String, u64)> {
+    let Ok(rd) = std::fs::read_dir(d.data_dir.join("blobs")) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            (n.len() == 64).then(|| (n, e.metadata().map(|m| m.len()).unwrap_or(0)))
+        })
+        .collect()
+}
+
+fn synced(d: &Daemon) {
+    d.ok(&["sync", "--wait", "--timeout", "60"]);
+}
+
+#[test]
+fn a_file_travels_with_its_record_and_is_uploaded_once() {
+    let backend = Backend::start(&[]);
+    let proxy = BlobProxy::start(&backend.addr);
+    let a = device(&proxy.url(), "");
+    let b = device(&proxy.url(), "");
+    let f = file(&a, "photo.bin", 3 * MIB + 17, 1);
+    a.ok(&["put", "notes", "--id", "n1", r#"{"t":1}"#]);
+    a.ok(&["put", "notes", "--id", "n2", r#"{"t":2}"#]);
+    a.ok(&[
+        "attach",
+        "notes",
+        "n1",
+        "photo.jpg",
+        &s(&f),
+        "--type",
+        "image/jpeg",
+        "--wait",
+        "synced",
+        "--timeout",
+        "60",
+    ]);
+    // The same content on another record, and again under another name:
+    // stored and uploaded once.
+    a.ok(&[
+        "attach",
+        "notes",
+        "n2",
+        "copy.jpg",
+        &s(&f),
+        "--wait",
+        "synced",
+        "--timeout",
+        "60",
+    ]);
+    a.ok(&[
+        "attach",
+        "notes",
+        "n1",
+        "again.jpg",
+        &s(&f),
+        "--wait",
+        "synced",
+        "--timeout",
+        "60",
+    ]);
+    assert_eq!(proxy.put_bytes(), (3 * MIB + 17) as u64, "uploaded once");
+    assert_eq!(local_blobs(&a).len(), 1, "stored once");
+    let rec = get(&a, "notes", "n1");
+    let att = &rec["data"]["_attachments"]["photo.jpg"];
+    assert_eq!(att["content_type"], "image/jpeg");
+    assert_eq!(att["length"], 3 * MIB + 17);
+    assert_eq!(
+        state(&a, "notes", "n1", "photo.jpg").as_deref(),
+        Some("synced")
+    );
+
+    // The other device downloads it eagerly, and reads it.
+    eventually(60, "B has the content", || {
+        state(&b, "notes", "n1", "photo.jpg").as_deref() == Some("synced")
+    });
+    assert_eq!(
+        read_out(&b, "notes", "n1", "photo.jpg"),
+        std::fs::read(&f).unwrap()
+    );
+    assert_eq!(
+        read_out(&b, "notes", "n2", "copy.jpg"),
+        std::fs::read(&f).unwrap()
+    );
+
+    // Detach is a write like any other; the content of the remaining
+    // attachments stays.
+    a.ok(&[
+        "detach",
+        "notes",
+        "n1",
+        "photo.jpg",
+        "--wait",
+        "synced",
+        "--timeout",
+        "60",
+    ]);
+    eventually(30, "B sees the detach", || {
+        get(&b, "notes", "n1")["data"]["_attachments"]
+            .get("photo.jpg")
+            .is_none()
+    });
+    assert!(get(&b, "notes", "n1")["data"]["_attachments"]["again.jpg"].is_object());
+}
+
+#[test]
+fn put_and_patch_keep_the_attachments_and_may_not_change_them() {
+    let a = Daemon::start("");
+    let f = file(&a, "x.bin", 1000, 2);
+    a.ok(&["put", "docs", "--id", "d", r#"{"v":1}"#]);
+    a.ok(&["attach", "docs", "d", "x", &s(&f)]);
+    a.ok(&["put", "docs", "--id", "d", r#"{"v":2}"#]);
+    let rec = get(&a, "docs", "d");
+    assert_eq!(rec["data"]["v"], 2);
+    assert!(rec["data"]["_attachments"]["x"].is_object(), "{rec}");
+    // Sending them back unchanged is fine; changing them is refused.
+    let same = rec["data"].to_string();
+    a.ok(&["put", "docs", "--id", "d", &same]);
+    let o = a.cli(&["patch", "docs", "d", r#"{"_attachments":{}}"#]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("bad_request") && err.contains("syncd attach"),
+        "{err}"
+    );
+    // Unknown names are named.
+    let o = a.cli(&["detach", "docs", "d", "nope"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no attachment \"nope\""));
+    let o = a.cli(&["attach", "docs", "missing", "x", &s(&f)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not_found"));
+    // Local only: the content is here and was never sent.
+    assert_eq!(state(&a, "docs", "d", "x").as_deref(), Some("local"));
+    assert_eq!(read_out(&a, "docs", "d", "x"), std::fs::read(&f).unwrap());
+}
+
+#[test]
+fn too_large_is_refused_and_leaves_nothing() {
+    let a = Daemon::start("[sync]\nmax_attachment_bytes = 4096");
+    let f = file(&a, "big.bin", 10_000, 3);
+    a.ok(&["put", "docs", "--id", "d", r#"{"v":1}"#]);
+    let o = a.cli(&["attach", "docs", "d", "big", &s(&f)]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("too_large") && err.contains("max_attachment_bytes"),
+        "{err}"
+    );
+    assert!(local_blobs(&a).is_empty());
+    let tmp = std::fs::read_dir(a.data_dir.join("blobs/tmp"))
+        .unwrap()
+        .count();
+    assert_eq!(tmp, 0, "no temporary file left");
+    assert!(get(&a, "docs", "d")["data"].get("_attachments").is_none());
+    // The daemon keeps serving.
+    let small = file(&a, "small.bin", 100, 4);
+    a.ok(&["attach", "docs", "d", "small", &s(&small)]);
+}
+
+#[test]
+fn no_device_sees_a_record_before_its_content_is_on_the_backend() {
+    let backend = Backend::start(&[]);
+    let proxy = BlobProxy::start(&backend.addr);
+    let a = device(&proxy.url(), "");
+    let b = device(&proxy.url(), "");
+    a.ok(&["put", "notes", "--id", "n", r#"{"t":1}"#]);
+    synced(&a);
+    eventually(30, "B has the record", || b.has("notes", "n"));
+    proxy.hold_puts(true);
+    let f = file(&a, "p.bin", 2 * MIB, 5);
+    a.ok(&["attach", "notes", "n", "p", &s(&f)]);
+    eventually(30, "the upload reached the backend and is held", || {
+        proxy.held() >= 1
+    });
+    // While the content is not all there, the op that references it is
+    // not sent: neither the backend nor B has the reference.
+    b.ok(&["sync", "--wait", "--timeout", "30"]);
+    assert!(get(&b, "notes", "n")["data"].get("_attachments").is_none());
+    let ops = proxy.faults.ops.lock().unwrap().clone();
+    assert!(
+        ops.iter().all(|o| !o.contains("_attachments")),
+        "an op referencing the content went out before it: {ops:?}"
+    );
+    assert_eq!(state(&a, "notes", "n", "p").as_deref(), Some("uploading"));
+    proxy.hold_puts(false);
+    synced(&a);
+    eventually(60, "B has the attachment", || {
+        state(&b, "notes", "n", "p").as_deref() == Some("synced")
+    });
+    assert_eq!(read_out(&b, "notes", "n", "p"), std::fs::read(&f).unwrap());
+}
+
+#[test]
+fn the_backend_refuses_an_op_whose_content_it_does_not_hold() {
+    let backend = Backend::start(&[]);
+    let sha = "ab".repeat(32);
+    let body = format!(
+        r#"{{"op_id":"o1","client_id":"c","collection":"notes","kind":"create","id":"x","local_id":"x","data":{{"_attachments":{{"a":{{"content_type":"t","length":3,"sha256":"{sha}"}}}}}},"client_ts":1}}"#
+    );
+    let (status, reply) = common::http(&backend.addr, "POST", "/v1/ops", Some(&body));
+    assert_eq!(status, 422, "{reply}");
+    let why = reply["error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains(&sha) && why.contains("upload it first"),
+        "{why}"
+    );
+    assert!(backend.records().is_empty());
+}
+
+#[test]
+fn an_upload_resumes_after_kill_9_without_sending_twice() {
+    let backend = Backend::start(&[]);
+    let proxy = BlobProxy::start(&backend.addr);
+    let mut a = device(&proxy.url(), "");
+    let len = 50 * MIB;
+    let f = file(&a, "big.bin", len, 6);
+    a.ok(&["put", "docs", "--id", "d", r#"{"v":1}"#]);
+    synced(&a);
+    // Hold the upload once a fifth of it went through, and kill the
+    // daemon while a chunk is in flight.
+    proxy.hold_after((len / 5) as u64);
+    a.ok(&["attach", "docs", "d", "big", &s(&f)]);
+    eventually(120, "the upload is held part-way", || proxy.held() >= 1);
+    a.kill9();
+    proxy.hold_puts(false);
+    a.restart();
+    synced(&a);
+    eventually(60, "uploaded", || {
+        state(&a, "docs", "d", "big").as_deref() == Some("synced")
+    });
+    let sent = proxy.put_bytes();
+    assert!(
+        sent < (len as u64) * 3 / 2,
+        "{sent} bytes uploaded in all for a {len}-byte file"
+    );
+    let b = device(&backend.url(), "");
+    eventually(120, "B has it", || {
+        state(&b, "docs", "d", "big").as_deref() == Some("synced")
+    });
+    assert_eq!(read_out(&b, "docs", "d", "big"), std::fs::read(&f).unwrap());
+}
+
+#[test]
+fn a_cut_download_resumes_and_corrupt_content_is_never_stored() {
+    let backend = Backend::start(&[]);
+    let a = device(&backend.url(), "");
+    let f = file(&a, "f.bin", 3 * MIB, 7);
+    let g = file(&a, "g.bin", 2 * MIB, 8);
+    a.ok(&["put", "docs", "--id", "d", r#"{"v":1}"#]);
+    a.ok(&["attach", "docs", "d", "f", &s(&f)]);
+    a.ok(&[
+        "attach",
+        "docs",
+        "d",
+        "g",
+        &s(&g),
+        "--wait",
+        "synced",
+        "--timeout",
+        "60",
+    ]);
+
+    // B reads through a proxy that cuts the second range request of the
+    // first content, and corrupts the first range of the second.
+    let proxy = BlobProxy::start(&backend.addr);
+    proxy.cut_gets(&[2]);
+    let b = device(&proxy.url(), "[collections.docs]\nattachments = \"lazy\"");
+    eventually(30, "B has the record", || b.has("docs", "d"));
+    assert_eq!(state(&b, "docs", "d", "f").as_deref(), Some("remote"));
+    // The first read meets the cut and fails; the second resumes.
+    let o = b.cli(&[
+        "attachment",
+        "docs",
+        "d",
+        "f",
+        "-o",
+        &s(&b.dir.path().join("x")),
+    ]);
+    if !o.status.success() {
+        assert!(String::from_utf8_lossy(&o.stderr).contains("unavailable"));
+    }
+    assert_eq!(read_out(&b, "docs", "d", "f"), std::fs::read(&f).unwrap());
+    let gets = proxy.gets();
+    assert_eq!(
+        gets.iter().filter(|r| r.starts_with("bytes=0-")).count(),
+        1,
+        "resumed, not restarted: {gets:?}"
+    );
+    assert!(
+        gets.iter()
+            .filter(|r| r.starts_with(&format!("bytes={MIB}-")))
+            .count()
+            >= 2,
+        "{gets:?}"
+    );
+
+    proxy.corrupt_gets(1);
+    assert_eq!(read_out(&b, "docs", "d", "g"), std::fs::read(&g).unwrap());
+    assert!(b.log_text().contains("corrupt attachment content"));
+    let files = local_blobs(&b);
+    assert_eq!(files.len(), 2, "{files:?}");
+}
+
+#[test]
+fn lazy_fetches_on_first_read_and_eviction_keeps_the_bound() {
+    let backend = Backend::start(&[]);
+    let a = device(&backend.url(), "");
+    let mut want = Vec::new();
+    for i in 0..3 {
+        let f = file(&a, &format!("{i}.bin"), MIB, 10 + i);
+        let id = format!("r{i}");
+        a.ok(&["put", "docs", "--id", &id, r#"{"v":1}"#]);
+        a.ok(&["attach", "docs", &id, "f", &s(&f)]);
+        want.push(std::fs::read(&f).unwrap());
+    }
+    synced(&a);
+    // Lazy: nothing is downloaded until read.
+    let lazy = device(&backend.url(), "[collections.docs]\nattachments = \"lazy\"");
+    eventually(30, "lazy has the records", || lazy.has("docs", "r2"));
+    assert!(local_blobs(&lazy).is_empty());
+    assert_eq!(read_out(&lazy, "docs", "r1", "f"), want[1]);
+    assert_eq!(state(&lazy, "docs", "r1", "f").as_deref(), Some("synced"));
+    assert_eq!(local_blobs(&lazy).len(), 1);
+
+    // Eager with room for two: the least recently read goes.
+    let bound = 2 * MIB + MIB / 2;
+    let eager = device(&backend.url(), &format!("attachment_cache_bytes = {bound}"));
+    eventually(60, "within the bound", || {
+        let files = local_blobs(&eager);
+        let total: u64 = files.iter().map(|f| f.1).sum();
+        eager.has("docs", "r2") && !files.is_empty() && total <= bound as u64
+    });
+    // An evicted copy is fetched again on demand.
+    for (i, w) in want.iter().enumerate() {
+        assert_eq!(&read_out(&eager, "docs", &format!("r{i}"), "f"), w);
+    }
+    // The content only A holds locally (its own uploads) is its to keep.
+    assert_eq!(local_blobs(&a).len(), 3);
+}
