@@ -244,12 +244,21 @@ fn no_device_sees_a_record_before_its_content_is_on_the_backend() {
         "an op referencing the content went out before it: {ops:?}"
     );
     assert_eq!(state(&a, "notes", "n", "p").as_deref(), Some("uploading"));
+    // Writes queued behind the upload, to other records, are not held
+    // back by it; a later write to the same record is (its order holds).
+    a.ok(&["put", "notes", "--id", "m", r#"{"t":2}"#]);
+    a.ok(&["patch", "notes", "n", r#"{"t":3}"#]);
+    eventually(60, "B has the write queued after the upload", || {
+        b.has("notes", "m")
+    });
+    assert_eq!(get(&b, "notes", "n")["data"]["t"], 1);
     proxy.hold_puts(false);
     synced(&a);
     eventually(60, "B has the attachment", || {
         state(&b, "notes", "n", "p").as_deref() == Some("synced")
     });
     assert_eq!(read_out(&b, "notes", "n", "p"), std::fs::read(&f).unwrap());
+    assert_eq!(get(&b, "notes", "n")["data"]["t"], 3);
 }
 
 #[test]

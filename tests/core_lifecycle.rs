@@ -545,7 +545,7 @@ fn garbage_frames_get_errors() {
 
     // Bincode garbage on a bincode connection: an error frame (in bincode).
     let mut s = connect(&d.socket);
-    write_frame(&mut s, br#"{"app":"t","protocol":3,"encoding":"bincode"}"#);
+    write_frame(&mut s, br#"{"app":"t","protocol":4,"encoding":"bincode"}"#);
     assert_eq!(read_json(&mut s)["ok"], json!(true));
     write_frame(&mut s, &[0xff; 40]);
     let b = read_frame(&mut s).expect("an error frame for bincode garbage");

@@ -32,7 +32,7 @@ fn read_frame(s: &mut UnixStream) -> Vec<u8> {
 
 fn connect(d: &Daemon, enc: Encoding) -> UnixStream {
     let mut s = UnixStream::connect(&d.socket).unwrap();
-    let hello = json!({"app": "t", "protocol": 3, "encoding": enc.as_str()});
+    let hello = json!({"app": "t", "protocol": 4, "encoding": enc.as_str()});
     write_frame(&mut s, hello.to_string().as_bytes());
     let h: Value = serde_json::from_slice(&read_frame(&mut s)).unwrap();
     assert_eq!(h["max_frame_bytes"], json!(MAX_FRAME), "{h}");

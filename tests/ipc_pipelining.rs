@@ -42,7 +42,7 @@ fn connect(d: &Daemon) -> UnixStream {
 
 fn hello(enc: Encoding) -> Vec<u8> {
     frame(
-        json!({"app": "pipelining", "protocol": 3, "encoding": enc.as_str()})
+        json!({"app": "pipelining", "protocol": 4, "encoding": enc.as_str()})
             .to_string()
             .as_bytes(),
     )

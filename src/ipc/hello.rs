@@ -4,8 +4,8 @@
 //! frame) and ends the connection. The hello is read through the
 //! connection's one buffer, so requests sent right behind it survive.
 //!
-//! Versions ([`negotiate`]): the daemon speaks [`PROTOCOL_VERSION`] (3) in
-//! both encodings, and still takes protocols 1 and 2 over JSON, whose
+//! Versions ([`negotiate`]): the daemon speaks [`PROTOCOL_VERSION`] (4) in
+//! both encodings, and still takes protocols 1 to 3 over JSON, whose
 //! readers ignore what later versions added (object keys, and variants
 //! they never ask for). Older protocols over bincode are refused with
 //! `unsupported_protocol`: bincode frames carry no field names, so an
@@ -115,20 +115,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn version_3_in_both_encodings_older_ones_over_json_only() {
-        assert_eq!(negotiate(3, Encoding::Bincode), Ok(3));
-        assert_eq!(negotiate(3, Encoding::Json), Ok(3));
-        assert_eq!(negotiate(2, Encoding::Json), Ok(2));
-        assert_eq!(negotiate(1, Encoding::Json), Ok(1));
-        for v in [1, 2] {
+    fn version_4_in_both_encodings_older_ones_over_json_only() {
+        assert_eq!(negotiate(4, Encoding::Bincode), Ok(4));
+        assert_eq!(negotiate(4, Encoding::Json), Ok(4));
+        for v in [1, 2, 3] {
+            assert_eq!(negotiate(v, Encoding::Json), Ok(v));
             let old = negotiate(v, Encoding::Bincode).unwrap_err();
             assert!(
                 old.contains(&format!("protocol {v} not supported with bincode")),
                 "{old}"
             );
-            assert!(old.contains("protocol 3"), "{old}");
+            assert!(old.contains("protocol 4"), "{old}");
         }
-        for p in [0, 4] {
+        for p in [0, 5] {
             for e in [Encoding::Json, Encoding::Bincode] {
                 let m = negotiate(p, e).unwrap_err();
                 assert!(

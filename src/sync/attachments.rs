@@ -151,7 +151,7 @@ impl Transfers {
     }
 
     /// Whether the backend confirmed holding `sha256` (in `scope`) lately.
-    fn is_confirmed(&self, scope: Option<&str>, sha256: &str) -> bool {
+    pub fn is_confirmed(&self, scope: Option<&str>, sha256: &str) -> bool {
         let key = (scope.map(str::to_owned), sha256.to_owned());
         lock(&self.confirmed)
             .get(&key)

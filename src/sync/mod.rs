@@ -14,6 +14,7 @@ pub mod pull;
 pub mod reads;
 pub mod scoped_pull;
 pub mod transport;
+pub mod uploader;
 pub mod worker;
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ use crate::sync::pull::{PullJob, PullTask, RoundGuard, RoundLock};
 use crate::sync::reads::ReadMode;
 use crate::sync::scoped_pull::{Scoped, SessionClock};
 use crate::sync::transport::Transport;
+use crate::sync::uploader::{Ready, Uploader};
 use crate::sync::{State, SyncControl};
 
 #[derive(Clone)]
@@ -99,7 +100,6 @@ async fn run_worker(deps: WorkerDeps, net: Arc<Notify>) {
             cfg.sync.pull_interval_s * 1000,
             fastrand::u64(..),
         ),
-        deps,
         cfg: cfg.clone(),
         client: None,
         epoch: tokio::time::Instant::now(),
@@ -114,6 +114,9 @@ async fn run_worker(deps: WorkerDeps, net: Arc<Notify>) {
         recording: None,
         held_round: None,
         session: SessionClock::default(),
+        uploader: Uploader::new(deps.transfers.clone(), deps.queue_changed.clone()),
+        uploads_block: false,
+        deps,
     };
     w.machine.set_live(cfg.sync.live, cfg.sync.wait_s);
     w.rebuild_client();
@@ -153,6 +156,12 @@ struct Worker {
     /// When the session was fetched (backends with scopes): due again on
     /// every connect and token change.
     session: SessionClock,
+    /// Uploads of the content queued ops reference.
+    uploader: Uploader,
+    /// Every op that could be sent waits for an upload: the queue counts
+    /// as empty for the machine until the next wake-up (an upload's end
+    /// wakes it as new work does).
+    uploads_block: bool,
 }
 
 /// Runs blocking file I/O from the worker: with `block_in_place` on a
@@ -194,6 +203,8 @@ enum Built {
     Batch(Vec<(u64, QueuedOp, WireOp)>),
     /// The head op was settled locally (dropped or dead-lettered).
     Settled(Result<(), Failure>),
+    /// Nothing can go until an upload ends; the first waiting op's seq.
+    Waiting(u64),
 }
 
 use super::local;
@@ -211,6 +222,7 @@ impl Worker {
         self.token_watch = None;
         self.client = None;
         self.deps.transfers.set_client(None);
+        self.uploader.clear();
         self.client_error = None;
         if let Some(connect) = &self.deps.connector {
             self.client = connect(&self.cfg);
@@ -362,7 +374,7 @@ impl Worker {
             let view = View {
                 has_backend: self.client.is_some(),
                 paused: self.deps.control.is_paused(),
-                queue_nonempty: self.queue_nonempty().await,
+                queue_nonempty: !self.uploads_block && self.queue_nonempty().await,
             };
             let before = self.machine.state();
             let action = self.machine.next(self.now(), view);
@@ -493,6 +505,7 @@ impl Worker {
             _ = sleep => Wake::Timer,
         };
         let now = self.now();
+        self.uploads_block = false;
         match why {
             Wake::Stop => return true,
             Wake::Sync => self.machine.on_wake(now),
@@ -678,6 +691,19 @@ impl Worker {
                 finish(prev).await?;
                 return r;
             }
+            Built::Waiting(seq) => {
+                // Every op that could go waits for its content. A failed
+                // upload counts as the op's attempt (and backs off); else
+                // the worker sleeps (pulls go on) until an upload ends.
+                finish(prev).await?;
+                return match self.uploader.failure() {
+                    Some(f) => self.attempt_failed(seq, f).await,
+                    None => {
+                        self.uploads_block = true;
+                        Ok(())
+                    }
+                };
+            }
         };
         if batch.is_empty() {
             // Only ops still being recorded, or nothing: settle, look again.
@@ -685,10 +711,6 @@ impl Worker {
         }
         let client = self.client()?.clone();
         let mut batch = batch;
-        if let Err(r) = self.content_first(client.as_ref(), &mut batch).await {
-            finish(prev).await?;
-            return r;
-        }
         if batch.len() > 1 && self.batch_supported != Some(false) {
             let ops: Vec<WireOp> = batch.iter().map(|b| b.2.clone()).collect();
             let outcome = self.deps.metrics.time_push(client.apply_batch(&ops)).await;
@@ -735,53 +757,33 @@ impl Worker {
         }
     }
 
-    /// Uploads the attachment content the batch's ops reference, so that
-    /// the backend holds it before it applies them. The batch ends before
-    /// the first later op that needs an upload (the next round starts
-    /// with it), so the ops ahead of a large file are not held back by it.
-    /// `Err` carries the round's result: the head op's upload failed
-    /// (recorded as its attempt), or the head op was dead-lettered
-    /// because the backend does not take attachments.
-    async fn content_first(
-        &self,
-        client: &dyn Transport,
-        batch: &mut Vec<(u64, QueuedOp, WireOp)>,
-    ) -> Result<(), Result<(), Failure>> {
-        for i in 0..batch.len() {
-            let refs = batch[i]
-                .2
-                .data
-                .as_ref()
-                .map(|d| crate::domain::attachment::refs(d).unwrap_or_default())
-                .unwrap_or_default();
-            if refs.is_empty() {
-                continue;
-            }
-            if i > 0 {
-                batch.truncate(i);
-                return Ok(());
-            }
-            let seq = batch[0].0;
-            if !self.machine.features().blobs {
-                let error = format!(
-                    "the backend {} does not take attachments (it does not announce the `blobs` feature); detach them, or sync to a backend that does",
-                    client.name()
-                );
-                return Err(self.submit(WriteCmd::DeadLetter { seq, error }).await);
-            }
-            let scope = self.upload_scope(&batch[0].2).await;
-            for r in refs.values() {
-                if let Err(f) = self
-                    .deps
-                    .transfers
-                    .upload(client, scope.as_deref(), r)
-                    .await
-                {
-                    return Err(self.attempt_failed(seq, f).await);
-                }
-            }
+    /// Whether the backend holds all the content `w` references; if not,
+    /// uploads run ([`Uploader`]) and the op waits. `Err`: it never will
+    /// (the backend does not take attachments), the reason to dead-letter.
+    async fn content_ready(&mut self, w: &WireOp) -> Result<bool, String> {
+        let refs = w
+            .data
+            .as_ref()
+            .map(|d| crate::domain::attachment::refs(d).unwrap_or_default())
+            .unwrap_or_default();
+        if refs.is_empty() {
+            return Ok(true);
         }
-        Ok(())
+        let Ok(client) = self.client().cloned() else {
+            return Ok(false);
+        };
+        if !self.machine.features().blobs {
+            return Err(format!(
+                "the backend {} does not take attachments (it does not announce the `blobs` feature); detach them, or sync to a backend that does",
+                client.name()
+            ));
+        }
+        let scope = self.upload_scope(w).await;
+        let mut all = true;
+        for r in refs.values() {
+            all &= self.uploader.ready(&client, scope.as_deref(), r) == Ready::Yes;
+        }
+        Ok(all)
     }
 
     /// Where an op's content is uploaded: with scopes, the scope the op
@@ -813,7 +815,7 @@ impl Worker {
 
     /// The next batch from the head of the queue: one op per record, after
     /// the ops of `prev` and before any op of a record in `prev`.
-    async fn build_batch(&self, prev: Option<&Recording>) -> Result<Built, Failure> {
+    async fn build_batch(&mut self, prev: Option<&Recording>) -> Result<Built, Failure> {
         // Without a batch endpoint only the head op can be sent: read no more.
         let batch_size = match self.batch_supported {
             Some(false) => 1,
@@ -833,35 +835,64 @@ impl Worker {
         let recs = self.read(move |s| s.records(&wanted)).await?;
         let mut batch: Vec<(u64, QueuedOp, WireOp)> = Vec::new();
         let mut seen = HashSet::new();
+        // Records whose op waits for its content's upload: their later ops
+        // wait too; other records' ops go on.
+        let mut waiting: HashSet<(String, String)> = HashSet::new();
+        let mut first_waiting = None;
         for (((seq, op), rec), key) in head.into_iter().zip(recs).zip(keys) {
+            if waiting.contains(&key) {
+                continue;
+            }
             // One op per record per batch: a later op needs the id and
             // version the earlier one produces.
-            if prev.is_some_and(|p| p.records.contains(&key)) || !seen.insert(key) {
+            if prev.is_some_and(|p| p.records.contains(&key)) || !seen.insert(key.clone()) {
                 break;
             }
             if batch.len() == batch_size {
                 break;
             }
-            match self.wire_op(&op, rec.as_ref()) {
-                Ok(Some(w)) => batch.push((seq, op, w)),
-                Ok(None) if batch.is_empty() => {
-                    tracing::debug!(op_id = %op.op_id, "delete of a record the server never had: done locally");
-                    return Ok(Built::Settled(
-                        self.submit(WriteCmd::DropLocal { seq }).await,
-                    ));
+            let wire = self.wire_op(&op, rec.as_ref());
+            let ready = match &wire {
+                Ok(Some(w)) => self.content_ready(w).await,
+                _ => Ok(true),
+            };
+            match (wire, ready) {
+                (Ok(Some(_)), Ok(false)) => {
+                    first_waiting.get_or_insert(seq);
+                    waiting.insert(key);
                 }
-                Ok(None) => break,
-                Err(reason) if batch.is_empty() => {
+                (Ok(Some(_)), Err(reason)) if batch.is_empty() && waiting.is_empty() => {
                     tracing::warn!(op_id = %op.op_id, "{reason}");
                     let r = self
                         .submit(WriteCmd::DeadLetter { seq, error: reason })
                         .await;
                     return Ok(Built::Settled(r));
                 }
-                Err(_) => break,
+                (Ok(Some(_)), Err(_)) => break,
+                (wire, _) => match wire {
+                    Ok(Some(w)) => batch.push((seq, op, w)),
+                    Ok(None) if batch.is_empty() => {
+                        tracing::debug!(op_id = %op.op_id, "delete of a record the server never had: done locally");
+                        return Ok(Built::Settled(
+                            self.submit(WriteCmd::DropLocal { seq }).await,
+                        ));
+                    }
+                    Ok(None) => break,
+                    Err(reason) if batch.is_empty() => {
+                        tracing::warn!(op_id = %op.op_id, "{reason}");
+                        let r = self
+                            .submit(WriteCmd::DeadLetter { seq, error: reason })
+                            .await;
+                        return Ok(Built::Settled(r));
+                    }
+                    Err(_) => break,
+                },
             }
         }
-        Ok(Built::Batch(batch))
+        match first_waiting {
+            Some(seq) if batch.is_empty() => Ok(Built::Waiting(seq)),
+            _ => Ok(Built::Batch(batch)),
+        }
     }
 
     /// Records a batch's results: in the background when every op was
