@@ -96,6 +96,10 @@ pub struct BackendArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, requires = "tls_cert", value_name = "PEM")]
     tls_key: Option<PathBuf>,
+    /// Keep attachment content no record references (and unfinished
+    /// uploads) this long before collecting it (e.g. 24h, 30m, 5s).
+    #[arg(long, default_value = "24h", value_parser = parse_ttl, value_name = "DURATION")]
+    blob_retention: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -275,6 +279,7 @@ pub async fn run(a: &BackendArgs) -> Result<(), CliError> {
         },
         max_body_bytes: a.max_body_bytes,
         tls,
+        blob_retention: std::time::Duration::from_secs(a.blob_retention),
     };
     server::run(opts)
         .await

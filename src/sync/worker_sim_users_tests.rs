@@ -65,6 +65,10 @@ impl BackendStore for Server {
         self.store.apply(ops)
     }
 
+    fn content_refs(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        self.store.content_refs()
+    }
+
     fn apply_as(&self, ops: &[ValidOp], caller: &Caller) -> Result<Vec<Outcome>, StoreError> {
         let outcomes = self.store.apply_as(ops, caller)?;
         let who = match caller {

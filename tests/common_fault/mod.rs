@@ -467,6 +467,10 @@ impl BackendStore for Forgetful {
         self.inner.check()
     }
 
+    fn content_refs(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        self.inner.content_refs()
+    }
+
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.subscribe()
     }

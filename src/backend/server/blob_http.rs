@@ -18,7 +18,7 @@ use crate::domain::attachment::{self, is_sha256};
 use crate::domain::scope::SINGLE_SCOPE;
 
 use super::access::Caller;
-use super::blobs::{BlobStore, Held, PutError};
+use super::blobs::{BlobBackend, Held, PutError};
 use super::http::Reply;
 use super::ops::{Action, Rejection, ValidOp};
 use super::store::BackendStore;
@@ -79,7 +79,7 @@ fn scope_of(caller: &Caller, query: &str) -> String {
 
 /// One blob request, already authenticated; `body` for a `PUT`.
 pub(super) async fn handle(
-    blobs: &std::sync::Arc<BlobStore>,
+    blobs: &std::sync::Arc<dyn BlobBackend>,
     caller: &Caller,
     req: Request<hyper::body::Incoming>,
     max_body: usize,
@@ -112,7 +112,7 @@ pub(super) async fn handle(
         );
     }
     match *req.method() {
-        Method::HEAD => head(blobs, &scope, &sha),
+        Method::HEAD => head(blobs.clone(), scope, sha).await,
         Method::GET => {
             let range = req
                 .headers()
@@ -139,15 +139,33 @@ pub(super) async fn handle(
     }
 }
 
-fn head(blobs: &BlobStore, scope: &str, sha: &str) -> Reply {
-    match blobs.held(scope, sha) {
-        Held::Complete { length } => with_offset(reply(StatusCode::OK, Vec::new(), false), length),
-        Held::Partial(n) => with_offset(reply(StatusCode::NOT_FOUND, Vec::new(), false), n),
+/// Off the runtime's threads: the stores read files or the database.
+async fn head(blobs: std::sync::Arc<dyn BlobBackend>, scope: String, sha: String) -> Reply {
+    let held = tokio::task::spawn_blocking(move || blobs.held(&scope, &sha))
+        .await
+        .unwrap_or_else(|e| {
+            Err(crate::backend::server::store::StoreError::Failed(
+                e.to_string(),
+            ))
+        });
+    match held {
+        Err(e) => {
+            tracing::error!(error = %e, "blob storage failed");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "blob storage unavailable",
+                None,
+            )
+        }
+        Ok(Held::Complete { length }) => {
+            with_offset(reply(StatusCode::OK, Vec::new(), false), length)
+        }
+        Ok(Held::Partial(n)) => with_offset(reply(StatusCode::NOT_FOUND, Vec::new(), false), n),
     }
 }
 
 async fn put(
-    blobs: std::sync::Arc<BlobStore>,
+    blobs: std::sync::Arc<dyn BlobBackend>,
     scope: String,
     sha: String,
     query: &str,
@@ -193,6 +211,14 @@ async fn put(
         Ok(Err(e @ PutError::TooLarge { .. })) => {
             error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string(), None)
         }
+        Ok(Err(PutError::Storage(e))) => {
+            tracing::error!(error = %e, "blob storage failed");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "blob storage unavailable",
+                None,
+            )
+        }
         Ok(Err(PutError::Io(e))) => {
             tracing::error!(error = %e, "blob storage failed");
             error(
@@ -218,7 +244,7 @@ fn parse_range(v: &str) -> Option<(u64, Option<u64>)> {
 }
 
 async fn get(
-    blobs: std::sync::Arc<BlobStore>,
+    blobs: std::sync::Arc<dyn BlobBackend>,
     scope: String,
     sha: String,
     range: Option<String>,
@@ -288,7 +314,7 @@ async fn get(
 /// attachments it cannot download.
 pub fn content_held(
     store: &dyn BackendStore,
-    blobs: &BlobStore,
+    blobs: &dyn BlobBackend,
     caller: &Caller,
     op: &ValidOp,
 ) -> Result<(), Rejection> {

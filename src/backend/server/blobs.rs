@@ -1,5 +1,7 @@
-//! The reference backend's attachment content: files under
-//! `data_dir/blobs`, stored once per SHA-256, granted per scope.
+//! The reference backend's attachment content: the rules every store
+//! keeps ([`BlobBackend`]) and the files beside the redb store
+//! ([`FsBlobs`], `data_dir/blobs`), stored once per SHA-256, granted per
+//! scope.
 //!
 //! Why files: content runs to gigabytes and arrives in chunks; appending
 //! to a file and renaming it into place once its hash checks out keeps a
@@ -12,11 +14,11 @@
 //!   applied only where it is granted, so knowing a hash never gives
 //!   access to content: its bytes must have been sent into the scope.
 //!
-//! Scope names are hex-encoded in paths. Several nodes on one PostgreSQL
-//! database must share `data_dir/blobs` (a network file system) to serve
-//! each other's uploads; docs/scaling.md says so.
+//! Scope names are hex-encoded in paths. The PostgreSQL store keeps its
+//! content in the database instead (`pg_blobs.rs`), so that every node
+//! serves every upload.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -26,6 +28,8 @@ use std::time::{Duration, SystemTime};
 use sha2::{Digest, Sha256};
 
 use crate::domain::attachment::{hex, is_sha256};
+
+use super::store::StoreError;
 
 /// How much of a content a scope holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,18 +44,15 @@ pub enum PutError {
     /// The upload is at another offset: resume from it.
     Offset(u64),
     /// The complete content does not hash to its name: dropped.
-    HashMismatch {
-        got: String,
-    },
+    HashMismatch { got: String },
     /// The chunk runs past the announced length.
-    TooLong {
-        length: u64,
-    },
+    TooLong { length: u64 },
     /// Over the server's limit for one content.
-    TooLarge {
-        limit: u64,
-    },
+    TooLarge { limit: u64 },
+    /// The file system failed.
     Io(io::Error),
+    /// The database failed (the PostgreSQL store).
+    Storage(StoreError),
 }
 
 impl std::fmt::Display for PutError {
@@ -69,12 +70,90 @@ impl std::fmt::Display for PutError {
                 write!(f, "content larger than this server's limit of {limit} bytes")
             }
             PutError::Io(e) => write!(f, "storage: {e}"),
+            PutError::Storage(e) => write!(f, "storage: {e}"),
         }
     }
 }
 
-/// The blob directory of one server.
-pub struct BlobStore {
+/// Where a server keeps attachment content. Every implementation keeps
+/// the same rules: a content is served (`read`, [`Held::Complete`]) only
+/// once all of it arrived and hashed to its name, and only in the scopes
+/// it was uploaded into.
+pub trait BlobBackend: Send + Sync {
+    /// How much of `sha256` the scope holds.
+    fn held(&self, scope: &str, sha256: &str) -> Result<Held, StoreError>;
+    /// Appends a chunk at `offset` of an upload of `length` bytes; once all
+    /// of it is here, checks its hash and grants it to the scope.
+    fn put(
+        &self,
+        scope: &str,
+        sha256: &str,
+        offset: u64,
+        length: u64,
+        chunk: &[u8],
+    ) -> Result<Held, PutError>;
+    /// Bytes `start..end` (clamped) of `sha256` as the scope holds it, with
+    /// the content's length; `None`: not held.
+    fn read(
+        &self,
+        scope: &str,
+        sha256: &str,
+        start: u64,
+        end: Option<u64>,
+    ) -> Result<Option<(Vec<u8>, u64)>, StoreError>;
+    /// Removes content no record references (`referenced`) and unfinished
+    /// uploads, once older than `retention`; returns how many went.
+    fn collect(&self, referenced: &HashSet<String>, retention: Duration)
+        -> Result<u64, StoreError>;
+
+    /// Whether the scope holds all of `sha256` (a failed read: no).
+    fn has(&self, scope: &str, sha256: &str) -> bool {
+        matches!(self.held(scope, sha256), Ok(Held::Complete { .. }))
+    }
+}
+
+fn files_failed(e: io::Error) -> StoreError {
+    StoreError::Failed(format!("blob files: {e}"))
+}
+
+impl BlobBackend for FsBlobs {
+    fn held(&self, scope: &str, sha256: &str) -> Result<Held, StoreError> {
+        Ok(self.held_now(scope, sha256))
+    }
+
+    fn put(
+        &self,
+        scope: &str,
+        sha256: &str,
+        offset: u64,
+        length: u64,
+        chunk: &[u8],
+    ) -> Result<Held, PutError> {
+        self.append(scope, sha256, offset, length, chunk)
+    }
+
+    fn read(
+        &self,
+        scope: &str,
+        sha256: &str,
+        start: u64,
+        end: Option<u64>,
+    ) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
+        self.read_range(scope, sha256, start, end)
+            .map_err(files_failed)
+    }
+
+    fn collect(
+        &self,
+        referenced: &HashSet<String>,
+        retention: Duration,
+    ) -> Result<u64, StoreError> {
+        self.sweep(referenced, retention).map_err(files_failed)
+    }
+}
+
+/// The blob directory of one server (the redb store's).
+pub struct FsBlobs {
     root: PathBuf,
     /// One writer per upload at a time.
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
@@ -85,13 +164,13 @@ fn scope_dir(scope: &str) -> String {
     hex(scope.as_bytes())
 }
 
-impl BlobStore {
+impl FsBlobs {
     /// Opens (creating) `dir`; `limit` bounds one content's length.
-    pub fn open(dir: &Path, limit: u64) -> io::Result<BlobStore> {
+    pub fn open(dir: &Path, limit: u64) -> io::Result<FsBlobs> {
         for sub in ["parts", "data", "grants"] {
             fs::create_dir_all(dir.join(sub))?;
         }
-        Ok(BlobStore {
+        Ok(FsBlobs {
             root: dir.to_owned(),
             locks: Mutex::new(HashMap::new()),
             limit,
@@ -113,7 +192,7 @@ impl BlobStore {
     }
 
     /// How much of `sha256` the scope holds.
-    pub fn held(&self, scope: &str, sha256: &str) -> Held {
+    fn held_now(&self, scope: &str, sha256: &str) -> Held {
         debug_assert!(is_sha256(sha256));
         if self.grant(scope, sha256).exists() {
             if let Ok(m) = fs::metadata(self.data(sha256)) {
@@ -123,11 +202,6 @@ impl BlobStore {
         Held::Partial(fs::metadata(self.part(scope, sha256)).map_or(0, |m| m.len()))
     }
 
-    /// Whether the scope holds all of `sha256`.
-    pub fn has(&self, scope: &str, sha256: &str) -> bool {
-        matches!(self.held(scope, sha256), Held::Complete { .. })
-    }
-
     fn lock(&self, key: String) -> Arc<Mutex<()>> {
         let mut m = self.locks.lock().unwrap_or_else(|p| p.into_inner());
         m.entry(key).or_default().clone()
@@ -135,7 +209,7 @@ impl BlobStore {
 
     /// Appends a chunk at `offset` of an upload of `length` bytes; once all
     /// of it is here, checks its hash and grants it to the scope.
-    pub fn put(
+    fn append(
         &self,
         scope: &str,
         sha256: &str,
@@ -148,7 +222,7 @@ impl BlobStore {
         }
         let gate = self.lock(format!("{scope}\n{sha256}"));
         let _one = gate.lock().unwrap_or_else(|p| p.into_inner());
-        if let Held::Complete { length } = self.held(scope, sha256) {
+        if let Held::Complete { length } = self.held_now(scope, sha256) {
             return Ok(Held::Complete { length });
         }
         let part = self.part(scope, sha256);
@@ -207,14 +281,14 @@ impl BlobStore {
 
     /// Bytes `start..end` (clamped to the content) of `sha256` as the
     /// scope holds it, with the content's length; `None`: not held.
-    pub fn read(
+    fn read_range(
         &self,
         scope: &str,
         sha256: &str,
         start: u64,
         end: Option<u64>,
     ) -> io::Result<Option<(Vec<u8>, u64)>> {
-        let Held::Complete { length } = self.held(scope, sha256) else {
+        let Held::Complete { length } = self.held_now(scope, sha256) else {
             return Ok(None);
         };
         let end = end.map_or(length, |e| e.min(length));
@@ -228,11 +302,7 @@ impl BlobStore {
     /// Removes content no record references (`referenced` lists what
     /// records do), and uploads left unfinished, once older than
     /// `retention`: an upload for an op not sent yet is kept that long.
-    pub fn collect(
-        &self,
-        referenced: &std::collections::HashSet<String>,
-        retention: Duration,
-    ) -> io::Result<u64> {
+    fn sweep(&self, referenced: &HashSet<String>, retention: Duration) -> io::Result<u64> {
         let old = |p: &Path| {
             fs::metadata(p)
                 .and_then(|m| m.modified())
@@ -286,8 +356,8 @@ mod tests {
     #[test]
     fn an_upload_resumes_and_is_granted_per_scope() {
         let dir = tempfile::tempdir().unwrap();
-        let b = BlobStore::open(dir.path(), 1 << 20).unwrap();
-        assert_eq!(b.held("a", HELLO), Held::Partial(0));
+        let b = FsBlobs::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(b.held("a", HELLO).unwrap(), Held::Partial(0));
         assert_eq!(
             b.put("a", HELLO, 0, 11, b"hello").unwrap(),
             Held::Partial(5)
@@ -296,14 +366,14 @@ mod tests {
             b.put("a", HELLO, 0, 11, b"hello"),
             Err(PutError::Offset(5))
         ));
-        assert_eq!(b.held("a", HELLO), Held::Partial(5));
+        assert_eq!(b.held("a", HELLO).unwrap(), Held::Partial(5));
         assert_eq!(
             b.put("a", HELLO, 5, 11, b" world").unwrap(),
             Held::Complete { length: 11 }
         );
         assert!(b.has("a", HELLO));
         // Knowing the hash is not enough in another scope.
-        assert_eq!(b.held("b", HELLO), Held::Partial(0));
+        assert_eq!(b.held("b", HELLO).unwrap(), Held::Partial(0));
         assert_eq!(b.read("b", HELLO, 0, None).unwrap(), None);
         let (bytes, len) = b.read("a", HELLO, 6, Some(11)).unwrap().unwrap();
         assert_eq!((bytes.as_slice(), len), (&b"world"[..], 11));
@@ -312,10 +382,10 @@ mod tests {
     #[test]
     fn content_that_does_not_match_its_name_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let b = BlobStore::open(dir.path(), 1 << 20).unwrap();
+        let b = FsBlobs::open(dir.path(), 1 << 20).unwrap();
         let e = b.put("a", HELLO, 0, 11, b"hello there").unwrap_err();
         assert!(matches!(e, PutError::HashMismatch { .. }), "{e}");
-        assert_eq!(b.held("a", HELLO), Held::Partial(0));
+        assert_eq!(b.held("a", HELLO).unwrap(), Held::Partial(0));
         assert!(matches!(
             b.put("a", HELLO, 0, 3, b"hello"),
             Err(PutError::TooLong { length: 3 })

@@ -33,7 +33,7 @@ use super::Faults;
 pub(crate) struct AppState {
     pub store: Arc<dyn BackendStore>,
     /// Attachment content (`v1/blobs`).
-    pub blobs: Arc<super::blobs::BlobStore>,
+    pub blobs: Arc<dyn super::blobs::BlobBackend>,
     pub token: Option<String>,
     /// Users mode (revision 3): verifies each request's JWT.
     pub users: Option<Verifier>,
@@ -381,8 +381,9 @@ async fn ops(
 ) -> (Reply, bool) {
     let blobs = Arc::clone(&state.blobs);
     let stored = run_store(state, move |s| {
-        let check =
-            |op: &super::ops::ValidOp| super::blob_http::content_held(s, &blobs, &caller, op);
+        let check = |op: &super::ops::ValidOp| {
+            super::blob_http::content_held(s, blobs.as_ref(), &caller, op)
+        };
         Ok(f(s, &body, &check, &caller))
     });
     match stored.await {

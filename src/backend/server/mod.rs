@@ -131,6 +131,7 @@ pub mod http;
 pub mod log_limit;
 pub mod ops;
 pub mod pg_apply;
+pub mod pg_blobs;
 pub mod pg_listen;
 pub mod pg_store;
 pub mod pg_url;
@@ -211,7 +212,15 @@ pub struct ServerOptions {
     pub max_body_bytes: usize,
     /// Serve https with this certificate chain and key, else plain http.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Attachment content no record references (and unfinished uploads)
+    /// is kept this long, then collected; default [`DEFAULT_BLOB_RETENTION`].
+    pub blob_retention: Duration,
 }
+
+/// Default `blob_retention`: a day, so that a device that uploaded content
+/// and went offline before sending the op that references it has a day to
+/// come back before uploading it again.
+pub const DEFAULT_BLOB_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// Loads a PEM certificate chain and private key into a TLS server config.
 pub fn load_tls(
@@ -252,6 +261,7 @@ impl ServerOptions {
             faults: Faults::default(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             tls: None,
+            blob_retention: DEFAULT_BLOB_RETENTION,
         }
     }
 }
@@ -406,11 +416,23 @@ pub async fn serve_with_store(
             .into());
     }
     let (stop_tx, stop_rx) = watch::channel(false);
-    let blob_dir = opts.data_dir.join("blobs");
-    let blobs = blobs::BlobStore::open(&blob_dir, MAX_BLOB_BYTES)
-        .map_err(|e| format!("cannot open the blob directory {}: {e}", blob_dir.display()))?;
+    let blobs = match Arc::clone(&store).blob_backend() {
+        Some(b) => b,
+        None => {
+            let dir = opts.data_dir.join("blobs");
+            let files = blobs::FsBlobs::open(&dir, MAX_BLOB_BYTES)
+                .map_err(|e| format!("cannot open the blob directory {}: {e}", dir.display()))?;
+            Arc::new(files) as Arc<dyn blobs::BlobBackend>
+        }
+    };
+    let collector = tokio::spawn(collect_blobs(
+        Arc::clone(&store),
+        Arc::clone(&blobs),
+        opts.blob_retention,
+        stop_rx.clone(),
+    ));
     let state = Arc::new(AppState {
-        blobs: Arc::new(blobs),
+        blobs,
         store,
         token: opts.token,
         users: opts.users,
@@ -468,8 +490,39 @@ pub async fn serve_with_store(
         );
         conns.shutdown().await;
     }
+    collector.abort();
     tracing::info!("backend stopped");
     Ok(())
+}
+
+/// Collects attachment content no record references and uploads left
+/// unfinished, once they are older than `retention`: at start, then every
+/// tenth of `retention` (at least a second, at most an hour).
+async fn collect_blobs(
+    store: Arc<dyn BackendStore>,
+    blobs: Arc<dyn blobs::BlobBackend>,
+    retention: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    loop {
+        let (s, b) = (Arc::clone(&store), Arc::clone(&blobs));
+        let swept = tokio::task::spawn_blocking(move || {
+            let referenced = s.content_refs()?;
+            b.collect(&referenced, retention)
+        })
+        .await;
+        match swept {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(removed = n, "collected unreferenced attachment content"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "attachment content not collected"),
+            Err(e) => tracing::warn!(error = %e, "attachment collector failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 /// Serves one connection (plain or TLS) until it ends or shutdown.

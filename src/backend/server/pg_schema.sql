@@ -62,3 +62,34 @@ CREATE TABLE IF NOT EXISTS syncd_scope_heads (
     scope text PRIMARY KEY,
     seq   bigint NOT NULL
 );
+
+-- Attachment content (feature `blobs`, src/backend/server/pg_blobs.rs).
+-- Uploads in progress, per scope, one row per chunk at its byte position.
+CREATE TABLE IF NOT EXISTS syncd_blob_parts (
+    scope      text NOT NULL,
+    sha256     text NOT NULL,
+    pos        bigint NOT NULL,
+    data       bytea NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (scope, sha256, pos)
+);
+
+-- Complete content, checked against its hash, stored once.
+CREATE TABLE IF NOT EXISTS syncd_blobs (
+    sha256     text PRIMARY KEY,
+    length     bigint NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS syncd_blob_chunks (
+    sha256 text NOT NULL,
+    pos    bigint NOT NULL,
+    data   bytea NOT NULL,
+    PRIMARY KEY (sha256, pos)
+);
+
+-- The scopes each content was uploaded into: readable there only.
+CREATE TABLE IF NOT EXISTS syncd_blob_grants (
+    scope  text NOT NULL,
+    sha256 text NOT NULL,
+    PRIMARY KEY (scope, sha256)
+);

@@ -40,6 +40,7 @@
 //! one parked blocking thread per in-flight store call — the same cost the
 //! redb store has.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -198,7 +199,7 @@ impl PgStore {
 
     /// A PostgreSQL error: `Unavailable` when the database is down or went
     /// away, else `Failed`.
-    fn pg_error(&self, what: &str, e: &tokio_postgres::Error) -> StoreError {
+    pub(super) fn pg_error(&self, what: &str, e: &tokio_postgres::Error) -> StoreError {
         match self.error(what, e) {
             StoreError::Failed(m) if is_unavailable(e) => StoreError::Unavailable(m),
             other => other,
@@ -206,17 +207,17 @@ impl PgStore {
     }
 
     /// Runs `f` to completion from a blocking context (see the module doc).
-    fn block<T>(&self, f: impl Future<Output = T>) -> T {
+    pub(super) fn block<T>(&self, f: impl Future<Output = T>) -> T {
         self.rt.block_on(f)
     }
 
     /// A connection for an apply.
-    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+    pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pooled(&self.pool).await
     }
 
     /// A connection for a read.
-    async fn reader(&self) -> Result<deadpool_postgres::Object, StoreError> {
+    pub(super) async fn reader(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pooled(&self.read_pool).await
     }
 
@@ -480,6 +481,28 @@ impl PgStore {
             .map_err(|e| self.error("read syncd_meta", &e))
     }
 
+    async fn content_refs_async(&self) -> Result<HashSet<String>, StoreError> {
+        let client = self.reader().await?;
+        let rows = client
+            .query(
+                "SELECT record FROM syncd_records WHERE strpos(record, '\"_attachments\"') > 0",
+                &[],
+            )
+            .await
+            .map_err(|e| self.pg_error("read syncd_records", &e))?;
+        let mut out = HashSet::new();
+        for row in rows {
+            let text: String = row.get(0);
+            if let Ok(r) = serde_json::from_str::<crate::domain::ServerRecord>(&text) {
+                if !r.deleted {
+                    let refs = crate::domain::attachment::refs(&r.data).unwrap_or_default();
+                    out.extend(refs.into_values().map(|a| a.sha256));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     async fn scope_of_async(
         &self,
         collection: &str,
@@ -545,6 +568,14 @@ impl BackendStore for PgStore {
 
     fn scope_of(&self, collection: &str, id: &str) -> Result<Option<String>, StoreError> {
         self.block(self.scope_of_async(collection, id))
+    }
+
+    fn content_refs(&self) -> Result<HashSet<String>, StoreError> {
+        self.block(self.content_refs_async())
+    }
+
+    fn blob_backend(self: Arc<Self>) -> Option<Arc<dyn super::blobs::BlobBackend>> {
+        Some(self)
     }
 
     fn location(&self) -> String {

@@ -436,6 +436,21 @@ impl BackendStore for RedbStore {
         self.apply_as(ops, &Caller::Single)
     }
 
+    fn content_refs(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        let txn = self.db.begin_read().ctx("begin read")?;
+        let t = txn.open_table(RECORDS).ctx("open records")?;
+        let mut out = std::collections::HashSet::new();
+        for item in t.iter().ctx("read records")? {
+            let (_, v) = item.ctx("read records")?;
+            let r: StoredRecord = decode(v.value())?;
+            if !r.record.deleted && r.record.data.contains_key(crate::domain::attachment::KEY) {
+                let refs = crate::domain::attachment::refs(&r.record.data).unwrap_or_default();
+                out.extend(refs.into_values().map(|a| a.sha256));
+            }
+        }
+        Ok(out)
+    }
+
     fn scope_of(&self, collection: &str, id: &str) -> Result<Option<String>, StoreError> {
         let txn = self.db.begin_read().ctx("begin read")?;
         let t = txn.open_table(RECORDS).ctx("open records")?;

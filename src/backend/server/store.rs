@@ -169,6 +169,18 @@ pub trait BackendStore: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Every content hash a live record references (`_attachments`): the
+    /// content the blob collector keeps.
+    fn content_refs(&self) -> Result<std::collections::HashSet<String>, StoreError>;
+
+    /// Where this store keeps attachment content, when it keeps it itself
+    /// (PostgreSQL); `None`: in files beside it (`data_dir/blobs`).
+    fn blob_backend(
+        self: std::sync::Arc<Self>,
+    ) -> Option<std::sync::Arc<dyn super::blobs::BlobBackend>> {
+        None
+    }
+
     /// Cheap readiness probe used by `v1/health`.
     fn check(&self) -> Result<(), StoreError>;
 
