@@ -13,6 +13,9 @@ As a library::
         print(c.get("todos", rid)["data"])
         page = c.query("todos", {"done": False}, sort=["due"], limit=50)
         print([r["id"] for r in page["records"]], page["next"])
+        c.attach("todos", rid, "photo.jpg", "photo.jpg", content_type="image/jpeg")
+        with open("copy.jpg", "wb") as out:
+            c.read_attachment("todos", rid, "photo.jpg", out)
 
 As a command::
 
@@ -22,10 +25,15 @@ As a command::
     python3 examples/client.py sync --wait --timeout 30
     python3 examples/client.py query todos '{"done":false}' --sort due --sort title:desc [--limit 50] [--cursor C]
     python3 examples/client.py query todos '{"done":false}' --sort due --limit 20 --watch
+    python3 examples/client.py attach todos 01J... photo.jpg ./photo.jpg --type image/jpeg   # or - for stdin
+    python3 examples/client.py attachment todos 01J... photo.jpg [-o copy.jpg]             # stdout by default
+    python3 examples/client.py detach todos 01J... photo.jpg
 """
 
 import argparse
+import base64
 import collections
+import hashlib
 import json
 import os
 import re
@@ -35,9 +43,16 @@ import struct
 import sys
 import time
 
-# Version 3 of the local protocol; a daemon also takes 1 and 2 over JSON, and
-# the frames are the same (docs/ipc-protocol.md §3, "Versions and compatibility").
-PROTOCOL_VERSION = 3
+# Version 4 of the local protocol (attachments); a daemon also takes 1 to 3
+# over JSON, and the frames are the same (docs/ipc-protocol.md §3, "Versions
+# and compatibility").
+PROTOCOL_VERSION = 4
+
+# Most bytes of content per attach_chunk (as the Rust client sends) and per
+# read_attachment (the daemon's own cap); both shrink to fit the hello's
+# max_frame_bytes, since in JSON the bytes travel as base64 (4/3 as long).
+ATTACH_CHUNK = 256 * 1024
+READ_CHUNK = 1024 * 1024
 
 
 class SyncdError(Exception):
@@ -217,7 +232,12 @@ class Client:
         return self._written(self.request({"delete": {"collection": collection, "id": id}}))
 
     def get(self, collection, id):
-        """Returns the record view: {collection, id, data, server_id, version, updated_at, pending, local_only, scope}."""
+        """Returns the record view: {collection, id, data, server_id, version, updated_at, pending, local_only, scope, attachments}.
+
+        `attachments` lists the record's attachments: {name, content_type,
+        length, sha256, state, bytes_done}, state being local, uploading,
+        synced, remote or downloading (list and query leave it empty; their
+        documents hold the references in data["_attachments"])."""
         return self.request({"get": {"collection": collection, "id": id}})["record"]
 
     def list(self, collection, start=None, limit=None):
@@ -263,6 +283,88 @@ class Client:
     def wait_synced(self, op_id):
         """Blocks until the op is on the server; SyncdError("dead_lettered") if rejected."""
         return self.request({"wait_synced": {"op_id": op_id}})["synced"]
+
+    # -- attachments (docs/ipc-protocol.md §18) ----------------------------
+
+    def _chunk_bytes(self, most):
+        """Bytes of content that fit one frame as base64, with room for the
+        rest of the frame (ids, names, the content type), at most `most`."""
+        return max(1, min(most, (self.max_frame_bytes - 2048) * 3 // 4))
+
+    def attach(self, collection, id, name, path_or_fileobj, content_type=None):
+        """Attaches a file to a record as `name` (replacing one of that name);
+        returns (id, op_id) of the queued write, as put does.
+
+        `path_or_fileobj` is a path, or a binary file object (anything with read(n)
+        returning bytes: an open file, sys.stdin.buffer, io.BytesIO). The
+        content goes in chunks that fit max_frame_bytes; the client hashes
+        what it read and the daemon checks the hash before it stores it. The
+        record must exist (SyncdError "not_found", at the end); content over
+        [sync] max_attachment_bytes raises "too_large", a bad name or content
+        type "bad_request". An upload that fails, or whose connection closes
+        before its end, is dropped: the record is not changed."""
+        if isinstance(path_or_fileobj, (str, bytes, os.PathLike)):
+            with open(path_or_fileobj, "rb") as f:
+                return self.attach(collection, id, name, f, content_type)
+        begin = {"collection": collection, "id": id, "name": name}
+        if content_type is not None:
+            begin["content_type"] = content_type
+        upload = self.request({"attach_begin": begin})["upload"]["upload"]
+        digest = hashlib.sha256()
+        size = self._chunk_bytes(ATTACH_CHUNK)
+        try:
+            while True:
+                data = path_or_fileobj.read(size)
+                if not data:
+                    break
+                digest.update(data)
+                self.request({"attach_chunk": {"upload": upload, "data": base64.b64encode(data).decode("ascii")}})
+        except SyncdError:
+            raise  # the daemon ended the upload itself (too_large, a disk error)
+        except BaseException:
+            # Our side failed (reading the file, an interrupt): drop the
+            # upload if the connection still works; closing it would too.
+            try:
+                self.request({"attach_abort": {"upload": upload}})
+            except (OSError, SyncdError, ProtocolError):
+                pass
+            raise
+        return self._written(self.request({"attach_end": {"upload": upload, "sha256": digest.hexdigest()}}))
+
+    def detach(self, collection, id, name):
+        """Removes attachment `name` from a record; returns (id, op_id).
+        SyncdError "not_found" when the record or the attachment does not exist."""
+        return self._written(self.request({"detach": {"collection": collection, "id": id, "name": name}}))
+
+    def read_attachment(self, collection, id, name, out_fileobj):
+        """Writes the content of attachment `name` to the binary file object
+        `out_fileobj`; returns {content_type, length, sha256}.
+
+        When the content is not on this device yet (it came with a pulled
+        record and was not downloaded, or was evicted), the daemon downloads
+        it first: this waits as long as that takes, and raises SyncdError
+        "unavailable" when no backend can give it now. The bytes written are
+        checked against the attachment's SHA-256; ProtocolError if the
+        attachment was replaced while it was being read (read it again)."""
+        size = self._chunk_bytes(READ_CHUNK)
+        digest = hashlib.sha256()
+        offset, first = 0, None
+        while True:
+            req = {"collection": collection, "id": id, "name": name, "offset": offset, "length": size}
+            chunk = self.request({"read_attachment": req})["attachment_chunk"]
+            if first is None:
+                first = chunk
+            elif chunk["sha256"] != first["sha256"]:
+                raise ProtocolError(f"attachment {name!r} of {collection}/{id} changed while being read; read it again")
+            data = base64.b64decode(chunk["data"])
+            out_fileobj.write(data)
+            digest.update(data)
+            offset += len(data)
+            if offset >= chunk["length"] or not data:
+                break
+        if offset != first["length"] or digest.hexdigest() != first["sha256"]:
+            raise ProtocolError(f"attachment {name!r} of {collection}/{id}: read {offset} bytes that do not match its length and SHA-256")
+        return {"content_type": first["content_type"], "length": first["length"], "sha256": first["sha256"]}
 
     # -- local queries (docs/ipc-protocol.md §17) --------------------------
 
@@ -432,6 +534,9 @@ def main(argv=None):
         "unsubscribe": ["scope"],
         "scopes": [],
         "query": ["collection", "selector", "--sort", "--limit", "--cursor", "--watch"],
+        "attach": ["collection", "id", "name", "file", "--type"],
+        "detach": ["collection", "id", "name"],
+        "attachment": ["collection", "id", "name", ("-o", "--output")],
     }
     kinds = {
         "--limit": {"type": int},
@@ -442,11 +547,15 @@ def main(argv=None):
         "selector": {"nargs": "?", "default": "{}"},
         "--sort": {"action": "append", "default": [], "metavar": "FIELD[:desc]"},
         "--watch": {"action": "store_true"},
+        "file": {"help": "the file to attach, or - for stdin"},
+        "--type": {"metavar": "MIME", "help": "content type (default application/octet-stream)"},
+        "--output": {"metavar": "FILE", "help": "write here instead of stdout"},
     }
     for name, args in commands.items():
         s = sub.add_parser(name)
         for arg in args:
-            s.add_argument(arg, **kinds.get(arg, {}))
+            names = arg if isinstance(arg, tuple) else (arg,)
+            s.add_argument(*names, **kinds.get(names[-1], {}))
     a = p.parse_args(argv)
     data = None
     for key in ("json", "data", "selector"):
@@ -504,6 +613,22 @@ def main(argv=None):
         if p["next"] is not None:
             print(f"client.py: more records follow; continue with --cursor {p['next']}", file=sys.stderr)
 
+    def attachment():
+        # To a file: written beside it and renamed into place once complete.
+        if a.output is None:
+            c.read_attachment(a.collection, a.id, a.name, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+            return
+        tmp = a.output + ".part"
+        try:
+            with open(tmp, "wb") as f:
+                c.read_attachment(a.collection, a.id, a.name, f)
+            os.replace(tmp, a.output)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+
     run = {
         "put": lambda: [c.put(a.collection, data, id=a.id, scope=a.scope)],
         "patch": lambda: [c.patch(a.collection, a.id, data)],
@@ -526,17 +651,25 @@ def main(argv=None):
         "unsubscribe": lambda: [c.unsubscribe(a.scope) or {}],
         "scopes": lambda: c.scopes(),
         "query": query,
+        "attach": lambda: [c.attach(a.collection, a.id, a.name, sys.stdin.buffer if a.file == "-" else a.file, a.type)],
+        "detach": lambda: [c.detach(a.collection, a.id, a.name)],
     }
     try:
         with c:
             if a.cmd == "metrics":
                 sys.stdout.write(c.metrics())
                 return 0
+            if a.cmd == "attachment":
+                attachment()
+                return 0
             for v in run[a.cmd]():
                 out({"id": v[0], "op_id": v[1]} if isinstance(v, tuple) else v)
     except TimeoutError as e:
         print(f"client.py: {e}", file=sys.stderr)
         return 4
+    except OSError as e:  # the file to attach, or the one to write an attachment to
+        print(f"client.py: {e}", file=sys.stderr)
+        return 1
     except (SyncdError, ProtocolError, RuntimeError) as e:
         print(f"client.py: {e}", file=sys.stderr)
         return 1

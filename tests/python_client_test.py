@@ -29,7 +29,7 @@ class RoundTrip(unittest.TestCase):
     def test_hello(self):
         with connect() as c:
             self.assertTrue(c.hello["ok"])
-            self.assertEqual(c.hello["protocol"], 3)
+            self.assertEqual(c.hello["protocol"], 4)
             self.assertEqual(c.hello["max_frame_bytes"], 16 * 1024 * 1024)
             self.assertTrue(c.hello["client_id"])
             self.assertTrue(c.hello["server"].startswith("syncd "))
@@ -244,6 +244,84 @@ class Watch(unittest.TestCase):
             # requests still work on a watching connection
             self.assertEqual(w.status()["client_id"], w.hello["client_id"])
 
+
+
+class Attachments(unittest.TestCase):
+    """attach, read_attachment and detach; this daemon has no backend, so
+    the content stays `local`."""
+
+    def test_attach_read_detach(self):
+        import hashlib
+        import io
+        import tempfile
+
+        content = os.urandom(3 * 1024 * 1024 + 5)  # several chunks each way
+        sha = hashlib.sha256(content).hexdigest()
+        with connect() as c:
+            blobs = os.path.join(c.status()["data_dir"], "blobs")
+            rid, _ = c.put("pyfiles", {"title": "scan"})
+            with tempfile.NamedTemporaryFile() as f:
+                f.write(content)
+                f.flush()
+                self.assertEqual(c.attach("pyfiles", rid, "scan.pdf", f.name, content_type="application/pdf")[0], rid)
+            rec = c.get("pyfiles", rid)
+            ref = {"content_type": "application/pdf", "length": len(content), "sha256": sha}
+            self.assertEqual(rec["data"], {"title": "scan", "_attachments": {"scan.pdf": ref}})
+            self.assertEqual(rec["attachments"], [dict(ref, name="scan.pdf", state="local", bytes_done=None)])
+            out = io.BytesIO()
+            self.assertEqual(c.read_attachment("pyfiles", rid, "scan.pdf", out), ref)
+            self.assertEqual(out.getvalue(), content)
+            # The same content under another name is stored once.
+            c.attach("pyfiles", rid, "copy.pdf", io.BytesIO(content))
+            self.assertTrue(os.path.exists(os.path.join(blobs, sha)))
+            listed = [r for r in c.list("pyfiles")[0] if r["id"] == rid]
+            self.assertEqual([(r["attachments"], set(r["data"]["_attachments"])) for r in listed],
+                             [([], {"scan.pdf", "copy.pdf"})])  # list: the references are in data only
+
+            # put keeps the attachments; put and patch may not change them.
+            c.put("pyfiles", {"title": "scan 2"}, id=rid)
+            self.assertEqual(set(c.get("pyfiles", rid)["data"]["_attachments"]), {"scan.pdf", "copy.pdf"})
+            for write in (lambda: c.patch("pyfiles", rid, {"_attachments": None}),
+                          lambda: c.put("pyfiles", {"_attachments": {}}, id=rid)):
+                with self.assertRaises(SyncdError) as e:
+                    write()
+                self.assertEqual(e.exception.code, "bad_request")
+
+            # Bad input; an upload abandoned by the app leaves nothing behind.
+            for call, code in [
+                (lambda: c.attach("pyfiles", "missing", "x", io.BytesIO(b"abc")), "not_found"),
+                (lambda: c.attach("pyfiles", rid, "", io.BytesIO(b"abc")), "bad_request"),
+                (lambda: c.detach("pyfiles", rid, "nope"), "not_found"),
+                (lambda: c.read_attachment("pyfiles", rid, "nope", io.BytesIO()), "not_found"),
+            ]:
+                with self.assertRaises(SyncdError) as e:
+                    call()
+                self.assertEqual(e.exception.code, code, e.exception.message)
+
+            class Failing(io.RawIOBase):
+                def read(self, n):
+                    raise OSError("the file went away")
+
+            with self.assertRaises(OSError):
+                c.attach("pyfiles", rid, "broken", Failing())
+            self.assertEqual(os.listdir(os.path.join(blobs, "tmp")), [])
+
+            c.detach("pyfiles", rid, "scan.pdf")
+            c.detach("pyfiles", rid, "copy.pdf")
+            rec = c.get("pyfiles", rid)
+            self.assertEqual((rec["data"], rec["attachments"]), ({"title": "scan 2"}, []))
+
+    def test_cli(self):
+        cmd = [sys.executable, os.environ["SYNCD_CLIENT"], "--socket", SOCKET]
+        subprocess.run(cmd + ["put", "pyclifiles", "{}", "--id", "cli"], check=True, capture_output=True)
+        out = subprocess.run(cmd + ["attach", "pyclifiles", "cli", "note.txt", "-", "--type", "text/plain"],
+                             input=b"hello", capture_output=True, check=True)
+        self.assertEqual(json.loads(out.stdout)["id"], "cli")
+        out = subprocess.run(cmd + ["attachment", "pyclifiles", "cli", "note.txt"], capture_output=True, check=True)
+        self.assertEqual(out.stdout, b"hello")
+        bad = subprocess.run(cmd + ["attachment", "pyclifiles", "cli", "nope"], capture_output=True, text=True)
+        self.assertEqual(bad.returncode, 1)
+        self.assertIn("not_found", bad.stderr)
 
 
 class Control(unittest.TestCase):
