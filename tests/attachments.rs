@@ -191,9 +191,70 @@ fn put_and_patch_keep_the_attachments_and_may_not_change_them() {
     let o = a.cli(&["attach", "docs", "missing", "x", &s(&f)]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("not_found"));
+    assert_eq!(
+        local_blobs(&a).len(),
+        1,
+        "nothing stored for a missing record"
+    );
     // Local only: the content is here and was never sent.
     assert_eq!(state(&a, "docs", "d", "x").as_deref(), Some("local"));
     assert_eq!(read_out(&a, "docs", "d", "x"), std::fs::read(&f).unwrap());
+}
+
+#[test]
+fn small_frames_empty_files_and_full_documents() {
+    // Chunks fit a small frame limit, both ways.
+    let backend = Backend::start(&[]);
+    let a = device(&backend.url(), "");
+    let b = Daemon::start(&format!(
+        "max_frame_bytes = 65536\nmax_document_bytes = 600\n[backend]\nurl = {:?}\n[sync]\npull_interval_s = 1",
+        backend.url()
+    ));
+    let f = file(&b, "f.bin", 300_000, 20);
+    b.ok(&["put", "docs", "--id", "d", r#"{"v":1}"#]);
+    b.ok(&[
+        "attach",
+        "docs",
+        "d",
+        "f",
+        &s(&f),
+        "--wait",
+        "synced",
+        "--timeout",
+        "60",
+    ]);
+    assert_eq!(read_out(&b, "docs", "d", "f"), std::fs::read(&f).unwrap());
+    // An empty file is an attachment like any other.
+    let empty = file(&b, "empty.bin", 0, 21);
+    b.ok(&[
+        "attach",
+        "docs",
+        "d",
+        "empty",
+        &s(&empty),
+        "--wait",
+        "synced",
+        "--timeout",
+        "60",
+    ]);
+    eventually(60, "A has both", || {
+        state(&a, "docs", "d", "empty").as_deref() == Some("synced")
+            && state(&a, "docs", "d", "f").as_deref() == Some("synced")
+    });
+    assert!(read_out(&a, "docs", "d", "empty").is_empty());
+    // A reference that would take the document past its limit is refused,
+    // and its content not kept.
+    let before = local_blobs(&b).len();
+    let name = "n".repeat(255);
+    let g = file(&b, "g.bin", 10, 22);
+    let o = b.cli(&["attach", "docs", "d", &name, &s(&g)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("too_large"));
+    assert_eq!(
+        local_blobs(&b).len(),
+        before,
+        "content of a refused attach is not kept"
+    );
 }
 
 #[test]

@@ -31,6 +31,8 @@ const DIRECT_ALLOWED: &[&str] = &[
     "bincode",
     "bytes",
     "libc",
+    // Attachment chunks in JSON frames (base64).
+    "base64",
 ];
 
 fn cargo_tree(args: &[&str]) -> Vec<String> {

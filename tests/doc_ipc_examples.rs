@@ -532,8 +532,8 @@ fn a_drifted_example_is_reported() {
     let edits = [
         // A record view without `local_only`.
         (
-            r#""pending":true,"local_only":false,"scope":null}}}}"#,
-            r#""pending":true,"scope":null}}}}"#,
+            r#""pending":true,"local_only":false,"scope":null,"attachments":[]}}}}"#,
+            r#""pending":true,"scope":null,"attachments":[]}}}}"#,
         ),
         // Another error code.
         (

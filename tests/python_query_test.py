@@ -181,7 +181,7 @@ class Query(unittest.TestCase):
             self.assertIn("pyq-null", ids)
             self.assertIn("pyq-num", ids)
             self.assertNotIn("pyq-none", ids)
-            view = {"collection", "id", "data", "server_id", "version", "updated_at", "pending", "local_only", "scope"}
+            view = {"collection", "id", "data", "server_id", "version", "updated_at", "pending", "local_only", "scope", "attachments"}
             for r in p["records"]:
                 self.assertEqual(set(r), view)
             # keep strings only by bounding the type

@@ -209,7 +209,7 @@ impl fmt::Display for WriteError {
             }
             WriteError::TooLarge { bytes, limit } => write!(
                 f,
-                "document too large after the patch: {bytes} bytes of JSON, the limit is {limit} (daemon.max_document_bytes)"
+                "document too large after this patch or attach: {bytes} bytes of JSON, the limit is {limit} (daemon.max_document_bytes)"
             ),
             WriteError::NoParkedConflict { collection, id } => {
                 write!(f, "no parked conflict for {collection}/{id}")

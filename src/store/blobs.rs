@@ -231,6 +231,12 @@ impl BlobDir {
         }
     }
 
+    /// Forgets that the backend holds `sha256` (the content is gone here
+    /// for good).
+    pub fn unmark_remote(&self, sha256: &str) {
+        let _ = fs::remove_file(self.root.join(format!("{sha256}.remote")));
+    }
+
     /// Whether the backend is known to hold `sha256`.
     pub fn is_remote(&self, sha256: &str) -> bool {
         self.root.join(format!("{sha256}.remote")).exists()

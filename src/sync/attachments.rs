@@ -46,6 +46,22 @@ pub enum Way {
     Down,
 }
 
+/// Why an upload did not complete.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UploadError {
+    /// It may work later (the backend failed, or this device's disk).
+    Failed(Failure),
+    /// The backend will not take this content (no write access to the
+    /// scope, over its size limit): the reason to dead-letter the op.
+    Refused(String),
+}
+
+impl From<Failure> for UploadError {
+    fn from(f: Failure) -> Self {
+        UploadError::Failed(f)
+    }
+}
+
 /// Why a download did not complete.
 #[derive(Debug)]
 pub enum FetchError {
@@ -171,39 +187,63 @@ impl Transfers {
         client: &dyn Transport,
         scope: Option<&str>,
         r: &AttachmentRef,
-    ) -> Result<(), Failure> {
+    ) -> Result<(), UploadError> {
         if self.is_confirmed(scope, &r.sha256) {
             return Ok(());
         }
         let mut held = client.blob_held(scope, &r.sha256).await?;
         let _progress = Progress::start(self, &r.sha256, Way::Up);
-        while let BlobHeld::Partial(offset) = held {
+        let mut stalls = 0;
+        loop {
+            let offset = match held {
+                BlobHeld::Complete => break,
+                BlobHeld::Refused(why) => return Err(UploadError::Refused(why)),
+                BlobHeld::Partial(offset) => offset,
+            };
             // More than the content (a server's stale part): start over.
             let offset = if offset > r.length { 0 } else { offset };
             self.set_moved(&r.sha256, offset);
             let chunk = self.read_chunk(&r.sha256, offset).await?;
             if chunk.is_empty() && offset < r.length {
-                return Err(crate::sync::local(BlobError::Missing {
-                    sha256: r.sha256.clone(),
-                }));
+                return Err(UploadError::Failed(crate::sync::local(
+                    BlobError::Missing {
+                        sha256: r.sha256.clone(),
+                    },
+                )));
             }
             let n = chunk.len() as u64;
             held = client
                 .blob_put(scope, &r.sha256, offset, r.length, chunk)
                 .await?;
             self.uploaded.fetch_add(n, Ordering::Relaxed);
+            // A server that keeps answering the offset it was sent took
+            // nothing: give up for now (the uploader backs off).
+            stalls = if held == BlobHeld::Partial(offset) && n > 0 {
+                stalls + 1
+            } else {
+                0
+            };
+            if stalls >= 3 {
+                return Err(UploadError::Failed(Failure::Transient {
+                    reason: format!(
+                        "the backend takes no bytes of {} at offset {offset}",
+                        r.sha256
+                    ),
+                    retry_after_ms: None,
+                }));
+            }
         }
         self.confirm(scope, &r.sha256);
         Ok(())
     }
 
-    async fn read_chunk(&self, sha256: &str, offset: u64) -> Result<Bytes, Failure> {
+    async fn read_chunk(&self, sha256: &str, offset: u64) -> Result<Bytes, UploadError> {
         let (blobs, sha) = (self.blobs.clone(), sha256.to_owned());
         tokio::task::spawn_blocking(move || blobs.read_at(&sha, offset, CHUNK_BYTES))
             .await
-            .map_err(crate::sync::local)?
+            .map_err(|e| UploadError::Failed(crate::sync::local(e)))?
             .map(Bytes::from)
-            .map_err(crate::sync::local)
+            .map_err(|e| UploadError::Failed(crate::sync::local(e)))
     }
 
     fn set_moved(&self, sha256: &str, done: u64) {
@@ -258,6 +298,10 @@ impl Transfers {
         if offset > r.length {
             self.blobs.drop_partial(&r.sha256);
             offset = 0;
+        }
+        if r.length == 0 {
+            // Nothing to fetch: the (empty) part file is the content.
+            self.write_part(&r.sha256, 0, Bytes::new()).await?;
         }
         while offset < r.length {
             self.set_moved(&r.sha256, offset);
@@ -338,6 +382,26 @@ impl std::fmt::Display for EvictError {
             EvictError::Files(e) => write!(f, "{e}"),
             EvictError::Store(e) => write!(f, "{e}"),
         }
+    }
+}
+
+impl Transfers {
+    /// Removes local content that nothing references any more (`used`:
+    /// what records and ops reference) and that was not used for `idle`
+    /// (an attach in progress stores its content just before the write
+    /// that references it). Content being moved is kept.
+    pub fn sweep(&self, used: &HashSet<String>, idle: Duration) -> Result<usize, BlobError> {
+        let now = std::time::SystemTime::now();
+        let mut removed = 0;
+        for f in self.blobs.list()? {
+            let old = now.duration_since(f.used).unwrap_or_default() > idle;
+            if old && !used.contains(&f.sha256) && self.moving(&f.sha256).is_none() {
+                self.blobs.remove(&f.sha256)?;
+                self.blobs.unmark_remote(&f.sha256);
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 }
 

@@ -37,8 +37,8 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut wanted = Wanted::new();
+    let mut backoff = Backoff::default();
     let mut rescan = true;
-    let mut retry = FIRST_RETRY;
     loop {
         if rescan {
             rescan = false;
@@ -46,20 +46,14 @@ pub async fn run(
                 Ok(all) => wanted.extend(all),
                 Err(e) => tracing::warn!(error = %e, "cannot list the attachments to download"),
             }
+            sweep(&transfers, &store).await;
         }
-        let failed = fetch_all(&transfers, &mut wanted).await;
+        fetch_all(&transfers, &mut wanted, &mut backoff).await;
         keep_within_bound(&transfers, &store, &config).await;
-        let wait = if failed {
-            let w = retry;
-            retry = (retry * 2).min(MAX_RETRY);
-            Some(w)
-        } else {
-            retry = FIRST_RETRY;
-            None
-        };
+        let next = backoff.next_due();
         let sleep = async {
-            match wait {
-                Some(w) => tokio::time::sleep(w).await,
+            match next {
+                Some(t) => tokio::time::sleep_until(t).await,
                 None => std::future::pending().await,
             }
         };
@@ -77,29 +71,62 @@ pub async fn run(
     }
 }
 
-/// Fetches everything wanted; `true` when something failed (kept for a
-/// retry). Content the backend does not hold is dropped from the list
-/// (it is fetched on demand, should it appear later).
-async fn fetch_all(transfers: &Transfers, wanted: &mut Wanted) -> bool {
-    let mut failed = false;
-    let todo: Vec<_> = wanted.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+/// When each failed content is tried again: a download that fails waits
+/// [`FIRST_RETRY`], doubling up to [`MAX_RETRY`], whatever events arrive
+/// meanwhile (a record referencing it may arrive many times).
+#[derive(Default)]
+struct Backoff {
+    due: std::collections::HashMap<String, (tokio::time::Instant, Duration)>,
+}
+
+impl Backoff {
+    fn ready(&self, sha: &str) -> bool {
+        self.due
+            .get(sha)
+            .is_none_or(|(t, _)| *t <= tokio::time::Instant::now())
+    }
+
+    fn failed(&mut self, sha: &str) {
+        let wait = self
+            .due
+            .get(sha)
+            .map_or(FIRST_RETRY, |(_, w)| (*w * 2).min(MAX_RETRY));
+        self.due
+            .insert(sha.to_owned(), (tokio::time::Instant::now() + wait, wait));
+    }
+
+    fn next_due(&self) -> Option<tokio::time::Instant> {
+        self.due.values().map(|(t, _)| *t).min()
+    }
+}
+
+/// Fetches everything wanted that is due. Content the backend does not
+/// hold is dropped from the list (it is fetched on demand, should it
+/// appear later); a failure is tried again after its backoff.
+async fn fetch_all(transfers: &Transfers, wanted: &mut Wanted, backoff: &mut Backoff) {
+    let todo: Vec<_> = wanted
+        .iter()
+        .filter(|(k, _)| backoff.ready(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     for (sha, (scope, r)) in todo {
         match transfers.fetch(scope.as_deref(), &r).await {
             Ok(()) => {
                 wanted.remove(&sha);
+                backoff.due.remove(&sha);
             }
-            Err(FetchError::NoBackend) => return true,
+            // Woken again when a backend is known.
+            Err(FetchError::NoBackend) => return,
             Err(e @ FetchError::NotHeld { .. }) => {
                 tracing::warn!(sha256 = %sha, error = %e, "attachment not downloaded");
                 wanted.remove(&sha);
             }
             Err(e) => {
                 tracing::warn!(sha256 = %sha, error = %e, "attachment download failed; retrying later");
-                failed = true;
+                backoff.failed(&sha);
             }
         }
     }
-    failed
 }
 
 /// Adds the missing content of a record that arrived from the server.
@@ -158,6 +185,33 @@ async fn scan(
         .filter(|r| cfg.attachment_fetch(&r.collection) == AttachmentFetch::Eager)
         .map(|r| (r.attachment.sha256.clone(), (r.scope, r.attachment)))
         .collect())
+}
+
+/// Content left unreferenced here for longer than this is removed.
+const ORPHAN_IDLE: Duration = Duration::from_secs(3600);
+
+/// Removes local content no record and no op references (detached, its
+/// record deleted or purged) once it has not been used for an hour.
+async fn sweep(transfers: &Arc<Transfers>, store: &Store) {
+    let (t, s) = (transfers.clone(), store.clone());
+    let swept = tokio::task::spawn_blocking(move || {
+        let mut used: std::collections::HashSet<String> = s
+            .content_refs()?
+            .into_iter()
+            .map(|r| r.attachment.sha256)
+            .collect();
+        used.extend(s.content_of_ops()?);
+        t.sweep(&used, ORPHAN_IDLE)
+            .map_err(|e| crate::store::StoreError::Engine(e.to_string().into()))
+    })
+    .await;
+    match swept {
+        Ok(Ok(n)) if n > 0 => {
+            tracing::info!(removed = n, "removed attachment content nothing references")
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "unreferenced attachment content not removed"),
+        _ => {}
+    }
 }
 
 /// Evicts the least recently read copies of content the backend holds

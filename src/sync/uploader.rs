@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::backend::client::Failure;
 use crate::domain::attachment::AttachmentRef;
-use crate::sync::attachments::Transfers;
+use crate::sync::attachments::{Transfers, UploadError};
 use crate::sync::transport::Transport;
 
 /// Uploads that run at once.
@@ -39,18 +39,20 @@ pub enum Ready {
     Yes,
     /// An upload runs (or was just started, or waits for its retry).
     Uploading,
+    /// The backend will not take it, with its reason.
+    Refused(String),
 }
 
 struct Task {
     handle: JoinHandle<()>,
     /// Set when the task ends: `Ok` uploaded, `Err` why not.
-    outcome: Arc<std::sync::Mutex<Option<Result<(), Failure>>>>,
+    outcome: Arc<std::sync::Mutex<Option<Result<(), UploadError>>>>,
     /// Backoff before the next start, after a failure.
     retry: Duration,
 }
 
 impl Task {
-    fn outcome(&self) -> Option<Result<(), Failure>> {
+    fn outcome(&self) -> Option<Result<(), UploadError>> {
         self.outcome
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -91,8 +93,10 @@ impl Uploader {
         }
         let retry = match self.tasks.get(&key) {
             Some(t) if t.outcome().is_none() => return Ready::Uploading,
-            // Ended without confirming: failed. Start again, later.
-            Some(t) => t.retry,
+            Some(t) => match t.outcome() {
+                Some(Err(UploadError::Refused(why))) => return Ready::Refused(why),
+                _ => t.retry,
+            },
             None => Duration::ZERO,
         };
         let outcome = Arc::new(std::sync::Mutex::new(None));
@@ -121,7 +125,7 @@ impl Uploader {
         key: Key,
         r: AttachmentRef,
         delay: Duration,
-        outcome: Arc<std::sync::Mutex<Option<Result<(), Failure>>>>,
+        outcome: Arc<std::sync::Mutex<Option<Result<(), UploadError>>>>,
     ) -> JoinHandle<()> {
         let (transfers, slots) = (self.transfers.clone(), self.slots.clone());
         let wake = self.wake.clone();
@@ -131,8 +135,14 @@ impl Uploader {
             let result = transfers
                 .upload(client.as_ref(), key.0.as_deref(), &r)
                 .await;
-            if let Err(f) = &result {
-                tracing::warn!(sha256 = %r.sha256, reason = f.reason(), "attachment upload failed; it is tried again");
+            match &result {
+                Err(UploadError::Failed(f)) => {
+                    tracing::warn!(sha256 = %r.sha256, reason = f.reason(), "attachment upload failed; it is tried again");
+                }
+                Err(UploadError::Refused(why)) => {
+                    tracing::warn!(sha256 = %r.sha256, reason = %why, "the backend refuses the attachment content");
+                }
+                Ok(()) => {}
             }
             *outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
             wake.notify_one();
@@ -142,9 +152,16 @@ impl Uploader {
     /// The failure of an upload that ended without success (it starts
     /// again, after its backoff, at the next [`Uploader::ready`]).
     pub fn failure(&self) -> Option<Failure> {
-        self.tasks
-            .values()
-            .find_map(|t| t.outcome().and_then(Result::err))
+        self.tasks.values().find_map(|t| match t.outcome() {
+            Some(Err(UploadError::Failed(f))) => Some(f),
+            _ => None,
+        })
+    }
+
+    /// Whether uploads run or wait for their retry: the worker then looks
+    /// further down the queue for ops that need none.
+    pub fn busy(&self) -> bool {
+        !self.tasks.is_empty()
     }
 
     /// Drops every upload (another backend or other credentials).

@@ -197,6 +197,10 @@ async fn finish(rec: Option<Recording>) -> Result<(), Failure> {
     }
 }
 
+/// How many queued ops past the batch a round looks at while uploads
+/// run, for ops that do not wait for them.
+const UPLOAD_WINDOW: usize = 256;
+
 /// What [`Worker::build_batch`] found.
 enum Built {
     /// Ops to send (possibly none).
@@ -781,7 +785,16 @@ impl Worker {
         let scope = self.upload_scope(w).await;
         let mut all = true;
         for r in refs.values() {
-            all &= self.uploader.ready(&client, scope.as_deref(), r) == Ready::Yes;
+            match self.uploader.ready(&client, scope.as_deref(), r) {
+                Ready::Yes => {}
+                Ready::Uploading => all = false,
+                Ready::Refused(why) => {
+                    return Err(format!(
+                        "the backend refuses attachment content {} ({} bytes): {why}",
+                        r.sha256, r.length
+                    ))
+                }
+            }
         }
         Ok(all)
     }
@@ -823,7 +836,14 @@ impl Worker {
             _ => self.cfg.sync.batch_size as usize,
         };
         let skip = prev.map_or(0, |p| p.records.len());
-        let mut head = self.claimed_head(batch_size + skip).await?;
+        // While uploads run, ops that wait for them are passed over: look
+        // far enough to find others (one at a time is the head alone).
+        let past_uploads = if self.uploader.busy() {
+            UPLOAD_WINDOW
+        } else {
+            0
+        };
+        let mut head = self.claimed_head(batch_size + skip + past_uploads).await?;
         if let Some(p) = prev {
             head.retain(|(s, _)| *s > p.upto);
         }

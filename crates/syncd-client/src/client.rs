@@ -498,7 +498,7 @@ impl Client {
             other => return Err(unexpected(other)),
         };
         let mut sent = 0u64;
-        let mut buf = vec![0u8; ATTACH_CHUNK];
+        let mut buf = vec![0u8; self.chunk_bytes()];
         loop {
             let n = match content.read(&mut buf).await {
                 Ok(n) => n,
@@ -522,6 +522,22 @@ impl Client {
             })
             .await?,
         )
+    }
+
+    /// Bytes of content per frame: [`ATTACH_CHUNK`], or less when the
+    /// daemon's frame limit is smaller (base64 in JSON takes 4 bytes per
+    /// 3, and the frame's other fields take some room).
+    fn chunk_bytes(&self) -> usize {
+        let limit = match self.request_limit {
+            0 => ATTACH_CHUNK,
+            l => l as usize,
+        };
+        let room = limit.saturating_sub(1024);
+        let room = match self.enc {
+            Encoding::Json => room / 4 * 3,
+            Encoding::Bincode => room,
+        };
+        room.clamp(1024, ATTACH_CHUNK)
     }
 
     /// Removes attachment `name` from a record.
@@ -561,7 +577,7 @@ impl Client {
                     id: id.into(),
                     name: name.into(),
                     offset,
-                    length: None,
+                    length: Some(self.chunk_bytes() as u32),
                 })
                 .await?;
             let Response::AttachmentChunk {
@@ -584,8 +600,8 @@ impl Client {
     }
 }
 
-/// Bytes per `attach_chunk` the client sends: 256 KiB, whose base64 in a
-/// JSON frame stays far below the default `max_frame_bytes`.
+/// Most bytes per `attach_chunk` (and per `read_attachment`) the client
+/// asks for: 256 KiB, less under a small `max_frame_bytes`.
 pub const ATTACH_CHUNK: usize = 256 * 1024;
 
 /// One page of a query's answer ([`Client::query`]).

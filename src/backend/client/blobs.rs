@@ -16,12 +16,45 @@ use super::{
 use crate::backend::protocol::{BlobOffset, UPLOAD_OFFSET};
 
 /// How much of a content the server holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BlobHeld {
     /// All of it, checked against its hash.
     Complete,
     /// The first `n` bytes of an upload (0: none).
     Partial(u64),
+    /// The server will not take this content from us, with its reason: a
+    /// `403` with a `code` (no write access to the scope) or a `413` (over
+    /// its size limit). Retrying cannot help; the op that references the
+    /// content is dead-lettered with the reason.
+    Refused(String),
+}
+
+/// A `403` with a `code` (a scoped server's refusal of this scope) or a
+/// `413`: the content is refused, not the credentials.
+fn refusal(r: &RawReply<'_>) -> Option<BlobHeld> {
+    #[derive(serde::Deserialize)]
+    struct Coded {
+        error: String,
+        code: Option<String>,
+    }
+    let body = serde_json::from_slice::<Coded>(r.body).ok();
+    match (r.status, body) {
+        (
+            403,
+            Some(Coded {
+                error,
+                code: Some(code),
+            }),
+        ) => Some(BlobHeld::Refused(format!("HTTP 403 {code}: {error}"))),
+        (413, b) => Some(BlobHeld::Refused(format!(
+            "HTTP 413: {}",
+            b.map_or_else(
+                || "the content is over the backend's size limit".into(),
+                |b| b.error
+            )
+        ))),
+        _ => None,
+    }
 }
 
 fn blob_path(sha256: &str, scope: Option<&str>, extra: &str) -> String {
@@ -123,6 +156,9 @@ impl BackendClient {
 /// `HEAD`: 200 all of it, 404 with `Upload-Offset` (0 if absent) a part.
 pub fn classify_held(r: &RawReply<'_>) -> Result<BlobHeld, Failure> {
     const ENDPOINT: &str = "HEAD v1/blobs";
+    if let Some(refused) = refusal(r) {
+        return Ok(refused);
+    }
     if let Some(f) = common_failure(ENDPOINT, r) {
         return Err(f);
     }
@@ -138,6 +174,9 @@ pub fn classify_held(r: &RawReply<'_>) -> Result<BlobHeld, Failure> {
 /// (the server dropped what it held: send it again).
 pub fn classify_put(r: &RawReply<'_>) -> Result<BlobHeld, Failure> {
     const ENDPOINT: &str = "PUT v1/blobs";
+    if let Some(refused) = refusal(r) {
+        return Ok(refused);
+    }
     if let Some(f) = common_failure(ENDPOINT, r) {
         return Err(f);
     }

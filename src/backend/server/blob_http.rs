@@ -338,6 +338,11 @@ pub fn content_held(
             .and_then(|id| store.scope_of(&op.collection, id).ok().flatten())
             .unwrap_or_else(|| caller.home().to_owned()),
     };
+    // A scope the caller may not write (or read): the store refuses the op
+    // as it refuses any, without naming the scope here.
+    if !caller.can_write(&scope) {
+        return Ok(());
+    }
     for (name, r) in refs {
         if !blobs.has(&scope, &r.sha256) {
             return Err(Rejection {

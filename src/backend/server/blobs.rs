@@ -232,7 +232,13 @@ impl FsBlobs {
             .write(true)
             .open(&part)
             .map_err(PutError::Io)?;
-        let at = f.metadata().map_err(PutError::Io)?.len();
+        let mut at = f.metadata().map_err(PutError::Io)?.len();
+        if at > length {
+            // Not this content's (a client that announced another length):
+            // dropped, the upload starts over.
+            f.set_len(0).map_err(PutError::Io)?;
+            at = 0;
+        }
         if at != offset {
             return Err(PutError::Offset(at));
         }

@@ -85,12 +85,22 @@ impl PgStore {
                 length: row.get::<_, i64>(0) as u64,
             });
         }
-        let at = tx
+        let mut at = tx
             .query_one(PART_LEN, &[&scope, &sha256])
             .await
             .map_err(|e| fail("read syncd_blob_parts", e))?
             .get::<_, i64>(0) as u64;
+        let drop_parts = "DELETE FROM syncd_blob_parts WHERE scope = $1 AND sha256 = $2";
+        if at > length {
+            // Not this content's (a client that announced another length):
+            // dropped, the upload starts over.
+            tx.execute(drop_parts, &[&scope, &sha256])
+                .await
+                .map_err(|e| fail("drop syncd_blob_parts", e))?;
+            at = 0;
+        }
         if at != offset {
+            tx.commit().await.map_err(|e| fail("commit", e))?;
             return Err(PutError::Offset(at));
         }
         if offset + chunk.len() as u64 > length {
@@ -110,7 +120,6 @@ impl PgStore {
         let got = hash_parts(&tx, scope, sha256)
             .await
             .map_err(|e| fail("read syncd_blob_parts", e))?;
-        let drop_parts = "DELETE FROM syncd_blob_parts WHERE scope = $1 AND sha256 = $2";
         if got != sha256 {
             tx.execute(drop_parts, &[&scope, &sha256])
                 .await

@@ -79,6 +79,12 @@ pub async fn begin(
     attachment::check_name(&name).map_err(|e| bad(ErrorCode::BadRequest, e.to_string()))?;
     let content_type = content_type.unwrap_or_else(|| DEFAULT_TYPE.to_owned());
     attachment::check_type(&content_type).map_err(|e| bad(ErrorCode::BadRequest, e.to_string()))?;
+    // Before any byte is streamed: the record must exist (checked again
+    // when the upload ends).
+    let (c, i) = (collection.clone(), id.clone());
+    if read(ctx, move |s| s.get(&c, &i)).await?.is_none() {
+        return Err(ApiError::from(WriteError::NotFound { collection, id }));
+    }
     if uploads.open.len() >= MAX_UPLOADS {
         return Err(bad(
             ErrorCode::BadRequest,
@@ -165,16 +171,39 @@ pub async fn end(
         attachment: AttachmentRef {
             content_type: up.content_type,
             length,
-            sha256,
+            sha256: sha256.clone(),
         },
         client_ts: crate::domain::clock::now_ms(),
+        max_bytes: super::check::max_document_bytes(ctx),
     };
-    Ok(written(
-        ctx.writer
-            .submit(cmd)
-            .await
-            .inspect(|_| ctx.metrics.wrote())?,
-    ))
+    match ctx.writer.submit(cmd).await {
+        Ok(done) => {
+            ctx.metrics.wrote();
+            Ok(written(done))
+        }
+        Err(e) => {
+            drop_if_unreferenced(ctx, sha256).await;
+            Err(e.into())
+        }
+    }
+}
+
+/// Removes content stored for an attach that was then refused, unless a
+/// record or an op references it (the same file attached elsewhere).
+async fn drop_if_unreferenced(ctx: &Ctx, sha256: String) {
+    let (store, blobs) = (ctx.store.clone(), ctx.transfers.blobs().clone());
+    let _ = tokio::task::spawn_blocking(move || {
+        let used = store
+            .content_refs()?
+            .iter()
+            .any(|r| r.attachment.sha256 == sha256)
+            || store.content_of_ops()?.contains(&sha256);
+        if !used {
+            let _ = blobs.remove(&sha256);
+        }
+        Ok::<_, crate::store::StoreError>(())
+    })
+    .await;
 }
 
 /// `attach_abort`: drops an upload (its temporary file goes with it).
@@ -255,7 +284,10 @@ pub async fn read_range(
             .await
             .map_err(fetch_error)?;
     }
-    let max = length.unwrap_or(MAX_READ).min(MAX_READ) as usize;
+    // Within the frame limit, in base64 (JSON) too.
+    let frame = ctx.config.borrow().daemon.max_frame_bytes as usize;
+    let room = (frame.saturating_sub(1024) / 4 * 3).max(1024);
+    let max = (length.unwrap_or(MAX_READ).min(MAX_READ) as usize).min(room);
     let blobs = ctx.transfers.blobs().clone();
     let sha = r.sha256.clone();
     let data = tokio::task::spawn_blocking(move || blobs.read_at(&sha, offset, max))

@@ -78,11 +78,12 @@ pub(super) fn attach(
     name: &str,
     r: &AttachmentRef,
     client_ts: i64,
+    max_bytes: u32,
 ) -> Result<JobResult, StoreError> {
     if let Err(e) = attachment::check_name(name) {
         return Ok(Err(WriteError::BadAttachment(e)));
     }
-    change(x, collection, id, client_ts, |refs| {
+    change(x, collection, id, client_ts, max_bytes, |refs| {
         refs.insert(name.to_owned(), r.clone());
         Ok(())
     })
@@ -96,7 +97,7 @@ pub(super) fn detach(
     name: &str,
     client_ts: i64,
 ) -> Result<JobResult, StoreError> {
-    change(x, collection, id, client_ts, |refs| {
+    change(x, collection, id, client_ts, u32::MAX, |refs| {
         refs.remove(name)
             .map(|_| ())
             .ok_or(WriteError::NoAttachment {
@@ -114,6 +115,7 @@ fn change(
     collection: &str,
     id: &str,
     client_ts: i64,
+    max_bytes: u32,
     edit: impl FnOnce(&mut Attachments) -> Result<(), WriteError>,
 ) -> Result<JobResult, StoreError> {
     if let Some(e) = read_only(x, collection) {
@@ -136,6 +138,12 @@ fn change(
     attachment::set_refs(&mut doc, &refs);
     let merged = Value::Object(doc);
     let text = merged.to_string();
+    if text.len() > max_bytes as usize {
+        return Ok(Err(WriteError::TooLarge {
+            bytes: text.len(),
+            limit: max_bytes,
+        }));
+    }
     rec.data = text.clone();
     rec.pending += 1;
     rec.local_ts = client_ts;

@@ -85,6 +85,8 @@ pub enum WriteCmd {
         name: String,
         attachment: crate::domain::attachment::AttachmentRef,
         client_ts: i64,
+        /// Limit on the document's JSON size with the reference in it.
+        max_bytes: u32,
     },
     Detach {
         collection: String,
@@ -767,7 +769,8 @@ fn apply(x: &mut Txn<'_>, cmd: &WriteCmd) -> Result<JobResult, StoreError> {
             name,
             attachment,
             client_ts,
-        } => attach::attach(x, collection, id, name, attachment, *client_ts),
+            max_bytes,
+        } => attach::attach(x, collection, id, name, attachment, *client_ts, *max_bytes),
         WriteCmd::Detach {
             collection,
             id,
