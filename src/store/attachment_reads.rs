@@ -22,6 +22,8 @@ pub struct ContentRef {
     pub id: String,
     /// The record's scope, as the server last said.
     pub scope: Option<String>,
+    /// The attachment's name on the record.
+    pub name: String,
     pub attachment: AttachmentRef,
 }
 
@@ -42,11 +44,12 @@ impl Store {
                 continue;
             }
             let (c, id) = k.value();
-            for a in attachment::refs_of_text(&r.data).into_values() {
+            for (name, a) in attachment::refs_of_text(&r.data) {
                 out.push(ContentRef {
                     collection: c.to_owned(),
                     id: id.to_owned(),
                     scope: r.scope.clone(),
+                    name,
                     attachment: a,
                 });
             }

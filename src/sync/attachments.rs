@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::backend::client::blobs::BlobHeld;
+use crate::backend::client::blobs::{BlobHeld, BlobPlace};
 use crate::backend::client::Failure;
 use crate::domain::attachment::AttachmentRef;
 use crate::store::blobs::{BlobDir, BlobError};
@@ -254,7 +254,12 @@ impl Transfers {
 
     /// Downloads `r`'s content unless it is here already; a second call
     /// for the same content waits for the first.
-    pub async fn fetch(&self, scope: Option<&str>, r: &AttachmentRef) -> Result<(), FetchError> {
+    pub async fn fetch(
+        &self,
+        scope: Option<&str>,
+        r: &AttachmentRef,
+        place: &BlobPlace,
+    ) -> Result<(), FetchError> {
         if self.blobs.len(&r.sha256) == Some(r.length) {
             return Ok(());
         }
@@ -263,19 +268,24 @@ impl Transfers {
             .or_default()
             .clone();
         let _one = gate.lock().await;
-        let result = self.fetch_alone(scope, r).await;
+        let result = self.fetch_alone(scope, r, place).await;
         lock(&self.fetching).remove(&r.sha256);
         result
     }
 
-    async fn fetch_alone(&self, scope: Option<&str>, r: &AttachmentRef) -> Result<(), FetchError> {
+    async fn fetch_alone(
+        &self,
+        scope: Option<&str>,
+        r: &AttachmentRef,
+        place: &BlobPlace,
+    ) -> Result<(), FetchError> {
         if self.blobs.len(&r.sha256) == Some(r.length) {
             return Ok(());
         }
         let client = self.client().ok_or(FetchError::NoBackend)?;
         let _progress = Progress::start(self, &r.sha256, Way::Down);
         for _ in 0..CORRUPT_TRIES {
-            match self.download(client.as_ref(), scope, r).await {
+            match self.download(client.as_ref(), scope, r, place).await {
                 Err(FetchError::Local(BlobError::HashMismatch { expected, got })) => {
                     tracing::warn!(sha256 = %expected, got = %got, "the backend sent corrupt attachment content; fetching it again");
                 }
@@ -293,6 +303,7 @@ impl Transfers {
         client: &dyn Transport,
         scope: Option<&str>,
         r: &AttachmentRef,
+        place: &BlobPlace,
     ) -> Result<(), FetchError> {
         let mut offset = self.blobs.partial_len(&r.sha256);
         if offset > r.length {
@@ -307,7 +318,7 @@ impl Transfers {
             self.set_moved(&r.sha256, offset);
             let want = (r.length - offset).min(CHUNK_BYTES as u64);
             let bytes = client
-                .blob_get(scope, &r.sha256, offset, want)
+                .blob_get(scope, &r.sha256, offset, want, Some(place))
                 .await
                 .map_err(FetchError::Backend)?
                 .ok_or_else(|| FetchError::NotHeld {

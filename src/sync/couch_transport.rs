@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::backend::client::blobs::{BlobHeld, BlobPlace};
 use crate::backend::client::{BatchOutcome, Failure, OpResult};
 use crate::backend::couch::{CouchClient, Credentials};
 use crate::backend::protocol::{ChangesPage, Features, PullReply, PullRequest, Session, WireOp};
@@ -45,6 +46,44 @@ impl Transport for CouchClient {
     fn pull<'a>(&'a self, req: &'a PullRequest) -> BoxFut<'a, Result<PullReply, Failure>> {
         Box::pin(CouchClient::pull(self, req))
     }
+
+    /// Content travels inline with the write that attaches it (CouchDB
+    /// has no separate, resumable upload): nothing to send beforehand.
+    fn blob_held<'a>(
+        &'a self,
+        _scope: Option<&'a str>,
+        _sha256: &'a str,
+    ) -> BoxFut<'a, Result<BlobHeld, Failure>> {
+        Box::pin(async { Ok(BlobHeld::Complete) })
+    }
+
+    fn blob_put<'a>(
+        &'a self,
+        _scope: Option<&'a str>,
+        _sha256: &'a str,
+        _offset: u64,
+        _length: u64,
+        _chunk: bytes::Bytes,
+    ) -> BoxFut<'a, Result<BlobHeld, Failure>> {
+        Box::pin(async { Ok(BlobHeld::Complete) })
+    }
+
+    /// The attachment of the document it is on, by range.
+    fn blob_get<'a>(
+        &'a self,
+        scope: Option<&'a str>,
+        _sha256: &'a str,
+        offset: u64,
+        max: u64,
+        place: Option<&'a BlobPlace>,
+    ) -> BoxFut<'a, Result<Option<bytes::Bytes>, Failure>> {
+        Box::pin(async move {
+            match place {
+                Some(p) => self.attachment(scope, p, offset, max).await,
+                None => Ok(None),
+            }
+        })
+    }
 }
 
 /// The adapter for `cfg` (`url` names the database). `token` is the
@@ -53,6 +92,7 @@ pub fn connect(
     cfg: &Config,
     url: &str,
     token: Option<String>,
+    blobs: crate::store::blobs::BlobDir,
     client_id: &str,
 ) -> Result<Arc<dyn Transport>, String> {
     let b = &cfg.backend;
@@ -73,6 +113,7 @@ pub fn connect(
         None => CouchClient::new(url, &creds, client_id, timeout, ca),
     }
     .map_err(|e| e.to_string())?
-    .with_shape(b.doc_shape.unwrap_or_default());
+    .with_shape(b.doc_shape.unwrap_or_default())
+    .with_blobs(blobs);
     Ok(Arc::new(c))
 }

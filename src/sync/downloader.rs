@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
 
+use crate::backend::client::blobs::BlobPlace;
 use crate::config::{AttachmentFetch, Config};
 use crate::domain::attachment::{self, AttachmentRef};
 use crate::domain::{Event, Origin};
@@ -25,8 +26,9 @@ use crate::sync::attachments::{FetchError, Transfers};
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(60);
 
-/// Content to fetch, by hash: the reference and its record's scope.
-type Wanted = BTreeMap<String, (Option<String>, AttachmentRef)>;
+/// Content to fetch, by hash: its record's scope, the reference, and
+/// where it is attached.
+type Wanted = BTreeMap<String, (Option<String>, AttachmentRef, BlobPlace)>;
 
 /// Runs until shutdown.
 pub async fn run(
@@ -109,8 +111,8 @@ async fn fetch_all(transfers: &Transfers, wanted: &mut Wanted, backoff: &mut Bac
         .filter(|(k, _)| backoff.ready(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    for (sha, (scope, r)) in todo {
-        match transfers.fetch(scope.as_deref(), &r).await {
+    for (sha, (scope, r, place)) in todo {
+        match transfers.fetch(scope.as_deref(), &r, &place).await {
             Ok(()) => {
                 wanted.remove(&sha);
                 backoff.due.remove(&sha);
@@ -165,8 +167,13 @@ async fn note(
         .and_then(Result::ok)
         .flatten()
         .and_then(|r| r.scope);
-    for r in refs.into_values() {
-        wanted.insert(r.sha256.clone(), (scope.clone(), r));
+    for (name, r) in refs {
+        let place = BlobPlace {
+            collection: collection.clone(),
+            id: id.clone(),
+            name,
+        };
+        wanted.insert(r.sha256.clone(), (scope.clone(), r, place));
     }
 }
 
@@ -183,7 +190,14 @@ async fn scan(
     Ok(refs
         .into_iter()
         .filter(|r| cfg.attachment_fetch(&r.collection) == AttachmentFetch::Eager)
-        .map(|r| (r.attachment.sha256.clone(), (r.scope, r.attachment)))
+        .map(|r| {
+            let place = BlobPlace {
+                collection: r.collection,
+                id: r.id,
+                name: r.name,
+            };
+            (r.attachment.sha256.clone(), (r.scope, r.attachment, place))
+        })
         .collect())
 }
 

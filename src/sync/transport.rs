@@ -7,7 +7,7 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 
-use crate::backend::client::blobs::BlobHeld;
+use crate::backend::client::blobs::{BlobHeld, BlobPlace};
 use crate::backend::client::{BackendClient, BatchOutcome, Failure, OpResult};
 use crate::backend::protocol::{ChangesPage, Features, PullReply, PullRequest, Session, WireOp};
 
@@ -63,15 +63,16 @@ pub trait Transport: Send + Sync {
         Box::pin(async { Err(no_blobs("PUT v1/blobs")) })
     }
     /// `GET v1/blobs/{sha256}` from `offset`, at most `max` bytes; `None`:
-    /// the server does not hold it.
+    /// the server does not hold it. `place`: where it is attached.
     fn blob_get<'a>(
         &'a self,
         scope: Option<&'a str>,
         sha256: &'a str,
         offset: u64,
         max: u64,
+        place: Option<&'a BlobPlace>,
     ) -> BoxFut<'a, Result<Option<Bytes>, Failure>> {
-        let _ = (scope, sha256, offset, max);
+        let _ = (scope, sha256, offset, max, place);
         Box::pin(async { Err(no_blobs("GET v1/blobs")) })
     }
 }
@@ -153,6 +154,7 @@ impl Transport for BackendClient {
         sha256: &'a str,
         offset: u64,
         max: u64,
+        _place: Option<&'a BlobPlace>,
     ) -> BoxFut<'a, Result<Option<Bytes>, Failure>> {
         Box::pin(BackendClient::blob_get(self, scope, sha256, offset, max))
     }

@@ -268,6 +268,7 @@ impl Worker {
                 &self.cfg,
                 url,
                 token,
+                self.deps.transfers.blobs().clone(),
                 self.deps.store.client_id(),
             ),
             crate::config::BackendKind::Syncd => BackendClient::new(

@@ -15,6 +15,15 @@ use super::{
 };
 use crate::backend::protocol::{BlobOffset, UPLOAD_OFFSET};
 
+/// Where a content is attached: backends that keep content per document
+/// (CouchDB) fetch it from there; content-addressed ones ignore it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobPlace {
+    pub collection: String,
+    pub id: String,
+    pub name: String,
+}
+
 /// How much of a content the server holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BlobHeld {

@@ -182,10 +182,10 @@ async fn write(
     let docs: Vec<Value> = plan
         .iter()
         .filter_map(|p| match &p.step {
-            Step::Write(base) => Some(document(p.op, p.id, base.as_ref(), c.shape)),
+            Step::Write(base) => Some(document(c, p.op, p.id, base.as_ref())),
             Step::Verdict(_) => None,
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     let mut written = if docs.is_empty() {
         Vec::new()
     } else {
@@ -237,13 +237,20 @@ fn short_reply() -> Failure {
     }
 }
 
-/// The `_bulk_docs` document of `op`: its body with its `_id`.
-fn document(op: &WireOp, id: &str, base: Option<&Current>, shape: DocShape) -> Value {
-    let mut body = doc::body_for(op, base, shape);
+/// The `_bulk_docs` document of `op`: its body with its `_id`, and the
+/// content of new attachments inline.
+fn document(
+    c: &CouchClient,
+    op: &WireOp,
+    id: &str,
+    base: Option<&Current>,
+) -> Result<Value, Failure> {
+    let mut body = doc::body_for(op, base, c.shape);
     if let Value::Object(m) = &mut body {
         m.insert("_id".into(), Value::String(doc::doc_id(&op.collection, id)));
     }
-    body
+    c.inline(&mut body)?;
+    Ok(body)
 }
 
 /// One `_bulk_docs` result as the op's verdict.

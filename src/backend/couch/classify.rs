@@ -112,6 +112,28 @@ pub fn database(r: &Raw<'_>) -> Result<(), Failure> {
     }
 }
 
+/// `GET /db/{doc}/{attachment}` with a `Range` from `offset`: the bytes
+/// asked for (a `200` is the whole attachment, a server that ignores
+/// ranges: the part asked for is cut from it); `None` for a `404` (no
+/// such document or attachment) or a range past the end.
+pub fn attachment(r: &Raw<'_>, offset: u64, max: u64) -> Result<Option<bytes::Bytes>, Failure> {
+    const WHAT: &str = "GET attachment";
+    if let Some(f) = common(WHAT, r) {
+        return Err(f);
+    }
+    let cut = |b: &[u8]| {
+        let from = (offset as usize).min(b.len());
+        let to = from.saturating_add(max as usize).min(b.len());
+        bytes::Bytes::copy_from_slice(&b[from..to])
+    };
+    match r.status {
+        206 => Ok(Some(bytes::Bytes::copy_from_slice(r.body))),
+        200 => Ok(Some(cut(r.body))),
+        404 | 416 => Ok(None),
+        _ => Err(unlisted(WHAT, r, "")),
+    }
+}
+
 /// `PUT /db/{doc}`.
 pub fn put(r: &Raw<'_>) -> Result<Put, Failure> {
     const WHAT: &str = "PUT document";

@@ -15,7 +15,8 @@ use crate::domain::Document;
 pub const RESERVED: &str = "syncd";
 
 /// The first field of `op`'s record that a native document cannot hold:
-/// `syncd`, or a name starting with `_` (CouchDB's own).
+/// `syncd`, or a name starting with `_` (CouchDB's own) other than
+/// `_attachments` (which becomes the document's attachments).
 pub fn reserved_field(op: &WireOp, shape: DocShape) -> Option<&str> {
     if shape != DocShape::Native || op.kind == OpKind::Delete {
         return None;
@@ -24,7 +25,7 @@ pub fn reserved_field(op: &WireOp, shape: DocShape) -> Option<&str> {
         .as_ref()?
         .keys()
         .map(String::as_str)
-        .find(|k| *k == RESERVED || k.starts_with('_'))
+        .find(|k| *k == RESERVED || (k.starts_with('_') && *k != crate::domain::attachment::KEY))
 }
 
 /// Whether `body` is in the wrapped shape: the record under `data`, and
@@ -193,6 +194,11 @@ impl Current {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         };
+        let mut data = data;
+        let refs = super::attach::of_document(&self.body);
+        if !self.deleted && !refs.is_empty() {
+            crate::domain::attachment::set_refs(&mut data, &refs);
+        }
         let updated_at = if wrapped {
             self.body.get("updated_at")
         } else {
@@ -284,11 +290,20 @@ pub fn body_for(op: &WireOp, base: Option<&Current>, shape: DocShape) -> Value {
     known.truncate(HISTORY);
     let prev: Vec<Value> = known.into_iter().map(|(o, g)| json!([o, g])).collect();
     let deleted = op.kind == OpKind::Delete;
-    let fields = match &op.data {
+    let mut fields = match &op.data {
         Some(d) if !deleted => d.clone(),
         _ => Map::new(),
     };
+    // The record's attachments become the document's.
+    let refs = super::attach::take_refs(&mut fields);
+    let (atts, book) = match deleted {
+        true => (Map::new(), Map::new()),
+        false => super::attach::for_write(&refs, base.map(|b| &b.body), gen),
+    };
     let mut syncd = json!({"op_id": op.op_id, "client_id": op.client_id, "gen": gen, "prev": prev});
+    if !book.is_empty() {
+        syncd[super::attach::BOOK] = Value::Object(book);
+    }
     let mut doc = match shape {
         DocShape::Native => {
             syncd["updated_at"] = json!(op.client_ts);
@@ -304,6 +319,9 @@ pub fn body_for(op: &WireOp, base: Option<&Current>, shape: DocShape) -> Value {
             m
         }
     };
+    if !atts.is_empty() {
+        doc.insert("_attachments".into(), Value::Object(atts));
+    }
     if let Some(b) = base {
         doc.insert("_rev".into(), Value::String(b.rev.clone()));
         if deleted {

@@ -129,6 +129,18 @@ impl CouchHttp {
         body: Option<Vec<u8>>,
         deadline: Option<Duration>,
     ) -> Result<Reply, Failure> {
+        self.call_with(method, path, body, deadline, None).await
+    }
+
+    /// [`Self::call`] with a `Range` header (an attachment's bytes).
+    pub async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        deadline: Option<Duration>,
+        range: Option<String>,
+    ) -> Result<Reply, Failure> {
         let url = if path.is_empty() {
             self.db.trim_end_matches('/').to_owned()
         } else {
@@ -144,6 +156,9 @@ impl CouchHttp {
         }
         if body.is_some() {
             req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        if let Some(r) = range {
+            req = req.header(header::RANGE, r);
         }
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))

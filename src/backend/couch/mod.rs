@@ -5,6 +5,7 @@
 //! worker's logic is unchanged. The mapping (ids, revisions, conflicts,
 //! idempotency, the feed) is specified in `docs/backends.md`.
 
+pub mod attach;
 pub mod batch;
 pub mod classify;
 pub mod doc;
@@ -33,7 +34,7 @@ pub const FEATURES: crate::backend::protocol::Features = crate::backend::protoco
     batch: true,
     wait: true,
     client_ids: true,
-    blobs: false,
+    blobs: true,
 };
 
 /// The same, with one database per scope (`[backend.scopes]`).
@@ -56,6 +57,8 @@ pub struct CouchClient {
     shape: doc::DocShape,
     /// With scopes: which database holds which scope, and who we are.
     scopes: Option<std::sync::Arc<scopes::Scopes>>,
+    /// This device's attachment files, for content written inline.
+    blobs: Option<crate::store::blobs::BlobDir>,
 }
 
 impl CouchClient {
@@ -78,6 +81,7 @@ impl CouchClient {
             shown: crate::config::redact_url(db_url),
             shape: doc::DocShape::default(),
             scopes: None,
+            blobs: None,
         })
     }
 
@@ -96,6 +100,7 @@ impl CouchClient {
             shown: crate::config::redact_url(server_url),
             shape: doc::DocShape::default(),
             scopes: Some(std::sync::Arc::new(scopes::Scopes::new(shared))),
+            blobs: None,
         })
     }
 
@@ -103,6 +108,24 @@ impl CouchClient {
     pub fn with_shape(mut self, shape: doc::DocShape) -> Self {
         self.shape = shape;
         self
+    }
+
+    /// Reads attachment content from `blobs` (this device's files) when a
+    /// write carries new attachments.
+    pub fn with_blobs(mut self, blobs: crate::store::blobs::BlobDir) -> Self {
+        self.blobs = Some(blobs);
+        self
+    }
+
+    /// Puts the content of a body's new attachments inline; content that
+    /// is not on this device is a local failure (the op stays queued).
+    pub(crate) fn inline(&self, body: &mut Value) -> Result<(), Failure> {
+        if !attach::needs_content(body) {
+            return Ok(());
+        }
+        attach::fill_inline(body, self.blobs.as_ref()).map_err(|m| Failure::LocalStore {
+            reason: format!("attachment content for CouchDB: {}", m.0),
+        })
     }
 
     /// The database URL with credentials masked.
@@ -155,7 +178,9 @@ impl CouchClient {
         path: &str,
         base: Option<&Current>,
     ) -> Result<OpResult, Failure> {
-        let body = encode(&doc::body_for(op, base, self.shape))?;
+        let mut body = doc::body_for(op, base, self.shape);
+        self.inline(&mut body)?;
+        let body = encode(&body)?;
         let r = self.http.call(Method::PUT, path, Some(body), None).await?;
         match classify::put(&raw(&r))? {
             Put::Written(rev) => {
@@ -197,6 +222,38 @@ impl CouchClient {
         let r = self.http.call(Method::GET, &q, None, None).await?;
         let winner = classify::leaves(&raw(&r))?.and_then(Current::winner);
         Ok(winner.map(|c| c.read_as(self.shape)))
+    }
+
+    /// Bytes `offset..offset+max` of attachment `p` (`GET /db/doc/name`
+    /// with a `Range`; a server that ignores the range sends it all, and
+    /// the part asked for is cut from it); `None`: no such attachment.
+    /// With scopes, in the scope's database.
+    pub async fn attachment(
+        &self,
+        scope: Option<&str>,
+        p: &crate::backend::client::blobs::BlobPlace,
+        offset: u64,
+        max: u64,
+    ) -> Result<Option<bytes::Bytes>, Failure> {
+        let db = match (&self.scopes, scope) {
+            (Some(s), Some(scope)) => match s.database(scope) {
+                Some(db) => Some(self.at(&db)),
+                None => return Ok(None),
+            },
+            _ => None,
+        };
+        let c = db.as_ref().unwrap_or(self);
+        let path = format!(
+            "{}/{}",
+            percent_encode(&doc::doc_id(&p.collection, &p.id)),
+            percent_encode(&p.name)
+        );
+        let range = format!("bytes={offset}-{}", offset + max.max(1) - 1);
+        let r = c
+            .http
+            .call_with(Method::GET, &path, None, None, Some(range))
+            .await?;
+        classify::attachment(&raw(&r), offset, max)
     }
 
     /// Several ops of different documents in two requests: one

@@ -152,12 +152,13 @@ impl CouchClient {
     }
 
     /// This client, rooted at one database of the server.
-    fn at(&self, db: &str) -> CouchClient {
+    pub(super) fn at(&self, db: &str) -> CouchClient {
         CouchClient {
             http: self.http.under(db),
             shown: self.shown.clone(),
             shape: self.shape,
             scopes: None,
+            blobs: self.blobs.clone(),
         }
     }
 

@@ -278,9 +278,14 @@ pub async fn read_range(
 ) -> Result<Response, ApiError> {
     check_names(&collection, Some(&id))?;
     let (r, scope) = find(ctx, &collection, &id, &name).await?;
+    let place = crate::backend::client::blobs::BlobPlace {
+        collection: collection.clone(),
+        id: id.clone(),
+        name: name.clone(),
+    };
     if ctx.transfers.blobs().len(&r.sha256) != Some(r.length) {
         ctx.transfers
-            .fetch(scope.as_deref(), &r)
+            .fetch(scope.as_deref(), &r, &place)
             .await
             .map_err(fetch_error)?;
     }
