@@ -62,6 +62,8 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = shutdown.changed() => return,
+            // Now and then, look for content nothing references any more.
+            _ = tokio::time::sleep(ORPHAN_IDLE) => rescan = true,
             ev = events.recv() => match ev {
                 Ok(ev) => note(&ev, &store, &config, &mut wanted).await,
                 Err(broadcast::error::RecvError::Lagged(_)) => rescan = true,

@@ -839,11 +839,8 @@ impl Worker {
         let skip = prev.map_or(0, |p| p.records.len());
         // While uploads run, ops that wait for them are passed over: look
         // far enough to find others (one at a time is the head alone).
-        let past_uploads = if self.uploader.busy() {
-            UPLOAD_WINDOW
-        } else {
-            0
-        };
+        let busy = self.uploader.busy();
+        let past_uploads = if busy { UPLOAD_WINDOW } else { 0 };
         let mut head = self.claimed_head(batch_size + skip + past_uploads).await?;
         if let Some(p) = prev {
             head.retain(|(s, _)| *s > p.upto);
@@ -911,6 +908,9 @@ impl Worker {
             }
         }
         match first_waiting {
+            // An upload started just now, and the window was the batch
+            // alone: look again, past it, before sleeping.
+            Some(_) if batch.is_empty() && !busy => Ok(Built::Batch(batch)),
             Some(seq) if batch.is_empty() => Ok(Built::Waiting(seq)),
             _ => Ok(Built::Batch(batch)),
         }

@@ -1,5 +1,5 @@
 //! The blob endpoints (feature `blobs`): `HEAD`, `PUT` and `GET
-//! v1/blobs/{sha256}`, over [`BlobStore`](super::blobs::BlobStore).
+//! v1/blobs/{sha256}`, over a [`BlobBackend`](super::blobs::BlobBackend).
 //!
 //! Why apart from http.rs: these move bytes, not JSON ops, and have their
 //! own access rule (the content's scope, from `?scope=`; a single-tenant
@@ -344,7 +344,12 @@ pub fn content_held(
         return Ok(());
     }
     for (name, r) in refs {
-        if !blobs.has(&scope, &r.sha256) {
+        // Storage that cannot say is not "missing": the op is tried again.
+        let held = blobs.held(&scope, &r.sha256).map_err(|e| Rejection {
+            status: 503,
+            reason: format!("attachment storage unavailable: {e}"),
+        })?;
+        if !matches!(held, Held::Complete { .. }) {
             return Err(Rejection {
                 status: 422,
                 reason: format!(

@@ -271,6 +271,10 @@ impl FsBlobs {
         let data = self.data(sha256);
         if data.exists() {
             let _ = fs::remove_file(part);
+            // Uploaded again (into another scope): its retention starts over.
+            if let Ok(f) = File::options().write(true).open(&data) {
+                let _ = f.set_modified(SystemTime::now());
+            }
         } else {
             fs::rename(part, &data).map_err(PutError::Io)?;
         }

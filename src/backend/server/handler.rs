@@ -254,6 +254,17 @@ pub fn batch_as(
             }
         }
     }
+    // The store behind the check is unavailable: nothing at all (the whole
+    // batch is tried again), or the valid prefix alone.
+    let unavailable = first_invalid.as_ref().is_some_and(|r| r.status >= 500);
+    if unavailable && valid.is_empty() {
+        if let Some(r) = first_invalid {
+            return OpsReply {
+                reply: rejection(r),
+                reached_store: false,
+            };
+        }
+    }
     let n_valid = valid.len();
     let outcomes = if valid.is_empty() {
         Vec::new()
@@ -301,7 +312,7 @@ pub fn batch_as(
             }
         })
         .collect();
-    if all_applied {
+    if all_applied && !unavailable {
         if let Some(r) = first_invalid {
             results.push(BatchResult {
                 code: None,

@@ -127,14 +127,18 @@ impl PgStore {
             tx.commit().await.map_err(|e| fail("commit", e))?;
             return Err(PutError::HashMismatch { got });
         }
-        let stored = tx
-            .execute(
-                "INSERT INTO syncd_blobs (sha256, length) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        // Uploaded again (into another scope): its retention starts over.
+        let fresh: bool = tx
+            .query_one(
+                "INSERT INTO syncd_blobs (sha256, length) VALUES ($1, $2) \
+                 ON CONFLICT (sha256) DO UPDATE SET created_at = now() \
+                 RETURNING (xmax = 0)",
                 &[&sha256, &(length as i64)],
             )
             .await
-            .map_err(|e| fail("write syncd_blobs", e))?;
-        if stored == 1 {
+            .map_err(|e| fail("write syncd_blobs", e))?
+            .get(0);
+        if fresh {
             tx.execute(
                 "INSERT INTO syncd_blob_chunks (sha256, pos, data) SELECT sha256, pos, data \
                  FROM syncd_blob_parts WHERE scope = $1 AND sha256 = $2",
@@ -204,9 +208,12 @@ impl PgStore {
         let secs = retention.as_secs_f64();
         let c = self.client().await?;
         let fail = |what: &str, e: tokio_postgres::Error| self.pg_error(what, &e);
+        // Whole uploads only: one whose last chunk is that old.
         let mut removed = c
             .execute(
-                "DELETE FROM syncd_blob_parts WHERE updated_at < now() - make_interval(secs => $1)",
+                "DELETE FROM syncd_blob_parts WHERE (scope, sha256) IN (SELECT scope, sha256 \
+                 FROM syncd_blob_parts GROUP BY scope, sha256 \
+                 HAVING max(updated_at) < now() - make_interval(secs => $1))",
                 &[&secs],
             )
             .await
