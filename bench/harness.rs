@@ -52,6 +52,11 @@
 //!   (issue 26): docs/s of a drain of N queued creates vs `replicate.to`,
 //!   and of a fresh device's pull of N vs `replicate.from`. Skipped with a
 //!   note where node cannot load PouchDB (`couch.rs`, `pouch.rs`).
+//! - `attachments`: a `--attach-mb` file (200 MB) attached through the
+//!   socket and uploaded to the reference backend, MB/s against a plain
+//!   copy of it into the data dir's disk; and small puts on other records
+//!   until the backend has them, during the upload vs with none
+//!   (`attachments.rs`).
 //!
 //! Every repeated figure is the median over the repetitions; baselines are
 //! interleaved with the measured runs (A B A B ...) and ratios are taken rep
@@ -62,6 +67,7 @@
 //! second smoke run with tiny parameters: it checks that the harness still
 //! works and measures nothing.
 
+mod attachments;
 mod backend;
 mod coalesce;
 #[path = "../tests/common/mod.rs"]
@@ -141,6 +147,7 @@ fn main() {
             "scopes" => scopes::scopes(&rt, &opts, &mut report),
             "queries" => queries::queries(&rt, &opts, &mut report),
             "couch" => couch::couch(&rt, &opts, &mut report),
+            "attachments" => attachments::attachments(&rt, &opts, &mut report),
             _ => unreachable!(),
         }
     }

@@ -12,7 +12,7 @@ syncd benchmark harness
 usage: cargo bench --bench harness -- [SCENARIO...] [OPTIONS]
 
 scenarios (default: all): writes reads memory idle drain restart live coalesce
-                          conflict scopes queries couch
+                          conflict scopes queries couch attachments
 
 options:
   --quick             smaller sizes and fewer reps everywhere (whole run < 2 min);
@@ -48,6 +48,8 @@ options:
   --query-records N   records in the collection `queries` reads (default 1000000)
   --couch-docs N      documents each `couch` drain and pull moves (default 5000)
   --couch-reps N      repetitions of `couch` (default 3)
+  --attach-mb N       size of the file `attachments` attaches, MB (default 200)
+  --attach-reps N     repetitions of `attachments` (default 3)
   --bin PATH          the syncd binary (default: the one cargo built)
 
 Temp dirs go to $TMPDIR (default /tmp): set it to measure another disk.";
@@ -90,6 +92,8 @@ pub(crate) struct Opts {
     pub(crate) query_records: u64,
     pub(crate) couch_docs: u64,
     pub(crate) couch_reps: usize,
+    pub(crate) attach_mb: f64,
+    pub(crate) attach_reps: usize,
     pub(crate) bin: PathBuf,
     pub(crate) smoke: bool,
 }
@@ -125,6 +129,8 @@ impl Opts {
             query_records: 1_000_000,
             couch_docs: 5_000,
             couch_reps: 3,
+            attach_mb: 200.0,
+            attach_reps: 3,
             bin: common::bin(),
             smoke: false,
         };
@@ -151,6 +157,8 @@ impl Opts {
                 query_records: 100_000,
                 couch_docs: 1_000,
                 couch_reps: 2,
+                attach_mb: 50.0,
+                attach_reps: 2,
                 ..full
             },
             Mode::Smoke => Opts {
@@ -180,6 +188,8 @@ impl Opts {
                 query_records: 400,
                 couch_docs: 50,
                 couch_reps: 1,
+                attach_mb: 2.0,
+                attach_reps: 1,
                 smoke: true,
                 ..full
             },
@@ -228,6 +238,8 @@ impl Opts {
                 "--query-records" => o.query_records = num(&val(a)?, a)?,
                 "--couch-docs" => o.couch_docs = num(&val(a)?, a)?,
                 "--couch-reps" => o.couch_reps = num(&val(a)?, a)?,
+                "--attach-mb" => o.attach_mb = num(&val(a)?, a)?,
+                "--attach-reps" => o.attach_reps = num(&val(a)?, a)?,
                 "--bin" => o.bin = PathBuf::from(val(a)?),
                 s if all_scenarios().iter().any(|x| x == s) => scenarios.push(s.to_owned()),
                 other => return Err(format!("unknown argument {other:?}")),
@@ -251,6 +263,7 @@ impl Opts {
             self.conflict_reps,
             self.scope_reps,
             self.couch_reps,
+            self.attach_reps,
         ];
         let sizes = [
             self.ops,
@@ -291,7 +304,7 @@ impl Opts {
 pub(crate) fn all_scenarios() -> Vec<String> {
     [
         "writes", "reads", "memory", "idle", "drain", "restart", "live", "coalesce", "conflict",
-        "scopes", "queries", "couch",
+        "scopes", "queries", "couch", "attachments",
     ]
     .map(String::from)
     .to_vec()
