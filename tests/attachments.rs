@@ -121,6 +121,14 @@ fn a_file_travels_with_its_record_and_is_uploaded_once() {
         "60",
     ]);
     assert_eq!(proxy.put_bytes(), (3 * MIB + 17) as u64, "uploaded once");
+    let metrics = a.ok(&["metrics"]);
+    assert!(
+        metrics.contains(&format!(
+            "syncd_attachment_bytes_total{{direction=\"up\"}} {}",
+            3 * MIB + 17
+        )),
+        "{metrics}"
+    );
     assert_eq!(local_blobs(&a).len(), 1, "stored once");
     let rec = get(&a, "notes", "n1");
     let att = &rec["data"]["_attachments"]["photo.jpg"];
@@ -468,4 +476,29 @@ fn lazy_fetches_on_first_read_and_eviction_keeps_the_bound() {
     }
     // The content only A holds locally (its own uploads) is its to keep.
     assert_eq!(local_blobs(&a).len(), 3);
+}
+
+#[test]
+fn check_finds_content_a_queued_write_needs_missing() {
+    // No backend: the attach stays queued, its content must stay too.
+    let a = Daemon::start("");
+    let f = file(&a, "x.bin", 5000, 30);
+    a.ok(&["put", "docs", "--id", "d", r#"{"v":1}"#]);
+    a.ok(&["attach", "docs", "d", "x", &s(&f)]);
+    let cfg = s(&a.config);
+    let o = a.cli(&["check", "--config", &cfg]);
+    assert_eq!(o.status.code(), Some(0), "{}", common::output_text(&o));
+    let (sha, _) = local_blobs(&a).pop().expect("stored");
+    std::fs::remove_file(a.data_dir.join("blobs").join(&sha)).unwrap();
+    let o = a.cli(&["check", "--config", &cfg]);
+    assert_eq!(o.status.code(), Some(5), "{}", common::output_text(&o));
+    let text = common::output_text(&o);
+    assert!(
+        text.contains(&sha) && text.contains("is not in blobs/"),
+        "{text}"
+    );
+    assert!(
+        text.contains("syncd attach"),
+        "the advice names what to do: {text}"
+    );
 }

@@ -74,6 +74,8 @@ pub struct Snapshot {
     pub state: String,
     /// The store was found damaged during work.
     pub store_damaged: bool,
+    /// Attachment bytes sent to and received from the backend since start.
+    pub attachment_bytes: (u64, u64),
 }
 
 /// Every series syncd exports. Cheap to share (`Arc<Metrics>`); counting
@@ -94,6 +96,7 @@ pub struct Metrics {
     store_damaged: Gauge,
     open_check_seconds: Gauge<f64, AtomicU64>,
     local_store_errors: Counter,
+    attachment_bytes: Family<Labels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -127,6 +130,7 @@ impl Metrics {
             store_damaged: Gauge::default(),
             open_check_seconds: Gauge::default(),
             local_store_errors: Counter::default(),
+            attachment_bytes: Family::default(),
         };
         for r in [
             PushResult::Applied,
@@ -199,6 +203,11 @@ impl Metrics {
             self.store_bytes.clone(),
         );
         r.register(
+            "attachment_bytes",
+            "Attachment content sent to (up) and received from (down) the backend",
+            self.attachment_bytes.clone(),
+        );
+        r.register(
             "store_damaged",
             "1 when the storage engine found the store damaged during work (writes are refused)",
             self.store_damaged.clone(),
@@ -269,6 +278,10 @@ impl Metrics {
         self.conflicts_parked.set(clamp(s.conflicts_parked));
         self.store_bytes.set(clamp(s.store_bytes));
         self.store_damaged.set(i64::from(s.store_damaged));
+        for (way, total) in [("up", s.attachment_bytes.0), ("down", s.attachment_bytes.1)] {
+            let c = self.attachment_bytes.get_or_create(&[("direction", way)]);
+            c.inc_by(total.saturating_sub(c.get()));
+        }
         for st in BACKEND_STATES {
             let v = i64::from(st == s.state);
             self.backend_state.get_or_create(&[("state", st)]).set(v);

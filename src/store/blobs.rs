@@ -114,6 +114,14 @@ impl BlobDir {
         Ok(BlobDir { root })
     }
 
+    /// The blob directory of `data_dir`, as it is: nothing is created or
+    /// removed (`syncd check` reads a store it must not change).
+    pub fn at(data_dir: &Path) -> BlobDir {
+        BlobDir {
+            root: data_dir.join("blobs"),
+        }
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

@@ -43,6 +43,10 @@
 //!     (one entry per record at most); a ready index has an entry for every
 //!     live record of its collection, a building one for every live record
 //!     whose id is below its `next`.
+//! 15. Attachments ([`crate::domain::attachment`]): the content every
+//!     queued or parked op references is in the data dir's `blobs/`,
+//!     complete (its length as referenced): it is what the op uploads.
+//!     Checked by [`full`], which knows the data dir.
 
 use std::fmt;
 
@@ -117,6 +121,14 @@ pub enum Problem {
         index: String,
         detail: String,
     },
+    /// Content a queued or parked op references is not in `blobs/`
+    /// (invariant 15).
+    Content {
+        record: String,
+        op_id: String,
+        sha256: String,
+        detail: String,
+    },
 }
 
 impl fmt::Display for Problem {
@@ -166,6 +178,15 @@ impl fmt::Display for Problem {
                 index,
                 detail,
             } => write!(f, "index {index} of {collection}: {detail}"),
+            Problem::Content {
+                record,
+                op_id,
+                sha256,
+                detail,
+            } => write!(
+                f,
+                "op {op_id} of {record}: attachment content {sha256} {detail}"
+            ),
         }
     }
 }
@@ -207,6 +228,12 @@ impl Report {
     pub fn advice(&self) -> &'static str {
         if self.is_clean() {
             "no problem found"
+        } else if self
+            .problems
+            .iter()
+            .all(|p| matches!(p, Problem::Content { .. }))
+        {
+            "attachment content a queued write needs is missing from the data dir's blobs/ (deleted, or lost with a disk): restore the file from a backup, or detach the attachment and attach it again (syncd detach, syncd attach)"
         } else if self.problems.iter().any(Problem::is_damage) {
             "the store file is damaged: stop syncd, keep a copy of the file, and restore it from a backup (or move it aside to start with an empty store; its queued writes are then lost)"
         } else {
@@ -656,12 +683,64 @@ pub fn full(path: &std::path::Path, cache_bytes: usize) -> Result<Report, StoreE
         Ok(Err(e)) => return Ok(damaged(super::describe_open_error(e)?)),
         Err(_) => return Ok(damaged("the storage engine failed reading it".into())),
     };
-    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| invariants(&db)));
+    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut r = invariants(&db)?;
+        if let Some(dir) = path.parent() {
+            content(&db.begin_read()?, &super::blobs::BlobDir::at(dir), &mut r)?;
+        }
+        Ok::<_, StoreError>(r)
+    }));
     match checked {
         Ok(Ok(r)) => Ok(r),
         Ok(Err(e)) => Ok(damaged(e.to_string())),
         Err(_) => Ok(damaged("the storage engine failed reading a table".into())),
     }
+}
+
+/// Invariant 15: the content of every queued and parked op is stored.
+fn content(
+    txn: &ReadTransaction,
+    blobs: &super::blobs::BlobDir,
+    r: &mut Report,
+) -> Result<(), StoreError> {
+    let mut ops: Vec<QueuedOp> = Vec::new();
+    if let Some(t) = open(txn, QUEUE)? {
+        for item in t.iter()? {
+            if let Ok(op) = from_store::<QueuedOp>(item?.1.value()) {
+                ops.push(op);
+            }
+        }
+    }
+    if let Some(t) = open(txn, CONFLICTS)? {
+        for item in t.iter()? {
+            if let Ok(p) = from_store::<ParkedConflict>(item?.1.value()) {
+                ops.extend(p.ops);
+            }
+        }
+    }
+    for op in ops {
+        let Some(data) = op
+            .data
+            .as_deref()
+            .filter(|d| d.contains(crate::domain::attachment::KEY))
+        else {
+            continue;
+        };
+        for a in crate::domain::attachment::refs_of_text(data).into_values() {
+            let detail = match blobs.len(&a.sha256) {
+                Some(n) if n == a.length => continue,
+                Some(n) => format!("is {n} bytes in blobs/, the op references {}", a.length),
+                None => "is not in blobs/".to_owned(),
+            };
+            r.push(Problem::Content {
+                record: rec_name(&op.collection, &op.local_id),
+                op_id: op.op_id.clone(),
+                sha256: a.sha256,
+                detail,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn damaged(detail: String) -> Report {

@@ -23,6 +23,7 @@ pub async fn text(ctx: &Ctx) -> Result<String, ApiError> {
             store_bytes: s.store_bytes(),
             state: String::new(),
             store_damaged: s.damage().is_some(),
+            attachment_bytes: (0, 0),
         })
     })
     .await;
@@ -36,6 +37,7 @@ pub async fn text(ctx: &Ctx) -> Result<String, ApiError> {
         Err(e) => return Err(e),
     };
     snap.state = ctx.sync.status().state.as_str().to_owned();
+    snap.attachment_bytes = ctx.transfers.totals();
     Ok(ctx.metrics.render(&snap))
 }
 
