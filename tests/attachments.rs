@@ -502,3 +502,66 @@ fn check_finds_content_a_queued_write_needs_missing() {
         "the advice names what to do: {text}"
     );
 }
+
+/// A device whose data dir is a 2 MiB tmpfs (root only; else `None`).
+fn on_small_disk(extra: &str) -> Option<Daemon> {
+    if !common::is_root() {
+        println!("note: skipping: needs root to mount a tmpfs");
+        return None;
+    }
+    let mut d = Daemon::start(extra);
+    d.stop();
+    let _ = std::fs::remove_dir_all(&d.data_dir);
+    std::fs::create_dir(&d.data_dir).unwrap();
+    if !common::mount_tmpfs(&d.data_dir, "size=2m,mode=0700") {
+        println!("note: skipping: cannot mount a tmpfs here");
+        return None;
+    }
+    d.spawn();
+    Some(d)
+}
+
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        common::umount(&self.0);
+    }
+}
+
+#[test]
+fn a_full_disk_fails_attach_and_download_clearly_and_keeps_nothing_half_written() {
+    let backend = Backend::start(&[]);
+    let a = device(&backend.url(), "");
+    let Some(mut b) = on_small_disk(&format!(
+        "[backend]\nurl = {:?}\n[sync]\npull_interval_s = 1\nbackoff_initial_ms = 100\nbackoff_max_ms = 1000",
+        backend.url()
+    )) else {
+        return;
+    };
+    let _guard = Unmount(b.data_dir.clone());
+    // An attach larger than the disk: a clear error, nothing kept, and the
+    // daemon serves on.
+    let big = file(&a, "big.bin", 4 * MIB, 40);
+    b.ok(&["put", "docs", "--id", "local", r#"{"v":1}"#]);
+    let o = b.cli(&["attach", "docs", "local", "big", &s(&big)]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(err.contains("no space left"), "{err}");
+    assert!(local_blobs(&b).is_empty());
+    assert_eq!(std::fs::read_dir(b.data_dir.join("blobs/tmp")).unwrap().count(), 0);
+    b.ok(&["put", "docs", "--id", "after", r#"{"v":2}"#]);
+
+    // A download larger than the disk: never shown complete; a read says
+    // why.
+    a.ok(&["put", "docs", "--id", "r", r#"{"v":1}"#]);
+    a.ok(&["attach", "docs", "r", "big", &s(&big), "--wait", "synced", "--timeout", "60"]);
+    eventually(60, "B has the record", || b.has("docs", "r"));
+    let o = b.cli(&["attachment", "docs", "r", "big", "-o", &s(&a.dir.path().join("out"))]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(err.contains("no space left"), "{err}");
+    assert_ne!(state(&b, "docs", "r", "big").as_deref(), Some("synced"));
+    assert!(local_blobs(&b).is_empty(), "nothing half-written under its hash");
+    b.stop();
+}
