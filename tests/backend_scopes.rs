@@ -225,7 +225,7 @@ fn health_and_session(r: &str, alice: &str) {
     let health = call(r, "GET", "/v1/health", None, None).body;
     assert_eq!(
         health["features"],
-        json!(["batch", "wait", "client_ids", "scopes"])
+        json!(["batch", "wait", "client_ids", "scopes", "blobs"])
     );
     let session = call(r, "GET", "/v1/session", Some(alice), None).body;
     assert_eq!(session["sub"], "alice");
@@ -571,7 +571,12 @@ fn a_store_that_held_users_is_not_served_single_tenant() {
 fn token_mode_is_revision_2_unchanged() {
     let b = Backend::start(&["--token", "t0k"]);
     let health = call(&b.addr, "GET", "/v1/health", None, None).body;
-    assert_eq!(health["features"], json!(["batch", "wait", "client_ids"]));
+    // Revision 2's features, plus the optional `blobs` a revision-2
+    // client ignores.
+    assert_eq!(
+        health["features"],
+        json!(["batch", "wait", "client_ids", "blobs"])
+    );
     let created = post_op(
         &b.addr,
         "t0k",

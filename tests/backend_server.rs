@@ -232,7 +232,7 @@ async fn health_routing_and_methods() {
     assert_eq!(r.header("content-type"), Some("application/json"));
     assert_eq!(
         r.json(),
-        json!({"ok": true, "features": ["batch", "wait", "client_ids"]})
+        json!({"ok": true, "features": ["batch", "wait", "client_ids", "blobs"]})
     );
     assert_eq!(get(s.addr, "/sync/api/v1/health").await.status, 200);
     let r = get(s.addr, "/v1/nope").await;
@@ -472,7 +472,7 @@ async fn no_batch_answers_404() {
     );
     // A server without batch does not announce it.
     let health = get(s.addr, "/v1/health").await.json();
-    assert_eq!(health["features"], json!(["wait", "client_ids"]));
+    assert_eq!(health["features"], json!(["wait", "client_ids", "blobs"]));
     s.stop().await;
 }
 
