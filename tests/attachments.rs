@@ -70,6 +70,13 @@ fn local_blobs(d: &Daemon) -> Vec<(String, u64)> {
         .collect()
 }
 
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 fn synced(d: &Daemon) {
     d.ok(&["sync", "--wait", "--timeout", "60"]);
 }
@@ -498,7 +505,7 @@ fn check_finds_content_a_queued_write_needs_missing() {
         "{text}"
     );
     assert!(
-        text.contains("syncd attach"),
+        text.contains("restore the file"),
         "the advice names what to do: {text}"
     );
 }
@@ -549,19 +556,135 @@ fn a_full_disk_fails_attach_and_download_clearly_and_keeps_nothing_half_written(
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(err.contains("no space left"), "{err}");
     assert!(local_blobs(&b).is_empty());
-    assert_eq!(std::fs::read_dir(b.data_dir.join("blobs/tmp")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(b.data_dir.join("blobs/tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
     b.ok(&["put", "docs", "--id", "after", r#"{"v":2}"#]);
 
     // A download larger than the disk: never shown complete; a read says
     // why.
     a.ok(&["put", "docs", "--id", "r", r#"{"v":1}"#]);
-    a.ok(&["attach", "docs", "r", "big", &s(&big), "--wait", "synced", "--timeout", "60"]);
+    a.ok(&[
+        "attach",
+        "docs",
+        "r",
+        "big",
+        &s(&big),
+        "--wait",
+        "synced",
+        "--timeout",
+        "60",
+    ]);
     eventually(60, "B has the record", || b.has("docs", "r"));
-    let o = b.cli(&["attachment", "docs", "r", "big", "-o", &s(&a.dir.path().join("out"))]);
+    let o = b.cli(&[
+        "attachment",
+        "docs",
+        "r",
+        "big",
+        "-o",
+        &s(&a.dir.path().join("out")),
+    ]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(err.contains("no space left"), "{err}");
     assert_ne!(state(&b, "docs", "r", "big").as_deref(), Some("synced"));
-    assert!(local_blobs(&b).is_empty(), "nothing half-written under its hash");
+    assert!(
+        local_blobs(&b).is_empty(),
+        "nothing half-written under its hash"
+    );
     b.stop();
+}
+
+#[test]
+fn a_detach_queued_behind_a_waiting_upload_is_never_sent_first() {
+    let backend = Backend::start(&[]);
+    let proxy = BlobProxy::start(&backend.addr);
+    // Small batches: many rounds, each recorded while the next is built.
+    let a = device(&proxy.url(), "batch_size = 10");
+    let b = device(&backend.url(), "");
+    a.ok(&["put", "notes", "--id", "n", r#"{"t":1}"#]);
+    synced(&a);
+    proxy.hold_puts(true);
+    a.ok(&["pause"]);
+    let f = file(&a, "p.bin", 3 * MIB, 50);
+    a.ok(&["attach", "notes", "n", "p", &s(&f)]);
+    // Many writes to other records, and a detach of the attachment whose
+    // upload will wait, in the middle of them; then sync resumes.
+    rt().block_on(async {
+        let mut c = syncd::client::Client::connect(&a.socket, "t")
+            .await
+            .unwrap();
+        for i in 0..300 {
+            c.put("other", Some(&format!("o{i}")), serde_json::json!({"v": 1}))
+                .await
+                .unwrap();
+            if i == 150 {
+                c.detach("notes", "n", "p").await.unwrap();
+            }
+        }
+    });
+    a.ok(&["resume"]);
+    eventually(30, "the upload is held", || proxy.held() >= 1);
+    eventually(60, "B has the writes behind the upload", || {
+        b.has("other", "o299")
+    });
+    assert!(
+        get(&b, "notes", "n")["data"].get("_attachments").is_none(),
+        "neither the attach nor the detach went yet"
+    );
+    proxy.hold_puts(false);
+    synced(&a);
+    // The detach came last, and stays last.
+    eventually(60, "B has the record's last write", || {
+        get(&b, "notes", "n")["version"].as_u64() == get(&a, "notes", "n")["version"].as_u64()
+    });
+    let rec = get(&b, "notes", "n");
+    assert!(rec["data"].get("_attachments").is_none(), "{rec}");
+    let server = backend.records();
+    let n = &server[&("notes".to_owned(), "n".to_owned())];
+    assert!(n["data"].get("_attachments").is_none(), "{n}");
+}
+
+#[test]
+fn content_the_backend_refuses_dead_letters_its_op_and_a_retry_asks_again() {
+    let backend = Backend::start(&[]);
+    let proxy = BlobProxy::start(&backend.addr);
+    let a = device(&proxy.url(), "");
+    a.ok(&["put", "notes", "--id", "n", r#"{"t":1}"#]);
+    synced(&a);
+    proxy.refuse(true);
+    let f = file(&a, "p.bin", 100_000, 51);
+    a.ok(&["attach", "notes", "n", "p", &s(&f)]);
+    eventually(30, "dead-lettered", || {
+        !a.json_lines(&["dead-letters", "--json"]).is_empty()
+    });
+    let dead = a.json_lines(&["dead-letters", "--json"]);
+    let why = dead[0]["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(why.contains("413") && why.contains("refuses"), "{why}");
+    // Writes go on meanwhile.
+    a.ok(&[
+        "put",
+        "notes",
+        "--id",
+        "m",
+        r#"{"t":2}"#,
+        "--wait",
+        "synced",
+        "--timeout",
+        "60",
+    ]);
+    proxy.refuse(false);
+    let op = dead[0]["op_id"].as_str().unwrap().to_owned();
+    a.ok(&["retry", &op]);
+    synced(&a);
+    eventually(30, "uploaded and applied", || {
+        state(&a, "notes", "n", "p").as_deref() == Some("synced")
+    });
+    assert!(a.json_lines(&["dead-letters", "--json"]).is_empty());
 }

@@ -96,6 +96,12 @@ pub async fn attach(a: &AttachArgs, outer: &DaemonOpts) -> Result<(), CliError> 
         )
         .await?
     } else {
+        if std::path::Path::new(&a.file).is_dir() {
+            return Err(CliError::Usage(format!(
+                "{} is a directory: attach a file (or - for stdin)",
+                a.file
+            )));
+        }
         let f = tokio::fs::File::open(&a.file)
             .await
             .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", a.file)))?;
@@ -144,7 +150,17 @@ pub async fn attachment(a: &AttachmentArgs, outer: &DaemonOpts) -> Result<(), Cl
                 .await?;
         }
         Some(path) => {
-            let tmp = path.with_extension("syncd-part");
+            if path.is_dir() {
+                return Err(CliError::Usage(format!(
+                    "-o {}: is a directory; name the file to write",
+                    path.display()
+                )));
+            }
+            // Beside the destination (same file system), named for this
+            // process, so that two reads never share it.
+            let mut name = path.file_name().unwrap_or_default().to_os_string();
+            name.push(format!(".syncd-part-{}", std::process::id()));
+            let tmp = path.with_file_name(name);
             let f = tokio::fs::File::create(&tmp)
                 .await
                 .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", tmp.display())))?;
@@ -155,9 +171,13 @@ pub async fn attachment(a: &AttachmentArgs, outer: &DaemonOpts) -> Result<(), Cl
                 let _ = tokio::fs::remove_file(&tmp).await;
                 return Err(e.into());
             }
-            tokio::fs::rename(&tmp, path)
-                .await
-                .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", path.display())))?;
+            if let Err(e) = tokio::fs::rename(&tmp, path).await {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(CliError::Failed(format!(
+                    "cannot write {}: {e}",
+                    path.display()
+                )));
+            }
         }
     }
     if let Some(b) = progress {

@@ -57,11 +57,23 @@ impl Store {
         Ok(out)
     }
 
-    /// The content every queued, parked or dead-lettered op references:
-    /// what this device may still have to upload.
+    /// The content every queued, parked or dead-lettered op references,
+    /// and every record with pending ops (a parked conflict's local
+    /// version is the record's document): what this device may still
+    /// have to upload.
     pub fn content_of_ops(&self) -> Result<HashSet<String>> {
         let (_db, txn) = self.read()?;
         let mut out = HashSet::new();
+        for item in txn.open_table(RECORDS)?.iter()? {
+            let r: StoredRecord = from_store(item?.1.value())?;
+            if r.pending > 0 && mentions(&r.data) {
+                out.extend(
+                    attachment::refs_of_text(&r.data)
+                        .into_values()
+                        .map(|a| a.sha256),
+                );
+            }
+        }
         let mut note = |data: Option<&str>| {
             if let Some(d) = data.filter(|d| mentions(d)) {
                 out.extend(attachment::refs_of_text(d).into_values().map(|a| a.sha256));

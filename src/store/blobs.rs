@@ -188,7 +188,8 @@ impl BlobDir {
     }
 
     /// Appends `bytes` at `offset` of the download of `sha256`; a part file
-    /// longer than `offset` (a write that outlived its record) is cut back.
+    /// longer than `offset` is cut back, one shorter is an error (the
+    /// download resumes from [`BlobDir::partial_len`]).
     pub fn append_partial(&self, sha256: &str, offset: u64, bytes: &[u8]) -> Result<(), BlobError> {
         let path = self.part_path(sha256);
         let mut f = OpenOptions::new()
@@ -198,10 +199,18 @@ impl BlobDir {
             .open(&path)
             .map_err(|e| io_err(&path, e))?;
         let held = f.metadata().map_err(|e| io_err(&path, e))?.len();
-        if held != offset {
-            f.set_len(offset.min(held)).map_err(|e| io_err(&path, e))?;
+        if held < offset {
+            // Bytes between would be missing: the caller resumes from
+            // `partial_len` instead.
+            return Err(BlobError::WrongLength {
+                expected: offset,
+                got: held,
+            });
         }
-        f.seek(SeekFrom::Start(offset.min(held)))
+        if held > offset {
+            f.set_len(offset).map_err(|e| io_err(&path, e))?;
+        }
+        f.seek(SeekFrom::Start(offset))
             .map_err(|e| io_err(&path, e))?;
         f.write_all(bytes).map_err(|e| io_err(&path, e))?;
         f.sync_data().map_err(|e| io_err(&path, e))
@@ -379,6 +388,10 @@ impl BlobWriter {
         }
         if self.dir.len(&sha) == Some(self.len) {
             let _ = fs::remove_file(&self.path);
+            // Used again: not idle (the sweep keeps it).
+            if let Ok(f) = File::options().write(true).open(self.dir.path(&sha)) {
+                let _ = f.set_modified(SystemTime::now());
+            }
         } else {
             self.dir.install(&self.path, &sha)?;
         }

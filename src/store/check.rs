@@ -44,9 +44,10 @@
 //!     live record of its collection, a building one for every live record
 //!     whose id is below its `next`.
 //! 15. Attachments ([`crate::domain::attachment`]): the content every
-//!     queued or parked op references is in the data dir's `blobs/`,
-//!     complete (its length as referenced): it is what the op uploads.
-//!     Checked by [`full`], which knows the data dir.
+//!     queued op references is in the data dir's `blobs/`, complete (its
+//!     length as referenced), unless the backend is known to hold it: it
+//!     is what the op uploads. Checked by [`full`], which knows the data
+//!     dir.
 
 use std::fmt;
 
@@ -233,7 +234,7 @@ impl Report {
             .iter()
             .all(|p| matches!(p, Problem::Content { .. }))
         {
-            "attachment content a queued write needs is missing from the data dir's blobs/ (deleted, or lost with a disk): restore the file from a backup, or detach the attachment and attach it again (syncd detach, syncd attach)"
+            "attachment content a queued write must upload is missing from the data dir's blobs/ (deleted, or lost with a disk) and the backend is not known to hold it: restore the file into blobs/ from a backup (it is named by its SHA-256); until then that write cannot be sent"
         } else if self.problems.iter().any(Problem::is_damage) {
             "the store file is damaged: stop syncd, keep a copy of the file, and restore it from a backup (or move it aside to start with an empty store; its queued writes are then lost)"
         } else {
@@ -697,28 +698,22 @@ pub fn full(path: &std::path::Path, cache_bytes: usize) -> Result<Report, StoreE
     }
 }
 
-/// Invariant 15: the content of every queued and parked op is stored.
+/// Invariant 15: the content every queued op references is here, or
+/// the backend is known to hold it (downloaded from it or confirmed by
+/// it: the `.remote` mark; or referenced by the record's server version).
+/// Parked ops keep no document (the record's holds the local version).
 fn content(
     txn: &ReadTransaction,
     blobs: &super::blobs::BlobDir,
     r: &mut Report,
 ) -> Result<(), StoreError> {
-    let mut ops: Vec<QueuedOp> = Vec::new();
-    if let Some(t) = open(txn, QUEUE)? {
-        for item in t.iter()? {
-            if let Ok(op) = from_store::<QueuedOp>(item?.1.value()) {
-                ops.push(op);
-            }
-        }
-    }
-    if let Some(t) = open(txn, CONFLICTS)? {
-        for item in t.iter()? {
-            if let Ok(p) = from_store::<ParkedConflict>(item?.1.value()) {
-                ops.extend(p.ops);
-            }
-        }
-    }
-    for op in ops {
+    let (Some(queue), Some(records)) = (open(txn, QUEUE)?, open(txn, RECORDS)?) else {
+        return Ok(());
+    };
+    for item in queue.iter()? {
+        let Ok(op) = from_store::<QueuedOp>(item?.1.value()) else {
+            continue;
+        };
         let Some(data) = op
             .data
             .as_deref()
@@ -726,11 +721,20 @@ fn content(
         else {
             continue;
         };
+        let base = records
+            .get((op.collection.as_str(), op.local_id.as_str()))?
+            .and_then(|v| from_store::<StoredRecord>(v.value()).ok())
+            .and_then(|rec| rec.base)
+            .map(|b| crate::domain::attachment::refs_of_text(&b))
+            .unwrap_or_default();
         for a in crate::domain::attachment::refs_of_text(data).into_values() {
+            let on_server =
+                blobs.is_remote(&a.sha256) || base.values().any(|b| b.sha256 == a.sha256);
             let detail = match blobs.len(&a.sha256) {
                 Some(n) if n == a.length => continue,
+                None if on_server => continue,
                 Some(n) => format!("is {n} bytes in blobs/, the op references {}", a.length),
-                None => "is not in blobs/".to_owned(),
+                None => "is not in blobs/, and the backend is not known to hold it".to_owned(),
             };
             r.push(Problem::Content {
                 record: rec_name(&op.collection, &op.local_id),

@@ -218,7 +218,7 @@ impl Transfers {
             self.uploaded.fetch_add(n, Ordering::Relaxed);
             // A server that keeps answering the offset it was sent took
             // nothing: give up for now (the uploader backs off).
-            stalls = if held == BlobHeld::Partial(offset) && n > 0 {
+            stalls = if held == BlobHeld::Partial(offset) {
                 stalls + 1
             } else {
                 0
@@ -267,10 +267,11 @@ impl Transfers {
             .entry(r.sha256.clone())
             .or_default()
             .clone();
+        // The gate stays (one per content ever fetched): removing it while
+        // another reader holds a clone would let a third start a second
+        // download into the same part file.
         let _one = gate.lock().await;
-        let result = self.fetch_alone(scope, r, place).await;
-        lock(&self.fetching).remove(&r.sha256);
-        result
+        self.fetch_alone(scope, r, place).await
     }
 
     async fn fetch_alone(

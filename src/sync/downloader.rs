@@ -41,18 +41,20 @@ pub async fn run(
     let mut wanted = Wanted::new();
     let mut backoff = Backoff::default();
     let mut rescan = true;
+    let mut next_sweep = tokio::time::Instant::now() + ORPHAN_IDLE;
     loop {
         if rescan {
             rescan = false;
-            match scan(&store, &config).await {
+            match scan(&store, &config, transfers.blobs()).await {
                 Ok(all) => wanted.extend(all),
                 Err(e) => tracing::warn!(error = %e, "cannot list the attachments to download"),
             }
             sweep(&transfers, &store).await;
         }
-        fetch_all(&transfers, &mut wanted, &mut backoff).await;
+        let bound = || keep_within_bound(&transfers, &store, &config);
+        fetch_all(&transfers, &mut wanted, &mut backoff, bound).await;
         keep_within_bound(&transfers, &store, &config).await;
-        let next = backoff.next_due();
+        let next = backoff.next_due(&wanted);
         let sleep = async {
             match next {
                 Some(t) => tokio::time::sleep_until(t).await,
@@ -63,9 +65,12 @@ pub async fn run(
             biased;
             _ = shutdown.changed() => return,
             // Now and then, look for content nothing references any more.
-            _ = tokio::time::sleep(ORPHAN_IDLE) => rescan = true,
+            _ = tokio::time::sleep_until(next_sweep) => {
+                next_sweep = tokio::time::Instant::now() + ORPHAN_IDLE;
+                rescan = true;
+            }
             ev = events.recv() => match ev {
-                Ok(ev) => note(&ev, &store, &config, &mut wanted).await,
+                Ok(ev) => note(&ev, &store, &config, transfers.blobs(), &mut wanted).await,
                 Err(broadcast::error::RecvError::Lagged(_)) => rescan = true,
                 Err(broadcast::error::RecvError::Closed) => return,
             },
@@ -73,6 +78,14 @@ pub async fn run(
             _ = sleep => {}
         }
     }
+}
+
+/// Whether content is worth an eager download: not here, and not a copy
+/// the cache bound evicted (the backend holds it; it is fetched again on
+/// its next read, not at every rescan, which would download and evict it
+/// over and over).
+fn worth_fetching(blobs: &crate::store::blobs::BlobDir, r: &AttachmentRef) -> bool {
+    blobs.len(&r.sha256) != Some(r.length) && !blobs.is_remote(&r.sha256)
 }
 
 /// When each failed content is tried again: a download that fails waits
@@ -99,15 +112,28 @@ impl Backoff {
             .insert(sha.to_owned(), (tokio::time::Instant::now() + wait, wait));
     }
 
-    fn next_due(&self) -> Option<tokio::time::Instant> {
-        self.due.values().map(|(t, _)| *t).min()
+    /// The next retry of content still wanted.
+    fn next_due(&self, wanted: &Wanted) -> Option<tokio::time::Instant> {
+        self.due
+            .iter()
+            .filter(|(k, _)| wanted.contains_key(*k))
+            .map(|(_, (t, _))| *t)
+            .min()
     }
 }
 
 /// Fetches everything wanted that is due. Content the backend does not
 /// hold is dropped from the list (it is fetched on demand, should it
 /// appear later); a failure is tried again after its backoff.
-async fn fetch_all(transfers: &Transfers, wanted: &mut Wanted, backoff: &mut Backoff) {
+async fn fetch_all<F, Fut>(
+    transfers: &Transfers,
+    wanted: &mut Wanted,
+    backoff: &mut Backoff,
+    bound: F,
+) where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let todo: Vec<_> = wanted
         .iter()
         .filter(|(k, _)| backoff.ready(k))
@@ -118,12 +144,15 @@ async fn fetch_all(transfers: &Transfers, wanted: &mut Wanted, backoff: &mut Bac
             Ok(()) => {
                 wanted.remove(&sha);
                 backoff.due.remove(&sha);
+                // Within the cache bound after each file, not after all.
+                bound().await;
             }
             // Woken again when a backend is known.
             Err(FetchError::NoBackend) => return,
             Err(e @ FetchError::NotHeld { .. }) => {
                 tracing::warn!(sha256 = %sha, error = %e, "attachment not downloaded");
                 wanted.remove(&sha);
+                backoff.due.remove(&sha);
             }
             Err(e) => {
                 tracing::warn!(sha256 = %sha, error = %e, "attachment download failed; retrying later");
@@ -138,6 +167,7 @@ async fn note(
     ev: &Event,
     store: &Store,
     config: &watch::Receiver<Arc<Config>>,
+    blobs: &crate::store::blobs::BlobDir,
     wanted: &mut Wanted,
 ) {
     let Event::Changed {
@@ -169,7 +199,7 @@ async fn note(
         .and_then(Result::ok)
         .flatten()
         .and_then(|r| r.scope);
-    for (name, r) in refs {
+    for (name, r) in refs.into_iter().filter(|(_, r)| worth_fetching(blobs, r)) {
         let place = BlobPlace {
             collection: collection.clone(),
             id: id.clone(),
@@ -183,6 +213,7 @@ async fn note(
 async fn scan(
     store: &Store,
     config: &watch::Receiver<Arc<Config>>,
+    blobs: &crate::store::blobs::BlobDir,
 ) -> Result<Wanted, crate::store::StoreError> {
     let s = store.clone();
     let refs = tokio::task::spawn_blocking(move || s.content_refs())
@@ -192,6 +223,7 @@ async fn scan(
     Ok(refs
         .into_iter()
         .filter(|r| cfg.attachment_fetch(&r.collection) == AttachmentFetch::Eager)
+        .filter(|r| worth_fetching(blobs, &r.attachment))
         .map(|r| {
             let place = BlobPlace {
                 collection: r.collection,

@@ -49,6 +49,9 @@ struct Task {
     outcome: Arc<std::sync::Mutex<Option<Result<(), UploadError>>>>,
     /// Backoff before the next start, after a failure.
     retry: Duration,
+    /// Why the previous attempt at this content failed, while this one
+    /// waits or runs: what the waiting op shows.
+    failed: Option<Failure>,
 }
 
 impl Task {
@@ -91,13 +94,16 @@ impl Uploader {
             self.tasks.remove(&key);
             return Ready::Yes;
         }
-        let retry = match self.tasks.get(&key) {
-            Some(t) if t.outcome().is_none() => return Ready::Uploading,
-            Some(t) => match t.outcome() {
-                Some(Err(UploadError::Refused(why))) => return Ready::Refused(why),
-                _ => t.retry,
-            },
-            None => Duration::ZERO,
+        let (retry, failed) = match self.tasks.get(&key).map(|t| (t, t.outcome())) {
+            Some((_, None)) => return Ready::Uploading,
+            // Refused: the op is dead-lettered now; a retry asks again.
+            Some((_, Some(Err(UploadError::Refused(why))))) => {
+                self.tasks.remove(&key);
+                return Ready::Refused(why);
+            }
+            Some((t, Some(Err(UploadError::Failed(f))))) => (t.retry, Some(f)),
+            Some((t, Some(Ok(())))) => (t.retry, t.failed.clone()),
+            None => (Duration::ZERO, None),
         };
         let outcome = Arc::new(std::sync::Mutex::new(None));
         let handle = self.spawn(
@@ -114,6 +120,7 @@ impl Uploader {
                 handle,
                 outcome,
                 retry,
+                failed,
             },
         );
         Ready::Uploading
@@ -154,6 +161,7 @@ impl Uploader {
     pub fn failure(&self) -> Option<Failure> {
         self.tasks.values().find_map(|t| match t.outcome() {
             Some(Err(UploadError::Failed(f))) => Some(f),
+            None => t.failed.clone(),
             _ => None,
         })
     }

@@ -842,7 +842,18 @@ impl Worker {
         let busy = self.uploader.busy();
         let past_uploads = if busy { UPLOAD_WINDOW } else { 0 };
         let mut head = self.claimed_head(batch_size + skip + past_uploads).await?;
+        // The ops of `prev` are being recorded: not sent again. Other ops at
+        // or below its last were passed over, waiting for an upload: their
+        // records stay waiting (so no later op of theirs goes first).
+        let mut waiting: HashSet<(String, String)> = HashSet::new();
         if let Some(p) = prev {
+            for (_, op) in head.iter().filter(|(s, _)| *s <= p.upto) {
+                let key = (op.collection.clone(), op.local_id.clone());
+                // (A record of `prev` has one op there: the one sent.)
+                if !p.records.contains(&key) {
+                    waiting.insert(key);
+                }
+            }
             head.retain(|(s, _)| *s > p.upto);
         }
         let keys: Vec<(String, String)> = head
@@ -855,7 +866,6 @@ impl Worker {
         let mut seen = HashSet::new();
         // Records whose op waits for its content's upload: their later ops
         // wait too; other records' ops go on.
-        let mut waiting: HashSet<(String, String)> = HashSet::new();
         let mut first_waiting = None;
         for (((seq, op), rec), key) in head.into_iter().zip(recs).zip(keys) {
             if waiting.contains(&key) {

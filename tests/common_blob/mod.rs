@@ -35,6 +35,9 @@ pub struct Faults {
     pub corrupt_gets: Mutex<u32>,
     /// `POST v1/ops` and `v1/ops/batch` bodies seen (for "never ahead").
     pub ops: Mutex<Vec<String>>,
+    /// While `true`, blob uploads (HEAD and PUT) are answered `413`
+    /// without reaching the backend.
+    pub refuse: Mutex<bool>,
 }
 
 pub struct BlobProxy {
@@ -80,6 +83,11 @@ impl BlobProxy {
     }
 
     /// Cuts the blob `GET`s numbered `at` (1 = the first).
+    /// Answers blob uploads `413` (`true`) or lets them through.
+    pub fn refuse(&self, on: bool) {
+        *self.faults.refuse.lock().expect("lock") = on;
+    }
+
     pub fn cut_gets(&self, at: &[usize]) {
         *self.faults.cut_at.lock().expect("lock") = at.to_vec();
     }
@@ -150,6 +158,15 @@ fn serve(mut client: TcpStream, up: &str, f: &Faults) {
             .lock()
             .expect("lock")
             .push(String::from_utf8_lossy(&body).into_owned());
+    }
+    if blob && (method == "PUT" || method == "HEAD") && *f.refuse.lock().expect("lock") {
+        let body = r#"{"error":"content larger than this proxy takes"}"#;
+        let reply = format!(
+            "HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = client.write_all(reply.as_bytes());
+        return;
     }
     if blob && method == "PUT" {
         let sent = *f.put_bytes.lock().expect("lock");

@@ -40,6 +40,9 @@ pub enum ClientError {
     /// Reading a file to attach, or writing an attachment out, failed
     /// (on the app's side; the daemon was not at fault).
     Io(std::io::Error),
+    /// The attachment was replaced (or detached) while it was being read:
+    /// what was written so far is of the old content. Read it again.
+    Changed { name: String },
     /// The process listening at `path` is not the daemon we trust: it runs
     /// as `uid`, not as ours, root or the one we were told to expect.
     UntrustedDaemon {
@@ -70,6 +73,10 @@ impl std::fmt::Display for ClientError {
             ClientError::Encode(e) => write!(f, "cannot encode the request: {e}; nothing was sent"),
             ClientError::Api(e) => write!(f, "{e}"),
             ClientError::Io(e) => write!(f, "{e}"),
+            ClientError::Changed { name } => write!(
+                f,
+                "attachment {name:?} changed while it was read: what was written is incomplete; read it again"
+            ),
             ClientError::UntrustedDaemon {
                 path,
                 uid,
@@ -570,6 +577,7 @@ impl Client {
     ) -> Result<(String, u64)> {
         use tokio::io::AsyncWriteExt;
         let mut offset = 0u64;
+        let mut pinned: Option<(String, u64)> = None;
         loop {
             let reply = self
                 .request(Request::ReadAttachment {
@@ -584,11 +592,23 @@ impl Client {
                 data,
                 length,
                 content_type,
+                sha256,
                 ..
             } = reply
             else {
                 return Err(unexpected(reply));
             };
+            // Every chunk must be of the same content: an attachment
+            // replaced while it is read would otherwise mix two files.
+            match &pinned {
+                None => pinned = Some((sha256, length)),
+                Some(p) if *p != (sha256, length) => {
+                    return Err(ClientError::Changed {
+                        name: name.to_owned(),
+                    })
+                }
+                Some(_) => {}
+            }
             out.write_all(&data.0).await.map_err(ClientError::Io)?;
             offset += data.0.len() as u64;
             on_chunk(offset, length);

@@ -152,8 +152,7 @@ pub fn fill_inline(body: &mut Value, blobs: Option<&BlobDir>) -> Result<(), Miss
             continue;
         };
         let blobs = blobs.ok_or_else(|| Missing("no attachment files on this device".into()))?;
-        let bytes = blobs
-            .read_at(&sha, 0, usize::MAX)
+        let bytes = off_runtime(|| blobs.read_at(&sha, 0, usize::MAX))
             .map_err(|e| Missing(e.to_string()))?;
         if let Value::Object(m) = a {
             m.remove(CONTENT);
@@ -164,6 +163,18 @@ pub fn fill_inline(body: &mut Value, blobs: Option<&BlobDir>) -> Result<(), Miss
         }
     }
     Ok(())
+}
+
+/// Runs blocking file I/O from an async caller: with `block_in_place` on
+/// a multi-threaded runtime (the daemon's), directly otherwise.
+fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
 }
 
 /// Splits the record's references out of its fields (they become the
