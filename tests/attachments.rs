@@ -469,19 +469,41 @@ fn lazy_fetches_on_first_read_and_eviction_keeps_the_bound() {
     assert_eq!(state(&lazy, "docs", "r1", "f").as_deref(), Some("synced"));
     assert_eq!(local_blobs(&lazy).len(), 1);
 
-    // Eager with room for two: the least recently read goes.
+    // Eager with room for two: all three are downloaded, one is evicted.
     let bound = 2 * MIB + MIB / 2;
     let eager = device(&backend.url(), &format!("attachment_cache_bytes = {bound}"));
-    eventually(60, "within the bound", || {
-        let files = local_blobs(&eager);
-        let total: u64 = files.iter().map(|f| f.1).sum();
-        eager.has("docs", "r2") && !files.is_empty() && total <= bound as u64
+    let downloaded = |d: &Daemon| {
+        d.ok(&["metrics"])
+            .lines()
+            .find_map(|l| l.strip_prefix("syncd_attachment_bytes_total{direction=\"down\"} "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    eventually(60, "all three downloaded", || {
+        downloaded(&eager) >= 3 * MIB as u64
     });
-    // An evicted copy is fetched again on demand.
+    eventually(60, "within the bound", || {
+        let total: u64 = local_blobs(&eager).iter().map(|f| f.1).sum();
+        total <= bound as u64
+    });
+    assert_eq!(local_blobs(&eager).len(), 2, "one evicted");
+    let states: Vec<_> = (0..3)
+        .filter_map(|i| state(&eager, "docs", &format!("r{i}"), "f"))
+        .collect();
+    assert_eq!(
+        states.iter().filter(|s| *s == "remote").count(),
+        1,
+        "{states:?}"
+    );
+    // An evicted copy is fetched again on demand, and the bound holds.
     for (i, w) in want.iter().enumerate() {
         assert_eq!(&read_out(&eager, "docs", &format!("r{i}"), "f"), w);
     }
-    // The content only A holds locally (its own uploads) is its to keep.
+    eventually(60, "within the bound after the reads", || {
+        let total: u64 = local_blobs(&eager).iter().map(|f| f.1).sum();
+        total <= bound as u64
+    });
+    // A has no bound: its own uploads stay.
     assert_eq!(local_blobs(&a).len(), 3);
 }
 

@@ -108,6 +108,9 @@ pub struct Transfers {
     fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     uploaded: AtomicU64,
     downloaded: AtomicU64,
+    /// Woken when a download completes (on demand too): the downloader
+    /// then keeps the copies within the cache bound.
+    fetched: tokio::sync::Notify,
 }
 
 impl Transfers {
@@ -120,6 +123,7 @@ impl Transfers {
             fetching: Mutex::new(HashMap::new()),
             uploaded: AtomicU64::new(0),
             downloaded: AtomicU64::new(0),
+            fetched: tokio::sync::Notify::new(),
         })
     }
 
@@ -151,6 +155,11 @@ impl Transfers {
     pub async fn client_changed(&self) {
         let mut rx = self.client.subscribe();
         let _ = rx.changed().await;
+    }
+
+    /// Resolves after the next completed download.
+    pub async fn fetched(&self) {
+        self.fetched.notified().await;
     }
 
     /// Bytes sent and received since the daemon started (metrics).
@@ -343,6 +352,7 @@ impl Transfers {
             .map_err(|e| FetchError::Backend(crate::sync::local(e)))?
             .map_err(FetchError::Local)?;
         self.blobs.mark_remote(&r.sha256);
+        self.fetched.notify_one();
         Ok(())
     }
 

@@ -75,6 +75,8 @@ pub async fn run(
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             _ = transfers.client_changed() => rescan = true,
+            // A read downloaded one: back within the bound.
+            _ = transfers.fetched() => {}
             _ = sleep => {}
         }
     }
