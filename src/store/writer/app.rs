@@ -113,6 +113,31 @@ pub(super) fn patch(
     client_ts: i64,
     max_bytes: u32,
 ) -> Result<JobResult, StoreError> {
+    edit_live(x, collection, id, client_ts, max_bytes, |doc, current| {
+        super::attach::patch_keeps(collection, id, data, current)?;
+        for (k, v) in data {
+            if v.is_null() {
+                doc.remove(k);
+            } else {
+                doc.insert(k.clone(), v.clone());
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The one shape of a write that edits a live record's document (a patch,
+/// an attach, a detach): `edit` changes the document (it gets the stored
+/// text too), the result must fit `max_bytes`, and it is queued as an
+/// update with its `changed` event.
+pub(super) fn edit_live(
+    x: &mut Txn<'_>,
+    collection: &str,
+    id: &str,
+    client_ts: i64,
+    max_bytes: u32,
+    edit: impl FnOnce(&mut Map<String, Value>, &str) -> Result<(), WriteError>,
+) -> Result<JobResult, StoreError> {
     if let Some(e) = read_only(x, collection) {
         return Ok(Err(e));
     }
@@ -122,19 +147,12 @@ pub(super) fn patch(
     let Some(mut rec) = x.record(collection, id)?.filter(|r| !r.deleted) else {
         return Ok(Err(not_found(collection, id)));
     };
-    if let Err(e) = super::attach::patch_keeps(collection, id, data, &rec.data) {
-        return Ok(Err(e));
-    }
     let mut doc = match parse_doc_text(&rec.data) {
         Value::Object(m) => m,
         _ => Map::new(),
     };
-    for (k, v) in data {
-        if v.is_null() {
-            doc.remove(k);
-        } else {
-            doc.insert(k.clone(), v.clone());
-        }
+    if let Err(e) = edit(&mut doc, &rec.data) {
+        return Ok(Err(e));
     }
     let merged = Value::Object(doc);
     let text = merged.to_string();

@@ -12,12 +12,10 @@
 use serde_json::{Map, Value};
 
 use crate::domain::attachment::{self, AttachmentRef, Attachments};
-use crate::domain::{Doc, Document, Event, OpKind, Origin, StoreError, WriteError};
-use crate::store::parse_doc_text;
+use crate::domain::{Document, StoreError, WriteError};
 
-use super::app::{local_write, parked_full, read_only, Write};
-use super::txn::{not_found, JobResult, Txn};
-use super::WriteOutcome;
+use super::app::edit_live;
+use super::txn::{JobResult, Txn};
 
 /// The document a put stores: `None` when it is the app's own, or the
 /// app's with the record's current attachments carried in. A put that
@@ -118,51 +116,10 @@ fn change(
     max_bytes: u32,
     edit: impl FnOnce(&mut Attachments) -> Result<(), WriteError>,
 ) -> Result<JobResult, StoreError> {
-    if let Some(e) = read_only(x, collection) {
-        return Ok(Err(e));
-    }
-    if let Some(e) = parked_full(x, collection, id)? {
-        return Ok(Err(e));
-    }
-    let Some(mut rec) = x.record(collection, id)?.filter(|r| !r.deleted) else {
-        return Ok(Err(not_found(collection, id)));
-    };
-    let mut doc = match parse_doc_text(&rec.data) {
-        Value::Object(m) => m,
-        _ => Map::new(),
-    };
-    let mut refs = attachment::refs_of_text(&rec.data);
-    if let Err(e) = edit(&mut refs) {
-        return Ok(Err(e));
-    }
-    attachment::set_refs(&mut doc, &refs);
-    let merged = Value::Object(doc);
-    let text = merged.to_string();
-    if text.len() > max_bytes as usize {
-        return Ok(Err(WriteError::TooLarge {
-            bytes: text.len(),
-            limit: max_bytes,
-        }));
-    }
-    rec.data = text.clone();
-    rec.pending += 1;
-    rec.local_ts = client_ts;
-    let write = Write {
-        kind: OpKind::Update,
-        data: Some(text),
-        client_ts,
-        scope: None,
-    };
-    let op_id = local_write(x, collection, id, &rec, write)?;
-    x.ev.push(Event::Changed {
-        collection: collection.to_owned(),
-        id: id.to_owned(),
-        op_id: (!op_id.is_empty()).then(|| op_id.clone()),
-        origin: Origin::Local,
-        data: Some(Doc(merged)),
-    });
-    Ok(Ok(WriteOutcome::Written {
-        id: id.to_owned(),
-        op_id,
-    }))
+    edit_live(x, collection, id, client_ts, max_bytes, |doc, current| {
+        let mut refs = attachment::refs_of_text(current);
+        edit(&mut refs)?;
+        attachment::set_refs(doc, &refs);
+        Ok(())
+    })
 }
