@@ -229,6 +229,14 @@ impl Client {
 
     /// Sends one request and waits for its reply.
     pub async fn request(&mut self, request: Request) -> Result<Response> {
+        let id = self.send(request).await?;
+        self.reply_to(id).await
+    }
+
+    /// Sends a request without waiting: its reply is [`Self::reply_to`]'s.
+    /// Replies come in request order (the daemon answers a connection's
+    /// requests one after the other).
+    async fn send(&mut self, request: Request) -> Result<u64> {
         let id = self.next_id;
         self.next_id += 1;
         let bytes = encode(self.enc, &ClientFrame { id, request }).map_err(ClientError::Encode)?;
@@ -237,6 +245,11 @@ impl Client {
             .write_frame(&bytes)
             .await
             .map_err(|e| ClientError::Protocol(format!("sending request: {e}")))?;
+        Ok(id)
+    }
+
+    /// The reply to request `id` (events that come first are kept).
+    async fn reply_to(&mut self, id: u64) -> Result<Response> {
         loop {
             match self.read_server_frame().await? {
                 ServerFrame::Reply { id: rid, body } if rid == id => return Ok(body),
@@ -506,21 +519,51 @@ impl Client {
         };
         let mut sent = 0u64;
         let mut buf = vec![0u8; self.chunk_bytes()];
+        // Up to ATTACH_WINDOW chunks in flight: the daemon stores one while
+        // the next is read and sent.
+        let mut in_flight = std::collections::VecDeque::new();
+        let mut failed = None;
         loop {
             let n = match content.read(&mut buf).await {
                 Ok(n) => n,
                 Err(e) => {
-                    let _ = self.request(Request::AttachAbort { upload }).await;
-                    return Err(ClientError::Io(e));
+                    failed = Some(ClientError::Io(e));
+                    break;
                 }
             };
             if n == 0 {
                 break;
             }
             let data = Chunk(buf[..n].to_vec());
-            self.request(Request::AttachChunk { upload, data }).await?;
-            sent += n as u64;
-            on_chunk(sent);
+            in_flight.push_back((self.send(Request::AttachChunk { upload, data }).await?, n));
+            if in_flight.len() >= ATTACH_WINDOW {
+                if let Some((id, n)) = in_flight.pop_front() {
+                    if let Err(e) = self.reply_to(id).await {
+                        failed = Some(e);
+                        break;
+                    }
+                    sent += n as u64;
+                    on_chunk(sent);
+                }
+            }
+        }
+        // Every reply is read, so the connection stays in step.
+        while let Some((id, n)) = in_flight.pop_front() {
+            match self.reply_to(id).await {
+                Ok(_) => {
+                    sent += n as u64;
+                    on_chunk(sent);
+                }
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failed {
+            // A failed chunk already ended the upload; an app-side failure
+            // drops it here.
+            let _ = self.request(Request::AttachAbort { upload }).await;
+            return Err(e);
         }
         written(
             self.request(Request::AttachEnd {
@@ -623,6 +666,9 @@ impl Client {
 /// Most bytes per `attach_chunk` (and per `read_attachment`) the client
 /// asks for: 256 KiB, less under a small `max_frame_bytes`.
 pub const ATTACH_CHUNK: usize = 256 * 1024;
+
+/// `attach_chunk` requests the client keeps in flight.
+pub const ATTACH_WINDOW: usize = 8;
 
 /// One page of a query's answer ([`Client::query`]).
 #[derive(Debug, Clone, PartialEq)]
