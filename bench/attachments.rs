@@ -41,7 +41,10 @@ fn copy_mb_s(from: &Path, dir: &Path, len: usize) -> f64 {
     let to = dir.join("copy.bin");
     let t0 = Instant::now();
     std::fs::copy(from, &to).expect("copy");
-    std::fs::File::open(&to).expect("open").sync_all().expect("sync");
+    std::fs::File::open(&to)
+        .expect("open")
+        .sync_all()
+        .expect("sync");
     let secs = t0.elapsed().as_secs_f64();
     let _ = std::fs::remove_file(&to);
     len as f64 / MIB / secs
@@ -66,9 +69,15 @@ async fn small_op(c: &mut syncd::client::Client, i: usize) -> u32 {
 pub(crate) fn attachments(rt: &tokio::runtime::Runtime, o: &Opts, report: &mut Report) {
     let len = (o.attach_mb * MIB) as usize;
     let reps = o.attach_reps;
-    eprintln!("harness: attachments: {reps} reps of a {} MB file", o.attach_mb);
+    eprintln!(
+        "harness: attachments: {reps} reps of a {} MB file",
+        o.attach_mb
+    );
     let backend = Backend::start(&[]);
-    let d = Daemon::start_with(&launch(&o.bin), &format!("[backend]\nurl = {:?}\n", backend.url()));
+    let d = Daemon::start_with(
+        &launch(&o.bin),
+        &format!("[backend]\nurl = {:?}\n", backend.url()),
+    );
     let data = d.data_dir.clone();
     let (mut cp, mut attach, mut upload) = (Vec::new(), Vec::new(), Vec::new());
     let (mut during, mut idle) = (Vec::new(), Vec::new());
@@ -90,7 +99,9 @@ pub(crate) fn attachments(rt: &tokio::runtime::Runtime, o: &Opts, report: &mut R
         rt.block_on(async {
             let mut c = d.client().await;
             let file = tokio::fs::File::open(&f).await.expect("open");
-            c.attach("att", &id, "f", None, file, |_| {}).await.expect("attach");
+            c.attach("att", &id, "f", None, file, |_| {})
+                .await
+                .expect("attach");
         });
         let attached = t0.elapsed().as_secs_f64();
         attach.push(len as f64 / MIB / attached);
@@ -114,9 +125,21 @@ pub(crate) fn attachments(rt: &tokio::runtime::Runtime, o: &Opts, report: &mut R
         &format!("attachments: a {} MB file, MB/s (median of {reps}); ratio to a plain copy into the data dir's disk in the same rep", o.attach_mb),
         &["step", "MB/s", "x copy"],
     );
-    report.row(vec!["copy (baseline)".into(), f2(median(&cp)), "1.00".into()]);
-    report.row(vec!["attach (socket, hash, store)".into(), f2(median(&attach)), f2(ratio(&attach))]);
-    report.row(vec!["upload to the backend".into(), f2(median(&upload)), f2(ratio(&upload))]);
+    report.row(vec![
+        "copy (baseline)".into(),
+        f2(median(&cp)),
+        "1.00".into(),
+    ]);
+    report.row(vec![
+        "attach (socket, hash, store)".into(),
+        f2(median(&attach)),
+        f2(ratio(&attach)),
+    ]);
+    report.row(vec![
+        "upload to the backend".into(),
+        f2(median(&upload)),
+        f2(ratio(&upload)),
+    ]);
     during.sort_unstable();
     idle.sort_unstable();
     let ms = |v: &[u32], q| pct(v, q) / 1000.0;
@@ -124,8 +147,18 @@ pub(crate) fn attachments(rt: &tokio::runtime::Runtime, o: &Opts, report: &mut R
         "attachments: a small put on another record until the backend has it, ms",
         &["while", "ops", "p50", "p99"],
     );
-    report.row(vec!["no upload (baseline)".into(), idle.len().to_string(), f2(ms(&idle, 0.5)), f2(ms(&idle, 0.99))]);
-    report.row(vec!["an upload runs".into(), during.len().to_string(), f2(ms(&during, 0.5)), f2(ms(&during, 0.99))]);
+    report.row(vec![
+        "no upload (baseline)".into(),
+        idle.len().to_string(),
+        f2(ms(&idle, 0.5)),
+        f2(ms(&idle, 0.99)),
+    ]);
+    report.row(vec![
+        "an upload runs".into(),
+        during.len().to_string(),
+        f2(ms(&during, 0.5)),
+        f2(ms(&during, 0.99)),
+    ]);
     report.json(json!({
         "scenario": "attachments",
         "file_mb": o.attach_mb,

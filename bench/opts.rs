@@ -303,8 +303,19 @@ impl Opts {
 
 pub(crate) fn all_scenarios() -> Vec<String> {
     [
-        "writes", "reads", "memory", "idle", "drain", "restart", "live", "coalesce", "conflict",
-        "scopes", "queries", "couch", "attachments",
+        "writes",
+        "reads",
+        "memory",
+        "idle",
+        "drain",
+        "restart",
+        "live",
+        "coalesce",
+        "conflict",
+        "scopes",
+        "queries",
+        "couch",
+        "attachments",
     ]
     .map(String::from)
     .to_vec()
