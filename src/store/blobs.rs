@@ -286,11 +286,21 @@ impl BlobDir {
 
     /// Every complete local file.
     pub fn list(&self) -> Result<Vec<BlobFile>, BlobError> {
+        self.files(|n| is_sha256(n).then_some(n))
+    }
+
+    /// Every download in progress (its part file; `len` is what it holds).
+    pub fn parts(&self) -> Result<Vec<BlobFile>, BlobError> {
+        self.files(|n| n.strip_suffix(".part").filter(|s| is_sha256(s)))
+    }
+
+    /// Files of the directory whose names `sha_of` maps to a hash.
+    fn files(&self, sha_of: impl Fn(&str) -> Option<&str>) -> Result<Vec<BlobFile>, BlobError> {
         let entries = fs::read_dir(&self.root).map_err(|e| io_err(&self.root, e))?;
         let mut out = Vec::new();
         for e in entries.flatten() {
             let name = e.file_name();
-            let Some(name) = name.to_str().filter(|n| is_sha256(n)) else {
+            let Some(name) = name.to_str().and_then(&sha_of) else {
                 continue;
             };
             let Ok(meta) = e.metadata() else { continue };

@@ -423,6 +423,15 @@ impl Transfers {
                 removed += 1;
             }
         }
+        // A download left unfinished that long (a read cancelled, content
+        // no longer wanted) is dropped; one still wanted starts over.
+        for p in self.blobs.parts()? {
+            let old = now.duration_since(p.used).unwrap_or_default() > idle;
+            if old && self.moving(&p.sha256).is_none() {
+                self.blobs.drop_partial(&p.sha256);
+                removed += 1;
+            }
+        }
         Ok(removed)
     }
 }
@@ -450,5 +459,49 @@ impl<'a> Progress<'a> {
 impl Drop for Progress<'_> {
     fn drop(&mut self) {
         lock(&self.t.moving).remove(&self.sha256);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn age(path: &std::path::Path, secs: u64) {
+        let t = std::time::SystemTime::now() - Duration::from_secs(secs);
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    }
+
+    #[test]
+    fn the_sweep_removes_idle_unreferenced_content_and_stale_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = BlobDir::open(dir.path()).unwrap();
+        let t = Transfers::new(blobs.clone());
+        let mut w = blobs.writer(100).unwrap();
+        w.write(b"kept").unwrap();
+        let (kept, _) = w.finish(None).unwrap();
+        let mut w = blobs.writer(100).unwrap();
+        w.write(b"gone").unwrap();
+        let (gone, _) = w.finish(None).unwrap();
+        let (stale, fresh) = ("a".repeat(64), "b".repeat(64));
+        blobs.append_partial(&stale, 0, b"half").unwrap();
+        blobs.append_partial(&fresh, 0, b"half").unwrap();
+        for sha in [&kept, &gone] {
+            age(&blobs.path(sha), 7200);
+        }
+        age(
+            &dir.path().join("blobs").join(format!("{stale}.part")),
+            7200,
+        );
+        let used: HashSet<String> = [kept.clone()].into();
+        assert_eq!(t.sweep(&used, Duration::from_secs(3600)).unwrap(), 2);
+        assert_eq!(blobs.len(&kept), Some(4));
+        assert_eq!(blobs.len(&gone), None);
+        assert_eq!(blobs.partial_len(&stale), 0);
+        assert_eq!(blobs.partial_len(&fresh), 4);
     }
 }
