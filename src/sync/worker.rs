@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::{watch, Notify};
 
+use crate::backend::blocking::off_runtime;
 use crate::backend::client::{BackendClient, BatchOutcome, Failure, OpResult};
 use crate::backend::protocol::{Features, OpKind, WireOp};
 use crate::config::Config;
@@ -162,19 +163,6 @@ struct Worker {
     /// as empty for the machine until the next wake-up (an upload's end
     /// wakes it as new work does).
     uploads_block: bool,
-}
-
-/// Runs blocking file I/O from the worker: with `block_in_place` on a
-/// multi-threaded runtime (the daemon's), directly otherwise (a
-/// single-threaded test runtime, where it is not allowed).
-fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
-    let multi = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if multi {
-        tokio::task::block_in_place(f)
-    } else {
-        f()
-    }
 }
 
 /// A batch whose verdicts a writer job is recording while the next round

@@ -20,6 +20,7 @@
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
+use crate::backend::blocking::off_runtime;
 use crate::domain::attachment::{self, AttachmentRef, Attachments, KEY};
 use crate::store::blobs::BlobDir;
 
@@ -163,18 +164,6 @@ pub fn fill_inline(body: &mut Value, blobs: Option<&BlobDir>) -> Result<(), Miss
         }
     }
     Ok(())
-}
-
-/// Runs blocking file I/O from an async caller: with `block_in_place` on
-/// a multi-threaded runtime (the daemon's), directly otherwise.
-fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
-    let multi = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if multi {
-        tokio::task::block_in_place(f)
-    } else {
-        f()
-    }
 }
 
 /// Splits the record's references out of its fields (they become the

@@ -317,17 +317,21 @@ fn fetch_error(e: FetchError) -> ApiError {
 }
 
 /// The attachments of a record's document with where their bytes are.
-pub fn views(ctx: &Ctx, data: &serde_json::Value) -> Vec<AttachmentView> {
+/// Reads the file system: call it off the runtime's threads.
+pub fn views(
+    transfers: &crate::sync::attachments::Transfers,
+    data: &serde_json::Value,
+) -> Vec<AttachmentView> {
     let serde_json::Value::Object(m) = data else {
         return Vec::new();
     };
-    let blobs = ctx.transfers.blobs();
+    let blobs = transfers.blobs();
     attachment::refs(m)
         .unwrap_or_default()
         .into_iter()
         .map(|(name, r)| {
             let here = blobs.len(&r.sha256) == Some(r.length);
-            let moving = ctx.transfers.moving(&r.sha256);
+            let moving = transfers.moving(&r.sha256);
             let (state, bytes_done) = match (here, moving) {
                 (true, Some((Way::Up, n))) => ("uploading", Some(n)),
                 (true, _) if blobs.is_remote(&r.sha256) => ("synced", None),

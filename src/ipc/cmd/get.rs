@@ -9,12 +9,16 @@ use super::check::check_names;
 
 pub async fn apply(ctx: &Ctx, collection: String, id: String) -> Result<Response, ApiError> {
     check_names(&collection, Some(&id))?;
-    let (c, i) = (collection.clone(), id.clone());
-    match read(ctx, move |s| s.get(&c, &i)).await? {
-        Some(mut r) => {
-            r.attachments = super::attach::views(ctx, &r.data.0);
-            Ok(Response::Record(r))
-        }
+    let (c, i, t) = (collection.clone(), id.clone(), ctx.transfers.clone());
+    // The attachments' states read files: on the blocking pool too.
+    let got = read(ctx, move |s| {
+        Ok(s.get(&c, &i)?.map(|mut r| {
+            r.attachments = super::attach::views(&t, &r.data.0);
+            r
+        }))
+    });
+    match got.await? {
+        Some(r) => Ok(Response::Record(r)),
         None => Err(ApiError::new(
             ErrorCode::NotFound,
             format!("no record {id:?} in collection {collection:?}"),
