@@ -57,6 +57,9 @@ pub enum StoreError {
         found: u64,
         expected: u64,
     },
+    /// Encryption at rest: a missing or wrong key, a store in the other
+    /// mode, or a sealed value that fails authentication (damage).
+    Seal(super::seal_error::SealError),
 }
 
 impl StoreError {
@@ -130,7 +133,14 @@ impl fmt::Display for StoreError {
                 "{}: schema version {found}, this syncd understands {expected}",
                 path.display()
             ),
+            StoreError::Seal(e) => e.fmt(f),
         }
+    }
+}
+
+impl From<super::seal_error::SealError> for StoreError {
+    fn from(e: super::seal_error::SealError) -> Self {
+        StoreError::Seal(e)
     }
 }
 

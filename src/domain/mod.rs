@@ -22,6 +22,7 @@ pub mod query;
 pub mod record;
 pub mod scope;
 pub mod scope_state;
+pub mod seal_error;
 
 pub use document::{parse_doc_text, Doc, Document};
 pub use error::{StoreError, WriteError};

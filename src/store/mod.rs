@@ -17,6 +17,7 @@
 pub mod attachment_reads;
 pub mod blobs;
 pub mod check;
+pub mod crypt;
 #[cfg(test)]
 mod direction_tests;
 pub mod encoding;
