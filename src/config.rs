@@ -12,8 +12,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 mod error;
+mod store_section;
 mod watch;
 pub use error::{ConfigError, ConfigProblem, Place};
+pub use store_section::{Encryption, KeySource, StoreSection};
 pub use watch::{stamp, watch_file, FileWatch, Stamp, SETTLE};
 
 pub use crate::domain::conflict::{FieldRule, Strategy};
@@ -209,6 +211,8 @@ pub struct Config {
     pub daemon: DaemonSection,
     pub backend: BackendSection,
     pub sync: SyncSection,
+    /// `[store]`: encryption at rest.
+    pub store: StoreSection,
     pub collections: BTreeMap<String, CollectionSection>,
     /// `[metrics]`: the optional HTTP `/metrics` and `/health` listener.
     pub metrics: crate::metrics::MetricsSection,
@@ -374,7 +378,13 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_daemon()?;
         self.validate_backend()?;
-        self.validate_sync()
+        self.validate_sync()?;
+        let indexed = self
+            .collections
+            .iter()
+            .find(|(_, c)| !c.indexes.is_empty())
+            .map(|(n, _)| n.as_str());
+        self.store.validate(indexed)
     }
 
     /// `[daemon]`: paths, log filter, socket mode and the size limits.

@@ -217,6 +217,7 @@ async fn reload_config(
             "daemon.cache_mib",
             old.daemon.cache_mib != new.daemon.cache_mib,
         ),
+        ("store", old.store != new.store),
     ] {
         if changed {
             tracing::warn!(
@@ -289,8 +290,14 @@ pub async fn run(
     let socket = config.daemon.socket.clone();
     let _lock = lock_data_dir(&data_dir)?;
 
-    let (store, paused) =
-        open_store(&data_dir, config.daemon.cache_mib as usize * 1024 * 1024).await?;
+    let vault =
+        crate::store::crypt::vault_for(&config.store).map_err(|e| open_failed(&data_dir, e))?;
+    let (store, paused) = open_store(
+        &data_dir,
+        config.daemon.cache_mib as usize * 1024 * 1024,
+        vault,
+    )
+    .await?;
     let (events, _) = broadcast::channel(EVENT_BUFFER);
     let queue_changed = Arc::new(Notify::new());
     let (writer, writer_thread) =
@@ -329,6 +336,7 @@ pub async fn run(
         .map_err(|e| StartError(format!("cannot inspect {}: {e}", socket.display())))?;
     let blobs = crate::store::blobs::BlobDir::open(&data_dir)
         .map_err(|e| StartError(format!("cannot open the attachment files: {e}")))?;
+    let blobs = store.seal_blobs(blobs);
     let transfers = crate::sync::attachments::Transfers::new(blobs);
     let ctx = Arc::new(Ctx {
         transfers: transfers.clone(),
@@ -412,10 +420,14 @@ pub async fn run(
 /// the open reads every page of the file.
 /// Opens the store and reads its paused flag, both on the blocking pool
 /// (the open may check every page).
-async fn open_store(data_dir: &Path, cache_bytes: usize) -> Result<(Store, bool), StartError> {
+async fn open_store(
+    data_dir: &Path,
+    cache_bytes: usize,
+    vault: crate::store::crypt::Vault,
+) -> Result<(Store, bool), StartError> {
     let dir = data_dir.to_owned();
     let opened = tokio::task::spawn_blocking(move || {
-        let store = Store::open(&dir, cache_bytes).map_err(|e| open_failed(&dir, e))?;
+        let store = Store::open_with(&dir, cache_bytes, vault).map_err(|e| open_failed(&dir, e))?;
         let paused = read_paused(&store, &dir)?;
         Ok((store, paused))
     })

@@ -59,7 +59,11 @@ pub async fn run(a: &CheckArgs, outer: &DaemonOpts) -> Result<(), CliError> {
         }
     }
     let view = match locate(&dir)? {
-        Where::Here(lock) => check_here(&store, cfg.daemon.cache_mib, lock).await?,
+        Where::Here(lock) => {
+            let vault = syncd::store::crypt::vault_for(&cfg.store)
+                .map_err(|e| CliError::Failed(e.to_string()))?;
+            check_here(&store, cfg.daemon.cache_mib, vault, lock).await?
+        }
         Where::Daemon => {
             let socket = a.socket.clone().or_else(|| outer.socket.clone());
             let d = DaemonOpts {
@@ -119,12 +123,13 @@ fn locate(dir: &Path) -> Result<Where, CliError> {
 async fn check_here(
     store: &Path,
     cache_mib: u32,
+    vault: syncd::store::crypt::Vault,
     lock: Option<File>,
 ) -> Result<StoreCheckView, CliError> {
     let path = store.to_owned();
     let cache = cache_mib as usize * 1024 * 1024;
     let checked = tokio::task::spawn_blocking(move || {
-        let r = syncd::store::check::full(&path, cache);
+        let r = syncd::store::check::full(&path, cache, &vault);
         drop(lock);
         r.map(|r| syncd::ipc::cmd::store_check::view(&path, &r))
     })

@@ -10,6 +10,7 @@ mod attach;
 mod backend;
 mod check;
 mod conflicts;
+mod crypt;
 mod daemon;
 mod dead_letters;
 mod doc_arg;
@@ -105,6 +106,14 @@ enum Cmd {
     Unsubscribe(scopes::UnsubscribeArgs),
     /// The scopes known, with access, state and record counts.
     Scopes(scopes::ScopesArgs),
+    /// Store keys for encryption at rest.
+    #[command(subcommand)]
+    Key(crypt::KeyCmd),
+    /// Re-seal the store and its attachments under a new key (daemon stopped).
+    Rekey(crypt::RekeyArgs),
+    /// Convert the store between plain and encrypted (daemon stopped).
+    #[command(subcommand)]
+    Store(crypt::StoreCmd),
 }
 
 /// Runs the command `cli` names.
@@ -123,6 +132,9 @@ pub async fn dispatch(cli: Cli) -> Result<(), CliError> {
             backend::run(a).await
         }
         Cmd::Check(a) => check::run(a, outer).await,
+        Cmd::Key(k) => crypt::key(k),
+        Cmd::Rekey(a) => crypt::rekey(a, outer).await,
+        Cmd::Store(s) => crypt::store(s, outer).await,
         Cmd::Put(a) => write::put(a, outer).await,
         Cmd::Patch(a) => write::patch(a, outer).await,
         Cmd::Delete(a) => write::delete(a, outer).await,

@@ -10,7 +10,6 @@ use std::collections::HashSet;
 
 use redb::ReadableTable;
 
-use super::encoding::from_store;
 use super::tables::{CONFLICTS, DEAD, QUEUE, RECORDS};
 use super::{DeadLetter, ParkedConflict, QueuedOp, Result, Store, StoredRecord};
 use crate::domain::attachment::{self, AttachmentRef, KEY};
@@ -39,7 +38,7 @@ impl Store {
         let mut out = Vec::new();
         for item in t.iter()? {
             let (k, v) = item?;
-            let r: StoredRecord = from_store(v.value())?;
+            let r: StoredRecord = self.vault.decode(RECORDS, &k.value(), v.value())?;
             if r.deleted || !mentions(&r.data) {
                 continue;
             }
@@ -65,7 +64,8 @@ impl Store {
         let (_db, txn) = self.read()?;
         let mut out = HashSet::new();
         for item in txn.open_table(RECORDS)?.iter()? {
-            let r: StoredRecord = from_store(item?.1.value())?;
+            let (k, v) = item?;
+            let r: StoredRecord = self.vault.decode(RECORDS, &k.value(), v.value())?;
             if r.pending > 0 && mentions(&r.data) {
                 out.extend(
                     attachment::refs_of_text(&r.data)
@@ -80,17 +80,20 @@ impl Store {
             }
         };
         for item in txn.open_table(QUEUE)?.iter()? {
-            let op: QueuedOp = from_store(item?.1.value())?;
+            let (k, v) = item?;
+            let op: QueuedOp = self.vault.decode(QUEUE, &k.value(), v.value())?;
             note(op.data.as_deref());
         }
         for item in txn.open_table(CONFLICTS)?.iter()? {
-            let p: ParkedConflict = from_store(item?.1.value())?;
+            let (k, v) = item?;
+            let p: ParkedConflict = self.vault.decode(CONFLICTS, &k.value(), v.value())?;
             for op in &p.ops {
                 note(op.data.as_deref());
             }
         }
         for item in txn.open_table(DEAD)?.iter()? {
-            let d: DeadLetter = from_store(item?.1.value())?;
+            let (k, v) = item?;
+            let d: DeadLetter = self.vault.decode(DEAD, &k.value(), v.value())?;
             note(d.op.data.as_deref());
         }
         Ok(out)

@@ -56,7 +56,7 @@ use redb::{
     ReadableTableMetadata, TableDefinition, TableError,
 };
 
-use super::encoding::from_store;
+use super::crypt::Vault;
 use super::settled::MAX_SETTLED;
 use super::tables::*;
 use super::SCHEMA_VERSION;
@@ -264,24 +264,24 @@ pub(super) fn open<K: redb::Key + 'static, V: redb::Value + 'static>(
 
 /// Checks every invariant of the module doc on the committed state of
 /// `db`. `Err` only when the store cannot be read at all.
-pub fn invariants(db: &Database) -> Result<Report, StoreError> {
-    invariants_of(&db.begin_read()?)
+pub fn invariants(db: &Database, vault: &Vault) -> Result<Report, StoreError> {
+    invariants_of(&db.begin_read()?, vault)
 }
 
 /// [`invariants`] over one read transaction.
-pub fn invariants_of(txn: &ReadTransaction) -> Result<Report, StoreError> {
+pub fn invariants_of(txn: &ReadTransaction, vault: &Vault) -> Result<Report, StoreError> {
     let mut r = Report::default();
     let tails = meta(txn, &mut r)?;
-    let parked = conflicts(txn, &mut r)?;
-    queue(txn, tails.0, &mut r)?;
+    let parked = conflicts(txn, vault, &mut r)?;
+    queue(txn, vault, tails.0, &mut r)?;
     op_index_size(txn, parked, &mut r)?;
-    pending(txn, &mut r)?;
-    server_ids(txn, &mut r)?;
-    dead(txn, tails.1, &mut r)?;
+    pending(txn, vault, &mut r)?;
+    server_ids(txn, vault, &mut r)?;
+    dead(txn, vault, tails.1, &mut r)?;
     settled(txn, &mut r)?;
-    deferred(txn, &mut r)?;
-    super::scope_check::scopes(txn, &mut r)?;
-    super::index_check::indexes(txn, &mut r)?;
+    deferred(txn, vault, &mut r)?;
+    super::scope_check::scopes(txn, vault, &mut r)?;
+    super::index_check::indexes(txn, vault, &mut r)?;
     Ok(r)
 }
 
@@ -316,7 +316,12 @@ fn meta(txn: &ReadTransaction, r: &mut Report) -> Result<(u64, u64), StoreError>
 }
 
 /// Invariants 1 (queue), 3, 4 and 5 for queued ops.
-fn queue(txn: &ReadTransaction, tail: u64, r: &mut Report) -> Result<(), StoreError> {
+fn queue(
+    txn: &ReadTransaction,
+    vault: &Vault,
+    tail: u64,
+    r: &mut Report,
+) -> Result<(), StoreError> {
     let (Some(q), ops, rq) = (
         open(txn, QUEUE)?,
         open(txn, OP_INDEX)?,
@@ -328,7 +333,7 @@ fn queue(txn: &ReadTransaction, tail: u64, r: &mut Report) -> Result<(), StoreEr
         let (k, v) = item?;
         let seq = k.value();
         r.queued += 1;
-        let op: QueuedOp = match from_store(v.value()) {
+        let op: QueuedOp = match vault.decode(QUEUE, &seq, v.value()) {
             Ok(op) => op,
             Err(e) => {
                 r.push(undecodable("queue", seq, e));
@@ -390,7 +395,7 @@ pub(super) fn undecodable(table: &'static str, key: impl fmt::Display, e: StoreE
 
 /// Invariants 1 (conflicts), 4 and 6 for parked ops; returns how many
 /// ops are parked.
-fn conflicts(txn: &ReadTransaction, r: &mut Report) -> Result<u64, StoreError> {
+fn conflicts(txn: &ReadTransaction, vault: &Vault, r: &mut Report) -> Result<u64, StoreError> {
     let Some(t) = open(txn, CONFLICTS)? else {
         return Ok(0);
     };
@@ -400,7 +405,7 @@ fn conflicts(txn: &ReadTransaction, r: &mut Report) -> Result<u64, StoreError> {
         let (k, v) = item?;
         let (c, id) = k.value();
         r.conflicts += 1;
-        let p: ParkedConflict = match from_store(v.value()) {
+        let p: ParkedConflict = match vault.decode(CONFLICTS, &(c, id), v.value()) {
             Ok(p) => p,
             Err(e) => {
                 r.push(undecodable("conflicts", rec_name(c, id), e));
@@ -453,14 +458,17 @@ type RecordKey = (String, String);
 
 /// Ops per record, from `record_queue` (queued) and `conflicts` (parked),
 /// in key order.
-fn ops_per_record(txn: &ReadTransaction) -> Result<Vec<(RecordKey, u64)>, StoreError> {
+fn ops_per_record(
+    txn: &ReadTransaction,
+    vault: &Vault,
+) -> Result<Vec<(RecordKey, u64)>, StoreError> {
     let mut counts: std::collections::BTreeMap<RecordKey, u64> = Default::default();
     if let Some(t) = open(txn, CONFLICTS)? {
         for item in t.iter()? {
             let (k, v) = item?;
             let (c, id) = k.value();
             // Undecodable values are reported by `conflicts`.
-            if let Ok(p) = from_store::<ParkedConflict>(v.value()) {
+            if let Ok(p) = vault.decode::<_, ParkedConflict>(CONFLICTS, &(c, id), v.value()) {
                 *counts.entry((c.to_owned(), id.to_owned())).or_default() += p.ops.len() as u64;
             }
         }
@@ -484,8 +492,8 @@ fn ops_per_record(txn: &ReadTransaction) -> Result<Vec<(RecordKey, u64)>, StoreE
 
 /// Invariants 1 (records) and 7: a merge of the records with their op
 /// counts, both in key order.
-fn pending(txn: &ReadTransaction, r: &mut Report) -> Result<(), StoreError> {
-    let counts = ops_per_record(txn)?;
+fn pending(txn: &ReadTransaction, vault: &Vault, r: &mut Report) -> Result<(), StoreError> {
+    let counts = ops_per_record(txn, vault)?;
     let mut counts = counts.into_iter().peekable();
     if let Some(t) = open(txn, RECORDS)? {
         for item in t.iter()? {
@@ -504,7 +512,7 @@ fn pending(txn: &ReadTransaction, r: &mut Report) -> Result<(), StoreError> {
                 Some((_, n)) => n,
                 None => 0,
             };
-            match from_store::<StoredRecord>(v.value()) {
+            match vault.decode::<_, StoredRecord>(RECORDS, &(c, id), v.value()) {
                 Ok(rec) if u64::from(rec.pending) != ops => r.push(Problem::Pending {
                     record: rec_name(c, id),
                     pending: rec.pending,
@@ -525,14 +533,14 @@ fn pending(txn: &ReadTransaction, r: &mut Report) -> Result<(), StoreError> {
 }
 
 /// Invariant 8.
-fn server_ids(txn: &ReadTransaction, r: &mut Report) -> Result<(), StoreError> {
+fn server_ids(txn: &ReadTransaction, vault: &Vault, r: &mut Report) -> Result<(), StoreError> {
     let (Some(records), map) = (open(txn, RECORDS)?, open(txn, SERVER_IDS)?) else {
         return Ok(());
     };
     for item in records.iter()? {
         let (k, v) = item?;
         let (c, id) = k.value();
-        let Ok(rec) = from_store::<StoredRecord>(v.value()) else {
+        let Ok(rec) = vault.decode::<_, StoredRecord>(RECORDS, &(c, id), v.value()) else {
             continue; // reported by `pending`
         };
         let Some(sid) = rec.server_id.as_deref() else {
@@ -557,7 +565,7 @@ fn server_ids(txn: &ReadTransaction, r: &mut Report) -> Result<(), StoreError> {
         let lid = v.value();
         let rec = records
             .get((c, lid))?
-            .map(|v| from_store::<StoredRecord>(v.value()));
+            .map(|v| vault.decode::<_, StoredRecord>(RECORDS, &(c, lid), v.value()));
         let has = matches!(&rec, Some(Ok(rec)) if rec.server_id.as_deref() == Some(sid));
         if !has {
             r.push(Problem::IndexMissing {
@@ -571,7 +579,7 @@ fn server_ids(txn: &ReadTransaction, r: &mut Report) -> Result<(), StoreError> {
 }
 
 /// Invariants 1 (dead letters), 3 and 9.
-fn dead(txn: &ReadTransaction, tail: u64, r: &mut Report) -> Result<(), StoreError> {
+fn dead(txn: &ReadTransaction, vault: &Vault, tail: u64, r: &mut Report) -> Result<(), StoreError> {
     let (Some(t), by_op) = (open(txn, DEAD)?, open(txn, DEAD_BY_OP)?) else {
         return Ok(());
     };
@@ -579,7 +587,7 @@ fn dead(txn: &ReadTransaction, tail: u64, r: &mut Report) -> Result<(), StoreErr
         let (k, v) = item?;
         let seq = k.value();
         r.dead += 1;
-        let d: DeadLetter = match from_store(v.value()) {
+        let d: DeadLetter = match vault.decode(DEAD, &seq, v.value()) {
             Ok(d) => d,
             Err(e) => {
                 r.push(undecodable("dead_letters", seq, e));
@@ -651,14 +659,14 @@ fn settled(txn: &ReadTransaction, r: &mut Report) -> Result<(), StoreError> {
 }
 
 /// Invariant 1 (deferred records).
-fn deferred(txn: &ReadTransaction, r: &mut Report) -> Result<(), StoreError> {
+fn deferred(txn: &ReadTransaction, vault: &Vault, r: &mut Report) -> Result<(), StoreError> {
     let Some(t) = open(txn, DEFERRED)? else {
         return Ok(());
     };
     for item in t.iter()? {
         let (k, v) = item?;
         let (c, id) = k.value();
-        if let Err(e) = from_store::<ServerRecordStored>(v.value()) {
+        if let Err(e) = vault.decode::<_, ServerRecordStored>(DEFERRED, &(c, id), v.value()) {
             r.push(undecodable("deferred", rec_name(c, id), e));
         }
     }
@@ -669,7 +677,11 @@ fn deferred(txn: &ReadTransaction, r: &mut Report) -> Result<(), StoreError> {
 /// every page's checksum (redb's integrity check, never the clean-shutdown
 /// mark), then [`invariants`]. The file is opened read-only and never
 /// changed (see [`super::overlay`]). `Err`: the file cannot be read.
-pub fn full(path: &std::path::Path, cache_bytes: usize) -> Result<Report, StoreError> {
+pub fn full(
+    path: &std::path::Path,
+    cache_bytes: usize,
+    vault: &Vault,
+) -> Result<Report, StoreError> {
     let file = std::fs::File::open(path)?;
     let backend = super::overlay::Overlay::new(file)?;
     let opened = std::panic::catch_unwind(move || {
@@ -684,11 +696,14 @@ pub fn full(path: &std::path::Path, cache_bytes: usize) -> Result<Report, StoreE
         Ok(Err(e)) => return Ok(damaged(super::describe_open_error(e)?)),
         Err(_) => return Ok(damaged("the storage engine failed reading it".into())),
     };
+    // The wrong key is not damage: said as itself, before any value is read.
+    super::crypt::state::verify(&db, vault, path)?;
+    let transition = super::crypt::state::transition(&db, vault)?;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let blobs = super::crypt::seal_blobs(super::blobs::BlobDir::at(dir), vault, &transition);
     let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let mut r = invariants(&db)?;
-        if let Some(dir) = path.parent() {
-            content(&db.begin_read()?, &super::blobs::BlobDir::at(dir), &mut r)?;
-        }
+        let mut r = invariants(&db, vault)?;
+        content(&db.begin_read()?, vault, &blobs, &mut r)?;
         Ok::<_, StoreError>(r)
     }));
     match checked {
@@ -704,6 +719,7 @@ pub fn full(path: &std::path::Path, cache_bytes: usize) -> Result<Report, StoreE
 /// Parked ops keep no document (the record's holds the local version).
 fn content(
     txn: &ReadTransaction,
+    vault: &Vault,
     blobs: &super::blobs::BlobDir,
     r: &mut Report,
 ) -> Result<(), StoreError> {
@@ -711,7 +727,8 @@ fn content(
         return Ok(());
     };
     for item in queue.iter()? {
-        let Ok(op) = from_store::<QueuedOp>(item?.1.value()) else {
+        let (k, v) = item?;
+        let Ok(op) = vault.decode::<_, QueuedOp>(QUEUE, &k.value(), v.value()) else {
             continue;
         };
         let Some(data) = op
@@ -723,7 +740,12 @@ fn content(
         };
         let base = records
             .get((op.collection.as_str(), op.local_id.as_str()))?
-            .and_then(|v| from_store::<StoredRecord>(v.value()).ok())
+            .and_then(|v| {
+                let key = (op.collection.as_str(), op.local_id.as_str());
+                vault
+                    .decode::<_, StoredRecord>(RECORDS, &key, v.value())
+                    .ok()
+            })
             .and_then(|rec| rec.base)
             .map(|b| crate::domain::attachment::refs_of_text(&b))
             .unwrap_or_default();

@@ -7,14 +7,18 @@ use std::collections::BTreeMap;
 use redb::{ReadTransaction, ReadableTable};
 
 use super::check::{open, Problem, Report};
-use super::encoding::from_store;
+use super::crypt::Vault;
 use super::index::{index_range, rows, IndexDef, IndexState};
 use super::tables::{INDEXES, INDEX_ENTRIES, RECORDS};
 use crate::domain::{parse_doc_text, StoreError, StoredRecord};
 
 /// Checks every index that is building or ready, and that no entry
 /// belongs to an index without a row.
-pub(super) fn indexes(txn: &ReadTransaction, r: &mut Report) -> Result<(), StoreError> {
+pub(super) fn indexes(
+    txn: &ReadTransaction,
+    vault: &Vault,
+    r: &mut Report,
+) -> Result<(), StoreError> {
     let rows = match open(txn, INDEXES)? {
         Some(meta) => rows(&meta)?,
         None => Vec::new(),
@@ -35,7 +39,7 @@ pub(super) fn indexes(txn: &ReadTransaction, r: &mut Report) -> Result<(), Store
             );
             continue;
         };
-        one(txn, &c, &def, upto.as_deref(), r)?;
+        one(txn, vault, &c, &def, upto.as_deref(), r)?;
     }
     Ok(())
 }
@@ -76,6 +80,7 @@ fn problem(r: &mut Report, c: &str, index: &str, detail: String) {
 /// with entries owed only below that id.
 fn one(
     txn: &ReadTransaction,
+    vault: &Vault,
     c: &str,
     def: &IndexDef,
     upto: Option<&str>,
@@ -89,7 +94,7 @@ fn one(
             if rc != c {
                 break;
             }
-            let rec: StoredRecord = from_store(v.value())?;
+            let rec: StoredRecord = vault.decode(RECORDS, &(rc, id), v.value())?;
             if !rec.deleted {
                 expected.insert(id.to_owned(), def.key(&parse_doc_text(&rec.data)));
             }

@@ -55,7 +55,6 @@ pub use crate::domain::{
     StoredRecord,
 };
 use crate::domain::{ConflictView, Doc, RecordView};
-use encoding::from_store;
 use tables::*;
 
 /// Most dead letters or conflicts one listing returns (memory stays
@@ -132,6 +131,10 @@ pub struct Store {
     /// Held by the writer from a commit until its events are sent (see
     /// [`Store::publish_gate`]).
     publish: Arc<Mutex<()>>,
+    /// Seals and opens user data (plain with encryption off).
+    vault: crypt::Vault,
+    /// What an unfinished conversion left, as the open found it.
+    transition: Arc<crypt::state::Transition>,
 }
 
 /// What [`Store::open`] checked.
@@ -152,6 +155,7 @@ pub enum OpenCheck {
 pub(crate) fn is_damage(e: &StoreError) -> bool {
     match e {
         StoreError::Corrupt { .. } | StoreError::Damaged { .. } => true,
+        StoreError::Seal(crate::domain::seal_error::SealError::Tampered { .. }) => true,
         StoreError::Engine(inner) => matches!(
             inner.downcast_ref::<redb::Error>(),
             Some(redb::Error::Corrupted(_))
@@ -224,9 +228,21 @@ impl Store {
     /// ([`StoreError::Damaged`]), never opened and never "repaired" by
     /// dropping what cannot be read.
     pub fn open(data_dir: &Path, cache_bytes: usize) -> Result<Store> {
+        Store::open_with(data_dir, cache_bytes, crypt::Vault::Plain)
+    }
+
+    /// [`Store::open`] with encryption at rest: `vault` seals the values
+    /// ([`crypt`]). The key is checked against the store before anything
+    /// is read or written: a sealed store is never opened with another
+    /// key or without one, and a plain store with data is not opened
+    /// sealed (`syncd store encrypt` converts it).
+    pub fn open_with(data_dir: &Path, cache_bytes: usize, vault: crypt::Vault) -> Result<Store> {
         std::fs::create_dir_all(data_dir)?;
         let path = data_dir.join("syncd.redb");
         create_private_file(&path)?;
+        if vault.is_sealed() {
+            crypt::state::verify_untouched(&path, &vault)?;
+        }
         let check = mark::take(&path).err();
         let started = std::time::Instant::now();
         let db = open_db(&path, cache_bytes, check.is_some())?;
@@ -242,11 +258,15 @@ impl Store {
                 OpenCheck::Full { reason, took }
             }
         };
+        let fresh = crypt::state::verify(&db, &vault, &path)?;
         let txn = db.begin_write()?;
         let client_id;
         {
             for_each_table(&txn)?;
             let mut meta = txn.open_table(META)?;
+            if fresh {
+                crypt::state::stamp(&mut meta, &vault)?;
+            }
             let existing = meta.get(META_CLIENT_ID)?.map(|v| v.value().to_vec());
             client_id = match existing {
                 Some(v) => String::from_utf8(v).map_err(|e| StoreError::Corrupt {
@@ -279,6 +299,10 @@ impl Store {
             }
         }
         txn.commit()?;
+        let transition = Arc::new(crypt::state::transition(&db, &vault)?);
+        if !transition.is_done() {
+            tracing::warn!(path = %path.display(), "an encryption conversion of the store did not finish: attachment files are read in either form until `syncd store encrypt` or `syncd rekey` runs again");
+        }
         Ok(Store {
             db: Arc::new(RwLock::new(Some(Arc::new(db)))),
             path,
@@ -289,14 +313,28 @@ impl Store {
             damage: Arc::new(Mutex::new(None)),
             open_check: Arc::new(open_check),
             publish: Arc::default(),
+            vault,
+            transition,
         })
+    }
+
+    /// `dir` reading and writing its files sealed when the store is: with
+    /// the store's key, and, while a conversion is unfinished, the
+    /// previous key or plain files too (see [`crypt::state`]).
+    pub fn seal_blobs(&self, dir: blobs::BlobDir) -> blobs::BlobDir {
+        crypt::seal_blobs(dir, &self.vault, &self.transition)
+    }
+
+    /// How values are sealed (plain with encryption off).
+    pub fn vault(&self) -> &crypt::Vault {
+        &self.vault
     }
 
     /// Checks the store's cross-table invariants on its committed state
     /// (see [`check`]); the pages' checksums are [`check::full`]'s.
     pub fn check_invariants(&self) -> Result<check::Report> {
         let db = self.db()?;
-        check::invariants(&db)
+        check::invariants(&db, &self.vault)
     }
 
     /// What the open checked (for status).
@@ -498,7 +536,11 @@ impl Store {
         let (_db, txn) = self.read()?;
         let t = txn.open_table(RECORDS)?;
         match t.get((collection, id))? {
-            Some(v) => Ok(Some(from_store(v.value())?)),
+            Some(v) => Ok(Some(self.vault.decode(
+                RECORDS,
+                &(collection, id),
+                v.value(),
+            )?)),
             None => Ok(None),
         }
     }
@@ -509,8 +551,9 @@ impl Store {
         let t = txn.open_table(RECORDS)?;
         let mut out = Vec::with_capacity(keys.len());
         for (c, id) in keys {
-            out.push(match t.get((c.as_str(), id.as_str()))? {
-                Some(v) => Some(from_store(v.value())?),
+            let key = (c.as_str(), id.as_str());
+            out.push(match t.get(key)? {
+                Some(v) => Some(self.vault.decode(RECORDS, &key, v.value())?),
                 None => None,
             });
         }
@@ -549,7 +592,7 @@ impl Store {
             if out.len() == limit {
                 return Ok((out, Some(id.to_owned())));
             }
-            let r: StoredRecord = from_store(v.value())?;
+            let r: StoredRecord = self.vault.decode(RECORDS, &(c, id), v.value())?;
             if !r.deleted {
                 let size = r.data.len() + id.len() + RECORD_OVERHEAD;
                 if !out.is_empty() && bytes + size > max_bytes {
@@ -572,7 +615,7 @@ impl Store {
                 break;
             }
             let (k, v) = item?;
-            out.push((k.value(), from_store(v.value())?));
+            out.push((k.value(), self.vault.decode(QUEUE, &k.value(), v.value())?));
         }
         Ok(out)
     }
@@ -589,7 +632,11 @@ impl Store {
         let t = txn.open_table(QUEUE)?;
         let first = t.first()?;
         let r = match first {
-            Some((_, v)) => Some(from_store::<QueuedOp>(v.value())?.enqueued_at),
+            Some((k, v)) => Some(
+                self.vault
+                    .decode::<_, QueuedOp>(QUEUE, &k.value(), v.value())?
+                    .enqueued_at,
+            ),
             None => None,
         };
         Ok(r)
@@ -601,7 +648,7 @@ impl Store {
         let mut out = Vec::new();
         for item in t.iter()?.take(MAX_LISTED) {
             let (k, v) = item?;
-            out.push((k.value(), from_store(v.value())?));
+            out.push((k.value(), self.vault.decode(DEAD, &k.value(), v.value())?));
         }
         Ok(out)
     }
@@ -619,10 +666,10 @@ impl Store {
         for item in t.iter()?.take(MAX_LISTED) {
             let (k, v) = item?;
             let (c, id) = k.value();
-            let p: ParkedConflict = from_store(v.value())?;
+            let p: ParkedConflict = self.vault.decode(CONFLICTS, &(c, id), v.value())?;
             let local = match rt.get((c, id))? {
                 Some(r) => {
-                    let r: StoredRecord = from_store(r.value())?;
+                    let r: StoredRecord = self.vault.decode(RECORDS, &(c, id), r.value())?;
                     (!r.deleted).then(|| Doc(parse_doc_text(&r.data)))
                 }
                 None => None,
@@ -663,7 +710,9 @@ impl Store {
         let dead = txn.open_table(DEAD)?;
         match dead.get(seq)? {
             Some(v) => Ok(OpState::DeadLettered(
-                from_store::<DeadLetter>(v.value())?.error,
+                self.vault
+                    .decode::<_, DeadLetter>(DEAD, &seq, v.value())?
+                    .error,
             )),
             None => Ok(OpState::Done),
         }
@@ -688,7 +737,9 @@ impl Store {
         };
         if seq != PARKED_SEQ {
             let q = txn.open_table(QUEUE)?;
-            let found = q.get(seq)?.map(|v| from_store::<QueuedOp>(v.value()));
+            let found = q
+                .get(seq)?
+                .map(|v| self.vault.decode::<_, QueuedOp>(QUEUE, &seq, v.value()));
             return Ok(match found {
                 Some(op) => {
                     let op = op?;
@@ -700,9 +751,9 @@ impl Store {
         let t = txn.open_table(CONFLICTS)?;
         for item in t.iter()? {
             let (k, v) = item?;
-            let p: ParkedConflict = from_store(v.value())?;
+            let (c, id) = k.value();
+            let p: ParkedConflict = self.vault.decode(CONFLICTS, &(c, id), v.value())?;
             if p.ops.iter().any(|o| o.op_id == op_id) {
-                let (c, id) = k.value();
                 return Ok(Some((c.to_owned(), id.to_owned())));
             }
         }

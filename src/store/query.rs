@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::domain::query::{collate, Cond, OrderKey, Query};
 use crate::domain::{parse_doc_text, RecordView, StoreError, StoredRecord};
 
-use super::encoding::from_store;
+use super::crypt::Vault;
 use super::index::{self, IndexDef, IndexState, KEY_CEILING};
 use super::tables::{INDEXES, INDEX_ENTRIES, RECORDS};
 use super::{Store, RECORD_OVERHEAD};
@@ -74,7 +74,7 @@ impl Store {
         max_bytes: usize,
     ) -> Result<Page, StoreError> {
         let (_db, txn) = self.read()?;
-        query_in(&txn, collection, q, limit, max_bytes)
+        query_in(&txn, &self.vault, collection, q, limit, max_bytes)
     }
 
     /// A read transaction that sees exactly the commits whose events were
@@ -95,6 +95,7 @@ impl Store {
 /// [`Store::query`] in a given read transaction.
 pub fn query_in(
     txn: &ReadTransaction,
+    vault: &Vault,
     collection: &str,
     q: &Query,
     limit: usize,
@@ -104,6 +105,7 @@ pub fn query_in(
     let plan = choose(q, &ready);
     let ordered = plan.as_ref().is_some_and(|p| p.ordered);
     let mut hits = Hits {
+        vault,
         q,
         limit,
         ordered,
@@ -134,6 +136,7 @@ pub fn query_in(
 
 /// The records a read finds that match, after the cursor.
 struct Hits<'q> {
+    vault: &'q Vault,
     q: &'q Query,
     limit: usize,
     /// Read in the query's order: the first page (+1) is enough.
@@ -187,7 +190,8 @@ fn read_index(
         let (k, _) = item?;
         let id = k.value().3;
         if let Some(v) = records.get((collection, id))? {
-            if !hits.offer(id, from_store(v.value())?) {
+            let r = hits.vault.decode(RECORDS, &(collection, id), v.value())?;
+            if !hits.offer(id, r) {
                 break;
             }
         }
@@ -208,7 +212,8 @@ fn read_scan(
         if c != collection {
             break;
         }
-        hits.offer(id, from_store(v.value())?);
+        let r = hits.vault.decode(RECORDS, &(c, id), v.value())?;
+        hits.offer(id, r);
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 use redb::{ReadTransaction, ReadableTable};
 
 use super::check::{open, rec_name, undecodable, Problem, Report};
+use super::crypt::Vault;
 use super::encoding::from_store;
 use super::tables::*;
 use crate::domain::scope::check_scope;
@@ -25,12 +26,16 @@ fn name(r: &mut Report, table: &'static str, key: &str, scope: Option<&str>) {
 }
 
 /// Invariants 11 to 13.
-pub(super) fn scopes(txn: &ReadTransaction, r: &mut Report) -> Result<(), StoreError> {
+pub(super) fn scopes(
+    txn: &ReadTransaction,
+    vault: &Vault,
+    r: &mut Report,
+) -> Result<(), StoreError> {
     states(txn, r)?;
     choices(txn, r)?;
-    stored_scopes(txn, r)?;
+    stored_scopes(txn, vault, r)?;
     dead_subs(txn, r)?;
-    gone_marks(txn, r)
+    gone_marks(txn, vault, r)
 }
 
 /// Invariant 12: each `dead_letter_sub` entry names a dead letter (by its
@@ -71,14 +76,14 @@ fn dead_subs(txn: &ReadTransaction, r: &mut Report) -> Result<(), StoreError> {
 /// pending ops: the writer marks a record the server says left its scope
 /// only while its ops keep it here, and purges it (or takes the server's
 /// newer copy from another scope) once they settle.
-fn gone_marks(txn: &ReadTransaction, r: &mut Report) -> Result<(), StoreError> {
+fn gone_marks(txn: &ReadTransaction, vault: &Vault, r: &mut Report) -> Result<(), StoreError> {
     let Some(t) = open(txn, RECORDS)? else {
         return Ok(());
     };
     for item in t.iter()? {
         let (k, v) = item?;
         let (c, id) = k.value();
-        let Ok(rec) = from_store::<StoredRecord>(v.value()) else {
+        let Ok(rec) = vault.decode::<_, StoredRecord>(RECORDS, &(c, id), v.value()) else {
             continue;
         };
         let Some(gone) = rec.gone_from.as_deref() else {
@@ -138,12 +143,12 @@ fn choices(txn: &ReadTransaction, r: &mut Report) -> Result<(), StoreError> {
 
 /// Scopes stored on records, queued ops and dead letters are names
 /// (their decoding is checked with the rest of invariant 1).
-fn stored_scopes(txn: &ReadTransaction, r: &mut Report) -> Result<(), StoreError> {
+fn stored_scopes(txn: &ReadTransaction, vault: &Vault, r: &mut Report) -> Result<(), StoreError> {
     if let Some(t) = open(txn, RECORDS)? {
         for item in t.iter()? {
             let (k, v) = item?;
             let (c, id) = k.value();
-            if let Ok(rec) = from_store::<StoredRecord>(v.value()) {
+            if let Ok(rec) = vault.decode::<_, StoredRecord>(RECORDS, &(c, id), v.value()) {
                 name(r, "records", &rec_name(c, id), rec.scope.as_deref());
             }
         }
@@ -151,7 +156,7 @@ fn stored_scopes(txn: &ReadTransaction, r: &mut Report) -> Result<(), StoreError
     if let Some(t) = open(txn, QUEUE)? {
         for item in t.iter()? {
             let (k, v) = item?;
-            if let Ok(op) = from_store::<QueuedOp>(v.value()) {
+            if let Ok(op) = vault.decode::<_, QueuedOp>(QUEUE, &k.value(), v.value()) {
                 name(r, "queue", &k.value().to_string(), op.scope.as_deref());
             }
         }
@@ -159,7 +164,7 @@ fn stored_scopes(txn: &ReadTransaction, r: &mut Report) -> Result<(), StoreError
     if let Some(t) = open(txn, DEAD)? {
         for item in t.iter()? {
             let (k, v) = item?;
-            if let Ok(d) = from_store::<DeadLetter>(v.value()) {
+            if let Ok(d) = vault.decode::<_, DeadLetter>(DEAD, &k.value(), v.value()) {
                 name(
                     r,
                     "dead_letters",

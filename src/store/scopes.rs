@@ -54,8 +54,8 @@ impl Store {
         let t = txn.open_table(RECORDS)?;
         let mut out = BTreeMap::new();
         for item in t.iter()? {
-            let (_, v) = item?;
-            let r: StoredRecord = from_store(v.value())?;
+            let (k, v) = item?;
+            let r: StoredRecord = self.vault.decode(RECORDS, &k.value(), v.value())?;
             if let (Some(s), false) = (r.scope, r.deleted) {
                 *out.entry(s).or_insert(0) += 1;
             }

@@ -54,7 +54,10 @@ fn blob_error(e: BlobError) -> ApiError {
         BlobError::TooLarge { .. } => ErrorCode::TooLarge,
         BlobError::HashMismatch { .. } | BlobError::WrongLength { .. } => ErrorCode::BadRequest,
         BlobError::Missing { .. } => ErrorCode::NotFound,
-        BlobError::Io { .. } | BlobError::NoSpace { .. } => ErrorCode::Internal,
+        BlobError::Io { .. }
+        | BlobError::NoSpace { .. }
+        | BlobError::Tampered { .. }
+        | BlobError::Sealed { .. } => ErrorCode::Internal,
     };
     bad(code, e.to_string())
 }

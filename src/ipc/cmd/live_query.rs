@@ -145,7 +145,8 @@ impl LiveQuery {
                 let read = store.snapshot(|| {
                     while let Ok(_) | Err(TryRecvError::Lagged(_)) = rx.try_recv() {}
                 });
-                let page = read.and_then(|(_db, txn)| query_in(&txn, &c, &q, limit, budget));
+                let page = read
+                    .and_then(|(_db, txn)| query_in(&txn, store.vault(), &c, &q, limit, budget));
                 (rx, page)
             }));
     }

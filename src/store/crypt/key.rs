@@ -4,7 +4,7 @@
 //! name the file it came from, never its bytes.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -49,23 +49,7 @@ impl std::fmt::Debug for KeyId {
     }
 }
 
-/// Where the key comes from (`[store] key_file` / `key_credential`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeySource {
-    File(PathBuf),
-    /// `$CREDENTIALS_DIRECTORY/NAME`, as systemd's `LoadCredential=` and
-    /// `LoadCredentialEncrypted=` provide it.
-    Credential(String),
-}
-
-impl std::fmt::Display for KeySource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            KeySource::File(p) => write!(f, "key file {}", p.display()),
-            KeySource::Credential(n) => write!(f, "credential {n}"),
-        }
-    }
-}
+pub use crate::config::KeySource;
 
 impl Key {
     /// Reads the key from `source`. A key file must be exactly 32 bytes
@@ -134,6 +118,19 @@ impl Key {
         f.write_all(key.bytes.as_ref()).map_err(io)?;
         f.sync_all().map_err(io)?;
         Ok(key.id())
+    }
+
+    /// A key from its bytes (kept sealed inside a store during a rekey).
+    pub(super) fn from_secret(bytes: [u8; KEY_BYTES], origin: &str) -> Key {
+        Key {
+            bytes: Zeroizing::new(bytes),
+            origin: origin.to_owned(),
+        }
+    }
+
+    /// The secret bytes, for sealing them inside the store (a rekey).
+    pub(super) fn secret(&self) -> &[u8] {
+        self.bytes.as_ref()
     }
 
     /// The key's public id.

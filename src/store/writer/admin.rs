@@ -8,8 +8,8 @@ use crate::domain::direction::Direction;
 use crate::domain::{
     Doc, Document, Event, OpKind, Origin, Side, StoreError, StoredRecord, WriteError,
 };
-use crate::store::encoding::from_store;
 use crate::store::parse_doc_text;
+use crate::store::tables::CONFLICTS;
 use crate::store::ParkedConflict;
 
 use super::conflict::apply_resolution;
@@ -124,7 +124,7 @@ pub(super) fn resolve_parked(
             id: lid.to_owned(),
         }));
     };
-    let parked: ParkedConflict = from_store(&parked)?;
+    let parked: ParkedConflict = x.vault.decode(CONFLICTS, &(c, lid), &parked)?;
     let server = parked.server.to_record();
     x.conflicts.remove((c, lid))?;
     // Writes the app made after the park were made on the same stale

@@ -11,7 +11,7 @@ use crate::store::parse_doc_text;
 
 use super::txn::{append_op, fewer, not_found, JobResult, Txn};
 use super::WriteOutcome;
-use crate::store::encoding::{from_store, to_store};
+use crate::store::tables::{CONFLICTS, QUEUE};
 use crate::store::ParkedConflict;
 
 /// Creates or replaces a record (a put after a delete starts a new server record).
@@ -246,7 +246,7 @@ pub(super) fn parked_full(
     let Some(v) = x.conflicts.get((c, id))? else {
         return Ok(None);
     };
-    let parked: ParkedConflict = from_store(v.value())?;
+    let parked: ParkedConflict = x.vault.decode(CONFLICTS, &(c, id), v.value())?;
     Ok(
         (parked.ops.len() >= MAX_PARKED_OPS).then(|| WriteError::ConflictPending {
             collection: c.to_owned(),
@@ -385,7 +385,8 @@ fn fold(
     tail.kind = folded;
     tail.data = data.clone();
     tail.client_ts = client_ts;
-    x.queue.insert(seq, to_store(&tail)?.as_slice())?;
+    let bytes = x.vault.encode(QUEUE, &seq, &tail)?;
+    x.queue.insert(seq, bytes.as_slice())?;
     Ok(Some(tail.op_id))
 }
 

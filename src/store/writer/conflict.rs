@@ -11,7 +11,6 @@ use crate::domain::{
     ConflictOutcome, Doc, Document, Event, OpKind, Origin, QueuedOp, ServerRecord, StoreError,
     StoredRecord,
 };
-use crate::store::encoding::{from_store, to_store};
 use crate::store::settled::{self, Settled};
 use crate::store::tables::*;
 use crate::store::{parse_doc_text, ParkedConflict, ServerRecordStored};
@@ -204,7 +203,8 @@ fn rebase_tail(
             };
             let rebased = conflict::rebase(&prev, &next, &onto);
             op.data = Some(Value::Object(rebased.clone()).to_string());
-            x.queue.insert(*s, to_store(&op)?.as_slice())?;
+            let bytes = x.vault.encode(QUEUE, s, &op)?;
+            x.queue.insert(*s, bytes.as_slice())?;
             (prev, onto) = (next, rebased);
         }
         last = Some(op.data.clone());
@@ -391,7 +391,9 @@ fn settle_park(
     server: &ServerRecord,
 ) -> Result<Outcome, StoreError> {
     let mut parked = match x.conflicts.get((c, lid))? {
-        Some(v) => from_store::<ParkedConflict>(v.value())?,
+        Some(v) => x
+            .vault
+            .decode::<_, ParkedConflict>(CONFLICTS, &(c, lid), v.value())?,
         None => ParkedConflict {
             server: ServerRecordStored::from(server),
             ops: Vec::new(),
@@ -410,8 +412,8 @@ fn settle_park(
         op.data = None;
         parked.ops.push(op);
     }
-    x.conflicts
-        .insert((c, lid), to_store(&parked)?.as_slice())?;
+    let bytes = x.vault.encode(CONFLICTS, &(c, lid), &parked)?;
+    x.conflicts.insert((c, lid), bytes.as_slice())?;
     Ok((
         ConflictOutcome::Parked,
         "parked for manual resolution".to_owned(),

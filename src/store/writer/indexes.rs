@@ -6,8 +6,9 @@
 use std::sync::Arc;
 
 use crate::domain::{parse_doc_text, StoreError, StoredRecord};
-use crate::store::encoding::{from_store, to_store};
+use crate::store::encoding::to_store;
 use crate::store::index::{self, index_range, Declared, IndexMeta, IndexState, Maintained};
+use crate::store::tables::RECORDS;
 
 use super::txn::{JobResult, Txn};
 use super::WriteOutcome;
@@ -160,7 +161,7 @@ fn build_slice(x: &mut Txn<'_>, c: &str, name: &str, meta: &IndexMeta) -> Result
         if rc != c || batch.len() > STEP_BUDGET {
             break;
         }
-        let r: StoredRecord = from_store(v.value())?;
+        let r: StoredRecord = x.vault.decode(RECORDS, &(rc, id), v.value())?;
         batch.push((id.to_owned(), (!r.deleted).then_some(r.data)));
     }
     let rest = (batch.len() > STEP_BUDGET).then(|| batch.remove(STEP_BUDGET).0);

@@ -455,7 +455,11 @@ impl Writer {
     /// what the last commit left (`Durability::Immediate`).
     fn check_file(&self) -> Result<WriteOutcome, WriteError> {
         let started = std::time::Instant::now();
-        let r = super::check::full(self.store.path(), self.store.cache_bytes)?;
+        let r = super::check::full(
+            self.store.path(),
+            self.store.cache_bytes,
+            self.store.vault(),
+        )?;
         // Damage found on request is damage: stop taking writes, as when
         // a write meets it.
         if let Some(p) = r.problems.iter().find(|p| p.is_damage()) {
@@ -602,7 +606,12 @@ impl Writer {
         let ops_left;
         let indexes;
         {
-            let mut x = Txn::open(&txn, &self.ids, &mut self.counters)?;
+            let mut x = Txn::open(
+                &txn,
+                &self.ids,
+                &mut self.counters,
+                self.store.vault.clone(),
+            )?;
             x.client_ids = self.store.backend_client_ids();
             x.directions = self.store.directions();
             x.indexes = self.indexes.clone();

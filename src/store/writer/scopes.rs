@@ -145,7 +145,7 @@ pub(super) fn purge_if_gone(x: &mut Txn<'_>, c: &str, lid: &str) -> Result<(), S
         return Ok(());
     }
     let deferred: Option<crate::domain::ServerRecordStored> = match x.deferred.get((c, lid))? {
-        Some(v) => Some(from_store(v.value())?),
+        Some(v) => Some(x.vault.decode(DEFERRED, &(c, lid), v.value())?),
         None => None,
     };
     if let Some(d) = deferred {
@@ -208,7 +208,7 @@ fn purge(x: &mut Txn<'_>, gone_from: impl Fn(&str) -> bool) -> Result<usize, Sto
     let mut skipped = false;
     for item in x.records_from(("", ""))? {
         let (k, v) = item?;
-        let rec: crate::domain::StoredRecord = from_store(v.value())?;
+        let rec: crate::domain::StoredRecord = x.vault.decode(RECORDS, &k.value(), v.value())?;
         let (c, id) = k.value();
         if rec.scope.as_deref().is_some_and(&gone_from) && x.directions.of(c).applies_pulled() {
             match rec.pending {
@@ -329,7 +329,7 @@ fn switch_user(x: &mut Txn<'_>, previous: &str, grants: &Grants) -> Result<(), S
     let mut seqs = Vec::new();
     for item in x.queue.range::<u64>(..)? {
         let (k, v) = item?;
-        let op: QueuedOp = from_store(v.value())?;
+        let op: QueuedOp = x.vault.decode(QUEUE, &k.value(), v.value())?;
         touched.insert((op.collection.clone(), op.local_id.clone()));
         seqs.push(k.value());
     }
@@ -340,8 +340,8 @@ fn switch_user(x: &mut Txn<'_>, previous: &str, grants: &Grants) -> Result<(), S
     touched.extend(dead_letter_parked(x, &reason)?);
     let mut unmarked = Vec::new();
     for item in x.dead.range::<u64>(..)? {
-        let (_, v) = item?;
-        let d: crate::domain::DeadLetter = from_store(v.value())?;
+        let (k, v) = item?;
+        let d: crate::domain::DeadLetter = x.vault.decode(DEAD, &k.value(), v.value())?;
         if x.dead_sub.get(d.op.op_id.as_str())?.is_none() {
             unmarked.push(d.op.op_id);
         }
@@ -352,7 +352,7 @@ fn switch_user(x: &mut Txn<'_>, previous: &str, grants: &Grants) -> Result<(), S
     let mut doomed = Vec::new();
     for item in x.records_from(("", ""))? {
         let (k, v) = item?;
-        let rec: crate::domain::StoredRecord = from_store(v.value())?;
+        let rec: crate::domain::StoredRecord = x.vault.decode(RECORDS, &k.value(), v.value())?;
         let (c, id) = k.value();
         let key = (c.to_owned(), id.to_owned());
         if rec.pending == 0
@@ -385,7 +385,7 @@ fn dead_letter_parked(x: &mut Txn<'_>, reason: &str) -> Result<Vec<(String, Stri
     for item in x.conflicts.range::<(&str, &str)>(..)? {
         let (k, v) = item?;
         let (c, id) = k.value();
-        let p: crate::store::ParkedConflict = from_store(v.value())?;
+        let p: crate::store::ParkedConflict = x.vault.decode(CONFLICTS, &(c, id), v.value())?;
         parked.push((c.to_owned(), id.to_owned(), p));
     }
     let mut out = Vec::new();
@@ -450,7 +450,7 @@ fn refuse_unwritable(
     let mut refused = Vec::new();
     for item in x.queue.range::<u64>(..)? {
         let (k, v) = item?;
-        let op: QueuedOp = from_store(v.value())?;
+        let op: QueuedOp = x.vault.decode(QUEUE, &k.value(), v.value())?;
         refused.push((k.value(), op));
     }
     let mut n = 0;

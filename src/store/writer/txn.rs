@@ -19,7 +19,7 @@ use crate::domain::ids::IdGen;
 use crate::domain::{
     DeadLetter, Doc, Event, Origin, QueuedOp, ServerRecord, StoreError, StoredRecord, WriteError,
 };
-use crate::store::encoding::{from_store, to_store};
+use crate::store::crypt::Vault;
 use crate::store::index::Maintained;
 use crate::store::tables::*;
 
@@ -136,6 +136,9 @@ pub(super) struct Txn<'txn> {
     pub client_ids: bool,
     /// Which way each collection syncs (see `Store::directions`).
     pub directions: Arc<Directions>,
+    /// Seals the values of records, the queue, conflicts, dead letters
+    /// and deferred records (plain with encryption off).
+    pub vault: Vault,
     /// Private: every write of a record goes through [`Txn::put_record`]
     /// or [`Txn::remove_record`], which keep its index entries with it.
     records: Lazy<'txn, (&'static str, &'static str), &'static [u8]>,
@@ -175,8 +178,10 @@ impl<'txn> Txn<'txn> {
         txn: &'txn WriteTransaction,
         ids: &'txn IdGen,
         counters: &'txn mut Counters,
+        vault: Vault,
     ) -> Result<Self, StoreError> {
         Ok(Txn {
+            vault,
             ids,
             counters,
             client_ids: false,
@@ -208,7 +213,7 @@ impl<'txn> Txn<'txn> {
 
     pub fn record(&self, c: &str, id: &str) -> Result<Option<StoredRecord>, StoreError> {
         match self.records.get((c, id))? {
-            Some(v) => Ok(Some(from_store(v.value())?)),
+            Some(v) => Ok(Some(self.vault.decode(RECORDS, &(c, id), v.value())?)),
             None => Ok(None),
         }
     }
@@ -216,11 +221,11 @@ impl<'txn> Txn<'txn> {
     /// Writes a record, and its entries in the collection's indexes.
     pub fn put_record(&mut self, c: &str, id: &str, r: &StoredRecord) -> Result<(), StoreError> {
         let indexed = !self.indexes.of(c).is_empty() || cfg!(test);
-        let old: Option<StoredRecord> =
-            match self.records.insert((c, id), to_store(r)?.as_slice())? {
-                Some(v) if indexed => Some(from_store(v.value())?),
-                _ => None,
-            };
+        let bytes = self.vault.encode(RECORDS, &(c, id), r)?;
+        let old: Option<StoredRecord> = match self.records.insert((c, id), bytes.as_slice())? {
+            Some(v) if indexed => Some(self.vault.decode(RECORDS, &(c, id), v.value())?),
+            _ => None,
+        };
         if !indexed {
             return Ok(());
         }
@@ -244,7 +249,7 @@ impl<'txn> Txn<'txn> {
     pub fn remove_record(&mut self, c: &str, id: &str) -> Result<(), StoreError> {
         let indexed = !self.indexes.of(c).is_empty() || cfg!(test);
         let old: Option<StoredRecord> = match self.records.remove((c, id))? {
-            Some(v) if indexed => Some(from_store(v.value())?),
+            Some(v) if indexed => Some(self.vault.decode(RECORDS, &(c, id), v.value())?),
             _ => None,
         };
         let Some(old) = old.filter(|r| !r.deleted) else {
@@ -264,7 +269,7 @@ impl<'txn> Txn<'txn> {
 
     pub fn op(&self, seq: u64) -> Result<Option<QueuedOp>, StoreError> {
         match self.queue.get(seq)? {
-            Some(v) => Ok(Some(from_store(v.value())?)),
+            Some(v) => Ok(Some(self.vault.decode(QUEUE, &seq, v.value())?)),
             None => Ok(None),
         }
     }
@@ -274,7 +279,7 @@ impl<'txn> Txn<'txn> {
         let Some(bytes) = self.queue.remove(seq)?.map(|v| v.value().to_vec()) else {
             return Ok(None);
         };
-        let op: QueuedOp = from_store(&bytes)?;
+        let op: QueuedOp = self.vault.decode(QUEUE, &seq, &bytes)?;
         self.ops.remove(op.op_id.as_str())?;
         self.ops_left = true;
         self.record_queue
@@ -324,7 +329,10 @@ impl<'txn> Txn<'txn> {
     /// The last op of the queue.
     pub fn last_op(&self) -> Result<Option<(u64, QueuedOp)>, StoreError> {
         match self.queue.last()? {
-            Some((k, v)) => Ok(Some((k.value(), from_store(v.value())?))),
+            Some((k, v)) => Ok(Some((
+                k.value(),
+                self.vault.decode(QUEUE, &k.value(), v.value())?,
+            ))),
             None => Ok(None),
         }
     }
@@ -339,7 +347,7 @@ impl<'txn> Txn<'txn> {
     ) -> Result<Option<u64>, StoreError> {
         for item in self.queue.range(seq.saturating_add(1)..)? {
             let (k, v) = item?;
-            let op: QueuedOp = from_store(v.value())?;
+            let op: QueuedOp = self.vault.decode(QUEUE, &k.value(), v.value())?;
             if op.collection != c || op.local_id != lid {
                 return Ok(Some(k.value()));
             }
@@ -349,7 +357,8 @@ impl<'txn> Txn<'txn> {
 
     /// Puts `op` in the queue at `seq`, with its op index and record index.
     pub fn insert_op(&mut self, seq: u64, op: &QueuedOp) -> Result<(), StoreError> {
-        self.queue.insert(seq, to_store(op)?.as_slice())?;
+        let bytes = self.vault.encode(QUEUE, &seq, op)?;
+        self.queue.insert(seq, bytes.as_slice())?;
         self.ops.insert(op.op_id.as_str(), seq)?;
         self.record_queue
             .insert((op.collection.as_str(), op.local_id.as_str(), seq), ())?;
@@ -358,7 +367,8 @@ impl<'txn> Txn<'txn> {
 
     /// Adds a dead letter (and its op_id index entry).
     pub fn insert_dead(&mut self, seq: u64, d: &DeadLetter) -> Result<(), StoreError> {
-        self.dead.insert(seq, to_store(d)?.as_slice())?;
+        let bytes = self.vault.encode(DEAD, &seq, d)?;
+        self.dead.insert(seq, bytes.as_slice())?;
         self.dead_by_op.insert(d.op.op_id.as_str(), seq)?;
         Ok(())
     }
@@ -369,7 +379,7 @@ impl<'txn> Txn<'txn> {
             return Ok(None);
         };
         match self.dead.get(seq)? {
-            Some(v) => Ok(Some(from_store(v.value())?)),
+            Some(v) => Ok(Some(self.vault.decode(DEAD, &seq, v.value())?)),
             None => Ok(None),
         }
     }
@@ -383,7 +393,7 @@ impl<'txn> Txn<'txn> {
             return Ok(None);
         };
         self.dead_sub.remove(op_id)?;
-        Ok(Some(from_store(&bytes)?))
+        Ok(Some(self.vault.decode(DEAD, &seq, &bytes)?))
     }
 }
 

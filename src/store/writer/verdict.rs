@@ -9,7 +9,6 @@ use crate::domain::ids::{validate_collection, validate_id};
 use crate::domain::{
     Change, DeadLetter, Doc, Event, OpKind, Origin, QueuedOp, ServerRecord, StoreError,
 };
-use crate::store::encoding::{from_store, to_store};
 use crate::store::tables::*;
 use crate::store::{parse_doc_text, ParkedConflict, ServerRecordStored};
 
@@ -55,7 +54,8 @@ pub(super) fn attempt(x: &mut Txn<'_>, seq: u64, error: &str) -> Result<JobResul
     if let Some(mut op) = x.op(seq)? {
         op.attempts = op.attempts.saturating_add(1);
         op.last_error = Some(error.to_owned());
-        x.queue.insert(seq, to_store(&op)?.as_slice())?;
+        let bytes = x.vault.encode(QUEUE, &seq, &op)?;
+        x.queue.insert(seq, bytes.as_slice())?;
     }
     Ok(Ok(WriteOutcome::Done))
 }
@@ -244,11 +244,12 @@ pub(super) fn apply_remote(
                 .get((c, lid.as_str()))?
                 .map(|v| v.value().to_vec());
             if let Some(bytes) = parked {
-                let mut p: ParkedConflict = from_store(&bytes)?;
+                let key = (c, lid.as_str());
+                let mut p: ParkedConflict = x.vault.decode(CONFLICTS, &key, &bytes)?;
                 if r.version > p.server.version {
                     p.server = ServerRecordStored::from(r);
-                    x.conflicts
-                        .insert((c, lid.as_str()), to_store(&p)?.as_slice())?;
+                    let bytes = x.vault.encode(CONFLICTS, &key, &p)?;
+                    x.conflicts.insert(key, bytes.as_slice())?;
                 }
             } else if existing.version.is_none_or(|v| v < r.version) {
                 defer(x, c, &lid, r)?;
@@ -266,8 +267,10 @@ pub(super) fn apply_remote(
 /// newest such record.
 fn defer(x: &mut Txn<'_>, c: &str, lid: &str, r: &ServerRecord) -> Result<(), StoreError> {
     if deferred(x, c, lid)?.is_none_or(|d| d.version < r.version) {
-        x.deferred
-            .insert((c, lid), to_store(&ServerRecordStored::from(r))?.as_slice())?;
+        let bytes = x
+            .vault
+            .encode(DEFERRED, &(c, lid), &ServerRecordStored::from(r))?;
+        x.deferred.insert((c, lid), bytes.as_slice())?;
     }
     Ok(())
 }
@@ -315,7 +318,7 @@ pub(super) fn deferred(
     lid: &str,
 ) -> Result<Option<ServerRecordStored>, StoreError> {
     match x.deferred.get((c, lid))? {
-        Some(v) => Ok(Some(from_store(v.value())?)),
+        Some(v) => Ok(Some(x.vault.decode(DEFERRED, &(c, lid), v.value())?)),
         None => Ok(None),
     }
 }
