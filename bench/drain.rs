@@ -130,9 +130,16 @@ pub(crate) fn wait_empty(
     })
 }
 
-fn drain_once(rt: &tokio::runtime::Runtime, o: &Opts, conf: &Conf) -> DrainRun {
+/// A drain with the default batch size; `extra`: more config (a
+/// `[store]` section). Returns ops/s.
+pub(crate) fn batched_drain(rt: &tokio::runtime::Runtime, o: &Opts, extra: &str) -> f64 {
+    drain_once(rt, o, &CONFS[0], extra).per_s()
+}
+
+fn drain_once(rt: &tokio::runtime::Runtime, o: &Opts, conf: &Conf, extra: &str) -> DrainRun {
     let port = free_port();
-    let mut d = Daemon::start_with(&launch(&o.bin), &daemon_config(port, conf.batch_size));
+    let config = daemon_config(port, conf.batch_size) + extra;
+    let mut d = Daemon::start_with(&launch(&o.bin), &config);
     let ops = conf.ops(o);
     let (depth, _) = fill(rt, &d, ops, o.writers);
     assert_eq!(depth, ops, "queue depth after the fill");
@@ -162,7 +169,7 @@ pub(crate) fn drain(rt: &tokio::runtime::Runtime, o: &Opts, report: &mut Report)
     let mut runs: Vec<Vec<DrainRun>> = vec![Vec::new(); CONFS.len()];
     for rep in 0..o.drain_reps {
         for (k, conf) in CONFS.iter().enumerate() {
-            let r = drain_once(rt, o, conf);
+            let r = drain_once(rt, o, conf, "");
             eprintln!(
                 "  rep {}: {}: {:.0} ops/s ({:.2} s, first op after {:.0} ms; cpu daemon {:.2} s, backend {:.2} s)",
                 rep + 1,

@@ -58,6 +58,11 @@
 //!   until the backend has them, during the upload vs with none
 //!   (`attachments.rs`).
 //!
+//! - `encryption`: the same durable puts (1 and 64 connections) and
+//!   batched drain on a plain and a sealed store (`[store] encryption`),
+//!   interleaved, with the sealed/plain ratios; and the start of a sealed
+//!   daemon on `--restart-ops` queued ops (`encryption.rs`).
+//!
 //! Every repeated figure is the median over the repetitions; baselines are
 //! interleaved with the measured runs (A B A B ...) and ratios are taken rep
 //! by rep, then the median. Output: a table on stdout plus one JSON line per
@@ -79,6 +84,7 @@ mod couch;
 mod couch_server;
 mod daemon;
 mod drain;
+mod encryption;
 mod fill;
 mod idle;
 mod live;
@@ -148,6 +154,7 @@ fn main() {
             "queries" => queries::queries(&rt, &opts, &mut report),
             "couch" => couch::couch(&rt, &opts, &mut report),
             "attachments" => attachments::attachments(&rt, &opts, &mut report),
+            "encryption" => encryption::encryption(&rt, &opts, &mut report),
             _ => unreachable!(),
         }
     }

@@ -12,7 +12,7 @@ syncd benchmark harness
 usage: cargo bench --bench harness -- [SCENARIO...] [OPTIONS]
 
 scenarios (default: all): writes reads memory idle drain restart live coalesce
-                          conflict scopes queries couch attachments
+                          conflict scopes queries couch attachments encryption
 
 options:
   --quick             smaller sizes and fewer reps everywhere (whole run < 2 min);
@@ -316,6 +316,7 @@ pub(crate) fn all_scenarios() -> Vec<String> {
         "queries",
         "couch",
         "attachments",
+        "encryption",
     ]
     .map(String::from)
     .to_vec()

@@ -56,7 +56,7 @@ impl Before {
 /// Starts the daemon on its dirs and returns the time from `spawn` to the
 /// first `status` answer, and that answer's queue depth. Polls with a
 /// fresh connection every millisecond.
-fn timed_start(rt: &tokio::runtime::Runtime, d: &mut Daemon) -> (f64, u64) {
+pub(crate) fn timed_start(rt: &tokio::runtime::Runtime, d: &mut Daemon) -> (f64, u64) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

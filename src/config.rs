@@ -372,6 +372,9 @@ impl Config {
         if let Some(p) = self.backend.password_file.as_mut() {
             fix(p);
         }
+        if let Some(p) = self.store.key_file.as_mut() {
+            fix(p);
+        }
     }
 
     /// Checks values serde cannot: ranges, formats, names.

@@ -64,12 +64,9 @@ fn write_data(d: &Daemon, n: usize) -> PathBuf {
     let file = d.dir.path().join("note.txt");
     std::fs::write(&file, format!("{MARKER} attachment text\n").repeat(20_000)).unwrap();
     for i in 0..n {
-        d.ok(&[
-            "put",
-            "notes",
-            &format!("n{i}"),
-            &format!("{{\"text\":\"{MARKER} {i}\"}}"),
-        ]);
+        let id = format!("n{i}");
+        let doc = format!("{{\"text\":\"{MARKER} {i}\"}}");
+        d.ok(&["put", "notes", "--id", &id, &doc]);
     }
     d.ok(&[
         "patch",
@@ -98,6 +95,9 @@ fn no_document_or_attachment_text_lies_in_the_data_dir() {
     let file = write_data(&d, 50);
     assert_eq!(read_attachment(&d, "n2"), std::fs::read(&file).unwrap());
     d.ok(&["check"]);
+    let status = d.status();
+    let enc = status["encryption"].as_str().unwrap_or_default().to_owned();
+    assert!(enc.starts_with("on (key "), "{status}");
     d.stop();
     let found = holding(&d.data_dir, MARKER);
     assert!(found.is_empty(), "plain text in {found:?}");

@@ -206,6 +206,9 @@ fn daemon_rows(s: &StatusView) -> Vec<(&'static str, String)> {
     if let Some(c) = &s.store_open_check {
         rows.push(("check at open", c.clone()));
     }
+    if !s.encryption.is_empty() {
+        rows.push(("encryption", s.encryption.clone()));
+    }
     rows.push(("version", s.version.clone()));
     rows
 }

@@ -100,3 +100,52 @@ fn valid_credential(n: &str) -> bool {
         && n.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigProblem, Place};
+
+    fn refused(text: &str) -> (String, String) {
+        let e = Config::parse(text).unwrap_err();
+        let key = match &e.place {
+            Some(Place::Key(k)) => k.clone(),
+            other => panic!("no key in {e}: {other:?}"),
+        };
+        assert!(matches!(e.problem, ConfigProblem::Invalid(_)), "{e}");
+        (key, e.to_string())
+    }
+
+    #[test]
+    fn one_key_source_with_encryption_on_and_none_with_it_off() {
+        let ok = Config::parse("[store]\nencryption = \"on\"\nkey_file = \"/k\"\n").unwrap();
+        assert_eq!(
+            ok.store.key_source(),
+            Some(super::KeySource::File("/k".into()))
+        );
+        let ok = Config::parse("[store]\nencryption = \"on\"\nkey_credential = \"sk\"\n").unwrap();
+        assert_eq!(
+            ok.store.key_source(),
+            Some(super::KeySource::Credential("sk".into()))
+        );
+        assert_eq!(Config::parse("[store]\n").unwrap().store.key_source(), None);
+        let (k, e) = refused("[store]\nencryption = \"on\"\n");
+        assert_eq!(k, "store.encryption");
+        assert!(e.contains("syncd key generate"), "{e}");
+        let (k, _) = refused("[store]\nkey_file = \"/k\"\n");
+        assert_eq!(k, "store.encryption");
+        let (k, _) =
+            refused("[store]\nencryption = \"on\"\nkey_file = \"/k\"\nkey_credential = \"x\"\n");
+        assert_eq!(k, "store.key_credential");
+        let (k, _) = refused("[store]\nencryption = \"on\"\nkey_credential = \"../x\"\n");
+        assert_eq!(k, "store.key_credential");
+    }
+
+    #[test]
+    fn indexes_are_refused_with_encryption_on() {
+        let (k, e) = refused(
+            "[store]\nencryption = \"on\"\nkey_file = \"/k\"\n[collections.todos]\nindexes = [\"due\"]\n",
+        );
+        assert_eq!(k, "collections.todos.indexes");
+        assert!(e.contains("in the clear"), "{e}");
+    }
+}

@@ -325,6 +325,17 @@ impl Store {
         crypt::seal_blobs(dir, &self.vault, &self.transition)
     }
 
+    /// Encryption at rest as `status` says it: `off`, or `on (key ID)`.
+    pub fn encryption_text(&self) -> String {
+        match self.vault.key_id() {
+            None => "off".into(),
+            Some(id) if self.transition.is_done() => format!("on (key {id})"),
+            Some(id) => format!(
+                "on (key {id}); a conversion did not finish: run `syncd store encrypt` or `syncd rekey` again"
+            ),
+        }
+    }
+
     /// How values are sealed (plain with encryption off).
     pub fn vault(&self) -> &crypt::Vault {
         &self.vault

@@ -6,7 +6,7 @@
 //! sync worker (which drains the queue) nor the pull (which applies pages)
 //! may wait for one. It learns what arrived from the change feed (a
 //! `changed` event of remote or conflict origin), and rescans the records
-//! at start and whenever it missed events. A failed download is tried
+//! at start and after it missed events (at most every 10 s). A failed download is tried
 //! again with backoff; lazy collections are fetched on first read instead.
 
 use std::collections::BTreeMap;
@@ -21,6 +21,11 @@ use crate::domain::attachment::{self, AttachmentRef};
 use crate::domain::{Event, Origin};
 use crate::store::Store;
 use crate::sync::attachments::{FetchError, Transfers};
+
+/// Least time between two rescans after missed events: a long drain or
+/// pull makes the feed lag again and again, and each rescan reads every
+/// record (and, sealed, opens each).
+const RESCAN_GAP: Duration = Duration::from_secs(10);
 
 /// First wait after a failed download; doubles up to [`MAX_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_secs(1);
@@ -40,15 +45,21 @@ pub async fn run(
 ) {
     let mut wanted = Wanted::new();
     let mut backoff = Backoff::default();
-    let mut rescan = true;
+    let (mut rescan, mut sweep_now) = (true, true);
     let mut next_sweep = tokio::time::Instant::now() + ORPHAN_IDLE;
+    // A rescan asked for after missed events waits for this.
+    let mut lagged: Option<tokio::time::Instant> = None;
+    let mut last_scan = tokio::time::Instant::now();
     loop {
         if rescan {
             rescan = false;
+            last_scan = tokio::time::Instant::now();
             match scan(&store, &config, transfers.blobs()).await {
                 Ok(all) => wanted.extend(all),
                 Err(e) => tracing::warn!(error = %e, "cannot list the attachments to download"),
             }
+        }
+        if std::mem::take(&mut sweep_now) {
             sweep(&transfers, &store).await;
         }
         let bound = || keep_within_bound(&transfers, &store, &config);
@@ -67,11 +78,17 @@ pub async fn run(
             // Now and then, look for content nothing references any more.
             _ = tokio::time::sleep_until(next_sweep) => {
                 next_sweep = tokio::time::Instant::now() + ORPHAN_IDLE;
+                (rescan, sweep_now) = (true, true);
+            }
+            _ = sleep_until_some(lagged) => {
+                lagged = None;
                 rescan = true;
             }
             ev = events.recv() => match ev {
                 Ok(ev) => note(&ev, &store, &config, transfers.blobs(), &mut wanted).await,
-                Err(broadcast::error::RecvError::Lagged(_)) => rescan = true,
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    lagged.get_or_insert(last_scan + RESCAN_GAP);
+                }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             _ = transfers.client_changed() => rescan = true,
@@ -79,6 +96,14 @@ pub async fn run(
             _ = transfers.fetched() => {}
             _ = sleep => {}
         }
+    }
+}
+
+/// Sleeps until `t`; never, without one.
+async fn sleep_until_some(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 

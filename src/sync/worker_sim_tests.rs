@@ -393,6 +393,10 @@ struct Setup {
     batch_size: u32,
     /// Manual resolutions take the local side (else the server's).
     take_local: bool,
+    /// The devices' stores are encrypted at rest (every other run of the
+    /// four strategies), so every writer path reads and writes sealed
+    /// values and the invariants are checked on them.
+    sealed: bool,
 }
 
 impl Setup {
@@ -418,6 +422,7 @@ impl Setup {
             },
             batch_size: [1, 3, 10][rng.usize(0..3)],
             take_local: rng.bool(),
+            sealed: (seed / 4) % 2 == 1,
         }
     }
 }
@@ -454,7 +459,11 @@ fn start_device_on(
     link: Arc<Link>,
     transport: Arc<dyn Transport>,
 ) -> Device {
-    let store = Store::open(dir, 4 << 20).unwrap();
+    let vault = match setup.sealed {
+        true => crate::store::crypt::Vault::sealed(crate::store::crypt::Key::random().unwrap()),
+        false => Ok(crate::store::crypt::Vault::Plain),
+    };
+    let store = Store::open_with(dir, 4 << 20, vault.unwrap()).unwrap();
     // Every batch then also checks the indexes (invariant 14).
     crate::store::index::seed_ready(&store, &crate::store::index::test_declared()).unwrap();
     let (events, _) = broadcast::channel(1024);
@@ -483,10 +492,12 @@ fn start_device_on(
         watch_network: false,
         reads: crate::sync::reads::ReadMode::Inline,
         transfers: crate::sync::attachments::Transfers::new(
-            crate::store::blobs::BlobDir::open(
-                store.path().parent().unwrap_or(std::path::Path::new(".")),
-            )
-            .expect("blob dir"),
+            store.seal_blobs(
+                crate::store::blobs::BlobDir::open(
+                    store.path().parent().unwrap_or(std::path::Path::new(".")),
+                )
+                .expect("blob dir"),
+            ),
         ),
     });
     Device {

@@ -344,6 +344,7 @@ impl UsersSetup {
                 },
                 batch_size: [1, 3, 10][rng.usize(0..3)],
                 take_local: rng.bool(),
+                sealed: seed % 2 == 1,
             },
             users,
             user_of,

@@ -408,6 +408,11 @@ pub struct StatusView {
     /// stands; empty when none is declared.
     #[serde(default)]
     pub indexes: Vec<IndexView>,
+    /// Encryption at rest: `off`, or `on (key ID)` with the public id of
+    /// the store key (never the key), and a note while a conversion
+    /// (`syncd store encrypt`, `syncd rekey`) is unfinished.
+    #[serde(default)]
+    pub encryption: String,
 }
 
 /// One secondary index as `status` shows it.

@@ -100,6 +100,7 @@ pub async fn status(ctx: &Ctx) -> Result<StatusView, ApiError> {
             Some(_) => Vec::new(),
         },
         user: None,
+        encryption: ctx.store.encryption_text(),
         indexes: match ctx.store.damage() {
             None => index_rows(ctx).await?,
             Some(_) => Vec::new(),

@@ -158,9 +158,17 @@ pub fn rekey(data_dir: &Path, old: &Key, new: &Key) -> Result<Converted, Convert
     let path = store_path(data_dir);
     let db = open(&path)?;
     let to = Vault::sealed(new.clone())?;
-    let (db, rewritten) = match state::found(&db)? {
-        Found::Sealed(id) if id == new.id() && id != old.id() => (db, false),
-        _ => {
+    let resume = match state::found(&db)? {
+        // Cut short after the new store was renamed in: the config names
+        // the old key still, or the new one already.
+        Found::Sealed(id) if id == new.id() => {
+            id != old.id() || state::transition(&db, &to)?.previous.is_some()
+        }
+        _ => false,
+    };
+    let (db, rewritten) = match resume {
+        true => (db, false),
+        false => {
             let from = Vault::sealed(old.clone())?;
             state::verify(&db, &from, &path)?;
             let left = state::transition(&db, &from)?;
@@ -244,8 +252,12 @@ fn rewrite(
         c.plain(SCOPE_STATE)?;
         c.plain(SCOPE_CHOICES)?;
         c.plain(DEAD_SUB)?;
-        c.plain(INDEXES)?;
-        c.plain(INDEX_ENTRIES)?;
+        // Index keys hold indexed values in the clear: a sealed store has
+        // none (`[store] encryption` refuses declared indexes).
+        if !to.is_sealed() {
+            c.plain(INDEXES)?;
+            c.plain(INDEX_ENTRIES)?;
+        }
         c.meta()?;
         let mut meta = txn.open_table(META)?;
         state::stamp(&mut meta, to)?;

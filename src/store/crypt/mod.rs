@@ -3,10 +3,11 @@
 //!
 //! What is sealed and what stays in the clear is written down once, in
 //! docs/guarantees.md ("Encryption at rest"): documents, queued ops,
-//! conflicts, dead letters, deferred records, settled outcomes, the
-//! session and attachment content are sealed; table keys (collection
-//! names, ids, op ids, sequence numbers) and attachment hashes are not,
-//! because the store orders and finds rows by them.
+//! conflicts, dead letters, deferred records and attachment content are
+//! sealed; table keys (collection names, ids, op ids, sequence numbers),
+//! the bookkeeping without user data (scope cursors and names, the
+//! session's user and grants, settled outcomes, counters) and attachment
+//! hashes are not: the store orders and finds rows by them.
 
 pub mod blob_seal;
 pub mod convert;
@@ -15,6 +16,7 @@ pub mod state;
 #[cfg(test)]
 mod tests;
 pub mod vault;
+mod xchacha;
 
 pub use blob_seal::{BlobSeal, FileSealer};
 pub use key::{Key, KeyId, KeySource};

@@ -1,7 +1,7 @@
 //! A sealed store end to end below the daemon: what is on disk, the wrong
 //! key, a changed or moved value, and the conversions.
 
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadableTable};
 
 use super::convert;
 use super::key::Key;
