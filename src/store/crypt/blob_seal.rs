@@ -50,8 +50,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
+use super::xchacha::XChaCha;
 
 use super::key::{Key, KeyId};
 
@@ -82,7 +81,7 @@ const WRITE_BATCH: usize = 16;
 /// The attachment-file cipher of one key.
 pub struct FileSealer {
     id: KeyId,
-    cipher: XChaCha20Poly1305,
+    cipher: XChaCha,
 }
 
 impl std::fmt::Debug for FileSealer {
@@ -193,7 +192,8 @@ impl FileSealer {
         let sub = key.derive(b"syncd blob files v1");
         FileSealer {
             id: key.id(),
-            cipher: XChaCha20Poly1305::new(sub.as_ref().into()),
+            // Every file has its own nonce prefix: no subkey to keep.
+            cipher: XChaCha::new(&sub, [0; 16]),
         }
     }
 
@@ -209,11 +209,9 @@ impl FileSealer {
         last: bool,
         buf: &mut [u8],
     ) -> io::Result<[u8; TAG]> {
-        let tag = self
-            .cipher
-            .encrypt_in_place_detached(XNonce::from_slice(&h.nonce(index)), &h.aad(last), buf)
-            .map_err(|_| io::Error::other("sealing an attachment segment failed"))?;
-        Ok(tag.into())
+        self.cipher
+            .seal(&h.nonce(index), &h.aad(last), buf)
+            .map_err(|_| io::Error::other("sealing an attachment segment failed"))
     }
 
     fn open_segment(
@@ -225,37 +223,26 @@ impl FileSealer {
         tag: &[u8],
     ) -> Result<(), OpenError> {
         self.cipher
-            .decrypt_in_place_detached(
-                XNonce::from_slice(&h.nonce(index)),
-                &h.aad(last),
-                buf,
-                Tag::from_slice(tag),
-            )
+            .open_detached(&h.nonce(index), &h.aad(last), buf, tag)
             .map_err(|_| OpenError::Tampered)
     }
 
     /// The name tag of the file with header `h` named `sha256`.
     fn name_tag(&self, h: &Header, sha256: &str) -> io::Result<[u8; TAG]> {
-        let tag = self
-            .cipher
-            .encrypt_in_place_detached(
-                XNonce::from_slice(&h.nonce(u64::MAX)),
-                &name_aad(sha256),
-                &mut [],
-            )
-            .map_err(|_| io::Error::other("sealing an attachment name failed"))?;
-        Ok(tag.into())
+        self.cipher
+            .seal(&h.nonce(u64::MAX), &name_aad(sha256), &mut [])
+            .map_err(|_| io::Error::other("sealing an attachment name failed"))
     }
 
     /// Whether the file with header `h` was sealed under the name
     /// `sha256` (compared in constant time by the AEAD).
     pub fn check_name(&self, h: &Header, sha256: &str) -> Result<(), OpenError> {
         self.cipher
-            .decrypt_in_place_detached(
-                XNonce::from_slice(&h.nonce(u64::MAX)),
+            .open_detached(
+                &h.nonce(u64::MAX),
                 &name_aad(sha256),
                 &mut [],
-                Tag::from_slice(&h.0[BOUND..]),
+                &h.0[BOUND..],
             )
             .map_err(|_| OpenError::Tampered)
     }
@@ -281,11 +268,7 @@ impl FileSealer {
             out.extend_from_slice(chunk);
             let tag = self
                 .cipher
-                .encrypt_in_place_detached(
-                    XNonce::from_slice(&nonce),
-                    &frame_aad(sha256, offset),
-                    &mut out[start..],
-                )
+                .seal(&nonce, &frame_aad(sha256, offset), &mut out[start..])
                 .map_err(|_| io::Error::other("sealing a download record failed"))?;
             out.extend_from_slice(&tag);
             offset += chunk.len() as u64;
@@ -307,13 +290,10 @@ impl FileSealer {
         }
         let (head, rest) = record.split_at_mut(FRAME_HEAD);
         let (body, tag) = rest.split_at_mut(rest.len() - TAG);
+        let mut nonce = [0u8; NONCE];
+        nonce.copy_from_slice(&head[4..]);
         self.cipher
-            .decrypt_in_place_detached(
-                XNonce::from_slice(&head[4..]),
-                &frame_aad(sha256, offset),
-                body,
-                Tag::from_slice(tag),
-            )
+            .open_detached(&nonce, &frame_aad(sha256, offset), body, tag)
             .map_err(|_| OpenError::Tampered)
     }
 

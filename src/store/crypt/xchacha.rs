@@ -66,6 +66,22 @@ impl XChaCha {
         })
     }
 
+    /// Opens `buf` in place, checked against `tag`.
+    pub fn open_detached(
+        &self,
+        nonce: &[u8; NONCE],
+        aad: &[u8],
+        buf: &mut [u8],
+        tag: &[u8],
+    ) -> Result<(), Unsealed> {
+        let tag = ring::aead::Tag::try_from(tag).map_err(|_| Unsealed)?;
+        self.with_subkey(nonce, |k, n| {
+            k.open_in_place_separate_tag(n, Aad::from(aad), tag, buf, 0..)
+                .map(|_| ())
+                .map_err(|_| Unsealed)
+        })
+    }
+
     /// Opens `buf` (ciphertext then tag) in place; returns the plaintext's
     /// length (its first bytes).
     pub fn open(&self, nonce: &[u8; NONCE], aad: &[u8], buf: &mut [u8]) -> Result<usize, Unsealed> {
