@@ -153,11 +153,18 @@ fn a_wrong_or_missing_key_is_refused_and_changes_nothing() {
         std::fs::read(&store).unwrap() == before,
         "the store was changed"
     );
-    // Encryption off on an encrypted store: refused too (redb's open marks
-    // the file's header, no value is read or written).
+    // Encryption off on an encrypted store: refused too, as untouched.
     d.write_config("");
     let e = refused(&mut d);
     assert!(e.contains("encryption is \"off\""), "{e}");
+    assert!(
+        std::fs::read(&store).unwrap() == before,
+        "the store was changed"
+    );
+    assert!(
+        d.data_dir.join("syncd.redb.clean").exists(),
+        "the clean mark was used up"
+    );
 
     d.write_config(&sealed(&other));
     let o = d.cli(&["check", "--config", &s(&d.config)]);
@@ -195,16 +202,70 @@ fn run_ok(args: &[&str]) -> String {
     common::output_text(&o)
 }
 
-/// Kills `args` at seeded random points until a run finishes by itself,
-/// then runs it once more to the end.
-fn kill_at_random(args: &[&str], seed: u64) {
+/// Kills `args` at points spread over its run (growing delays, with
+/// seeded jitter) until a run finishes by itself, checking after each
+/// kill that the store is whole (`sound`); then runs it once more to the
+/// end. A slow machine gets more kills, a fast one fewer; none needs a
+/// given speed.
+fn kill_at_random(args: &[&str], seed: u64, sound: impl Fn() -> bool) {
     let mut rng = fastrand::Rng::with_seed(seed);
-    for _ in 0..12 {
-        if run_killed(args, Duration::from_millis(rng.u64(0..400))) {
+    let mut killed = 0;
+    for step in 0..16u64 {
+        let ms = step * step * 3 + rng.u64(0..=10);
+        if run_killed(args, Duration::from_millis(ms)) {
             break;
         }
+        killed += 1;
+        assert!(sound(), "the store is not whole after a kill at {ms} ms");
     }
+    eprintln!("syncd {args:?}: killed {killed} times, then run to the end");
     run_ok(args);
+}
+
+/// A copy of `d`'s config with `extra`, as `name` in its dir.
+fn config_copy(d: &Daemon, extra: &str, name: &str) -> String {
+    d.write_config(extra);
+    let p = d.dir.path().join(name);
+    std::fs::copy(&d.config, &p).unwrap();
+    s(&p)
+}
+
+/// Whether the stopped daemon's store passes `syncd check` under one of
+/// `configs` (the one whose key it is sealed with now).
+fn sound_under_one(configs: &[String]) -> bool {
+    configs.iter().any(|c| {
+        Command::new(bin())
+            .args(["check", "--config", c])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// Runs `args` again and again with `SYNCD_TEST_ABORT_AFTER_STEPS=1`
+/// (`src/store/crypt/fault.rs`): each run makes one durable step of the
+/// conversion and aborts as kill -9 would, so every state a kill can
+/// leave between two steps is visited and checked with `sound`. Returns
+/// how many runs aborted before one finished.
+fn kill_after_every_step(args: &[&str], sound: impl Fn() -> bool) -> usize {
+    use std::os::unix::process::ExitStatusExt;
+    for aborted in 0..500 {
+        let o = Command::new(bin())
+            .args(args)
+            .env("SYNCD_TEST_ABORT_AFTER_STEPS", "1")
+            .output()
+            .unwrap();
+        if o.status.success() {
+            return aborted;
+        }
+        assert_eq!(
+            o.status.signal(),
+            Some(6),
+            "syncd {args:?} failed instead of aborting: {}",
+            common::output_text(&o)
+        );
+        assert!(sound(), "the store is not whole after step {}", aborted + 1);
+    }
+    panic!("syncd {args:?} never finished");
 }
 
 fn several_files(d: &Daemon) {
@@ -222,7 +283,7 @@ fn several_files(d: &Daemon) {
 }
 
 #[test]
-fn rekey_survives_kill_9_at_random_points() {
+fn rekey_survives_kills_at_random_points_and_after_every_step() {
     let keys = tempfile::tempdir().unwrap();
     let (old, new) = (keys.path().join("old.key"), keys.path().join("new.key"));
     generate(&old);
@@ -231,12 +292,32 @@ fn rekey_survives_kill_9_at_random_points() {
     let file = write_data(&d, 300);
     several_files(&d);
     d.stop();
+    let both = [
+        config_copy(&d, &sealed(&old), "old.toml"),
+        config_copy(&d, &sealed(&new), "new.toml"),
+    ];
     let cfg = s(&d.config);
-    kill_at_random(&["rekey", "--config", &cfg, "--new-key-file", &s(&new)], 24);
     d.write_config(&sealed(&old));
-    let e = refused(&mut d);
-    assert!(e.contains("is encrypted with key"), "{e}");
+    let args = ["rekey", "--config", &cfg, "--new-key-file", &s(&new)];
+    kill_at_random(&args, 24, || sound_under_one(&both));
+    // Then to a third key, one durable step a run: the store file, five
+    // attachment files, the mark.
+    let third = keys.path().join("third.key");
+    generate(&third);
+    let both = [
+        both[1].clone(),
+        config_copy(&d, &sealed(&third), "third.toml"),
+    ];
     d.write_config(&sealed(&new));
+    let args = ["rekey", "--config", &cfg, "--new-key-file", &s(&third)];
+    let steps = kill_after_every_step(&args, || sound_under_one(&both));
+    assert!(steps >= 7, "only {steps} steps");
+    for k in [&old, &new] {
+        d.write_config(&sealed(k));
+        let e = refused(&mut d);
+        assert!(e.contains("is encrypted with key"), "{e}");
+    }
+    d.write_config(&sealed(&third));
     d.spawn();
     assert_eq!(read_attachment(&d, "n2"), std::fs::read(&file).unwrap());
     for i in 0..4 {
@@ -261,7 +342,7 @@ fn rekey_survives_kill_9_at_random_points() {
 }
 
 #[test]
-fn store_encrypt_survives_a_kill_and_decrypt_goes_back() {
+fn store_encrypt_survives_a_kill_after_every_step_and_decrypt_at_random_points() {
     let keys = tempfile::tempdir().unwrap();
     let key = keys.path().join("store.key");
     generate(&key);
@@ -273,8 +354,17 @@ fn store_encrypt_survives_a_kill_and_decrypt_goes_back() {
     d.write_config(&sealed(&key));
     let e = refused(&mut d);
     assert!(e.contains("syncd store encrypt"), "{e}");
+    let both = [
+        config_copy(&d, "", "plain.toml"),
+        config_copy(&d, &sealed(&key), "sealed.toml"),
+    ];
     let cfg = s(&d.config);
-    kill_at_random(&["store", "encrypt", "--config", &cfg], 7);
+    // One durable step a run: the store file, five attachment files, the
+    // mark.
+    let steps = kill_after_every_step(&["store", "encrypt", "--config", &cfg], || {
+        sound_under_one(&both)
+    });
+    assert!(steps >= 7, "only {steps} steps");
     let left = holding(&d.data_dir, MARKER);
     assert!(left.is_empty(), "plain text left in {left:?}");
     d.spawn();
@@ -283,7 +373,9 @@ fn store_encrypt_survives_a_kill_and_decrypt_goes_back() {
     d.ok(&["check", "--config", &s(&d.config)]);
     d.stop();
 
-    kill_at_random(&["store", "decrypt", "--config", &cfg], 8);
+    kill_at_random(&["store", "decrypt", "--config", &cfg], 8, || {
+        sound_under_one(&both)
+    });
     d.write_config("");
     d.spawn();
     assert_eq!(read_attachment(&d, "n2"), std::fs::read(&file).unwrap());
@@ -313,7 +405,7 @@ fn a_changed_byte_in_an_attachment_file_is_caught() {
     assert!(!o.status.success());
     let text = common::output_text(&o);
     assert!(text.contains("authentication"), "{text}");
-    // The daemon keeps serving, and says so in check.
+    // The daemon keeps serving.
     assert!(d.ok(&["get", "notes", "n0"]).contains("patched"));
     let _ = file;
 }

@@ -64,9 +64,12 @@ pub fn key(cmd: &KeyCmd) -> Result<(), CliError> {
 }
 
 pub async fn rekey(a: &RekeyArgs, outer: &DaemonOpts) -> Result<(), CliError> {
-    let cfg = config(a.config.as_deref(), outer)?;
-    let old = configured_key(&cfg)?;
-    let new = Key::load(&KeySource::File(a.new_key_file.clone()))
+    let (cfg, path) = config(a.config.as_deref(), outer)?;
+    let old = configured_key(&cfg, path.as_deref())?;
+    // Said back as an absolute path: the config reads a relative one
+    // from its own directory, not from here.
+    let new_path = std::path::absolute(&a.new_key_file).unwrap_or(a.new_key_file.clone());
+    let new = Key::load(&KeySource::File(new_path.clone()))
         .map_err(|e| CliError::Failed(e.to_string()))?;
     let dir = cfg.daemon.data_dir.clone();
     let done = stopped(&dir, move |d| convert::rekey(d, &old, &new)).await?;
@@ -75,8 +78,8 @@ pub async fn rekey(a: &RekeyArgs, outer: &DaemonOpts) -> Result<(), CliError> {
         dir.display(),
         done.files,
         done.key.map(|k| k.to_string()).unwrap_or_default(),
-        a.new_key_file.display(),
-        a.new_key_file.display()
+        new_path.display(),
+        new_path.display()
     );
     Ok(())
 }
@@ -86,8 +89,8 @@ pub async fn store(cmd: &StoreCmd, outer: &DaemonOpts) -> Result<(), CliError> {
         StoreCmd::Encrypt(a) => (a, true),
         StoreCmd::Decrypt(a) => (a, false),
     };
-    let cfg = config(a.config.as_deref(), outer)?;
-    let key = configured_key(&cfg)?;
+    let (cfg, path) = config(a.config.as_deref(), outer)?;
+    let key = configured_key(&cfg, path.as_deref())?;
     let dir = cfg.daemon.data_dir.clone();
     let done = if encrypt {
         stopped(&dir, move |d| convert::encrypt(d, &key)).await?
@@ -109,19 +112,24 @@ pub async fn store(cmd: &StoreCmd, outer: &DaemonOpts) -> Result<(), CliError> {
     Ok(())
 }
 
-fn config(path: Option<&Path>, outer: &DaemonOpts) -> Result<Config, CliError> {
+/// The config (`--config`, else the embedded defaults) and its path.
+fn config(path: Option<&Path>, outer: &DaemonOpts) -> Result<(Config, Option<PathBuf>), CliError> {
     let path = path.map(Path::to_owned).or_else(|| outer.config.clone());
-    load_config(path.as_deref())
+    Ok((load_config(path.as_deref())?, path))
 }
 
 /// The key `[store]` names; these commands need encryption on.
-fn configured_key(cfg: &Config) -> Result<Key, CliError> {
+fn configured_key(cfg: &Config, path: Option<&Path>) -> Result<Key, CliError> {
     let source = match (cfg.store.encryption, cfg.store.key_source()) {
         (Encryption::On, Some(s)) => s,
         _ => {
-            return Err(CliError::Usage(
-                "[store] encryption = \"on\" and key_file (or key_credential) must name the store's key in the config (--config FILE)".into(),
-            ))
+            let which = match path {
+                Some(p) => format!("the config {}", p.display()),
+                None => "the embedded defaults (no --config given)".to_owned(),
+            };
+            return Err(CliError::Usage(format!(
+                "{which} must set [store] encryption = \"on\" and key_file (or key_credential) naming the store's key"
+            )));
         }
     };
     Key::load(&source).map_err(|e| CliError::Failed(e.to_string()))
@@ -133,6 +141,13 @@ async fn stopped<T: Send + 'static>(
     dir: &Path,
     work: impl FnOnce(&Path) -> Result<T, convert::ConvertError> + Send + 'static,
 ) -> Result<T, CliError> {
+    let store = dir.join("syncd.redb");
+    if !store.exists() {
+        return Err(CliError::Failed(format!(
+            "no store at {}: nothing to convert (a new store is created as [store] encryption says)",
+            store.display()
+        )));
+    }
     let lock = lock(dir)?;
     let d = dir.to_owned();
     let r = tokio::task::spawn_blocking(move || {
@@ -147,10 +162,10 @@ async fn stopped<T: Send + 'static>(
 
 fn lock(dir: &Path) -> Result<File, CliError> {
     let path = dir.join("syncd.lock");
-    let f = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
+    let mut opts = File::options();
+    opts.create(true).truncate(false).write(true);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let f = opts
         .open(&path)
         .map_err(|e| CliError::Failed(format!("cannot open {}: {e}", path.display())))?;
     match f.try_lock() {

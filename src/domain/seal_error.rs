@@ -34,9 +34,11 @@ pub enum KeyError {
 impl fmt::Display for KeyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            KeyError::Unreadable { path, source } => {
-                write!(f, "cannot read the store key {}: {source}", path.display())
-            }
+            KeyError::Unreadable { path, source } => write!(
+                f,
+                "cannot read the store key {}: {source}; point [store] key_file at the key the store was encrypted with (restore it from your copy), and make it readable by the user syncd runs as",
+                path.display()
+            ),
             KeyError::WrongLength { path, len } => write!(
                 f,
                 "the store key {} holds {len} bytes, not 32 random bytes (make one with `syncd key generate PATH`)",

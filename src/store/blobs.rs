@@ -846,6 +846,7 @@ impl BlobDir {
             fs::rename(&tmp.0, &path).map_err(|e| io_err(&path, e))?;
             tmp.keep();
             converted += 1;
+            crate::store::crypt::fault::step();
         }
         self.sync_root();
         self.memo().plain.clear();

@@ -240,10 +240,21 @@ impl Store {
         std::fs::create_dir_all(data_dir)?;
         let path = data_dir.join("syncd.redb");
         create_private_file(&path)?;
-        if vault.is_sealed() {
-            crypt::state::verify_untouched(&path, &vault)?;
-        }
+        crypt::convert::remove_leftovers(data_dir)?;
         let check = mark::take(&path).err();
+        // The key is checked on a read-only view first, so that a wrong
+        // key (or encryption off on a sealed store) changes nothing, not
+        // even the clean-shutdown mark. A plain open of a file that was
+        // not closed cleanly skips it: its open repairs the file anyway,
+        // and the view would repeat that work.
+        if vault.is_sealed() || check.is_none() {
+            if let Err(e) = crypt::state::verify_untouched(&path, &vault) {
+                if check.is_none() {
+                    let _ = mark::leave(&path);
+                }
+                return Err(e);
+            }
+        }
         let started = std::time::Instant::now();
         let db = open_db(&path, cache_bytes, check.is_some())?;
         let open_check = match check {
@@ -330,8 +341,11 @@ impl Store {
         match self.vault.key_id() {
             None => "off".into(),
             Some(id) if self.transition.is_done() => format!("on (key {id})"),
+            Some(id) if self.transition.previous.is_some() => format!(
+                "on (key {id}); `syncd rekey` was cut short: stop syncd and run it again"
+            ),
             Some(id) => format!(
-                "on (key {id}); a conversion did not finish: run `syncd store encrypt` or `syncd rekey` again"
+                "on (key {id}); `syncd store encrypt` or `store decrypt` was cut short: stop syncd and run it again"
             ),
         }
     }

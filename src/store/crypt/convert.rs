@@ -39,8 +39,12 @@ pub enum ConvertError {
     Store(StoreError),
     /// An attachment file.
     Files(BlobError),
-    /// Another conversion was cut short: it must finish first.
-    Unfinished { path: PathBuf },
+    /// No store in the data dir (a new one is created sealed or plain as
+    /// the config says: nothing to convert).
+    NoStore { path: PathBuf },
+    /// The store was written by an older syncd: a conversion copies
+    /// values as they are, so the store is upgraded first.
+    OldSchema { path: PathBuf, found: u64 },
 }
 
 impl std::fmt::Display for ConvertError {
@@ -48,9 +52,14 @@ impl std::fmt::Display for ConvertError {
         match self {
             ConvertError::Store(e) => e.fmt(f),
             ConvertError::Files(e) => write!(f, "attachment files: {e}"),
-            ConvertError::Unfinished { path } => write!(
+            ConvertError::NoStore { path } => write!(
                 f,
-                "{}: an earlier `syncd store encrypt` or `syncd rekey` did not finish; run it again first",
+                "no store at {}: nothing to convert (a new store is created as [store] encryption says)",
+                path.display()
+            ),
+            ConvertError::OldSchema { path, found } => write!(
+                f,
+                "{} has schema {found}, written by an older syncd: start this syncd once with encryption off (it upgrades the store), stop it, then convert",
                 path.display()
             ),
         }
@@ -87,35 +96,90 @@ fn store_path(data_dir: &Path) -> PathBuf {
     data_dir.join("syncd.redb")
 }
 
-fn open(path: &Path) -> Result<Database, StoreError> {
-    if !path.exists() {
-        return Err(StoreError::Io(std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            format!("no store at {}", path.display()),
-        )));
+/// The new file a conversion writes beside the store before renaming it
+/// in.
+pub fn converting_path(store: &Path) -> PathBuf {
+    store.with_extension("redb.converting")
+}
+
+/// Removes what a conversion cut short left behind: its half-written new
+/// store file (which may hold every document in the clear, during a
+/// decrypt) and attachment writes in `blobs/tmp` (an attach cut short).
+/// The daemon's open does the same.
+pub fn remove_leftovers(data_dir: &Path) -> std::io::Result<()> {
+    let tmp = converting_path(&store_path(data_dir));
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => std::fs::File::open(data_dir)?.sync_all()?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
     }
+    if let Ok(entries) = std::fs::read_dir(data_dir.join("blobs").join("tmp")) {
+        for e in entries.flatten() {
+            std::fs::remove_file(e.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// What the store is, read without changing a byte of it; a missing
+/// store is [`ConvertError::NoStore`].
+fn peek(data_dir: &Path) -> Result<Found, ConvertError> {
+    let path = store_path(data_dir);
+    remove_leftovers(data_dir).map_err(StoreError::Io)?;
+    match state::peek(&path)? {
+        Some(found) => Ok(found),
+        None if path.exists() => Ok(Found::Fresh),
+        None => Err(ConvertError::NoStore { path }),
+    }
+}
+
+fn open(path: &Path) -> Result<Database, StoreError> {
     let check = crate::store::mark::take(path).is_err();
     crate::store::open_db(path, 1 << 24, check)
 }
 
+/// The store's schema must be this syncd's: a conversion copies values
+/// as they are, and an upgrade reads them as plain.
+fn current_schema(db: &Database, path: &Path) -> Result<(), ConvertError> {
+    let txn = db.begin_read().map_err(StoreError::from)?;
+    let found = match txn.open_table(META) {
+        Ok(meta) => {
+            let v = meta.get(META_SCHEMA).map_err(StoreError::from)?;
+            u64_be(v.map(|v| v.value().to_vec()).as_deref())
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(StoreError::from(e).into()),
+    };
+    match found {
+        Some(v) if v != crate::store::SCHEMA_VERSION => Err(ConvertError::OldSchema {
+            path: path.to_owned(),
+            found: v,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// `syncd store encrypt`: seals a plain store and its attachment files
-/// with `key`. Resumes an encryption cut short.
+/// with `key`. Resumes an encryption cut short, and finishes any other
+/// conversion of a store sealed with `key` that was.
 pub fn encrypt(data_dir: &Path, key: &Key) -> Result<Converted, ConvertError> {
     let path = store_path(data_dir);
+    if let Found::Sealed(id) = peek(data_dir)? {
+        if id != key.id() {
+            return Err(encrypted(&path, id).into());
+        }
+    }
     let db = open(&path)?;
     let to = Vault::sealed(key.clone())?;
     let (db, rewritten) = match state::found(&db)? {
-        Found::Sealed(id) if id == key.id() => (db, false),
-        Found::Sealed(id) => return Err(encrypted(&path, id).into()),
+        Found::Sealed(_) => (db, false),
         Found::Plain | Found::Fresh => {
+            current_schema(&db, &path)?;
             rewrite(db, &path, &Vault::Plain, &to, Marks::BlobsPlain)?;
             (open(&path)?, true)
         }
     };
-    state::verify(&db, &to, &path)?;
-    let seal = BlobSeal::new(key, None, true);
-    let files = reseal(data_dir, seal, Some(&FileSealer::new(key)))?;
-    clear_marks(&db)?;
+    let files = finish(data_dir, &db, &to, &path)?;
     Ok(Converted {
         store_rewritten: rewritten,
         files,
@@ -123,13 +187,32 @@ pub fn encrypt(data_dir: &Path, key: &Key) -> Result<Converted, ConvertError> {
     })
 }
 
+/// Seals every attachment file with `vault`'s key (reading them as the
+/// store's marks allow) and clears the marks: the end of every
+/// conversion to a sealed store. Returns how many files it converted.
+fn finish(
+    data_dir: &Path,
+    db: &Database,
+    vault: &Vault,
+    path: &Path,
+) -> Result<usize, ConvertError> {
+    state::verify(db, vault, path)?;
+    let left = state::transition(db, vault)?;
+    let Some(key) = vault.key() else {
+        return Ok(0);
+    };
+    let seal = BlobSeal::new(key, left.previous.as_ref(), left.blobs_plain);
+    let files = reseal(data_dir, seal, Some(&FileSealer::new(key)))?;
+    clear_marks(db)?;
+    Ok(files)
+}
+
 /// `syncd store decrypt`: makes a store sealed with `key`, and its
 /// attachment files, plain. Resumes a decryption cut short.
 pub fn decrypt(data_dir: &Path, key: &Key) -> Result<Converted, ConvertError> {
     let path = store_path(data_dir);
-    let db = open(&path)?;
     let from = Vault::sealed(key.clone())?;
-    match state::found(&db)? {
+    match peek(data_dir)? {
         // Done already (a rerun after the last step).
         Found::Plain | Found::Fresh => {
             return Ok(Converted {
@@ -138,10 +221,15 @@ pub fn decrypt(data_dir: &Path, key: &Key) -> Result<Converted, ConvertError> {
                 key: None,
             })
         }
-        Found::Sealed(_) => state::verify(&db, &from, &path)?,
-    };
-    let previous = state::transition(&db, &from)?.previous;
-    set_mark(&db, META_BLOBS_PLAIN, b"1")?;
+        Found::Sealed(_) => state::verify_untouched(&path, &from)?,
+    }
+    let db = open(&path)?;
+    state::verify(&db, &from, &path)?;
+    let left = state::transition(&db, &from)?;
+    if !left.blobs_plain {
+        set_mark(&db, META_BLOBS_PLAIN, b"1")?;
+    }
+    let previous = left.previous;
     let seal = BlobSeal::new(key, previous.as_ref(), true);
     let files = reseal(data_dir, seal, None)?;
     rewrite(db, &path, &from, &Vault::Plain, Marks::None)?;
@@ -156,8 +244,14 @@ pub fn decrypt(data_dir: &Path, key: &Key) -> Result<Converted, ConvertError> {
 /// `new`, from a rekey cut short) and its attachment files with `new`.
 pub fn rekey(data_dir: &Path, old: &Key, new: &Key) -> Result<Converted, ConvertError> {
     let path = store_path(data_dir);
-    let db = open(&path)?;
+    let from = Vault::sealed(old.clone())?;
     let to = Vault::sealed(new.clone())?;
+    match peek(data_dir)? {
+        Found::Sealed(id) if id == new.id() || id == old.id() => {}
+        // Refused by name, the file untouched: another key, or plain.
+        _ => state::verify_untouched(&path, &from)?,
+    }
+    let db = open(&path)?;
     let resume = match state::found(&db)? {
         // Cut short after the new store was renamed in: the config names
         // the old key still, or the new one already.
@@ -166,26 +260,18 @@ pub fn rekey(data_dir: &Path, old: &Key, new: &Key) -> Result<Converted, Convert
         }
         _ => false,
     };
-    let (db, rewritten) = match resume {
-        true => (db, false),
-        false => {
-            let from = Vault::sealed(old.clone())?;
-            state::verify(&db, &from, &path)?;
-            let left = state::transition(&db, &from)?;
-            if left.blobs_plain || left.previous.is_some() {
-                return Err(ConvertError::Unfinished { path });
-            }
-            rewrite(db, &path, &from, &to, Marks::Previous(old))?;
-            (open(&path)?, true)
-        }
+    let db = if resume {
+        db
+    } else {
+        // Another conversion cut short is finished under the old key
+        // first, so that every file is in one form before the copy.
+        finish(data_dir, &db, &from, &path)?;
+        rewrite(db, &path, &from, &to, Marks::Previous(old))?;
+        open(&path)?
     };
-    state::verify(&db, &to, &path)?;
-    let previous = state::transition(&db, &to)?.previous;
-    let seal = BlobSeal::new(new, previous.as_ref(), false);
-    let files = reseal(data_dir, seal, Some(&FileSealer::new(new)))?;
-    clear_marks(&db)?;
+    let files = finish(data_dir, &db, &to, &path)?;
     Ok(Converted {
-        store_rewritten: rewritten,
+        store_rewritten: !resume,
         files,
         key: Some(new.id()),
     })
@@ -224,7 +310,7 @@ fn rewrite(
     to: &Vault,
     marks: Marks<'_>,
 ) -> Result<(), StoreError> {
-    let tmp = path.with_extension("redb.converting");
+    let tmp = converting_path(path);
     let _ = std::fs::remove_file(&tmp);
     crate::store::create_private_file(&tmp)?;
     let new = Database::builder().create(&tmp)?;
@@ -232,6 +318,7 @@ fn rewrite(
     txn.set_durability(Durability::Immediate)?;
     {
         let read = db.begin_read()?;
+        known_tables(&read)?;
         let c = Copy {
             read: &read,
             write: &txn,
@@ -276,6 +363,45 @@ fn rewrite(
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)?.sync_all()?;
+    }
+    super::fault::step();
+    Ok(())
+}
+
+/// Every table [`rewrite`] copies (or, sealing, leaves out on purpose).
+const COPIED: [&str; 17] = [
+    "records",
+    "queue",
+    "dead_letters",
+    "conflicts",
+    "deferred",
+    "op_index",
+    "server_ids",
+    "record_queue",
+    "dead_by_op",
+    "settled",
+    "settled_order",
+    "scope_state",
+    "scope_choices",
+    "dead_letter_sub",
+    "indexes",
+    "index_entries",
+    "meta",
+];
+
+/// A table the copy does not know would be lost by it: refused instead
+/// (a table added to the schema must be added to [`rewrite`]).
+fn known_tables(read: &redb::ReadTransaction) -> Result<(), StoreError> {
+    for t in read.list_tables()? {
+        if !COPIED.contains(&t.name()) {
+            return Err(StoreError::Corrupt {
+                what: "store tables",
+                detail: format!(
+                    "table `{}` is unknown to the conversion: nothing was converted",
+                    t.name()
+                ),
+            });
+        }
     }
     Ok(())
 }
@@ -349,17 +475,25 @@ fn set_mark(db: &Database, key: &str, value: &[u8]) -> Result<(), StoreError> {
     let txn = db.begin_write()?;
     txn.open_table(META)?.insert(key, value)?;
     txn.commit()?;
+    super::fault::step();
     Ok(())
 }
 
-/// The conversion is complete: the marks go.
+/// The conversion is complete: the marks go (nothing is written when
+/// there are none).
 fn clear_marks(db: &Database) -> Result<(), StoreError> {
     let txn = db.begin_write()?;
+    let mut removed = false;
     {
         let mut meta = txn.open_table(META)?;
-        meta.remove(META_PREVIOUS_KEY)?;
-        meta.remove(META_BLOBS_PLAIN)?;
+        removed |= meta.remove(META_PREVIOUS_KEY)?.is_some();
+        removed |= meta.remove(META_BLOBS_PLAIN)?.is_some();
+    }
+    if !removed {
+        txn.abort()?;
+        return Ok(());
     }
     txn.commit()?;
+    super::fault::step();
     Ok(())
 }

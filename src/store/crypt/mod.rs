@@ -11,6 +11,7 @@
 
 pub mod blob_seal;
 pub mod convert;
+pub mod fault;
 pub mod key;
 pub mod state;
 #[cfg(test)]

@@ -107,11 +107,28 @@ pub fn verify(db: &Database, vault: &Vault, path: &std::path::Path) -> Result<bo
 /// exactly as it was. A file that will not open here is left for the real
 /// open to report.
 pub fn verify_untouched(path: &std::path::Path, vault: &Vault) -> Result<(), StoreError> {
+    match overlay(path)? {
+        Some(db) => verify(&db, vault, path).map(|_| ()),
+        None => Ok(()),
+    }
+}
+
+/// [`found`] without writing a byte to the file (`None`: no store file,
+/// or one the storage engine will not open; the real open reports it).
+pub fn peek(path: &std::path::Path) -> Result<Option<Found>, StoreError> {
+    match overlay(path)? {
+        Some(db) => found(&db).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The store file opened over a read-only overlay.
+fn overlay(path: &std::path::Path) -> Result<Option<Database>, StoreError> {
     let Ok(file) = std::fs::File::open(path) else {
-        return Ok(());
+        return Ok(None);
     };
     if file.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
-        return Ok(());
+        return Ok(None);
     }
     let backend = crate::store::overlay::Overlay::new(file)?;
     let opened = std::panic::catch_unwind(move || {
@@ -120,8 +137,8 @@ pub fn verify_untouched(path: &std::path::Path, vault: &Vault) -> Result<(), Sto
             .create_with_backend(backend)
     });
     match opened {
-        Ok(Ok(db)) => verify(&db, vault, path).map(|_| ()),
-        _ => Ok(()),
+        Ok(Ok(db)) => Ok(Some(db)),
+        _ => Ok(None),
     }
 }
 

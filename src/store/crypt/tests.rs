@@ -81,6 +81,14 @@ fn another_key_or_no_key_is_refused_before_anything_is_written() {
         matches!(e, StoreError::Seal(SealError::Encrypted { .. })),
         "{e}"
     );
+    assert!(
+        std::fs::read(&path).unwrap() == before,
+        "the store was changed"
+    );
+    assert!(
+        crate::store::mark::path_for(&path).exists(),
+        "the clean-shutdown mark was used up"
+    );
     assert!(open(dir.path(), &key).is_ok());
     let plain = tempfile::tempdir().unwrap();
     Store::open(plain.path(), 1 << 20).unwrap();
@@ -190,4 +198,48 @@ fn conversions_round_trip_and_rerun() {
         .unwrap()
         .data
         .contains(MARKER));
+}
+
+#[test]
+fn a_conversion_cut_short_leaves_no_plain_copy_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = Key::random().unwrap();
+    sealed_store(dir.path(), &key);
+    let leftover = convert::converting_path(&dir.path().join("syncd.redb"));
+    std::fs::write(&leftover, MARKER).unwrap();
+    let tmp = dir.path().join("blobs").join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::write(tmp.join("1-0"), MARKER).unwrap();
+    // The next conversion removes them, whatever it does next ...
+    convert::encrypt(dir.path(), &key).unwrap();
+    assert!(!leftover.exists());
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+    // ... and so does the daemon's open.
+    std::fs::write(&leftover, MARKER).unwrap();
+    drop(open(dir.path(), &key).unwrap());
+    assert!(!leftover.exists());
+}
+
+#[test]
+fn a_store_of_an_older_schema_is_not_converted() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Store::open(dir.path(), 1 << 20).unwrap());
+    {
+        let db = Database::create(dir.path().join("syncd.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        let mut meta = txn.open_table(crate::store::tables::META).unwrap();
+        meta.insert(
+            crate::store::tables::META_SCHEMA,
+            3u64.to_be_bytes().as_slice(),
+        )
+        .unwrap();
+        drop(meta);
+        txn.commit().unwrap();
+    }
+    let e = convert::encrypt(dir.path(), &Key::random().unwrap()).unwrap_err();
+    assert!(
+        matches!(e, convert::ConvertError::OldSchema { found: 3, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("start this syncd once"), "{e}");
 }
