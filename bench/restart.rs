@@ -98,7 +98,7 @@ fn drop_caches() -> bool {
 
 /// Kills the daemon with SIGKILL while 16 connections write, once the
 /// writers have had 200 acknowledged writes.
-fn kill_during_writes(rt: &tokio::runtime::Runtime, d: &mut Daemon) {
+pub(crate) fn kill_during_writes(rt: &tokio::runtime::Runtime, d: &mut Daemon) {
     rt.block_on(async {
         let clients = d.clients(16).await;
         let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));

@@ -449,19 +449,35 @@ impl BlobDir {
     pub fn hash(&self, sha256: &str) -> Result<String, BlobError> {
         let (path, f, size) = self.open_file(sha256)?;
         let form = self.form(sha256, &path, &f, size)?;
-        let (mut buf, mut scratch) = (Vec::new(), Vec::new());
         let mut h = Sha256::new();
+        self.each_plain(&form, &path, &f, size, |buf| {
+            h.update(buf);
+            Ok(())
+        })?;
+        Ok(hex(&h.finalize()))
+    }
+
+    /// Runs `visit` on the plaintext of a file, [`STEP`] bytes at a time,
+    /// in order.
+    fn each_plain(
+        &self,
+        form: &Form<'_>,
+        path: &Path,
+        f: &File,
+        size: u64,
+        mut visit: impl FnMut(&[u8]) -> Result<(), BlobError>,
+    ) -> Result<(), BlobError> {
+        let (mut buf, mut scratch) = (Vec::new(), Vec::new());
         let mut offset = 0;
         loop {
             buf.clear();
-            self.read_plain(&form, &path, &f, size, offset, STEP, &mut buf, &mut scratch)?;
+            self.read_plain(form, path, f, size, offset, STEP, &mut buf, &mut scratch)?;
             if buf.is_empty() {
-                break;
+                return Ok(());
             }
-            h.update(&buf);
+            visit(&buf)?;
             offset += buf.len() as u64;
         }
-        Ok(hex(&h.finalize()))
     }
 
     /// How many bytes of a download of `sha256` are already here (its
@@ -795,62 +811,63 @@ impl BlobDir {
         for p in self.parts()? {
             self.drop_partial(&p.sha256);
         }
-        let (mut buf, mut scratch) = (Vec::new(), Vec::new());
         let mut converted = 0;
         for file in self.list()? {
-            let sha = file.sha256.as_str();
-            let (path, f, size) = match self.open_file(sha) {
-                Err(BlobError::Missing { .. }) => continue,
-                r => r?,
-            };
-            let form = self.form(sha, &path, &f, size)?;
-            match (&form, to) {
-                (Form::Plain, None) => continue,
-                (Form::Sealed(_, h), Some(t)) if h.key_id() == t.id() => continue,
-                _ => {}
+            if self.reseal_one(&file, to)? {
+                converted += 1;
+                crate::store::crypt::fault::step();
             }
-            let mut tmp = TmpFile(self.tmp_path());
-            let tio = |e| io_err(&tmp.0, e);
-            let mut out = File::create(&tmp.0).map_err(tio)?;
-            let mut state = match to {
-                Some(t) => Some(SealState::start(t, &mut out).map_err(tio)?),
-                None => None,
-            };
-            let mut h = Sha256::new();
-            let mut offset = 0;
-            loop {
-                buf.clear();
-                self.read_plain(&form, &path, &f, size, offset, STEP, &mut buf, &mut scratch)?;
-                if buf.is_empty() {
-                    break;
-                }
-                h.update(&buf);
-                match (&mut state, to) {
-                    (Some(st), Some(t)) => st.write(t, &mut out, &buf),
-                    _ => out.write_all(&buf),
-                }
-                .map_err(tio)?;
-                offset += buf.len() as u64;
-            }
-            if hex(&h.finalize()) != sha {
-                // A plain file whose content is not its name (a sealed one
-                // was authenticated): not converted, never passed on.
-                return Err(BlobError::Tampered { path });
-            }
-            if let (Some(st), Some(t)) = (state, to) {
-                st.finish(t, &mut out, sha).map_err(tio)?;
-            }
-            out.sync_all().map_err(tio)?;
-            let _ = out.set_modified(file.used);
-            drop(out);
-            fs::rename(&tmp.0, &path).map_err(|e| io_err(&path, e))?;
-            tmp.keep();
-            converted += 1;
-            crate::store::crypt::fault::step();
         }
         self.sync_root();
         self.memo().plain.clear();
         Ok(converted)
+    }
+
+    /// Converts one complete file to the form `to` says (sealed under it,
+    /// or plain), through a temp file renamed over it; `false`: it was in
+    /// that form already (or is gone).
+    fn reseal_one(&self, file: &BlobFile, to: Option<&FileSealer>) -> Result<bool, BlobError> {
+        let sha = file.sha256.as_str();
+        let (path, f, size) = match self.open_file(sha) {
+            Err(BlobError::Missing { .. }) => return Ok(false),
+            r => r?,
+        };
+        let form = self.form(sha, &path, &f, size)?;
+        match (&form, to) {
+            (Form::Plain, None) => return Ok(false),
+            (Form::Sealed(_, h), Some(t)) if h.key_id() == t.id() => return Ok(false),
+            _ => {}
+        }
+        let mut tmp = TmpFile(self.tmp_path());
+        let tio = |e| io_err(&tmp.0, e);
+        let mut out = File::create(&tmp.0).map_err(tio)?;
+        let mut state = match to {
+            Some(t) => Some(SealState::start(t, &mut out).map_err(tio)?),
+            None => None,
+        };
+        let mut h = Sha256::new();
+        self.each_plain(&form, &path, &f, size, |buf| {
+            h.update(buf);
+            match (&mut state, to) {
+                (Some(st), Some(t)) => st.write(t, &mut out, buf),
+                _ => out.write_all(buf),
+            }
+            .map_err(tio)
+        })?;
+        if hex(&h.finalize()) != sha {
+            // A plain file whose content is not its name (a sealed one
+            // was authenticated): not converted, never passed on.
+            return Err(BlobError::Tampered { path });
+        }
+        if let (Some(st), Some(t)) = (state, to) {
+            st.finish(t, &mut out, sha).map_err(tio)?;
+        }
+        out.sync_all().map_err(tio)?;
+        let _ = out.set_modified(file.used);
+        drop(out);
+        fs::rename(&tmp.0, &path).map_err(|e| io_err(&path, e))?;
+        tmp.keep();
+        Ok(true)
     }
 }
 

@@ -180,11 +180,22 @@ pub fn encrypt(data_dir: &Path, key: &Key) -> Result<Converted, ConvertError> {
         }
     };
     let files = finish(data_dir, &db, &to, &path)?;
+    closed(db, &path)?;
     Ok(Converted {
         store_rewritten: rewritten,
         files,
         key: Some(key.id()),
     })
+}
+
+/// Closes the converted store and leaves its clean-shutdown mark: the
+/// file is exactly what the conversion committed, so the daemon's next
+/// open need not check every page.
+fn closed(db: Database, path: &Path) -> Result<(), StoreError> {
+    drop(db);
+    // Best effort: without the mark the next open checks every page.
+    let _ = crate::store::mark::leave(path);
+    Ok(())
 }
 
 /// Seals every attachment file with `vault`'s key (reading them as the
@@ -233,6 +244,8 @@ pub fn decrypt(data_dir: &Path, key: &Key) -> Result<Converted, ConvertError> {
     let seal = BlobSeal::new(key, previous.as_ref(), true);
     let files = reseal(data_dir, seal, None)?;
     rewrite(db, &path, &from, &Vault::Plain, Marks::None)?;
+    // Best effort: without the mark the next open checks every page.
+    let _ = crate::store::mark::leave(&path);
     Ok(Converted {
         store_rewritten: true,
         files,
@@ -270,6 +283,7 @@ pub fn rekey(data_dir: &Path, old: &Key, new: &Key) -> Result<Converted, Convert
         open(&path)?
     };
     let files = finish(data_dir, &db, &to, &path)?;
+    closed(db, &path)?;
     Ok(Converted {
         store_rewritten: !resume,
         files,
@@ -420,10 +434,8 @@ impl Copy<'_> {
         &self,
         def: TableDefinition<K, &'static [u8]>,
     ) -> Result<(), StoreError> {
-        let src = match self.read.open_table(def) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
-            Err(e) => return Err(e.into()),
+        let Some(src) = crate::store::check::open(self.read, def)? else {
+            return Ok(());
         };
         let mut dst = self.write.open_table(def)?;
         for item in src.iter()? {
@@ -442,10 +454,8 @@ impl Copy<'_> {
         &self,
         def: TableDefinition<K, V>,
     ) -> Result<(), StoreError> {
-        let src = match self.read.open_table(def) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
-            Err(e) => return Err(e.into()),
+        let Some(src) = crate::store::check::open(self.read, def)? else {
+            return Ok(());
         };
         let mut dst = self.write.open_table(def)?;
         for item in src.iter()? {

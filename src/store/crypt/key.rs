@@ -121,11 +121,13 @@ impl Key {
     }
 
     /// A key from its bytes (kept sealed inside a store during a rekey).
-    pub(super) fn from_secret(bytes: [u8; KEY_BYTES], origin: &str) -> Key {
-        Key {
-            bytes: Zeroizing::new(bytes),
+    pub(super) fn from_secret(bytes: &[u8; KEY_BYTES], origin: &str) -> Key {
+        let mut key = Key {
+            bytes: Zeroizing::new([0; KEY_BYTES]),
             origin: origin.to_owned(),
-        }
+        };
+        key.bytes.copy_from_slice(bytes);
+        key
     }
 
     /// The secret bytes, for sealing them inside the store (a rekey).

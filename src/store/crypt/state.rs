@@ -198,7 +198,7 @@ pub fn transition(db: &Database, vault: &Vault) -> Result<Transition, StoreError
         Some(v) => {
             let raw =
                 zeroize::Zeroizing::new(s.open("meta", META_PREVIOUS_KEY.as_bytes(), v.value())?);
-            let bytes: [u8; KEY_BYTES] = raw.as_slice().try_into().map_err(|_| tampered())?;
+            let bytes: &[u8; KEY_BYTES] = raw.as_slice().try_into().map_err(|_| tampered())?;
             Some(Key::from_secret(bytes, "previous key (rekey in progress)"))
         }
         None => None,

@@ -12,7 +12,7 @@
 
 use chacha20::cipher::consts::U10;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 /// Bytes of a nonce and of a tag.
 pub const NONCE: usize = 24;
@@ -95,11 +95,12 @@ impl XChaCha {
 
 /// HChaCha20 of `key` and `prefix`, as a ChaCha20-Poly1305 key.
 fn subkey(key: &[u8; 32], prefix: &[u8; 16]) -> LessSafeKey {
-    let k = chacha20::Key::from(*key);
+    let mut k = chacha20::Key::from(*key);
     let mut sub = Zeroizing::new([0u8; 32]);
     let mut derived = chacha20::hchacha::<U10>(&k, prefix.into());
     sub.copy_from_slice(&derived);
-    derived.iter_mut().for_each(|b| *b = 0);
+    derived.as_mut_slice().zeroize();
+    k.as_mut_slice().zeroize();
     let unbound = UnboundKey::new(&CHACHA20_POLY1305, sub.as_slice());
     // A 32-byte key is always accepted.
     LessSafeKey::new(
