@@ -242,12 +242,13 @@ impl Store {
         create_private_file(&path)?;
         crypt::convert::remove_leftovers(data_dir)?;
         let check = mark::take(&path).err();
-        // The key is checked on a read-only view first, so that a wrong
-        // key (or encryption off on a sealed store) changes nothing, not
-        // even the clean-shutdown mark. A plain open of a file that was
-        // not closed cleanly skips it: its open repairs the file anyway,
-        // and the view would repeat that work.
-        if vault.is_sealed() || check.is_none() {
+        // After a clean stop the key is checked on a read-only view
+        // first, so that a wrong key (or encryption off on a sealed store)
+        // changes nothing, not even the clean-shutdown mark. After a crash
+        // the storage engine's recovery rewrites its own bookkeeping at
+        // any open, so the key is checked right after it, before any
+        // value is read: the view would repeat the whole recovery.
+        if check.is_none() {
             if let Err(e) = crypt::state::verify_untouched(&path, &vault) {
                 if check.is_none() {
                     let _ = mark::leave(&path);
