@@ -250,9 +250,7 @@ impl Store {
         // value is read: the view would repeat the whole recovery.
         if check.is_none() {
             if let Err(e) = crypt::state::verify_untouched(&path, &vault) {
-                if check.is_none() {
-                    let _ = mark::leave(&path);
-                }
+                let _ = mark::leave(&path);
                 return Err(e);
             }
         }
@@ -313,7 +311,7 @@ impl Store {
         txn.commit()?;
         let transition = Arc::new(crypt::state::transition(&db, &vault)?);
         if !transition.is_done() {
-            tracing::warn!(path = %path.display(), "an encryption conversion of the store did not finish: attachment files are read in either form until `syncd store encrypt` or `syncd rekey` runs again");
+            tracing::warn!(path = %path.display(), "an encryption conversion of the store did not finish: attachment files are read in either form until the command that was cut short runs again (`syncd status` names it)");
         }
         Ok(Store {
             db: Arc::new(RwLock::new(Some(Arc::new(db)))),
@@ -342,11 +340,16 @@ impl Store {
         match self.vault.key_id() {
             None => "off".into(),
             Some(id) if self.transition.is_done() => format!("on (key {id})"),
-            Some(id) if self.transition.previous.is_some() => format!(
-                "on (key {id}); `syncd rekey` was cut short: stop syncd and run it again"
-            ),
+            Some(id) if self.transition.previous.is_some() => {
+                format!("on (key {id}); `syncd rekey` was cut short: stop syncd and run it again")
+            }
             Some(id) => format!(
-                "on (key {id}); `syncd store encrypt` or `store decrypt` was cut short: stop syncd and run it again"
+                "on (key {id}); `syncd store {}` was cut short: stop syncd and run it again",
+                if self.transition.decrypting {
+                    "decrypt"
+                } else {
+                    "encrypt"
+                }
             ),
         }
     }

@@ -26,7 +26,6 @@ use super::blob_seal::{BlobSeal, FileSealer};
 use super::key::{Key, KeyId};
 use super::state::{self, Found, META_BLOBS_PLAIN, META_ENCRYPTION, META_PREVIOUS_KEY};
 use super::vault::Vault;
-use crate::domain::seal_error::SealError;
 use crate::domain::StoreError;
 use crate::store::blobs::{BlobDir, BlobError};
 use crate::store::tables::*;
@@ -42,6 +41,9 @@ pub enum ConvertError {
     /// No store in the data dir (a new one is created sealed or plain as
     /// the config says: nothing to convert).
     NoStore { path: PathBuf },
+    /// `rekey` to the key the store is sealed with already (with no rekey
+    /// to finish).
+    SameKey { path: PathBuf },
     /// The store was written by an older syncd: a conversion copies
     /// values as they are, so the store is upgraded first.
     OldSchema { path: PathBuf, found: u64 },
@@ -55,6 +57,11 @@ impl std::fmt::Display for ConvertError {
             ConvertError::NoStore { path } => write!(
                 f,
                 "no store at {}: nothing to convert (a new store is created as [store] encryption says)",
+                path.display()
+            ),
+            ConvertError::SameKey { path } => write!(
+                f,
+                "{} is encrypted with that key already: give `--new-key-file` a new key (`syncd key generate PATH`)",
                 path.display()
             ),
             ConvertError::OldSchema { path, found } => write!(
@@ -164,13 +171,14 @@ fn current_schema(db: &Database, path: &Path) -> Result<(), ConvertError> {
 /// conversion of a store sealed with `key` that was.
 pub fn encrypt(data_dir: &Path, key: &Key) -> Result<Converted, ConvertError> {
     let path = store_path(data_dir);
+    let to = Vault::sealed(key.clone())?;
     if let Found::Sealed(id) = peek(data_dir)? {
         if id != key.id() {
-            return Err(encrypted(&path, id).into());
+            // Refused by name (both key ids), the file untouched.
+            state::verify_untouched(&path, &to)?;
         }
     }
     let db = open(&path)?;
-    let to = Vault::sealed(key.clone())?;
     let (db, rewritten) = match state::found(&db)? {
         Found::Sealed(_) => (db, false),
         Found::Plain | Found::Fresh => {
@@ -238,7 +246,7 @@ pub fn decrypt(data_dir: &Path, key: &Key) -> Result<Converted, ConvertError> {
     state::verify(&db, &from, &path)?;
     let left = state::transition(&db, &from)?;
     if !left.blobs_plain {
-        set_mark(&db, META_BLOBS_PLAIN, b"1")?;
+        set_mark(&db, META_BLOBS_PLAIN, state::DECRYPTING)?;
     }
     let previous = left.previous;
     let seal = BlobSeal::new(key, previous.as_ref(), true);
@@ -264,13 +272,18 @@ pub fn rekey(data_dir: &Path, old: &Key, new: &Key) -> Result<Converted, Convert
         // Refused by name, the file untouched: another key, or plain.
         _ => state::verify_untouched(&path, &from)?,
     }
+    if old.id() == new.id() {
+        // Only a rekey to finish is taken: otherwise nothing would change.
+        let left = state::transition_untouched(&path, &to)?;
+        if left.is_none_or(|t| t.previous.is_none()) {
+            return Err(ConvertError::SameKey { path });
+        }
+    }
     let db = open(&path)?;
     let resume = match state::found(&db)? {
         // Cut short after the new store was renamed in: the config names
         // the old key still, or the new one already.
-        Found::Sealed(id) if id == new.id() => {
-            id != old.id() || state::transition(&db, &to)?.previous.is_some()
-        }
+        Found::Sealed(id) if id == new.id() => true,
         _ => false,
     };
     let db = if resume {
@@ -289,14 +302,6 @@ pub fn rekey(data_dir: &Path, old: &Key, new: &Key) -> Result<Converted, Convert
         files,
         key: Some(new.id()),
     })
-}
-
-fn encrypted(path: &Path, id: KeyId) -> StoreError {
-    SealError::Encrypted {
-        path: path.to_owned(),
-        sealed_with: id.to_string(),
-    }
-    .into()
 }
 
 /// Converts the attachment files (none: no `blobs/` yet).
@@ -326,8 +331,31 @@ fn rewrite(
 ) -> Result<(), StoreError> {
     let tmp = converting_path(path);
     let _ = std::fs::remove_file(&tmp);
-    crate::store::create_private_file(&tmp)?;
-    let new = Database::builder().create(&tmp)?;
+    let written = copy_into(db, &tmp, from, to, marks);
+    if written.is_err() {
+        // Never left behind: it may hold the store in the clear.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    super::fault::step();
+    Ok(())
+}
+
+/// Writes the copy of `db` (read with `from`, sealed with `to`) into
+/// the new file `tmp`, synced.
+fn copy_into(
+    db: Database,
+    tmp: &Path,
+    from: &Vault,
+    to: &Vault,
+    marks: Marks<'_>,
+) -> Result<(), StoreError> {
+    crate::store::create_private_file(tmp)?;
+    let new = Database::builder().create(tmp)?;
     let mut txn = new.begin_write()?;
     txn.set_durability(Durability::Immediate)?;
     {
@@ -365,7 +393,7 @@ fn rewrite(
         match marks {
             Marks::None => {}
             Marks::BlobsPlain => {
-                meta.insert(META_BLOBS_PLAIN, b"1".as_slice())?;
+                meta.insert(META_BLOBS_PLAIN, state::ENCRYPTING)?;
             }
             Marks::Previous(k) => state::keep_previous(&mut meta, to, k)?,
         }
@@ -373,12 +401,7 @@ fn rewrite(
     txn.commit()?;
     drop(new);
     drop(db);
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    super::fault::step();
+    std::fs::File::open(tmp)?.sync_all()?;
     Ok(())
 }
 

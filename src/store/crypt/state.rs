@@ -23,6 +23,10 @@ use crate::store::tables::{META, META_CLIENT_ID};
 pub const META_ENCRYPTION: &str = "encryption";
 pub const META_PREVIOUS_KEY: &str = "encryption_previous_key";
 pub const META_BLOBS_PLAIN: &str = "encryption_blobs_plain";
+/// [`META_BLOBS_PLAIN`]'s value during `syncd store encrypt`.
+pub const ENCRYPTING: &[u8] = b"encrypt";
+/// [`META_BLOBS_PLAIN`]'s value during `syncd store decrypt`.
+pub const DECRYPTING: &[u8] = b"decrypt";
 
 /// What a store file is, by its `meta` table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +126,18 @@ pub fn peek(path: &std::path::Path) -> Result<Option<Found>, StoreError> {
     }
 }
 
+/// [`transition`] without writing a byte to the file (`None`: as for
+/// [`peek`]).
+pub fn transition_untouched(
+    path: &std::path::Path,
+    vault: &Vault,
+) -> Result<Option<Transition>, StoreError> {
+    match overlay(path)? {
+        Some(db) => transition(&db, vault).map(Some),
+        None => Ok(None),
+    }
+}
+
 /// The store file opened over a read-only overlay.
 fn overlay(path: &std::path::Path) -> Result<Option<Database>, StoreError> {
     let Ok(file) = std::fs::File::open(path) else {
@@ -179,6 +195,9 @@ pub fn keep_previous(
 pub struct Transition {
     pub previous: Option<Key>,
     pub blobs_plain: bool,
+    /// The plain files are from a `syncd store decrypt` (else an
+    /// encrypt): which command to run again.
+    pub decrypting: bool,
 }
 
 impl Transition {
@@ -203,9 +222,12 @@ pub fn transition(db: &Database, vault: &Vault) -> Result<Transition, StoreError
         }
         None => None,
     };
-    let blobs_plain = meta.get(META_BLOBS_PLAIN)?.is_some();
+    let mark = meta.get(META_BLOBS_PLAIN)?.map(|v| v.value().to_vec());
+    let blobs_plain = mark.is_some();
+    let decrypting = mark.as_deref() == Some(DECRYPTING);
     Ok(Transition {
         previous,
         blobs_plain,
+        decrypting,
     })
 }

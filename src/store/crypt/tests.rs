@@ -243,3 +243,26 @@ fn a_store_of_an_older_schema_is_not_converted() {
     );
     assert!(e.to_string().contains("start this syncd once"), "{e}");
 }
+
+#[test]
+fn a_rekey_to_the_same_key_or_an_encrypt_with_another_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (k1, k2) = (Key::random().unwrap(), Key::random().unwrap());
+    sealed_store(dir.path(), &k1);
+    let path = dir.path().join("syncd.redb");
+    let before = std::fs::read(&path).unwrap();
+    let e = convert::rekey(dir.path(), &k1, &k1).unwrap_err();
+    assert!(matches!(e, convert::ConvertError::SameKey { .. }), "{e}");
+    let e = convert::encrypt(dir.path(), &k2).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            convert::ConvertError::Store(StoreError::Seal(SealError::WrongKey { .. }))
+        ),
+        "{e}"
+    );
+    assert!(
+        std::fs::read(&path).unwrap() == before,
+        "the store was changed"
+    );
+}
