@@ -240,7 +240,7 @@ impl Store {
         std::fs::create_dir_all(data_dir)?;
         let path = data_dir.join("syncd.redb");
         create_private_file(&path)?;
-        crypt::convert::remove_leftovers(data_dir)?;
+        crypt::convert::remove_converting(data_dir)?;
         let check = mark::take(&path).err();
         // After a clean stop the key is checked on a read-only view
         // first, so that a wrong key (or encryption off on a sealed store)

@@ -109,17 +109,22 @@ pub fn converting_path(store: &Path) -> PathBuf {
     store.with_extension("redb.converting")
 }
 
-/// Removes what a conversion cut short left behind: its half-written new
-/// store file (which may hold every document in the clear, during a
-/// decrypt) and attachment writes in `blobs/tmp` (an attach cut short).
-/// The daemon's open does the same.
-pub fn remove_leftovers(data_dir: &Path) -> std::io::Result<()> {
+/// Removes the half-written new store file of a conversion cut short: it
+/// may hold every document in the clear (during a decrypt). The daemon's
+/// open calls this too.
+pub fn remove_converting(data_dir: &Path) -> std::io::Result<()> {
     let tmp = converting_path(&store_path(data_dir));
     match std::fs::remove_file(&tmp) {
-        Ok(()) => std::fs::File::open(data_dir)?.sync_all()?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+        Ok(()) => std::fs::File::open(data_dir)?.sync_all(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
     }
+}
+
+/// [`remove_converting`], and the attachment writes in `blobs/tmp` of an
+/// attach cut short (the daemon's `BlobDir::open` removes those).
+fn remove_leftovers(data_dir: &Path) -> std::io::Result<()> {
+    remove_converting(data_dir)?;
     if let Ok(entries) = std::fs::read_dir(data_dir.join("blobs").join("tmp")) {
         for e in entries.flatten() {
             std::fs::remove_file(e.path())?;

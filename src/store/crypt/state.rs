@@ -170,7 +170,7 @@ pub fn stamp(
         return Ok(());
     };
     let mut v = s.id().0.to_vec();
-    v.extend_from_slice(&s.seal("meta", META_ENCRYPTION.as_bytes(), CHECK));
+    v.extend_from_slice(&s.seal("meta", META_ENCRYPTION.as_bytes(), CHECK)?);
     meta.insert(META_ENCRYPTION, v.as_slice())?;
     Ok(())
 }
@@ -183,7 +183,7 @@ pub fn keep_previous(
     previous: &Key,
 ) -> Result<(), StoreError> {
     if let Vault::Sealed(s) = vault {
-        let v = s.seal("meta", META_PREVIOUS_KEY.as_bytes(), previous.secret());
+        let v = s.seal("meta", META_PREVIOUS_KEY.as_bytes(), previous.secret())?;
         meta.insert(META_PREVIOUS_KEY, v.as_slice())?;
     }
     Ok(())

@@ -139,7 +139,7 @@ impl Vault {
         };
         Ok(match to {
             Vault::Plain => plain.to_vec(),
-            Vault::Sealed(s) => s.seal(table, key, &plain),
+            Vault::Sealed(s) => s.seal(table, key, &plain)?,
         })
     }
 }
@@ -184,13 +184,10 @@ impl Sealer {
     }
 
     /// Seals `plain` for row `key` of `table`.
-    pub fn seal(&self, table: &str, key: &[u8], plain: &[u8]) -> Vec<u8> {
+    pub fn seal(&self, table: &str, key: &[u8], plain: &[u8]) -> Result<Vec<u8>, StoreError> {
         let mut out = self.header();
         out.extend_from_slice(plain);
-        let len = out.len();
-        // Sealing fails only past 256 GiB: never for a value of the store.
         self.seal_tail(table, key, out)
-            .unwrap_or_else(|_| vec![0; len])
     }
 
     /// Opens a value sealed by [`Sealer::seal`] for the same row.
