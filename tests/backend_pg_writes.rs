@@ -3,7 +3,8 @@
 //! other (there is no cluster-wide lock), a batch that writes one record
 //! several times or moves it lands as the same ops one by one would, and
 //! concurrent writers of the same op_id or id from two nodes get exactly
-//! one application.
+//! one application, and requests that wait for a transaction share the
+//! next one, each with the reply it would have had alone.
 //!
 //! Against a real throwaway PostgreSQL (`common_pg`), through `PgStore`.
 
@@ -16,6 +17,7 @@ use common_pg::{runtime, whole_feed, writer as user, Pg};
 use serde_json::json;
 use syncd::backend::protocol::{ScopedChange, ServerRecord};
 use syncd::backend::server::ops::{Action, ValidOp};
+use syncd::backend::server::pg_group::RUNNERS;
 use syncd::backend::server::pg_store::PgStore;
 use syncd::backend::server::store::{BackendStore, Outcome};
 
@@ -359,4 +361,93 @@ fn a_commit_without_its_notify_still_wakes_its_scope_s_waiters() {
         .expect("pull")
         .remove(0);
     assert_eq!(page.entries.len(), 1);
+}
+
+/// Waits until `n` requests wait for one of the node's transactions.
+fn wait_for_queued(s: &PgStore, n: usize) {
+    for _ in 0..1200 {
+        if s.apply_waiting() >= n {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{n} queued requests never showed");
+}
+
+#[test]
+fn requests_that_wait_for_a_transaction_share_the_next_one() {
+    let pg = Pg::start();
+    let rt = runtime();
+    let url = pg.url("postgres");
+    let s = node(&rt, &url);
+    applied(&s.apply(&[create("seed", Some("x"), None)]).expect("seed")[0]);
+    let (tx0, req0) = s.apply_grouping();
+    // Hold the scope's head: each of the node's transactions waits there.
+    let client = hold(
+        &rt,
+        &url,
+        "SELECT seq FROM syncd_scope_heads WHERE scope = 'default' FOR UPDATE",
+    );
+    let spawn = |ops: Vec<ValidOp>| {
+        let s = Arc::clone(&s);
+        std::thread::spawn(move || s.apply(&ops).expect("apply"))
+    };
+    let mut busy = Vec::new();
+    for i in 0..RUNNERS {
+        busy.push(spawn(vec![create(&format!("f{i}"), None, None)]));
+        wait_for_lock_waiters(&pg, i as i64 + 1);
+    }
+    // These wait for a transaction, queued in this order.
+    let queued_ops = vec![
+        vec![create("g0", None, None)],
+        vec![create("g1", None, None), create("g2", None, None)],
+        vec![update("u1", "x", 1, None)],
+        // Stale once u1 is applied: a 409, and the rest of its request stops.
+        vec![update("u2", "x", 1, None), create("g3", None, None)],
+        // g0 again: the remembered reply.
+        vec![create("g0", None, None)],
+        vec![create("g4", None, None)],
+    ];
+    let mut queued = Vec::new();
+    for (i, ops) in queued_ops.into_iter().enumerate() {
+        queued.push(spawn(ops));
+        wait_for_queued(&s, i + 1);
+    }
+    rt.block_on(client.batch_execute("COMMIT"))
+        .expect("release");
+    for t in busy {
+        applied(&t.join().expect("thread")[0]);
+    }
+    let out: Vec<Vec<Outcome>> = queued
+        .into_iter()
+        .map(|t| t.join().expect("thread"))
+        .collect();
+    let g0 = applied(&out[0][0]);
+    assert_eq!(out[1].len(), 2);
+    out[1].iter().for_each(|o| drop(applied(o)));
+    assert_eq!(applied(&out[2][0]).version, 2, "u1");
+    assert_eq!(
+        out[3].len(),
+        1,
+        "a request stops at its first op not applied"
+    );
+    assert!(
+        matches!(&out[3][0], Outcome::Conflict(r) if r.version == 2),
+        "{:?}",
+        out[3]
+    );
+    assert!(
+        matches!(&out[4][0], Outcome::Applied { replayed: true, record } if record.id == g0.id)
+    );
+    applied(&out[5][0]);
+    // The six queued requests went into one transaction.
+    let (tx, req) = s.apply_grouping();
+    assert_eq!(req - req0, RUNNERS as u64 + 6);
+    assert_eq!(
+        tx - tx0,
+        RUNNERS as u64 + 1,
+        "one transaction for the queued six"
+    );
+    // seed, f*, g0, g1, g2, u1, g4: gap-free (whole_feed checks), once each.
+    assert_eq!(whole_feed(&s, "default").len(), 1 + RUNNERS + 5);
 }

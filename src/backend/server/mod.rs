@@ -132,6 +132,7 @@ pub mod log_limit;
 pub mod ops;
 pub mod pg_apply;
 pub mod pg_blobs;
+pub mod pg_group;
 pub mod pg_listen;
 pub mod pg_store;
 pub mod pg_url;

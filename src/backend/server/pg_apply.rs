@@ -1,6 +1,8 @@
 //! One `apply` call as one PostgreSQL transaction of a constant number of
-//! statements (the PostgreSQL store's write path; [`pg_store`](super::pg_store)
-//! owns the pool and the retries).
+//! statements (the PostgreSQL store's write path). A call carries one or
+//! more requests' batches ([`Job`]s), run one after another as if each were
+//! alone; [`pg_group`](super::pg_group) forms the groups and owns the
+//! retries.
 //!
 //! Why a file of its own: this is where the protocol's multi-node
 //! guarantees are made, and they deserve to be read in one place.
@@ -171,14 +173,22 @@ impl ApplyError {
     }
 }
 
+/// One request's part of an apply: its ops, applied in order under its
+/// caller until the first that is not applied.
+pub struct Job<'a> {
+    pub ops: &'a [ValidOp],
+    pub caller: &'a Caller,
+}
+
 /// What a committed (or rolled back, when nothing was written) apply did.
 #[derive(Debug)]
 pub struct Applied {
-    pub outcomes: Vec<Outcome>,
+    /// Each job's outcomes, in the order of the jobs.
+    pub outcomes: Vec<Vec<Outcome>>,
     /// Whether a feed grew (waiting pulls should look).
     pub appended: bool,
-    /// Whether anything was committed.
-    pub wrote: bool,
+    /// Whether a user's job wrote (`syncd_meta` then says `users`).
+    pub users_written: bool,
     /// Statements sent (constant in the batch's size: see the module doc).
     pub statements: usize,
     /// The written scopes' heads after the commit, as announced (empty when
@@ -206,15 +216,17 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Runs `ops` in one transaction on `client` (see the module doc). With
-/// `record_users`, a users-mode write also marks `syncd_meta` (`users`).
+/// Runs `jobs` one after another in one transaction on `client` (see the
+/// module doc): each job's ops in order, under its caller, until its first
+/// op that is not applied. With `record_users`, a user's write also marks
+/// `syncd_meta` (`users`).
 pub async fn apply(
     client: &mut ClientWrapper,
-    ops: &[ValidOp],
-    caller: &Caller,
+    jobs: &[Job<'_>],
     record_users: bool,
 ) -> Result<Applied, ApplyError> {
-    let (remembered, current) = match read(client, ops).await {
+    let all: Vec<&ValidOp> = jobs.iter().flat_map(|j| j.ops).collect();
+    let (remembered, current) = match read(client, &all).await {
         Ok(read) => read,
         Err(e) => return Err(rollback(client, e).await),
     };
@@ -223,24 +235,22 @@ pub async fn apply(
         current,
     };
     let mut writes = Writes::default();
-    let mut outcomes = Vec::with_capacity(ops.len());
-    for op in ops {
-        let outcome = match overlay.apply_one(op, caller, &mut writes) {
-            Ok(outcome) => outcome,
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    let mut users_written = false;
+    for job in jobs {
+        let before = writes.ops.len();
+        match overlay.apply_job(job, &mut writes) {
+            Ok(out) => outcomes.push(out),
             Err(e) => return Err(rollback(client, e).await),
-        };
-        let stop = !outcome.is_applied();
-        outcomes.push(outcome);
-        if stop {
-            break;
         }
+        users_written |= job.caller.is_user() && writes.ops.len() > before;
     }
-    let record_users = record_users && caller.is_user() && !writes.ops.is_empty();
+    let record_users = record_users && users_written;
     match writes.send(client, &overlay, record_users).await {
         Ok((statements, heads)) => Ok(Applied {
             outcomes,
             appended: !writes.entries.is_empty(),
-            wrote: !writes.ops.is_empty(),
+            users_written,
             statements: statements + READ_STATEMENTS,
             heads,
         }),
@@ -267,7 +277,7 @@ type Key = (String, String);
 /// round trip.
 async fn read(
     client: &ClientWrapper,
-    ops: &[ValidOp],
+    ops: &[&ValidOp],
 ) -> Result<
     (
         HashMap<String, (ServerRecord, String)>,
@@ -327,6 +337,24 @@ struct Overlay {
 }
 
 impl Overlay {
+    /// One job's ops in order, until the first that is not applied.
+    fn apply_job(
+        &mut self,
+        job: &Job<'_>,
+        writes: &mut Writes,
+    ) -> Result<Vec<Outcome>, ApplyError> {
+        let mut outcomes = Vec::with_capacity(job.ops.len());
+        for op in job.ops {
+            let outcome = self.apply_one(op, job.caller, writes)?;
+            let stop = !outcome.is_applied();
+            outcomes.push(outcome);
+            if stop {
+                break;
+            }
+        }
+        Ok(outcomes)
+    }
+
     fn apply_one(
         &mut self,
         op: &ValidOp,

@@ -2,9 +2,11 @@
 //! several stateless backend nodes can serve the same devices from one
 //! database (see `docs/scaling.md`).
 //!
-//! - **Writes**: [`pg_apply`](super::pg_apply) — one transaction per call,
-//!   of two round trips whatever the batch's size, ordered per scope at the
-//!   end of the transaction only (no cluster-wide lock).
+//! - **Writes**: [`pg_apply`](super::pg_apply) — one transaction of two
+//!   round trips whatever the batch's size, ordered per scope at the end of
+//!   the transaction only (no cluster-wide lock); requests that arrive while
+//!   the node's transactions are busy share the next one
+//!   ([`pg_group`](super::pg_group)).
 //! - **Reads**: `changes` (revision 2, single-tenant) reads the `default`
 //!   scope's feed, where a single-tenant server keeps every record; `pull`
 //!   reads each scope's head and a page of its feed in one statement (one
@@ -42,7 +44,6 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,9 +59,10 @@ use crate::domain::scope::SINGLE_SCOPE;
 use super::access::Caller;
 use super::feed::Feed;
 use super::ops::ValidOp;
+use super::pg_group::Grouper;
+use super::pg_listen;
 use super::pg_url::redact;
 use super::store::{with_scope, BackendStore, ChangeSlice, Outcome, ScopeSlice, StoreError};
-use super::{pg_apply, pg_listen};
 
 /// The schema this code reads and writes (`syncd_meta.schema`).
 pub const SCHEMA_VERSION: i64 = 3;
@@ -80,17 +82,14 @@ const UPGRADE_TO_3: &str = "UPDATE syncd_meta SET value = 3 WHERE key = 'schema'
 const SCHEMA_SQL: &str = include_str!("pg_schema.sql");
 /// Advisory lock key taken while migrating ("syncd" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0073_796e_6364;
-/// Connections per node for applies.
+/// Connections per node for writes: applies (at most
+/// [`pg_group::RUNNERS`](super::pg_group::RUNNERS) at a time) and attachment uploads.
 pub const POOL_SIZE: usize = 16;
 /// Connections per node for reads (on top of [`POOL_SIZE`] and the one
 /// `LISTEN` connection).
 pub const READ_POOL_SIZE: usize = 8;
 /// Connect, and wait-for-a-connection, timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Whole-transaction retries after a serialization failure, a deadlock or a
-/// unique violation (a record id or op_id inserted by a concurrent batch;
-/// see [`pg_apply`](super::pg_apply)).
-const RETRIES: usize = 5;
 
 /// Whether a users-mode server wrote here, or a scope but `default` has a feed.
 const HELD_USERS: &str = "SELECT EXISTS (SELECT 1 FROM syncd_meta WHERE key = 'users') \
@@ -114,11 +113,9 @@ pub struct PgStore {
     /// The connection string without its password.
     url: String,
     listener: JoinHandle<()>,
-    /// Whether `syncd_meta` is known to say `users` (saves a statement per
-    /// users-mode commit).
-    users_recorded: AtomicBool,
-    /// Statements sent by applies that ended cleanly ([`apply_statements`](Self::apply_statements)).
-    statements: AtomicU64,
+    /// The write side: applies, grouped into transactions
+    /// ([`pg_group`](super::pg_group)).
+    writes: Arc<Grouper>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -167,6 +164,12 @@ impl PgStore {
         migrate(&pool).await.map_err(|e| err("cannot open", &e))?;
         let feed = Arc::new(Feed::new(0));
         let listener = pg_listen::spawn(config, Arc::clone(&feed), shown.clone());
+        let writes = Grouper::new(
+            pool.clone(),
+            Arc::clone(&feed),
+            shown.clone(),
+            Handle::current(),
+        );
         Ok(PgStore {
             pool,
             read_pool,
@@ -174,8 +177,7 @@ impl PgStore {
             feed,
             url: shown,
             listener,
-            users_recorded: AtomicBool::new(false),
-            statements: AtomicU64::new(0),
+            writes,
         })
     }
 
@@ -183,7 +185,19 @@ impl PgStore {
     /// that committed or rolled back cleanly): a batch costs the same
     /// handful whatever its size (see [`pg_apply`](super::pg_apply)).
     pub fn apply_statements(&self) -> u64 {
-        self.statements.load(Ordering::Relaxed)
+        self.writes.statements()
+    }
+
+    /// `(transactions, requests)` of this node's applies that ended
+    /// cleanly: how many requests a transaction carried on average
+    /// ([`pg_group`](super::pg_group)).
+    pub fn apply_grouping(&self) -> (u64, u64) {
+        self.writes.grouping()
+    }
+
+    /// Requests waiting for one of this node's apply transactions.
+    pub fn apply_waiting(&self) -> usize {
+        self.writes.waiting()
     }
 
     /// The connection string, password hidden.
@@ -255,7 +269,7 @@ pub(super) fn is_unavailable(e: &tokio_postgres::Error) -> bool {
 }
 
 /// `e` and its sources, joined by ": ", each said once.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut next = e.source();
     while let Some(s) = next {
@@ -344,45 +358,6 @@ async fn migrate(pool: &Pool) -> Result<(), OpenError> {
 }
 
 impl PgStore {
-    async fn apply_async(
-        &self,
-        ops: &[ValidOp],
-        caller: &Caller,
-    ) -> Result<Vec<Outcome>, StoreError> {
-        let mut attempt = 0;
-        loop {
-            let mut client = self.client().await?;
-            let record_users = !self.users_recorded.load(Ordering::Relaxed);
-            match pg_apply::apply(&mut client, ops, caller, record_users).await {
-                Ok(applied) => {
-                    let sent = u64::try_from(applied.statements).unwrap_or(u64::MAX);
-                    self.statements.fetch_add(sent, Ordering::Relaxed);
-                    if record_users && caller.is_user() && applied.wrote {
-                        self.users_recorded.store(true, Ordering::Relaxed);
-                    }
-                    if applied.appended && applied.heads.is_empty() {
-                        self.feed.bump();
-                    } else if applied.appended {
-                        self.feed.publish_scopes(&applied.heads);
-                    }
-                    return Ok(applied.outcomes);
-                }
-                Err(e) if e.is_retryable() && attempt < RETRIES => {
-                    attempt += 1;
-                    tracing::debug!(error = %e, attempt, "apply transaction retried");
-                }
-                Err(e) if e.is_unavailable() => {
-                    return Err(StoreError::Unavailable(format!(
-                        "PostgreSQL {}: apply: {}",
-                        self.url,
-                        chain(&e)
-                    )))
-                }
-                Err(e) => return Err(self.error("apply", &e)),
-            }
-        }
-    }
-
     /// Revision 2's log: the `default` scope's feed (a single-tenant
     /// server creates every record there and never moves one; a gone entry,
     /// possible only on a store that once held users, is skipped).
@@ -547,7 +522,7 @@ impl BackendStore for PgStore {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        self.block(self.apply_async(ops, caller))
+        self.block(self.writes.apply(ops, caller))
     }
 
     fn pull(&self, scopes: &[(String, u64)], limit: usize) -> Result<Vec<ScopeSlice>, StoreError> {
