@@ -17,7 +17,7 @@ use common_pg::{runtime, whole_feed, writer as user, Pg};
 use serde_json::json;
 use syncd::backend::protocol::{ScopedChange, ServerRecord};
 use syncd::backend::server::ops::{Action, ValidOp};
-use syncd::backend::server::pg_group::RUNNERS;
+use syncd::backend::server::pg_group::{RUNNERS, SINGLE_RUNNERS, USER_RUNNERS};
 use syncd::backend::server::pg_store::PgStore;
 use syncd::backend::server::store::{BackendStore, Outcome};
 
@@ -393,7 +393,7 @@ fn requests_that_wait_for_a_transaction_share_the_next_one() {
         std::thread::spawn(move || s.apply(&ops).expect("apply"))
     };
     let mut busy = Vec::new();
-    for i in 0..RUNNERS {
+    for i in 0..SINGLE_RUNNERS {
         busy.push(spawn(vec![create(&format!("f{i}"), None, None)]));
         wait_for_lock_waiters(&pg, i as i64 + 1);
     }
@@ -424,7 +424,9 @@ fn requests_that_wait_for_a_transaction_share_the_next_one() {
         .collect();
     let g0 = applied(&out[0][0]);
     assert_eq!(out[1].len(), 2);
-    out[1].iter().for_each(|o| drop(applied(o)));
+    for o in &out[1] {
+        applied(o);
+    }
     assert_eq!(applied(&out[2][0]).version, 2, "u1");
     assert_eq!(
         out[3].len(),
@@ -442,12 +444,121 @@ fn requests_that_wait_for_a_transaction_share_the_next_one() {
     applied(&out[5][0]);
     // The six queued requests went into one transaction.
     let (tx, req) = s.apply_grouping();
-    assert_eq!(req - req0, RUNNERS as u64 + 6);
+    assert_eq!(req - req0, SINGLE_RUNNERS as u64 + 6);
     assert_eq!(
         tx - tx0,
-        RUNNERS as u64 + 1,
+        SINGLE_RUNNERS as u64 + 1,
         "one transaction for the queued six"
     );
     // seed, f*, g0, g1, g2, u1, g4: gap-free (whole_feed checks), once each.
-    assert_eq!(whole_feed(&s, "default").len(), 1 + RUNNERS + 5);
+    assert_eq!(whole_feed(&s, "default").len(), 1 + SINGLE_RUNNERS + 5);
+}
+
+/// Runs `sql` on a connection of its own (autocommit).
+fn exec(rt: &tokio::runtime::Runtime, url: &str, sql: &str) {
+    let (client, conn) = rt
+        .block_on(tokio_postgres::connect(url, tokio_postgres::NoTls))
+        .expect("connect");
+    rt.spawn(conn);
+    rt.block_on(client.batch_execute(sql)).expect("exec");
+}
+
+#[test]
+fn a_user_whose_head_is_held_holds_only_their_own_share_of_the_node() {
+    let pg = Pg::start();
+    let rt = runtime();
+    let url = pg.url("postgres");
+    let s = node(&rt, &url);
+    let alice = user("alice", &[]);
+    let bob = user("bob", &[]);
+    applied(&s.apply_as(&[create("a0", None, None)], &alice).expect("a0")[0]);
+    let client = hold(
+        &rt,
+        &url,
+        "SELECT seq FROM syncd_scope_heads WHERE scope = 'user:alice' FOR UPDATE",
+    );
+    // Alice's transactions wait at her head, up to her share; the rest of
+    // as many requests as the node has runners wait in the node's queue.
+    let mut held = Vec::new();
+    for i in 0..RUNNERS {
+        let (s, alice) = (Arc::clone(&s), alice.clone());
+        let op = create(&format!("a{}", i + 1), None, None);
+        held.push(std::thread::spawn(move || s.apply_as(&[op], &alice)));
+        if i < USER_RUNNERS {
+            wait_for_lock_waiters(&pg, i as i64 + 1);
+        }
+    }
+    wait_for_queued(&s, RUNNERS - USER_RUNNERS);
+    // Bob's writes do not wait for any of them.
+    let bob_writes = std::thread::spawn({
+        let s = Arc::clone(&s);
+        move || {
+            for i in 0..3 {
+                let o = s
+                    .apply_as(&[create(&format!("b{i}"), None, None)], &bob)
+                    .expect("bob");
+                applied(&o[0]);
+            }
+        }
+    });
+    for _ in 0..1200 {
+        if bob_writes.is_finished() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(bob_writes.is_finished(), "bob's writes wait behind alice's");
+    bob_writes.join().expect("bob");
+    assert!(held.iter().all(|t| !t.is_finished()), "alice's writes wait");
+    rt.block_on(client.batch_execute("COMMIT"))
+        .expect("release");
+    for t in held {
+        applied(&t.join().expect("thread").expect("alice")[0]);
+    }
+    assert_eq!(whole_feed(&s, "user:alice").len(), 1 + RUNNERS);
+    assert_eq!(whole_feed(&s, "user:bob").len(), 3);
+}
+
+#[test]
+fn one_request_s_failure_in_a_group_is_its_own() {
+    let pg = Pg::start();
+    let rt = runtime();
+    let url = pg.url("postgres");
+    let s = node(&rt, &url);
+    applied(&s.apply(&[create("seed", Some("bad"), None)]).expect("seed")[0]);
+    // A stored value this code cannot read: any apply that reads it fails.
+    exec(
+        &rt,
+        &url,
+        "UPDATE syncd_records SET record = 'not json' WHERE id = 'bad'",
+    );
+    let client = hold(
+        &rt,
+        &url,
+        "SELECT seq FROM syncd_scope_heads WHERE scope = 'default' FOR UPDATE",
+    );
+    let spawn = |ops: Vec<ValidOp>| {
+        let s = Arc::clone(&s);
+        std::thread::spawn(move || s.apply(&ops))
+    };
+    let mut busy = Vec::new();
+    for i in 0..SINGLE_RUNNERS {
+        busy.push(spawn(vec![create(&format!("f{i}"), None, None)]));
+        wait_for_lock_waiters(&pg, i as i64 + 1);
+    }
+    // Queued together: the first fails on the unreadable record.
+    let bad = spawn(vec![update("u1", "bad", 1, None)]);
+    wait_for_queued(&s, 1);
+    let good = spawn(vec![create("ok", None, None)]);
+    wait_for_queued(&s, 2);
+    rt.block_on(client.batch_execute("COMMIT"))
+        .expect("release");
+    for t in busy {
+        applied(&t.join().expect("thread").expect("busy")[0]);
+    }
+    match bad.join().expect("thread") {
+        Err(e) => assert!(e.message().contains("corrupt"), "{e}"),
+        Ok(o) => panic!("the unreadable record was applied: {o:?}"),
+    }
+    applied(&good.join().expect("thread").expect("the other request")[0]);
 }

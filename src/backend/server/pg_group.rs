@@ -12,13 +12,20 @@
 //! # How
 //!
 //! A request queues its job and, when fewer than [`RUNNERS`] runner tasks
-//! are at work, starts one. A runner takes the oldest waiting job and every
-//! waiting job of the same caller (up to [`GROUP_OPS`] ops: a group never
-//! mixes users, so one user's requests never wait on another user's scope
-//! heads), runs them in one transaction
-//! ([`pg_apply::apply`]), answers each and looks again; it stops when
-//! nothing waits. At low load every request runs alone at once, as before;
-//! under load, the groups grow by themselves.
+//! are at work and its caller is under its own cap, starts one. A runner
+//! takes the oldest job whose caller is under its cap, and the waiting jobs
+//! of the same caller after it (up to [`GROUP_OPS`] ops), runs them in one
+//! transaction ([`pg_apply::apply`]), answers each and looks again; it
+//! stops when nothing it may take waits. At low load every request runs
+//! alone at once, as before; under load, the groups grow by themselves.
+//!
+//! # Isolation between users
+//!
+//! A group never mixes callers, and one user has at most [`USER_RUNNERS`]
+//! transactions in flight: a user whose scope head is slow (or held) ties
+//! up at most that many runners, and the others keep serving other users.
+//! A single-tenant node has one caller and one scope, so its cap is
+//! [`SINGLE_RUNNERS`].
 //!
 //! # What a group keeps of each request
 //!
@@ -44,11 +51,15 @@ use super::ops::ValidOp;
 use super::pg_apply::{self, ApplyError, Job};
 use super::store::{Outcome, StoreError};
 
-/// Runner tasks (so transactions in flight) per node at most. Few, so that
-/// requests queue and share a transaction rather than each holding a
-/// connection and queueing on a scope's head inside PostgreSQL; more than
-/// one, so that a group is read and planned while another commits.
-pub const RUNNERS: usize = 4;
+/// Runner tasks (so apply transactions in flight) per node at most.
+/// Few, so that requests queue and share a transaction rather than each
+/// holding a connection and queueing on a scope's head inside PostgreSQL;
+/// several, so that groups are read and planned while another commits.
+pub const RUNNERS: usize = 8;
+/// Runners one user may hold (users mode).
+pub const USER_RUNNERS: usize = 2;
+/// Runners of a single-tenant node (one caller, one scope).
+pub const SINGLE_RUNNERS: usize = 4;
 /// Ops per group at most (a request's batch is never split: a larger one
 /// runs alone).
 pub const GROUP_OPS: usize = 100;
@@ -70,6 +81,102 @@ struct Waiting {
 struct Queue {
     jobs: VecDeque<Waiting>,
     runners: usize,
+    /// Groups in flight per caller (callers with none are left out).
+    busy: Vec<(Caller, usize)>,
+}
+
+impl Queue {
+    fn busy(&self, caller: &Caller) -> usize {
+        self.busy
+            .iter()
+            .find(|(c, _)| c == caller)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// Whether `caller` may have one more group in flight.
+    fn under_cap(&self, caller: &Caller) -> bool {
+        let cap = match caller {
+            Caller::Single => SINGLE_RUNNERS,
+            Caller::User(_) => USER_RUNNERS,
+        };
+        self.busy(caller) < cap
+    }
+
+    fn acquire(&mut self, caller: &Caller) {
+        match self.busy.iter_mut().find(|(c, _)| c == caller) {
+            Some((_, n)) => *n += 1,
+            None => self.busy.push((caller.clone(), 1)),
+        }
+    }
+
+    fn release(&mut self, caller: &Caller) {
+        if let Some(i) = self.busy.iter().position(|(c, _)| c == caller) {
+            self.busy[i].1 -= 1;
+            if self.busy[i].1 == 0 {
+                self.busy.swap_remove(i);
+            }
+        }
+    }
+
+    /// The oldest job whose caller is under its cap, and the jobs of the
+    /// same caller after it while they fit in [`GROUP_OPS`] (in order: the
+    /// first that does not fit ends the group).
+    fn next_group(&mut self) -> Option<(Caller, Vec<Waiting>)> {
+        let i = self.jobs.iter().position(|w| self.under_cap(&w.caller))?;
+        let first = self.jobs.remove(i)?;
+        let caller = first.caller.clone();
+        let mut ops = first.ops.len();
+        let mut group = vec![first];
+        let mut k = i;
+        while k < self.jobs.len() {
+            if self.jobs[k].caller != caller {
+                k += 1;
+                continue;
+            }
+            ops += self.jobs[k].ops.len();
+            if ops > GROUP_OPS {
+                break;
+            }
+            group.extend(self.jobs.remove(k));
+        }
+        self.acquire(&caller);
+        Some((caller, group))
+    }
+}
+
+/// A runner's place in the [`Queue`]: given back by [`Grouper::take`]
+/// when the runner finds nothing to do, or by `Drop` when its task ends
+/// any other way (see the module doc).
+struct Runner {
+    grouper: Arc<Grouper>,
+    /// The caller of the group in flight.
+    group: Option<Caller>,
+    finished: bool,
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let stranded = {
+            let mut q = self.grouper.lock();
+            if let Some(c) = self.group.take() {
+                q.release(&c);
+            }
+            q.runners -= 1;
+            if q.runners == 0 {
+                std::mem::take(&mut q.jobs)
+            } else {
+                VecDeque::new()
+            }
+        };
+        for w in stranded {
+            let _ = w.reply.send(Err(StoreError::Unavailable(
+                "the node's apply task ended; try again".into(),
+            )));
+        }
+    }
 }
 
 /// The node's write side: the apply pool and what a commit updates.
@@ -109,18 +216,23 @@ impl Grouper {
     pub async fn apply(self: &Arc<Self>, ops: &[ValidOp], caller: &Caller) -> Reply {
         let (reply, answer) = oneshot::channel();
         let start = {
-            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            let mut q = self.lock();
             q.jobs.push_back(Waiting {
                 ops: ops.to_vec(),
                 caller: caller.clone(),
                 reply,
             });
-            let start = q.runners < RUNNERS;
+            let start = q.runners < RUNNERS && q.under_cap(caller);
             q.runners += usize::from(start);
             start
         };
         if start {
-            self.rt.spawn(Arc::clone(self).run());
+            let runner = Runner {
+                grouper: Arc::clone(self),
+                group: None,
+                finished: false,
+            };
+            self.rt.spawn(runner.run());
         }
         answer
             .await
@@ -141,46 +253,27 @@ impl Grouper {
         )
     }
 
-    /// A runner: groups until nothing waits.
-    async fn run(self: Arc<Self>) {
-        while let Some(group) = self.take() {
-            let reply = self.apply_group(&group).await;
-            answer(group, reply);
-        }
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The next group, or `None` (and one runner fewer) when nothing waits:
-    /// the oldest job and the jobs of the same caller after it (so one
-    /// user's requests never wait on another's scope heads), in order.
-    fn take(&self) -> Option<Vec<Waiting>> {
-        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(first) = q.jobs.pop_front() else {
-            q.runners -= 1;
-            return None;
-        };
-        let mut ops = first.ops.len();
-        let mut group = vec![first];
-        let mut rest = VecDeque::with_capacity(q.jobs.len());
-        while let Some(next) = q.jobs.pop_front() {
-            let fits = ops + next.ops.len() <= GROUP_OPS;
-            if fits && next.caller == group[0].caller {
-                ops += next.ops.len();
-                group.push(next);
-            } else {
-                rest.push_back(next);
-            }
+    /// The next group, after giving back `done`'s place; `None` (and one
+    /// runner fewer) when nothing this runner may take waits.
+    fn take(&self, done: Option<Caller>) -> Option<(Caller, Vec<Waiting>)> {
+        let mut q = self.lock();
+        if let Some(c) = done {
+            q.release(&c);
         }
-        q.jobs = rest;
-        Some(group)
+        let next = q.next_group();
+        if next.is_none() {
+            q.runners -= 1;
+        }
+        next
     }
 
     /// Requests waiting for a transaction (tests wait on it).
     pub fn waiting(&self) -> usize {
-        self.queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .jobs
-            .len()
+        self.lock().jobs.len()
     }
 
     /// One transaction for the whole group (run again while PostgreSQL
@@ -209,6 +302,25 @@ impl Grouper {
                 Err(e) => return Err(self.failed(&e)),
             }
         }
+    }
+
+    /// Each job's reply: the group in one transaction, or, when that
+    /// fails for another reason than an unavailable database, each job
+    /// alone (one job's failure is not the others').
+    async fn replies(&self, group: &[Waiting]) -> Vec<Reply> {
+        let err = match self.apply_group(group).await {
+            Ok(outcomes) => return outcomes.into_iter().map(Ok).collect(),
+            Err(e) => e,
+        };
+        if group.len() == 1 || matches!(err, StoreError::Unavailable(_)) {
+            return group.iter().map(|_| Err(err.clone())).collect();
+        }
+        let mut out = Vec::with_capacity(group.len());
+        for w in group {
+            let alone = self.apply_group(std::slice::from_ref(w)).await;
+            out.push(alone.map(|mut o| o.pop().unwrap_or_default()));
+        }
+        out
     }
 
     /// Counts a transaction that ended cleanly and wakes the pulls waiting
@@ -253,19 +365,21 @@ impl Grouper {
     }
 }
 
-/// Sends each job its outcomes, or the group's error.
-fn answer(group: Vec<Waiting>, reply: Result<Vec<Vec<Outcome>>, StoreError>) {
-    match reply {
-        Ok(outcomes) => {
-            debug_assert_eq!(outcomes.len(), group.len(), "one answer per job");
-            for (w, o) in group.into_iter().zip(outcomes) {
+impl Runner {
+    /// Groups until nothing this runner may take waits.
+    async fn run(mut self) {
+        let grouper = Arc::clone(&self.grouper);
+        loop {
+            let Some((caller, group)) = grouper.take(self.group.take()) else {
+                self.finished = true;
+                return;
+            };
+            self.group = Some(caller);
+            let replies = grouper.replies(&group).await;
+            debug_assert_eq!(replies.len(), group.len(), "one reply per job");
+            for (w, reply) in group.into_iter().zip(replies) {
                 // A request that went away (its client hung up) needs no answer.
-                let _ = w.reply.send(Ok(o));
-            }
-        }
-        Err(e) => {
-            for w in group {
-                let _ = w.reply.send(Err(e.clone()));
+                let _ = w.reply.send(reply);
             }
         }
     }
