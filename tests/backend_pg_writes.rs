@@ -16,10 +16,11 @@ use std::time::Duration;
 use common_pg::{runtime, whole_feed, writer as user, Pg};
 use serde_json::json;
 use syncd::backend::protocol::{ScopedChange, ServerRecord};
+use syncd::backend::server::access::Caller;
 use syncd::backend::server::ops::{Action, ValidOp};
 use syncd::backend::server::pg_group::{RUNNERS, SINGLE_RUNNERS, USER_RUNNERS};
 use syncd::backend::server::pg_store::PgStore;
-use syncd::backend::server::store::{BackendStore, Outcome};
+use syncd::backend::server::store::{BackendStore, Outcome, StoreError};
 
 fn node(rt: &tokio::runtime::Runtime, url: &str) -> Arc<PgStore> {
     Arc::new(rt.block_on(PgStore::connect(url)).expect("connect"))
@@ -365,38 +366,65 @@ fn a_commit_without_its_notify_still_wakes_its_scope_s_waiters() {
 
 /// Waits until `n` requests wait for one of the node's transactions.
 fn wait_for_queued(s: &PgStore, n: usize) {
+    wait_until(|| s.apply_waiting() >= n, &format!("{n} queued requests"));
+}
+
+/// Polls `done` (the event, not a clock) for up to a minute.
+fn wait_until(done: impl Fn() -> bool, what: &str) {
     for _ in 0..1200 {
-        if s.apply_waiting() >= n {
+        if done() {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("{n} queued requests never showed");
+    panic!("{what} never showed");
+}
+
+/// A request on its own thread.
+type Pending = std::thread::JoinHandle<Result<Vec<Outcome>, StoreError>>;
+
+fn spawn_apply(s: &Arc<PgStore>, ops: Vec<ValidOp>) -> Pending {
+    let s = Arc::clone(s);
+    std::thread::spawn(move || s.apply(&ops))
+}
+
+/// Holds the `default` scope's head and fills every single-tenant runner
+/// of `s` with a create that waits there: the next requests queue.
+fn hold_and_fill(
+    pg: &Pg,
+    rt: &tokio::runtime::Runtime,
+    s: &Arc<PgStore>,
+) -> (tokio_postgres::Client, Vec<Pending>) {
+    let client = hold(
+        rt,
+        &pg.url("postgres"),
+        "SELECT seq FROM syncd_scope_heads WHERE scope = 'default' FOR UPDATE",
+    );
+    let mut busy = Vec::new();
+    for i in 0..SINGLE_RUNNERS {
+        busy.push(spawn_apply(s, vec![create(&format!("f{i}"), None, None)]));
+        wait_for_lock_waiters(pg, i as i64 + 1);
+    }
+    (client, busy)
+}
+
+/// Releases the held head and checks that the runners' creates applied.
+fn release(rt: &tokio::runtime::Runtime, client: tokio_postgres::Client, busy: Vec<Pending>) {
+    rt.block_on(client.batch_execute("COMMIT"))
+        .expect("release");
+    for t in busy {
+        applied(&t.join().expect("thread").expect("busy")[0]);
+    }
 }
 
 #[test]
 fn requests_that_wait_for_a_transaction_share_the_next_one() {
     let pg = Pg::start();
     let rt = runtime();
-    let url = pg.url("postgres");
-    let s = node(&rt, &url);
+    let s = node(&rt, &pg.url("postgres"));
     applied(&s.apply(&[create("seed", Some("x"), None)]).expect("seed")[0]);
     let (tx0, req0) = s.apply_grouping();
-    // Hold the scope's head: each of the node's transactions waits there.
-    let client = hold(
-        &rt,
-        &url,
-        "SELECT seq FROM syncd_scope_heads WHERE scope = 'default' FOR UPDATE",
-    );
-    let spawn = |ops: Vec<ValidOp>| {
-        let s = Arc::clone(&s);
-        std::thread::spawn(move || s.apply(&ops).expect("apply"))
-    };
-    let mut busy = Vec::new();
-    for i in 0..SINGLE_RUNNERS {
-        busy.push(spawn(vec![create(&format!("f{i}"), None, None)]));
-        wait_for_lock_waiters(&pg, i as i64 + 1);
-    }
+    let (client, busy) = hold_and_fill(&pg, &rt, &s);
     // These wait for a transaction, queued in this order.
     let queued_ops = vec![
         vec![create("g0", None, None)],
@@ -410,17 +438,13 @@ fn requests_that_wait_for_a_transaction_share_the_next_one() {
     ];
     let mut queued = Vec::new();
     for (i, ops) in queued_ops.into_iter().enumerate() {
-        queued.push(spawn(ops));
+        queued.push(spawn_apply(&s, ops));
         wait_for_queued(&s, i + 1);
     }
-    rt.block_on(client.batch_execute("COMMIT"))
-        .expect("release");
-    for t in busy {
-        applied(&t.join().expect("thread")[0]);
-    }
+    release(&rt, client, busy);
     let out: Vec<Vec<Outcome>> = queued
         .into_iter()
-        .map(|t| t.join().expect("thread"))
+        .map(|t| t.join().expect("thread").expect("apply"))
         .collect();
     let g0 = applied(&out[0][0]);
     assert_eq!(out[1].len(), 2);
@@ -477,11 +501,21 @@ fn a_user_whose_head_is_held_holds_only_their_own_share_of_the_node() {
         &url,
         "SELECT seq FROM syncd_scope_heads WHERE scope = 'user:alice' FOR UPDATE",
     );
+    // Alice's devices: the same user, tokens that expire at other times.
+    let devices: Vec<Caller> = (0..4u64)
+        .map(|d| match alice.clone() {
+            Caller::User(mut p) => {
+                p.exp -= d;
+                Caller::User(p)
+            }
+            Caller::Single => unreachable!("a user"),
+        })
+        .collect();
     // Alice's transactions wait at her head, up to her share; the rest of
     // as many requests as the node has runners wait in the node's queue.
     let mut held = Vec::new();
     for i in 0..RUNNERS {
-        let (s, alice) = (Arc::clone(&s), alice.clone());
+        let (s, alice) = (Arc::clone(&s), devices[i % devices.len()].clone());
         let op = create(&format!("a{}", i + 1), None, None);
         held.push(std::thread::spawn(move || s.apply_as(&[op], &alice)));
         if i < USER_RUNNERS {
@@ -501,13 +535,7 @@ fn a_user_whose_head_is_held_holds_only_their_own_share_of_the_node() {
             }
         }
     });
-    for _ in 0..1200 {
-        if bob_writes.is_finished() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(bob_writes.is_finished(), "bob's writes wait behind alice's");
+    wait_until(|| bob_writes.is_finished(), "bob's writes, behind alice's,");
     bob_writes.join().expect("bob");
     assert!(held.iter().all(|t| !t.is_finished()), "alice's writes wait");
     rt.block_on(client.batch_execute("COMMIT"))
@@ -532,30 +560,13 @@ fn one_request_s_failure_in_a_group_is_its_own() {
         &url,
         "UPDATE syncd_records SET record = 'not json' WHERE id = 'bad'",
     );
-    let client = hold(
-        &rt,
-        &url,
-        "SELECT seq FROM syncd_scope_heads WHERE scope = 'default' FOR UPDATE",
-    );
-    let spawn = |ops: Vec<ValidOp>| {
-        let s = Arc::clone(&s);
-        std::thread::spawn(move || s.apply(&ops))
-    };
-    let mut busy = Vec::new();
-    for i in 0..SINGLE_RUNNERS {
-        busy.push(spawn(vec![create(&format!("f{i}"), None, None)]));
-        wait_for_lock_waiters(&pg, i as i64 + 1);
-    }
+    let (client, busy) = hold_and_fill(&pg, &rt, &s);
     // Queued together: the first fails on the unreadable record.
-    let bad = spawn(vec![update("u1", "bad", 1, None)]);
+    let bad = spawn_apply(&s, vec![update("u1", "bad", 1, None)]);
     wait_for_queued(&s, 1);
-    let good = spawn(vec![create("ok", None, None)]);
+    let good = spawn_apply(&s, vec![create("ok", None, None)]);
     wait_for_queued(&s, 2);
-    rt.block_on(client.batch_execute("COMMIT"))
-        .expect("release");
-    for t in busy {
-        applied(&t.join().expect("thread").expect("busy")[0]);
-    }
+    release(&rt, client, busy);
     match bad.join().expect("thread") {
         Err(e) => assert!(e.message().contains("corrupt"), "{e}"),
         Ok(o) => panic!("the unreadable record was applied: {o:?}"),

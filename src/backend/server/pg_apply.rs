@@ -155,6 +155,19 @@ impl ApplyError {
         matches!(self, ApplyError::Pg(e) if super::pg_store::is_unavailable(e))
     }
 
+    /// The failure may come from one op's data rather than from the
+    /// database: a stored value that cannot be decoded, or a data or
+    /// integrity error (SQLSTATE classes 22 and 23). Group commit runs each
+    /// request of a failed group alone on these ([`pg_group`](super::pg_group)).
+    pub fn is_data(&self) -> bool {
+        match self {
+            ApplyError::Corrupt(_) => true,
+            ApplyError::Pg(e) => e
+                .code()
+                .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23")),
+        }
+    }
+
     /// The whole transaction may simply be run again: a serialization
     /// failure, a deadlock, or a unique violation (a record id or op_id
     /// inserted by a concurrent batch after this one read; see the module

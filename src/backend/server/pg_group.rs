@@ -12,19 +12,22 @@
 //! # How
 //!
 //! A request queues its job and, when fewer than [`RUNNERS`] runner tasks
-//! are at work and its caller is under its own cap, starts one. A runner
-//! takes the oldest job whose caller is under its cap, and the waiting jobs
-//! of the same caller after it (up to [`GROUP_OPS`] ops), runs them in one
+//! are at work and its user is under its own cap, starts one. A runner
+//! takes the oldest job whose user is under the cap, and the waiting jobs
+//! of the same user after it (up to [`GROUP_OPS`] ops), runs them in one
 //! transaction ([`pg_apply::apply`]), answers each and looks again; it
 //! stops when nothing it may take waits. At low load every request runs
 //! alone at once, as before; under load, the groups grow by themselves.
 //!
 //! # Isolation between users
 //!
-//! A group never mixes callers, and one user has at most [`USER_RUNNERS`]
-//! transactions in flight: a user whose scope head is slow (or held) ties
-//! up at most that many runners, and the others keep serving other users.
-//! A single-tenant node has one caller and one scope, so its cap is
+//! A group never mixes users, and one user (by `sub`: all of the user's
+//! devices together) has at most [`USER_RUNNERS`] transactions in flight.
+//! A user whose private scope's head is slow or held ties up at most that
+//! many runners, and the others keep serving other users. A shared scope's
+//! head is another matter: each member writing there holds up to their
+//! share, so enough members of one held team scope can still fill the
+//! node. A single-tenant node has one caller and one scope, so its cap is
 //! [`SINGLE_RUNNERS`].
 //!
 //! # What a group keeps of each request
@@ -33,9 +36,21 @@
 //! order they arrived, each under its own caller and each stopping at its
 //! own first op that is not applied: every reply is the one the request
 //! would have got alone at that point of the commit order. A transaction
-//! that fails runs again whole ([`ApplyError::is_retryable`]) or fails
-//! every job of the group with the same error; nothing of it is committed
-//! either way.
+//! that fails is run again whole while PostgreSQL says it may be
+//! ([`ApplyError::is_retryable`]); nothing of a failed one is committed.
+//! When a group of several still fails on data one request may have
+//! brought ([`ApplyError::is_data`]: a stored value it reads that cannot be
+//! decoded, a constraint it breaks), each request is run again alone, so
+//! that its failure is its own; a failure of the database itself (a
+//! timeout, a full disk, an outage) fails the whole group.
+//!
+//! # Runners that end early
+//!
+//! A runner holds a [`Runner`] guard. If its task ends without finishing
+//! (a panic, or a runtime shutting down before it ran), the guard gives
+//! back its place and its user's, and when no runner is left, answers the
+//! requests still waiting with 503 instead of leaving them waiting
+//! forever.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -74,43 +89,67 @@ type Reply = Result<Vec<Outcome>, StoreError>;
 struct Waiting {
     ops: Vec<ValidOp>,
     caller: Caller,
+    /// Whose request it is, for the caps and the grouping.
+    who: Who,
     reply: oneshot::Sender<Reply>,
+}
+
+/// Whose requests a cap counts and a group gathers: the user (by `sub`,
+/// whatever the token's expiry or scopes, so that one user's devices
+/// share one cap), or the single tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Who {
+    Single,
+    User(String),
+}
+
+impl Who {
+    fn of(caller: &Caller) -> Who {
+        match caller {
+            Caller::Single => Who::Single,
+            Caller::User(p) => Who::User(p.sub.clone()),
+        }
+    }
+
+    /// Groups in flight this one may have.
+    fn cap(&self) -> usize {
+        match self {
+            Who::Single => SINGLE_RUNNERS,
+            Who::User(_) => USER_RUNNERS,
+        }
+    }
 }
 
 #[derive(Default)]
 struct Queue {
     jobs: VecDeque<Waiting>,
     runners: usize,
-    /// Groups in flight per caller (callers with none are left out).
-    busy: Vec<(Caller, usize)>,
+    /// Groups in flight per [`Who`] (those with none are left out).
+    busy: Vec<(Who, usize)>,
 }
 
 impl Queue {
-    fn busy(&self, caller: &Caller) -> usize {
+    fn busy(&self, who: &Who) -> usize {
         self.busy
             .iter()
-            .find(|(c, _)| c == caller)
+            .find(|(w, _)| w == who)
             .map_or(0, |(_, n)| *n)
     }
 
-    /// Whether `caller` may have one more group in flight.
-    fn under_cap(&self, caller: &Caller) -> bool {
-        let cap = match caller {
-            Caller::Single => SINGLE_RUNNERS,
-            Caller::User(_) => USER_RUNNERS,
-        };
-        self.busy(caller) < cap
+    /// Whether `who` may have one more group in flight.
+    fn under_cap(&self, who: &Who) -> bool {
+        self.busy(who) < who.cap()
     }
 
-    fn acquire(&mut self, caller: &Caller) {
-        match self.busy.iter_mut().find(|(c, _)| c == caller) {
+    fn acquire(&mut self, who: &Who) {
+        match self.busy.iter_mut().find(|(w, _)| w == who) {
             Some((_, n)) => *n += 1,
-            None => self.busy.push((caller.clone(), 1)),
+            None => self.busy.push((who.clone(), 1)),
         }
     }
 
-    fn release(&mut self, caller: &Caller) {
-        if let Some(i) = self.busy.iter().position(|(c, _)| c == caller) {
+    fn release(&mut self, who: &Who) {
+        if let Some(i) = self.busy.iter().position(|(w, _)| w == who) {
             self.busy[i].1 -= 1;
             if self.busy[i].1 == 0 {
                 self.busy.swap_remove(i);
@@ -118,18 +157,18 @@ impl Queue {
         }
     }
 
-    /// The oldest job whose caller is under its cap, and the jobs of the
-    /// same caller after it while they fit in [`GROUP_OPS`] (in order: the
+    /// The oldest job whose [`Who`] is under its cap, and the jobs of the
+    /// same one after it while they fit in [`GROUP_OPS`] (in order: the
     /// first that does not fit ends the group).
-    fn next_group(&mut self) -> Option<(Caller, Vec<Waiting>)> {
-        let i = self.jobs.iter().position(|w| self.under_cap(&w.caller))?;
+    fn next_group(&mut self) -> Option<(Who, Vec<Waiting>)> {
+        let i = self.jobs.iter().position(|w| self.under_cap(&w.who))?;
         let first = self.jobs.remove(i)?;
-        let caller = first.caller.clone();
+        let who = first.who.clone();
         let mut ops = first.ops.len();
         let mut group = vec![first];
         let mut k = i;
         while k < self.jobs.len() {
-            if self.jobs[k].caller != caller {
+            if self.jobs[k].who != who {
                 k += 1;
                 continue;
             }
@@ -139,8 +178,8 @@ impl Queue {
             }
             group.extend(self.jobs.remove(k));
         }
-        self.acquire(&caller);
-        Some((caller, group))
+        self.acquire(&who);
+        Some((who, group))
     }
 }
 
@@ -149,8 +188,8 @@ impl Queue {
 /// any other way (see the module doc).
 struct Runner {
     grouper: Arc<Grouper>,
-    /// The caller of the group in flight.
-    group: Option<Caller>,
+    /// Whose group is in flight.
+    group: Option<Who>,
     finished: bool,
 }
 
@@ -217,12 +256,14 @@ impl Grouper {
         let (reply, answer) = oneshot::channel();
         let start = {
             let mut q = self.lock();
+            let who = Who::of(caller);
+            let start = q.runners < RUNNERS && q.under_cap(&who);
             q.jobs.push_back(Waiting {
                 ops: ops.to_vec(),
                 caller: caller.clone(),
+                who,
                 reply,
             });
-            let start = q.runners < RUNNERS && q.under_cap(caller);
             q.runners += usize::from(start);
             start
         };
@@ -259,7 +300,7 @@ impl Grouper {
 
     /// The next group, after giving back `done`'s place; `None` (and one
     /// runner fewer) when nothing this runner may take waits.
-    fn take(&self, done: Option<Caller>) -> Option<(Caller, Vec<Waiting>)> {
+    fn take(&self, done: Option<Who>) -> Option<(Who, Vec<Waiting>)> {
         let mut q = self.lock();
         if let Some(c) = done {
             q.release(&c);
@@ -277,8 +318,12 @@ impl Grouper {
     }
 
     /// One transaction for the whole group (run again while PostgreSQL
-    /// says it may be): each job's outcomes, or the error for all.
-    async fn apply_group(&self, group: &[Waiting]) -> Result<Vec<Vec<Outcome>>, StoreError> {
+    /// says it may be): each job's outcomes, or the error for all, and
+    /// whether one job's data may have caused it ([`ApplyError::is_data`]).
+    async fn apply_group(
+        &self,
+        group: &[Waiting],
+    ) -> Result<Vec<Vec<Outcome>>, (StoreError, bool)> {
         let jobs: Vec<Job<'_>> = group
             .iter()
             .map(|w| Job {
@@ -288,7 +333,7 @@ impl Grouper {
             .collect();
         let mut attempt = 0;
         loop {
-            let mut client = self.client().await?;
+            let mut client = self.client().await.map_err(|e| (e, false))?;
             let record_users = !self.users_recorded.load(Ordering::Relaxed);
             match pg_apply::apply(&mut client, &jobs, record_users).await {
                 Ok(applied) => {
@@ -299,26 +344,33 @@ impl Grouper {
                     attempt += 1;
                     tracing::debug!(error = %e, attempt, "apply transaction retried");
                 }
-                Err(e) => return Err(self.failed(&e)),
+                Err(e) => return Err((self.failed(&e), e.is_data())),
             }
         }
     }
 
     /// Each job's reply: the group in one transaction, or, when that
-    /// fails for another reason than an unavailable database, each job
-    /// alone (one job's failure is not the others').
+    /// failed on data one job may have brought (a value it reads that
+    /// cannot be decoded, a constraint it breaks), each job alone, so that
+    /// its failure is not the others'. A failure of the database itself (a
+    /// timeout, a full disk, an outage) fails the whole group at once.
     async fn replies(&self, group: &[Waiting]) -> Vec<Reply> {
-        let err = match self.apply_group(group).await {
+        let (err, data) = match self.apply_group(group).await {
             Ok(outcomes) => return outcomes.into_iter().map(Ok).collect(),
             Err(e) => e,
         };
-        if group.len() == 1 || matches!(err, StoreError::Unavailable(_)) {
+        if group.len() == 1 || !data {
             return group.iter().map(|_| Err(err.clone())).collect();
         }
         let mut out = Vec::with_capacity(group.len());
         for w in group {
             let alone = self.apply_group(std::slice::from_ref(w)).await;
-            out.push(alone.map(|mut o| o.pop().unwrap_or_default()));
+            // One job, so one list of outcomes.
+            out.push(
+                alone
+                    .map(|mut o| o.pop().unwrap_or_default())
+                    .map_err(|(e, _)| e),
+            );
         }
         out
     }
@@ -370,11 +422,11 @@ impl Runner {
     async fn run(mut self) {
         let grouper = Arc::clone(&self.grouper);
         loop {
-            let Some((caller, group)) = grouper.take(self.group.take()) else {
+            let Some((who, group)) = grouper.take(self.group.take()) else {
                 self.finished = true;
                 return;
             };
-            self.group = Some(caller);
+            self.group = Some(who);
             let replies = grouper.replies(&group).await;
             debug_assert_eq!(replies.len(), group.len(), "one reply per job");
             for (w, reply) in group.into_iter().zip(replies) {
