@@ -19,11 +19,15 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection};
 use serde_json::{json, Value};
 use syncd::client::Client;
-use syncd::ipc::wire::{Event, QueryEvent, SortField};
+use syncd::ipc::codec::{encode, Encoding};
+use syncd::ipc::wire::{
+    ClientFrame, Doc, Event, QueryEvent, Request, Response, ServerFrame, SortField,
+};
 
 use crate::common::Daemon;
 use crate::daemon::{launch, Clients};
 use crate::loops::{run_loop, Conn, Op};
+use crate::reads::{echo_conns, echo_server};
 use crate::report::Report;
 use crate::stats::{f0, f2, pct, ratio, summarize, Run};
 use crate::{Opts, COLLECTION};
@@ -68,15 +72,19 @@ pub(crate) fn queries(rt: &tokio::runtime::Runtime, o: &Opts, report: &mut Repor
         &["what", "p50 µs", "p99 µs", "queries", "vs indexed"],
     );
     let secs = Duration::from_secs_f64(o.secs);
-    let idx = rt.block_on(query_loop(&d, indexed_selector(), secs, usize::MAX));
+    let idx = rt.block_on(query_loop(&d, indexed_selector(), 50, secs, usize::MAX));
+    let one = rt.block_on(query_loop(&d, indexed_selector(), 1, secs, usize::MAX));
     let scan_runs = if o.smoke { 1 } else { 5 };
     let scan_sel = json!({"$or": [indexed_selector()]});
-    let scan = rt.block_on(query_loop(&d, scan_sel, secs, scan_runs));
+    let scan = rt.block_on(query_loop(&d, scan_sel, 50, secs, scan_runs));
     let sqlite = sqlite_baseline(n, secs);
+    let echo = echo_floor(rt, &d, secs);
     for (what, r) in [
         ("syncd, index [done,due]", &idx),
+        ("syncd, the same, limit 1 (fixed cost)", &one),
         ("syncd, scan", &scan),
         ("SQLite in process, same index", &sqlite),
+        ("raw socket echo, same frame sizes (floor)", &echo),
     ] {
         report.row(vec![
             what.into(),
@@ -92,8 +100,13 @@ pub(crate) fn queries(rt: &tokio::runtime::Runtime, o: &Opts, report: &mut Repor
         idx.p50_us / sqlite.p50_us,
         idx.p50_us / 1000.0
     ));
+    report.note(format!(
+        "socket floor: echo/SQLite p50 = {:.2}x; (indexed - echo)/SQLite = {:.2}x (the daemon's own work, against SQLite's)",
+        echo.p50_us / sqlite.p50_us,
+        (idx.p50_us - echo.p50_us) / sqlite.p50_us
+    ));
     report.json(
-        json!({"scenario": "queries", "records": n, "indexed_p50_us": idx.p50_us,
+        json!({"scenario": "queries", "records": n, "indexed_p50_us": idx.p50_us, "limit1_p50_us": one.p50_us, "echo_p50_us": echo.p50_us,
         "scan_p50_us": scan.p50_us, "sqlite_p50_us": sqlite.p50_us}),
     );
     live_latency(rt, &d, report, if o.smoke { 5 } else { 300 });
@@ -124,21 +137,64 @@ fn fill_tasks(rt: &tokio::runtime::Runtime, d: &Daemon, n: u64) {
 }
 
 /// One client querying in a loop for `dur` (at most `max` queries, at
-/// least one); checks that every answer has 50 records.
-async fn query_loop(d: &Daemon, sel: Value, dur: Duration, max: usize) -> Run {
+/// least one); checks that every answer has `limit` records.
+async fn query_loop(d: &Daemon, sel: Value, limit: u32, dur: Duration, max: usize) -> Run {
     let mut c = d.client().await;
     let mut lat = Vec::new();
     let t0 = Instant::now();
     while lat.is_empty() || (t0.elapsed() < dur && lat.len() < max) {
         let t = Instant::now();
         let p = c
-            .query(QC, sel.clone(), &sort(), Some(50), None)
+            .query(QC, sel.clone(), &sort(), Some(limit), None)
             .await
             .expect("query");
         lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
-        assert_eq!(p.records.len(), 50, "{:?}", p.plan);
+        assert_eq!(p.records.len(), limit as usize, "{:?}", p.plan);
     }
     Run::new(lat.len() as u64, t0.elapsed(), lat)
+}
+
+/// The floor under any answer over the socket: the harness's echo server
+/// (one thread, one event loop, no work) answering frames of the indexed
+/// query's request and reply sizes, from one connection in a loop.
+fn echo_floor(rt: &tokio::runtime::Runtime, d: &Daemon, dur: Duration) -> Run {
+    let (req_len, reply_len) = rt.block_on(async {
+        let mut c = d.client().await;
+        let p = c
+            .query(QC, indexed_selector(), &sort(), Some(50), None)
+            .await
+            .expect("query");
+        let req = ClientFrame {
+            id: 1,
+            request: Request::Query {
+                collection: QC.into(),
+                selector: Doc(indexed_selector()),
+                sort: sort(),
+                limit: Some(50),
+                cursor: None,
+            },
+        };
+        let reply = ServerFrame::Reply {
+            id: 1,
+            body: Response::QueryResult {
+                records: p.records,
+                next: p.next,
+                plan: p.plan,
+            },
+        };
+        let len = |v: Vec<u8>| v.len();
+        (
+            len(encode(Encoding::Bincode, &req).expect("encode")),
+            len(encode(Encoding::Bincode, &reply).expect("encode")),
+        )
+    });
+    let path = d.dir.path().join("query-echo.sock");
+    echo_server(&path, reply_len);
+    rt.block_on(async {
+        let conns = echo_conns(&path, 1, &vec![b'q'; req_len]).await;
+        let (conns, _) = run_loop(conns, Op::Echo, Duration::from_millis(200)).await;
+        run_loop(conns, Op::Echo, dur).await.1
+    })
 }
 
 /// The same records in SQLite (WAL), an expression index on the same two

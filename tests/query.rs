@@ -705,8 +705,11 @@ fn live_queries_started_during_writes_replay_to_the_final_result() {
                 .query("items", sel.clone(), sort, Some(limit), None)
                 .await
                 .unwrap();
-            let want: std::collections::BTreeMap<String, Value> =
-                now.records.into_iter().map(|r| (r.id, r.data.0)).collect();
+            let want: std::collections::BTreeMap<String, Value> = now
+                .records
+                .into_iter()
+                .map(|r| (r.id, r.data.value()))
+                .collect();
             assert_eq!(replay(start, events), want, "sort {sort:?}");
         }
     });

@@ -103,7 +103,7 @@ pub async fn run(a: &QueryArgs, outer: &DaemonOpts) -> Result<(), CliError> {
             if a.json {
                 output::json_line(r)?;
             } else {
-                output::line(format_args!("{}\t{}", r.id, r.data.0))?;
+                output::line(format_args!("{}\t{}", r.id, r.data))?;
             }
         }
         remaining = remaining.saturating_sub(p.records.len() as u32);

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::document::{parse_doc_text, Doc, Document};
+use super::document::{parse_doc_text, Doc, DocText, Document};
 pub use syncd_client::view::RecordView;
 
 /// A server record (`R` in the protocol).
@@ -111,22 +111,36 @@ impl StoredRecord {
     }
 
     pub fn view(&self, collection: &str, id: &str) -> RecordView {
-        self.view_parsed(collection, id, parse_doc_text(&self.data))
-    }
-
-    /// [`StoredRecord::view`] with the document already parsed (a query
-    /// parsed it to match it).
-    pub fn view_parsed(&self, collection: &str, id: &str, data: serde_json::Value) -> RecordView {
         RecordView {
             collection: collection.to_owned(),
             id: id.to_owned(),
-            data: Doc(data),
+            data: Doc(parse_doc_text(&self.data)),
             server_id: self.server_id.clone(),
             version: self.version,
             updated_at: self.updated_at,
             pending: self.pending > 0,
             local_only: self.server_id.is_none() && self.pending == 0 && !self.deleted,
             scope: self.scope.clone(),
+            attachments: Vec::new(),
+        }
+    }
+}
+
+impl StoredRecord {
+    /// The view a query page sends: the stored document text moved as it
+    /// is, never parsed.
+    pub fn into_text_view(self, collection: &str, id: &str) -> RecordView<DocText> {
+        let local_only = self.server_id.is_none() && self.pending == 0 && !self.deleted;
+        RecordView {
+            collection: collection.to_owned(),
+            id: id.to_owned(),
+            data: DocText::from_trusted(self.data),
+            server_id: self.server_id,
+            version: self.version,
+            updated_at: self.updated_at,
+            pending: self.pending > 0,
+            local_only,
+            scope: self.scope,
             attachments: Vec::new(),
         }
     }

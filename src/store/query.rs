@@ -5,15 +5,20 @@
 //! An index only narrows: every candidate is matched against the full
 //! selector, so a query answers the same with or without indexes (the
 //! randomized test in tests/query.rs holds it to a plain filter over
-//! `list`). An index whose order is the query's order is read in that
-//! order and stops after one page; any other plan sorts in memory,
-//! keeping only a page's worth at a time.
+//! `list`) — except when the index range alone decides the selector
+//! (every condition is an `$eq` on the index's leading fields or a range
+//! on the next one) and is read in the query's order: then a record in the
+//! range is a match, and its document is never parsed. An index whose
+//! order is the query's order is read in that order and stops after one
+//! page; any other plan sorts in memory, keeping only a page's worth at a
+//! time. Documents leave as the stored text ([`DocText`]).
 
 use std::ops::Bound;
 
 use redb::ReadTransaction;
 use serde_json::Value;
 
+use crate::domain::document::DocText;
 use crate::domain::query::{collate, Cond, OrderKey, Query};
 use crate::domain::{parse_doc_text, RecordView, StoreError, StoredRecord};
 
@@ -33,20 +38,37 @@ pub struct Plan {
     pub bounds: String,
     /// Records read and matched against the selector.
     pub examined: u64,
+    /// The index range alone decided which records match (no document
+    /// was parsed to match it).
+    pub decided: bool,
 }
 
 /// One page of results.
 #[derive(Debug, Clone)]
 pub struct Page {
-    pub records: Vec<RecordView>,
+    pub records: Vec<RecordView<DocText>>,
     /// The cursor for the next page, if there may be more.
     pub next: Option<String>,
     pub plan: Plan,
 }
 
-/// A record that matched: its place in the order, the record, its id and
-/// its parsed document.
-type Hit = (OrderKey, StoredRecord, String, Value);
+/// A record that matched.
+struct Hit {
+    /// Its place in the order; `None` when the index range decided the
+    /// match and gave the order (worked out only for a page's cursor).
+    key: Option<OrderKey>,
+    record: StoredRecord,
+    id: String,
+}
+
+impl Hit {
+    fn key(&self, q: &Query) -> OrderKey {
+        match &self.key {
+            Some(k) => k.clone(),
+            None => q.key_of(&parse_doc_text(&self.record.data), &self.id),
+        }
+    }
+}
 
 /// An index entry's place: its key bytes and the record id.
 type EntryKey = (Vec<u8>, String);
@@ -60,6 +82,9 @@ struct IndexPlan {
     fixed: Vec<Value>,
     ordered: bool,
     reverse: bool,
+    /// A record in the range matches the whole selector (see the module
+    /// doc).
+    decides: bool,
     bounds: String,
 }
 
@@ -104,22 +129,24 @@ pub fn query_in(
     let ready = ready_indexes(txn, collection)?;
     let plan = choose(q, &ready);
     let ordered = plan.as_ref().is_some_and(|p| p.ordered);
+    let decided = plan.as_ref().is_some_and(|p| decides(q, p));
     let mut hits = Hits {
         vault,
         q,
         limit,
         ordered,
+        skip: None,
         examined: 0,
         found: Vec::new(),
     };
     match &plan {
-        Some(p) => read_index(txn, collection, p, &mut hits)?,
+        Some(p) => read_index(txn, collection, p, decided, &mut hits)?,
         None => read_scan(txn, collection, &mut hits)?,
     }
     let examined = hits.examined;
     let mut found = hits.found;
     if !ordered {
-        found.sort_by(|a, b| q.cmp_keys(&a.0, &b.0));
+        found.sort_by(|a, b| cmp_hits(q, a, b));
     }
     let (records, next) = page(q, found, collection, limit, max_bytes);
     Ok(Page {
@@ -130,6 +157,7 @@ pub fn query_in(
             ordered,
             bounds: plan.map(|p| p.bounds).unwrap_or_default(),
             examined,
+            decided,
         },
     })
 }
@@ -141,6 +169,9 @@ struct Hits<'q> {
     limit: usize,
     /// Read in the query's order: the first page (+1) is enough.
     ordered: bool,
+    /// When the index decides: the cursor's own entry, which the read
+    /// starts at and leaves out.
+    skip: Option<EntryKey>,
     examined: u64,
     found: Vec<Hit>,
 }
@@ -154,10 +185,37 @@ impl Hits<'_> {
             if self.q.selector.matches(&doc) {
                 let key = self.q.key_of(&doc, id);
                 if self.q.is_after_cursor(&key) {
-                    self.found.push((key, r, id.to_owned(), doc));
+                    self.found.push(Hit {
+                        key: Some(key),
+                        record: r,
+                        id: id.to_owned(),
+                    });
                 }
             }
         }
+        self.more()
+    }
+
+    /// Takes a record the index range has decided matches, in the query's
+    /// order, without reading its document; `false` once the page is full.
+    fn take(&mut self, entry: (&[u8], &str), r: StoredRecord) -> bool {
+        self.examined += 1;
+        let at_cursor = self
+            .skip
+            .as_ref()
+            .is_some_and(|(k, id)| k.as_slice() == entry.0 && id == entry.1);
+        if !r.deleted && !at_cursor {
+            self.found.push(Hit {
+                key: None,
+                record: r,
+                id: entry.1.to_owned(),
+            });
+        }
+        self.more()
+    }
+
+    /// Whether to read on: an ordered read stops after its page (+1).
+    fn more(&mut self) -> bool {
         if self.ordered {
             return self.found.len() <= self.limit;
         }
@@ -166,17 +224,28 @@ impl Hits<'_> {
     }
 }
 
+/// Whether the plan's range decides the query: the selector is all
+/// answered by the range, the index is read in the query's order, and a
+/// cursor (if any) names its own entry, which the read then leaves out.
+fn decides(q: &Query, p: &IndexPlan) -> bool {
+    p.decides && p.ordered && (q.after.is_none() || cursor_entry(q, p).is_some())
+}
+
 /// Reads the plan's range of its index (backwards when the order says so)
 /// and offers each entry's record.
 fn read_index(
     txn: &ReadTransaction,
     collection: &str,
     p: &IndexPlan,
+    decides: bool,
     hits: &mut Hits<'_>,
 ) -> Result<(), StoreError> {
     let records = txn.open_table(RECORDS)?;
     let entries = txn.open_table(INDEX_ENTRIES)?;
     let (lo, hi) = seek_range(hits.q, p);
+    if decides {
+        hits.skip = cursor_entry(hits.q, p);
+    }
     let range = entries.range::<(&str, &str, &[u8], &str)>((
         bound(collection, &p.def.name, &lo),
         bound(collection, &p.def.name, &hi),
@@ -188,10 +257,15 @@ fn read_index(
     };
     for item in iter {
         let (k, _) = item?;
-        let id = k.value().3;
+        let (_, _, key, id) = k.value();
         if let Some(v) = records.get((collection, id))? {
             let r = hits.vault.decode(RECORDS, &(collection, id), v.value())?;
-            if !hits.offer(id, r) {
+            let more = if decides {
+                hits.take((key, id), r)
+            } else {
+                hits.offer(id, r)
+            };
+            if !more {
                 break;
             }
         }
@@ -223,8 +297,16 @@ fn read_scan(
 fn trim(q: &Query, hits: &mut Vec<Hit>, limit: usize) {
     let keep = limit.saturating_add(1);
     if hits.len() >= keep.saturating_mul(2).max(64) {
-        hits.sort_by(|a, b| q.cmp_keys(&a.0, &b.0));
+        hits.sort_by(|a, b| cmp_hits(q, a, b));
         hits.truncate(keep);
+    }
+}
+
+/// Hits that are sorted in memory always carry their keys.
+fn cmp_hits(q: &Query, a: &Hit, b: &Hit) -> std::cmp::Ordering {
+    match (&a.key, &b.key) {
+        (Some(x), Some(y)) => q.cmp_keys(x, y),
+        _ => q.cmp_keys(&a.key(q), &b.key(q)),
     }
 }
 
@@ -236,23 +318,29 @@ fn page(
     collection: &str,
     limit: usize,
     max_bytes: usize,
-) -> (Vec<RecordView>, Option<String>) {
-    let total = hits.len();
-    let mut out = Vec::new();
+) -> (Vec<RecordView<DocText>>, Option<String>) {
+    let mut taken = 0usize;
     let mut bytes = 0usize;
-    let mut last = None;
-    for (key, r, id, doc) in hits {
-        let size = r.data.len() + id.len() + RECORD_OVERHEAD;
-        if out.len() == limit || (!out.is_empty() && bytes + size > max_bytes) {
+    for h in &hits {
+        let size = h.record.data.len() + h.id.len() + RECORD_OVERHEAD;
+        if taken == limit || (taken > 0 && bytes + size > max_bytes) {
             break;
         }
         bytes += size;
-        out.push(r.view_parsed(collection, &id, doc));
-        last = Some(key);
+        taken += 1;
     }
-    let next = (out.len() < total)
-        .then(|| last.map(|k| q.cursor_after(&k)))
+    let next = (taken < hits.len())
+        .then(|| {
+            taken
+                .checked_sub(1)
+                .map(|i| q.cursor_after(&hits[i].key(q)))
+        })
         .flatten();
+    let out = hits
+        .into_iter()
+        .take(taken)
+        .map(|h| h.record.into_text_view(collection, &h.id))
+        .collect();
     (out, next)
 }
 
@@ -381,6 +469,12 @@ fn plan_for(q: &Query, def: &IndexDef) -> Option<(usize, IndexPlan)> {
         }
     }
     let (ordered, reverse) = serves_order(q, def, fixed.len());
+    let decides = q.selector.is_conjunction()
+        && required.iter().all(|(path, c)| {
+            let mut conds = Vec::new();
+            flatten(c, &mut conds);
+            conds.iter().all(|c| decided_by(c, path, def, &fixed))
+        });
     let score = 4 * fixed.len() + 2 * usize::from(ranged) + usize::from(ordered);
     (score > 0).then(|| {
         (
@@ -392,10 +486,24 @@ fn plan_for(q: &Query, def: &IndexDef) -> Option<(usize, IndexPlan)> {
                 fixed,
                 ordered,
                 reverse,
+                decides,
                 bounds: bounds.join(", "),
             },
         )
     })
+}
+
+/// Whether the index range alone answers condition `c` on `path`: an
+/// `$eq` on a leading field, to the value the range fixes it to, or a
+/// range on the field after them. The key encoding is exact (equal keys
+/// are equal values in the collation, and a range never holds a record
+/// without the field), so these need no look at the document.
+fn decided_by(c: &Cond, path: &[String], def: &IndexDef, fixed: &[Value]) -> bool {
+    if let Some(i) = def.paths[..fixed.len()].iter().position(|p| p == path) {
+        return matches!(c, Cond::Eq(v) if collate::eq(v, &fixed[i]));
+    }
+    def.paths.get(fixed.len()).is_some_and(|p| p == path)
+        && matches!(c, Cond::Gt(_) | Cond::Gte(_) | Cond::Lt(_) | Cond::Lte(_))
 }
 
 /// Conditions of an `All`, one by one.

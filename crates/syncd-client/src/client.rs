@@ -673,7 +673,9 @@ pub const ATTACH_WINDOW: usize = 8;
 /// One page of a query's answer ([`Client::query`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueryPage {
-    pub records: Vec<RecordView>,
+    /// Documents as JSON text: [`DocText::parse`] reads one into the app's
+    /// own type, [`DocText::value`] into a `serde_json::Value`.
+    pub records: Vec<RecordView<DocText>>,
     /// Pass it as the next call's `cursor` for the next page.
     pub next: Option<String>,
     pub plan: QueryPlanView,

@@ -43,6 +43,83 @@ impl<'de> Deserialize<'de> for Doc {
     }
 }
 
+/// A document as the JSON text the store keeps, parsed only when an app
+/// asks: query pages carry their records this way, so that the daemon
+/// sends the stored text without parsing and re-serializing it, and an app
+/// that reads a page into its own types ([`DocText::parse`]) or passes the
+/// text on never builds a [`Value`] at all. On the wire it is the same as
+/// [`Doc`]: the value itself in JSON frames, its JSON text in bincode
+/// frames.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocText(String);
+
+impl DocText {
+    /// Text the caller vouches is one JSON value (the daemon's store,
+    /// which only ever writes valid JSON). Invalid text is not unsafe: it
+    /// reads as `null` ([`DocText::value`]) or fails [`DocText::parse`].
+    pub fn from_trusted(text: String) -> DocText {
+        DocText(text)
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+
+    /// The document as a [`Value`] (`null` if the text is not JSON).
+    pub fn value(&self) -> Value {
+        parse_doc_text(&self.0)
+    }
+
+    /// The document read into the app's own type.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> serde_json::Result<T> {
+        serde_json::from_str(&self.0)
+    }
+}
+
+impl From<&Value> for DocText {
+    fn from(v: &Value) -> DocText {
+        DocText(v.to_string())
+    }
+}
+
+impl From<DocText> for Doc {
+    fn from(d: DocText) -> Doc {
+        Doc(d.value())
+    }
+}
+
+impl std::fmt::Display for DocText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for DocText {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            let v: Value = serde_json::from_str(&self.0).map_err(serde::ser::Error::custom)?;
+            v.serialize(s)
+        } else {
+            s.serialize_str(&self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DocText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            Ok(DocText(Value::deserialize(d)?.to_string()))
+        } else {
+            String::deserialize(d).map(DocText)
+        }
+    }
+}
+
 /// Parses stored JSON text; the store only ever writes valid JSON, so a
 /// failure means corruption and reads as `null` rather than a panic.
 pub fn parse_doc_text(s: &str) -> serde_json::Value {

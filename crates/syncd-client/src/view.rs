@@ -7,14 +7,16 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::document::Doc;
+use crate::document::{Doc, DocText};
 
-/// A record as apps see it.
+/// A record as apps see it. `D` is how its document travels: parsed
+/// ([`Doc`], as `get`, `list` and events carry it), or as the stored text
+/// ([`DocText`], as query pages carry it; the same bytes on the wire).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RecordView {
+pub struct RecordView<D = Doc> {
     pub collection: String,
     pub id: String,
-    pub data: Doc,
+    pub data: D,
     pub server_id: Option<String>,
     pub version: Option<u64>,
     pub updated_at: Option<i64>,
@@ -34,6 +36,24 @@ pub struct RecordView {
     /// references in `_attachments`).
     #[serde(default)]
     pub attachments: Vec<AttachmentView>,
+}
+
+impl RecordView<DocText> {
+    /// The same record with its document parsed.
+    pub fn parsed(self) -> RecordView {
+        RecordView {
+            collection: self.collection,
+            id: self.id,
+            data: self.data.into(),
+            server_id: self.server_id,
+            version: self.version,
+            updated_at: self.updated_at,
+            pending: self.pending,
+            local_only: self.local_only,
+            scope: self.scope,
+            attachments: self.attachments,
+        }
+    }
 }
 
 /// One attachment of a record, as `get` shows it.

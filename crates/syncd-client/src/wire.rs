@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::chunk::Chunk;
 use crate::codec::Encoding;
-pub use crate::document::Doc;
+pub use crate::document::{Doc, DocText};
 pub use crate::event::{ConflictOutcome, Event, Origin, QueryEvent, Side};
 pub use crate::view::{AttachmentView, ConflictView, OpView, RecordView};
 
@@ -475,7 +475,8 @@ pub enum Response {
     },
     /// The reply to `query`.
     QueryResult {
-        records: Vec<RecordView>,
+        /// Documents as the stored text (see [`DocText`]).
+        records: Vec<RecordView<DocText>>,
         /// The cursor for the next page, if there may be more.
         next: Option<String>,
         plan: QueryPlanView,
@@ -548,6 +549,50 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    /// A record whose document travels as stored text is, byte for byte,
+    /// the record with its document parsed: apps that read query pages
+    /// with another client (Python, JSON frames) see no change.
+    #[test]
+    fn a_document_as_text_is_the_same_bytes_as_a_parsed_one() {
+        let doc = serde_json::json!({"a": [1, 2.5, {"b": null}], "s": "é\"\u{0}"});
+        fn view<D>(data: D) -> RecordView<D> {
+            RecordView {
+                collection: "t".into(),
+                id: "x".into(),
+                data,
+                server_id: Some("s1".into()),
+                version: Some(3),
+                updated_at: None,
+                pending: true,
+                local_only: false,
+                scope: None,
+                attachments: Vec::new(),
+            }
+        }
+        let parsed = view(Doc(doc.clone()));
+        let text = view(DocText::from(&doc));
+        for enc in [Encoding::Json, Encoding::Bincode] {
+            let bytes = encode(enc, &text).unwrap();
+            assert_eq!(bytes, encode(enc, &parsed).unwrap(), "{enc:?}");
+            let back: RecordView<DocText> = decode(enc, &bytes).unwrap();
+            assert_eq!(back.data.value(), doc);
+            assert_eq!(back.clone().parsed(), parsed);
+            let as_parsed: RecordView = decode(enc, &bytes).unwrap();
+            assert_eq!(as_parsed, parsed);
+        }
+        #[derive(serde::Deserialize)]
+        struct Mine {
+            a: Vec<Value>,
+        }
+        let mine: Mine = text.data.parse().unwrap();
+        assert_eq!(mine.a.len(), 3);
+        // Text that is not JSON (never written by the daemon) reads as
+        // null and fails to serialize as JSON, rather than sending garbage.
+        let bad = DocText::from_trusted("{nope".into());
+        assert_eq!(bad.value(), Value::Null);
+        assert!(encode(Encoding::Json, &view(bad)).is_err());
     }
 
     #[test]

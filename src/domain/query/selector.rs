@@ -131,6 +131,16 @@ impl Selector {
         }
     }
 
+    /// Whether the selector is only a conjunction of field conditions (no
+    /// `$or`, no `$not` at the top): then [`Selector::required`] is all of it.
+    pub fn is_conjunction(&self) -> bool {
+        match self {
+            Selector::And(parts) => parts.iter().all(Selector::is_conjunction),
+            Selector::Field { .. } => true,
+            Selector::Or(_) | Selector::Not(_) => false,
+        }
+    }
+
     /// The conditions every match must meet: the fields of the top-level
     /// conjunction (what an index can narrow by).
     pub fn required(&self) -> Vec<(&[String], &Cond)> {

@@ -1,7 +1,7 @@
 //! Store reads off the async runtime. A redb read may touch the disk (a
 //! page not in the cache) and must not stall the runtime's few threads,
-//! which also run every other connection: [`read`] runs it on tokio's
-//! blocking pool, so each call site stays one line.
+//! which also run every other connection: [`read`] runs it where blocking
+//! is allowed (see [`off_runtime`]), so each call site stays one line.
 
 use crate::ipc::context::Ctx;
 use crate::ipc::wire::{ApiError, ErrorCode};
@@ -12,7 +12,7 @@ use crate::store::{Store, StoreError};
 /// longer than the re-open itself may take.
 const REOPEN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(6);
 
-/// Runs `f` against the store on the blocking pool. While the store is
+/// Runs `f` against the store where it may block. While the store is
 /// being re-opened (a moment after a failed commit) the read is tried
 /// again until it is back, so an app or `syncd status` does not get an
 /// error for a state that lasts milliseconds; the runtime's threads are
@@ -26,7 +26,7 @@ where
     let deadline = tokio::time::Instant::now() + REOPEN_PATIENCE;
     loop {
         let (store, f) = (ctx.store.clone(), f.clone());
-        match tokio::task::spawn_blocking(move || f(&store)).await {
+        match off_runtime(move || f(&store)).await {
             Ok(Err(StoreError::Reopening)) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
@@ -37,14 +37,101 @@ where
                 })
             }
             Err(e) => {
-                if e.is_panic() {
-                    ctx.store.read_panicked(&e.to_string());
+                if let OffRuntime::Panicked(what) = &e {
+                    ctx.store.read_panicked(what);
                 }
                 return Err(ApiError::new(
                     ErrorCode::Internal,
                     format!("a store read failed: {e}"),
                 ));
             }
+        }
+    }
+}
+
+/// Why a read off the runtime gave no answer.
+#[derive(Debug)]
+enum OffRuntime {
+    /// The read panicked (in the storage engine, say): the message.
+    Panicked(String),
+    /// The runtime is shutting down and dropped the read.
+    Cancelled,
+}
+
+impl std::fmt::Display for OffRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OffRuntime::Panicked(what) => write!(f, "it panicked: {what}"),
+            OffRuntime::Cancelled => f.write_str("the daemon is shutting down"),
+        }
+    }
+}
+
+/// Runs `f` where it may block. On the daemon's multi-thread runtime that
+/// is this very thread, with `block_in_place`: the runtime hands this
+/// thread's other tasks to another thread while `f` runs, so none of them
+/// waits, and the read starts at once instead of waiting for a
+/// blocking-pool thread to wake and then for this task to be woken again.
+/// Those two thread switches cost more than a small read itself on a
+/// small VM (docs/performance.md, "Local queries"). Elsewhere (a
+/// current-thread runtime in a test) it goes to the blocking pool. A panic
+/// in `f` is caught either way.
+async fn off_runtime<T, F>(f: F) -> Result<T, OffRuntime>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+        let caught = tokio::task::block_in_place(|| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        });
+        return caught.map_err(|p| OffRuntime::Panicked(panic_text(p.as_ref())));
+    }
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| match e.try_into_panic() {
+            Ok(p) => OffRuntime::Panicked(panic_text(p.as_ref())),
+            Err(_) => OffRuntime::Cancelled,
+        })
+}
+
+/// A panic's message, when it has one.
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A read runs in place on the daemon's runtime and on the blocking
+    /// pool elsewhere, and a panic in it is caught with its message on
+    /// both, so a storage engine panic is reported, not a dead session.
+    #[test]
+    fn reads_run_off_the_runtime_and_a_panic_is_caught() {
+        let multi = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let single = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for rt in [&multi, &single] {
+            rt.block_on(async {
+                let ok = tokio::spawn(off_runtime(|| 41 + 1)).await.unwrap();
+                assert_eq!(ok.unwrap(), 42);
+                let failed = tokio::spawn(off_runtime(|| -> u32 { panic!("page 7 is torn") }))
+                    .await
+                    .unwrap();
+                match failed {
+                    Err(OffRuntime::Panicked(what)) => assert_eq!(what, "page 7 is torn"),
+                    other => panic!("{other:?}"),
+                }
+            });
         }
     }
 }

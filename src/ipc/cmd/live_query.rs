@@ -174,13 +174,14 @@ impl LiveQuery {
     /// keeps the page itself (to diff re-reads against); without one the
     /// ids are enough.
     fn reset(&mut self, page: Page, resync: bool) {
-        self.members = page.records.iter().map(|r| r.id.clone()).collect();
+        let records: Vec<RecordView> = page.records.into_iter().map(|r| r.parsed()).collect();
+        self.members = records.iter().map(|r| r.id.clone()).collect();
         if self.limit.is_some() {
-            self.page = page.records.clone();
+            self.page = records.clone();
         }
         self.out.push_back(Event::Query(QueryEvent::Result {
             collection: self.collection.clone(),
-            records: page.records,
+            records,
             resync,
         }));
     }
@@ -237,10 +238,11 @@ impl LiveQuery {
     /// A re-read page against the one the app has: what left, what came,
     /// what changed.
     fn diff(&mut self, page: Page) {
+        let records: Vec<RecordView> = page.records.into_iter().map(|r| r.parsed()).collect();
         let c = || self.collection.clone();
         let old: std::collections::BTreeMap<&str, &Doc> =
             self.page.iter().map(|r| (r.id.as_str(), &r.data)).collect();
-        let new_ids: BTreeSet<&str> = page.records.iter().map(|r| r.id.as_str()).collect();
+        let new_ids: BTreeSet<&str> = records.iter().map(|r| r.id.as_str()).collect();
         let mut evs = Vec::new();
         for id in old.keys().filter(|id| !new_ids.contains(*id)) {
             evs.push(QueryEvent::Removed {
@@ -248,7 +250,7 @@ impl LiveQuery {
                 id: (*id).to_owned(),
             });
         }
-        for r in &page.records {
+        for r in &records {
             match old.get(r.id.as_str()) {
                 None => evs.push(QueryEvent::Added {
                     collection: c(),
@@ -264,7 +266,7 @@ impl LiveQuery {
             }
         }
         self.out.extend(evs.into_iter().map(Event::Query));
-        self.members = page.records.iter().map(|r| r.id.clone()).collect();
-        self.page = page.records;
+        self.members = records.iter().map(|r| r.id.clone()).collect();
+        self.page = records;
     }
 }
