@@ -111,36 +111,28 @@ impl StoredRecord {
     }
 
     pub fn view(&self, collection: &str, id: &str) -> RecordView {
+        self.view_with(collection, id, Doc(parse_doc_text(&self.data)))
+    }
+
+    /// The view a query page sends: the stored document text moved as it
+    /// is, never parsed.
+    pub fn into_text_view(mut self, collection: &str, id: &str) -> RecordView<DocText> {
+        let text = DocText::from_trusted(std::mem::take(&mut self.data));
+        self.view_with(collection, id, text)
+    }
+
+    /// The view of this record with `data` as its document.
+    fn view_with<D>(&self, collection: &str, id: &str, data: D) -> RecordView<D> {
         RecordView {
             collection: collection.to_owned(),
             id: id.to_owned(),
-            data: Doc(parse_doc_text(&self.data)),
+            data,
             server_id: self.server_id.clone(),
             version: self.version,
             updated_at: self.updated_at,
             pending: self.pending > 0,
             local_only: self.server_id.is_none() && self.pending == 0 && !self.deleted,
             scope: self.scope.clone(),
-            attachments: Vec::new(),
-        }
-    }
-}
-
-impl StoredRecord {
-    /// The view a query page sends: the stored document text moved as it
-    /// is, never parsed.
-    pub fn into_text_view(self, collection: &str, id: &str) -> RecordView<DocText> {
-        let local_only = self.server_id.is_none() && self.pending == 0 && !self.deleted;
-        RecordView {
-            collection: collection.to_owned(),
-            id: id.to_owned(),
-            data: DocText::from_trusted(self.data),
-            server_id: self.server_id,
-            version: self.version,
-            updated_at: self.updated_at,
-            pending: self.pending > 0,
-            local_only,
-            scope: self.scope,
             attachments: Vec::new(),
         }
     }

@@ -36,7 +36,8 @@ pub struct Plan {
     pub ordered: bool,
     /// What the index narrowed by, for people (`done = false, due >= ...`).
     pub bounds: String,
-    /// Records read and matched against the selector.
+    /// Records read (and matched against the selector, unless the index
+    /// range decided).
     pub examined: u64,
     /// The index range alone decided which records match (no document
     /// was parsed to match it).
@@ -204,7 +205,10 @@ impl Hits<'_> {
             .skip
             .as_ref()
             .is_some_and(|(k, id)| k.as_slice() == entry.0 && id == entry.1);
-        if !r.deleted && !at_cursor {
+        if at_cursor {
+            // The read starts at the cursor's entry: nothing after it is.
+            self.skip = None;
+        } else if !r.deleted {
             self.found.push(Hit {
                 key: None,
                 record: r,
@@ -302,8 +306,10 @@ fn trim(q: &Query, hits: &mut Vec<Hit>, limit: usize) {
     }
 }
 
-/// Hits that are sorted in memory always carry their keys.
+/// Hits that are sorted in memory always carry their keys (only an
+/// ordered read, never sorted, leaves them out).
 fn cmp_hits(q: &Query, a: &Hit, b: &Hit) -> std::cmp::Ordering {
+    debug_assert!(a.key.is_some() && b.key.is_some());
     match (&a.key, &b.key) {
         (Some(x), Some(y)) => q.cmp_keys(x, y),
         _ => q.cmp_keys(&a.key(q), &b.key(q)),

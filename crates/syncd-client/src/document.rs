@@ -47,16 +47,19 @@ impl<'de> Deserialize<'de> for Doc {
 /// asks: query pages carry their records this way, so that the daemon
 /// sends the stored text without parsing and re-serializing it, and an app
 /// that reads a page into its own types ([`DocText::parse`]) or passes the
-/// text on never builds a [`Value`] at all. On the wire it is the same as
-/// [`Doc`]: the value itself in JSON frames, its JSON text in bincode
-/// frames.
+/// text on never builds a [`Value`] at all (on a bincode connection; a
+/// JSON frame holds the value itself, which is parsed on arrival). On the
+/// wire it is the same value as [`Doc`]: the value itself in JSON frames,
+/// its JSON text in bincode frames (the same bytes, as the store writes
+/// documents the way `Doc` does).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DocText(String);
 
 impl DocText {
     /// Text the caller vouches is one JSON value (the daemon's store,
     /// which only ever writes valid JSON). Invalid text is not unsafe: it
-    /// reads as `null` ([`DocText::value`]) or fails [`DocText::parse`].
+    /// reads and goes out in JSON frames as `null` ([`DocText::value`]),
+    /// and fails [`DocText::parse`].
     pub fn from_trusted(text: String) -> DocText {
         DocText(text)
     }
@@ -102,8 +105,9 @@ impl std::fmt::Display for DocText {
 impl Serialize for DocText {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         if s.is_human_readable() {
-            let v: Value = serde_json::from_str(&self.0).map_err(serde::ser::Error::custom)?;
-            v.serialize(s)
+            // As `get` and `list` do: text that is not JSON (a damaged
+            // store) goes out as `null`, not as a failed reply.
+            parse_doc_text(&self.0).serialize(s)
         } else {
             s.serialize_str(&self.0)
         }

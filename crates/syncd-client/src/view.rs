@@ -38,13 +38,13 @@ pub struct RecordView<D = Doc> {
     pub attachments: Vec<AttachmentView>,
 }
 
-impl RecordView<DocText> {
-    /// The same record with its document parsed.
-    pub fn parsed(self) -> RecordView {
+impl<D> RecordView<D> {
+    /// The same record with its document turned by `f`.
+    pub fn map_data<E>(self, f: impl FnOnce(D) -> E) -> RecordView<E> {
         RecordView {
             collection: self.collection,
             id: self.id,
-            data: self.data.into(),
+            data: f(self.data),
             server_id: self.server_id,
             version: self.version,
             updated_at: self.updated_at,
@@ -53,6 +53,13 @@ impl RecordView<DocText> {
             scope: self.scope,
             attachments: self.attachments,
         }
+    }
+}
+
+impl RecordView<DocText> {
+    /// The same record with its document parsed.
+    pub fn parsed(self) -> RecordView {
+        self.map_data(Doc::from)
     }
 }
 

@@ -1,7 +1,7 @@
 //! Store reads off the async runtime. A redb read may touch the disk (a
 //! page not in the cache) and must not stall the runtime's few threads,
 //! which also run every other connection: [`read`] runs it where blocking
-//! is allowed (see [`off_runtime`]), so each call site stays one line.
+//! is allowed (see [`in_place_or_pool`]), so each call site stays one line.
 
 use crate::ipc::context::Ctx;
 use crate::ipc::wire::{ApiError, ErrorCode};
@@ -26,7 +26,7 @@ where
     let deadline = tokio::time::Instant::now() + REOPEN_PATIENCE;
     loop {
         let (store, f) = (ctx.store.clone(), f.clone());
-        match off_runtime(move || f(&store)).await {
+        match in_place_or_pool(move || f(&store)).await {
             Ok(Err(StoreError::Reopening)) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
@@ -76,13 +76,15 @@ impl std::fmt::Display for OffRuntime {
 /// small VM (docs/performance.md, "Local queries"). Elsewhere (a
 /// current-thread runtime in a test) it goes to the blocking pool. A panic
 /// in `f` is caught either way.
-async fn off_runtime<T, F>(f: F) -> Result<T, OffRuntime>
+async fn in_place_or_pool<T, F>(f: F) -> Result<T, OffRuntime>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
     use tokio::runtime::{Handle, RuntimeFlavor};
-    if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+    let multi =
+        Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+    if multi {
         let caught = tokio::task::block_in_place(|| {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
         });
@@ -121,10 +123,20 @@ mod tests {
             .build()
             .unwrap();
         for rt in [&multi, &single] {
-            rt.block_on(async {
-                let ok = tokio::spawn(off_runtime(|| 41 + 1)).await.unwrap();
-                assert_eq!(ok.unwrap(), 42);
-                let failed = tokio::spawn(off_runtime(|| -> u32 { panic!("page 7 is torn") }))
+            let in_place =
+                rt.handle().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread;
+            rt.block_on(async move {
+                let ran = tokio::spawn(async {
+                    let caller = std::thread::current().id();
+                    let on = in_place_or_pool(|| std::thread::current().id()).await;
+                    (caller, on.unwrap())
+                })
+                .await
+                .unwrap();
+                // In place on the multi-thread runtime; on the pool (never
+                // the runtime's only thread) on the current-thread one.
+                assert_eq!(ran.0 == ran.1, in_place, "{ran:?}");
+                let failed = tokio::spawn(in_place_or_pool(|| -> u32 { panic!("page 7 is torn") }))
                     .await
                     .unwrap();
                 match failed {
