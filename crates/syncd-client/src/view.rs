@@ -1,5 +1,5 @@
 //! How apps see records and operations: the views the daemon answers
-//! `get`, `list`, `queue`, `dead_letters` and `conflicts` with.
+//! `get`, `list`, `query`, `queue`, `dead_letters` and `conflicts` with.
 //!
 //! They live in the client crate because both ends need them: the daemon's
 //! store builds them (`StoredRecord::view`, `QueuedOp::view` in its
