@@ -394,13 +394,7 @@ impl Grouper {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(|e| {
-            StoreError::Unavailable(format!(
-                "PostgreSQL {}: no connection: {}",
-                self.url,
-                super::pg_store::chain(&e)
-            ))
-        })
+        super::pg_store::pooled(&self.url, &self.pool).await
     }
 
     fn failed(&self, e: &ApplyError) -> StoreError {

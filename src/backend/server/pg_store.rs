@@ -236,13 +236,20 @@ impl PgStore {
     }
 
     async fn pooled(&self, pool: &Pool) -> Result<deadpool_postgres::Object, StoreError> {
-        pool.get()
-            .await
-            .map_err(|e| match self.error("no connection", &e) {
-                StoreError::Failed(m) => StoreError::Unavailable(m),
-                other => other,
-            })
+        pooled(&self.url, pool).await
     }
+}
+
+/// A connection from `pool` of the database at `url` (password hidden);
+/// none to be had means the database is unavailable, not that the request
+/// failed.
+pub(super) async fn pooled(
+    url: &str,
+    pool: &Pool,
+) -> Result<deadpool_postgres::Object, StoreError> {
+    pool.get().await.map_err(|e| {
+        StoreError::Unavailable(format!("PostgreSQL {url}: no connection: {}", chain(&e)))
+    })
 }
 
 /// Whether a driver error means the database cannot be reached now: the
